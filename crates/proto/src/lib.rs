@@ -1,0 +1,6 @@
+//! Portcullis wire protocol.
+#![no_std]
+#![forbid(unsafe_code)]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
