@@ -1,6 +1,20 @@
-//! Portcullis wire protocol.
+//! Portcullis wire protocol: the CBOR envelope and messages exchanged over vchan,
+//! COSE_Sign1 CWT capability tokens, and the other signed objects (keysets,
+//! revocation lists, audit records, attestations).
+//!
+//! `no_std` + `alloc`. Every decoder takes untrusted bytes, bounds them first and
+//! returns a typed error; none of them panics.
 #![no_std]
 #![forbid(unsafe_code)]
 extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
+
+/// Signed objects other than tokens (COSE_Sign1 with a content type).
+pub mod cose;
+/// The versioned `{v, type, body}` envelope.
+pub mod envelope;
+/// Typed message bodies.
+pub mod msg;
+/// CWT capability tokens: minting and verification.
+pub mod token;
