@@ -1,1 +1,853 @@
-//! (being written)
+//! Typed message bodies, the payloads of signed objects, and the limits that
+//! `protocol/messages.cddl` states with `.size`.
+//!
+//! Every struct here encodes as a CBOR map with text keys equal to its field
+//! names; optional fields are omitted when `None`. Encoding refuses a value a
+//! receiver would refuse, and decoding checks every rule below.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::envelope::{
+    from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field,
+    FieldError, Reader, Writer,
+};
+use crate::scope::{Scope, ScopeSet};
+
+/// Longest identifier-like text (operator, device, VM, volume, audience, actor…), in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest free text (`reason`, `justification`), in bytes.
+pub const MAX_TEXT_LEN: usize = 1024;
+/// Shortest entropy chunk, in bytes.
+pub const MIN_ENTROPY_CHUNK: usize = 32;
+/// Longest entropy chunk, in bytes.
+pub const MAX_ENTROPY_CHUNK: usize = 512;
+/// Shortest nonce, in bytes.
+pub const MIN_NONCE_LEN: usize = 16;
+/// Longest nonce, in bytes.
+pub const MAX_NONCE_LEN: usize = 64;
+/// Most entries in a `metadata` map.
+pub const MAX_METADATA_ENTRIES: usize = 16;
+/// Longest `metadata` key, in bytes.
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+/// Longest `metadata` value, in bytes.
+pub const MAX_METADATA_VALUE_LEN: usize = 256;
+/// Most certificates in an `attestation_chain`.
+pub const MAX_ATTESTATION_CHAIN: usize = 4;
+/// Longest capability token (a COSE_Sign1 CWT), in bytes.
+pub const MAX_TOKEN_LEN: usize = 1024;
+/// Longest token id (`cti`), in bytes.
+pub const MAX_CTI_LEN: usize = 64;
+/// Longest key id (`kid`), in bytes.
+pub const MAX_KID_LEN: usize = 64;
+/// Most keys in a keyset.
+pub const MAX_KEYSET_KEYS: usize = 16;
+/// Most entries in a revocation list.
+pub const MAX_REVOKED: usize = 1024;
+/// Longest unlock passphrase, in bytes.
+pub const MAX_PASSPHRASE_LEN: usize = 512;
+/// Shortest sealed-secret ciphertext (the 16-byte AEAD tag), in bytes.
+pub const MIN_SEALED_LEN: usize = 16;
+/// Longest sealed-secret ciphertext, in bytes.
+pub const MAX_SEALED_LEN: usize = 1024;
+
+/// Key-value annotations (console, source address…): at most
+/// [`MAX_METADATA_ENTRIES`] entries; informational only.
+pub type Metadata = BTreeMap<String, String>;
+
+/// A 16-byte request id (UUIDv4 layout, drawn from the DRBG), echoed in the answer.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub [u8; 16]);
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+/// Lower-case hex.
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Field for RequestId {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        self.0.encode(w)
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        <[u8; 16]>::decode(r, field).map(RequestId)
+    }
+}
+
+/// A non-empty list of distinct scopes, encoded as an array of scope names.
+impl Field for ScopeSet {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        if self.is_empty() {
+            return Err(FieldError::new("requested_scope", "empty scope list"));
+        }
+        w.array(self.iter().count());
+        self.iter().for_each(|s| w.text(s.as_str()));
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        let len = r.array(field)?;
+        if len == 0 {
+            return Err(FieldError::new(field, "empty scope list").into());
+        }
+        let mut set = ScopeSet::EMPTY;
+        for _ in 0..len {
+            let scope = Scope::parse(r.text(field)?)
+                .ok_or(FieldError::new(field, "unknown scope"))?;
+            if !set.insert(scope) {
+                return Err(FieldError::new(field, "repeated scope").into());
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), FieldError> {
+    if (min..=max).contains(&len) {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, "length out of range"))
+    }
+}
+
+/// 1..=[`MAX_ID_LEN`] bytes.
+fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> {
+    check_len(field, id.len(), 1, MAX_ID_LEN)
+}
+
+fn check_opt_id(field: &'static str, id: &Option<String>) -> Result<(), FieldError> {
+    id.as_deref().map_or(Ok(()), |id| check_id(field, id))
+}
+
+/// 0..=[`MAX_TEXT_LEN`] bytes.
+fn check_text(field: &'static str, text: &str) -> Result<(), FieldError> {
+    check_len(field, text.len(), 0, MAX_TEXT_LEN)
+}
+
+fn check_opt_text(field: &'static str, text: &Option<String>) -> Result<(), FieldError> {
+    text.as_deref().map_or(Ok(()), |t| check_text(field, t))
+}
+
+fn check_nonce(field: &'static str, nonce: &[u8]) -> Result<(), FieldError> {
+    check_len(field, nonce.len(), MIN_NONCE_LEN, MAX_NONCE_LEN)
+}
+
+fn check_token(field: &'static str, token: &[u8]) -> Result<(), FieldError> {
+    check_len(field, token.len(), 1, MAX_TOKEN_LEN)
+}
+
+fn check_metadata(metadata: &Option<Metadata>) -> Result<(), FieldError> {
+    let Some(map) = metadata else { return Ok(()) };
+    check_len("metadata", map.len(), 0, MAX_METADATA_ENTRIES)?;
+    map.iter().try_for_each(|(k, v)| {
+        check_len("metadata", k.len(), 1, MAX_METADATA_KEY_LEN)?;
+        check_len("metadata", v.len(), 0, MAX_METADATA_VALUE_LEN)
+    })
+}
+
+/// Whether `code` is a TOTP code as this protocol carries it: 6 or 8 ASCII digits.
+pub fn is_valid_totp_code(code: &str) -> bool {
+    matches!(code.len(), 6 | 8) && code.bytes().all(|b| b.is_ascii_digit())
+}
+
+text_enum! {
+    /// Outcome of a TOTP validation.
+    pub enum TotpResult {
+        /// The code was right; the response may carry a token and a sealed secret.
+        Ok = "ok",
+        /// The code was wrong.
+        Fail = "fail",
+        /// Too many attempts; see `retry_after`.
+        RateLimited = "rate_limited",
+        /// The code or nonce was already used.
+        Replay = "replay",
+        /// The ACL does not allow this operator, device or volume.
+        Denied = "denied",
+        /// cryptod cannot decide now (not seeded, no key).
+        Unavailable = "unavailable",
+    }
+}
+
+text_enum! {
+    /// Outcome of a token issue request.
+    pub enum IssueResult {
+        /// A token was issued.
+        Ok = "ok",
+        /// The ACL does not grant the requested scope.
+        Denied = "denied",
+        /// Too many requests.
+        RateLimited = "rate_limited",
+        /// cryptod cannot decide now.
+        Unavailable = "unavailable",
+    }
+}
+
+text_enum! {
+    /// Outcome of a token revocation request.
+    pub enum RevokeResult {
+        /// The token id is on the revocation list.
+        Ok = "ok",
+        /// The caller may not revoke tokens.
+        Denied = "denied",
+        /// cryptod cannot decide now.
+        Unavailable = "unavailable",
+    }
+}
+
+text_enum! {
+    /// Outcome of an unlock request.
+    pub enum UnlockOutcome {
+        /// The volume is open.
+        Ok = "ok",
+        /// The passphrase did not open the volume.
+        Fail = "fail",
+        /// The token did not authorise the unlock.
+        Denied = "denied",
+    }
+}
+
+text_enum! {
+    /// The code of an `error` message.
+    pub enum ErrorCode {
+        /// The request was not well-formed.
+        Malformed = "malformed",
+        /// The request exceeded the message size limit.
+        TooLarge = "too_large",
+        /// The envelope's version is not spoken here.
+        UnsupportedVersion = "unsupported_version",
+        /// The envelope's type is not known here.
+        UnknownType = "unknown_type",
+        /// The receiver failed.
+        Internal = "internal",
+        /// The receiver is overloaded; retry later.
+        Busy = "busy",
+    }
+}
+
+text_enum! {
+    /// The construction that seals an unlock secret to the requester.
+    pub enum SealAlg {
+        /// X25519 key agreement, HKDF-SHA-256, ChaCha20-Poly1305.
+        X25519HkdfSha256ChaCha20Poly1305 = "x25519-hkdf-sha256-chacha20poly1305",
+    }
+}
+
+text_enum! {
+    /// What an audit record is about.
+    pub enum AuditAction {
+        /// First record of a new chain.
+        ChainStart = "chain_start",
+        /// A TOTP validation.
+        TotpValidate = "totp_validate",
+        /// A token issue decision.
+        TokenIssue = "token_issue",
+        /// A token revocation.
+        TokenRevoke = "token_revoke",
+        /// An unlock secret was released.
+        UnlockSecret = "unlock_secret",
+        /// A signing key rotation.
+        KeyRotate = "key_rotate",
+        /// The DRBG was reseeded.
+        EntropyReseed = "entropy_reseed",
+        /// A request refused by the ACL.
+        AclDeny = "acl_deny",
+        /// A keyset was published.
+        KeysetPublish = "keyset_publish",
+        /// The policy (ACL) changed.
+        PolicyChange = "policy_change",
+    }
+}
+
+text_enum! {
+    /// The outcome an audit record reports.
+    pub enum AuditResult {
+        /// Allowed / succeeded.
+        Ok = "ok",
+        /// Wrong credential.
+        Fail = "fail",
+        /// Refused by policy.
+        Denied = "denied",
+        /// Refused by a rate limit.
+        RateLimited = "rate_limited",
+        /// Refused as a replay.
+        Replay = "replay",
+        /// An internal failure.
+        Error = "error",
+    }
+}
+
+wire_struct! {
+    /// entropyd → cryptod: one chunk of entropy for the DRBG.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct EntropyPub {
+        /// Version string of the publishing DRBG.
+        drbg_version: String,
+        /// Publication counter (strictly increasing per entropyd boot).
+        seq: u64,
+        /// Publisher nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes.
+        nonce: Vec<u8>,
+        /// The entropy, [`MIN_ENTROPY_CHUNK`]..=[`MAX_ENTROPY_CHUNK`] bytes.
+        entropy_chunk: Zeroizing<Vec<u8>>,
+        /// Publication time.
+        timestamp: u64,
+    }
+}
+
+impl Check for EntropyPub {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("drbg_version", &self.drbg_version)?;
+        check_nonce("nonce", &self.nonce)?;
+        check_len("entropy_chunk", self.entropy_chunk.len(), MIN_ENTROPY_CHUNK, MAX_ENTROPY_CHUNK)
+    }
+}
+
+wire_struct! {
+    /// unlocker → cryptod: check an operator's TOTP code (and, for a volume,
+    /// release its unlock secret sealed to `ephemeral_pubkey`).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TotpValidateReq {
+        /// Request id, echoed in the response.
+        request_id: RequestId,
+        /// The operator who typed the code.
+        operator_id: String,
+        /// The operator's TOTP device.
+        device_id: String,
+        /// The code: 6 or 8 ASCII digits.
+        totp_code: Zeroizing<String>,
+        /// Requester nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes.
+        client_nonce: Vec<u8>,
+        /// Request time.
+        timestamp: u64,
+    }
+    optional {
+        /// The volume to unlock.
+        volume_id: String,
+        /// X25519 public key the unlock secret is sealed to (required by
+        /// cryptod for a `luks:unlock` grant).
+        ephemeral_pubkey: [u8; 32],
+        /// Attestation of the unlocker, at most [`MAX_ATTESTATION_CHAIN`] items.
+        attestation_chain: Vec<Vec<u8>>,
+        /// Informational annotations.
+        metadata: Metadata,
+    }
+}
+
+impl Check for TotpValidateReq {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("operator_id", &self.operator_id)?;
+        check_id("device_id", &self.device_id)?;
+        if !is_valid_totp_code(&self.totp_code) {
+            return Err(FieldError::new("totp_code", "not 6 or 8 ASCII digits"));
+        }
+        check_nonce("client_nonce", &self.client_nonce)?;
+        check_opt_id("volume_id", &self.volume_id)?;
+        if let Some(chain) = &self.attestation_chain {
+            check_len("attestation_chain", chain.len(), 0, MAX_ATTESTATION_CHAIN)?;
+            for item in chain {
+                check_len("attestation_chain", item.len(), 1, crate::envelope::MAX_MESSAGE_LEN)?;
+            }
+        }
+        check_metadata(&self.metadata)
+    }
+}
+
+wire_struct! {
+    /// An unlock secret encrypted to the requester's ephemeral X25519 key.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct SealedSecret {
+        /// The volume the secret opens.
+        volume_id: String,
+        /// The sealing construction.
+        alg: SealAlg,
+        /// cryptod's ephemeral X25519 public key.
+        epk: [u8; 32],
+        /// AEAD ciphertext with tag, [`MIN_SEALED_LEN`]..=[`MAX_SEALED_LEN`] bytes.
+        ciphertext: Vec<u8>,
+    }
+}
+
+impl Check for SealedSecret {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("volume_id", &self.volume_id)?;
+        check_len("ciphertext", self.ciphertext.len(), MIN_SEALED_LEN, MAX_SEALED_LEN)
+    }
+}
+
+wire_struct! {
+    /// cryptod → unlocker: the TOTP verdict.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TotpValidateResp {
+        /// The request's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: TotpResult,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+        /// A short-lived capability token (COSE_Sign1 CWT).
+        capability_token: Vec<u8>,
+        /// The volume's unlock secret, sealed to the request's `ephemeral_pubkey`.
+        unlock_secret: SealedSecret,
+        /// When the token or secret stops being valid.
+        expires_at: u64,
+        /// Seconds to wait before retrying (with `rate_limited`).
+        retry_after: u64,
+    }
+}
+
+impl Check for TotpValidateResp {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)?;
+        if let Some(token) = &self.capability_token {
+            check_token("capability_token", token)?;
+        }
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// A policy VM → cryptod: ask for a capability token.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TokenIssueReq {
+        /// Request id, echoed in the response.
+        request_id: RequestId,
+        /// The requester's name for itself (informational; identity is the peer domid).
+        vm_id: String,
+        /// The scopes asked for (non-empty, no repeats).
+        requested_scope: ScopeSet,
+        /// The service that will accept the token.
+        audience: String,
+        /// Why the token is needed (goes to the audit log).
+        justification: String,
+        /// Requester nonce, bound into the token.
+        nonce: Vec<u8>,
+        /// Request time.
+        timestamp: u64,
+    }
+    optional {
+        /// Requested lifetime in seconds (cryptod may shorten it).
+        ttl: u64,
+        /// An attestation (COSE_Sign1) proving the requester's identity.
+        attestation: Vec<u8>,
+        /// Informational annotations.
+        metadata: Metadata,
+    }
+}
+
+impl Check for TokenIssueReq {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("vm_id", &self.vm_id)?;
+        check_id("audience", &self.audience)?;
+        check_text("justification", &self.justification)?;
+        check_nonce("nonce", &self.nonce)?;
+        check_metadata(&self.metadata)
+    }
+}
+
+wire_struct! {
+    /// cryptod → policy VM: the token, or why not.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TokenIssueResp {
+        /// The request's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: IssueResult,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+        /// The token (COSE_Sign1 CWT).
+        token: Vec<u8>,
+        /// The token's `exp`.
+        expires_at: u64,
+    }
+}
+
+impl Check for TokenIssueResp {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)?;
+        if let Some(token) = &self.token {
+            check_token("token", token)?;
+        }
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// Ask cryptod to revoke a token by id.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TokenRevokeReq {
+        /// Request id, echoed in the response.
+        request_id: RequestId,
+        /// The token id (`cti`), 1..=[`MAX_CTI_LEN`] bytes.
+        cti: Vec<u8>,
+        /// Why (goes to the audit log).
+        reason: String,
+        /// Request time.
+        timestamp: u64,
+    }
+}
+
+impl Check for TokenRevokeReq {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("cti", self.cti.len(), 1, MAX_CTI_LEN)?;
+        check_text("reason", &self.reason)
+    }
+}
+
+wire_struct! {
+    /// cryptod's answer to a revocation request.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TokenRevokeResp {
+        /// The request's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: RevokeResult,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+    }
+}
+
+impl Check for TokenRevokeResp {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)
+    }
+}
+
+/// Declares a message that carries one signed blob (a COSE_Sign1).
+macro_rules! signed_message {
+    ($(#[$meta:meta])* $name:ident { $field:ident }) => {
+        wire_struct! {
+            $(#[$meta])*
+            #[derive(Clone, Debug, PartialEq, Eq)]
+            pub struct $name {
+                /// The COSE_Sign1 bytes (non-empty).
+                $field: Vec<u8>,
+            }
+        }
+
+        impl Check for $name {
+            fn check(&self) -> Result<(), FieldError> {
+                check_len(stringify!($field), self.$field.len(), 1, crate::envelope::MAX_MESSAGE_LEN)
+            }
+        }
+    };
+}
+
+signed_message! {
+    /// A signed attestation; the payload is [`AttestationClaims`].
+    Attestation { signed }
+}
+
+signed_message! {
+    /// A signed audit record; the payload is [`AuditRecord`].
+    AuditLog { record }
+}
+
+signed_message! {
+    /// A signed keyset; the payload is [`KeysetBody`].
+    Keyset { signed }
+}
+
+signed_message! {
+    /// A signed revocation list; the payload is [`RevocationBody`].
+    RevocationList { signed }
+}
+
+wire_struct! {
+    /// The receiver has stored an audit chain up to and including `seq`.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AuditAck {
+        /// The chain.
+        chain_id: [u8; 16],
+        /// Highest sequence number stored.
+        seq: u64,
+    }
+}
+
+impl Check for AuditAck {
+    fn check(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
+}
+
+/// Declares a request that carries only a request id.
+macro_rules! id_only_request {
+    ($(#[$meta:meta])* $name:ident) => {
+        wire_struct! {
+            $(#[$meta])*
+            #[derive(Clone, Debug, PartialEq, Eq)]
+            pub struct $name {
+                /// Request id, echoed in the response.
+                request_id: RequestId,
+            }
+        }
+
+        impl Check for $name {
+            fn check(&self) -> Result<(), FieldError> {
+                Ok(())
+            }
+        }
+    };
+}
+
+id_only_request! {
+    /// Ask cryptod for its current signed keyset.
+    KeysetReq
+}
+
+id_only_request! {
+    /// Ask cryptod for its current signed revocation list.
+    RevocationListReq
+}
+
+wire_struct! {
+    /// unlocker → dom0 unlock agent: open a volume.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct UnlockRequest {
+        /// Request id, echoed in the result.
+        request_id: RequestId,
+        /// The volume to open.
+        volume_id: String,
+        /// The volume passphrase, 1..=[`MAX_PASSPHRASE_LEN`] bytes (zeroized on drop).
+        passphrase: Zeroizing<Vec<u8>>,
+        /// A `luks:unlock` token for the agent to verify.
+        token: Vec<u8>,
+    }
+}
+
+impl Check for UnlockRequest {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("volume_id", &self.volume_id)?;
+        check_len("passphrase", self.passphrase.len(), 1, MAX_PASSPHRASE_LEN)?;
+        check_token("token", &self.token)
+    }
+}
+
+wire_struct! {
+    /// The unlock agent's answer.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct UnlockResult {
+        /// The request's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: UnlockOutcome,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+    }
+}
+
+impl Check for UnlockResult {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)
+    }
+}
+
+wire_struct! {
+    /// A request could not be handled at all.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ErrorMsg {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        reason: String,
+    }
+    optional {
+        /// The failed request's id, if it could be read.
+        request_id: RequestId,
+    }
+}
+
+impl Check for ErrorMsg {
+    fn check(&self) -> Result<(), FieldError> {
+        check_text("reason", &self.reason)
+    }
+}
+
+/// Adds `to_cbor`/`from_cbor` to a signed-object payload.
+macro_rules! payload_codec {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            /// Encodes the payload as one CBOR map (the bytes to sign).
+            pub fn to_cbor(&self) -> Result<Vec<u8>, EncodeError> {
+                to_cbor(self)
+            }
+
+            /// Decodes a payload, which must be exactly one CBOR map.
+            pub fn from_cbor(bytes: &[u8]) -> Result<Self, DecodeError> {
+                from_cbor(bytes, $what)
+            }
+        }
+    };
+}
+
+wire_struct! {
+    /// The payload of an [`Attestation`]: cryptod vouches that `subject_vm`
+    /// holds `subject_pubkey` for `action`.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AttestationClaims {
+        /// The VM vouched for.
+        subject_vm: String,
+        /// Its public key (Ed25519 or X25519).
+        subject_pubkey: [u8; 32],
+        /// The action the attestation is for.
+        action: String,
+        /// The nonce of the request that asked for it.
+        nonce: Vec<u8>,
+        /// Issue time.
+        issued_at: u64,
+        /// End of validity.
+        expires_at: u64,
+    }
+}
+payload_codec!(AttestationClaims, "attestation_claims");
+
+impl Check for AttestationClaims {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("subject_vm", &self.subject_vm)?;
+        check_id("action", &self.action)?;
+        check_nonce("nonce", &self.nonce)?;
+        if self.expires_at < self.issued_at {
+            return Err(FieldError::new("expires_at", "before issued_at"));
+        }
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// The payload of an [`AuditLog`]: one hash-chained audit record.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AuditRecord {
+        /// The chain (fresh per chain start).
+        chain_id: [u8; 16],
+        /// Position in the chain, from 0.
+        seq: u64,
+        /// Unique record id.
+        entry_id: [u8; 16],
+        /// SHA-256 of the previous record's signed bytes (zeros for `seq` 0).
+        prev_hash: [u8; 32],
+        /// Who acted (operator, VM or `cryptod`).
+        actor: String,
+        /// What happened.
+        action: AuditAction,
+        /// The outcome.
+        result: AuditResult,
+        /// When.
+        timestamp: u64,
+    }
+    optional {
+        /// What it happened to (volume, token id, key id…).
+        target: String,
+        /// Extra detail.
+        metadata: Metadata,
+    }
+}
+payload_codec!(AuditRecord, "audit_record");
+
+impl Check for AuditRecord {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("actor", &self.actor)?;
+        check_opt_id("target", &self.target)?;
+        check_metadata(&self.metadata)
+    }
+}
+
+wire_struct! {
+    /// One verification key in a keyset.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct KeyEntry {
+        /// Key id, 1..=[`MAX_KID_LEN`] bytes.
+        kid: Vec<u8>,
+        /// COSE algorithm (-19 Ed25519; -8 EdDSA).
+        alg: i64,
+        /// The public key.
+        pubkey: [u8; 32],
+        /// Start of validity.
+        not_before: u64,
+        /// End of validity.
+        not_after: u64,
+    }
+}
+
+impl Check for KeyEntry {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("kid", self.kid.len(), 1, MAX_KID_LEN)?;
+        if self.not_after < self.not_before {
+            return Err(FieldError::new("not_after", "before not_before"));
+        }
+        Ok(())
+    }
+}
+
+wire_struct! {
+    /// The payload of a [`Keyset`]: cryptod's token verification keys.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct KeysetBody {
+        /// Keyset version; a verifier refuses a version older than its current one.
+        version: u64,
+        /// Issue time.
+        issued_at: u64,
+        /// 1..=[`MAX_KEYSET_KEYS`] keys.
+        keys: Vec<KeyEntry>,
+    }
+}
+payload_codec!(KeysetBody, "keyset_body");
+
+impl Check for KeysetBody {
+    fn check(&self) -> Result<(), FieldError> {
+        // Each key checked itself when it was encoded or decoded.
+        check_len("keys", self.keys.len(), 1, MAX_KEYSET_KEYS)
+    }
+}
+
+wire_struct! {
+    /// One revoked token.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RevokedEntry {
+        /// The token id, 1..=[`MAX_CTI_LEN`] bytes.
+        cti: Vec<u8>,
+        /// The token's `exp` (after which the entry may be dropped).
+        exp: u64,
+    }
+}
+
+impl Check for RevokedEntry {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("cti", self.cti.len(), 1, MAX_CTI_LEN)
+    }
+}
+
+wire_struct! {
+    /// The payload of a [`RevocationList`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RevocationBody {
+        /// List serial number; a verifier refuses a serial older than its current one.
+        serial: u64,
+        /// Issue time.
+        issued_at: u64,
+        /// At most [`MAX_REVOKED`] entries.
+        entries: Vec<RevokedEntry>,
+    }
+}
+payload_codec!(RevocationBody, "revocation_body");
+
+impl Check for RevocationBody {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("entries", self.entries.len(), 0, MAX_REVOKED)
+    }
+}
