@@ -11,3 +11,5 @@
 extern crate alloc;
 
 pub mod drbg;
+pub mod ratelimit;
+pub mod totp;
