@@ -13,3 +13,4 @@ extern crate alloc;
 pub mod drbg;
 pub mod ratelimit;
 pub mod totp;
+pub mod acl;
