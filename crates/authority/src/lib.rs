@@ -14,3 +14,4 @@ pub mod drbg;
 pub mod ratelimit;
 pub mod totp;
 pub mod acl;
+pub mod unlock;
