@@ -1,1 +1,240 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for building, testing, fuzzing and
+//! benchmarking Portcullis. The justfile and `.ci/run` only call into this.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Crates that must build for the bare-metal guest target.
+const NO_STD_CRATES: &[&str] = &["portcullis-proto", "portcullis-authority", "portcullis-vchan"];
+const GUEST_TARGET: &str = "x86_64-unknown-none";
+/// Fuzz targets under `fuzz/fuzz_targets`.
+const FUZZ_TARGETS: &[&str] = &["envelope_decode", "token_verify", "vchan_ring"];
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  test               unit, property, schema and interop tests; no_std target builds; clippy
+  build [--release]  build the workspace (host tools) and the no_std crates for the guest target
+  bench              run the benchmarks and print their figures
+  fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
+  interop            only the Python (pycose) token interop check
+  ci                 what CI runs: test, then fuzz for the CI budget
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match cmd.as_str() {
+        "test" => test(),
+        "build" => build(rest.iter().any(|a| a == "--release")),
+        "bench" => bench(),
+        "fuzz" => match seconds_arg(rest, 60) {
+            Ok(secs) => fuzz(secs),
+            Err(e) => Err(e),
+        },
+        "interop" => interop(),
+        "ci" => ci(),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn seconds_arg(rest: &[String], default: u64) -> Result<u64, String> {
+    match rest.iter().position(|a| a == "--seconds") {
+        None => Ok(default),
+        Some(i) => rest
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| "--seconds needs a whole number".to_string()),
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask lives in <root>/xtask.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, printing it and how long it took; fails on a non-zero exit.
+fn run(step: &str, cmd: &mut Command) -> Result<(), String> {
+    println!("==> {step}");
+    let start = Instant::now();
+    let status = cmd.status().map_err(|e| format!("{step}: cannot start: {e}"))?;
+    let took = start.elapsed().as_secs_f64();
+    if status.success() {
+        println!("<== {step}: ok ({took:.1} s)");
+        Ok(())
+    } else {
+        Err(format!("{step}: failed ({status}) after {took:.1} s"))
+    }
+}
+
+fn ensure_guest_target() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == GUEST_TARGET) {
+        return Ok(());
+    }
+    run(
+        "rustup target add x86_64-unknown-none",
+        Command::new("rustup").args(["target", "add", GUEST_TARGET]),
+    )
+}
+
+fn build_no_std(release: bool) -> Result<(), String> {
+    ensure_guest_target()?;
+    for krate in NO_STD_CRATES {
+        let mut c = cargo();
+        c.args(["build", "-p", krate, "--target", GUEST_TARGET]);
+        if release {
+            c.arg("--release");
+        }
+        run(&format!("build {krate} for {GUEST_TARGET}"), &mut c)?;
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["build", "--workspace"]);
+    if release {
+        c.arg("--release");
+    }
+    run("build workspace (host)", &mut c)?;
+    build_no_std(release)
+}
+
+fn test() -> Result<(), String> {
+    let start = Instant::now();
+    run(
+        "cargo test --workspace",
+        cargo().args(["test", "--workspace", "--all-targets"]),
+    )?;
+    // Doc tests are not part of --all-targets.
+    run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"]))?;
+    build_no_std(false)?;
+    run(
+        "cargo clippy --workspace --all-targets -D warnings",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    interop()?;
+    println!("all tests passed in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A Python virtualenv under target/ with pycose and cbor2 from PyPI.
+fn python_env() -> Result<PathBuf, String> {
+    let venv = root().join("target/py");
+    let py = venv.join("bin/python3");
+    if !py.exists() {
+        run(
+            "create Python venv target/py",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        )?;
+    }
+    let ok = Command::new(&py)
+        .args(["-c", "import pycose, cbor2"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        run(
+            "pip install pycose cbor2",
+            Command::new(&py).args(["-m", "pip", "install", "--quiet", "pycose==1.1.0", "cbor2>=5.6,<6"]),
+        )?;
+    }
+    Ok(py)
+}
+
+fn interop() -> Result<(), String> {
+    let py = python_env()?;
+    run(
+        "build portcullis CLI",
+        cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
+    )?;
+    let cli = root().join("target/debug/portcullis");
+    run(
+        "pycose interop (tests/interop/pycose_check.py)",
+        Command::new(py)
+            .arg(root().join("tests/interop/pycose_check.py"))
+            .arg("--portcullis")
+            .arg(cli),
+    )
+}
+
+fn bench() -> Result<(), String> {
+    run("cargo bench --workspace", cargo().args(["bench", "--workspace"]))
+}
+
+fn ensure_cargo_fuzz() -> Result<(), String> {
+    let have = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    run(
+        "cargo install cargo-fuzz",
+        cargo().args(["install", "cargo-fuzz", "--locked"]),
+    )
+}
+
+fn fuzz(seconds: u64) -> Result<(), String> {
+    ensure_cargo_fuzz()?;
+    for target in FUZZ_TARGETS {
+        let mut c = cargo();
+        // libFuzzer instrumentation needs nightly-only rustc flags; the machine has
+        // only the stable toolchain, so allow them explicitly for this build.
+        c.env("RUSTC_BOOTSTRAP", "1").args([
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-max_len=8192",
+        ]);
+        run(&format!("fuzz {target} for {seconds} s"), &mut c)?;
+    }
+    Ok(())
+}
+
+fn ci() -> Result<(), String> {
+    let start = Instant::now();
+    test()?;
+    let secs = env::var("PORTCULLIS_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    fuzz(secs)?;
+    println!("ci finished in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}

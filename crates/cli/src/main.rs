@@ -1,1 +1,105 @@
-fn main() {}
+//! `portcullis`: the host-side operator tool.
+//!
+//! Exit codes: 0 success; 1 the checked thing is invalid (a token that does not
+//! verify, an audit log that does not check out); 2 usage or I/O error.
+
+mod keyfile;
+mod token_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Portcullis host tool: keys, tokens, provisioning, audit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an Ed25519 signing key: writes PREFIX.key (private COSE_Key,
+    /// mode 0600) and PREFIX.pub (public COSE_Key).
+    Keygen {
+        /// Path prefix of the two files to create; existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id as hex (default: first 8 bytes of SHA-256 of the public key).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Mint, verify or inspect capability tokens.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
+}
+
+/// An error with the exit code it maps to.
+pub enum Failure {
+    /// The input was checked and is invalid (exit 1).
+    Invalid(String),
+    /// Usage, I/O or environment error (exit 2).
+    Error(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Error(s)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
+        Command::Token(cmd) => token_cmd::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(msg)) => {
+            eprintln!("invalid: {msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Error(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn with_ext(prefix: &std::path::Path, ext: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
+    let sk = keyfile::generate()?;
+    let pk = sk.verifying_key();
+    let kid = match kid_hex {
+        Some(h) => {
+            let kid = hex::decode(h).map_err(|e| format!("--kid: not hex: {e}"))?;
+            if kid.is_empty() || kid.len() > 64 {
+                return Err(Failure::Error("--kid: must be 1 to 64 bytes".into()));
+            }
+            kid
+        }
+        None => keyfile::default_kid(&pk),
+    };
+    let (key_path, pub_path) = (with_ext(out, "key"), with_ext(out, "pub"));
+    if key_path.exists() || pub_path.exists() {
+        return Err(Failure::Error(format!(
+            "{} or {} already exists; refusing to overwrite a key",
+            key_path.display(),
+            pub_path.display()
+        )));
+    }
+    let private = keyfile::encode(keyfile::cose_key(&pk, &kid, Some(&sk)))?;
+    let public = keyfile::encode(keyfile::cose_key(&pk, &kid, None))?;
+    keyfile::write_file(&key_path, &private, true)?;
+    keyfile::write_file(&pub_path, &public, false)?;
+    println!("kid {}", hex::encode(&kid));
+    println!("wrote {} (private) and {}", key_path.display(), pub_path.display());
+    Ok(())
+}

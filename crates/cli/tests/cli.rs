@@ -1,0 +1,121 @@
+//! End-to-end tests of the `portcullis` binary: keys, tokens and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run portcullis")
+}
+
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let prefix = dir.join(name);
+    let out = run(&["keygen", "--out", prefix.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    prefix
+}
+
+fn with(prefix: &Path, ext: &str) -> String {
+    format!("{}.{ext}", prefix.display())
+}
+
+const NOW: &str = "1900000000";
+
+fn mint(dir: &Path, key: &Path, aud: &str, scope: &str, ttl: &str) -> String {
+    let path = dir.join(format!("tok-{aud}-{ttl}"));
+    let out = run(&[
+        "token", "mint", "--key", &with(key, "key"), "--sub", "policy_pd", "--aud", aud, "--scope",
+        scope, "--ttl", ttl, "--now", NOW, "--out", path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path.to_str().unwrap().to_string()
+}
+
+fn verify(key: &Path, token: &str, now: &str, extra: &[&str]) -> (i32, String) {
+    let pubkey = with(key, "pub");
+    let mut args = vec![
+        "token", "verify", "--pub", &pubkey, "--aud", "netd", "--scope", "net:modify", "--now", now,
+    ];
+    args.extend_from_slice(extra);
+    args.push(token);
+    let out = run(&args);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string())
+}
+
+#[test]
+fn minted_token_verifies_and_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k");
+    let tok = mint(dir.path(), &key, "netd", "net:modify", "60");
+    assert_eq!(verify(&key, &tok, NOW, &[]).0, 0);
+    let out = run(&["token", "inspect", &tok]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("UNVERIFIED") && text.contains("scope net:modify") && text.contains("sub   policy_pd"));
+}
+
+#[test]
+fn each_refusal_has_its_own_reason_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k");
+    let other = keygen(dir.path(), "other");
+    let tok = mint(dir.path(), &key, "netd", "net:modify", "60");
+    let cases: &[(&Path, &str, &[&str], &str)] = &[
+        (&key, "1900000100", &[], "expired"),
+        (&key, "1899999000", &[], "not_yet_valid"),
+        (&other, NOW, &[], "unknown_kid"),
+    ];
+    for (k, now, extra, code) in cases {
+        let (status, reason) = verify(k, &tok, now, extra);
+        assert_eq!(status, 1, "{code}: {reason}");
+        assert!(reason.starts_with("invalid:") && reason.ends_with(&format!("({code})")), "{reason}");
+    }
+    let wrong_aud = mint(dir.path(), &key, "unlock-agent", "net:modify", "60");
+    assert!(verify(&key, &wrong_aud, NOW, &[]).1.ends_with("(wrong_audience)"));
+    let wrong_scope = mint(dir.path(), &key, "netd", "net:read", "61");
+    assert!(verify(&key, &wrong_scope, NOW, &[]).1.ends_with("(missing_scope)"));
+    // Revocation: take the cti from inspect.
+    let out = run(&["token", "inspect", &tok]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let cti = text.lines().find_map(|l| l.trim().strip_prefix("cti ")).unwrap().trim().to_string();
+    let (status, reason) = verify(&key, &tok, NOW, &["--revoked", &cti]);
+    assert_eq!(status, 1);
+    assert!(reason.ends_with("(revoked)"), "{reason}");
+}
+
+#[test]
+fn garbage_is_malformed_and_bad_usage_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k");
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a token at all").unwrap();
+    let (status, reason) = verify(&key, junk.to_str().unwrap(), NOW, &[]);
+    assert_eq!((status, reason.ends_with("(malformed)")), (1, true), "{reason}");
+    let out = run(&["token", "verify", "--pub", "/nonexistent.pub", "--aud", "a", "--scope", "net:modify", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["token", "mint", "--key", &with(&key, "key"), "--sub", "s", "--aud", "a", "--scope", "root:all"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["token", "mint", "--key", &with(&key, "pub"), "--sub", "s", "--aud", "a", "--scope", "net:modify"]);
+    assert_eq!(out.status.code(), Some(2), "a public key cannot mint");
+    let out = run(&["token", "mint", "--key", &with(&key, "key"), "--sub", "s", "--aud", "a", "--scope", "net:modify", "--ttl", "301"]);
+    assert_eq!(out.status.code(), Some(2), "lifetime capped at 300 s");
+}
+
+#[test]
+fn keygen_never_overwrites_and_private_key_is_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "k");
+    let before = std::fs::read(with(&key, "key")).unwrap();
+    let out = run(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(with(&key, "key")).unwrap(), before);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(with(&key, "key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

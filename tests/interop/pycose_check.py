@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Token interop between the `portcullis` CLI and pycose (an implementation we did
+not write).
+
+1. A token minted by `portcullis token mint` verifies with pycose, and its claims
+   decode with cbor2 to what was asked for.
+2. Tokens signed by pycose (alg -19 and the older EdDSA -8) verify with
+   `portcullis token verify`.
+3. One byte flipped anywhere in a minted token makes `portcullis token verify`
+   fail with exit code 1 and the reason that matches where the byte was.
+
+Run by `cargo xtask interop` (and so by `cargo xtask test`).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import cbor2
+from pycose.algorithms import CoseAlgorithm, EdDSA
+from pycose.keys import CoseKey, OKPKey
+from pycose.messages import Sign1Message
+
+CLAIM = {"iss": 1, "sub": 2, "aud": 3, "exp": 4, "nbf": 5, "iat": 6, "cti": 7, "scope": 9, "nonce": 10}
+
+
+@CoseAlgorithm.register_attribute()
+class Ed25519(EdDSA):
+    """RFC 9864 fully-specified Ed25519 (-19). pycose 1.1 predates it; the
+    signature scheme is exactly EdDSA with the Ed25519 curve."""
+
+    identifier = -19
+    fullname = "Ed25519"
+
+
+class Check:
+    def __init__(self, cli, tmp):
+        self.cli = cli
+        self.tmp = tmp
+        self.failures = 0
+        self.passed = 0
+
+    def run(self, *args, stdin=None):
+        return subprocess.run([self.cli, *args], input=stdin, capture_output=True, timeout=30)
+
+    def expect(self, cond, what):
+        if cond:
+            self.passed += 1
+        else:
+            self.failures += 1
+            print(f"FAIL: {what}", file=sys.stderr)
+
+
+def load_key(path):
+    with open(path, "rb") as f:
+        return CoseKey.decode(f.read())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--portcullis", required=True)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c = Check(args.portcullis, tmp)
+        prefix = os.path.join(tmp, "signer")
+        r = c.run("keygen", "--out", prefix)
+        if r.returncode != 0:
+            print(r.stderr.decode(), file=sys.stderr)
+            sys.exit("keygen failed")
+        priv, pub = load_key(prefix + ".key"), load_key(prefix + ".pub")
+        now = int(time.time())
+
+        # 1. ours -> pycose
+        tok_path = os.path.join(tmp, "tok.cose")
+        r = c.run("token", "mint", "--key", prefix + ".key", "--sub", "policy_pd", "--aud", "netd",
+                  "--scope", "net:modify", "--ttl", "120", "--nonce", "00112233445566778899aabbccddeeff",
+                  "--now", str(now), "--out", tok_path)
+        c.expect(r.returncode == 0, f"mint exits 0 ({r.stderr.decode().strip()})")
+        token = open(tok_path, "rb").read()
+        msg = Sign1Message.decode(token)
+        msg.key = pub
+        c.expect(msg.verify_signature(), "pycose verifies the signature of a portcullis token")
+        phdr = cbor2.loads(msg.phdr_encoded)
+        c.expect(phdr.get(1) == -19, f"alg is -19 (got {phdr!r})")
+        c.expect(phdr.get(4) == bytes(pub.kid), "kid in protected header matches the key file")
+        c.expect(cbor2.loads(token).tag == 18, "token is tagged COSE_Sign1 (18)")
+        claims = cbor2.loads(msg.payload)
+        c.expect(claims[CLAIM["sub"]] == "policy_pd", "sub claim")
+        c.expect(claims[CLAIM["aud"]] == "netd", "aud claim")
+        c.expect(claims[CLAIM["scope"]] == "net:modify", "scope claim")
+        c.expect(claims[CLAIM["iat"]] == now and claims[CLAIM["exp"]] == now + 120, "iat/exp claims")
+        c.expect(claims[CLAIM["nonce"]] == bytes.fromhex("00112233445566778899aabbccddeeff"), "nonce claim")
+        c.expect(len(claims[CLAIM["cti"]]) == 16, "16-byte cti")
+        r = c.run("token", "verify", "--pub", prefix + ".pub", "--aud", "netd", "--scope", "net:modify",
+                  "--now", str(now + 1), tok_path)
+        c.expect(r.returncode == 0, f"portcullis verifies its own token ({r.stderr.decode().strip()})")
+
+        # 2. pycose -> ours, with both algorithm ids
+        for alg in (Ed25519, EdDSA):
+            claims = {1: "cryptod", 2: "unlocker", 3: "unlock-agent", 4: now + 60, 5: now, 6: now,
+                      7: os.urandom(16), 9: "luks:unlock", 10: os.urandom(16)}
+            m = Sign1Message(phdr={1: alg, 4: bytes(priv.kid)}, payload=cbor2.dumps(claims))
+            # Our key files say alg -19; sign with the same key material under each id.
+            m.key = OKPKey(crv="Ed25519", x=priv.x, d=priv.d)
+            path = os.path.join(tmp, f"py-{alg.identifier}.cose")
+            with open(path, "wb") as f:
+                f.write(m.encode(tag=True))
+            r = c.run("token", "verify", "--pub", prefix + ".pub", "--aud", "unlock-agent",
+                      "--scope", "luks:unlock", "--now", str(now + 1), path)
+            c.expect(r.returncode == 0,
+                     f"portcullis verifies a pycose token with alg {alg.identifier} ({r.stderr.decode().strip()})")
+            r = c.run("token", "verify", "--pub", prefix + ".pub", "--aud", "netd",
+                      "--scope", "luks:unlock", "--now", str(now + 1), path)
+            c.expect(r.returncode == 1 and b"wrong_audience" in r.stderr,
+                     "a pycose token for another audience is refused as wrong_audience")
+
+        # 3. one byte flipped anywhere
+        sig_start = len(token) - 64
+        payload_start = token.find(msg.payload)
+        kid = bytes(pub.kid)
+        kid_start = token.find(kid)
+        seen = {}
+        for i in range(len(token)):
+            for mask in (0x01, 0x80):
+                bad = bytearray(token)
+                bad[i] ^= mask
+                r = c.run("token", "verify", "--pub", prefix + ".pub", "--aud", "netd", "--scope", "net:modify",
+                          "--now", str(now + 1), "-", stdin=bytes(bad))
+                reason = r.stderr.decode().strip()
+                code = reason[reason.rfind("(") + 1:-1] if reason.endswith(")") else reason
+                seen[code] = seen.get(code, 0) + 1
+                c.expect(r.returncode == 1 and reason.startswith("invalid:") and "\n" not in reason,
+                         f"byte {i} ^ {mask:#x}: exit 1 with one reason line (got {r.returncode}: {reason!r})")
+                if i >= sig_start or payload_start <= i < payload_start + len(msg.payload):
+                    c.expect(code == "bad_signature", f"byte {i} (signed content) -> bad_signature, got {code}")
+                elif kid_start <= i < kid_start + len(kid):
+                    c.expect(code == "unknown_kid", f"byte {i} (kid) -> unknown_kid, got {code}")
+                else:
+                    c.expect(code in ("malformed", "wrong_algorithm", "unknown_kid", "bad_signature"),
+                             f"byte {i} (structure) -> a structural reason, got {code}")
+        print("flipped-byte reasons:", ", ".join(f"{k}={v}" for k, v in sorted(seen.items())))
+
+        print(f"pycose interop: {c.passed} passed, {c.failures} failed")
+        sys.exit(1 if c.failures else 0)
+
+
+if __name__ == "__main__":
+    main()
