@@ -1,0 +1,529 @@
+//! A vchan endpoint over a [`Backend`]: setup as a server or client
+//! (`tools/libs/vchan/init.c`), I/O with event notification, blocking helpers,
+//! close and server re-initialisation.
+
+use core::time::Duration;
+
+use crate::backend::{
+    parse_store_u32, Backend, Decimal, DomId, GrantRef, Port, StorePath, UnmapNotify, Wait,
+};
+use crate::layout::{Dir, Geometry, Placement, CLI_LIVE, MAX_ORDER, PAGE_SHIFT, SRV_LIVE};
+use crate::ring::{Channel, PeerState, RingBuf, Role};
+use crate::shm::SharedMem;
+use crate::VchanError;
+
+/// Store key holding the control page's grant reference.
+pub const RING_REF_KEY: &str = "ring-ref";
+/// Store key holding the server's event channel port.
+pub const EVENT_CHANNEL_KEY: &str = "event-channel";
+
+/// Most grant references one ring uses.
+const MAX_RING_PAGES: usize = 1 << (MAX_ORDER - PAGE_SHIFT);
+
+/// Parameters of a server endpoint, kept for [`Vchan::reinit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The client domain.
+    pub client: DomId,
+    /// The vchan port number (the last component of the store path).
+    pub port: u32,
+    /// Minimum size of the client-to-server ring.
+    pub read_min: usize,
+    /// Minimum size of the server-to-client ring.
+    pub write_min: usize,
+}
+
+/// Parameters of a client endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The server domain.
+    pub server: DomId,
+    /// The vchan port number.
+    pub port: u32,
+}
+
+/// A vchan endpoint owning its backend.
+///
+/// Dropping it closes it (as [`Vchan::shutdown`] does).
+pub struct Vchan<B: Backend> {
+    backend: B,
+    kind: Kind,
+    peer: DomId,
+    /// The store directory the server published (removed on close).
+    base: StorePath,
+    conn: Option<Conn<B::Mem>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Server(ServerConfig),
+    Client(ClientConfig),
+}
+
+struct Conn<M> {
+    chan: Channel<M>,
+    port: Port,
+}
+
+impl<B: Backend> Vchan<B> {
+    /// Creates the shared page(s) and event channel for `config.client` and
+    /// publishes them under `/local/domain/<us>/data/vchan/<client>/<port>`
+    /// (`libxenvchan_server_init`).
+    pub fn server(backend: B, config: ServerConfig) -> Result<Self, VchanError> {
+        let geometry = Geometry::for_sizes(config.read_min, config.write_min)?;
+        let base = StorePath::vchan_base(backend.domid(), config.client, config.port);
+        let mut v = Vchan {
+            backend,
+            kind: Kind::Server(config),
+            peer: config.client,
+            base,
+            conn: None,
+        };
+        v.server_setup(geometry)?;
+        Ok(v)
+    }
+
+    /// Connects to the vchan that `config.server` published for us
+    /// (`libxenvchan_client_init`). Fails with [`VchanError::NotPublished`]
+    /// if the server has not published it yet.
+    pub fn client(backend: B, config: ClientConfig) -> Result<Self, VchanError> {
+        let base = StorePath::vchan_base(config.server, backend.domid(), config.port);
+        let mut v = Vchan {
+            backend,
+            kind: Kind::Client(config),
+            peer: config.server,
+            base,
+            conn: None,
+        };
+        v.client_setup()?;
+        Ok(v)
+    }
+
+    /// Like [`Vchan::client`], but waits (watching the store) until the server
+    /// has published the vchan. `timeout` bounds each wait for a change.
+    pub fn client_wait(
+        backend: B,
+        config: ClientConfig,
+        timeout: Option<Duration>,
+    ) -> Result<Self, VchanError> {
+        let base = StorePath::vchan_base(config.server, backend.domid(), config.port);
+        let mut v = Vchan {
+            backend,
+            kind: Kind::Client(config),
+            peer: config.server,
+            base,
+            conn: None,
+        };
+        loop {
+            match v.client_setup() {
+                Err(VchanError::NotPublished) => {}
+                other => return other.map(|()| v),
+            }
+            if v.backend.store_wait(base.as_str(), timeout)? == Wait::TimedOut {
+                return Err(VchanError::Timeout);
+            }
+        }
+    }
+
+    fn server_setup(&mut self, geometry: Geometry) -> Result<(), VchanError> {
+        let port = self.backend.alloc_unbound(self.peer)?;
+        match self.server_share(geometry, port) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                self.backend.unbind(port);
+                Err(e)
+            }
+        }
+    }
+
+    fn server_share(&mut self, geometry: Geometry, port: Port) -> Result<Conn<B::Mem>, VchanError> {
+        let mut page_ref = [GrantRef(0)];
+        let notify = UnmapNotify {
+            offset: SRV_LIVE,
+            port,
+        };
+        let page = self.backend.share(self.peer, &mut page_ref, Some(notify))?;
+        let mut refs = [GrantRef(0); MAX_RING_PAGES];
+        let left = match self.share_ring(geometry, Dir::Left, &mut refs) {
+            Ok(left) => left,
+            Err(e) => {
+                self.backend.unshare(page);
+                return Err(e);
+            }
+        };
+        let left_refs = refs;
+        let right = match self.share_ring(geometry, Dir::Right, &mut refs) {
+            Ok(right) => right,
+            Err(e) => {
+                self.release(left);
+                self.backend.unshare(page);
+                return Err(e);
+            }
+        };
+        if let Err(e) = Channel::check(&page, geometry, &left, &right) {
+            self.release(left);
+            self.release(right);
+            self.backend.unshare(page);
+            return Err(e);
+        }
+        let chan = Channel::server(page, geometry, left, right)?;
+        let conn = Conn { chan, port };
+        let grants = left_refs
+            .iter()
+            .take(geometry.pages(Dir::Left))
+            .chain(refs.iter().take(geometry.pages(Dir::Right)));
+        for (i, gref) in grants.enumerate() {
+            conn.chan.write_grant(i, gref.0)?;
+        }
+        if let Err(e) = self.publish(page_ref[0], port) {
+            self.teardown_conn(conn);
+            return Err(e);
+        }
+        Ok(conn)
+    }
+
+    fn share_ring(
+        &mut self,
+        geometry: Geometry,
+        dir: Dir,
+        refs: &mut [GrantRef; MAX_RING_PAGES],
+    ) -> Result<RingBuf<B::Mem>, VchanError> {
+        match geometry.placement(dir) {
+            Placement::InPage(off) => Ok(RingBuf::InPage(off)),
+            Placement::Granted { count, .. } => {
+                let refs = refs.get_mut(..count).ok_or(VchanError::BadMapping)?;
+                Ok(RingBuf::Pages(self.backend.share(self.peer, refs, None)?))
+            }
+        }
+    }
+
+    fn publish(&mut self, page_ref: GrantRef, port: Port) -> Result<(), VchanError> {
+        let ring_ref = self.base.child(RING_REF_KEY).ok_or(VchanError::BadStoreValue)?;
+        let event = self.base.child(EVENT_CHANNEL_KEY).ok_or(VchanError::BadStoreValue)?;
+        self.backend
+            .store_write(ring_ref.as_str(), Decimal::new(page_ref.0).as_str(), self.peer)?;
+        self.backend
+            .store_write(event.as_str(), Decimal::new(port.0).as_str(), self.peer)?;
+        Ok(())
+    }
+
+    fn client_setup(&mut self) -> Result<(), VchanError> {
+        let page_ref = GrantRef(self.read_store_u32(RING_REF_KEY)?);
+        let remote = Port(self.read_store_u32(EVENT_CHANNEL_KEY)?);
+        let port = self.backend.bind_interdomain(self.peer, remote)?;
+        match self.client_map(page_ref, port) {
+            Ok(mut conn) => {
+                conn.chan.announce_client();
+                let sent = self.backend.notify(port);
+                self.conn = Some(conn);
+                sent.map_err(VchanError::from)
+            }
+            Err(e) => {
+                self.backend.unbind(port);
+                Err(e)
+            }
+        }
+    }
+
+    fn client_map(&mut self, page_ref: GrantRef, port: Port) -> Result<Conn<B::Mem>, VchanError> {
+        let notify = UnmapNotify {
+            offset: CLI_LIVE,
+            port,
+        };
+        let page = self.backend.map(self.peer, &[page_ref], true, Some(notify))?;
+        // The orders are read exactly once; everything after uses this copy.
+        let geometry = match Geometry::read(&page) {
+            Ok(g) => g,
+            Err(e) => {
+                self.backend.unmap(page);
+                return Err(e.into());
+            }
+        };
+        let left = match self.map_ring(&page, geometry, Dir::Left, true) {
+            Ok(left) => left,
+            Err(e) => {
+                self.backend.unmap(page);
+                return Err(e);
+            }
+        };
+        let right = match self.map_ring(&page, geometry, Dir::Right, false) {
+            Ok(right) => right,
+            Err(e) => {
+                self.release(left);
+                self.backend.unmap(page);
+                return Err(e);
+            }
+        };
+        if let Err(e) = Channel::check(&page, geometry, &left, &right) {
+            self.release(left);
+            self.release(right);
+            self.backend.unmap(page);
+            return Err(e);
+        }
+        let chan = Channel::client(page, geometry, left, right)?;
+        Ok(Conn { chan, port })
+    }
+
+    fn map_ring(
+        &mut self,
+        page: &B::Mem,
+        geometry: Geometry,
+        dir: Dir,
+        writable: bool,
+    ) -> Result<RingBuf<B::Mem>, VchanError> {
+        match geometry.placement(dir) {
+            Placement::InPage(off) => Ok(RingBuf::InPage(off)),
+            Placement::Granted { first, count } => {
+                let mut refs = [GrantRef(0); MAX_RING_PAGES];
+                let refs = refs.get_mut(..count).ok_or(VchanError::BadMapping)?;
+                for (i, r) in refs.iter_mut().enumerate() {
+                    *r = GrantRef(page.load_u32(crate::layout::grant_offset(first + i)));
+                }
+                Ok(RingBuf::Pages(self.backend.map(self.peer, refs, writable, None)?))
+            }
+        }
+    }
+
+    fn read_store_u32(&mut self, key: &str) -> Result<u32, VchanError> {
+        let path = self.base.child(key).ok_or(VchanError::BadStoreValue)?;
+        let mut buf = [0u8; 16];
+        let len = self
+            .backend
+            .store_read(path.as_str(), &mut buf)?
+            .ok_or(VchanError::NotPublished)?;
+        let text = buf.get(..len).ok_or(VchanError::BadStoreValue)?;
+        parse_store_u32(text).ok_or(VchanError::BadStoreValue)
+    }
+
+    /// Gives back a ring's own pages, if it has any.
+    fn release(&mut self, buf: RingBuf<B::Mem>) {
+        if let RingBuf::Pages(mem) = buf {
+            match self.kind {
+                Kind::Server(_) => self.backend.unshare(mem),
+                Kind::Client(_) => self.backend.unmap(mem),
+            }
+        }
+    }
+
+    /// Closes our side of a connection and returns its resources
+    /// (`libxenvchan_close`).
+    fn teardown_conn(&mut self, conn: Conn<B::Mem>) {
+        let Conn { mut chan, port } = conn;
+        if chan.close() {
+            // Best effort: the peer also learns from the live byte.
+            let _ = self.backend.notify(port);
+        }
+        let (page, read, write) = chan.into_parts();
+        self.release(read);
+        self.release(write);
+        match self.kind {
+            Kind::Server(_) => {
+                self.backend.unshare(page);
+                let _ = self.backend.store_remove(self.base.as_str());
+            }
+            Kind::Client(_) => self.backend.unmap(page),
+        }
+        self.backend.unbind(port);
+    }
+
+    /// Closes this endpoint: marks our side exited, signals the peer, and
+    /// releases pages, port and (server) store entries. Idempotent.
+    pub fn shutdown(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.teardown_conn(conn);
+        }
+    }
+
+    /// Closes this endpoint (same as dropping it).
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    /// Server only: after the client has gone, tears the connection down and
+    /// sets it up afresh (new pages, port and store entries) so that a new
+    /// client can connect.
+    pub fn reinit(&mut self) -> Result<(), VchanError> {
+        let Kind::Server(config) = self.kind else {
+            return Err(VchanError::NotServer);
+        };
+        self.shutdown();
+        let geometry = Geometry::for_sizes(config.read_min, config.write_min)?;
+        self.server_setup(geometry)
+    }
+
+    /// Server only: waits until the client has connected.
+    pub fn wait_connected(&mut self, timeout: Option<Duration>) -> Result<(), VchanError> {
+        if !matches!(self.kind, Kind::Server(_)) {
+            return Err(VchanError::NotServer);
+        }
+        loop {
+            match self.conn()?.chan.peer_state() {
+                PeerState::Waiting => self.wait(timeout)?,
+                PeerState::Gone => return Err(VchanError::PeerClosed),
+                PeerState::Connected | PeerState::Unknown(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// The server parameters, on a server.
+    pub fn server_config(&self) -> Option<ServerConfig> {
+        match self.kind {
+            Kind::Server(c) => Some(c),
+            Kind::Client(_) => None,
+        }
+    }
+
+    /// The client parameters, on a client.
+    pub fn client_config(&self) -> Option<ClientConfig> {
+        match self.kind {
+            Kind::Client(c) => Some(c),
+            Kind::Server(_) => None,
+        }
+    }
+
+    /// The peer domain.
+    pub fn peer(&self) -> DomId {
+        self.peer
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        match self.kind {
+            Kind::Server(_) => Role::Server,
+            Kind::Client(_) => Role::Client,
+        }
+    }
+
+    /// The local event channel port, while open.
+    pub fn port(&self) -> Option<Port> {
+        self.conn.as_ref().map(|c| c.port)
+    }
+
+    /// The ring orders, while open.
+    pub fn geometry(&self) -> Option<Geometry> {
+        self.conn.as_ref().map(|c| c.chan.geometry())
+    }
+
+    /// The backend.
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// `libxenvchan_is_open`: we are open and the peer has not exited.
+    pub fn is_open(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.chan.is_open())
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn<B::Mem>, VchanError> {
+        self.conn.as_mut().ok_or(VchanError::Closed)
+    }
+
+    /// Runs a channel operation; a broken peer closes the endpoint.
+    fn op<T>(
+        &mut self,
+        f: impl FnOnce(&mut Channel<B::Mem>) -> Result<T, VchanError>,
+    ) -> Result<T, VchanError> {
+        let conn = self.conn()?;
+        let result = f(&mut conn.chan);
+        if matches!(result, Err(VchanError::BrokenPeer)) {
+            self.shutdown();
+        }
+        result
+    }
+
+    /// Bytes ready to read (arms a notification for the next write).
+    pub fn data_ready(&mut self) -> Result<usize, VchanError> {
+        self.op(|c| c.data_ready())
+    }
+
+    /// Free space to write (arms a notification for the next read).
+    pub fn buffer_space(&mut self) -> Result<usize, VchanError> {
+        self.op(|c| c.buffer_space())
+    }
+
+    /// Reads what is available, up to `buf.len()`, without blocking.
+    /// `Ok(0)` means nothing yet; [`VchanError::PeerClosed`] means nothing
+    /// and never will be.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        let io = self.op(|c| c.read(buf))?;
+        self.signal(io.notify)?;
+        Ok(io.len)
+    }
+
+    /// Writes what fits, up to `data.len()`, without blocking; `Ok(0)`
+    /// means the ring is full.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, VchanError> {
+        let io = self.op(|c| c.write(data))?;
+        self.signal(io.notify)?;
+        Ok(io.len)
+    }
+
+    fn signal(&mut self, notify: bool) -> Result<(), VchanError> {
+        if notify {
+            let port = self.conn()?.port;
+            self.backend.notify(port)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for an event on our port; [`VchanError::Timeout`] if none
+    /// arrives within `timeout` (`None`: wait forever).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), VchanError> {
+        let port = self.conn()?.port;
+        match self.backend.wait(port, timeout)? {
+            Wait::Event => Ok(()),
+            Wait::TimedOut => Err(VchanError::Timeout),
+        }
+    }
+
+    /// Reads at least one byte, waiting for events as needed. `timeout`
+    /// bounds each wait, not the whole call.
+    pub fn read_blocking(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<usize, VchanError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = self.read(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.wait(timeout)?;
+        }
+    }
+
+    /// Fills `buf` completely, waiting for events as needed.
+    pub fn read_exact(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<(), VchanError> {
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            done += self.read_blocking(rest, timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `data`, waiting for events as needed. `timeout`
+    /// bounds each wait, not the whole call.
+    pub fn write_all(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), VchanError> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self.write(rest)?;
+            rest = rest.get(n..).unwrap_or_default();
+            if n == 0 {
+                self.wait(timeout)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Drop for Vchan<B> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
