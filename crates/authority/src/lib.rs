@@ -15,3 +15,4 @@ pub mod ratelimit;
 pub mod totp;
 pub mod acl;
 pub mod unlock;
+pub mod sealed;

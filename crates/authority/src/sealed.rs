@@ -1,0 +1,339 @@
+//! cryptod's sealed state: its secrets and the replay state that must survive
+//! a restart, encrypted and authenticated under a key-encryption key (KEK)
+//! that the platform supplies at boot.
+//!
+//! Format (all integers big-endian):
+//!
+//! ```text
+//! header    = "PCSEAL" (6) || version u16 (= 1) || nonce (12) || body_len u32   -- 24 bytes
+//! body      = ChaCha20-Poly1305(KEK, nonce, aad = header, plaintext)            -- body_len bytes
+//! plaintext = root_key (32) || master_secret (32)
+//!             || u16 n_ops   || n_ops   x (u8 id_len || id || u8 alg || u8 digits
+//!                                          || u8 secret_len || secret)
+//!             || u32 acl_len || acl (UTF-8)
+//!             || u16 n_steps || n_steps x (u8 id_len || id || u64 last_step)
+//! ```
+//!
+//! `alg` is 1 = SHA-1, 2 = SHA-256, 3 = SHA-512. A blob is exactly
+//! `24 + body_len` bytes; anything shorter is [`SealError::Truncated`], anything
+//! longer [`SealError::TrailingBytes`]. A wrong KEK or any changed byte of the
+//! header or body is [`SealError::Authentication`].
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::totp::{Algorithm, OperatorSecret};
+
+/// Magic bytes at the start of a sealed blob.
+pub const MAGIC: &[u8; 6] = b"PCSEAL";
+/// The format version this code writes and reads.
+pub const VERSION: u16 = 1;
+/// Header length (also the AEAD associated data).
+pub const HEADER_LEN: usize = 24;
+/// Largest sealed blob accepted or produced.
+pub const MAX_SEALED_LEN: usize = 256 * 1024;
+const TAG_LEN: usize = 16;
+
+/// Everything cryptod keeps across restarts.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct SealedState {
+    /// Seed of the long-term Ed25519 root key (signs keysets, revocation lists, audit records).
+    pub root_key: [u8; 32],
+    /// Master secret from which volume passphrases are derived.
+    pub master_secret: [u8; 32],
+    /// The operators' TOTP secrets.
+    pub operators: Vec<OperatorSecret>,
+    /// The ACL text.
+    pub acl: String,
+    /// Per operator, the last accepted TOTP step.
+    pub last_steps: Vec<(String, u64)>,
+}
+
+impl fmt::Debug for SealedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedState")
+            .field("operators", &self.operators)
+            .field("last_steps", &self.last_steps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why state could not be sealed or unsealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealError {
+    /// Shorter than its header or than the length the header states.
+    Truncated,
+    /// Longer than the length the header states.
+    TrailingBytes,
+    /// Does not start with [`MAGIC`].
+    BadMagic,
+    /// A format version this code does not read.
+    UnsupportedVersion(u16),
+    /// Larger than [`MAX_SEALED_LEN`] (or a field longer than its length prefix allows).
+    TooLarge,
+    /// The AEAD tag does not verify: wrong KEK, or header or body tampered with.
+    Authentication,
+    /// Authentic but not a valid state (a bug or a different writer).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SealError::Truncated => f.write_str("sealed state is truncated"),
+            SealError::TrailingBytes => f.write_str("sealed state has trailing bytes"),
+            SealError::BadMagic => f.write_str("not a sealed state (bad magic)"),
+            SealError::UnsupportedVersion(v) => write!(f, "sealed state version {v} is not supported"),
+            SealError::TooLarge => f.write_str("sealed state too large"),
+            SealError::Authentication => f.write_str("sealed state does not authenticate (wrong key or tampered)"),
+            SealError::Malformed(what) => write!(f, "sealed state is malformed: {what}"),
+        }
+    }
+}
+
+/// Encrypts `state` under `kek` with `nonce` (which must never repeat for a KEK).
+pub fn seal(state: &SealedState, kek: &[u8; 32], nonce: &[u8; 12]) -> Result<Vec<u8>, SealError> {
+    let plain = encode(state)?;
+    let body_len = plain.len() + TAG_LEN;
+    if HEADER_LEN + body_len > MAX_SEALED_LEN {
+        return Err(SealError::TooLarge);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header[..6].copy_from_slice(MAGIC);
+    header[6..8].copy_from_slice(&VERSION.to_be_bytes());
+    header[8..20].copy_from_slice(nonce);
+    header[20..24].copy_from_slice(&u32::try_from(body_len).map_err(|_| SealError::TooLarge)?.to_be_bytes());
+    let cipher = ChaCha20Poly1305::new_from_slice(kek).map_err(|_| SealError::Authentication)?;
+    let body = cipher
+        .encrypt(&Nonce::from(*nonce), Payload { msg: &plain, aad: &header })
+        .map_err(|_| SealError::TooLarge)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks and decrypts a sealed blob.
+pub fn unseal(bytes: &[u8], kek: &[u8; 32]) -> Result<SealedState, SealError> {
+    if bytes.len() > MAX_SEALED_LEN {
+        return Err(SealError::TooLarge);
+    }
+    let (header, body) = bytes.split_at_checked(HEADER_LEN).ok_or(SealError::Truncated)?;
+    if &header[..6] != MAGIC {
+        return Err(SealError::BadMagic);
+    }
+    let version = u16::from_be_bytes([header[6], header[7]]);
+    if version != VERSION {
+        return Err(SealError::UnsupportedVersion(version));
+    }
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&header[8..20]);
+    let body_len = usize::try_from(u32::from_be_bytes([header[20], header[21], header[22], header[23]]))
+        .map_err(|_| SealError::TooLarge)?;
+    match body.len().cmp(&body_len) {
+        core::cmp::Ordering::Less => return Err(SealError::Truncated),
+        core::cmp::Ordering::Greater => return Err(SealError::TrailingBytes),
+        core::cmp::Ordering::Equal => {}
+    }
+    let cipher = ChaCha20Poly1305::new_from_slice(kek).map_err(|_| SealError::Authentication)?;
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: body, aad: header })
+            .map_err(|_| SealError::Authentication)?,
+    );
+    decode(&plain)
+}
+
+fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let mut out = Zeroizing::new(Vec::new());
+    out.extend_from_slice(&s.root_key);
+    out.extend_from_slice(&s.master_secret);
+    put_u16(&mut out, s.operators.len())?;
+    for op in &s.operators {
+        put_short(&mut out, op.id.as_bytes())?;
+        out.push(op.algorithm.code());
+        out.push(op.digits);
+        put_short(&mut out, &op.secret)?;
+    }
+    let acl_len = u32::try_from(s.acl.len()).map_err(|_| SealError::TooLarge)?;
+    out.extend_from_slice(&acl_len.to_be_bytes());
+    out.extend_from_slice(s.acl.as_bytes());
+    put_u16(&mut out, s.last_steps.len())?;
+    for (id, step) in &s.last_steps {
+        put_short(&mut out, id.as_bytes())?;
+        out.extend_from_slice(&step.to_be_bytes());
+    }
+    Ok(out)
+}
+
+fn put_u16(out: &mut Vec<u8>, n: usize) -> Result<(), SealError> {
+    out.extend_from_slice(&u16::try_from(n).map_err(|_| SealError::TooLarge)?.to_be_bytes());
+    Ok(())
+}
+
+fn put_short(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), SealError> {
+    out.push(u8::try_from(bytes.len()).map_err(|_| SealError::TooLarge)?);
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A bounds-checked reader over the plaintext.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SealError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(SealError::Malformed("short plaintext"))?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], SealError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn byte(&mut self) -> Result<u8, SealError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn short(&mut self) -> Result<&'a [u8], SealError> {
+        let n = self.byte()?;
+        self.take(usize::from(n))
+    }
+
+    fn text(&mut self, n: usize) -> Result<String, SealError> {
+        let bytes = self.take(n)?;
+        core::str::from_utf8(bytes).map(String::from).map_err(|_| SealError::Malformed("text is not UTF-8"))
+    }
+}
+
+fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
+    let mut c = Cursor(plain);
+    let root_key = c.array::<32>()?;
+    let master_secret = c.array::<32>()?;
+    let n_ops = u16::from_be_bytes(c.array()?);
+    let mut operators = Vec::new();
+    for _ in 0..n_ops {
+        let id_len = usize::from(c.byte()?);
+        let id = c.text(id_len)?;
+        let algorithm = Algorithm::from_code(c.byte()?).ok_or(SealError::Malformed("unknown TOTP algorithm"))?;
+        let digits = c.byte()?;
+        let secret = Zeroizing::new(c.short()?.to_vec());
+        let op = OperatorSecret::new(&id, &secret, algorithm, digits)
+            .map_err(|_| SealError::Malformed("invalid operator record"))?;
+        if operators.iter().any(|o: &OperatorSecret| o.id == op.id) {
+            return Err(SealError::Malformed("operator listed twice"));
+        }
+        operators.push(op);
+    }
+    let acl_len = usize::try_from(u32::from_be_bytes(c.array()?)).map_err(|_| SealError::TooLarge)?;
+    let acl = c.text(acl_len)?;
+    let n_steps = u16::from_be_bytes(c.array()?);
+    let mut last_steps = Vec::new();
+    for _ in 0..n_steps {
+        let id_len = usize::from(c.byte()?);
+        let id = c.text(id_len)?;
+        let step = u64::from_be_bytes(c.array()?);
+        last_steps.push((id, step));
+    }
+    if !c.0.is_empty() {
+        return Err(SealError::Malformed("trailing plaintext"));
+    }
+    Ok(SealedState { root_key, master_secret, operators, acl, last_steps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEK: [u8; 32] = [0x5a; 32];
+    const NONCE: [u8; 12] = [0x01; 12];
+
+    fn state() -> SealedState {
+        SealedState {
+            root_key: [1; 32],
+            master_secret: [2; 32],
+            operators: alloc::vec![
+                OperatorSecret::new("alice", b"12345678901234567890", Algorithm::Sha1, 8).unwrap(),
+                OperatorSecret::new("bob", &[9; 32], Algorithm::Sha512, 6).unwrap(),
+            ],
+            acl: "allow vm=unlocker scopes=luks:unlock aud=unlocker\n".into(),
+            last_steps: alloc::vec![("alice".into(), 37037036)],
+        }
+    }
+
+    #[test]
+    fn seal_unseal_round_trip() {
+        let blob = seal(&state(), &KEK, &NONCE).unwrap();
+        assert_eq!(&blob[..6], MAGIC);
+        assert!(!blob.windows(5).any(|w| w == b"alice"), "encrypted");
+        assert_eq!(unseal(&blob, &KEK).unwrap(), state());
+    }
+
+    #[test]
+    fn sealed_state_wrong_key_is_refused() {
+        let blob = seal(&state(), &KEK, &NONCE).unwrap();
+        assert_eq!(unseal(&blob, &[0x5b; 32]), Err(SealError::Authentication));
+    }
+
+    #[test]
+    fn sealed_state_tamper_detection() {
+        let blob = seal(&state(), &KEK, &NONCE).unwrap();
+        for i in 0..blob.len() {
+            let mut bad = blob.clone();
+            bad[i] ^= 0x80;
+            let expected = match i {
+                0..=5 => SealError::BadMagic,
+                6..=7 => SealError::UnsupportedVersion(u16::from_be_bytes([bad[6], bad[7]])),
+                20..=23 => {
+                    let stated = u32::from_be_bytes([bad[20], bad[21], bad[22], bad[23]]) as usize;
+                    if stated > blob.len() - HEADER_LEN { SealError::Truncated } else { SealError::TrailingBytes }
+                }
+                _ => SealError::Authentication,
+            };
+            assert_eq!(unseal(&bad, &KEK), Err(expected), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn sealed_state_truncation_is_reported() {
+        let blob = seal(&state(), &KEK, &NONCE).unwrap();
+        for len in [0, 5, HEADER_LEN - 1, HEADER_LEN, blob.len() - 1] {
+            assert_eq!(unseal(&blob[..len], &KEK), Err(SealError::Truncated), "len {len}");
+        }
+        let mut longer = blob.clone();
+        longer.push(0);
+        assert_eq!(unseal(&longer, &KEK), Err(SealError::TrailingBytes));
+    }
+
+    #[test]
+    fn invalid_plaintext_is_malformed() {
+        let mut s = state();
+        s.operators.push(s.operators[0].clone());
+        let blob = seal(&s, &KEK, &NONCE).unwrap();
+        assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("operator listed twice")));
+    }
+
+    proptest! {
+        #[test]
+        fn unseal_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = unseal(&bytes, &KEK);
+        }
+
+        #[test]
+        fn round_trips_any_steps(steps in proptest::collection::vec(("[a-z]{1,20}", any::<u64>()), 0..8),
+                                 acl in "\\PC{0,100}") {
+            let mut s = state();
+            s.last_steps = steps;
+            s.acl = acl;
+            prop_assert_eq!(unseal(&seal(&s, &KEK, &NONCE).unwrap(), &KEK).unwrap(), s);
+        }
+    }
+}
