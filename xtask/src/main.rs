@@ -7,7 +7,12 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 /// Crates that must build for the bare-metal guest target.
-const NO_STD_CRATES: &[&str] = &["portcullis-proto", "portcullis-authority", "portcullis-vchan"];
+const NO_STD_CRATES: &[&str] = &[
+    "portcullis-proto",
+    "portcullis-authority",
+    "portcullis-vchan",
+    "portcullis-platform",
+];
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// Fuzz targets under `fuzz/fuzz_targets`.
 const FUZZ_TARGETS: &[&str] = &["envelope_decode", "token_verify", "vchan_ring"];
