@@ -1,0 +1,462 @@
+//! Two endpoints in one process over the simulator.
+
+use std::time::Duration;
+
+use portcullis_vchan::layout::{self, Dir};
+use portcullis_vchan::sim::{Hypervisor, SimBackend, SimMem};
+use portcullis_vchan::{
+    Backend, ClientConfig, DomId, GrantRef, LayoutError, ServerConfig, SharedMem, Vchan,
+    VchanError,
+};
+
+const SERVER: DomId = DomId(3);
+const CLIENT: DomId = DomId(7);
+const PORT: u32 = 5000;
+/// Upper bound for waits that must succeed; never reached in a passing run.
+const SAFETY: Option<Duration> = Some(Duration::from_secs(20));
+/// A zero timeout: "is an event pending right now?".
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+fn server_cfg(read_min: usize, write_min: usize) -> ServerConfig {
+    ServerConfig {
+        client: CLIENT,
+        port: PORT,
+        read_min,
+        write_min,
+    }
+}
+
+fn client_cfg() -> ClientConfig {
+    ClientConfig {
+        server: SERVER,
+        port: PORT,
+    }
+}
+
+fn pair(hv: &Hypervisor, read_min: usize, write_min: usize) -> (Vchan<SimBackend>, Vchan<SimBackend>) {
+    let server = Vchan::server(hv.domain(SERVER), server_cfg(read_min, write_min)).unwrap();
+    let client = Vchan::client(hv.domain(CLIENT), client_cfg()).unwrap();
+    (server, client)
+}
+
+/// A raw view of the server's control page, as a third party mapping it.
+fn raw_page(hv: &Hypervisor) -> SimMem {
+    let base = format!("/local/domain/{}/data/vchan/{}/{}", SERVER.0, CLIENT.0, PORT);
+    let gref: u32 = hv.store_peek(&format!("{base}/ring-ref")).unwrap().parse().unwrap();
+    hv.domain(CLIENT)
+        .map(SERVER, &[GrantRef(gref)], true, None)
+        .unwrap()
+}
+
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Streams `total` bytes each way with odd chunk sizes, interleaving the two
+/// directions so the indices wrap several times.
+fn stream(server: &mut Vchan<SimBackend>, client: &mut Vchan<SimBackend>, total: usize) {
+    let up = pattern(1, total);
+    let down = pattern(2, total);
+    let (mut up_sent, mut up_got, mut down_sent, mut down_got) = (0, Vec::new(), 0, Vec::new());
+    let mut buf = vec![0u8; 5000];
+    let chunks = [1usize, 7, 333, 1024, 4095, 17];
+    let mut i = 0;
+    while up_got.len() < total || down_got.len() < total {
+        let c = chunks[i % chunks.len()];
+        i += 1;
+        let end = (up_sent + c).min(total);
+        up_sent += client.write(&up[up_sent..end]).unwrap();
+        let end = (down_sent + c * 3).min(total);
+        down_sent += server.write(&down[down_sent..end]).unwrap();
+        let n = server.read(&mut buf[..c.min(5000)]).unwrap();
+        up_got.extend_from_slice(&buf[..n]);
+        let n = client.read(&mut buf[..(c * 2).min(5000)]).unwrap();
+        down_got.extend_from_slice(&buf[..n]);
+        assert!(i < 1_000_000, "no progress");
+    }
+    assert_eq!(up_got, up);
+    assert_eq!(down_got, down);
+}
+
+#[test]
+fn data_crosses_wrap_for_each_order() {
+    for (read_min, write_min, left, right) in [
+        (1024, 2048, 10, 11),
+        (2048, 1024, 11, 10),
+        (4096, 4096, 12, 12),
+        (65536, 65536, 16, 16),
+        (1 << 20, 2048, 20, 11),
+    ] {
+        let hv = Hypervisor::new();
+        let (mut server, mut client) = pair(&hv, read_min, write_min);
+        let g = server.geometry().unwrap();
+        assert_eq!((g.order(Dir::Left), g.order(Dir::Right)), (left, right));
+        assert_eq!(client.geometry(), Some(g));
+        let size = g.ring_size(Dir::Left).max(g.ring_size(Dir::Right));
+        stream(&mut server, &mut client, 3 * size + 123);
+        // Fill to exactly the ring size, then one more byte does not fit.
+        let full = vec![0x5a; g.ring_size(Dir::Left)];
+        assert_eq!(client.write(&full).unwrap(), full.len());
+        assert_eq!(client.write(&[1]).unwrap(), 0);
+        assert_eq!(client.buffer_space().unwrap(), 0);
+        assert_eq!(server.data_ready().unwrap(), full.len());
+    }
+}
+
+#[repr(C)]
+#[allow(dead_code)]
+struct CVchanInterface {
+    left_cons: u32,
+    left_prod: u32,
+    right_cons: u32,
+    right_prod: u32,
+    left_order: u16,
+    right_order: u16,
+    cli_live: u8,
+    srv_live: u8,
+    cli_notify: u8,
+    srv_notify: u8,
+    grants: [u32; 0],
+}
+
+#[test]
+fn offsets_match_the_c_struct() {
+    use core::mem::offset_of;
+    assert_eq!(offset_of!(CVchanInterface, left_cons), layout::LEFT_CONS);
+    assert_eq!(offset_of!(CVchanInterface, left_prod), layout::LEFT_PROD);
+    assert_eq!(offset_of!(CVchanInterface, right_cons), layout::RIGHT_CONS);
+    assert_eq!(offset_of!(CVchanInterface, right_prod), layout::RIGHT_PROD);
+    assert_eq!(offset_of!(CVchanInterface, left_order), layout::LEFT_ORDER);
+    assert_eq!(offset_of!(CVchanInterface, right_order), layout::RIGHT_ORDER);
+    assert_eq!(offset_of!(CVchanInterface, cli_live), layout::CLI_LIVE);
+    assert_eq!(offset_of!(CVchanInterface, srv_live), layout::SRV_LIVE);
+    assert_eq!(offset_of!(CVchanInterface, cli_notify), layout::CLI_NOTIFY);
+    assert_eq!(offset_of!(CVchanInterface, srv_notify), layout::SRV_NOTIFY);
+    assert_eq!(offset_of!(CVchanInterface, grants), layout::GRANTS);
+    assert_eq!(core::mem::size_of::<CVchanInterface>(), 24);
+}
+
+fn bytes(page: &SimMem, off: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    page.read_bytes(off, &mut v);
+    v
+}
+
+#[test]
+fn page_bytes_in_page_rings() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1000, 2000);
+    let page = raw_page(&hv);
+    // Orders 10 (left) and 11 (right), both in the page, no grants.
+    assert_eq!(bytes(&page, 16, 4), [10, 0, 11, 0]);
+    // cli_live 1 (connected), srv_live 1, cli_notify WRITE (set by the
+    // server at init), srv_notify WRITE (set by the client at connect).
+    assert_eq!(bytes(&page, 20, 4), [1, 1, 1, 1]);
+    assert_eq!(bytes(&page, 0, 16), [0; 16]);
+
+    // Client to server data lands at offset 1024, and left.prod counts it.
+    assert_eq!(client.write(b"hello").unwrap(), 5);
+    assert_eq!(bytes(&page, 1024, 5), b"hello");
+    assert_eq!(bytes(&page, 4, 4), 5u32.to_le_bytes());
+    let mut buf = [0u8; 16];
+    assert_eq!(server.read(&mut buf).unwrap(), 5);
+    assert_eq!(bytes(&page, 0, 4), 5u32.to_le_bytes());
+
+    // Server to client data lands at offset 2048, counted by right.prod.
+    assert_eq!(server.write(b"world!").unwrap(), 6);
+    assert_eq!(bytes(&page, 2048, 6), b"world!");
+    assert_eq!(bytes(&page, 12, 4), 6u32.to_le_bytes());
+    assert_eq!(client.read(&mut buf).unwrap(), 6);
+    assert_eq!(bytes(&page, 8, 4), 6u32.to_le_bytes());
+
+    // Close: our live byte goes to 0 (exited).
+    client.close();
+    assert_eq!(bytes(&page, 20, 2), [0, 1]);
+    server.close();
+    assert_eq!(bytes(&page, 20, 2), [0, 0]);
+}
+
+#[test]
+fn page_bytes_granted_rings() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 8192, 4096);
+    let page = raw_page(&hv);
+    assert_eq!(bytes(&page, 16, 4), [13, 0, 12, 0]);
+    // Three grants: two for the left ring, then one for the right.
+    let grants: Vec<GrantRef> = (0..3)
+        .map(|i| GrantRef(page.load_u32(layout::grant_offset(i))))
+        .collect();
+    let mut other = hv.domain(CLIENT);
+    let left = other.map(SERVER, &grants[..2], false, None).unwrap();
+    let right = other.map(SERVER, &grants[2..], false, None).unwrap();
+    // Nothing beyond the grant list is written in the control page.
+    assert!(bytes(&page, 36, 4096 - 36).iter().all(|b| *b == 0));
+
+    let data = pattern(9, 5000);
+    assert_eq!(client.write(&data).unwrap(), 5000);
+    assert_eq!(bytes(&left, 0, 5000), data);
+    assert_eq!(server.write(&data[..100]).unwrap(), 100);
+    assert_eq!(bytes(&right, 0, 100), &data[..100]);
+    let mut buf = vec![0; 8192];
+    assert_eq!(server.read(&mut buf).unwrap(), 5000);
+    assert_eq!(client.read(&mut buf).unwrap(), 100);
+}
+
+#[test]
+fn notify_bits_gate_events() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 2048);
+    let page = raw_page(&hv);
+    // The client's connect woke the server.
+    server.wait(NOW).unwrap();
+    assert_eq!(server.wait(NOW), Err(VchanError::Timeout));
+
+    // The server asked for WRITE notifications at init: the first client
+    // write sends an event and consumes the request.
+    client.write(b"a").unwrap();
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), 0);
+    server.wait(NOW).unwrap();
+    // Without a request, the next write sends nothing.
+    client.write(b"b").unwrap();
+    assert_eq!(server.wait(NOW), Err(VchanError::Timeout));
+
+    // A server read that drains the ring asks for the next write again.
+    let mut buf = [0u8; 8];
+    assert_eq!(server.read(&mut buf).unwrap(), 2);
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), layout::NOTIFY_WRITE);
+    client.write(b"c").unwrap();
+    server.wait(NOW).unwrap();
+
+    // The client asked for WRITE at connect; nobody asked for READ.
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY), layout::NOTIFY_WRITE);
+    assert_eq!(server.read(&mut buf[..1]).unwrap(), 1);
+    assert_eq!(client.wait(NOW), Err(VchanError::Timeout));
+
+    // A writer that finds the ring full asks for READ; the reader's next
+    // read then signals it.
+    let big = vec![7u8; 1024];
+    assert_eq!(client.write(&big).unwrap(), 1024);
+    assert_eq!(client.write(b"x").unwrap(), 0);
+    // (The client asks in srv_notify, the byte the server consults.)
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, layout::NOTIFY_READ);
+    assert_eq!(server.read(&mut buf).unwrap(), 8);
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, 0);
+    client.wait(NOW).unwrap();
+
+    // buffer_space and data_ready arm requests in the peer's byte.
+    page.store_u8(layout::SRV_NOTIFY, 0);
+    client.buffer_space().unwrap();
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY), layout::NOTIFY_READ);
+    client.data_ready().unwrap();
+    assert_eq!(
+        page.load_u8(layout::SRV_NOTIFY),
+        layout::NOTIFY_READ | layout::NOTIFY_WRITE
+    );
+}
+
+#[test]
+fn close_is_seen_and_releases_everything() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 65536, 65536);
+    assert!(server.is_open() && client.is_open());
+    assert_eq!(hv.grant_count(SERVER), 1 + 16 + 16);
+    client.write(b"last words").unwrap();
+    server.wait(NOW).unwrap();
+    client.close();
+    assert_eq!(hv.port_count(CLIENT), 0);
+    // The close signalled the server, which sees the client gone ...
+    server.wait(NOW).unwrap();
+    assert!(!server.is_open());
+    // ... but still gets the data written before it left, then an error.
+    let mut buf = [0u8; 64];
+    assert_eq!(server.read(&mut buf).unwrap(), 10);
+    assert_eq!(&buf[..10], b"last words");
+    assert_eq!(server.read(&mut buf), Err(VchanError::PeerClosed));
+    assert_eq!(server.write(b"x"), Err(VchanError::PeerClosed));
+    assert_eq!(server.read_blocking(&mut buf, SAFETY), Err(VchanError::PeerClosed));
+    server.shutdown();
+    assert_eq!(server.read(&mut buf), Err(VchanError::Closed));
+    assert_eq!(hv.grant_count(SERVER), 0);
+    assert_eq!(hv.port_count(SERVER), 0);
+    assert!(hv.store_peek("/local/domain/3/data/vchan/7/5000/ring-ref").is_none());
+}
+
+#[test]
+fn server_close_is_seen_by_client() {
+    let hv = Hypervisor::new();
+    let (server, mut client) = pair(&hv, 1024, 1024);
+    drop(server);
+    client.wait(NOW).unwrap();
+    assert!(!client.is_open());
+    assert_eq!(client.read(&mut [0u8; 4]), Err(VchanError::PeerClosed));
+    assert_eq!(client.write(b"x"), Err(VchanError::PeerClosed));
+}
+
+#[test]
+fn crashed_peer_is_seen_through_unmap_notify() {
+    let hv = Hypervisor::new();
+    let (mut server, client) = pair(&hv, 1024, 1024);
+    server.wait(NOW).unwrap();
+    // The client domain dies without closing.
+    std::mem::forget(client);
+    hv.destroy(CLIENT);
+    server.wait(NOW).unwrap();
+    assert!(!server.is_open());
+    assert_eq!(server.read(&mut [0u8; 4]), Err(VchanError::PeerClosed));
+}
+
+#[test]
+fn server_reinit_accepts_a_new_client() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 4096, 4096);
+    client.write(b"one").unwrap();
+    client.close();
+    assert!(!server.is_open());
+    // Before re-init a new client would find the old, dead page: the
+    // server tears down and publishes a fresh one.
+    server.reinit().unwrap();
+    assert_eq!(hv.grant_count(SERVER), 3);
+    assert!(server.is_open());
+    let mut client = Vchan::client(hv.domain(CLIENT), client_cfg()).unwrap();
+    server.wait_connected(SAFETY).unwrap();
+    client.write(b"two").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(server.read(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"two");
+    stream(&mut server, &mut client, 20_000);
+    // A client cannot re-init.
+    assert_eq!(client.reinit(), Err(VchanError::NotServer));
+}
+
+#[test]
+fn client_needs_a_published_server() {
+    let hv = Hypervisor::new();
+    assert_eq!(
+        Vchan::client(hv.domain(CLIENT), client_cfg()).err(),
+        Some(VchanError::NotPublished)
+    );
+    // Another domain cannot use a vchan published for CLIENT.
+    let _server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 1024)).unwrap();
+    let base = format!("/local/domain/{}/data/vchan/{}/{}", SERVER.0, 9, PORT);
+    hv.store_poke(&format!("{base}/ring-ref"), "8", SERVER, DomId(9));
+    hv.store_poke(&format!("{base}/event-channel"), "1", SERVER, DomId(9));
+    assert!(Vchan::client(hv.domain(DomId(9)), client_cfg()).is_err());
+}
+
+#[test]
+fn client_rejects_malformed_store_values_and_orders() {
+    let hv = Hypervisor::new();
+    let server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 2048)).unwrap();
+    let base = "/local/domain/3/data/vchan/7/5000";
+    let good_ref = hv.store_peek(&format!("{base}/ring-ref")).unwrap();
+    for bad in ["", "0", "-8", "8x", "99999999999"] {
+        hv.store_poke(&format!("{base}/ring-ref"), bad, SERVER, CLIENT);
+        assert_eq!(
+            Vchan::client(hv.domain(CLIENT), client_cfg()).err(),
+            Some(VchanError::BadStoreValue),
+            "{bad:?}"
+        );
+    }
+    hv.store_poke(&format!("{base}/ring-ref"), &good_ref, SERVER, CLIENT);
+    let page = raw_page(&hv);
+    for (left, right, err) in [
+        (9, 11, LayoutError::OrderOutOfRange(9)),
+        (10, 21, LayoutError::OrderOutOfRange(21)),
+        (10, 10, LayoutError::RingsOverlap),
+        (10, 20, LayoutError::GrantsOverlapRing),
+    ] {
+        page.store_u16(layout::LEFT_ORDER, left);
+        page.store_u16(layout::RIGHT_ORDER, right);
+        assert_eq!(
+            Vchan::client(hv.domain(CLIENT), client_cfg()).err(),
+            Some(VchanError::Layout(err))
+        );
+    }
+    // Orders claiming granted rings whose grants are not ours to map.
+    page.store_u16(layout::LEFT_ORDER, 12);
+    page.store_u32(layout::grant_offset(0), 12345);
+    assert!(matches!(
+        Vchan::client(hv.domain(CLIENT), client_cfg()).err(),
+        Some(VchanError::Backend(_))
+    ));
+    // Failed attempts leave no ports behind.
+    assert_eq!(hv.port_count(CLIENT), 0);
+    drop(server);
+}
+
+#[test]
+fn orders_changed_after_connect_are_ignored() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 2048);
+    let page = raw_page(&hv);
+    page.store_u16(layout::LEFT_ORDER, 20);
+    page.store_u16(layout::RIGHT_ORDER, 0xffff);
+    stream(&mut server, &mut client, 10_000);
+}
+
+#[test]
+fn bad_indices_close_the_channel() {
+    let hv = Hypervisor::new();
+    let (mut server, client) = pair(&hv, 1024, 2048);
+    let page = raw_page(&hv);
+    // The "client" claims more data than the 1 KiB left ring can hold.
+    page.store_u32(layout::LEFT_PROD, 1025);
+    assert_eq!(server.read(&mut [0u8; 4]), Err(VchanError::BrokenPeer));
+    assert_eq!(page.load_u8(layout::SRV_LIVE), 0);
+    assert_eq!(server.read(&mut [0u8; 4]), Err(VchanError::Closed));
+    assert_eq!(hv.grant_count(SERVER), 0);
+    // The client sees the server gone.
+    assert!(!client.is_open());
+
+    // A consumer index running ahead of the producer is also broken.
+    let hv = Hypervisor::new();
+    let (mut server, _client) = pair(&hv, 1024, 2048);
+    raw_page(&hv).store_u32(layout::RIGHT_CONS, 1);
+    assert_eq!(server.write(b"x"), Err(VchanError::BrokenPeer));
+}
+
+#[test]
+fn blocking_exchange_between_threads() {
+    let hv = Hypervisor::new();
+    let mut server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 2048)).unwrap();
+    let hv2 = hv.clone();
+    let data = pattern(5, 300_000);
+    let expect = data.clone();
+    let t = std::thread::spawn(move || {
+        let mut client = Vchan::client_wait(hv2.domain(CLIENT), client_cfg(), SAFETY).unwrap();
+        client.write_all(&data, SAFETY).unwrap();
+        let mut ack = [0u8; 3];
+        client.read_exact(&mut ack, SAFETY).unwrap();
+        assert_eq!(&ack, b"ack");
+    });
+    server.wait_connected(SAFETY).unwrap();
+    let mut got = vec![0u8; expect.len()];
+    server.read_exact(&mut got, SAFETY).unwrap();
+    assert!(got == expect);
+    server.write_all(b"ack", SAFETY).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn client_waits_for_publication() {
+    let hv = Hypervisor::new();
+    let hv2 = hv.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = Vchan::client_wait(hv2.domain(CLIENT), client_cfg(), SAFETY).unwrap();
+        c.write_all(b"hi", SAFETY).unwrap();
+        c
+    });
+    let mut server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 1024)).unwrap();
+    let mut buf = [0u8; 2];
+    server.read_exact(&mut buf, SAFETY).unwrap();
+    assert_eq!(&buf, b"hi");
+    drop(t.join().unwrap());
+}
