@@ -16,3 +16,5 @@ pub mod totp;
 pub mod acl;
 pub mod unlock;
 pub mod sealed;
+pub mod keys;
+pub mod revocation;

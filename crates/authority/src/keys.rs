@@ -1,0 +1,321 @@
+//! Token signing keys: two slots (A/B), rotation, and the signed keyset.
+//!
+//! Rules:
+//! - the long-term root key (from the sealed state) signs keysets, revocation
+//!   lists and audit records; it never signs tokens;
+//! - token signing keys live in slots A and B; one is active. A key signs only
+//!   while `now < sign_until` (`not_before + rotation_period`);
+//! - rotation makes a new key from 32 DRBG bytes into the other slot (dropping
+//!   whatever was there), makes it active, and ends the old key's signing at
+//!   `now`; the old key stays published for verification until
+//!   `now + overlap` (default 600 s, longer than any token lifetime), then
+//!   [`KeyRing::expire`] drops it;
+//! - a published key's `not_after` is `sign_until + overlap`: verifiers accept
+//!   its tokens until then and refuse them after;
+//! - `kid` = the first 8 bytes of SHA-256 of the 32-byte Ed25519 public key.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use portcullis_proto::cose::{self, ContentType, CoseError};
+use portcullis_proto::msg::{KeyEntry, KeysetBody};
+use portcullis_proto::token;
+use sha2::{Digest, Sha256};
+
+/// Default time a signing key signs before it is rotated (one day).
+pub const DEFAULT_ROTATION_PERIOD: u64 = 86_400;
+/// Default time a rotated-out key stays valid for verification.
+pub const DEFAULT_OVERLAP: u64 = 600;
+/// Length of a key id.
+pub const KID_LEN: usize = 8;
+
+/// A key id: the first 8 bytes of SHA-256 of the public key.
+pub fn kid_for(key: &VerifyingKey) -> [u8; KID_LEN] {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut kid = [0u8; KID_LEN];
+    kid.copy_from_slice(&digest[..KID_LEN]);
+    kid
+}
+
+/// Rotation timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// How long a key signs (seconds).
+    pub rotation_period: u64,
+    /// How long a rotated-out key stays valid for verification (seconds).
+    pub overlap: u64,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        KeyConfig { rotation_period: DEFAULT_ROTATION_PERIOD, overlap: DEFAULT_OVERLAP }
+    }
+}
+
+/// Why a key configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// The overlap is shorter than the longest token lifetime, or the rotation
+    /// period is not longer than the overlap.
+    BadTiming,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("overlap must cover the longest token lifetime and be shorter than the rotation period")
+    }
+}
+
+/// One token signing key and its windows.
+pub struct Slot {
+    key: SigningKey,
+    kid: [u8; KID_LEN],
+    not_before: u64,
+    sign_until: u64,
+    not_after: u64,
+}
+
+impl Slot {
+    /// The key id.
+    pub fn kid(&self) -> &[u8; KID_LEN] {
+        &self.kid
+    }
+
+    /// Published validity: `(not_before, not_after)`.
+    pub fn window(&self) -> (u64, u64) {
+        (self.not_before, self.not_after)
+    }
+}
+
+/// The root key and the two token signing slots.
+pub struct KeyRing {
+    root: SigningKey,
+    root_kid: [u8; KID_LEN],
+    slots: [Option<Slot>; 2],
+    active: usize,
+    config: KeyConfig,
+    version: u64,
+}
+
+impl KeyRing {
+    /// A ring with the root key from `root_seed` and no signing key yet.
+    pub fn new(root_seed: &[u8; 32], config: KeyConfig) -> Result<KeyRing, KeyError> {
+        if config.overlap < token::MAX_LIFETIME_SECS || config.rotation_period <= config.overlap {
+            return Err(KeyError::BadTiming);
+        }
+        let root = SigningKey::from_bytes(root_seed);
+        let root_kid = kid_for(&root.verifying_key());
+        Ok(KeyRing { root, root_kid, slots: [None, None], active: 0, config, version: 0 })
+    }
+
+    /// The root key and its kid.
+    pub fn root(&self) -> (&SigningKey, &[u8; KID_LEN]) {
+        (&self.root, &self.root_kid)
+    }
+
+    /// The root public key (what verifiers pin).
+    pub fn root_public(&self) -> VerifyingKey {
+        self.root.verifying_key()
+    }
+
+    /// Whether a rotation is due: no active key, or it has stopped signing.
+    pub fn rotation_due(&self, now: u64) -> bool {
+        self.active_slot().is_none_or(|s| now >= s.sign_until)
+    }
+
+    /// Installs a new signing key from `seed` (32 DRBG bytes) and makes it
+    /// active; the previous key stops signing now and is kept for the overlap.
+    /// Returns the new kid.
+    pub fn rotate(&mut self, seed: &[u8; 32], now: u64) -> [u8; KID_LEN] {
+        let overlap = self.config.overlap;
+        if let Some(old) = self.slots[self.active].as_mut() {
+            old.sign_until = old.sign_until.min(now);
+            old.not_after = old.sign_until.saturating_add(overlap);
+        }
+        let key = SigningKey::from_bytes(seed);
+        let kid = kid_for(&key.verifying_key());
+        let sign_until = now.saturating_add(self.config.rotation_period);
+        let next = 1 - self.active;
+        self.slots[next] = Some(Slot { key, kid, not_before: now, sign_until, not_after: sign_until.saturating_add(overlap) });
+        self.active = next;
+        self.version += 1;
+        kid
+    }
+
+    /// Drops a rotated-out key whose overlap has ended; returns its kid.
+    pub fn expire(&mut self, now: u64) -> Option<[u8; KID_LEN]> {
+        let other = 1 - self.active;
+        if self.slots[other].as_ref().is_some_and(|s| now > s.not_after) {
+            self.version += 1;
+            return self.slots[other].take().map(|s| s.kid);
+        }
+        None
+    }
+
+    /// The key that signs tokens at `now`, if any.
+    pub fn signer(&self, now: u64) -> Option<(&SigningKey, &[u8; KID_LEN])> {
+        self.active_slot().filter(|s| s.not_before <= now && now < s.sign_until).map(|s| (&s.key, &s.kid))
+    }
+
+    fn active_slot(&self) -> Option<&Slot> {
+        self.slots[self.active].as_ref()
+    }
+
+    /// The published keys (active first).
+    pub fn published(&self) -> impl Iterator<Item = &Slot> {
+        [self.active, 1 - self.active].into_iter().filter_map(|i| self.slots[i].as_ref())
+    }
+
+    /// The keys as a verifier's [`token::Keyset`].
+    pub fn verifier_keyset(&self) -> token::Keyset {
+        let mut set = token::Keyset::new();
+        for s in self.published() {
+            // Kids of two distinct keys collide with negligible probability; a
+            // collision would leave the second key out, refusing its tokens.
+            let _ = set.push(token::KeyEntry {
+                kid: s.kid.to_vec(),
+                key: s.key.verifying_key(),
+                not_before: s.not_before,
+                not_after: s.not_after,
+            });
+        }
+        set
+    }
+
+    /// The keyset payload: every published key with its window.
+    pub fn keyset_body(&self, now: u64) -> KeysetBody {
+        KeysetBody {
+            version: self.version,
+            issued_at: now,
+            keys: self
+                .published()
+                .map(|s| KeyEntry {
+                    kid: s.kid.to_vec(),
+                    alg: cose::ALG_ED25519,
+                    pubkey: s.key.verifying_key().to_bytes(),
+                    not_before: s.not_before,
+                    not_after: s.not_after,
+                })
+                .collect(),
+        }
+    }
+
+    /// The keyset signed by the root key (content type `keyset`).
+    pub fn signed_keyset(&self, now: u64) -> Result<Vec<u8>, CoseError> {
+        let payload = self.keyset_body(now).to_cbor().map_err(|_| CoseError::Encoding)?;
+        cose::sign(&self.root, &self.root_kid, ContentType::Keyset, &payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+    use portcullis_proto::scope::{Scope, ScopeSet};
+    use portcullis_proto::token::{Claims, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
+
+    fn ring() -> KeyRing {
+        KeyRing::new(&[1; 32], KeyConfig::default()).unwrap()
+    }
+
+    fn claims(iat: u64) -> Claims {
+        Claims {
+            iss: String::from("cryptod"),
+            sub: String::from("policy_pd"),
+            aud: String::from("fw0"),
+            exp: iat + 60,
+            nbf: iat,
+            iat,
+            cti: alloc::vec![7; 16],
+            scope: ScopeSet::single(Scope::NetRead),
+            nonce: alloc::vec![1; 16],
+        }
+    }
+
+    fn check(ring: &KeyRing, token: &[u8], now: u64) -> Result<Claims, VerifyError> {
+        let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now, skew: 0 };
+        token::verify(token, &ring.verifier_keyset(), &exp, &mut MemoryReplayCache::new(8), &RevokedSet::new())
+    }
+
+    #[test]
+    fn timing_is_validated() {
+        let bad = KeyConfig { rotation_period: 1000, overlap: 100 };
+        assert_eq!(KeyRing::new(&[1; 32], bad).err(), Some(KeyError::BadTiming));
+        let bad = KeyConfig { rotation_period: 600, overlap: 600 };
+        assert_eq!(KeyRing::new(&[1; 32], bad).err(), Some(KeyError::BadTiming));
+    }
+
+    #[test]
+    fn kid_is_sha256_prefix_of_public_key() {
+        let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
+        assert_eq!(kid_for(&key)[..], Sha256::digest(key.as_bytes())[..8]);
+    }
+
+    #[test]
+    fn no_signer_until_first_rotation_and_after_period() {
+        let mut r = ring();
+        assert!(r.signer(0).is_none());
+        assert!(r.rotation_due(0));
+        r.rotate(&[2; 32], 1000);
+        assert!(r.signer(1000).is_some());
+        assert!(!r.rotation_due(1000 + DEFAULT_ROTATION_PERIOD - 1));
+        assert!(r.rotation_due(1000 + DEFAULT_ROTATION_PERIOD));
+        assert!(r.signer(1000 + DEFAULT_ROTATION_PERIOD).is_none(), "never signs past its period");
+    }
+
+    #[test]
+    fn rotation_keeps_previous_key_for_overlap_then_drops_it() {
+        let mut r = ring();
+        let a = r.rotate(&[2; 32], 1000);
+        let (key, kid) = r.signer(1000).unwrap();
+        let token = token::mint(key, kid, &claims(1000)).unwrap();
+        let b = r.rotate(&[3; 32], 1010);
+        assert_ne!(a, b);
+        assert_eq!(r.signer(1010).unwrap().1, &b, "slot B is now active");
+        assert_eq!(r.published().count(), 2);
+        assert!(check(&r, &token, 1020).is_ok(), "old key verifies during overlap");
+        assert_eq!(r.expire(1010 + DEFAULT_OVERLAP), None);
+        assert_eq!(r.expire(1010 + DEFAULT_OVERLAP + 1), Some(a));
+        assert_eq!(r.published().count(), 1);
+        assert_eq!(check(&r, &token, 1020), Err(VerifyError::UnknownKid));
+    }
+
+    #[test]
+    fn a_key_past_its_overlap_is_refused() {
+        let mut r = ring();
+        r.rotate(&[2; 32], 1000);
+        let (key, kid) = r.signer(1000).unwrap();
+        // A token claiming a long life (policy tokens live up to 300 s).
+        let mut c = claims(1000);
+        c.exp = 1300;
+        let token = token::mint(key, kid, &c).unwrap();
+        r.rotate(&[3; 32], 1001);
+        // Still published (expire not yet called), but once its window ends
+        // verifiers refuse it on the published not_after, before looking at exp.
+        assert!(check(&r, &token, 1200).is_ok());
+        assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP), Err(VerifyError::Expired));
+        assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP + 1), Err(VerifyError::UnknownKid));
+    }
+
+    #[test]
+    fn signed_keyset_verifies_under_the_root_key_only() {
+        let mut r = ring();
+        r.rotate(&[2; 32], 1000);
+        r.rotate(&[3; 32], 2000);
+        let bytes = r.signed_keyset(2000).unwrap();
+        let root = r.root_public();
+        let rk = *r.root().1;
+        let v = cose::verify(&bytes, ContentType::Keyset, |kid| (kid == rk).then_some(root)).unwrap();
+        let body = KeysetBody::from_cbor(&v.payload).unwrap();
+        assert_eq!(body.keys.len(), 2);
+        assert_eq!(body.version, 2);
+        assert_eq!((body.keys[1].not_before, body.keys[1].not_after), (1000, 2000 + DEFAULT_OVERLAP));
+        assert_eq!(
+            cose::verify(&bytes, ContentType::RevocationList, |_| Some(root)).err(),
+            Some(CoseError::WrongContentType)
+        );
+        let other = SigningKey::from_bytes(&[9; 32]).verifying_key();
+        assert_eq!(cose::verify(&bytes, ContentType::Keyset, |_| Some(other)).err(), Some(CoseError::BadSignature));
+    }
+}
