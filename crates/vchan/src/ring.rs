@@ -473,3 +473,38 @@ fn ring_mem<'a, M>(page: &'a M, buf: &'a RingBuf<M>) -> (&'a M, usize) {
         RingBuf::Pages(m) => (m, 0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::AtomicMem;
+    use core::sync::atomic::AtomicU32;
+
+    #[test]
+    fn indices_wrap_past_u32_max() {
+        let words: [AtomicU32; PAGE_SIZE / 4] = core::array::from_fn(|_| AtomicU32::new(0));
+        let page = AtomicMem::new(&words);
+        let g = Geometry::from_orders(10, 11).unwrap();
+        let mut server = Channel::server(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
+        // Both sides agree on indices just below the wrap point.
+        let start = u32::MAX - 100;
+        for off in [Dir::Left.cons_offset(), Dir::Left.prod_offset()] {
+            page.store_u32(off, start);
+        }
+        server.read_cons = start;
+        let mut client = Channel::client(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
+        client.announce_client();
+        let mut out = [0u8; 1024];
+        for round in 0..5u8 {
+            let data = [round; 700];
+            assert_eq!(client.write(&data).unwrap().len, 700);
+            assert_eq!(server.data_ready().unwrap(), 700);
+            assert_eq!(server.read(&mut out).unwrap().len, 700);
+            assert!(out[..700].iter().all(|b| *b == round));
+        }
+        let end = start.wrapping_add(3500);
+        assert!(end < start);
+        assert_eq!(page.load_u32(Dir::Left.prod_offset()), end);
+        assert_eq!(page.load_u32(Dir::Left.cons_offset()), end);
+    }
+}
