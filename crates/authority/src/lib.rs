@@ -18,3 +18,4 @@ pub mod unlock;
 pub mod sealed;
 pub mod keys;
 pub mod revocation;
+pub mod audit;
