@@ -218,13 +218,13 @@ pub fn verify_sign1_raw(bytes: &[u8], key: &VerifyingKey) -> Result<Vec<u8>, Cos
 }
 
 /// Size cap, decode, and the signed-object shape: a protected header holding
-/// only alg, content type and kid, and an empty unprotected header.
+/// only alg, content type and kid. The unprotected header is ignored.
 fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
     if bytes.len() > MAX_SIGNED_OBJECT_LEN {
         return Err(CoseError::TooLarge);
     }
     let object = Sign1::decode(bytes, false).ok_or(CoseError::Malformed)?;
-    if object.crit || object.other_protected || !object.unprotected_empty {
+    if object.crit || object.other_protected {
         return Err(CoseError::Malformed);
     }
     Ok(object)
@@ -246,8 +246,9 @@ pub(crate) fn encode_value(value: &Value) -> Option<Vec<u8>> {
 }
 
 /// A decoded COSE_Sign1 (RFC 9052 §4.2) with an attached payload. Only the
-/// header parameters we act on are decoded; the protected header's original
-/// bytes are kept for the signature check.
+/// protected header parameters we act on are decoded (the unprotected header
+/// is never read); the protected header's original bytes are kept for the
+/// signature check.
 pub(crate) struct Sign1 {
     protected: Vec<u8>,
     /// Protected `alg` (label 1), if present and an integer.
@@ -260,8 +261,6 @@ pub(crate) struct Sign1 {
     pub crit: bool,
     /// Whether the protected header has any label other than 1, 2, 3, 4.
     pub other_protected: bool,
-    /// Whether the unprotected header is an empty map.
-    pub unprotected_empty: bool,
     /// The payload.
     pub payload: Vec<u8>,
     signature: Vec<u8>,
@@ -286,7 +285,9 @@ impl Sign1 {
             return None;
         };
         let [protected, unprotected, payload, signature]: [Value; 4] = items.try_into().ok()?;
-        let (Value::Bytes(protected), Value::Map(unprotected)) = (protected, unprotected) else {
+        // The unprotected header is not covered by the signature and is never
+        // read; it only has to be a map.
+        let (Value::Bytes(protected), Value::Map(_)) = (protected, unprotected) else {
             return None;
         };
         let (Value::Bytes(payload), Value::Bytes(signature)) = (payload, signature) else {
@@ -299,7 +300,6 @@ impl Sign1 {
             content_type: None,
             crit: false,
             other_protected: false,
-            unprotected_empty: unprotected.is_empty(),
             payload,
             signature,
         };

@@ -552,15 +552,15 @@ pub fn inspect(token: &[u8]) -> Result<(Vec<u8>, i64, Claims), VerifyError> {
     Ok((object.kid, alg, claims))
 }
 
-/// Size cap, decode, and the token shape: protected header with only alg and
-/// kid (no content type, no crit), empty unprotected header, attached payload.
+/// Size cap, decode, and the token shape: a protected header with only alg and
+/// kid (no content type, no crit) and an attached payload. The unprotected
+/// header is ignored, so a kid found only there counts as no kid.
 fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::Malformed);
     }
     let object = Sign1::decode(token, true).ok_or(VerifyError::Malformed)?;
-    let only_alg_and_kid = !object.crit && !object.other_protected && object.content_type.is_none();
-    if !only_alg_and_kid || !object.unprotected_empty {
+    if object.crit || object.other_protected || object.content_type.is_some() {
         return Err(VerifyError::Malformed);
     }
     Ok(object)

@@ -3,6 +3,7 @@
 //! array), skew boundaries, replay and revocation semantics, and byte flips.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use coset::cbor::value::Value;
 use ed25519_dalek::{Signer, SigningKey};
@@ -19,24 +20,31 @@ const SKEW: u64 = 5;
 const KID: &[u8] = b"k1";
 const AUD: &str = "unlocker";
 
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[0x11; 32])
-}
-
-fn other_key() -> SigningKey {
-    SigningKey::from_bytes(&[0x22; 32])
-}
-
-fn keys() -> Keyset {
+// Making a key pair is a scalar multiplication, slow in debug builds: once each.
+static KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[0x11; 32]));
+static OTHER_KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[0x22; 32]));
+static KEYS: LazyLock<Keyset> = LazyLock::new(|| {
     let mut keys = Keyset::new();
     keys.push(KeyEntry {
         kid: KID.to_vec(),
-        key: key().verifying_key(),
+        key: KEY.verifying_key(),
         not_before: NOW - 3600,
         not_after: NOW + 3600,
     })
     .unwrap();
     keys
+});
+
+fn key() -> &'static SigningKey {
+    &KEY
+}
+
+fn other_key() -> &'static SigningKey {
+    &OTHER_KEY
+}
+
+fn keys() -> Keyset {
+    KEYS.clone()
 }
 
 fn claims() -> Claims {
@@ -70,7 +78,7 @@ fn check(token: &[u8], expect: &Expectations) -> Result<Claims, VerifyError> {
 fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
     let mut c = claims();
     edit(&mut c);
-    mint(&key(), KID, &c).unwrap()
+    mint(key(), KID, &c).unwrap()
 }
 
 // ---- an independent COSE_Sign1 builder, so tests can sign any shape ----
@@ -136,14 +144,14 @@ fn standard_header(alg: i64) -> Vec<(Value, Value)> {
 }
 
 fn token_from_map(map: Vec<(Value, Value)>) -> Vec<u8> {
-    sign_raw(&key(), standard_header(-19), vec![], encode(&Value::Map(map)))
+    sign_raw(key(), standard_header(-19), vec![], encode(&Value::Map(map)))
 }
 
 // ---- the accepted cases ----
 
 #[test]
 fn minted_token_verifies_and_returns_its_claims() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
 }
 
@@ -151,18 +159,18 @@ fn minted_token_verifies_and_returns_its_claims() {
 fn hand_built_token_matches_mint_byte_for_byte() {
     // Our minted bytes equal an independent construction of the same object.
     let hand = token_from_map(claims_map(&claims()));
-    assert_eq!(mint(&key(), KID, &claims()).unwrap(), hand);
+    assert_eq!(mint(key(), KID, &claims()).unwrap(), hand);
 }
 
 #[test]
 fn alg_eddsa_minus_8_is_accepted() {
-    let token = sign_raw(&key(), standard_header(-8), vec![], encode(&Value::Map(claims_map(&claims()))));
+    let token = sign_raw(key(), standard_header(-8), vec![], encode(&Value::Map(claims_map(&claims()))));
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
 }
 
 #[test]
 fn untagged_token_is_accepted() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     assert_eq!(token[0], 0xd2);
     assert_eq!(check(&token[1..], &expect_at(NOW)), Ok(claims()));
 }
@@ -170,7 +178,7 @@ fn untagged_token_is_accepted() {
 #[test]
 fn cwt_tag_61_around_tag_18_is_accepted() {
     let mut token = vec![0xd8, 0x3d];
-    token.extend(mint(&key(), KID, &claims()).unwrap());
+    token.extend(mint(key(), KID, &claims()).unwrap());
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
 }
 
@@ -206,7 +214,7 @@ fn malformed() {
     assert_eq!(check(b"\xff\x00", &e), Err(VerifyError::Malformed));
     assert_eq!(check(&encode(&Value::Array(vec![])), &e), Err(VerifyError::Malformed));
     // Trailing bytes after a valid token.
-    let mut token = mint(&key(), KID, &claims()).unwrap();
+    let mut token = mint(key(), KID, &claims()).unwrap();
     token.push(0);
     assert_eq!(check(&token, &e), Err(VerifyError::Malformed));
     // A correctly signed token lacking the nonce claim.
@@ -239,7 +247,7 @@ fn malformed_claims_are_refused_after_the_signature() {
         edit(&mut map);
         assert_eq!(check(&token_from_map(map), &e), Err(VerifyError::Malformed), "{what}");
     }
-    let not_a_map = sign_raw(&key(), standard_header(-19), vec![], encode(&int(1)));
+    let not_a_map = sign_raw(key(), standard_header(-19), vec![], encode(&int(1)));
     assert_eq!(check(&not_a_map, &e), Err(VerifyError::Malformed));
 }
 
@@ -247,30 +255,23 @@ fn malformed_claims_are_refused_after_the_signature() {
 fn malformed_headers_and_envelopes() {
     let e = expect_at(NOW);
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let kid = || (int(4), Value::Bytes(KID.to_vec()));
     // A content type makes it a signed object, not a token.
     let mut h = standard_header(-19);
     h.push((int(3), Value::Text("application/portcullis.keyset+cbor".into())));
-    assert_eq!(check(&sign_raw(&key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
-    // kid only in the unprotected header (documented choice: Malformed).
-    let only_unprotected = sign_raw(&key(), vec![(int(1), int(-19))], vec![kid()], payload.clone());
-    assert_eq!(check(&only_unprotected, &e), Err(VerifyError::Malformed));
-    // Any unprotected header at all.
-    let extra = sign_raw(&key(), standard_header(-19), vec![(int(1), int(-19))], payload.clone());
-    assert_eq!(check(&extra, &e), Err(VerifyError::Malformed));
+    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
     // crit, or an unknown protected header.
     let mut h = standard_header(-19);
     h.push((int(2), Value::Array(vec![int(4)])));
-    assert_eq!(check(&sign_raw(&key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
     let mut h = standard_header(-19);
     h.push((int(16), Value::Text("cwt".into())));
-    assert_eq!(check(&sign_raw(&key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
     // Duplicate header label.
     let mut h = standard_header(-19);
     h.push((int(1), int(-19)));
-    assert_eq!(check(&sign_raw(&key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
     // Tags other than 18, and 61 around an untagged COSE_Sign1.
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let mut wrong_tag = token.clone();
     wrong_tag[0] = 0xd1; // tag 17 (COSE_Mac0)
     assert_eq!(check(&wrong_tag, &e), Err(VerifyError::Malformed));
@@ -292,7 +293,7 @@ fn malformed_when_too_long_even_if_signed() {
     let token = token_from_map(claims_map(&c));
     assert!(token.len() > MAX_TOKEN_LEN);
     assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::Malformed));
-    assert_eq!(mint(&key(), KID, &c), Err(TokenError::TooLarge));
+    assert_eq!(mint(key(), KID, &c), Err(TokenError::TooLarge));
 }
 
 #[test]
@@ -312,12 +313,36 @@ fn deep_nesting_is_malformed_not_a_crash() {
 #[test]
 fn unknown_kid() {
     let e = expect_at(NOW);
-    let token = mint(&key(), b"k9", &claims()).unwrap();
+    let token = mint(key(), b"k9", &claims()).unwrap();
     assert_eq!(check(&token, &e), Err(VerifyError::UnknownKid));
-    // No kid at all.
+    // No kid at all, an empty kid, or a kid only in the unprotected header.
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let no_kid = sign_raw(&key(), vec![(int(1), int(-19))], vec![], payload);
+    let no_kid = sign_raw(key(), vec![(int(1), int(-19))], vec![], payload.clone());
     assert_eq!(check(&no_kid, &e), Err(VerifyError::UnknownKid));
+    let empty = vec![(int(1), int(-19)), (int(4), Value::Bytes(vec![]))];
+    assert_eq!(check(&sign_raw(key(), empty, vec![], payload.clone()), &e), Err(VerifyError::UnknownKid));
+    let kid = vec![(int(4), Value::Bytes(KID.to_vec()))];
+    let unprotected_kid = sign_raw(key(), vec![(int(1), int(-19))], kid, payload);
+    assert_eq!(check(&unprotected_kid, &e), Err(VerifyError::UnknownKid));
+}
+
+#[test]
+fn the_unprotected_header_is_never_read() {
+    // Nothing in it can change the algorithm, the key or the kind.
+    let payload = encode(&Value::Map(claims_map(&claims())));
+    let unprotected = vec![
+        (int(1), int(-7)),
+        (int(4), Value::Bytes(b"k9".to_vec())),
+        (int(3), Value::Text("application/portcullis.keyset+cbor".into())),
+    ];
+    let token = sign_raw(key(), standard_header(-19), unprotected, payload);
+    assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
+    // It must still be a map.
+    let mut bad = mint(key(), KID, &claims()).unwrap();
+    let at = 2 + 1 + 7; // tag, array, bstr header and the 7-byte protected map
+    assert_eq!(bad[at], 0xa0);
+    bad[at] = 0x80;
+    assert_eq!(check(&bad, &expect_at(NOW)), Err(VerifyError::Malformed));
 }
 
 #[test]
@@ -358,14 +383,14 @@ fn unknown_kid_when_the_key_window_does_not_cover_the_token() {
 
 #[test]
 fn bad_signature() {
-    let token = mint(&other_key(), KID, &claims()).unwrap();
+    let token = mint(other_key(), KID, &claims()).unwrap();
     assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::BadSignature));
 }
 
 #[test]
 fn bad_signature_for_a_non_canonical_s() {
     // verify_strict refuses s >= L: add the group order L to s.
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let n = token.len();
     let s = &token[n - 32..];
     const L: [u8; 32] = [
@@ -390,22 +415,22 @@ fn wrong_algorithm() {
     let payload = encode(&Value::Map(claims_map(&claims())));
     for alg in [int(-7), int(-35), int(-20), int(0), Value::Text("EdDSA".into())] {
         let h = vec![(int(1), alg.clone()), (int(4), Value::Bytes(KID.to_vec()))];
-        let token = sign_raw(&key(), h, vec![], payload.clone());
+        let token = sign_raw(key(), h, vec![], payload.clone());
         assert_eq!(check(&token, &e), Err(VerifyError::WrongAlgorithm), "{alg:?}");
     }
-    let no_alg = sign_raw(&key(), vec![(int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
+    let no_alg = sign_raw(key(), vec![(int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
     assert_eq!(check(&no_alg, &e), Err(VerifyError::WrongAlgorithm));
 }
 
 #[test]
 fn expired() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
 }
 
 #[test]
 fn not_yet_valid() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     assert_eq!(check(&token, &expect_at(NOW - SKEW - 1)), Err(VerifyError::NotYetValid));
     // nbf later than iat.
     let token = mint_with(|c| c.nbf = NOW + 30);
@@ -426,7 +451,7 @@ fn missing_scope() {
     let token = mint_with(|c| c.scope = ScopeSet::single(Scope::NetRead));
     assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::MissingScope));
     // Every required scope must be granted.
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
     e.scope = ScopeSet::parse_list("luks:unlock net:modify").unwrap();
     assert_eq!(check(&token, &e), Err(VerifyError::MissingScope));
@@ -439,7 +464,7 @@ fn missing_scope() {
 
 #[test]
 fn replayed() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let mut cache = MemoryReplayCache::new(8);
     let none = RevokedSet::new();
     assert!(verify(&token, &keys(), &expect_at(NOW), &mut cache, &none).is_ok());
@@ -454,7 +479,7 @@ fn replayed() {
 
 #[test]
 fn revoked() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let revoked = RevokedSet::from_ids(vec![vec![0xff; 16], claims().cti, vec![0x00; 16]]);
     let mut cache = MemoryReplayCache::new(8);
     assert_eq!(
@@ -469,7 +494,7 @@ fn revoked() {
 fn replay_cache_full_fails_closed() {
     let none = RevokedSet::new();
     let mut cache = MemoryReplayCache::new(1);
-    let first = mint(&key(), KID, &claims()).unwrap();
+    let first = mint(key(), KID, &claims()).unwrap();
     let second = mint_with(|c| c.cti = vec![0xc8; 16]);
     assert!(verify(&first, &keys(), &expect_at(NOW), &mut cache, &none).is_ok());
     assert_eq!(
@@ -490,7 +515,7 @@ fn replay_cache_full_fails_closed() {
 fn refused_tokens_take_no_replay_slot() {
     let mut cache = MemoryReplayCache::new(1);
     let none = RevokedSet::new();
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
     e.audience = "policy_pd";
     assert_eq!(verify(&token, &keys(), &e, &mut cache, &none), Err(VerifyError::WrongAudience));
@@ -502,18 +527,18 @@ fn refused_tokens_take_no_replay_slot() {
 fn checks_run_in_the_documented_order() {
     // Wrong key AND expired AND wrong audience: the signature check comes first.
     let token = mint_with(|c| c.aud = "x".into());
-    let forged = mint(&other_key(), KID, &claims_with_aud("x")).unwrap();
+    let forged = mint(other_key(), KID, &claims_with_aud("x")).unwrap();
     let late = expect_at(NOW + 1000);
     assert_eq!(check(&forged, &late), Err(VerifyError::BadSignature));
     // Expired AND wrong audience: expiry first.
     assert_eq!(check(&token, &late), Err(VerifyError::Expired));
     // Wrong algorithm AND unknown kid: the algorithm first.
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let both = sign_raw(&key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(b"k9".to_vec()))], vec![], payload);
+    let both = sign_raw(key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(b"k9".to_vec()))], vec![], payload);
     assert_eq!(check(&both, &expect_at(NOW)), Err(VerifyError::WrongAlgorithm));
     // Revoked AND replayed: revocation first, and no slot taken.
     let mut cache = MemoryReplayCache::new(4);
-    let fine = mint(&key(), KID, &claims()).unwrap();
+    let fine = mint(key(), KID, &claims()).unwrap();
     verify(&fine, &keys(), &expect_at(NOW), &mut cache, &RevokedSet::new()).unwrap();
     let revoked = RevokedSet::from_ids(vec![claims().cti]);
     assert_eq!(
@@ -530,7 +555,7 @@ fn claims_with_aud(aud: &str) -> Claims {
 
 #[test]
 fn skew_boundaries() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     // exp: accepted up to and including exp + skew.
     assert!(check(&token, &expect_at(NOW + 60 + SKEW)).is_ok());
     assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
@@ -564,10 +589,16 @@ fn times_near_u64_max_do_not_wrap() {
 
 #[test]
 fn no_single_byte_change_anywhere_verifies() {
-    let token = mint(&key(), KID, &claims()).unwrap();
+    let token = mint(key(), KID, &claims()).unwrap();
     let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut tried = 0;
     for i in 0..token.len() {
-        for mask in [0x01u8, 0x02, 0x10, 0x80, 0xff] {
+        // Two bit flips everywhere; more patterns over the headers, where the
+        // parser rather than the signature has to catch them. (Each attempt
+        // costs a signature check, which is slow in debug builds.)
+        let masks: &[u8] = if i < 40 { &[0x01, 0x02, 0x10, 0x80, 0xff] } else { &[0x01, 0x80] };
+        for &mask in masks {
+            tried += 1;
             let mut t = token.clone();
             t[i] ^= mask;
             match check(&t, &expect_at(NOW)) {
@@ -580,7 +611,7 @@ fn no_single_byte_change_anywhere_verifies() {
     for n in 0..token.len() {
         assert!(check(&token[..n], &expect_at(NOW)).is_err(), "truncated to {n}");
     }
-    println!("{} byte flips of a {}-byte token refused as: {kinds:?}", token.len() * 5, token.len());
+    println!("{tried} byte flips of a {}-byte token refused as: {kinds:?}", token.len());
     // Sanity: the flips exercised both the parser and the signature check.
     assert!(kinds.contains_key("malformed") && kinds.contains_key("bad_signature"));
 }
@@ -589,20 +620,20 @@ fn no_single_byte_change_anywhere_verifies() {
 
 #[test]
 fn inspect_parses_without_verifying() {
-    let token = mint(&other_key(), b"someone-else", &claims()).unwrap();
+    let token = mint(other_key(), b"someone-else", &claims()).unwrap();
     let (kid, alg, c) = inspect(&token).unwrap();
     assert_eq!((kid.as_slice(), alg, c), (&b"someone-else"[..], cose::ALG_ED25519, claims()));
     // It still refuses what is not a token.
     assert_eq!(inspect(b"\x00").map(|t| t.1), Err(VerifyError::Malformed));
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let es256 = sign_raw(&key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
+    let es256 = sign_raw(key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
     assert_eq!(inspect(&es256).map(|t| t.1), Ok(-7));
 }
 
 #[test]
 fn mint_refuses_bad_input() {
-    assert_eq!(mint(&key(), b"", &claims()), Err(TokenError::InvalidKid));
-    assert_eq!(mint(&key(), &[1; 65], &claims()), Err(TokenError::InvalidKid));
+    assert_eq!(mint(key(), b"", &claims()), Err(TokenError::InvalidKid));
+    assert_eq!(mint(key(), &[1; 65], &claims()), Err(TokenError::InvalidKid));
     let bad: [fn(&mut Claims); 6] = [
         |c| c.cti.clear(),
         |c| c.nonce = vec![0; 65],
@@ -614,7 +645,7 @@ fn mint_refuses_bad_input() {
     for edit in bad {
         let mut c = claims();
         edit(&mut c);
-        assert_eq!(mint(&key(), KID, &c), Err(TokenError::InvalidClaims), "{c:?}");
+        assert_eq!(mint(key(), KID, &c), Err(TokenError::InvalidClaims), "{c:?}");
     }
 }
 
