@@ -105,6 +105,25 @@ impl Drbg {
         Ok(())
     }
 
+    /// Mixes a local sample into the state without crediting it and without
+    /// counting as a reseed (prediction resistance between chunks): the same
+    /// HKDF step as [`Drbg::reseed`] with an empty chunk.
+    pub fn mix(&mut self, hw_sample: &[u8]) -> Result<(), DrbgError> {
+        let (bits, calls, reseeds) = (self.seed_bits, self.calls_since_reseed, self.reseeds);
+        self.reseed(&[], hw_sample)?;
+        (self.seed_bits, self.calls_since_reseed, self.reseeds) = (bits, calls, reseeds);
+        Ok(())
+    }
+
+    /// Generate calls left before a reseed is required (0 when unseeded).
+    pub fn remaining(&self) -> u64 {
+        if self.is_seeded() {
+            self.reseed_interval.saturating_sub(self.calls_since_reseed)
+        } else {
+            0
+        }
+    }
+
     /// Whether enough seed material has been absorbed to generate.
     pub fn is_seeded(&self) -> bool {
         self.seed_bits >= MIN_SEED_BITS
@@ -237,6 +256,25 @@ mod tests {
 
         let mut c = seeded();
         assert_eq!(*c.bytes::<32>().unwrap(), x, "same inputs, same stream");
+    }
+
+    #[test]
+    fn mix_changes_output_but_not_credit_or_counter() {
+        let mut d = Drbg::new(2);
+        d.mix(&[1u8; 64]).unwrap();
+        assert!(!d.is_seeded(), "hardware samples are not credited");
+        d.reseed(&[7u8; 32], b"hw").unwrap();
+        d.fill(&mut [0u8; 4]).unwrap();
+        d.mix(b"sample").unwrap();
+        assert_eq!(d.remaining(), 1);
+        let mut a = [0u8; 16];
+        d.fill(&mut a).unwrap();
+        let mut e = Drbg::new(2);
+        e.reseed(&[7u8; 32], b"hw").unwrap();
+        e.fill(&mut [0u8; 4]).unwrap();
+        let mut b = [0u8; 16];
+        e.fill(&mut b).unwrap();
+        assert_ne!(a, b);
     }
 
     #[test]

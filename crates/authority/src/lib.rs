@@ -19,3 +19,7 @@ pub mod sealed;
 pub mod keys;
 pub mod revocation;
 pub mod audit;
+pub mod authority;
+
+pub use crate::acl::PeerId;
+pub use crate::authority::{Authority, Config, Output};

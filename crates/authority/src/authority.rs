@@ -1,0 +1,554 @@
+//! The state machine: one [`Authority`] per cryptod, fed messages and time.
+//!
+//! See `docs/authority.md` for every rule; the short form:
+//! - identity is the [`PeerId`] the platform resolved from the vchan domid;
+//! - nothing audited happens before the DRBG is seeded (the audit chain id
+//!   and the first signing key come from it): such requests get `unavailable`;
+//! - every audited request first checks outbox room; a full outbox is
+//!   `unavailable` (fail closed), never a dropped record;
+//! - `entropy_pub` is accepted only from the configured entropy peer.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use ed25519_dalek::VerifyingKey;
+use portcullis_proto::msg::{
+    self, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult, TokenIssueReq,
+    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
+};
+use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::{self, Claims};
+use portcullis_proto::envelope::Message;
+use zeroize::Zeroizing;
+
+use crate::acl::{Acl, AclError, PeerId};
+use crate::audit::{AuditLog, Event, DEFAULT_OUTBOX};
+use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
+use crate::keys::{KeyConfig, KeyError, KeyRing};
+use crate::ratelimit::{Admission, RateLimitConfig, RateLimiter};
+use crate::revocation::RevocationList;
+use crate::sealed::{self, SealError, SealedState};
+use crate::totp::{CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW};
+use crate::unlock::{self, Transcript};
+
+/// Shortest and longest unlock-token lifetime that may be configured.
+pub const UNLOCK_TTL_RANGE: core::ops::RangeInclusive<u64> = 30..=120;
+/// Default unlock-token lifetime.
+pub const DEFAULT_UNLOCK_TTL: u64 = 60;
+/// Default policy-token lifetime when the request names none.
+pub const DEFAULT_POLICY_TTL: u64 = 120;
+/// Longest policy-token lifetime.
+pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
+
+/// cryptod's settings (not secret; from the platform's configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// cryptod's name: the tokens' `iss`, and the audience of revocation requests.
+    pub name: String,
+    /// The only VM whose `entropy_pub` is accepted.
+    pub entropy_vm: String,
+    /// The audience of `luks:unlock` tokens (the unlock agent).
+    pub unlock_audience: String,
+    /// Unlock-token lifetime, in [`UNLOCK_TTL_RANGE`].
+    pub unlock_ttl: u64,
+    /// Policy-token lifetime when the request names none.
+    pub policy_ttl: u64,
+    /// Longest policy-token lifetime (at most [`MAX_POLICY_TTL`]).
+    pub max_policy_ttl: u64,
+    /// TOTP window in steps on either side (at most [`MAX_WINDOW`]).
+    pub totp_window: u64,
+    /// Failure limits (one limiter for operators, one for devices).
+    pub rate_limit: RateLimitConfig,
+    /// Key rotation timing.
+    pub keys: KeyConfig,
+    /// Audit outbox capacity.
+    pub audit_outbox: usize,
+    /// DRBG generate calls allowed per reseed.
+    pub reseed_interval: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "cryptod".into(),
+            entropy_vm: "entropyd".into(),
+            unlock_audience: "unlock_agent".into(),
+            unlock_ttl: DEFAULT_UNLOCK_TTL,
+            policy_ttl: DEFAULT_POLICY_TTL,
+            max_policy_ttl: MAX_POLICY_TTL,
+            totp_window: DEFAULT_WINDOW,
+            rate_limit: RateLimitConfig::default(),
+            keys: KeyConfig::default(),
+            audit_outbox: DEFAULT_OUTBOX,
+            reseed_interval: DEFAULT_RESEED_INTERVAL,
+        }
+    }
+}
+
+/// Why an [`Authority`] could not start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The ACL in the sealed state does not pass the lint.
+    Acl(AclError),
+    /// Key rotation timing is inconsistent.
+    Keys(KeyError),
+    /// A lifetime or window outside its allowed range.
+    Config(&'static str),
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InitError::Acl(e) => write!(f, "acl: {e}"),
+            InitError::Keys(e) => write!(f, "keys: {e}"),
+            InitError::Config(what) => write!(f, "config: {what}"),
+        }
+    }
+}
+
+/// Why the state could not be exported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportError {
+    /// No nonce: the DRBG is not seeded or needs a reseed.
+    Drbg(crate::drbg::DrbgError),
+    /// Sealing failed.
+    Seal(SealError),
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::Drbg(e) => write!(f, "export: {e}"),
+            ExportError::Seal(e) => write!(f, "export: {e}"),
+        }
+    }
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// The answer to send back to the peer, if any.
+    pub response: Option<Message>,
+    /// New `audit_log` messages for the collector (also held until acked).
+    pub audit: Vec<Message>,
+    /// The sealed state changed (an operator's last step): persist [`Authority::export`].
+    pub state_changed: bool,
+}
+
+/// cryptod's decision core.
+pub struct Authority {
+    config: Config,
+    drbg: Drbg,
+    acl: Acl,
+    acl_text: String,
+    totp: Totp,
+    operators_limit: RateLimiter,
+    devices_limit: RateLimiter,
+    keys: KeyRing,
+    root_seed: Zeroizing<[u8; 32]>,
+    master: Zeroizing<[u8; 32]>,
+    revocations: RevocationList,
+    audit: Option<AuditLog>,
+}
+
+impl Authority {
+    /// Starts from the unsealed state at time `now`. The DRBG starts unseeded.
+    pub fn new(config: Config, state: SealedState, now: u64) -> Result<Authority, InitError> {
+        let _ = now;
+        if !UNLOCK_TTL_RANGE.contains(&config.unlock_ttl) {
+            return Err(InitError::Config("unlock_ttl must be 30 to 120 s"));
+        }
+        if config.max_policy_ttl > MAX_POLICY_TTL || config.policy_ttl == 0 || config.policy_ttl > config.max_policy_ttl
+        {
+            return Err(InitError::Config("policy ttl must be 1 to max_policy_ttl <= 300 s"));
+        }
+        if config.totp_window > MAX_WINDOW {
+            return Err(InitError::Config("totp_window too large"));
+        }
+        let acl = Acl::parse(&state.acl).map_err(InitError::Acl)?;
+        let keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
+        Ok(Authority {
+            drbg: Drbg::new(config.reseed_interval),
+            acl,
+            acl_text: state.acl.clone(),
+            totp: Totp::new(state.operators.iter().cloned(), state.last_steps.iter().cloned(), config.totp_window),
+            operators_limit: RateLimiter::new(config.rate_limit),
+            devices_limit: RateLimiter::new(config.rate_limit),
+            keys,
+            root_seed: Zeroizing::new(state.root_key),
+            master: Zeroizing::new(state.master_secret),
+            revocations: RevocationList::new(),
+            audit: None,
+            config,
+        })
+    }
+
+    /// The root public key (what verifiers and the audit tool pin).
+    pub fn root_public(&self) -> VerifyingKey {
+        self.keys.root_public()
+    }
+
+    /// The current token verification keys.
+    pub fn verifier_keyset(&self) -> token::Keyset {
+        self.keys.verifier_keyset()
+    }
+
+    /// The current revocation list.
+    pub fn revocations(&self) -> &RevocationList {
+        &self.revocations
+    }
+
+    /// Audit records not yet acked, oldest first (to resend after a reconnect).
+    pub fn pending_audit(&self) -> Vec<Message> {
+        self.audit.iter().flat_map(|a| a.pending()).map(audit_message).collect()
+    }
+
+    /// Whether the DRBG is seeded and the audit chain has started.
+    pub fn is_ready(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// The sealed state as it is now, sealed under `kek` with a DRBG nonce.
+    pub fn export(&mut self, kek: &[u8; 32]) -> Result<Vec<u8>, ExportError> {
+        let nonce: Zeroizing<[u8; 12]> = self.drbg.bytes().map_err(ExportError::Drbg)?;
+        let state = SealedState {
+            root_key: *self.root_seed,
+            master_secret: *self.master,
+            operators: self.totp.operators().cloned().collect(),
+            acl: self.acl_text.clone(),
+            last_steps: self.totp.last_steps().map(|(k, v)| (k.clone(), *v)).collect(),
+        };
+        sealed::seal(&state, kek, &nonce).map_err(ExportError::Seal)
+    }
+
+    /// Timers: rotates the signing key when due, drops keys past their
+    /// overlap, prunes expired revocations.
+    pub fn tick(&mut self, now: u64) -> Output {
+        let mut out = Output::default();
+        self.maintain(now, &mut out);
+        out
+    }
+
+    /// Handles one message from `peer` at time `now`; `hw_entropy` is a fresh
+    /// local hardware sample (mixed into the DRBG, never credited).
+    pub fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw_entropy: &[u8]) -> Output {
+        let mut out = Output::default();
+        if let Message::EntropyPub(e) = msg {
+            self.entropy(peer, e, now, hw_entropy, &mut out);
+            return out;
+        }
+        // A sample too long to mix is simply not mixed; nothing depends on it.
+        let _ = self.drbg.mix(hw_entropy);
+        self.maintain(now, &mut out);
+        out.response = match msg {
+            Message::TotpValidateReq(r) => Some(self.totp_validate(peer, r, now, &mut out).into()),
+            Message::TokenIssueReq(r) => Some(self.token_issue(peer, r, now, &mut out).into()),
+            Message::TokenRevokeReq(r) => Some(self.token_revoke(peer, r, now, &mut out).into()),
+            Message::KeysetReq(r) => Some(match self.keys.signed_keyset(now) {
+                Ok(signed) => msg::Keyset { signed }.into(),
+                Err(_) => error(ErrorCode::Internal, "keyset could not be signed", Some(r.request_id)),
+            }),
+            Message::RevocationListReq(r) => {
+                self.revocations.prune(now);
+                let (root, kid) = self.keys.root();
+                Some(match self.revocations.signed(root, kid, now) {
+                    Ok(signed) => msg::RevocationList { signed }.into(),
+                    Err(_) => error(ErrorCode::Internal, "revocation list could not be signed", Some(r.request_id)),
+                })
+            }
+            Message::AuditAck(a) => {
+                if let Some(log) = self.audit.as_mut() {
+                    log.ack(&a.chain_id, a.seq);
+                }
+                None
+            }
+            other => Some(error(ErrorCode::Malformed, "not a request cryptod serves", other.request_id().copied())),
+        };
+        out
+    }
+
+    fn entropy(&mut self, peer: &PeerId, e: &msg::EntropyPub, now: u64, hw: &[u8], out: &mut Output) {
+        if peer.vm != self.config.entropy_vm {
+            let ev = Event::new(&peer.vm, AuditAction::EntropyReseed, AuditResult::Denied)
+                .meta("reason", "entropy_pub from a peer that is not the entropy source");
+            self.record(ev, now, out);
+            return;
+        }
+        let was_seeded = self.drbg.is_seeded();
+        if self.drbg.reseed(&e.entropy_chunk, hw).is_err() {
+            return;
+        }
+        if !was_seeded && self.drbg.is_seeded() {
+            self.start_chain(now, out);
+        }
+        self.maintain(now, out);
+    }
+
+    /// Starts the audit chain once the DRBG is seeded.
+    fn start_chain(&mut self, now: u64, out: &mut Output) {
+        let Ok(chain_id) = self.drbg.bytes::<16>() else { return };
+        self.audit = Some(AuditLog::new(*chain_id, self.config.audit_outbox));
+        let ev = Event::new(&self.config.name, AuditAction::ChainStart, AuditResult::Ok)
+            .meta("root_kid", &hex(self.keys.root().1));
+        self.record(ev, now, out);
+    }
+
+    fn maintain(&mut self, now: u64, out: &mut Output) {
+        self.revocations.prune(now);
+        if let Some(kid) = self.keys.expire(now) {
+            let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
+                .target(&hex(&kid))
+                .meta("event", "retired");
+            self.record(ev, now, out);
+        }
+        if self.audit.as_ref().is_some_and(|a| a.has_room(1)) && self.keys.rotation_due(now) {
+            let Ok(seed) = self.drbg.bytes::<32>() else { return };
+            let kid = self.keys.rotate(&seed, now);
+            let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
+                .target(&hex(&kid))
+                .meta("event", "rotated");
+            self.record(ev, now, out);
+        }
+    }
+
+    /// Appends an audit record; false if it could not be (no chain or full).
+    fn record(&mut self, event: Event, now: u64, out: &mut Output) -> bool {
+        let Some(log) = self.audit.as_mut() else { return false };
+        match log.append(self.keys.root().0, event, now) {
+            Ok(signed) => {
+                out.audit.push(audit_message(&signed));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `n` records can be written now.
+    fn can_audit(&self, n: usize) -> bool {
+        self.audit.as_ref().is_some_and(|a| a.has_room(n))
+    }
+
+    fn totp_validate(&mut self, peer: &PeerId, r: &TotpValidateReq, now: u64, out: &mut Output) -> TotpValidateResp {
+        let resp = |result, reason: &str| TotpValidateResp {
+            request_id: r.request_id,
+            result,
+            reason: Some(reason.into()),
+            capability_token: None,
+            unlock_secret: None,
+            expires_at: None,
+            retry_after: None,
+        };
+        let base = |result| {
+            Event::new(&peer.vm, AuditAction::TotpValidate, result)
+                .target(&r.operator_id)
+                .meta("device", &r.device_id)
+                .meta("request_id", &r.request_id.to_string())
+        };
+        if !self.can_audit(2) {
+            return resp(TotpResult::Unavailable, "audit outbox full or not ready");
+        }
+        let unlock = ScopeSet::single(Scope::LuksUnlock);
+        if let Err(why) = self.acl.decide(peer, unlock, &self.config.unlock_audience) {
+            let reason = why.to_string();
+            self.record(Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied).target("luks:unlock").meta("reason", &reason), now, out);
+            return resp(TotpResult::Denied, &reason);
+        }
+        let grant = match (&r.volume_id, &r.ephemeral_pubkey) {
+            (Some(v), Some(k)) => Some((v.as_str(), k)),
+            (None, None) => None,
+            _ => {
+                let reason = "volume_id and ephemeral_pubkey go together";
+                self.record(base(AuditResult::Denied).meta("reason", reason), now, out);
+                return resp(TotpResult::Denied, reason);
+            }
+        };
+        if grant.is_some() && (self.drbg.remaining() < 2 || self.keys.signer(now).is_none()) {
+            return resp(TotpResult::Unavailable, "no randomness or signing key");
+        }
+        let locked = [self.operators_limit.admit(&r.operator_id, now), self.devices_limit.admit(&r.device_id, now)]
+            .into_iter()
+            .filter_map(|a| match a {
+                Admission::Locked(until) => Some(until),
+                Admission::Allowed => None,
+            })
+            .max();
+        if let Some(until) = locked {
+            self.record(base(AuditResult::RateLimited), now, out);
+            let mut answer = resp(TotpResult::RateLimited, "too many failures");
+            answer.retry_after = Some(until.saturating_sub(now));
+            return answer;
+        }
+        let (result, reason) = match self.totp.check(&r.operator_id, &r.totp_code, now) {
+            CodeCheck::Accepted(_) => {
+                self.operators_limit.succeed(&r.operator_id);
+                self.devices_limit.succeed(&r.device_id);
+                out.state_changed = true;
+                (None, "")
+            }
+            CodeCheck::Fail => (Some((TotpResult::Fail, AuditResult::Fail)), "wrong code"),
+            CodeCheck::Replay => (Some((TotpResult::Replay, AuditResult::Replay)), "code already used"),
+        };
+        if let Some((result, audit_result)) = result {
+            self.operators_limit.fail(&r.operator_id, now);
+            self.devices_limit.fail(&r.device_id, now);
+            self.record(base(audit_result), now, out);
+            return resp(result, reason);
+        }
+        self.record(base(AuditResult::Ok), now, out);
+        let Some((volume, epk)) = grant else {
+            return TotpValidateResp { reason: None, ..resp(TotpResult::Ok, "") };
+        };
+        match self.unlock_grant(peer, r, volume, epk, now) {
+            Ok(answer) => {
+                let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
+                    .target(volume)
+                    .meta("operator", &r.operator_id)
+                    .meta("request_id", &r.request_id.to_string());
+                self.record(ev, now, out);
+                answer
+            }
+            Err(reason) => {
+                let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Error)
+                    .target(volume)
+                    .meta("reason", reason);
+                self.record(ev, now, out);
+                resp(TotpResult::Unavailable, reason)
+            }
+        }
+    }
+
+    fn unlock_grant(
+        &mut self,
+        peer: &PeerId,
+        r: &TotpValidateReq,
+        volume: &str,
+        epk: &[u8; 32],
+        now: u64,
+    ) -> Result<TotpValidateResp, &'static str> {
+        let (aud, ttl) = (self.config.unlock_audience.clone(), self.config.unlock_ttl);
+        let claims = self.claims(peer, &aud, ScopeSet::single(Scope::LuksUnlock), &r.client_nonce, now, ttl)?;
+        let token = self.mint(&claims, now)?;
+        let esk: Zeroizing<[u8; 32]> = self.drbg.bytes().map_err(|_| "no randomness")?;
+        let passphrase = unlock::luks_passphrase(&self.master, volume).map_err(|_| "bad volume id")?;
+        let transcript = Transcript { request_id: &r.request_id, operator: &r.operator_id, volume_id: volume, token: &token };
+        let sealed = unlock::seal_unlock_secret(&esk, epk, &transcript, &passphrase[..]).map_err(|e| match e {
+            unlock::UnlockError::NonContributory => "ephemeral_pubkey is a low-order point",
+            _ => "unlock secret could not be sealed",
+        })?;
+        Ok(TotpValidateResp {
+            request_id: r.request_id,
+            result: TotpResult::Ok,
+            reason: None,
+            capability_token: Some(token),
+            unlock_secret: Some(sealed),
+            expires_at: Some(claims.exp),
+            retry_after: None,
+        })
+    }
+
+    fn claims(&mut self, peer: &PeerId, aud: &str, scope: ScopeSet, nonce: &[u8], now: u64, ttl: u64) -> Result<Claims, &'static str> {
+        let cti: Zeroizing<[u8; token::CTI_LEN]> = self.drbg.bytes().map_err(|_| "no randomness")?;
+        Ok(Claims {
+            iss: self.config.name.clone(),
+            sub: peer.vm.clone(),
+            aud: aud.into(),
+            exp: now.saturating_add(ttl),
+            nbf: now,
+            iat: now,
+            cti: cti.to_vec(),
+            scope,
+            nonce: nonce.to_vec(),
+        })
+    }
+
+    fn mint(&self, claims: &Claims, now: u64) -> Result<Vec<u8>, &'static str> {
+        let (key, kid) = self.keys.signer(now).ok_or("no signing key")?;
+        token::mint(key, kid, claims).map_err(|_| "token could not be minted")
+    }
+
+    fn token_issue(&mut self, peer: &PeerId, r: &TokenIssueReq, now: u64, out: &mut Output) -> TokenIssueResp {
+        let resp = |result, reason: &str| TokenIssueResp {
+            request_id: r.request_id,
+            result,
+            reason: Some(reason.into()),
+            token: None,
+            expires_at: None,
+        };
+        if !self.can_audit(1) {
+            return resp(IssueResult::Unavailable, "audit outbox full or not ready");
+        }
+        let event = |result| {
+            Event::new(&peer.vm, AuditAction::TokenIssue, result)
+                .target(&r.audience)
+                .meta("scope", &r.requested_scope.to_string())
+                .meta("request_id", &r.request_id.to_string())
+        };
+        let decision = if r.requested_scope.contains(Scope::LuksUnlock) {
+            Err("luks:unlock is granted only with a TOTP validation".to_string())
+        } else {
+            self.acl.decide(peer, r.requested_scope, &r.audience).map_err(|why| why.to_string())
+        };
+        if let Err(reason) = decision {
+            self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+            return resp(IssueResult::Denied, &reason);
+        }
+        let ttl = r.ttl.unwrap_or(self.config.policy_ttl).clamp(1, self.config.max_policy_ttl);
+        let issued = self
+            .claims(peer, &r.audience, r.requested_scope, &r.nonce, now, ttl)
+            .and_then(|c| Ok((self.mint(&c, now)?, c)));
+        match issued {
+            Ok((token, claims)) => {
+                self.record(event(AuditResult::Ok).meta("cti", &hex(&claims.cti)), now, out);
+                TokenIssueResp { request_id: r.request_id, result: IssueResult::Ok, reason: None, token: Some(token), expires_at: Some(claims.exp) }
+            }
+            Err(reason) => {
+                self.record(event(AuditResult::Error).meta("reason", reason), now, out);
+                resp(IssueResult::Unavailable, reason)
+            }
+        }
+    }
+
+    fn token_revoke(&mut self, peer: &PeerId, r: &TokenRevokeReq, now: u64, out: &mut Output) -> TokenRevokeResp {
+        let resp = |result, reason: Option<&str>| TokenRevokeResp { request_id: r.request_id, result, reason: reason.map(Into::into) };
+        if !self.can_audit(1) {
+            return resp(RevokeResult::Unavailable, Some("audit outbox full or not ready"));
+        }
+        let event = |result| {
+            Event::new(&peer.vm, AuditAction::TokenRevoke, result)
+                .target(&hex(&r.cti))
+                .meta("request_id", &r.request_id.to_string())
+        };
+        if let Err(why) = self.acl.decide(peer, ScopeSet::single(Scope::TokenRevoke), &self.config.name) {
+            let reason = why.to_string();
+            self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+            return resp(RevokeResult::Denied, Some(&reason));
+        }
+        // cryptod does not remember what it issued; every token dies within
+        // MAX_LIFETIME_SECS of now, so the entry is kept that long.
+        match self.revocations.revoke(&r.cti, now.saturating_add(token::MAX_LIFETIME_SECS), now) {
+            Ok(_) => {
+                self.record(event(AuditResult::Ok), now, out);
+                resp(RevokeResult::Ok, None)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.record(event(AuditResult::Error).meta("reason", &reason), now, out);
+                resp(RevokeResult::Unavailable, Some(&reason))
+            }
+        }
+    }
+}
+
+fn audit_message(signed: &[u8]) -> Message {
+    msg::AuditLog { record: signed.to_vec() }.into()
+}
+
+fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Message {
+    ErrorMsg { code, reason: reason.into(), request_id }.into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,382 @@
+//! End-to-end tests of the state machine through `Authority::handle`.
+
+use portcullis_authority::audit::verify_chain;
+use portcullis_authority::authority::{Config, Output};
+use portcullis_authority::sealed::{self, SealedState};
+use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
+use portcullis_authority::unlock::{self, Transcript};
+use portcullis_authority::{Authority, PeerId};
+use portcullis_proto::cose::{self, ContentType};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{
+    AuditAck, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody, KeysetReq, RequestId, RevocationBody,
+    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq, TotpValidateResp,
+};
+use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+const SECRET: &[u8] = b"12345678901234567890";
+const T0: u64 = 1_700_000_000;
+const ACL: &str = "\
+allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent
+allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
+";
+
+fn state() -> SealedState {
+    SealedState {
+        root_key: [0x11; 32],
+        master_secret: [0x22; 32],
+        operators: vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
+        acl: ACL.into(),
+        last_steps: vec![],
+    }
+}
+
+fn unlocker() -> PeerId {
+    PeerId::new(5, "unlocker")
+}
+
+fn policy_pd() -> PeerId {
+    PeerId::new(7, "policy_pd")
+}
+
+fn entropy(seq: u64) -> Message {
+    EntropyPub {
+        drbg_version: "entropyd-1".into(),
+        seq,
+        nonce: vec![seq as u8; 16],
+        entropy_chunk: Zeroizing::new(vec![0x5a ^ seq as u8; 64]),
+        timestamp: T0,
+    }
+    .into()
+}
+
+fn seeded_with(config: Config) -> (Authority, Vec<Vec<u8>>) {
+    let mut a = Authority::new(config, state(), T0).unwrap();
+    let out = a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"hw");
+    assert!(a.is_ready());
+    (a, records(&out))
+}
+
+fn seeded() -> (Authority, Vec<Vec<u8>>) {
+    seeded_with(Config::default())
+}
+
+fn records(out: &Output) -> Vec<Vec<u8>> {
+    out.audit
+        .iter()
+        .map(|m| match m {
+            Message::AuditLog(l) => l.record.clone(),
+            other => panic!("not an audit record: {other:?}"),
+        })
+        .collect()
+}
+
+fn code_at(t: u64) -> String {
+    format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
+}
+
+fn totp_req(code: &str, device: &str) -> TotpValidateReq {
+    TotpValidateReq {
+        request_id: RequestId([0x42; 16]),
+        operator_id: "alice".into(),
+        device_id: device.into(),
+        totp_code: Zeroizing::new(code.into()),
+        client_nonce: vec![9; 16],
+        timestamp: T0,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        attestation_chain: None,
+        metadata: None,
+    }
+}
+
+fn totp_resp(out: &Output) -> &TotpValidateResp {
+    match out.response.as_ref() {
+        Some(Message::TotpValidateResp(r)) => r,
+        other => panic!("expected totp_validate_resp, got {other:?}"),
+    }
+}
+
+fn issue_req(scope: ScopeSet, audience: &str, ttl: Option<u64>) -> TokenIssueReq {
+    TokenIssueReq {
+        request_id: RequestId([0x43; 16]),
+        vm_id: "whatever-the-guest-claims".into(),
+        requested_scope: scope,
+        audience: audience.into(),
+        justification: "rule update".into(),
+        nonce: vec![3; 16],
+        timestamp: T0,
+        ttl,
+        attestation: None,
+        metadata: None,
+    }
+}
+
+fn audit_record(bytes: &[u8]) -> AuditRecord {
+    AuditRecord::from_cbor(&cose::open_unverified(bytes).unwrap().payload).unwrap()
+}
+
+#[test]
+fn unseeded_authority_refuses_with_unavailable() {
+    let mut a = Authority::new(Config::default(), state(), T0).unwrap();
+    let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Unavailable);
+    assert!(out.audit.is_empty());
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+}
+
+#[test]
+fn entropy_from_another_peer_is_not_credited() {
+    let mut a = Authority::new(Config::default(), state(), T0).unwrap();
+    for i in 0..4 {
+        a.handle(&PeerId::new(9, "mallory"), &entropy(i), T0, b"");
+    }
+    assert!(!a.is_ready());
+    a.handle(&PeerId::new(2, "entropyd"), &entropy(9), T0, b"");
+    assert!(a.is_ready());
+}
+
+#[test]
+fn seeding_starts_the_chain_and_the_first_key() {
+    let (a, recs) = seeded();
+    assert_eq!(recs.len(), 2, "chain_start and key_rotate");
+    let s = verify_chain(&recs, &[a.root_public()]).unwrap();
+    assert_eq!((s.first_seq, s.last_seq), (0, 1));
+    assert_eq!(a.verifier_keyset().len(), 1);
+}
+
+#[test]
+fn totp_code_accepted_once_is_replay_the_second_time() {
+    let (mut a, _) = seeded();
+    let req: Message = totp_req(&code_at(T0), "yubi1").into();
+    let first = a.handle(&unlocker(), &req, T0, b"");
+    assert_eq!(totp_resp(&first).result, TotpResult::Ok);
+    assert!(first.state_changed);
+    let second = a.handle(&unlocker(), &req, T0 + 1, b"");
+    assert_eq!(totp_resp(&second).result, TotpResult::Replay);
+    assert_eq!(audit_record(&records(&second)[0]).result, AuditResult::Replay);
+}
+
+#[test]
+fn sixth_wrong_code_is_rate_limited() {
+    let (mut a, _) = seeded();
+    let wrong = format!("{:08}", (totp(SECRET, Algorithm::Sha1, 8, T0) + 1) % 100_000_000);
+    for i in 0..5 {
+        let out = a.handle(&unlocker(), &totp_req(&wrong, "yubi1").into(), T0 + i, b"");
+        assert_eq!(totp_resp(&out).result, TotpResult::Fail, "attempt {}", i + 1);
+    }
+    let out = a.handle(&unlocker(), &totp_req(&code_at(T0 + 5), "yubi1").into(), T0 + 5, b"");
+    let r = totp_resp(&out);
+    assert_eq!(r.result, TotpResult::RateLimited, "even a right code is refused while locked");
+    assert_eq!(r.retry_after, Some(29));
+    assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::RateLimited);
+    // After the lockout the right code works again.
+    let later = T0 + 4 + 30 + 31;
+    let out = a.handle(&unlocker(), &totp_req(&code_at(later), "yubi1").into(), later, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Ok);
+}
+
+#[test]
+fn a_locked_device_is_rate_limited_for_every_operator() {
+    let mut st = state();
+    st.operators.push(OperatorSecret::new("bob", &[7; 20], Algorithm::Sha256, 6).unwrap());
+    let mut a = Authority::new(Config::default(), st, T0).unwrap();
+    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
+    for _ in 0..5 {
+        a.handle(&unlocker(), &totp_req("00000000", "stolen").into(), T0, b"");
+    }
+    let mut req = totp_req("000000", "stolen");
+    req.operator_id = "bob".into();
+    let out = a.handle(&unlocker(), &req.into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::RateLimited);
+}
+
+#[test]
+fn acl_denies_unknown_peers_and_audits_it() {
+    let (mut a, _) = seeded();
+    let out = a.handle(&PeerId::new(6, "unlocker"), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Denied);
+    let rec = audit_record(&records(&out)[0]);
+    assert_eq!((rec.actor.as_str(), rec.result), ("unlocker", AuditResult::Denied));
+    // The code was not consumed by the refused request.
+    let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Ok);
+
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw9", None).into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
+    assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::Denied);
+}
+
+#[test]
+fn full_outbox_refuses_until_acked() {
+    let config = Config { audit_outbox: 4, ..Config::default() };
+    let (mut a, recs) = seeded_with(config);
+    assert_eq!(recs.len(), 2);
+    let pd = policy_pd();
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    for _ in 0..2 {
+        let out = a.handle(&pd, &req, T0, b"");
+        assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+    }
+    let out = a.handle(&pd, &req, T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+    assert!(out.audit.is_empty(), "nothing was dropped, nothing was written");
+    assert_eq!(a.pending_audit().len(), 4);
+    // Public data is still served.
+    assert!(matches!(a.handle(&pd, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"").response, Some(Message::Keyset(_))));
+    let chain_id = audit_record(&recs[0]).chain_id;
+    a.handle(&PeerId::new(3, "collector"), &AuditAck { chain_id, seq: 1 }.into(), T0, b"");
+    let out = a.handle(&pd, &req, T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+}
+
+#[test]
+fn issued_token_verifies_and_carries_the_rules() {
+    let (mut a, _) = seeded();
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into(), T0, b"");
+    let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
+    assert_eq!(r.result, IssueResult::Ok);
+    let tok = r.token.unwrap();
+    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetModify), now: T0 + 1, skew: 0 };
+    let c = token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &RevokedSet::new()).unwrap();
+    assert_eq!((c.iss.as_str(), c.sub.as_str()), ("cryptod", "policy_pd"), "sub is the peer, not vm_id");
+    assert_eq!(c.exp - c.iat, 300, "ttl capped at 300 s");
+    assert_eq!(c.cti.len(), 16);
+    assert_eq!(c.nonce, vec![3; 16]);
+    assert_eq!(r.expires_at, Some(c.exp));
+    // luks:unlock is never issued through token_issue_req.
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::LuksUnlock), "unlock_agent", None).into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
+}
+
+#[test]
+fn revoked_token_is_refused_by_the_verifier() {
+    let (mut a, _) = seeded();
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
+    let tok = r.token.unwrap();
+    let cti = token::inspect(&tok).unwrap().2.cti;
+    let revoke = TokenRevokeReq { request_id: RequestId([5; 16]), cti: cti.clone(), reason: "leaked".into(), timestamp: T0 };
+    let out = a.handle(&policy_pd(), &revoke.clone().into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok));
+    // The unlocker may not revoke.
+    let out = a.handle(&unlocker(), &revoke.into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Denied));
+
+    let out = a.handle(&policy_pd(), &RevocationListReq { request_id: RequestId([6; 16]) }.into(), T0 + 1, b"");
+    let Some(Message::RevocationList(list)) = out.response else { panic!() };
+    let root = a.root_public();
+    let v = cose::verify(&list.signed, ContentType::RevocationList, |_| Some(root)).unwrap();
+    let body = RevocationBody::from_cbor(&v.payload).unwrap();
+    assert_eq!(body.entries.len(), 1);
+    let revoked = RevokedSet::from_ids(body.entries.into_iter().map(|e| e.cti).collect());
+    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now: T0 + 1, skew: 0 };
+    assert_eq!(
+        token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &revoked),
+        Err(VerifyError::Revoked)
+    );
+}
+
+#[test]
+fn unlock_grant_delivers_the_sealed_passphrase() {
+    let (mut a, _) = seeded();
+    let sk = StaticSecret::from([0x77; 32]);
+    let mut req = totp_req(&code_at(T0), "yubi1");
+    req.volume_id = Some("vol0".into());
+    req.ephemeral_pubkey = Some(PublicKey::from(&sk).to_bytes());
+    let out = a.handle(&unlocker(), &req.clone().into(), T0, b"");
+    let r = totp_resp(&out);
+    assert_eq!(r.result, TotpResult::Ok);
+    let tok = r.capability_token.clone().unwrap();
+    let exp = Expectations { audience: "unlock_agent", scope: ScopeSet::single(Scope::LuksUnlock), now: T0, skew: 0 };
+    let c = token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &RevokedSet::new()).unwrap();
+    assert_eq!(c.exp - c.iat, 60);
+    assert_eq!(c.nonce, req.client_nonce);
+    let sealed = r.unlock_secret.clone().unwrap();
+    let t = Transcript { request_id: &req.request_id, operator: "alice", volume_id: "vol0", token: &tok };
+    let passphrase = unlock::open_unlock_secret(&sk, &sealed, &t).unwrap();
+    assert_eq!(&passphrase[..], &unlock::luks_passphrase(&[0x22; 32], "vol0").unwrap()[..]);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2, "totp_validate and unlock_secret");
+
+    // A volume without a key is refused before the code is consumed.
+    let mut half = totp_req(&code_at(T0 + 30), "yubi1");
+    half.volume_id = Some("vol0".into());
+    let out = a.handle(&unlocker(), &half.into(), T0 + 30, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Denied);
+}
+
+#[test]
+fn a_low_order_ephemeral_key_gets_no_secret() {
+    let (mut a, _) = seeded();
+    let mut req = totp_req(&code_at(T0), "yubi1");
+    req.volume_id = Some("vol0".into());
+    req.ephemeral_pubkey = Some([0; 32]);
+    let out = a.handle(&unlocker(), &req.into(), T0, b"");
+    let r = totp_resp(&out);
+    assert_eq!(r.result, TotpResult::Unavailable);
+    assert!(r.unlock_secret.is_none() && r.capability_token.is_none());
+}
+
+#[test]
+fn rotation_on_tick_publishes_both_keys_then_drops_the_old_one() {
+    let (mut a, _) = seeded();
+    let period = Config::default().keys.rotation_period;
+    let overlap = Config::default().keys.overlap;
+    let out = a.tick(T0 + period);
+    assert_eq!(records(&out).len(), 1, "key_rotate record");
+    let out = a.handle(&policy_pd(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0 + period, b"");
+    let Some(Message::Keyset(ks)) = out.response else { panic!() };
+    let root = a.root_public();
+    let body = KeysetBody::from_cbor(&cose::verify(&ks.signed, ContentType::Keyset, |_| Some(root)).unwrap().payload).unwrap();
+    assert_eq!(body.keys.len(), 2);
+    a.tick(T0 + period + overlap + 1);
+    assert_eq!(a.verifier_keyset().len(), 1);
+}
+
+#[test]
+fn export_keeps_replay_state_across_a_restart() {
+    let (mut a, _) = seeded();
+    let req: Message = totp_req(&code_at(T0), "yubi1").into();
+    assert_eq!(totp_resp(&a.handle(&unlocker(), &req, T0, b"")).result, TotpResult::Ok);
+    let kek = [0x99; 32];
+    let blob = a.export(&kek).unwrap();
+    let restored = sealed::unseal(&blob, &kek).unwrap();
+    let mut b = Authority::new(Config::default(), restored, T0).unwrap();
+    b.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
+    assert_eq!(totp_resp(&b.handle(&unlocker(), &req, T0, b"")).result, TotpResult::Replay);
+}
+
+#[test]
+fn the_whole_session_is_one_verifiable_chain() {
+    let (mut a, mut all) = seeded();
+    let wrong = totp_req("00000000", "yubi1");
+    all.extend(records(&a.handle(&unlocker(), &wrong.into(), T0, b"")));
+    all.extend(records(&a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"")));
+    all.extend(records(&a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"")));
+    all.extend(records(&a.tick(T0 + 86_400)));
+    let s = verify_chain(&all, &[a.root_public()]).unwrap();
+    assert_eq!(s.records, all.len());
+    assert_eq!(s.last_seq as usize, all.len() - 1);
+    assert_eq!(a.pending_audit().len(), all.len());
+}
+
+#[test]
+fn responses_and_unknown_requests_get_an_error() {
+    let (mut a, _) = seeded();
+    let resp = TotpValidateResp {
+        request_id: RequestId([1; 16]),
+        result: TotpResult::Ok,
+        reason: None,
+        capability_token: None,
+        unlock_secret: None,
+        expires_at: None,
+        retry_after: None,
+    };
+    let out = a.handle(&unlocker(), &resp.into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::Error(_))));
+}
