@@ -19,12 +19,12 @@ use crate::cose::{self, decode_value, encode_value, Sign1};
 use crate::scope::ScopeSet;
 
 /// Largest token accepted or minted, in bytes; longer input is refused before
-/// it is parsed.
-pub const MAX_TOKEN_LEN: usize = 4096;
+/// it is parsed. (Equal to `msg::MAX_TOKEN_LEN`, the most a message carries.)
+pub const MAX_TOKEN_LEN: usize = 1024;
 /// Length of the token ids (`cti`) cryptod mints.
 pub const CTI_LEN: usize = 16;
-/// Longest token id accepted.
-pub const MAX_CTI_LEN: usize = 32;
+/// Longest token id accepted (equal to `msg::MAX_CTI_LEN`).
+pub const MAX_CTI_LEN: usize = 64;
 /// Longest requester nonce accepted.
 pub const MAX_NONCE_LEN: usize = 64;
 /// Longest lifetime (`exp - iat`) of any token, in seconds.

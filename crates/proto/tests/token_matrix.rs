@@ -12,7 +12,7 @@ use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
     inspect, mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError,
     MemoryReplayCache, ReplayCache, ReplayError, RevokedSet, TokenError, VerifyError,
-    MAX_TOKEN_LEN,
+    MAX_CTI_LEN, MAX_TOKEN_LEN,
 };
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -234,7 +234,7 @@ fn malformed_claims_are_refused_after_the_signature() {
         ("negative nbf", Box::new(|m| set_claim(m, 5, int(-1)))),
         ("text cti", Box::new(|m| set_claim(m, 7, Value::Text("id".into())))),
         ("empty cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![])))),
-        ("long cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; 33])))),
+        ("long cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; MAX_CTI_LEN + 1])))),
         ("scope array", Box::new(|m| set_claim(m, 9, Value::Array(vec![Value::Text("luks:unlock".into())])))),
         ("unknown scope", Box::new(|m| set_claim(m, 9, Value::Text("luks:unlock root:all".into())))),
         ("empty nonce", Box::new(|m| set_claim(m, 10, Value::Bytes(vec![])))),
@@ -670,7 +670,7 @@ fn memory_replay_cache_forgets_only_expired_ids() {
     assert_eq!(cache.check_and_insert(b"b", NOW + 20, NOW + 11), Err(ReplayError::Replayed));
     // Prefixes and extensions are different ids.
     assert_eq!(cache.check_and_insert(b"", NOW, NOW), Err(ReplayError::InvalidId));
-    assert_eq!(cache.check_and_insert(&[0; 33], NOW, NOW), Err(ReplayError::InvalidId));
+    assert_eq!(cache.check_and_insert(&[0; MAX_CTI_LEN + 1], NOW, NOW), Err(ReplayError::InvalidId));
     let mut cache = MemoryReplayCache::new(2);
     cache.check_and_insert(b"ab", NOW + 10, NOW).unwrap();
     assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW), Ok(()));
