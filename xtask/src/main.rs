@@ -136,8 +136,48 @@ fn build(release: bool) -> Result<(), String> {
     build_no_std(release)
 }
 
+/// Debian packages the tests run, as (binary, package).
+const TEST_TOOLS: &[(&str, &str)] = &[("cryptsetup", "cryptsetup-bin"), ("oathtool", "oathtool")];
+
+fn have(binary: &str) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Installs missing Debian packages when running as root (as on CI and our
+/// dev machines); otherwise says exactly what to install.
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = tools.iter().filter(|(b, _)| !have(b)).map(|(_, p)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        return Err(format!(
+            "missing tools; run: sudo apt-get install {}",
+            missing.join(" ")
+        ));
+    }
+    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run(
+        &format!("apt-get install {}", missing.join(" ")),
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq"])
+            .args(&missing),
+    )
+}
+
 fn test() -> Result<(), String> {
     let start = Instant::now();
+    ensure_tools(TEST_TOOLS)?;
     run(
         "cargo test --workspace",
         cargo().args(["test", "--workspace", "--all-targets"]),

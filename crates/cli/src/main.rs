@@ -4,6 +4,7 @@
 //! verify, an audit log that does not check out); 2 usage or I/O error.
 
 mod keyfile;
+mod provision;
 mod token_cmd;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     /// Mint, verify or inspect capability tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// Create cryptod's sealed state, the operators' TOTP enrolment and the
+    /// volumes' LUKS passphrases.
+    Provision(provision::ProvisionArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
         Command::Token(cmd) => token_cmd::run(cmd),
+        Command::Provision(args) => provision::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,377 @@
+//! `portcullis provision`: create cryptod's sealed state and everything an
+//! operator needs to enrol: TOTP secrets (otpauth URI and terminal QR code),
+//! the root public key, and the LUKS passphrase of each volume.
+//!
+//! Output directory layout (see docs/provisioning.md):
+//!
+//! ```text
+//! DIR/cryptod/kek            32-byte key-encryption key (0600)
+//! DIR/cryptod/sealed-state   the sealed state (0600)
+//! DIR/root.pub               root public key, COSE_Key
+//! DIR/acl                    the ACL that was sealed (for review; not secret)
+//! DIR/operators/<id>.otpauth otpauth URI, only with --save-otpauth (0600)
+//! ```
+
+use crate::{keyfile, Failure};
+use clap::Args;
+use ed25519_dalek::SigningKey;
+use portcullis_authority::acl::Acl;
+use portcullis_authority::keys::kid_for;
+use portcullis_authority::sealed::{self, SealedState};
+use portcullis_authority::totp::{Algorithm, OperatorSecret};
+use portcullis_authority::unlock::luks_passphrase;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use zeroize::Zeroizing;
+
+/// The ACL sealed when none is given: the four guests of the standard layout.
+pub const DEFAULT_ACL: &str = "\
+# Portcullis default ACL: vm names are Xen domain names, resolved by the platform.
+allow vm=unlocker  scopes=luks:unlock aud=unlock-agent
+allow vm=policy_pd scopes=net:modify,net:read aud=policy_pd
+deny  vm=*
+";
+
+#[derive(Args)]
+pub struct ProvisionArgs {
+    /// Directory to create the outputs in (must not exist yet, or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Operator id; may be repeated. Each gets its own TOTP secret.
+    #[arg(long = "operator", default_value = "operator")]
+    operators: Vec<String>,
+    /// TOTP HMAC algorithm: sha1 (what most authenticator apps support), sha256, sha512.
+    #[arg(long, default_value = "sha1")]
+    totp_algorithm: String,
+    /// TOTP code length: 6 or 8.
+    #[arg(long, default_value_t = 6)]
+    digits: u8,
+    /// Volume id whose LUKS passphrase to print; may be repeated.
+    #[arg(long = "volume", default_value = "data")]
+    volumes: Vec<String>,
+    /// ACL file to seal (default: the built-in ACL for the four guests).
+    #[arg(long)]
+    acl: Option<PathBuf>,
+    /// Issuer name shown by authenticator apps.
+    #[arg(long, default_value = "Portcullis")]
+    issuer: String,
+    /// Do not draw QR codes (the otpauth URI is still printed).
+    #[arg(long)]
+    no_qr: bool,
+    /// Also write each operator's otpauth URI to DIR/operators/<id>.otpauth
+    /// (for unattended tests; it contains the TOTP secret).
+    #[arg(long)]
+    save_otpauth: bool,
+    /// Create a new LUKS2 volume in this file, keyed with the first volume's passphrase.
+    #[arg(long)]
+    luks_format: Option<PathBuf>,
+    /// Size of the file volume created by --luks-format, MiB.
+    #[arg(long, default_value_t = 32)]
+    luks_size_mib: u64,
+    /// Enrol the first volume's passphrase into this existing LUKS device
+    /// (`cryptsetup luksAddKey`), authorised by --luks-key-file.
+    #[arg(long, requires = "luks_key_file")]
+    luks_device: Option<PathBuf>,
+    /// A key file that opens --luks-device today.
+    #[arg(long)]
+    luks_key_file: Option<PathBuf>,
+}
+
+fn algorithm(name: &str) -> Result<Algorithm, Failure> {
+    match name {
+        "sha1" => Ok(Algorithm::Sha1),
+        "sha256" => Ok(Algorithm::Sha256),
+        "sha512" => Ok(Algorithm::Sha512),
+        other => Err(Failure::Error(format!("--totp-algorithm {other}: use sha1, sha256 or sha512"))),
+    }
+}
+
+fn secret_len(alg: Algorithm) -> usize {
+    // RFC 4226 §4 asks for at least 128 bits; use the hash's output size.
+    match alg {
+        Algorithm::Sha1 => 20,
+        Algorithm::Sha256 => 32,
+        Algorithm::Sha512 => 64,
+    }
+}
+
+fn os_random<const N: usize>() -> Result<Zeroizing<[u8; N]>, Failure> {
+    let mut b = Zeroizing::new([0u8; N]);
+    getrandom::fill(b.as_mut()).map_err(|e| format!("OS random source: {e}"))?;
+    Ok(b)
+}
+
+/// RFC 4648 base32 without padding, as otpauth URIs carry secrets.
+pub fn base32(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in data {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((buf >> bits) & 31) as usize] as char);
+        }
+        buf &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Percent-encodes a URI path segment or query value (RFC 3986 unreserved kept).
+fn pct(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The Key Uri Format URI authenticator apps scan.
+pub fn otpauth_uri(issuer: &str, op: &OperatorSecret) -> String {
+    let alg = match op.algorithm {
+        Algorithm::Sha1 => "SHA1",
+        Algorithm::Sha256 => "SHA256",
+        Algorithm::Sha512 => "SHA512",
+    };
+    format!(
+        "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm={alg}&digits={}&period=30",
+        pct(issuer),
+        pct(&op.id),
+        base32(&op.secret),
+        pct(issuer),
+        op.digits
+    )
+}
+
+fn qr(text: &str) -> Result<String, Failure> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build())
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), Failure> {
+    if dir.exists() {
+        let mut entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if entries.next().is_some() {
+            return Err(Failure::Error(format!(
+                "{} is not empty; refusing to overwrite provisioned secrets",
+                dir.display()
+            )));
+        }
+    }
+    for sub in ["", "cryptod", "operators"] {
+        let p = dir.join(sub);
+        fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir.join("cryptod"), fs::Permissions::from_mode(0o700));
+        let _ = fs::set_permissions(dir.join("operators"), fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+fn have_cryptsetup() -> Result<(), Failure> {
+    match Command::new("cryptsetup").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err(Failure::Error(
+            "cryptsetup is not installed (Debian: apt-get install cryptsetup-bin)".into(),
+        )),
+    }
+}
+
+/// Runs cryptsetup with `key` on standard input.
+fn cryptsetup(args: &[&std::ffi::OsStr], key: &[u8]) -> Result<(), Failure> {
+    let mut child = Command::new("cryptsetup")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run cryptsetup (apt-get install cryptsetup-bin): {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(key).map_err(|e| format!("cryptsetup stdin: {e}"))?;
+    }
+    let status = child.wait().map_err(|e| format!("cryptsetup: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Failure::Error(format!("cryptsetup {:?} failed: {status}", args.first())))
+    }
+}
+
+/// The LUKS key material of a volume: the lowercase hex of its 32-byte
+/// HKDF output (64 ASCII characters), so it can be typed or printed.
+pub fn luks_key_text(master: &[u8; 32], volume: &str) -> Result<Zeroizing<String>, Failure> {
+    let raw = luks_passphrase(master, volume).map_err(|e| format!("volume {volume:?}: {e}"))?;
+    Ok(Zeroizing::new(hex::encode(raw.as_ref())))
+}
+
+pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
+    let alg = algorithm(&args.totp_algorithm)?;
+    if args.digits != 6 && args.digits != 8 {
+        return Err(Failure::Error("--digits must be 6 or 8".into()));
+    }
+    let acl_text = match &args.acl {
+        Some(p) => fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => DEFAULT_ACL.to_string(),
+    };
+    Acl::parse(&acl_text).map_err(|e| format!("ACL: {e}"))?;
+    // Check every precondition before any secret is made, so a bad argument
+    // leaves nothing half-provisioned.
+    if let Some(file) = &args.luks_format {
+        if file.exists() {
+            return Err(Failure::Error(format!("{} exists; refusing to overwrite", file.display())));
+        }
+    }
+    if args.luks_format.is_some() || args.luks_device.is_some() {
+        have_cryptsetup()?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for id in &args.operators {
+        if !seen.insert(id) {
+            return Err(Failure::Error(format!("operator {id:?} given twice")));
+        }
+    }
+    prepare_dir(&args.out)?;
+
+    let mut operators = Vec::new();
+    for id in &args.operators {
+        let mut secret = Zeroizing::new(vec![0u8; secret_len(alg)]);
+        getrandom::fill(&mut secret).map_err(|e| format!("OS random source: {e}"))?;
+        let op = OperatorSecret::new(id, &secret, alg, args.digits)
+            .map_err(|e| format!("operator {id:?}: {e}"))?;
+        operators.push(op);
+    }
+    let root_seed = os_random::<32>()?;
+    let master = os_random::<32>()?;
+    let kek = os_random::<32>()?;
+    let nonce = os_random::<12>()?;
+    let state = SealedState {
+        root_key: *root_seed,
+        master_secret: *master,
+        operators: operators.clone(),
+        acl: acl_text.clone(),
+        last_steps: Vec::new(),
+    };
+    let sealed = sealed::seal(&state, &kek, &nonce).map_err(|e| format!("sealing: {e}"))?;
+    // Check the result opens before anything is shown to the operator.
+    sealed::unseal(&sealed, &kek).map_err(|e| format!("sealed state does not reopen: {e}"))?;
+
+    let root = SigningKey::from_bytes(&root_seed);
+    let root_pub = root.verifying_key();
+    let kid = kid_for(&root_pub);
+    keyfile::write_file(&args.out.join("cryptod/kek"), kek.as_ref(), true)?;
+    keyfile::write_file(&args.out.join("cryptod/sealed-state"), &sealed, true)?;
+    keyfile::write_file(
+        &args.out.join("root.pub"),
+        &keyfile::encode(keyfile::cose_key(&root_pub, &kid, None))?,
+        false,
+    )?;
+    keyfile::write_file(&args.out.join("acl"), acl_text.as_bytes(), false)?;
+
+    println!("provisioned {}", args.out.display());
+    println!("root key id {}", hex::encode(kid));
+    for op in &operators {
+        let uri = Zeroizing::new(otpauth_uri(&args.issuer, op));
+        println!();
+        println!("operator {}: add this to an authenticator app", op.id);
+        println!("  {}", uri.as_str());
+        if !args.no_qr {
+            println!("{}", qr(&uri)?);
+        }
+        if args.save_otpauth {
+            let path = args.out.join("operators").join(format!("{}.otpauth", op.id));
+            keyfile::write_file(&path, uri.as_bytes(), true)?;
+        }
+    }
+    println!();
+    for vol in &args.volumes {
+        let key = luks_key_text(&master, vol)?;
+        println!("LUKS passphrase of volume {vol:?} (shown once; add it with `cryptsetup luksAddKey`):");
+        println!("  {}", key.as_str());
+    }
+    let first = args.volumes.first().ok_or_else(|| Failure::Error("no --volume".into()))?;
+    let key = luks_key_text(&master, first)?;
+    if let Some(file) = &args.luks_format {
+        create_file_volume(file, args.luks_size_mib, key.as_bytes())?;
+        println!("created LUKS2 volume {} for {first:?}", file.display());
+    }
+    if let (Some(dev), Some(existing)) = (&args.luks_device, &args.luks_key_file) {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["luksAddKey".as_ref(), "--batch-mode".as_ref()];
+        a.extend(["--key-file".as_ref(), existing.as_os_str(), dev.as_os_str(), "/dev/stdin".as_ref()]);
+        cryptsetup(&a, key.as_bytes())?;
+        println!("enrolled volume {first:?} into {}", dev.display());
+    }
+    Ok(())
+}
+
+/// Creates a LUKS2 file volume whose only key slot holds `key`. The key is
+/// 256 bits of HKDF output, so a cheap PBKDF2 costs no security and keeps
+/// the demo fast.
+pub fn create_file_volume(file: &Path, size_mib: u64, key: &[u8]) -> Result<(), Failure> {
+    if file.exists() {
+        return Err(Failure::Error(format!("{} exists; refusing to overwrite", file.display())));
+    }
+    let f = fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    f.set_len(size_mib.max(16) * 1024 * 1024).map_err(|e| format!("{}: {e}", file.display()))?;
+    drop(f);
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "luksFormat".as_ref(),
+        "--batch-mode".as_ref(),
+        "--type".as_ref(),
+        "luks2".as_ref(),
+        "--pbkdf".as_ref(),
+        "pbkdf2".as_ref(),
+        "--pbkdf-force-iterations".as_ref(),
+        "1000".as_ref(),
+        "--key-file".as_ref(),
+        "-".as_ref(),
+        file.as_os_str(),
+    ];
+    cryptsetup(&args, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_matches_rfc4648_vectors() {
+        // RFC 4648 §10, without padding.
+        for (plain, enc) in [("", ""), ("f", "MY"), ("fo", "MZXQ"), ("foo", "MZXW6"), ("foob", "MZXW6YQ"),
+            ("fooba", "MZXW6YTB"), ("foobar", "MZXW6YTBOI")] {
+            assert_eq!(base32(plain.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn otpauth_uri_has_every_parameter() {
+        let op = OperatorSecret::new("alice smith", b"12345678901234567890", Algorithm::Sha256, 8).unwrap();
+        let uri = otpauth_uri("Portcullis", &op);
+        assert_eq!(
+            uri,
+            "otpauth://totp/Portcullis:alice%20smith?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\
+             &issuer=Portcullis&algorithm=SHA256&digits=8&period=30"
+        );
+    }
+
+    #[test]
+    fn default_acl_passes_the_lint() {
+        Acl::parse(DEFAULT_ACL).unwrap();
+    }
+}
