@@ -42,7 +42,14 @@ fn pair(order: u8) -> (Hypervisor, Vchan<SimBackend>, Vchan<SimBackend>) {
         },
     )
     .expect("server");
-    let client = Vchan::client(hv.domain(CLIENT), ClientConfig { server: SERVER, port: 1 }).expect("client");
+    let client = Vchan::client(
+        hv.domain(CLIENT),
+        ClientConfig {
+            server: SERVER,
+            port: 1,
+        },
+    )
+    .expect("client");
     assert_eq!(server.geometry().map(|g| g.order(Dir::Left)), Some(order));
     (hv, server, client)
 }

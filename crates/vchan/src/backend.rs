@@ -250,10 +250,7 @@ mod tests {
     #[test]
     fn paths() {
         let base = StorePath::vchan_base(DomId(0), DomId(65535), u32::MAX);
-        assert_eq!(
-            base.as_str(),
-            "/local/domain/0/data/vchan/65535/4294967295"
-        );
+        assert_eq!(base.as_str(), "/local/domain/0/data/vchan/65535/4294967295");
         assert_eq!(
             base.child("event-channel").unwrap().as_str(),
             "/local/domain/0/data/vchan/65535/4294967295/event-channel"
@@ -274,7 +271,17 @@ mod tests {
 
     #[test]
     fn strict_parsing() {
-        for bad in [&b""[..], b"0", b"-1", b"+1", b" 1", b"1 ", b"4294967296", b"12345678901", b"1a"] {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"-1",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"4294967296",
+            b"12345678901",
+            b"1a",
+        ] {
             assert_eq!(parse_store_u32(bad), None, "{bad:?}");
         }
         assert_eq!(parse_store_u32(b"007"), Some(7));

@@ -150,10 +150,7 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameReader<Buf> {
 
     /// Receives what is available. Returns the payload once a frame is
     /// complete, `None` if more bytes are needed.
-    pub fn poll<T: Transport + ?Sized>(
-        &mut self,
-        t: &mut T,
-    ) -> Result<Option<&[u8]>, FrameError> {
+    pub fn poll<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<Option<&[u8]>, FrameError> {
         Ok(match self.poll_len(t)? {
             Some(len) => Some(self.buf.as_ref().get(..len).unwrap_or_default()),
             None => None,

@@ -23,9 +23,9 @@ pub mod backend;
 pub mod frame;
 pub mod layout;
 pub mod ring;
+pub mod shm;
 #[cfg(feature = "std")]
 pub mod sim;
-pub mod shm;
 mod vchan;
 
 use core::fmt;

@@ -179,7 +179,10 @@ impl<M: SharedMem> Channel<M> {
         Self::check(&page, geometry, &left, &right)?;
         page.write_bytes(0, &[0u8; PAGE_SIZE]);
         page.store_u16(crate::layout::LEFT_ORDER, geometry.order(Dir::Left).into());
-        page.store_u16(crate::layout::RIGHT_ORDER, geometry.order(Dir::Right).into());
+        page.store_u16(
+            crate::layout::RIGHT_ORDER,
+            geometry.order(Dir::Right).into(),
+        );
         page.store_u8(CLI_LIVE, LIVE_WAITING);
         page.store_u8(SRV_LIVE, LIVE_CONNECTED);
         page.store_u8(CLI_NOTIFY, NOTIFY_WRITE);
@@ -237,7 +240,8 @@ impl<M: SharedMem> Channel<M> {
         if index >= self.geometry.grant_count() {
             return Err(VchanError::BadMapping);
         }
-        self.page.store_u32(crate::layout::grant_offset(index), gref);
+        self.page
+            .store_u32(crate::layout::grant_offset(index), gref);
         Ok(())
     }
 
@@ -323,7 +327,10 @@ impl<M: SharedMem> Channel<M> {
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Io, VchanError> {
         self.live()?;
         if buf.is_empty() {
-            return Ok(Io { len: 0, notify: false });
+            return Ok(Io {
+                len: 0,
+                notify: false,
+            });
         }
         let mut ready = self.ready()?;
         if ready < buf.len() {
@@ -336,7 +343,10 @@ impl<M: SharedMem> Channel<M> {
             return if self.peer_state() == PeerState::Gone {
                 Err(VchanError::PeerClosed)
             } else {
-                Ok(Io { len: 0, notify: false })
+                Ok(Io {
+                    len: 0,
+                    notify: false,
+                })
             };
         }
         let len = ready.min(buf.len());
@@ -360,7 +370,10 @@ impl<M: SharedMem> Channel<M> {
             return Err(VchanError::PeerClosed);
         }
         if data.is_empty() {
-            return Ok(Io { len: 0, notify: false });
+            return Ok(Io {
+                len: 0,
+                notify: false,
+            });
         }
         let mut space = self.space()?;
         if space < data.len() {
@@ -371,7 +384,10 @@ impl<M: SharedMem> Channel<M> {
         }
         let len = space.min(data.len());
         if len == 0 {
-            return Ok(Io { len: 0, notify: false });
+            return Ok(Io {
+                len: 0,
+                notify: false,
+            });
         }
         let src = data.get(..len).ok_or(VchanError::BrokenPeer)?;
         self.copy_in(src);
@@ -485,14 +501,16 @@ mod tests {
         let words: [AtomicU32; PAGE_SIZE / 4] = core::array::from_fn(|_| AtomicU32::new(0));
         let page = AtomicMem::new(&words);
         let g = Geometry::from_orders(10, 11).unwrap();
-        let mut server = Channel::server(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
+        let mut server =
+            Channel::server(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
         // Both sides agree on indices just below the wrap point.
         let start = u32::MAX - 100;
         for off in [Dir::Left.cons_offset(), Dir::Left.prod_offset()] {
             page.store_u32(off, start);
         }
         server.read_cons = start;
-        let mut client = Channel::client(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
+        let mut client =
+            Channel::client(page, g, RingBuf::InPage(1024), RingBuf::InPage(2048)).unwrap();
         client.announce_client();
         let mut out = [0u8; 1024];
         for round in 0..5u8 {

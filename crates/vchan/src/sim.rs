@@ -125,12 +125,17 @@ impl Hypervisor {
     /// while others map them.
     pub fn destroy(&self, dom: DomId) {
         let mut st = self.lock();
-        let notifiers: Vec<Notifier> = st.notifiers.iter().filter(|n| n.dom == dom).map(|n| Notifier {
-            dom: n.dom,
-            page: n.page.clone(),
-            offset: n.offset,
-            port: n.port,
-        }).collect();
+        let notifiers: Vec<Notifier> = st
+            .notifiers
+            .iter()
+            .filter(|n| n.dom == dom)
+            .map(|n| Notifier {
+                dom: n.dom,
+                page: n.page.clone(),
+                offset: n.offset,
+                port: n.port,
+            })
+            .collect();
         for n in notifiers {
             AtomicMem::new(&n.page).store_u8(n.offset, 0);
             st.send(dom, n.port);
@@ -477,14 +482,16 @@ impl Backend for SimBackend {
 
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         let key = (self.dom, port.0);
-        let got = self.hv.wait_until(timeout, |st| match st.ports.get_mut(&key) {
-            None => Some(Err(BackendError::EventChannel)),
-            Some(e) if e.pending => {
-                e.pending = false;
-                Some(Ok(Wait::Event))
-            }
-            Some(_) => None,
-        });
+        let got = self
+            .hv
+            .wait_until(timeout, |st| match st.ports.get_mut(&key) {
+                None => Some(Err(BackendError::EventChannel)),
+                Some(e) if e.pending => {
+                    e.pending = false;
+                    Some(Ok(Wait::Event))
+                }
+                Some(_) => None,
+            });
         got.unwrap_or(Ok(Wait::TimedOut))
     }
 

@@ -201,10 +201,19 @@ impl<B: Backend> Vchan<B> {
     }
 
     fn publish(&mut self, page_ref: GrantRef, port: Port) -> Result<(), VchanError> {
-        let ring_ref = self.base.child(RING_REF_KEY).ok_or(VchanError::BadStoreValue)?;
-        let event = self.base.child(EVENT_CHANNEL_KEY).ok_or(VchanError::BadStoreValue)?;
-        self.backend
-            .store_write(ring_ref.as_str(), Decimal::new(page_ref.0).as_str(), self.peer)?;
+        let ring_ref = self
+            .base
+            .child(RING_REF_KEY)
+            .ok_or(VchanError::BadStoreValue)?;
+        let event = self
+            .base
+            .child(EVENT_CHANNEL_KEY)
+            .ok_or(VchanError::BadStoreValue)?;
+        self.backend.store_write(
+            ring_ref.as_str(),
+            Decimal::new(page_ref.0).as_str(),
+            self.peer,
+        )?;
         self.backend
             .store_write(event.as_str(), Decimal::new(port.0).as_str(), self.peer)?;
         Ok(())
@@ -233,7 +242,9 @@ impl<B: Backend> Vchan<B> {
             offset: CLI_LIVE,
             port,
         };
-        let page = self.backend.map(self.peer, &[page_ref], true, Some(notify))?;
+        let page = self
+            .backend
+            .map(self.peer, &[page_ref], true, Some(notify))?;
         // The orders are read exactly once; everything after uses this copy.
         let geometry = match Geometry::read(&page) {
             Ok(g) => g,
@@ -282,7 +293,9 @@ impl<B: Backend> Vchan<B> {
                 for (i, r) in refs.iter_mut().enumerate() {
                     *r = GrantRef(page.load_u32(crate::layout::grant_offset(first + i)));
                 }
-                Ok(RingBuf::Pages(self.backend.map(self.peer, refs, writable, None)?))
+                Ok(RingBuf::Pages(
+                    self.backend.map(self.peer, refs, writable, None)?,
+                ))
             }
         }
     }
@@ -499,7 +512,11 @@ impl<B: Backend> Vchan<B> {
     }
 
     /// Fills `buf` completely, waiting for events as needed.
-    pub fn read_exact(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> Result<(), VchanError> {
+    pub fn read_exact(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<(), VchanError> {
         let mut done = 0;
         while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
             done += self.read_blocking(rest, timeout)?;

@@ -144,7 +144,13 @@ fn oversize_length_aborts() {
     while !t.aborted {
         match r.poll(&mut t) {
             Ok(None) => {}
-            Err(e) => assert_eq!(e, FrameError::Oversize { len: u32::MAX, max: 50 }),
+            Err(e) => assert_eq!(
+                e,
+                FrameError::Oversize {
+                    len: u32::MAX,
+                    max: 50
+                }
+            ),
             Ok(Some(_)) => panic!("accepted an oversize frame"),
         }
     }
@@ -191,7 +197,10 @@ fn writer_partial_sends_and_truncation() {
     assert!(!w.is_pending());
     // Leaving before anything of a frame went out is a plain close.
     w.push(b"x").unwrap();
-    assert_eq!(w.flush(&mut t), Err(FrameError::Vchan(VchanError::PeerClosed)));
+    assert_eq!(
+        w.flush(&mut t),
+        Err(FrameError::Vchan(VchanError::PeerClosed))
+    );
 }
 
 proptest! {
@@ -242,7 +251,10 @@ fn max_size_frames_over_a_small_vchan() {
         // Then an oversize header: the server must refuse and close.
         client.write_all(&[0, 1, 0, 1], SAFETY).unwrap();
         let mut byte = [0u8; 1];
-        assert_eq!(client.read_blocking(&mut byte, SAFETY), Err(VchanError::PeerClosed));
+        assert_eq!(
+            client.read_blocking(&mut byte, SAFETY),
+            Err(VchanError::PeerClosed)
+        );
     });
     let mut r = FrameReader::new(vec![0u8; DEFAULT_MAX_FRAME]);
     for p in &expect {

@@ -5,8 +5,7 @@ use std::time::Duration;
 use portcullis_vchan::layout::{self, Dir};
 use portcullis_vchan::sim::{Hypervisor, SimBackend, SimMem};
 use portcullis_vchan::{
-    Backend, ClientConfig, DomId, GrantRef, LayoutError, ServerConfig, SharedMem, Vchan,
-    VchanError,
+    Backend, ClientConfig, DomId, GrantRef, LayoutError, ServerConfig, SharedMem, Vchan, VchanError,
 };
 
 const SERVER: DomId = DomId(3);
@@ -33,7 +32,11 @@ fn client_cfg() -> ClientConfig {
     }
 }
 
-fn pair(hv: &Hypervisor, read_min: usize, write_min: usize) -> (Vchan<SimBackend>, Vchan<SimBackend>) {
+fn pair(
+    hv: &Hypervisor,
+    read_min: usize,
+    write_min: usize,
+) -> (Vchan<SimBackend>, Vchan<SimBackend>) {
     let server = Vchan::server(hv.domain(SERVER), server_cfg(read_min, write_min)).unwrap();
     let client = Vchan::client(hv.domain(CLIENT), client_cfg()).unwrap();
     (server, client)
@@ -41,8 +44,15 @@ fn pair(hv: &Hypervisor, read_min: usize, write_min: usize) -> (Vchan<SimBackend
 
 /// A raw view of the server's control page, as a third party mapping it.
 fn raw_page(hv: &Hypervisor) -> SimMem {
-    let base = format!("/local/domain/{}/data/vchan/{}/{}", SERVER.0, CLIENT.0, PORT);
-    let gref: u32 = hv.store_peek(&format!("{base}/ring-ref")).unwrap().parse().unwrap();
+    let base = format!(
+        "/local/domain/{}/data/vchan/{}/{}",
+        SERVER.0, CLIENT.0, PORT
+    );
+    let gref: u32 = hv
+        .store_peek(&format!("{base}/ring-ref"))
+        .unwrap()
+        .parse()
+        .unwrap();
     hv.domain(CLIENT)
         .map(SERVER, &[GrantRef(gref)], true, None)
         .unwrap()
@@ -135,7 +145,10 @@ fn offsets_match_the_c_struct() {
     assert_eq!(offset_of!(CVchanInterface, right_cons), layout::RIGHT_CONS);
     assert_eq!(offset_of!(CVchanInterface, right_prod), layout::RIGHT_PROD);
     assert_eq!(offset_of!(CVchanInterface, left_order), layout::LEFT_ORDER);
-    assert_eq!(offset_of!(CVchanInterface, right_order), layout::RIGHT_ORDER);
+    assert_eq!(
+        offset_of!(CVchanInterface, right_order),
+        layout::RIGHT_ORDER
+    );
     assert_eq!(offset_of!(CVchanInterface, cli_live), layout::CLI_LIVE);
     assert_eq!(offset_of!(CVchanInterface, srv_live), layout::SRV_LIVE);
     assert_eq!(offset_of!(CVchanInterface, cli_notify), layout::CLI_NOTIFY);
@@ -246,7 +259,10 @@ fn notify_bits_gate_events() {
     assert_eq!(client.write(&big).unwrap(), 1024);
     assert_eq!(client.write(b"x").unwrap(), 0);
     // (The client asks in srv_notify, the byte the server consults.)
-    assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, layout::NOTIFY_READ);
+    assert_eq!(
+        page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ,
+        layout::NOTIFY_READ
+    );
     assert_eq!(server.read(&mut buf).unwrap(), 8);
     assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, 0);
     client.wait(NOW).unwrap();
@@ -281,12 +297,17 @@ fn close_is_seen_and_releases_everything() {
     assert_eq!(&buf[..10], b"last words");
     assert_eq!(server.read(&mut buf), Err(VchanError::PeerClosed));
     assert_eq!(server.write(b"x"), Err(VchanError::PeerClosed));
-    assert_eq!(server.read_blocking(&mut buf, SAFETY), Err(VchanError::PeerClosed));
+    assert_eq!(
+        server.read_blocking(&mut buf, SAFETY),
+        Err(VchanError::PeerClosed)
+    );
     server.shutdown();
     assert_eq!(server.read(&mut buf), Err(VchanError::Closed));
     assert_eq!(hv.grant_count(SERVER), 0);
     assert_eq!(hv.port_count(SERVER), 0);
-    assert!(hv.store_peek("/local/domain/3/data/vchan/7/5000/ring-ref").is_none());
+    assert!(hv
+        .store_peek("/local/domain/3/data/vchan/7/5000/ring-ref")
+        .is_none());
 }
 
 #[test]
