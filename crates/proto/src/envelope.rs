@@ -17,7 +17,7 @@ use crate::msg::{
     Attestation, AuditAck, AuditLog, EntropyPub, ErrorCode, ErrorMsg, Keyset, KeysetReq,
     RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp,
     TokenRevokeReq, TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest,
-    UnlockResult,
+    UnlockResult, MAX_METADATA_ENTRIES, MAX_REVOKED,
 };
 
 /// The only protocol version this crate speaks (the envelope's `v`).
@@ -29,6 +29,10 @@ pub const MAX_MESSAGE_LEN: usize = 65536;
 /// Deepest nesting of arrays, maps and tags accepted anywhere in an envelope
 /// (the envelope map itself is level 1).
 pub const MAX_DEPTH: usize = 16;
+
+/// Most items in any array of the schema (the longest is a revocation list's
+/// `entries`); a longer array is refused before its items are read.
+const MAX_LIST_LEN: usize = MAX_REVOKED;
 
 /// A field whose value broke a rule of the schema (wrong type, size or value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -439,7 +443,8 @@ impl<const N: usize> Field for [u8; N] {
     }
 }
 
-/// An array of values (element bounds are checked by the owning struct).
+/// An array of at most `MAX_LIST_LEN` values (tighter bounds are checked by
+/// the owning struct).
 impl<T: Field> Field for Vec<T> {
     fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
         w.array(self.len());
@@ -447,8 +452,12 @@ impl<T: Field> Field for Vec<T> {
     }
     fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
         let len = r.array(field)?;
-        // No `with_capacity(len)`: the vector grows only with items actually read.
-        let mut items = Vec::new();
+        if len > MAX_LIST_LEN {
+            return Err(FieldError::new(field, "too many items").into());
+        }
+        // `len` is at most the bytes left (every item takes one) and at most
+        // MAX_LIST_LEN, so this reserves O(input), and saves regrowing.
+        let mut items = Vec::with_capacity(len);
         for _ in 0..len {
             items.push(T::decode(r, field)?);
         }
@@ -456,7 +465,8 @@ impl<T: Field> Field for Vec<T> {
     }
 }
 
-/// A text-to-text map; a repeated key is refused.
+/// A text-to-text map (`metadata`) of at most [`MAX_METADATA_ENTRIES`] entries;
+/// a repeated key is refused.
 impl Field for BTreeMap<String, String> {
     fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
         w.map(self.len());
@@ -468,6 +478,9 @@ impl Field for BTreeMap<String, String> {
     }
     fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
         let len = r.map(field)?;
+        if len > MAX_METADATA_ENTRIES {
+            return Err(FieldError::new(field, "too many entries").into());
+        }
         let mut map = BTreeMap::new();
         for _ in 0..len {
             let k = r.text(field)?;

@@ -10,7 +10,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use zeroize::Zeroizing;
+/// The wrapper that zeroizes secret fields on drop (re-exported for callers).
+pub use zeroize::Zeroizing;
 
 use crate::envelope::{
     from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field,

@@ -1,0 +1,264 @@
+//! Realistic instances of every message type and signed payload, shared by the
+//! integration tests.
+#![allow(dead_code)]
+
+use portcullis_proto::envelope::{Message, MsgType};
+use portcullis_proto::msg::*;
+use portcullis_proto::scope::{Scope, ScopeSet};
+use zeroize::Zeroizing;
+
+pub const RID: RequestId = RequestId([
+    0x5b, 0x1e, 0x2c, 0x9a, 0x40, 0x77, 0x4f, 0x0d, 0x8e, 0x31, 0x6a, 0x52, 0x0f, 0xc4, 0x19, 0xe2,
+]);
+pub const T0: u64 = 1_795_000_000;
+
+/// A stand-in COSE_Sign1 (tag 18, four-element array): the envelope does not
+/// look inside signed blobs, so realistic framing is enough here.
+pub fn cose(len: usize) -> Vec<u8> {
+    let mut v = vec![0xd2, 0x84, 0x43, 0xa1, 0x01, 0x32, 0xa0];
+    v.resize(len, 0x5a);
+    v
+}
+
+fn metadata() -> Metadata {
+    [("console", "hvc0"), ("site", "rack-7")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// At least one instance of `kind`; where the type has optional fields, one
+/// with all of them and one with none.
+pub fn samples(kind: MsgType) -> Vec<Message> {
+    match kind {
+        MsgType::EntropyPub => vec![EntropyPub {
+            drbg_version: "entropyd-chacha20-1".into(),
+            seq: 42,
+            nonce: vec![0x11; 16],
+            entropy_chunk: Zeroizing::new((0..64u8).collect()),
+            timestamp: T0,
+        }
+        .into()],
+        MsgType::TotpValidateReq => {
+            let full = TotpValidateReq {
+                request_id: RID,
+                operator_id: "alice".into(),
+                device_id: "yubikey-7731".into(),
+                totp_code: Zeroizing::new("287082".into()),
+                client_nonce: vec![0x22; 32],
+                timestamp: T0,
+                volume_id: Some("vault-home".into()),
+                ephemeral_pubkey: Some([0x33; 32]),
+                attestation_chain: Some(vec![cose(120), cose(96)]),
+                metadata: Some(metadata()),
+            };
+            let minimal = TotpValidateReq {
+                totp_code: Zeroizing::new("94287082".into()),
+                volume_id: None,
+                ephemeral_pubkey: None,
+                attestation_chain: None,
+                metadata: None,
+                ..full.clone()
+            };
+            vec![full.into(), minimal.into()]
+        }
+        MsgType::TotpValidateResp => {
+            let full = TotpValidateResp {
+                request_id: RID,
+                result: TotpResult::Ok,
+                reason: Some("code accepted".into()),
+                capability_token: Some(cose(286)),
+                unlock_secret: Some(SealedSecret {
+                    volume_id: "vault-home".into(),
+                    alg: SealAlg::X25519HkdfSha256ChaCha20Poly1305,
+                    epk: [0x44; 32],
+                    ciphertext: vec![0x55; 48],
+                }),
+                expires_at: Some(T0 + 60),
+                retry_after: Some(0),
+            };
+            let minimal = TotpValidateResp {
+                request_id: RID,
+                result: TotpResult::RateLimited,
+                reason: None,
+                capability_token: None,
+                unlock_secret: None,
+                expires_at: None,
+                retry_after: None,
+            };
+            vec![full.into(), minimal.into()]
+        }
+        MsgType::TokenIssueReq => {
+            let full = TokenIssueReq {
+                request_id: RID,
+                vm_id: "policy-net".into(),
+                requested_scope: [Scope::NetModify, Scope::NetRead].into_iter().collect(),
+                audience: "policy_pd".into(),
+                justification: "open port 443 for sys-web".into(),
+                nonce: vec![0x66; 24],
+                timestamp: T0,
+                ttl: Some(120),
+                attestation: Some(cose(150)),
+                metadata: Some(metadata()),
+            };
+            let minimal = TokenIssueReq {
+                requested_scope: ScopeSet::single(Scope::LuksUnlock),
+                ttl: None,
+                attestation: None,
+                metadata: None,
+                ..full.clone()
+            };
+            vec![full.into(), minimal.into()]
+        }
+        MsgType::TokenIssueResp => {
+            let full = TokenIssueResp {
+                request_id: RID,
+                result: IssueResult::Ok,
+                reason: Some("granted by acl rule 3".into()),
+                token: Some(cose(286)),
+                expires_at: Some(T0 + 120),
+            };
+            let minimal = TokenIssueResp {
+                result: IssueResult::Denied,
+                reason: None,
+                token: None,
+                expires_at: None,
+                ..full.clone()
+            };
+            vec![full.into(), minimal.into()]
+        }
+        MsgType::TokenRevokeReq => vec![TokenRevokeReq {
+            request_id: RID,
+            cti: vec![0x77; 16],
+            reason: "operator left".into(),
+            timestamp: T0,
+        }
+        .into()],
+        MsgType::TokenRevokeResp => vec![
+            TokenRevokeResp { request_id: RID, result: RevokeResult::Ok, reason: None }.into(),
+            TokenRevokeResp {
+                request_id: RID,
+                result: RevokeResult::Denied,
+                reason: Some("caller lacks token:revoke".into()),
+            }
+            .into(),
+        ],
+        MsgType::Attestation => vec![Attestation { signed: cose(200) }.into()],
+        MsgType::AuditLog => vec![AuditLog { record: cose(180) }.into()],
+        MsgType::AuditAck => vec![AuditAck { chain_id: [0x88; 16], seq: 1234 }.into()],
+        MsgType::KeysetReq => vec![KeysetReq { request_id: RID }.into()],
+        MsgType::Keyset => vec![Keyset { signed: cose(220) }.into()],
+        MsgType::RevocationListReq => vec![RevocationListReq { request_id: RID }.into()],
+        MsgType::RevocationList => vec![RevocationList { signed: cose(90) }.into()],
+        MsgType::UnlockRequest => vec![UnlockRequest {
+            request_id: RID,
+            volume_id: "vault-home".into(),
+            passphrase: Zeroizing::new(b"correct horse battery staple".to_vec()),
+            token: cose(286),
+        }
+        .into()],
+        MsgType::UnlockResult => vec![
+            UnlockResult { request_id: RID, result: UnlockOutcome::Ok, reason: None }.into(),
+            UnlockResult {
+                request_id: RID,
+                result: UnlockOutcome::Fail,
+                reason: Some("cryptsetup: no key available".into()),
+            }
+            .into(),
+        ],
+        MsgType::Error => vec![
+            ErrorMsg {
+                request_id: Some(RID),
+                code: ErrorCode::Busy,
+                reason: "queue full".into(),
+            }
+            .into(),
+            ErrorMsg { request_id: None, code: ErrorCode::Malformed, reason: String::new() }.into(),
+        ],
+    }
+}
+
+pub fn attestation_claims() -> AttestationClaims {
+    AttestationClaims {
+        subject_vm: "unlocker".into(),
+        subject_pubkey: [0x99; 32],
+        action: "luks:unlock".into(),
+        nonce: vec![0xaa; 16],
+        issued_at: T0,
+        expires_at: T0 + 300,
+    }
+}
+
+pub fn audit_records() -> Vec<AuditRecord> {
+    let full = AuditRecord {
+        chain_id: [0x88; 16],
+        seq: 7,
+        entry_id: [0xbb; 16],
+        prev_hash: [0xcc; 32],
+        actor: "alice".into(),
+        action: AuditAction::TotpValidate,
+        result: AuditResult::RateLimited,
+        timestamp: T0,
+        target: Some("vault-home".into()),
+        metadata: Some(metadata()),
+    };
+    let minimal = AuditRecord {
+        seq: 0,
+        prev_hash: [0; 32],
+        actor: "cryptod".into(),
+        action: AuditAction::ChainStart,
+        result: AuditResult::Ok,
+        target: None,
+        metadata: None,
+        ..full.clone()
+    };
+    vec![full, minimal]
+}
+
+pub fn keyset_body() -> KeysetBody {
+    KeysetBody {
+        version: 3,
+        issued_at: T0,
+        keys: vec![
+            KeyEntry {
+                kid: b"cryptod-2026-11".to_vec(),
+                alg: -19,
+                pubkey: [0xdd; 32],
+                not_before: T0,
+                not_after: T0 + 7 * 86400,
+            },
+            KeyEntry {
+                kid: vec![0x01, 0x02],
+                alg: -8,
+                pubkey: [0xee; 32],
+                not_before: T0 - 86400,
+                not_after: T0 + 3600,
+            },
+        ],
+    }
+}
+
+pub fn revocation_bodies() -> Vec<RevocationBody> {
+    vec![
+        RevocationBody {
+            serial: 9,
+            issued_at: T0,
+            entries: vec![
+                RevokedEntry { cti: vec![0x77; 16], exp: T0 + 60 },
+                RevokedEntry { cti: vec![0x78; 16], exp: T0 + 90 },
+            ],
+        },
+        RevocationBody { serial: 0, issued_at: T0, entries: vec![] },
+    ]
+}
+
+/// Every payload sample, encoded, with its CDDL rule name.
+pub fn payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = vec![
+        ("attestation-claims", attestation_claims().to_cbor().unwrap()),
+        ("keyset-body", keyset_body().to_cbor().unwrap()),
+    ];
+    out.extend(audit_records().iter().map(|r| ("audit-record", r.to_cbor().unwrap())));
+    out.extend(revocation_bodies().iter().map(|r| ("revocation-body", r.to_cbor().unwrap())));
+    out
+}
