@@ -29,8 +29,8 @@ use zeroize::Zeroizing;
 /// The ACL sealed when none is given: the four guests of the standard layout.
 pub const DEFAULT_ACL: &str = "\
 # Portcullis default ACL: vm names are Xen domain names, resolved by the platform.
-allow vm=unlocker  scopes=luks:unlock aud=unlock-agent
-allow vm=policy_pd scopes=net:modify,net:read aud=policy_pd
+allow vm=unlocker  scopes=luks:unlock aud=unlock_agent
+allow vm=policy_pd scopes=net:modify,net:read,token:revoke aud=policy_pd,netd,cryptod
 deny  vm=*
 ";
 

@@ -1,0 +1,164 @@
+//! Pieces every guest uses: well-known vchan ports, settings, randomness,
+//! timeouts and the error type.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_proto::msg::RequestId;
+use portcullis_vchan::VchanError;
+
+use crate::link::LinkError;
+
+/// vchan port numbers (the last component of
+/// `/local/domain/<server>/data/vchan/<client>/<port>`).
+pub mod port {
+    /// cryptod's request service (server: cryptod; clients: unlocker, policy_pd, dom0 agent).
+    pub const CRYPTOD: u32 = 9001;
+    /// entropyd's publication channel (server: entropyd; client: cryptod).
+    pub const ENTROPY: u32 = 9002;
+    /// The dom0 unlock agent (server: dom0; client: unlocker).
+    pub const UNLOCK_AGENT: u32 = 9003;
+    /// cryptod's audit shipping channel (server: cryptod; client: the dom0 collector).
+    pub const AUDIT: u32 = 9005;
+}
+
+/// Ring sizes asked for by servers (each way).
+pub const RING_BYTES: usize = 16 * 1024;
+/// How long a single wait for a peer event may take.
+pub const STEP: Duration = Duration::from_millis(200);
+/// How long to wait for a peer to answer a request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a guest stopped.
+#[derive(Debug)]
+pub enum AppError {
+    /// A platform service failed.
+    Platform(PlatformError),
+    /// A link to a peer failed.
+    Link(LinkError),
+    /// The boot configuration is wrong.
+    Config(String),
+    /// The peer answered with something unexpected.
+    Protocol(String),
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AppError::Platform(e) => write!(f, "platform: {e}"),
+            AppError::Link(e) => write!(f, "link: {e}"),
+            AppError::Config(e) => write!(f, "configuration: {e}"),
+            AppError::Protocol(e) => write!(f, "protocol: {e}"),
+        }
+    }
+}
+
+impl From<PlatformError> for AppError {
+    fn from(e: PlatformError) -> Self {
+        AppError::Platform(e)
+    }
+}
+
+impl From<LinkError> for AppError {
+    fn from(e: LinkError) -> Self {
+        AppError::Link(e)
+    }
+}
+
+impl From<VchanError> for AppError {
+    fn from(e: VchanError) -> Self {
+        AppError::Link(LinkError::from(e))
+    }
+}
+
+/// Largest settings file read.
+const MAX_SETTINGS: usize = 4096;
+
+/// `key=value` settings lines (`#` starts a comment).
+#[derive(Default)]
+pub struct Settings {
+    pairs: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// Reads the platform's settings item; absent settings are empty.
+    pub fn load<P: Platform>(p: &mut P) -> Result<Settings, AppError> {
+        let mut buf = vec![0u8; MAX_SETTINGS];
+        match p.config(ConfigItem::Settings, &mut buf) {
+            Ok(n) => {
+                let text = core::str::from_utf8(buf.get(..n).unwrap_or_default())
+                    .map_err(|_| AppError::Config("settings are not UTF-8".into()))?;
+                Settings::parse(text)
+            }
+            Err(PlatformError::MissingConfig) => Ok(Settings::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Parses settings text.
+    pub fn parse(text: &str) -> Result<Settings, AppError> {
+        let mut pairs = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| AppError::Config(alloc::format!("not key=value: {line}")))?;
+            pairs.push((k.trim().into(), v.trim().into()));
+        }
+        Ok(Settings { pairs })
+    }
+
+    /// The value of `key`, or `default`.
+    pub fn get<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.pairs.iter().rev().find(|(k, _)| k == key).map_or(default, |(_, v)| v.as_str())
+    }
+
+    /// A numeric value of `key`, or `default`.
+    pub fn num(&self, key: &str, default: u64) -> Result<u64, AppError> {
+        match self.pairs.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(default),
+            Some((_, v)) => v.parse().map_err(|_| AppError::Config(alloc::format!("{key}: not a number"))),
+        }
+    }
+
+    /// A comma-separated list value of `key`, or `default`.
+    pub fn list<'a>(&'a self, key: &str, default: &'a str) -> impl Iterator<Item = &'a str> {
+        self.get(key, default).split(',').map(str::trim).filter(|s| !s.is_empty())
+    }
+}
+
+/// `N` bytes from the platform's hardware entropy source.
+pub fn random<P: Platform, const N: usize>(p: &mut P) -> Result<[u8; N], AppError> {
+    let mut b = [0u8; N];
+    p.hw_entropy(&mut b)?;
+    Ok(b)
+}
+
+/// A fresh request id (UUIDv4 layout).
+pub fn request_id<P: Platform>(p: &mut P) -> Result<RequestId, AppError> {
+    let mut b: [u8; 16] = random(p)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Ok(RequestId(b))
+}
+
+/// Writes a line to the console.
+pub fn say<P: Platform>(p: &mut P, args: fmt::Arguments<'_>) {
+    let mut s = String::new();
+    let _ = fmt::write(&mut s, args);
+    s.push('\n');
+    p.console_write(&s);
+}
+
+/// `say!(platform, "format", args...)`: one console line.
+#[macro_export]
+macro_rules! say {
+    ($p:expr, $($arg:tt)*) => { $crate::common::say($p, format_args!($($arg)*)) };
+}

@@ -1,0 +1,214 @@
+//! cryptod: the authority. A thin loop around [`portcullis_authority::Authority`]:
+//! it owns the links, attaches each link's peer identity (the domain id the
+//! platform bound to the channel, and the name the toolstack gave it), feeds
+//! messages, time and hardware entropy in, and sends responses and audit
+//! records out. Every decision is the authority crate's.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use portcullis_authority::sealed;
+use portcullis_authority::{Authority, Config, Output, PeerId};
+use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
+use portcullis_proto::cose;
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{AuditRecord, ErrorCode, ErrorMsg};
+use portcullis_vchan::Backend;
+use zeroize::Zeroizing;
+
+use crate::common::{port, random, AppError, Settings, STEP};
+use crate::link::{Link, LinkError};
+use crate::net::{connect, serve};
+use crate::say;
+
+struct Client<B: Backend> {
+    peer: PeerId,
+    link: Link<B>,
+}
+
+/// Runs cryptod until the platform stops it.
+pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
+    let s = Settings::load(p)?;
+    let mut kek = Zeroizing::new([0u8; 32]);
+    let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
+    if n != 32 {
+        return Err(AppError::Config("key-encryption key must be 32 bytes".into()));
+    }
+    let mut blob = alloc::vec![0u8; sealed::MAX_SEALED_LEN];
+    let n = p.config(ConfigItem::SealedState, &mut blob)?;
+    let state = sealed::unseal(blob.get(..n).unwrap_or_default(), &kek)
+        .map_err(|e| AppError::Config(alloc::format!("sealed state: {e}")))?;
+    let config = Config {
+        name: String::from(p.name()),
+        entropy_vm: s.get("entropy", "entropyd").into(),
+        unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
+        ..Config::default()
+    };
+    let mut auth = Authority::new(config, state, p.now_unix())
+        .map_err(|e| AppError::Config(alloc::format!("authority: {e}")))?;
+
+    // Clients: each link is bound to one peer domain; its identity is that
+    // domain, never anything the peer says.
+    let mut clients: Vec<Client<P::Backend>> = Vec::new();
+    for name in s.list("clients", "unlocker,policy_pd,dom0") {
+        let dom = if name == "dom0" { DomId(0) } else { p.resolve(name)? };
+        let link = serve(p, dom, port::CRYPTOD)?;
+        clients.push(Client { peer: PeerId::new(u32::from(dom.0), name), link });
+    }
+    let collector = DomId(u16::try_from(s.num("collector", 0)?).map_err(|_| AppError::Config("collector".into()))?);
+    let mut audit = serve(p, collector, port::AUDIT)?;
+    let entropy_name = String::from(s.get("entropy", "entropyd"));
+    let entropy_dom = p.resolve(&entropy_name)?;
+    let entropy_peer = PeerId::new(u32::from(entropy_dom.0), &entropy_name);
+    let mut entropy: Option<Link<P::Backend>> = None;
+    say!(p, "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}", clients.len(), collector.0);
+
+    let mut shipped: Option<u64> = None; // highest audit seq written to the collector link
+    let mut ready = false;
+    let mut last_tick = 0u64;
+    loop {
+        let now = p.now_unix();
+        let mut changed = false;
+        if entropy.as_ref().is_none_or(|l| !l.is_open()) {
+            entropy = connect(p, entropy_dom, port::ENTROPY, Duration::ZERO).ok();
+        }
+        if let Some(link) = entropy.as_mut() {
+            loop {
+                match link.poll() {
+                    Ok(Some(msg)) => {
+                        let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
+                        let out = auth.handle(&entropy_peer, &msg, now, &hw[..]);
+                        changed |= !out.audit.is_empty();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        say!(p, "cryptod: entropy link: {e}");
+                        entropy = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if !ready && auth.is_ready() {
+            ready = true;
+            say!(p, "cryptod: ready");
+        }
+        for c in clients.iter_mut() {
+            changed |= serve_client(p, &mut auth, c, now)?;
+        }
+        if now != last_tick {
+            last_tick = now;
+            changed |= !auth.tick(now).audit.is_empty();
+        }
+        ship_audit(p, &mut auth, &mut audit, &mut shipped, changed, now)?;
+
+        let mut ports: Vec<_> = clients.iter().filter_map(|c| c.link.port()).collect();
+        ports.extend(audit.port());
+        ports.extend(entropy.as_ref().and_then(|l| l.port()));
+        match p.wait_any(&ports, Some(STEP)) {
+            Ok(_) | Err(PlatformError::Timeout) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Handles everything a client has sent; returns whether audit records were made.
+fn serve_client<P: Platform>(
+    p: &mut P,
+    auth: &mut Authority,
+    c: &mut Client<P::Backend>,
+    now: u64,
+) -> Result<bool, AppError> {
+    let mut audited = false;
+    if !c.link.is_open() {
+        c.link.reinit()?;
+        return Ok(false);
+    }
+    loop {
+        let reply = match c.link.poll() {
+            Ok(None) => break,
+            Ok(Some(msg)) => {
+                let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
+                let out: Output = auth.handle(&c.peer, &msg, now, &hw[..]);
+                audited |= !out.audit.is_empty();
+                out.response
+            }
+            Err(LinkError::Decode(e)) => Some(Message::Error(ErrorMsg {
+                code: ErrorCode::Malformed,
+                reason: alloc::format!("{e}"),
+                request_id: None,
+            })),
+            Err(e) => {
+                say!(p, "cryptod: {} (dom{}): {e}; listening again", c.peer.vm, c.peer.domid);
+                c.link.reinit()?;
+                break;
+            }
+        };
+        if let Some(reply) = reply {
+            if let Err(e) = c.link.send(&reply) {
+                say!(p, "cryptod: reply to {}: {e}", c.peer.vm);
+            }
+        }
+    }
+    let _ = c.link.pump();
+    Ok(audited)
+}
+
+fn record_seq(msg: &Message) -> Option<u64> {
+    let Message::AuditLog(log) = msg else { return None };
+    let opened = cose::open_unverified(&log.record).ok()?;
+    AuditRecord::from_cbor(&opened.payload).ok().map(|r| r.seq)
+}
+
+/// Ships unacknowledged audit records to the collector: everything after the
+/// last one written, or everything still unacknowledged after the collector
+/// reconnects. Records leave the outbox only when the collector acks them.
+fn ship_audit<P: Platform>(
+    p: &mut P,
+    auth: &mut Authority,
+    link: &mut Link<P::Backend>,
+    shipped: &mut Option<u64>,
+    new_records: bool,
+    now: u64,
+) -> Result<(), AppError> {
+    if !link.is_open() {
+        say!(p, "cryptod: audit collector left; unacknowledged records will be sent again");
+        link.reinit()?;
+        *shipped = None;
+    }
+    loop {
+        match link.poll() {
+            Ok(Some(ack @ Message::AuditAck(_))) => {
+                let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
+                // Acks make no audit records of their own.
+                let _ = auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]);
+            }
+            Ok(Some(_)) | Ok(None) => break,
+            Err(e) => {
+                say!(p, "cryptod: audit link: {e}");
+                link.reinit()?;
+                *shipped = None;
+                break;
+            }
+        }
+    }
+    if new_records || !link.has_queued() {
+        for rec in auth.pending_audit() {
+            let Some(seq) = record_seq(&rec) else { continue };
+            if shipped.is_some_and(|s| seq <= s) {
+                continue;
+            }
+            match link.send(&rec) {
+                Ok(()) => *shipped = Some(seq),
+                Err(LinkError::QueueFull) => break,
+                Err(e) => {
+                    say!(p, "cryptod: audit link: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    let _ = link.pump();
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! A framed, typed message link over one vchan endpoint.
+//!
+//! Frames are the vchan crate's length-prefixed frames; each frame is one
+//! protocol envelope. Outgoing messages wait in a small bounded queue while
+//! the ring is full, so a slow peer never blocks the guest's main loop.
+
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use portcullis_proto::envelope::{DecodeError, Message, MAX_MESSAGE_LEN};
+use portcullis_vchan::{Backend, FrameError, FrameReader, FrameWriter, Port, Vchan, VchanError};
+
+/// Most messages queued for sending on one link.
+pub const MAX_QUEUED: usize = 64;
+
+/// Why a link operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkError {
+    /// The frame layer or the vchan failed (peer gone, broken peer, ...).
+    Frame(FrameError),
+    /// A frame arrived that is not a valid envelope.
+    Decode(DecodeError),
+    /// Encoding our own message failed (a bug, reported rather than sent).
+    Encode,
+    /// The send queue is full.
+    QueueFull,
+    /// No answer within the time allowed.
+    Timeout,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Frame(e) => write!(f, "{e}"),
+            LinkError::Decode(e) => write!(f, "bad message: {e}"),
+            LinkError::Encode => f.write_str("cannot encode message"),
+            LinkError::QueueFull => f.write_str("send queue full"),
+            LinkError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+impl From<FrameError> for LinkError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Vchan(VchanError::Timeout) => LinkError::Timeout,
+            e => LinkError::Frame(e),
+        }
+    }
+}
+
+impl From<VchanError> for LinkError {
+    fn from(e: VchanError) -> Self {
+        LinkError::from(FrameError::Vchan(e))
+    }
+}
+
+/// A vchan endpoint with framing and message encoding.
+pub struct Link<B: Backend> {
+    chan: Vchan<B>,
+    rx: FrameReader<Vec<u8>>,
+    tx: FrameWriter<Vec<u8>>,
+    queue: VecDeque<Vec<u8>>,
+}
+
+impl<B: Backend> Link<B> {
+    /// Wraps a connected (or, for a server, listening) vchan.
+    pub fn new(chan: Vchan<B>) -> Self {
+        Link {
+            chan,
+            rx: FrameReader::new(vec![0; MAX_MESSAGE_LEN]),
+            tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN]),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The vchan endpoint.
+    pub fn chan(&mut self) -> &mut Vchan<B> {
+        &mut self.chan
+    }
+
+    /// The local event channel port, while open.
+    pub fn port(&self) -> Option<Port> {
+        self.chan.port()
+    }
+
+    /// Whether the vchan is open and the peer has not left.
+    pub fn is_open(&self) -> bool {
+        self.chan.is_open()
+    }
+
+    /// Server side: drops the old connection and listens afresh for a new
+    /// client, discarding partial frames and queued messages.
+    pub fn reinit(&mut self) -> Result<(), LinkError> {
+        self.chan.reinit()?;
+        self.rx = FrameReader::new(vec![0; MAX_MESSAGE_LEN]);
+        self.tx = FrameWriter::new(vec![0; MAX_MESSAGE_LEN]);
+        self.queue.clear();
+        Ok(())
+    }
+
+    /// Receives one message if a whole frame has arrived.
+    pub fn poll(&mut self) -> Result<Option<Message>, LinkError> {
+        match self.rx.poll(&mut self.chan)? {
+            None => Ok(None),
+            Some(frame) => Message::decode(frame).map(Some).map_err(LinkError::Decode),
+        }
+    }
+
+    /// Queues a message and sends as much as the ring takes now.
+    pub fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
+        let bytes = msg.encode().map_err(|_| LinkError::Encode)?;
+        if self.queue.len() >= MAX_QUEUED {
+            return Err(LinkError::QueueFull);
+        }
+        self.queue.push_back(bytes);
+        self.pump()
+    }
+
+    /// Sends queued messages until the ring is full or the queue is empty.
+    pub fn pump(&mut self) -> Result<(), LinkError> {
+        loop {
+            if !self.tx.flush(&mut self.chan)? {
+                return Ok(());
+            }
+            match self.queue.pop_front() {
+                None => return Ok(()),
+                Some(next) => self.tx.push(&next)?,
+            }
+        }
+    }
+
+    /// Whether messages are still waiting to be sent.
+    pub fn has_queued(&self) -> bool {
+        self.tx.is_pending() || !self.queue.is_empty()
+    }
+
+    /// Sends a message, waiting for ring space; `timeout` bounds each wait.
+    pub fn send_blocking(&mut self, msg: &Message, timeout: Duration) -> Result<(), LinkError> {
+        self.send(msg)?;
+        while self.has_queued() {
+            self.chan.wait(Some(timeout))?;
+            self.pump()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next message; `timeout` bounds each wait for an event.
+    pub fn recv_blocking(&mut self, timeout: Duration) -> Result<Message, LinkError> {
+        loop {
+            if let Some(m) = self.poll()? {
+                return Ok(m);
+            }
+            self.chan.wait(Some(timeout))?;
+        }
+    }
+
+    /// Sends a request and waits for the first message back.
+    pub fn call(&mut self, msg: &Message, timeout: Duration) -> Result<Message, LinkError> {
+        self.send_blocking(msg, timeout)?;
+        self.recv_blocking(timeout)
+    }
+}

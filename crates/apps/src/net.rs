@@ -1,0 +1,48 @@
+//! Opening links: clients wait for their server to publish, servers listen.
+
+use core::time::Duration;
+
+use portcullis_platform::{DomId, Platform};
+use portcullis_vchan::{ClientConfig, ServerConfig, Vchan, VchanError};
+
+use crate::common::{AppError, RING_BYTES, STEP};
+use crate::link::Link;
+
+/// Connects to `server`'s vchan `port`, waiting up to `patience` for the
+/// server to publish it.
+pub fn connect<P: Platform>(
+    p: &mut P,
+    server: DomId,
+    port: u32,
+    patience: Duration,
+) -> Result<Link<P::Backend>, AppError> {
+    let deadline = p.monotonic_ns().saturating_add(patience.as_nanos() as u64);
+    loop {
+        match Vchan::client_wait(p.backend(), ClientConfig { server, port }, Some(STEP)) {
+            Ok(v) => return Ok(Link::new(v)),
+            Err(VchanError::Timeout | VchanError::NotPublished) if p.monotonic_ns() < deadline => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Publishes a vchan `port` for `client` and returns its listening link.
+pub fn serve<P: Platform>(p: &mut P, client: DomId, port: u32) -> Result<Link<P::Backend>, AppError> {
+    let v = Vchan::server(
+        p.backend(),
+        ServerConfig { client, port, read_min: RING_BYTES, write_min: RING_BYTES },
+    )?;
+    Ok(Link::new(v))
+}
+
+/// Sleeps for `d` (waits on no event channel).
+pub fn sleep<P: Platform>(p: &mut P, d: Duration) -> Result<(), AppError> {
+    let deadline = p.monotonic_ns().saturating_add(d.as_nanos() as u64);
+    loop {
+        let now = p.monotonic_ns();
+        if now >= deadline {
+            return Ok(());
+        }
+        p.wait_any(&[], Some(Duration::from_nanos(deadline - now)))?;
+    }
+}

@@ -1,0 +1,178 @@
+//! policy_pd: a stateless enforcer.
+//!
+//! It holds a rule table (here: network rules) and changes it only when
+//! presented a token that verifies: signature under a key of cryptod's
+//! root-signed keyset (kid), scope `net:modify`, audience this enforcer,
+//! within exp/nbf (with a small skew), not revoked, and never seen before.
+//! It keeps no secrets: a restart forgets nothing that matters.
+//!
+//! With the setting `selftest=1` it also proves, against the live cryptod,
+//! that the refusals work: a replayed token, a token for another audience,
+//! an expired token and a revoked token are each refused for that reason.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use portcullis_platform::Platform;
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{IssueResult, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq};
+use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
+
+use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
+use crate::link::Link;
+use crate::net::{connect, sleep};
+use crate::say;
+use crate::trust::Trust;
+use crate::unlocker::{load_trust, refresh_keyset};
+
+/// The enforcer's state: the trust anchors, the replay cache and the rules.
+pub struct Enforcer {
+    /// What this enforcer answers to as a token audience.
+    pub audience: String,
+    /// Allowed clock skew, seconds.
+    pub skew: u64,
+    /// Keys and revocations.
+    pub trust: Trust,
+    replay: MemoryReplayCache,
+    /// The rule table.
+    pub rules: Vec<String>,
+}
+
+impl Enforcer {
+    /// Applies `rule` if `tok` authorises `net:modify` here, now.
+    pub fn apply(&mut self, tok: &[u8], rule: &str, now: u64) -> Result<Claims, VerifyError> {
+        let expect = Expectations {
+            audience: &self.audience,
+            scope: ScopeSet::single(Scope::NetModify),
+            now,
+            skew: self.skew,
+        };
+        let claims = token::verify(tok, self.trust.keyset(), &expect, &mut self.replay, self.trust.revoked())?;
+        self.rules.push(rule.into());
+        Ok(claims)
+    }
+}
+
+fn issue<P: Platform>(
+    p: &mut P,
+    link: &mut Link<P::Backend>,
+    scope: Scope,
+    audience: &str,
+    ttl: u64,
+) -> Result<Vec<u8>, AppError> {
+    let rid = request_id(p)?;
+    let nonce: [u8; 16] = random(p)?;
+    let req = Message::TokenIssueReq(TokenIssueReq {
+        request_id: rid,
+        vm_id: p.name().into(),
+        requested_scope: ScopeSet::single(scope),
+        audience: audience.into(),
+        justification: "apply network rule".into(),
+        nonce: nonce.to_vec(),
+        timestamp: p.now_unix(),
+        ttl: Some(ttl),
+        attestation: None,
+        metadata: None,
+    });
+    match link.call(&req, CALL_TIMEOUT)? {
+        Message::TokenIssueResp(r) if r.request_id == rid => match (r.result, r.token) {
+            (IssueResult::Ok, Some(t)) => Ok(t),
+            (res, _) => Err(AppError::Protocol(alloc::format!(
+                "token refused: {} ({})",
+                res.as_str(),
+                r.reason.as_deref().unwrap_or("")
+            ))),
+        },
+        other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
+    }
+}
+
+fn refresh_revocations<P: Platform>(p: &mut P, link: &mut Link<P::Backend>, trust: &mut Trust) -> Result<(), AppError> {
+    let req = Message::RevocationListReq(RevocationListReq { request_id: request_id(p)? });
+    match link.call(&req, CALL_TIMEOUT)? {
+        Message::RevocationList(l) => trust
+            .accept_revocations(&l.signed)
+            .map_err(|e| AppError::Protocol(alloc::format!("revocation list refused: {e}"))),
+        other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
+    }
+}
+
+/// Runs policy_pd: one rule change (setting `rule`), plus the self-test.
+/// Returns the number of self-test checks that did not hold (0 is success).
+pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
+    let s = Settings::load(p)?;
+    let rule = String::from(s.get("rule", "allow tcp 10.0.0.0/8 -> 443"));
+    let cryptod_dom = p.resolve(s.get("cryptod", "cryptod"))?;
+    let mut enf = Enforcer {
+        audience: s.get("audience", p.name()).into(),
+        skew: s.num("skew", 30)?,
+        trust: load_trust(p)?,
+        replay: MemoryReplayCache::new(1024),
+        rules: Vec::new(),
+    };
+    let mut link = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
+    // cryptod answers `unavailable` until entropyd has seeded it.
+    let tok = loop {
+        match issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60) {
+            Ok(t) => break t,
+            Err(AppError::Protocol(e)) if e.contains("unavailable") => sleep(p, Duration::from_millis(500))?,
+            Err(e) => return Err(e),
+        }
+    };
+    refresh_keyset(p, &mut link, &mut enf.trust)?;
+    refresh_revocations(p, &mut link, &mut enf.trust)?;
+    say!(p, "policy_pd: ready");
+    let claims = enf
+        .apply(&tok, &rule, p.now_unix())
+        .map_err(|e| AppError::Protocol(alloc::format!("fresh token refused: {e}")))?;
+    say!(p, "policy_pd: applied rule \"{rule}\" (token from {} for {}, scope {})", claims.iss, claims.sub, claims.scope);
+
+    if s.get("selftest", "0") != "1" {
+        return Ok(0);
+    }
+    let mut failed = 0u32;
+    let mut expect = |p: &mut P, what: &str, got: Result<Claims, VerifyError>, want: VerifyError| {
+        match got {
+            Err(e) if e == want => say!(p, "policy_pd: selftest {what}: refused ({}) as expected", e.code()),
+            other => {
+                failed += 1;
+                say!(p, "policy_pd: selftest {what}: FAILED, got {:?}", other.map(|c| c.cti));
+            }
+        }
+    };
+    let now = p.now_unix();
+    expect(p, "replay", enf.apply(&tok, &rule, now), VerifyError::Replayed);
+
+    let other = issue(p, &mut link, Scope::NetModify, s.get("other_audience", "netd"), 60)?;
+    let now = p.now_unix();
+    expect(p, "wrong audience", enf.apply(&other, &rule, now), VerifyError::WrongAudience);
+
+    let short = issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 1)?;
+    let wait = enf.skew + 2;
+    say!(p, "policy_pd: selftest: waiting {wait} s for a 1 s token to expire");
+    sleep(p, Duration::from_secs(wait))?;
+    let now = p.now_unix();
+    expect(p, "expired", enf.apply(&short, &rule, now), VerifyError::Expired);
+
+    let doomed = issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60)?;
+    let (_, _, c) = token::inspect(&doomed).map_err(|e| AppError::Protocol(alloc::format!("{e}")))?;
+    let rid = request_id(p)?;
+    let req = Message::TokenRevokeReq(TokenRevokeReq {
+        request_id: rid,
+        cti: c.cti.clone(),
+        reason: "selftest".into(),
+        timestamp: p.now_unix(),
+    });
+    match link.call(&req, CALL_TIMEOUT)? {
+        Message::TokenRevokeResp(r) if r.result == RevokeResult::Ok => {}
+        other => return Err(AppError::Protocol(alloc::format!("revoke failed: {other:?}"))),
+    }
+    refresh_revocations(p, &mut link, &mut enf.trust)?;
+    let now = p.now_unix();
+    expect(p, "revoked", enf.apply(&doomed, &rule, now), VerifyError::Revoked);
+
+    say!(p, "policy_pd: selftest done, {failed} failed; {} rule(s) in table", enf.rules.len());
+    Ok(failed)
+}

@@ -1,0 +1,133 @@
+//! The verifier side of cryptod's published objects: a keyset or revocation
+//! list is accepted only if the long-term root key signed it, and only if it
+//! is not older than the one already held (no rollback).
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use ed25519_dalek::VerifyingKey;
+use portcullis_proto::cose::{self, ContentType, CoseError};
+use portcullis_proto::msg::{KeysetBody, RevocationBody};
+use portcullis_proto::token::{KeyEntry, Keyset, RevokedSet};
+
+/// Why a published object was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustError {
+    /// Not signed by the root key, or not the expected kind of object.
+    Signature(CoseError),
+    /// The payload does not decode.
+    Malformed,
+    /// Older than what is already held.
+    Rollback,
+    /// A key entry with an unusable public key or algorithm.
+    BadKey,
+}
+
+impl fmt::Display for TrustError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrustError::Signature(e) => write!(f, "not signed by the root key: {e}"),
+            TrustError::Malformed => f.write_str("malformed payload"),
+            TrustError::Rollback => f.write_str("older than the one held"),
+            TrustError::BadKey => f.write_str("unusable key entry"),
+        }
+    }
+}
+
+/// What a verifier trusts: the root key, and the newest keyset and
+/// revocation list it signed.
+pub struct Trust {
+    root: VerifyingKey,
+    root_kid: Vec<u8>,
+    keyset: Keyset,
+    keyset_version: Option<u64>,
+    revoked: RevokedSet,
+    revocation_serial: Option<u64>,
+}
+
+impl Trust {
+    /// Trust anchored in the root public key `root` with key id `root_kid`.
+    pub fn new(root: VerifyingKey, root_kid: &[u8]) -> Trust {
+        Trust {
+            root,
+            root_kid: root_kid.to_vec(),
+            keyset: Keyset::default(),
+            keyset_version: None,
+            revoked: RevokedSet::default(),
+            revocation_serial: None,
+        }
+    }
+
+    fn open(&self, bytes: &[u8], ct: ContentType) -> Result<Vec<u8>, TrustError> {
+        let root = self.root;
+        let kid = self.root_kid.clone();
+        cose::verify(bytes, ct, move |k| (k == kid.as_slice()).then_some(root))
+            .map(|v| v.payload)
+            .map_err(TrustError::Signature)
+    }
+
+    /// Accepts a signed keyset (the `signed` field of a `keyset` message).
+    pub fn accept_keyset(&mut self, signed: &[u8]) -> Result<(), TrustError> {
+        let body = KeysetBody::from_cbor(&self.open(signed, ContentType::Keyset)?)
+            .map_err(|_| TrustError::Malformed)?;
+        if self.keyset_version.is_some_and(|v| body.version < v) {
+            return Err(TrustError::Rollback);
+        }
+        let mut keys = Keyset::default();
+        for e in &body.keys {
+            if e.alg != -19 && e.alg != -8 {
+                return Err(TrustError::BadKey);
+            }
+            let key = VerifyingKey::from_bytes(&e.pubkey).map_err(|_| TrustError::BadKey)?;
+            keys.push(KeyEntry { kid: e.kid.clone(), key, not_before: e.not_before, not_after: e.not_after })
+                .map_err(|_| TrustError::BadKey)?;
+        }
+        self.keyset = keys;
+        self.keyset_version = Some(body.version);
+        Ok(())
+    }
+
+    /// Accepts a signed revocation list (the `signed` field of a
+    /// `revocation_list` message).
+    pub fn accept_revocations(&mut self, signed: &[u8]) -> Result<(), TrustError> {
+        let body = RevocationBody::from_cbor(&self.open(signed, ContentType::RevocationList)?)
+            .map_err(|_| TrustError::Malformed)?;
+        if self.revocation_serial.is_some_and(|s| body.serial < s) {
+            return Err(TrustError::Rollback);
+        }
+        self.revoked = RevokedSet::from_ids(body.entries.iter().map(|e| e.cti.clone()).collect());
+        self.revocation_serial = Some(body.serial);
+        Ok(())
+    }
+
+    /// The token verification keys.
+    pub fn keyset(&self) -> &Keyset {
+        &self.keyset
+    }
+
+    /// The revoked token ids.
+    pub fn revoked(&self) -> &RevokedSet {
+        &self.revoked
+    }
+
+    /// Whether a keyset has been accepted.
+    pub fn has_keyset(&self) -> bool {
+        self.keyset_version.is_some()
+    }
+}
+
+/// Reads a root public key from its COSE_Key bytes (`root.pub` as written
+/// by `portcullis provision`): returns the key and its key id.
+pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
+    use coset::{iana, CborSerializable, CoseKey, KeyType, Label};
+    let key = CoseKey::from_slice(bytes).ok()?;
+    if key.kty != KeyType::Assigned(iana::KeyType::OKP) || key.key_id.is_empty() {
+        return None;
+    }
+    let x = key.params.iter().find_map(|(l, v)| match (l, v) {
+        (Label::Int(n), ciborium::Value::Bytes(b)) if *n == iana::OkpKeyParameter::X as i64 => Some(b),
+        _ => None,
+    })?;
+    let x: [u8; 32] = x.as_slice().try_into().ok()?;
+    Some((VerifyingKey::from_bytes(&x).ok()?, key.key_id))
+}
