@@ -13,10 +13,11 @@ use core::fmt;
 use coset::cbor::value::Value;
 use coset::iana;
 use coset::HeaderBuilder;
-use ed25519_dalek::{SigningKey, VerifyingKey};
-
 use crate::cose::{self, decode_value, encode_value, Sign1};
 use crate::scope::ScopeSet;
+
+/// The Ed25519 key types of the token API, re-exported for convenience.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// Largest token accepted or minted, in bytes; longer input is refused before
 /// it is parsed. (Equal to `msg::MAX_TOKEN_LEN`, the most a message carries.)
