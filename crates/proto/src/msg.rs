@@ -740,7 +740,7 @@ wire_struct! {
         seq: u64,
         /// Unique record id.
         entry_id: [u8; 16],
-        /// SHA-256 of the previous record's signed bytes (zeros for `seq` 0).
+        /// SHA-256 link to the previous record (zeros for `seq` 0).
         prev_hash: [u8; 32],
         /// Who acted (operator, VM or `cryptod`).
         actor: String,
