@@ -1,1 +1,150 @@
-fn main() {}
+//! cryptod's hot paths: TOTP validation + token issue through `handle`, token
+//! verification, and the raw Ed25519 operations underneath them.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use ed25519_dalek::{Signer, SigningKey, Verifier};
+use portcullis_authority::authority::Config;
+use portcullis_authority::sealed::SealedState;
+use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
+use portcullis_authority::{Authority, PeerId};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{AuditAck, EntropyPub, RequestId, TokenIssueReq, TotpResult, TotpValidateReq};
+use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet};
+use zeroize::Zeroizing;
+
+const SECRET: &[u8] = b"12345678901234567890";
+const T0: u64 = 1_700_000_000;
+
+fn authority(operators: usize) -> Authority {
+    let state = SealedState {
+        root_key: [1; 32],
+        master_secret: [2; 32],
+        operators: (0..operators)
+            .map(|i| OperatorSecret::new(&format!("op{i}"), SECRET, Algorithm::Sha1, 8).unwrap())
+            .collect(),
+        acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent\nallow vm=pd scopes=net:read aud=fw0\n".into(),
+        last_steps: vec![],
+    };
+    let config = Config { reseed_interval: u64::MAX, ..Config::default() };
+    let mut a = Authority::new(config, state, T0).unwrap();
+    let chunk = EntropyPub {
+        drbg_version: "bench".into(),
+        seq: 1,
+        nonce: vec![0; 16],
+        entropy_chunk: Zeroizing::new(vec![7; 64]),
+        timestamp: T0,
+    };
+    a.handle(&PeerId::new(2, "entropyd"), &chunk.into(), T0, b"hw");
+    a
+}
+
+fn ack_all(a: &mut Authority) {
+    let pending = a.pending_audit();
+    if let Some(Message::AuditLog(last)) = pending.last() {
+        let rec = portcullis_proto::cose::open_unverified(&last.record).unwrap();
+        let rec = portcullis_proto::msg::AuditRecord::from_cbor(&rec.payload).unwrap();
+        a.handle(&PeerId::new(3, "collector"), &AuditAck { chain_id: rec.chain_id, seq: rec.seq }.into(), T0, b"");
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    // Each iteration uses a fresh operator (a code is accepted once per step).
+    const OPS: usize = 100_000;
+    let mut a = authority(OPS);
+    let unlocker = PeerId::new(5, "unlocker");
+    let code = format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, T0));
+    let mut i = 0usize;
+    c.bench_function("handle: totp_validate (accept + audit)", |b| {
+        b.iter(|| {
+            let req = TotpValidateReq {
+                request_id: RequestId([1; 16]),
+                operator_id: format!("op{}", i % OPS),
+                device_id: "yubi".into(),
+                totp_code: Zeroizing::new(code.clone()),
+                client_nonce: vec![9; 16],
+                timestamp: T0,
+                volume_id: None,
+                ephemeral_pubkey: None,
+                attestation_chain: None,
+                metadata: None,
+            };
+            i += 1;
+            let out = a.handle(&unlocker, &req.into(), T0, b"");
+            if i % 128 == 0 {
+                ack_all(&mut a);
+            }
+            black_box(out)
+        })
+    });
+
+    let mut a = authority(1);
+    let pd = PeerId::new(7, "pd");
+    let issue: Message = TokenIssueReq {
+        request_id: RequestId([2; 16]),
+        vm_id: "pd".into(),
+        requested_scope: ScopeSet::single(Scope::NetRead),
+        audience: "fw0".into(),
+        justification: "bench".into(),
+        nonce: vec![3; 16],
+        timestamp: T0,
+        ttl: None,
+        attestation: None,
+        metadata: None,
+    }
+    .into();
+    let mut n = 0u32;
+    c.bench_function("handle: token_issue (acl + mint + audit)", |b| {
+        b.iter(|| {
+            let out = a.handle(&pd, &issue, T0, b"");
+            n += 1;
+            if n % 128 == 0 {
+                ack_all(&mut a);
+            }
+            black_box(out)
+        })
+    });
+
+    // Sanity: a full TOTP + unlock-free validation on a fresh authority is "ok".
+    let mut fresh = authority(1);
+    let req = TotpValidateReq {
+        request_id: RequestId([1; 16]),
+        operator_id: "op0".into(),
+        device_id: "yubi".into(),
+        totp_code: Zeroizing::new(code.clone()),
+        client_nonce: vec![9; 16],
+        timestamp: T0,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        attestation_chain: None,
+        metadata: None,
+    };
+    match fresh.handle(&unlocker, &req.into(), T0, b"").response {
+        Some(Message::TotpValidateResp(r)) => assert_eq!(r.result, TotpResult::Ok),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let Some(Message::TokenIssueResp(resp)) = a.handle(&pd, &issue, T0, b"").response else { panic!() };
+    let tok = resp.token.unwrap();
+    let keys = a.verifier_keyset();
+    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now: T0, skew: 0 };
+    c.bench_function("token::verify (fresh replay cache)", |b| {
+        b.iter(|| {
+            let mut cache = MemoryReplayCache::new(4);
+            black_box(token::verify(&tok, &keys, &exp, &mut cache, &RevokedSet::new()).unwrap())
+        })
+    });
+
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let msg = [0x42u8; 200];
+    let sig = key.sign(&msg);
+    let vk = key.verifying_key();
+    c.bench_function("ed25519 sign (200 B)", |b| b.iter(|| black_box(key.sign(black_box(&msg)))));
+    c.bench_function("ed25519 verify (200 B)", |b| b.iter(|| black_box(vk.verify(black_box(&msg), &sig).is_ok())));
+    c.bench_function("ed25519 verify_strict (200 B)", |b| {
+        b.iter(|| black_box(vk.verify_strict(black_box(&msg), &sig).is_ok()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
