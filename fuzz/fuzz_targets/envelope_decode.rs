@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use portcullis_proto::envelope::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = Message::decode(data) else { return };
+    let Ok(msg) = Message::decode(data) else {
+        return;
+    };
     let bytes = msg.encode().expect("a decoded message re-encodes");
     let again = Message::decode(&bytes).expect("a re-encoded message decodes");
     assert_eq!(again, msg);

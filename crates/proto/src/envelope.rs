@@ -14,10 +14,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::msg::{
-    Attestation, AuditAck, AuditLog, EntropyPub, ErrorCode, ErrorMsg, Keyset, KeysetReq,
-    RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp,
-    TokenRevokeReq, TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest,
-    UnlockResult, MAX_METADATA_ENTRIES, MAX_REVOKED,
+    Attestation, AuditAck, AuditLog, EntropyPub, ErrorCode, ErrorMsg, Keyset, KeysetReq, RequestId,
+    RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
+    TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest, UnlockResult,
+    MAX_METADATA_ENTRIES, MAX_REVOKED,
 };
 
 /// The only protocol version this crate speaks (the envelope's `v`).
@@ -232,7 +232,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn expect(&mut self, want: u8, field: &'static str, what: &'static str) -> Result<u64, DecodeError> {
+    fn expect(
+        &mut self,
+        want: u8,
+        field: &'static str,
+        what: &'static str,
+    ) -> Result<u64, DecodeError> {
         match self.head()? {
             (major, arg) if major == want => Ok(arg),
             _ => Err(FieldError::new(field, what).into()),
@@ -248,7 +253,9 @@ impl<'a> Reader<'a> {
         match self.head()? {
             (UINT, v) => i64::try_from(v).map_err(|_| out_of_range.into()),
             // A negative integer encodes -1 - v.
-            (NINT, v) => i64::try_from(v).map(|v| -1 - v).map_err(|_| out_of_range.into()),
+            (NINT, v) => i64::try_from(v)
+                .map(|v| -1 - v)
+                .map_err(|_| out_of_range.into()),
             _ => Err(FieldError::new(field, "expected an integer").into()),
         }
     }
@@ -509,7 +516,8 @@ impl Field for zeroize::Zeroizing<String> {
         Ok(())
     }
     fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
-        r.text(field).map(|s| zeroize::Zeroizing::new(String::from(s)))
+        r.text(field)
+            .map(|s| zeroize::Zeroizing::new(String::from(s)))
     }
 }
 

@@ -14,8 +14,8 @@ use core::fmt;
 pub use zeroize::Zeroizing;
 
 use crate::envelope::{
-    from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field,
-    FieldError, Reader, Writer,
+    from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field, FieldError,
+    Reader, Writer,
 };
 use crate::scope::{Scope, ScopeSet};
 
@@ -103,8 +103,8 @@ impl Field for ScopeSet {
         }
         let mut set = ScopeSet::EMPTY;
         for _ in 0..len {
-            let scope = Scope::parse(r.text(field)?)
-                .ok_or(FieldError::new(field, "unknown scope"))?;
+            let scope =
+                Scope::parse(r.text(field)?).ok_or(FieldError::new(field, "unknown scope"))?;
             if !set.insert(scope) {
                 return Err(FieldError::new(field, "repeated scope").into());
             }
@@ -308,7 +308,12 @@ impl Check for EntropyPub {
     fn check(&self) -> Result<(), FieldError> {
         check_id("drbg_version", &self.drbg_version)?;
         check_nonce("nonce", &self.nonce)?;
-        check_len("entropy_chunk", self.entropy_chunk.len(), MIN_ENTROPY_CHUNK, MAX_ENTROPY_CHUNK)
+        check_len(
+            "entropy_chunk",
+            self.entropy_chunk.len(),
+            MIN_ENTROPY_CHUNK,
+            MAX_ENTROPY_CHUNK,
+        )
     }
 }
 
@@ -355,7 +360,12 @@ impl Check for TotpValidateReq {
         if let Some(chain) = &self.attestation_chain {
             check_len("attestation_chain", chain.len(), 0, MAX_ATTESTATION_CHAIN)?;
             for item in chain {
-                check_len("attestation_chain", item.len(), 1, crate::envelope::MAX_MESSAGE_LEN)?;
+                check_len(
+                    "attestation_chain",
+                    item.len(),
+                    1,
+                    crate::envelope::MAX_MESSAGE_LEN,
+                )?;
             }
         }
         check_metadata(&self.metadata)
@@ -380,7 +390,12 @@ wire_struct! {
 impl Check for SealedSecret {
     fn check(&self) -> Result<(), FieldError> {
         check_id("volume_id", &self.volume_id)?;
-        check_len("ciphertext", self.ciphertext.len(), MIN_SEALED_LEN, MAX_SEALED_LEN)
+        check_len(
+            "ciphertext",
+            self.ciphertext.len(),
+            MIN_SEALED_LEN,
+            MAX_SEALED_LEN,
+        )
     }
 }
 

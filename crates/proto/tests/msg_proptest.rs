@@ -23,7 +23,11 @@ fn nonce() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn metadata() -> impl Strategy<Value = Option<Metadata>> {
-    proptest::option::of(btree_map("[a-z]{1,64}", ".{0,64}", 0..=MAX_METADATA_ENTRIES))
+    proptest::option::of(btree_map(
+        "[a-z]{1,64}",
+        ".{0,64}",
+        0..=MAX_METADATA_ENTRIES,
+    ))
 }
 
 fn request_id() -> impl Strategy<Value = RequestId> {
@@ -31,9 +35,22 @@ fn request_id() -> impl Strategy<Value = RequestId> {
 }
 
 fn entropy_pub() -> impl Strategy<Value = Message> {
-    (id_text(), any::<u64>(), nonce(), vec(any::<u8>(), MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK), any::<u64>())
+    (
+        id_text(),
+        any::<u64>(),
+        nonce(),
+        vec(any::<u8>(), MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK),
+        any::<u64>(),
+    )
         .prop_map(|(drbg_version, seq, nonce, chunk, timestamp)| {
-            EntropyPub { drbg_version, seq, nonce, entropy_chunk: Zeroizing::new(chunk), timestamp }.into()
+            EntropyPub {
+                drbg_version,
+                seq,
+                nonce,
+                entropy_chunk: Zeroizing::new(chunk),
+                timestamp,
+            }
+            .into()
         })
 }
 
@@ -41,35 +58,55 @@ fn token_issue_req() -> impl Strategy<Value = Message> {
     let scopes = proptest::sample::subsequence(Scope::ALL.to_vec(), 1..=Scope::ALL.len())
         .prop_map(|s| s.into_iter().collect::<ScopeSet>());
     (
-        (request_id(), id_text(), scopes, id_text(), free_text(), nonce(), any::<u64>()),
-        (proptest::option::of(any::<u64>()), proptest::option::of(vec(any::<u8>(), 1..300)), metadata()),
+        (
+            request_id(),
+            id_text(),
+            scopes,
+            id_text(),
+            free_text(),
+            nonce(),
+            any::<u64>(),
+        ),
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(vec(any::<u8>(), 1..300)),
+            metadata(),
+        ),
     )
-        .prop_map(|((request_id, vm_id, requested_scope, audience, justification, nonce, timestamp), (ttl, attestation, metadata))| {
-            TokenIssueReq {
-                request_id,
-                vm_id,
-                requested_scope,
-                audience,
-                justification,
-                nonce,
-                timestamp,
-                ttl,
-                attestation,
-                metadata,
-            }
-            .into()
-        })
+        .prop_map(
+            |(
+                (request_id, vm_id, requested_scope, audience, justification, nonce, timestamp),
+                (ttl, attestation, metadata),
+            )| {
+                TokenIssueReq {
+                    request_id,
+                    vm_id,
+                    requested_scope,
+                    audience,
+                    justification,
+                    nonce,
+                    timestamp,
+                    ttl,
+                    attestation,
+                    metadata,
+                }
+                .into()
+            },
+        )
 }
 
 fn totp_validate_resp() -> impl Strategy<Value = Message> {
-    let sealed = (id_text(), any::<[u8; 32]>(), vec(any::<u8>(), MIN_SEALED_LEN..=MAX_SEALED_LEN)).prop_map(
-        |(volume_id, epk, ciphertext)| SealedSecret {
+    let sealed = (
+        id_text(),
+        any::<[u8; 32]>(),
+        vec(any::<u8>(), MIN_SEALED_LEN..=MAX_SEALED_LEN),
+    )
+        .prop_map(|(volume_id, epk, ciphertext)| SealedSecret {
             volume_id,
             alg: SealAlg::X25519HkdfSha256ChaCha20Poly1305,
             epk,
             ciphertext,
-        },
-    );
+        });
     (
         request_id(),
         proptest::sample::select(TotpResult::ALL.to_vec()),
@@ -79,20 +116,55 @@ fn totp_validate_resp() -> impl Strategy<Value = Message> {
         proptest::option::of(any::<u64>()),
         proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(request_id, result, reason, capability_token, unlock_secret, expires_at, retry_after)| {
-            TotpValidateResp { request_id, result, reason, capability_token, unlock_secret, expires_at, retry_after }
+        .prop_map(
+            |(
+                request_id,
+                result,
+                reason,
+                capability_token,
+                unlock_secret,
+                expires_at,
+                retry_after,
+            )| {
+                TotpValidateResp {
+                    request_id,
+                    result,
+                    reason,
+                    capability_token,
+                    unlock_secret,
+                    expires_at,
+                    retry_after,
+                }
                 .into()
-        })
+            },
+        )
 }
 
 fn error_msg() -> impl Strategy<Value = Message> {
-    (proptest::option::of(request_id()), proptest::sample::select(ErrorCode::ALL.to_vec()), free_text())
-        .prop_map(|(request_id, code, reason)| ErrorMsg { request_id, code, reason }.into())
+    (
+        proptest::option::of(request_id()),
+        proptest::sample::select(ErrorCode::ALL.to_vec()),
+        free_text(),
+    )
+        .prop_map(|(request_id, code, reason)| {
+            ErrorMsg {
+                request_id,
+                code,
+                reason,
+            }
+            .into()
+        })
 }
 
 fn audit_record() -> impl Strategy<Value = AuditRecord> {
     (
-        (any::<[u8; 16]>(), any::<u64>(), any::<[u8; 16]>(), any::<[u8; 32]>(), id_text()),
+        (
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 32]>(),
+            id_text(),
+        ),
         (
             proptest::sample::select(AuditAction::ALL.to_vec()),
             proptest::sample::select(AuditResult::ALL.to_vec()),
@@ -101,13 +173,34 @@ fn audit_record() -> impl Strategy<Value = AuditRecord> {
             metadata(),
         ),
     )
-        .prop_map(|((chain_id, seq, entry_id, prev_hash, actor), (action, result, timestamp, target, metadata))| {
-            AuditRecord { chain_id, seq, entry_id, prev_hash, actor, action, result, timestamp, target, metadata }
-        })
+        .prop_map(
+            |(
+                (chain_id, seq, entry_id, prev_hash, actor),
+                (action, result, timestamp, target, metadata),
+            )| {
+                AuditRecord {
+                    chain_id,
+                    seq,
+                    entry_id,
+                    prev_hash,
+                    actor,
+                    action,
+                    result,
+                    timestamp,
+                    target,
+                    metadata,
+                }
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![entropy_pub(), token_issue_req(), totp_validate_resp(), error_msg()]
+    prop_oneof![
+        entropy_pub(),
+        token_issue_req(),
+        totp_validate_resp(),
+        error_msg()
+    ]
 }
 
 proptest! {
