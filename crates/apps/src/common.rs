@@ -134,6 +134,14 @@ impl Settings {
     }
 }
 
+/// Resolves a domain name through the platform; `dom0` is domain 0.
+pub fn resolve_dom<P: Platform>(p: &mut P, name: &str) -> Result<portcullis_platform::DomId, AppError> {
+    if name == "dom0" {
+        return Ok(portcullis_platform::DomId(0));
+    }
+    p.resolve(name).map_err(|e| AppError::Config(alloc::format!("domain {name:?}: {e}")))
+}
+
 /// `N` bytes from the platform's hardware entropy source.
 pub fn random<P: Platform, const N: usize>(p: &mut P) -> Result<[u8; N], AppError> {
     let mut b = [0u8; N];

@@ -10,14 +10,14 @@ use core::time::Duration;
 
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId};
-use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
+use portcullis_platform::{ConfigItem, Platform, PlatformError};
 use portcullis_proto::cose;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditRecord, ErrorCode, ErrorMsg};
 use portcullis_vchan::Backend;
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, AppError, Settings, STEP};
+use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
 use crate::link::{Link, LinkError};
 use crate::net::{connect, serve};
 use crate::say;
@@ -52,11 +52,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     // domain, never anything the peer says.
     let mut clients: Vec<Client<P::Backend>> = Vec::new();
     for name in s.list("clients", "unlocker,policy_pd,dom0") {
-        let dom = if name == "dom0" { DomId(0) } else { p.resolve(name)? };
+        let dom = resolve_dom(p, name)?;
         let link = serve(p, dom, port::CRYPTOD)?;
         clients.push(Client { peer: PeerId::new(u32::from(dom.0), name), link });
     }
-    let collector = DomId(u16::try_from(s.num("collector", 0)?).map_err(|_| AppError::Config("collector".into()))?);
+    let collector = resolve_dom(p, s.get("collector", "dom0"))?;
     let mut audit = serve(p, collector, port::AUDIT)?;
     let entropy_name = String::from(s.get("entropy", "entropyd"));
     let entropy_dom = p.resolve(&entropy_name)?;
@@ -65,6 +65,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     say!(p, "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}", clients.len(), collector.0);
 
     let mut shipped: Option<u64> = None; // highest audit seq written to the collector link
+    let mut acked: Option<u64> = None; // highest audit seq the collector acknowledged
+    let mut outbox_empty = true;
     let mut ready = false;
     let mut last_tick = 0u64;
     loop {
@@ -101,7 +103,14 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             last_tick = now;
             changed |= !auth.tick(now).audit.is_empty();
         }
-        ship_audit(p, &mut auth, &mut audit, &mut shipped, changed, now)?;
+        ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
+        let empty = auth.pending_audit().is_empty();
+        if empty && !outbox_empty {
+            if let Some(seq) = acked {
+                say!(p, "cryptod: audit outbox empty; collector acknowledged seq {seq}");
+            }
+        }
+        outbox_empty = empty;
 
         let mut ports: Vec<_> = clients.iter().filter_map(|c| c.link.port()).collect();
         ports.extend(audit.port());
@@ -169,6 +178,7 @@ fn ship_audit<P: Platform>(
     auth: &mut Authority,
     link: &mut Link<P::Backend>,
     shipped: &mut Option<u64>,
+    acked: &mut Option<u64>,
     new_records: bool,
     now: u64,
 ) -> Result<(), AppError> {
@@ -180,6 +190,9 @@ fn ship_audit<P: Platform>(
     loop {
         match link.poll() {
             Ok(Some(ack @ Message::AuditAck(_))) => {
+                if let Message::AuditAck(a) = &ack {
+                    *acked = Some(acked.map_or(a.seq, |s| s.max(a.seq)));
+                }
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                 // Acks make no audit records of their own.
                 let _ = auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]);

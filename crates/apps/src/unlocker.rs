@@ -22,7 +22,7 @@ use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
+use crate::common::{port, random, request_id, resolve_dom, AppError, Settings, CALL_TIMEOUT};
 use crate::link::Link;
 use crate::net::connect;
 use crate::say;
@@ -69,8 +69,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
     let volume = String::from(s.get("volume", "data"));
     let audience = String::from(s.get("agent_audience", "unlock_agent"));
     let attempts = s.num("attempts", 3)?.max(1);
-    let agent = DomId(u16::try_from(s.num("agent", 0)?).map_err(|_| AppError::Config("agent".into()))?);
-    let cryptod_dom = p.resolve(s.get("cryptod", "cryptod"))?;
+    let agent = resolve_dom(p, s.get("agent", "dom0"))?;
+    let cryptod_dom = resolve_dom(p, s.get("cryptod", "cryptod"))?;
     let mut trust = load_trust(p)?;
 
     let mut cryptod = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;

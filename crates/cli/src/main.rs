@@ -3,6 +3,9 @@
 //! Exit codes: 0 success; 1 the checked thing is invalid (a token that does not
 //! verify, an audit log that does not check out); 2 usage or I/O error.
 
+mod agent;
+mod audit_cmd;
+mod demo;
 mod keyfile;
 mod provision;
 mod token_cmd;
@@ -36,6 +39,15 @@ enum Command {
     /// Create cryptod's sealed state, the operators' TOTP enrolment and the
     /// volumes' LUKS passphrases.
     Provision(provision::ProvisionArgs),
+    /// Check collected audit logs.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
+    /// Collect cryptod's audit records over vchan into a file (fsync before ack).
+    AuditCollect(audit_cmd::CollectArgs),
+    /// The dom0 unlock agent: verify the unlock token, then cryptsetup.
+    UnlockAgent(agent::AgentArgs),
+    /// Run the whole system on the hosted platform, end to end.
+    Demo(demo::DemoArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -52,12 +64,30 @@ impl From<String> for Failure {
     }
 }
 
+impl From<&str> for Failure {
+    fn from(s: &str) -> Failure {
+        Failure::Error(s.to_string())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Invalid(m) | Failure::Error(m) => f.write_str(m),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
         Command::Token(cmd) => token_cmd::run(cmd),
         Command::Provision(args) => provision::run(args),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::AuditCollect(args) => audit_cmd::collect(args),
+        Command::UnlockAgent(args) => agent::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

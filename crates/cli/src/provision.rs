@@ -79,6 +79,28 @@ pub struct ProvisionArgs {
     luks_key_file: Option<PathBuf>,
 }
 
+impl ProvisionArgs {
+    /// The demo's provisioning: one operator, volume `data` in a new LUKS2
+    /// file, otpauth URI saved for unattended code generation.
+    pub fn for_demo(out: &Path, volume_file: &Path, no_qr: bool) -> ProvisionArgs {
+        ProvisionArgs {
+            out: out.to_path_buf(),
+            operators: vec!["operator".into()],
+            totp_algorithm: "sha1".into(),
+            digits: 6,
+            volumes: vec!["data".into()],
+            acl: None,
+            issuer: "Portcullis".into(),
+            no_qr,
+            save_otpauth: true,
+            luks_format: Some(volume_file.to_path_buf()),
+            luks_size_mib: 32,
+            luks_device: None,
+            luks_key_file: None,
+        }
+    }
+}
+
 fn algorithm(name: &str) -> Result<Algorithm, Failure> {
     match name {
         "sha1" => Ok(Algorithm::Sha1),

@@ -1,0 +1,272 @@
+//! `portcullis audit-collect` (the collector cryptod ships its audit records
+//! to) and `portcullis audit verify` (checks a collected log).
+//!
+//! The log file is a CBOR sequence (RFC 8742) of byte strings, each holding
+//! one signed audit record (a COSE_Sign1) exactly as cryptod sent it. The
+//! collector appends and fsyncs a record before it acknowledges it, so a
+//! record cryptod dropped from its outbox is always on disk; a record cut off
+//! by a crash was never acknowledged and is sent again.
+
+use crate::{keyfile, Failure};
+use clap::{Args, Subcommand};
+use portcullis_apps::common::{port, resolve_dom};
+use portcullis_apps::link::LinkError;
+use portcullis_apps::net::connect;
+use portcullis_authority::audit::{verify_chain, ChainErrorKind};
+use portcullis_hosted::{HostedPlatform, World};
+use portcullis_proto::cose;
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{AuditAck, AuditRecord};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest record accepted in a log (a signed record is a few hundred bytes).
+const MAX_RECORD: u64 = 64 * 1024;
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check a collected audit log: signatures, hash chain, sequence gaps,
+    /// truncation. Exit 0 only if it checks out; otherwise say where it breaks.
+    Verify {
+        /// The root public key (root.pub from `portcullis provision`).
+        #[arg(long)]
+        root: PathBuf,
+        /// The highest seq the collector acknowledged (from its output), to
+        /// detect a cut-off tail.
+        #[arg(long)]
+        expect_last: Option<u64>,
+        /// The log file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct CollectArgs {
+    /// The hosted world directory (from the launcher).
+    #[arg(long)]
+    world: PathBuf,
+    /// This collector's domain name in the world.
+    #[arg(long, default_value = "collector")]
+    domain: String,
+    /// cryptod's domain name.
+    #[arg(long, default_value = "cryptod")]
+    cryptod: String,
+    /// The log file to append to (created if absent).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Parses a log: the records, and the byte offset where a cut-off tail
+/// starts (if the last item is incomplete).
+pub fn read_log(bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Option<usize>), String> {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let start = at;
+        let head = bytes[at];
+        if head >> 5 != 2 {
+            return Err(format!("byte {start}: not a CBOR byte string (record {})", records.len()));
+        }
+        let info = head & 0x1f;
+        at += 1;
+        let len = match info {
+            0..=23 => u64::from(info),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let Some(b) = bytes.get(at..at + n) else { return Ok((records, Some(start))) };
+                at += n;
+                b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+            }
+            _ => return Err(format!("byte {start}: unsupported length encoding (record {})", records.len())),
+        };
+        if len > MAX_RECORD {
+            return Err(format!("byte {start}: record {} claims {len} bytes", records.len()));
+        }
+        let end = at + len as usize;
+        let Some(body) = bytes.get(at..end) else { return Ok((records, Some(start))) };
+        records.push(body.to_vec());
+        at = end;
+    }
+    Ok((records, None))
+}
+
+fn bstr_header(len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(9);
+    match len {
+        0..=23 => h.push(0x40 | len as u8),
+        24..=0xff => h.extend_from_slice(&[0x58, len as u8]),
+        0x100..=0xffff => {
+            h.push(0x59);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            h.push(0x5a);
+            h.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
+    h
+}
+
+fn chain_and_seq(record: &[u8]) -> Option<([u8; 16], u64)> {
+    let opened = cose::open_unverified(record).ok()?;
+    let r = AuditRecord::from_cbor(&opened.payload).ok()?;
+    Some((r.chain_id, r.seq))
+}
+
+/// Opens the log, drops a cut-off tail left by a crash, and returns the
+/// highest stored seq per chain.
+fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (records, cut) = read_log(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(at) = cut {
+        println!("audit-collect: dropping a cut-off record at byte {at} (never acknowledged; cryptod resends it)");
+        f.set_len(at as u64).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    f.seek(SeekFrom::End(0)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut last = HashMap::new();
+    for r in &records {
+        if let Some((chain, seq)) = chain_and_seq(r) {
+            let e = last.entry(chain).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    Ok((f, last))
+}
+
+/// Runs the collector until killed.
+pub fn collect(args: CollectArgs) -> Result<(), Failure> {
+    let world = World::open(&args.world).map_err(|e| format!("world {}: {e}", args.world.display()))?;
+    let dom = world
+        .resolve(&args.domain)
+        .map_err(|e| format!("world: {e}"))?
+        .ok_or_else(|| format!("no domain {:?} in the world", args.domain))?;
+    let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("platform: {e}"))?;
+    let (mut file, mut last) = open_log(&args.out)?;
+    println!("audit-collect: {} chain(s) on disk; collecting into {}", last.len(), args.out.display());
+    let cryptod = resolve_dom(&mut p, &args.cryptod).map_err(|e| e.to_string())?;
+    loop {
+        let mut link = match connect(&mut p, cryptod, port::AUDIT, Duration::from_secs(5)) {
+            Ok(l) => l,
+            Err(_) => continue, // cryptod not (yet, or again) there: keep waiting
+        };
+        println!("audit-collect: connected to {}", args.cryptod);
+        loop {
+            let msg = match link.recv_blocking(Duration::from_millis(500)) {
+                Ok(m) => m,
+                Err(LinkError::Timeout) => continue,
+                Err(e) => {
+                    println!("audit-collect: link: {e}; reconnecting");
+                    break;
+                }
+            };
+            let Message::AuditLog(log) = msg else { continue };
+            let Some((chain, seq)) = chain_and_seq(&log.record) else {
+                println!("audit-collect: ignoring an unreadable record");
+                continue;
+            };
+            if last.get(&chain).is_none_or(|&l| seq > l) {
+                let mut item = bstr_header(log.record.len());
+                item.extend_from_slice(&log.record);
+                file.write_all(&item)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| format!("{}: {e}", args.out.display()))?;
+                last.insert(chain, seq);
+                println!("audit-collect: stored seq {seq}");
+            }
+            let ack = Message::AuditAck(AuditAck { chain_id: chain, seq });
+            if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
+                println!("audit-collect: ack: {e}; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
+    match cmd {
+        AuditCmd::Verify { root, expect_last, file } => {
+            let summary = verify_file(&root, expect_last, &file)?;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+/// Verifies a collected log; returns a summary, or says where it breaks.
+pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result<String, Failure> {
+    let key = keyfile::load(root)?.public;
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if meta.len() > 1 << 30 {
+        return Err(Failure::Error(format!("{}: larger than 1 GiB", file.display())));
+    }
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (records, cut) = read_log(&bytes).map_err(Failure::Invalid)?;
+    if let Some(at) = cut {
+        return Err(Failure::Invalid(format!(
+            "log truncated: record {} starting at byte {at} is cut off",
+            records.len()
+        )));
+    }
+    if records.is_empty() {
+        return Err(Failure::Invalid("log holds no records".into()));
+    }
+    // Split into chains (one per cryptod boot); each must be whole.
+    let mut start = 0;
+    let mut chains = 0;
+    let mut last_seq = 0;
+    while start < records.len() {
+        let id = chain_and_seq(&records[start]).map(|c| c.0);
+        let mut end = start + 1;
+        while end < records.len() && chain_and_seq(&records[end]).map(|c| c.0) == id && id.is_some() {
+            end += 1;
+        }
+        let summary = verify_chain(&records[start..end], &[key]).map_err(|e| {
+            let at = start + e.index;
+            let what = match e.kind {
+                ChainErrorKind::Gap { expected, found } => format!("gap: seq {expected} to {} missing", found - 1),
+                _ => e.to_string().split(": ").skip(1).collect::<Vec<_>>().join(": "),
+            };
+            Failure::Invalid(format!("audit chain breaks at record {at} (byte offset {}): {what}", offset_of(&records, at)))
+        })?;
+        if summary.first_seq != 0 {
+            return Err(Failure::Invalid(format!(
+                "chain {} starts at seq {} (record {start}): its first records are missing",
+                hex::encode(summary.chain_id),
+                summary.first_seq
+            )));
+        }
+        println!(
+            "chain {}: seq 0..={} ({} records), head {}",
+            hex::encode(summary.chain_id),
+            summary.last_seq,
+            summary.records,
+            hex::encode(&summary.head_hash[..8])
+        );
+        chains += 1;
+        last_seq = summary.last_seq;
+        start = end;
+    }
+    if let Some(want) = expect_last {
+        if last_seq < want {
+            return Err(Failure::Invalid(format!(
+                "log truncated: last chain ends at seq {last_seq}, but seq {want} was acknowledged"
+            )));
+        }
+    }
+    Ok(format!("ok: {} records in {chains} chain(s), signatures and links verify", records.len()))
+}
+
+fn offset_of(records: &[Vec<u8>], index: usize) -> usize {
+    records.iter().take(index).map(|r| bstr_header(r.len()).len() + r.len()).sum()
+}
