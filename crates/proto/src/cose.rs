@@ -369,7 +369,8 @@ impl Sign1 {
     /// §4.4), over the protected header's original bytes.
     fn to_be_signed(&self) -> Vec<u8> {
         const PREFIX: &[u8] = b"\x84\x6aSignature1";
-        let mut tbs = Vec::with_capacity(PREFIX.len() + 19 + self.protected.len() + self.payload.len());
+        let mut tbs =
+            Vec::with_capacity(PREFIX.len() + 19 + self.protected.len() + self.payload.len());
         tbs.extend_from_slice(PREFIX);
         push_bstr(&mut tbs, &self.protected);
         push_bstr(&mut tbs, &[]);
@@ -402,7 +403,11 @@ fn push_bstr(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Builds and signs a tagged COSE_Sign1 with an empty unprotected header.
-pub(crate) fn sign1(key: &SigningKey, protected: coset::Header, payload: Vec<u8>) -> Option<Vec<u8>> {
+pub(crate) fn sign1(
+    key: &SigningKey,
+    protected: coset::Header,
+    payload: Vec<u8>,
+) -> Option<Vec<u8>> {
     CoseSign1Builder::new()
         .protected(protected)
         .payload(payload)

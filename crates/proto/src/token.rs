@@ -10,11 +10,11 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::cose::{self, decode_value, encode_value, Sign1};
+use crate::scope::ScopeSet;
 use coset::cbor::value::Value;
 use coset::iana;
 use coset::HeaderBuilder;
-use crate::cose::{self, decode_value, encode_value, Sign1};
-use crate::scope::ScopeSet;
 
 /// The Ed25519 key types of the token API, re-exported for convenience.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -11,12 +11,14 @@ use portcullis_proto::cose::{verify, verify_sign1_raw, ContentType, CoseError};
 /// eddsa-examples/eddsa-sig-01.json, "EdDSA-01: EdDSA - 25519 - sign0":
 /// COSE_Sign1, protected {alg: EdDSA (-8), content type: 0}, unprotected {kid: "11"}.
 const SIG01_CBOR: &str = "D28445A201270300A10442313154546869732069732074686520636F6E74656E742E58407142FD2FF96D56DB85BEE905A76BA1D0B7321A95C8C4D3607C5781932B7AFB8711497DFA751BF40B58B3BCC32300B1487F3DB34085EEF013BF08F4A44D6FEF0D";
-const SIG01_TBS: &str = "846A5369676E61747572653145A2012703004054546869732069732074686520636F6E74656E742E";
+const SIG01_TBS: &str =
+    "846A5369676E61747572653145A2012703004054546869732069732074686520636F6E74656E742E";
 
 /// eddsa-examples/eddsa-01.json, "EdDSA-01: EdDSA - 25519": COSE_Sign (tag
 /// 98) with one Ed25519 signer (protected {alg: EdDSA}, unprotected {kid: "11"}).
 const EDDSA01_CBOR: &str = "D8628443A10300A054546869732069732074686520636F6E74656E742E818343A10127A104423131584077F3EACD11852C4BF9CB1D72FABE6B26FBA1D76092B2B5B7EC83B83557652264E69690DBC1172DDC0BF88411C0D25A507FDB247A20C40D5E245FABD3FC9EC106";
-const EDDSA01_TBS: &str = "85695369676E617475726543A1030043A101274054546869732069732074686520636F6E74656E742E";
+const EDDSA01_TBS: &str =
+    "85695369676E617475726543A1030043A101274054546869732069732074686520636F6E74656E742E";
 
 /// eddsa-examples/eddsa-sig-02.json, "EdDSA-sig-02: EdDSA - 448 - sign1": an
 /// Ed448 signature under alg EdDSA; it must never pass as Ed25519.
@@ -47,9 +49,15 @@ fn the_example_key_pair_matches() {
 
 #[test]
 fn eddsa_sig_01_verifies_with_our_sign1_verifier() {
-    assert_eq!(verify_sign1_raw(&bytes(SIG01_CBOR), &public()), Ok(CONTENT.to_vec()));
+    assert_eq!(
+        verify_sign1_raw(&bytes(SIG01_CBOR), &public()),
+        Ok(CONTENT.to_vec())
+    );
     // Untagged too.
-    assert_eq!(verify_sign1_raw(&bytes(SIG01_CBOR)[1..], &public()), Ok(CONTENT.to_vec()));
+    assert_eq!(
+        verify_sign1_raw(&bytes(SIG01_CBOR)[1..], &public()),
+        Ok(CONTENT.to_vec())
+    );
 }
 
 #[test]
@@ -58,7 +66,10 @@ fn eddsa_sig_01_signature_is_reproduced_by_our_signing_key() {
     // example's secret gives the example's signature.
     let object = CoseSign1::from_tagged_slice(&bytes(SIG01_CBOR)).unwrap();
     assert_eq!(object.tbs_data(&[]), bytes(SIG01_TBS));
-    assert_eq!(secret().sign(&bytes(SIG01_TBS)).to_bytes().to_vec(), object.signature);
+    assert_eq!(
+        secret().sign(&bytes(SIG01_TBS)).to_bytes().to_vec(),
+        object.signature
+    );
 }
 
 #[test]
@@ -70,10 +81,16 @@ fn eddsa_sig_01_tampering_is_refused() {
     for i in (0..good.len()).filter(|i| !(8..13).contains(i)) {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
-        assert!(verify_sign1_raw(&bad, &public()).is_err(), "flip at {i} verified");
+        assert!(
+            verify_sign1_raw(&bad, &public()).is_err(),
+            "flip at {i} verified"
+        );
     }
     let other = SigningKey::from_bytes(&[7; 32]).verifying_key();
-    assert_eq!(verify_sign1_raw(&good, &other), Err(CoseError::BadSignature));
+    assert_eq!(
+        verify_sign1_raw(&good, &other),
+        Err(CoseError::BadSignature)
+    );
 }
 
 #[test]
@@ -88,7 +105,10 @@ fn eddsa_01_cose_sign_verifies_with_dalek_verify_strict() {
     let object = CoseSign::from_tagged_slice(&bytes(EDDSA01_CBOR)).unwrap();
     assert_eq!(object.payload.as_deref(), Some(CONTENT));
     assert_eq!(object.signatures.len(), 1);
-    assert_eq!(object.tbs_data(&[], &object.signatures[0]), bytes(EDDSA01_TBS));
+    assert_eq!(
+        object.tbs_data(&[], &object.signatures[0]),
+        bytes(EDDSA01_TBS)
+    );
     let check = |sig: &[u8], data: &[u8]| {
         let sig = Signature::from_slice(sig).map_err(|_| "length")?;
         public().verify_strict(data, &sig).map_err(|_| "bad")
@@ -96,9 +116,15 @@ fn eddsa_01_cose_sign_verifies_with_dalek_verify_strict() {
     assert_eq!(object.verify_signature(0, &[], check), Ok(()));
     assert_eq!(object.verify_signature(0, b"aad", check), Err("bad"));
     // Re-signing reproduces the example's signature bytes.
-    assert_eq!(secret().sign(&bytes(EDDSA01_TBS)).to_bytes().to_vec(), object.signatures[0].signature);
+    assert_eq!(
+        secret().sign(&bytes(EDDSA01_TBS)).to_bytes().to_vec(),
+        object.signatures[0].signature
+    );
     // A COSE_Sign (tag 98) is not a COSE_Sign1.
-    assert_eq!(verify_sign1_raw(&bytes(EDDSA01_CBOR), &public()), Err(CoseError::Malformed));
+    assert_eq!(
+        verify_sign1_raw(&bytes(EDDSA01_CBOR), &public()),
+        Err(CoseError::Malformed)
+    );
 }
 
 #[test]
@@ -107,5 +133,8 @@ fn eddsa_sig_02_ed448_never_passes_as_ed25519() {
     // Well-formed COSE_Sign1 with alg EdDSA, but a 114-byte signature.
     let object = CoseSign1::from_slice(&ed448[1..]).unwrap();
     assert_eq!(object.signature.len(), 114);
-    assert_eq!(verify_sign1_raw(&ed448, &public()), Err(CoseError::BadSignature));
+    assert_eq!(
+        verify_sign1_raw(&ed448, &public()),
+        Err(CoseError::BadSignature)
+    );
 }

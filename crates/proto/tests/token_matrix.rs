@@ -10,9 +10,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use portcullis_proto::cose;
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
-    inspect, mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError,
-    MemoryReplayCache, ReplayCache, ReplayError, RevokedSet, TokenError, VerifyError,
-    MAX_CTI_LEN, MAX_TOKEN_LEN,
+    inspect, mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError, MemoryReplayCache,
+    ReplayCache, ReplayError, RevokedSet, TokenError, VerifyError, MAX_CTI_LEN, MAX_TOKEN_LEN,
 };
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -72,7 +71,13 @@ fn expect_at(now: u64) -> Expectations<'static> {
 
 /// Verifies with the standard keyset, a fresh replay cache and no revocations.
 fn check(token: &[u8], expect: &Expectations) -> Result<Claims, VerifyError> {
-    verify(token, &keys(), expect, &mut MemoryReplayCache::new(8), &RevokedSet::new())
+    verify(
+        token,
+        &keys(),
+        expect,
+        &mut MemoryReplayCache::new(8),
+        &RevokedSet::new(),
+    )
 }
 
 fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
@@ -144,7 +149,12 @@ fn standard_header(alg: i64) -> Vec<(Value, Value)> {
 }
 
 fn token_from_map(map: Vec<(Value, Value)>) -> Vec<u8> {
-    sign_raw(key(), standard_header(-19), vec![], encode(&Value::Map(map)))
+    sign_raw(
+        key(),
+        standard_header(-19),
+        vec![],
+        encode(&Value::Map(map)),
+    )
 }
 
 // ---- the accepted cases ----
@@ -164,7 +174,12 @@ fn hand_built_token_matches_mint_byte_for_byte() {
 
 #[test]
 fn alg_eddsa_minus_8_is_accepted() {
-    let token = sign_raw(key(), standard_header(-8), vec![], encode(&Value::Map(claims_map(&claims()))));
+    let token = sign_raw(
+        key(),
+        standard_header(-8),
+        vec![],
+        encode(&Value::Map(claims_map(&claims()))),
+    );
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
 }
 
@@ -185,16 +200,26 @@ fn cwt_tag_61_around_tag_18_is_accepted() {
 #[test]
 fn audience_array_matches_any_element() {
     let mut map = claims_map(&claims());
-    let list = |names: &[&str]| Value::Array(names.iter().map(|n| Value::Text((*n).into())).collect());
+    let list =
+        |names: &[&str]| Value::Array(names.iter().map(|n| Value::Text((*n).into())).collect());
     set_claim(&mut map, 3, list(&["policy_pd", AUD]));
     let claims_out = check(&token_from_map(map.clone()), &expect_at(NOW)).unwrap();
     assert_eq!(claims_out.aud, AUD);
-    assert_eq!(inspect(&token_from_map(map.clone())).unwrap().2.aud, "policy_pd");
+    assert_eq!(
+        inspect(&token_from_map(map.clone())).unwrap().2.aud,
+        "policy_pd"
+    );
 
     set_claim(&mut map, 3, list(&["policy_pd", "entropyd"]));
-    assert_eq!(check(&token_from_map(map.clone()), &expect_at(NOW)), Err(VerifyError::WrongAudience));
+    assert_eq!(
+        check(&token_from_map(map.clone()), &expect_at(NOW)),
+        Err(VerifyError::WrongAudience)
+    );
     set_claim(&mut map, 3, list(&[]));
-    assert_eq!(check(&token_from_map(map), &expect_at(NOW)), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&token_from_map(map), &expect_at(NOW)),
+        Err(VerifyError::Malformed)
+    );
 }
 
 #[test]
@@ -212,7 +237,10 @@ fn malformed() {
     // Not CBOR / not a COSE_Sign1.
     assert_eq!(check(&[], &e), Err(VerifyError::Malformed));
     assert_eq!(check(b"\xff\x00", &e), Err(VerifyError::Malformed));
-    assert_eq!(check(&encode(&Value::Array(vec![])), &e), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&encode(&Value::Array(vec![])), &e),
+        Err(VerifyError::Malformed)
+    );
     // Trailing bytes after a valid token.
     let mut token = mint(key(), KID, &claims()).unwrap();
     token.push(0);
@@ -226,26 +254,67 @@ fn malformed() {
 #[test]
 fn malformed_claims_are_refused_after_the_signature() {
     let e = expect_at(NOW);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<(Value, Value)>)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<(Value, Value)>)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("unknown claim", Box::new(|m| m.push((int(8), int(1))))),
-        ("text key", Box::new(|m| m.push((Value::Text("iss".into()), Value::Text("x".into()))))),
-        ("duplicate key", Box::new(|m| m.push((int(1), Value::Text("again".into()))))),
-        ("float exp", Box::new(|m| set_claim(m, 4, Value::Float((NOW + 60) as f64)))),
+        (
+            "text key",
+            Box::new(|m| m.push((Value::Text("iss".into()), Value::Text("x".into())))),
+        ),
+        (
+            "duplicate key",
+            Box::new(|m| m.push((int(1), Value::Text("again".into())))),
+        ),
+        (
+            "float exp",
+            Box::new(|m| set_claim(m, 4, Value::Float((NOW + 60) as f64))),
+        ),
         ("negative nbf", Box::new(|m| set_claim(m, 5, int(-1)))),
-        ("text cti", Box::new(|m| set_claim(m, 7, Value::Text("id".into())))),
-        ("empty cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![])))),
-        ("long cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; MAX_CTI_LEN + 1])))),
-        ("scope array", Box::new(|m| set_claim(m, 9, Value::Array(vec![Value::Text("luks:unlock".into())])))),
-        ("unknown scope", Box::new(|m| set_claim(m, 9, Value::Text("luks:unlock root:all".into())))),
-        ("empty nonce", Box::new(|m| set_claim(m, 10, Value::Bytes(vec![])))),
-        ("lifetime over 300 s", Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into())))),
-        ("nbf after exp", Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into())))),
-        ("iat after nbf", Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into())))),
+        (
+            "text cti",
+            Box::new(|m| set_claim(m, 7, Value::Text("id".into()))),
+        ),
+        (
+            "empty cti",
+            Box::new(|m| set_claim(m, 7, Value::Bytes(vec![]))),
+        ),
+        (
+            "long cti",
+            Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; MAX_CTI_LEN + 1]))),
+        ),
+        (
+            "scope array",
+            Box::new(|m| set_claim(m, 9, Value::Array(vec![Value::Text("luks:unlock".into())]))),
+        ),
+        (
+            "unknown scope",
+            Box::new(|m| set_claim(m, 9, Value::Text("luks:unlock root:all".into()))),
+        ),
+        (
+            "empty nonce",
+            Box::new(|m| set_claim(m, 10, Value::Bytes(vec![]))),
+        ),
+        (
+            "lifetime over 300 s",
+            Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into()))),
+        ),
+        (
+            "nbf after exp",
+            Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into()))),
+        ),
+        (
+            "iat after nbf",
+            Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into()))),
+        ),
     ];
     for (what, edit) in cases {
         let mut map = claims_map(&claims());
         edit(&mut map);
-        assert_eq!(check(&token_from_map(map), &e), Err(VerifyError::Malformed), "{what}");
+        assert_eq!(
+            check(&token_from_map(map), &e),
+            Err(VerifyError::Malformed),
+            "{what}"
+        );
     }
     let not_a_map = sign_raw(key(), standard_header(-19), vec![], encode(&int(1)));
     assert_eq!(check(&not_a_map, &e), Err(VerifyError::Malformed));
@@ -257,19 +326,34 @@ fn malformed_headers_and_envelopes() {
     let payload = encode(&Value::Map(claims_map(&claims())));
     // A content type makes it a signed object, not a token.
     let mut h = standard_header(-19);
-    h.push((int(3), Value::Text("application/portcullis.keyset+cbor".into())));
-    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    h.push((
+        int(3),
+        Value::Text("application/portcullis.keyset+cbor".into()),
+    ));
+    assert_eq!(
+        check(&sign_raw(key(), h, vec![], payload.clone()), &e),
+        Err(VerifyError::Malformed)
+    );
     // crit, or an unknown protected header.
     let mut h = standard_header(-19);
     h.push((int(2), Value::Array(vec![int(4)])));
-    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&sign_raw(key(), h, vec![], payload.clone()), &e),
+        Err(VerifyError::Malformed)
+    );
     let mut h = standard_header(-19);
     h.push((int(16), Value::Text("cwt".into())));
-    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&sign_raw(key(), h, vec![], payload.clone()), &e),
+        Err(VerifyError::Malformed)
+    );
     // Duplicate header label.
     let mut h = standard_header(-19);
     h.push((int(1), int(-19)));
-    assert_eq!(check(&sign_raw(key(), h, vec![], payload.clone()), &e), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&sign_raw(key(), h, vec![], payload.clone()), &e),
+        Err(VerifyError::Malformed)
+    );
     // Tags other than 18, and 61 around an untagged COSE_Sign1.
     let token = mint(key(), KID, &claims()).unwrap();
     let mut wrong_tag = token.clone();
@@ -307,7 +391,10 @@ fn deep_nesting_is_malformed_not_a_crash() {
         nested = Value::Array(vec![nested]);
     }
     set_claim(&mut map, 10, nested);
-    assert_eq!(check(&token_from_map(map), &expect_at(NOW)), Err(VerifyError::Malformed));
+    assert_eq!(
+        check(&token_from_map(map), &expect_at(NOW)),
+        Err(VerifyError::Malformed)
+    );
 }
 
 #[test]
@@ -320,7 +407,10 @@ fn unknown_kid() {
     let no_kid = sign_raw(key(), vec![(int(1), int(-19))], vec![], payload.clone());
     assert_eq!(check(&no_kid, &e), Err(VerifyError::UnknownKid));
     let empty = vec![(int(1), int(-19)), (int(4), Value::Bytes(vec![]))];
-    assert_eq!(check(&sign_raw(key(), empty, vec![], payload.clone()), &e), Err(VerifyError::UnknownKid));
+    assert_eq!(
+        check(&sign_raw(key(), empty, vec![], payload.clone()), &e),
+        Err(VerifyError::UnknownKid)
+    );
     let kid = vec![(int(4), Value::Bytes(KID.to_vec()))];
     let unprotected_kid = sign_raw(key(), vec![(int(1), int(-19))], kid, payload);
     assert_eq!(check(&unprotected_kid, &e), Err(VerifyError::UnknownKid));
@@ -333,7 +423,10 @@ fn the_unprotected_header_is_never_read() {
     let unprotected = vec![
         (int(1), int(-7)),
         (int(4), Value::Bytes(b"k9".to_vec())),
-        (int(3), Value::Text("application/portcullis.keyset+cbor".into())),
+        (
+            int(3),
+            Value::Text("application/portcullis.keyset+cbor".into()),
+        ),
     ];
     let token = sign_raw(key(), standard_header(-19), unprotected, payload);
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
@@ -353,20 +446,29 @@ fn unknown_kid_when_the_key_window_does_not_cover_the_token() {
         c.nbf = NOW + 3600;
         c.exp = NOW + 3660;
     });
-    assert_eq!(check(&token, &expect_at(NOW + 3600 + SKEW)).map(|c| c.iat), Ok(NOW + 3600));
+    assert_eq!(
+        check(&token, &expect_at(NOW + 3600 + SKEW)).map(|c| c.iat),
+        Ok(NOW + 3600)
+    );
     let late = mint_with(|c| {
         c.iat = NOW + 3600;
         c.nbf = NOW + 3600;
         c.exp = NOW + 3900;
     });
-    assert_eq!(check(&late, &expect_at(NOW + 3600 + SKEW + 1)), Err(VerifyError::UnknownKid));
+    assert_eq!(
+        check(&late, &expect_at(NOW + 3600 + SKEW + 1)),
+        Err(VerifyError::UnknownKid)
+    );
     // iat before the key's not_before, or after its not_after.
     let early = mint_with(|c| {
         c.iat = NOW - 3601;
         c.nbf = NOW - 3601;
         c.exp = NOW - 3601 + 300;
     });
-    assert_eq!(check(&early, &expect_at(NOW - 3601)), Err(VerifyError::UnknownKid));
+    assert_eq!(
+        check(&early, &expect_at(NOW - 3601)),
+        Err(VerifyError::UnknownKid)
+    );
     let at_start = mint_with(|c| {
         c.iat = NOW - 3600;
         c.nbf = NOW - 3600;
@@ -378,13 +480,19 @@ fn unknown_kid_when_the_key_window_does_not_cover_the_token() {
         c.nbf = NOW + 3601;
         c.exp = NOW + 3601 + 60;
     });
-    assert_eq!(check(&after, &expect_at(NOW + 3600)), Err(VerifyError::UnknownKid));
+    assert_eq!(
+        check(&after, &expect_at(NOW + 3600)),
+        Err(VerifyError::UnknownKid)
+    );
 }
 
 #[test]
 fn bad_signature() {
     let token = mint(other_key(), KID, &claims()).unwrap();
-    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::BadSignature));
+    assert_eq!(
+        check(&token, &expect_at(NOW)),
+        Err(VerifyError::BadSignature)
+    );
 }
 
 #[test]
@@ -406,50 +514,86 @@ fn bad_signature_for_a_non_canonical_s() {
     }
     let mut malleated = token.clone();
     malleated[n - 32..].copy_from_slice(&sum);
-    assert_eq!(check(&malleated, &expect_at(NOW)), Err(VerifyError::BadSignature));
+    assert_eq!(
+        check(&malleated, &expect_at(NOW)),
+        Err(VerifyError::BadSignature)
+    );
 }
 
 #[test]
 fn wrong_algorithm() {
     let e = expect_at(NOW);
     let payload = encode(&Value::Map(claims_map(&claims())));
-    for alg in [int(-7), int(-35), int(-20), int(0), Value::Text("EdDSA".into())] {
+    for alg in [
+        int(-7),
+        int(-35),
+        int(-20),
+        int(0),
+        Value::Text("EdDSA".into()),
+    ] {
         let h = vec![(int(1), alg.clone()), (int(4), Value::Bytes(KID.to_vec()))];
         let token = sign_raw(key(), h, vec![], payload.clone());
-        assert_eq!(check(&token, &e), Err(VerifyError::WrongAlgorithm), "{alg:?}");
+        assert_eq!(
+            check(&token, &e),
+            Err(VerifyError::WrongAlgorithm),
+            "{alg:?}"
+        );
     }
-    let no_alg = sign_raw(key(), vec![(int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
+    let no_alg = sign_raw(
+        key(),
+        vec![(int(4), Value::Bytes(KID.to_vec()))],
+        vec![],
+        payload,
+    );
     assert_eq!(check(&no_alg, &e), Err(VerifyError::WrongAlgorithm));
 }
 
 #[test]
 fn expired() {
     let token = mint(key(), KID, &claims()).unwrap();
-    assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
+    assert_eq!(
+        check(&token, &expect_at(NOW + 60 + SKEW + 1)),
+        Err(VerifyError::Expired)
+    );
 }
 
 #[test]
 fn not_yet_valid() {
     let token = mint(key(), KID, &claims()).unwrap();
-    assert_eq!(check(&token, &expect_at(NOW - SKEW - 1)), Err(VerifyError::NotYetValid));
+    assert_eq!(
+        check(&token, &expect_at(NOW - SKEW - 1)),
+        Err(VerifyError::NotYetValid)
+    );
     // nbf later than iat.
     let token = mint_with(|c| c.nbf = NOW + 30);
-    assert_eq!(check(&token, &expect_at(NOW + 30 - SKEW - 1)), Err(VerifyError::NotYetValid));
+    assert_eq!(
+        check(&token, &expect_at(NOW + 30 - SKEW - 1)),
+        Err(VerifyError::NotYetValid)
+    );
 }
 
 #[test]
 fn wrong_audience() {
     let token = mint_with(|c| c.aud = "policy_pd".into());
-    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::WrongAudience));
+    assert_eq!(
+        check(&token, &expect_at(NOW)),
+        Err(VerifyError::WrongAudience)
+    );
     // Comparison is exact: no prefix or case folding.
     let token = mint_with(|c| c.aud = "Unlocker".into());
-    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::WrongAudience));
+    assert_eq!(
+        check(&token, &expect_at(NOW)),
+        Err(VerifyError::WrongAudience)
+    );
 }
 
 #[test]
 fn missing_scope() {
     let token = mint_with(|c| c.scope = ScopeSet::single(Scope::NetRead));
-    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::MissingScope));
+    assert_eq!(
+        check(&token, &expect_at(NOW)),
+        Err(VerifyError::MissingScope)
+    );
     // Every required scope must be granted.
     let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
@@ -508,7 +652,14 @@ fn replay_cache_full_fails_closed() {
         c.nbf = NOW + 66;
         c.exp = NOW + 126;
     });
-    assert!(verify(&late, &keys(), &expect_at(NOW + 60 + SKEW + 1), &mut cache, &none).is_ok());
+    assert!(verify(
+        &late,
+        &keys(),
+        &expect_at(NOW + 60 + SKEW + 1),
+        &mut cache,
+        &none
+    )
+    .is_ok());
 }
 
 #[test]
@@ -518,7 +669,10 @@ fn refused_tokens_take_no_replay_slot() {
     let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
     e.audience = "policy_pd";
-    assert_eq!(verify(&token, &keys(), &e, &mut cache, &none), Err(VerifyError::WrongAudience));
+    assert_eq!(
+        verify(&token, &keys(), &e, &mut cache, &none),
+        Err(VerifyError::WrongAudience)
+    );
     assert!(cache.is_empty());
     assert!(verify(&token, &keys(), &expect_at(NOW), &mut cache, &none).is_ok());
 }
@@ -534,12 +688,27 @@ fn checks_run_in_the_documented_order() {
     assert_eq!(check(&token, &late), Err(VerifyError::Expired));
     // Wrong algorithm AND unknown kid: the algorithm first.
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let both = sign_raw(key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(b"k9".to_vec()))], vec![], payload);
-    assert_eq!(check(&both, &expect_at(NOW)), Err(VerifyError::WrongAlgorithm));
+    let both = sign_raw(
+        key(),
+        vec![(int(1), int(-7)), (int(4), Value::Bytes(b"k9".to_vec()))],
+        vec![],
+        payload,
+    );
+    assert_eq!(
+        check(&both, &expect_at(NOW)),
+        Err(VerifyError::WrongAlgorithm)
+    );
     // Revoked AND replayed: revocation first, and no slot taken.
     let mut cache = MemoryReplayCache::new(4);
     let fine = mint(key(), KID, &claims()).unwrap();
-    verify(&fine, &keys(), &expect_at(NOW), &mut cache, &RevokedSet::new()).unwrap();
+    verify(
+        &fine,
+        &keys(),
+        &expect_at(NOW),
+        &mut cache,
+        &RevokedSet::new(),
+    )
+    .unwrap();
     let revoked = RevokedSet::from_ids(vec![claims().cti]);
     assert_eq!(
         verify(&fine, &keys(), &expect_at(NOW), &mut cache, &revoked),
@@ -548,7 +717,10 @@ fn checks_run_in_the_documented_order() {
 }
 
 fn claims_with_aud(aud: &str) -> Claims {
-    Claims { aud: aud.into(), ..claims() }
+    Claims {
+        aud: aud.into(),
+        ..claims()
+    }
 }
 
 // ---- boundaries ----
@@ -558,10 +730,16 @@ fn skew_boundaries() {
     let token = mint(key(), KID, &claims()).unwrap();
     // exp: accepted up to and including exp + skew.
     assert!(check(&token, &expect_at(NOW + 60 + SKEW)).is_ok());
-    assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
+    assert_eq!(
+        check(&token, &expect_at(NOW + 60 + SKEW + 1)),
+        Err(VerifyError::Expired)
+    );
     // nbf/iat: accepted from nbf - skew.
     assert!(check(&token, &expect_at(NOW - SKEW)).is_ok());
-    assert_eq!(check(&token, &expect_at(NOW - SKEW - 1)), Err(VerifyError::NotYetValid));
+    assert_eq!(
+        check(&token, &expect_at(NOW - SKEW - 1)),
+        Err(VerifyError::NotYetValid)
+    );
     // Zero skew.
     let mut e = expect_at(NOW + 60);
     e.skew = 0;
@@ -573,15 +751,30 @@ fn skew_boundaries() {
 #[test]
 fn times_near_u64_max_do_not_wrap() {
     let mut keys = Keyset::new();
-    keys.push(KeyEntry { kid: KID.to_vec(), key: key().verifying_key(), not_before: 0, not_after: u64::MAX })
-        .unwrap();
+    keys.push(KeyEntry {
+        kid: KID.to_vec(),
+        key: key().verifying_key(),
+        not_before: 0,
+        not_after: u64::MAX,
+    })
+    .unwrap();
     let token = mint_with(|c| {
         c.iat = u64::MAX - 10;
         c.nbf = u64::MAX - 10;
         c.exp = u64::MAX;
     });
-    let e = Expectations { now: u64::MAX, skew: u64::MAX, ..expect_at(0) };
-    let got = verify(&token, &keys, &e, &mut MemoryReplayCache::new(1), &RevokedSet::new());
+    let e = Expectations {
+        now: u64::MAX,
+        skew: u64::MAX,
+        ..expect_at(0)
+    };
+    let got = verify(
+        &token,
+        &keys,
+        &e,
+        &mut MemoryReplayCache::new(1),
+        &RevokedSet::new(),
+    );
     assert_eq!(got.map(|c| c.exp), Ok(u64::MAX));
 }
 
@@ -596,7 +789,11 @@ fn no_single_byte_change_anywhere_verifies() {
         // Two bit flips everywhere; more patterns over the headers, where the
         // parser rather than the signature has to catch them. (Each attempt
         // costs a signature check, which is slow in debug builds.)
-        let masks: &[u8] = if i < 40 { &[0x01, 0x02, 0x10, 0x80, 0xff] } else { &[0x01, 0x80] };
+        let masks: &[u8] = if i < 40 {
+            &[0x01, 0x02, 0x10, 0x80, 0xff]
+        } else {
+            &[0x01, 0x80]
+        };
         for &mask in masks {
             tried += 1;
             let mut t = token.clone();
@@ -609,9 +806,15 @@ fn no_single_byte_change_anywhere_verifies() {
     }
     // Also every truncation.
     for n in 0..token.len() {
-        assert!(check(&token[..n], &expect_at(NOW)).is_err(), "truncated to {n}");
+        assert!(
+            check(&token[..n], &expect_at(NOW)).is_err(),
+            "truncated to {n}"
+        );
     }
-    println!("{tried} byte flips of a {}-byte token refused as: {kinds:?}", token.len());
+    println!(
+        "{tried} byte flips of a {}-byte token refused as: {kinds:?}",
+        token.len()
+    );
     // Sanity: the flips exercised both the parser and the signature check.
     assert!(kinds.contains_key("malformed") && kinds.contains_key("bad_signature"));
 }
@@ -622,18 +825,29 @@ fn no_single_byte_change_anywhere_verifies() {
 fn inspect_parses_without_verifying() {
     let token = mint(other_key(), b"someone-else", &claims()).unwrap();
     let (kid, alg, c) = inspect(&token).unwrap();
-    assert_eq!((kid.as_slice(), alg, c), (&b"someone-else"[..], cose::ALG_ED25519, claims()));
+    assert_eq!(
+        (kid.as_slice(), alg, c),
+        (&b"someone-else"[..], cose::ALG_ED25519, claims())
+    );
     // It still refuses what is not a token.
     assert_eq!(inspect(b"\x00").map(|t| t.1), Err(VerifyError::Malformed));
     let payload = encode(&Value::Map(claims_map(&claims())));
-    let es256 = sign_raw(key(), vec![(int(1), int(-7)), (int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
+    let es256 = sign_raw(
+        key(),
+        vec![(int(1), int(-7)), (int(4), Value::Bytes(KID.to_vec()))],
+        vec![],
+        payload,
+    );
     assert_eq!(inspect(&es256).map(|t| t.1), Ok(-7));
 }
 
 #[test]
 fn mint_refuses_bad_input() {
     assert_eq!(mint(key(), b"", &claims()), Err(TokenError::InvalidKid));
-    assert_eq!(mint(key(), &[1; 65], &claims()), Err(TokenError::InvalidKid));
+    assert_eq!(
+        mint(key(), &[1; 65], &claims()),
+        Err(TokenError::InvalidKid)
+    );
     let bad: [fn(&mut Claims); 6] = [
         |c| c.cti.clear(),
         |c| c.nonce = vec![0; 65],
@@ -645,7 +859,11 @@ fn mint_refuses_bad_input() {
     for edit in bad {
         let mut c = claims();
         edit(&mut c);
-        assert_eq!(mint(key(), KID, &c), Err(TokenError::InvalidClaims), "{c:?}");
+        assert_eq!(
+            mint(key(), KID, &c),
+            Err(TokenError::InvalidClaims),
+            "{c:?}"
+        );
     }
 }
 
@@ -662,19 +880,37 @@ fn keyset_refuses_duplicate_kids() {
 fn memory_replay_cache_forgets_only_expired_ids() {
     let mut cache = MemoryReplayCache::new(2);
     assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW), Ok(()));
-    assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW + 10), Err(ReplayError::Replayed));
+    assert_eq!(
+        cache.check_and_insert(b"a", NOW + 10, NOW + 10),
+        Err(ReplayError::Replayed)
+    );
     assert_eq!(cache.check_and_insert(b"b", NOW + 20, NOW), Ok(()));
-    assert_eq!(cache.check_and_insert(b"c", NOW + 20, NOW + 10), Err(ReplayError::Full));
+    assert_eq!(
+        cache.check_and_insert(b"c", NOW + 20, NOW + 10),
+        Err(ReplayError::Full)
+    );
     // "a" is forgotten once its time has passed; "b" is still live.
     assert_eq!(cache.check_and_insert(b"c", NOW + 30, NOW + 11), Ok(()));
-    assert_eq!(cache.check_and_insert(b"b", NOW + 20, NOW + 11), Err(ReplayError::Replayed));
+    assert_eq!(
+        cache.check_and_insert(b"b", NOW + 20, NOW + 11),
+        Err(ReplayError::Replayed)
+    );
     // Prefixes and extensions are different ids.
-    assert_eq!(cache.check_and_insert(b"", NOW, NOW), Err(ReplayError::InvalidId));
-    assert_eq!(cache.check_and_insert(&[0; MAX_CTI_LEN + 1], NOW, NOW), Err(ReplayError::InvalidId));
+    assert_eq!(
+        cache.check_and_insert(b"", NOW, NOW),
+        Err(ReplayError::InvalidId)
+    );
+    assert_eq!(
+        cache.check_and_insert(&[0; MAX_CTI_LEN + 1], NOW, NOW),
+        Err(ReplayError::InvalidId)
+    );
     let mut cache = MemoryReplayCache::new(2);
     cache.check_and_insert(b"ab", NOW + 10, NOW).unwrap();
     assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW), Ok(()));
-    assert_eq!(cache.check_and_insert(b"abc", NOW + 10, NOW), Err(ReplayError::Full));
+    assert_eq!(
+        cache.check_and_insert(b"abc", NOW + 10, NOW),
+        Err(ReplayError::Full)
+    );
     assert_eq!(cache.capacity(), 2);
 }
 

@@ -19,8 +19,13 @@ static KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::from_bytes(&[0x6
 static PUBLIC: LazyLock<VerifyingKey> = LazyLock::new(|| KEY.verifying_key());
 static KEYS: LazyLock<Keyset> = LazyLock::new(|| {
     let mut keys = Keyset::new();
-    keys.push(KeyEntry { kid: KID.to_vec(), key: *PUBLIC, not_before: 0, not_after: u64::MAX - 1000 })
-        .unwrap();
+    keys.push(KeyEntry {
+        kid: KID.to_vec(),
+        key: *PUBLIC,
+        not_before: 0,
+        not_after: u64::MAX - 1000,
+    })
+    .unwrap();
     keys
 });
 
@@ -55,11 +60,21 @@ prop_compose! {
 }
 
 fn expect_for(c: &Claims) -> Expectations<'_> {
-    Expectations { audience: &c.aud, scope: c.scope, now: c.nbf, skew: 0 }
+    Expectations {
+        audience: &c.aud,
+        scope: c.scope,
+        now: c.nbf,
+        skew: 0,
+    }
 }
 
 fn fixed_expect() -> Expectations<'static> {
-    Expectations { audience: "unlocker", scope: ScopeSet::single(Scope::LuksUnlock), now: 1000, skew: 30 }
+    Expectations {
+        audience: "unlocker",
+        scope: ScopeSet::single(Scope::LuksUnlock),
+        now: 1000,
+        skew: 30,
+    }
 }
 
 proptest! {
