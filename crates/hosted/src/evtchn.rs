@@ -339,15 +339,12 @@ impl Events {
         let waiters = self.bell.map.u32_at(WAITERS);
         waiters.fetch_add(1, Ordering::SeqCst);
         let result = loop {
+            // Read the doorbell before the ports: a notification after this
+            // load changes the doorbell, so the futex wait returns at once.
             let rung = self.bell.counter().load(Ordering::SeqCst);
-            if let Some((port, _)) = files.iter().find(|(_, f)| f.take()) {
-                break Ok(Some(*port));
-            }
-            if files
-                .iter()
-                .any(|(_, f)| f.link().load(Ordering::SeqCst) == CLOSED)
-            {
-                break Err(BackendError::EventChannel);
+            match poll(&files) {
+                Ok(None) => {}
+                found => break found,
             }
             let left = match deadline {
                 None => None,
@@ -361,6 +358,21 @@ impl Events {
         waiters.fetch_sub(1, Ordering::SeqCst);
         result
     }
+}
+
+/// Consumes an event from the first of `files` that has one; fails if one
+/// of them was closed.
+fn poll(files: &[(Port, Arc<PortFile>)]) -> Result<Option<Port>, BackendError> {
+    if let Some((port, _)) = files.iter().find(|(_, f)| f.take()) {
+        return Ok(Some(*port));
+    }
+    if files
+        .iter()
+        .any(|(_, f)| f.link().load(Ordering::SeqCst) == CLOSED)
+    {
+        return Err(BackendError::EventChannel);
+    }
+    Ok(None)
 }
 
 /// The port numbers `dom` has files for (for the reaper).

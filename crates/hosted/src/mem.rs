@@ -1,6 +1,7 @@
 //! Granted pages as this process maps them.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use portcullis_vchan::{AtomicMem, Port, SharedMem};
 
@@ -37,6 +38,18 @@ impl HostedMem {
         assert!(self.writable, "write through a read-only mapping");
         self.atomic()
     }
+}
+
+/// Splits a copy of `len` bytes at `off` into an unaligned head, a body of
+/// whole 8-byte words and a tail. Panics if the copy leaves the region.
+fn split(off: usize, len: usize, region: usize) -> (usize, usize, usize) {
+    let end = off.checked_add(len);
+    if end.is_none_or(|end| end > region) {
+        panic!("shared memory copy at {off}+{len} outside {region} bytes");
+    }
+    let head = ((8 - off % 8) % 8).min(len);
+    let body = (len - head) / 8 * 8;
+    (head, body, len - head - body)
 }
 
 impl core::fmt::Debug for HostedMem {
@@ -77,9 +90,29 @@ impl SharedMem for HostedMem {
         self.writing().fetch_and_u8(off, bits)
     }
     fn read_bytes(&self, off: usize, dst: &mut [u8]) {
-        self.atomic().read_bytes(off, dst)
+        let (head, body, _tail) = split(off, dst.len(), self.len());
+        let (d_head, rest) = dst.split_at_mut(head);
+        let (d_body, d_tail) = rest.split_at_mut(body);
+        self.atomic().read_bytes(off, d_head);
+        let words = &self.map.words64()[(off + head) / 8..][..body / 8];
+        for (chunk, word) in d_body.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        self.atomic().read_bytes(off + head + body, d_tail);
     }
     fn write_bytes(&self, off: usize, src: &[u8]) {
-        self.writing().write_bytes(off, src)
+        let mem = self.writing();
+        let (head, body, tail) = split(off, src.len(), self.len());
+        let (s_head, rest) = src.split_at(head);
+        let (s_body, s_tail) = rest.split_at(body);
+        mem.write_bytes(off, s_head);
+        let words = &self.map.words64()[(off + head) / 8..][..body / 8];
+        for (chunk, word) in s_body.chunks_exact(8).zip(words) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        }
+        mem.write_bytes(off + head + body, s_tail);
+        debug_assert_eq!(s_tail.len(), tail);
     }
 }

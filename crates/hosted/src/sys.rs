@@ -126,6 +126,14 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU32>(), self.len / 4) }
     }
 
+    /// The mapping as 64-bit words.
+    pub(crate) fn words64(&self) -> &[AtomicU64] {
+        // SAFETY: as for `words`; the mapping is page-aligned, so also
+        // 8-aligned, and `AtomicU64` has the size and alignment of `u64` on
+        // the 64-bit targets this crate builds for.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
+    }
+
     /// The 32-bit word at byte offset `off` (4-aligned, in bounds).
     pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(off % 4 == 0, "unaligned word at {off}");
@@ -169,7 +177,7 @@ pub(crate) fn page_size() -> usize {
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::try_from(t.subsec_nanos()).unwrap_or(0),
+        tv_nsec: libc::c_long::from(t.subsec_nanos()),
     });
     let ts_ptr = ts
         .as_ref()

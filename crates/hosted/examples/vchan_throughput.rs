@@ -1,0 +1,196 @@
+//! Bulk throughput between two processes: a vchan over the hosted backend
+//! at ring orders 10, 11, 16 and 20, against a Linux pipe.
+//!
+//! ```text
+//! cargo run --release -p portcullis-hosted --example vchan_throughput [MiB per run]
+//! ```
+//!
+//! The parent is the launcher and the sender (the vchan server, writing the
+//! server-to-client ring); a copy of this program is the receiver. Each
+//! figure is the median of three runs, timed from the moment the receiver is
+//! ready until it acknowledges the last byte.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_hosted::{HostedPlatform, World};
+use portcullis_platform::Platform;
+use portcullis_vchan::layout::Dir;
+use portcullis_vchan::{ClientConfig, ServerConfig, Vchan};
+
+const ROLE: &str = "THROUGHPUT_ROLE";
+const TOTAL: &str = "THROUGHPUT_BYTES";
+const CHUNK: usize = 64 * 1024;
+const PORT: u32 = 1;
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+const RUNS: usize = 3;
+
+/// Any failure, as text (the no_std error types implement `Display` only).
+#[derive(Debug)]
+struct Error(#[allow(dead_code)] String);
+
+impl<E: std::fmt::Display> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error(e.to_string())
+    }
+}
+
+fn main() -> Result<(), Error> {
+    match std::env::var(ROLE).ok().as_deref() {
+        Some("vchan") => vchan_receiver(),
+        Some("pipe") => pipe_receiver(),
+        _ => launcher(),
+    }
+}
+
+fn total_bytes() -> Result<usize, Error> {
+    Ok(std::env::var(TOTAL)?.parse()?)
+}
+
+/// Receives over the vchan the server published, then acknowledges.
+fn vchan_receiver() -> Result<(), Error> {
+    let mut p = HostedPlatform::from_env()?;
+    let server = p.resolve("sender")?;
+    let cfg = ClientConfig { server, port: PORT };
+    let mut v = Vchan::client_wait(p.backend(), cfg, TIMEOUT)?;
+    let mut left = total_bytes()?;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = buf.len().min(left);
+        left -= v.read_blocking(&mut buf[..want], TIMEOUT)?;
+    }
+    v.write_all(b"!", TIMEOUT)?;
+    // Stay until the sender has read the acknowledgement.
+    let _ = v.read_blocking(&mut buf[..1], TIMEOUT);
+    Ok(())
+}
+
+/// Receives on stdin, then acknowledges on stdout.
+fn pipe_receiver() -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"r")?;
+    out.flush()?;
+    let mut input = std::io::stdin().lock();
+    let mut left = total_bytes()?;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = buf.len().min(left);
+        match input.read(&mut buf[..want])? {
+            0 => return Err("pipe closed early".into()),
+            n => left -= n,
+        }
+    }
+    out.write_all(b"!")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64() / 1e6
+}
+
+/// One vchan run whose server-to-client ring is at least `ring` bytes.
+fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64), Error> {
+    let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let world = World::create(&dir)?;
+    let sender = world.add_domain("sender")?;
+    let receiver = world.add_domain("receiver")?;
+    // The other ring's minimum keeps it in the control page (order 10 or 11).
+    let read_min = if ring <= 1024 { 2048 } else { 1024 };
+    let cfg = ServerConfig {
+        client: receiver,
+        port: PORT,
+        read_min,
+        write_min: ring,
+    };
+    let mut v = Vchan::server(world.backend(sender)?, cfg)?;
+    let order = v.geometry().map_or(0, |g| g.order(Dir::Right));
+    let mut child = world
+        .command_for(receiver, std::env::current_exe()?)
+        .env(ROLE, "vchan")
+        .env(TOTAL, bytes.to_string())
+        .spawn()?;
+    v.wait_connected(TIMEOUT)?;
+    let data = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = CHUNK.min(left);
+        v.write_all(&data[..n], TIMEOUT)?;
+        left -= n;
+    }
+    let mut ack = [0u8; 1];
+    v.read_blocking(&mut ack, TIMEOUT)?;
+    let elapsed = start.elapsed();
+    v.close();
+    let status = child.wait()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !status.success() || ack != *b"!" {
+        return Err("receiver failed".into());
+    }
+    Ok((order, mb_per_s(bytes, elapsed)))
+}
+
+fn pipe_run(bytes: usize) -> Result<f64, Error> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(ROLE, "pipe")
+        .env(TOTAL, bytes.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (mut input, mut output) = match (child.stdin.take(), child.stdout.take()) {
+        (Some(i), Some(o)) => (i, o),
+        _ => return Err("no pipes".into()),
+    };
+    let mut ready = [0u8; 1];
+    output.read_exact(&mut ready)?;
+    let data = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = CHUNK.min(left);
+        input.write_all(&data[..n])?;
+        left -= n;
+    }
+    let mut ack = [0u8; 1];
+    output.read_exact(&mut ack)?;
+    let elapsed = start.elapsed();
+    drop(input);
+    if !child.wait()?.success() || ack != *b"!" {
+        return Err("receiver failed".into());
+    }
+    Ok(mb_per_s(bytes, elapsed))
+}
+
+fn launcher() -> Result<(), Error> {
+    let mib: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse()?,
+        None => 256,
+    };
+    let bytes = mib << 20;
+    println!("{mib} MiB per run, {} KiB writes, median of {RUNS} runs", CHUNK / 1024);
+    for ring in [1usize << 10, 1 << 11, 1 << 16, 1 << 20] {
+        let mut order = 0;
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            let (o, rate) = vchan_run(ring, bytes)?;
+            order = o;
+            runs.push(rate);
+        }
+        println!(
+            "vchan order {order:2} ({:4} KiB ring): {:8.0} MB/s",
+            ring / 1024,
+            median(runs)
+        );
+    }
+    let runs = (0..RUNS).map(|_| pipe_run(bytes)).collect::<Result<Vec<_>, _>>()?;
+    println!("pipe (64 KiB pipe buffer):      {:8.0} MB/s", median(runs));
+    Ok(())
+}
