@@ -2,6 +2,7 @@
 //! as guest domains (running the `child` test with a role in the
 //! environment), with the test process as the launcher and one peer.
 
+use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -70,6 +71,17 @@ fn child() {
             v.write_all(b"hello", Some(LONG)).unwrap();
             loop {
                 std::thread::park();
+            }
+        }
+        // Reads console lines into a small buffer and reports each outcome.
+        "console" => {
+            for _ in 0..3 {
+                let mut buf = [0u8; 8];
+                let line = match p.console_read_line(&mut buf, false, Some(Duration::from_millis(300))) {
+                    Ok(n) => format!("line:{}", String::from_utf8_lossy(&buf[..n])),
+                    Err(e) => format!("error:{e:?}"),
+                };
+                p.console_write(&format!("RESULT {line}\n"));
             }
         }
         other => panic!("unknown role {other}"),
@@ -141,6 +153,34 @@ fn bulk_data_crosses_processes_and_wraps_the_rings() {
         echo(&mut server, len, r.guest.0);
         assert!(child.wait().unwrap().success());
     }
+}
+
+#[test]
+fn console_lines_handle_backspace_overflow_and_timeout() {
+    let r = run();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = r
+        .world
+        .command_for(r.guest, exe)
+        .args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "console")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Backspace (DEL) edits the line; a nine-byte line overflows the
+    // eight-byte buffer; then nothing more arrives before the timeout.
+    stdin.write_all(b"abc\x7fd\nnine_byte\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let results: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .collect();
+    assert_eq!(results, ["line:abd", "error:Console", "error:Timeout"]);
 }
 
 #[test]

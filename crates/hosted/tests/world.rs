@@ -275,3 +275,25 @@ fn vchan_between_threads_wraps_its_rings() {
     server.write_all(&got, Some(LONG)).unwrap();
     client.join().unwrap();
 }
+
+#[test]
+fn copies_at_every_alignment_leave_neighbours_alone() {
+    let mut s = setup();
+    let mut refs = [GrantRef(0); 3];
+    let mem = s.a.share(DomId(2), &mut refs, None).unwrap();
+    let peer = s.b.map(DomId(1), &refs, false, None).unwrap();
+    for off in [0usize, 1, 3, 7, 8, 4093, 4095] {
+        for len in [0usize, 1, 5, 8, 9, 23, 4100] {
+            mem.write_bytes(0, &vec![0xee; 3 * 4096]);
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 + off) as u8).collect();
+            mem.write_bytes(off, &data);
+            let mut back = vec![0u8; len];
+            peer.read_bytes(off, &mut back);
+            assert_eq!(back, data, "off {off} len {len}");
+            if off > 0 {
+                assert_eq!(peer.load_u8(off - 1), 0xee);
+            }
+            assert_eq!(peer.load_u8(off + len), 0xee);
+        }
+    }
+}
