@@ -20,7 +20,7 @@ use portcullis_vchan::layout::{MAX_RING_SIZE, PAGE_SIZE};
 use portcullis_vchan::{AtomicMem, Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use portcullis_vchan::backend::UnmapNotify;
 
-use crate::evtchn::{self, Events};
+use crate::evtchn::Events;
 use crate::mem::{HostedMem, NotifyRecord};
 use crate::store::{Reader, Store};
 use crate::sys::{self, Mapping};
@@ -69,19 +69,6 @@ fn grant_file(owner: DomId, number: u32, grantee: DomId) -> PathBuf {
         .join(format!("to-{}", grantee.0))
 }
 
-/// Clears the byte an unmap notification names and signals its port, acting
-/// as domain `dom`. `mem` is the notification's page if still mapped.
-fn fire(world: &Path, dom: DomId, record: &NotifyRecord, mem: Option<&HostedMem>) {
-    match mem {
-        Some(m) if m.writable => {
-            m.store_u8(record.offset, 0);
-        }
-        _ => {}
-    }
-    evtchn::signal_from(world, dom, record.port.0);
-    let _ = fs::remove_file(&record.file);
-}
-
 /// Performs the unmap notifications a dead domain left behind, as the kernel
 /// would have done when its mappings went away.
 pub(crate) fn fire_recorded(world: &Path, dom: DomId) {
@@ -109,11 +96,13 @@ pub(crate) fn fire_recorded(world: &Path, dom: DomId) {
             }
         }
         let record = NotifyRecord {
+            world: world.to_path_buf(),
+            dom,
             file: path,
             offset,
             port: Port(port),
         };
-        fire(world, dom, &record, None);
+        record.fire(None);
     }
 }
 
@@ -184,6 +173,8 @@ impl HostedBackend {
         let mut f = fs::File::create(&path)?;
         writeln!(f, "{} {page} {} {}", file.display(), n.offset, n.port.0)?;
         Ok(Some(NotifyRecord {
+            world: self.shared.world.clone(),
+            dom: self.shared.dom,
             file: path,
             offset: n.offset,
             port: n.port,
@@ -291,10 +282,9 @@ impl HostedBackend {
         })
     }
 
+    /// Revokes a grant (if `mem` is ours) and drops the mapping, which
+    /// performs its unmap notification.
     fn release(&mut self, mut mem: HostedMem) {
-        if let Some(record) = mem.notify.take() {
-            fire(&self.shared.world, self.shared.dom, &record, Some(&mem));
-        }
         if let Some(dir) = mem.grant_dir.take() {
             let _ = fs::remove_dir_all(dir);
         }

@@ -3,24 +3,41 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use portcullis_vchan::{AtomicMem, Port, SharedMem};
+use portcullis_vchan::{AtomicMem, DomId, Port, SharedMem};
 
+use crate::evtchn;
 use crate::sys::Mapping;
 
-/// An unmap notification registered with a mapping: on unshare/unmap (or,
-/// through [`crate::World::reap`], on the domain's death) the byte is
-/// cleared and the port signalled.
+/// An unmap notification registered with a mapping: when the mapping goes
+/// away (or, through [`crate::World::reap`], when its domain dies) the byte
+/// is cleared and the port signalled.
 #[derive(Debug)]
 pub(crate) struct NotifyRecord {
+    pub(crate) world: PathBuf,
+    /// The domain that registered it (and owns `port`).
+    pub(crate) dom: DomId,
     /// The file in `<world>/notify/<domid>/` describing it to the reaper.
     pub(crate) file: PathBuf,
     pub(crate) offset: usize,
     pub(crate) port: Port,
 }
 
+impl NotifyRecord {
+    /// Clears the byte (if `mem`, the notification's mapping, is writable)
+    /// and signals the port, then forgets the record.
+    pub(crate) fn fire(&self, mem: Option<&HostedMem>) {
+        if let Some(m) = mem.filter(|m| m.writable) {
+            m.store_u8(self.offset, 0);
+        }
+        evtchn::signal_from(&self.world, self.dom, self.port.0);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
 /// One or more granted pages mapped contiguously, shared with another
 /// process. Every access is an atomic load or store, bounds-checked;
-/// writes through a read-only mapping panic instead of faulting.
+/// writes through a read-only mapping panic instead of faulting. Dropping
+/// it unmaps it and performs its unmap notification, if any.
 pub struct HostedMem {
     pub(crate) map: Mapping,
     pub(crate) writable: bool,
@@ -50,6 +67,14 @@ fn split(off: usize, len: usize, region: usize) -> (usize, usize, usize) {
     let head = ((8 - off % 8) % 8).min(len);
     let body = (len - head) / 8 * 8;
     (head, body, len - head - body)
+}
+
+impl Drop for HostedMem {
+    fn drop(&mut self) {
+        if let Some(record) = self.notify.take() {
+            record.fire(Some(self));
+        }
+    }
 }
 
 impl core::fmt::Debug for HostedMem {

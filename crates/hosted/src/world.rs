@@ -167,6 +167,12 @@ impl World {
         HostedBackend::open(&self.dir, dom)
     }
 
+    /// Deletes the world directory and everything in it (every guest
+    /// process of the run should have exited).
+    pub fn remove(self) -> Result<(), HostedError> {
+        Ok(fs::remove_dir_all(&self.dir)?)
+    }
+
     /// Cleans up after domain `dom` died without closing (a crash or
     /// `SIGKILL`), as Xen does on domain destruction: performs its pending
     /// unmap notifications (clearing the live bytes its peers watch and

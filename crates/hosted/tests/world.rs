@@ -297,3 +297,23 @@ fn copies_at_every_alignment_leave_neighbours_alone() {
         }
     }
 }
+
+#[test]
+fn dropping_a_mapping_performs_its_unmap_notification() {
+    let mut s = setup();
+    let port = s.a.alloc_unbound(DomId(2)).unwrap();
+    let theirs = s.b.bind_interdomain(DomId(1), port).unwrap();
+    let mut refs = [GrantRef(0)];
+    let page = s.a.share(DomId(2), &mut refs, None).unwrap();
+    let notify = UnmapNotify { offset: 21, port: theirs };
+    let mapped = s.b.map(DomId(1), &refs, true, Some(notify)).unwrap();
+    mapped.store_u8(21, 1);
+    assert_eq!(s.a.wait(port, Some(SHORT)), Ok(Wait::TimedOut));
+    drop(mapped);
+    assert_eq!(page.load_u8(21), 0);
+    assert_eq!(s.a.wait(port, Some(LONG)), Ok(Wait::Event));
+    // Performed once: reaping later finds nothing left to do.
+    page.store_u8(21, 1);
+    s.world.reap(DomId(2)).unwrap();
+    assert_eq!(page.load_u8(21), 1);
+}
