@@ -23,7 +23,13 @@ unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
 
-fn mmap(
+/// `mmap(2)`.
+///
+/// # Safety
+///
+/// With `MAP_FIXED`, `addr..addr + len` must be address space the caller
+/// owns and nothing may reference it (the old contents are replaced).
+unsafe fn mmap(
     addr: *mut libc::c_void,
     len: usize,
     prot: libc::c_int,
@@ -32,9 +38,8 @@ fn mmap(
     offset: u64,
 ) -> io::Result<NonNull<u8>> {
     let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: mmap has no memory-safety preconditions unless MAP_FIXED is
-    // given; callers passing MAP_FIXED guarantee that `addr..addr+len` lies in
-    // a reservation they own (see `Mapping::map_fixed`).
+    // SAFETY: without MAP_FIXED mmap picks fresh address space; with it,
+    // our caller guarantees the range is theirs and unreferenced.
     let p = unsafe { libc::mmap(addr, len, prot, flags, fd, offset) };
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
@@ -57,14 +62,17 @@ impl Mapping {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        let ptr = mmap(
-            std::ptr::null_mut(),
-            len,
-            prot(writable),
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            offset,
-        )?;
+        // SAFETY: no MAP_FIXED: the kernel chooses unused address space.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                prot(writable),
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset,
+            )?
+        };
         Ok(Mapping { ptr, len })
     }
 
@@ -74,14 +82,17 @@ impl Mapping {
         if len == 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        let ptr = mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )?;
+        // SAFETY: no MAP_FIXED: the kernel chooses unused address space.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )?
+        };
         Ok(Mapping { ptr, len })
     }
 
@@ -101,14 +112,18 @@ impl Mapping {
         }
         // `at < self.len`, so the address stays inside our own mapping.
         let addr = self.ptr.as_ptr().wrapping_add(at).cast::<libc::c_void>();
-        mmap(
-            addr,
-            len,
-            prot(writable),
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            file.as_raw_fd(),
-            offset,
-        )?;
+        // SAFETY: `addr..addr + len` lies inside this reservation, which we
+        // own; `&mut self` guarantees no reference into it is alive.
+        unsafe {
+            mmap(
+                addr,
+                len,
+                prot(writable),
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset,
+            )?;
+        }
         Ok(())
     }
 
