@@ -162,7 +162,7 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
         };
         println!("audit-collect: connected to {}", args.cryptod);
         loop {
-            let msg = match link.recv_blocking(Duration::from_millis(500)) {
+            let first = match link.recv_blocking(Duration::from_millis(500)) {
                 Ok(m) => m,
                 Err(LinkError::Timeout) => continue,
                 Err(e) => {
@@ -170,23 +170,49 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
                     break;
                 }
             };
-            let Message::AuditLog(log) = msg else { continue };
-            let Some((chain, seq)) = chain_and_seq(&log.record) else {
-                println!("audit-collect: ignoring an unreadable record");
-                continue;
-            };
-            if last.get(&chain).is_none_or(|&l| seq > l) {
-                let mut item = bstr_header(log.record.len());
-                item.extend_from_slice(&log.record);
-                file.write_all(&item)
+            // Group commit: take everything already waiting, write it, one
+            // fsync, then acknowledge the highest seq of each chain.
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match link.poll() {
+                    Ok(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
+            let mut acks: Vec<([u8; 16], u64)> = Vec::new();
+            let mut buf = Vec::new();
+            for msg in batch {
+                let Message::AuditLog(log) = msg else { continue };
+                let Some((chain, seq)) = chain_and_seq(&log.record) else {
+                    println!("audit-collect: ignoring an unreadable record");
+                    continue;
+                };
+                if last.get(&chain).is_none_or(|&l| seq > l) {
+                    buf.extend_from_slice(&bstr_header(log.record.len()));
+                    buf.extend_from_slice(&log.record);
+                    last.insert(chain, seq);
+                }
+                match acks.iter_mut().find(|(c, _)| *c == chain) {
+                    Some(a) => a.1 = a.1.max(seq),
+                    None => acks.push((chain, seq)),
+                }
+            }
+            if !buf.is_empty() {
+                file.write_all(&buf)
                     .and_then(|()| file.sync_data())
                     .map_err(|e| format!("{}: {e}", args.out.display()))?;
-                last.insert(chain, seq);
-                println!("audit-collect: stored seq {seq}");
             }
-            let ack = Message::AuditAck(AuditAck { chain_id: chain, seq });
-            if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
-                println!("audit-collect: ack: {e}; reconnecting");
+            let mut broken = false;
+            for (chain_id, seq) in acks {
+                println!("audit-collect: stored seq {seq}");
+                let ack = Message::AuditAck(AuditAck { chain_id, seq });
+                if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
+                    println!("audit-collect: ack: {e}; reconnecting");
+                    broken = true;
+                    break;
+                }
+            }
+            if broken {
                 break;
             }
         }
