@@ -1,0 +1,117 @@
+//! Event channels: allocating, binding, signalling, closing, and waiting
+//! with `SCHEDOP_poll`.
+//!
+//! This platform takes no interrupts. A guest waits for events by polling
+//! the ports it cares about; Xen blocks the vCPU until one is pending or the
+//! timeout passes. Pending bits live in `shared_info` and are cleared here
+//! after they are seen.
+
+use portcullis_vchan::{DomId, Port};
+
+use crate::abi::{self, evtchn as op, shared_info as shi};
+use crate::hypercall::{self, XenError, XenResult};
+use crate::xen;
+
+fn evtchn_op<T>(cmd: u64, arg: &mut T) -> XenResult<u64> {
+    hypercall::op(abi::hypercall::EVENT_CHANNEL_OP, cmd, arg)
+}
+
+/// Allocates a port that `remote` may bind to.
+pub fn alloc_unbound(remote: DomId) -> XenResult<Port> {
+    #[repr(C)]
+    struct AllocUnbound {
+        dom: u16,
+        remote_dom: u16,
+        port: u32,
+    }
+    let mut a = AllocUnbound { dom: abi::DOMID_SELF, remote_dom: remote.0, port: 0 };
+    evtchn_op(op::ALLOC_UNBOUND, &mut a)?;
+    Ok(Port(a.port))
+}
+
+/// Binds a local port to `remote_port` of domain `remote`.
+pub fn bind_interdomain(remote: DomId, remote_port: Port) -> XenResult<Port> {
+    #[repr(C)]
+    struct BindInterdomain {
+        remote_dom: u16,
+        _pad: u16,
+        remote_port: u32,
+        local_port: u32,
+    }
+    let mut b = BindInterdomain { remote_dom: remote.0, _pad: 0, remote_port: remote_port.0, local_port: 0 };
+    evtchn_op(op::BIND_INTERDOMAIN, &mut b)?;
+    Ok(Port(b.local_port))
+}
+
+#[repr(C)]
+struct PortArg {
+    port: u32,
+}
+
+/// Signals the other end of `port`.
+pub fn send(port: Port) -> XenResult<()> {
+    evtchn_op(op::SEND, &mut PortArg { port: port.0 }).map(|_| ())
+}
+
+/// Closes `port`.
+pub fn close(port: Port) -> XenResult<()> {
+    evtchn_op(op::CLOSE, &mut PortArg { port: port.0 }).map(|_| ())
+}
+
+/// Most ports one poll may name (Xen refuses more than 128).
+pub const MAX_POLL_PORTS: usize = 128;
+
+/// `SCHEDOP_poll`: blocks until one of `ports` is pending or Xen system
+/// time reaches `deadline_ns` (0 = no deadline).
+pub fn poll(ports: &[Port], deadline_ns: u64) -> XenResult<()> {
+    if ports.len() > MAX_POLL_PORTS {
+        return Err(XenError(-22));
+    }
+    let mut list = [0u32; MAX_POLL_PORTS];
+    for (slot, p) in list.iter_mut().zip(ports) {
+        *slot = p.0;
+    }
+    #[repr(C)]
+    struct SchedPoll {
+        ports: u64,
+        nr_ports: u32,
+        _pad: u32,
+        timeout: u64,
+    }
+    let mut p = SchedPoll { ports: list.as_mut_ptr() as u64, nr_ports: ports.len() as u32, _pad: 0, timeout: deadline_ns };
+    // SAFETY: `p` names `list`, a live local array of `nr_ports` valid ports;
+    // Xen only reads it during the call.
+    unsafe { hypercall::hypercall2(abi::hypercall::SCHED_OP, abi::sched::POLL, &mut p as *mut SchedPoll as u64) }
+        .map(|_| ())
+}
+
+/// Clears `port`'s pending bit; returns whether it was set.
+pub fn take_pending(port: Port) -> bool {
+    if port.0 >= shi::NR_EVENT_CHANNELS {
+        return false;
+    }
+    match xen::shared_info() {
+        Some(si) => si.test_and_clear_bit(shi::EVTCHN_PENDING + 8 * (port.0 / 64) as usize, port.0 % 64),
+        None => false,
+    }
+}
+
+/// Waits until one of `ports` is pending (clearing and returning it) or
+/// `timeout_ns` of system time passes (`None` forever). Returns `Ok(None)`
+/// on timeout.
+pub fn wait_any(ports: &[Port], timeout_ns: Option<u64>) -> XenResult<Option<Port>> {
+    let start = xen::system_time_ns().ok_or(XenError::NO_XEN)?;
+    let deadline = match timeout_ns {
+        Some(t) => start.saturating_add(t).max(1),
+        None => 0,
+    };
+    loop {
+        if let Some(&p) = ports.iter().find(|&&p| take_pending(p)) {
+            return Ok(Some(p));
+        }
+        if deadline != 0 && xen::system_time_ns().unwrap_or(u64::MAX) >= deadline {
+            return Ok(None);
+        }
+        poll(ports, deadline)?;
+    }
+}

@@ -1,0 +1,244 @@
+//! Finding Xen and calling it.
+//!
+//! Xen announces itself in the CPUID hypervisor leaves. Leaf `base + 2`
+//! names an MSR; writing a page's guest-physical address to it makes Xen
+//! fill that page with 32-byte hypercall stubs. A hypercall is a `call` to
+//! `page + 32 * nr` with the arguments in rdi, rsi, rdx, r10, r8 and the
+//! result in rax (negative errno on failure).
+
+use core::arch::asm;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::abi;
+use crate::arch;
+
+/// A Xen hypercall returned a negative errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenError(pub i64);
+
+impl XenError {
+    /// `ENOSYS`: no hypervisor (or the call does not exist).
+    pub const NO_XEN: XenError = XenError(-38);
+}
+
+impl fmt::Display for XenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "hypercall failed with errno {}", -self.0)
+    }
+}
+
+/// Result of a hypercall.
+pub type XenResult<T> = Result<T, XenError>;
+
+#[repr(C, align(4096))]
+struct Page([u8; abi::PAGE_SIZE]);
+
+/// The page Xen fills with hypercall stubs. It lives in `.bss`, which the
+/// boot code maps read-write-execute.
+static mut HYPERCALL_PAGE: Page = Page([0; abi::PAGE_SIZE]);
+
+/// Address of the hypercall page once installed, 0 before.
+static PAGE_ADDR: AtomicU64 = AtomicU64::new(0);
+
+/// What CPUID says about the hypervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XenCpuid {
+    /// The base leaf at which the Xen signature was found.
+    pub base: u32,
+    /// Major and minor version (leaf base+1).
+    pub version: (u16, u16),
+    /// The MSR that installs the hypercall page (leaf base+2, ebx).
+    pub hypercall_msr: u32,
+}
+
+/// Looks for Xen's CPUID signature at 0x40000000, 0x40000100, ...
+pub fn detect() -> Option<XenCpuid> {
+    // Without the hypervisor bit (CPUID.1:ECX[31]) the leaves are not ours.
+    if arch::cpuid(1)[2] & (1 << 31) == 0 {
+        return None;
+    }
+    let mut base = abi::cpuid::BASE;
+    while base <= abi::cpuid::LAST {
+        let [max, b, c, d] = arch::cpuid(base);
+        if [b, c, d] == abi::cpuid::SIGNATURE && max >= base + 2 {
+            let version = arch::cpuid(base + 1)[0];
+            let [pages, msr, _, _] = arch::cpuid(base + 2);
+            if pages == 0 {
+                return None;
+            }
+            return Some(XenCpuid {
+                base,
+                version: ((version >> 16) as u16, version as u16),
+                hypercall_msr: msr,
+            });
+        }
+        base += abi::cpuid::STEP;
+    }
+    None
+}
+
+/// Installs the hypercall page. Idempotent.
+pub fn install(cpuid: &XenCpuid) {
+    if PAGE_ADDR.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    let addr = (&raw const HYPERCALL_PAGE) as u64;
+    // SAFETY: the MSR comes from Xen's own CPUID leaf; the value is the
+    // guest-physical address (identity-mapped) of a page-aligned page that
+    // nothing else uses. Xen writes the stubs into it before returning.
+    unsafe { arch::wrmsr(cpuid.hypercall_msr, addr) };
+    PAGE_ADDR.store(addr, Ordering::Release);
+}
+
+/// Whether the hypercall page is installed (we run on Xen).
+pub fn available() -> bool {
+    PAGE_ADDR.load(Ordering::Acquire) != 0
+}
+
+fn entry(nr: u32) -> XenResult<u64> {
+    let page = PAGE_ADDR.load(Ordering::Acquire);
+    if page == 0 || nr >= (abi::PAGE_SIZE / 32) as u32 {
+        return Err(XenError::NO_XEN);
+    }
+    Ok(page + 32 * u64::from(nr))
+}
+
+fn result(ret: i64) -> XenResult<u64> {
+    if ret < 0 {
+        Err(XenError(ret))
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// Makes hypercall `nr` with up to five arguments.
+///
+/// # Safety
+/// The arguments must be valid for the call: any guest address passed must
+/// point to memory of the size and layout the call expects, live and not
+/// otherwise borrowed for the duration of the call (Xen may read and write
+/// it).
+pub unsafe fn hypercall5(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> XenResult<u64> {
+    let stub = entry(nr)?;
+    let ret: i64;
+    // SAFETY: `stub` is inside the page Xen filled; the stubs follow the
+    // documented register ABI and return with `ret`. The argument registers
+    // and rcx/r11 are declared clobbered; memory is not declared untouched,
+    // since Xen reads and writes what the caller's pointers name.
+    unsafe {
+        asm!(
+            "call {stub}",
+            stub = in(reg) stub,
+            inlateout("rdi") a1 => _,
+            inlateout("rsi") a2 => _,
+            inlateout("rdx") a3 => _,
+            inlateout("r10") a4 => _,
+            inlateout("r8") a5 => _,
+            lateout("rax") ret,
+            lateout("rcx") _,
+            lateout("r11") _,
+        )
+    }
+    result(ret)
+}
+
+/// Hypercall with no arguments. See [`hypercall5`] for the safety contract.
+///
+/// # Safety
+/// As for [`hypercall5`].
+pub unsafe fn hypercall0(nr: u32) -> XenResult<u64> {
+    // SAFETY: forwarded contract; unused argument registers are zero.
+    unsafe { hypercall5(nr, 0, 0, 0, 0, 0) }
+}
+
+/// Hypercall with one argument.
+///
+/// # Safety
+/// As for [`hypercall5`].
+pub unsafe fn hypercall1(nr: u32, a1: u64) -> XenResult<u64> {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall5(nr, a1, 0, 0, 0, 0) }
+}
+
+/// Hypercall with two arguments.
+///
+/// # Safety
+/// As for [`hypercall5`].
+pub unsafe fn hypercall2(nr: u32, a1: u64, a2: u64) -> XenResult<u64> {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall5(nr, a1, a2, 0, 0, 0) }
+}
+
+/// Hypercall with three arguments.
+///
+/// # Safety
+/// As for [`hypercall5`].
+pub unsafe fn hypercall3(nr: u32, a1: u64, a2: u64, a3: u64) -> XenResult<u64> {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall5(nr, a1, a2, a3, 0, 0) }
+}
+
+/// Hypercall with four arguments.
+///
+/// # Safety
+/// As for [`hypercall5`].
+pub unsafe fn hypercall4(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64) -> XenResult<u64> {
+    // SAFETY: forwarded contract.
+    unsafe { hypercall5(nr, a1, a2, a3, a4, 0) }
+}
+
+/// Makes a hypercall whose second argument points at `arg` (the usual
+/// `HYPERVISOR_xxx_op(cmd, &arg)` shape).
+pub(crate) fn op<T>(nr: u32, cmd: u64, arg: &mut T) -> XenResult<u64> {
+    // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value whose
+    // layout the callers in this crate match to the command `cmd`.
+    unsafe { hypercall2(nr, cmd, arg as *mut T as u64) }
+}
+
+/// `HVMOP_get_param` for this domain.
+pub fn hvm_get_param(index: u32) -> XenResult<u64> {
+    #[repr(C)]
+    struct HvmParam {
+        domid: u16,
+        _pad: u16,
+        index: u32,
+        value: u64,
+    }
+    let mut p = HvmParam { domid: abi::DOMID_SELF, _pad: 0, index, value: 0 };
+    op(abi::hypercall::HVM_OP, abi::hvm::GET_PARAM, &mut p)?;
+    Ok(p.value)
+}
+
+/// Why the domain stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    /// Clean poweroff.
+    Poweroff,
+    /// Crash (the toolstack may keep the domain for inspection).
+    Crash,
+}
+
+/// `SCHEDOP_shutdown`. Returns only if Xen refused.
+pub fn sched_shutdown(reason: ShutdownReason) -> XenError {
+    #[repr(C)]
+    struct SchedShutdown {
+        reason: u32,
+    }
+    let mut s = SchedShutdown {
+        reason: match reason {
+            ShutdownReason::Poweroff => abi::sched::SHUTDOWN_POWEROFF,
+            ShutdownReason::Crash => abi::sched::SHUTDOWN_CRASH,
+        },
+    };
+    match op(abi::hypercall::SCHED_OP, abi::sched::SHUTDOWN, &mut s) {
+        Ok(_) => XenError(0),
+        Err(e) => e,
+    }
+}
+
+/// `SCHEDOP_yield`.
+pub fn sched_yield() {
+    // SAFETY: SCHEDOP_yield takes no pointer argument.
+    let _ = unsafe { hypercall2(abi::hypercall::SCHED_OP, abi::sched::YIELD, 0) };
+}
