@@ -30,15 +30,24 @@ pub mod arch;
 mod boot;
 #[cfg(target_arch = "x86_64")]
 pub mod console;
+pub mod entropy;
 #[cfg(target_arch = "x86_64")]
 pub mod evtchn;
 #[cfg(target_arch = "x86_64")]
+pub mod grant;
+#[cfg(target_arch = "x86_64")]
 pub mod hypercall;
 pub mod page;
+#[cfg(target_arch = "x86_64")]
+mod platform;
 pub mod start_info;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
 pub mod xen;
+pub mod xenstore;
+
+#[cfg(target_arch = "x86_64")]
+pub use platform::{with_store, PlatformSetupError, XenBackend, XenMem, XenPlatform, MAX_PAGES};
 
 #[cfg(target_arch = "x86_64")]
 pub use runtime::*;

@@ -14,7 +14,9 @@ mod guest {
 
     use alloc::vec::Vec;
 
-    use portcullis_xen::{println, Boot};
+    use portcullis_platform::Platform;
+    use portcullis_xen::entropy::HwEntropy;
+    use portcullis_xen::{println, Boot, XenPlatform};
 
     portcullis_xen::entry!(main);
 
@@ -26,6 +28,17 @@ mod guest {
         println!("hello: cmdline {:?}", boot.start_info.cmdline);
         let squares: Vec<u64> = (1..=1000u64).map(|i| i * i).collect();
         println!("hello: heap ok, sum {}", squares.iter().sum::<u64>());
+        let mut seed = [0u8; 32];
+        match HwEntropy::new().fill(&mut seed) {
+            Ok(()) => println!("hello: entropy ok"),
+            Err(e) => println!("hello: entropy unavailable: {e}"),
+        }
+        if boot.xen.is_some() {
+            match XenPlatform::new(&boot) {
+                Ok(p) => println!("hello: domain {} {:?}, unix time {}", p.domid().0, p.name(), p.now_unix()),
+                Err(e) => println!("hello: platform setup failed: {e}"),
+            }
+        }
         if boot.start_info.cmdline.split_whitespace().any(|w| w == "panic") {
             panic!("requested by the command line");
         }

@@ -1,0 +1,398 @@
+//! [`XenPlatform`]: `portcullis_platform::Platform` for a PVH domain, and
+//! [`XenBackend`], the vchan backend over grant tables, event channels and
+//! xenstore.
+
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_vchan::backend::UnmapNotify;
+use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
+use spin::mutex::SpinMutex;
+
+use crate::entropy::HwEntropy;
+use crate::grant::{self, GrantError, Mapping};
+use crate::page::SharedPages;
+use crate::xenstore::wire::{Errno, XsError};
+use crate::xenstore::{Perm, Tx, Xenstore};
+use crate::{abi, console, evtchn, xen, Boot};
+
+static STORE: SpinMutex<Option<Xenstore>> = SpinMutex::new(None);
+
+/// Runs `f` on the xenstore connection, connecting on first use.
+pub fn with_store<T>(f: impl FnOnce(&mut Xenstore) -> Result<T, XsError>) -> Result<T, XsError> {
+    let mut guard = STORE.lock();
+    if guard.is_none() {
+        *guard = Some(Xenstore::connect()?);
+    }
+    match guard.as_mut() {
+        Some(store) => f(store),
+        None => Err(XsError::Transport),
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Most pages one [`Backend::share`] or [`Backend::map`] handles.
+pub const MAX_PAGES: usize = 256;
+
+#[derive(Debug)]
+enum Origin {
+    /// Our heap pages, granted to a peer.
+    Granted { refs: Vec<GrantRef>, layout: Layout },
+    /// A peer's grants, mapped into window frames.
+    Mapped { pfn: u64, mappings: Vec<Mapping> },
+}
+
+/// Pages shared with a peer (granted by us or mapped from it).
+#[derive(Debug)]
+pub struct XenMem {
+    pages: SharedPages,
+    origin: Origin,
+}
+
+impl SharedMem for XenMem {
+    fn len(&self) -> usize {
+        self.pages.len()
+    }
+    fn load_u8(&self, off: usize) -> u8 {
+        self.pages.load_u8(off)
+    }
+    fn store_u8(&self, off: usize, value: u8) {
+        self.pages.store_u8(off, value)
+    }
+    fn load_u16(&self, off: usize) -> u16 {
+        self.pages.load_u16(off)
+    }
+    fn store_u16(&self, off: usize, value: u16) {
+        self.pages.store_u16(off, value)
+    }
+    fn load_u32(&self, off: usize) -> u32 {
+        self.pages.load_u32(off)
+    }
+    fn store_u32(&self, off: usize, value: u32) {
+        self.pages.store_u32(off, value)
+    }
+    fn fetch_or_u8(&self, off: usize, bits: u8) -> u8 {
+        self.pages.fetch_or_u8(off, bits)
+    }
+    fn fetch_and_u8(&self, off: usize, bits: u8) -> u8 {
+        self.pages.fetch_and_u8(off, bits)
+    }
+    fn read_bytes(&self, off: usize, dst: &mut [u8]) {
+        self.pages.read_bytes(off, dst)
+    }
+    fn write_bytes(&self, off: usize, src: &[u8]) {
+        self.pages.write_bytes(off, src)
+    }
+}
+
+fn grant_err(e: GrantError) -> BackendError {
+    match e {
+        GrantError::Exhausted => BackendError::Exhausted,
+        GrantError::Xen(x) if x.0 == -1 || x.0 == -13 => BackendError::Denied,
+        _ => BackendError::Grant,
+    }
+}
+
+fn store_err(e: XsError) -> BackendError {
+    match e {
+        XsError::Daemon(Errno::Acces) | XsError::Daemon(Errno::Perm) => BackendError::Denied,
+        _ => BackendError::Store,
+    }
+}
+
+/// The vchan backend of a Xen domain. All handles share the domain's grant
+/// table, event channels and xenstore connection.
+#[derive(Clone, Debug)]
+pub struct XenBackend {
+    domid: DomId,
+}
+
+impl XenBackend {
+    fn watch_token(path: &str) -> String {
+        format!("portcullis:{path}")
+    }
+}
+
+impl Backend for XenBackend {
+    type Mem = XenMem;
+
+    fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    fn share(&mut self, peer: DomId, refs: &mut [GrantRef], _notify: Option<UnmapNotify>) -> Result<XenMem, BackendError> {
+        // A guest has no unmap-notify: if it dies, Xen tears its grants
+        // down and the peer sees the event channel close instead.
+        let n = refs.len();
+        if n == 0 || n > MAX_PAGES {
+            return Err(BackendError::Exhausted);
+        }
+        let layout = Layout::from_size_align(n * abi::PAGE_SIZE, abi::PAGE_SIZE).map_err(|_| BackendError::Exhausted)?;
+        // SAFETY: `layout` has a non-zero size.
+        let base = unsafe { alloc_zeroed(layout) };
+        if base.is_null() {
+            return Err(BackendError::Exhausted);
+        }
+        let mut granted = Vec::with_capacity(n);
+        for i in 0..n {
+            let gfn = (base as u64 >> abi::PAGE_SHIFT) + i as u64;
+            match grant::grant_access(peer, gfn, false) {
+                Ok(r) => granted.push(r),
+                Err(e) => {
+                    // Nobody can have mapped these yet; revoke and free.
+                    let all_ended = granted.iter().filter(|&&r| grant::end_access(r).is_err()).count() == 0;
+                    if all_ended {
+                        // SAFETY: allocated above with `layout`, no longer granted.
+                        unsafe { dealloc(base, layout) };
+                    }
+                    return Err(grant_err(e));
+                }
+            }
+        }
+        refs.copy_from_slice(&granted);
+        // SAFETY: a fresh heap allocation of `layout.size()` bytes, owned by
+        // the returned value until `unshare`, accessed only through it.
+        let pages = unsafe { SharedPages::new(base as usize, layout.size()) };
+        Ok(XenMem { pages, origin: Origin::Granted { refs: granted, layout } })
+    }
+
+    fn unshare(&mut self, mem: XenMem) {
+        if let Origin::Granted { refs, layout } = mem.origin {
+            // If the peer still maps a page we cannot revoke it; the pages
+            // are then leaked rather than handed to the allocator.
+            let still_granted = refs.iter().filter(|&&r| grant::end_access(r).is_err()).count();
+            let all_ended = still_granted == 0;
+            if all_ended {
+                // SAFETY: allocated in `share` with `layout`, no longer granted,
+                // and `mem` (the only accessor) is consumed.
+                unsafe { dealloc(mem.pages.addr() as *mut u8, layout) };
+            }
+        }
+    }
+
+    fn map(&mut self, peer: DomId, refs: &[GrantRef], writable: bool, _notify: Option<UnmapNotify>) -> Result<XenMem, BackendError> {
+        let n = refs.len();
+        if n == 0 || n > MAX_PAGES {
+            return Err(BackendError::Exhausted);
+        }
+        let pfn = xen::alloc_frames(n as u64).ok_or(BackendError::Exhausted)?;
+        let mut mappings = Vec::with_capacity(n);
+        for (i, &r) in refs.iter().enumerate() {
+            let gpa = (pfn + i as u64) << abi::PAGE_SHIFT;
+            match grant::map(peer, r, gpa, writable) {
+                Ok(m) => mappings.push(m),
+                Err(_) => {
+                    for m in mappings {
+                        let _ = grant::unmap(m);
+                    }
+                    xen::free_frames(pfn, n as u64);
+                    return Err(BackendError::Map);
+                }
+            }
+        }
+        // SAFETY: the frames were just populated by Xen with the peer's
+        // pages, inside the identity map; `XenMem` is their only accessor.
+        let pages = unsafe { SharedPages::new((pfn as usize) << abi::PAGE_SHIFT, n * abi::PAGE_SIZE) };
+        Ok(XenMem { pages, origin: Origin::Mapped { pfn, mappings } })
+    }
+
+    fn unmap(&mut self, mem: XenMem) {
+        if let Origin::Mapped { pfn, mappings } = mem.origin {
+            let n = mappings.len() as u64;
+            let failed = mappings.into_iter().filter(|&m| grant::unmap(m).is_err()).count();
+            let all_unmapped = failed == 0;
+            if all_unmapped {
+                xen::free_frames(pfn, n);
+            }
+        }
+    }
+
+    fn alloc_unbound(&mut self, peer: DomId) -> Result<Port, BackendError> {
+        evtchn::alloc_unbound(peer).map_err(|_| BackendError::EventChannel)
+    }
+
+    fn bind_interdomain(&mut self, peer: DomId, remote: Port) -> Result<Port, BackendError> {
+        evtchn::bind_interdomain(peer, remote).map_err(|_| BackendError::EventChannel)
+    }
+
+    fn unbind(&mut self, port: Port) {
+        let _ = evtchn::close(port);
+        evtchn::take_pending(port);
+    }
+
+    fn notify(&mut self, port: Port) -> Result<(), BackendError> {
+        evtchn::send(port).map_err(|_| BackendError::EventChannel)
+    }
+
+    fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
+        match evtchn::wait_any(&[port], timeout.map(nanos)) {
+            Ok(Some(_)) => Ok(Wait::Event),
+            Ok(None) => Ok(Wait::TimedOut),
+            Err(_) => Err(BackendError::EventChannel),
+        }
+    }
+
+    fn store_write(&mut self, path: &str, value: &str, reader: DomId) -> Result<(), BackendError> {
+        let me = self.domid;
+        with_store(|s| {
+            s.write(Tx::NONE, path, value.as_bytes())?;
+            s.set_perms(Tx::NONE, path, &[Perm::None(me), Perm::Read(reader)])
+        })
+        .map_err(store_err)
+    }
+
+    fn store_read(&mut self, path: &str, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
+        let value = with_store(|s| s.read(Tx::NONE, path)).map_err(store_err)?;
+        Ok(value.map(|v| {
+            let n = v.len().min(buf.len());
+            buf[..n].copy_from_slice(&v[..n]);
+            v.len()
+        }))
+    }
+
+    fn store_remove(&mut self, path: &str) -> Result<(), BackendError> {
+        with_store(|s| s.rm(Tx::NONE, path)).map_err(store_err)
+    }
+
+    fn store_wait(&mut self, path: &str, timeout: Option<Duration>) -> Result<Wait, BackendError> {
+        let token = Self::watch_token(path);
+        with_store(|s| {
+            if !s.is_watched(path, &token) {
+                s.watch(path, &token)?;
+            }
+            s.wait_watch(&token, timeout.map(nanos))
+        })
+        .map(|fired| if fired { Wait::Event } else { Wait::TimedOut })
+        .map_err(store_err)
+    }
+}
+
+/// Why [`XenPlatform::new`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformSetupError {
+    /// Not running on Xen.
+    NoXen,
+    /// The grant table could not be mapped.
+    Grant(GrantError),
+    /// Xenstore was unreachable, or `domid`/`name` unreadable.
+    Store(XsError),
+}
+
+impl core::fmt::Display for PlatformSetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PlatformSetupError::NoXen => f.write_str("not running on Xen"),
+            PlatformSetupError::Grant(e) => write!(f, "{e}"),
+            PlatformSetupError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// `Platform` for a PVH domain on Xen.
+#[derive(Debug)]
+pub struct XenPlatform {
+    domid: DomId,
+    name: String,
+    entropy: HwEntropy,
+}
+
+impl XenPlatform {
+    /// Sets up grants and xenstore and learns this domain's id and name.
+    pub fn new(boot: &Boot) -> Result<XenPlatform, PlatformSetupError> {
+        if boot.xen.is_none() {
+            return Err(PlatformSetupError::NoXen);
+        }
+        grant::init().map_err(PlatformSetupError::Grant)?;
+        let (domid, name) = with_store(|s| {
+            let id = s.read(Tx::NONE, "domid")?.ok_or(XsError::Daemon(Errno::NoEnt))?;
+            let id = core::str::from_utf8(&id).ok().and_then(|t| t.parse::<u16>().ok()).ok_or(XsError::Protocol)?;
+            let name = s.read(Tx::NONE, "name")?.unwrap_or_default();
+            Ok((DomId(id), String::from_utf8(name).map_err(|_| XsError::Protocol)?))
+        })
+        .map_err(PlatformSetupError::Store)?;
+        Ok(XenPlatform { domid, name, entropy: HwEntropy::new() })
+    }
+
+    /// Where boot configuration items live: `/local/domain/<id>/data/portcullis/<item>`.
+    pub fn config_path(&self, item: ConfigItem) -> String {
+        format!("/local/domain/{}/data/portcullis/{}", self.domid.0, item.name())
+    }
+}
+
+impl Platform for XenPlatform {
+    type Backend = XenBackend;
+
+    fn backend(&self) -> XenBackend {
+        XenBackend { domid: self.domid }
+    }
+
+    fn domid(&self) -> DomId {
+        self.domid
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn now_unix(&self) -> u64 {
+        xen::unix_seconds().unwrap_or(0)
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        xen::system_time_ns().unwrap_or(0)
+    }
+
+    fn console_write(&mut self, text: &str) {
+        console::write_str(text);
+    }
+
+    fn console_read_line(&mut self, buf: &mut [u8], echo: bool, timeout: Option<Duration>) -> Result<usize, PlatformError> {
+        console::read_line(buf, echo, timeout.map(nanos)).map_err(|e| match e {
+            console::ConsoleError::Timeout => PlatformError::Timeout,
+            _ => PlatformError::Console,
+        })
+    }
+
+    fn hw_entropy(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
+        self.entropy.fill(buf).map_err(|_| PlatformError::NoEntropy)
+    }
+
+    fn config(&mut self, item: ConfigItem, buf: &mut [u8]) -> Result<usize, PlatformError> {
+        let path = self.config_path(item);
+        let value = with_store(|s| s.read(Tx::NONE, &path))
+            .map_err(|_| PlatformError::Io)?
+            .ok_or(PlatformError::MissingConfig)?;
+        let dst = buf.get_mut(..value.len()).ok_or(PlatformError::BadConfig)?;
+        dst.copy_from_slice(&value);
+        Ok(value.len())
+    }
+
+    fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
+        with_store(|s| {
+            for id in s.directory(Tx::NONE, "/local/domain")? {
+                let Ok(domid) = id.parse::<u16>() else { continue };
+                if s.read(Tx::NONE, &format!("/local/domain/{domid}/name"))?.as_deref() == Some(name.as_bytes()) {
+                    return Ok(Some(DomId(domid)));
+                }
+            }
+            Ok(None)
+        })
+        .map_err(|_| PlatformError::Io)?
+        .ok_or(PlatformError::UnknownDomain)
+    }
+
+    fn wait_any(&mut self, ports: &[Port], timeout: Option<Duration>) -> Result<Option<Port>, PlatformError> {
+        evtchn::wait_any(ports, timeout.map(nanos)).map_err(|_| PlatformError::Io)
+    }
+
+    fn shutdown(&mut self, code: u8) -> ! {
+        crate::shutdown(code)
+    }
+}
