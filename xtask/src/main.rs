@@ -23,6 +23,7 @@ usage: cargo xtask <command> [options]
 commands:
   test               unit, property, schema and interop tests; no_std target builds; clippy
   build [--release]  build the workspace (host tools) and the no_std crates for the guest target
+  build --target xen the four guests as PVH images (profile `guest`), PVH note checked, sizes printed
   bench              run the benchmarks and print their figures
   fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
@@ -40,7 +41,11 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "test" => test(),
-        "build" => build(rest.iter().any(|a| a == "--release")),
+        "build" => match target_arg(rest) {
+            Ok(Target::Host) => build(rest.iter().any(|a| a == "--release")),
+            Ok(Target::Xen) => build_xen().map(|_| ()),
+            Err(e) => Err(e),
+        },
         "bench" => bench(),
         "fuzz" => match seconds_arg(rest, 60) {
             Ok(secs) => fuzz(secs),
@@ -62,6 +67,75 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+enum Target {
+    Host,
+    Xen,
+}
+
+fn target_arg(rest: &[String]) -> Result<Target, String> {
+    match rest.iter().position(|a| a == "--target") {
+        None => Ok(Target::Host),
+        Some(i) => match rest.get(i + 1).map(String::as_str) {
+            Some("xen") => Ok(Target::Xen),
+            Some("hosted") | Some("host") => Ok(Target::Host),
+            other => Err(format!("--target must be xen or hosted, not {other:?}")),
+        },
+    }
+}
+
+/// Builds the Xen guest images and checks each is a PVH ELF; returns their paths.
+fn build_xen() -> Result<Vec<PathBuf>, String> {
+    ensure_guest_target()?;
+    let mut c = cargo();
+    c.args(["build", "--target", GUEST_TARGET, "--profile", "guest"]);
+    for g in GUESTS.iter().chain(["hello"].iter()) {
+        c.args(["-p", g]);
+    }
+    run("build the guest images (x86_64-unknown-none, profile guest)", &mut c)?;
+    let dir = root().join("target").join(GUEST_TARGET).join("guest");
+    let mut images = Vec::new();
+    println!("{:<10} {:>10}  PVH entry", "image", "bytes");
+    for g in GUESTS.iter().chain(["hello"].iter()) {
+        let path = dir.join(g);
+        let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+        let entry = pvh_entry(&path)?;
+        println!("{g:<10} {size:>10}  {entry:#x}");
+        images.push(path);
+    }
+    Ok(images)
+}
+
+/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address, read with `readelf -n`.
+fn pvh_entry(path: &Path) -> Result<u64, String> {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("readelf (apt-get install binutils): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.trim_start().starts_with("Xen") && l.contains("(0x00000012)") {
+            let data = lines.next().unwrap_or("");
+            let bytes: Vec<u8> = data
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .filter_map(|b| u8::from_str_radix(b, 16).ok())
+                .collect();
+            if bytes.len() >= 4 {
+                let mut v = 0u64;
+                for (i, b) in bytes.iter().take(8).enumerate() {
+                    v |= u64::from(*b) << (8 * i);
+                }
+                return Ok(v);
+            }
+        }
+    }
+    Err(format!("{}: no XEN_ELFNOTE_PHYS32_ENTRY note: not a PVH image", path.display()))
 }
 
 fn seconds_arg(rest: &[String], default: u64) -> Result<u64, String> {
@@ -140,7 +214,12 @@ fn build(release: bool) -> Result<(), String> {
 }
 
 /// Debian packages the tests run, as (binary, package).
-const TEST_TOOLS: &[(&str, &str)] = &[("cryptsetup", "cryptsetup-bin"), ("oathtool", "oathtool")];
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("cryptsetup", "cryptsetup-bin"),
+    ("oathtool", "oathtool"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("readelf", "binutils"),
+];
 
 fn have(binary: &str) -> bool {
     Command::new(binary)
@@ -188,6 +267,7 @@ fn test() -> Result<(), String> {
     // Doc tests are not part of --all-targets.
     run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"]))?;
     build_no_std(false)?;
+    build_xen()?;
     run(
         "cargo clippy --workspace --all-targets -D warnings",
         cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
@@ -260,7 +340,12 @@ fn demo(args: &[String]) -> Result<(), String> {
 }
 
 fn bench() -> Result<(), String> {
-    run("cargo bench --workspace", cargo().args(["bench", "--workspace"]))
+    run("cargo bench --workspace (criterion)", cargo().args(["bench", "--workspace"]))?;
+    run(
+        "vchan between two processes vs a pipe",
+        cargo().args(["run", "--release", "-p", "portcullis-hosted", "--example", "vchan_throughput"]),
+    )?;
+    demo(&["--scenario".into(), "bench".into(), "--no-qr".into()])
 }
 
 fn ensure_cargo_fuzz() -> Result<(), String> {

@@ -80,11 +80,17 @@ struct Proc {
     started: Instant,
 }
 
+/// Set by `--scenario bench`: the collector's per-batch lines are kept, not echoed.
+static QUIET_COLLECTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn pump(name: String, src: impl Read + Send + 'static, lines: Arc<Mutex<Vec<Line>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(src).lines() {
             let Ok(text) = line else { break };
-            println!("  [{name:>9}] {text}");
+            let quiet = name == "collector" && QUIET_COLLECTOR.load(std::sync::atomic::Ordering::Relaxed);
+            if !quiet {
+                println!("  [{name:>9}] {text}");
+            }
             if let Ok(mut l) = lines.lock() {
                 l.push(Line { at: Instant::now(), text });
             }
@@ -355,6 +361,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let (_, at) = cryptod.wait_for("cryptod: ready", 0, demo.step)?;
     demo.time("cryptod start to ready (seeded by entropyd)", at - cryptod.started);
     if args.scenario == Scenario::Bench {
+        QUIET_COLLECTOR.store(true, std::sync::atomic::Ordering::Relaxed);
         return bench_roundtrip(&demo, doms["policy_pd"], &prov.join("root.pub"), args.bench_n);
     }
     let mut agent = demo.tool("unlock_agent", &agent_args)?;

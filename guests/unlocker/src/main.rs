@@ -1,17 +1,47 @@
-//! unlocker guest. Hosted target: a Linux process started by the launcher;
-//! its console is the terminal.
-#![forbid(unsafe_code)]
+//! unlocker guest: a PVH unikernel on Xen (`x86_64-unknown-none`), a Linux
+//! process on the hosted platform. The application is
+//! `portcullis_apps::unlocker`; this file only picks the platform.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+#![cfg_attr(not(target_os = "none"), forbid(unsafe_code))]
 
-use portcullis_apps::unlocker::{run, Outcome};
+#[cfg(target_os = "none")]
+mod guest {
+    use portcullis_xen::{println, Boot, XenPlatform};
 
+    portcullis_xen::entry!(main);
+
+    fn main(boot: Boot) -> u8 {
+        let mut p = match XenPlatform::new(&boot) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("unlocker: cannot start: {e}");
+                return 2;
+            }
+        };
+        match portcullis_apps::unlocker::run(&mut p) {
+            Ok(portcullis_apps::unlocker::Outcome::Unlocked) => 0,
+            Ok(portcullis_apps::unlocker::Outcome::GaveUp) => {
+                println!("unlocker: giving up");
+                3
+            }
+            Err(e) => {
+                println!("unlocker: stopped: {e}");
+                1
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "none"))]
 fn main() {
     let mut p = portcullis_hosted::HostedPlatform::from_env().unwrap_or_else(|e| {
         eprintln!("unlocker: cannot start: {e}");
         std::process::exit(2)
     });
-    match run(&mut p) {
-        Ok(Outcome::Unlocked) => {}
-        Ok(Outcome::GaveUp) => {
+    match portcullis_apps::unlocker::run(&mut p) {
+        Ok(portcullis_apps::unlocker::Outcome::Unlocked) => {}
+        Ok(portcullis_apps::unlocker::Outcome::GaveUp) => {
             println!("unlocker: giving up");
             std::process::exit(3);
         }
