@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+mod xen_harness;
+
 /// Crates that must build for the bare-metal guest target.
 const NO_STD_CRATES: &[&str] = &[
     "portcullis-proto",
@@ -24,6 +26,8 @@ commands:
   test               unit, property, schema and interop tests; no_std target builds; clippy
   build [--release]  build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked, sizes printed
+  xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
+  boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
   bench              run the benchmarks and print their figures
   fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
             Ok(Target::Xen) => build_xen().map(|_| ()),
             Err(e) => Err(e),
         },
+        "xen-image" => xen_harness::xen_image().map(|_| ()),
+        "boot" => xen_harness::boot(rest),
         "bench" => bench(),
         "fuzz" => match seconds_arg(rest, 60) {
             Ok(secs) => fuzz(secs),
@@ -365,19 +371,33 @@ fn ensure_cargo_fuzz() -> Result<(), String> {
 
 fn fuzz(seconds: u64) -> Result<(), String> {
     ensure_cargo_fuzz()?;
+    let fuzz_dir = root().join("fuzz");
     for target in FUZZ_TARGETS {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        let regressions = fuzz_dir.join("regressions").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
         let mut c = cargo();
         // libFuzzer instrumentation needs nightly-only rustc flags; the machine has
         // only the stable toolchain, so allow them explicitly for this build.
-        c.env("RUSTC_BOOTSTRAP", "1").args([
-            "fuzz",
-            "run",
-            target,
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-max_len=8192",
-        ]);
-        run(&format!("fuzz {target} for {seconds} s"), &mut c)?;
+        c.env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target])
+            .arg(&corpus)
+            .arg(&regressions)
+            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=8192"]);
+        if let Err(e) = run(&format!("fuzz {target} for {seconds} s"), &mut c) {
+            // Keep what crashed as a regression input for the test suite.
+            let artifacts = fuzz_dir.join("artifacts").join(target);
+            let mut kept = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(&artifacts) {
+                for entry in entries.flatten() {
+                    let to = regressions.join(entry.file_name());
+                    if std::fs::copy(entry.path(), &to).is_ok() {
+                        kept.push(to.display().to_string());
+                    }
+                }
+            }
+            return Err(format!("{e}; crashing inputs kept in {kept:?}: fix, then commit them"));
+        }
     }
     Ok(())
 }
