@@ -1,0 +1,625 @@
+//! Real Xen inside QEMU: `cargo xtask xen-image` and `cargo xtask boot`.
+//!
+//! `xen-image` assembles, from Debian packages only (fetched with
+//! `apt-get download`, unpacked with `dpkg-deb -x`, nothing installed), the
+//! Xen 4.17 hypervisor, a Debian dom0 kernel and a busybox dom0 initramfs
+//! holding the Xen toolstack, our PVH guest images, the repository's
+//! `xen/*.cfg`, cryptod's provisioned items and the dom0 scripts from
+//! `tests/xen/`. `boot` runs it under QEMU (TCG, `-cpu max`); dom0 creates
+//! the guests with `xl create` and reports its verdict through QEMU's
+//! `isa-debug-exit` device, which becomes this command's exit status.
+//! See docs/xen-boot.md.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{root, run};
+
+/// Debian packages of the image, besides the dom0 kernel (resolved from
+/// `linux-image-amd64`).
+const PACKAGES: &[&str] = &[
+    "xen-hypervisor-4.17-amd64",
+    "xen-utils-4.17",
+    "xen-utils-common",
+    "xenstore-utils",
+    "libxenmisc4.17",
+    "libxencall1",
+    "libxenevtchn1",
+    "libxenforeignmemory1",
+    "libxengnttab1",
+    "libxenstore4",
+    "libxentoollog1",
+    "libxentoolcore1",
+    "libxendevicemodel1",
+    "libxenhypfs1",
+    "libyajl2",
+    "busybox-static",
+];
+
+/// Toolstack programs copied into dom0 (from `/usr/lib/xen-4.17/bin`).
+const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole"];
+/// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
+const XENSTORE_CMDS: &[&str] = &["read", "write", "ls", "list", "rm", "exists", "chmod", "watch"];
+/// Kernel modules the toolstack needs, under `kernel/drivers/xen/`.
+const MODULES: &[&str] = &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs/xenfs"];
+/// Guests installed at `/var/lib/portcullis/<name>` (as `xen/*.cfg` expect).
+const IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello"];
+
+/// Xen's command line (measured in shared/notes/xen-in-qemu.md).
+const XEN_ARGS: &str = "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=1 \
+                        bootscrub=0 loglvl=all guest_loglvl=all";
+/// Wall-clock limit of one `boot` run.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The boot files made by `xen-image`.
+pub struct Image {
+    xen: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+fn work_dir() -> PathBuf {
+    root().join("target/xen-image")
+}
+
+fn step(name: &str) {
+    println!("==> xen-image: {name}");
+}
+
+fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// FNV-1a, 64 bit: a stable content hash for the cache keys.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn add(mut self, bytes: &[u8]) -> Fnv {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separate fields so ("ab","c") and ("a","bc") differ.
+        self.0 = (self.0 ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        self
+    }
+    fn hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// `cargo xtask xen-image`: builds (or reuses) the boot files.
+pub fn xen_image() -> Result<Image, String> {
+    let start = Instant::now();
+    let work = work_dir();
+    fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+
+    step("guest images (cargo xtask build --target xen)");
+    crate::build_xen()?;
+
+    step("provisioning (portcullis provision, on the host)");
+    let provisioned = provision(&work)?;
+
+    step("Debian packages");
+    let debs = download(&work)?;
+    let unpacked = unpack(&work, &debs)?;
+
+    step("hypervisor and dom0 kernel");
+    let xen = work.join("xen");
+    let kernel = work.join("vmlinuz");
+    let stamp = work.join("boot.key");
+    let key = Fnv::new().add(debs.join(",").as_bytes()).hex();
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) || !xen.exists() || !kernel.exists() {
+        let gz = single(&unpacked.join("boot"), "xen-4.17-amd64.gz")?;
+        // Xen is a gzipped multiboot ELF; QEMU's -kernel wants it plain.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("zcat \"$1\" > \"$2\"")
+            .arg("sh")
+            .arg(&gz)
+            .arg(&xen)
+            .status()
+            .map_err(|e| format!("zcat: {e}"))?;
+        if !status.success() {
+            return Err(format!("zcat {}: {status}", gz.display()));
+        }
+        let vmlinuz = single_prefix(&unpacked.join("boot"), "vmlinuz-")?;
+        fs::copy(&vmlinuz, &kernel).map_err(|e| format!("{}: {e}", vmlinuz.display()))?;
+        fs::write(&stamp, &key).map_err(|e| e.to_string())?;
+        println!("    xen {} bytes, kernel {} bytes", len(&xen), len(&kernel));
+    } else {
+        println!("    cached");
+    }
+
+    step("dom0 initramfs");
+    let initrd = work.join("dom0.cpio");
+    let tree = dom0_tree(&unpacked, &provisioned)?;
+    let key = tree.key();
+    let stamp = work.join("dom0.key");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) || !initrd.exists() {
+        let bytes = tree.to_cpio();
+        fs::write(&initrd, &bytes).map_err(|e| format!("{}: {e}", initrd.display()))?;
+        fs::write(&stamp, &key).map_err(|e| e.to_string())?;
+        println!("    {} entries, {} bytes (uncompressed newc cpio)", tree.entries.len(), bytes.len());
+    } else {
+        println!("    cached ({} entries, inputs unchanged)", tree.entries.len());
+    }
+    println!("<== xen-image ready in {:.1} s: {}", start.elapsed().as_secs_f64(), work.display());
+    Ok(Image { xen, kernel, initrd })
+}
+
+fn len(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn single(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let p = dir.join(name);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("{} not found", p.display()))
+    }
+}
+
+fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!("expected one {prefix}* in {}, found {}", dir.display(), found.len())),
+    }
+}
+
+/// Provisions cryptod once (kept under target/xen-image/provisioned).
+fn provision(work: &Path) -> Result<PathBuf, String> {
+    let out = work.join("provisioned");
+    if out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() {
+        println!("    cached: {}", out.display());
+        return Ok(out);
+    }
+    run(
+        "build portcullis CLI",
+        crate::cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
+    )?;
+    let _ = fs::remove_dir_all(&out);
+    run(
+        "portcullis provision",
+        Command::new(root().join("target/debug/portcullis"))
+            .args(["provision", "--no-qr", "--save-otpauth", "--out"])
+            .arg(&out)
+            .stdout(Stdio::null()),
+    )?;
+    Ok(out)
+}
+
+/// Debian's `:` in versions becomes `%3a` in .deb file names.
+fn deb_name(pkg: &str, version: &str, arch: &str) -> String {
+    format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a"))
+}
+
+/// Fetches the packages missing from target/xen-image/debs; returns the
+/// .deb file names (package, version, architecture: the cache key).
+fn download(work: &Path) -> Result<Vec<String>, String> {
+    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]), "apt-cache depends")?;
+    let kernel = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .ok_or("apt-cache depends linux-image-amd64: no kernel package (apt-get update?)")?
+        .to_string();
+    let mut pkgs: Vec<String> = PACKAGES.iter().map(|s| s.to_string()).collect();
+    pkgs.push(kernel);
+    let show = output(
+        Command::new("apt-cache").args(["show", "--no-all-versions"]).args(&pkgs),
+        "apt-cache show",
+    )?;
+    let mut names = Vec::new();
+    for para in show.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        let field = |f: &str| para.lines().find_map(|l| l.strip_prefix(f)).map(str::trim);
+        if let (Some(p), Some(v), Some(a)) = (field("Package:"), field("Version:"), field("Architecture:")) {
+            names.push(deb_name(p, v, a));
+        }
+    }
+    if names.len() != pkgs.len() {
+        return Err(format!("apt-cache show: expected {} packages, got {names:?}", pkgs.len()));
+    }
+    let dir = work.join("debs");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let missing: Vec<&String> = pkgs.iter().zip(&names).filter(|(_, n)| !dir.join(n).exists()).map(|(p, _)| p).collect();
+    if missing.is_empty() {
+        println!("    cached: {} packages", names.len());
+    } else {
+        let mut c = Command::new("apt-get");
+        // apt drops to the _apt user for downloads unless told otherwise;
+        // target/ need not be writable by it.
+        c.current_dir(&dir).args(["download", "-q", "-o", "APT::Sandbox::User=root"]).args(&missing);
+        run(&format!("apt-get download ({} packages)", missing.len()), &mut c)?;
+    }
+    for n in &names {
+        if !dir.join(n).exists() {
+            return Err(format!("{n} was not downloaded"));
+        }
+    }
+    Ok(names)
+}
+
+/// Unpacks every .deb into one tree, once per set of package versions.
+fn unpack(work: &Path, debs: &[String]) -> Result<PathBuf, String> {
+    let dest = work.join("root");
+    let stamp = work.join("root.key");
+    let key = debs.iter().fold(Fnv::new(), |h, n| h.add(n.as_bytes())).hex();
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str()) && dest.exists() {
+        println!("    cached unpacked tree {}", dest.display());
+        return Ok(dest);
+    }
+    let t = Instant::now();
+    let _ = fs::remove_dir_all(&dest);
+    fs::create_dir_all(&dest).map_err(|e| e.to_string())?;
+    for n in debs {
+        let status = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(work.join("debs").join(n))
+            .arg(&dest)
+            .status()
+            .map_err(|e| format!("dpkg-deb: {e}"))?;
+        if !status.success() {
+            return Err(format!("dpkg-deb -x {n}: {status}"));
+        }
+    }
+    fs::write(&stamp, &key).map_err(|e| e.to_string())?;
+    println!("    unpacked {} packages in {:.1} s", debs.len(), t.elapsed().as_secs_f64());
+    Ok(dest)
+}
+
+/// One file system object of the initramfs.
+enum Node {
+    Dir,
+    File { data: Vec<u8>, exec: bool },
+    Link(String),
+}
+
+/// The dom0 root file system, path (without leading `/`) to node.
+#[derive(Default)]
+struct Tree {
+    entries: BTreeMap<String, Node>,
+}
+
+impl Tree {
+    fn dir(&mut self, path: &str) {
+        let mut acc = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            self.entries.entry(acc.clone()).or_insert(Node::Dir);
+        }
+    }
+    fn parent(&mut self, path: &str) {
+        if let Some((dir, _)) = path.rsplit_once('/') {
+            self.dir(dir);
+        }
+    }
+    fn file(&mut self, path: &str, data: Vec<u8>, exec: bool) {
+        self.parent(path);
+        self.entries.insert(path.to_string(), Node::File { data, exec });
+    }
+    fn copy(&mut self, path: &str, from: &Path, exec: bool) -> Result<(), String> {
+        let data = fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
+        self.file(path, data, exec);
+        Ok(())
+    }
+    fn link(&mut self, path: &str, target: &str) {
+        self.parent(path);
+        self.entries.insert(path.to_string(), Node::Link(target.to_string()));
+    }
+
+    /// Hash of every path, kind and content.
+    fn key(&self) -> String {
+        let mut h = Fnv::new();
+        for (path, node) in &self.entries {
+            h = h.add(path.as_bytes());
+            h = match node {
+                Node::Dir => h.add(b"d"),
+                Node::File { data, exec } => h.add(if *exec { b"x" } else { b"f" }).add(data),
+                Node::Link(t) => h.add(b"l").add(t.as_bytes()),
+            };
+        }
+        h.hex()
+    }
+
+    /// The tree as a `newc` cpio archive (what the kernel unpacks as initramfs).
+    fn to_cpio(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (ino, (path, node)) in (1u32..).zip(&self.entries) {
+            let (mode, data): (u32, &[u8]) = match node {
+                Node::Dir => (0o040_755, &[]),
+                Node::File { data, exec: true } => (0o100_755, data),
+                Node::File { data, exec: false } => (0o100_644, data),
+                Node::Link(t) => (0o120_777, t.as_bytes()),
+            };
+            cpio_entry(&mut out, ino, mode, path, data);
+        }
+        cpio_entry(&mut out, 0, 0, "TRAILER!!!", &[]);
+        out
+    }
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+fn cpio_entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
+    let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
+    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+/// Shared libraries `ldd` finds for `bins` (the unpacked tree first).
+fn libraries(unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for b in bins {
+        let text = output(
+            Command::new("ldd").arg(b).env("LD_LIBRARY_PATH", unpacked.join("usr/lib/x86_64-linux-gnu")),
+            &format!("ldd {}", b.display()),
+        )?;
+        for l in text.lines() {
+            if l.contains("not found") {
+                return Err(format!("ldd {}: {l}", b.display()));
+            }
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                let p = PathBuf::from(p);
+                if !libs.contains(&p) {
+                    libs.push(p);
+                }
+            }
+        }
+    }
+    Ok(libs)
+}
+
+/// Everything dom0 needs, as a file tree.
+fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
+    let mut t = Tree::default();
+    for d in [
+        "proc", "sys", "dev", "tmp", "run", "var/run", "var/log/xen/console", "var/lib/xen", "var/lib/xenstored",
+        "etc/xen", "usr/sbin",
+    ] {
+        t.dir(d);
+    }
+    // busybox and its applets
+    let busybox = unpacked.join("bin/busybox");
+    t.copy("bin/busybox", &busybox, true)?;
+    let applets = output(Command::new(&busybox).arg("--list"), "busybox --list")?;
+    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        t.link(&format!("bin/{a}"), "busybox");
+    }
+    // toolstack (call the binaries directly: /usr/sbin/xl in Debian is a
+    // wrapper script that needs more than dom0 has)
+    let bin = unpacked.join("usr/lib/xen-4.17/bin");
+    let mut bins = Vec::new();
+    for tool in XEN_TOOLS {
+        let p = bin.join(tool);
+        t.copy(&format!("usr/lib/xen-4.17/bin/{tool}"), &p, true)?;
+        t.link(&format!("usr/sbin/{tool}"), &format!("../lib/xen-4.17/bin/{tool}"));
+        bins.push(p);
+    }
+    let xs = unpacked.join("usr/bin/xenstore");
+    t.copy("usr/bin/xenstore", &xs, true)?;
+    for c in XENSTORE_CMDS {
+        t.link(&format!("usr/bin/xenstore-{c}"), "xenstore");
+    }
+    bins.push(xs);
+    for lib in libraries(unpacked, &bins)? {
+        let name = lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
+        if name.starts_with("ld-linux") {
+            t.copy(&format!("lib64/{name}"), &lib, true)?;
+        } else {
+            t.copy(&format!("lib/x86_64-linux-gnu/{name}"), &lib, false)?;
+        }
+    }
+    // xl aborts (pthread_cancel) without libgcc_s, which is dlopen()ed.
+    t.copy("lib/x86_64-linux-gnu/libgcc_s.so.1", Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"), false)?;
+    t.file("etc/xen/xl.conf", Vec::new(), false);
+    // kernel modules
+    let modroot = single_prefix(&unpacked.join("lib/modules"), "")?;
+    for m in MODULES {
+        let name = m.rsplit('/').next().unwrap_or(m);
+        t.copy(&format!("modules/{name}.ko"), &modroot.join(format!("kernel/drivers/xen/{m}.ko")), false)?;
+    }
+    // our pieces
+    let tests = root().join("tests/xen");
+    t.copy("init", &tests.join("init.sh"), true)?;
+    t.copy("portcullis/test.sh", &tests.join("dom0-test.sh"), true)?;
+    let guests = root().join("target").join(crate::GUEST_TARGET).join("guest");
+    for g in IMAGES {
+        t.copy(&format!("var/lib/portcullis/{g}"), &guests.join(g), false)?;
+    }
+    for entry in fs::read_dir(root().join("xen")).map_err(|e| e.to_string())? {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|e| e == "cfg") {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            t.copy(&format!("etc/portcullis/xen/{name}"), &p, false)?;
+        }
+    }
+    t.copy("etc/portcullis/xen/hello.cfg", &tests.join("hello.cfg"), false)?;
+    // configuration items, /etc/portcullis/items/<domain>/<item>
+    t.copy("etc/portcullis/items/cryptod/kek", &provisioned.join("cryptod/kek"), false)?;
+    t.copy("etc/portcullis/items/cryptod/sealed-state", &provisioned.join("cryptod/sealed-state"), false)?;
+    let settings = tests.join("settings");
+    if let Ok(dir) = fs::read_dir(&settings) {
+        for entry in dir {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            t.copy(&format!("etc/portcullis/items/{name}/settings"), &p, false)?;
+        }
+    }
+    for dom in ["unlocker", "policy_pd"] {
+        t.copy(&format!("etc/portcullis/items/{dom}/root-pub"), &provisioned.join("root.pub"), false)?;
+    }
+    Ok(t)
+}
+
+/// QEMU 7.x's TCG mishandles SMAP for Xen; Xen then needs `smap=0`.
+fn qemu_needs_smap_off() -> Result<bool, String> {
+    let v = output(Command::new("qemu-system-x86_64").arg("--version"), "qemu-system-x86_64 --version")?;
+    let major = v
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .and_then(|ver| ver.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .ok_or_else(|| format!("cannot parse QEMU version from {v:?}"))?;
+    Ok(major < 8)
+}
+
+/// `cargo xtask boot [--shell] [-- DOM0-ARGS]`: boots the image, returns
+/// Ok only when dom0 reported success.
+pub fn boot(rest: &[String]) -> Result<(), String> {
+    let t0 = Instant::now();
+    crate::ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    let image = xen_image()?;
+    let image_secs = t0.elapsed().as_secs_f64();
+    let mut xen_args = XEN_ARGS.to_string();
+    if qemu_needs_smap_off()? {
+        xen_args.push_str(" smap=0");
+    }
+    let dom0_extra: Vec<&str> = rest.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
+    let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
+    let log_path = work_dir().join("boot.log");
+    let mut log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-no-user-config", "-serial", "stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"])
+        .arg("-kernel")
+        .arg(&image.xen)
+        .arg("-append")
+        .arg(&xen_args)
+        .arg("-initrd")
+        .arg(format!("{} {dom0_args},{}", image.kernel.display(), image.initrd.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    println!("==> boot: qemu-system-x86_64 -accel tcg -cpu max ... (Xen: {xen_args})");
+    let boot_start = Instant::now();
+    let mut child = qemu.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let stderr = child.stderr.take().ok_or("no QEMU stderr")?;
+    let tx2 = tx.clone();
+    std::thread::spawn(move || lines_to(stdout, tx));
+    std::thread::spawn(move || lines_to(stderr, tx2));
+
+    let mut marks: Vec<(String, f64)> = Vec::new();
+    let mut results: Vec<String> = Vec::new();
+    let deadline = boot_start + BOOT_TIMEOUT;
+    let mut timed_out = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(line) => {
+                let t = boot_start.elapsed().as_secs_f64();
+                let stamped = format!("[{t:7.2}] {line}");
+                let _ = writeln!(log, "{stamped}");
+                println!("{stamped}");
+                for (needle, label) in [
+                    ("Xen version", "Xen started"),
+                    ("Scrubbing Free RAM", "Xen hands over to dom0"),
+                    ("dom0-init: start", "dom0 init running"),
+                    ("dom0-init: toolstack up", "toolstack up"),
+                    ("dom0-init: done", "dom0 tests done"),
+                ] {
+                    if line.contains(needle) && !marks.iter().any(|(l, _)| l == label) {
+                        marks.push((label.to_string(), t));
+                    }
+                }
+                if line.contains("RESULT ") || line.contains("TIME ") {
+                    results.push(line.trim().to_string());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| format!("qemu: {e}"))?;
+    let run_secs = boot_start.elapsed().as_secs_f64();
+    println!("\n== stage times (s since QEMU start; image step took {image_secs:.1} s)");
+    for (label, t) in &marks {
+        println!("   {t:7.2}  {label}");
+    }
+    println!("   {run_secs:7.2}  QEMU exited ({status})");
+    println!("== results (from dom0)");
+    for r in &results {
+        println!("   {r}");
+    }
+    println!("== full log: {}", log_path.display());
+    if timed_out {
+        return Err(format!("boot: no verdict within {} s; QEMU killed", BOOT_TIMEOUT.as_secs()));
+    }
+    // isa-debug-exit: QEMU exits with 2*value+1; dom0 writes its test
+    // script's exit code, so 1 means every test passed. Anything else
+    // (including 0: a Xen panic with -no-reboot) is a failure.
+    match status.code() {
+        Some(1) => Ok(()),
+        Some(c) if c % 2 == 1 => Err(format!("dom0 tests failed (exit code {})", c / 2)),
+        other => Err(format!("QEMU exited without a verdict from dom0 ({other:?})")),
+    }
+}
+
+fn lines_to(r: impl std::io::Read, tx: mpsc::Sender<String>) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).replace('\r', "");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
