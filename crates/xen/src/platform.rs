@@ -320,9 +320,11 @@ impl XenPlatform {
         Ok(XenPlatform { domid, name, entropy: HwEntropy::new() })
     }
 
-    /// Where boot configuration items live: `/local/domain/<id>/data/portcullis/<item>`.
+    /// Where boot configuration items live: `/local/domain/<id>/data/portcullis/<key>`,
+    /// the key being the item's name with `.` spelled `-` (xenstored accepts
+    /// only letters, digits and `-/_@` in paths, so `root.pub` is `root-pub`).
     pub fn config_path(&self, item: ConfigItem) -> String {
-        format!("/local/domain/{}/data/portcullis/{}", self.domid.0, item.name())
+        format!("/local/domain/{}/data/portcullis/{}", self.domid.0, store_key(item))
     }
 }
 
@@ -378,7 +380,15 @@ impl Platform for XenPlatform {
         with_store(|s| {
             for id in s.directory(Tx::NONE, "/local/domain")? {
                 let Ok(domid) = id.parse::<u16>() else { continue };
-                if s.read(Tx::NONE, &format!("/local/domain/{domid}/name"))?.as_deref() == Some(name.as_bytes()) {
+                // A domain whose name we may not read (xenstored's default
+                // for another domain's nodes) or that just went away is not
+                // a candidate; it must not hide the others.
+                let found = match s.read(Tx::NONE, &format!("/local/domain/{domid}/name")) {
+                    Ok(v) => v,
+                    Err(XsError::Daemon(Errno::Acces | Errno::NoEnt)) => None,
+                    Err(e) => return Err(e),
+                };
+                if found.as_deref() == Some(name.as_bytes()) {
                     return Ok(Some(DomId(domid)));
                 }
             }
@@ -394,5 +404,24 @@ impl Platform for XenPlatform {
 
     fn shutdown(&mut self, code: u8) -> ! {
         crate::shutdown(code)
+    }
+}
+
+/// The xenstore key of a configuration item: its name with `.` as `-`.
+pub fn store_key(item: ConfigItem) -> String {
+    item.name().replace('.', "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_are_valid_xenstore_names() {
+        let ok = |k: &str| k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
+        for item in [ConfigItem::SealedState, ConfigItem::KeyEncryptionKey, ConfigItem::RootPublicKey, ConfigItem::Settings] {
+            assert!(ok(&store_key(item)), "{}", store_key(item));
+        }
+        assert_eq!(store_key(ConfigItem::RootPublicKey), "root-pub");
     }
 }
