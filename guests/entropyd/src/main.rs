@@ -1,42 +1,12 @@
 //! entropyd guest: a PVH unikernel on Xen (`x86_64-unknown-none`), a Linux
-//! process on the hosted platform. The application is
-//! `portcullis_apps::entropyd`; this file only picks the platform.
-#![cfg_attr(target_os = "none", no_std)]
-#![cfg_attr(target_os = "none", no_main)]
+//! process on the hosted platform; the application is `portcullis_apps::entropyd`.
+#![cfg_attr(target_os = "none", no_std, no_main)]
 #![cfg_attr(not(target_os = "none"), forbid(unsafe_code))]
 
-#[cfg(target_os = "none")]
-mod guest {
-    use portcullis_xen::{println, Boot, XenPlatform};
-
-    portcullis_xen::entry!(main);
-
-    fn main(boot: Boot) -> u8 {
-        let mut p = match XenPlatform::new(&boot) {
-            Ok(p) => p,
-            Err(e) => {
-                println!("entropyd: cannot start: {e}");
-                return 2;
-            }
-        };
-        match portcullis_apps::entropyd::run(&mut p) {
-            Ok(()) => 0,
-            Err(e) => {
-                println!("entropyd: stopped: {e}");
-                1
-            }
-        }
+portcullis_guest::guest!("entropyd", |p| match portcullis_apps::entropyd::run(p) {
+    Ok(()) => 0,
+    Err(e) => {
+        portcullis_apps::say!(p, "entropyd: stopped: {e}");
+        1
     }
-}
-
-#[cfg(not(target_os = "none"))]
-fn main() {
-    let mut p = portcullis_hosted::HostedPlatform::from_env().unwrap_or_else(|e| {
-        eprintln!("entropyd: cannot start: {e}");
-        std::process::exit(2)
-    });
-    if let Err(e) = portcullis_apps::entropyd::run(&mut p) {
-        eprintln!("entropyd: stopped: {e}");
-        std::process::exit(1);
-    }
-}
+});

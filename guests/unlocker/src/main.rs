@@ -1,53 +1,18 @@
 //! unlocker guest: a PVH unikernel on Xen (`x86_64-unknown-none`), a Linux
-//! process on the hosted platform. The application is
-//! `portcullis_apps::unlocker`; this file only picks the platform.
-#![cfg_attr(target_os = "none", no_std)]
-#![cfg_attr(target_os = "none", no_main)]
+//! process on the hosted platform; the application is `portcullis_apps::unlocker`.
+#![cfg_attr(target_os = "none", no_std, no_main)]
 #![cfg_attr(not(target_os = "none"), forbid(unsafe_code))]
 
-#[cfg(target_os = "none")]
-mod guest {
-    use portcullis_xen::{println, Boot, XenPlatform};
+use portcullis_apps::unlocker::Outcome;
 
-    portcullis_xen::entry!(main);
-
-    fn main(boot: Boot) -> u8 {
-        let mut p = match XenPlatform::new(&boot) {
-            Ok(p) => p,
-            Err(e) => {
-                println!("unlocker: cannot start: {e}");
-                return 2;
-            }
-        };
-        match portcullis_apps::unlocker::run(&mut p) {
-            Ok(portcullis_apps::unlocker::Outcome::Unlocked) => 0,
-            Ok(portcullis_apps::unlocker::Outcome::GaveUp) => {
-                println!("unlocker: giving up");
-                3
-            }
-            Err(e) => {
-                println!("unlocker: stopped: {e}");
-                1
-            }
-        }
+portcullis_guest::guest!("unlocker", |p| match portcullis_apps::unlocker::run(p) {
+    Ok(Outcome::Unlocked) => 0,
+    Ok(Outcome::GaveUp) => {
+        portcullis_apps::say!(p, "unlocker: giving up");
+        3
     }
-}
-
-#[cfg(not(target_os = "none"))]
-fn main() {
-    let mut p = portcullis_hosted::HostedPlatform::from_env().unwrap_or_else(|e| {
-        eprintln!("unlocker: cannot start: {e}");
-        std::process::exit(2)
-    });
-    match portcullis_apps::unlocker::run(&mut p) {
-        Ok(portcullis_apps::unlocker::Outcome::Unlocked) => {}
-        Ok(portcullis_apps::unlocker::Outcome::GaveUp) => {
-            println!("unlocker: giving up");
-            std::process::exit(3);
-        }
-        Err(e) => {
-            eprintln!("unlocker: stopped: {e}");
-            std::process::exit(1);
-        }
+    Err(e) => {
+        portcullis_apps::say!(p, "unlocker: stopped: {e}");
+        1
     }
-}
+});
