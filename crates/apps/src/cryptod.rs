@@ -68,6 +68,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     let mut acked: Option<u64> = None; // highest audit seq the collector acknowledged
     let mut outbox_empty = true;
     let mut ready = false;
+    let mut persist_warned = false;
     let mut last_tick = 0u64;
     loop {
         let now = p.now_unix();
@@ -96,8 +97,12 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             ready = true;
             say!(p, "cryptod: ready");
         }
+        let mut dirty = false;
         for c in clients.iter_mut() {
-            changed |= serve_client(p, &mut auth, c, now)?;
+            changed |= serve_client(p, &mut auth, c, now, &mut dirty)?;
+        }
+        if dirty {
+            persist(p, &mut auth, &kek, &mut persist_warned);
         }
         if now != last_tick {
             last_tick = now;
@@ -128,6 +133,7 @@ fn serve_client<P: Platform>(
     auth: &mut Authority,
     c: &mut Client<P::Backend>,
     now: u64,
+    dirty: &mut bool,
 ) -> Result<bool, AppError> {
     let mut audited = false;
     if !c.link.is_open() {
@@ -141,6 +147,7 @@ fn serve_client<P: Platform>(
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                 let out: Output = auth.handle(&c.peer, &msg, now, &hw[..]);
                 audited |= !out.audit.is_empty();
+                *dirty |= out.state_changed;
                 out.response
             }
             Err(LinkError::Decode(e)) => Some(Message::Error(ErrorMsg {
@@ -162,6 +169,22 @@ fn serve_client<P: Platform>(
     }
     let _ = c.link.pump();
     Ok(audited)
+}
+
+/// Reseals the state (the operators' last accepted TOTP steps) and hands it
+/// to the platform for the next boot, so a code stays refused after a
+/// restart. Where the platform cannot persist, cryptod says so once.
+fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned: &mut bool) {
+    let result = auth
+        .export(kek)
+        .map_err(|e| alloc::format!("{e}"))
+        .and_then(|sealed| p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}")));
+    if let Err(e) = result {
+        if !*warned {
+            say!(p, "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart");
+            *warned = true;
+        }
+    }
 }
 
 fn record_seq(msg: &Message) -> Option<u64> {

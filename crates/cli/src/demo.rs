@@ -449,25 +449,28 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         }
     }
 
+    if args.scenario == Scenario::Full {
+        // cryptod dies hard and restarts from the state it resealed: the code
+        // it accepted must stay refused.
+        // Records not yet shipped when cryptod dies are lost with it (its
+        // outbox is memory), so let it ship everything first.
+        settle(&cryptod, &collector, demo.step)?;
+        println!("== killing cryptod with SIGKILL and starting it again");
+        demo.reap(&mut cryptod);
+        cryptod = demo.guest("cryptod")?;
+        cryptod.wait_for("cryptod: ready", 0, demo.step)?;
+        let mut third = demo.guest("unlocker")?;
+        third.wait_for("unlocker: ready", 0, demo.step)?;
+        let n = third.count();
+        third.type_line(&code)?;
+        let (_, _, l) = third.wait_any(&["refused:", "unlocked"], n, demo.step)?;
+        checks.push(("after a cryptod restart the used code is still refused as replay".into(), l.contains("refused: replay")));
+        demo.reap(&mut third);
+    }
+
     // 6. Audit: once cryptod's outbox is empty and the collector has stored
     // the last acknowledged record, stop everything and verify the log.
-    let deadline = Instant::now() + demo.step;
-    let mut previous = None;
-    let acked = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let a = last_number(&cryptod, "audit outbox empty");
-        let stored = last_number(&collector, "stored seq");
-        let now = (a, stored);
-        if a.is_some() && a == stored && previous == Some(now) {
-            break a;
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::Invalid(format!(
-                "audit did not settle: cryptod acknowledged {a:?}, collector stored {stored:?}"
-            )));
-        }
-        previous = Some(now);
-    };
+    let acked = settle(&cryptod, &collector, demo.step)?;
     for p in [&mut policy, &mut cryptod, &mut entropyd, &mut agent, &mut collector] {
         p.kill();
     }
@@ -496,6 +499,28 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     println!("demo: {} passed, 0 failed", checks.len());
     Ok(())
+}
+
+/// Waits until cryptod reports its audit outbox empty and the collector has
+/// stored that same last acknowledged seq; returns it.
+fn settle(cryptod: &Proc, collector: &Proc, timeout: Duration) -> Result<Option<u64>, Failure> {
+    let deadline = Instant::now() + timeout;
+    let mut previous = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let acked = last_number(cryptod, "audit outbox empty");
+        let stored = last_number(collector, "stored seq");
+        let now = (acked, stored);
+        if acked.is_some() && acked == stored && previous == Some(now) {
+            return Ok(acked);
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Invalid(format!(
+                "audit did not settle: cryptod acknowledged {acked:?}, collector stored {stored:?}"
+            )));
+        }
+        previous = Some(now);
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

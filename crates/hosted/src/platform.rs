@@ -196,6 +196,20 @@ impl Platform for HostedPlatform {
         read_bounded(&self.config_path(item), buf)
     }
 
+    fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
+        let path = self.config_path(item);
+        let dir = path.parent().ok_or(PlatformError::Io)?;
+        let tmp = dir.join(format!(".{}.persist", item.name()));
+        let write = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|_| PlatformError::Io)
+    }
+
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         self.world
             .resolve(name)

@@ -35,6 +35,8 @@ pub enum PlatformError {
     UnknownDomain,
     /// The store or another platform service failed.
     Io,
+    /// This platform does not offer the service.
+    Unsupported,
 }
 
 impl fmt::Display for PlatformError {
@@ -47,6 +49,7 @@ impl fmt::Display for PlatformError {
             PlatformError::BadConfig => "boot configuration item unreadable",
             PlatformError::UnknownDomain => "unknown domain name",
             PlatformError::Io => "platform I/O failed",
+            PlatformError::Unsupported => "not supported on this platform",
         })
     }
 }
@@ -120,6 +123,15 @@ pub trait Platform {
 
     /// Copies a boot-time configuration item into `buf`, returning its length.
     fn config(&mut self, item: ConfigItem, buf: &mut [u8]) -> Result<usize, PlatformError>;
+
+    /// Replaces a boot-time configuration item for the next boot (cryptod's
+    /// resealed state: replay steps survive a restart). The write is atomic:
+    /// after a crash the item is the old or the new value, never a mix.
+    /// Platforms without durable storage return [`PlatformError::Unsupported`].
+    fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
+        let _ = (item, bytes);
+        Err(PlatformError::Unsupported)
+    }
 
     /// Resolves a domain name to its id (from the store's
     /// `/local/domain/<id>/name`, which only the toolstack can write).
