@@ -559,7 +559,8 @@ pub fn boot(rest: &[String]) -> Result<(), String> {
                 println!("{stamped}");
                 for (needle, label) in [
                     ("Xen version", "Xen started"),
-                    ("Scrubbing Free RAM", "Xen hands over to dom0"),
+                    ("*** Building a PV Dom0", "Xen builds dom0"),
+                    ("kB init memory", "Xen hands over to dom0 (Linux boots)"),
                     ("dom0-init: start", "dom0 init running"),
                     ("dom0-init: toolstack up", "toolstack up"),
                     ("dom0-init: done", "dom0 tests done"),
