@@ -1,8 +1,12 @@
-//! A framed, typed message link over one vchan endpoint.
+//! A framed, typed message link over one byte stream.
 //!
 //! Frames are the vchan crate's length-prefixed frames; each frame is one
 //! protocol envelope. Outgoing messages wait in a small bounded queue while
-//! the ring is full, so a slow peer never blocks the guest's main loop.
+//! the stream is full, so a slow peer never blocks the guest's main loop.
+//!
+//! Guests use [`Link`], a [`Framed`] over a vchan endpoint. Any other
+//! [`Channel`] (on the host: a UNIX socket to Xen's `vchan-socket-proxy`)
+//! carries the same frames through the same code.
 
 use alloc::collections::VecDeque;
 use alloc::vec;
@@ -11,7 +15,7 @@ use core::fmt;
 use core::time::Duration;
 
 use portcullis_proto::envelope::{DecodeError, Message, MAX_MESSAGE_LEN};
-use portcullis_vchan::{Backend, FrameError, FrameReader, FrameWriter, Port, Vchan, VchanError};
+use portcullis_vchan::{Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError};
 
 /// Most messages queued for sending on one link.
 pub const MAX_QUEUED: usize = 64;
@@ -58,18 +62,35 @@ impl From<VchanError> for LinkError {
     }
 }
 
-/// A vchan endpoint with framing and message encoding.
-pub struct Link<B: Backend> {
-    chan: Vchan<B>,
+/// A byte stream a [`Framed`] link runs over: frames in and out, plus a
+/// bounded wait for the peer.
+pub trait Channel: Transport {
+    /// Waits until the peer may have sent data or made room, or `timeout`
+    /// passes ([`VchanError::Timeout`]).
+    fn wait(&mut self, timeout: Duration) -> Result<(), VchanError>;
+}
+
+impl<B: Backend> Channel for Vchan<B> {
+    fn wait(&mut self, timeout: Duration) -> Result<(), VchanError> {
+        Vchan::wait(self, Some(timeout))
+    }
+}
+
+/// A channel with framing and message encoding.
+pub struct Framed<C: Channel> {
+    chan: C,
     rx: FrameReader<Vec<u8>>,
     tx: FrameWriter<Vec<u8>>,
     queue: VecDeque<Vec<u8>>,
 }
 
-impl<B: Backend> Link<B> {
-    /// Wraps a connected (or, for a server, listening) vchan.
-    pub fn new(chan: Vchan<B>) -> Self {
-        Link {
+/// A vchan endpoint with framing and message encoding (what guests use).
+pub type Link<B> = Framed<Vchan<B>>;
+
+impl<C: Channel> Framed<C> {
+    /// Wraps a connected (or, for a vchan server, listening) channel.
+    pub fn new(chan: C) -> Self {
+        Framed {
             chan,
             rx: FrameReader::new(vec![0; MAX_MESSAGE_LEN]),
             tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN]),
@@ -77,6 +98,13 @@ impl<B: Backend> Link<B> {
         }
     }
 
+    /// The underlying channel.
+    pub fn channel(&mut self) -> &mut C {
+        &mut self.chan
+    }
+}
+
+impl<B: Backend> Framed<Vchan<B>> {
     /// The vchan endpoint.
     pub fn chan(&mut self) -> &mut Vchan<B> {
         &mut self.chan
@@ -101,7 +129,9 @@ impl<B: Backend> Link<B> {
         self.queue.clear();
         Ok(())
     }
+}
 
+impl<C: Channel> Framed<C> {
     /// Receives one message if a whole frame has arrived.
     pub fn poll(&mut self) -> Result<Option<Message>, LinkError> {
         match self.rx.poll(&mut self.chan)? {
@@ -142,7 +172,7 @@ impl<B: Backend> Link<B> {
     pub fn send_blocking(&mut self, msg: &Message, timeout: Duration) -> Result<(), LinkError> {
         self.send(msg)?;
         while self.has_queued() {
-            self.chan.wait(Some(timeout))?;
+            self.chan.wait(timeout)?;
             self.pump()?;
         }
         Ok(())
@@ -154,7 +184,7 @@ impl<B: Backend> Link<B> {
             if let Some(m) = self.poll()? {
                 return Ok(m);
             }
-            self.chan.wait(Some(timeout))?;
+            self.chan.wait(timeout)?;
         }
     }
 

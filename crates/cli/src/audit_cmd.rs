@@ -7,10 +7,10 @@
 //! record cryptod dropped from its outbox is always on disk; a record cut off
 //! by a crash was never acknowledged and is sent again.
 
-use crate::{keyfile, Failure};
+use crate::{keyfile, socket, Failure};
 use clap::{Args, Subcommand};
 use portcullis_apps::common::{port, resolve_dom};
-use portcullis_apps::link::LinkError;
+use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::connect;
 use portcullis_authority::audit::{verify_chain, ChainErrorKind};
 use portcullis_hosted::{HostedPlatform, World};
@@ -46,8 +46,12 @@ pub enum AuditCmd {
 #[derive(Args)]
 pub struct CollectArgs {
     /// The hosted world directory (from the launcher).
+    #[arg(long, required_unless_present = "socket", conflicts_with = "socket")]
+    world: Option<PathBuf>,
+    /// Connect to this UNIX socket instead of a hosted world: under Xen,
+    /// `vchan-socket-proxy` in client mode relaying cryptod's audit vchan.
     #[arg(long)]
-    world: PathBuf,
+    socket: Option<PathBuf>,
     /// This collector's domain name in the world.
     #[arg(long, default_value = "collector")]
     domain: String,
@@ -146,14 +150,25 @@ fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
 
 /// Runs the collector until killed.
 pub fn collect(args: CollectArgs) -> Result<(), Failure> {
-    let world = World::open(&args.world).map_err(|e| format!("world {}: {e}", args.world.display()))?;
+    let (mut file, mut last) = open_log(&args.out)?;
+    println!("audit-collect: {} chain(s) on disk; collecting into {}", last.len(), args.out.display());
+    if let Some(path) = &args.socket {
+        loop {
+            // The proxy accepts, then connects to cryptod's vchan; each
+            // socket connection is one vchan connection.
+            let Ok(mut link) = socket::connect(path, Duration::from_secs(5)) else { continue };
+            println!("audit-collect: connected to {}", path.display());
+            serve_link(&mut link, &mut file, &mut last, &args.out)?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let world_dir = args.world.as_ref().ok_or("--world or --socket is required")?;
+    let world = World::open(world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
     let dom = world
         .resolve(&args.domain)
         .map_err(|e| format!("world: {e}"))?
         .ok_or_else(|| format!("no domain {:?} in the world", args.domain))?;
     let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("platform: {e}"))?;
-    let (mut file, mut last) = open_log(&args.out)?;
-    println!("audit-collect: {} chain(s) on disk; collecting into {}", last.len(), args.out.display());
     let cryptod = resolve_dom(&mut p, &args.cryptod).map_err(|e| e.to_string())?;
     loop {
         let mut link = match connect(&mut p, cryptod, port::AUDIT, Duration::from_secs(5)) {
@@ -161,59 +176,64 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             Err(_) => continue, // cryptod not (yet, or again) there: keep waiting
         };
         println!("audit-collect: connected to {}", args.cryptod);
-        loop {
-            let first = match link.recv_blocking(Duration::from_millis(500)) {
-                Ok(m) => m,
-                Err(LinkError::Timeout) => continue,
-                Err(e) => {
-                    println!("audit-collect: link: {e}; reconnecting");
-                    break;
-                }
+        serve_link(&mut link, &mut file, &mut last, &args.out)?;
+    }
+}
+
+/// Stores and acknowledges records from one connection until it breaks.
+fn serve_link<C: Channel>(
+    link: &mut Framed<C>,
+    file: &mut File,
+    last: &mut HashMap<[u8; 16], u64>,
+    out: &Path,
+) -> Result<(), Failure> {
+    loop {
+        let first = match link.recv_blocking(Duration::from_millis(500)) {
+            Ok(m) => m,
+            Err(LinkError::Timeout) => continue,
+            Err(e) => {
+                println!("audit-collect: link: {e}; reconnecting");
+                return Ok(());
+            }
+        };
+        // Group commit: take everything already waiting, write it, one
+        // fsync, then acknowledge the highest seq of each chain.
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match link.poll() {
+                Ok(Some(m)) => batch.push(m),
+                _ => break,
+            }
+        }
+        let mut acks: Vec<([u8; 16], u64)> = Vec::new();
+        let mut buf = Vec::new();
+        for msg in batch {
+            let Message::AuditLog(log) = msg else { continue };
+            let Some((chain, seq)) = chain_and_seq(&log.record) else {
+                println!("audit-collect: ignoring an unreadable record");
+                continue;
             };
-            // Group commit: take everything already waiting, write it, one
-            // fsync, then acknowledge the highest seq of each chain.
-            let mut batch = vec![first];
-            while batch.len() < 256 {
-                match link.poll() {
-                    Ok(Some(m)) => batch.push(m),
-                    _ => break,
-                }
+            if last.get(&chain).is_none_or(|&l| seq > l) {
+                buf.extend_from_slice(&bstr_header(log.record.len()));
+                buf.extend_from_slice(&log.record);
+                last.insert(chain, seq);
             }
-            let mut acks: Vec<([u8; 16], u64)> = Vec::new();
-            let mut buf = Vec::new();
-            for msg in batch {
-                let Message::AuditLog(log) = msg else { continue };
-                let Some((chain, seq)) = chain_and_seq(&log.record) else {
-                    println!("audit-collect: ignoring an unreadable record");
-                    continue;
-                };
-                if last.get(&chain).is_none_or(|&l| seq > l) {
-                    buf.extend_from_slice(&bstr_header(log.record.len()));
-                    buf.extend_from_slice(&log.record);
-                    last.insert(chain, seq);
-                }
-                match acks.iter_mut().find(|(c, _)| *c == chain) {
-                    Some(a) => a.1 = a.1.max(seq),
-                    None => acks.push((chain, seq)),
-                }
+            match acks.iter_mut().find(|(c, _)| *c == chain) {
+                Some(a) => a.1 = a.1.max(seq),
+                None => acks.push((chain, seq)),
             }
-            if !buf.is_empty() {
-                file.write_all(&buf)
-                    .and_then(|()| file.sync_data())
-                    .map_err(|e| format!("{}: {e}", args.out.display()))?;
-            }
-            let mut broken = false;
-            for (chain_id, seq) in acks {
-                println!("audit-collect: stored seq {seq}");
-                let ack = Message::AuditAck(AuditAck { chain_id, seq });
-                if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
-                    println!("audit-collect: ack: {e}; reconnecting");
-                    broken = true;
-                    break;
-                }
-            }
-            if broken {
-                break;
+        }
+        if !buf.is_empty() {
+            file.write_all(&buf)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        for (chain_id, seq) in acks {
+            println!("audit-collect: stored seq {seq}");
+            let ack = Message::AuditAck(AuditAck { chain_id, seq });
+            if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
+                println!("audit-collect: ack: {e}; reconnecting");
+                return Ok(());
             }
         }
     }

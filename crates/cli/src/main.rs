@@ -8,7 +8,9 @@ mod audit_cmd;
 mod demo;
 mod keyfile;
 mod provision;
+mod socket;
 mod token_cmd;
+mod vchan_call;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ enum Command {
     AuditCollect(audit_cmd::CollectArgs),
     /// The dom0 unlock agent: verify the unlock token, then cryptsetup.
     UnlockAgent(agent::AgentArgs),
+    /// Send one request to cryptod through a UNIX socket (Xen's
+    /// vchan-socket-proxy) and verify the root-signed answer.
+    VchanCall(vchan_call::CallArgs),
     /// Run the whole system on the hosted platform, end to end.
     Demo(demo::DemoArgs),
 }
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),
         Command::UnlockAgent(args) => agent::run(args),
+        Command::VchanCall(args) => vchan_call::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {
