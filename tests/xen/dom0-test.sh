@@ -98,27 +98,181 @@ fi
 # 2. The suite: all created paused first, so every name resolves; then
 #    started in dependency order.
 [ -n "$PORTCULLIS_ONLY_HELLO" ] && exit $failed
-for g in entropyd cryptod policy_pd; do create $g; done
+SUITE="entropyd cryptod policy_pd unlocker"
+echo "STAGE suite: xl create -p"
+for g in $SUITE; do create $g; done
 # Names: by default a domU may neither list /local/domain nor read another
 # domain's name; the platform resolves names there, so the toolstack makes
 # both readable (PORTCULLIS_NAME_PERMS=0 on the kernel command line skips
 # this, to show the failure).
-if [ "${PORTCULLIS_NAME_PERMS:-1}" = 1 ]; then
+name_perms() {
+    [ "${PORTCULLIS_NAME_PERMS:-1}" = 1 ] || return 0
     xenstore-chmod /local/domain r0
-    for g in entropyd cryptod policy_pd; do
+    for g in "$@"; do
         id=$(xl domid $g 2>/dev/null) && xenstore-chmod /local/domain/$id/name r0
     done
-fi
+}
+name_perms $SUITE
 xl list
+CRYPTOD=$(xl domid cryptod)
+UNLOCKER=$(xl domid unlocker)
 
+# dom0's side of the vchans is Xen's own libxenvchan, through
+# vchan-socket-proxy; our `portcullis` tool talks to the proxy's socket.
+ROOT=/etc/portcullis/root.pub
+RUN=/run/portcullis
+VOL=/var/lib/portcullis/data.luks
+AUDIT=/var/lib/portcullis/audit.log
+mkdir -p $RUN /run/cryptsetup
+export DM_DISABLE_UDEV=1   # no udev in this dom0: libdevmapper makes the nodes
+# proxy CLIENT-OR-SERVER DOMID PORT-PATH SOCKET NAME: runs one
+# vchan-socket-proxy in the background, its stderr in $RUN/proxy-NAME.err.
+proxy() {
+    vchan-socket-proxy --mode=$1 "$2" "$3" "$4" 2> "$RUN/proxy-$5.err" &
+    echo "dom0: vchan-socket-proxy --mode=$1 $2 $3 $4 (pid $!)"
+}
+# wait_file FILE TEXT SECONDS [COUNT]: waits for COUNT (default 1) lines
+# holding TEXT in FILE.
+wait_file() {
+    n=0
+    while [ $n -lt $(($3 * 10)) ]; do
+        [ "$(grep -cF "$2" "$1" 2>/dev/null)" -ge "${4:-1}" ] && return 0
+        sleep 0.1
+        n=$((n + 1))
+    done
+    echo "dom0: no \"$2\" (x${4:-1}) in $1"
+    return 1
+}
+
+# The audit collector, a libxenvchan client of cryptod's audit port.
+proxy client $CRYPTOD /local/domain/$CRYPTOD/data/vchan/0/9005 $RUN/audit.sock audit
+portcullis audit-collect --socket $RUN/audit.sock --out $AUDIT > $RUN/collector.log 2>&1 &
+COLLECTOR=$!
+
+echo "STAGE suite: xl unpause"
 start entropyd && wait_line entropyd "entropyd: ready" 30 \
     && result entropyd PASS "(ready)" || result entropyd FAIL ""
 start cryptod && wait_line cryptod "cryptod: ready" 60 \
     && result cryptod PASS "(ready: seeded by entropyd over vchan)" || result cryptod FAIL ""
 start policy_pd && wait_line policy_pd "policy_pd: applied rule" 60 \
     && result policy_pd PASS "(applied a rule with a token from cryptod)" || result policy_pd FAIL ""
+
+# 3. dom0 as a libxenvchan CLIENT of cryptod (port 9001): a real keyset_req,
+#    the answer checked against root.pub.
+echo "STAGE vchan interop: dom0 client of cryptod"
+proxy client $CRYPTOD /local/domain/$CRYPTOD/data/vchan/0/9001 $RUN/cryptod.sock cryptod
+t=$(up)
+for req in keyset revocations; do
+    if portcullis vchan-call --socket $RUN/cryptod.sock --root $ROOT --request $req > $RUN/call-$req.out 2>&1; then
+        echo "TIME vchan-call $req: $(since "$t") s"
+        result "vchan-$req" PASS "($(cat $RUN/call-$req.out))"
+    else
+        result "vchan-$req" FAIL "($(cat $RUN/call-$req.out))"
+    fi
+    t=$(up)
+done
+sleep 0.5   # cryptod notices the proxy left and listens again
+
+# 4. The unlock: the agent in dom0 behind a proxy that is the libxenvchan
+#    SERVER for the unlocker (port 9003); the operator's codes, made by
+#    oathtool from the provisioned secret, typed into the unlocker's console.
+echo "STAGE unlock: agent and unlocker"
+portcullis unlock-agent --socket $RUN/agent.sock --cryptod-socket $RUN/cryptod.sock \
+    --root $ROOT --volume data=$VOL > $RUN/agent.log 2>&1 &
+wait_file $RUN/agent.log "unlock-agent: ready" 30 || cat $RUN/agent.log
+proxy server $UNLOCKER /local/domain/0/data/vchan/$UNLOCKER/9003 $RUN/agent.sock agent
+ULOG=$LOGS/guest-unlocker.log
+TTY=$(xenstore-read /local/domain/$UNLOCKER/console/tty)
+SECRET=$(sed -n 's/.*[?&]secret=\([A-Z2-7]*\).*/\1/p' /etc/portcullis/operator.otpauth)
+echo "dom0: unlocker console is $TTY"
+# type N CODE: waits for the N-th prompt, then types CODE and Enter on the
+# unlocker's console pty (what `xl console unlocker` would send).
+type_code() {
+    wait_file "$ULOG" "TOTP code for operator:" 30 "$1" || return 1
+    printf '%s\r' "$2" > "$TTY"
+}
+start unlocker
+wait_line unlocker "unlocker: ready" 60 || result unlocker FAIL "(not ready)"
+code=$(oathtool --totp -b "$SECRET")
+wrong=$(echo "$code" | awk '{ printf "%06d", ($1 + 1) % 1000000 }')
+# a) a wrong code: cryptod refuses it
+type_code 1 "$wrong" && wait_file "$ULOG" "unlocker: refused" 30 \
+    && result unlock-wrong-code PASS "($(grep "unlocker: refused" "$ULOG" | head -1))" \
+    || result unlock-wrong-code FAIL ""
+# b) the right code while the volume is not yet in place: cryptod accepts,
+#    the unlock request crosses libxenvchan into dom0, the agent's
+#    cryptsetup fails and says so back over the same path
+t=$(up)
+if type_code 2 "$code" && wait_file "$ULOG" "unlocker: agent refused" 45; then
+    result vchan-agent PASS "(unlock_request/unlock_result across vchan-socket-proxy: $(grep "unlocker: agent refused" "$ULOG" | cut -c1-90))"
+else
+    result vchan-agent FAIL ""
+    show_log unlocker
+    echo "--- agent:"; cat $RUN/agent.log
+    echo "--- proxy (server for the unlocker):"; cat $RUN/proxy-agent.err
+    xenstore-ls -p /local/domain/0/data
+    xenstore-read /local/domain/0/domid
+fi
+echo "TIME unlock attempt with the agent: $(since "$t") s"
+gunzip -c $VOL.gz > $VOL
+# c) the same code again: a replay, refused by cryptod
+type_code 3 "$code" && wait_file "$ULOG" "unlocker: refused" 30 2 \
+    && grep "unlocker: refused" "$ULOG" | tail -1 | grep -q replay \
+    && result unlock-replay PASS "($(grep "unlocker: refused" "$ULOG" | tail -1))" \
+    || result unlock-replay FAIL "($(grep "unlocker: refused" "$ULOG" | tail -1))"
+# d) the next step's code: the volume opens for real
+next=$(oathtool --totp -b -N "now + 30 seconds" "$SECRET")
+t=$(up)
+if type_code 4 "$next" && wait_file "$ULOG" "unlocker: volume data unlocked" 60 \
+    && [ -b /dev/mapper/portcullis-data ] && cryptsetup status portcullis-data > $RUN/status 2>&1; then
+    echo "TIME unlock (code typed to unlocked): $(since "$t") s"
+    result unlock PASS "(cryptsetup open: $(grep -E 'type|cipher' $RUN/status | tr -s ' ' | tr '\n' ' '))"
+else
+    result unlock FAIL "($(tail -3 $RUN/agent.log | tr '\n' ' '))"
+fi
+if grep -qF -e "$code" -e "$next" -e "$wrong" "$ULOG"; then
+    result unlocker-no-echo FAIL "(a typed code appears on the console)"
+else
+    result unlocker-no-echo PASS "(no typed code on the console)"
+fi
+echo "--- unlock agent:"; sed 's/^/    | /' $RUN/agent.log
+
+# 5. A client destroyed mid-flow and created again: it gets a new domain
+#    id, so cryptod must serve the new id (its name resolves afresh).
+echo "STAGE failure: xl destroy policy_pd, xl create again"
+old_id=$(xl domid policy_pd 2>/dev/null)
+xl destroy policy_pd
 sleep 1
-for g in entropyd cryptod policy_pd; do show_log $g; done
+mv "$LOGS/guest-policy_pd.log" "$LOGS/guest-policy_pd.1.log" 2>/dev/null
+if create policy_pd; then
+    name_perms policy_pd
+    start policy_pd
+    if wait_line policy_pd "policy_pd: applied rule" 30; then
+        result policy_pd-recreated PASS "(dom$old_id destroyed; as dom$(xl domid policy_pd) it got a fresh token and applied its rule)"
+    else
+        result policy_pd-recreated FAIL "(dom$old_id destroyed; recreated as dom$(xl domid policy_pd 2>/dev/null))"
+    fi
+fi
+xl list cryptod > /dev/null 2>&1 && xl list cryptod | awk 'NR == 2 { exit ($5 ~ /[cs]/) }' \
+    && result cryptod-survives PASS "(still running after a client was destroyed)" \
+    || result cryptod-survives FAIL "($(tail -2 "$LOGS/guest-cryptod.log" | tr '\r\n' '  '))"
+
+# 6. The audit trail, collected in dom0 over vchan, verified in dom0.
+echo "STAGE audit: verify in dom0"
+wait_line cryptod "audit outbox empty; collector acknowledged" 30
+acked=$(grep "collector acknowledged seq" "$LOGS/guest-cryptod.log" | tail -1 | tr -d '\r' | sed 's/.*seq //')
+sleep 0.5
+if portcullis audit verify --root $ROOT ${acked:+--expect-last $acked} $AUDIT > $RUN/verify.out 2>&1; then
+    result audit PASS "($(tail -1 $RUN/verify.out); acknowledged up to seq $acked)"
+else
+    result audit FAIL "($(cat $RUN/verify.out))"
+fi
+cat $RUN/verify.out
+echo "--- collector:"; tail -5 $RUN/collector.log | sed 's/^/    | /'
+
+echo "STAGE checks done"
+for g in $SUITE; do show_log $g; done
+for f in $RUN/proxy-*.err; do [ -s "$f" ] && { echo "--- $f:"; cat "$f"; }; done
 xl list
 echo "--- xl dmesg (guest lines):"
 xl dmesg | grep -E '\(d[1-9]' | tail -40

@@ -15,7 +15,8 @@ mount -t tmpfs run /run
 mount -t tmpfs varrun /var/run
 mkdir -p /var/run/xen /var/run/xenstored
 echo "dom0-init: start at $(up) s"
-for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs; do
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs \
+         loop dm-mod dm-crypt ecb xts af_alg algif_skcipher; do
     insmod /modules/$m.ko || echo "dom0-init: insmod $m failed"
 done
 mount -t xenfs xenfs /proc/xen

@@ -39,14 +39,44 @@ const PACKAGES: &[&str] = &[
     "libxenhypfs1",
     "libyajl2",
     "busybox-static",
+    // dom0's unlock: cryptsetup (dm-crypt) and the operator's code generator
+    "cryptsetup-bin",
+    "libcryptsetup12",
+    "libdevmapper1.02.1",
+    "libargon2-1",
+    "libjson-c5",
+    "libpopt0",
+    "oathtool",
+    "liboath0",
 ];
 
 /// Toolstack programs copied into dom0 (from `/usr/lib/xen-4.17/bin`).
-const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole"];
+const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "vchan-socket-proxy"];
+/// Other programs copied into dom0, from the unpacked packages.
+const DOM0_PROGRAMS: &[&str] = &["sbin/cryptsetup", "usr/bin/oathtool"];
 /// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
 const XENSTORE_CMDS: &[&str] = &["read", "write", "ls", "list", "rm", "exists", "chmod", "watch"];
-/// Kernel modules the toolstack needs, under `kernel/drivers/xen/`.
-const MODULES: &[&str] = &["xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs/xenfs"];
+/// Kernel modules, under the kernel's `kernel/` directory: the toolstack's,
+/// then loop devices and dm-crypt for `cryptsetup open` (with AES-XTS and
+/// the kernel crypto API that cryptsetup uses for key slots).
+const MODULES: &[&str] = &[
+    "drivers/xen/xen-evtchn",
+    "drivers/xen/xen-gntdev",
+    "drivers/xen/xen-gntalloc",
+    "drivers/xen/xen-privcmd",
+    "drivers/xen/xenfs/xenfs",
+    "drivers/block/loop",
+    "drivers/md/dm-mod",
+    "drivers/md/dm-crypt",
+    "crypto/ecb",
+    "crypto/xts",
+    "crypto/af_alg",
+    "crypto/algif_skcipher",
+];
+/// The LUKS volume made at provisioning (unlocked in dom0 under `boot`).
+const VOLUME: &str = "data.luks";
+/// Its size, MiB (LUKS2's header alone takes 16).
+const VOLUME_MIB: &str = "20";
 /// Guests installed at `/var/lib/portcullis/<name>` (as `xen/*.cfg` expect).
 const IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello"];
 
@@ -54,7 +84,7 @@ const IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello
 const XEN_ARGS: &str = "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=1 \
                         bootscrub=0 loglvl=all guest_loglvl=all";
 /// Wall-clock limit of one `boot` run.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The boot files made by `xen-image`.
 pub struct Image {
@@ -111,6 +141,12 @@ pub fn xen_image() -> Result<Image, String> {
 
     step("provisioning (portcullis provision, on the host)");
     let provisioned = provision(&work)?;
+
+    step("dom0 tools (portcullis, release build)");
+    run(
+        "build portcullis CLI (release)",
+        crate::cargo().args(["build", "--release", "-p", "portcullis-cli", "--bin", "portcullis"]),
+    )?;
 
     step("Debian packages");
     let debs = download(&work)?;
@@ -189,22 +225,27 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
     let out = work.join("provisioned");
-    if out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() {
+    if out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() && out.join(VOLUME).exists() {
         println!("    cached: {}", out.display());
         return Ok(out);
     }
+    crate::ensure_tools(&[("cryptsetup", "cryptsetup-bin")])?;
     run(
         "build portcullis CLI",
         crate::cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
     )?;
     let _ = fs::remove_dir_all(&out);
+    let _ = fs::remove_file(work.join(VOLUME));
     run(
         "portcullis provision",
         Command::new(root().join("target/debug/portcullis"))
-            .args(["provision", "--no-qr", "--save-otpauth", "--out"])
+            .args(["provision", "--no-qr", "--save-otpauth", "--luks-size-mib", VOLUME_MIB, "--luks-format"])
+            .arg(work.join(VOLUME))
+            .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
     )?;
+    fs::rename(work.join(VOLUME), out.join(VOLUME)).map_err(|e| format!("{VOLUME}: {e}"))?;
     Ok(out)
 }
 
@@ -386,7 +427,14 @@ fn libraries(unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> 
     let mut libs = Vec::new();
     for b in bins {
         let text = output(
-            Command::new("ldd").arg(b).env("LD_LIBRARY_PATH", unpacked.join("usr/lib/x86_64-linux-gnu")),
+            Command::new("ldd").arg(b).env(
+                "LD_LIBRARY_PATH",
+                format!(
+                    "{}:{}",
+                    unpacked.join("lib/x86_64-linux-gnu").display(),
+                    unpacked.join("usr/lib/x86_64-linux-gnu").display()
+                ),
+            ),
             &format!("ldd {}", b.display()),
         )?;
         for l in text.lines() {
@@ -440,6 +488,14 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         t.link(&format!("usr/bin/xenstore-{c}"), "xenstore");
     }
     bins.push(xs);
+    for prog in DOM0_PROGRAMS {
+        let p = unpacked.join(prog);
+        t.copy(prog, &p, true)?;
+        bins.push(p);
+    }
+    let portcullis = root().join("target/release/portcullis");
+    t.copy("usr/bin/portcullis", &portcullis, true)?;
+    bins.push(portcullis);
     for lib in libraries(unpacked, &bins)? {
         let name = lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
         if name.starts_with("ld-linux") {
@@ -455,7 +511,7 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
     let modroot = single_prefix(&unpacked.join("lib/modules"), "")?;
     for m in MODULES {
         let name = m.rsplit('/').next().unwrap_or(m);
-        t.copy(&format!("modules/{name}.ko"), &modroot.join(format!("kernel/drivers/xen/{m}.ko")), false)?;
+        t.copy(&format!("modules/{name}.ko"), &modroot.join(format!("kernel/{m}.ko")), false)?;
     }
     // our pieces
     let tests = root().join("tests/xen");
@@ -487,7 +543,28 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
     for dom in ["unlocker", "policy_pd"] {
         t.copy(&format!("etc/portcullis/items/{dom}/root-pub"), &provisioned.join("root.pub"), false)?;
     }
+    // dom0's own copies: the root key its tools verify against, the
+    // operator's enrolment (oathtool makes the codes typed into the
+    // unlocker's console), and the LUKS volume, gzipped (it is mostly zeros;
+    // dom0 unpacks it into its tmpfs).
+    t.copy("etc/portcullis/root.pub", &provisioned.join("root.pub"), false)?;
+    t.copy("etc/portcullis/operator.otpauth", &provisioned.join("operators/operator.otpauth"), false)?;
+    t.file("var/lib/portcullis/data.luks.gz", gzip(&provisioned.join(VOLUME))?, false);
     Ok(t)
+}
+
+/// `gzip -9 -n` of a file (no name or time stored: the same input gives the
+/// same bytes, so the initramfs cache key stays stable).
+fn gzip(path: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new("gzip")
+        .args(["-9", "-n", "-c"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("gzip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("gzip {}: {}", path.display(), out.status));
+    }
+    Ok(out.stdout)
 }
 
 /// QEMU 7.x's TCG mishandles SMAP for Xen; Xen then needs `smap=0`.
@@ -571,6 +648,12 @@ pub fn boot(rest: &[String]) -> Result<(), String> {
                 }
                 if line.contains("RESULT ") || line.contains("TIME ") {
                     results.push(line.trim().to_string());
+                }
+                // dom0's own stage markers: "STAGE <label>"
+                if let Some(label) = line.split_once("STAGE ").map(|(_, l)| l.trim().to_string()) {
+                    if !marks.iter().any(|(l, _)| *l == label) {
+                        marks.push((label, t));
+                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
