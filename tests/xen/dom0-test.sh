@@ -238,22 +238,34 @@ fi
 echo "--- unlock agent:"; sed 's/^/    | /' $RUN/agent.log
 
 # 5. A client destroyed mid-flow and created again: it gets a new domain
-#    id, so cryptod must serve the new id (its name resolves afresh).
-echo "STAGE failure: xl destroy policy_pd, xl create again"
+#    id, so cryptod must serve the new id (it resolves client names again
+#    every 2 s). policy_pd is destroyed while its self-test waits, its vchan
+#    to cryptod open.
+echo "STAGE failure: xl destroy policy_pd mid-flow, xl create again"
 old_id=$(xl domid policy_pd 2>/dev/null)
+wait_line policy_pd "waiting" 30 >/dev/null
 xl destroy policy_pd
-sleep 1
 mv "$LOGS/guest-policy_pd.log" "$LOGS/guest-policy_pd.1.log" 2>/dev/null
 if create policy_pd; then
+    id=$(xl domid policy_pd)
+    # the recreated one need not wait 32 s for its expiry check
+    xenstore-write /local/domain/$id/data/portcullis/settings 'selftest=1\x0askew=3\x0a'
     name_perms policy_pd
+    # As the toolstack, start it once cryptod serves the new id.
+    n=0
+    while ! xenstore-exists /local/domain/$CRYPTOD/data/vchan/$id/9001 2>/dev/null && [ $n -lt 100 ]; do
+        sleep 0.1; n=$((n + 1))
+    done
+    echo "TIME cryptod serves the new dom$id: $(since "$T_policy_pd") s after xl create -p"
     start policy_pd
-    if wait_line policy_pd "policy_pd: applied rule" 30; then
-        result policy_pd-recreated PASS "(dom$old_id destroyed; as dom$(xl domid policy_pd) it got a fresh token and applied its rule)"
+    if wait_line policy_pd "policy_pd: applied rule" 30 && wait_line policy_pd "selftest done, 0 failed" 30; then
+        result policy_pd-recreated PASS "(dom$old_id destroyed mid-flow; as dom$id it got a fresh token, applied its rule, and its self-test passed)"
     else
-        result policy_pd-recreated FAIL "(dom$old_id destroyed; recreated as dom$(xl domid policy_pd 2>/dev/null))"
+        result policy_pd-recreated FAIL "(dom$old_id destroyed; recreated as dom$id)"
     fi
 fi
-xl list cryptod > /dev/null 2>&1 && xl list cryptod | awk 'NR == 2 { exit ($5 ~ /[cs]/) }' \
+grep -F "serving the new domain" "$LOGS/guest-cryptod.log"
+xl list cryptod 2>/dev/null | awk 'NR == 2 { exit ($5 ~ /[cs]/) }' \
     && result cryptod-survives PASS "(still running after a client was destroyed)" \
     || result cryptod-survives FAIL "($(tail -2 "$LOGS/guest-cryptod.log" | tr '\r\n' '  '))"
 
@@ -271,7 +283,7 @@ cat $RUN/verify.out
 echo "--- collector:"; tail -5 $RUN/collector.log | sed 's/^/    | /'
 
 echo "STAGE checks done"
-for g in $SUITE; do show_log $g; done
+for g in $SUITE policy_pd.1; do show_log $g; done
 for f in $RUN/proxy-*.err; do [ -s "$f" ] && { echo "--- $f:"; cat "$f"; }; done
 xl list
 echo "--- xl dmesg (guest lines):"

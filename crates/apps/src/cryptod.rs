@@ -23,9 +23,15 @@ use crate::net::{connect, serve};
 use crate::say;
 
 struct Client<B: Backend> {
+    /// The toolstack's name for the client; its domain id is looked up again
+    /// now and then, since a domain created again gets a new id.
+    name: String,
     peer: PeerId,
     link: Link<B>,
 }
+
+/// How often client names are resolved again, seconds.
+const RESOLVE_EVERY: u64 = 2;
 
 /// Runs cryptod until the platform stops it.
 pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
@@ -54,7 +60,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     for name in s.list("clients", "unlocker,policy_pd,dom0") {
         let dom = resolve_dom(p, name)?;
         let link = serve(p, dom, port::CRYPTOD)?;
-        clients.push(Client { peer: PeerId::new(u32::from(dom.0), name), link });
+        clients.push(Client { name: name.into(), peer: PeerId::new(u32::from(dom.0), name), link });
     }
     let collector = resolve_dom(p, s.get("collector", "dom0"))?;
     let mut audit = serve(p, collector, port::AUDIT)?;
@@ -105,6 +111,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             persist(p, &mut auth, &kek, &mut persist_warned);
         }
         if now != last_tick {
+            if now % RESOLVE_EVERY == 0 {
+                for c in clients.iter_mut() {
+                    follow_domain(p, c);
+                }
+            }
             last_tick = now;
             changed |= !auth.tick(now).audit.is_empty();
         }
@@ -124,6 +135,25 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             Ok(_) | Err(PlatformError::Timeout) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Serves a client under its current domain id: when its name now belongs to
+/// another domain (the old one was destroyed and the name created again),
+/// the old channel is dropped and a fresh one published for the new id. A
+/// name that does not resolve (the domain is gone for now) changes nothing.
+fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
+    let Ok(dom) = resolve_dom(p, &c.name) else { return };
+    if u32::from(dom.0) == c.peer.domid {
+        return;
+    }
+    match serve(p, dom, port::CRYPTOD) {
+        Ok(link) => {
+            say!(p, "cryptod: {} is now dom{} (was dom{}); serving the new domain", c.name, dom.0, c.peer.domid);
+            c.link = link;
+            c.peer = PeerId::new(u32::from(dom.0), &c.name);
+        }
+        Err(e) => say!(p, "cryptod: {} is now dom{}, cannot serve it yet: {e}", c.name, dom.0),
     }
 }
 
