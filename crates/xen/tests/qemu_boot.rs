@@ -57,7 +57,7 @@ fn boot(elf: &Path, append: &str) -> Run {
     let _ = std::fs::remove_file(&log);
     let mut child = Command::new("qemu-system-x86_64")
         .args([
-            "-M", "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=off",
+            "-M", "microvm,pit=off,pic=off,rtc=off,isa-serial=off",
             "-accel", "tcg", "-cpu", "max", "-m", "64",
             "-display", "none", "-monitor", "none", "-serial", "none", "-no-reboot",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
