@@ -240,6 +240,9 @@ if type_code 4 "$next" && wait_file "$ULOG" "unlocker: volume data unlocked" 60 
     result unlock PASS "(cryptsetup open: $(grep -E 'type|cipher' $RUN/status | tr -s ' ' | tr '\n' ' '))"
 else
     result unlock FAIL "($(tail -3 $RUN/agent.log | tr '\n' ' '))"
+    echo "--- proxy (server for the unlocker), without data lines:"
+    grep -av -e '^from-' $RUN/proxy-agent.err | tail -20
+    xenstore-ls -p /local/domain/0/data
 fi
 if grep -qF -e "$code" -e "$next" -e "$wrong" "$ULOG"; then
     result unlocker-no-echo FAIL "(a typed code appears on the console)"
