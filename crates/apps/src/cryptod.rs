@@ -11,9 +11,8 @@ use core::time::Duration;
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId};
 use portcullis_platform::{ConfigItem, Platform, PlatformError};
-use portcullis_proto::cose;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditRecord, ErrorCode, ErrorMsg};
+use portcullis_proto::msg::{AuditLog, ErrorCode, ErrorMsg};
 use portcullis_vchan::Backend;
 use zeroize::Zeroizing;
 
@@ -120,7 +119,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             changed |= !auth.tick(now).audit.is_empty();
         }
         ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
-        let empty = auth.pending_audit().is_empty();
+        let empty = auth.pending_audit_len() == 0;
         if empty && !outbox_empty {
             if let Some(seq) = acked {
                 say!(p, "cryptod: audit outbox empty; collector acknowledged seq {seq}");
@@ -217,12 +216,6 @@ fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned:
     }
 }
 
-fn record_seq(msg: &Message) -> Option<u64> {
-    let Message::AuditLog(log) = msg else { return None };
-    let opened = cose::open_unverified(&log.record).ok()?;
-    AuditRecord::from_cbor(&opened.payload).ok().map(|r| r.seq)
-}
-
 /// Ships unacknowledged audit records to the collector: everything after the
 /// last one written, or everything still unacknowledged after the collector
 /// reconnects. Records leave the outbox only when the collector acks them.
@@ -260,12 +253,11 @@ fn ship_audit<P: Platform>(
         }
     }
     if new_records || !link.has_queued() {
-        for rec in auth.pending_audit() {
-            let Some(seq) = record_seq(&rec) else { continue };
+        for (seq, record) in auth.pending_audit_records() {
             if shipped.is_some_and(|s| seq <= s) {
                 continue;
             }
-            match link.send(&rec) {
+            match link.send(&Message::AuditLog(AuditLog { record: record.to_vec() })) {
                 Ok(()) => *shipped = Some(seq),
                 Err(LinkError::QueueFull) => break,
                 Err(e) => {

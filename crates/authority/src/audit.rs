@@ -148,7 +148,17 @@ impl AuditLog {
 
     /// Records not yet acked, oldest first (for retransmission).
     pub fn pending(&self) -> impl Iterator<Item = &[u8]> {
-        self.outbox.iter().map(|(_, r)| r.as_slice())
+        self.pending_with_seq().map(|(_, r)| r)
+    }
+
+    /// Records not yet acked with their `seq`, oldest first.
+    pub fn pending_with_seq(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.outbox.iter().map(|(seq, r)| (*seq, r.as_slice()))
+    }
+
+    /// How many records wait for an ack.
+    pub fn pending_len(&self) -> usize {
+        self.outbox.len()
     }
 
     /// The sequence number the next record will carry.

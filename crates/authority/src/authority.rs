@@ -205,6 +205,17 @@ impl Authority {
         self.audit.iter().flat_map(|a| a.pending()).map(audit_message).collect()
     }
 
+    /// Signed audit records not yet acked, with their `seq`, oldest first;
+    /// no copies (the platform loop ships them without re-reading them).
+    pub fn pending_audit_records(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.audit.iter().flat_map(|a| a.pending_with_seq())
+    }
+
+    /// How many audit records wait for the collector's ack.
+    pub fn pending_audit_len(&self) -> usize {
+        self.audit.as_ref().map_or(0, |a| a.pending_len())
+    }
+
     /// Whether the DRBG is seeded and the audit chain has started.
     pub fn is_ready(&self) -> bool {
         self.audit.is_some()
