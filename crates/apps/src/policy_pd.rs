@@ -16,7 +16,7 @@ use core::time::Duration;
 
 use portcullis_platform::Platform;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{IssueResult, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq};
+use portcullis_proto::msg::{IssueResult, RevokeResult, TokenIssueReq, TokenRevokeReq};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
@@ -90,13 +90,7 @@ fn issue<P: Platform>(
 }
 
 fn refresh_revocations<P: Platform>(p: &mut P, link: &mut Link<P::Backend>, trust: &mut Trust) -> Result<(), AppError> {
-    let req = Message::RevocationListReq(RevocationListReq { request_id: request_id(p)? });
-    match link.call(&req, CALL_TIMEOUT)? {
-        Message::RevocationList(l) => trust
-            .accept_revocations(&l.signed)
-            .map_err(|e| AppError::Protocol(alloc::format!("revocation list refused: {e}"))),
-        other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
-    }
+    trust.fetch_revocations(link, request_id(p)?, CALL_TIMEOUT)
 }
 
 /// Runs policy_pd: one rule change (setting `rule`), plus the self-test.

@@ -4,11 +4,16 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::msg::{KeysetBody, RevocationBody};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq};
 use portcullis_proto::token::{KeyEntry, Keyset, RevokedSet};
+
+use crate::common::AppError;
+use crate::link::{Channel, Framed};
 
 /// Why a published object was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +103,39 @@ impl Trust {
         self.revoked = RevokedSet::from_ids(body.entries.iter().map(|e| e.cti.clone()).collect());
         self.revocation_serial = Some(body.serial);
         Ok(())
+    }
+
+    /// Asks cryptod for its current keyset over `link` and accepts it.
+    pub fn fetch_keyset<C: Channel>(
+        &mut self,
+        link: &mut Framed<C>,
+        request_id: RequestId,
+        timeout: Duration,
+    ) -> Result<(), AppError> {
+        match link.call(&Message::KeysetReq(KeysetReq { request_id }), timeout)? {
+            Message::Keyset(k) => self
+                .accept_keyset(&k.signed)
+                .map_err(|e| AppError::Protocol(alloc::format!("keyset refused: {e}"))),
+            other => Err(AppError::Protocol(alloc::format!("expected keyset, got {}", other.kind().as_str()))),
+        }
+    }
+
+    /// Asks cryptod for its current revocation list over `link` and accepts it.
+    pub fn fetch_revocations<C: Channel>(
+        &mut self,
+        link: &mut Framed<C>,
+        request_id: RequestId,
+        timeout: Duration,
+    ) -> Result<(), AppError> {
+        match link.call(&Message::RevocationListReq(RevocationListReq { request_id }), timeout)? {
+            Message::RevocationList(l) => self
+                .accept_revocations(&l.signed)
+                .map_err(|e| AppError::Protocol(alloc::format!("revocation list refused: {e}"))),
+            other => Err(AppError::Protocol(alloc::format!(
+                "expected revocation list, got {}",
+                other.kind().as_str()
+            ))),
+        }
     }
 
     /// The token verification keys.

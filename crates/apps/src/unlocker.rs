@@ -15,7 +15,7 @@ use portcullis_authority::unlock::{open_unlock_secret, Transcript};
 use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    is_valid_totp_code, KeysetReq, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
+    is_valid_totp_code, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
@@ -52,13 +52,7 @@ pub fn refresh_keyset<P: Platform>(
     link: &mut Link<P::Backend>,
     trust: &mut Trust,
 ) -> Result<(), AppError> {
-    let req = Message::KeysetReq(KeysetReq { request_id: request_id(p)? });
-    match link.call(&req, CALL_TIMEOUT)? {
-        Message::Keyset(k) => trust
-            .accept_keyset(&k.signed)
-            .map_err(|e| AppError::Protocol(alloc::format!("keyset refused: {e}"))),
-        other => Err(AppError::Protocol(alloc::format!("expected keyset, got {}", other.kind().as_str()))),
-    }
+    trust.fetch_keyset(link, request_id(p)?, CALL_TIMEOUT)
 }
 
 /// Runs the unlocker: up to `attempts` prompts (setting, default 3).

@@ -19,7 +19,7 @@ use portcullis_apps::net::{connect, serve};
 use portcullis_apps::trust::Trust;
 use portcullis_hosted::{HostedPlatform, World};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{KeysetReq, RequestId, RevocationListReq, UnlockOutcome, UnlockRequest, UnlockResult};
+use portcullis_proto::msg::{RequestId, UnlockOutcome, UnlockRequest, UnlockResult};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
 use std::collections::HashMap;
@@ -79,16 +79,8 @@ fn now() -> u64 {
 fn refresh<C: Channel>(link: &mut Framed<C>, trust: &mut Trust) -> Result<(), String> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| format!("OS random source: {e}"))?;
-    match link.call(&Message::KeysetReq(KeysetReq { request_id: RequestId(id) }), CALL_TIMEOUT) {
-        Ok(Message::Keyset(k)) => trust.accept_keyset(&k.signed).map_err(|e| format!("keyset: {e}"))?,
-        Ok(other) => return Err(format!("expected keyset, got {}", other.kind().as_str())),
-        Err(e) => return Err(format!("cryptod: {e}")),
-    }
-    match link.call(&Message::RevocationListReq(RevocationListReq { request_id: RequestId(id) }), CALL_TIMEOUT) {
-        Ok(Message::RevocationList(l)) => trust.accept_revocations(&l.signed).map_err(|e| format!("revocations: {e}")),
-        Ok(other) => Err(format!("expected revocation list, got {}", other.kind().as_str())),
-        Err(e) => Err(format!("cryptod: {e}")),
-    }
+    trust.fetch_keyset(link, RequestId(id), CALL_TIMEOUT).map_err(|e| format!("cryptod: {e}"))?;
+    trust.fetch_revocations(link, RequestId(id), CALL_TIMEOUT).map_err(|e| format!("cryptod: {e}"))
 }
 
 /// Runs cryptsetup with the key on standard input; returns success and stderr.

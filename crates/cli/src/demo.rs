@@ -551,7 +551,7 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
     use portcullis_apps::trust::Trust;
     use portcullis_hosted::HostedPlatform;
     use portcullis_proto::envelope::Message;
-    use portcullis_proto::msg::{KeysetReq, RequestId, TokenIssueReq};
+    use portcullis_proto::msg::{RequestId, TokenIssueReq};
     use portcullis_proto::scope::{Scope, ScopeSet};
     use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet};
 
@@ -561,10 +561,7 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
     let key = crate::keyfile::load(root)?;
     let mut trust = Trust::new(key.public, &key.kid);
     let mut link = connect(&mut p, cryptod, port::CRYPTOD, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-    match link.call(&Message::KeysetReq(KeysetReq { request_id: RequestId([1; 16]) }), CALL_TIMEOUT) {
-        Ok(Message::Keyset(k)) => trust.accept_keyset(&k.signed).map_err(|e| e.to_string())?,
-        other => return Err(Failure::Invalid(format!("keyset: {other:?}"))),
-    }
+    trust.fetch_keyset(&mut link, RequestId([1; 16]), CALL_TIMEOUT).map_err(|e| Failure::Invalid(format!("keyset: {e}")))?;
     let mut replay = MemoryReplayCache::new(n + 16);
     let revoked = RevokedSet::default();
     let mut samples = Vec::with_capacity(n);

@@ -6,8 +6,8 @@ use crate::socket;
 use crate::{keyfile, Failure};
 use clap::{Args, ValueEnum};
 use portcullis_apps::trust::Trust;
-use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{KeysetReq, RequestId, RevocationListReq};
+use portcullis_apps::common::AppError;
+use portcullis_proto::msg::RequestId;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,14 +45,14 @@ pub fn run(args: CallArgs) -> Result<(), Failure> {
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| format!("OS random source: {e}"))?;
     let request_id = RequestId(id);
-    let req = match args.request {
-        Request::Keyset => Message::KeysetReq(KeysetReq { request_id }),
-        Request::Revocations => Message::RevocationListReq(RevocationListReq { request_id }),
+    // A broken link is an error (exit 2); a refused or unexpected answer is invalid (exit 1).
+    let fail = |e: AppError| match e {
+        AppError::Link(e) => Failure::Error(format!("cryptod: {e}")),
+        other => Failure::Invalid(other.to_string()),
     };
-    let answer = link.call(&req, timeout).map_err(|e| format!("cryptod: {e}"))?;
-    match (args.request, answer) {
-        (Request::Keyset, Message::Keyset(k)) => {
-            trust.accept_keyset(&k.signed).map_err(|e| Failure::Invalid(format!("keyset refused: {e}")))?;
+    match args.request {
+        Request::Keyset => {
+            trust.fetch_keyset(&mut link, request_id, timeout).map_err(fail)?;
             let kids: Vec<String> = trust.keyset().iter().map(|e| hex::encode(&e.kid)).collect();
             println!(
                 "vchan-call: keyset verified against root kid {}: {} key(s), kid {}",
@@ -60,19 +60,15 @@ pub fn run(args: CallArgs) -> Result<(), Failure> {
                 kids.len(),
                 kids.join(",")
             );
-            Ok(())
         }
-        (Request::Revocations, Message::RevocationList(l)) => {
-            trust
-                .accept_revocations(&l.signed)
-                .map_err(|e| Failure::Invalid(format!("revocation list refused: {e}")))?;
+        Request::Revocations => {
+            trust.fetch_revocations(&mut link, request_id, timeout).map_err(fail)?;
             println!(
                 "vchan-call: revocation list verified against root kid {}: {} revoked",
                 hex::encode(&root.kid),
                 trust.revoked().len()
             );
-            Ok(())
         }
-        (_, other) => Err(Failure::Invalid(format!("unexpected answer: {}", other.kind().as_str()))),
     }
+    Ok(())
 }
