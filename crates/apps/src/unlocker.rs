@@ -170,6 +170,10 @@ fn attempt<P: Platform>(
     });
     let answer = agent_link.call(&req, Duration::from_secs(60));
     drop(req); // zeroizes the passphrase
+    let rekicks = agent_link.chan().rekicks();
+    if rekicks > 0 {
+        say!(p, "unlocker: signalled the agent {rekicks} more time(s) before it read the request");
+    }
     match answer? {
         Message::UnlockResult(r) if r.request_id == unlock_id => {
             let reason = r.reason.as_deref().unwrap_or("");

@@ -35,7 +35,9 @@ pub use frame::{FrameError, FrameReader, FrameWriter, Transport};
 pub use layout::{Geometry, LayoutError};
 pub use ring::{Channel, Role};
 pub use shm::{AtomicMem, SharedMem};
-pub use vchan::{ClientConfig, ServerConfig, Vchan, EVENT_CHANNEL_KEY, RING_REF_KEY};
+pub use vchan::{
+    ClientConfig, ServerConfig, Vchan, EVENT_CHANNEL_KEY, REKICK_FIRST, REKICK_MAX, RING_REF_KEY,
+};
 
 /// Why a vchan operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -440,6 +440,14 @@ impl<M: SharedMem> Channel<M> {
         }
     }
 
+    /// Bytes we have written that the peer has not consumed yet (the peer's
+    /// consumer index is loaded once and validated, as for a write).
+    pub fn unconsumed(&mut self) -> Result<usize, VchanError> {
+        self.live()?;
+        let space = self.space()?;
+        Ok(self.write_ring_size() - space)
+    }
+
     /// Asks the peer for an event when it does `bit`.
     fn request_notify(&self, bit: u8) {
         self.page.fetch_or_u8(self.role.peer_notify(), bit);

@@ -17,6 +17,12 @@ pub const RING_REF_KEY: &str = "ring-ref";
 /// Store key holding the server's event channel port.
 pub const EVENT_CHANNEL_KEY: &str = "event-channel";
 
+/// How long [`Vchan::wait`] lets bytes we wrote sit unconsumed before it
+/// signals the peer again; the interval then doubles up to [`REKICK_MAX`].
+pub const REKICK_FIRST: Duration = Duration::from_millis(50);
+/// The longest interval between repeated signals in [`Vchan::wait`].
+pub const REKICK_MAX: Duration = Duration::from_secs(1);
+
 /// Most grant references one ring uses.
 const MAX_RING_PAGES: usize = 1 << (MAX_ORDER - PAGE_SHIFT);
 
@@ -52,6 +58,8 @@ pub struct Vchan<B: Backend> {
     /// The store directory the server published (removed on close).
     base: StorePath,
     conn: Option<Conn<B::Mem>>,
+    /// Times [`Vchan::wait`] signalled the peer again.
+    rekicks: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,6 +86,7 @@ impl<B: Backend> Vchan<B> {
             peer: config.client,
             base,
             conn: None,
+            rekicks: 0,
         };
         v.server_setup(geometry)?;
         Ok(v)
@@ -94,6 +103,7 @@ impl<B: Backend> Vchan<B> {
             peer: config.server,
             base,
             conn: None,
+            rekicks: 0,
         };
         v.client_setup()?;
         Ok(v)
@@ -113,6 +123,7 @@ impl<B: Backend> Vchan<B> {
             peer: config.server,
             base,
             conn: None,
+            rekicks: 0,
         };
         loop {
             match v.client_setup() {
@@ -397,6 +408,12 @@ impl<B: Backend> Vchan<B> {
         }
     }
 
+    /// How many times [`Vchan::wait`] has signalled the peer again because
+    /// our bytes sat unconsumed (see [`REKICK_FIRST`]).
+    pub fn rekicks(&self) -> u32 {
+        self.rekicks
+    }
+
     /// The peer domain.
     pub fn peer(&self) -> DomId {
         self.peer
@@ -484,11 +501,38 @@ impl<B: Backend> Vchan<B> {
 
     /// Waits for an event on our port; [`VchanError::Timeout`] if none
     /// arrives within `timeout` (`None`: wait forever).
+    ///
+    /// While bytes we wrote sit unconsumed in the ring, the peer is signalled
+    /// again after [`REKICK_FIRST`], then at doubling intervals up to
+    /// [`REKICK_MAX`]. A peer that missed our event (Xen's
+    /// `vchan-socket-proxy` in server mode loses a client's first write when
+    /// its event coalesces with the "connected" one) would otherwise never
+    /// read them; a spurious event costs a libxenvchan peer one look at the
+    /// ring.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), VchanError> {
         let port = self.conn()?.port;
-        match self.backend.wait(port, timeout)? {
-            Wait::Event => Ok(()),
-            Wait::TimedOut => Err(VchanError::Timeout),
+        let mut left = timeout;
+        let mut interval = REKICK_FIRST;
+        loop {
+            let pending = self.op(|c| c.unconsumed())? > 0;
+            let slice = match (pending, left) {
+                (false, left) => left,
+                (true, None) => Some(interval),
+                (true, Some(left)) => Some(left.min(interval)),
+            };
+            if self.backend.wait(port, slice)? == Wait::Event {
+                return Ok(());
+            }
+            match (left, slice) {
+                (Some(l), Some(s)) if s < l => left = Some(l - s),
+                (Some(_), _) => return Err(VchanError::Timeout),
+                (None, _) => {}
+            }
+            if pending {
+                self.backend.notify(port)?;
+                self.rekicks = self.rekicks.saturating_add(1);
+                interval = (interval * 2).min(REKICK_MAX);
+            }
         }
     }
 

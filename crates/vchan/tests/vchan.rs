@@ -481,3 +481,41 @@ fn client_waits_for_publication() {
     assert_eq!(&buf, b"hi");
     drop(t.join().unwrap());
 }
+
+/// Xen's `vchan-socket-proxy --mode=server` (xen-utils 4.17) waits for the
+/// client's live byte with `libxenvchan_wait`, then reads the ring only after
+/// the *next* event. When the client's "connected" event and the event for
+/// its first write coalesce (both arrive before the proxy takes the first
+/// one, which a busy dom0 makes likely), no further event comes and the
+/// proxy never reads the request. A client waiting for an answer must
+/// signal again while its bytes sit unconsumed.
+#[test]
+fn client_rekicks_a_server_that_lost_the_write_event() {
+    use std::sync::mpsc;
+    let hv = Hypervisor::new();
+    let mut server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 1024)).unwrap();
+    let (written_tx, written_rx) = mpsc::channel();
+    let client_hv = hv.clone();
+    let client = std::thread::spawn(move || {
+        let mut client = Vchan::client(client_hv.domain(CLIENT), client_cfg()).unwrap();
+        assert_eq!(client.write(b"ping").unwrap(), 4);
+        written_tx.send(()).unwrap();
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf, SAFETY).map(|()| (buf, client.rekicks()))
+    });
+    // The proxy was blocked in libxenvchan_wait while both events arrived:
+    // it takes one (coalesced) event and sees the client connected.
+    written_rx.recv().unwrap();
+    server.wait(SAFETY).unwrap();
+    server.wait_connected(NOW).unwrap();
+    // Its data loop: select() on the event channel, then read.
+    let woke = server.wait(Some(Duration::from_secs(5)));
+    assert_eq!(woke, Ok(()), "the client's request was never signalled again");
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf, SAFETY).unwrap();
+    assert_eq!(&buf, b"ping");
+    server.write_all(b"pong", SAFETY).unwrap();
+    let (answer, rekicks) = client.join().unwrap().unwrap();
+    assert_eq!(&answer, b"pong");
+    assert!(rekicks >= 1);
+}
