@@ -6,10 +6,14 @@
 //!   and the first signing key come from it): such requests get `unavailable`;
 //! - every audited request first checks outbox room; a full outbox is
 //!   `unavailable` (fail closed), never a dropped record;
+//! - with [`Config::answer_after_audit`] (the default) an answer whose
+//!   decision made audit records is held until the collector has
+//!   acknowledged them, so no answer leaves before its record is stored;
 //! - `entropy_pub` is accepted only from the configured entropy peer.
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -41,6 +45,8 @@ pub const DEFAULT_UNLOCK_TTL: u64 = 60;
 pub const DEFAULT_POLICY_TTL: u64 = 120;
 /// Longest policy-token lifetime.
 pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
+/// Default number of answers that may wait for the collector at once.
+pub const DEFAULT_MAX_HELD: usize = 64;
 
 /// cryptod's settings (not secret; from the platform's configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +71,12 @@ pub struct Config {
     pub keys: KeyConfig,
     /// Audit outbox capacity.
     pub audit_outbox: usize,
+    /// Hold each answer whose decision made audit records until the
+    /// collector has acknowledged those records (write-ahead audit).
+    pub answer_after_audit: bool,
+    /// Most answers held at once; further audited requests are answered
+    /// `unavailable` without a decision.
+    pub max_held: usize,
     /// DRBG generate calls allowed per reseed.
     pub reseed_interval: u64,
 }
@@ -82,6 +94,8 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             keys: KeyConfig::default(),
             audit_outbox: DEFAULT_OUTBOX,
+            answer_after_audit: true,
+            max_held: DEFAULT_MAX_HELD,
             reseed_interval: DEFAULT_RESEED_INTERVAL,
         }
     }
@@ -131,6 +145,9 @@ impl fmt::Display for ExportError {
 pub struct Output {
     /// The answer to send back to the peer, if any.
     pub response: Option<Message>,
+    /// Held answers the collector's ack released, each for the peer that
+    /// asked (see [`Config::answer_after_audit`]).
+    pub released: Vec<(PeerId, Message)>,
     /// New `audit_log` messages for the collector (also held until acked).
     pub audit: Vec<Message>,
     /// The sealed state changed (an operator's last step): persist [`Authority::export`].
@@ -151,6 +168,14 @@ pub struct Authority {
     master: Zeroizing<[u8; 32]>,
     revocations: RevocationList,
     audit: Option<AuditLog>,
+    held: VecDeque<Held>,
+}
+
+/// An answer waiting for the collector to acknowledge audit record `need`.
+struct Held {
+    need: u64,
+    peer: PeerId,
+    response: Message,
 }
 
 impl Authority {
@@ -181,6 +206,7 @@ impl Authority {
             master: Zeroizing::new(state.master_secret),
             revocations: RevocationList::new(),
             audit: None,
+            held: VecDeque::new(),
             config,
         })
     }
@@ -214,6 +240,19 @@ impl Authority {
     /// How many audit records wait for the collector's ack.
     pub fn pending_audit_len(&self) -> usize {
         self.audit.as_ref().map_or(0, |a| a.pending_len())
+    }
+
+    /// How many answers wait for the collector's ack.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Drops the held answers for `peer` (its connection went away; the
+    /// decisions stand and their records are still shipped); returns how many.
+    pub fn drop_held(&mut self, peer: &PeerId) -> usize {
+        let before = self.held.len();
+        self.held.retain(|h| &h.peer != peer);
+        before - self.held.len()
     }
 
     /// Whether the DRBG is seeded and the audit chain has started.
@@ -273,11 +312,39 @@ impl Authority {
                 if let Some(log) = self.audit.as_mut() {
                     log.ack(&a.chain_id, a.seq);
                 }
+                self.release(&mut out);
                 None
             }
             other => Some(error(ErrorCode::Malformed, "not a request cryptod serves", other.request_id().copied())),
         };
+        self.hold(peer, &mut out);
         out
+    }
+
+    /// Write-ahead audit: an answer to a decision that made audit records
+    /// waits until the collector has acknowledged the last of them.
+    fn hold(&mut self, peer: &PeerId, out: &mut Output) {
+        if !self.config.answer_after_audit || out.audit.is_empty() {
+            return;
+        }
+        let Some(need) = self.audit.as_ref().and_then(|a| a.next_seq().checked_sub(1)) else { return };
+        if let Some(response) = out.response.take() {
+            self.held.push_back(Held { need, peer: peer.clone(), response });
+        }
+    }
+
+    /// Moves the held answers whose records are all acknowledged to `out`,
+    /// in the order they were decided.
+    fn release(&mut self, out: &mut Output) {
+        let oldest_unacked = self.audit.as_ref().and_then(|a| a.pending_with_seq().next().map(|(seq, _)| seq));
+        while let Some(h) = self.held.front() {
+            if oldest_unacked.is_some_and(|oldest| oldest <= h.need) {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                out.released.push((h.peer, h.response));
+            }
+        }
     }
 
     fn entropy(&mut self, peer: &PeerId, e: &msg::EntropyPub, now: u64, hw: &[u8], out: &mut Output) {
@@ -336,9 +403,11 @@ impl Authority {
         }
     }
 
-    /// Whether `n` records can be written now.
+    /// Whether `n` records can be written now, and (when answers wait for
+    /// the collector) one more answer can be held.
     fn can_audit(&self, n: usize) -> bool {
-        self.audit.as_ref().is_some_and(|a| a.has_room(n))
+        let room_to_hold = !self.config.answer_after_audit || self.held.len() < self.config.max_held;
+        room_to_hold && self.audit.as_ref().is_some_and(|a| a.has_room(n))
     }
 
     fn totp_validate(&mut self, peer: &PeerId, r: &TotpValidateReq, now: u64, out: &mut Output) -> TotpValidateResp {
@@ -358,7 +427,7 @@ impl Authority {
                 .meta("request_id", &r.request_id.to_string())
         };
         if !self.can_audit(2) {
-            return resp(TotpResult::Unavailable, "audit outbox full or not ready");
+            return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
         }
         let unlock = ScopeSet::single(Scope::LuksUnlock);
         if let Err(why) = self.acl.decide(peer, unlock, &self.config.unlock_audience) {
@@ -488,7 +557,7 @@ impl Authority {
             expires_at: None,
         };
         if !self.can_audit(1) {
-            return resp(IssueResult::Unavailable, "audit outbox full or not ready");
+            return resp(IssueResult::Unavailable, "audit not ready or the collector is behind");
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenIssue, result)
@@ -524,7 +593,7 @@ impl Authority {
     fn token_revoke(&mut self, peer: &PeerId, r: &TokenRevokeReq, now: u64, out: &mut Output) -> TokenRevokeResp {
         let resp = |result, reason: Option<&str>| TokenRevokeResp { request_id: r.request_id, result, reason: reason.map(Into::into) };
         if !self.can_audit(1) {
-            return resp(RevokeResult::Unavailable, Some("audit outbox full or not ready"));
+            return resp(RevokeResult::Unavailable, Some("audit not ready or the collector is behind"));
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenRevoke, result)

@@ -74,6 +74,24 @@ fn records(out: &Output) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `Authority::handle` with a collector that acknowledges at once: an
+/// answer held for its audit records is released by the ack and returned
+/// as the response, with the records still in `audit`.
+fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
+    let mut out = a.handle(peer, msg, now, hw);
+    let Some(last) = records(&out).last().map(|r| audit_record(r)) else { return out };
+    let ack = a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: last.chain_id, seq: last.seq }.into(), now, b"");
+    assert!(ack.response.is_none() && ack.audit.is_empty());
+    let mut released = ack.released.into_iter();
+    if let Some((to, answer)) = released.next() {
+        assert!(out.response.is_none(), "an answer was both sent and held");
+        assert_eq!(&to, peer, "released to the peer that asked");
+        out.response = Some(answer);
+    }
+    assert!(released.next().is_none());
+    out
+}
+
 fn code_at(t: u64) -> String {
     format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
 }
@@ -122,10 +140,10 @@ fn audit_record(bytes: &[u8]) -> AuditRecord {
 #[test]
 fn unseeded_authority_refuses_with_unavailable() {
     let mut a = Authority::new(Config::default(), state(), T0).unwrap();
-    let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Unavailable);
     assert!(out.audit.is_empty());
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
     assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
 }
 
@@ -133,10 +151,10 @@ fn unseeded_authority_refuses_with_unavailable() {
 fn entropy_from_another_peer_is_not_credited() {
     let mut a = Authority::new(Config::default(), state(), T0).unwrap();
     for i in 0..4 {
-        a.handle(&PeerId::new(9, "mallory"), &entropy(i), T0, b"");
+        call(&mut a, &PeerId::new(9, "mallory"), &entropy(i), T0, b"");
     }
     assert!(!a.is_ready());
-    a.handle(&PeerId::new(2, "entropyd"), &entropy(9), T0, b"");
+    call(&mut a, &PeerId::new(2, "entropyd"), &entropy(9), T0, b"");
     assert!(a.is_ready());
 }
 
@@ -153,10 +171,10 @@ fn seeding_starts_the_chain_and_the_first_key() {
 fn totp_code_accepted_once_is_replay_the_second_time() {
     let (mut a, _) = seeded();
     let req: Message = totp_req(&code_at(T0), "yubi1").into();
-    let first = a.handle(&unlocker(), &req, T0, b"");
+    let first = call(&mut a, &unlocker(), &req, T0, b"");
     assert_eq!(totp_resp(&first).result, TotpResult::Ok);
     assert!(first.state_changed);
-    let second = a.handle(&unlocker(), &req, T0 + 1, b"");
+    let second = call(&mut a, &unlocker(), &req, T0 + 1, b"");
     assert_eq!(totp_resp(&second).result, TotpResult::Replay);
     assert_eq!(audit_record(&records(&second)[0]).result, AuditResult::Replay);
 }
@@ -166,17 +184,17 @@ fn sixth_wrong_code_is_rate_limited() {
     let (mut a, _) = seeded();
     let wrong = format!("{:08}", (totp(SECRET, Algorithm::Sha1, 8, T0) + 1) % 100_000_000);
     for i in 0..5 {
-        let out = a.handle(&unlocker(), &totp_req(&wrong, "yubi1").into(), T0 + i, b"");
+        let out = call(&mut a, &unlocker(), &totp_req(&wrong, "yubi1").into(), T0 + i, b"");
         assert_eq!(totp_resp(&out).result, TotpResult::Fail, "attempt {}", i + 1);
     }
-    let out = a.handle(&unlocker(), &totp_req(&code_at(T0 + 5), "yubi1").into(), T0 + 5, b"");
+    let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0 + 5), "yubi1").into(), T0 + 5, b"");
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::RateLimited, "even a right code is refused while locked");
     assert_eq!(r.retry_after, Some(29));
     assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::RateLimited);
     // After the lockout the right code works again.
     let later = T0 + 4 + 30 + 31;
-    let out = a.handle(&unlocker(), &totp_req(&code_at(later), "yubi1").into(), later, b"");
+    let out = call(&mut a, &unlocker(), &totp_req(&code_at(later), "yubi1").into(), later, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 }
 
@@ -185,35 +203,35 @@ fn a_locked_device_is_rate_limited_for_every_operator() {
     let mut st = state();
     st.operators.push(OperatorSecret::new("bob", &[7; 20], Algorithm::Sha256, 6).unwrap());
     let mut a = Authority::new(Config::default(), st, T0).unwrap();
-    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
+    call(&mut a, &PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
     for _ in 0..5 {
-        a.handle(&unlocker(), &totp_req("00000000", "stolen").into(), T0, b"");
+        call(&mut a, &unlocker(), &totp_req("00000000", "stolen").into(), T0, b"");
     }
     let mut req = totp_req("000000", "stolen");
     req.operator_id = "bob".into();
-    let out = a.handle(&unlocker(), &req.into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::RateLimited);
 }
 
 #[test]
 fn acl_denies_unknown_peers_and_audits_it() {
     let (mut a, _) = seeded();
-    let out = a.handle(&PeerId::new(6, "unlocker"), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    let out = call(&mut a, &PeerId::new(6, "unlocker"), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Denied);
     let rec = audit_record(&records(&out)[0]);
     assert_eq!((rec.actor.as_str(), rec.result), ("unlocker", AuditResult::Denied));
     // The code was not consumed by the refused request.
-    let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw9", None).into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw9", None).into(), T0, b"");
     assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
     assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::Denied);
 }
 
 #[test]
 fn full_outbox_refuses_until_acked() {
-    let config = Config { audit_outbox: 4, ..Config::default() };
+    let config = Config { audit_outbox: 4, answer_after_audit: false, ..Config::default() };
     let (mut a, recs) = seeded_with(config);
     assert_eq!(recs.len(), 2);
     let pd = policy_pd();
@@ -237,7 +255,7 @@ fn full_outbox_refuses_until_acked() {
 #[test]
 fn issued_token_verifies_and_carries_the_rules() {
     let (mut a, _) = seeded();
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into(), T0, b"");
     let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
     assert_eq!(r.result, IssueResult::Ok);
     let tok = r.token.unwrap();
@@ -249,25 +267,25 @@ fn issued_token_verifies_and_carries_the_rules() {
     assert_eq!(c.nonce, vec![3; 16]);
     assert_eq!(r.expires_at, Some(c.exp));
     // luks:unlock is never issued through token_issue_req.
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::LuksUnlock), "unlock_agent", None).into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::LuksUnlock), "unlock_agent", None).into(), T0, b"");
     assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
 }
 
 #[test]
 fn revoked_token_is_refused_by_the_verifier() {
     let (mut a, _) = seeded();
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
     let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
     let tok = r.token.unwrap();
     let cti = token::inspect(&tok).unwrap().2.cti;
     let revoke = TokenRevokeReq { request_id: RequestId([5; 16]), cti: cti.clone(), reason: "leaked".into(), timestamp: T0 };
-    let out = a.handle(&policy_pd(), &revoke.clone().into(), T0, b"");
+    let out = call(&mut a, &policy_pd(), &revoke.clone().into(), T0, b"");
     assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok));
     // The unlocker may not revoke.
-    let out = a.handle(&unlocker(), &revoke.into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &revoke.into(), T0, b"");
     assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Denied));
 
-    let out = a.handle(&policy_pd(), &RevocationListReq { request_id: RequestId([6; 16]) }.into(), T0 + 1, b"");
+    let out = call(&mut a, &policy_pd(), &RevocationListReq { request_id: RequestId([6; 16]) }.into(), T0 + 1, b"");
     let Some(Message::RevocationList(list)) = out.response else { panic!() };
     let root = a.root_public();
     let v = cose::verify(&list.signed, ContentType::RevocationList, |_| Some(root)).unwrap();
@@ -288,7 +306,7 @@ fn unlock_grant_delivers_the_sealed_passphrase() {
     let mut req = totp_req(&code_at(T0), "yubi1");
     req.volume_id = Some("vol0".into());
     req.ephemeral_pubkey = Some(PublicKey::from(&sk).to_bytes());
-    let out = a.handle(&unlocker(), &req.clone().into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &req.clone().into(), T0, b"");
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::Ok);
     let tok = r.capability_token.clone().unwrap();
@@ -306,7 +324,7 @@ fn unlock_grant_delivers_the_sealed_passphrase() {
     // A volume without a key is refused before the code is consumed.
     let mut half = totp_req(&code_at(T0 + 30), "yubi1");
     half.volume_id = Some("vol0".into());
-    let out = a.handle(&unlocker(), &half.into(), T0 + 30, b"");
+    let out = call(&mut a, &unlocker(), &half.into(), T0 + 30, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Denied);
 }
 
@@ -316,7 +334,7 @@ fn a_low_order_ephemeral_key_gets_no_secret() {
     let mut req = totp_req(&code_at(T0), "yubi1");
     req.volume_id = Some("vol0".into());
     req.ephemeral_pubkey = Some([0; 32]);
-    let out = a.handle(&unlocker(), &req.into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::Unavailable);
     assert!(r.unlock_secret.is_none() && r.capability_token.is_none());
@@ -329,7 +347,7 @@ fn rotation_on_tick_publishes_both_keys_then_drops_the_old_one() {
     let overlap = Config::default().keys.overlap;
     let out = a.tick(T0 + period);
     assert_eq!(records(&out).len(), 1, "key_rotate record");
-    let out = a.handle(&policy_pd(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0 + period, b"");
+    let out = call(&mut a, &policy_pd(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0 + period, b"");
     let Some(Message::Keyset(ks)) = out.response else { panic!() };
     let root = a.root_public();
     let body = KeysetBody::from_cbor(&cose::verify(&ks.signed, ContentType::Keyset, |_| Some(root)).unwrap().payload).unwrap();
@@ -342,18 +360,19 @@ fn rotation_on_tick_publishes_both_keys_then_drops_the_old_one() {
 fn export_keeps_replay_state_across_a_restart() {
     let (mut a, _) = seeded();
     let req: Message = totp_req(&code_at(T0), "yubi1").into();
-    assert_eq!(totp_resp(&a.handle(&unlocker(), &req, T0, b"")).result, TotpResult::Ok);
+    assert_eq!(totp_resp(&call(&mut a, &unlocker(), &req, T0, b"")).result, TotpResult::Ok);
     let kek = [0x99; 32];
     let blob = a.export(&kek).unwrap();
     let restored = sealed::unseal(&blob, &kek).unwrap();
     let mut b = Authority::new(Config::default(), restored, T0).unwrap();
     b.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
-    assert_eq!(totp_resp(&b.handle(&unlocker(), &req, T0, b"")).result, TotpResult::Replay);
+    assert_eq!(totp_resp(&call(&mut b, &unlocker(), &req, T0, b"")).result, TotpResult::Replay);
 }
 
 #[test]
 fn the_whole_session_is_one_verifiable_chain() {
-    let (mut a, mut all) = seeded();
+    // Answers go out at once here; the outbox keeps every record.
+    let (mut a, mut all) = seeded_with(Config { answer_after_audit: false, ..Config::default() });
     let wrong = totp_req("00000000", "yubi1");
     all.extend(records(&a.handle(&unlocker(), &wrong.into(), T0, b"")));
     all.extend(records(&a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"")));
@@ -377,6 +396,92 @@ fn responses_and_unknown_requests_get_an_error() {
         expires_at: None,
         retry_after: None,
     };
-    let out = a.handle(&unlocker(), &resp.into(), T0, b"");
+    let out = call(&mut a, &unlocker(), &resp.into(), T0, b"");
     assert!(matches!(out.response, Some(Message::Error(_))));
+}
+
+fn ack(a: &mut Authority, rec: &[u8]) -> Output {
+    let r = audit_record(rec);
+    a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: r.chain_id, seq: r.seq }.into(), T0, b"")
+}
+
+#[test]
+fn answers_wait_until_the_collector_has_their_records() {
+    let (mut a, start) = seeded();
+    // An accepted code: two records (validation, unlock secret), no answer yet.
+    let mut req = totp_req(&code_at(T0), "yubi1");
+    let secret = StaticSecret::from([7u8; 32]);
+    req.volume_id = Some("data".into());
+    req.ephemeral_pubkey = Some(PublicKey::from(&secret).to_bytes());
+    let out = a.handle(&unlocker(), &req.into(), T0, b"");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 2);
+    assert!(out.response.is_none(), "no answer before the collector stored the records");
+    assert!(out.state_changed, "the step is used (and resealed) at once");
+    assert_eq!(a.held_len(), 1);
+    // Another peer's audited request is held behind it.
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let issued = records(&out);
+    assert!(out.response.is_none());
+    assert_eq!(a.held_len(), 2);
+    // Requests that make no record are answered at once.
+    let out = a.handle(&policy_pd(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"");
+    assert!(matches!(out.response, Some(Message::Keyset(_))));
+    // Acks for records before them, or for another chain, release nothing.
+    assert!(ack(&mut a, &start[1]).released.is_empty());
+    assert!(ack(&mut a, &recs[0]).released.is_empty());
+    let mut other = audit_record(&recs[1]);
+    other.chain_id[0] ^= 1;
+    let out = a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: other.chain_id, seq: 99 }.into(), T0, b"");
+    assert!(out.released.is_empty());
+    // The ack of the unlock record releases the unlocker's answer only.
+    let out = ack(&mut a, &recs[1]);
+    assert_eq!(out.released.len(), 1);
+    let (to, answer) = &out.released[0];
+    assert_eq!(to, &unlocker());
+    assert!(matches!(answer, Message::TotpValidateResp(r) if r.result == TotpResult::Ok && r.unlock_secret.is_some()));
+    // A cumulative ack releases the rest in order.
+    let out = ack(&mut a, &issued[0]);
+    assert_eq!(out.released.len(), 1);
+    assert_eq!(out.released[0].0, policy_pd());
+    assert!(matches!(out.released[0].1, Message::TokenIssueResp(ref r) if r.result == IssueResult::Ok));
+    assert_eq!(a.held_len(), 0);
+}
+
+#[test]
+fn held_answers_are_bounded_and_the_rest_fail_closed_undecided() {
+    let (mut a, _) = seeded_with(Config { max_held: 2, ..Config::default() });
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    let mut last = Vec::new();
+    for _ in 0..2 {
+        let out = a.handle(&policy_pd(), &req, T0, b"");
+        assert!(out.response.is_none());
+        last = records(&out);
+    }
+    let out = a.handle(&policy_pd(), &req, T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+    assert!(out.audit.is_empty(), "refused before any decision");
+    // A code checked now would be consumed, so it is not checked at all.
+    let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Unavailable);
+    assert!(out.audit.is_empty());
+    assert_eq!(ack(&mut a, &last[0]).released.len(), 2);
+    let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Ok, "the code was not used by the refused request");
+}
+
+#[test]
+fn a_departed_peer_s_held_answers_are_dropped_not_misdelivered() {
+    let (mut a, _) = seeded();
+    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let first = records(&out);
+    let out = a.handle(&unlocker(), &totp_req("00000000", "yubi1").into(), T0, b"");
+    let second = records(&out);
+    assert_eq!(a.drop_held(&policy_pd()), 1);
+    assert_eq!(a.drop_held(&policy_pd()), 0);
+    assert!(ack(&mut a, &first[0]).released.is_empty());
+    let out = ack(&mut a, &second[0]);
+    assert_eq!(out.released.len(), 1);
+    assert_eq!(out.released[0].0, unlocker());
+    assert_eq!(a.pending_audit().len(), 0, "the dropped answer's record was still shipped and acked");
 }
