@@ -48,6 +48,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
         name: String::from(p.name()),
         entropy_vm: s.get("entropy", "entropyd").into(),
         unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
+        answer_after_audit: s.num("answer_after_audit", 1)? != 0,
         ..Config::default()
     };
     let mut auth = Authority::new(config, state, p.now_unix())
@@ -118,7 +119,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             last_tick = now;
             changed |= !auth.tick(now).audit.is_empty();
         }
-        ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
+        let released = ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
+        deliver(p, &mut clients, released);
         let empty = auth.pending_audit_len() == 0;
         if empty && !outbox_empty {
             if let Some(seq) = acked {
@@ -156,6 +158,15 @@ fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
     }
 }
 
+/// The client's connection is gone: answers still waiting for the collector
+/// must not reach whoever connects next.
+fn forget_answers<P: Platform>(p: &mut P, auth: &mut Authority, c: &Client<P::Backend>) {
+    let n = auth.drop_held(&c.peer);
+    if n > 0 {
+        say!(p, "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped", c.peer.vm, c.peer.domid);
+    }
+}
+
 /// Handles everything a client has sent; returns whether audit records were made.
 fn serve_client<P: Platform>(
     p: &mut P,
@@ -166,6 +177,7 @@ fn serve_client<P: Platform>(
 ) -> Result<bool, AppError> {
     let mut audited = false;
     if !c.link.is_open() {
+        forget_answers(p, auth, c);
         c.link.reinit()?;
         return Ok(false);
     }
@@ -186,6 +198,7 @@ fn serve_client<P: Platform>(
             })),
             Err(e) => {
                 say!(p, "cryptod: {} (dom{}): {e}; listening again", c.peer.vm, c.peer.domid);
+                forget_answers(p, auth, c);
                 c.link.reinit()?;
                 break;
             }
@@ -216,9 +229,25 @@ fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned:
     }
 }
 
+/// Sends the answers the collector's acks released, each to the client that
+/// asked, if it is still the same domain.
+fn deliver<P: Platform>(p: &mut P, clients: &mut [Client<P::Backend>], released: Vec<(PeerId, Message)>) {
+    for (peer, answer) in released {
+        match clients.iter_mut().find(|c| c.peer == peer) {
+            Some(c) => {
+                if let Err(e) = c.link.send(&answer) {
+                    say!(p, "cryptod: reply to {}: {e}", c.peer.vm);
+                }
+            }
+            None => say!(p, "cryptod: {} (dom{}) is gone; its answer is dropped", peer.vm, peer.domid),
+        }
+    }
+}
+
 /// Ships unacknowledged audit records to the collector: everything after the
 /// last one written, or everything still unacknowledged after the collector
-/// reconnects. Records leave the outbox only when the collector acks them.
+/// reconnects. Records leave the outbox only when the collector acks them;
+/// returns the answers those acks released.
 fn ship_audit<P: Platform>(
     p: &mut P,
     auth: &mut Authority,
@@ -227,7 +256,8 @@ fn ship_audit<P: Platform>(
     acked: &mut Option<u64>,
     new_records: bool,
     now: u64,
-) -> Result<(), AppError> {
+) -> Result<Vec<(PeerId, Message)>, AppError> {
+    let mut released = Vec::new();
     if !link.is_open() {
         say!(p, "cryptod: audit collector left; unacknowledged records will be sent again");
         link.reinit()?;
@@ -241,7 +271,7 @@ fn ship_audit<P: Platform>(
                 }
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                 // Acks make no audit records of their own.
-                let _ = auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]);
+                released.extend(auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]).released);
             }
             Ok(Some(_)) | Ok(None) => break,
             Err(e) => {
@@ -268,5 +298,5 @@ fn ship_audit<P: Platform>(
         }
     }
     let _ = link.pump();
-    Ok(())
+    Ok(released)
 }
