@@ -6,8 +6,9 @@
 //! granting domain, a granted page stays alive while mapped, notifying an
 //! unbound port is silently dropped, closing one end of an interdomain
 //! channel leaves the other end unbound, store entries are readable only by
-//! their owner and the reader named when writing, and a domain may only write
-//! under `/local/domain/<its id>/`.
+//! their owner and the reader named when writing (a missing entry under one
+//! the reader may not read is "permission denied", as in xenstored), and a
+//! domain may only write under `/local/domain/<its id>/`.
 
 use std::boxed::Box;
 use std::collections::{BTreeMap, HashMap};
@@ -506,10 +507,20 @@ impl Backend for SimBackend {
 
     fn store_read(&mut self, path: &str, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
         let st = self.hv.lock();
+        let readable = |e: &StoreEntry| e.owner == self.dom || e.reader == self.dom;
         let Some(entry) = st.store.get(path) else {
+            // Like xenstored: a missing node is EACCES when the nearest
+            // existing ancestor is one we may not read.
+            let mut at = path;
+            while let Some(i) = at.rfind('/').filter(|i| *i > 0) {
+                at = &at[..i];
+                if let Some(e) = st.store.get(at) {
+                    return if readable(e) { Ok(None) } else { Err(BackendError::Denied) };
+                }
+            }
             return Ok(None);
         };
-        if entry.owner != self.dom && entry.reader != self.dom {
+        if !readable(entry) {
             return Err(BackendError::Denied);
         }
         let bytes = entry.value.as_bytes();

@@ -5,7 +5,7 @@
 use core::time::Duration;
 
 use crate::backend::{
-    parse_store_u32, Backend, Decimal, DomId, GrantRef, Port, StorePath, UnmapNotify, Wait,
+    parse_store_u32, Backend, BackendError, Decimal, DomId, GrantRef, Port, StorePath, UnmapNotify, Wait,
 };
 use crate::layout::{Dir, Geometry, Placement, CLI_LIVE, MAX_ORDER, PAGE_SHIFT, SRV_LIVE};
 use crate::ring::{Channel, PeerState, RingBuf, Role};
@@ -314,10 +314,15 @@ impl<B: Backend> Vchan<B> {
     fn read_store_u32(&mut self, key: &str) -> Result<u32, VchanError> {
         let path = self.base.child(key).ok_or(VchanError::BadStoreValue)?;
         let mut buf = [0u8; 16];
-        let len = self
-            .backend
-            .store_read(path.as_str(), &mut buf)?
-            .ok_or(VchanError::NotPublished)?;
+        let len = match self.backend.store_read(path.as_str(), &mut buf) {
+            Ok(Some(len)) => len,
+            // xenstored answers EACCES, not ENOENT, for a node that does not
+            // exist yet under the server's directory, which only the server
+            // may read: not published (for us) yet. libxenvchan's callers
+            // likewise retry `client_init` on any failure.
+            Ok(None) | Err(BackendError::Denied) => return Err(VchanError::NotPublished),
+            Err(e) => return Err(e.into()),
+        };
         let text = buf.get(..len).ok_or(VchanError::BadStoreValue)?;
         parse_store_u32(text).ok_or(VchanError::BadStoreValue)
     }

@@ -482,6 +482,32 @@ fn client_waits_for_publication() {
     drop(t.join().unwrap());
 }
 
+/// Under xenstored a client that looks before the server has published gets
+/// "permission denied", not "no such node": the server's `data` directory
+/// exists and only the server may read it. That means "not published yet".
+#[test]
+fn client_waits_through_permission_denied_before_publication() {
+    let hv = Hypervisor::new();
+    let data = format!("/local/domain/{}/data", SERVER.0);
+    hv.store_poke(&data, "", SERVER, SERVER);
+    let mut probe = hv.domain(CLIENT);
+    let ring_ref = format!("{data}/vchan/{}/{PORT}/ring-ref", CLIENT.0);
+    assert_eq!(probe.store_read(&ring_ref, &mut [0u8; 8]), Err(portcullis_vchan::BackendError::Denied));
+    assert!(matches!(Vchan::client(hv.domain(CLIENT), client_cfg()), Err(VchanError::NotPublished)));
+    let hv2 = hv.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = Vchan::client_wait(hv2.domain(CLIENT), client_cfg(), SAFETY).unwrap();
+        c.write_all(b"hi", SAFETY).unwrap();
+        c
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 1024)).unwrap();
+    let mut buf = [0u8; 2];
+    server.read_exact(&mut buf, SAFETY).unwrap();
+    assert_eq!(&buf, b"hi");
+    drop(t.join().unwrap());
+}
+
 /// Xen's `vchan-socket-proxy --mode=server` (xen-utils 4.17) waits for the
 /// client's live byte with `libxenvchan_wait`, then reads the ring only after
 /// the *next* event. When the client's "connected" event and the event for
