@@ -265,13 +265,15 @@ if create policy_pd; then
     # the recreated one need not wait 32 s for its expiry check
     xenstore-write /local/domain/$id/data/portcullis/settings 'selftest=1\x0askew=3\x0a'
     name_perms policy_pd
-    # As the toolstack, start it once cryptod serves the new id.
+    # Started at once: until cryptod serves the new id, policy_pd's vchan
+    # client reads "permission denied" under cryptod's directory, which
+    # means "not published yet", and waits.
+    start policy_pd
     n=0
     while ! xenstore-exists /local/domain/$CRYPTOD/data/vchan/$id/9001 2>/dev/null && [ $n -lt 100 ]; do
         sleep 0.1; n=$((n + 1))
     done
     echo "TIME cryptod serves the new dom$id: $(since "$T_policy_pd") s after xl create -p"
-    start policy_pd
     if wait_line policy_pd "policy_pd: applied rule" 30 && wait_line policy_pd "selftest done, 0 failed" 30; then
         result policy_pd-recreated PASS "(dom$old_id destroyed mid-flow; as dom$id it got a fresh token, applied its rule, and its self-test passed)"
     else
