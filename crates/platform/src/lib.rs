@@ -33,6 +33,9 @@ pub enum PlatformError {
     BadConfig,
     /// A domain name could not be resolved to a domain id.
     UnknownDomain,
+    /// The store refused access (xenstore `EACCES`/`EPERM`): the
+    /// toolstack has not granted this domain the node.
+    Denied,
     /// The store or another platform service failed.
     Io,
     /// This platform does not offer the service.
@@ -48,6 +51,7 @@ impl fmt::Display for PlatformError {
             PlatformError::MissingConfig => "boot configuration item missing",
             PlatformError::BadConfig => "boot configuration item unreadable",
             PlatformError::UnknownDomain => "unknown domain name",
+            PlatformError::Denied => "permission denied by the store",
             PlatformError::Io => "platform I/O failed",
             PlatformError::Unsupported => "not supported on this platform",
         })

@@ -100,6 +100,14 @@ fn grant_err(e: GrantError) -> BackendError {
     }
 }
 
+/// A store failure as the platform reports it.
+fn platform_store_err(e: XsError) -> PlatformError {
+    match e {
+        XsError::Daemon(Errno::Acces) | XsError::Daemon(Errno::Perm) => PlatformError::Denied,
+        _ => PlatformError::Io,
+    }
+}
+
 fn store_err(e: XsError) -> BackendError {
     match e {
         XsError::Daemon(Errno::Acces) | XsError::Daemon(Errno::Perm) => BackendError::Denied,
@@ -369,7 +377,7 @@ impl Platform for XenPlatform {
     fn config(&mut self, item: ConfigItem, buf: &mut [u8]) -> Result<usize, PlatformError> {
         let path = self.config_path(item);
         let value = with_store(|s| s.read(Tx::NONE, &path))
-            .map_err(|_| PlatformError::Io)?
+            .map_err(platform_store_err)?
             .ok_or(PlatformError::MissingConfig)?;
         let dst = buf.get_mut(..value.len()).ok_or(PlatformError::BadConfig)?;
         dst.copy_from_slice(&value);
@@ -394,7 +402,7 @@ impl Platform for XenPlatform {
             }
             Ok(None)
         })
-        .map_err(|_| PlatformError::Io)?
+        .map_err(platform_store_err)?
         .ok_or(PlatformError::UnknownDomain)
     }
 
