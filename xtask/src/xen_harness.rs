@@ -222,10 +222,16 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Bumped when what `portcullis provision` seals changes (2: the ACL's
+/// `volumes=`), so a cached provisioning from an older build is redone.
+const PROVISION_FORMAT: &str = "2";
+
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
     let out = work.join("provisioned");
-    if out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() && out.join(VOLUME).exists() {
+    let format = out.join("format");
+    let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT);
+    if current && out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() && out.join(VOLUME).exists() {
         println!("    cached: {}", out.display());
         return Ok(out);
     }
@@ -246,6 +252,7 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
             .stdout(Stdio::null()),
     )?;
     fs::rename(work.join(VOLUME), out.join(VOLUME)).map_err(|e| format!("{VOLUME}: {e}"))?;
+    fs::write(&format, PROVISION_FORMAT).map_err(|e| format!("{}: {e}", format.display()))?;
     Ok(out)
 }
 

@@ -23,7 +23,7 @@ fn authority(operators: usize) -> Authority {
         operators: (0..operators)
             .map(|i| OperatorSecret::new(&format!("op{i}"), SECRET, Algorithm::Sha1, 8).unwrap())
             .collect(),
-        acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent\nallow vm=pd scopes=net:read aud=fw0\n".into(),
+        acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
         last_steps: vec![],
     };
     let config = Config { reseed_interval: u64::MAX, ..Config::default() };

@@ -6,7 +6,7 @@
 //! # comment
 //! allow vm=policy_pd domid=7 scopes=net:modify,net:read aud=fw0,fw1
 //! deny  vm=*         domid=13
-//! allow vm=unlocker  scopes=luks:unlock aud=unlocker
+//! allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes=data,home
 //! ```
 //!
 //! Rules:
@@ -15,6 +15,9 @@
 //! - the first rule whose `vm` (a name or `*`) and optional `domid` match the
 //!   peer decides; a `deny` rule refuses; an `allow` rule grants a request only
 //!   if every requested scope and the audience are listed; no match is a deny;
+//! - an unlock secret is derived only for a volume listed in the `volumes` of
+//!   the rule that grants `luks:unlock`; `volumes` goes with `luks:unlock`
+//!   and only with it;
 //! - the lint refuses unknown directives, keys and scopes, repeated keys,
 //!   empty lists, duplicate rules (same `vm` and `domid`) and rules that can
 //!   never match because an earlier rule matches every peer they match.
@@ -33,6 +36,8 @@ pub const MAX_RULES: usize = 256;
 pub const MAX_NAME_LEN: usize = 64;
 /// Most audiences in one rule.
 pub const MAX_AUDIENCES: usize = 16;
+/// Most volumes in one rule.
+pub const MAX_VOLUMES: usize = 16;
 
 /// Who is asking: the vchan peer as the platform identified it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +79,8 @@ pub struct Rule {
     pub scopes: ScopeSet,
     /// Audiences granted (empty for `deny`).
     pub audiences: Vec<String>,
+    /// Volumes whose unlock secret may be derived (only with `luks:unlock`).
+    pub volumes: Vec<String>,
 }
 
 impl Rule {
@@ -119,6 +126,9 @@ pub enum AclErrorKind {
     UnknownScope,
     /// A list with an empty item or a repeated item.
     BadList,
+    /// `volumes=` without `luks:unlock` in `scopes`, or `luks:unlock`
+    /// without `volumes=`.
+    Volumes,
     /// Same `vm` and `domid` as the rule on `first`.
     Duplicate {
         /// Line of the earlier rule.
@@ -146,7 +156,7 @@ impl fmt::Display for AclError {
         match &self.kind {
             AclErrorKind::TooLarge => f.write_str("acl too large"),
             AclErrorKind::UnknownDirective => f.write_str("expected `allow` or `deny`"),
-            AclErrorKind::UnknownKey => f.write_str("unknown key (expected vm=, domid=, scopes=, aud=)"),
+            AclErrorKind::UnknownKey => f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=)"),
             AclErrorKind::RepeatedKey => f.write_str("key given twice"),
             AclErrorKind::MissingOrExtraKey => {
                 f.write_str("allow needs vm=, scopes=, aud=; deny takes only vm= and domid=")
@@ -155,6 +165,7 @@ impl fmt::Display for AclError {
             AclErrorKind::BadDomid => f.write_str("domid must be a decimal u32"),
             AclErrorKind::UnknownScope => f.write_str("unknown scope"),
             AclErrorKind::BadList => f.write_str("list has an empty or repeated item"),
+            AclErrorKind::Volumes => f.write_str("luks:unlock needs volumes=, and volumes= needs luks:unlock"),
             AclErrorKind::Duplicate { first } => write!(f, "duplicates the rule on line {first}"),
             AclErrorKind::Shadowed { by } => write!(f, "never matches: shadowed by line {by}"),
         }
@@ -172,6 +183,8 @@ pub enum DenyReason {
     Scope(usize),
     /// The rule on this line does not list the audience.
     Audience(usize),
+    /// The rule on this line does not list the volume.
+    Volume(usize),
 }
 
 impl fmt::Display for DenyReason {
@@ -181,6 +194,7 @@ impl fmt::Display for DenyReason {
             DenyReason::DenyRule(l) => write!(f, "denied by acl line {l}"),
             DenyReason::Scope(l) => write!(f, "scope not granted by acl line {l}"),
             DenyReason::Audience(l) => write!(f, "audience not granted by acl line {l}"),
+            DenyReason::Volume(l) => write!(f, "volume not granted by acl line {l}"),
         }
     }
 }
@@ -218,6 +232,18 @@ impl Acl {
             }
             Effect::Allow if !rule.audiences.iter().any(|a| a == audience) => Err(DenyReason::Audience(rule.line)),
             Effect::Allow => Ok(rule.line),
+        }
+    }
+
+    /// Decides whether `peer` may have `luks:unlock` for `audience` and the
+    /// unlock secret of `volume`; returns the line of the granting rule.
+    pub fn decide_unlock(&self, peer: &PeerId, audience: &str, volume: &str) -> Result<usize, DenyReason> {
+        let line = self.decide(peer, ScopeSet::single(Scope::LuksUnlock), audience)?;
+        let rule = self.rules.iter().find(|r| r.line == line).ok_or(DenyReason::NoRule)?;
+        if rule.volumes.iter().any(|v| v == volume) {
+            Ok(line)
+        } else {
+            Err(DenyReason::Volume(line))
         }
     }
 }
@@ -272,7 +298,7 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
         Some("deny") => Effect::Deny,
         _ => return Err(AclErrorKind::UnknownDirective),
     };
-    let (mut vm, mut domid, mut scopes, mut aud) = (None, None, None, None);
+    let (mut vm, mut domid, mut scopes, mut aud, mut volumes) = (None, None, None, None, None);
     for word in words {
         let (key, value) = word.split_once('=').ok_or(AclErrorKind::UnknownKey)?;
         let slot = match key {
@@ -280,6 +306,7 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
             "domid" => &mut domid,
             "scopes" => &mut scopes,
             "aud" => &mut aud,
+            "volumes" => &mut volumes,
             _ => return Err(AclErrorKind::UnknownKey),
         };
         if slot.replace(value).is_some() {
@@ -293,10 +320,15 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
     let domid = domid.map(parse_domid).transpose()?;
     let (scopes, audiences) = match (effect, scopes, aud) {
         (Effect::Allow, Some(s), Some(a)) => (parse_scopes(s)?, parse_audiences(a)?),
-        (Effect::Deny, None, None) => (ScopeSet::EMPTY, Vec::new()),
+        (Effect::Deny, None, None) if volumes.is_none() => (ScopeSet::EMPTY, Vec::new()),
         _ => return Err(AclErrorKind::MissingOrExtraKey),
     };
-    Ok(Rule { line, effect, vm, domid, scopes, audiences })
+    let volumes = match (scopes.contains(Scope::LuksUnlock), volumes) {
+        (true, Some(list)) => parse_list(list, MAX_VOLUMES)?,
+        (false, None) => Vec::new(),
+        _ => return Err(AclErrorKind::Volumes),
+    };
+    Ok(Rule { line, effect, vm, domid, scopes, audiences, volumes })
 }
 
 fn parse_name(name: &str) -> Result<String, AclErrorKind> {
@@ -328,9 +360,14 @@ fn parse_scopes(list: &str) -> Result<ScopeSet, AclErrorKind> {
 }
 
 fn parse_audiences(list: &str) -> Result<Vec<String>, AclErrorKind> {
+    parse_list(list, MAX_AUDIENCES)
+}
+
+/// A comma-separated list of at most `max` distinct names.
+fn parse_list(list: &str, max: usize) -> Result<Vec<String>, AclErrorKind> {
     let mut out: Vec<String> = Vec::new();
     for item in list.split(',') {
-        if item.is_empty() || out.iter().any(|a| a == item) || out.len() >= MAX_AUDIENCES {
+        if item.is_empty() || out.iter().any(|a| a == item) || out.len() >= max {
             return Err(AclErrorKind::BadList);
         }
         out.push(parse_name(item)?);
@@ -347,7 +384,7 @@ mod tests {
 # Portcullis ACL
 allow vm=policy_pd domid=7 scopes=net:modify,net:read aud=fw0,fw1
 deny vm=* domid=13   # quarantined domain
-allow vm=unlocker scopes=luks:unlock aud=unlocker
+allow vm=unlocker scopes=luks:unlock aud=unlocker volumes=data
 allow vm=policy_pd scopes=net:read aud=fw0
 ";
 
@@ -384,6 +421,27 @@ allow vm=policy_pd scopes=net:read aud=fw0
         let pd7 = PeerId::new(7, "policy_pd");
         assert_eq!(acl.decide(&pd7, set("net:modify luks:unlock"), "fw0"), Err(DenyReason::Scope(2)));
         assert_eq!(acl.decide(&pd7, ScopeSet::EMPTY, "fw0"), Err(DenyReason::Scope(2)));
+    }
+
+    #[test]
+    fn unlock_needs_the_volume_listed() {
+        let acl = Acl::parse(POLICY).unwrap();
+        let u = PeerId::new(5, "unlocker");
+        assert_eq!(acl.decide_unlock(&u, "unlocker", "data"), Ok(4));
+        assert_eq!(acl.decide_unlock(&u, "unlocker", "home"), Err(DenyReason::Volume(4)));
+        assert_eq!(acl.decide_unlock(&u, "agent", "data"), Err(DenyReason::Audience(4)));
+        let pd = PeerId::new(7, "policy_pd");
+        assert_eq!(acl.decide_unlock(&pd, "fw0", "data"), Err(DenyReason::Scope(2)));
+    }
+
+    #[test]
+    fn volumes_go_with_luks_unlock_only() {
+        assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a"), [(1, AclErrorKind::Volumes)]);
+        assert_eq!(lint_kinds("allow vm=u scopes=net:read aud=a volumes=data"), [(1, AclErrorKind::Volumes)]);
+        assert_eq!(lint_kinds("deny vm=u volumes=data"), [(1, AclErrorKind::MissingOrExtraKey)]);
+        assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=data,data"), [(1, AclErrorKind::BadList)]);
+        assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=da/ta"), [(1, AclErrorKind::BadName)]);
+        assert!(lint("allow vm=u scopes=luks:unlock,net:read aud=a volumes=data,home").is_empty());
     }
 
     fn lint_kinds(text: &str) -> Vec<(usize, AclErrorKind)> {

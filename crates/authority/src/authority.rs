@@ -444,6 +444,20 @@ impl Authority {
                 return resp(TotpResult::Denied, reason);
             }
         };
+        if let Some((volume, _)) = grant {
+            if let Err(why) = self.acl.decide_unlock(peer, &self.config.unlock_audience, volume) {
+                let reason = why.to_string();
+                self.record(
+                    Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                        .target("luks:unlock")
+                        .meta("volume", volume)
+                        .meta("reason", &reason),
+                    now,
+                    out,
+                );
+                return resp(TotpResult::Denied, &reason);
+            }
+        }
         if grant.is_some() && (self.drbg.remaining() < 2 || self.keys.signer(now).is_none()) {
             return resp(TotpResult::Unavailable, "no randomness or signing key");
         }

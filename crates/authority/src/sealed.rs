@@ -264,7 +264,7 @@ mod tests {
                 OperatorSecret::new("alice", b"12345678901234567890", Algorithm::Sha1, 8).unwrap(),
                 OperatorSecret::new("bob", &[9; 32], Algorithm::Sha512, 6).unwrap(),
             ],
-            acl: "allow vm=unlocker scopes=luks:unlock aud=unlocker\n".into(),
+            acl: "allow vm=unlocker scopes=luks:unlock aud=unlocker volumes=data\n".into(),
             last_steps: alloc::vec![("alice".into(), 37037036)],
         }
     }

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 const SECRET: &[u8] = b"12345678901234567890";
 const T0: u64 = 1_700_000_000;
 const ACL: &str = "\
-allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent
+allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=vol0,data
 allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
 ";
 
@@ -326,6 +326,26 @@ fn unlock_grant_delivers_the_sealed_passphrase() {
     half.volume_id = Some("vol0".into());
     let out = call(&mut a, &unlocker(), &half.into(), T0 + 30, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Denied);
+}
+
+#[test]
+fn a_volume_the_acl_does_not_list_gets_no_secret_and_keeps_the_code() {
+    let (mut a, _) = seeded();
+    let sk = StaticSecret::from([0x77; 32]);
+    let mut req = totp_req(&code_at(T0), "yubi1");
+    req.volume_id = Some("home".into());
+    req.ephemeral_pubkey = Some(PublicKey::from(&sk).to_bytes());
+    let out = call(&mut a, &unlocker(), &req.clone().into(), T0, b"");
+    let r = totp_resp(&out);
+    assert_eq!(r.result, TotpResult::Denied);
+    assert_eq!(r.reason.as_deref(), Some("volume not granted by acl line 1"));
+    assert!(r.unlock_secret.is_none() && r.capability_token.is_none());
+    let rec = audit_record(&records(&out)[0]);
+    assert_eq!((rec.action, rec.result), (portcullis_proto::msg::AuditAction::AclDeny, AuditResult::Denied));
+    // The code was not consumed: the same code for a listed volume works.
+    req.volume_id = Some("data".into());
+    let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
+    assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 }
 
 #[test]

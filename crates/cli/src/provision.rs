@@ -26,13 +26,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use zeroize::Zeroizing;
 
-/// The ACL sealed when none is given: the four guests of the standard layout.
-pub const DEFAULT_ACL: &str = "\
-# Portcullis default ACL: vm names are Xen domain names, resolved by the platform.
-allow vm=unlocker  scopes=luks:unlock aud=unlock_agent
-allow vm=policy_pd scopes=net:modify,net:read,token:revoke aud=policy_pd,netd,cryptod
-deny  vm=*
-";
+/// The ACL sealed when none is given: the four guests of the standard
+/// layout, the unlocker granted the provisioned `volumes`.
+pub fn default_acl(volumes: &[String]) -> String {
+    format!(
+        "# Portcullis default ACL: vm names are Xen domain names, resolved by the platform.\n\
+         allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes={}\n\
+         allow vm=policy_pd scopes=net:modify,net:read,token:revoke aud=policy_pd,netd,cryptod\n\
+         deny  vm=*\n",
+        volumes.join(",")
+    )
+}
 
 #[derive(Args)]
 pub struct ProvisionArgs {
@@ -250,9 +254,16 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     }
     let acl_text = match &args.acl {
         Some(p) => fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => DEFAULT_ACL.to_string(),
+        None => default_acl(&args.volumes),
     };
-    Acl::parse(&acl_text).map_err(|e| format!("ACL: {e}"))?;
+    let acl = Acl::parse(&acl_text).map_err(|e| format!("ACL: {e}"))?;
+    for vol in &args.volumes {
+        if !acl.rules().iter().any(|r| r.volumes.contains(vol)) {
+            return Err(Failure::Error(format!(
+                "ACL: no rule lists volume {vol:?} in volumes=, so its secret could never be released"
+            )));
+        }
+    }
     // Check every precondition before any secret is made, so a bad argument
     // leaves nothing half-provisioned.
     if let Some(file) = &args.luks_format {
@@ -394,6 +405,7 @@ mod tests {
 
     #[test]
     fn default_acl_passes_the_lint() {
-        Acl::parse(DEFAULT_ACL).unwrap();
+        let acl = Acl::parse(&default_acl(&["data".into(), "home".into()])).unwrap();
+        assert_eq!(acl.rules()[0].volumes, ["data", "home"]);
     }
 }

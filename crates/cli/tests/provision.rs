@@ -107,6 +107,12 @@ fn bad_arguments_leave_nothing_behind() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ACL"));
     assert!(!out.exists());
+    // A volume no rule grants could never be unlocked: refused up front.
+    std::fs::write(&acl, "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=home\n").unwrap();
+    let o = portcullis(&["provision", "--out", out.to_str().unwrap(), "--acl", acl.to_str().unwrap(), "--volume", "data"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no rule lists volume \"data\""), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!out.exists());
     // A provisioned directory is never overwritten.
     provision(dir.path(), &[]);
     let before = std::fs::read(out.join("cryptod/sealed-state")).unwrap();
