@@ -121,6 +121,20 @@ xl list
 CRYPTOD=$(xl domid cryptod)
 UNLOCKER=$(xl domid unlocker)
 
+# keep_state NAME: the toolstack's half of Platform::persist on Xen. NAME
+# writes its resealed state to .../data/portcullis-persist/sealed-state in
+# its own xenstore directory; on every change dom0 copies it (atomically, by
+# rename) to /var/lib/portcullis/NAME.sealed-state, which becomes NAME's
+# sealed-state item when it is created again.
+keep_state() {
+    node=/local/domain/$(xl domid $1)/data/portcullis-persist/sealed-state
+    out=/var/lib/portcullis/$1.sealed-state
+    xenstore-watch "$node" 2>/dev/null | while read -r _; do
+        xenstore-read -R "$node" > "$out.tmp" 2>/dev/null && [ -s "$out.tmp" ] && mv "$out.tmp" "$out"
+    done &
+}
+keep_state cryptod
+
 # dom0's side of the vchans is Xen's own libxenvchan, through
 # vchan-socket-proxy; our `portcullis` tool talks to the proxy's socket.
 ROOT=/etc/portcullis/root.pub
@@ -150,6 +164,7 @@ wait_file() {
 
 # The audit collector, a libxenvchan client of cryptod's audit port.
 proxy client $CRYPTOD /local/domain/$CRYPTOD/data/vchan/0/9005 $RUN/audit.sock audit
+AUDIT_PROXY=$!
 portcullis audit-collect --socket $RUN/audit.sock --out $AUDIT > $RUN/collector.log 2>&1 &
 COLLECTOR=$!
 
@@ -285,7 +300,52 @@ xl list cryptod 2>/dev/null | awk 'NR == 2 { exit ($5 ~ /[cs]/) }' \
     && result cryptod-survives PASS "(still running after a client was destroyed)" \
     || result cryptod-survives FAIL "($(tail -2 "$LOGS/guest-cryptod.log" | tr '\r\n' '  '))"
 
-# 6. The audit trail, collected in dom0 over vchan, verified in dom0.
+# 6. cryptod destroyed and created again from the state it persisted: the
+#    code it accepted last (step 4d, still inside its validity window) must
+#    be refused as a replay by the new cryptod. entropyd follows cryptod's
+#    name to the new domain id and seeds it; a new unlocker types the code.
+echo "STAGE failure: xl destroy cryptod, xl create again from its persisted state"
+STATE=/var/lib/portcullis/cryptod.sealed-state
+if [ -s $STATE ] && ! cmp -s $STATE $ITEMS/cryptod/sealed-state; then
+    echo "dom0: cryptod persisted $(wc -c < $STATE) bytes of resealed state through xenstore"
+    old_c=$CRYPTOD
+    xl destroy cryptod
+    xl destroy unlocker 2>/dev/null   # it powered off after unlocking; make sure
+    mv "$LOGS/guest-cryptod.log" "$LOGS/guest-cryptod.1.log" 2>/dev/null
+    mv "$LOGS/guest-unlocker.log" "$LOGS/guest-unlocker.1.log" 2>/dev/null
+    # (PORTCULLIS_KEEP_STATE=0 on the kernel command line gives the new
+    # cryptod the provisioned state instead, to show the failure.)
+    [ "${PORTCULLIS_KEEP_STATE:-1}" = 1 ] && cp $STATE $ITEMS/cryptod/sealed-state
+    # cryptod resolves its clients' names when it starts: the unlocker first
+    create unlocker && create cryptod
+    name_perms cryptod unlocker
+    CRYPTOD=$(xl domid cryptod)
+    keep_state cryptod
+    # the collector's libxenvchan client was bound to the old domain
+    kill $AUDIT_PROXY 2>/dev/null
+    rm -f $RUN/audit.sock
+    proxy client $CRYPTOD /local/domain/$CRYPTOD/data/vchan/0/9005 $RUN/audit.sock audit2
+    AUDIT_PROXY=$!
+    ULOG=$LOGS/guest-unlocker.log
+    TTY=$(xenstore-read /local/domain/$(xl domid unlocker)/console/tty)
+    start cryptod
+    if wait_line cryptod "cryptod: ready" 60 && start unlocker && wait_line unlocker "unlocker: ready" 60 \
+        && type_code 1 "$next" && wait_file "$ULOG" "unlocker: refused" 30; then
+        if grep "unlocker: refused" "$ULOG" | tail -1 | grep -q replay; then
+            result cryptod-restart-replay PASS "(dom$old_c destroyed, dom$CRYPTOD created from the persisted state: $(grep "unlocker: refused" "$ULOG" | tail -1))"
+        else
+            result cryptod-restart-replay FAIL "($(grep "unlocker: refused" "$ULOG" | tail -1))"
+        fi
+    else
+        result cryptod-restart-replay FAIL "(the new cryptod or unlocker did not answer)"
+    fi
+    grep -F "is now dom" "$LOGS/guest-entropyd.log"
+    xl destroy unlocker 2>/dev/null
+else
+    result cryptod-restart-replay FAIL "(cryptod persisted no new state through xenstore)"
+fi
+
+# 7. The audit trail, collected in dom0 over vchan, verified in dom0.
 echo "STAGE audit: verify in dom0"
 wait_line cryptod "audit outbox empty; collector acknowledged" 30
 acked=$(grep "collector acknowledged seq" "$LOGS/guest-cryptod.log" | tail -1 | tr -d '\r' | sed 's/.*seq //')
@@ -299,7 +359,7 @@ cat $RUN/verify.out
 echo "--- collector:"; tail -5 $RUN/collector.log | sed 's/^/    | /'
 
 echo "STAGE checks done"
-for g in $SUITE policy_pd.1; do show_log $g; done
+for g in $SUITE policy_pd.1 cryptod.1 unlocker.1; do show_log $g; done
 for f in $RUN/proxy-*.err; do [ -s "$f" ] && { echo "--- $f:"; cat "$f"; }; done
 xl list
 echo "--- xl dmesg (guest lines):"

@@ -10,7 +10,7 @@ use core::time::Duration;
 
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId};
-use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditLog, ErrorCode, ErrorMsg};
 use portcullis_vchan::Backend;
@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
 use crate::link::{Link, LinkError};
-use crate::net::{connect, serve};
+use crate::net::{connect, follow, serve, RESOLVE_EVERY};
 use crate::say;
 
 struct Client<B: Backend> {
@@ -26,11 +26,14 @@ struct Client<B: Backend> {
     /// now and then, since a domain created again gets a new id.
     name: String,
     peer: PeerId,
-    link: Link<B>,
+    /// None while no domain has the name (served once one appears).
+    link: Option<Link<B>>,
 }
 
-/// How often client names are resolved again, seconds.
-const RESOLVE_EVERY: u64 = 2;
+/// The peer id of a client whose name no domain has (yet).
+fn absent(name: &str) -> PeerId {
+    PeerId::new(u32::MAX, name)
+}
 
 /// Runs cryptod until the platform stops it.
 pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
@@ -58,9 +61,16 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     // domain, never anything the peer says.
     let mut clients: Vec<Client<P::Backend>> = Vec::new();
     for name in s.list("clients", "unlocker,policy_pd,dom0") {
-        let dom = resolve_dom(p, name)?;
-        let link = serve(p, dom, port::CRYPTOD)?;
-        clients.push(Client { name: name.into(), peer: PeerId::new(u32::from(dom.0), name), link });
+        // A client that does not exist now (not created yet, or powered
+        // off) is served as soon as a domain gets its name.
+        let client = match resolve_dom(p, name) {
+            Ok(dom) => Client { name: name.into(), peer: PeerId::new(u32::from(dom.0), name), link: Some(serve(p, dom, port::CRYPTOD)?) },
+            Err(e) => {
+                say!(p, "cryptod: client {name} not there yet ({e}); serving it when it appears");
+                Client { name: name.into(), peer: absent(name), link: None }
+            }
+        };
+        clients.push(client);
     }
     let collector = resolve_dom(p, s.get("collector", "dom0"))?;
     let mut audit = serve(p, collector, port::AUDIT)?;
@@ -129,7 +139,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
         }
         outbox_empty = empty;
 
-        let mut ports: Vec<_> = clients.iter().filter_map(|c| c.link.port()).collect();
+        let mut ports: Vec<_> = clients.iter().filter_map(|c| c.link.as_ref()?.port()).collect();
         ports.extend(audit.port());
         ports.extend(entropy.as_ref().and_then(|l| l.port()));
         match p.wait_any(&ports, Some(STEP)) {
@@ -144,26 +154,27 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
 /// the old channel is dropped and a fresh one published for the new id. A
 /// name that does not resolve (the domain is gone for now) changes nothing.
 fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
-    let Ok(dom) = resolve_dom(p, &c.name) else { return };
-    if u32::from(dom.0) == c.peer.domid {
-        return;
-    }
-    match serve(p, dom, port::CRYPTOD) {
-        Ok(link) => {
-            say!(p, "cryptod: {} is now dom{} (was dom{}); serving the new domain", c.name, dom.0, c.peer.domid);
-            c.link = link;
+    let old = DomId(u16::try_from(c.peer.domid).unwrap_or(u16::MAX));
+    match follow(p, &c.name, old, port::CRYPTOD) {
+        Ok(Some((dom, link))) => {
+            match c.link {
+                Some(_) => say!(p, "cryptod: {} is now dom{} (was dom{}); serving the new domain", c.name, dom.0, c.peer.domid),
+                None => say!(p, "cryptod: {} is dom{}; serving it", c.name, dom.0),
+            }
+            c.link = Some(link);
             c.peer = PeerId::new(u32::from(dom.0), &c.name);
         }
-        Err(e) => say!(p, "cryptod: {} is now dom{}, cannot serve it yet: {e}", c.name, dom.0),
+        Ok(None) => {}
+        Err(e) => say!(p, "cryptod: {} has a new domain, cannot serve it yet: {e}", c.name),
     }
 }
 
 /// The client's connection is gone: answers still waiting for the collector
 /// must not reach whoever connects next.
-fn forget_answers<P: Platform>(p: &mut P, auth: &mut Authority, c: &Client<P::Backend>) {
-    let n = auth.drop_held(&c.peer);
+fn forget_answers<P: Platform>(p: &mut P, auth: &mut Authority, peer: &PeerId) {
+    let n = auth.drop_held(peer);
     if n > 0 {
-        say!(p, "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped", c.peer.vm, c.peer.domid);
+        say!(p, "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped", peer.vm, peer.domid);
     }
 }
 
@@ -176,13 +187,15 @@ fn serve_client<P: Platform>(
     dirty: &mut bool,
 ) -> Result<bool, AppError> {
     let mut audited = false;
-    if !c.link.is_open() {
-        forget_answers(p, auth, c);
-        c.link.reinit()?;
+    let Some(link) = c.link.as_mut() else { return Ok(false) };
+    if !link.is_open() {
+        forget_answers(p, auth, &c.peer);
+        link.reinit()?;
         return Ok(false);
     }
     loop {
-        let reply = match c.link.poll() {
+        let Some(link) = c.link.as_mut() else { return Ok(audited) };
+        let reply = match link.poll() {
             Ok(None) => break,
             Ok(Some(msg)) => {
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
@@ -198,18 +211,20 @@ fn serve_client<P: Platform>(
             })),
             Err(e) => {
                 say!(p, "cryptod: {} (dom{}): {e}; listening again", c.peer.vm, c.peer.domid);
-                forget_answers(p, auth, c);
-                c.link.reinit()?;
+                forget_answers(p, auth, &c.peer);
+                link.reinit()?;
                 break;
             }
         };
         if let Some(reply) = reply {
-            if let Err(e) = c.link.send(&reply) {
+            if let Err(e) = link.send(&reply) {
                 say!(p, "cryptod: reply to {}: {e}", c.peer.vm);
             }
         }
     }
-    let _ = c.link.pump();
+    if let Some(link) = c.link.as_mut() {
+        let _ = link.pump();
+    }
     Ok(audited)
 }
 
@@ -233,10 +248,10 @@ fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned:
 /// asked, if it is still the same domain.
 fn deliver<P: Platform>(p: &mut P, clients: &mut [Client<P::Backend>], released: Vec<(PeerId, Message)>) {
     for (peer, answer) in released {
-        match clients.iter_mut().find(|c| c.peer == peer) {
-            Some(c) => {
-                if let Err(e) = c.link.send(&answer) {
-                    say!(p, "cryptod: reply to {}: {e}", c.peer.vm);
+        match clients.iter_mut().find(|c| c.peer == peer).and_then(|c| c.link.as_mut()) {
+            Some(link) => {
+                if let Err(e) = link.send(&answer) {
+                    say!(p, "cryptod: reply to {}: {e}", peer.vm);
                 }
             }
             None => say!(p, "cryptod: {} (dom{}) is gone; its answer is dropped", peer.vm, peer.domid),

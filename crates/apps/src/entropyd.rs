@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, AppError, Settings};
 use crate::link::{Link, LinkError};
-use crate::net::serve;
+use crate::net::{follow, serve, RESOLVE_EVERY};
 use crate::say;
 
 /// The DRBG construction named in every chunk.
@@ -26,6 +26,7 @@ pub const DRBG_VERSION: &str = "chacha20-drbg-v1";
 
 struct Subscriber<B: portcullis_vchan::Backend> {
     name: String,
+    dom: DomId,
     link: Link<B>,
 }
 
@@ -46,15 +47,34 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     let allow: Vec<String> = s.list("allow", "cryptod").map(String::from).collect();
     for name in &allow {
         let dom: DomId = p.resolve(name)?;
-        subs.push(Subscriber { name: name.clone(), link: serve(p, dom, port::ENTROPY)? });
+        subs.push(Subscriber { name: name.clone(), dom, link: serve(p, dom, port::ENTROPY)? });
         say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
     }
     say!(p, "entropyd: ready");
 
     let mut seq = 0u64;
+    let mut last_resolve = p.now_unix();
     loop {
         reseed(p, &mut drbg)?;
+        let now = p.now_unix();
+        let resolve = now.saturating_sub(last_resolve) >= RESOLVE_EVERY;
+        if resolve {
+            last_resolve = now;
+        }
         for sub in subs.iter_mut() {
+            // A subscriber destroyed and created again under its name (a
+            // restarted cryptod) gets a fresh channel for its new id.
+            if resolve {
+                match follow(p, &sub.name, sub.dom, port::ENTROPY) {
+                    Ok(Some((dom, link))) => {
+                        say!(p, "entropyd: {} is now dom{} (was dom{}); publishing to the new domain", sub.name, dom.0, sub.dom.0);
+                        sub.dom = dom;
+                        sub.link = link;
+                    }
+                    Ok(None) => {}
+                    Err(e) => say!(p, "entropyd: {} has a new domain, cannot publish to it yet: {e}", sub.name),
+                }
+            }
             if !sub.link.is_open() {
                 say!(p, "entropyd: {} left; listening again", sub.name);
                 sub.link.reinit()?;

@@ -5,7 +5,7 @@ use core::time::Duration;
 use portcullis_platform::{DomId, Platform};
 use portcullis_vchan::{ClientConfig, ServerConfig, Vchan, VchanError};
 
-use crate::common::{AppError, RING_BYTES, STEP};
+use crate::common::{resolve_dom, AppError, RING_BYTES, STEP};
 use crate::link::Link;
 
 /// Connects to `server`'s vchan `port`, waiting up to `patience` for the
@@ -45,4 +45,28 @@ pub fn sleep<P: Platform>(p: &mut P, d: Duration) -> Result<(), AppError> {
         }
         p.wait_any(&[], Some(Duration::from_nanos(deadline - now)))?;
     }
+}
+
+/// A client's new domain id and the channel published for it.
+pub type Followed<B> = Option<(DomId, Link<B>)>;
+
+/// How often servers look up their clients' names again, seconds.
+pub const RESOLVE_EVERY: u64 = 2;
+
+/// A server's client known by `name`, last seen as domain `current`: if the
+/// name now belongs to another domain (the old one was destroyed and a new
+/// one created under the name), publishes a fresh `port` for the new id and
+/// returns it. `Ok(None)` while the name still means `current`, or resolves
+/// to nothing for now.
+pub fn follow<P: Platform>(
+    p: &mut P,
+    name: &str,
+    current: DomId,
+    port: u32,
+) -> Result<Followed<P::Backend>, AppError> {
+    let Ok(dom) = resolve_dom(p, name) else { return Ok(None) };
+    if dom == current {
+        return Ok(None);
+    }
+    Ok(Some((dom, serve(p, dom, port)?)))
 }

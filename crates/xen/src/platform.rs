@@ -16,7 +16,7 @@ use spin::mutex::SpinMutex;
 use crate::entropy::HwEntropy;
 use crate::grant::{self, GrantError, Mapping};
 use crate::page::SharedPages;
-use crate::xenstore::wire::{Errno, XsError};
+use crate::xenstore::wire::{Errno, XsError, PAYLOAD_MAX};
 use crate::xenstore::{Perm, Tx, Xenstore};
 use crate::{abi, console, evtchn, xen, Boot};
 
@@ -334,6 +334,14 @@ impl XenPlatform {
     pub fn config_path(&self, item: ConfigItem) -> String {
         format!("/local/domain/{}/data/portcullis/{}", self.domid.0, store_key(item))
     }
+
+    /// Where [`Platform::persist`] leaves an item for the toolstack:
+    /// `/local/domain/<id>/data/portcullis-persist/<key>`, under the
+    /// domain's own writable `data` directory (the configuration items
+    /// themselves are dom0's and read-only to the domain).
+    pub fn persist_path(&self, item: ConfigItem) -> String {
+        format!("/local/domain/{}/data/portcullis-persist/{}", self.domid.0, store_key(item))
+    }
 }
 
 impl Platform for XenPlatform {
@@ -382,6 +390,18 @@ impl Platform for XenPlatform {
         let dst = buf.get_mut(..value.len()).ok_or(PlatformError::BadConfig)?;
         dst.copy_from_slice(&value);
         Ok(value.len())
+    }
+
+    /// Hands the item to the toolstack through xenstore (one node write,
+    /// so atomic); dom0 must copy it out before the domain is destroyed
+    /// and give it back as the configuration item at the next creation.
+    /// An item larger than one xenstore payload is refused.
+    fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
+        let path = self.persist_path(item);
+        if path.len() + 1 + bytes.len() > PAYLOAD_MAX {
+            return Err(PlatformError::BadConfig);
+        }
+        with_store(|s| s.write(Tx::NONE, &path, bytes)).map_err(platform_store_err)
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
