@@ -8,6 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use portcullis_authority::ratelimit::IssueRateConfig;
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId};
 use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
@@ -52,6 +53,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
         entropy_vm: s.get("entropy", "entropyd").into(),
         unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
         answer_after_audit: s.num("answer_after_audit", 1)? != 0,
+        issue_rate: IssueRateConfig {
+            burst: u32::try_from(s.num("issue_burst", 60)?).unwrap_or(u32::MAX),
+            per_minute: u32::try_from(s.num("issue_per_minute", 600)?).unwrap_or(u32::MAX),
+            ..IssueRateConfig::default()
+        },
         ..Config::default()
     };
     let mut auth = Authority::new(config, state, p.now_unix())

@@ -26,7 +26,9 @@ fn authority(operators: usize) -> Authority {
         acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
         last_steps: vec![],
     };
-    let config = Config { reseed_interval: u64::MAX, ..Config::default() };
+    // No issue rate limit: the loops below issue thousands of tokens at one instant.
+    let issue_rate = portcullis_authority::ratelimit::IssueRateConfig { per_minute: 0, ..Default::default() };
+    let config = Config { reseed_interval: u64::MAX, issue_rate, ..Config::default() };
     let mut a = Authority::new(config, state, T0).unwrap();
     let chunk = EntropyPub {
         drbg_version: "bench".into(),

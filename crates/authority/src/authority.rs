@@ -31,7 +31,7 @@ use crate::acl::{Acl, AclError, PeerId};
 use crate::audit::{AuditLog, Event, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
-use crate::ratelimit::{Admission, RateLimitConfig, RateLimiter};
+use crate::ratelimit::{Admission, IssueLimiter, IssueRateConfig, RateLimitConfig, RateLimiter};
 use crate::revocation::RevocationList;
 use crate::sealed::{self, SealError, SealedState};
 use crate::totp::{CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW};
@@ -67,6 +67,8 @@ pub struct Config {
     pub totp_window: u64,
     /// Failure limits (one limiter for operators, one for devices).
     pub rate_limit: RateLimitConfig,
+    /// Token issue requests per peer (a token bucket).
+    pub issue_rate: IssueRateConfig,
     /// Key rotation timing.
     pub keys: KeyConfig,
     /// Audit outbox capacity.
@@ -92,6 +94,7 @@ impl Default for Config {
             max_policy_ttl: MAX_POLICY_TTL,
             totp_window: DEFAULT_WINDOW,
             rate_limit: RateLimitConfig::default(),
+            issue_rate: IssueRateConfig::default(),
             keys: KeyConfig::default(),
             audit_outbox: DEFAULT_OUTBOX,
             answer_after_audit: true,
@@ -163,6 +166,7 @@ pub struct Authority {
     totp: Totp,
     operators_limit: RateLimiter,
     devices_limit: RateLimiter,
+    issue_limit: IssueLimiter,
     keys: KeyRing,
     root_seed: Zeroizing<[u8; 32]>,
     master: Zeroizing<[u8; 32]>,
@@ -201,6 +205,7 @@ impl Authority {
             totp: Totp::new(state.operators.iter().cloned(), state.last_steps.iter().cloned(), config.totp_window),
             operators_limit: RateLimiter::new(config.rate_limit),
             devices_limit: RateLimiter::new(config.rate_limit),
+            issue_limit: IssueLimiter::new(config.issue_rate),
             keys,
             root_seed: Zeroizing::new(state.root_key),
             master: Zeroizing::new(state.master_secret),
@@ -579,6 +584,11 @@ impl Authority {
                 .meta("scope", &r.requested_scope.to_string())
                 .meta("request_id", &r.request_id.to_string())
         };
+        if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
+            let reason = format!("too many token requests; retry after {wait} s");
+            self.record(event(AuditResult::RateLimited).meta("reason", &reason), now, out);
+            return resp(IssueResult::RateLimited, &reason);
+        }
         let decision = if r.requested_scope.contains(Scope::LuksUnlock) {
             Err("luks:unlock is granted only with a TOTP validation".to_string())
         } else {

@@ -1,4 +1,5 @@
-//! Failure counting with lockout and exponential backoff.
+//! Failure counting with lockout and exponential backoff, and a per-peer
+//! token bucket for token issue requests ([`IssueLimiter`]).
 //!
 //! Rules (per key; cryptod keeps one limiter for operators and one for devices):
 //! - while a key is locked, every attempt is refused without being checked;
@@ -118,6 +119,94 @@ impl RateLimiter {
     }
 }
 
+/// Token-issue rate per peer: a token bucket of `burst` requests, refilled
+/// at `per_minute`. `per_minute == 0` turns the limit off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IssueRateConfig {
+    /// Requests a peer may make at once (default 60).
+    pub burst: u32,
+    /// Sustained requests per minute (default 600; 0: unlimited).
+    pub per_minute: u32,
+    /// Most peers tracked at once (default 256).
+    pub max_peers: usize,
+}
+
+impl Default for IssueRateConfig {
+    fn default() -> Self {
+        IssueRateConfig { burst: 60, per_minute: 600, max_peers: 256 }
+    }
+}
+
+/// Units of one request: a bucket counts sixtieths, so that a refill of
+/// `per_minute` units per second is exact in integers.
+const UNIT: u64 = 60;
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    units: u64,
+    at: u64,
+}
+
+/// Per-peer token buckets for token issue requests.
+#[derive(Debug, Default)]
+pub struct IssueLimiter {
+    config: IssueRateConfig,
+    buckets: BTreeMap<(u32, String), Bucket>,
+}
+
+impl IssueLimiter {
+    /// An empty limiter.
+    pub fn new(config: IssueRateConfig) -> IssueLimiter {
+        IssueLimiter { config, buckets: BTreeMap::new() }
+    }
+
+    fn capacity(&self) -> u64 {
+        u64::from(self.config.burst.max(1)) * UNIT
+    }
+
+    fn refill(&self, b: &mut Bucket, now: u64) {
+        let earned = now.saturating_sub(b.at).saturating_mul(u64::from(self.config.per_minute));
+        b.units = b.units.saturating_add(earned).min(self.capacity());
+        b.at = b.at.max(now);
+    }
+
+    /// Takes one request from the bucket of peer (`domid`, `vm`) at time
+    /// `now`; `Err(seconds)` says when the next one would be allowed. A full
+    /// table first forgets peers whose bucket has refilled completely; if
+    /// none has, new peers are refused (fail closed).
+    pub fn take(&mut self, domid: u32, vm: &str, now: u64) -> Result<(), u64> {
+        if self.config.per_minute == 0 {
+            return Ok(());
+        }
+        let key = (domid, String::from(vm));
+        if !self.buckets.contains_key(&key) {
+            if self.buckets.len() >= self.config.max_peers {
+                let cap = self.capacity();
+                let (per_minute, buckets) = (u64::from(self.config.per_minute), &mut self.buckets);
+                buckets.retain(|_, b| {
+                    let units = b.units.saturating_add(now.saturating_sub(b.at).saturating_mul(per_minute));
+                    units < cap
+                });
+                if self.buckets.len() >= self.config.max_peers {
+                    return Err(1);
+                }
+            }
+            self.buckets.insert(key.clone(), Bucket { units: self.capacity(), at: now });
+        }
+        let mut b = *self.buckets.get(&key).ok_or(1u64)?;
+        self.refill(&mut b, now);
+        let result = if b.units >= UNIT {
+            b.units -= UNIT;
+            Ok(())
+        } else {
+            let per_second = u64::from(self.config.per_minute);
+            Err((UNIT - b.units).div_ceil(per_second).max(1))
+        };
+        self.buckets.insert(key, b);
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +275,43 @@ mod tests {
                 }
             }
         }
+    }
+    #[test]
+    fn issue_bucket_allows_a_burst_then_the_sustained_rate() {
+        let mut l = IssueLimiter::new(IssueRateConfig { burst: 3, per_minute: 60, max_peers: 8 });
+        for _ in 0..3 {
+            assert_eq!(l.take(7, "pd", 100), Ok(()));
+        }
+        assert_eq!(l.take(7, "pd", 100), Err(1), "60 per minute: one more each second");
+        // Another peer, or the same name on another domid, has its own bucket.
+        assert_eq!(l.take(8, "pd", 100), Ok(()));
+        assert_eq!(l.take(7, "pd", 101), Ok(()));
+        assert_eq!(l.take(7, "pd", 101), Err(1));
+        // Idle time refills up to the burst, not beyond.
+        for _ in 0..3 {
+            assert_eq!(l.take(7, "pd", 10_000), Ok(()));
+        }
+        assert!(l.take(7, "pd", 10_000).is_err());
+        // A slow rate says how long to wait.
+        let mut slow = IssueLimiter::new(IssueRateConfig { burst: 1, per_minute: 2, max_peers: 8 });
+        assert_eq!(slow.take(1, "a", 0), Ok(()));
+        assert_eq!(slow.take(1, "a", 0), Err(30));
+        assert_eq!(slow.take(1, "a", 29), Err(1));
+        assert_eq!(slow.take(1, "a", 30), Ok(()));
+        // Time going backwards refills nothing.
+        assert!(slow.take(1, "a", 5).is_err());
+    }
+
+    #[test]
+    fn issue_limit_off_and_full_table() {
+        let mut off = IssueLimiter::new(IssueRateConfig { burst: 1, per_minute: 0, max_peers: 1 });
+        for i in 0..1000 {
+            assert_eq!(off.take(i, "x", 0), Ok(()));
+        }
+        let mut l = IssueLimiter::new(IssueRateConfig { burst: 2, per_minute: 60, max_peers: 1 });
+        assert_eq!(l.take(1, "a", 0), Ok(()));
+        assert_eq!(l.take(2, "b", 0), Err(1), "table full of a busy peer: fail closed");
+        // Once peer a's bucket is full again it may be forgotten.
+        assert_eq!(l.take(2, "b", 5), Ok(()));
     }
 }

@@ -505,3 +505,27 @@ fn a_departed_peer_s_held_answers_are_dropped_not_misdelivered() {
     assert_eq!(out.released[0].0, unlocker());
     assert_eq!(a.pending_audit().len(), 0, "the dropped answer's record was still shipped and acked");
 }
+
+#[test]
+fn a_peer_flooding_token_requests_is_rate_limited_and_audited() {
+    use portcullis_authority::ratelimit::IssueRateConfig;
+    let issue_rate = IssueRateConfig { burst: 3, per_minute: 60, max_peers: 16 };
+    let (mut a, _) = seeded_with(Config { issue_rate, ..Config::default() });
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    for _ in 0..3 {
+        let out = call(&mut a, &policy_pd(), &req, T0, b"");
+        assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+    }
+    let out = call(&mut a, &policy_pd(), &req, T0, b"");
+    let Some(Message::TokenIssueResp(r)) = &out.response else { panic!("{:?}", out.response) };
+    assert_eq!(r.result, IssueResult::RateLimited);
+    assert!(r.token.is_none());
+    assert_eq!(r.reason.as_deref(), Some("too many token requests; retry after 1 s"));
+    assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::RateLimited);
+    // Another peer has its own budget; a second later there is one more.
+    let other = PeerId::new(9, "policy_pd");
+    let out = call(&mut a, &other, &req, T0, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result != IssueResult::RateLimited));
+    let out = call(&mut a, &policy_pd(), &req, T0 + 1, b"");
+    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+}
