@@ -26,9 +26,14 @@ pub const DRBG_VERSION: &str = "chacha20-drbg-v1";
 
 struct Subscriber<B: portcullis_vchan::Backend> {
     name: String,
+    /// The domain last seen with the name (`NOBODY` before there was one).
     dom: DomId,
-    link: Link<B>,
+    /// None until a domain has the name.
+    link: Option<Link<B>>,
 }
+
+/// Stands for "no domain has this name yet" (not a valid domain id).
+const NOBODY: DomId = DomId(u16::MAX);
 
 /// Runs entropyd until the platform stops it.
 pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
@@ -46,9 +51,17 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     let mut subs: Vec<Subscriber<P::Backend>> = Vec::new();
     let allow: Vec<String> = s.list("allow", "cryptod").map(String::from).collect();
     for name in &allow {
-        let dom: DomId = p.resolve(name)?;
-        subs.push(Subscriber { name: name.clone(), dom, link: serve(p, dom, port::ENTROPY)? });
-        say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
+        // A subscriber not created yet is served once a domain has its name.
+        match p.resolve(name) {
+            Ok(dom) => {
+                subs.push(Subscriber { name: name.clone(), dom, link: Some(serve(p, dom, port::ENTROPY)?) });
+                say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
+            }
+            Err(e) => {
+                subs.push(Subscriber { name: name.clone(), dom: NOBODY, link: None });
+                say!(p, "entropyd: {name} not there yet ({e}); publishing to it when it appears");
+            }
+        }
     }
     say!(p, "entropyd: ready");
 
@@ -67,17 +80,21 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             if resolve {
                 match follow(p, &sub.name, sub.dom, port::ENTROPY) {
                     Ok(Some((dom, link))) => {
-                        say!(p, "entropyd: {} is now dom{} (was dom{}); publishing to the new domain", sub.name, dom.0, sub.dom.0);
+                        match sub.link {
+                            Some(_) => say!(p, "entropyd: {} is now dom{} (was dom{}); publishing to the new domain", sub.name, dom.0, sub.dom.0),
+                            None => say!(p, "entropyd: {} is dom{}; publishing to it", sub.name, dom.0),
+                        }
                         sub.dom = dom;
-                        sub.link = link;
+                        sub.link = Some(link);
                     }
                     Ok(None) => {}
                     Err(e) => say!(p, "entropyd: {} has a new domain, cannot publish to it yet: {e}", sub.name),
                 }
             }
-            if !sub.link.is_open() {
+            let Some(link) = sub.link.as_mut() else { continue };
+            if !link.is_open() {
                 say!(p, "entropyd: {} left; listening again", sub.name);
-                sub.link.reinit()?;
+                link.reinit()?;
                 continue;
             }
             let mut chunk = Zeroizing::new(alloc::vec![0u8; chunk_len]);
@@ -90,14 +107,14 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
                 entropy_chunk: chunk,
                 timestamp: p.now_unix(),
             });
-            match sub.link.send(&msg) {
+            match link.send(&msg) {
                 // A subscriber that does not read (or has not connected yet)
                 // just misses chunks; it is never waited for.
                 Ok(()) | Err(LinkError::QueueFull) => {}
                 Err(e) => say!(p, "entropyd: {}: {e}", sub.name),
             }
             // Anything a subscriber writes to us is ignored, but drained.
-            while let Ok(Some(_)) = sub.link.poll() {}
+            while let Ok(Some(_)) = link.poll() {}
         }
         seq = seq.wrapping_add(1);
         crate::net::sleep(p, interval)?;
