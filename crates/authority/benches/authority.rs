@@ -57,6 +57,22 @@ fn answer(a: &mut Authority, peer: &PeerId, msg: &Message) -> Option<Message> {
     a.handle(peer, msg, T0, b"").response.or_else(|| ack_all(a).pop())
 }
 
+/// A plain code check (no unlock grant) for `operator`.
+fn totp_req(operator: &str, code: &str) -> TotpValidateReq {
+    TotpValidateReq {
+        request_id: RequestId([1; 16]),
+        operator_id: operator.into(),
+        device_id: "yubi".into(),
+        totp_code: Zeroizing::new(code.into()),
+        client_nonce: vec![9; 16],
+        timestamp: T0,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        attestation_chain: None,
+        metadata: None,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     // Each iteration uses a fresh operator (a code is accepted once per step).
     const OPS: usize = 100_000;
@@ -66,18 +82,7 @@ fn bench(c: &mut Criterion) {
     let mut i = 0usize;
     c.bench_function("handle: totp_validate (accept + audit)", |b| {
         b.iter(|| {
-            let req = TotpValidateReq {
-                request_id: RequestId([1; 16]),
-                operator_id: format!("op{}", i % OPS),
-                device_id: "yubi".into(),
-                totp_code: Zeroizing::new(code.clone()),
-                client_nonce: vec![9; 16],
-                timestamp: T0,
-                volume_id: None,
-                ephemeral_pubkey: None,
-                attestation_chain: None,
-                metadata: None,
-            };
+            let req = totp_req(&format!("op{}", i % OPS), &code);
             i += 1;
             let out = a.handle(&unlocker, &req.into(), T0, b"");
             if i % 32 == 0 {
@@ -116,18 +121,7 @@ fn bench(c: &mut Criterion) {
 
     // Sanity: a full TOTP + unlock-free validation on a fresh authority is "ok".
     let mut fresh = authority(1);
-    let req = TotpValidateReq {
-        request_id: RequestId([1; 16]),
-        operator_id: "op0".into(),
-        device_id: "yubi".into(),
-        totp_code: Zeroizing::new(code.clone()),
-        client_nonce: vec![9; 16],
-        timestamp: T0,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        attestation_chain: None,
-        metadata: None,
-    };
+    let req = totp_req("op0", &code);
     ack_all(&mut fresh);
     match answer(&mut fresh, &unlocker, &req.into()) {
         Some(Message::TotpValidateResp(r)) => assert_eq!(r.result, TotpResult::Ok),
