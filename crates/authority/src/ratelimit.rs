@@ -147,6 +147,15 @@ struct Bucket {
     at: u64,
 }
 
+impl Bucket {
+    /// The bucket at time `now`: `per_minute` units earned for every second
+    /// since it was last seen, up to `cap` (time going back earns nothing).
+    fn refilled(self, now: u64, per_minute: u64, cap: u64) -> Bucket {
+        let earned = now.saturating_sub(self.at).saturating_mul(per_minute);
+        Bucket { units: self.units.saturating_add(earned).min(cap), at: self.at.max(now) }
+    }
+}
+
 /// Per-peer token buckets for token issue requests.
 #[derive(Debug, Default)]
 pub struct IssueLimiter {
@@ -164,12 +173,6 @@ impl IssueLimiter {
         u64::from(self.config.burst.max(1)) * UNIT
     }
 
-    fn refill(&self, b: &mut Bucket, now: u64) {
-        let earned = now.saturating_sub(b.at).saturating_mul(u64::from(self.config.per_minute));
-        b.units = b.units.saturating_add(earned).min(self.capacity());
-        b.at = b.at.max(now);
-    }
-
     /// Takes one request from the bucket of peer (`domid`, `vm`) at time
     /// `now`; `Err(seconds)` says when the next one would be allowed. A full
     /// table first forgets peers whose bucket has refilled completely; if
@@ -178,29 +181,23 @@ impl IssueLimiter {
         if self.config.per_minute == 0 {
             return Ok(());
         }
+        let (per_minute, cap) = (u64::from(self.config.per_minute), self.capacity());
         let key = (domid, String::from(vm));
         if !self.buckets.contains_key(&key) {
             if self.buckets.len() >= self.config.max_peers {
-                let cap = self.capacity();
-                let (per_minute, buckets) = (u64::from(self.config.per_minute), &mut self.buckets);
-                buckets.retain(|_, b| {
-                    let units = b.units.saturating_add(now.saturating_sub(b.at).saturating_mul(per_minute));
-                    units < cap
-                });
+                self.buckets.retain(|_, b| b.refilled(now, per_minute, cap).units < cap);
                 if self.buckets.len() >= self.config.max_peers {
                     return Err(1);
                 }
             }
-            self.buckets.insert(key.clone(), Bucket { units: self.capacity(), at: now });
+            self.buckets.insert(key.clone(), Bucket { units: cap, at: now });
         }
-        let mut b = *self.buckets.get(&key).ok_or(1u64)?;
-        self.refill(&mut b, now);
+        let mut b = self.buckets.get(&key).ok_or(1u64)?.refilled(now, per_minute, cap);
         let result = if b.units >= UNIT {
             b.units -= UNIT;
             Ok(())
         } else {
-            let per_second = u64::from(self.config.per_minute);
-            Err((UNIT - b.units).div_ceil(per_second).max(1))
+            Err((UNIT - b.units).div_ceil(per_minute).max(1))
         };
         self.buckets.insert(key, b);
         result
