@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
 use crate::link::{Link, LinkError};
-use crate::net::{connect, follow, serve, RESOLVE_EVERY};
+use crate::net::{connect, follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 
 struct Client<B: Backend> {
@@ -33,7 +33,7 @@ struct Client<B: Backend> {
 
 /// The peer id of a client whose name no domain has (yet).
 fn absent(name: &str) -> PeerId {
-    PeerId::new(u32::MAX, name)
+    PeerId::new(u32::from(NOBODY.0), name)
 }
 
 /// Runs cryptod until the platform stops it.
@@ -160,7 +160,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
 /// the old channel is dropped and a fresh one published for the new id. A
 /// name that does not resolve (the domain is gone for now) changes nothing.
 fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
-    let old = DomId(u16::try_from(c.peer.domid).unwrap_or(u16::MAX));
+    let old = u16::try_from(c.peer.domid).map_or(NOBODY, DomId);
     match follow(p, &c.name, old, port::CRYPTOD) {
         Ok(Some((dom, link))) => {
             match c.link {

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, AppError, Settings};
 use crate::link::{Link, LinkError};
-use crate::net::{follow, serve, RESOLVE_EVERY};
+use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 
 /// The DRBG construction named in every chunk.
@@ -31,9 +31,6 @@ struct Subscriber<B: portcullis_vchan::Backend> {
     /// None until a domain has the name.
     link: Option<Link<B>>,
 }
-
-/// Stands for "no domain has this name yet" (not a valid domain id).
-const NOBODY: DomId = DomId(u16::MAX);
 
 /// Runs entropyd until the platform stops it.
 pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {

@@ -47,6 +47,10 @@ pub fn sleep<P: Platform>(p: &mut P, d: Duration) -> Result<(), AppError> {
     }
 }
 
+/// Stands for "no domain has this name yet" (not a valid domain id): the
+/// `current` of a client [`follow`] has not found so far.
+pub const NOBODY: DomId = DomId(u16::MAX);
+
 /// A client's new domain id and the channel published for it.
 pub type Followed<B> = Option<(DomId, Link<B>)>;
 
