@@ -100,19 +100,19 @@ fn grant_err(e: GrantError) -> BackendError {
     }
 }
 
-/// A store failure as the platform reports it.
-fn platform_store_err(e: XsError) -> PlatformError {
-    match e {
-        XsError::Daemon(Errno::Acces) | XsError::Daemon(Errno::Perm) => PlatformError::Denied,
-        _ => PlatformError::Io,
-    }
+/// Whether xenstored refused access (`EACCES` or `EPERM`).
+fn store_denied(e: &XsError) -> bool {
+    matches!(e, XsError::Daemon(Errno::Acces | Errno::Perm))
 }
 
+/// A store failure as the platform reports it.
+fn platform_store_err(e: XsError) -> PlatformError {
+    if store_denied(&e) { PlatformError::Denied } else { PlatformError::Io }
+}
+
+/// A store failure as the vchan backend reports it.
 fn store_err(e: XsError) -> BackendError {
-    match e {
-        XsError::Daemon(Errno::Acces) | XsError::Daemon(Errno::Perm) => BackendError::Denied,
-        _ => BackendError::Store,
-    }
+    if store_denied(&e) { BackendError::Denied } else { BackendError::Store }
 }
 
 /// The vchan backend of a Xen domain. All handles share the domain's grant
