@@ -116,16 +116,22 @@ fn envelope_keys_may_come_in_any_order() {
     }
 }
 
+/// The body map of an envelope decoded as a generic CBOR value.
+fn body_of(envelope: &mut Value) -> &mut Vec<(Value, Value)> {
+    let Value::Map(entries) = envelope else {
+        panic!("envelope is not a map")
+    };
+    let Value::Map(body) = &mut entries[2].1 else {
+        panic!("body is not a map")
+    };
+    body
+}
+
 #[test]
 fn body_fields_may_come_in_any_order() {
     let msg = &msg_samples::samples(MsgType::TotpValidateReq)[0];
     let mut v: Value = ciborium::de::from_reader(&msg.encode().unwrap()[..]).unwrap();
-    let Value::Map(entries) = &mut v else {
-        panic!()
-    };
-    let Value::Map(body) = &mut entries[2].1 else {
-        panic!()
-    };
+    let body = body_of(&mut v);
     body.reverse();
     assert_eq!(&Message::decode(&to_bytes(&v)).unwrap(), msg);
 }
@@ -276,12 +282,7 @@ fn unknown_duplicate_and_missing_keys_are_refused() {
 fn duplicate_metadata_keys_are_refused() {
     let msg = &msg_samples::samples(MsgType::TotpValidateReq)[0];
     let mut v: Value = ciborium::de::from_reader(&msg.encode().unwrap()[..]).unwrap();
-    let Value::Map(entries) = &mut v else {
-        panic!()
-    };
-    let Value::Map(body) = &mut entries[2].1 else {
-        panic!()
-    };
+    let body = body_of(&mut v);
     let (_, meta) = body
         .iter_mut()
         .find(|(k, _)| k.as_text() == Some("metadata"))
