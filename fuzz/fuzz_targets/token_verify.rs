@@ -18,13 +18,8 @@ static PUBLIC: LazyLock<VerifyingKey> =
 
 static KEYS: LazyLock<Keyset> = LazyLock::new(|| {
     let mut keys = Keyset::new();
-    keys.push(KeyEntry {
-        kid: b"k1".to_vec(),
-        key: *PUBLIC,
-        not_before: 0,
-        not_after: u64::MAX,
-    })
-    .expect("one key");
+    keys.push(KeyEntry { kid: b"k1".to_vec(), key: *PUBLIC, not_before: 0, not_after: u64::MAX })
+        .expect("one key");
     keys
 });
 

@@ -45,23 +45,17 @@ fuzz_target!(|data: &[u8]| {
     let page = AtomicMem::new(&page_words);
     let lm = AtomicMem::new(&left_words);
     let rm = AtomicMem::new(&right_words);
-    let Ok(mut server) = Channel::server(
-        page,
-        g,
-        ring_buf(&g, Dir::Left, lm),
-        ring_buf(&g, Dir::Right, rm),
-    ) else {
+    let Ok(mut server) =
+        Channel::server(page, g, ring_buf(&g, Dir::Left, lm), ring_buf(&g, Dir::Right, rm))
+    else {
         return;
     };
     let Ok(cg) = Geometry::read(&page) else {
         return;
     };
-    let Ok(mut client) = Channel::client(
-        page,
-        cg,
-        ring_buf(&cg, Dir::Left, lm),
-        ring_buf(&cg, Dir::Right, rm),
-    ) else {
+    let Ok(mut client) =
+        Channel::client(page, cg, ring_buf(&cg, Dir::Left, lm), ring_buf(&cg, Dir::Right, rm))
+    else {
         return;
     };
     client.announce_client();

@@ -9,12 +9,8 @@ use std::time::Instant;
 mod xen_harness;
 
 /// Crates that must build for the bare-metal guest target.
-const NO_STD_CRATES: &[&str] = &[
-    "portcullis-proto",
-    "portcullis-authority",
-    "portcullis-vchan",
-    "portcullis-platform",
-];
+const NO_STD_CRATES: &[&str] =
+    &["portcullis-proto", "portcullis-authority", "portcullis-vchan", "portcullis-platform"];
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// Fuzz targets under `fuzz/fuzz_targets`.
 const FUZZ_TARGETS: &[&str] = &["envelope_decode", "token_verify", "vchan_ring"];
@@ -228,11 +224,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 ];
 
 fn have(binary: &str) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(binary).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Installs missing Debian packages when running as root (as on CI and our
@@ -248,10 +240,7 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
     if !is_root {
-        return Err(format!(
-            "missing tools; run: sudo apt-get install {}",
-            missing.join(" ")
-        ));
+        return Err(format!("missing tools; run: sudo apt-get install {}", missing.join(" ")));
     }
     run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
     run(
@@ -266,10 +255,7 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
 fn test() -> Result<(), String> {
     let start = Instant::now();
     ensure_tools(TEST_TOOLS)?;
-    run(
-        "cargo test --workspace",
-        cargo().args(["test", "--workspace", "--all-targets"]),
-    )?;
+    run("cargo test --workspace", cargo().args(["test", "--workspace", "--all-targets"]))?;
     // Doc tests are not part of --all-targets.
     run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"]))?;
     build_no_std(false)?;
@@ -301,7 +287,14 @@ fn python_env() -> Result<PathBuf, String> {
     if !ok {
         run(
             "pip install pycose cbor2",
-            Command::new(&py).args(["-m", "pip", "install", "--quiet", "pycose==1.1.0", "cbor2>=5.6,<6"]),
+            Command::new(&py).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "pycose==1.1.0",
+                "cbor2>=5.6,<6",
+            ]),
         )?;
     }
     Ok(py)
@@ -349,7 +342,14 @@ fn bench() -> Result<(), String> {
     run("cargo bench --workspace (criterion)", cargo().args(["bench", "--workspace"]))?;
     run(
         "vchan between two processes vs a pipe",
-        cargo().args(["run", "--release", "-p", "portcullis-hosted", "--example", "vchan_throughput"]),
+        cargo().args([
+            "run",
+            "--release",
+            "-p",
+            "portcullis-hosted",
+            "--example",
+            "vchan_throughput",
+        ]),
     )?;
     demo(&["--scenario".into(), "bench".into(), "--no-qr".into()])
 }
@@ -363,10 +363,7 @@ fn ensure_cargo_fuzz() -> Result<(), String> {
     if have {
         return Ok(());
     }
-    run(
-        "cargo install cargo-fuzz",
-        cargo().args(["install", "cargo-fuzz", "--locked"]),
-    )
+    run("cargo install cargo-fuzz", cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn fuzz(seconds: u64) -> Result<(), String> {
@@ -405,10 +402,7 @@ fn fuzz(seconds: u64) -> Result<(), String> {
 fn ci() -> Result<(), String> {
     let start = Instant::now();
     test()?;
-    let secs = env::var("PORTCULLIS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs = env::var("PORTCULLIS_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     fuzz(secs)?;
     println!("ci finished in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

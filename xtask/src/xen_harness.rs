@@ -51,7 +51,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Toolstack programs copied into dom0 (from `/usr/lib/xen-4.17/bin`).
-const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "vchan-socket-proxy"];
+const XEN_TOOLS: &[&str] =
+    &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "vchan-socket-proxy"];
 /// Other programs copied into dom0, from the unpacked packages.
 const DOM0_PROGRAMS: &[&str] = &["sbin/cryptsetup", "usr/bin/oathtool"];
 /// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
@@ -104,7 +105,11 @@ fn step(name: &str) {
 fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{what}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -157,7 +162,10 @@ pub fn xen_image() -> Result<Image, String> {
     let kernel = work.join("vmlinuz");
     let stamp = work.join("boot.key");
     let key = Fnv::new().add(debs.join(",").as_bytes()).hex();
-    if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) || !xen.exists() || !kernel.exists() {
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str())
+        || !xen.exists()
+        || !kernel.exists()
+    {
         let gz = single(&unpacked.join("boot"), "xen-4.17-amd64.gz")?;
         // Xen is a gzipped multiboot ELF; QEMU's -kernel wants it plain.
         let status = Command::new("sh")
@@ -188,7 +196,11 @@ pub fn xen_image() -> Result<Image, String> {
         let bytes = tree.to_cpio();
         fs::write(&initrd, &bytes).map_err(|e| format!("{}: {e}", initrd.display()))?;
         fs::write(&stamp, &key).map_err(|e| e.to_string())?;
-        println!("    {} entries, {} bytes (uncompressed newc cpio)", tree.entries.len(), bytes.len());
+        println!(
+            "    {} entries, {} bytes (uncompressed newc cpio)",
+            tree.entries.len(),
+            bytes.len()
+        );
     } else {
         println!("    cached ({} entries, inputs unchanged)", tree.entries.len());
     }
@@ -231,7 +243,11 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
     let out = work.join("provisioned");
     let format = out.join("format");
     let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT);
-    if current && out.join("cryptod/kek").exists() && out.join("cryptod/sealed-state").exists() && out.join(VOLUME).exists() {
+    if current
+        && out.join("cryptod/kek").exists()
+        && out.join("cryptod/sealed-state").exists()
+        && out.join(VOLUME).exists()
+    {
         println!("    cached: {}", out.display());
         return Ok(out);
     }
@@ -245,7 +261,14 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
     run(
         "portcullis provision",
         Command::new(root().join("target/debug/portcullis"))
-            .args(["provision", "--no-qr", "--save-otpauth", "--luks-size-mib", VOLUME_MIB, "--luks-format"])
+            .args([
+                "provision",
+                "--no-qr",
+                "--save-otpauth",
+                "--luks-size-mib",
+                VOLUME_MIB,
+                "--luks-format",
+            ])
             .arg(work.join(VOLUME))
             .arg("--out")
             .arg(&out)
@@ -264,7 +287,10 @@ fn deb_name(pkg: &str, version: &str, arch: &str) -> String {
 /// Fetches the packages missing from target/xen-image/debs; returns the
 /// .deb file names (package, version, architecture: the cache key).
 fn download(work: &Path) -> Result<Vec<String>, String> {
-    let deps = output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]), "apt-cache depends")?;
+    let deps = output(
+        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+        "apt-cache depends",
+    )?;
     let kernel = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -280,7 +306,9 @@ fn download(work: &Path) -> Result<Vec<String>, String> {
     let mut names = Vec::new();
     for para in show.split("\n\n").filter(|p| !p.trim().is_empty()) {
         let field = |f: &str| para.lines().find_map(|l| l.strip_prefix(f)).map(str::trim);
-        if let (Some(p), Some(v), Some(a)) = (field("Package:"), field("Version:"), field("Architecture:")) {
+        if let (Some(p), Some(v), Some(a)) =
+            (field("Package:"), field("Version:"), field("Architecture:"))
+        {
             names.push(deb_name(p, v, a));
         }
     }
@@ -289,14 +317,17 @@ fn download(work: &Path) -> Result<Vec<String>, String> {
     }
     let dir = work.join("debs");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let missing: Vec<&String> = pkgs.iter().zip(&names).filter(|(_, n)| !dir.join(n).exists()).map(|(p, _)| p).collect();
+    let missing: Vec<&String> =
+        pkgs.iter().zip(&names).filter(|(_, n)| !dir.join(n).exists()).map(|(p, _)| p).collect();
     if missing.is_empty() {
         println!("    cached: {} packages", names.len());
     } else {
         let mut c = Command::new("apt-get");
         // apt drops to the _apt user for downloads unless told otherwise;
         // target/ need not be writable by it.
-        c.current_dir(&dir).args(["download", "-q", "-o", "APT::Sandbox::User=root"]).args(&missing);
+        c.current_dir(&dir)
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .args(&missing);
         run(&format!("apt-get download ({} packages)", missing.len()), &mut c)?;
     }
     for n in &names {
@@ -417,7 +448,8 @@ fn pad4(out: &mut Vec<u8>) {
 
 fn cpio_entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
     let nlink = if mode & 0o170_000 == 0o040_000 { 2 } else { 1 };
-    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+    let fields =
+        [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -467,8 +499,17 @@ fn libraries(unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> 
 fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
     let mut t = Tree::default();
     for d in [
-        "proc", "sys", "dev", "tmp", "run", "var/run", "var/log/xen/console", "var/lib/xen", "var/lib/xenstored",
-        "etc/xen", "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "var/run",
+        "var/log/xen/console",
+        "var/lib/xen",
+        "var/lib/xenstored",
+        "etc/xen",
+        "usr/sbin",
     ] {
         t.dir(d);
     }
@@ -504,7 +545,8 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
     t.copy("usr/bin/portcullis", &portcullis, true)?;
     bins.push(portcullis);
     for lib in libraries(unpacked, &bins)? {
-        let name = lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
+        let name =
+            lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
         if name.starts_with("ld-linux") {
             t.copy(&format!("lib64/{name}"), &lib, true)?;
         } else {
@@ -512,7 +554,11 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         }
     }
     // xl aborts (pthread_cancel) without libgcc_s, which is dlopen()ed.
-    t.copy("lib/x86_64-linux-gnu/libgcc_s.so.1", Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"), false)?;
+    t.copy(
+        "lib/x86_64-linux-gnu/libgcc_s.so.1",
+        Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+        false,
+    )?;
     t.file("etc/xen/xl.conf", Vec::new(), false);
     // kernel modules
     let modroot = single_prefix(&unpacked.join("lib/modules"), "")?;
@@ -538,7 +584,11 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
     t.copy("etc/portcullis/xen/hello.cfg", &tests.join("hello.cfg"), false)?;
     // configuration items, /etc/portcullis/items/<domain>/<item>
     t.copy("etc/portcullis/items/cryptod/kek", &provisioned.join("cryptod/kek"), false)?;
-    t.copy("etc/portcullis/items/cryptod/sealed-state", &provisioned.join("cryptod/sealed-state"), false)?;
+    t.copy(
+        "etc/portcullis/items/cryptod/sealed-state",
+        &provisioned.join("cryptod/sealed-state"),
+        false,
+    )?;
     let settings = tests.join("settings");
     if let Ok(dir) = fs::read_dir(&settings) {
         for entry in dir {
@@ -548,14 +598,22 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         }
     }
     for dom in ["unlocker", "policy_pd"] {
-        t.copy(&format!("etc/portcullis/items/{dom}/root-pub"), &provisioned.join("root.pub"), false)?;
+        t.copy(
+            &format!("etc/portcullis/items/{dom}/root-pub"),
+            &provisioned.join("root.pub"),
+            false,
+        )?;
     }
     // dom0's own copies: the root key its tools verify against, the
     // operator's enrolment (oathtool makes the codes typed into the
     // unlocker's console), and the LUKS volume, gzipped (it is mostly zeros;
     // dom0 unpacks it into its tmpfs).
     t.copy("etc/portcullis/root.pub", &provisioned.join("root.pub"), false)?;
-    t.copy("etc/portcullis/operator.otpauth", &provisioned.join("operators/operator.otpauth"), false)?;
+    t.copy(
+        "etc/portcullis/operator.otpauth",
+        &provisioned.join("operators/operator.otpauth"),
+        false,
+    )?;
     t.file("var/lib/portcullis/data.luks.gz", gzip(&provisioned.join(VOLUME))?, false);
     Ok(t)
 }
@@ -576,7 +634,10 @@ fn gzip(path: &Path) -> Result<Vec<u8>, String> {
 
 /// QEMU 7.x's TCG mishandles SMAP for Xen; Xen then needs `smap=0`.
 fn qemu_needs_smap_off() -> Result<bool, String> {
-    let v = output(Command::new("qemu-system-x86_64").arg("--version"), "qemu-system-x86_64 --version")?;
+    let v = output(
+        Command::new("qemu-system-x86_64").arg("--version"),
+        "qemu-system-x86_64 --version",
+    )?;
     let major = v
         .split_whitespace()
         .skip_while(|w| *w != "version")
@@ -598,10 +659,12 @@ pub fn boot(rest: &[String]) -> Result<(), String> {
     if qemu_needs_smap_off()? {
         xen_args.push_str(" smap=0");
     }
-    let dom0_extra: Vec<&str> = rest.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
+    let dom0_extra: Vec<&str> =
+        rest.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
     let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
     let log_path = work_dir().join("boot.log");
-    let mut log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let mut log =
+        fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nodefaults", "-no-user-config", "-serial", "stdio"])
@@ -706,7 +769,8 @@ fn lines_to(r: impl std::io::Read, tx: mpsc::Sender<String>) {
         match r.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).replace('\r', "");
+                let line =
+                    String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).replace('\r', "");
                 if tx.send(line).is_err() {
                     return;
                 }

@@ -124,7 +124,9 @@ impl Settings {
     pub fn num(&self, key: &str, default: u64) -> Result<u64, AppError> {
         match self.pairs.iter().rev().find(|(k, _)| k == key) {
             None => Ok(default),
-            Some((_, v)) => v.parse().map_err(|_| AppError::Config(alloc::format!("{key}: not a number"))),
+            Some((_, v)) => {
+                v.parse().map_err(|_| AppError::Config(alloc::format!("{key}: not a number")))
+            }
         }
     }
 
@@ -135,7 +137,10 @@ impl Settings {
 }
 
 /// Resolves a domain name through the platform; `dom0` is domain 0.
-pub fn resolve_dom<P: Platform>(p: &mut P, name: &str) -> Result<portcullis_platform::DomId, AppError> {
+pub fn resolve_dom<P: Platform>(
+    p: &mut P,
+    name: &str,
+) -> Result<portcullis_platform::DomId, AppError> {
     if name == "dom0" {
         return Ok(portcullis_platform::DomId(0));
     }

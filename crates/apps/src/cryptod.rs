@@ -70,7 +70,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
         // A client that does not exist now (not created yet, or powered
         // off) is served as soon as a domain gets its name.
         let client = match resolve_dom(p, name) {
-            Ok(dom) => Client { name: name.into(), peer: PeerId::new(u32::from(dom.0), name), link: Some(serve(p, dom, port::CRYPTOD)?) },
+            Ok(dom) => Client {
+                name: name.into(),
+                peer: PeerId::new(u32::from(dom.0), name),
+                link: Some(serve(p, dom, port::CRYPTOD)?),
+            },
             Err(e) => {
                 say!(p, "cryptod: client {name} not there yet ({e}); serving it when it appears");
                 Client { name: name.into(), peer: absent(name), link: None }
@@ -84,7 +88,12 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     let entropy_dom = p.resolve(&entropy_name)?;
     let entropy_peer = PeerId::new(u32::from(entropy_dom.0), &entropy_name);
     let mut entropy: Option<Link<P::Backend>> = None;
-    say!(p, "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}", clients.len(), collector.0);
+    say!(
+        p,
+        "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}",
+        clients.len(),
+        collector.0
+    );
 
     let mut shipped: Option<u64> = None; // highest audit seq written to the collector link
     let mut acked: Option<u64> = None; // highest audit seq the collector acknowledged
@@ -135,7 +144,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             last_tick = now;
             changed |= !auth.tick(now).audit.is_empty();
         }
-        let released = ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
+        let released =
+            ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
         deliver(p, &mut clients, released);
         let empty = auth.pending_audit_len() == 0;
         if empty && !outbox_empty {
@@ -164,7 +174,13 @@ fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
     match follow(p, &c.name, old, port::CRYPTOD) {
         Ok(Some((dom, link))) => {
             match c.link {
-                Some(_) => say!(p, "cryptod: {} is now dom{} (was dom{}); serving the new domain", c.name, dom.0, c.peer.domid),
+                Some(_) => say!(
+                    p,
+                    "cryptod: {} is now dom{} (was dom{}); serving the new domain",
+                    c.name,
+                    dom.0,
+                    c.peer.domid
+                ),
                 None => say!(p, "cryptod: {} is dom{}; serving it", c.name, dom.0),
             }
             c.link = Some(link);
@@ -180,7 +196,12 @@ fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
 fn forget_answers<P: Platform>(p: &mut P, auth: &mut Authority, peer: &PeerId) {
     let n = auth.drop_held(peer);
     if n > 0 {
-        say!(p, "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped", peer.vm, peer.domid);
+        say!(
+            p,
+            "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped",
+            peer.vm,
+            peer.domid
+        );
     }
 }
 
@@ -238,13 +259,15 @@ fn serve_client<P: Platform>(
 /// to the platform for the next boot, so a code stays refused after a
 /// restart. Where the platform cannot persist, cryptod says so once.
 fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned: &mut bool) {
-    let result = auth
-        .export(kek)
-        .map_err(|e| alloc::format!("{e}"))
-        .and_then(|sealed| p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}")));
+    let result = auth.export(kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
+        p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}"))
+    });
     if let Err(e) = result {
         if !*warned {
-            say!(p, "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart");
+            say!(
+                p,
+                "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart"
+            );
             *warned = true;
         }
     }
@@ -252,7 +275,11 @@ fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned:
 
 /// Sends the answers the collector's acks released, each to the client that
 /// asked, if it is still the same domain.
-fn deliver<P: Platform>(p: &mut P, clients: &mut [Client<P::Backend>], released: Vec<(PeerId, Message)>) {
+fn deliver<P: Platform>(
+    p: &mut P,
+    clients: &mut [Client<P::Backend>],
+    released: Vec<(PeerId, Message)>,
+) {
     for (peer, answer) in released {
         match clients.iter_mut().find(|c| c.peer == peer).and_then(|c| c.link.as_mut()) {
             Some(link) => {
@@ -260,7 +287,9 @@ fn deliver<P: Platform>(p: &mut P, clients: &mut [Client<P::Backend>], released:
                     say!(p, "cryptod: reply to {}: {e}", peer.vm);
                 }
             }
-            None => say!(p, "cryptod: {} (dom{}) is gone; its answer is dropped", peer.vm, peer.domid),
+            None => {
+                say!(p, "cryptod: {} (dom{}) is gone; its answer is dropped", peer.vm, peer.domid)
+            }
         }
     }
 }
@@ -292,7 +321,8 @@ fn ship_audit<P: Platform>(
                 }
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                 // Acks make no audit records of their own.
-                released.extend(auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]).released);
+                released
+                    .extend(auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]).released);
             }
             Ok(Some(_)) | Ok(None) => break,
             Err(e) => {

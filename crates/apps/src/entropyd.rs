@@ -51,7 +51,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
         // A subscriber not created yet is served once a domain has its name.
         match p.resolve(name) {
             Ok(dom) => {
-                subs.push(Subscriber { name: name.clone(), dom, link: Some(serve(p, dom, port::ENTROPY)?) });
+                subs.push(Subscriber {
+                    name: name.clone(),
+                    dom,
+                    link: Some(serve(p, dom, port::ENTROPY)?),
+                });
                 say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
             }
             Err(e) => {
@@ -85,7 +89,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
                         sub.link = Some(link);
                     }
                     Ok(None) => {}
-                    Err(e) => say!(p, "entropyd: {} has a new domain, cannot publish to it yet: {e}", sub.name),
+                    Err(e) => say!(
+                        p,
+                        "entropyd: {} has a new domain, cannot publish to it yet: {e}",
+                        sub.name
+                    ),
                 }
             }
             let Some(link) = sub.link.as_mut() else { continue };

@@ -15,7 +15,9 @@ use core::fmt;
 use core::time::Duration;
 
 use portcullis_proto::envelope::{DecodeError, Message, MAX_MESSAGE_LEN};
-use portcullis_vchan::{Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError};
+use portcullis_vchan::{
+    Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError,
+};
 
 /// Most messages queued for sending on one link.
 pub const MAX_QUEUED: usize = 64;

@@ -27,7 +27,11 @@ pub fn connect<P: Platform>(
 }
 
 /// Publishes a vchan `port` for `client` and returns its listening link.
-pub fn serve<P: Platform>(p: &mut P, client: DomId, port: u32) -> Result<Link<P::Backend>, AppError> {
+pub fn serve<P: Platform>(
+    p: &mut P,
+    client: DomId,
+    port: u32,
+) -> Result<Link<P::Backend>, AppError> {
     let v = Vchan::server(
         p.backend(),
         ServerConfig { client, port, read_min: RING_BYTES, write_min: RING_BYTES },

@@ -49,7 +49,13 @@ impl Enforcer {
             now,
             skew: self.skew,
         };
-        let claims = token::verify(tok, self.trust.keyset(), &expect, &mut self.replay, self.trust.revoked())?;
+        let claims = token::verify(
+            tok,
+            self.trust.keyset(),
+            &expect,
+            &mut self.replay,
+            self.trust.revoked(),
+        )?;
         self.rules.push(rule.into());
         Ok(claims)
     }
@@ -89,7 +95,11 @@ fn issue<P: Platform>(
     }
 }
 
-fn refresh_revocations<P: Platform>(p: &mut P, link: &mut Link<P::Backend>, trust: &mut Trust) -> Result<(), AppError> {
+fn refresh_revocations<P: Platform>(
+    p: &mut P,
+    link: &mut Link<P::Backend>,
+    trust: &mut Trust,
+) -> Result<(), AppError> {
     trust.fetch_revocations(link, request_id(p)?, CALL_TIMEOUT)
 }
 
@@ -111,7 +121,9 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let tok = loop {
         match issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60) {
             Ok(t) => break t,
-            Err(AppError::Protocol(e)) if e.contains("unavailable") => sleep(p, Duration::from_millis(500))?,
+            Err(AppError::Protocol(e)) if e.contains("unavailable") => {
+                sleep(p, Duration::from_millis(500))?
+            }
             Err(e) => return Err(e),
         }
     };
@@ -121,21 +133,28 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let claims = enf
         .apply(&tok, &rule, p.now_unix())
         .map_err(|e| AppError::Protocol(alloc::format!("fresh token refused: {e}")))?;
-    say!(p, "policy_pd: applied rule \"{rule}\" (token from {} for {}, scope {})", claims.iss, claims.sub, claims.scope);
+    say!(
+        p,
+        "policy_pd: applied rule \"{rule}\" (token from {} for {}, scope {})",
+        claims.iss,
+        claims.sub,
+        claims.scope
+    );
 
     if s.get("selftest", "0") != "1" {
         return Ok(0);
     }
     let mut failed = 0u32;
-    let mut expect = |p: &mut P, what: &str, got: Result<Claims, VerifyError>, want: VerifyError| {
-        match got {
-            Err(e) if e == want => say!(p, "policy_pd: selftest {what}: refused ({}) as expected", e.code()),
+    let mut expect =
+        |p: &mut P, what: &str, got: Result<Claims, VerifyError>, want: VerifyError| match got {
+            Err(e) if e == want => {
+                say!(p, "policy_pd: selftest {what}: refused ({}) as expected", e.code())
+            }
             other => {
                 failed += 1;
                 say!(p, "policy_pd: selftest {what}: FAILED, got {:?}", other.map(|c| c.cti));
             }
-        }
-    };
+        };
     let now = p.now_unix();
     expect(p, "replay", enf.apply(&tok, &rule, now), VerifyError::Replayed);
 
@@ -151,7 +170,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     expect(p, "expired", enf.apply(&short, &rule, now), VerifyError::Expired);
 
     let doomed = issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60)?;
-    let (_, _, c) = token::inspect(&doomed).map_err(|e| AppError::Protocol(alloc::format!("{e}")))?;
+    let (_, _, c) =
+        token::inspect(&doomed).map_err(|e| AppError::Protocol(alloc::format!("{e}")))?;
     let rid = request_id(p)?;
     let req = Message::TokenRevokeReq(TokenRevokeReq {
         request_id: rid,

@@ -84,8 +84,13 @@ impl Trust {
                 return Err(TrustError::BadKey);
             }
             let key = VerifyingKey::from_bytes(&e.pubkey).map_err(|_| TrustError::BadKey)?;
-            keys.push(KeyEntry { kid: e.kid.clone(), key, not_before: e.not_before, not_after: e.not_after })
-                .map_err(|_| TrustError::BadKey)?;
+            keys.push(KeyEntry {
+                kid: e.kid.clone(),
+                key,
+                not_before: e.not_before,
+                not_after: e.not_after,
+            })
+            .map_err(|_| TrustError::BadKey)?;
         }
         self.keyset = keys;
         self.keyset_version = Some(body.version);
@@ -116,7 +121,10 @@ impl Trust {
             Message::Keyset(k) => self
                 .accept_keyset(&k.signed)
                 .map_err(|e| AppError::Protocol(alloc::format!("keyset refused: {e}"))),
-            other => Err(AppError::Protocol(alloc::format!("expected keyset, got {}", other.kind().as_str()))),
+            other => Err(AppError::Protocol(alloc::format!(
+                "expected keyset, got {}",
+                other.kind().as_str()
+            ))),
         }
     }
 
@@ -163,7 +171,9 @@ pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
         return None;
     }
     let x = key.params.iter().find_map(|(l, v)| match (l, v) {
-        (Label::Int(n), ciborium::Value::Bytes(b)) if *n == iana::OkpKeyParameter::X as i64 => Some(b),
+        (Label::Int(n), ciborium::Value::Bytes(b)) if *n == iana::OkpKeyParameter::X as i64 => {
+            Some(b)
+        }
         _ => None,
     })?;
     let x: [u8; 32] = x.as_slice().try_into().ok()?;

@@ -41,8 +41,9 @@ pub enum Outcome {
 pub fn load_trust<P: Platform>(p: &mut P) -> Result<Trust, AppError> {
     let mut buf = [0u8; 256];
     let n = p.config(ConfigItem::RootPublicKey, &mut buf)?;
-    let (root, kid) = root_from_cose_key(buf.get(..n).unwrap_or_default())
-        .ok_or_else(|| AppError::Config("root public key is not an Ed25519 COSE_Key with a kid".into()))?;
+    let (root, kid) = root_from_cose_key(buf.get(..n).unwrap_or_default()).ok_or_else(|| {
+        AppError::Config("root public key is not an Ed25519 COSE_Key with a kid".into())
+    })?;
     Ok(Trust::new(root, &kid))
 }
 
@@ -86,7 +87,17 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
             continue;
         }
         let code_text = Zeroizing::new(String::from(typed));
-        match attempt(p, &mut cryptod, &mut trust, agent, &operator, &device, &volume, &audience, code_text)? {
+        match attempt(
+            p,
+            &mut cryptod,
+            &mut trust,
+            agent,
+            &operator,
+            &device,
+            &volume,
+            &audience,
+            code_text,
+        )? {
             true => return Ok(Outcome::Unlocked),
             false => continue,
         }
@@ -124,12 +135,16 @@ fn attempt<P: Platform>(
     });
     let resp = match cryptod.call(&req, CALL_TIMEOUT)? {
         Message::TotpValidateResp(r) if r.request_id == rid => r,
-        other => return Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
+        other => {
+            return Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str())))
+        }
     };
     if resp.result != TotpResult::Ok {
         let reason = resp.reason.as_deref().unwrap_or("");
         match resp.retry_after {
-            Some(s) => say!(p, "unlocker: refused: {} ({reason}); retry after {s} s", resp.result.as_str()),
+            Some(s) => {
+                say!(p, "unlocker: refused: {} ({reason}); retry after {s} s", resp.result.as_str())
+            }
             None => say!(p, "unlocker: refused: {} ({reason})", resp.result.as_str()),
         }
         return Ok(false);

@@ -8,7 +8,9 @@ use portcullis_authority::sealed::SealedState;
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditAck, EntropyPub, RequestId, TokenIssueReq, TotpResult, TotpValidateReq};
+use portcullis_proto::msg::{
+    AuditAck, EntropyPub, RequestId, TokenIssueReq, TotpResult, TotpValidateReq,
+};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet};
 use zeroize::Zeroizing;
@@ -27,7 +29,8 @@ fn authority(operators: usize) -> Authority {
         last_steps: vec![],
     };
     // No issue rate limit: the loops below issue thousands of tokens at one instant.
-    let issue_rate = portcullis_authority::ratelimit::IssueRateConfig { per_minute: 0, ..Default::default() };
+    let issue_rate =
+        portcullis_authority::ratelimit::IssueRateConfig { per_minute: 0, ..Default::default() };
     let config = Config { reseed_interval: u64::MAX, issue_rate, ..Config::default() };
     let mut a = Authority::new(config, state, T0).unwrap();
     let chunk = EntropyPub {
@@ -48,7 +51,12 @@ fn ack_all(a: &mut Authority) -> Vec<Message> {
     let Some(Message::AuditLog(last)) = pending.last() else { return Vec::new() };
     let rec = portcullis_proto::cose::open_unverified(&last.record).unwrap();
     let rec = portcullis_proto::msg::AuditRecord::from_cbor(&rec.payload).unwrap();
-    let out = a.handle(&PeerId::new(3, "collector"), &AuditAck { chain_id: rec.chain_id, seq: rec.seq }.into(), T0, b"");
+    let out = a.handle(
+        &PeerId::new(3, "collector"),
+        &AuditAck { chain_id: rec.chain_id, seq: rec.seq }.into(),
+        T0,
+        b"",
+    );
     out.released.into_iter().map(|(_, m)| m).collect()
 }
 
@@ -132,7 +140,8 @@ fn bench(c: &mut Criterion) {
     let Some(Message::TokenIssueResp(resp)) = answer(&mut a, &pd, &issue) else { panic!() };
     let tok = resp.token.unwrap();
     let keys = a.verifier_keyset();
-    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now: T0, skew: 0 };
+    let exp =
+        Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now: T0, skew: 0 };
     c.bench_function("token::verify (fresh replay cache)", |b| {
         b.iter(|| {
             let mut cache = MemoryReplayCache::new(4);
@@ -145,7 +154,9 @@ fn bench(c: &mut Criterion) {
     let sig = key.sign(&msg);
     let vk = key.verifying_key();
     c.bench_function("ed25519 sign (200 B)", |b| b.iter(|| black_box(key.sign(black_box(&msg)))));
-    c.bench_function("ed25519 verify (200 B)", |b| b.iter(|| black_box(vk.verify(black_box(&msg), &sig).is_ok())));
+    c.bench_function("ed25519 verify (200 B)", |b| {
+        b.iter(|| black_box(vk.verify(black_box(&msg), &sig).is_ok()))
+    });
     c.bench_function("ed25519 verify_strict (200 B)", |b| {
         b.iter(|| black_box(vk.verify_strict(black_box(&msg), &sig).is_ok()))
     });

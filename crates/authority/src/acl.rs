@@ -85,7 +85,8 @@ pub struct Rule {
 
 impl Rule {
     fn matches(&self, peer: &PeerId) -> bool {
-        self.vm.as_ref().is_none_or(|vm| *vm == peer.vm) && self.domid.is_none_or(|d| d == peer.domid)
+        self.vm.as_ref().is_none_or(|vm| *vm == peer.vm)
+            && self.domid.is_none_or(|d| d == peer.domid)
     }
 
     /// Whether every peer matched by `later` is matched by `self`.
@@ -156,7 +157,9 @@ impl fmt::Display for AclError {
         match &self.kind {
             AclErrorKind::TooLarge => f.write_str("acl too large"),
             AclErrorKind::UnknownDirective => f.write_str("expected `allow` or `deny`"),
-            AclErrorKind::UnknownKey => f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=)"),
+            AclErrorKind::UnknownKey => {
+                f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=)")
+            }
             AclErrorKind::RepeatedKey => f.write_str("key given twice"),
             AclErrorKind::MissingOrExtraKey => {
                 f.write_str("allow needs vm=, scopes=, aud=; deny takes only vm= and domid=")
@@ -165,7 +168,9 @@ impl fmt::Display for AclError {
             AclErrorKind::BadDomid => f.write_str("domid must be a decimal u32"),
             AclErrorKind::UnknownScope => f.write_str("unknown scope"),
             AclErrorKind::BadList => f.write_str("list has an empty or repeated item"),
-            AclErrorKind::Volumes => f.write_str("luks:unlock needs volumes=, and volumes= needs luks:unlock"),
+            AclErrorKind::Volumes => {
+                f.write_str("luks:unlock needs volumes=, and volumes= needs luks:unlock")
+            }
             AclErrorKind::Duplicate { first } => write!(f, "duplicates the rule on line {first}"),
             AclErrorKind::Shadowed { by } => write!(f, "never matches: shadowed by line {by}"),
         }
@@ -223,21 +228,33 @@ impl Acl {
 
     /// Decides whether `peer` may have `scopes` for `audience`; returns the
     /// line of the granting rule.
-    pub fn decide(&self, peer: &PeerId, scopes: ScopeSet, audience: &str) -> Result<usize, DenyReason> {
+    pub fn decide(
+        &self,
+        peer: &PeerId,
+        scopes: ScopeSet,
+        audience: &str,
+    ) -> Result<usize, DenyReason> {
         let rule = self.rules.iter().find(|r| r.matches(peer)).ok_or(DenyReason::NoRule)?;
         match rule.effect {
             Effect::Deny => Err(DenyReason::DenyRule(rule.line)),
             Effect::Allow if scopes.is_empty() || !rule.scopes.is_superset(scopes) => {
                 Err(DenyReason::Scope(rule.line))
             }
-            Effect::Allow if !rule.audiences.iter().any(|a| a == audience) => Err(DenyReason::Audience(rule.line)),
+            Effect::Allow if !rule.audiences.iter().any(|a| a == audience) => {
+                Err(DenyReason::Audience(rule.line))
+            }
             Effect::Allow => Ok(rule.line),
         }
     }
 
     /// Decides whether `peer` may have `luks:unlock` for `audience` and the
     /// unlock secret of `volume`; returns the line of the granting rule.
-    pub fn decide_unlock(&self, peer: &PeerId, audience: &str, volume: &str) -> Result<usize, DenyReason> {
+    pub fn decide_unlock(
+        &self,
+        peer: &PeerId,
+        audience: &str,
+        volume: &str,
+    ) -> Result<usize, DenyReason> {
         let line = self.decide(peer, ScopeSet::single(Scope::LuksUnlock), audience)?;
         let rule = self.rules.iter().find(|r| r.line == line).ok_or(DenyReason::NoRule)?;
         if rule.volumes.iter().any(|v| v == volume) {
@@ -412,14 +429,20 @@ allow vm=policy_pd scopes=net:read aud=fw0
         let acl = Acl::parse(POLICY).unwrap();
         let stranger = PeerId::new(99, "mallory");
         assert_eq!(acl.decide(&stranger, set("net:read"), "fw0"), Err(DenyReason::NoRule));
-        assert_eq!(Acl::parse("").unwrap().decide(&stranger, set("net:read"), "fw0"), Err(DenyReason::NoRule));
+        assert_eq!(
+            Acl::parse("").unwrap().decide(&stranger, set("net:read"), "fw0"),
+            Err(DenyReason::NoRule)
+        );
     }
 
     #[test]
     fn requested_scopes_must_all_be_granted() {
         let acl = Acl::parse(POLICY).unwrap();
         let pd7 = PeerId::new(7, "policy_pd");
-        assert_eq!(acl.decide(&pd7, set("net:modify luks:unlock"), "fw0"), Err(DenyReason::Scope(2)));
+        assert_eq!(
+            acl.decide(&pd7, set("net:modify luks:unlock"), "fw0"),
+            Err(DenyReason::Scope(2))
+        );
         assert_eq!(acl.decide(&pd7, ScopeSet::EMPTY, "fw0"), Err(DenyReason::Scope(2)));
     }
 
@@ -437,10 +460,19 @@ allow vm=policy_pd scopes=net:read aud=fw0
     #[test]
     fn volumes_go_with_luks_unlock_only() {
         assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a"), [(1, AclErrorKind::Volumes)]);
-        assert_eq!(lint_kinds("allow vm=u scopes=net:read aud=a volumes=data"), [(1, AclErrorKind::Volumes)]);
+        assert_eq!(
+            lint_kinds("allow vm=u scopes=net:read aud=a volumes=data"),
+            [(1, AclErrorKind::Volumes)]
+        );
         assert_eq!(lint_kinds("deny vm=u volumes=data"), [(1, AclErrorKind::MissingOrExtraKey)]);
-        assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=data,data"), [(1, AclErrorKind::BadList)]);
-        assert_eq!(lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=da/ta"), [(1, AclErrorKind::BadName)]);
+        assert_eq!(
+            lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=data,data"),
+            [(1, AclErrorKind::BadList)]
+        );
+        assert_eq!(
+            lint_kinds("allow vm=u scopes=luks:unlock aud=a volumes=da/ta"),
+            [(1, AclErrorKind::BadName)]
+        );
         assert!(lint("allow vm=u scopes=luks:unlock,net:read aud=a volumes=data,home").is_empty());
     }
 
@@ -474,10 +506,17 @@ allow vm=b scopes=net:read aud=x
 ";
         assert_eq!(
             lint_kinds(text),
-            [(3, AclErrorKind::Shadowed { by: 1 }), (4, AclErrorKind::Shadowed { by: 2 }), (6, AclErrorKind::Shadowed { by: 5 })]
+            [
+                (3, AclErrorKind::Shadowed { by: 1 }),
+                (4, AclErrorKind::Shadowed { by: 2 }),
+                (6, AclErrorKind::Shadowed { by: 5 })
+            ]
         );
         // Narrow before broad is fine.
-        assert!(lint("allow vm=a domid=4 scopes=net:modify aud=x\nallow vm=a scopes=net:read aud=x").is_empty());
+        assert!(lint(
+            "allow vm=a domid=4 scopes=net:modify aud=x\nallow vm=a scopes=net:read aud=x"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -92,7 +92,13 @@ pub struct AuditLog {
 impl AuditLog {
     /// A new chain with id `chain_id` and an outbox of `capacity` records.
     pub fn new(chain_id: [u8; 16], capacity: usize) -> AuditLog {
-        AuditLog { chain_id, next_seq: 0, prev_hash: [0; 32], outbox: VecDeque::new(), capacity: capacity.max(1) }
+        AuditLog {
+            chain_id,
+            next_seq: 0,
+            prev_hash: [0; 32],
+            outbox: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     /// The chain id.
@@ -107,7 +113,12 @@ impl AuditLog {
 
     /// Signs `event` as the next record with `key`; returns the signed bytes
     /// (also kept in the outbox until acked).
-    pub fn append(&mut self, key: &SigningKey, event: Event, now: u64) -> Result<Vec<u8>, AuditError> {
+    pub fn append(
+        &mut self,
+        key: &SigningKey,
+        event: Event,
+        now: u64,
+    ) -> Result<Vec<u8>, AuditError> {
         if !self.has_room(1) {
             return Err(AuditError::Full);
         }
@@ -125,7 +136,8 @@ impl AuditLog {
         };
         let payload = record.to_cbor().map_err(|_| AuditError::Encoding)?;
         let kid = kid_for(&key.verifying_key());
-        let signed = cose::sign(key, &kid, ContentType::AuditRecord, &payload).map_err(|_| AuditError::Encoding)?;
+        let signed = cose::sign(key, &kid, ContentType::AuditRecord, &payload)
+            .map_err(|_| AuditError::Encoding)?;
         self.prev_hash = Sha256::digest(&signed).into();
         self.outbox.push_back((self.next_seq, signed.clone()));
         self.next_seq += 1;
@@ -249,18 +261,26 @@ impl fmt::Display for ChainError {
         match self.kind {
             ChainErrorKind::Empty => f.write_str("no records"),
             ChainErrorKind::Malformed => f.write_str("not a signed audit record"),
-            ChainErrorKind::BadSignature => f.write_str("signature does not verify under any given key"),
+            ChainErrorKind::BadSignature => {
+                f.write_str("signature does not verify under any given key")
+            }
             ChainErrorKind::WrongChain => f.write_str("record of another chain"),
-            ChainErrorKind::Gap { expected, found } => write!(f, "gap: expected seq {expected}, found {found}"),
+            ChainErrorKind::Gap { expected, found } => {
+                write!(f, "gap: expected seq {expected}, found {found}")
+            }
             ChainErrorKind::Reordered { expected, found } => {
                 write!(f, "out of order: expected seq {expected}, found {found}")
             }
-            ChainErrorKind::BrokenLink => f.write_str("prev_hash does not match the previous record"),
+            ChainErrorKind::BrokenLink => {
+                f.write_str("prev_hash does not match the previous record")
+            }
             ChainErrorKind::BadEntryId => f.write_str("entry_id does not match chain id and seq"),
             ChainErrorKind::TruncatedTail { expected_last, found_last } => {
                 write!(f, "truncated: chain ends at seq {found_last}, anchor is {expected_last}")
             }
-            ChainErrorKind::AnchorMismatch => f.write_str("record at the anchor's seq is not the anchored one"),
+            ChainErrorKind::AnchorMismatch => {
+                f.write_str("record at the anchor's seq is not the anchored one")
+            }
         }
     }
 }
@@ -279,7 +299,10 @@ pub struct Anchor {
 /// signatures, content type, one chain, consecutive `seq`, entry ids and hash
 /// links. The first record may be any `seq`; if it is 0 its `prev_hash` must
 /// be zero. Returns where and how it first breaks.
-pub fn verify_chain<R: AsRef<[u8]>>(records: &[R], keys: &[VerifyingKey]) -> Result<Summary, ChainError> {
+pub fn verify_chain<R: AsRef<[u8]>>(
+    records: &[R],
+    keys: &[VerifyingKey],
+) -> Result<Summary, ChainError> {
     let mut summary: Option<Summary> = None;
     for (index, bytes) in records.iter().enumerate() {
         let bytes = bytes.as_ref();
@@ -295,7 +318,8 @@ pub fn verify_chain<R: AsRef<[u8]>>(records: &[R], keys: &[VerifyingKey]) -> Res
                 _ => ChainErrorKind::Malformed,
             })
         })?;
-        let record = AuditRecord::from_cbor(&verified.payload).map_err(|_| err(ChainErrorKind::Malformed))?;
+        let record = AuditRecord::from_cbor(&verified.payload)
+            .map_err(|_| err(ChainErrorKind::Malformed))?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         match &mut summary {
             None => {
@@ -316,7 +340,11 @@ pub fn verify_chain<R: AsRef<[u8]>>(records: &[R], keys: &[VerifyingKey]) -> Res
                 }
                 let expected = s.last_seq.saturating_add(1);
                 if record.seq != expected {
-                    let later = records.get(index + 1..).unwrap_or(&[]).iter().any(|r| seq_of(r.as_ref()) == Some(expected));
+                    let later = records
+                        .get(index + 1..)
+                        .unwrap_or(&[])
+                        .iter()
+                        .any(|r| seq_of(r.as_ref()) == Some(expected));
                     let kind = if record.seq < expected || later {
                         ChainErrorKind::Reordered { expected, found: record.seq }
                     } else {
@@ -351,7 +379,10 @@ pub fn verify_chain_to<R: AsRef<[u8]>>(
     if summary.last_seq < anchor.seq {
         return Err(ChainError {
             index: records.len(),
-            kind: ChainErrorKind::TruncatedTail { expected_last: anchor.seq, found_last: summary.last_seq },
+            kind: ChainErrorKind::TruncatedTail {
+                expected_last: anchor.seq,
+                found_last: summary.last_seq,
+            },
         });
     }
     if anchor.seq >= summary.first_seq {
@@ -382,7 +413,8 @@ mod tests {
         let mut log = AuditLog::new([0xab; 16], 64);
         let records = (0..n)
             .map(|i| {
-                let e = Event::new("unlocker", AuditAction::TotpValidate, AuditResult::Ok).target("alice");
+                let e = Event::new("unlocker", AuditAction::TotpValidate, AuditResult::Ok)
+                    .target("alice");
                 log.append(&key(), e, 1000 + i as u64).unwrap()
             })
             .collect();
@@ -411,7 +443,10 @@ mod tests {
             bad[2][i] ^= 0x01;
             let e = verify(&bad).unwrap_err();
             assert_eq!(e.index, 2, "byte {i}: {e}");
-            assert!(matches!(e.kind, ChainErrorKind::BadSignature | ChainErrorKind::Malformed), "byte {i}: {e}");
+            assert!(
+                matches!(e.kind, ChainErrorKind::BadSignature | ChainErrorKind::Malformed),
+                "byte {i}: {e}"
+            );
         }
     }
 
@@ -419,7 +454,10 @@ mod tests {
     fn audit_chain_detects_a_gap() {
         let (_, mut records) = chain(5);
         records.remove(2);
-        assert_eq!(verify(&records), Err(ChainError { index: 2, kind: ChainErrorKind::Gap { expected: 2, found: 3 } }));
+        assert_eq!(
+            verify(&records),
+            Err(ChainError { index: 2, kind: ChainErrorKind::Gap { expected: 2, found: 3 } })
+        );
     }
 
     #[test]
@@ -440,7 +478,10 @@ mod tests {
         assert!(verify_chain_to(&records, &keys, anchor).is_ok());
         assert_eq!(
             verify_chain_to(&records[..3], &keys, anchor),
-            Err(ChainError { index: 3, kind: ChainErrorKind::TruncatedTail { expected_last: 4, found_last: 2 } })
+            Err(ChainError {
+                index: 3,
+                kind: ChainErrorKind::TruncatedTail { expected_last: 4, found_last: 2 }
+            })
         );
         // A last record cut short is malformed at its index.
         let mut cut = records.clone();
@@ -463,7 +504,9 @@ mod tests {
         assert_eq!(verify(&mixed), Err(ChainError { index: 1, kind: ChainErrorKind::BrokenLink }));
         // Another chain's record.
         let mut third = AuditLog::new([0xcd; 16], 8);
-        let r = third.append(&key(), Event::new("x", AuditAction::ChainStart, AuditResult::Ok), 0).unwrap();
+        let r = third
+            .append(&key(), Event::new("x", AuditAction::ChainStart, AuditResult::Ok), 0)
+            .unwrap();
         let mixed = [records[0].clone(), r];
         assert_eq!(verify(&mixed).unwrap_err().kind, ChainErrorKind::WrongChain);
     }
@@ -472,7 +515,10 @@ mod tests {
     fn unknown_key_and_empty_input() {
         let (_, records) = chain(2);
         let other = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        assert_eq!(verify_chain(&records, &[other]).unwrap_err().kind, ChainErrorKind::BadSignature);
+        assert_eq!(
+            verify_chain(&records, &[other]).unwrap_err().kind,
+            ChainErrorKind::BadSignature
+        );
         assert_eq!(verify(&[]).unwrap_err().kind, ChainErrorKind::Empty);
     }
 

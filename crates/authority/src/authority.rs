@@ -11,20 +11,21 @@
 //!   acknowledged them, so no answer leaves before its record is stored;
 //! - `entropy_pub` is accepted only from the configured entropy peer.
 
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
 
 use ed25519_dalek::VerifyingKey;
+use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    self, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult, TokenIssueReq,
-    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
+    self, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult,
+    TokenIssueReq, TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq,
+    TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
-use portcullis_proto::envelope::Message;
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
@@ -189,7 +190,9 @@ impl Authority {
         if !UNLOCK_TTL_RANGE.contains(&config.unlock_ttl) {
             return Err(InitError::Config("unlock_ttl must be 30 to 120 s"));
         }
-        if config.max_policy_ttl > MAX_POLICY_TTL || config.policy_ttl == 0 || config.policy_ttl > config.max_policy_ttl
+        if config.max_policy_ttl > MAX_POLICY_TTL
+            || config.policy_ttl == 0
+            || config.policy_ttl > config.max_policy_ttl
         {
             return Err(InitError::Config("policy ttl must be 1 to max_policy_ttl <= 300 s"));
         }
@@ -202,7 +205,11 @@ impl Authority {
             drbg: Drbg::new(config.reseed_interval),
             acl,
             acl_text: state.acl.clone(),
-            totp: Totp::new(state.operators.iter().cloned(), state.last_steps.iter().cloned(), config.totp_window),
+            totp: Totp::new(
+                state.operators.iter().cloned(),
+                state.last_steps.iter().cloned(),
+                config.totp_window,
+            ),
             operators_limit: RateLimiter::new(config.rate_limit),
             devices_limit: RateLimiter::new(config.rate_limit),
             issue_limit: IssueLimiter::new(config.issue_rate),
@@ -303,14 +310,20 @@ impl Authority {
             Message::TokenRevokeReq(r) => Some(self.token_revoke(peer, r, now, &mut out).into()),
             Message::KeysetReq(r) => Some(match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
-                Err(_) => error(ErrorCode::Internal, "keyset could not be signed", Some(r.request_id)),
+                Err(_) => {
+                    error(ErrorCode::Internal, "keyset could not be signed", Some(r.request_id))
+                }
             }),
             Message::RevocationListReq(r) => {
                 self.revocations.prune(now);
                 let (root, kid) = self.keys.root();
                 Some(match self.revocations.signed(root, kid, now) {
                     Ok(signed) => msg::RevocationList { signed }.into(),
-                    Err(_) => error(ErrorCode::Internal, "revocation list could not be signed", Some(r.request_id)),
+                    Err(_) => error(
+                        ErrorCode::Internal,
+                        "revocation list could not be signed",
+                        Some(r.request_id),
+                    ),
                 })
             }
             Message::AuditAck(a) => {
@@ -320,7 +333,11 @@ impl Authority {
                 self.release(&mut out);
                 None
             }
-            other => Some(error(ErrorCode::Malformed, "not a request cryptod serves", other.request_id().copied())),
+            other => Some(error(
+                ErrorCode::Malformed,
+                "not a request cryptod serves",
+                other.request_id().copied(),
+            )),
         };
         self.hold(peer, &mut out);
         out
@@ -332,7 +349,9 @@ impl Authority {
         if !self.config.answer_after_audit || out.audit.is_empty() {
             return;
         }
-        let Some(need) = self.audit.as_ref().and_then(|a| a.next_seq().checked_sub(1)) else { return };
+        let Some(need) = self.audit.as_ref().and_then(|a| a.next_seq().checked_sub(1)) else {
+            return;
+        };
         if let Some(response) = out.response.take() {
             self.held.push_back(Held { need, peer: peer.clone(), response });
         }
@@ -341,7 +360,8 @@ impl Authority {
     /// Moves the held answers whose records are all acknowledged to `out`,
     /// in the order they were decided.
     fn release(&mut self, out: &mut Output) {
-        let oldest_unacked = self.audit.as_ref().and_then(|a| a.pending_with_seq().next().map(|(seq, _)| seq));
+        let oldest_unacked =
+            self.audit.as_ref().and_then(|a| a.pending_with_seq().next().map(|(seq, _)| seq));
         while let Some(h) = self.held.front() {
             if oldest_unacked.is_some_and(|oldest| oldest <= h.need) {
                 break;
@@ -352,7 +372,14 @@ impl Authority {
         }
     }
 
-    fn entropy(&mut self, peer: &PeerId, e: &msg::EntropyPub, now: u64, hw: &[u8], out: &mut Output) {
+    fn entropy(
+        &mut self,
+        peer: &PeerId,
+        e: &msg::EntropyPub,
+        now: u64,
+        hw: &[u8],
+        out: &mut Output,
+    ) {
         if peer.vm != self.config.entropy_vm {
             let ev = Event::new(&peer.vm, AuditAction::EntropyReseed, AuditResult::Denied)
                 .meta("reason", "entropy_pub from a peer that is not the entropy source");
@@ -411,11 +438,18 @@ impl Authority {
     /// Whether `n` records can be written now, and (when answers wait for
     /// the collector) one more answer can be held.
     fn can_audit(&self, n: usize) -> bool {
-        let room_to_hold = !self.config.answer_after_audit || self.held.len() < self.config.max_held;
+        let room_to_hold =
+            !self.config.answer_after_audit || self.held.len() < self.config.max_held;
         room_to_hold && self.audit.as_ref().is_some_and(|a| a.has_room(n))
     }
 
-    fn totp_validate(&mut self, peer: &PeerId, r: &TotpValidateReq, now: u64, out: &mut Output) -> TotpValidateResp {
+    fn totp_validate(
+        &mut self,
+        peer: &PeerId,
+        r: &TotpValidateReq,
+        now: u64,
+        out: &mut Output,
+    ) -> TotpValidateResp {
         let resp = |result, reason: &str| TotpValidateResp {
             request_id: r.request_id,
             result,
@@ -437,7 +471,13 @@ impl Authority {
         let unlock = ScopeSet::single(Scope::LuksUnlock);
         if let Err(why) = self.acl.decide(peer, unlock, &self.config.unlock_audience) {
             let reason = why.to_string();
-            self.record(Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied).target("luks:unlock").meta("reason", &reason), now, out);
+            self.record(
+                Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                    .target("luks:unlock")
+                    .meta("reason", &reason),
+                now,
+                out,
+            );
             return resp(TotpResult::Denied, &reason);
         }
         let grant = match (&r.volume_id, &r.ephemeral_pubkey) {
@@ -466,13 +506,16 @@ impl Authority {
         if grant.is_some() && (self.drbg.remaining() < 2 || self.keys.signer(now).is_none()) {
             return resp(TotpResult::Unavailable, "no randomness or signing key");
         }
-        let locked = [self.operators_limit.admit(&r.operator_id, now), self.devices_limit.admit(&r.device_id, now)]
-            .into_iter()
-            .filter_map(|a| match a {
-                Admission::Locked(until) => Some(until),
-                Admission::Allowed => None,
-            })
-            .max();
+        let locked = [
+            self.operators_limit.admit(&r.operator_id, now),
+            self.devices_limit.admit(&r.device_id, now),
+        ]
+        .into_iter()
+        .filter_map(|a| match a {
+            Admission::Locked(until) => Some(until),
+            Admission::Allowed => None,
+        })
+        .max();
         if let Some(until) = locked {
             self.record(base(AuditResult::RateLimited), now, out);
             let mut answer = resp(TotpResult::RateLimited, "too many failures");
@@ -487,7 +530,9 @@ impl Authority {
                 (None, "")
             }
             CodeCheck::Fail => (Some((TotpResult::Fail, AuditResult::Fail)), "wrong code"),
-            CodeCheck::Replay => (Some((TotpResult::Replay, AuditResult::Replay)), "code already used"),
+            CodeCheck::Replay => {
+                (Some((TotpResult::Replay, AuditResult::Replay)), "code already used")
+            }
         };
         if let Some((result, audit_result)) = result {
             self.operators_limit.fail(&r.operator_id, now);
@@ -527,15 +572,30 @@ impl Authority {
         now: u64,
     ) -> Result<TotpValidateResp, &'static str> {
         let (aud, ttl) = (self.config.unlock_audience.clone(), self.config.unlock_ttl);
-        let claims = self.claims(peer, &aud, ScopeSet::single(Scope::LuksUnlock), &r.client_nonce, now, ttl)?;
+        let claims = self.claims(
+            peer,
+            &aud,
+            ScopeSet::single(Scope::LuksUnlock),
+            &r.client_nonce,
+            now,
+            ttl,
+        )?;
         let token = self.mint(&claims, now)?;
         let esk: Zeroizing<[u8; 32]> = self.drbg.bytes().map_err(|_| "no randomness")?;
-        let passphrase = unlock::luks_passphrase(&self.master, volume).map_err(|_| "bad volume id")?;
-        let transcript = Transcript { request_id: &r.request_id, operator: &r.operator_id, volume_id: volume, token: &token };
-        let sealed = unlock::seal_unlock_secret(&esk, epk, &transcript, &passphrase[..]).map_err(|e| match e {
-            unlock::UnlockError::NonContributory => "ephemeral_pubkey is a low-order point",
-            _ => "unlock secret could not be sealed",
-        })?;
+        let passphrase =
+            unlock::luks_passphrase(&self.master, volume).map_err(|_| "bad volume id")?;
+        let transcript = Transcript {
+            request_id: &r.request_id,
+            operator: &r.operator_id,
+            volume_id: volume,
+            token: &token,
+        };
+        let sealed = unlock::seal_unlock_secret(&esk, epk, &transcript, &passphrase[..]).map_err(
+            |e| match e {
+                unlock::UnlockError::NonContributory => "ephemeral_pubkey is a low-order point",
+                _ => "unlock secret could not be sealed",
+            },
+        )?;
         Ok(TotpValidateResp {
             request_id: r.request_id,
             result: TotpResult::Ok,
@@ -547,8 +607,17 @@ impl Authority {
         })
     }
 
-    fn claims(&mut self, peer: &PeerId, aud: &str, scope: ScopeSet, nonce: &[u8], now: u64, ttl: u64) -> Result<Claims, &'static str> {
-        let cti: Zeroizing<[u8; token::CTI_LEN]> = self.drbg.bytes().map_err(|_| "no randomness")?;
+    fn claims(
+        &mut self,
+        peer: &PeerId,
+        aud: &str,
+        scope: ScopeSet,
+        nonce: &[u8],
+        now: u64,
+        ttl: u64,
+    ) -> Result<Claims, &'static str> {
+        let cti: Zeroizing<[u8; token::CTI_LEN]> =
+            self.drbg.bytes().map_err(|_| "no randomness")?;
         Ok(Claims {
             iss: self.config.name.clone(),
             sub: peer.vm.clone(),
@@ -567,7 +636,13 @@ impl Authority {
         token::mint(key, kid, claims).map_err(|_| "token could not be minted")
     }
 
-    fn token_issue(&mut self, peer: &PeerId, r: &TokenIssueReq, now: u64, out: &mut Output) -> TokenIssueResp {
+    fn token_issue(
+        &mut self,
+        peer: &PeerId,
+        r: &TokenIssueReq,
+        now: u64,
+        out: &mut Output,
+    ) -> TokenIssueResp {
         let resp = |result, reason: &str| TokenIssueResp {
             request_id: r.request_id,
             result,
@@ -605,7 +680,13 @@ impl Authority {
         match issued {
             Ok((token, claims)) => {
                 self.record(event(AuditResult::Ok).meta("cti", &hex(&claims.cti)), now, out);
-                TokenIssueResp { request_id: r.request_id, result: IssueResult::Ok, reason: None, token: Some(token), expires_at: Some(claims.exp) }
+                TokenIssueResp {
+                    request_id: r.request_id,
+                    result: IssueResult::Ok,
+                    reason: None,
+                    token: Some(token),
+                    expires_at: Some(claims.exp),
+                }
             }
             Err(reason) => {
                 self.record(event(AuditResult::Error).meta("reason", reason), now, out);
@@ -614,17 +695,32 @@ impl Authority {
         }
     }
 
-    fn token_revoke(&mut self, peer: &PeerId, r: &TokenRevokeReq, now: u64, out: &mut Output) -> TokenRevokeResp {
-        let resp = |result, reason: Option<&str>| TokenRevokeResp { request_id: r.request_id, result, reason: reason.map(Into::into) };
+    fn token_revoke(
+        &mut self,
+        peer: &PeerId,
+        r: &TokenRevokeReq,
+        now: u64,
+        out: &mut Output,
+    ) -> TokenRevokeResp {
+        let resp = |result, reason: Option<&str>| TokenRevokeResp {
+            request_id: r.request_id,
+            result,
+            reason: reason.map(Into::into),
+        };
         if !self.can_audit(1) {
-            return resp(RevokeResult::Unavailable, Some("audit not ready or the collector is behind"));
+            return resp(
+                RevokeResult::Unavailable,
+                Some("audit not ready or the collector is behind"),
+            );
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenRevoke, result)
                 .target(&hex(&r.cti))
                 .meta("request_id", &r.request_id.to_string())
         };
-        if let Err(why) = self.acl.decide(peer, ScopeSet::single(Scope::TokenRevoke), &self.config.name) {
+        if let Err(why) =
+            self.acl.decide(peer, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
+        {
             let reason = why.to_string();
             self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
             return resp(RevokeResult::Denied, Some(&reason));

@@ -63,7 +63,9 @@ pub enum KeyError {
 
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("overlap must cover the longest token lifetime and be shorter than the rotation period")
+        f.write_str(
+            "overlap must cover the longest token lifetime and be shorter than the rotation period",
+        )
     }
 }
 
@@ -137,7 +139,13 @@ impl KeyRing {
         let kid = kid_for(&key.verifying_key());
         let sign_until = now.saturating_add(self.config.rotation_period);
         let next = 1 - self.active;
-        self.slots[next] = Some(Slot { key, kid, not_before: now, sign_until, not_after: sign_until.saturating_add(overlap) });
+        self.slots[next] = Some(Slot {
+            key,
+            kid,
+            not_before: now,
+            sign_until,
+            not_after: sign_until.saturating_add(overlap),
+        });
         self.active = next;
         self.version += 1;
         kid
@@ -155,7 +163,9 @@ impl KeyRing {
 
     /// The key that signs tokens at `now`, if any.
     pub fn signer(&self, now: u64) -> Option<(&SigningKey, &[u8; KID_LEN])> {
-        self.active_slot().filter(|s| s.not_before <= now && now < s.sign_until).map(|s| (&s.key, &s.kid))
+        self.active_slot()
+            .filter(|s| s.not_before <= now && now < s.sign_until)
+            .map(|s| (&s.key, &s.kid))
     }
 
     fn active_slot(&self) -> Option<&Slot> {
@@ -213,7 +223,9 @@ mod tests {
     use super::*;
     use alloc::string::String;
     use portcullis_proto::scope::{Scope, ScopeSet};
-    use portcullis_proto::token::{Claims, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
+    use portcullis_proto::token::{
+        Claims, Expectations, MemoryReplayCache, RevokedSet, VerifyError,
+    };
 
     fn ring() -> KeyRing {
         KeyRing::new(&[1; 32], KeyConfig::default()).unwrap()
@@ -234,8 +246,15 @@ mod tests {
     }
 
     fn check(ring: &KeyRing, token: &[u8], now: u64) -> Result<Claims, VerifyError> {
-        let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now, skew: 0 };
-        token::verify(token, &ring.verifier_keyset(), &exp, &mut MemoryReplayCache::new(8), &RevokedSet::new())
+        let exp =
+            Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now, skew: 0 };
+        token::verify(
+            token,
+            &ring.verifier_keyset(),
+            &exp,
+            &mut MemoryReplayCache::new(8),
+            &RevokedSet::new(),
+        )
     }
 
     #[test]
@@ -306,16 +325,23 @@ mod tests {
         let bytes = r.signed_keyset(2000).unwrap();
         let root = r.root_public();
         let rk = *r.root().1;
-        let v = cose::verify(&bytes, ContentType::Keyset, |kid| (kid == rk).then_some(root)).unwrap();
+        let v =
+            cose::verify(&bytes, ContentType::Keyset, |kid| (kid == rk).then_some(root)).unwrap();
         let body = KeysetBody::from_cbor(&v.payload).unwrap();
         assert_eq!(body.keys.len(), 2);
         assert_eq!(body.version, 2);
-        assert_eq!((body.keys[1].not_before, body.keys[1].not_after), (1000, 2000 + DEFAULT_OVERLAP));
+        assert_eq!(
+            (body.keys[1].not_before, body.keys[1].not_after),
+            (1000, 2000 + DEFAULT_OVERLAP)
+        );
         assert_eq!(
             cose::verify(&bytes, ContentType::RevocationList, |_| Some(root)).err(),
             Some(CoseError::WrongContentType)
         );
         let other = SigningKey::from_bytes(&[9; 32]).verifying_key();
-        assert_eq!(cose::verify(&bytes, ContentType::Keyset, |_| Some(other)).err(), Some(CoseError::BadSignature));
+        assert_eq!(
+            cose::verify(&bytes, ContentType::Keyset, |_| Some(other)).err(),
+            Some(CoseError::BadSignature)
+        );
     }
 }

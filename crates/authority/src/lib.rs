@@ -10,16 +10,16 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
-pub mod drbg;
-pub mod ratelimit;
-pub mod totp;
 pub mod acl;
-pub mod unlock;
-pub mod sealed;
-pub mod keys;
-pub mod revocation;
 pub mod audit;
 pub mod authority;
+pub mod drbg;
+pub mod keys;
+pub mod ratelimit;
+pub mod revocation;
+pub mod sealed;
+pub mod totp;
+pub mod unlock;
 
 pub use crate::acl::PeerId;
 pub use crate::authority::{Authority, Config, Output};

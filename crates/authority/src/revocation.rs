@@ -111,7 +111,11 @@ impl RevocationList {
         RevocationBody {
             serial: self.serial,
             issued_at: now,
-            entries: self.entries.iter().map(|(cti, exp)| RevokedEntry { cti: cti.clone(), exp: *exp }).collect(),
+            entries: self
+                .entries
+                .iter()
+                .map(|(cti, exp)| RevokedEntry { cti: cti.clone(), exp: *exp })
+                .collect(),
         }
     }
 
@@ -127,7 +131,9 @@ mod tests {
     use super::*;
     use alloc::string::String;
     use portcullis_proto::scope::{Scope, ScopeSet};
-    use portcullis_proto::token::{self, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache, VerifyError};
+    use portcullis_proto::token::{
+        self, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache, VerifyError,
+    };
 
     #[test]
     fn a_revoked_cti_is_refused_by_the_verifier() {
@@ -145,11 +151,29 @@ mod tests {
         };
         let tok = token::mint(&key, b"k1", &claims).unwrap();
         let mut keys = Keyset::new();
-        keys.push(KeyEntry { kid: b"k1".to_vec(), key: key.verifying_key(), not_before: 0, not_after: 1000 }).unwrap();
-        let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetModify), now: 110, skew: 0 };
+        keys.push(KeyEntry {
+            kid: b"k1".to_vec(),
+            key: key.verifying_key(),
+            not_before: 0,
+            not_after: 1000,
+        })
+        .unwrap();
+        let exp = Expectations {
+            audience: "fw0",
+            scope: ScopeSet::single(Scope::NetModify),
+            now: 110,
+            skew: 0,
+        };
 
         let mut list = RevocationList::new();
-        assert!(token::verify(&tok, &keys, &exp, &mut MemoryReplayCache::new(4), &list.revoked_set()).is_ok());
+        assert!(token::verify(
+            &tok,
+            &keys,
+            &exp,
+            &mut MemoryReplayCache::new(4),
+            &list.revoked_set()
+        )
+        .is_ok());
         assert_eq!(list.revoke(&claims.cti, claims.exp, 110), Ok(true));
         assert_eq!(
             token::verify(&tok, &keys, &exp, &mut MemoryReplayCache::new(4), &list.revoked_set()),
@@ -191,7 +215,8 @@ mod tests {
         let mut list = RevocationList::new();
         list.revoke(b"x", 10, 0).unwrap();
         let bytes = list.signed(&root, b"root", 5).unwrap();
-        let v = cose::verify(&bytes, ContentType::RevocationList, |_| Some(root.verifying_key())).unwrap();
+        let v = cose::verify(&bytes, ContentType::RevocationList, |_| Some(root.verifying_key()))
+            .unwrap();
         let body = RevocationBody::from_cbor(&v.payload).unwrap();
         assert_eq!((body.serial, body.entries.len()), (1, 1));
         assert!(cose::verify(&bytes, ContentType::Keyset, |_| Some(root.verifying_key())).is_err());

@@ -88,9 +88,13 @@ impl fmt::Display for SealError {
             SealError::Truncated => f.write_str("sealed state is truncated"),
             SealError::TrailingBytes => f.write_str("sealed state has trailing bytes"),
             SealError::BadMagic => f.write_str("not a sealed state (bad magic)"),
-            SealError::UnsupportedVersion(v) => write!(f, "sealed state version {v} is not supported"),
+            SealError::UnsupportedVersion(v) => {
+                write!(f, "sealed state version {v} is not supported")
+            }
             SealError::TooLarge => f.write_str("sealed state too large"),
-            SealError::Authentication => f.write_str("sealed state does not authenticate (wrong key or tampered)"),
+            SealError::Authentication => {
+                f.write_str("sealed state does not authenticate (wrong key or tampered)")
+            }
             SealError::Malformed(what) => write!(f, "sealed state is malformed: {what}"),
         }
     }
@@ -107,7 +111,8 @@ pub fn seal(state: &SealedState, kek: &[u8; 32], nonce: &[u8; 12]) -> Result<Vec
     header[..6].copy_from_slice(MAGIC);
     header[6..8].copy_from_slice(&VERSION.to_be_bytes());
     header[8..20].copy_from_slice(nonce);
-    header[20..24].copy_from_slice(&u32::try_from(body_len).map_err(|_| SealError::TooLarge)?.to_be_bytes());
+    header[20..24]
+        .copy_from_slice(&u32::try_from(body_len).map_err(|_| SealError::TooLarge)?.to_be_bytes());
     let cipher = ChaCha20Poly1305::new_from_slice(kek).map_err(|_| SealError::Authentication)?;
     let body = cipher
         .encrypt(&Nonce::from(*nonce), Payload { msg: &plain, aad: &header })
@@ -133,8 +138,9 @@ pub fn unseal(bytes: &[u8], kek: &[u8; 32]) -> Result<SealedState, SealError> {
     }
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&header[8..20]);
-    let body_len = usize::try_from(u32::from_be_bytes([header[20], header[21], header[22], header[23]]))
-        .map_err(|_| SealError::TooLarge)?;
+    let body_len =
+        usize::try_from(u32::from_be_bytes([header[20], header[21], header[22], header[23]]))
+            .map_err(|_| SealError::TooLarge)?;
     match body.len().cmp(&body_len) {
         core::cmp::Ordering::Less => return Err(SealError::Truncated),
         core::cmp::Ordering::Greater => return Err(SealError::TrailingBytes),
@@ -187,7 +193,8 @@ struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], SealError> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(SealError::Malformed("short plaintext"))?;
+        let (head, rest) =
+            self.0.split_at_checked(n).ok_or(SealError::Malformed("short plaintext"))?;
         self.0 = rest;
         Ok(head)
     }
@@ -209,7 +216,9 @@ impl<'a> Cursor<'a> {
 
     fn text(&mut self, n: usize) -> Result<String, SealError> {
         let bytes = self.take(n)?;
-        core::str::from_utf8(bytes).map(String::from).map_err(|_| SealError::Malformed("text is not UTF-8"))
+        core::str::from_utf8(bytes)
+            .map(String::from)
+            .map_err(|_| SealError::Malformed("text is not UTF-8"))
     }
 }
 
@@ -222,7 +231,8 @@ fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
     for _ in 0..n_ops {
         let id_len = usize::from(c.byte()?);
         let id = c.text(id_len)?;
-        let algorithm = Algorithm::from_code(c.byte()?).ok_or(SealError::Malformed("unknown TOTP algorithm"))?;
+        let algorithm = Algorithm::from_code(c.byte()?)
+            .ok_or(SealError::Malformed("unknown TOTP algorithm"))?;
         let digits = c.byte()?;
         let secret = Zeroizing::new(c.short()?.to_vec());
         let op = OperatorSecret::new(&id, &secret, algorithm, digits)
@@ -232,7 +242,8 @@ fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
         }
         operators.push(op);
     }
-    let acl_len = usize::try_from(u32::from_be_bytes(c.array()?)).map_err(|_| SealError::TooLarge)?;
+    let acl_len =
+        usize::try_from(u32::from_be_bytes(c.array()?)).map_err(|_| SealError::TooLarge)?;
     let acl = c.text(acl_len)?;
     let n_steps = u16::from_be_bytes(c.array()?);
     let mut last_steps = Vec::new();
@@ -294,7 +305,11 @@ mod tests {
                 6..=7 => SealError::UnsupportedVersion(u16::from_be_bytes([bad[6], bad[7]])),
                 20..=23 => {
                     let stated = u32::from_be_bytes([bad[20], bad[21], bad[22], bad[23]]) as usize;
-                    if stated > blob.len() - HEADER_LEN { SealError::Truncated } else { SealError::TrailingBytes }
+                    if stated > blob.len() - HEADER_LEN {
+                        SealError::Truncated
+                    } else {
+                        SealError::TrailingBytes
+                    }
                 }
                 _ => SealError::Authentication,
             };

@@ -102,7 +102,12 @@ pub struct OperatorSecret {
 
 impl OperatorSecret {
     /// Checks the parameters and builds the record.
-    pub fn new(id: &str, secret: &[u8], algorithm: Algorithm, digits: u8) -> Result<Self, TotpError> {
+    pub fn new(
+        id: &str,
+        secret: &[u8],
+        algorithm: Algorithm,
+        digits: u8,
+    ) -> Result<Self, TotpError> {
         if id.is_empty() || id.len() > MAX_OPERATOR_ID {
             return Err(TotpError::BadOperatorId);
         }
@@ -303,7 +308,8 @@ mod tests {
     #[test]
     fn malformed_codes_fail() {
         let op = OperatorSecret::new("alice", SEED_SHA1, Algorithm::Sha1, 8).unwrap();
-        for code in ["", "9428708", "942870822", "9428708a", "+4287082", " 94287082", "９4287082"] {
+        for code in ["", "9428708", "942870822", "9428708a", "+4287082", " 94287082", "９4287082"]
+        {
             assert_eq!(matching_step(&op, code, 59, 1), None, "{code:?}");
         }
     }
@@ -342,9 +348,18 @@ mod tests {
 
     #[test]
     fn secret_parameters_are_checked() {
-        assert_eq!(OperatorSecret::new("a", &[0; 16], Algorithm::Sha1, 7), Err(TotpError::BadDigits));
-        assert_eq!(OperatorSecret::new("a", &[0; 15], Algorithm::Sha1, 6), Err(TotpError::BadSecretLength));
-        assert_eq!(OperatorSecret::new("", &[0; 16], Algorithm::Sha1, 6), Err(TotpError::BadOperatorId));
+        assert_eq!(
+            OperatorSecret::new("a", &[0; 16], Algorithm::Sha1, 7),
+            Err(TotpError::BadDigits)
+        );
+        assert_eq!(
+            OperatorSecret::new("a", &[0; 15], Algorithm::Sha1, 6),
+            Err(TotpError::BadSecretLength)
+        );
+        assert_eq!(
+            OperatorSecret::new("", &[0; 16], Algorithm::Sha1, 6),
+            Err(TotpError::BadOperatorId)
+        );
     }
 
     fn format_code(value: u32, digits: u8) -> String {

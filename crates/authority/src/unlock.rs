@@ -62,7 +62,10 @@ impl fmt::Display for UnlockError {
 }
 
 /// Derives the LUKS passphrase of `volume_id` from the master secret.
-pub fn luks_passphrase(master: &[u8; 32], volume_id: &str) -> Result<Zeroizing<[u8; PASSPHRASE_LEN]>, UnlockError> {
+pub fn luks_passphrase(
+    master: &[u8; 32],
+    volume_id: &str,
+) -> Result<Zeroizing<[u8; PASSPHRASE_LEN]>, UnlockError> {
     check_id(volume_id)?;
     let hk = Hkdf::<Sha256>::new(None, master);
     let mut out = Zeroizing::new([0u8; PASSPHRASE_LEN]);
@@ -146,7 +149,12 @@ pub fn open_unlock_secret(
 
 /// The AEAD for one seal: `own` is this side's secret, `peer` the other
 /// side's public key; `epk`/`rpk` fix the salt order.
-fn cipher(own: &StaticSecret, peer: &[u8; 32], epk: &[u8; 32], rpk: &[u8; 32]) -> Result<ChaCha20Poly1305, UnlockError> {
+fn cipher(
+    own: &StaticSecret,
+    peer: &[u8; 32],
+    epk: &[u8; 32],
+    rpk: &[u8; 32],
+) -> Result<ChaCha20Poly1305, UnlockError> {
     let shared = own.diffie_hellman(&PublicKey::from(*peer));
     if !shared.was_contributory() {
         return Err(UnlockError::NonContributory);
@@ -257,9 +265,15 @@ mod tests {
     #[test]
     fn lengths_are_bounded() {
         let (_, pk) = recipient();
-        assert_eq!(seal_unlock_secret(&[9u8; 32], &pk, &transcript(), b""), Err(UnlockError::BadLength));
+        assert_eq!(
+            seal_unlock_secret(&[9u8; 32], &pk, &transcript(), b""),
+            Err(UnlockError::BadLength)
+        );
         let long = alloc::vec![0u8; MAX_PASSPHRASE_LEN + 1];
-        assert_eq!(seal_unlock_secret(&[9u8; 32], &pk, &transcript(), &long), Err(UnlockError::BadLength));
+        assert_eq!(
+            seal_unlock_secret(&[9u8; 32], &pk, &transcript(), &long),
+            Err(UnlockError::BadLength)
+        );
     }
 
     proptest! {

@@ -9,8 +9,9 @@ use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditAck, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody, KeysetReq, RequestId, RevocationBody,
-    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq, TotpValidateResp,
+    AuditAck, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody, KeysetReq, RequestId,
+    RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult,
+    TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
@@ -80,7 +81,12 @@ fn records(out: &Output) -> Vec<Vec<u8>> {
 fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
     let mut out = a.handle(peer, msg, now, hw);
     let Some(last) = records(&out).last().map(|r| audit_record(r)) else { return out };
-    let ack = a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: last.chain_id, seq: last.seq }.into(), now, b"");
+    let ack = a.handle(
+        &PeerId::new(0, "collector"),
+        &AuditAck { chain_id: last.chain_id, seq: last.seq }.into(),
+        now,
+        b"",
+    );
     assert!(ack.response.is_none() && ack.audit.is_empty());
     let mut released = ack.released.into_iter();
     if let Some((to, answer)) = released.next() {
@@ -143,8 +149,16 @@ fn unseeded_authority_refuses_with_unavailable() {
     let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Unavailable);
     assert!(out.audit.is_empty());
-    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(),
+        T0,
+        b"",
+    );
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable)
+    );
 }
 
 #[test]
@@ -216,7 +230,8 @@ fn a_locked_device_is_rate_limited_for_every_operator() {
 #[test]
 fn acl_denies_unknown_peers_and_audits_it() {
     let (mut a, _) = seeded();
-    let out = call(&mut a, &PeerId::new(6, "unlocker"), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
+    let out =
+        call(&mut a, &PeerId::new(6, "unlocker"), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Denied);
     let rec = audit_record(&records(&out)[0]);
     assert_eq!((rec.actor.as_str(), rec.result), ("unlocker", AuditResult::Denied));
@@ -224,8 +239,16 @@ fn acl_denies_unknown_peers_and_audits_it() {
     let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 
-    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw9", None).into(), T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetModify), "fw9", None).into(),
+        T0,
+        b"",
+    );
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied)
+    );
     assert_eq!(audit_record(&records(&out)[0]).result, AuditResult::Denied);
 }
 
@@ -238,61 +261,126 @@ fn full_outbox_refuses_until_acked() {
     let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
     for _ in 0..2 {
         let out = a.handle(&pd, &req, T0, b"");
-        assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+        assert!(
+            matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok)
+        );
     }
     let out = a.handle(&pd, &req, T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable)
+    );
     assert!(out.audit.is_empty(), "nothing was dropped, nothing was written");
     assert_eq!(a.pending_audit().len(), 4);
     // Public data is still served.
-    assert!(matches!(a.handle(&pd, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"").response, Some(Message::Keyset(_))));
+    assert!(matches!(
+        a.handle(&pd, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"").response,
+        Some(Message::Keyset(_))
+    ));
     let chain_id = audit_record(&recs[0]).chain_id;
     a.handle(&PeerId::new(3, "collector"), &AuditAck { chain_id, seq: 1 }.into(), T0, b"");
     let out = a.handle(&pd, &req, T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok)
+    );
 }
 
 #[test]
 fn issued_token_verifies_and_carries_the_rules() {
     let (mut a, _) = seeded();
-    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into(), T0, b"");
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into(),
+        T0,
+        b"",
+    );
     let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
     assert_eq!(r.result, IssueResult::Ok);
     let tok = r.token.unwrap();
-    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetModify), now: T0 + 1, skew: 0 };
-    let c = token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &RevokedSet::new()).unwrap();
-    assert_eq!((c.iss.as_str(), c.sub.as_str()), ("cryptod", "policy_pd"), "sub is the peer, not vm_id");
+    let exp = Expectations {
+        audience: "fw0",
+        scope: ScopeSet::single(Scope::NetModify),
+        now: T0 + 1,
+        skew: 0,
+    };
+    let c = token::verify(
+        &tok,
+        &a.verifier_keyset(),
+        &exp,
+        &mut MemoryReplayCache::new(4),
+        &RevokedSet::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.iss.as_str(), c.sub.as_str()),
+        ("cryptod", "policy_pd"),
+        "sub is the peer, not vm_id"
+    );
     assert_eq!(c.exp - c.iat, 300, "ttl capped at 300 s");
     assert_eq!(c.cti.len(), 16);
     assert_eq!(c.nonce, vec![3; 16]);
     assert_eq!(r.expires_at, Some(c.exp));
     // luks:unlock is never issued through token_issue_req.
-    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::LuksUnlock), "unlock_agent", None).into(), T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied));
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::LuksUnlock), "unlock_agent", None).into(),
+        T0,
+        b"",
+    );
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Denied)
+    );
 }
 
 #[test]
 fn revoked_token_is_refused_by_the_verifier() {
     let (mut a, _) = seeded();
-    let out = call(&mut a, &policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(),
+        T0,
+        b"",
+    );
     let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
     let tok = r.token.unwrap();
     let cti = token::inspect(&tok).unwrap().2.cti;
-    let revoke = TokenRevokeReq { request_id: RequestId([5; 16]), cti: cti.clone(), reason: "leaked".into(), timestamp: T0 };
+    let revoke = TokenRevokeReq {
+        request_id: RequestId([5; 16]),
+        cti: cti.clone(),
+        reason: "leaked".into(),
+        timestamp: T0,
+    };
     let out = call(&mut a, &policy_pd(), &revoke.clone().into(), T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok));
+    assert!(
+        matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok)
+    );
     // The unlocker may not revoke.
     let out = call(&mut a, &unlocker(), &revoke.into(), T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Denied));
+    assert!(
+        matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Denied)
+    );
 
-    let out = call(&mut a, &policy_pd(), &RevocationListReq { request_id: RequestId([6; 16]) }.into(), T0 + 1, b"");
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &RevocationListReq { request_id: RequestId([6; 16]) }.into(),
+        T0 + 1,
+        b"",
+    );
     let Some(Message::RevocationList(list)) = out.response else { panic!() };
     let root = a.root_public();
     let v = cose::verify(&list.signed, ContentType::RevocationList, |_| Some(root)).unwrap();
     let body = RevocationBody::from_cbor(&v.payload).unwrap();
     assert_eq!(body.entries.len(), 1);
     let revoked = RevokedSet::from_ids(body.entries.into_iter().map(|e| e.cti).collect());
-    let exp = Expectations { audience: "fw0", scope: ScopeSet::single(Scope::NetRead), now: T0 + 1, skew: 0 };
+    let exp = Expectations {
+        audience: "fw0",
+        scope: ScopeSet::single(Scope::NetRead),
+        now: T0 + 1,
+        skew: 0,
+    };
     assert_eq!(
         token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &revoked),
         Err(VerifyError::Revoked)
@@ -310,12 +398,29 @@ fn unlock_grant_delivers_the_sealed_passphrase() {
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::Ok);
     let tok = r.capability_token.clone().unwrap();
-    let exp = Expectations { audience: "unlock_agent", scope: ScopeSet::single(Scope::LuksUnlock), now: T0, skew: 0 };
-    let c = token::verify(&tok, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), &RevokedSet::new()).unwrap();
+    let exp = Expectations {
+        audience: "unlock_agent",
+        scope: ScopeSet::single(Scope::LuksUnlock),
+        now: T0,
+        skew: 0,
+    };
+    let c = token::verify(
+        &tok,
+        &a.verifier_keyset(),
+        &exp,
+        &mut MemoryReplayCache::new(4),
+        &RevokedSet::new(),
+    )
+    .unwrap();
     assert_eq!(c.exp - c.iat, 60);
     assert_eq!(c.nonce, req.client_nonce);
     let sealed = r.unlock_secret.clone().unwrap();
-    let t = Transcript { request_id: &req.request_id, operator: "alice", volume_id: "vol0", token: &tok };
+    let t = Transcript {
+        request_id: &req.request_id,
+        operator: "alice",
+        volume_id: "vol0",
+        token: &tok,
+    };
     let passphrase = unlock::open_unlock_secret(&sk, &sealed, &t).unwrap();
     assert_eq!(&passphrase[..], &unlock::luks_passphrase(&[0x22; 32], "vol0").unwrap()[..]);
     let recs = records(&out);
@@ -341,7 +446,10 @@ fn a_volume_the_acl_does_not_list_gets_no_secret_and_keeps_the_code() {
     assert_eq!(r.reason.as_deref(), Some("volume not granted by acl line 1"));
     assert!(r.unlock_secret.is_none() && r.capability_token.is_none());
     let rec = audit_record(&records(&out)[0]);
-    assert_eq!((rec.action, rec.result), (portcullis_proto::msg::AuditAction::AclDeny, AuditResult::Denied));
+    assert_eq!(
+        (rec.action, rec.result),
+        (portcullis_proto::msg::AuditAction::AclDeny, AuditResult::Denied)
+    );
     // The code was not consumed: the same code for a listed volume works.
     req.volume_id = Some("data".into());
     let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
@@ -367,10 +475,19 @@ fn rotation_on_tick_publishes_both_keys_then_drops_the_old_one() {
     let overlap = Config::default().keys.overlap;
     let out = a.tick(T0 + period);
     assert_eq!(records(&out).len(), 1, "key_rotate record");
-    let out = call(&mut a, &policy_pd(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0 + period, b"");
+    let out = call(
+        &mut a,
+        &policy_pd(),
+        &KeysetReq { request_id: RequestId([1; 16]) }.into(),
+        T0 + period,
+        b"",
+    );
     let Some(Message::Keyset(ks)) = out.response else { panic!() };
     let root = a.root_public();
-    let body = KeysetBody::from_cbor(&cose::verify(&ks.signed, ContentType::Keyset, |_| Some(root)).unwrap().payload).unwrap();
+    let body = KeysetBody::from_cbor(
+        &cose::verify(&ks.signed, ContentType::Keyset, |_| Some(root)).unwrap().payload,
+    )
+    .unwrap();
     assert_eq!(body.keys.len(), 2);
     a.tick(T0 + period + overlap + 1);
     assert_eq!(a.verifier_keyset().len(), 1);
@@ -396,7 +513,12 @@ fn the_whole_session_is_one_verifiable_chain() {
     let wrong = totp_req("00000000", "yubi1");
     all.extend(records(&a.handle(&unlocker(), &wrong.into(), T0, b"")));
     all.extend(records(&a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"")));
-    all.extend(records(&a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"")));
+    all.extend(records(&a.handle(
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(),
+        T0,
+        b"",
+    )));
     all.extend(records(&a.tick(T0 + 86_400)));
     let s = verify_chain(&all, &[a.root_public()]).unwrap();
     assert_eq!(s.records, all.len());
@@ -422,7 +544,12 @@ fn responses_and_unknown_requests_get_an_error() {
 
 fn ack(a: &mut Authority, rec: &[u8]) -> Output {
     let r = audit_record(rec);
-    a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: r.chain_id, seq: r.seq }.into(), T0, b"")
+    a.handle(
+        &PeerId::new(0, "collector"),
+        &AuditAck { chain_id: r.chain_id, seq: r.seq }.into(),
+        T0,
+        b"",
+    )
 }
 
 #[test]
@@ -440,7 +567,12 @@ fn answers_wait_until_the_collector_has_their_records() {
     assert!(out.state_changed, "the step is used (and resealed) at once");
     assert_eq!(a.held_len(), 1);
     // Another peer's audited request is held behind it.
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let out = a.handle(
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(),
+        T0,
+        b"",
+    );
     let issued = records(&out);
     assert!(out.response.is_none());
     assert_eq!(a.held_len(), 2);
@@ -452,19 +584,28 @@ fn answers_wait_until_the_collector_has_their_records() {
     assert!(ack(&mut a, &recs[0]).released.is_empty());
     let mut other = audit_record(&recs[1]);
     other.chain_id[0] ^= 1;
-    let out = a.handle(&PeerId::new(0, "collector"), &AuditAck { chain_id: other.chain_id, seq: 99 }.into(), T0, b"");
+    let out = a.handle(
+        &PeerId::new(0, "collector"),
+        &AuditAck { chain_id: other.chain_id, seq: 99 }.into(),
+        T0,
+        b"",
+    );
     assert!(out.released.is_empty());
     // The ack of the unlock record releases the unlocker's answer only.
     let out = ack(&mut a, &recs[1]);
     assert_eq!(out.released.len(), 1);
     let (to, answer) = &out.released[0];
     assert_eq!(to, &unlocker());
-    assert!(matches!(answer, Message::TotpValidateResp(r) if r.result == TotpResult::Ok && r.unlock_secret.is_some()));
+    assert!(
+        matches!(answer, Message::TotpValidateResp(r) if r.result == TotpResult::Ok && r.unlock_secret.is_some())
+    );
     // A cumulative ack releases the rest in order.
     let out = ack(&mut a, &issued[0]);
     assert_eq!(out.released.len(), 1);
     assert_eq!(out.released[0].0, policy_pd());
-    assert!(matches!(out.released[0].1, Message::TokenIssueResp(ref r) if r.result == IssueResult::Ok));
+    assert!(
+        matches!(out.released[0].1, Message::TokenIssueResp(ref r) if r.result == IssueResult::Ok)
+    );
     assert_eq!(a.held_len(), 0);
 }
 
@@ -479,7 +620,9 @@ fn held_answers_are_bounded_and_the_rest_fail_closed_undecided() {
         last = records(&out);
     }
     let out = a.handle(&policy_pd(), &req, T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable));
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable)
+    );
     assert!(out.audit.is_empty(), "refused before any decision");
     // A code checked now would be consumed, so it is not checked at all.
     let out = a.handle(&unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
@@ -487,13 +630,22 @@ fn held_answers_are_bounded_and_the_rest_fail_closed_undecided() {
     assert!(out.audit.is_empty());
     assert_eq!(ack(&mut a, &last[0]).released.len(), 2);
     let out = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0, b"");
-    assert_eq!(totp_resp(&out).result, TotpResult::Ok, "the code was not used by the refused request");
+    assert_eq!(
+        totp_resp(&out).result,
+        TotpResult::Ok,
+        "the code was not used by the refused request"
+    );
 }
 
 #[test]
 fn a_departed_peer_s_held_answers_are_dropped_not_misdelivered() {
     let (mut a, _) = seeded();
-    let out = a.handle(&policy_pd(), &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(), T0, b"");
+    let out = a.handle(
+        &policy_pd(),
+        &issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into(),
+        T0,
+        b"",
+    );
     let first = records(&out);
     let out = a.handle(&unlocker(), &totp_req("00000000", "yubi1").into(), T0, b"");
     let second = records(&out);
@@ -503,7 +655,11 @@ fn a_departed_peer_s_held_answers_are_dropped_not_misdelivered() {
     let out = ack(&mut a, &second[0]);
     assert_eq!(out.released.len(), 1);
     assert_eq!(out.released[0].0, unlocker());
-    assert_eq!(a.pending_audit().len(), 0, "the dropped answer's record was still shipped and acked");
+    assert_eq!(
+        a.pending_audit().len(),
+        0,
+        "the dropped answer's record was still shipped and acked"
+    );
 }
 
 #[test]
@@ -514,7 +670,9 @@ fn a_peer_flooding_token_requests_is_rate_limited_and_audited() {
     let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
     for _ in 0..3 {
         let out = call(&mut a, &policy_pd(), &req, T0, b"");
-        assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+        assert!(
+            matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok)
+        );
     }
     let out = call(&mut a, &policy_pd(), &req, T0, b"");
     let Some(Message::TokenIssueResp(r)) = &out.response else { panic!("{:?}", out.response) };
@@ -525,7 +683,11 @@ fn a_peer_flooding_token_requests_is_rate_limited_and_audited() {
     // Another peer has its own budget; a second later there is one more.
     let other = PeerId::new(9, "policy_pd");
     let out = call(&mut a, &other, &req, T0, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result != IssueResult::RateLimited));
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result != IssueResult::RateLimited)
+    );
     let out = call(&mut a, &policy_pd(), &req, T0 + 1, b"");
-    assert!(matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok));
+    assert!(
+        matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok)
+    );
 }

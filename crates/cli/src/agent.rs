@@ -133,7 +133,8 @@ fn ready_line(agent: &Agent) {
 /// On the hosted platform: vchans in a world directory.
 fn run_world(agent: &mut Agent) -> Result<(), Failure> {
     let world_dir = agent.args.world.clone().ok_or("--world or --socket is required")?;
-    let world = World::open(&world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
+    let world =
+        World::open(&world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
     let dom = world
         .resolve(&agent.args.domain)
         .map_err(|e| format!("world: {e}"))?
@@ -142,7 +143,8 @@ fn run_world(agent: &mut Agent) -> Result<(), Failure> {
     let client = resolve_dom(&mut p, &agent.args.client).map_err(|e| e.to_string())?;
     let cryptod_dom = resolve_dom(&mut p, &agent.args.cryptod).map_err(|e| e.to_string())?;
     let mut listen = serve(&mut p, client, port::UNLOCK_AGENT).map_err(|e| e.to_string())?;
-    let mut cryptod = connect(&mut p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let mut cryptod = connect(&mut p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
     ready_line(agent);
     loop {
         if !listen.is_open() {
@@ -166,14 +168,20 @@ fn run_world(agent: &mut Agent) -> Result<(), Failure> {
 /// In a Xen dom0: each connection on `listen` is one unlocker vchan
 /// connection relayed by vchan-socket-proxy; cryptod is reached through
 /// another proxy at `cryptod_path`.
-fn run_sockets(agent: &mut Agent, listen_path: &std::path::Path, cryptod_path: &std::path::Path) -> Result<(), Failure> {
+fn run_sockets(
+    agent: &mut Agent,
+    listen_path: &std::path::Path,
+    cryptod_path: &std::path::Path,
+) -> Result<(), Failure> {
     let listener = socket::listen(listen_path)?;
     let mut cryptod: SocketLink = socket::connect(cryptod_path, Duration::from_secs(60))?;
     // Check the path to cryptod works before saying ready.
-    refresh(&mut cryptod, &mut agent.trust).map_err(|e| format!("cryptod via {}: {e}", cryptod_path.display()))?;
+    refresh(&mut cryptod, &mut agent.trust)
+        .map_err(|e| format!("cryptod via {}: {e}", cryptod_path.display()))?;
     ready_line(agent);
     loop {
-        let (stream, _) = listener.accept().map_err(|e| format!("{}: {e}", listen_path.display()))?;
+        let (stream, _) =
+            listener.accept().map_err(|e| format!("{}: {e}", listen_path.display()))?;
         println!("unlock-agent: connection from the proxy");
         let mut link = SocketLink::new(socket::SocketChannel::new(stream));
         loop {
@@ -200,14 +208,23 @@ fn run_sockets(agent: &mut Agent, listen_path: &std::path::Path, cryptod_path: &
 
 /// Handles one message from the unlocker and replies; returns whether the
 /// agent is done (`--once` and a volume was opened).
-fn answer<L: Channel, K: Channel>(agent: &mut Agent, listen: &mut Framed<L>, cryptod: &mut Framed<K>, msg: Message) -> bool {
+fn answer<L: Channel, K: Channel>(
+    agent: &mut Agent,
+    listen: &mut Framed<L>,
+    cryptod: &mut Framed<K>,
+    msg: Message,
+) -> bool {
     let Message::UnlockRequest(req) = msg else {
         println!("unlock-agent: ignoring a {}", msg.kind().as_str());
         return false;
     };
     let (result, reason) = handle(cryptod, agent, &req);
     println!("unlock-agent: volume {}: {} {reason}", req.volume_id, result.as_str());
-    let answer = Message::UnlockResult(UnlockResult { request_id: req.request_id, result, reason: Some(reason) });
+    let answer = Message::UnlockResult(UnlockResult {
+        request_id: req.request_id,
+        result,
+        reason: Some(reason),
+    });
     drop(req); // zeroizes the passphrase
     if let Err(e) = listen.send_blocking(&answer, Duration::from_secs(5)) {
         println!("unlock-agent: reply: {e}");
@@ -215,7 +232,11 @@ fn answer<L: Channel, K: Channel>(agent: &mut Agent, listen: &mut Framed<L>, cry
     agent.args.once && result == UnlockOutcome::Ok
 }
 
-fn handle<K: Channel>(cryptod: &mut Framed<K>, agent: &mut Agent, req: &UnlockRequest) -> (UnlockOutcome, String) {
+fn handle<K: Channel>(
+    cryptod: &mut Framed<K>,
+    agent: &mut Agent,
+    req: &UnlockRequest,
+) -> (UnlockOutcome, String) {
     let Agent { args, volumes, trust, replay } = agent;
     let Some(path) = volumes.get(&req.volume_id) else {
         return (UnlockOutcome::Denied, "unknown volume".into());
@@ -241,9 +262,10 @@ fn handle<K: Channel>(cryptod: &mut Framed<K>, agent: &mut Agent, req: &UnlockRe
         cryptsetup(&["open", "--type", "luks", "--key-file=-", path, &name], key.as_bytes())
     };
     match run {
-        Ok((true, _)) if args.dry_run => {
-            (UnlockOutcome::Ok, "(passphrase verified with cryptsetup open --test-passphrase)".into())
-        }
+        Ok((true, _)) if args.dry_run => (
+            UnlockOutcome::Ok,
+            "(passphrase verified with cryptsetup open --test-passphrase)".into(),
+        ),
         Ok((true, _)) => (UnlockOutcome::Ok, format!("(opened as /dev/mapper/{name})")),
         Ok((false, err)) => (UnlockOutcome::Fail, err),
         Err(e) => (UnlockOutcome::Fail, e),

@@ -84,7 +84,12 @@ pub fn read_log(bytes: &[u8]) -> Result<(Vec<Vec<u8>>, Option<usize>), String> {
                 at += n;
                 b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
             }
-            _ => return Err(format!("byte {start}: unsupported length encoding (record {})", records.len())),
+            _ => {
+                return Err(format!(
+                    "byte {start}: unsupported length encoding (record {})",
+                    records.len()
+                ))
+            }
         };
         if len > MAX_RECORD {
             return Err(format!("byte {start}: record {} claims {len} bytes", records.len()));
@@ -151,7 +156,11 @@ fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
 /// Runs the collector until killed.
 pub fn collect(args: CollectArgs) -> Result<(), Failure> {
     let (mut file, mut last) = open_log(&args.out)?;
-    println!("audit-collect: {} chain(s) on disk; collecting into {}", last.len(), args.out.display());
+    println!(
+        "audit-collect: {} chain(s) on disk; collecting into {}",
+        last.len(),
+        args.out.display()
+    );
     if let Some(path) = &args.socket {
         loop {
             // The proxy accepts, then connects to cryptod's vchan; each
@@ -163,7 +172,8 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
         }
     }
     let world_dir = args.world.as_ref().ok_or("--world or --socket is required")?;
-    let world = World::open(world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
+    let world =
+        World::open(world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
     let dom = world
         .resolve(&args.domain)
         .map_err(|e| format!("world: {e}"))?
@@ -274,16 +284,22 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
     while start < records.len() {
         let id = chain_and_seq(&records[start]).map(|c| c.0);
         let mut end = start + 1;
-        while end < records.len() && chain_and_seq(&records[end]).map(|c| c.0) == id && id.is_some() {
+        while end < records.len() && chain_and_seq(&records[end]).map(|c| c.0) == id && id.is_some()
+        {
             end += 1;
         }
         let summary = verify_chain(&records[start..end], &[key]).map_err(|e| {
             let at = start + e.index;
             let what = match e.kind {
-                ChainErrorKind::Gap { expected, found } => format!("gap: seq {expected} to {} missing", found - 1),
+                ChainErrorKind::Gap { expected, found } => {
+                    format!("gap: seq {expected} to {} missing", found - 1)
+                }
                 _ => e.to_string().split(": ").skip(1).collect::<Vec<_>>().join(": "),
             };
-            Failure::Invalid(format!("audit chain breaks at record {at} (byte offset {}): {what}", offset_of(&records, at)))
+            Failure::Invalid(format!(
+                "audit chain breaks at record {at} (byte offset {}): {what}",
+                offset_of(&records, at)
+            ))
         })?;
         if summary.first_seq != 0 {
             return Err(Failure::Invalid(format!(

@@ -101,7 +101,8 @@ fn pump(name: String, src: impl Read + Send + 'static, lines: Arc<Mutex<Vec<Line
     std::thread::spawn(move || {
         for line in BufReader::new(src).lines() {
             let Ok(text) = line else { break };
-            let quiet = name == "collector" && QUIET_COLLECTOR.load(std::sync::atomic::Ordering::Relaxed);
+            let quiet =
+                name == "collector" && QUIET_COLLECTOR.load(std::sync::atomic::Ordering::Relaxed);
             if !quiet {
                 println!("  [{name:>9}] {text}");
             }
@@ -134,11 +135,21 @@ impl Proc {
 
     /// Waits for a line containing `pat` (from index `from` on) and returns
     /// its index and time; fails if the process exits or time runs out.
-    fn wait_for(&mut self, pat: &str, from: usize, timeout: Duration) -> Result<(usize, Instant), Failure> {
+    fn wait_for(
+        &mut self,
+        pat: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<(usize, Instant), Failure> {
         self.wait_any(&[pat], from, timeout).map(|(i, at, _)| (i, at))
     }
 
-    fn wait_any(&mut self, pats: &[&str], from: usize, timeout: Duration) -> Result<(usize, Instant, String), Failure> {
+    fn wait_any(
+        &mut self,
+        pats: &[&str],
+        from: usize,
+        timeout: Duration,
+    ) -> Result<(usize, Instant, String), Failure> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(lines) = self.lines.lock() {
@@ -158,10 +169,17 @@ impl Proc {
                         }
                     }
                 }
-                return Err(Failure::Invalid(format!("{} exited ({status}) before printing {pats:?}", self.name)));
+                return Err(Failure::Invalid(format!(
+                    "{} exited ({status}) before printing {pats:?}",
+                    self.name
+                )));
             }
             if Instant::now() > deadline {
-                return Err(Failure::Invalid(format!("{}: no {pats:?} within {} s", self.name, timeout.as_secs())));
+                return Err(Failure::Invalid(format!(
+                    "{}: no {pats:?} within {} s",
+                    self.name,
+                    timeout.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -178,11 +196,17 @@ impl Proc {
     fn wait_exit(&mut self, timeout: Duration) -> Result<i32, Failure> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| format!("{}: {e}", self.name))? {
+            if let Some(status) =
+                self.child.try_wait().map_err(|e| format!("{}: {e}", self.name))?
+            {
                 return Ok(status.code().unwrap_or(-1));
             }
             if Instant::now() > deadline {
-                return Err(Failure::Invalid(format!("{} did not exit within {} s", self.name, timeout.as_secs())));
+                return Err(Failure::Invalid(format!(
+                    "{} did not exit within {} s",
+                    self.name,
+                    timeout.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -204,7 +228,9 @@ impl Drop for Proc {
 fn code_from_uri(uri: &str, t: u64) -> Result<String, Failure> {
     use portcullis_authority::totp::{totp, Algorithm};
     let query = uri.split_once('?').map(|q| q.1).unwrap_or("");
-    let get = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
+    let get = |k: &str| {
+        query.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
     let secret = base32_decode(get("secret").unwrap_or("")).ok_or("otpauth URI: bad secret")?;
     let alg = match get("algorithm").unwrap_or("SHA1") {
         "SHA256" => Algorithm::Sha256,
@@ -218,13 +244,19 @@ fn code_from_uri(uri: &str, t: u64) -> Result<String, Failure> {
 /// The operator's current code as the standard `oathtool` computes it.
 fn code_from_oathtool(uri: &str) -> Result<String, Failure> {
     let query = uri.split_once('?').map(|q| q.1).unwrap_or("");
-    let secret = query.split('&').find_map(|kv| kv.strip_prefix("secret=")).ok_or("otpauth URI: no secret")?;
+    let secret = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("secret="))
+        .ok_or("otpauth URI: no secret")?;
     let out = Command::new("oathtool")
         .args(["--totp", "--base32", secret])
         .output()
         .map_err(|e| format!("cannot run oathtool (apt-get install oathtool): {e}"))?;
     if !out.status.success() {
-        return Err(Failure::Error(format!("oathtool failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Failure::Error(format!(
+            "oathtool failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -299,7 +331,9 @@ impl Demo {
 }
 
 fn settings(world: &World, dom: DomId, text: &str) -> Result<(), Failure> {
-    world.set_config(dom, ConfigItem::Settings, text.as_bytes()).map_err(|e| Failure::Error(format!("{e}")))
+    world
+        .set_config(dom, ConfigItem::Settings, text.as_bytes())
+        .map_err(|e| Failure::Error(format!("{e}")))
 }
 
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -311,12 +345,18 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             d.clone()
         }
         None => {
-            temp = tempfile::Builder::new().prefix("portcullis-demo.").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+            temp = tempfile::Builder::new()
+                .prefix("portcullis-demo.")
+                .tempdir()
+                .map_err(|e| format!("temp dir: {e}"))?;
             temp.path().to_path_buf()
         }
     };
     let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
-    let guests = args.guests.clone().unwrap_or_else(|| exe.parent().map(Path::to_path_buf).unwrap_or_default());
+    let guests = args
+        .guests
+        .clone()
+        .unwrap_or_else(|| exe.parent().map(Path::to_path_buf).unwrap_or_default());
     println!("== Portcullis demo in {} (hosted platform)", dir.display());
 
     // 1. Provision: sealed state, operator enrolment, LUKS volume.
@@ -325,7 +365,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let t = Instant::now();
     provision::run(ProvisionArgs::for_demo(&prov, &vol, args.no_qr))?;
     let provision_time = t.elapsed();
-    let uri = std::fs::read_to_string(prov.join("operators/operator.otpauth")).map_err(|e| format!("otpauth: {e}"))?;
+    let uri = std::fs::read_to_string(prov.join("operators/operator.otpauth"))
+        .map_err(|e| format!("otpauth: {e}"))?;
 
     // 2. The world: the launcher plays the toolstack and names the domains.
     let world = World::create(&dir.join("world")).map_err(|e| format!("world: {e}"))?;
@@ -333,10 +374,13 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     for name in ["entropyd", "cryptod", "unlocker", "policy_pd", "collector", "unlock_agent"] {
         doms.insert(name, world.add_domain(name).map_err(|e| format!("domain {name}: {e}"))?);
     }
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Failure::Error(format!("{}: {e}", p.display())));
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| Failure::Error(format!("{}: {e}", p.display())));
     let root = read(&prov.join("root.pub"))?;
     let set = |name: &str, item: ConfigItem, bytes: &[u8]| {
-        world.set_config(doms[name], item, bytes).map_err(|e| Failure::Error(format!("{name} config: {e}")))
+        world
+            .set_config(doms[name], item, bytes)
+            .map_err(|e| Failure::Error(format!("{name} config: {e}")))
     };
     set("cryptod", ConfigItem::KeyEncryptionKey, &read(&prov.join("cryptod/kek"))?)?;
     set("cryptod", ConfigItem::SealedState, &read(&prov.join("cryptod/sealed-state"))?)?;
@@ -356,7 +400,11 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     settings(&world, doms["entropyd"], "allow=cryptod\ninterval_ms=500\n")?;
     set("unlocker", ConfigItem::RootPublicKey, &root)?;
     let attempts = if args.scenario == Scenario::Full { 8 } else { 3 };
-    settings(&world, doms["unlocker"], &format!("operator=operator\nvolume=data\nagent=unlock_agent\nattempts={attempts}\n"))?;
+    settings(
+        &world,
+        doms["unlocker"],
+        &format!("operator=operator\nvolume=data\nagent=unlock_agent\nattempts={attempts}\n"),
+    )?;
     set("policy_pd", ConfigItem::RootPublicKey, &root)?;
     let selftest = if args.scenario == Scenario::Full { "selftest=1\nskew=2\n" } else { "" };
     settings(&world, doms["policy_pd"], &format!("rule=allow tcp 10.0.0.0/8 -> 443\n{selftest}"))?;
@@ -375,7 +423,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let world_dir = demo.world.dir().to_string_lossy().to_string();
     let root_path = prov.join("root.pub").to_string_lossy().to_string();
     let vol_arg = format!("data={}", vol.display());
-    let mut agent_args = vec!["unlock-agent", "--world", &world_dir, "--root", &root_path, "--volume", &vol_arg];
+    let mut agent_args =
+        vec!["unlock-agent", "--world", &world_dir, "--root", &root_path, "--volume", &vol_arg];
     if !args.real_open {
         agent_args.push("--dry-run");
     }
@@ -399,7 +448,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
 
     // 4. The operator's code.
     let oathtool = args.oathtool;
-    let code_now = |uri: &str| if oathtool { code_from_oathtool(uri) } else { code_from_uri(uri, unix_now()) };
+    let code_now =
+        |uri: &str| if oathtool { code_from_oathtool(uri) } else { code_from_uri(uri, unix_now()) };
     let code = if args.oathtool {
         let c = code_now(&uri)?;
         println!("== operator code (from oathtool with the provisioned secret): {c}");
@@ -451,7 +501,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         println!("== restarting the audit collector");
         collector = demo.collector()?;
         let (_, _, l) = again.wait_any(&["refused:", "unlocked"], n, demo.step)?;
-        checks.push(("replayed code refused as replay once its record is stored".into(), l.contains("refused: replay")));
+        checks.push((
+            "replayed code refused as replay once its record is stored".into(),
+            l.contains("refused: replay"),
+        ));
         let mut locked = false;
         for _ in 0..6 {
             let n = again.count();
@@ -474,7 +527,9 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     checks.push(("policy_pd applied its change and exited cleanly".into(), status == 0));
     if args.scenario == Scenario::Full {
         for what in ["replay", "wrong audience", "expired", "revoked"] {
-            let ok = policy.wait_for(&format!("selftest {what}: refused"), 0, Duration::from_millis(10)).is_ok();
+            let ok = policy
+                .wait_for(&format!("selftest {what}: refused"), 0, Duration::from_millis(10))
+                .is_ok();
             checks.push((format!("policy_pd refuses the {what} token"), ok));
         }
     }
@@ -495,7 +550,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         let n = third.count();
         third.type_line(&code)?;
         let (_, _, l) = third.wait_any(&["refused:", "unlocked"], n, demo.step)?;
-        checks.push(("after a cryptod restart the used code is still refused as replay".into(), l.contains("refused: replay")));
+        checks.push((
+            "after a cryptod restart the used code is still refused as replay".into(),
+            l.contains("refused: replay"),
+        ));
         demo.reap(&mut third);
     }
 
@@ -506,13 +564,17 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         p.kill();
     }
     let t = Instant::now();
-    let verified = crate::audit_cmd::verify_file(&prov.join("root.pub"), acked, &dir.join("audit.log"));
+    let verified =
+        crate::audit_cmd::verify_file(&prov.join("root.pub"), acked, &dir.join("audit.log"));
     demo.time("audit log verification", t.elapsed());
     match &verified {
         Ok(s) => println!("== audit: {s}"),
         Err(e) => println!("== audit: FAILED: {e}"),
     }
-    checks.push(("audit log complete: chain, signatures, no gaps, nothing lost".into(), verified.is_ok()));
+    checks.push((
+        "audit log complete: chain, signatures, no gaps, nothing lost".into(),
+        verified.is_ok(),
+    ));
 
     println!();
     println!("== summary");
@@ -591,8 +653,11 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
     let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("{e}"))?;
     let key = crate::keyfile::load(root)?;
     let mut trust = Trust::new(key.public, &key.kid);
-    let mut link = connect(&mut p, cryptod, port::CRYPTOD, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-    trust.fetch_keyset(&mut link, RequestId([1; 16]), CALL_TIMEOUT).map_err(|e| Failure::Invalid(format!("keyset: {e}")))?;
+    let mut link = connect(&mut p, cryptod, port::CRYPTOD, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    trust
+        .fetch_keyset(&mut link, RequestId([1; 16]), CALL_TIMEOUT)
+        .map_err(|e| Failure::Invalid(format!("keyset: {e}")))?;
     let mut replay = MemoryReplayCache::new(n + 16);
     let revoked = RevokedSet::default();
     let mut samples = Vec::with_capacity(n);
@@ -624,7 +689,12 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
                         backoffs += 1;
                         std::thread::sleep(Duration::from_millis(2));
                     }
-                    None => return Err(Failure::Invalid(format!("refused: {:?} {:?}", r.result, r.reason))),
+                    None => {
+                        return Err(Failure::Invalid(format!(
+                            "refused: {:?} {:?}",
+                            r.result, r.reason
+                        )))
+                    }
                 },
                 other => return Err(Failure::Invalid(format!("unexpected answer: {other:?}"))),
             }

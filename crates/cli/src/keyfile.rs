@@ -109,9 +109,7 @@ pub fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), String
         opts.mode(if private { 0o600 } else { 0o644 });
     }
     let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Generates a new signing key from the OS random source.

@@ -17,7 +17,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "Portcullis host tool: keys, tokens, provisioning, audit")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis host tool: keys, tokens, provisioning, audit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

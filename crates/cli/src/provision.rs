@@ -110,7 +110,9 @@ fn algorithm(name: &str) -> Result<Algorithm, Failure> {
         "sha1" => Ok(Algorithm::Sha1),
         "sha256" => Ok(Algorithm::Sha256),
         "sha512" => Ok(Algorithm::Sha512),
-        other => Err(Failure::Error(format!("--totp-algorithm {other}: use sha1, sha256 or sha512"))),
+        other => {
+            Err(Failure::Error(format!("--totp-algorithm {other}: use sha1, sha256 or sha512")))
+        }
     }
 }
 
@@ -268,7 +270,10 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     // leaves nothing half-provisioned.
     if let Some(file) = &args.luks_format {
         if file.exists() {
-            return Err(Failure::Error(format!("{} exists; refusing to overwrite", file.display())));
+            return Err(Failure::Error(format!(
+                "{} exists; refusing to overwrite",
+                file.display()
+            )));
         }
     }
     if args.luks_format.is_some() || args.luks_device.is_some() {
@@ -335,7 +340,9 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     println!();
     for vol in &args.volumes {
         let key = luks_key_text(&master, vol)?;
-        println!("LUKS passphrase of volume {vol:?} (shown once; add it with `cryptsetup luksAddKey`):");
+        println!(
+            "LUKS passphrase of volume {vol:?} (shown once; add it with `cryptsetup luksAddKey`):"
+        );
         println!("  {}", key.as_str());
     }
     let first = args.volumes.first().ok_or_else(|| Failure::Error("no --volume".into()))?;
@@ -346,7 +353,12 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     }
     if let (Some(dev), Some(existing)) = (&args.luks_device, &args.luks_key_file) {
         let mut a: Vec<&std::ffi::OsStr> = vec!["luksAddKey".as_ref(), "--batch-mode".as_ref()];
-        a.extend(["--key-file".as_ref(), existing.as_os_str(), dev.as_os_str(), "/dev/stdin".as_ref()]);
+        a.extend([
+            "--key-file".as_ref(),
+            existing.as_os_str(),
+            dev.as_os_str(),
+            "/dev/stdin".as_ref(),
+        ]);
         cryptsetup(&a, key.as_bytes())?;
         println!("enrolled volume {first:?} into {}", dev.display());
     }
@@ -386,15 +398,23 @@ mod tests {
     #[test]
     fn base32_matches_rfc4648_vectors() {
         // RFC 4648 §10, without padding.
-        for (plain, enc) in [("", ""), ("f", "MY"), ("fo", "MZXQ"), ("foo", "MZXW6"), ("foob", "MZXW6YQ"),
-            ("fooba", "MZXW6YTB"), ("foobar", "MZXW6YTBOI")] {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "MY"),
+            ("fo", "MZXQ"),
+            ("foo", "MZXW6"),
+            ("foob", "MZXW6YQ"),
+            ("fooba", "MZXW6YTB"),
+            ("foobar", "MZXW6YTBOI"),
+        ] {
             assert_eq!(base32(plain.as_bytes()), enc);
         }
     }
 
     #[test]
     fn otpauth_uri_has_every_parameter() {
-        let op = OperatorSecret::new("alice smith", b"12345678901234567890", Algorithm::Sha256, 8).unwrap();
+        let op = OperatorSecret::new("alice smith", b"12345678901234567890", Algorithm::Sha256, 8)
+            .unwrap();
         let uri = otpauth_uri("Portcullis", &op);
         assert_eq!(
             uri,

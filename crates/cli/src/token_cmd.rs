@@ -3,7 +3,9 @@
 use crate::{keyfile, Failure};
 use clap::Subcommand;
 use portcullis_proto::scope::ScopeSet;
-use portcullis_proto::token::{self, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet};
+use portcullis_proto::token::{
+    self, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet,
+};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -110,9 +112,8 @@ pub fn run(cmd: TokenCmd) -> Result<(), Failure> {
     match cmd {
         TokenCmd::Mint { key, iss, sub, aud, scope, ttl, nonce, now, out } => {
             let loaded = keyfile::load(&key)?;
-            let sk = loaded
-                .secret
-                .ok_or_else(|| format!("{}: has no private key", key.display()))?;
+            let sk =
+                loaded.secret.ok_or_else(|| format!("{}: has no private key", key.display()))?;
             if ttl == 0 || ttl > token::MAX_LIFETIME_SECS {
                 return Err(Failure::Error(format!(
                     "--ttl must be 1 to {} seconds",
@@ -147,7 +148,12 @@ pub fn run(cmd: TokenCmd) -> Result<(), Failure> {
             for path in &keys {
                 let k = keyfile::load(path)?;
                 keyset
-                    .push(KeyEntry { kid: k.kid, key: k.public, not_before: 0, not_after: u64::MAX })
+                    .push(KeyEntry {
+                        kid: k.kid,
+                        key: k.public,
+                        not_before: 0,
+                        not_after: u64::MAX,
+                    })
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
             let mut ids = Vec::new();
@@ -156,7 +162,12 @@ pub fn run(cmd: TokenCmd) -> Result<(), Failure> {
             }
             let revoked = RevokedSet::from_ids(ids);
             let bytes = read_token(&path)?;
-            let expect = Expectations { audience: &aud, scope: parse_scope(&scope)?, now: now_or(now)?, skew };
+            let expect = Expectations {
+                audience: &aud,
+                scope: parse_scope(&scope)?,
+                now: now_or(now)?,
+                skew,
+            };
             let mut replay = MemoryReplayCache::new(1);
             match token::verify(&bytes, &keyset, &expect, &mut replay, &revoked) {
                 Ok(c) => {

@@ -5,8 +5,8 @@
 use crate::socket;
 use crate::{keyfile, Failure};
 use clap::{Args, ValueEnum};
-use portcullis_apps::trust::Trust;
 use portcullis_apps::common::AppError;
+use portcullis_apps::trust::Trust;
 use portcullis_proto::msg::RequestId;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -27,8 +27,22 @@ const NOW: &str = "1900000000";
 fn mint(dir: &Path, key: &Path, aud: &str, scope: &str, ttl: &str) -> String {
     let path = dir.join(format!("tok-{aud}-{ttl}"));
     let out = run(&[
-        "token", "mint", "--key", &with(key, "key"), "--sub", "policy_pd", "--aud", aud, "--scope",
-        scope, "--ttl", ttl, "--now", NOW, "--out", path.to_str().unwrap(),
+        "token",
+        "mint",
+        "--key",
+        &with(key, "key"),
+        "--sub",
+        "policy_pd",
+        "--aud",
+        aud,
+        "--scope",
+        scope,
+        "--ttl",
+        ttl,
+        "--now",
+        NOW,
+        "--out",
+        path.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     path.to_str().unwrap().to_string()
@@ -37,7 +51,16 @@ fn mint(dir: &Path, key: &Path, aud: &str, scope: &str, ttl: &str) -> String {
 fn verify(key: &Path, token: &str, now: &str, extra: &[&str]) -> (i32, String) {
     let pubkey = with(key, "pub");
     let mut args = vec![
-        "token", "verify", "--pub", &pubkey, "--aud", "netd", "--scope", "net:modify", "--now", now,
+        "token",
+        "verify",
+        "--pub",
+        &pubkey,
+        "--aud",
+        "netd",
+        "--scope",
+        "net:modify",
+        "--now",
+        now,
     ];
     args.extend_from_slice(extra);
     args.push(token);
@@ -54,7 +77,11 @@ fn minted_token_verifies_and_inspects() {
     let out = run(&["token", "inspect", &tok]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("UNVERIFIED") && text.contains("scope net:modify") && text.contains("sub   policy_pd"));
+    assert!(
+        text.contains("UNVERIFIED")
+            && text.contains("scope net:modify")
+            && text.contains("sub   policy_pd")
+    );
 }
 
 #[test]
@@ -71,7 +98,10 @@ fn each_refusal_has_its_own_reason_and_exit_1() {
     for (k, now, extra, code) in cases {
         let (status, reason) = verify(k, &tok, now, extra);
         assert_eq!(status, 1, "{code}: {reason}");
-        assert!(reason.starts_with("invalid:") && reason.ends_with(&format!("({code})")), "{reason}");
+        assert!(
+            reason.starts_with("invalid:") && reason.ends_with(&format!("({code})")),
+            "{reason}"
+        );
     }
     let wrong_aud = mint(dir.path(), &key, "unlock-agent", "net:modify", "60");
     assert!(verify(&key, &wrong_aud, NOW, &[]).1.ends_with("(wrong_audience)"));
@@ -94,13 +124,58 @@ fn garbage_is_malformed_and_bad_usage_is_exit_2() {
     std::fs::write(&junk, b"not a token at all").unwrap();
     let (status, reason) = verify(&key, junk.to_str().unwrap(), NOW, &[]);
     assert_eq!((status, reason.ends_with("(malformed)")), (1, true), "{reason}");
-    let out = run(&["token", "verify", "--pub", "/nonexistent.pub", "--aud", "a", "--scope", "net:modify", junk.to_str().unwrap()]);
+    let out = run(&[
+        "token",
+        "verify",
+        "--pub",
+        "/nonexistent.pub",
+        "--aud",
+        "a",
+        "--scope",
+        "net:modify",
+        junk.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&["token", "mint", "--key", &with(&key, "key"), "--sub", "s", "--aud", "a", "--scope", "root:all"]);
+    let out = run(&[
+        "token",
+        "mint",
+        "--key",
+        &with(&key, "key"),
+        "--sub",
+        "s",
+        "--aud",
+        "a",
+        "--scope",
+        "root:all",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    let out = run(&["token", "mint", "--key", &with(&key, "pub"), "--sub", "s", "--aud", "a", "--scope", "net:modify"]);
+    let out = run(&[
+        "token",
+        "mint",
+        "--key",
+        &with(&key, "pub"),
+        "--sub",
+        "s",
+        "--aud",
+        "a",
+        "--scope",
+        "net:modify",
+    ]);
     assert_eq!(out.status.code(), Some(2), "a public key cannot mint");
-    let out = run(&["token", "mint", "--key", &with(&key, "key"), "--sub", "s", "--aud", "a", "--scope", "net:modify", "--ttl", "301"]);
+    let out = run(&[
+        "token",
+        "mint",
+        "--key",
+        &with(&key, "key"),
+        "--sub",
+        "s",
+        "--aud",
+        "a",
+        "--scope",
+        "net:modify",
+        "--ttl",
+        "301",
+    ]);
     assert_eq!(out.status.code(), Some(2), "lifetime capped at 300 s");
 }
 

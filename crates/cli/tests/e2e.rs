@@ -77,7 +77,11 @@ fn full_scenario_with_oathtool_codes() {
     std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
     let o = verify(&cut);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut flipped = bytes.clone();
     let mid = bytes.len() / 2;
     flipped[mid] ^= 0x40;
@@ -87,5 +91,9 @@ fn full_scenario_with_oathtool_codes() {
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
     // Usually "audit chain breaks at record N"; a flip that lands in a length
     // header is reported as a framing error instead. Either way: one reason.
-    assert!(String::from_utf8_lossy(&o.stderr).starts_with("invalid: "), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).starts_with("invalid: "),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -3,9 +3,9 @@
 
 use portcullis_authority::sealed;
 use portcullis_authority::totp::{totp, Algorithm};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::io::Write;
 
 fn portcullis(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis")).args(args).output().expect("run portcullis")
@@ -32,19 +32,37 @@ fn secret_of(uri: &str) -> String {
 #[test]
 fn sealed_state_opens_with_the_kek_and_holds_the_enrolled_secret() {
     let dir = tempfile::tempdir().unwrap();
-    provision(dir.path(), &["--operator", "alice", "--operator", "bob", "--totp-algorithm", "sha256", "--digits", "8"]);
+    provision(
+        dir.path(),
+        &[
+            "--operator",
+            "alice",
+            "--operator",
+            "bob",
+            "--totp-algorithm",
+            "sha256",
+            "--digits",
+            "8",
+        ],
+    );
     let p = dir.path().join("p");
     let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
     let blob = std::fs::read(p.join("cryptod/sealed-state")).unwrap();
     let state = sealed::unseal(&blob, &kek).unwrap();
     let ids: Vec<_> = state.operators.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(ids, ["alice", "bob"]);
-    assert!(state.operators.iter().all(|o| o.algorithm == Algorithm::Sha256 && o.digits == 8 && o.secret.len() == 32));
+    assert!(state
+        .operators
+        .iter()
+        .all(|o| o.algorithm == Algorithm::Sha256 && o.digits == 8 && o.secret.len() == 32));
     let mut wrong = kek;
     wrong[0] ^= 1;
     assert!(sealed::unseal(&blob, &wrong).is_err());
     let uri = std::fs::read_to_string(p.join("operators/alice.otpauth")).unwrap();
-    assert!(uri.starts_with("otpauth://totp/Portcullis:alice?") && uri.contains("algorithm=SHA256&digits=8"));
+    assert!(
+        uri.starts_with("otpauth://totp/Portcullis:alice?")
+            && uri.contains("algorithm=SHA256&digits=8")
+    );
 }
 
 #[test]
@@ -55,7 +73,8 @@ fn oathtool_codes_from_the_uri_match_cryptods_totp() {
     let p = dir.path().join("p");
     let uri = std::fs::read_to_string(p.join("operators/alice.otpauth")).unwrap();
     let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
-    let state = sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek).unwrap();
+    let state =
+        sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek).unwrap();
     let op = &state.operators[0];
     for t in [59u64, 1_111_111_109, 2_000_000_000] {
         let o = Command::new("oathtool")
@@ -103,15 +122,29 @@ fn bad_arguments_leave_nothing_behind() {
     assert!(!out.exists());
     let acl = dir.path().join("acl");
     std::fs::write(&acl, "allow vm=x scopes=root:all aud=y\n").unwrap();
-    let o = portcullis(&["provision", "--out", out.to_str().unwrap(), "--acl", acl.to_str().unwrap()]);
+    let o =
+        portcullis(&["provision", "--out", out.to_str().unwrap(), "--acl", acl.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ACL"));
     assert!(!out.exists());
     // A volume no rule grants could never be unlocked: refused up front.
-    std::fs::write(&acl, "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=home\n").unwrap();
-    let o = portcullis(&["provision", "--out", out.to_str().unwrap(), "--acl", acl.to_str().unwrap(), "--volume", "data"]);
+    std::fs::write(&acl, "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=home\n")
+        .unwrap();
+    let o = portcullis(&[
+        "provision",
+        "--out",
+        out.to_str().unwrap(),
+        "--acl",
+        acl.to_str().unwrap(),
+        "--volume",
+        "data",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no rule lists volume \"data\""), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no rule lists volume \"data\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!out.exists());
     // A provisioned directory is never overwritten.
     provision(dir.path(), &[]);

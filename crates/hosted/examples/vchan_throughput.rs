@@ -104,12 +104,7 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64), Error> {
     let receiver = world.add_domain("receiver")?;
     // The other ring's minimum keeps it in the control page (order 10 or 11).
     let read_min = if ring <= 1024 { 2048 } else { 1024 };
-    let cfg = ServerConfig {
-        client: receiver,
-        port: PORT,
-        read_min,
-        write_min: ring,
-    };
+    let cfg = ServerConfig { client: receiver, port: PORT, read_min, write_min: ring };
     let mut v = Vchan::server(world.backend(sender)?, cfg)?;
     let order = v.geometry().map_or(0, |g| g.order(Dir::Right));
     let mut child = world
@@ -184,11 +179,7 @@ fn launcher() -> Result<(), Error> {
             order = o;
             runs.push(rate);
         }
-        println!(
-            "vchan order {order:2} ({:4} KiB ring): {:8.0} MB/s",
-            ring / 1024,
-            median(runs)
-        );
+        println!("vchan order {order:2} ({:4} KiB ring): {:8.0} MB/s", ring / 1024, median(runs));
     }
     let runs = (0..RUNS).map(|_| pipe_run(bytes)).collect::<Result<Vec<_>, _>>()?;
     println!("pipe (64 KiB pipe buffer):      {:8.0} MB/s", median(runs));

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::layout::{MAX_RING_SIZE, PAGE_SIZE};
 use portcullis_vchan::{AtomicMem, Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
-use portcullis_vchan::backend::UnmapNotify;
 
 use crate::evtchn::Events;
 use crate::mem::{HostedMem, NotifyRecord};
@@ -95,13 +95,8 @@ pub(crate) fn fire_recorded(world: &Path, dom: DomId) {
                 AtomicMem::new(map.words()).store_u8(offset, 0);
             }
         }
-        let record = NotifyRecord {
-            world: world.to_path_buf(),
-            dom,
-            file: path,
-            offset,
-            port: Port(port),
-        };
+        let record =
+            NotifyRecord { world: world.to_path_buf(), dom, file: path, offset, port: Port(port) };
         record.fire(None);
     }
 }
@@ -115,9 +110,7 @@ fn parse_record(text: &str) -> Option<(&str, u32, usize, u32)> {
     let offset = parts.next()?.parse().ok()?;
     let port = parts.next()?.parse().ok()?;
     let plain = file.starts_with("grants/")
-        && file
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
+        && file.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     (plain && parts.next().is_none()).then_some((file, page, offset, port))
 }
 
@@ -210,11 +203,7 @@ impl HostedBackend {
         let len = refs.len() * PAGE_SIZE;
         let rel = grant_file(self.shared.dom, number, peer);
         let tmp = dir.join(".tmp");
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let file = fs::OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
         file.set_len(len as u64)?;
         let map = Mapping::file(&file, 0, len, true)?;
         fs::rename(&tmp, self.shared.world.join(&rel))?;
@@ -222,12 +211,7 @@ impl HostedBackend {
             *slot = GrantRef(number << PAGE_BITS | i);
         }
         let notify = self.record(&rel, 0, notify)?;
-        Ok(HostedMem {
-            map,
-            writable: true,
-            grant_dir: Some(dir.to_path_buf()),
-            notify,
-        })
+        Ok(HostedMem { map, writable: true, grant_dir: Some(dir.to_path_buf()), notify })
     }
 
     fn map_refs(
@@ -274,12 +258,7 @@ impl HostedBackend {
             Some((rel, page)) => self.record(&rel, page, notify)?,
             None => None,
         };
-        Ok(HostedMem {
-            map,
-            writable,
-            grant_dir: None,
-            notify,
-        })
+        Ok(HostedMem { map, writable, grant_dir: None, notify })
     }
 
     /// Revokes a grant (if `mem` is ours) and drops the mapping, which
@@ -328,8 +307,7 @@ impl Backend for HostedBackend {
         if refs.is_empty() || refs.len() > MAX_GRANT_PAGES {
             return Err(BackendError::Map);
         }
-        self.map_refs(peer, refs, writable, notify)
-            .map_err(|_| BackendError::Map)
+        self.map_refs(peer, refs, writable, notify).map_err(|_| BackendError::Map)
     }
 
     fn unmap(&mut self, mem: HostedMem) {
@@ -361,9 +339,7 @@ impl Backend for HostedBackend {
 
     fn store_write(&mut self, path: &str, value: &str, reader: DomId) -> Result<(), BackendError> {
         let dom = self.shared.dom;
-        self.shared
-            .store
-            .write(dom, path, value.as_bytes(), Reader::Domain(reader))
+        self.shared.store.write(dom, path, value.as_bytes(), Reader::Domain(reader))
     }
 
     fn store_read(&mut self, path: &str, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
@@ -385,10 +361,7 @@ mod tests {
 
     #[test]
     fn records_parse_strictly() {
-        assert_eq!(
-            parse_record("grants/1/5/to-2 0 21 3\n"),
-            Some(("grants/1/5/to-2", 0, 21, 3))
-        );
+        assert_eq!(parse_record("grants/1/5/to-2 0 21 3\n"), Some(("grants/1/5/to-2", 0, 21, 3)));
         for bad in [
             "",
             "grants/1/5/to-2 0 21",

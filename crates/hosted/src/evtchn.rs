@@ -70,9 +70,7 @@ impl PortFile {
         if file.metadata()?.len() < FILE_LEN as u64 {
             return Err(io::ErrorKind::InvalidData.into());
         }
-        Ok(PortFile {
-            map: Mapping::file(&file, 0, FILE_LEN, true)?,
-        })
+        Ok(PortFile { map: Mapping::file(&file, 0, FILE_LEN, true)? })
     }
 
     fn pending(&self) -> &AtomicU32 {
@@ -118,9 +116,7 @@ impl Bell {
             // Only ever grows the file, so racing creators agree.
             file.set_len(FILE_LEN as u64)?;
         }
-        Ok(Bell {
-            map: Mapping::file(&file, 0, FILE_LEN, true)?,
-        })
+        Ok(Bell { map: Mapping::file(&file, 0, FILE_LEN, true)? })
     }
 
     fn counter(&self) -> &AtomicU32 {
@@ -226,8 +222,7 @@ impl Events {
 
     fn publish(&self, tmp: &Path, peer: DomId, link: u64) -> Result<(u32, PortFile), BackendError> {
         let file = fs::File::create(tmp).map_err(|_| BackendError::EventChannel)?;
-        file.set_len(FILE_LEN as u64)
-            .map_err(|_| BackendError::EventChannel)?;
+        file.set_len(FILE_LEN as u64).map_err(|_| BackendError::EventChannel)?;
         let port = PortFile::open(tmp).map_err(|_| BackendError::EventChannel)?;
         port.map.u32_at(PEER).store(u32::from(peer.0), Ordering::SeqCst);
         port.link().store(link, Ordering::SeqCst);
@@ -248,13 +243,7 @@ impl Events {
 
     pub(crate) fn alloc_unbound(&self, peer: DomId) -> Result<Port, BackendError> {
         let (n, file) = self.create(peer, 0)?;
-        self.lock().insert(
-            n,
-            Local {
-                file: Arc::new(file),
-                remote: None,
-            },
-        );
+        self.lock().insert(n, Local { file: Arc::new(file), remote: None });
         Ok(Port(n))
     }
 
@@ -282,10 +271,7 @@ impl Events {
         }
         self.lock().insert(
             n,
-            Local {
-                file: Arc::new(ours),
-                remote: Some((link, Arc::new(theirs), Arc::new(bell))),
-            },
+            Local { file: Arc::new(ours), remote: Some((link, Arc::new(theirs), Arc::new(bell))) },
         );
         Ok(Port(n))
     }
@@ -366,10 +352,7 @@ fn poll(files: &[(Port, Arc<PortFile>)]) -> Result<Option<Port>, BackendError> {
     if let Some((port, _)) = files.iter().find(|(_, f)| f.take()) {
         return Ok(Some(*port));
     }
-    if files
-        .iter()
-        .any(|(_, f)| f.link().load(Ordering::SeqCst) == CLOSED)
-    {
+    if files.iter().any(|(_, f)| f.link().load(Ordering::SeqCst) == CLOSED) {
         return Err(BackendError::EventChannel);
     }
     Ok(None)

@@ -39,20 +39,11 @@ impl HostedPlatform {
     pub fn open(world: World, dom: DomId) -> Result<Self, HostedError> {
         let name = world.domain_name(dom)?;
         let backend = world.backend(dom)?;
-        Ok(HostedPlatform {
-            world,
-            backend,
-            name,
-            started: Instant::now(),
-        })
+        Ok(HostedPlatform { world, backend, name, started: Instant::now() })
     }
 
     fn config_path(&self, item: ConfigItem) -> PathBuf {
-        self.world
-            .dir()
-            .join("config")
-            .join(&self.name)
-            .join(item.name())
+        self.world.dir().join("config").join(&self.name).join(item.name())
     }
 }
 
@@ -85,7 +76,11 @@ fn read_bounded(path: &Path, buf: &mut [u8]) -> Result<usize, PlatformError> {
 /// Reads a line from stdin byte by byte (so nothing past the newline is
 /// consumed), handling backspace and echoing if asked. The terminal, if
 /// stdin is one, is in non-canonical no-echo mode for the duration.
-fn read_line(buf: &mut [u8], echo: bool, timeout: Option<Duration>) -> Result<usize, PlatformError> {
+fn read_line(
+    buf: &mut [u8],
+    echo: bool,
+    timeout: Option<Duration>,
+) -> Result<usize, PlatformError> {
     let tty = sys::is_tty(STDIN);
     let _raw = if tty {
         Some(sys::RawInput::enable(STDIN).map_err(|_| PlatformError::Console)?)
@@ -163,9 +158,7 @@ impl Platform for HostedPlatform {
     }
 
     fn now_unix(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
     fn monotonic_ns(&self) -> u64 {
@@ -211,10 +204,7 @@ impl Platform for HostedPlatform {
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        self.world
-            .resolve(name)
-            .map_err(|_| PlatformError::Io)?
-            .ok_or(PlatformError::UnknownDomain)
+        self.world.resolve(name).map_err(|_| PlatformError::Io)?.ok_or(PlatformError::UnknownDomain)
     }
 
     fn wait_any(
@@ -222,9 +212,7 @@ impl Platform for HostedPlatform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError> {
-        self.backend
-            .wait_any(ports, timeout)
-            .map_err(|_| PlatformError::Io)
+        self.backend.wait_any(ports, timeout).map_err(|_| PlatformError::Io)
     }
 
     fn shutdown(&mut self, code: u8) -> ! {

@@ -59,9 +59,8 @@ fn node_dir(root: &Path, path: &str) -> Result<PathBuf, BackendError> {
     }
     let mut dir = root.to_path_buf();
     for part in rest.split('/') {
-        let ok_chars = part
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        let ok_chars =
+            part.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
         if part.is_empty() || part == "." || part == ".." || !ok_chars {
             return Err(BackendError::Store);
         }
@@ -89,25 +88,15 @@ fn parse_node(bytes: &[u8]) -> Option<Node> {
         n => Reader::Domain(DomId(n.parse().ok()?)),
     };
     let value = bytes.get(nl + 1..)?.to_vec();
-    (value.len() <= MAX_VALUE_LEN).then_some(Node {
-        owner,
-        reader,
-        value,
-    })
+    (value.len() <= MAX_VALUE_LEN).then_some(Node { owner, reader, value })
 }
 
 impl Store {
     /// Opens the store of the world at `world` (created by `World::create`).
     pub(crate) fn open(world: &Path) -> io::Result<Self> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(world.join("store.gen"))?;
+        let file = fs::OpenOptions::new().read(true).write(true).open(world.join("store.gen"))?;
         let generation = Mapping::file(&file, 0, sys::page_size(), true)?;
-        Ok(Store {
-            root: world.join("store"),
-            generation,
-        })
+        Ok(Store { root: world.join("store"), generation })
     }
 
     fn counter(&self) -> &AtomicU32 {

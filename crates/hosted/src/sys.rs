@@ -194,9 +194,7 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(t.subsec_nanos()),
     });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `word` is a valid, aligned u32 for the duration of the call and
     // `ts_ptr` is null or points to a live timespec. FUTEX_WAIT only reads
     // them. The result (woken, EAGAIN, EINTR, ETIMEDOUT) needs no handling:
@@ -287,14 +285,9 @@ impl Drop for RawInput {
 
 /// Waits until `fd` is readable; `false` if `timeout` passed first.
 pub(crate) fn poll_readable(fd: libc::c_int, timeout: Option<Duration>) -> io::Result<bool> {
-    let ms = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
-    });
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let ms = timeout
+        .map_or(-1, |t| libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX));
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: `pfd` is one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -35,9 +35,7 @@ pub struct World {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && !name.starts_with('.')
 }
 
@@ -56,12 +54,8 @@ impl World {
             fs::create_dir_all(dir.join(sub))?;
         }
         fs::File::create(dir.join("store.gen"))?.set_len(4096)?;
-        let world = World {
-            dir: dir.to_path_buf(),
-        };
-        world
-            .store()?
-            .write(DOM0, &name_path(DOM0), b"Domain-0", Reader::Everyone)?;
+        let world = World { dir: dir.to_path_buf() };
+        world.store()?.write(DOM0, &name_path(DOM0), b"Domain-0", Reader::Everyone)?;
         Ok(world)
     }
 
@@ -70,9 +64,7 @@ impl World {
         if !dir.join("store.gen").is_file() {
             return Err(HostedError::NoWorld);
         }
-        Ok(World {
-            dir: dir.to_path_buf(),
-        })
+        Ok(World { dir: dir.to_path_buf() })
     }
 
     /// Opens the world named by `PORTCULLIS_WORLD`.
@@ -107,8 +99,7 @@ impl World {
                 Err(e) => return Err(e.into()),
             }
             let dom = DomId(id);
-            self.store()?
-                .write(DOM0, &name_path(dom), name.as_bytes(), Reader::Everyone)?;
+            self.store()?.write(DOM0, &name_path(dom), name.as_bytes(), Reader::Everyone)?;
             fs::create_dir_all(self.dir.join("config").join(name))?;
             return Ok(dom);
         }
@@ -146,13 +137,17 @@ impl World {
     /// A command that runs `program` as domain `dom` of this world.
     pub fn command_for(&self, dom: DomId, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env(WORLD_ENV, &self.dir)
-            .env(DOMID_ENV, dom.0.to_string());
+        cmd.env(WORLD_ENV, &self.dir).env(DOMID_ENV, dom.0.to_string());
         cmd
     }
 
     /// Gives domain `dom` the configuration item `item` (replacing it).
-    pub fn set_config(&self, dom: DomId, item: ConfigItem, bytes: &[u8]) -> Result<(), HostedError> {
+    pub fn set_config(
+        &self,
+        dom: DomId,
+        item: ConfigItem,
+        bytes: &[u8],
+    ) -> Result<(), HostedError> {
         let dir = self.dir.join("config").join(self.domain_name(dom)?);
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.tmp", crate::unique_suffix()));
@@ -189,8 +184,7 @@ impl World {
         }
         remove_if_present(&grants_dir(&self.dir, dom))?;
         remove_if_present(&notify_dir(&self.dir, dom))?;
-        self.store()?
-            .remove_owned(&format!("/local/domain/{}", dom.0), dom)?;
+        self.store()?.remove_owned(&format!("/local/domain/{}", dom.0), dom)?;
         Ok(())
     }
 }

@@ -60,12 +60,7 @@ fn child() {
         }
         // Serves, says hello, and waits to be killed.
         "hang-server" => {
-            let cfg = ServerConfig {
-                client: peer,
-                port: PORT,
-                read_min: 1024,
-                write_min: 1024,
-            };
+            let cfg = ServerConfig { client: peer, port: PORT, read_min: 1024, write_min: 1024 };
             let mut v = Vchan::server(p.backend(), cfg).unwrap();
             v.wait_connected(Some(LONG)).unwrap();
             v.write_all(b"hello", Some(LONG)).unwrap();
@@ -77,10 +72,11 @@ fn child() {
         "console" => {
             for _ in 0..3 {
                 let mut buf = [0u8; 8];
-                let line = match p.console_read_line(&mut buf, false, Some(Duration::from_millis(300))) {
-                    Ok(n) => format!("line:{}", String::from_utf8_lossy(&buf[..n])),
-                    Err(e) => format!("error:{e:?}"),
-                };
+                let line =
+                    match p.console_read_line(&mut buf, false, Some(Duration::from_millis(300))) {
+                        Ok(n) => format!("line:{}", String::from_utf8_lossy(&buf[..n])),
+                        Err(e) => format!("error:{e:?}"),
+                    };
                 p.console_write(&format!("RESULT {line}\n"));
             }
         }
@@ -102,12 +98,7 @@ fn run() -> Run {
     let world = World::create(dir.path()).unwrap();
     let me = world.add_domain("peer").unwrap();
     let guest = world.add_domain("guest").unwrap();
-    Run {
-        _dir: dir,
-        world,
-        me,
-        guest,
-    }
+    Run { _dir: dir, world, me, guest }
 }
 
 impl Run {
@@ -124,12 +115,7 @@ impl Run {
     }
 
     fn server(&self, read_min: usize, write_min: usize) -> Vchan<portcullis_hosted::HostedBackend> {
-        let cfg = ServerConfig {
-            client: self.guest,
-            port: PORT,
-            read_min,
-            write_min,
-        };
+        let cfg = ServerConfig { client: self.guest, port: PORT, read_min, write_min };
         Vchan::server(self.world.backend(self.me).unwrap(), cfg).unwrap()
     }
 }
@@ -176,10 +162,8 @@ fn console_lines_handle_backspace_overflow_and_timeout() {
     drop(stdin);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let results: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-        .collect();
+    let results: Vec<&str> =
+        text.lines().filter_map(|l| l.split_once("RESULT ").map(|(_, r)| r)).collect();
     assert_eq!(results, ["line:abd", "error:Console", "error:Timeout"]);
 }
 
@@ -219,10 +203,7 @@ fn killed_server_times_out_then_is_reaped() {
     let r = run();
     let mut child = r.spawn("hang-server", 0);
     // Here the child serves and the test process is the client.
-    let cfg = ClientConfig {
-        server: r.guest,
-        port: PORT,
-    };
+    let cfg = ClientConfig { server: r.guest, port: PORT };
     let backend = r.world.backend(r.me).unwrap();
     let mut client = Vchan::client_wait(backend, cfg, Some(LONG)).unwrap();
     let mut hello = [0u8; 5];

@@ -26,10 +26,8 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let world = World::create(dir.path()).unwrap();
-    let ids: Vec<DomId> = ["alpha", "beta", "gamma"]
-        .iter()
-        .map(|n| world.add_domain(n).unwrap())
-        .collect();
+    let ids: Vec<DomId> =
+        ["alpha", "beta", "gamma"].iter().map(|n| world.add_domain(n).unwrap()).collect();
     assert_eq!(ids, [DomId(1), DomId(2), DomId(3)]);
     Setup {
         a: world.backend(ids[0]).unwrap(),
@@ -42,8 +40,7 @@ fn setup() -> Setup {
 
 fn read(b: &mut HostedBackend, path: &str) -> Result<Option<String>, BackendError> {
     let mut buf = [0u8; 64];
-    Ok(b.store_read(path, &mut buf)?
-        .map(|n| String::from_utf8(buf[..n].to_vec()).unwrap()))
+    Ok(b.store_read(path, &mut buf)?.map(|n| String::from_utf8(buf[..n].to_vec()).unwrap()))
 }
 
 #[test]
@@ -55,9 +52,7 @@ fn launcher_registers_names_and_config() {
     assert_eq!(s.world.resolve("delta").unwrap(), None);
     assert!(matches!(World::create(s.world.dir()), Err(HostedError::Exists)));
 
-    s.world
-        .set_config(DomId(1), ConfigItem::Settings, b"mode=test\n")
-        .unwrap();
+    s.world.set_config(DomId(1), ConfigItem::Settings, b"mode=test\n").unwrap();
     let mut p = HostedPlatform::open(s.world.clone(), DomId(1)).unwrap();
     assert_eq!((p.domid(), p.name()), (DomId(1), "alpha"));
     let mut buf = [0u8; 16];
@@ -83,10 +78,7 @@ fn launcher_registers_names_and_config() {
 fn store_permissions_are_xenstores() {
     let mut s = setup();
     // Only under one's own home, never another's.
-    assert_eq!(
-        s.a.store_write("/local/domain/2/data/x", "1", DomId(2)),
-        Err(BackendError::Denied)
-    );
+    assert_eq!(s.a.store_write("/local/domain/2/data/x", "1", DomId(2)), Err(BackendError::Denied));
     assert_eq!(s.a.store_write("/tool/x", "1", DomId(2)), Err(BackendError::Denied));
     // The toolstack's name node is readable by all but writable by none.
     assert_eq!(read(&mut s.c, "/local/domain/1/name"), Ok(Some("alpha".into())));
@@ -181,10 +173,7 @@ fn event_channels_notify_wait_and_time_out() {
     let mut s = setup();
     let unbound = s.a.alloc_unbound(DomId(2)).unwrap();
     assert_eq!(s.c.bind_interdomain(DomId(1), unbound), Err(BackendError::Denied));
-    assert_eq!(
-        s.b.bind_interdomain(DomId(1), Port(999)),
-        Err(BackendError::EventChannel)
-    );
+    assert_eq!(s.b.bind_interdomain(DomId(1), Port(999)), Err(BackendError::EventChannel));
     let local = s.b.bind_interdomain(DomId(1), unbound).unwrap();
     assert_eq!(
         s.b.bind_interdomain(DomId(1), unbound),
@@ -250,12 +239,7 @@ fn reaping_performs_unmap_notifications() {
 #[test]
 fn vchan_between_threads_wraps_its_rings() {
     let s = setup();
-    let config = ServerConfig {
-        client: DomId(2),
-        port: 5,
-        read_min: 1024,
-        write_min: 2048,
-    };
+    let config = ServerConfig { client: DomId(2), port: 5, read_min: 1024, write_min: 2048 };
     let mut server = Vchan::server(s.a.clone(), config).unwrap();
     let client = std::thread::spawn({
         let b = s.b.clone();

@@ -143,8 +143,11 @@ pub trait Platform {
 
     /// Blocks until one of `ports` has a pending event (consuming it) or the
     /// timeout passes. Returns the port, or `None` on timeout.
-    fn wait_any(&mut self, ports: &[Port], timeout: Option<Duration>)
-        -> Result<Option<Port>, PlatformError>;
+    fn wait_any(
+        &mut self,
+        ports: &[Port],
+        timeout: Option<Duration>,
+    ) -> Result<Option<Port>, PlatformError>;
 
     /// Ends the domain: exit code 0 is a clean poweroff, anything else a crash.
     fn shutdown(&mut self, code: u8) -> !;

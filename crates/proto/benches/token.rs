@@ -58,15 +58,11 @@ fn bench(c: &mut Criterion) {
     };
     println!("token size: {} bytes", token.len());
 
-    c.bench_function("ed25519_sign_200B", |b| {
-        b.iter(|| key.sign(black_box(&message)))
-    });
+    c.bench_function("ed25519_sign_200B", |b| b.iter(|| key.sign(black_box(&message))));
     c.bench_function("ed25519_verify_strict_200B", |b| {
         b.iter(|| public.verify_strict(black_box(&message), black_box(&signature)))
     });
-    c.bench_function("token_mint", |b| {
-        b.iter(|| mint(&key, b"k1", black_box(&claims)))
-    });
+    c.bench_function("token_mint", |b| b.iter(|| mint(&key, b"k1", black_box(&claims))));
     c.bench_function("token_verify", |b| {
         b.iter(|| verify(black_box(&token), &keys, &expect, &mut NoReplay, &revoked))
     });

@@ -173,11 +173,7 @@ pub fn verify(
     if !object.signature_ok(&key) {
         return Err(CoseError::BadSignature);
     }
-    Ok(Verified {
-        kid: object.kid,
-        content_type: ct,
-        payload: object.payload,
-    })
+    Ok(Verified { kid: object.kid, content_type: ct, payload: object.payload })
 }
 
 /// Parses a signed object WITHOUT verifying its signature or algorithm, for
@@ -185,14 +181,8 @@ pub fn verify(
 /// trusted. The content type must still be one of ours.
 pub fn open_unverified(bytes: &[u8]) -> Result<Verified, CoseError> {
     let object = open(bytes)?;
-    let content_type = object
-        .our_content_type()
-        .ok_or(CoseError::WrongContentType)?;
-    Ok(Verified {
-        kid: object.kid,
-        content_type,
-        payload: object.payload,
-    })
+    let content_type = object.our_content_type().ok_or(CoseError::WrongContentType)?;
+    Ok(Verified { kid: object.kid, content_type, payload: object.payload })
 }
 
 /// Verifies any COSE_Sign1 with an attached payload (tagged 18 or untagged)
@@ -321,9 +311,8 @@ impl Sign1 {
                 Value::Integer(i) => i64::try_from(i).ok(),
                 _ => None,
             };
-            let Some(slot) = label
-                .and_then(|l| usize::try_from(l).ok())
-                .filter(|l| (1..=4).contains(l))
+            let Some(slot) =
+                label.and_then(|l| usize::try_from(l).ok()).filter(|l| (1..=4).contains(l))
             else {
                 self.other_protected = true;
                 continue;

@@ -253,9 +253,7 @@ impl<'a> Reader<'a> {
         match self.head()? {
             (UINT, v) => i64::try_from(v).map_err(|_| out_of_range.into()),
             // A negative integer encodes -1 - v.
-            (NINT, v) => i64::try_from(v)
-                .map(|v| -1 - v)
-                .map_err(|_| out_of_range.into()),
+            (NINT, v) => i64::try_from(v).map(|v| -1 - v).map_err(|_| out_of_range.into()),
             _ => Err(FieldError::new(field, "expected an integer").into()),
         }
     }
@@ -516,8 +514,7 @@ impl Field for zeroize::Zeroizing<String> {
         Ok(())
     }
     fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
-        r.text(field)
-            .map(|s| zeroize::Zeroizing::new(String::from(s)))
+        r.text(field).map(|s| zeroize::Zeroizing::new(String::from(s)))
     }
 }
 

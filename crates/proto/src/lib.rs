@@ -10,13 +10,13 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-/// Capability scopes.
-pub mod scope;
 /// Signed objects other than tokens (COSE_Sign1 with a content type).
 pub mod cose;
 /// The versioned `{v, type, body}` envelope.
 pub mod envelope;
 /// Typed message bodies.
 pub mod msg;
+/// Capability scopes.
+pub mod scope;
 /// CWT capability tokens: minting and verification.
 pub mod token;

@@ -308,12 +308,7 @@ impl Check for EntropyPub {
     fn check(&self) -> Result<(), FieldError> {
         check_id("drbg_version", &self.drbg_version)?;
         check_nonce("nonce", &self.nonce)?;
-        check_len(
-            "entropy_chunk",
-            self.entropy_chunk.len(),
-            MIN_ENTROPY_CHUNK,
-            MAX_ENTROPY_CHUNK,
-        )
+        check_len("entropy_chunk", self.entropy_chunk.len(), MIN_ENTROPY_CHUNK, MAX_ENTROPY_CHUNK)
     }
 }
 
@@ -360,12 +355,7 @@ impl Check for TotpValidateReq {
         if let Some(chain) = &self.attestation_chain {
             check_len("attestation_chain", chain.len(), 0, MAX_ATTESTATION_CHAIN)?;
             for item in chain {
-                check_len(
-                    "attestation_chain",
-                    item.len(),
-                    1,
-                    crate::envelope::MAX_MESSAGE_LEN,
-                )?;
+                check_len("attestation_chain", item.len(), 1, crate::envelope::MAX_MESSAGE_LEN)?;
             }
         }
         check_metadata(&self.metadata)
@@ -390,12 +380,7 @@ wire_struct! {
 impl Check for SealedSecret {
     fn check(&self) -> Result<(), FieldError> {
         check_id("volume_id", &self.volume_id)?;
-        check_len(
-            "ciphertext",
-            self.ciphertext.len(),
-            MIN_SEALED_LEN,
-            MAX_SEALED_LEN,
-        )
+        check_len("ciphertext", self.ciphertext.len(), MIN_SEALED_LEN, MAX_SEALED_LEN)
     }
 }
 

@@ -22,13 +22,8 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a fixed order (the bit order of [`ScopeSet`]).
-    pub const ALL: [Scope; 5] = [
-        Scope::LuksUnlock,
-        Scope::NetModify,
-        Scope::NetRead,
-        Scope::TokenRevoke,
-        Scope::KeyRotate,
-    ];
+    pub const ALL: [Scope; 5] =
+        [Scope::LuksUnlock, Scope::NetModify, Scope::NetRead, Scope::TokenRevoke, Scope::KeyRotate];
 
     /// The wire name of this scope.
     pub const fn as_str(self) -> &'static str {

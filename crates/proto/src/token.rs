@@ -119,10 +119,8 @@ pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, To
         return Err(TokenError::InvalidClaims);
     }
     let payload = encode_value(&claims_value(claims)).ok_or(TokenError::Encoding)?;
-    let header = HeaderBuilder::new()
-        .algorithm(iana::Algorithm::Ed25519)
-        .key_id(kid.to_vec())
-        .build();
+    let header =
+        HeaderBuilder::new().algorithm(iana::Algorithm::Ed25519).key_id(kid.to_vec()).build();
     let token = cose::sign1(key, header, payload).ok_or(TokenError::Encoding)?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLarge);
@@ -195,9 +193,7 @@ impl core::error::Error for KeysetError {}
 impl Keyset {
     /// An empty keyset.
     pub const fn new() -> Keyset {
-        Keyset {
-            entries: Vec::new(),
-        }
+        Keyset { entries: Vec::new() }
     }
 
     /// Adds a key; refuses a second key with the same id.
@@ -302,10 +298,7 @@ impl ReplayEntry {
 impl MemoryReplayCache {
     /// A cache for at most `capacity` live token ids (allocated up front).
     pub fn new(capacity: usize) -> MemoryReplayCache {
-        MemoryReplayCache {
-            entries: Vec::with_capacity(capacity),
-            capacity,
-        }
+        MemoryReplayCache { entries: Vec::with_capacity(capacity), capacity }
     }
 
     /// The number of ids held (live or not yet overwritten).
@@ -338,14 +331,8 @@ impl ReplayCache for MemoryReplayCache {
             }
         }
         let mut id = [0; MAX_CTI_LEN];
-        id.get_mut(..cti.len())
-            .ok_or(ReplayError::InvalidId)?
-            .copy_from_slice(cti);
-        let entry = ReplayEntry {
-            cti: id,
-            len: cti.len(),
-            until: exp,
-        };
+        id.get_mut(..cti.len()).ok_or(ReplayError::InvalidId)?.copy_from_slice(cti);
+        let entry = ReplayEntry { cti: id, len: cti.len(), until: exp };
         if let Some(slot) = free.and_then(|i| self.entries.get_mut(i)) {
             *slot = entry;
         } else if self.entries.len() < self.capacity {
@@ -411,9 +398,7 @@ impl RevokedSet {
 
 impl Revocations for RevokedSet {
     fn is_revoked(&self, cti: &[u8]) -> bool {
-        self.ids
-            .binary_search_by(|id| id.as_slice().cmp(cti))
-            .is_ok()
+        self.ids.binary_search_by(|id| id.as_slice().cmp(cti)).is_ok()
     }
 }
 
@@ -528,13 +513,13 @@ pub fn verify(
     if revoked.is_revoked(&claims.cti) {
         return Err(VerifyError::Revoked);
     }
-    replay
-        .check_and_insert(&claims.cti, claims.exp.saturating_add(exp.skew), exp.now)
-        .map_err(|e| match e {
+    replay.check_and_insert(&claims.cti, claims.exp.saturating_add(exp.skew), exp.now).map_err(
+        |e| match e {
             ReplayError::Replayed => VerifyError::Replayed,
             ReplayError::Full => VerifyError::ReplayCacheFull,
             ReplayError::InvalidId => VerifyError::Malformed,
-        })?;
+        },
+    )?;
     claims.aud = exp.audience.to_string();
     Ok(claims)
 }

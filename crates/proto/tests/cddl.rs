@@ -22,10 +22,7 @@ const SCHEMA: &str = include_str!("../../../protocol/messages.cddl");
 /// limit is tested against the decoder alone (`metadata_key_bound`).
 fn schema_text() -> String {
     let precise = "metadata-map = { 0*16 metadata-key => metadata-value }";
-    assert!(
-        SCHEMA.contains(precise),
-        "schema changed: revisit the validator workaround"
-    );
+    assert!(SCHEMA.contains(precise), "schema changed: revisit the validator workaround");
     SCHEMA.replace(precise, "metadata-map = { 0*16 tstr => metadata-value }")
 }
 
@@ -52,9 +49,7 @@ fn schema(root: &str) -> &'static CDDL<'static> {
 /// Validates `bytes` against rule `root` of the schema.
 fn validate(root: &str, bytes: &[u8]) -> Result<(), String> {
     let value = cddl::validator::cbor_value::decode_cbor(bytes).map_err(|e| e.to_string())?;
-    CBORValidator::new(schema(root), value, None)
-        .validate()
-        .map_err(|e| e.to_string())
+    CBORValidator::new(schema(root), value, None).validate().map_err(|e| e.to_string())
 }
 
 fn to_value(bytes: &[u8]) -> Value {
@@ -91,10 +86,7 @@ fn remove(value: &mut Value, key: &str) {
 
 /// Asserts that the schema and the decoder both refuse `bytes`.
 fn both_refuse(what: &str, bytes: &[u8]) {
-    assert!(
-        validate("envelope", bytes).is_err(),
-        "schema accepted {what}"
-    );
+    assert!(validate("envelope", bytes).is_err(), "schema accepted {what}");
     assert!(Message::decode(bytes).is_err(), "decoder accepted {what}");
 }
 
@@ -117,11 +109,7 @@ fn every_message_type_validates() {
                 panic!("{kind} does not match the schema: {e}\n{msg:?}");
             }
             // The type's own rule matches too.
-            assert!(
-                validate(&rule_of(kind), &bytes).is_ok(),
-                "{kind} against {}",
-                rule_of(kind)
-            );
+            assert!(validate(&rule_of(kind), &bytes).is_ok(), "{kind} against {}", rule_of(kind));
             assert_eq!(Message::decode(&bytes).unwrap(), msg);
             count += 1;
         }
@@ -132,16 +120,8 @@ fn every_message_type_validates() {
 #[test]
 fn every_payload_validates() {
     let payloads = msg_samples::payloads();
-    for root in [
-        "attestation-claims",
-        "audit-record",
-        "keyset-body",
-        "revocation-body",
-    ] {
-        assert!(
-            payloads.iter().any(|(r, _)| *r == root),
-            "no sample for {root}"
-        );
+    for root in ["attestation-claims", "audit-record", "keyset-body", "revocation-body"] {
+        assert!(payloads.iter().any(|(r, _)| *r == root), "no sample for {root}");
     }
     for (root, bytes) in &payloads {
         if let Err(e) = validate(root, bytes) {
@@ -163,11 +143,7 @@ fn envelope_mutants_are_refused_by_both() {
             both_refuse("v = 2", &to_bytes(&v));
 
             let mut v = good.clone();
-            let other = if kind == MsgType::Error {
-                MsgType::KeysetReq
-            } else {
-                MsgType::Error
-            };
+            let other = if kind == MsgType::Error { MsgType::KeysetReq } else { MsgType::Error };
             *get(&mut v, "type") = Value::Text(other.as_str().into());
             both_refuse("a body under the wrong type", &to_bytes(&v));
 
@@ -212,16 +188,8 @@ fn field_case(msg: &Message, field: &str, value: Value, accept: bool) {
     let bytes = to_bytes(&v);
     let schema = validate("envelope", &bytes);
     let decoded = Message::decode(&bytes);
-    assert_eq!(
-        schema.is_ok(),
-        accept,
-        "schema on {field} = {value:?}: {schema:?}"
-    );
-    assert_eq!(
-        decoded.is_ok(),
-        accept,
-        "decoder on {field} = {value:?}: {decoded:?}"
-    );
+    assert_eq!(schema.is_ok(), accept, "schema on {field} = {value:?}: {schema:?}");
+    assert_eq!(decoded.is_ok(), accept, "decoder on {field} = {value:?}: {decoded:?}");
 }
 
 #[test]
@@ -237,12 +205,7 @@ fn field_limits_agree() {
         field_case(entropy, "drbg_version", Value::Text("d".repeat(len)), ok);
     }
     field_case(entropy, "seq", Value::Integer((-1).into()), false);
-    field_case(
-        entropy,
-        "timestamp",
-        Value::Text("2026-11-23T12:00:00Z".into()),
-        false,
-    );
+    field_case(entropy, "timestamp", Value::Text("2026-11-23T12:00:00Z".into()), false);
 
     let totp = &msg_samples::samples(MsgType::TotpValidateReq)[0];
     for (code, ok) in [
@@ -259,12 +222,7 @@ fn field_limits_agree() {
     }
     field_case(totp, "request_id", Value::Bytes(vec![1; 15]), false);
     field_case(totp, "request_id", Value::Bytes(vec![1; 17]), false);
-    field_case(
-        totp,
-        "request_id",
-        Value::Text("5b1e2c9a-4077-4f0d".into()),
-        false,
-    );
+    field_case(totp, "request_id", Value::Text("5b1e2c9a-4077-4f0d".into()), false);
     field_case(totp, "ephemeral_pubkey", Value::Bytes(vec![1; 31]), false);
     let chain = |n: usize| Value::Array(vec![Value::Bytes(msg_samples::cose(40)); n]);
     field_case(totp, "attestation_chain", chain(0), true);
@@ -272,9 +230,7 @@ fn field_limits_agree() {
     field_case(totp, "attestation_chain", chain(5), false);
     let meta = |n: usize| {
         Value::Map(
-            (0..n)
-                .map(|i| (Value::Text(format!("k{i}")), Value::Text("v".into())))
-                .collect(),
+            (0..n).map(|i| (Value::Text(format!("k{i}")), Value::Text("v".into()))).collect(),
         )
     };
     field_case(totp, "metadata", meta(16), true);
@@ -306,52 +262,37 @@ fn field_limits_agree() {
 #[test]
 fn payload_mutants_are_refused_by_both() {
     let refuse = |root: &str, bytes: &[u8], decode: &dyn Fn(&[u8]) -> bool| {
-        assert!(
-            validate(root, bytes).is_err(),
-            "schema accepted a bad {root}"
-        );
+        assert!(validate(root, bytes).is_err(), "schema accepted a bad {root}");
         assert!(!decode(bytes), "decoder accepted a bad {root}");
     };
 
     let mut v = to_value(&msg_samples::audit_records()[0].to_cbor().unwrap());
     *get(&mut v, "action") = Value::Text("format_disk".into());
-    refuse("audit-record", &to_bytes(&v), &|b| {
-        AuditRecord::from_cbor(b).is_ok()
-    });
+    refuse("audit-record", &to_bytes(&v), &|b| AuditRecord::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::audit_records()[0].to_cbor().unwrap());
     *get(&mut v, "prev_hash") = Value::Bytes(vec![0; 31]);
-    refuse("audit-record", &to_bytes(&v), &|b| {
-        AuditRecord::from_cbor(b).is_ok()
-    });
+    refuse("audit-record", &to_bytes(&v), &|b| AuditRecord::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::keyset_body().to_cbor().unwrap());
     *get(&mut v, "keys") = Value::Array(vec![]);
-    refuse("keyset-body", &to_bytes(&v), &|b| {
-        KeysetBody::from_cbor(b).is_ok()
-    });
+    refuse("keyset-body", &to_bytes(&v), &|b| KeysetBody::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::keyset_body().to_cbor().unwrap());
     if let Value::Array(keys) = get(&mut v, "keys") {
         *get(&mut keys[0], "pubkey") = Value::Bytes(vec![0; 33]);
     }
-    refuse("keyset-body", &to_bytes(&v), &|b| {
-        KeysetBody::from_cbor(b).is_ok()
-    });
+    refuse("keyset-body", &to_bytes(&v), &|b| KeysetBody::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::revocation_bodies()[0].to_cbor().unwrap());
     if let Value::Array(entries) = get(&mut v, "entries") {
         *get(&mut entries[0], "cti") = Value::Bytes(vec![]);
     }
-    refuse("revocation-body", &to_bytes(&v), &|b| {
-        RevocationBody::from_cbor(b).is_ok()
-    });
+    refuse("revocation-body", &to_bytes(&v), &|b| RevocationBody::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::attestation_claims().to_cbor().unwrap());
     entries(&mut v).push((Value::Text("sig".into()), Value::Bytes(vec![1])));
-    refuse("attestation-claims", &to_bytes(&v), &|b| {
-        AttestationClaims::from_cbor(b).is_ok()
-    });
+    refuse("attestation-claims", &to_bytes(&v), &|b| AttestationClaims::from_cbor(b).is_ok());
 }
 
 #[test]
@@ -363,10 +304,6 @@ fn metadata_key_bound() {
     for (len, ok) in [(0, false), (1, true), (64, true), (65, false)] {
         let mut v = to_value(&totp.encode().unwrap());
         *get(get(&mut v, "body"), "metadata") = meta("k".repeat(len));
-        assert_eq!(
-            Message::decode(&to_bytes(&v)).is_ok(),
-            ok,
-            "key of {len} bytes"
-        );
+        assert_eq!(Message::decode(&to_bytes(&v)).is_ok(), ok, "key of {len} bytes");
     }
 }

@@ -49,15 +49,9 @@ fn the_example_key_pair_matches() {
 
 #[test]
 fn eddsa_sig_01_verifies_with_our_sign1_verifier() {
-    assert_eq!(
-        verify_sign1_raw(&bytes(SIG01_CBOR), &public()),
-        Ok(CONTENT.to_vec())
-    );
+    assert_eq!(verify_sign1_raw(&bytes(SIG01_CBOR), &public()), Ok(CONTENT.to_vec()));
     // Untagged too.
-    assert_eq!(
-        verify_sign1_raw(&bytes(SIG01_CBOR)[1..], &public()),
-        Ok(CONTENT.to_vec())
-    );
+    assert_eq!(verify_sign1_raw(&bytes(SIG01_CBOR)[1..], &public()), Ok(CONTENT.to_vec()));
 }
 
 #[test]
@@ -66,10 +60,7 @@ fn eddsa_sig_01_signature_is_reproduced_by_our_signing_key() {
     // example's secret gives the example's signature.
     let object = CoseSign1::from_tagged_slice(&bytes(SIG01_CBOR)).unwrap();
     assert_eq!(object.tbs_data(&[]), bytes(SIG01_TBS));
-    assert_eq!(
-        secret().sign(&bytes(SIG01_TBS)).to_bytes().to_vec(),
-        object.signature
-    );
+    assert_eq!(secret().sign(&bytes(SIG01_TBS)).to_bytes().to_vec(), object.signature);
 }
 
 #[test]
@@ -81,16 +72,10 @@ fn eddsa_sig_01_tampering_is_refused() {
     for i in (0..good.len()).filter(|i| !(8..13).contains(i)) {
         let mut bad = good.clone();
         bad[i] ^= 0x01;
-        assert!(
-            verify_sign1_raw(&bad, &public()).is_err(),
-            "flip at {i} verified"
-        );
+        assert!(verify_sign1_raw(&bad, &public()).is_err(), "flip at {i} verified");
     }
     let other = SigningKey::from_bytes(&[7; 32]).verifying_key();
-    assert_eq!(
-        verify_sign1_raw(&good, &other),
-        Err(CoseError::BadSignature)
-    );
+    assert_eq!(verify_sign1_raw(&good, &other), Err(CoseError::BadSignature));
 }
 
 #[test]
@@ -105,10 +90,7 @@ fn eddsa_01_cose_sign_verifies_with_dalek_verify_strict() {
     let object = CoseSign::from_tagged_slice(&bytes(EDDSA01_CBOR)).unwrap();
     assert_eq!(object.payload.as_deref(), Some(CONTENT));
     assert_eq!(object.signatures.len(), 1);
-    assert_eq!(
-        object.tbs_data(&[], &object.signatures[0]),
-        bytes(EDDSA01_TBS)
-    );
+    assert_eq!(object.tbs_data(&[], &object.signatures[0]), bytes(EDDSA01_TBS));
     let check = |sig: &[u8], data: &[u8]| {
         let sig = Signature::from_slice(sig).map_err(|_| "length")?;
         public().verify_strict(data, &sig).map_err(|_| "bad")
@@ -121,10 +103,7 @@ fn eddsa_01_cose_sign_verifies_with_dalek_verify_strict() {
         object.signatures[0].signature
     );
     // A COSE_Sign (tag 98) is not a COSE_Sign1.
-    assert_eq!(
-        verify_sign1_raw(&bytes(EDDSA01_CBOR), &public()),
-        Err(CoseError::Malformed)
-    );
+    assert_eq!(verify_sign1_raw(&bytes(EDDSA01_CBOR), &public()), Err(CoseError::Malformed));
 }
 
 #[test]
@@ -133,8 +112,5 @@ fn eddsa_sig_02_ed448_never_passes_as_ed25519() {
     // Well-formed COSE_Sign1 with alg EdDSA, but a 114-byte signature.
     let object = CoseSign1::from_slice(&ed448[1..]).unwrap();
     assert_eq!(object.signature.len(), 114);
-    assert_eq!(
-        verify_sign1_raw(&ed448, &public()),
-        Err(CoseError::BadSignature)
-    );
+    assert_eq!(verify_sign1_raw(&ed448, &public()), Err(CoseError::BadSignature));
 }

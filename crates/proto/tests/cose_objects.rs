@@ -69,10 +69,7 @@ fn every_kind_round_trips_and_no_kind_passes_as_another() {
     let names: std::collections::BTreeSet<_> =
         ContentType::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(names.len(), ContentType::ALL.len());
-    assert_eq!(
-        ContentType::parse("application/portcullis.keyset+cbor"),
-        Some(ContentType::Keyset)
-    );
+    assert_eq!(ContentType::parse("application/portcullis.keyset+cbor"), Some(ContentType::Keyset));
 }
 
 #[test]
@@ -82,31 +79,21 @@ fn wire_shape_is_tag_18_with_protected_alg_ct_kid() {
     else {
         panic!("not tag 18");
     };
-    let Value::Array(items) = *inner else {
-        panic!("not an array")
-    };
-    let Value::Bytes(protected) = &items[0] else {
-        panic!()
-    };
+    let Value::Array(items) = *inner else { panic!("not an array") };
+    let Value::Bytes(protected) = &items[0] else { panic!() };
     let header: Value = coset::cbor::de::from_reader(&protected[..]).unwrap();
     assert_eq!(
         header,
         Value::Map(vec![
             (int(1), int(-19)),
-            (
-                int(3),
-                Value::Text("application/portcullis.audit-record+cbor".into())
-            ),
+            (int(3), Value::Text("application/portcullis.audit-record+cbor".into())),
             (int(4), Value::Bytes(KID.to_vec())),
         ])
     );
     assert_eq!(items[1], Value::Map(vec![]));
     assert_eq!(items[2], Value::Bytes(b"x".to_vec()));
     // And it is a standard COSE_Sign1 that a generic verifier accepts.
-    assert_eq!(
-        verify_sign1_raw(&object, &key().verifying_key()),
-        Ok(b"x".to_vec())
-    );
+    assert_eq!(verify_sign1_raw(&object, &key().verifying_key()), Ok(b"x".to_vec()));
 }
 
 #[test]
@@ -123,22 +110,15 @@ fn a_token_is_not_a_signed_object_and_vice_versa() {
         nonce: vec![2; 16],
     };
     let tok = token::mint(&key(), KID, &claims).unwrap();
-    assert_eq!(
-        verify(&tok, ContentType::Keyset, key_for),
-        Err(CoseError::WrongContentType)
-    );
+    assert_eq!(verify(&tok, ContentType::Keyset, key_for), Err(CoseError::WrongContentType));
     assert_eq!(open_unverified(&tok), Err(CoseError::WrongContentType));
 
     // A signed object whose payload is a valid claims set is still no token.
     let Value::Tag(18, inner) = coset::cbor::de::from_reader::<Value, _>(&tok[..]).unwrap() else {
         panic!()
     };
-    let Value::Array(items) = *inner else {
-        panic!()
-    };
-    let Value::Bytes(claims_bytes) = &items[2] else {
-        panic!()
-    };
+    let Value::Array(items) = *inner else { panic!() };
+    let Value::Bytes(claims_bytes) = &items[2] else { panic!() };
     let object = sign(&key(), KID, ContentType::Attestation, claims_bytes).unwrap();
     let mut keys = Keyset::new();
     keys.push(KeyEntry {
@@ -157,13 +137,7 @@ fn a_token_is_not_a_signed_object_and_vice_versa() {
     let mut cache = MemoryReplayCache::new(2);
     assert!(token::verify(&tok, &keys, &expect, &mut cache, &RevokedSet::new()).is_ok());
     assert_eq!(
-        token::verify(
-            &object,
-            &keys,
-            &expect,
-            &mut MemoryReplayCache::new(2),
-            &RevokedSet::new()
-        ),
+        token::verify(&object, &keys, &expect, &mut MemoryReplayCache::new(2), &RevokedSet::new()),
         Err(token::VerifyError::Malformed)
     );
 }
@@ -172,72 +146,38 @@ fn a_token_is_not_a_signed_object_and_vice_versa() {
 fn refusals() {
     let object = sign(&key(), KID, ContentType::Keyset, b"keys").unwrap();
     // Unknown kid, wrong key.
-    assert_eq!(
-        verify(&object, ContentType::Keyset, |_| None),
-        Err(CoseError::UnknownKid)
-    );
+    assert_eq!(verify(&object, ContentType::Keyset, |_| None), Err(CoseError::UnknownKid));
     let other = SigningKey::from_bytes(&[0x44; 32]).verifying_key();
-    assert_eq!(
-        verify(&object, ContentType::Keyset, |_| Some(other)),
-        Err(CoseError::BadSignature)
-    );
+    assert_eq!(verify(&object, ContentType::Keyset, |_| Some(other)), Err(CoseError::BadSignature));
     // Every single-bit change is refused.
     for i in 0..object.len() {
         let mut bad = object.clone();
         bad[i] ^= 0x04;
-        assert!(
-            verify(&bad, ContentType::Keyset, key_for).is_err(),
-            "byte {i}"
-        );
+        assert!(verify(&bad, ContentType::Keyset, key_for).is_err(), "byte {i}");
     }
     // Wrong algorithm, missing content type, numeric content type, crit, extra labels.
     let ct = || (int(3), Value::Text(ContentType::Keyset.as_str().into()));
     let kid = || (int(4), Value::Bytes(KID.to_vec()));
     let cases = [
-        (
-            vec![(int(1), int(-7)), ct(), kid()],
-            CoseError::WrongAlgorithm,
-        ),
+        (vec![(int(1), int(-7)), ct(), kid()], CoseError::WrongAlgorithm),
         (vec![ct(), kid()], CoseError::WrongAlgorithm),
         (vec![(int(1), int(-19)), kid()], CoseError::WrongContentType),
+        (vec![(int(1), int(-19)), (int(3), int(60)), kid()], CoseError::WrongContentType),
         (
-            vec![(int(1), int(-19)), (int(3), int(60)), kid()],
-            CoseError::WrongContentType,
-        ),
-        (
-            vec![
-                (int(1), int(-19)),
-                (int(3), Value::Text("application/cbor".into())),
-                kid(),
-            ],
+            vec![(int(1), int(-19)), (int(3), Value::Text("application/cbor".into())), kid()],
             CoseError::WrongContentType,
         ),
         (vec![(int(1), int(-19)), ct()], CoseError::UnknownKid),
         (
-            vec![
-                (int(1), int(-19)),
-                ct(),
-                kid(),
-                (int(2), Value::Array(vec![int(3)])),
-            ],
+            vec![(int(1), int(-19)), ct(), kid(), (int(2), Value::Array(vec![int(3)]))],
             CoseError::Malformed,
         ),
-        (
-            vec![(int(1), int(-19)), ct(), kid(), (int(99), int(0))],
-            CoseError::Malformed,
-        ),
-        (
-            vec![(int(1), int(-19)), ct(), kid(), ct()],
-            CoseError::Malformed,
-        ),
+        (vec![(int(1), int(-19)), ct(), kid(), (int(99), int(0))], CoseError::Malformed),
+        (vec![(int(1), int(-19)), ct(), kid(), ct()], CoseError::Malformed),
     ];
     for (header, want) in cases {
         let bytes = sign_raw(header.clone(), b"keys");
-        assert_eq!(
-            verify(&bytes, ContentType::Keyset, key_for),
-            Err(want),
-            "{header:?}"
-        );
+        assert_eq!(verify(&bytes, ContentType::Keyset, key_for), Err(want), "{header:?}");
     }
     // alg -8 (EdDSA) is accepted.
     let eddsa = sign_raw(vec![(int(1), int(-8)), ct(), kid()], b"keys");
@@ -248,10 +188,7 @@ fn refusals() {
     // A CWT tag is not accepted on a signed object.
     let mut tagged = vec![0xd8, 0x3d];
     tagged.extend_from_slice(&object);
-    assert_eq!(
-        verify(&tagged, ContentType::Keyset, key_for),
-        Err(CoseError::Malformed)
-    );
+    assert_eq!(verify(&tagged, ContentType::Keyset, key_for), Err(CoseError::Malformed));
     // Untagged is accepted.
     assert!(verify(&object[1..], ContentType::Keyset, key_for).is_ok());
 }
@@ -259,10 +196,7 @@ fn refusals() {
 #[test]
 fn size_limits() {
     let big = vec![0u8; MAX_SIGNED_OBJECT_LEN];
-    assert_eq!(
-        sign(&key(), KID, ContentType::AuditRecord, &big),
-        Err(CoseError::TooLarge)
-    );
+    assert_eq!(sign(&key(), KID, ContentType::AuditRecord, &big), Err(CoseError::TooLarge));
     let fits = vec![0u8; MAX_SIGNED_OBJECT_LEN - 200];
     let object = sign(&key(), KID, ContentType::AuditRecord, &fits).unwrap();
     assert_eq!(
@@ -271,30 +205,17 @@ fn size_limits() {
     );
     let mut too_long = object.clone();
     too_long.resize(MAX_SIGNED_OBJECT_LEN + 1, 0);
-    assert_eq!(
-        verify(&too_long, ContentType::AuditRecord, key_for),
-        Err(CoseError::TooLarge)
-    );
+    assert_eq!(verify(&too_long, ContentType::AuditRecord, key_for), Err(CoseError::TooLarge));
     assert_eq!(open_unverified(&too_long), Err(CoseError::TooLarge));
-    assert_eq!(
-        sign(&key(), b"", ContentType::Keyset, b""),
-        Err(CoseError::InvalidKid)
-    );
-    assert_eq!(
-        sign(&key(), &[0; 65], ContentType::Keyset, b""),
-        Err(CoseError::InvalidKid)
-    );
+    assert_eq!(sign(&key(), b"", ContentType::Keyset, b""), Err(CoseError::InvalidKid));
+    assert_eq!(sign(&key(), &[0; 65], ContentType::Keyset, b""), Err(CoseError::InvalidKid));
 }
 
 #[test]
 fn open_unverified_gives_kid_and_payload_without_a_key() {
-    let object = sign(
-        &SigningKey::from_bytes(&[0x55; 32]),
-        b"unknown",
-        ContentType::RevocationList,
-        b"ids",
-    )
-    .unwrap();
+    let object =
+        sign(&SigningKey::from_bytes(&[0x55; 32]), b"unknown", ContentType::RevocationList, b"ids")
+            .unwrap();
     let got = open_unverified(&object).unwrap();
     assert_eq!(
         (got.kid.as_slice(), got.content_type, got.payload.as_slice()),

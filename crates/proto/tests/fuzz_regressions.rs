@@ -4,7 +4,9 @@
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::scope::{Scope, ScopeSet};
-use portcullis_proto::token::{self, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet, SigningKey};
+use portcullis_proto::token::{
+    self, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet, SigningKey,
+};
 use std::path::PathBuf;
 
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
@@ -34,7 +36,8 @@ fn envelope_decode_inputs() {
 fn token_verify_inputs() {
     let public = SigningKey::from_bytes(&[0x5e; 32]).verifying_key();
     let mut keys = Keyset::new();
-    keys.push(KeyEntry { kid: b"k1".to_vec(), key: public, not_before: 0, not_after: u64::MAX }).unwrap();
+    keys.push(KeyEntry { kid: b"k1".to_vec(), key: public, not_before: 0, not_after: u64::MAX })
+        .unwrap();
     for (name, data) in inputs("token_verify") {
         let expect = Expectations {
             audience: "unlocker",

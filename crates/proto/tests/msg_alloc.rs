@@ -103,10 +103,7 @@ fn decoding_allocates_in_proportion_to_the_input() {
     let body = Value::Map(vec![
         (Value::Text("serial".into()), Value::Integer(1.into())),
         (Value::Text("issued_at".into()), Value::Integer(1.into())),
-        (
-            Value::Text("entries".into()),
-            Value::Array(vec![entry; 1024]),
-        ),
+        (Value::Text("entries".into()), Value::Array(vec![entry; 1024])),
     ]);
     let bytes = to_bytes(&body);
     let n = allocated_by(|| RevocationBody::from_cbor(&bytes).unwrap());
@@ -117,16 +114,10 @@ fn decoding_allocates_in_proportion_to_the_input() {
     let mut worst = 0.0f64;
     for count in [1024, 30_000] {
         let mut v = good.clone();
-        let Value::Map(entries) = &mut v else {
-            panic!()
-        };
-        let Value::Map(body) = &mut entries[2].1 else {
-            panic!()
-        };
-        let (_, chain) = body
-            .iter_mut()
-            .find(|(k, _)| k.as_text() == Some("attestation_chain"))
-            .unwrap();
+        let Value::Map(entries) = &mut v else { panic!() };
+        let Value::Map(body) = &mut entries[2].1 else { panic!() };
+        let (_, chain) =
+            body.iter_mut().find(|(k, _)| k.as_text() == Some("attestation_chain")).unwrap();
         *chain = Value::Array(vec![Value::Bytes(vec![]); count]);
         let bytes = to_bytes(&v);
         let n = allocated_by(|| Message::decode(&bytes).unwrap_err());

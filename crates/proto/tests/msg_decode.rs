@@ -10,10 +10,7 @@ use portcullis_proto::envelope::{
 use portcullis_proto::msg::*;
 
 fn all_samples() -> Vec<Message> {
-    MsgType::ALL
-        .iter()
-        .flat_map(|&k| msg_samples::samples(k))
-        .collect()
+    MsgType::ALL.iter().flat_map(|&k| msg_samples::samples(k)).collect()
 }
 
 fn to_bytes(value: &Value) -> Vec<u8> {
@@ -28,24 +25,15 @@ fn text(s: &str) -> Value {
 
 /// An envelope with the given entries, in order.
 fn envelope(entries: Vec<(&str, Value)>) -> Vec<u8> {
-    to_bytes(&Value::Map(
-        entries.into_iter().map(|(k, v)| (text(k), v)).collect(),
-    ))
+    to_bytes(&Value::Map(entries.into_iter().map(|(k, v)| (text(k), v)).collect()))
 }
 
 fn keyset_req_body() -> Value {
-    Value::Map(vec![(
-        text("request_id"),
-        Value::Bytes(msg_samples::RID.0.to_vec()),
-    )])
+    Value::Map(vec![(text("request_id"), Value::Bytes(msg_samples::RID.0.to_vec()))])
 }
 
 fn keyset_req_with(body: Value) -> Vec<u8> {
-    envelope(vec![
-        ("v", Value::Integer(1.into())),
-        ("type", text("keyset_req")),
-        ("body", body),
-    ])
+    envelope(vec![("v", Value::Integer(1.into())), ("type", text("keyset_req")), ("body", body)])
 }
 
 #[test]
@@ -55,22 +43,14 @@ fn every_sample_round_trips_byte_for_byte() {
         assert!(bytes.len() <= MAX_MESSAGE_LEN);
         let back = Message::decode(&bytes).unwrap();
         assert_eq!(back, msg);
-        assert_eq!(
-            back.encode().unwrap(),
-            bytes,
-            "{} is not deterministic",
-            msg.kind()
-        );
+        assert_eq!(back.encode().unwrap(), bytes, "{} is not deterministic", msg.kind());
     }
 }
 
 #[test]
 fn payloads_round_trip() {
     let claims = msg_samples::attestation_claims();
-    assert_eq!(
-        AttestationClaims::from_cbor(&claims.to_cbor().unwrap()).unwrap(),
-        claims
-    );
+    assert_eq!(AttestationClaims::from_cbor(&claims.to_cbor().unwrap()).unwrap(), claims);
     for r in msg_samples::audit_records() {
         assert_eq!(AuditRecord::from_cbor(&r.to_cbor().unwrap()).unwrap(), r);
     }
@@ -99,31 +79,16 @@ fn envelope_keys_may_come_in_any_order() {
     let Value::Map(entries) = ciborium::de::from_reader::<Value, _>(&canonical[..]).unwrap() else {
         panic!("not a map")
     };
-    for order in [
-        [0, 1, 2],
-        [0, 2, 1],
-        [1, 0, 2],
-        [1, 2, 0],
-        [2, 0, 1],
-        [2, 1, 0],
-    ] {
+    for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
         let permuted = Value::Map(order.iter().map(|&i| entries[i].clone()).collect());
-        assert_eq!(
-            &Message::decode(&to_bytes(&permuted)).unwrap(),
-            msg,
-            "order {order:?}"
-        );
+        assert_eq!(&Message::decode(&to_bytes(&permuted)).unwrap(), msg, "order {order:?}");
     }
 }
 
 /// The body map of an envelope decoded as a generic CBOR value.
 fn body_of(envelope: &mut Value) -> &mut Vec<(Value, Value)> {
-    let Value::Map(entries) = envelope else {
-        panic!("envelope is not a map")
-    };
-    let Value::Map(body) = &mut entries[2].1 else {
-        panic!("body is not a map")
-    };
+    let Value::Map(entries) = envelope else { panic!("envelope is not a map") };
+    let Value::Map(body) = &mut entries[2].1 else { panic!("body is not a map") };
     body
 }
 
@@ -146,15 +111,9 @@ fn too_large_is_refused_before_parsing() {
     assert_eq!(DecodeError::TooLarge.code(), ErrorCode::TooLarge);
 
     // And the encoder will not produce one.
-    let msg: Message = RevocationList {
-        signed: vec![1; MAX_MESSAGE_LEN],
-    }
-    .into();
+    let msg: Message = RevocationList { signed: vec![1; MAX_MESSAGE_LEN] }.into();
     assert_eq!(msg.encode(), Err(EncodeError::TooLarge));
-    let just_fits: Message = RevocationList {
-        signed: vec![1; MAX_MESSAGE_LEN - 64],
-    }
-    .into();
+    let just_fits: Message = RevocationList { signed: vec![1; MAX_MESSAGE_LEN - 64] }.into();
     let bytes = just_fits.encode().unwrap();
     assert_eq!(Message::decode(&bytes).unwrap(), just_fits);
 }
@@ -167,35 +126,20 @@ fn versions_other_than_1_are_unsupported() {
             ("type", text("keyset_req")),
             ("body", keyset_req_body()),
         ]);
-        assert_eq!(
-            Message::decode(&bytes),
-            Err(DecodeError::UnsupportedVersion(v))
-        );
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedVersion(v)));
     }
     // The version is judged first, even when the type and body are unknown to v1
     // and `v` comes last.
     let bytes = envelope(vec![
         ("type", text("quantum_handshake")),
-        (
-            "body",
-            Value::Map(vec![(text("qubits"), Value::Integer(9.into()))]),
-        ),
+        ("body", Value::Map(vec![(text("qubits"), Value::Integer(9.into()))])),
         ("v", Value::Integer(2.into())),
     ]);
-    assert_eq!(
-        Message::decode(&bytes),
-        Err(DecodeError::UnsupportedVersion(2))
-    );
-    assert_eq!(
-        DecodeError::UnsupportedVersion(2).code(),
-        ErrorCode::UnsupportedVersion
-    );
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+    assert_eq!(DecodeError::UnsupportedVersion(2).code(), ErrorCode::UnsupportedVersion);
     // A version that is not an unsigned integer is a field error.
-    let bytes = envelope(vec![
-        ("v", text("1")),
-        ("type", text("keyset_req")),
-        ("body", keyset_req_body()),
-    ]);
+    let bytes =
+        envelope(vec![("v", text("1")), ("type", text("keyset_req")), ("body", keyset_req_body())]);
     assert!(matches!(
         Message::decode(&bytes),
         Err(DecodeError::Invalid(FieldError { field: "v", .. }))
@@ -210,11 +154,7 @@ fn unknown_types_are_refused() {
             ("type", text(name)),
             ("body", keyset_req_body()),
         ]);
-        assert_eq!(
-            Message::decode(&bytes),
-            Err(DecodeError::UnknownType),
-            "{name:?}"
-        );
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType), "{name:?}");
     }
     assert_eq!(DecodeError::UnknownType.code(), ErrorCode::UnknownType);
 }
@@ -231,15 +171,9 @@ fn unknown_duplicate_and_missing_keys_are_refused() {
     let dup = envelope(vec![v1(), ty(), v1(), body()]);
     assert_eq!(Message::decode(&dup), Err(DecodeError::DuplicateField("v")));
     let dup = envelope(vec![v1(), ty(), body(), body()]);
-    assert_eq!(
-        Message::decode(&dup),
-        Err(DecodeError::DuplicateField("body"))
-    );
+    assert_eq!(Message::decode(&dup), Err(DecodeError::DuplicateField("body")));
 
-    assert_eq!(
-        Message::decode(&envelope(vec![ty(), body()])),
-        Err(DecodeError::MissingField("v"))
-    );
+    assert_eq!(Message::decode(&envelope(vec![ty(), body()])), Err(DecodeError::MissingField("v")));
     assert_eq!(
         Message::decode(&envelope(vec![v1(), body()])),
         Err(DecodeError::MissingField("type"))
@@ -250,17 +184,9 @@ fn unknown_duplicate_and_missing_keys_are_refused() {
     );
 
     // Inside the body.
-    let rid = || {
-        (
-            text("request_id"),
-            Value::Bytes(msg_samples::RID.0.to_vec()),
-        )
-    };
+    let rid = || (text("request_id"), Value::Bytes(msg_samples::RID.0.to_vec()));
     let body_extra = Value::Map(vec![rid(), (text("note"), text("hi"))]);
-    assert_eq!(
-        Message::decode(&keyset_req_with(body_extra)),
-        Err(DecodeError::UnknownField)
-    );
+    assert_eq!(Message::decode(&keyset_req_with(body_extra)), Err(DecodeError::UnknownField));
     let body_dup = Value::Map(vec![rid(), rid()]);
     assert_eq!(
         Message::decode(&keyset_req_with(body_dup)),
@@ -272,10 +198,7 @@ fn unknown_duplicate_and_missing_keys_are_refused() {
     );
     // A non-text key.
     let int_key = Value::Map(vec![(Value::Integer(1.into()), Value::Bytes(vec![0; 16]))]);
-    assert!(matches!(
-        Message::decode(&keyset_req_with(int_key)),
-        Err(DecodeError::Malformed(_))
-    ));
+    assert!(matches!(Message::decode(&keyset_req_with(int_key)), Err(DecodeError::Malformed(_))));
 }
 
 #[test]
@@ -283,18 +206,9 @@ fn duplicate_metadata_keys_are_refused() {
     let msg = &msg_samples::samples(MsgType::TotpValidateReq)[0];
     let mut v: Value = ciborium::de::from_reader(&msg.encode().unwrap()[..]).unwrap();
     let body = body_of(&mut v);
-    let (_, meta) = body
-        .iter_mut()
-        .find(|(k, _)| k.as_text() == Some("metadata"))
-        .unwrap();
-    *meta = Value::Map(vec![
-        (text("console"), text("a")),
-        (text("console"), text("b")),
-    ]);
-    assert_eq!(
-        Message::decode(&to_bytes(&v)),
-        Err(DecodeError::DuplicateField("metadata"))
-    );
+    let (_, meta) = body.iter_mut().find(|(k, _)| k.as_text() == Some("metadata")).unwrap();
+    *meta = Value::Map(vec![(text("console"), text("a")), (text("console"), text("b"))]);
+    assert_eq!(Message::decode(&to_bytes(&v)), Err(DecodeError::DuplicateField("metadata")));
 }
 
 #[test]
@@ -304,22 +218,10 @@ fn wrong_types_and_sizes_are_field_errors() {
         other => panic!("expected a field error, got {other:?}"),
     };
     let with_rid = |v: Value| Value::Map(vec![(text("request_id"), v)]);
-    assert_eq!(
-        invalid(with_rid(Value::Bytes(vec![0; 15]))).field,
-        "request_id"
-    );
-    assert_eq!(
-        invalid(with_rid(Value::Bytes(vec![0; 17]))).field,
-        "request_id"
-    );
-    assert_eq!(
-        invalid(with_rid(text("5b1e2c9a40774f0d8e316a520fc419e2"))).field,
-        "request_id"
-    );
-    assert_eq!(
-        invalid(with_rid(Value::Integer(7.into()))).field,
-        "request_id"
-    );
+    assert_eq!(invalid(with_rid(Value::Bytes(vec![0; 15]))).field, "request_id");
+    assert_eq!(invalid(with_rid(Value::Bytes(vec![0; 17]))).field, "request_id");
+    assert_eq!(invalid(with_rid(text("5b1e2c9a40774f0d8e316a520fc419e2"))).field, "request_id");
+    assert_eq!(invalid(with_rid(Value::Integer(7.into()))).field, "request_id");
     // A tag is not a byte string.
     let tagged = with_rid(Value::Tag(37, Box::new(Value::Bytes(vec![0; 16]))));
     assert_eq!(invalid(tagged).field, "request_id");
@@ -327,11 +229,7 @@ fn wrong_types_and_sizes_are_field_errors() {
     assert_eq!(invalid(Value::Array(vec![])).field, "body");
     assert_eq!(invalid(Value::Null).field, "body");
     assert_eq!(
-        DecodeError::Invalid(FieldError {
-            field: "x",
-            reason: "y"
-        })
-        .code(),
+        DecodeError::Invalid(FieldError { field: "x", reason: "y" }).code(),
         ErrorCode::Malformed
     );
 }
@@ -346,10 +244,7 @@ fn encoder_refuses_what_the_decoder_would() {
     let err = Message::from(req.clone()).encode().unwrap_err();
     assert_eq!(
         err,
-        EncodeError::Invalid(FieldError {
-            field: "totp_code",
-            reason: "not 6 or 8 ASCII digits"
-        })
+        EncodeError::Invalid(FieldError { field: "totp_code", reason: "not 6 or 8 ASCII digits" })
     );
     assert!(err.to_string().contains("totp_code"));
 
@@ -357,10 +252,7 @@ fn encoder_refuses_what_the_decoder_would() {
     req.client_nonce = vec![0; 8];
     assert!(matches!(
         Message::from(req).encode(),
-        Err(EncodeError::Invalid(FieldError {
-            field: "client_nonce",
-            ..
-        }))
+        Err(EncodeError::Invalid(FieldError { field: "client_nonce", .. }))
     ));
 
     let empty_scope = TokenIssueReq {
@@ -376,10 +268,7 @@ fn encoder_refuses_what_the_decoder_would() {
     ks.keys[1].not_after = ks.keys[1].not_before - 1;
     assert!(matches!(
         ks.to_cbor(),
-        Err(EncodeError::Invalid(FieldError {
-            field: "not_after",
-            ..
-        }))
+        Err(EncodeError::Invalid(FieldError { field: "not_after", .. }))
     ));
     ks.keys.clear();
     assert!(ks.to_cbor().is_err());
@@ -397,10 +286,7 @@ fn trailing_bytes_are_refused() {
 
     let mut payload = msg_samples::keyset_body().to_cbor().unwrap();
     payload.push(0xf6);
-    assert_eq!(
-        KeysetBody::from_cbor(&payload),
-        Err(DecodeError::TrailingBytes)
-    );
+    assert_eq!(KeysetBody::from_cbor(&payload), Err(DecodeError::TrailingBytes));
 }
 
 #[test]
@@ -408,11 +294,7 @@ fn every_truncation_is_refused() {
     for msg in all_samples() {
         let bytes = msg.encode().unwrap();
         for len in 0..bytes.len() {
-            assert!(
-                Message::decode(&bytes[..len]).is_err(),
-                "{} cut at {len}",
-                msg.kind()
-            );
+            assert!(Message::decode(&bytes[..len]).is_err(), "{} cut at {len}", msg.kind());
         }
     }
     let payload = msg_samples::audit_records()[0].to_cbor().unwrap();
@@ -468,14 +350,8 @@ fn nesting_is_limited() {
         keyset_req_with(v)
     };
     // Envelope at level 1 plus 15 arrays: at the limit, so the body is merely the wrong type.
-    assert!(matches!(
-        Message::decode(&nested(MAX_DEPTH - 1)),
-        Err(DecodeError::Invalid(_))
-    ));
-    assert_eq!(
-        Message::decode(&nested(MAX_DEPTH)),
-        Err(DecodeError::TooDeep)
-    );
+    assert!(matches!(Message::decode(&nested(MAX_DEPTH - 1)), Err(DecodeError::Invalid(_))));
+    assert_eq!(Message::decode(&nested(MAX_DEPTH)), Err(DecodeError::TooDeep));
     // Far beyond: refused before any recursion gets deep (hand-built, 50k levels).
     let mut deep = keyset_req_with(Value::Null);
     deep.pop();
@@ -526,13 +402,7 @@ fn errors_display() {
         (DecodeError::UnknownField, "field"),
         (DecodeError::DuplicateField("seq"), "seq"),
         (DecodeError::MissingField("seq"), "seq"),
-        (
-            DecodeError::Invalid(FieldError {
-                field: "seq",
-                reason: "bad",
-            }),
-            "bad",
-        ),
+        (DecodeError::Invalid(FieldError { field: "seq", reason: "bad" }), "bad"),
     ];
     for (err, needle) in cases {
         assert!(err.to_string().contains(needle), "{err}");
@@ -556,10 +426,7 @@ fn request_ids_are_exposed() {
             None => assert!(!has_id || msg.kind() == MsgType::Error, "{}", msg.kind()),
         }
     }
-    assert_eq!(
-        msg_samples::RID.to_string(),
-        "5b1e2c9a40774f0d8e316a520fc419e2"
-    );
+    assert_eq!(msg_samples::RID.to_string(), "5b1e2c9a40774f0d8e316a520fc419e2");
 }
 
 #[test]

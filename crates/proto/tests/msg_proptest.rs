@@ -23,11 +23,7 @@ fn nonce() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn metadata() -> impl Strategy<Value = Option<Metadata>> {
-    proptest::option::of(btree_map(
-        "[a-z]{1,64}",
-        ".{0,64}",
-        0..=MAX_METADATA_ENTRIES,
-    ))
+    proptest::option::of(btree_map("[a-z]{1,64}", ".{0,64}", 0..=MAX_METADATA_ENTRIES))
 }
 
 fn request_id() -> impl Strategy<Value = RequestId> {
@@ -43,14 +39,8 @@ fn entropy_pub() -> impl Strategy<Value = Message> {
         any::<u64>(),
     )
         .prop_map(|(drbg_version, seq, nonce, chunk, timestamp)| {
-            EntropyPub {
-                drbg_version,
-                seq,
-                nonce,
-                entropy_chunk: Zeroizing::new(chunk),
-                timestamp,
-            }
-            .into()
+            EntropyPub { drbg_version, seq, nonce, entropy_chunk: Zeroizing::new(chunk), timestamp }
+                .into()
         })
 }
 
@@ -58,15 +48,7 @@ fn token_issue_req() -> impl Strategy<Value = Message> {
     let scopes = proptest::sample::subsequence(Scope::ALL.to_vec(), 1..=Scope::ALL.len())
         .prop_map(|s| s.into_iter().collect::<ScopeSet>());
     (
-        (
-            request_id(),
-            id_text(),
-            scopes,
-            id_text(),
-            free_text(),
-            nonce(),
-            any::<u64>(),
-        ),
+        (request_id(), id_text(), scopes, id_text(), free_text(), nonce(), any::<u64>()),
         (
             proptest::option::of(any::<u64>()),
             proptest::option::of(vec(any::<u8>(), 1..300)),
@@ -96,11 +78,7 @@ fn token_issue_req() -> impl Strategy<Value = Message> {
 }
 
 fn totp_validate_resp() -> impl Strategy<Value = Message> {
-    let sealed = (
-        id_text(),
-        any::<[u8; 32]>(),
-        vec(any::<u8>(), MIN_SEALED_LEN..=MAX_SEALED_LEN),
-    )
+    let sealed = (id_text(), any::<[u8; 32]>(), vec(any::<u8>(), MIN_SEALED_LEN..=MAX_SEALED_LEN))
         .prop_map(|(volume_id, epk, ciphertext)| SealedSecret {
             volume_id,
             alg: SealAlg::X25519HkdfSha256ChaCha20Poly1305,
@@ -146,25 +124,12 @@ fn error_msg() -> impl Strategy<Value = Message> {
         proptest::sample::select(ErrorCode::ALL.to_vec()),
         free_text(),
     )
-        .prop_map(|(request_id, code, reason)| {
-            ErrorMsg {
-                request_id,
-                code,
-                reason,
-            }
-            .into()
-        })
+        .prop_map(|(request_id, code, reason)| ErrorMsg { request_id, code, reason }.into())
 }
 
 fn audit_record() -> impl Strategy<Value = AuditRecord> {
     (
-        (
-            any::<[u8; 16]>(),
-            any::<u64>(),
-            any::<[u8; 16]>(),
-            any::<[u8; 32]>(),
-            id_text(),
-        ),
+        (any::<[u8; 16]>(), any::<u64>(), any::<[u8; 16]>(), any::<[u8; 32]>(), id_text()),
         (
             proptest::sample::select(AuditAction::ALL.to_vec()),
             proptest::sample::select(AuditResult::ALL.to_vec()),
@@ -195,12 +160,7 @@ fn audit_record() -> impl Strategy<Value = AuditRecord> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![
-        entropy_pub(),
-        token_issue_req(),
-        totp_validate_resp(),
-        error_msg()
-    ]
+    prop_oneof![entropy_pub(), token_issue_req(), totp_validate_resp(), error_msg()]
 }
 
 proptest! {

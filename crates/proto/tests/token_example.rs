@@ -35,9 +35,7 @@ fn claims() -> Claims {
 
 /// The hex between the `example-token` markers of the spec, whitespace removed.
 fn documented_token() -> Vec<u8> {
-    let start = SPEC
-        .find("<!-- example-token:begin -->")
-        .expect("begin marker");
+    let start = SPEC.find("<!-- example-token:begin -->").expect("begin marker");
     let end = SPEC.find("<!-- example-token:end -->").expect("end marker");
     let block = &SPEC[start..end];
     let hex: String = block
@@ -74,13 +72,7 @@ fn documented_token_verifies() {
         skew: 5,
     };
     let token = documented_token();
-    let got = verify(
-        &token,
-        &keys,
-        &expect,
-        &mut MemoryReplayCache::new(4),
-        &RevokedSet::new(),
-    );
+    let got = verify(&token, &keys, &expect, &mut MemoryReplayCache::new(4), &RevokedSet::new());
     assert_eq!(got, Ok(claims()));
     assert_eq!(inspect(&token), Ok((KID.to_vec(), -19, claims())));
 }

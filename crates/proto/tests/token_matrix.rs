@@ -61,23 +61,12 @@ fn claims() -> Claims {
 }
 
 fn expect_at(now: u64) -> Expectations<'static> {
-    Expectations {
-        audience: AUD,
-        scope: ScopeSet::single(Scope::LuksUnlock),
-        now,
-        skew: SKEW,
-    }
+    Expectations { audience: AUD, scope: ScopeSet::single(Scope::LuksUnlock), now, skew: SKEW }
 }
 
 /// Verifies with the standard keyset, a fresh replay cache and no revocations.
 fn check(token: &[u8], expect: &Expectations) -> Result<Claims, VerifyError> {
-    verify(
-        token,
-        &keys(),
-        expect,
-        &mut MemoryReplayCache::new(8),
-        &RevokedSet::new(),
-    )
+    verify(token, &keys(), expect, &mut MemoryReplayCache::new(8), &RevokedSet::new())
 }
 
 fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
@@ -149,12 +138,7 @@ fn standard_header(alg: i64) -> Vec<(Value, Value)> {
 }
 
 fn token_from_map(map: Vec<(Value, Value)>) -> Vec<u8> {
-    sign_raw(
-        key(),
-        standard_header(-19),
-        vec![],
-        encode(&Value::Map(map)),
-    )
+    sign_raw(key(), standard_header(-19), vec![], encode(&Value::Map(map)))
 }
 
 // ---- the accepted cases ----
@@ -174,12 +158,8 @@ fn hand_built_token_matches_mint_byte_for_byte() {
 
 #[test]
 fn alg_eddsa_minus_8_is_accepted() {
-    let token = sign_raw(
-        key(),
-        standard_header(-8),
-        vec![],
-        encode(&Value::Map(claims_map(&claims()))),
-    );
+    let token =
+        sign_raw(key(), standard_header(-8), vec![], encode(&Value::Map(claims_map(&claims()))));
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
 }
 
@@ -205,10 +185,7 @@ fn audience_array_matches_any_element() {
     set_claim(&mut map, 3, list(&["policy_pd", AUD]));
     let claims_out = check(&token_from_map(map.clone()), &expect_at(NOW)).unwrap();
     assert_eq!(claims_out.aud, AUD);
-    assert_eq!(
-        inspect(&token_from_map(map.clone())).unwrap().2.aud,
-        "policy_pd"
-    );
+    assert_eq!(inspect(&token_from_map(map.clone())).unwrap().2.aud, "policy_pd");
 
     set_claim(&mut map, 3, list(&["policy_pd", "entropyd"]));
     assert_eq!(
@@ -216,10 +193,7 @@ fn audience_array_matches_any_element() {
         Err(VerifyError::WrongAudience)
     );
     set_claim(&mut map, 3, list(&[]));
-    assert_eq!(
-        check(&token_from_map(map), &expect_at(NOW)),
-        Err(VerifyError::Malformed)
-    );
+    assert_eq!(check(&token_from_map(map), &expect_at(NOW)), Err(VerifyError::Malformed));
 }
 
 #[test]
@@ -237,10 +211,7 @@ fn malformed() {
     // Not CBOR / not a COSE_Sign1.
     assert_eq!(check(&[], &e), Err(VerifyError::Malformed));
     assert_eq!(check(b"\xff\x00", &e), Err(VerifyError::Malformed));
-    assert_eq!(
-        check(&encode(&Value::Array(vec![])), &e),
-        Err(VerifyError::Malformed)
-    );
+    assert_eq!(check(&encode(&Value::Array(vec![])), &e), Err(VerifyError::Malformed));
     // Trailing bytes after a valid token.
     let mut token = mint(key(), KID, &claims()).unwrap();
     token.push(0);
@@ -257,31 +228,13 @@ fn malformed_claims_are_refused_after_the_signature() {
     type Edit = Box<dyn Fn(&mut Vec<(Value, Value)>)>;
     let cases: Vec<(&str, Edit)> = vec![
         ("unknown claim", Box::new(|m| m.push((int(8), int(1))))),
-        (
-            "text key",
-            Box::new(|m| m.push((Value::Text("iss".into()), Value::Text("x".into())))),
-        ),
-        (
-            "duplicate key",
-            Box::new(|m| m.push((int(1), Value::Text("again".into())))),
-        ),
-        (
-            "float exp",
-            Box::new(|m| set_claim(m, 4, Value::Float((NOW + 60) as f64))),
-        ),
+        ("text key", Box::new(|m| m.push((Value::Text("iss".into()), Value::Text("x".into()))))),
+        ("duplicate key", Box::new(|m| m.push((int(1), Value::Text("again".into()))))),
+        ("float exp", Box::new(|m| set_claim(m, 4, Value::Float((NOW + 60) as f64)))),
         ("negative nbf", Box::new(|m| set_claim(m, 5, int(-1)))),
-        (
-            "text cti",
-            Box::new(|m| set_claim(m, 7, Value::Text("id".into()))),
-        ),
-        (
-            "empty cti",
-            Box::new(|m| set_claim(m, 7, Value::Bytes(vec![]))),
-        ),
-        (
-            "long cti",
-            Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; MAX_CTI_LEN + 1]))),
-        ),
+        ("text cti", Box::new(|m| set_claim(m, 7, Value::Text("id".into())))),
+        ("empty cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![])))),
+        ("long cti", Box::new(|m| set_claim(m, 7, Value::Bytes(vec![1; MAX_CTI_LEN + 1])))),
         (
             "scope array",
             Box::new(|m| set_claim(m, 9, Value::Array(vec![Value::Text("luks:unlock".into())]))),
@@ -290,31 +243,15 @@ fn malformed_claims_are_refused_after_the_signature() {
             "unknown scope",
             Box::new(|m| set_claim(m, 9, Value::Text("luks:unlock root:all".into()))),
         ),
-        (
-            "empty nonce",
-            Box::new(|m| set_claim(m, 10, Value::Bytes(vec![]))),
-        ),
-        (
-            "lifetime over 300 s",
-            Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into()))),
-        ),
-        (
-            "nbf after exp",
-            Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into()))),
-        ),
-        (
-            "iat after nbf",
-            Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into()))),
-        ),
+        ("empty nonce", Box::new(|m| set_claim(m, 10, Value::Bytes(vec![])))),
+        ("lifetime over 300 s", Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into())))),
+        ("nbf after exp", Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into())))),
+        ("iat after nbf", Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into())))),
     ];
     for (what, edit) in cases {
         let mut map = claims_map(&claims());
         edit(&mut map);
-        assert_eq!(
-            check(&token_from_map(map), &e),
-            Err(VerifyError::Malformed),
-            "{what}"
-        );
+        assert_eq!(check(&token_from_map(map), &e), Err(VerifyError::Malformed), "{what}");
     }
     let not_a_map = sign_raw(key(), standard_header(-19), vec![], encode(&int(1)));
     assert_eq!(check(&not_a_map, &e), Err(VerifyError::Malformed));
@@ -326,10 +263,7 @@ fn malformed_headers_and_envelopes() {
     let payload = encode(&Value::Map(claims_map(&claims())));
     // A content type makes it a signed object, not a token.
     let mut h = standard_header(-19);
-    h.push((
-        int(3),
-        Value::Text("application/portcullis.keyset+cbor".into()),
-    ));
+    h.push((int(3), Value::Text("application/portcullis.keyset+cbor".into())));
     assert_eq!(
         check(&sign_raw(key(), h, vec![], payload.clone()), &e),
         Err(VerifyError::Malformed)
@@ -391,10 +325,7 @@ fn deep_nesting_is_malformed_not_a_crash() {
         nested = Value::Array(vec![nested]);
     }
     set_claim(&mut map, 10, nested);
-    assert_eq!(
-        check(&token_from_map(map), &expect_at(NOW)),
-        Err(VerifyError::Malformed)
-    );
+    assert_eq!(check(&token_from_map(map), &expect_at(NOW)), Err(VerifyError::Malformed));
 }
 
 #[test]
@@ -423,10 +354,7 @@ fn the_unprotected_header_is_never_read() {
     let unprotected = vec![
         (int(1), int(-7)),
         (int(4), Value::Bytes(b"k9".to_vec())),
-        (
-            int(3),
-            Value::Text("application/portcullis.keyset+cbor".into()),
-        ),
+        (int(3), Value::Text("application/portcullis.keyset+cbor".into())),
     ];
     let token = sign_raw(key(), standard_header(-19), unprotected, payload);
     assert_eq!(check(&token, &expect_at(NOW)), Ok(claims()));
@@ -446,29 +374,20 @@ fn unknown_kid_when_the_key_window_does_not_cover_the_token() {
         c.nbf = NOW + 3600;
         c.exp = NOW + 3660;
     });
-    assert_eq!(
-        check(&token, &expect_at(NOW + 3600 + SKEW)).map(|c| c.iat),
-        Ok(NOW + 3600)
-    );
+    assert_eq!(check(&token, &expect_at(NOW + 3600 + SKEW)).map(|c| c.iat), Ok(NOW + 3600));
     let late = mint_with(|c| {
         c.iat = NOW + 3600;
         c.nbf = NOW + 3600;
         c.exp = NOW + 3900;
     });
-    assert_eq!(
-        check(&late, &expect_at(NOW + 3600 + SKEW + 1)),
-        Err(VerifyError::UnknownKid)
-    );
+    assert_eq!(check(&late, &expect_at(NOW + 3600 + SKEW + 1)), Err(VerifyError::UnknownKid));
     // iat before the key's not_before, or after its not_after.
     let early = mint_with(|c| {
         c.iat = NOW - 3601;
         c.nbf = NOW - 3601;
         c.exp = NOW - 3601 + 300;
     });
-    assert_eq!(
-        check(&early, &expect_at(NOW - 3601)),
-        Err(VerifyError::UnknownKid)
-    );
+    assert_eq!(check(&early, &expect_at(NOW - 3601)), Err(VerifyError::UnknownKid));
     let at_start = mint_with(|c| {
         c.iat = NOW - 3600;
         c.nbf = NOW - 3600;
@@ -480,19 +399,13 @@ fn unknown_kid_when_the_key_window_does_not_cover_the_token() {
         c.nbf = NOW + 3601;
         c.exp = NOW + 3601 + 60;
     });
-    assert_eq!(
-        check(&after, &expect_at(NOW + 3600)),
-        Err(VerifyError::UnknownKid)
-    );
+    assert_eq!(check(&after, &expect_at(NOW + 3600)), Err(VerifyError::UnknownKid));
 }
 
 #[test]
 fn bad_signature() {
     let token = mint(other_key(), KID, &claims()).unwrap();
-    assert_eq!(
-        check(&token, &expect_at(NOW)),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::BadSignature));
 }
 
 #[test]
@@ -514,86 +427,50 @@ fn bad_signature_for_a_non_canonical_s() {
     }
     let mut malleated = token.clone();
     malleated[n - 32..].copy_from_slice(&sum);
-    assert_eq!(
-        check(&malleated, &expect_at(NOW)),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(check(&malleated, &expect_at(NOW)), Err(VerifyError::BadSignature));
 }
 
 #[test]
 fn wrong_algorithm() {
     let e = expect_at(NOW);
     let payload = encode(&Value::Map(claims_map(&claims())));
-    for alg in [
-        int(-7),
-        int(-35),
-        int(-20),
-        int(0),
-        Value::Text("EdDSA".into()),
-    ] {
+    for alg in [int(-7), int(-35), int(-20), int(0), Value::Text("EdDSA".into())] {
         let h = vec![(int(1), alg.clone()), (int(4), Value::Bytes(KID.to_vec()))];
         let token = sign_raw(key(), h, vec![], payload.clone());
-        assert_eq!(
-            check(&token, &e),
-            Err(VerifyError::WrongAlgorithm),
-            "{alg:?}"
-        );
+        assert_eq!(check(&token, &e), Err(VerifyError::WrongAlgorithm), "{alg:?}");
     }
-    let no_alg = sign_raw(
-        key(),
-        vec![(int(4), Value::Bytes(KID.to_vec()))],
-        vec![],
-        payload,
-    );
+    let no_alg = sign_raw(key(), vec![(int(4), Value::Bytes(KID.to_vec()))], vec![], payload);
     assert_eq!(check(&no_alg, &e), Err(VerifyError::WrongAlgorithm));
 }
 
 #[test]
 fn expired() {
     let token = mint(key(), KID, &claims()).unwrap();
-    assert_eq!(
-        check(&token, &expect_at(NOW + 60 + SKEW + 1)),
-        Err(VerifyError::Expired)
-    );
+    assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
 }
 
 #[test]
 fn not_yet_valid() {
     let token = mint(key(), KID, &claims()).unwrap();
-    assert_eq!(
-        check(&token, &expect_at(NOW - SKEW - 1)),
-        Err(VerifyError::NotYetValid)
-    );
+    assert_eq!(check(&token, &expect_at(NOW - SKEW - 1)), Err(VerifyError::NotYetValid));
     // nbf later than iat.
     let token = mint_with(|c| c.nbf = NOW + 30);
-    assert_eq!(
-        check(&token, &expect_at(NOW + 30 - SKEW - 1)),
-        Err(VerifyError::NotYetValid)
-    );
+    assert_eq!(check(&token, &expect_at(NOW + 30 - SKEW - 1)), Err(VerifyError::NotYetValid));
 }
 
 #[test]
 fn wrong_audience() {
     let token = mint_with(|c| c.aud = "policy_pd".into());
-    assert_eq!(
-        check(&token, &expect_at(NOW)),
-        Err(VerifyError::WrongAudience)
-    );
+    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::WrongAudience));
     // Comparison is exact: no prefix or case folding.
     let token = mint_with(|c| c.aud = "Unlocker".into());
-    assert_eq!(
-        check(&token, &expect_at(NOW)),
-        Err(VerifyError::WrongAudience)
-    );
+    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::WrongAudience));
 }
 
 #[test]
 fn missing_scope() {
     let token = mint_with(|c| c.scope = ScopeSet::single(Scope::NetRead));
-    assert_eq!(
-        check(&token, &expect_at(NOW)),
-        Err(VerifyError::MissingScope)
-    );
+    assert_eq!(check(&token, &expect_at(NOW)), Err(VerifyError::MissingScope));
     // Every required scope must be granted.
     let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
@@ -652,14 +529,7 @@ fn replay_cache_full_fails_closed() {
         c.nbf = NOW + 66;
         c.exp = NOW + 126;
     });
-    assert!(verify(
-        &late,
-        &keys(),
-        &expect_at(NOW + 60 + SKEW + 1),
-        &mut cache,
-        &none
-    )
-    .is_ok());
+    assert!(verify(&late, &keys(), &expect_at(NOW + 60 + SKEW + 1), &mut cache, &none).is_ok());
 }
 
 #[test]
@@ -669,10 +539,7 @@ fn refused_tokens_take_no_replay_slot() {
     let token = mint(key(), KID, &claims()).unwrap();
     let mut e = expect_at(NOW);
     e.audience = "policy_pd";
-    assert_eq!(
-        verify(&token, &keys(), &e, &mut cache, &none),
-        Err(VerifyError::WrongAudience)
-    );
+    assert_eq!(verify(&token, &keys(), &e, &mut cache, &none), Err(VerifyError::WrongAudience));
     assert!(cache.is_empty());
     assert!(verify(&token, &keys(), &expect_at(NOW), &mut cache, &none).is_ok());
 }
@@ -694,21 +561,11 @@ fn checks_run_in_the_documented_order() {
         vec![],
         payload,
     );
-    assert_eq!(
-        check(&both, &expect_at(NOW)),
-        Err(VerifyError::WrongAlgorithm)
-    );
+    assert_eq!(check(&both, &expect_at(NOW)), Err(VerifyError::WrongAlgorithm));
     // Revoked AND replayed: revocation first, and no slot taken.
     let mut cache = MemoryReplayCache::new(4);
     let fine = mint(key(), KID, &claims()).unwrap();
-    verify(
-        &fine,
-        &keys(),
-        &expect_at(NOW),
-        &mut cache,
-        &RevokedSet::new(),
-    )
-    .unwrap();
+    verify(&fine, &keys(), &expect_at(NOW), &mut cache, &RevokedSet::new()).unwrap();
     let revoked = RevokedSet::from_ids(vec![claims().cti]);
     assert_eq!(
         verify(&fine, &keys(), &expect_at(NOW), &mut cache, &revoked),
@@ -717,10 +574,7 @@ fn checks_run_in_the_documented_order() {
 }
 
 fn claims_with_aud(aud: &str) -> Claims {
-    Claims {
-        aud: aud.into(),
-        ..claims()
-    }
+    Claims { aud: aud.into(), ..claims() }
 }
 
 // ---- boundaries ----
@@ -730,16 +584,10 @@ fn skew_boundaries() {
     let token = mint(key(), KID, &claims()).unwrap();
     // exp: accepted up to and including exp + skew.
     assert!(check(&token, &expect_at(NOW + 60 + SKEW)).is_ok());
-    assert_eq!(
-        check(&token, &expect_at(NOW + 60 + SKEW + 1)),
-        Err(VerifyError::Expired)
-    );
+    assert_eq!(check(&token, &expect_at(NOW + 60 + SKEW + 1)), Err(VerifyError::Expired));
     // nbf/iat: accepted from nbf - skew.
     assert!(check(&token, &expect_at(NOW - SKEW)).is_ok());
-    assert_eq!(
-        check(&token, &expect_at(NOW - SKEW - 1)),
-        Err(VerifyError::NotYetValid)
-    );
+    assert_eq!(check(&token, &expect_at(NOW - SKEW - 1)), Err(VerifyError::NotYetValid));
     // Zero skew.
     let mut e = expect_at(NOW + 60);
     e.skew = 0;
@@ -763,18 +611,8 @@ fn times_near_u64_max_do_not_wrap() {
         c.nbf = u64::MAX - 10;
         c.exp = u64::MAX;
     });
-    let e = Expectations {
-        now: u64::MAX,
-        skew: u64::MAX,
-        ..expect_at(0)
-    };
-    let got = verify(
-        &token,
-        &keys,
-        &e,
-        &mut MemoryReplayCache::new(1),
-        &RevokedSet::new(),
-    );
+    let e = Expectations { now: u64::MAX, skew: u64::MAX, ..expect_at(0) };
+    let got = verify(&token, &keys, &e, &mut MemoryReplayCache::new(1), &RevokedSet::new());
     assert_eq!(got.map(|c| c.exp), Ok(u64::MAX));
 }
 
@@ -789,11 +627,7 @@ fn no_single_byte_change_anywhere_verifies() {
         // Two bit flips everywhere; more patterns over the headers, where the
         // parser rather than the signature has to catch them. (Each attempt
         // costs a signature check, which is slow in debug builds.)
-        let masks: &[u8] = if i < 40 {
-            &[0x01, 0x02, 0x10, 0x80, 0xff]
-        } else {
-            &[0x01, 0x80]
-        };
+        let masks: &[u8] = if i < 40 { &[0x01, 0x02, 0x10, 0x80, 0xff] } else { &[0x01, 0x80] };
         for &mask in masks {
             tried += 1;
             let mut t = token.clone();
@@ -806,15 +640,9 @@ fn no_single_byte_change_anywhere_verifies() {
     }
     // Also every truncation.
     for n in 0..token.len() {
-        assert!(
-            check(&token[..n], &expect_at(NOW)).is_err(),
-            "truncated to {n}"
-        );
+        assert!(check(&token[..n], &expect_at(NOW)).is_err(), "truncated to {n}");
     }
-    println!(
-        "{tried} byte flips of a {}-byte token refused as: {kinds:?}",
-        token.len()
-    );
+    println!("{tried} byte flips of a {}-byte token refused as: {kinds:?}", token.len());
     // Sanity: the flips exercised both the parser and the signature check.
     assert!(kinds.contains_key("malformed") && kinds.contains_key("bad_signature"));
 }
@@ -825,10 +653,7 @@ fn no_single_byte_change_anywhere_verifies() {
 fn inspect_parses_without_verifying() {
     let token = mint(other_key(), b"someone-else", &claims()).unwrap();
     let (kid, alg, c) = inspect(&token).unwrap();
-    assert_eq!(
-        (kid.as_slice(), alg, c),
-        (&b"someone-else"[..], cose::ALG_ED25519, claims())
-    );
+    assert_eq!((kid.as_slice(), alg, c), (&b"someone-else"[..], cose::ALG_ED25519, claims()));
     // It still refuses what is not a token.
     assert_eq!(inspect(b"\x00").map(|t| t.1), Err(VerifyError::Malformed));
     let payload = encode(&Value::Map(claims_map(&claims())));
@@ -844,10 +669,7 @@ fn inspect_parses_without_verifying() {
 #[test]
 fn mint_refuses_bad_input() {
     assert_eq!(mint(key(), b"", &claims()), Err(TokenError::InvalidKid));
-    assert_eq!(
-        mint(key(), &[1; 65], &claims()),
-        Err(TokenError::InvalidKid)
-    );
+    assert_eq!(mint(key(), &[1; 65], &claims()), Err(TokenError::InvalidKid));
     let bad: [fn(&mut Claims); 6] = [
         |c| c.cti.clear(),
         |c| c.nonce = vec![0; 65],
@@ -859,11 +681,7 @@ fn mint_refuses_bad_input() {
     for edit in bad {
         let mut c = claims();
         edit(&mut c);
-        assert_eq!(
-            mint(key(), KID, &c),
-            Err(TokenError::InvalidClaims),
-            "{c:?}"
-        );
+        assert_eq!(mint(key(), KID, &c), Err(TokenError::InvalidClaims), "{c:?}");
     }
 }
 
@@ -880,26 +698,14 @@ fn keyset_refuses_duplicate_kids() {
 fn memory_replay_cache_forgets_only_expired_ids() {
     let mut cache = MemoryReplayCache::new(2);
     assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW), Ok(()));
-    assert_eq!(
-        cache.check_and_insert(b"a", NOW + 10, NOW + 10),
-        Err(ReplayError::Replayed)
-    );
+    assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW + 10), Err(ReplayError::Replayed));
     assert_eq!(cache.check_and_insert(b"b", NOW + 20, NOW), Ok(()));
-    assert_eq!(
-        cache.check_and_insert(b"c", NOW + 20, NOW + 10),
-        Err(ReplayError::Full)
-    );
+    assert_eq!(cache.check_and_insert(b"c", NOW + 20, NOW + 10), Err(ReplayError::Full));
     // "a" is forgotten once its time has passed; "b" is still live.
     assert_eq!(cache.check_and_insert(b"c", NOW + 30, NOW + 11), Ok(()));
-    assert_eq!(
-        cache.check_and_insert(b"b", NOW + 20, NOW + 11),
-        Err(ReplayError::Replayed)
-    );
+    assert_eq!(cache.check_and_insert(b"b", NOW + 20, NOW + 11), Err(ReplayError::Replayed));
     // Prefixes and extensions are different ids.
-    assert_eq!(
-        cache.check_and_insert(b"", NOW, NOW),
-        Err(ReplayError::InvalidId)
-    );
+    assert_eq!(cache.check_and_insert(b"", NOW, NOW), Err(ReplayError::InvalidId));
     assert_eq!(
         cache.check_and_insert(&[0; MAX_CTI_LEN + 1], NOW, NOW),
         Err(ReplayError::InvalidId)
@@ -907,10 +713,7 @@ fn memory_replay_cache_forgets_only_expired_ids() {
     let mut cache = MemoryReplayCache::new(2);
     cache.check_and_insert(b"ab", NOW + 10, NOW).unwrap();
     assert_eq!(cache.check_and_insert(b"a", NOW + 10, NOW), Ok(()));
-    assert_eq!(
-        cache.check_and_insert(b"abc", NOW + 10, NOW),
-        Err(ReplayError::Full)
-    );
+    assert_eq!(cache.check_and_insert(b"abc", NOW + 10, NOW), Err(ReplayError::Full));
     assert_eq!(cache.capacity(), 2);
 }
 

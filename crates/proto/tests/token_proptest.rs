@@ -60,12 +60,7 @@ prop_compose! {
 }
 
 fn expect_for(c: &Claims) -> Expectations<'_> {
-    Expectations {
-        audience: &c.aud,
-        scope: c.scope,
-        now: c.nbf,
-        skew: 0,
-    }
+    Expectations { audience: &c.aud, scope: c.scope, now: c.nbf, skew: 0 }
 }
 
 fn fixed_expect() -> Expectations<'static> {

@@ -35,10 +35,7 @@ fn a3() -> Vec<u8> {
 #[test]
 fn a3_decodes_to_the_rfc_structure_and_claims() {
     let object = coset::CoseSign1::from_tagged_slice(&a3()).unwrap();
-    assert_eq!(
-        object.protected.header.alg,
-        Some(iana::Algorithm::ES256.into())
-    );
+    assert_eq!(object.protected.header.alg, Some(iana::Algorithm::ES256.into()));
     assert_eq!(object.unprotected.key_id, b"AsymmetricECDSA256");
     assert_eq!(object.signature.len(), 64);
     let payload = object.payload.unwrap();
@@ -47,10 +44,7 @@ fn a3_decodes_to_the_rfc_structure_and_claims() {
     assert_eq!(claims.issuer.as_deref(), Some("coap://as.example.com"));
     assert_eq!(claims.subject.as_deref(), Some("erikw"));
     assert_eq!(claims.audience.as_deref(), Some("coap://light.example.com"));
-    assert_eq!(
-        claims.expiration_time,
-        Some(Timestamp::WholeSeconds(1444064944))
-    );
+    assert_eq!(claims.expiration_time, Some(Timestamp::WholeSeconds(1444064944)));
     assert_eq!(claims.not_before, Some(Timestamp::WholeSeconds(1443944944)));
     assert_eq!(claims.issued_at, Some(Timestamp::WholeSeconds(1443944944)));
     assert_eq!(claims.cwt_id, Some(vec![0x0b, 0x71]));

@@ -34,22 +34,11 @@ fn pair(order: u8) -> (Hypervisor, Vchan<SimBackend>, Vchan<SimBackend>) {
     let (read_min, write_min) = sizes(order);
     let server = Vchan::server(
         hv.domain(SERVER),
-        ServerConfig {
-            client: CLIENT,
-            port: 1,
-            read_min,
-            write_min,
-        },
+        ServerConfig { client: CLIENT, port: 1, read_min, write_min },
     )
     .expect("server");
-    let client = Vchan::client(
-        hv.domain(CLIENT),
-        ClientConfig {
-            server: SERVER,
-            port: 1,
-        },
-    )
-    .expect("client");
+    let client =
+        Vchan::client(hv.domain(CLIENT), ClientConfig { server: SERVER, port: 1 }).expect("client");
     assert_eq!(server.geometry().map(|g| g.order(Dir::Left)), Some(order));
     (hv, server, client)
 }

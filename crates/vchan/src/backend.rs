@@ -150,16 +150,9 @@ impl StorePath {
     /// `/local/domain/<server>/data/vchan/<client>/<port>`, where a server
     /// publishes a vchan's `ring-ref` and `event-channel`.
     pub fn vchan_base(server: DomId, client: DomId, port: u32) -> Self {
-        let mut p = StorePath {
-            buf: [0; PATH_CAP],
-            len: 0,
-        };
+        let mut p = StorePath { buf: [0; PATH_CAP], len: 0 };
         // Cannot overflow: at most 14 + 5 + 12 + 5 + 1 + 10 bytes.
-        let _ = write!(
-            p,
-            "/local/domain/{}/data/vchan/{}/{}",
-            server.0, client.0, port
-        );
+        let _ = write!(p, "/local/domain/{}/data/vchan/{}/{}", server.0, client.0, port);
         p
     }
 
@@ -271,17 +264,9 @@ mod tests {
 
     #[test]
     fn strict_parsing() {
-        for bad in [
-            &b""[..],
-            b"0",
-            b"-1",
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"4294967296",
-            b"12345678901",
-            b"1a",
-        ] {
+        for bad in
+            [&b""[..], b"0", b"-1", b"+1", b" 1", b"1 ", b"4294967296", b"12345678901", b"1a"]
+        {
             assert_eq!(parse_store_u32(bad), None, "{bad:?}");
         }
         assert_eq!(parse_store_u32(b"007"), Some(7));

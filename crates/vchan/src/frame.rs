@@ -185,11 +185,7 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameReader<Buf> {
             }
         };
         while self.body_filled < body_len {
-            let rest = self
-                .buf
-                .as_mut()
-                .get_mut(self.body_filled..body_len)
-                .unwrap_or_default();
+            let rest = self.buf.as_mut().get_mut(self.body_filled..body_len).unwrap_or_default();
             let n = t.recv(rest).map_err(|e| ended(e, true))?;
             if n == 0 {
                 return Ok(None);
@@ -232,13 +228,7 @@ pub struct FrameWriter<Buf> {
 impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
     /// A writer accepting payloads up to `buf`'s length.
     pub fn new(buf: Buf) -> Self {
-        FrameWriter {
-            buf,
-            header: [0; HEADER_LEN],
-            len: 0,
-            sent: 0,
-            pending: false,
-        }
+        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false }
     }
 
     /// Largest payload accepted.
@@ -261,11 +251,7 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
             return Err(FrameError::TooLarge);
         }
         let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge)?;
-        let dst = self
-            .buf
-            .as_mut()
-            .get_mut(..payload.len())
-            .ok_or(FrameError::TooLarge)?;
+        let dst = self.buf.as_mut().get_mut(..payload.len()).ok_or(FrameError::TooLarge)?;
         dst.copy_from_slice(payload);
         self.header = len.to_be_bytes();
         self.len = payload.len();

@@ -202,10 +202,7 @@ impl Geometry {
             }
         }
         // Both values are at most MAX_ORDER, so they fit a u8.
-        let geometry = Geometry {
-            left: left as u8,
-            right: right as u8,
-        };
+        let geometry = Geometry { left: left as u8, right: right as u8 };
         if left == right && geometry.left < PAGE_SHIFT {
             return Err(LayoutError::RingsOverlap);
         }
@@ -300,48 +297,24 @@ mod tests {
 
     #[test]
     fn client_validation() {
-        assert_eq!(
-            Geometry::from_orders(9, 11),
-            Err(LayoutError::OrderOutOfRange(9))
-        );
-        assert_eq!(
-            Geometry::from_orders(12, 21),
-            Err(LayoutError::OrderOutOfRange(21))
-        );
-        assert_eq!(
-            Geometry::from_orders(10, 10),
-            Err(LayoutError::RingsOverlap)
-        );
-        assert_eq!(
-            Geometry::from_orders(11, 11),
-            Err(LayoutError::RingsOverlap)
-        );
+        assert_eq!(Geometry::from_orders(9, 11), Err(LayoutError::OrderOutOfRange(9)));
+        assert_eq!(Geometry::from_orders(12, 21), Err(LayoutError::OrderOutOfRange(21)));
+        assert_eq!(Geometry::from_orders(10, 10), Err(LayoutError::RingsOverlap));
+        assert_eq!(Geometry::from_orders(11, 11), Err(LayoutError::RingsOverlap));
         assert!(Geometry::from_orders(12, 12).is_ok());
         // 256 grants (1 KiB) after the header reach past offset 1024.
-        assert_eq!(
-            Geometry::from_orders(10, 20),
-            Err(LayoutError::GrantsOverlapRing)
-        );
+        assert_eq!(Geometry::from_orders(10, 20), Err(LayoutError::GrantsOverlapRing));
         assert!(Geometry::from_orders(11, 20).is_ok());
         assert!(Geometry::from_orders(10, 19).is_ok());
         // Both at the maximum: 512 grants end at 2072, inside the page.
-        assert_eq!(
-            Geometry::from_orders(20, 20).map(|g| g.grant_count()),
-            Ok(512)
-        );
+        assert_eq!(Geometry::from_orders(20, 20).map(|g| g.grant_count()), Ok(512));
     }
 
     #[test]
     fn placement_left_grants_first() {
         let g = Geometry::from_orders(13, 12).unwrap();
-        assert_eq!(
-            g.placement(Dir::Left),
-            Placement::Granted { first: 0, count: 2 }
-        );
-        assert_eq!(
-            g.placement(Dir::Right),
-            Placement::Granted { first: 2, count: 1 }
-        );
+        assert_eq!(g.placement(Dir::Left), Placement::Granted { first: 0, count: 2 });
+        assert_eq!(g.placement(Dir::Right), Placement::Granted { first: 2, count: 1 });
         let g = Geometry::from_orders(11, 10).unwrap();
         assert_eq!(g.placement(Dir::Left), Placement::InPage(2048));
         assert_eq!(g.placement(Dir::Right), Placement::InPage(1024));

@@ -179,10 +179,7 @@ impl<M: SharedMem> Channel<M> {
         Self::check(&page, geometry, &left, &right)?;
         page.write_bytes(0, &[0u8; PAGE_SIZE]);
         page.store_u16(crate::layout::LEFT_ORDER, geometry.order(Dir::Left).into());
-        page.store_u16(
-            crate::layout::RIGHT_ORDER,
-            geometry.order(Dir::Right).into(),
-        );
+        page.store_u16(crate::layout::RIGHT_ORDER, geometry.order(Dir::Right).into());
         page.store_u8(CLI_LIVE, LIVE_WAITING);
         page.store_u8(SRV_LIVE, LIVE_CONNECTED);
         page.store_u8(CLI_NOTIFY, NOTIFY_WRITE);
@@ -240,8 +237,7 @@ impl<M: SharedMem> Channel<M> {
         if index >= self.geometry.grant_count() {
             return Err(VchanError::BadMapping);
         }
-        self.page
-            .store_u32(crate::layout::grant_offset(index), gref);
+        self.page.store_u32(crate::layout::grant_offset(index), gref);
         Ok(())
     }
 
@@ -327,10 +323,7 @@ impl<M: SharedMem> Channel<M> {
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Io, VchanError> {
         self.live()?;
         if buf.is_empty() {
-            return Ok(Io {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Io { len: 0, notify: false });
         }
         let mut ready = self.ready()?;
         if ready < buf.len() {
@@ -343,10 +336,7 @@ impl<M: SharedMem> Channel<M> {
             return if self.peer_state() == PeerState::Gone {
                 Err(VchanError::PeerClosed)
             } else {
-                Ok(Io {
-                    len: 0,
-                    notify: false,
-                })
+                Ok(Io { len: 0, notify: false })
             };
         }
         let len = ready.min(buf.len());
@@ -355,8 +345,7 @@ impl<M: SharedMem> Channel<M> {
         // The data must be read before the slot is handed back.
         fence(Ordering::SeqCst);
         self.read_cons = self.read_cons.wrapping_add(len as u32);
-        self.page
-            .store_u32(self.role.read_dir().cons_offset(), self.read_cons);
+        self.page.store_u32(self.role.read_dir().cons_offset(), self.read_cons);
         let notify = self.send_notify(NOTIFY_READ);
         Ok(Io { len, notify })
     }
@@ -370,10 +359,7 @@ impl<M: SharedMem> Channel<M> {
             return Err(VchanError::PeerClosed);
         }
         if data.is_empty() {
-            return Ok(Io {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Io { len: 0, notify: false });
         }
         let mut space = self.space()?;
         if space < data.len() {
@@ -384,18 +370,14 @@ impl<M: SharedMem> Channel<M> {
         }
         let len = space.min(data.len());
         if len == 0 {
-            return Ok(Io {
-                len: 0,
-                notify: false,
-            });
+            return Ok(Io { len: 0, notify: false });
         }
         let src = data.get(..len).ok_or(VchanError::BrokenPeer)?;
         self.copy_in(src);
         // The data must be visible before the index that publishes it.
         fence(Ordering::Release);
         self.write_prod = self.write_prod.wrapping_add(len as u32);
-        self.page
-            .store_u32(self.role.write_dir().prod_offset(), self.write_prod);
+        self.page.store_u32(self.role.write_dir().prod_offset(), self.write_prod);
         let notify = self.send_notify(NOTIFY_WRITE);
         Ok(Io { len, notify })
     }

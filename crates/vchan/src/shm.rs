@@ -109,10 +109,7 @@ impl<'a> AtomicMem<'a> {
     fn check(&self, off: usize, len: usize) {
         let end = off.checked_add(len);
         if end.is_none_or(|end| end > self.len()) {
-            panic!(
-                "shared memory access at {off}+{len} outside {} bytes",
-                self.len()
-            );
+            panic!("shared memory access at {off}+{len} outside {} bytes", self.len());
         }
     }
 
@@ -225,8 +222,7 @@ impl SharedMem for AtomicMem<'_> {
             if n == 4 {
                 let mut w = [0u8; 4];
                 w.copy_from_slice(head);
-                self.word(off)
-                    .store(u32::from_ne_bytes(w), Ordering::Relaxed);
+                self.word(off).store(u32::from_ne_bytes(w), Ordering::Relaxed);
             } else {
                 let (mask, value) = Self::placed(off, head);
                 self.update(off, mask, value);

@@ -106,18 +106,11 @@ impl Hypervisor {
 
     /// The backend of domain `dom`.
     pub fn domain(&self, dom: DomId) -> SimBackend {
-        SimBackend {
-            hv: self.clone(),
-            dom,
-            seen_gen: 0,
-        }
+        SimBackend { hv: self.clone(), dom, seen_gen: 0 }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Destroys domain `dom` as if it crashed: performs its unmap
@@ -130,23 +123,13 @@ impl Hypervisor {
             .notifiers
             .iter()
             .filter(|n| n.dom == dom)
-            .map(|n| Notifier {
-                dom: n.dom,
-                page: n.page.clone(),
-                offset: n.offset,
-                port: n.port,
-            })
+            .map(|n| Notifier { dom: n.dom, page: n.page.clone(), offset: n.offset, port: n.port })
             .collect();
         for n in notifiers {
             AtomicMem::new(&n.page).store_u8(n.offset, 0);
             st.send(dom, n.port);
         }
-        let ports: Vec<u32> = st
-            .ports
-            .keys()
-            .filter(|(d, _)| *d == dom)
-            .map(|(_, p)| *p)
-            .collect();
+        let ports: Vec<u32> = st.ports.keys().filter(|(d, _)| *d == dom).map(|(_, p)| *p).collect();
         for port in ports {
             st.unbind(dom, port);
         }
@@ -176,14 +159,7 @@ impl Hypervisor {
     /// Writes a store value as the toolstack (dom0), readable by `reader`.
     pub fn store_poke(&self, path: &str, value: &str, owner: DomId, reader: DomId) {
         let mut st = self.lock();
-        st.store.insert(
-            path.to_string(),
-            StoreEntry {
-                value: value.to_string(),
-                owner,
-                reader,
-            },
-        );
+        st.store.insert(path.to_string(), StoreEntry { value: value.to_string(), owner, reader });
         st.store_gen += 1;
         drop(st);
         self.inner.changed.notify_all();
@@ -202,11 +178,7 @@ impl Hypervisor {
                 return Some(v);
             }
             st = match deadline {
-                None => self
-                    .inner
-                    .changed
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner()),
+                None => self.inner.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -338,8 +310,7 @@ impl SimBackend {
 
     fn forget(&self, st: &mut State, mem: &SimMem) {
         if let Some(first) = mem.pages.first() {
-            st.notifiers
-                .retain(|n| !(n.dom == self.dom && Arc::ptr_eq(&n.page, first)));
+            st.notifiers.retain(|n| !(n.dom == self.dom && Arc::ptr_eq(&n.page, first)));
         }
     }
 }
@@ -366,13 +337,7 @@ impl Backend for SimBackend {
             let gref = *next;
             *next = next.checked_add(1).ok_or(BackendError::Exhausted)?;
             let page = new_page();
-            st.grants.insert(
-                (self.dom, gref),
-                GrantEntry {
-                    peer,
-                    page: page.clone(),
-                },
-            );
+            st.grants.insert((self.dom, gref), GrantEntry { peer, page: page.clone() });
             *slot = GrantRef(gref);
             pages.push(page);
             grants.push(gref);
@@ -380,11 +345,7 @@ impl Backend for SimBackend {
         if let Some(first) = pages.first() {
             self.register(&mut st, first, notify);
         }
-        Ok(SimMem {
-            pages,
-            writable: true,
-            grants,
-        })
+        Ok(SimMem { pages, writable: true, grants })
     }
 
     fn unshare(&mut self, mem: SimMem) {
@@ -413,11 +374,7 @@ impl Backend for SimBackend {
         if let Some(first) = pages.first() {
             self.register(&mut st, first, notify);
         }
-        Ok(SimMem {
-            pages,
-            writable,
-            grants: Vec::new(),
-        })
+        Ok(SimMem { pages, writable, grants: Vec::new() })
     }
 
     fn unmap(&mut self, mem: SimMem) {
@@ -430,14 +387,7 @@ impl Backend for SimBackend {
         let next = st.next_port.entry(self.dom).or_insert(1);
         let port = *next;
         *next = next.checked_add(1).ok_or(BackendError::Exhausted)?;
-        st.ports.insert(
-            (self.dom, port),
-            PortEntry {
-                peer,
-                remote: None,
-                pending: false,
-            },
-        );
+        st.ports.insert((self.dom, port), PortEntry { peer, remote: None, pending: false });
         Ok(Port(port))
     }
 
@@ -452,11 +402,7 @@ impl Backend for SimBackend {
         *next = next.checked_add(1).ok_or(BackendError::Exhausted)?;
         st.ports.insert(
             (self.dom, port),
-            PortEntry {
-                peer,
-                remote: Some((peer, remote.0)),
-                pending: false,
-            },
+            PortEntry { peer, remote: Some((peer, remote.0)), pending: false },
         );
         if let Some(e) = st.ports.get_mut(&(peer, remote.0)) {
             e.remote = Some((self.dom, port));
@@ -483,16 +429,14 @@ impl Backend for SimBackend {
 
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         let key = (self.dom, port.0);
-        let got = self
-            .hv
-            .wait_until(timeout, |st| match st.ports.get_mut(&key) {
-                None => Some(Err(BackendError::EventChannel)),
-                Some(e) if e.pending => {
-                    e.pending = false;
-                    Some(Ok(Wait::Event))
-                }
-                Some(_) => None,
-            });
+        let got = self.hv.wait_until(timeout, |st| match st.ports.get_mut(&key) {
+            None => Some(Err(BackendError::EventChannel)),
+            Some(e) if e.pending => {
+                e.pending = false;
+                Some(Ok(Wait::Event))
+            }
+            Some(_) => None,
+        });
         got.unwrap_or(Ok(Wait::TimedOut))
     }
 
@@ -553,9 +497,8 @@ impl Backend for SimBackend {
 
     fn store_wait(&mut self, _path: &str, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         let seen = self.seen_gen;
-        let changed = self
-            .hv
-            .wait_until(timeout, |st| (st.store_gen != seen).then_some(st.store_gen));
+        let changed =
+            self.hv.wait_until(timeout, |st| (st.store_gen != seen).then_some(st.store_gen));
         Ok(match changed {
             Some(generation) => {
                 self.seen_gen = generation;

@@ -5,7 +5,8 @@
 use core::time::Duration;
 
 use crate::backend::{
-    parse_store_u32, Backend, BackendError, Decimal, DomId, GrantRef, Port, StorePath, UnmapNotify, Wait,
+    parse_store_u32, Backend, BackendError, Decimal, DomId, GrantRef, Port, StorePath, UnmapNotify,
+    Wait,
 };
 use crate::layout::{Dir, Geometry, Placement, CLI_LIVE, MAX_ORDER, PAGE_SHIFT, SRV_LIVE};
 use crate::ring::{Channel, PeerState, RingBuf, Role};
@@ -152,10 +153,7 @@ impl<B: Backend> Vchan<B> {
 
     fn server_share(&mut self, geometry: Geometry, port: Port) -> Result<Conn<B::Mem>, VchanError> {
         let mut page_ref = [GrantRef(0)];
-        let notify = UnmapNotify {
-            offset: SRV_LIVE,
-            port,
-        };
+        let notify = UnmapNotify { offset: SRV_LIVE, port };
         let page = self.backend.share(self.peer, &mut page_ref, Some(notify))?;
         let mut refs = [GrantRef(0); MAX_RING_PAGES];
         let left = match self.share_ring(geometry, Dir::Left, &mut refs) {
@@ -212,21 +210,14 @@ impl<B: Backend> Vchan<B> {
     }
 
     fn publish(&mut self, page_ref: GrantRef, port: Port) -> Result<(), VchanError> {
-        let ring_ref = self
-            .base
-            .child(RING_REF_KEY)
-            .ok_or(VchanError::BadStoreValue)?;
-        let event = self
-            .base
-            .child(EVENT_CHANNEL_KEY)
-            .ok_or(VchanError::BadStoreValue)?;
+        let ring_ref = self.base.child(RING_REF_KEY).ok_or(VchanError::BadStoreValue)?;
+        let event = self.base.child(EVENT_CHANNEL_KEY).ok_or(VchanError::BadStoreValue)?;
         self.backend.store_write(
             ring_ref.as_str(),
             Decimal::new(page_ref.0).as_str(),
             self.peer,
         )?;
-        self.backend
-            .store_write(event.as_str(), Decimal::new(port.0).as_str(), self.peer)?;
+        self.backend.store_write(event.as_str(), Decimal::new(port.0).as_str(), self.peer)?;
         Ok(())
     }
 
@@ -249,13 +240,8 @@ impl<B: Backend> Vchan<B> {
     }
 
     fn client_map(&mut self, page_ref: GrantRef, port: Port) -> Result<Conn<B::Mem>, VchanError> {
-        let notify = UnmapNotify {
-            offset: CLI_LIVE,
-            port,
-        };
-        let page = self
-            .backend
-            .map(self.peer, &[page_ref], true, Some(notify))?;
+        let notify = UnmapNotify { offset: CLI_LIVE, port };
+        let page = self.backend.map(self.peer, &[page_ref], true, Some(notify))?;
         // The orders are read exactly once; everything after uses this copy.
         let geometry = match Geometry::read(&page) {
             Ok(g) => g,
@@ -304,9 +290,7 @@ impl<B: Backend> Vchan<B> {
                 for (i, r) in refs.iter_mut().enumerate() {
                     *r = GrantRef(page.load_u32(crate::layout::grant_offset(first + i)));
                 }
-                Ok(RingBuf::Pages(
-                    self.backend.map(self.peer, refs, writable, None)?,
-                ))
+                Ok(RingBuf::Pages(self.backend.map(self.peer, refs, writable, None)?))
             }
         }
     }

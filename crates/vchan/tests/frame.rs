@@ -132,10 +132,7 @@ fn header_is_big_endian() {
 #[test]
 fn oversize_length_aborts() {
     let mut t = Trickle::new(&framed(&[&[1u8; 11]]), 3);
-    assert_eq!(
-        read_frames(&mut t, 10, 1),
-        Err(FrameError::Oversize { len: 11, max: 10 })
-    );
+    assert_eq!(read_frames(&mut t, 10, 1), Err(FrameError::Oversize { len: 11, max: 10 }));
     assert!(t.aborted);
     // A limit below the buffer size is honoured too.
     let mut t = Trickle::new(&[0xff, 0xff, 0xff, 0xff], 4);
@@ -144,13 +141,7 @@ fn oversize_length_aborts() {
     while !t.aborted {
         match r.poll(&mut t) {
             Ok(None) => {}
-            Err(e) => assert_eq!(
-                e,
-                FrameError::Oversize {
-                    len: u32::MAX,
-                    max: 50
-                }
-            ),
+            Err(e) => assert_eq!(e, FrameError::Oversize { len: u32::MAX, max: 50 }),
             Ok(Some(_)) => panic!("accepted an oversize frame"),
         }
     }
@@ -197,10 +188,7 @@ fn writer_partial_sends_and_truncation() {
     assert!(!w.is_pending());
     // Leaving before anything of a frame went out is a plain close.
     w.push(b"x").unwrap();
-    assert_eq!(
-        w.flush(&mut t),
-        Err(FrameError::Vchan(VchanError::PeerClosed))
-    );
+    assert_eq!(w.flush(&mut t), Err(FrameError::Vchan(VchanError::PeerClosed)));
 }
 
 proptest! {
@@ -225,12 +213,7 @@ proptest! {
 fn max_size_frames_over_a_small_vchan() {
     let hv = Hypervisor::new();
     let (server_dom, client_dom) = (DomId(1), DomId(2));
-    let cfg = ServerConfig {
-        client: client_dom,
-        port: 1,
-        read_min: 1024,
-        write_min: 2048,
-    };
+    let cfg = ServerConfig { client: client_dom, port: 1, read_min: 1024, write_min: 2048 };
     let mut server = Vchan::server(hv.domain(server_dom), cfg).unwrap();
     let hv2 = hv.clone();
     let payloads: Vec<Vec<u8>> = (0..4u8)
@@ -239,10 +222,7 @@ fn max_size_frames_over_a_small_vchan() {
         .collect();
     let expect = payloads.clone();
     let sender = std::thread::spawn(move || {
-        let ccfg = ClientConfig {
-            server: server_dom,
-            port: 1,
-        };
+        let ccfg = ClientConfig { server: server_dom, port: 1 };
         let mut client = Vchan::client_wait(hv2.domain(client_dom), ccfg, SAFETY).unwrap();
         let mut w = FrameWriter::new(vec![0u8; DEFAULT_MAX_FRAME]);
         for p in &payloads {
@@ -251,10 +231,7 @@ fn max_size_frames_over_a_small_vchan() {
         // Then an oversize header: the server must refuse and close.
         client.write_all(&[0, 1, 0, 1], SAFETY).unwrap();
         let mut byte = [0u8; 1];
-        assert_eq!(
-            client.read_blocking(&mut byte, SAFETY),
-            Err(VchanError::PeerClosed)
-        );
+        assert_eq!(client.read_blocking(&mut byte, SAFETY), Err(VchanError::PeerClosed));
     });
     let mut r = FrameReader::new(vec![0u8; DEFAULT_MAX_FRAME]);
     for p in &expect {
@@ -263,10 +240,7 @@ fn max_size_frames_over_a_small_vchan() {
     }
     assert_eq!(
         r.recv_blocking(&mut server, SAFETY),
-        Err(FrameError::Oversize {
-            len: 65537,
-            max: DEFAULT_MAX_FRAME
-        })
+        Err(FrameError::Oversize { len: 65537, max: DEFAULT_MAX_FRAME })
     );
     assert!(!server.is_open());
     sender.join().unwrap();

@@ -21,22 +21,14 @@ struct Tracked<'a> {
 
 impl<'a> Tracked<'a> {
     fn new(mem: AtomicMem<'a>, allowed: Vec<Range<usize>>) -> Self {
-        Tracked {
-            mem,
-            allowed,
-            armed: Cell::new(false),
-            violation: Cell::new(None),
-        }
+        Tracked { mem, allowed, armed: Cell::new(false), violation: Cell::new(None) }
     }
 
     fn touch(&self, off: usize, len: usize) {
         if !self.armed.get() {
             return;
         }
-        let ok = self
-            .allowed
-            .iter()
-            .any(|r| r.start <= off && off + len <= r.end);
+        let ok = self.allowed.iter().any(|r| r.start <= off && off + len <= r.end);
         if !ok {
             self.violation.set(Some((off, len)));
         }
@@ -149,44 +141,27 @@ fn run(left: u16, right: u16, ops: &[Op]) -> Result<(), TestCaseError> {
     let left_words = words(g.ring_size(Dir::Left));
     let right_words = words(g.ring_size(Dir::Right));
     let raw = AtomicMem::new(&page_words);
-    let mut allowed = vec![Range {
-        start: 0,
-        end: layout::GRANTS + 4 * g.grant_count(),
-    }];
+    let mut allowed = vec![Range { start: 0, end: layout::GRANTS + 4 * g.grant_count() }];
     allowed.extend(ring_range(&g, Dir::Left));
     allowed.extend(ring_range(&g, Dir::Right));
     let page = Tracked::new(raw, allowed);
     let left_mem = Tracked::new(
         AtomicMem::new(&left_words),
-        vec![Range {
-            start: 0,
-            end: g.ring_size(Dir::Left),
-        }],
+        vec![Range { start: 0, end: g.ring_size(Dir::Left) }],
     );
     let right_mem = Tracked::new(
         AtomicMem::new(&right_words),
-        vec![Range {
-            start: 0,
-            end: g.ring_size(Dir::Right),
-        }],
+        vec![Range { start: 0, end: g.ring_size(Dir::Right) }],
     );
     let buf = |dir, mem| ring_buf(&g, dir, mem);
     let page_ref: &dyn SharedMem = &page;
-    let mut server = Channel::server(
-        page_ref,
-        g,
-        buf(Dir::Left, &left_mem),
-        buf(Dir::Right, &right_mem),
-    )
-    .unwrap();
+    let mut server =
+        Channel::server(page_ref, g, buf(Dir::Left, &left_mem), buf(Dir::Right, &right_mem))
+            .unwrap();
     let client_g = Geometry::read(&page_ref).unwrap();
-    let mut client = Channel::client(
-        page_ref,
-        client_g,
-        buf(Dir::Left, &left_mem),
-        buf(Dir::Right, &right_mem),
-    )
-    .unwrap();
+    let mut client =
+        Channel::client(page_ref, client_g, buf(Dir::Left, &left_mem), buf(Dir::Right, &right_mem))
+            .unwrap();
     client.announce_client();
     for t in [&page, &left_mem, &right_mem] {
         t.armed.set(true);

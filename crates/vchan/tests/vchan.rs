@@ -17,19 +17,11 @@ const SAFETY: Option<Duration> = Some(Duration::from_secs(20));
 const NOW: Option<Duration> = Some(Duration::ZERO);
 
 fn server_cfg(read_min: usize, write_min: usize) -> ServerConfig {
-    ServerConfig {
-        client: CLIENT,
-        port: PORT,
-        read_min,
-        write_min,
-    }
+    ServerConfig { client: CLIENT, port: PORT, read_min, write_min }
 }
 
 fn client_cfg() -> ClientConfig {
-    ClientConfig {
-        server: SERVER,
-        port: PORT,
-    }
+    ClientConfig { server: SERVER, port: PORT }
 }
 
 fn pair(
@@ -44,18 +36,9 @@ fn pair(
 
 /// A raw view of the server's control page, as a third party mapping it.
 fn raw_page(hv: &Hypervisor) -> SimMem {
-    let base = format!(
-        "/local/domain/{}/data/vchan/{}/{}",
-        SERVER.0, CLIENT.0, PORT
-    );
-    let gref: u32 = hv
-        .store_peek(&format!("{base}/ring-ref"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    hv.domain(CLIENT)
-        .map(SERVER, &[GrantRef(gref)], true, None)
-        .unwrap()
+    let base = format!("/local/domain/{}/data/vchan/{}/{}", SERVER.0, CLIENT.0, PORT);
+    let gref: u32 = hv.store_peek(&format!("{base}/ring-ref")).unwrap().parse().unwrap();
+    hv.domain(CLIENT).map(SERVER, &[GrantRef(gref)], true, None).unwrap()
 }
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
@@ -145,10 +128,7 @@ fn offsets_match_the_c_struct() {
     assert_eq!(offset_of!(CVchanInterface, right_cons), layout::RIGHT_CONS);
     assert_eq!(offset_of!(CVchanInterface, right_prod), layout::RIGHT_PROD);
     assert_eq!(offset_of!(CVchanInterface, left_order), layout::LEFT_ORDER);
-    assert_eq!(
-        offset_of!(CVchanInterface, right_order),
-        layout::RIGHT_ORDER
-    );
+    assert_eq!(offset_of!(CVchanInterface, right_order), layout::RIGHT_ORDER);
     assert_eq!(offset_of!(CVchanInterface, cli_live), layout::CLI_LIVE);
     assert_eq!(offset_of!(CVchanInterface, srv_live), layout::SRV_LIVE);
     assert_eq!(offset_of!(CVchanInterface, cli_notify), layout::CLI_NOTIFY);
@@ -204,9 +184,8 @@ fn page_bytes_granted_rings() {
     let page = raw_page(&hv);
     assert_eq!(bytes(&page, 16, 4), [13, 0, 12, 0]);
     // Three grants: two for the left ring, then one for the right.
-    let grants: Vec<GrantRef> = (0..3)
-        .map(|i| GrantRef(page.load_u32(layout::grant_offset(i))))
-        .collect();
+    let grants: Vec<GrantRef> =
+        (0..3).map(|i| GrantRef(page.load_u32(layout::grant_offset(i)))).collect();
     let mut other = hv.domain(CLIENT);
     let left = other.map(SERVER, &grants[..2], false, None).unwrap();
     let right = other.map(SERVER, &grants[2..], false, None).unwrap();
@@ -259,10 +238,7 @@ fn notify_bits_gate_events() {
     assert_eq!(client.write(&big).unwrap(), 1024);
     assert_eq!(client.write(b"x").unwrap(), 0);
     // (The client asks in srv_notify, the byte the server consults.)
-    assert_eq!(
-        page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ,
-        layout::NOTIFY_READ
-    );
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, layout::NOTIFY_READ);
     assert_eq!(server.read(&mut buf).unwrap(), 8);
     assert_eq!(page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ, 0);
     client.wait(NOW).unwrap();
@@ -272,10 +248,7 @@ fn notify_bits_gate_events() {
     client.buffer_space().unwrap();
     assert_eq!(page.load_u8(layout::SRV_NOTIFY), layout::NOTIFY_READ);
     client.data_ready().unwrap();
-    assert_eq!(
-        page.load_u8(layout::SRV_NOTIFY),
-        layout::NOTIFY_READ | layout::NOTIFY_WRITE
-    );
+    assert_eq!(page.load_u8(layout::SRV_NOTIFY), layout::NOTIFY_READ | layout::NOTIFY_WRITE);
 }
 
 #[test]
@@ -297,17 +270,12 @@ fn close_is_seen_and_releases_everything() {
     assert_eq!(&buf[..10], b"last words");
     assert_eq!(server.read(&mut buf), Err(VchanError::PeerClosed));
     assert_eq!(server.write(b"x"), Err(VchanError::PeerClosed));
-    assert_eq!(
-        server.read_blocking(&mut buf, SAFETY),
-        Err(VchanError::PeerClosed)
-    );
+    assert_eq!(server.read_blocking(&mut buf, SAFETY), Err(VchanError::PeerClosed));
     server.shutdown();
     assert_eq!(server.read(&mut buf), Err(VchanError::Closed));
     assert_eq!(hv.grant_count(SERVER), 0);
     assert_eq!(hv.port_count(SERVER), 0);
-    assert!(hv
-        .store_peek("/local/domain/3/data/vchan/7/5000/ring-ref")
-        .is_none());
+    assert!(hv.store_peek("/local/domain/3/data/vchan/7/5000/ring-ref").is_none());
 }
 
 #[test]
@@ -497,8 +465,14 @@ fn client_waits_through_permission_denied_before_publication() {
     hv.store_poke(&data, "", SERVER, SERVER);
     let mut probe = hv.domain(CLIENT);
     let ring_ref = format!("{data}/vchan/{}/{PORT}/ring-ref", CLIENT.0);
-    assert_eq!(probe.store_read(&ring_ref, &mut [0u8; 8]), Err(portcullis_vchan::BackendError::Denied));
-    assert!(matches!(Vchan::client(hv.domain(CLIENT), client_cfg()), Err(VchanError::NotPublished)));
+    assert_eq!(
+        probe.store_read(&ring_ref, &mut [0u8; 8]),
+        Err(portcullis_vchan::BackendError::Denied)
+    );
+    assert!(matches!(
+        Vchan::client(hv.domain(CLIENT), client_cfg()),
+        Err(VchanError::NotPublished)
+    ));
     client_connects_once_published(&hv);
 }
 

@@ -11,7 +11,9 @@ use core::arch::asm;
 /// Xen's 0xe9 log) writing has no effect on memory.
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: `out` touches no memory; the caller vouches for the device.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Writes a 32-bit value to an I/O port.
@@ -20,7 +22,9 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// As for [`outb`].
 pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: `out` touches no memory; the caller vouches for the device.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Runs `cpuid` for `leaf` (subleaf 0); returns eax, ebx, ecx, edx.
@@ -77,7 +81,9 @@ pub fn rdseed() -> Option<u64> {
     let ok: u8;
     // SAFETY: `rdseed` writes only the output register and the flags; the
     // caller checked CPUID, so the instruction exists.
-    unsafe { asm!("rdseed {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack)) }
+    unsafe {
+        asm!("rdseed {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack))
+    }
     (ok != 0).then_some(value)
 }
 
@@ -87,6 +93,8 @@ pub fn rdrand() -> Option<u64> {
     let value: u64;
     let ok: u8;
     // SAFETY: as for `rdseed`.
-    unsafe { asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack)) }
+    unsafe {
+        asm!("rdrand {v}", "setc {ok}", v = out(reg) value, ok = out(reg_byte) ok, options(nomem, nostack))
+    }
     (ok != 0).then_some(value)
 }

@@ -190,7 +190,8 @@ mod heapless_line {
             let bytes = self.buf.get(..self.len).unwrap_or_default();
             match core::str::from_utf8(bytes) {
                 Ok(s) => s,
-                Err(e) => core::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
+                Err(e) => core::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default())
+                    .unwrap_or_default(),
             }
         }
     }

@@ -220,7 +220,12 @@ impl Console {
     }
 
     /// Reads one edited line into `buf`; `timeout_ns` of Xen system time.
-    pub fn read_line(&self, buf: &mut [u8], echo: bool, timeout_ns: Option<u64>) -> Result<usize, ConsoleError> {
+    pub fn read_line(
+        &self,
+        buf: &mut [u8],
+        echo: bool,
+        timeout_ns: Option<u64>,
+    ) -> Result<usize, ConsoleError> {
         let Console::Ring(r) = self else {
             return Err(ConsoleError::NoInput);
         };
@@ -244,7 +249,8 @@ impl Console {
             }
             let left = match timeout_ns {
                 Some(t) => {
-                    let spent = crate::xen::system_time_ns().unwrap_or(u64::MAX).saturating_sub(start);
+                    let spent =
+                        crate::xen::system_time_ns().unwrap_or(u64::MAX).saturating_sub(start);
                     if spent >= t {
                         return Err(ConsoleError::Timeout);
                     }
@@ -282,7 +288,11 @@ pub fn write_str(s: &str) {
 }
 
 /// Reads an edited line (see [`Console::read_line`]).
-pub fn read_line(buf: &mut [u8], echo: bool, timeout_ns: Option<u64>) -> Result<usize, ConsoleError> {
+pub fn read_line(
+    buf: &mut [u8],
+    echo: bool,
+    timeout_ns: Option<u64>,
+) -> Result<usize, ConsoleError> {
     CONSOLE.lock().read_line(buf, echo, timeout_ns)
 }
 
@@ -327,7 +337,11 @@ macro_rules! println {
 mod tests {
     use super::*;
 
-    fn run(input: &[u8], cap: usize, echo: bool) -> (std::vec::Vec<u8>, Option<usize>, std::vec::Vec<u8>) {
+    fn run(
+        input: &[u8],
+        cap: usize,
+        echo: bool,
+    ) -> (std::vec::Vec<u8>, Option<usize>, std::vec::Vec<u8>) {
         let mut buf = std::vec![0u8; cap];
         let mut ed = LineEditor::default();
         let mut shown = std::vec::Vec::new();

@@ -134,7 +134,10 @@ mod tests {
     fn repeated_sample_fails_and_latches() {
         let mut t = HealthTests::default();
         let mut buf = [0u8; 16];
-        assert_eq!(fill(&mut buf, &mut t, 3, || Some(0x1234_5678_9abc_def0)), Err(EntropyError::HealthFailure));
+        assert_eq!(
+            fill(&mut buf, &mut t, 3, || Some(0x1234_5678_9abc_def0)),
+            Err(EntropyError::HealthFailure)
+        );
         assert!(t.failed());
         assert_eq!(fill(&mut buf, &mut t, 3, counter(7)), Err(EntropyError::HealthFailure));
     }
@@ -143,7 +146,10 @@ mod tests {
     fn stuck_values_fail() {
         for stuck in [0u64, u64::MAX] {
             let mut t = HealthTests::default();
-            assert_eq!(fill(&mut [0u8; 8], &mut t, 3, || Some(stuck)), Err(EntropyError::HealthFailure));
+            assert_eq!(
+                fill(&mut [0u8; 8], &mut t, 3, || Some(stuck)),
+                Err(EntropyError::HealthFailure)
+            );
         }
     }
 

@@ -38,7 +38,12 @@ pub fn bind_interdomain(remote: DomId, remote_port: Port) -> XenResult<Port> {
         remote_port: u32,
         local_port: u32,
     }
-    let mut b = BindInterdomain { remote_dom: remote.0, _pad: 0, remote_port: remote_port.0, local_port: 0 };
+    let mut b = BindInterdomain {
+        remote_dom: remote.0,
+        _pad: 0,
+        remote_port: remote_port.0,
+        local_port: 0,
+    };
     evtchn_op(op::BIND_INTERDOMAIN, &mut b)?;
     Ok(Port(b.local_port))
 }
@@ -78,11 +83,22 @@ pub fn poll(ports: &[Port], deadline_ns: u64) -> XenResult<()> {
         _pad: u32,
         timeout: u64,
     }
-    let mut p = SchedPoll { ports: list.as_mut_ptr() as u64, nr_ports: ports.len() as u32, _pad: 0, timeout: deadline_ns };
+    let mut p = SchedPoll {
+        ports: list.as_mut_ptr() as u64,
+        nr_ports: ports.len() as u32,
+        _pad: 0,
+        timeout: deadline_ns,
+    };
     // SAFETY: `p` names `list`, a live local array of `nr_ports` valid ports;
     // Xen only reads it during the call.
-    unsafe { hypercall::hypercall2(abi::hypercall::SCHED_OP, abi::sched::POLL, &mut p as *mut SchedPoll as u64) }
-        .map(|_| ())
+    unsafe {
+        hypercall::hypercall2(
+            abi::hypercall::SCHED_OP,
+            abi::sched::POLL,
+            &mut p as *mut SchedPoll as u64,
+        )
+    }
+    .map(|_| ())
 }
 
 /// Clears `port`'s pending bit; returns whether it was set.
@@ -91,7 +107,9 @@ pub fn take_pending(port: Port) -> bool {
         return false;
     }
     match xen::shared_info() {
-        Some(si) => si.test_and_clear_bit(shi::EVTCHN_PENDING + 8 * (port.0 / 64) as usize, port.0 % 64),
+        Some(si) => {
+            si.test_and_clear_bit(shi::EVTCHN_PENDING + 8 * (port.0 / 64) as usize, port.0 % 64)
+        }
         None => false,
     }
 }

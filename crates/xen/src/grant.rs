@@ -70,7 +70,12 @@ pub fn init() -> Result<(), GrantError> {
     // SAFETY: the frames were just mapped by Xen at these guest-physical
     // addresses (inside the identity map) and stay mapped for the life of
     // the domain.
-    let entries = unsafe { SharedPages::new((pfn as usize) << abi::PAGE_SHIFT, (TABLE_FRAMES as usize) * abi::PAGE_SIZE) };
+    let entries = unsafe {
+        SharedPages::new(
+            (pfn as usize) << abi::PAGE_SHIFT,
+            (TABLE_FRAMES as usize) * abi::PAGE_SIZE,
+        )
+    };
     let mut used = [0u64; (ENTRIES / 64) as usize];
     // The first entries are reserved for the toolstack.
     used[0] = (1u64 << g::NR_RESERVED_ENTRIES) - 1;
@@ -166,10 +171,23 @@ pub fn map(peer: DomId, r: GrantRef, gpa: u64, writable: bool) -> Result<Mapping
         dev_bus_addr: u64,
     }
     let flags = g::GNTMAP_HOST_MAP | if writable { 0 } else { g::GNTMAP_READONLY };
-    let mut m = MapGrantRef { host_addr: gpa, flags, r#ref: r.0, dom: peer.0, status: 0, handle: 0, dev_bus_addr: 0 };
+    let mut m = MapGrantRef {
+        host_addr: gpa,
+        flags,
+        r#ref: r.0,
+        dom: peer.0,
+        status: 0,
+        handle: 0,
+        dev_bus_addr: 0,
+    };
     // SAFETY: one `gnttab_map_grant_ref` record (count 1), live for the call.
     unsafe {
-        hypercall::hypercall3(abi::hypercall::GRANT_TABLE_OP, g::MAP_GRANT_REF, &mut m as *mut MapGrantRef as u64, 1)
+        hypercall::hypercall3(
+            abi::hypercall::GRANT_TABLE_OP,
+            g::MAP_GRANT_REF,
+            &mut m as *mut MapGrantRef as u64,
+            1,
+        )
     }
     .map_err(GrantError::Xen)?;
     if m.status != g::GNTST_OKAY {
@@ -188,10 +206,16 @@ pub fn unmap(m: Mapping) -> Result<(), GrantError> {
         status: i16,
         _pad: u16,
     }
-    let mut u = UnmapGrantRef { host_addr: m.gpa, dev_bus_addr: 0, handle: m.handle, status: 0, _pad: 0 };
+    let mut u =
+        UnmapGrantRef { host_addr: m.gpa, dev_bus_addr: 0, handle: m.handle, status: 0, _pad: 0 };
     // SAFETY: one `gnttab_unmap_grant_ref` record (count 1), live for the call.
     unsafe {
-        hypercall::hypercall3(abi::hypercall::GRANT_TABLE_OP, g::UNMAP_GRANT_REF, &mut u as *mut UnmapGrantRef as u64, 1)
+        hypercall::hypercall3(
+            abi::hypercall::GRANT_TABLE_OP,
+            g::UNMAP_GRANT_REF,
+            &mut u as *mut UnmapGrantRef as u64,
+            1,
+        )
     }
     .map_err(GrantError::Xen)?;
     if u.status != g::GNTST_OKAY {

@@ -2,7 +2,7 @@
 //! with us, and the frames of the free guest-physical window we map such
 //! memory into.
 
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use portcullis_vchan::SharedMem;
 

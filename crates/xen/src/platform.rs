@@ -107,12 +107,20 @@ fn store_denied(e: &XsError) -> bool {
 
 /// A store failure as the platform reports it.
 fn platform_store_err(e: XsError) -> PlatformError {
-    if store_denied(&e) { PlatformError::Denied } else { PlatformError::Io }
+    if store_denied(&e) {
+        PlatformError::Denied
+    } else {
+        PlatformError::Io
+    }
 }
 
 /// A store failure as the vchan backend reports it.
 fn store_err(e: XsError) -> BackendError {
-    if store_denied(&e) { BackendError::Denied } else { BackendError::Store }
+    if store_denied(&e) {
+        BackendError::Denied
+    } else {
+        BackendError::Store
+    }
 }
 
 /// The vchan backend of a Xen domain. All handles share the domain's grant
@@ -135,14 +143,20 @@ impl Backend for XenBackend {
         self.domid
     }
 
-    fn share(&mut self, peer: DomId, refs: &mut [GrantRef], _notify: Option<UnmapNotify>) -> Result<XenMem, BackendError> {
+    fn share(
+        &mut self,
+        peer: DomId,
+        refs: &mut [GrantRef],
+        _notify: Option<UnmapNotify>,
+    ) -> Result<XenMem, BackendError> {
         // A guest has no unmap-notify: if it dies, Xen tears its grants
         // down and the peer sees the event channel close instead.
         let n = refs.len();
         if n == 0 || n > MAX_PAGES {
             return Err(BackendError::Exhausted);
         }
-        let layout = Layout::from_size_align(n * abi::PAGE_SIZE, abi::PAGE_SIZE).map_err(|_| BackendError::Exhausted)?;
+        let layout = Layout::from_size_align(n * abi::PAGE_SIZE, abi::PAGE_SIZE)
+            .map_err(|_| BackendError::Exhausted)?;
         // SAFETY: `layout` has a non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         if base.is_null() {
@@ -155,7 +169,8 @@ impl Backend for XenBackend {
                 Ok(r) => granted.push(r),
                 Err(e) => {
                     // Nobody can have mapped these yet; revoke and free.
-                    let all_ended = granted.iter().filter(|&&r| grant::end_access(r).is_err()).count() == 0;
+                    let all_ended =
+                        granted.iter().filter(|&&r| grant::end_access(r).is_err()).count() == 0;
                     if all_ended {
                         // SAFETY: allocated above with `layout`, no longer granted.
                         unsafe { dealloc(base, layout) };
@@ -185,7 +200,13 @@ impl Backend for XenBackend {
         }
     }
 
-    fn map(&mut self, peer: DomId, refs: &[GrantRef], writable: bool, _notify: Option<UnmapNotify>) -> Result<XenMem, BackendError> {
+    fn map(
+        &mut self,
+        peer: DomId,
+        refs: &[GrantRef],
+        writable: bool,
+        _notify: Option<UnmapNotify>,
+    ) -> Result<XenMem, BackendError> {
         let n = refs.len();
         if n == 0 || n > MAX_PAGES {
             return Err(BackendError::Exhausted);
@@ -207,7 +228,8 @@ impl Backend for XenBackend {
         }
         // SAFETY: the frames were just populated by Xen with the peer's
         // pages, inside the identity map; `XenMem` is their only accessor.
-        let pages = unsafe { SharedPages::new((pfn as usize) << abi::PAGE_SHIFT, n * abi::PAGE_SIZE) };
+        let pages =
+            unsafe { SharedPages::new((pfn as usize) << abi::PAGE_SHIFT, n * abi::PAGE_SIZE) };
         Ok(XenMem { pages, origin: Origin::Mapped { pfn, mappings } })
     }
 
@@ -320,7 +342,10 @@ impl XenPlatform {
         grant::init().map_err(PlatformSetupError::Grant)?;
         let (domid, name) = with_store(|s| {
             let id = s.read(Tx::NONE, "domid")?.ok_or(XsError::Daemon(Errno::NoEnt))?;
-            let id = core::str::from_utf8(&id).ok().and_then(|t| t.parse::<u16>().ok()).ok_or(XsError::Protocol)?;
+            let id = core::str::from_utf8(&id)
+                .ok()
+                .and_then(|t| t.parse::<u16>().ok())
+                .ok_or(XsError::Protocol)?;
             let name = s.read(Tx::NONE, "name")?.unwrap_or_default();
             Ok((DomId(id), String::from_utf8(name).map_err(|_| XsError::Protocol)?))
         })
@@ -371,7 +396,12 @@ impl Platform for XenPlatform {
         console::write_str(text);
     }
 
-    fn console_read_line(&mut self, buf: &mut [u8], echo: bool, timeout: Option<Duration>) -> Result<usize, PlatformError> {
+    fn console_read_line(
+        &mut self,
+        buf: &mut [u8],
+        echo: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, PlatformError> {
         console::read_line(buf, echo, timeout.map(nanos)).map_err(|e| match e {
             console::ConsoleError::Timeout => PlatformError::Timeout,
             _ => PlatformError::Console,
@@ -426,7 +456,11 @@ impl Platform for XenPlatform {
         .ok_or(PlatformError::UnknownDomain)
     }
 
-    fn wait_any(&mut self, ports: &[Port], timeout: Option<Duration>) -> Result<Option<Port>, PlatformError> {
+    fn wait_any(
+        &mut self,
+        ports: &[Port],
+        timeout: Option<Duration>,
+    ) -> Result<Option<Port>, PlatformError> {
         evtchn::wait_any(ports, timeout.map(nanos)).map_err(|_| PlatformError::Io)
     }
 
@@ -447,7 +481,12 @@ mod tests {
     #[test]
     fn config_keys_are_valid_xenstore_names() {
         let ok = |k: &str| k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
-        for item in [ConfigItem::SealedState, ConfigItem::KeyEncryptionKey, ConfigItem::RootPublicKey, ConfigItem::Settings] {
+        for item in [
+            ConfigItem::SealedState,
+            ConfigItem::KeyEncryptionKey,
+            ConfigItem::RootPublicKey,
+            ConfigItem::Settings,
+        ] {
             assert!(ok(&store_key(item)), "{}", store_key(item));
         }
         assert_eq!(store_key(ConfigItem::RootPublicKey), "root-pub");

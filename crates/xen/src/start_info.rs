@@ -98,12 +98,14 @@ impl StartInfo {
         if cmdline != 0 {
             // SAFETY: the loader put a NUL-terminated string there; we read
             // at most MAX_CMDLINE bytes of mapped memory.
-            let raw = unsafe { core::slice::from_raw_parts(cmdline as usize as *const u8, MAX_CMDLINE) };
+            let raw =
+                unsafe { core::slice::from_raw_parts(cmdline as usize as *const u8, MAX_CMDLINE) };
             let len = raw.iter().position(|&c| c == 0).unwrap_or(MAX_CMDLINE);
             let text = raw.get(..len).unwrap_or_default();
             info.cmdline = match core::str::from_utf8(text) {
                 Ok(s) => s,
-                Err(e) => core::str::from_utf8(text.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
+                Err(e) => core::str::from_utf8(text.get(..e.valid_up_to()).unwrap_or_default())
+                    .unwrap_or_default(),
             };
         }
 
@@ -127,10 +129,15 @@ impl StartInfo {
                 // SAFETY: version 1 start info carries `memmap_entries`
                 // entries at `memmap_paddr`.
                 let raw = unsafe {
-                    core::slice::from_raw_parts(map as usize as *const u8, n * si::MEMMAP_ENTRY_SIZE)
+                    core::slice::from_raw_parts(
+                        map as usize as *const u8,
+                        n * si::MEMMAP_ENTRY_SIZE,
+                    )
                 };
-                for (slot, e) in info.memmap.iter_mut().zip(raw.chunks_exact(si::MEMMAP_ENTRY_SIZE)) {
-                    *slot = MemRange { addr: u64_at(e, 0), size: u64_at(e, 8), kind: u32_at(e, 16) };
+                for (slot, e) in info.memmap.iter_mut().zip(raw.chunks_exact(si::MEMMAP_ENTRY_SIZE))
+                {
+                    *slot =
+                        MemRange { addr: u64_at(e, 0), size: u64_at(e, 8), kind: u32_at(e, 16) };
                 }
                 info.nr_memmap = n;
             }

@@ -56,7 +56,11 @@ impl WallClock {
 /// Reads a seqlock-protected record: `version` is read before and after
 /// `read`; an odd version (update in progress) or a change means retry.
 /// Gives up after `tries` attempts with `None`.
-pub fn read_consistent<T>(mut version: impl FnMut() -> u32, mut read: impl FnMut() -> T, tries: u32) -> Option<T> {
+pub fn read_consistent<T>(
+    mut version: impl FnMut() -> u32,
+    mut read: impl FnMut() -> T,
+    tries: u32,
+) -> Option<T> {
     for _ in 0..tries {
         let before = version();
         if before & 1 != 0 {
@@ -94,7 +98,12 @@ mod tests {
 
     #[test]
     fn system_time_is_monotonic_in_tsc() {
-        let t = TimeInfo { tsc_timestamp: 1000, system_time: 5_000, tsc_to_system_mul: 1 << 31, tsc_shift: 0 };
+        let t = TimeInfo {
+            tsc_timestamp: 1000,
+            system_time: 5_000,
+            tsc_to_system_mul: 1 << 31,
+            tsc_shift: 0,
+        };
         assert_eq!(t.system_time_at(1000), 5_000);
         assert_eq!(t.system_time_at(3000), 6_000);
         assert_eq!(t.system_time_at(10), 5_000);

@@ -51,20 +51,40 @@ struct Run {
 /// Boots `elf` with `append` as its command line, with a generous wall
 /// clock limit only as a hang guard (TCG boots take tens of milliseconds).
 fn boot(elf: &Path, append: &str) -> Run {
-    let dir = std::env::temp_dir().join(format!("portcullis-xen-boot-{}-{}", std::process::id(), append.len()));
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-xen-boot-{}-{}",
+        std::process::id(),
+        append.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("debugcon.log");
     let _ = std::fs::remove_file(&log);
     let mut child = Command::new("qemu-system-x86_64")
         .args([
-            "-M", "microvm,pit=off,pic=off,rtc=off,isa-serial=off",
-            "-accel", "tcg", "-cpu", "max", "-m", "64",
-            "-display", "none", "-monitor", "none", "-serial", "none", "-no-reboot",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-M",
+            "microvm,pit=off,pic=off,rtc=off,isa-serial=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "64",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
         ])
-        .arg("-kernel").arg(elf)
-        .arg("-append").arg(append)
-        .arg("-debugcon").arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(elf)
+        .arg("-append")
+        .arg(append)
+        .arg("-debugcon")
+        .arg(format!("file:{}", log.display()))
         .stdin(Stdio::null())
         .spawn()
         .expect("start qemu");
@@ -96,7 +116,8 @@ fn qemu_or_skip() -> bool {
 #[test]
 fn image_has_the_pvh_note_and_a_fixed_load_address() {
     let elf = guest_elf();
-    let out = Command::new("readelf").arg("-hnlW").arg(elf).output().expect("run readelf (binutils)");
+    let out =
+        Command::new("readelf").arg("-hnlW").arg(elf).output().expect("run readelf (binutils)");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("EXEC (Executable file)"), "not a fixed-address executable:\n{text}");

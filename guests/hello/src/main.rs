@@ -22,7 +22,9 @@ mod guest {
 
     fn main(boot: Boot) -> u8 {
         match &boot.xen {
-            Some(x) => println!("hello: xen {}.{} at cpuid {:#x}", x.version.0, x.version.1, x.base),
+            Some(x) => {
+                println!("hello: xen {}.{} at cpuid {:#x}", x.version.0, x.version.1, x.base)
+            }
             None => println!("hello: no xen"),
         }
         println!("hello: cmdline {:?}", boot.start_info.cmdline);
@@ -35,7 +37,12 @@ mod guest {
         }
         if boot.xen.is_some() {
             match XenPlatform::new(&boot) {
-                Ok(p) => println!("hello: domain {} {:?}, unix time {}", p.domid().0, p.name(), p.now_unix()),
+                Ok(p) => println!(
+                    "hello: domain {} {:?}, unix time {}",
+                    p.domid().0,
+                    p.name(),
+                    p.now_unix()
+                ),
                 Err(e) => println!("hello: platform setup failed: {e}"),
             }
         }

@@ -135,12 +135,7 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
         }
         .into()],
         MsgType::TokenRevokeResp => vec![
-            TokenRevokeResp {
-                request_id: RID,
-                result: RevokeResult::Ok,
-                reason: None,
-            }
-            .into(),
+            TokenRevokeResp { request_id: RID, result: RevokeResult::Ok, reason: None }.into(),
             TokenRevokeResp {
                 request_id: RID,
                 result: RevokeResult::Denied,
@@ -150,11 +145,7 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
         ],
         MsgType::Attestation => vec![Attestation { signed: cose(200) }.into()],
         MsgType::AuditLog => vec![AuditLog { record: cose(180) }.into()],
-        MsgType::AuditAck => vec![AuditAck {
-            chain_id: [0x88; 16],
-            seq: 1234,
-        }
-        .into()],
+        MsgType::AuditAck => vec![AuditAck { chain_id: [0x88; 16], seq: 1234 }.into()],
         MsgType::KeysetReq => vec![KeysetReq { request_id: RID }.into()],
         MsgType::Keyset => vec![Keyset { signed: cose(220) }.into()],
         MsgType::RevocationListReq => vec![RevocationListReq { request_id: RID }.into()],
@@ -167,12 +158,7 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
         }
         .into()],
         MsgType::UnlockResult => vec![
-            UnlockResult {
-                request_id: RID,
-                result: UnlockOutcome::Ok,
-                reason: None,
-            }
-            .into(),
+            UnlockResult { request_id: RID, result: UnlockOutcome::Ok, reason: None }.into(),
             UnlockResult {
                 request_id: RID,
                 result: UnlockOutcome::Fail,
@@ -181,18 +167,9 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
             .into(),
         ],
         MsgType::Error => vec![
-            ErrorMsg {
-                request_id: Some(RID),
-                code: ErrorCode::Busy,
-                reason: "queue full".into(),
-            }
-            .into(),
-            ErrorMsg {
-                request_id: None,
-                code: ErrorCode::Malformed,
-                reason: String::new(),
-            }
-            .into(),
+            ErrorMsg { request_id: Some(RID), code: ErrorCode::Busy, reason: "queue full".into() }
+                .into(),
+            ErrorMsg { request_id: None, code: ErrorCode::Malformed, reason: String::new() }.into(),
         ],
     }
 }
@@ -263,42 +240,21 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
             serial: 9,
             issued_at: T0,
             entries: vec![
-                RevokedEntry {
-                    cti: vec![0x77; 16],
-                    exp: T0 + 60,
-                },
-                RevokedEntry {
-                    cti: vec![0x78; 16],
-                    exp: T0 + 90,
-                },
+                RevokedEntry { cti: vec![0x77; 16], exp: T0 + 60 },
+                RevokedEntry { cti: vec![0x78; 16], exp: T0 + 90 },
             ],
         },
-        RevocationBody {
-            serial: 0,
-            issued_at: T0,
-            entries: vec![],
-        },
+        RevocationBody { serial: 0, issued_at: T0, entries: vec![] },
     ]
 }
 
 /// Every payload sample, encoded, with its CDDL rule name.
 pub fn payloads() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![
-        (
-            "attestation-claims",
-            attestation_claims().to_cbor().unwrap(),
-        ),
+        ("attestation-claims", attestation_claims().to_cbor().unwrap()),
         ("keyset-body", keyset_body().to_cbor().unwrap()),
     ];
-    out.extend(
-        audit_records()
-            .iter()
-            .map(|r| ("audit-record", r.to_cbor().unwrap())),
-    );
-    out.extend(
-        revocation_bodies()
-            .iter()
-            .map(|r| ("revocation-body", r.to_cbor().unwrap())),
-    );
+    out.extend(audit_records().iter().map(|r| ("audit-record", r.to_cbor().unwrap())));
+    out.extend(revocation_bodies().iter().map(|r| ("revocation-body", r.to_cbor().unwrap())));
     out
 }

@@ -70,7 +70,8 @@ mod client {
                 .ok()
                 .filter(|&p| p != 0 && p < (1 << 20))
                 .ok_or(XsError::Transport)?;
-            let port = hypercall::hvm_get_param(crate::abi::hvm::PARAM_STORE_EVTCHN).map_err(|_| XsError::Transport)?;
+            let port = hypercall::hvm_get_param(crate::abi::hvm::PARAM_STORE_EVTCHN)
+                .map_err(|_| XsError::Transport)?;
             // SAFETY: Xen names this frame (below 4 GiB, checked above) as
             // our xenstore ring; it is identity-mapped and never reused.
             let page = unsafe { SharedPages::new((pfn as usize) << 12, crate::abi::PAGE_SIZE) };
@@ -127,7 +128,8 @@ mod client {
             loop {
                 let cons = self.page.load_u32(ring::RSP_CONS);
                 let prod = self.page.load_u32(ring::RSP_PROD);
-                let avail = ring_used(prod, cons, ring::RING_SIZE).ok_or(XsError::Protocol)? as usize;
+                let avail =
+                    ring_used(prod, cons, ring::RING_SIZE).ok_or(XsError::Protocol)? as usize;
                 if avail == 0 {
                     return Ok(None);
                 }
@@ -232,14 +234,18 @@ mod client {
         pub fn transaction_start(&mut self) -> Result<Tx, XsError> {
             let reply = self.request(Op::TransactionStart, Tx::NONE, &[Part::Str("")])?;
             let text = reply.split(|&b| b == 0).next().unwrap_or_default();
-            let id = core::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or(XsError::Protocol)?;
+            let id = core::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or(XsError::Protocol)?;
             Ok(Tx(id))
         }
 
         /// Commits (`commit`) or aborts a transaction. A commit may fail with
         /// `Daemon(Again)`: the caller retries the whole transaction.
         pub fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<(), XsError> {
-            self.request(Op::TransactionEnd, tx, &[Part::Str(if commit { "T" } else { "F" })]).map(|_| ())
+            self.request(Op::TransactionEnd, tx, &[Part::Str(if commit { "T" } else { "F" })])
+                .map(|_| ())
         }
 
         /// Registers a watch on `path` under `token`.
@@ -267,7 +273,11 @@ mod client {
 
         /// Waits for a watch event with `token` (`None`: forever); returns
         /// `Ok(false)` on timeout.
-        pub fn wait_watch(&mut self, token: &str, timeout_ns: Option<u64>) -> Result<bool, XsError> {
+        pub fn wait_watch(
+            &mut self,
+            token: &str,
+            timeout_ns: Option<u64>,
+        ) -> Result<bool, XsError> {
             let deadline = match timeout_ns {
                 Some(t) => Self::deadline(t)?,
                 None => u64::MAX,

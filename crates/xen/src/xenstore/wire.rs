@@ -183,7 +183,8 @@ impl Header {
     /// Encodes the header.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        for (chunk, v) in b.chunks_exact_mut(4).zip([self.kind, self.req_id, self.tx_id, self.len]) {
+        for (chunk, v) in b.chunks_exact_mut(4).zip([self.kind, self.req_id, self.tx_id, self.len])
+        {
             chunk.copy_from_slice(&v.to_ne_bytes());
         }
         b
@@ -218,7 +219,8 @@ impl Part<'_> {
 
 /// Encodes a request; refuses payloads over [`PAYLOAD_MAX`].
 pub fn encode(op: Op, req_id: u32, tx_id: u32, parts: &[Part<'_>]) -> Result<Vec<u8>, XsError> {
-    let len = parts.iter().try_fold(0usize, |acc, p| acc.checked_add(p.len())).ok_or(XsError::Request)?;
+    let len =
+        parts.iter().try_fold(0usize, |acc, p| acc.checked_add(p.len())).ok_or(XsError::Request)?;
     if len > PAYLOAD_MAX {
         return Err(XsError::Request);
     }
@@ -350,7 +352,10 @@ mod tests {
     #[test]
     fn oversized_requests_are_refused() {
         let big = [b'a'; PAYLOAD_MAX];
-        assert_eq!(encode(Op::Write, 1, 0, &[Part::Str("p"), Part::Raw(&big)]), Err(XsError::Request));
+        assert_eq!(
+            encode(Op::Write, 1, 0, &[Part::Str("p"), Part::Raw(&big)]),
+            Err(XsError::Request)
+        );
         assert!(encode(Op::Write, 1, 0, &[Part::Raw(&big)]).is_ok());
         assert_eq!(check_name(""), Err(XsError::Request));
         assert_eq!(check_name("a\0b"), Err(XsError::Request));
@@ -384,7 +389,8 @@ mod tests {
         let header = Header { kind: 2, req_id: 1, tx_id: 0, len: u32::MAX }.encode();
         assert_eq!(Header::decode(&header), Err(XsError::Protocol));
         // Exactly PAYLOAD_MAX is fine.
-        let mut wire = Header { kind: 2, req_id: 1, tx_id: 0, len: PAYLOAD_MAX as u32 }.encode().to_vec();
+        let mut wire =
+            Header { kind: 2, req_id: 1, tx_id: 0, len: PAYLOAD_MAX as u32 }.encode().to_vec();
         wire.extend([b'x'; PAYLOAD_MAX]);
         let msgs = feed_all(&mut Reassembler::default(), &wire).unwrap();
         assert_eq!(msgs[0].payload.len(), PAYLOAD_MAX);
@@ -392,7 +398,9 @@ mod tests {
 
     #[test]
     fn watch_events_and_directories_parse() {
-        let wire = encode(Op::WatchEvent, 0, 0, &[Part::Str("/local/domain/3/x"), Part::Str("tok1")]).unwrap();
+        let wire =
+            encode(Op::WatchEvent, 0, 0, &[Part::Str("/local/domain/3/x"), Part::Str("tok1")])
+                .unwrap();
         let msgs = feed_all(&mut Reassembler::default(), &wire).unwrap();
         assert_eq!(msgs[0].watch_event(), Some(("/local/domain/3/x", "tok1")));
         let names: Vec<&[u8]> = directory_entries(b"0\x001\x0012\x00").collect();
