@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_platform::{ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError};
 use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use spin::mutex::SpinMutex;
@@ -105,13 +105,48 @@ fn store_denied(e: &XsError) -> bool {
     matches!(e, XsError::Daemon(Errno::Acces | Errno::Perm))
 }
 
-/// A store failure as the platform reports it.
-fn platform_store_err(e: XsError) -> PlatformError {
+/// The cause of a store failure, as a platform error carries it.
+fn store_cause(e: XsError) -> IoCause {
+    match e {
+        XsError::Daemon(errno) => IoCause::Store(errno.name()),
+        XsError::Request => IoCause::Invalid,
+        XsError::Protocol => IoCause::Protocol,
+        XsError::Transport => IoCause::Transport,
+        XsError::Timeout => IoCause::Timeout,
+    }
+}
+
+/// A store failure of `op` on `path` as the platform reports it: what was
+/// done, on which node, and the store's error, timeout or protocol fault.
+fn platform_store_err(op: IoOp, path: &str, e: XsError) -> PlatformError {
     if store_denied(&e) {
         PlatformError::Denied
     } else {
-        PlatformError::Io
+        PlatformError::Io(IoDetail::new(op, store_cause(e)).on(path))
     }
+}
+
+/// Runs `f` on the xenstore connection (connecting on first use); `f`
+/// maps its own failures, a failed connect is reported as such.
+fn store_session<T>(
+    f: impl FnOnce(&mut Xenstore) -> Result<T, PlatformError>,
+) -> Result<T, PlatformError> {
+    let mut guard = STORE.lock();
+    if guard.is_none() {
+        let store = Xenstore::connect()
+            .map_err(|e| PlatformError::Io(IoDetail::new(IoOp::StoreConnect, store_cause(e))))?;
+        *guard = Some(store);
+    }
+    match guard.as_mut() {
+        Some(store) => f(store),
+        None => Err(PlatformError::Io(IoDetail::new(IoOp::StoreConnect, IoCause::Transport))),
+    }
+}
+
+/// An event channel wait failure: Xen's error code as a positive errno.
+fn wait_err(e: crate::hypercall::XenError) -> PlatformError {
+    let errno = i32::try_from(e.0.saturating_neg()).unwrap_or(i32::MAX);
+    PlatformError::Io(IoDetail::new(IoOp::EventWait, IoCause::Errno(errno)))
 }
 
 /// A store failure as the vchan backend reports it.
@@ -414,9 +449,10 @@ impl Platform for XenPlatform {
 
     fn config(&mut self, item: ConfigItem, buf: &mut [u8]) -> Result<usize, PlatformError> {
         let path = self.config_path(item);
-        let value = with_store(|s| s.read(Tx::NONE, &path))
-            .map_err(platform_store_err)?
-            .ok_or(PlatformError::MissingConfig)?;
+        let value = store_session(|s| {
+            s.read(Tx::NONE, &path).map_err(|e| platform_store_err(IoOp::StoreRead, &path, e))
+        })?
+        .ok_or(PlatformError::MissingConfig)?;
         let dst = buf.get_mut(..value.len()).ok_or(PlatformError::BadConfig)?;
         dst.copy_from_slice(&value);
         Ok(value.len())
@@ -431,28 +467,35 @@ impl Platform for XenPlatform {
         if path.len() + 1 + bytes.len() > PAYLOAD_MAX {
             return Err(PlatformError::BadConfig);
         }
-        with_store(|s| s.write(Tx::NONE, &path, bytes)).map_err(platform_store_err)
+        store_session(|s| {
+            s.write(Tx::NONE, &path, bytes)
+                .map_err(|e| platform_store_err(IoOp::StoreWrite, &path, e))
+        })
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        with_store(|s| {
-            for id in s.directory(Tx::NONE, "/local/domain")? {
+        const DOMAINS: &str = "/local/domain";
+        store_session(|s| {
+            let ids = s
+                .directory(Tx::NONE, DOMAINS)
+                .map_err(|e| platform_store_err(IoOp::StoreList, DOMAINS, e))?;
+            for id in ids {
                 let Ok(domid) = id.parse::<u16>() else { continue };
                 // A domain whose name we may not read (xenstored's default
                 // for another domain's nodes) or that just went away is not
                 // a candidate; it must not hide the others.
-                let found = match s.read(Tx::NONE, &format!("/local/domain/{domid}/name")) {
+                let path = format!("{DOMAINS}/{domid}/name");
+                let found = match s.read(Tx::NONE, &path) {
                     Ok(v) => v,
                     Err(XsError::Daemon(Errno::Acces | Errno::NoEnt)) => None,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(platform_store_err(IoOp::StoreRead, &path, e)),
                 };
                 if found.as_deref() == Some(name.as_bytes()) {
                     return Ok(Some(DomId(domid)));
                 }
             }
             Ok(None)
-        })
-        .map_err(platform_store_err)?
+        })?
         .ok_or(PlatformError::UnknownDomain)
     }
 
@@ -461,7 +504,7 @@ impl Platform for XenPlatform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError> {
-        evtchn::wait_any(ports, timeout.map(nanos)).map_err(|_| PlatformError::Io)
+        evtchn::wait_any(ports, timeout.map(nanos)).map_err(wait_err)
     }
 
     fn shutdown(&mut self, code: u8) -> ! {
@@ -477,6 +520,7 @@ pub fn store_key(item: ConfigItem) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     #[test]
     fn config_keys_are_valid_xenstore_names() {
@@ -490,5 +534,30 @@ mod tests {
             assert!(ok(&store_key(item)), "{}", store_key(item));
         }
         assert_eq!(store_key(ConfigItem::RootPublicKey), "root-pub");
+    }
+
+    #[test]
+    fn store_failures_keep_operation_path_and_cause() {
+        let path = "/local/domain/5/data/portcullis/settings";
+        let e = platform_store_err(IoOp::StoreRead, path, XsError::Timeout);
+        assert_eq!(e, PlatformError::Io(IoDetail::new(IoOp::StoreRead, IoCause::Timeout).on(path)));
+        assert_eq!(
+            e.to_string(),
+            "platform I/O failed: store read /local/domain/5/data/portcullis/settings: timed out"
+        );
+        let e = platform_store_err(IoOp::StoreWrite, "/p", XsError::Daemon(Errno::NoSpc));
+        assert_eq!(e.to_string(), "platform I/O failed: store write /p: store error ENOSPC");
+        let e = platform_store_err(IoOp::StoreList, "/local/domain", XsError::Protocol);
+        assert!(e
+            .to_string()
+            .ends_with("store directory /local/domain: malformed or unexpected reply"));
+        assert_eq!(
+            platform_store_err(IoOp::StoreRead, "/p", XsError::Daemon(Errno::Acces)),
+            PlatformError::Denied
+        );
+        assert_eq!(
+            wait_err(crate::hypercall::XenError(-22)).to_string(),
+            "platform I/O failed: event wait: errno 22"
+        );
     }
 }
