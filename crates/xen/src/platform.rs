@@ -16,11 +16,50 @@ use spin::mutex::SpinMutex;
 use crate::entropy::HwEntropy;
 use crate::grant::{self, GrantError, Mapping};
 use crate::page::SharedPages;
+use crate::reclaim::{Granted, Reclaimer};
 use crate::xenstore::wire::{Errno, XsError, PAYLOAD_MAX};
 use crate::xenstore::{Perm, Tx, Xenstore};
 use crate::{abi, console, evtchn, xen, Boot};
 
 static STORE: SpinMutex<Option<Xenstore>> = SpinMutex::new(None);
+
+/// Granted pages whose grants the peer still held when we gave them up.
+static RECLAIM: SpinMutex<Reclaimer> = SpinMutex::new(Reclaimer::new());
+
+/// Ends a grant we made; false while the peer still maps the page.
+fn end_grant(r: GrantRef) -> bool {
+    grant::end_access(r).is_ok()
+}
+
+/// Returns an allocation whose grants have all ended to the heap.
+fn free_granted(g: Granted) {
+    // SAFETY: allocated in `share` with exactly this layout at this
+    // address; every grant of it has ended, so no peer can reach it, and
+    // the `XenMem` that accessed it was consumed by `unshare`.
+    unsafe { dealloc(g.base as *mut u8, g.layout) };
+}
+
+/// Revokes what can be revoked of `g` and frees it, or keeps it pending.
+fn release_granted(g: Granted) {
+    let done = RECLAIM.lock().release(g, &mut end_grant);
+    if let Some(g) = done {
+        free_granted(g);
+    }
+}
+
+/// Tries again to end the grants of pages given up earlier, freeing those
+/// whose peers have let go. Called on every share, unshare and wait.
+fn reclaim_pending() {
+    let mut freed = Vec::new();
+    RECLAIM.lock().retry(&mut end_grant, &mut |g| freed.push(g));
+    freed.into_iter().for_each(free_granted);
+}
+
+/// Pages granted to peers that are waiting for the peers to unmap them
+/// (see `reclaim`); reported for diagnostics.
+pub fn pending_reclaim_pages() -> usize {
+    RECLAIM.lock().pending_pages()
+}
 
 /// Runs `f` on the xenstore connection, connecting on first use.
 pub fn with_store<T>(f: impl FnOnce(&mut Xenstore) -> Result<T, XsError>) -> Result<T, XsError> {
@@ -190,6 +229,12 @@ impl Backend for XenBackend {
         if n == 0 || n > MAX_PAGES {
             return Err(BackendError::Exhausted);
         }
+        // Pages a peer held on to are given back first; while too many are
+        // still held, no more are handed out (the loss stays bounded).
+        reclaim_pending();
+        if !RECLAIM.lock().admits() {
+            return Err(BackendError::Exhausted);
+        }
         let layout = Layout::from_size_align(n * abi::PAGE_SIZE, abi::PAGE_SIZE)
             .map_err(|_| BackendError::Exhausted)?;
         // SAFETY: `layout` has a non-zero size.
@@ -203,13 +248,9 @@ impl Backend for XenBackend {
             match grant::grant_access(peer, gfn, false) {
                 Ok(r) => granted.push(r),
                 Err(e) => {
-                    // Nobody can have mapped these yet; revoke and free.
-                    let all_ended =
-                        granted.iter().filter(|&&r| grant::end_access(r).is_err()).count() == 0;
-                    if all_ended {
-                        // SAFETY: allocated above with `layout`, no longer granted.
-                        unsafe { dealloc(base, layout) };
-                    }
+                    // The references were never published, but revoke
+                    // through the same path in case a peer guessed one.
+                    release_granted(Granted { base: base as usize, layout, refs: granted });
                     return Err(grant_err(e));
                 }
             }
@@ -223,16 +264,13 @@ impl Backend for XenBackend {
 
     fn unshare(&mut self, mem: XenMem) {
         if let Origin::Granted { refs, layout } = mem.origin {
-            // If the peer still maps a page we cannot revoke it; the pages
-            // are then leaked rather than handed to the allocator.
-            let still_granted = refs.iter().filter(|&&r| grant::end_access(r).is_err()).count();
-            let all_ended = still_granted == 0;
-            if all_ended {
-                // SAFETY: allocated in `share` with `layout`, no longer granted,
-                // and `mem` (the only accessor) is consumed.
-                unsafe { dealloc(mem.pages.addr() as *mut u8, layout) };
-            }
+            // A page the peer still maps cannot be revoked now (a closing
+            // client unmaps just after it leaves; a destroyed peer's
+            // mappings go when Xen has torn it down): it waits in RECLAIM
+            // and is freed once every grant of its allocation has ended.
+            release_granted(Granted { base: mem.pages.addr(), layout, refs });
         }
+        reclaim_pending();
     }
 
     fn map(
@@ -297,6 +335,7 @@ impl Backend for XenBackend {
     }
 
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
+        reclaim_pending();
         match evtchn::wait_any(&[port], timeout.map(nanos)) {
             Ok(Some(_)) => Ok(Wait::Event),
             Ok(None) => Ok(Wait::TimedOut),
@@ -504,6 +543,7 @@ impl Platform for XenPlatform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError> {
+        reclaim_pending();
         evtchn::wait_any(ports, timeout.map(nanos)).map_err(wait_err)
     }
 
