@@ -73,6 +73,10 @@ pub enum IoOp {
     StoreWrite,
     /// Listing a store directory.
     StoreList,
+    /// Removing a store node.
+    StoreRemove,
+    /// Watching a store node for changes.
+    StoreWatch,
     /// Waiting for events on event channels.
     EventWait,
     /// Writing a configuration item for the next boot.
@@ -89,6 +93,8 @@ impl IoOp {
             IoOp::StoreRead => "store read",
             IoOp::StoreWrite => "store write",
             IoOp::StoreList => "store directory",
+            IoOp::StoreRemove => "store remove",
+            IoOp::StoreWatch => "store watch",
             IoOp::EventWait => "event wait",
             IoOp::Persist => "persist",
             IoOp::Resolve => "resolve",
@@ -290,6 +296,14 @@ pub trait Platform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError>;
+
+    /// The last I/O failure the platform saw, including those of its vchan
+    /// backend, whose errors name only a kind
+    /// ([`portcullis_vchan::BackendError`]): for a guest to print when it
+    /// stops. `None` if there was none, or the platform does not keep it.
+    fn last_io_error(&self) -> Option<IoDetail> {
+        None
+    }
 
     /// Ends the domain: exit code 0 is a clean poweroff, anything else a crash.
     fn shutdown(&mut self, code: u8) -> !;

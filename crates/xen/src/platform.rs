@@ -23,6 +23,15 @@ use crate::{abi, console, evtchn, xen, Boot};
 
 static STORE: SpinMutex<Option<Xenstore>> = SpinMutex::new(None);
 
+/// The last I/O failure of the platform or its vchan backend.
+static LAST_IO: SpinMutex<Option<IoDetail>> = SpinMutex::new(None);
+
+/// Keeps `detail` as the last I/O failure and returns it.
+fn note(detail: IoDetail) -> IoDetail {
+    *LAST_IO.lock() = Some(detail);
+    detail
+}
+
 /// Granted pages whose grants the peer still held when we gave them up.
 static RECLAIM: SpinMutex<Reclaimer> = SpinMutex::new(Reclaimer::new());
 
@@ -161,7 +170,7 @@ fn platform_store_err(op: IoOp, path: &str, e: XsError) -> PlatformError {
     if store_denied(&e) {
         PlatformError::Denied
     } else {
-        PlatformError::Io(IoDetail::new(op, store_cause(e)).on(path))
+        PlatformError::Io(note(IoDetail::new(op, store_cause(e)).on(path)))
     }
 }
 
@@ -172,8 +181,9 @@ fn store_session<T>(
 ) -> Result<T, PlatformError> {
     let mut guard = STORE.lock();
     if guard.is_none() {
-        let store = Xenstore::connect()
-            .map_err(|e| PlatformError::Io(IoDetail::new(IoOp::StoreConnect, store_cause(e))))?;
+        let store = Xenstore::connect().map_err(|e| {
+            PlatformError::Io(note(IoDetail::new(IoOp::StoreConnect, store_cause(e))))
+        })?;
         *guard = Some(store);
     }
     match guard.as_mut() {
@@ -185,14 +195,19 @@ fn store_session<T>(
 /// An event channel wait failure: Xen's error code as a positive errno.
 fn wait_err(e: crate::hypercall::XenError) -> PlatformError {
     let errno = i32::try_from(e.0.saturating_neg()).unwrap_or(i32::MAX);
-    PlatformError::Io(IoDetail::new(IoOp::EventWait, IoCause::Errno(errno)))
+    PlatformError::Io(note(IoDetail::new(IoOp::EventWait, IoCause::Errno(errno))))
 }
 
-/// A store failure as the vchan backend reports it.
-fn store_err(e: XsError) -> BackendError {
+/// A store failure of `op` on `path` as the vchan backend reports it (a
+/// kind only; the detail is kept for `Platform::last_io_error`).
+///
+/// Refusals are not kept: a vchan client reads the server's nodes and is
+/// refused until they are published, which is no failure.
+fn store_err(op: IoOp, path: &str, e: XsError) -> BackendError {
     if store_denied(&e) {
         BackendError::Denied
     } else {
+        note(IoDetail::new(op, store_cause(e)).on(path));
         BackendError::Store
     }
 }
@@ -349,11 +364,12 @@ impl Backend for XenBackend {
             s.write(Tx::NONE, path, value.as_bytes())?;
             s.set_perms(Tx::NONE, path, &[Perm::None(me), Perm::Read(reader)])
         })
-        .map_err(store_err)
+        .map_err(|e| store_err(IoOp::StoreWrite, path, e))
     }
 
     fn store_read(&mut self, path: &str, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
-        let value = with_store(|s| s.read(Tx::NONE, path)).map_err(store_err)?;
+        let value = with_store(|s| s.read(Tx::NONE, path))
+            .map_err(|e| store_err(IoOp::StoreRead, path, e))?;
         Ok(value.map(|v| {
             let n = v.len().min(buf.len());
             buf[..n].copy_from_slice(&v[..n]);
@@ -362,7 +378,7 @@ impl Backend for XenBackend {
     }
 
     fn store_remove(&mut self, path: &str) -> Result<(), BackendError> {
-        with_store(|s| s.rm(Tx::NONE, path)).map_err(store_err)
+        with_store(|s| s.rm(Tx::NONE, path)).map_err(|e| store_err(IoOp::StoreRemove, path, e))
     }
 
     fn store_wait(&mut self, path: &str, timeout: Option<Duration>) -> Result<Wait, BackendError> {
@@ -374,7 +390,7 @@ impl Backend for XenBackend {
             s.wait_watch(&token, timeout.map(nanos))
         })
         .map(|fired| if fired { Wait::Event } else { Wait::TimedOut })
-        .map_err(store_err)
+        .map_err(|e| store_err(IoOp::StoreWatch, path, e))
     }
 }
 
@@ -547,6 +563,10 @@ impl Platform for XenPlatform {
         evtchn::wait_any(ports, timeout.map(nanos)).map_err(wait_err)
     }
 
+    fn last_io_error(&self) -> Option<IoDetail> {
+        *LAST_IO.lock()
+    }
+
     fn shutdown(&mut self, code: u8) -> ! {
         crate::shutdown(code)
     }
@@ -599,5 +619,16 @@ mod tests {
             wait_err(crate::hypercall::XenError(-22)).to_string(),
             "platform I/O failed: event wait: errno 22"
         );
+        // The vchan backend's store failures keep their detail (for
+        // `last_io_error`); a refusal does not count.
+        let path = "/local/domain/3/data/vchan/4/9001/ring-ref";
+        assert_eq!(store_err(IoOp::StoreRead, path, XsError::Protocol), BackendError::Store);
+        let kept = *LAST_IO.lock();
+        assert_eq!(kept, Some(IoDetail::new(IoOp::StoreRead, IoCause::Protocol).on(path)));
+        assert_eq!(
+            store_err(IoOp::StoreRead, "/x", XsError::Daemon(Errno::Acces)),
+            BackendError::Denied
+        );
+        assert_eq!(*LAST_IO.lock(), kept);
     }
 }
