@@ -105,7 +105,7 @@ pub enum Step {
     TokenUnverified(VerifyError),
     /// Send this `unlock_request` (it carries the secret) to the agent and
     /// give its answer to [`Attempt::on_agent_answer`].
-    ToAgent(Message),
+    ToAgent(alloc::boxed::Box<Message>),
 }
 
 /// How an attempt ended at the agent.
@@ -200,7 +200,7 @@ impl Attempt {
         };
         self.granted = Some((tok, sealed));
         match self.check_token(trust, now) {
-            Ok(()) => self.to_agent(),
+            Ok(()) => self.agent_request(),
             Err(e) => {
                 self.first_error = Some(e);
                 Ok(Step::TokenUnverified(e))
@@ -215,7 +215,7 @@ impl Attempt {
             return Err(AppError::Protocol("no token to check".into()));
         }
         match self.check_token(trust, now) {
-            Ok(()) => self.to_agent(),
+            Ok(()) => self.agent_request(),
             Err(e) => {
                 let first = self.first_error.unwrap_or(e);
                 self.granted = None;
@@ -240,7 +240,7 @@ impl Attempt {
 
     /// Opens the unlock secret (bound to this request's transcript) and
     /// builds the agent's request.
-    fn to_agent(&mut self) -> Result<Step, AppError> {
+    fn agent_request(&mut self) -> Result<Step, AppError> {
         let Some((tok, sealed)) = self.granted.take() else {
             return Err(AppError::Protocol("no token to hand on".into()));
         };
@@ -252,12 +252,12 @@ impl Attempt {
         };
         let secret = open_unlock_secret(&self.esk, &sealed, &transcript)
             .map_err(|e| AppError::Protocol(alloc::format!("unlock secret: {e}")))?;
-        Ok(Step::ToAgent(Message::UnlockRequest(UnlockRequest {
+        Ok(Step::ToAgent(alloc::boxed::Box::new(Message::UnlockRequest(UnlockRequest {
             request_id: self.unlock_id,
             volume_id: self.target.volume.clone(),
             passphrase: secret,
             token: tok,
-        })))
+        }))))
     }
 
     /// The agent's answer to the `unlock_request`.

@@ -9,51 +9,15 @@ use portcullis_apps::trust::Trust;
 use portcullis_apps::unlocker::{Attempt, Done, Fresh, Step, UnlockTarget};
 use portcullis_authority::keys::kid_for;
 use portcullis_authority::unlock::luks_passphrase;
-use portcullis_authority::{Authority, Config, PeerId, Request};
+use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{
-    AuditAck, EntropyPub, KeysetReq, RequestId, UnlockOutcome, UnlockResult,
-};
+use portcullis_proto::msg::{KeysetReq, RequestId, UnlockOutcome, UnlockResult};
 use portcullis_proto::token::VerifyError;
 use support::*;
 use zeroize::Zeroizing;
 
-fn cryptod() -> Authority {
-    let mut a = Authority::new(Config::default(), sealed_state(), T0).unwrap();
-    let chunk = EntropyPub {
-        drbg_version: "test".into(),
-        seq: 1,
-        nonce: vec![1; 16],
-        entropy_chunk: Zeroizing::new(vec![0x5a; 64]),
-        timestamp: T0,
-    };
-    a.entropy(&PeerId::new(2, "entropyd"), &chunk, T0, b"hw");
-    a
-}
-
-/// cryptod's answer as the unlocker gets it: decided, its records acked,
-/// the held answer released.
 fn ask(a: &mut Authority, msg: &Message, now: u64) -> Message {
-    let peer = PeerId::new(5, "unlocker");
-    let out = a.handle_request(&peer, Request::from_message(msg).unwrap(), now, b"");
-    if let Some(answer) = out.response {
-        return answer;
-    }
-    let last = record_of(a.pending_audit().last().unwrap());
-    let mut released =
-        a.collector_ack(&AuditAck { chain_id: last.chain_id, seq: last.seq }).released;
-    assert_eq!(released.len(), 1);
-    released.remove(0).1
-}
-
-fn trust(a: &mut Authority) -> Trust {
-    let root = a.root_public();
-    let mut t = Trust::new(root, &kid_for(&root));
-    match ask(a, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0) {
-        Message::Keyset(k) => t.accept_keyset(&k.signed).unwrap(),
-        other => panic!("{other:?}"),
-    }
-    t
+    ask_as(a, &PeerId::new(5, "unlocker"), msg, now)
 }
 
 fn target() -> UnlockTarget {
@@ -96,7 +60,8 @@ fn a_right_code_hands_the_agent_the_volume_passphrase_and_the_token() {
     let trust = trust(&mut a);
     let (mut att, req) = start(&target(), &code_at(T0), 1);
     let step = att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap();
-    let Step::ToAgent(Message::UnlockRequest(u)) = step else { panic!("not to the agent") };
+    let Step::ToAgent(msg) = step else { panic!("not to the agent") };
+    let Message::UnlockRequest(u) = *msg else { panic!("not an unlock request") };
     assert_eq!(u.request_id, fresh(1).unlock_id);
     assert_eq!(u.volume_id, "data");
     assert_eq!(&u.passphrase[..], &luks_passphrase(&[0x22; 32], "data").unwrap()[..]);

@@ -251,3 +251,53 @@ pub fn collect(link: &mut Link<SimBackend>, ack: bool) -> Vec<AuditRecord> {
     }
     records
 }
+
+/// An in-process cryptod decision core, seeded and ready.
+pub fn cryptod() -> portcullis_authority::Authority {
+    use portcullis_authority::{Authority, Config, PeerId};
+    let mut a = Authority::new(Config::default(), sealed_state(), T0).unwrap();
+    let chunk = portcullis_proto::msg::EntropyPub {
+        drbg_version: "test".into(),
+        seq: 1,
+        nonce: vec![1; 16],
+        entropy_chunk: zeroize::Zeroizing::new(vec![0x5a; 64]),
+        timestamp: T0,
+    };
+    a.entropy(&PeerId::new(2, "entropyd"), &chunk, T0, b"hw");
+    assert!(a.is_ready());
+    a
+}
+
+/// cryptod's answer to `peer` as the client gets it: decided, its records
+/// acked by the collector, the held answer released.
+pub fn ask_as(
+    a: &mut portcullis_authority::Authority,
+    peer: &portcullis_authority::PeerId,
+    msg: &Message,
+    now: u64,
+) -> Message {
+    use portcullis_authority::Request;
+    let out = a.handle_request(peer, Request::from_message(msg).unwrap(), now, b"");
+    if let Some(answer) = out.response {
+        return answer;
+    }
+    let last = record_of(a.pending_audit().last().unwrap());
+    let mut released =
+        a.collector_ack(&AuditAck { chain_id: last.chain_id, seq: last.seq }).released;
+    assert_eq!(released.len(), 1);
+    released.remove(0).1
+}
+
+/// A verifier's trust in `a`'s root key, with `a`'s current keyset.
+pub fn trust(a: &mut portcullis_authority::Authority) -> portcullis_apps::trust::Trust {
+    use portcullis_proto::msg::{KeysetReq, RequestId};
+    let root = a.root_public();
+    let kid = portcullis_authority::keys::kid_for(&root);
+    let mut t = portcullis_apps::trust::Trust::new(root, &kid);
+    let peer = portcullis_authority::PeerId::new(7, "policy_pd");
+    match ask_as(a, &peer, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0) {
+        Message::Keyset(k) => t.accept_keyset(&k.signed).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    t
+}
