@@ -158,6 +158,49 @@ pub struct Output {
     pub state_changed: bool,
 }
 
+/// A request cryptod serves to its clients: the only messages a client
+/// link can hand to [`Authority::handle_request`]. Collector acks
+/// ([`Authority::collector_ack`]) and entropy chunks ([`Authority::entropy`])
+/// have their own entry points, reached only from their own links.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// `totp_validate_req`.
+    TotpValidate(&'a TotpValidateReq),
+    /// `token_issue_req`.
+    TokenIssue(&'a TokenIssueReq),
+    /// `token_revoke_req`.
+    TokenRevoke(&'a TokenRevokeReq),
+    /// `keyset_req`.
+    Keyset(&'a msg::KeysetReq),
+    /// `revocation_list_req`.
+    RevocationList(&'a msg::RevocationListReq),
+}
+
+impl<'a> Request<'a> {
+    /// The request `msg` carries, or `None` for any message that is not a
+    /// request cryptod serves to clients (answers, acks, entropy, ...).
+    pub fn from_message(msg: &'a Message) -> Option<Request<'a>> {
+        Some(match msg {
+            Message::TotpValidateReq(r) => Request::TotpValidate(r),
+            Message::TokenIssueReq(r) => Request::TokenIssue(r),
+            Message::TokenRevokeReq(r) => Request::TokenRevoke(r),
+            Message::KeysetReq(r) => Request::Keyset(r),
+            Message::RevocationListReq(r) => Request::RevocationList(r),
+            _ => return None,
+        })
+    }
+}
+
+/// The answer to a message a client may not send cryptod (an ack, an
+/// entropy chunk, an answer): `malformed`, with the message's request id.
+pub fn not_served(msg: &Message) -> Message {
+    error(
+        ErrorCode::Malformed,
+        &format!("{} is not a request cryptod serves to clients", msg.kind().as_str()),
+        msg.request_id().copied(),
+    )
+}
+
 /// cryptod's decision core.
 pub struct Authority {
     config: Config,
@@ -293,54 +336,92 @@ impl Authority {
         out
     }
 
-    /// Handles one message from `peer` at time `now`; `hw_entropy` is a fresh
-    /// local hardware sample (mixed into the DRBG, never credited).
-    pub fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw_entropy: &[u8]) -> Output {
+    /// Decides one client request from `peer` at time `now`; `hw_entropy`
+    /// is a fresh local hardware sample (mixed into the DRBG, never
+    /// credited). Only the request kinds cryptod serves to clients can be
+    /// passed here ([`Request`]): a client link cannot reach the collector's
+    /// ack path or the entropy path by construction.
+    pub fn handle_request(
+        &mut self,
+        peer: &PeerId,
+        req: Request<'_>,
+        now: u64,
+        hw_entropy: &[u8],
+    ) -> Output {
         let mut out = Output::default();
-        if let Message::EntropyPub(e) = msg {
-            self.entropy(peer, e, now, hw_entropy, &mut out);
-            return out;
-        }
         // A sample too long to mix is simply not mixed; nothing depends on it.
         let _ = self.drbg.mix(hw_entropy);
         self.maintain(now, &mut out);
-        out.response = match msg {
-            Message::TotpValidateReq(r) => Some(self.totp_validate(peer, r, now, &mut out).into()),
-            Message::TokenIssueReq(r) => Some(self.token_issue(peer, r, now, &mut out).into()),
-            Message::TokenRevokeReq(r) => Some(self.token_revoke(peer, r, now, &mut out).into()),
-            Message::KeysetReq(r) => Some(match self.keys.signed_keyset(now) {
+        out.response = Some(match req {
+            Request::TotpValidate(r) => self.totp_validate(peer, r, now, &mut out).into(),
+            Request::TokenIssue(r) => self.token_issue(peer, r, now, &mut out).into(),
+            Request::TokenRevoke(r) => self.token_revoke(peer, r, now, &mut out).into(),
+            Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {
                     error(ErrorCode::Internal, "keyset could not be signed", Some(r.request_id))
                 }
-            }),
-            Message::RevocationListReq(r) => {
+            },
+            Request::RevocationList(r) => {
                 self.revocations.prune(now);
                 let (root, kid) = self.keys.root();
-                Some(match self.revocations.signed(root, kid, now) {
+                match self.revocations.signed(root, kid, now) {
                     Ok(signed) => msg::RevocationList { signed }.into(),
                     Err(_) => error(
                         ErrorCode::Internal,
                         "revocation list could not be signed",
                         Some(r.request_id),
                     ),
-                })
-            }
-            Message::AuditAck(a) => {
-                if let Some(log) = self.audit.as_mut() {
-                    log.ack(&a.chain_id, a.seq);
                 }
-                self.release(&mut out);
-                None
             }
-            other => Some(error(
-                ErrorCode::Malformed,
-                "not a request cryptod serves",
-                other.request_id().copied(),
-            )),
-        };
+        });
         self.hold(peer, &mut out);
         out
+    }
+
+    /// The collector acknowledged the audit chain up to `ack.seq`: those
+    /// records leave the outbox, and the answers they held are released.
+    /// Only the collector's link may call this (cryptod routes by link).
+    pub fn collector_ack(&mut self, ack: &msg::AuditAck) -> Output {
+        let mut out = Output::default();
+        if let Some(log) = self.audit.as_mut() {
+            log.ack(&ack.chain_id, ack.seq);
+        }
+        self.release(&mut out);
+        out
+    }
+
+    /// An `entropy_pub` chunk arrived from `peer` on the entropy link;
+    /// accepted only from the configured entropy VM (anything else is
+    /// audited as denied). `hw_entropy` is mixed in with it.
+    pub fn entropy(
+        &mut self,
+        peer: &PeerId,
+        e: &msg::EntropyPub,
+        now: u64,
+        hw_entropy: &[u8],
+    ) -> Output {
+        let mut out = Output::default();
+        self.accept_entropy(peer, e, now, hw_entropy, &mut out);
+        out
+    }
+
+    /// Drops the held answers for `peer`, because its connection went away
+    /// (the decisions stand and their records are still shipped). A drop of
+    /// one or more answers is itself audited (`answer_drop`, with the count
+    /// and `reason`), so the log says which decided answers never reached
+    /// their client. Returns how many answers were dropped, and the output.
+    pub fn drop_held_audited(&mut self, peer: &PeerId, reason: &str, now: u64) -> (usize, Output) {
+        let mut out = Output::default();
+        let n = self.drop_held(peer);
+        if n > 0 {
+            let ev = Event::new(&peer.vm, AuditAction::AnswerDrop, AuditResult::Error)
+                .meta("count", &n.to_string())
+                .meta("domid", &peer.domid.to_string())
+                .meta("reason", reason);
+            self.record(ev, now, &mut out);
+        }
+        (n, out)
     }
 
     /// Write-ahead audit: an answer to a decision that made audit records
@@ -372,7 +453,7 @@ impl Authority {
         }
     }
 
-    fn entropy(
+    fn accept_entropy(
         &mut self,
         peer: &PeerId,
         e: &msg::EntropyPub,
