@@ -19,15 +19,14 @@ const SECRET: &[u8] = b"12345678901234567890";
 const T0: u64 = 1_700_000_000;
 
 fn authority(operators: usize) -> Authority {
-    let state = SealedState {
-        root_key: [1; 32],
-        master_secret: [2; 32],
-        operators: (0..operators)
+    let state = SealedState::new(
+        [1; 32],
+        [2; 32],
+        (0..operators)
             .map(|i| OperatorSecret::new(&format!("op{i}"), SECRET, Algorithm::Sha1, 8).unwrap())
             .collect(),
-        acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
-        last_steps: vec![],
-    };
+        "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
+    );
     // No issue rate limit: the loops below issue thousands of tokens at one instant.
     let issue_rate =
         portcullis_authority::ratelimit::IssueRateConfig { per_minute: 0, ..Default::default() };
