@@ -7,7 +7,7 @@ use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
-use portcullis_authority::{Authority, PeerId};
+use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
@@ -143,8 +143,8 @@ impl Cryptod {
         let recs = records(out);
         let Some(last) = recs.last().map(|r| audit_record(r)) else { return };
         self.log.extend(recs);
-        let ack: Message = AuditAck { chain_id: last.chain_id, seq: last.seq }.into();
-        let acked = self.a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
+        let _ = now;
+        let acked = self.a.collector_ack(&AuditAck { chain_id: last.chain_id, seq: last.seq });
         assert!(acked.state_changed, "an ack moves the sealed audit head");
         if let Some((_, answer)) = acked.released.into_iter().next() {
             assert!(out.response.is_none());
@@ -153,7 +153,13 @@ impl Cryptod {
     }
 
     fn call(&mut self, peer: &PeerId, msg: &Message, now: u64) -> Output {
-        let mut out = self.a.handle(peer, msg, now, b"hw");
+        let mut out = match msg {
+            Message::EntropyPub(e) => self.a.entropy(peer, e, now, b"hw"),
+            other => {
+                let req = Request::from_message(other).expect("a request cryptod serves");
+                self.a.handle_request(peer, req, now, b"hw")
+            }
+        };
         self.store(&mut out, now);
         out
     }

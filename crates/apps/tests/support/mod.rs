@@ -11,7 +11,9 @@ use std::time::Duration;
 use portcullis_apps::link::Link;
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::totp::{Algorithm, OperatorSecret};
-use portcullis_platform::{Backend, ConfigItem, DomId, Platform, PlatformError, Port};
+use portcullis_platform::{
+    Backend, ConfigItem, DomId, IoCause, IoDetail, IoOp, Platform, PlatformError, Port,
+};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditAck, AuditRecord};
 use portcullis_vchan::sim::{Hypervisor, SimBackend};
@@ -171,7 +173,12 @@ impl Platform for FakePlatform {
             match self.backend.wait(*port, Some(Duration::ZERO)) {
                 Ok(Wait::Event) => return Ok(Some(*port)),
                 Ok(Wait::TimedOut) => {}
-                Err(_) => return Err(PlatformError::Io),
+                Err(_) => {
+                    return Err(PlatformError::Io(IoDetail::new(
+                        IoOp::EventWait,
+                        IoCause::Transport,
+                    )))
+                }
             }
         }
         // Nothing pending: the time passes at once.
@@ -191,6 +198,11 @@ pub fn sealed_state() -> SealedState {
         operators: vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
         acl: ACL.into(),
         last_steps: vec![],
+        failures: vec![],
+        keyset_version: 0,
+        revocation_serial: 0,
+        revoked: vec![],
+        audit_head: None,
     }
 }
 
