@@ -104,6 +104,9 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     loop {
         let now = p.now_unix();
         let mut changed = false;
+        // The sealed state changed (a TOTP step or failure, the keyset
+        // version, the revocation list, the acknowledged audit head).
+        let mut dirty = false;
         if entropy.as_ref().is_none_or(|l| !l.is_open()) {
             entropy = connect(p, entropy_dom, port::ENTROPY, Duration::ZERO).ok();
         }
@@ -114,6 +117,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
                         let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                         let out = auth.handle(&entropy_peer, &msg, now, &hw[..]);
                         changed |= !out.audit.is_empty();
+                        dirty |= out.state_changed;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -128,12 +132,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             ready = true;
             say!(p, "cryptod: ready");
         }
-        let mut dirty = false;
         for c in clients.iter_mut() {
             changed |= serve_client(p, &mut auth, c, now, &mut dirty)?;
-        }
-        if dirty {
-            persist(p, &mut auth, &kek, &mut persist_warned);
         }
         if now != last_tick {
             if now % RESOLVE_EVERY == 0 {
@@ -142,10 +142,17 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
                 }
             }
             last_tick = now;
-            changed |= !auth.tick(now).audit.is_empty();
+            let out = auth.tick(now);
+            changed |= !out.audit.is_empty();
+            dirty |= out.state_changed;
         }
-        let released =
+        let (released, acks_changed_state) =
             ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
+        dirty |= acks_changed_state;
+        // Persist before the released answers go out.
+        if dirty {
+            persist(p, &mut auth, &kek, &mut persist_warned);
+        }
         deliver(p, &mut clients, released);
         let empty = auth.pending_audit_len() == 0;
         if empty && !outbox_empty {
@@ -255,9 +262,11 @@ fn serve_client<P: Platform>(
     Ok(audited)
 }
 
-/// Reseals the state (the operators' last accepted TOTP steps) and hands it
-/// to the platform for the next boot, so a code stays refused after a
-/// restart. Where the platform cannot persist, cryptod says so once.
+/// Reseals the state (the operators' last accepted TOTP steps, failure
+/// counters and lockouts, keyset version, revocation list, acknowledged audit
+/// head) and hands it to the platform for the next boot, so neither a crash
+/// nor `xl destroy` resets them. Where the platform cannot persist, cryptod
+/// says so once.
 fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned: &mut bool) {
     let result = auth.export(kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
         p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}"))
@@ -297,7 +306,8 @@ fn deliver<P: Platform>(
 /// Ships unacknowledged audit records to the collector: everything after the
 /// last one written, or everything still unacknowledged after the collector
 /// reconnects. Records leave the outbox only when the collector acks them;
-/// returns the answers those acks released.
+/// returns the answers those acks released, and whether the acks changed the
+/// sealed state (the acknowledged audit head).
 fn ship_audit<P: Platform>(
     p: &mut P,
     auth: &mut Authority,
@@ -306,8 +316,9 @@ fn ship_audit<P: Platform>(
     acked: &mut Option<u64>,
     new_records: bool,
     now: u64,
-) -> Result<Vec<(PeerId, Message)>, AppError> {
+) -> Result<(Vec<(PeerId, Message)>, bool), AppError> {
     let mut released = Vec::new();
+    let mut dirty = false;
     if !link.is_open() {
         say!(p, "cryptod: audit collector left; unacknowledged records will be sent again");
         link.reinit()?;
@@ -320,9 +331,11 @@ fn ship_audit<P: Platform>(
                     *acked = Some(acked.map_or(a.seq, |s| s.max(a.seq)));
                 }
                 let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
-                // Acks make no audit records of their own.
-                released
-                    .extend(auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]).released);
+                // Acks make no audit records of their own; they move the
+                // sealed audit head (the next boot's chain continues from it).
+                let out = auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]);
+                dirty |= out.state_changed;
+                released.extend(out.released);
             }
             Ok(Some(_)) | Ok(None) => break,
             Err(e) => {
@@ -349,5 +362,5 @@ fn ship_audit<P: Platform>(
         }
     }
     let _ = link.pump();
-    Ok(released)
+    Ok((released, dirty))
 }
