@@ -91,6 +91,10 @@ pub struct CryptodDriver<B: Backend> {
     backlog: bool,
     ready: bool,
     persist_warned: bool,
+    /// The sealed state changed outside a client request (seeding, a key
+    /// rotation, a collector ack moving the sealed audit head): persisted
+    /// before the next released answers leave.
+    state_dirty: bool,
     last_tick: u64,
     outbox_empty: bool,
     /// Audit records were made outside a request (an answer drop).
@@ -176,6 +180,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             backlog: false,
             ready: false,
             persist_warned: false,
+            state_dirty: false,
             last_tick: 0,
             outbox_empty: true,
             fresh_audit: false,
@@ -237,7 +242,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 }
             }
             self.last_tick = now;
-            changed |= !self.auth.tick(now).audit.is_empty();
+            let out = self.auth.tick(now);
+            changed |= !out.audit.is_empty();
+            self.state_dirty |= out.state_changed;
             for q in self.console.expired(p.monotonic_ns()) {
                 say!(
                     p,
@@ -250,6 +257,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
         changed |= core::mem::take(&mut self.fresh_audit);
         let released = self.ship_audit(p, changed)?;
+        // Persist before the released answers go out.
+        if core::mem::take(&mut self.state_dirty) {
+            self.persist(p);
+        }
         self.deliver(p, released);
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {
@@ -299,6 +310,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                     let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
                     let out = self.auth.entropy(&self.entropy.peer, &e, now, &hw[..]);
                     changed |= !out.audit.is_empty();
+                    self.state_dirty |= out.state_changed;
                 }
                 Ok(Some(other)) => {
                     let dom = self.entropy.peer.domid;
@@ -498,9 +510,11 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
     }
 
-    /// Reseals the state (the operators' last accepted TOTP steps) and hands
-    /// it to the platform for the next boot, so a code stays refused after a
-    /// restart. Where the platform cannot persist, cryptod says so once.
+    /// Reseals the state (the operators' last accepted TOTP steps, failure
+    /// counters and lockouts, keyset version, revocation list, acknowledged
+    /// audit head) and hands it to the platform for the next boot, so neither
+    /// a crash nor `xl destroy` resets them. Where the platform cannot
+    /// persist, cryptod says so once.
     fn persist<P: Platform>(&mut self, p: &mut P) {
         let result =
             self.auth.export(&self.kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
@@ -557,8 +571,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             match col.link.poll() {
                 Ok(Some(Message::AuditAck(a))) => {
                     col.acked = Some(col.acked.map_or(a.seq, |s| s.max(a.seq)));
-                    // Acks make no audit records of their own.
-                    released.extend(self.auth.collector_ack(&a).released);
+                    // Acks make no audit records of their own; they move the
+                    // sealed audit head (the next boot's chain continues
+                    // from it).
+                    let out = self.auth.collector_ack(&a);
+                    self.state_dirty |= out.state_changed;
+                    released.extend(out.released);
                 }
                 Ok(Some(other)) => {
                     say!(p, "cryptod: audit link sent {}; ignored", other.kind().as_str());

@@ -181,31 +181,39 @@ fn an_answer_is_held_until_the_collector_acks_its_record() {
     assert_eq!(totp_result(&got[0]), TotpResult::Ok);
 }
 
+/// The newest sealed state cryptod handed to the platform.
+fn last_persisted(w: &World) -> sealed::SealedState {
+    let (item, blob) = w.p.persisted.last().expect("cryptod persisted its state");
+    assert_eq!(*item, ConfigItem::SealedState);
+    sealed::unseal(blob, &KEK).unwrap()
+}
+
 #[test]
-fn an_accepted_code_is_persisted_and_a_refused_one_is_not() {
+fn a_failure_and_an_accepted_code_are_persisted_before_the_answer_leaves() {
     let mut w = boot();
     w.seed();
     let mut un = w.client(UNLOCKER);
     un.send(&totp_req("00000000")).unwrap();
     w.poll();
+    let failures = |w: &World| {
+        last_persisted(w).failures.iter().find(|(op, ..)| op == "alice").map(|(_, n, _)| *n)
+    };
+    assert_eq!(failures(&w), Some(1), "a counted failure survives a crash (issue 10, 3)");
     w.ack();
     assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Fail);
-    assert!(w.p.persisted.is_empty(), "a wrong code changes no sealed state");
     un.send(&totp_req(&code_at(T0))).unwrap();
     w.poll();
-    assert_eq!(w.p.persisted.len(), 1, "persisted at once, before the answer leaves");
-    let (item, blob) = &w.p.persisted[0];
-    assert_eq!(*item, ConfigItem::SealedState);
-    let state = sealed::unseal(blob, &KEK).unwrap();
+    assert!(drain(&mut un).is_empty(), "no answer before the record is stored");
+    let state = last_persisted(&w);
     assert!(state.last_steps.iter().any(|(op, _)| op == "alice"), "the used step survives");
     w.ack();
     assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
-    // The same code again: replay, refused, nothing new persisted.
+    // The same code again: replay, refused; the step stays persisted.
     un.send(&totp_req(&code_at(T0))).unwrap();
     w.poll();
     w.ack();
     assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Replay);
-    assert_eq!(w.p.persisted.len(), 1);
+    assert!(last_persisted(&w).last_steps.iter().any(|(op, _)| op == "alice"));
 }
 
 #[test]

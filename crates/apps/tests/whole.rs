@@ -65,7 +65,11 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
             collect(&mut collector, true);
             thread::sleep(Duration::from_millis(1));
         }
-        p.persisted.len()
+        // Whether the newest persisted state holds alice's used step.
+        p.persisted.last().is_some_and(|(_, blob)| {
+            let state = portcullis_authority::sealed::unseal(blob, &KEK).unwrap();
+            state.last_steps.iter().any(|(op, _)| op == "alice")
+        })
     });
     let hv3 = hv.clone();
     let agent = thread::spawn(move || {
@@ -99,5 +103,5 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
     assert_eq!(p.lines_with("unlocker: a code is 6 or 8 digits"), 1, "{}", p.console_out);
     assert_eq!(p.lines_with("unlocker: refused: fail"), 1, "{}", p.console_out);
     assert_eq!(p.lines_with("unlocker: volume data unlocked"), 1, "{}", p.console_out);
-    assert_eq!(persisted, 1, "cryptod persisted the used step once");
+    assert!(persisted, "cryptod persisted the used step");
 }

@@ -9,7 +9,12 @@
 //! - with [`Config::answer_after_audit`] (the default) an answer whose
 //!   decision made audit records is held until the collector has
 //!   acknowledged them, so no answer leaves before its record is stored;
-//! - `entropy_pub` is accepted only from the configured entropy peer.
+//! - `entropy_pub` is accepted only from the configured entropy peer;
+//! - repeated `rate_limited` refusals of one peer share one audit record per
+//!   window ([`Config::audit_aggregate_window`]); the first is recorded at once;
+//! - what [`Authority::export`] seals (TOTP steps and failure counters, keyset
+//!   version, revocation list, acknowledged audit head) is flagged in
+//!   [`Output::state_changed`] whenever it changes.
 
 use alloc::collections::VecDeque;
 use alloc::format;
