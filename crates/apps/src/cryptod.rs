@@ -1,33 +1,73 @@
-//! cryptod: the authority. A thin loop around [`portcullis_authority::Authority`]:
-//! it owns the links, attaches each link's peer identity (the domain id the
-//! platform bound to the channel, and the name the toolstack gave it), feeds
-//! messages, time and hardware entropy in, and sends responses and audit
-//! records out. Every decision is the authority crate's.
+//! cryptod: the authority. A thin shell around [`portcullis_authority::Authority`]:
+//! [`CryptodDriver`] owns the links, attaches each link's peer identity (the
+//! domain id the platform bound to the channel, and the name the toolstack
+//! gave it), feeds messages, time and hardware entropy in, and sends
+//! responses and audit records out. Every decision is the authority crate's.
+//!
+//! Links have roles, and a message is routed by the link it came in on,
+//! never by what it says: only the collector's link reaches
+//! [`Authority::collector_ack`], only the entropy link reaches
+//! [`Authority::entropy`], and a client link reaches only
+//! [`Authority::handle_request`] (anything else a client sends is answered
+//! with an error).
+//!
+//! Clients are served round-robin, at most [`CLIENT_BUDGET`] messages each
+//! per wake-up, and a client whose answers are not being read is not read
+//! either, so one flooding client neither starves the others nor makes
+//! cryptod drop answers. A client's connection is served on a ring that no
+//! later connection can find (it is unpublished once the client is there);
+//! when the client leaves, its unsent and held answers are dropped (the
+//! drop is audited) and a fresh ring is published.
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 use core::time::Duration;
 
 use portcullis_authority::ratelimit::IssueRateConfig;
 use portcullis_authority::sealed;
-use portcullis_authority::{Authority, Config, Output, PeerId};
-use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
+use portcullis_authority::{Authority, Config, Output, PeerId, Request};
+use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError, Port};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditLog, ErrorCode, ErrorMsg};
-use portcullis_vchan::Backend;
+use portcullis_vchan::{Backend, ClientConfig, PeerState, Vchan, VchanError};
 use zeroize::Zeroizing;
 
 use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
+use crate::console::{LineLimiter, Verdict};
 use crate::link::{Link, LinkError};
-use crate::net::{connect, follow, serve, NOBODY, RESOLVE_EVERY};
+use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 
+/// Most messages read from one client per wake-up, before the next
+/// client's turn.
+pub const CLIENT_BUDGET: usize = 8;
+
+/// A client link: requests in, answers out.
 struct Client<B: Backend> {
     /// The toolstack's name for the client; its domain id is looked up again
     /// now and then, since a domain created again gets a new id.
     name: String,
     peer: PeerId,
     /// None while no domain has the name (served once one appears).
+    link: Option<Link<B>>,
+    /// The current ring's store entries are removed (the client is there).
+    unpublished: bool,
+}
+
+/// The audit collector's link: records out, acks in.
+struct Collector<B: Backend> {
+    link: Link<B>,
+    /// Highest audit seq written to the collector link.
+    shipped: Option<u64>,
+    /// Highest audit seq the collector acknowledged.
+    acked: Option<u64>,
+}
+
+/// The entropy link (cryptod is the client): `entropy_pub` in.
+struct EntropySource<B: Backend> {
+    dom: DomId,
+    peer: PeerId,
     link: Option<Link<B>>,
 }
 
@@ -36,318 +76,568 @@ fn absent(name: &str) -> PeerId {
     PeerId::new(u32::from(NOBODY.0), name)
 }
 
-/// Runs cryptod until the platform stops it.
-pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
-    let s = Settings::load(p)?;
-    let mut kek = Zeroizing::new([0u8; 32]);
-    let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
-    if n != 32 {
-        return Err(AppError::Config("key-encryption key must be 32 bytes".into()));
-    }
-    let mut blob = alloc::vec![0u8; sealed::MAX_SEALED_LEN];
-    let n = p.config(ConfigItem::SealedState, &mut blob)?;
-    let state = sealed::unseal(blob.get(..n).unwrap_or_default(), &kek)
-        .map_err(|e| AppError::Config(alloc::format!("sealed state: {e}")))?;
-    let config = Config {
-        name: String::from(p.name()),
-        entropy_vm: s.get("entropy", "entropyd").into(),
-        unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
-        answer_after_audit: s.num("answer_after_audit", 1)? != 0,
-        issue_rate: IssueRateConfig {
-            burst: u32::try_from(s.num("issue_burst", 60)?).unwrap_or(u32::MAX),
-            per_minute: u32::try_from(s.num("issue_per_minute", 600)?).unwrap_or(u32::MAX),
-            ..IssueRateConfig::default()
-        },
-        ..Config::default()
-    };
-    let mut auth = Authority::new(config, state, p.now_unix())
-        .map_err(|e| AppError::Config(alloc::format!("authority: {e}")))?;
+/// cryptod's state between wake-ups; [`run`] is a loop of
+/// [`CryptodDriver::poll`] and a wait on [`CryptodDriver::ports`] for at
+/// most [`CryptodDriver::poll_delay`].
+pub struct CryptodDriver<B: Backend> {
+    auth: Authority,
+    kek: Zeroizing<[u8; 32]>,
+    clients: Vec<Client<B>>,
+    collector: Collector<B>,
+    entropy: EntropySource<B>,
+    /// The client served first at the next wake-up (round-robin).
+    next: usize,
+    /// A client still had messages when its budget ran out.
+    backlog: bool,
+    ready: bool,
+    persist_warned: bool,
+    /// The sealed state changed outside a client request (seeding, a key
+    /// rotation, a collector ack moving the sealed audit head): persisted
+    /// before the next released answers leave.
+    state_dirty: bool,
+    last_tick: u64,
+    outbox_empty: bool,
+    /// Audit records were made outside a request (an answer drop).
+    fresh_audit: bool,
+    console: LineLimiter,
+}
 
-    // Clients: each link is bound to one peer domain; its identity is that
-    // domain, never anything the peer says.
-    let mut clients: Vec<Client<P::Backend>> = Vec::new();
-    for name in s.list("clients", "unlocker,policy_pd,dom0") {
-        // A client that does not exist now (not created yet, or powered
-        // off) is served as soon as a domain gets its name.
-        let client = match resolve_dom(p, name) {
-            Ok(dom) => Client {
-                name: name.into(),
-                peer: PeerId::new(u32::from(dom.0), name),
-                link: Some(serve(p, dom, port::CRYPTOD)?),
-            },
-            Err(e) => {
-                say!(p, "cryptod: client {name} not there yet ({e}); serving it when it appears");
-                Client { name: name.into(), peer: absent(name), link: None }
-            }
-        };
-        clients.push(client);
-    }
-    let collector = resolve_dom(p, s.get("collector", "dom0"))?;
-    let mut audit = serve(p, collector, port::AUDIT)?;
-    let entropy_name = String::from(s.get("entropy", "entropyd"));
-    let entropy_dom = p.resolve(&entropy_name)?;
-    let entropy_peer = PeerId::new(u32::from(entropy_dom.0), &entropy_name);
-    let mut entropy: Option<Link<P::Backend>> = None;
-    say!(
-        p,
-        "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}",
-        clients.len(),
-        collector.0
-    );
-
-    let mut shipped: Option<u64> = None; // highest audit seq written to the collector link
-    let mut acked: Option<u64> = None; // highest audit seq the collector acknowledged
-    let mut outbox_empty = true;
-    let mut ready = false;
-    let mut persist_warned = false;
-    let mut last_tick = 0u64;
-    loop {
-        let now = p.now_unix();
-        let mut changed = false;
-        if entropy.as_ref().is_none_or(|l| !l.is_open()) {
-            entropy = connect(p, entropy_dom, port::ENTROPY, Duration::ZERO).ok();
+impl<B: Backend + Clone> CryptodDriver<B> {
+    /// Boots: reads the settings, key-encryption key and sealed state,
+    /// starts the authority and publishes the client and collector links.
+    pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let s = Settings::load(p)?;
+        let mut kek = Zeroizing::new([0u8; 32]);
+        let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
+        if n != 32 {
+            return Err(AppError::Config("key-encryption key must be 32 bytes".into()));
         }
-        if let Some(link) = entropy.as_mut() {
-            loop {
-                match link.poll() {
-                    Ok(Some(msg)) => {
+        let mut blob = alloc::vec![0u8; sealed::MAX_SEALED_LEN];
+        let n = p.config(ConfigItem::SealedState, &mut blob)?;
+        let state = sealed::unseal(blob.get(..n).unwrap_or_default(), &kek)
+            .map_err(|e| AppError::Config(alloc::format!("sealed state: {e}")))?;
+        let config = Config {
+            name: String::from(p.name()),
+            entropy_vm: s.get("entropy", "entropyd").into(),
+            unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
+            answer_after_audit: s.num("answer_after_audit", 1)? != 0,
+            issue_rate: IssueRateConfig {
+                burst: u32::try_from(s.num("issue_burst", 60)?).unwrap_or(u32::MAX),
+                per_minute: u32::try_from(s.num("issue_per_minute", 600)?).unwrap_or(u32::MAX),
+                ..IssueRateConfig::default()
+            },
+            ..Config::default()
+        };
+        let auth = Authority::new(config, state, p.now_unix())
+            .map_err(|e| AppError::Config(alloc::format!("authority: {e}")))?;
+
+        // Clients: each link is bound to one peer domain; its identity is
+        // that domain, never anything the peer says.
+        let mut clients = Vec::new();
+        for name in s.list("clients", "unlocker,policy_pd,dom0") {
+            // A client that does not exist now (not created yet, or powered
+            // off) is served as soon as a domain gets its name.
+            let client = match resolve_dom(p, name) {
+                Ok(dom) => Client {
+                    name: name.into(),
+                    peer: PeerId::new(u32::from(dom.0), name),
+                    link: Some(serve(p, dom, port::CRYPTOD)?),
+                    unpublished: false,
+                },
+                Err(e) => {
+                    say!(
+                        p,
+                        "cryptod: client {name} not there yet ({e}); serving it when it appears"
+                    );
+                    Client { name: name.into(), peer: absent(name), link: None, unpublished: false }
+                }
+            };
+            clients.push(client);
+        }
+        let collector_dom = resolve_dom(p, s.get("collector", "dom0"))?;
+        let collector =
+            Collector { link: serve(p, collector_dom, port::AUDIT)?, shipped: None, acked: None };
+        let entropy_name = String::from(s.get("entropy", "entropyd"));
+        let entropy_dom = p.resolve(&entropy_name)?;
+        let entropy = EntropySource {
+            dom: entropy_dom,
+            peer: PeerId::new(u32::from(entropy_dom.0), &entropy_name),
+            link: None,
+        };
+        say!(
+            p,
+            "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}",
+            clients.len(),
+            collector_dom.0
+        );
+        Ok(CryptodDriver {
+            auth,
+            kek,
+            clients,
+            collector,
+            entropy,
+            next: 0,
+            backlog: false,
+            ready: false,
+            persist_warned: false,
+            state_dirty: false,
+            last_tick: 0,
+            outbox_empty: true,
+            fresh_audit: false,
+            console: LineLimiter::default(),
+        })
+    }
+
+    /// The decision core (for inspection).
+    pub fn authority(&self) -> &Authority {
+        &self.auth
+    }
+
+    /// The event channel ports a wake-up may come from.
+    pub fn ports(&self) -> Vec<Port> {
+        let mut ports: Vec<_> =
+            self.clients.iter().filter_map(|c| c.link.as_ref()?.port()).collect();
+        ports.extend(self.collector.link.port());
+        ports.extend(self.entropy.link.as_ref().and_then(|l| l.port()));
+        ports
+    }
+
+    /// How long the shell may wait for an event before the next
+    /// [`CryptodDriver::poll`]: zero while a client has unread messages
+    /// left over from its budget, else [`STEP`] (timers, name lookups).
+    pub fn poll_delay(&self) -> Duration {
+        if self.backlog {
+            Duration::ZERO
+        } else {
+            STEP
+        }
+    }
+
+    /// One wake-up: entropy in, each client's requests (round-robin, within
+    /// budget), timers, audit shipping and acks, released answers out.
+    pub fn poll<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<(), AppError> {
+        let now = p.now_unix();
+        let mut changed = self.poll_entropy(p, now)?;
+        if !self.ready && self.auth.is_ready() {
+            self.ready = true;
+            say!(p, "cryptod: ready");
+        }
+        let mut dirty = false;
+        self.backlog = false;
+        let n = self.clients.len();
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            changed |= self.serve_client(p, idx, now, &mut dirty)?;
+        }
+        if n > 0 {
+            self.next = (self.next + 1) % n;
+        }
+        if dirty {
+            self.persist(p);
+        }
+        if now != self.last_tick {
+            if now % RESOLVE_EVERY == 0 {
+                for idx in 0..n {
+                    self.follow_domain(p, idx, now);
+                }
+            }
+            self.last_tick = now;
+            let out = self.auth.tick(now);
+            changed |= !out.audit.is_empty();
+            self.state_dirty |= out.state_changed;
+            for q in self.console.expired(p.monotonic_ns()) {
+                say!(
+                    p,
+                    "cryptod: {} line(s) \"{}\" about dom{} suppressed",
+                    q.suppressed,
+                    q.kind,
+                    q.peer
+                );
+            }
+        }
+        changed |= core::mem::take(&mut self.fresh_audit);
+        let released = self.ship_audit(p, changed)?;
+        // Persist before the released answers go out.
+        if core::mem::take(&mut self.state_dirty) {
+            self.persist(p);
+        }
+        self.deliver(p, released);
+        let empty = self.auth.pending_audit_len() == 0;
+        if empty && !self.outbox_empty {
+            if let Some(seq) = self.collector.acked {
+                say!(p, "cryptod: audit outbox empty; collector acknowledged seq {seq}");
+            }
+        }
+        self.outbox_empty = empty;
+        Ok(())
+    }
+
+    /// A console line about `peer`, rate-limited per kind and peer.
+    fn warn<P: Platform>(
+        &mut self,
+        p: &mut P,
+        kind: &'static str,
+        peer: u32,
+        args: fmt::Arguments<'_>,
+    ) {
+        warn(&mut self.console, p, kind, peer, args);
+    }
+
+    /// Reads what entropyd published (the entropy link is the only way to
+    /// [`Authority::entropy`]); reconnects when the link is down.
+    fn poll_entropy<P: Platform<Backend = B>>(
+        &mut self,
+        p: &mut P,
+        now: u64,
+    ) -> Result<bool, AppError> {
+        let mut changed = false;
+        if self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
+            let config = ClientConfig { server: self.entropy.dom, port: port::ENTROPY };
+            self.entropy.link = match Vchan::client(p.backend(), config) {
+                Ok(v) => Some(Link::new(v)),
+                Err(VchanError::NotPublished) => None,
+                Err(e) => {
+                    let dom = u32::from(self.entropy.dom.0);
+                    self.warn(p, "entropy_connect", dom, format_args!("entropy link: {e}"));
+                    None
+                }
+            };
+        }
+        let Some(link) = self.entropy.link.as_mut() else { return Ok(false) };
+        for _ in 0..CLIENT_BUDGET {
+            match link.poll() {
+                Ok(Some(Message::EntropyPub(e))) => {
+                    let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
+                    let out = self.auth.entropy(&self.entropy.peer, &e, now, &hw[..]);
+                    changed |= !out.audit.is_empty();
+                    self.state_dirty |= out.state_changed;
+                }
+                Ok(Some(other)) => {
+                    let dom = self.entropy.peer.domid;
+                    let kind = other.kind().as_str();
+                    warn(
+                        &mut self.console,
+                        p,
+                        "entropy_other",
+                        dom,
+                        format_args!("entropy link sent {kind}; ignored"),
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let dom = self.entropy.peer.domid;
+                    self.warn(p, "entropy_link", dom, format_args!("entropy link: {e}"));
+                    self.entropy.link = None;
+                    break;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Serves a client under its current domain id: when its name now
+    /// belongs to another domain (the old one was destroyed and the name
+    /// created again), the old channel is dropped and a fresh one published
+    /// for the new id. A name that does not resolve (the domain is gone for
+    /// now) changes nothing.
+    fn follow_domain<P: Platform<Backend = B>>(&mut self, p: &mut P, idx: usize, now: u64) {
+        let Some(c) = self.clients.get(idx) else { return };
+        let old = u16::try_from(c.peer.domid).map_or(NOBODY, DomId);
+        let name = c.name.clone();
+        match follow(p, &name, old, port::CRYPTOD) {
+            Ok(Some((dom, link))) => {
+                let had_link = c.link.is_some();
+                let old_peer = c.peer.clone();
+                if had_link {
+                    say!(
+                        p,
+                        "cryptod: {name} is now dom{} (was dom{}); serving the new domain",
+                        dom.0,
+                        old_peer.domid
+                    );
+                    self.forget_answers(p, &old_peer, "domain replaced", now);
+                } else {
+                    say!(p, "cryptod: {name} is dom{}; serving it", dom.0);
+                }
+                if let Some(c) = self.clients.get_mut(idx) {
+                    c.link = Some(link);
+                    c.peer = PeerId::new(u32::from(dom.0), &name);
+                    c.unpublished = false;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => say!(p, "cryptod: {name} has a new domain, cannot serve it yet: {e}"),
+        }
+    }
+
+    /// The client's connection is gone: answers still waiting for the
+    /// collector must not reach whoever connects next. The drop is audited.
+    fn forget_answers<P: Platform>(&mut self, p: &mut P, peer: &PeerId, why: &str, now: u64) {
+        let (n, out) = self.auth.drop_held_audited(peer, why, now);
+        self.fresh_audit |= !out.audit.is_empty();
+        if n > 0 {
+            say!(
+                p,
+                "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped",
+                peer.vm,
+                peer.domid
+            );
+        }
+    }
+
+    /// The client `idx` left (or broke its link): drops its answers and
+    /// publishes a fresh ring for its next connection.
+    fn reset_client<P: Platform>(
+        &mut self,
+        p: &mut P,
+        idx: usize,
+        why: &str,
+        now: u64,
+    ) -> Result<(), AppError> {
+        let Some(peer) = self.clients.get(idx).map(|c| c.peer.clone()) else { return Ok(()) };
+        self.forget_answers(p, &peer, why, now);
+        if let Some(c) = self.clients.get_mut(idx) {
+            c.unpublished = false;
+            if let Some(link) = c.link.as_mut() {
+                link.reinit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles up to [`CLIENT_BUDGET`] messages from client `idx`; returns
+    /// whether audit records were made.
+    fn serve_client<P: Platform<Backend = B>>(
+        &mut self,
+        p: &mut P,
+        idx: usize,
+        now: u64,
+        dirty: &mut bool,
+    ) -> Result<bool, AppError> {
+        let mut audited = false;
+        let Some(c) = self.clients.get_mut(idx) else { return Ok(false) };
+        let peer = c.peer.clone();
+        let Some(link) = c.link.as_mut() else { return Ok(false) };
+        if !link.is_open() {
+            say!(p, "cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid);
+            self.reset_client(p, idx, "client left", now)?;
+            return Ok(false);
+        }
+        // Once the client is there, nobody else may find this ring: a
+        // reconnection gets a fresh one (after we noticed this one end).
+        if !c.unpublished && link.chan().peer_state() != Some(PeerState::Waiting) {
+            if let Err(e) = link.chan().unpublish() {
+                say!(p, "cryptod: {} (dom{}): cannot unpublish: {e}", peer.vm, peer.domid);
+            }
+            c.unpublished = true;
+        }
+        let _ = link.pump();
+        for _ in 0..CLIENT_BUDGET {
+            let Some(link) = self.clients.get_mut(idx).and_then(|c| c.link.as_mut()) else {
+                break;
+            };
+            // Not read while its answers are not: no answer is ever dropped
+            // for a full queue, and one client cannot fill cryptod's memory.
+            if link.has_queued() {
+                return Ok(audited);
+            }
+            if !link.is_open() {
+                say!(p, "cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid);
+                self.reset_client(p, idx, "client left", now)?;
+                return Ok(audited);
+            }
+            let reply = match link.poll() {
+                Ok(None) => return Ok(audited),
+                Ok(Some(msg)) => match Request::from_message(&msg) {
+                    Some(req) => {
                         let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
-                        let out = auth.handle(&entropy_peer, &msg, now, &hw[..]);
-                        changed |= !out.audit.is_empty();
+                        let out: Output = self.auth.handle_request(&peer, req, now, &hw[..]);
+                        audited |= !out.audit.is_empty();
+                        *dirty |= out.state_changed;
+                        out.response
                     }
-                    Ok(None) => break,
+                    None => {
+                        // An ack or entropy chunk on a client link is not
+                        // honoured: only their own links reach those paths.
+                        let kind = msg.kind().as_str();
+                        self.warn(
+                            p,
+                            "not_served",
+                            peer.domid,
+                            format_args!(
+                                "cryptod: {} (dom{}) sent {kind}; refused",
+                                peer.vm, peer.domid
+                            ),
+                        );
+                        Some(portcullis_authority::authority::not_served(&msg))
+                    }
+                },
+                Err(LinkError::Decode(e)) => {
+                    self.warn(
+                        p,
+                        "malformed",
+                        peer.domid,
+                        format_args!("cryptod: {} (dom{}): {e}", peer.vm, peer.domid),
+                    );
+                    Some(Message::Error(ErrorMsg {
+                        code: ErrorCode::Malformed,
+                        reason: alloc::format!("{e}"),
+                        request_id: None,
+                    }))
+                }
+                Err(e) => {
+                    say!(p, "cryptod: {} (dom{}): {e}; listening again", peer.vm, peer.domid);
+                    self.reset_client(p, idx, "client link broke", now)?;
+                    return Ok(audited);
+                }
+            };
+            if let Some(reply) = reply {
+                self.send_to(p, idx, &reply);
+            }
+        }
+        // Budget spent: the others' turn; come back at once.
+        self.backlog = true;
+        Ok(audited)
+    }
+
+    /// Sends one answer to client `idx`, saying (rate-limited) if it fails.
+    fn send_to<P: Platform>(&mut self, p: &mut P, idx: usize, answer: &Message) {
+        let Some(c) = self.clients.get_mut(idx) else { return };
+        let Some(link) = c.link.as_mut() else { return };
+        if let Err(e) = link.send(answer) {
+            let (vm, dom) = (c.peer.vm.clone(), c.peer.domid);
+            self.warn(p, "reply_failed", dom, format_args!("cryptod: reply to {vm}: {e}"));
+        }
+    }
+
+    /// Reseals the state (the operators' last accepted TOTP steps, failure
+    /// counters and lockouts, keyset version, revocation list, acknowledged
+    /// audit head) and hands it to the platform for the next boot, so neither
+    /// a crash nor `xl destroy` resets them. Where the platform cannot
+    /// persist, cryptod says so once.
+    fn persist<P: Platform>(&mut self, p: &mut P) {
+        let result =
+            self.auth.export(&self.kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
+                p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}"))
+            });
+        if let Err(e) = result {
+            if !self.persist_warned {
+                say!(
+                    p,
+                    "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart"
+                );
+                self.persist_warned = true;
+            }
+        }
+    }
+
+    /// Sends the answers the collector's acks released, each to the client
+    /// that asked, if it is still the same domain.
+    fn deliver<P: Platform>(&mut self, p: &mut P, released: Vec<(PeerId, Message)>) {
+        for (peer, answer) in released {
+            match self.clients.iter().position(|c| c.peer == peer && c.link.is_some()) {
+                Some(idx) => self.send_to(p, idx, &answer),
+                None => self.warn(
+                    p,
+                    "gone",
+                    peer.domid,
+                    format_args!(
+                        "cryptod: {} (dom{}) is gone; its answer is dropped",
+                        peer.vm, peer.domid
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// Ships unacknowledged audit records to the collector: everything after
+    /// the last one written, or everything still unacknowledged after the
+    /// collector reconnects. Records leave the outbox only when the
+    /// collector acks them (the collector link is the only way to
+    /// [`Authority::collector_ack`]); returns the answers those acks released.
+    fn ship_audit<P: Platform>(
+        &mut self,
+        p: &mut P,
+        new_records: bool,
+    ) -> Result<Vec<(PeerId, Message)>, AppError> {
+        let mut released = Vec::new();
+        let col = &mut self.collector;
+        if !col.link.is_open() {
+            say!(p, "cryptod: audit collector left; unacknowledged records will be sent again");
+            col.link.reinit()?;
+            col.shipped = None;
+        }
+        loop {
+            match col.link.poll() {
+                Ok(Some(Message::AuditAck(a))) => {
+                    col.acked = Some(col.acked.map_or(a.seq, |s| s.max(a.seq)));
+                    // Acks make no audit records of their own; they move the
+                    // sealed audit head (the next boot's chain continues
+                    // from it).
+                    let out = self.auth.collector_ack(&a);
+                    self.state_dirty |= out.state_changed;
+                    released.extend(out.released);
+                }
+                Ok(Some(other)) => {
+                    say!(p, "cryptod: audit link sent {}; ignored", other.kind().as_str());
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    say!(p, "cryptod: audit link: {e}");
+                    col.link.reinit()?;
+                    col.shipped = None;
+                    break;
+                }
+            }
+        }
+        if new_records || !col.link.has_queued() {
+            for (seq, record) in self.auth.pending_audit_records() {
+                if col.shipped.is_some_and(|s| seq <= s) {
+                    continue;
+                }
+                match col.link.send(&Message::AuditLog(AuditLog { record: record.to_vec() })) {
+                    Ok(()) => col.shipped = Some(seq),
+                    Err(LinkError::QueueFull) => break,
                     Err(e) => {
-                        say!(p, "cryptod: entropy link: {e}");
-                        entropy = None;
+                        say!(p, "cryptod: audit link: {e}");
                         break;
                     }
                 }
             }
         }
-        if !ready && auth.is_ready() {
-            ready = true;
-            say!(p, "cryptod: ready");
-        }
-        let mut dirty = false;
-        for c in clients.iter_mut() {
-            changed |= serve_client(p, &mut auth, c, now, &mut dirty)?;
-        }
-        if dirty {
-            persist(p, &mut auth, &kek, &mut persist_warned);
-        }
-        if now != last_tick {
-            if now % RESOLVE_EVERY == 0 {
-                for c in clients.iter_mut() {
-                    follow_domain(p, c);
-                }
-            }
-            last_tick = now;
-            changed |= !auth.tick(now).audit.is_empty();
-        }
-        let released =
-            ship_audit(p, &mut auth, &mut audit, &mut shipped, &mut acked, changed, now)?;
-        deliver(p, &mut clients, released);
-        let empty = auth.pending_audit_len() == 0;
-        if empty && !outbox_empty {
-            if let Some(seq) = acked {
-                say!(p, "cryptod: audit outbox empty; collector acknowledged seq {seq}");
-            }
-        }
-        outbox_empty = empty;
+        let _ = col.link.pump();
+        Ok(released)
+    }
+}
 
-        let mut ports: Vec<_> = clients.iter().filter_map(|c| c.link.as_ref()?.port()).collect();
-        ports.extend(audit.port());
-        ports.extend(entropy.as_ref().and_then(|l| l.port()));
-        match p.wait_any(&ports, Some(STEP)) {
+/// A console line through `limiter`: printed (with the count of lines
+/// suppressed before it) or counted.
+fn warn<P: Platform>(
+    limiter: &mut LineLimiter,
+    p: &mut P,
+    kind: &'static str,
+    peer: u32,
+    args: fmt::Arguments<'_>,
+) {
+    match limiter.check(kind, peer, p.monotonic_ns()) {
+        Verdict::Print { suppressed: 0 } => crate::common::say(p, args),
+        Verdict::Print { suppressed } => {
+            crate::common::say(p, args);
+            say!(p, "cryptod: ({suppressed} similar line(s) suppressed)");
+        }
+        Verdict::Suppress => {}
+    }
+}
+
+/// Runs cryptod until the platform stops it.
+pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
+    let mut d = CryptodDriver::new(p)?;
+    loop {
+        d.poll(p)?;
+        let ports = d.ports();
+        match p.wait_any(&ports, Some(d.poll_delay())) {
             Ok(_) | Err(PlatformError::Timeout) => {}
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Serves a client under its current domain id: when its name now belongs to
-/// another domain (the old one was destroyed and the name created again),
-/// the old channel is dropped and a fresh one published for the new id. A
-/// name that does not resolve (the domain is gone for now) changes nothing.
-fn follow_domain<P: Platform>(p: &mut P, c: &mut Client<P::Backend>) {
-    let old = u16::try_from(c.peer.domid).map_or(NOBODY, DomId);
-    match follow(p, &c.name, old, port::CRYPTOD) {
-        Ok(Some((dom, link))) => {
-            match c.link {
-                Some(_) => say!(
-                    p,
-                    "cryptod: {} is now dom{} (was dom{}); serving the new domain",
-                    c.name,
-                    dom.0,
-                    c.peer.domid
-                ),
-                None => say!(p, "cryptod: {} is dom{}; serving it", c.name, dom.0),
-            }
-            c.link = Some(link);
-            c.peer = PeerId::new(u32::from(dom.0), &c.name);
-        }
-        Ok(None) => {}
-        Err(e) => say!(p, "cryptod: {} has a new domain, cannot serve it yet: {e}", c.name),
-    }
-}
-
-/// The client's connection is gone: answers still waiting for the collector
-/// must not reach whoever connects next.
-fn forget_answers<P: Platform>(p: &mut P, auth: &mut Authority, peer: &PeerId) {
-    let n = auth.drop_held(peer);
-    if n > 0 {
-        say!(
-            p,
-            "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped",
-            peer.vm,
-            peer.domid
-        );
-    }
-}
-
-/// Handles everything a client has sent; returns whether audit records were made.
-fn serve_client<P: Platform>(
-    p: &mut P,
-    auth: &mut Authority,
-    c: &mut Client<P::Backend>,
-    now: u64,
-    dirty: &mut bool,
-) -> Result<bool, AppError> {
-    let mut audited = false;
-    let Some(link) = c.link.as_mut() else { return Ok(false) };
-    if !link.is_open() {
-        forget_answers(p, auth, &c.peer);
-        link.reinit()?;
-        return Ok(false);
-    }
-    loop {
-        let Some(link) = c.link.as_mut() else { return Ok(audited) };
-        let reply = match link.poll() {
-            Ok(None) => break,
-            Ok(Some(msg)) => {
-                let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
-                let out: Output = auth.handle(&c.peer, &msg, now, &hw[..]);
-                audited |= !out.audit.is_empty();
-                *dirty |= out.state_changed;
-                out.response
-            }
-            Err(LinkError::Decode(e)) => Some(Message::Error(ErrorMsg {
-                code: ErrorCode::Malformed,
-                reason: alloc::format!("{e}"),
-                request_id: None,
-            })),
-            Err(e) => {
-                say!(p, "cryptod: {} (dom{}): {e}; listening again", c.peer.vm, c.peer.domid);
-                forget_answers(p, auth, &c.peer);
-                link.reinit()?;
-                break;
-            }
-        };
-        if let Some(reply) = reply {
-            if let Err(e) = link.send(&reply) {
-                say!(p, "cryptod: reply to {}: {e}", c.peer.vm);
-            }
-        }
-    }
-    if let Some(link) = c.link.as_mut() {
-        let _ = link.pump();
-    }
-    Ok(audited)
-}
-
-/// Reseals the state (the operators' last accepted TOTP steps) and hands it
-/// to the platform for the next boot, so a code stays refused after a
-/// restart. Where the platform cannot persist, cryptod says so once.
-fn persist<P: Platform>(p: &mut P, auth: &mut Authority, kek: &[u8; 32], warned: &mut bool) {
-    let result = auth.export(kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
-        p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}"))
-    });
-    if let Err(e) = result {
-        if !*warned {
-            say!(
-                p,
-                "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart"
-            );
-            *warned = true;
-        }
-    }
-}
-
-/// Sends the answers the collector's acks released, each to the client that
-/// asked, if it is still the same domain.
-fn deliver<P: Platform>(
-    p: &mut P,
-    clients: &mut [Client<P::Backend>],
-    released: Vec<(PeerId, Message)>,
-) {
-    for (peer, answer) in released {
-        match clients.iter_mut().find(|c| c.peer == peer).and_then(|c| c.link.as_mut()) {
-            Some(link) => {
-                if let Err(e) = link.send(&answer) {
-                    say!(p, "cryptod: reply to {}: {e}", peer.vm);
-                }
-            }
-            None => {
-                say!(p, "cryptod: {} (dom{}) is gone; its answer is dropped", peer.vm, peer.domid)
-            }
-        }
-    }
-}
-
-/// Ships unacknowledged audit records to the collector: everything after the
-/// last one written, or everything still unacknowledged after the collector
-/// reconnects. Records leave the outbox only when the collector acks them;
-/// returns the answers those acks released.
-fn ship_audit<P: Platform>(
-    p: &mut P,
-    auth: &mut Authority,
-    link: &mut Link<P::Backend>,
-    shipped: &mut Option<u64>,
-    acked: &mut Option<u64>,
-    new_records: bool,
-    now: u64,
-) -> Result<Vec<(PeerId, Message)>, AppError> {
-    let mut released = Vec::new();
-    if !link.is_open() {
-        say!(p, "cryptod: audit collector left; unacknowledged records will be sent again");
-        link.reinit()?;
-        *shipped = None;
-    }
-    loop {
-        match link.poll() {
-            Ok(Some(ack @ Message::AuditAck(_))) => {
-                if let Message::AuditAck(a) = &ack {
-                    *acked = Some(acked.map_or(a.seq, |s| s.max(a.seq)));
-                }
-                let hw: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
-                // Acks make no audit records of their own.
-                released
-                    .extend(auth.handle(&PeerId::new(0, "collector"), &ack, now, &hw[..]).released);
-            }
-            Ok(Some(_)) | Ok(None) => break,
-            Err(e) => {
-                say!(p, "cryptod: audit link: {e}");
-                link.reinit()?;
-                *shipped = None;
-                break;
-            }
-        }
-    }
-    if new_records || !link.has_queued() {
-        for (seq, record) in auth.pending_audit_records() {
-            if shipped.is_some_and(|s| seq <= s) {
-                continue;
-            }
-            match link.send(&Message::AuditLog(AuditLog { record: record.to_vec() })) {
-                Ok(()) => *shipped = Some(seq),
-                Err(LinkError::QueueFull) => break,
-                Err(e) => {
-                    say!(p, "cryptod: audit link: {e}");
-                    break;
-                }
-            }
-        }
-    }
-    let _ = link.pump();
-    Ok(released)
 }

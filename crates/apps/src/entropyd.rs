@@ -14,6 +14,7 @@ use portcullis_authority::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use portcullis_platform::{DomId, Platform};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{EntropyPub, MAX_ENTROPY_CHUNK, MIN_ENTROPY_CHUNK};
+use portcullis_vchan::PeerState;
 use zeroize::Zeroizing;
 
 use crate::common::{port, random, AppError, Settings};
@@ -30,63 +31,109 @@ struct Subscriber<B: portcullis_vchan::Backend> {
     dom: DomId,
     /// None until a domain has the name.
     link: Option<Link<B>>,
+    /// The current ring's store entries are removed (the subscriber is there).
+    unpublished: bool,
 }
 
-/// Runs entropyd until the platform stops it.
-pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
-    let s = Settings::load(p)?;
-    let interval = Duration::from_millis(s.num("interval_ms", 1000)?.clamp(10, 60_000));
-    let chunk_len = usize::try_from(s.num("chunk", 64)?).unwrap_or(usize::MAX);
-    if !(MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK).contains(&chunk_len) {
-        return Err(AppError::Config(alloc::format!(
-            "chunk must be {MIN_ENTROPY_CHUNK} to {MAX_ENTROPY_CHUNK} bytes"
-        )));
-    }
-    let mut drbg = Drbg::new(DEFAULT_RESEED_INTERVAL);
-    reseed(p, &mut drbg)?;
+/// entropyd's state between rounds; [`run`] is a loop of
+/// [`EntropydDriver::publish`] and a sleep of [`EntropydDriver::interval`].
+pub struct EntropydDriver<B: portcullis_vchan::Backend> {
+    drbg: Drbg,
+    subs: Vec<Subscriber<B>>,
+    seq: u64,
+    last_resolve: u64,
+    chunk_len: usize,
+    interval: Duration,
+}
 
-    let mut subs: Vec<Subscriber<P::Backend>> = Vec::new();
-    let allow: Vec<String> = s.list("allow", "cryptod").map(String::from).collect();
-    for name in &allow {
-        // A subscriber not created yet is served once a domain has its name.
-        match p.resolve(name) {
-            Ok(dom) => {
-                subs.push(Subscriber {
-                    name: name.clone(),
-                    dom,
-                    link: Some(serve(p, dom, port::ENTROPY)?),
-                });
-                say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
-            }
-            Err(e) => {
-                subs.push(Subscriber { name: name.clone(), dom: NOBODY, link: None });
-                say!(p, "entropyd: {name} not there yet ({e}); publishing to it when it appears");
-            }
+impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
+    /// Boots: reads the settings, seeds the DRBG from the hardware source
+    /// (failing closed without one) and publishes a channel to each
+    /// allow-listed subscriber that exists.
+    pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let s = Settings::load(p)?;
+        let interval = Duration::from_millis(s.num("interval_ms", 1000)?.clamp(10, 60_000));
+        let chunk_len = usize::try_from(s.num("chunk", 64)?).unwrap_or(usize::MAX);
+        if !(MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK).contains(&chunk_len) {
+            return Err(AppError::Config(alloc::format!(
+                "chunk must be {MIN_ENTROPY_CHUNK} to {MAX_ENTROPY_CHUNK} bytes"
+            )));
         }
-    }
-    say!(p, "entropyd: ready");
-
-    let mut seq = 0u64;
-    let mut last_resolve = p.now_unix();
-    loop {
+        let mut drbg = Drbg::new(DEFAULT_RESEED_INTERVAL);
         reseed(p, &mut drbg)?;
-        let now = p.now_unix();
-        let resolve = now.saturating_sub(last_resolve) >= RESOLVE_EVERY;
-        if resolve {
-            last_resolve = now;
+
+        let mut subs = Vec::new();
+        for name in s.list("allow", "cryptod") {
+            // A subscriber not created yet is served once a domain has its name.
+            match p.resolve(name) {
+                Ok(dom) => {
+                    subs.push(Subscriber {
+                        name: name.into(),
+                        dom,
+                        link: Some(serve(p, dom, port::ENTROPY)?),
+                        unpublished: false,
+                    });
+                    say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
+                }
+                Err(e) => {
+                    subs.push(Subscriber {
+                        name: name.into(),
+                        dom: NOBODY,
+                        link: None,
+                        unpublished: false,
+                    });
+                    say!(
+                        p,
+                        "entropyd: {name} not there yet ({e}); publishing to it when it appears"
+                    );
+                }
+            }
         }
-        for sub in subs.iter_mut() {
+        say!(p, "entropyd: ready");
+        let last_resolve = p.now_unix();
+        Ok(EntropydDriver { drbg, subs, seq: 0, last_resolve, chunk_len, interval })
+    }
+
+    /// The time between rounds.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The sequence number of the next round's chunks.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// One round: reseeds from the hardware source, follows subscribers to
+    /// new domain ids, and offers each connected subscriber a fresh chunk.
+    pub fn publish<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<(), AppError> {
+        reseed(p, &mut self.drbg)?;
+        let now = p.now_unix();
+        let resolve = now.saturating_sub(self.last_resolve) >= RESOLVE_EVERY;
+        if resolve {
+            self.last_resolve = now;
+        }
+        for sub in self.subs.iter_mut() {
             // A subscriber destroyed and created again under its name (a
             // restarted cryptod) gets a fresh channel for its new id.
             if resolve {
                 match follow(p, &sub.name, sub.dom, port::ENTROPY) {
                     Ok(Some((dom, link))) => {
                         match sub.link {
-                            Some(_) => say!(p, "entropyd: {} is now dom{} (was dom{}); publishing to the new domain", sub.name, dom.0, sub.dom.0),
-                            None => say!(p, "entropyd: {} is dom{}; publishing to it", sub.name, dom.0),
+                            Some(_) => say!(
+                                p,
+                                "entropyd: {} is now dom{} (was dom{}); publishing to the new domain",
+                                sub.name,
+                                dom.0,
+                                sub.dom.0
+                            ),
+                            None => {
+                                say!(p, "entropyd: {} is dom{}; publishing to it", sub.name, dom.0)
+                            }
                         }
                         sub.dom = dom;
                         sub.link = Some(link);
+                        sub.unpublished = false;
                     }
                     Ok(None) => {}
                     Err(e) => say!(
@@ -100,29 +147,46 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             if !link.is_open() {
                 say!(p, "entropyd: {} left; listening again", sub.name);
                 link.reinit()?;
+                sub.unpublished = false;
                 continue;
             }
-            let mut chunk = Zeroizing::new(alloc::vec![0u8; chunk_len]);
-            drbg.fill(&mut chunk).map_err(|_| AppError::Protocol("DRBG refused".into()))?;
+            // Once connected, no later connection may find this ring.
+            if !sub.unpublished && link.chan().peer_state() != Some(PeerState::Waiting) {
+                if let Err(e) = link.chan().unpublish() {
+                    say!(p, "entropyd: {}: cannot unpublish: {e}", sub.name);
+                }
+                sub.unpublished = true;
+            }
+            let mut chunk = Zeroizing::new(alloc::vec![0u8; self.chunk_len]);
+            self.drbg.fill(&mut chunk).map_err(|_| AppError::Protocol("DRBG refused".into()))?;
             let nonce: [u8; 16] = random(p)?;
             let msg = Message::EntropyPub(EntropyPub {
                 drbg_version: DRBG_VERSION.into(),
-                seq,
+                seq: self.seq,
                 nonce: nonce.to_vec(),
                 entropy_chunk: chunk,
                 timestamp: p.now_unix(),
             });
             match link.send(&msg) {
-                // A subscriber that does not read (or has not connected yet)
-                // just misses chunks; it is never waited for.
+                // A subscriber that does not read just misses chunks; it is
+                // never waited for.
                 Ok(()) | Err(LinkError::QueueFull) => {}
                 Err(e) => say!(p, "entropyd: {}: {e}", sub.name),
             }
             // Anything a subscriber writes to us is ignored, but drained.
             while let Ok(Some(_)) = link.poll() {}
         }
-        seq = seq.wrapping_add(1);
-        crate::net::sleep(p, interval)?;
+        self.seq = self.seq.wrapping_add(1);
+        Ok(())
+    }
+}
+
+/// Runs entropyd until the platform stops it.
+pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
+    let mut d = EntropydDriver::new(p)?;
+    loop {
+        d.publish(p)?;
+        crate::net::sleep(p, d.interval())?;
     }
 }
 

@@ -7,6 +7,7 @@
 extern crate alloc;
 
 pub mod common;
+pub mod console;
 pub mod cryptod;
 pub mod entropyd;
 pub mod link;

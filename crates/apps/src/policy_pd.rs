@@ -16,7 +16,7 @@ use core::time::Duration;
 
 use portcullis_platform::Platform;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{IssueResult, RevokeResult, TokenIssueReq, TokenRevokeReq};
+use portcullis_proto::msg::{IssueResult, RequestId, RevokeResult, TokenIssueReq, TokenRevokeReq};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
@@ -41,6 +41,18 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
+    /// An enforcer answering to `audience`, allowing `skew` seconds of
+    /// clock skew, trusting `trust`, with an empty rule table.
+    pub fn new(audience: &str, skew: u64, trust: Trust) -> Enforcer {
+        Enforcer {
+            audience: audience.into(),
+            skew,
+            trust,
+            replay: MemoryReplayCache::new(1024),
+            rules: Vec::new(),
+        }
+    }
+
     /// Applies `rule` if `tok` authorises `net:modify` here, now.
     pub fn apply(&mut self, tok: &[u8], rule: &str, now: u64) -> Result<Claims, VerifyError> {
         let expect = Expectations {
@@ -61,29 +73,35 @@ impl Enforcer {
     }
 }
 
-fn issue<P: Platform>(
-    p: &mut P,
-    link: &mut Link<P::Backend>,
+/// A `token_issue_req` from `vm` for `scope` at `audience`, lasting `ttl` s.
+pub fn issue_request(
+    vm: &str,
+    request_id: RequestId,
+    nonce: [u8; 16],
     scope: Scope,
     audience: &str,
     ttl: u64,
-) -> Result<Vec<u8>, AppError> {
-    let rid = request_id(p)?;
-    let nonce: [u8; 16] = random(p)?;
-    let req = Message::TokenIssueReq(TokenIssueReq {
-        request_id: rid,
-        vm_id: p.name().into(),
+    now: u64,
+) -> Message {
+    Message::TokenIssueReq(TokenIssueReq {
+        request_id,
+        vm_id: vm.into(),
         requested_scope: ScopeSet::single(scope),
         audience: audience.into(),
         justification: "apply network rule".into(),
         nonce: nonce.to_vec(),
-        timestamp: p.now_unix(),
+        timestamp: now,
         ttl: Some(ttl),
         attestation: None,
         metadata: None,
-    });
-    match link.call(&req, CALL_TIMEOUT)? {
-        Message::TokenIssueResp(r) if r.request_id == rid => match (r.result, r.token) {
+    })
+}
+
+/// The token in cryptod's answer to request `request_id`; a refusal (with
+/// its result and reason) or any other answer is an error.
+pub fn issued_token(request_id: RequestId, answer: Message) -> Result<Vec<u8>, AppError> {
+    match answer {
+        Message::TokenIssueResp(r) if r.request_id == request_id => match (r.result, r.token) {
             (IssueResult::Ok, Some(t)) => Ok(t),
             (res, _) => Err(AppError::Protocol(alloc::format!(
                 "token refused: {} ({})",
@@ -93,6 +111,19 @@ fn issue<P: Platform>(
         },
         other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
     }
+}
+
+fn issue<P: Platform>(
+    p: &mut P,
+    link: &mut Link<P::Backend>,
+    scope: Scope,
+    audience: &str,
+    ttl: u64,
+) -> Result<Vec<u8>, AppError> {
+    let rid = request_id(p)?;
+    let nonce: [u8; 16] = random(p)?;
+    let req = issue_request(p.name(), rid, nonce, scope, audience, ttl, p.now_unix());
+    issued_token(rid, link.call(&req, CALL_TIMEOUT)?)
 }
 
 fn refresh_revocations<P: Platform>(
@@ -109,13 +140,9 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let s = Settings::load(p)?;
     let rule = String::from(s.get("rule", "allow tcp 10.0.0.0/8 -> 443"));
     let cryptod_dom = p.resolve(s.get("cryptod", "cryptod"))?;
-    let mut enf = Enforcer {
-        audience: s.get("audience", p.name()).into(),
-        skew: s.num("skew", 30)?,
-        trust: load_trust(p)?,
-        replay: MemoryReplayCache::new(1024),
-        rules: Vec::new(),
-    };
+    let audience = String::from(s.get("audience", p.name()));
+    let trust = load_trust(p)?;
+    let mut enf = Enforcer::new(&audience, s.num("skew", 30)?, trust);
     let mut link = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
     // cryptod answers `unavailable` until entropyd has seeded it.
     let tok = loop {

@@ -9,16 +9,18 @@
 
 use alloc::string::String;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::time::Duration;
 
 use portcullis_authority::unlock::{open_unlock_secret, Transcript};
-use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
+use portcullis_platform::{ConfigItem, Platform, PlatformError};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    is_valid_totp_code, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
+    is_valid_totp_code, RequestId, SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome,
+    UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
-use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
+use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -56,13 +58,238 @@ pub fn refresh_keyset<P: Platform>(
     trust.fetch_keyset(link, request_id(p)?, CALL_TIMEOUT)
 }
 
+/// What this unlocker unlocks, and as whom (from its settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnlockTarget {
+    /// The operator whose TOTP code is asked for.
+    pub operator: String,
+    /// This device's id (reported to cryptod's limiter).
+    pub device: String,
+    /// The volume to unlock.
+    pub volume: String,
+    /// The unlock agent's audience name (the token must name it).
+    pub audience: String,
+}
+
+/// The fresh values one attempt needs: an ephemeral X25519 secret, the
+/// request ids and the client nonce.
+pub struct Fresh {
+    /// The ephemeral X25519 secret the unlock secret is sealed to.
+    pub esk: Zeroizing<[u8; 32]>,
+    /// The `totp_validate_req` id.
+    pub request_id: RequestId,
+    /// The `unlock_request` id (to the agent).
+    pub unlock_id: RequestId,
+    /// The client nonce.
+    pub nonce: [u8; 16],
+}
+
+impl Fresh {
+    /// Draws the values from the platform's hardware entropy.
+    pub fn draw<P: Platform>(p: &mut P) -> Result<Fresh, AppError> {
+        Ok(Fresh {
+            esk: Zeroizing::new(random(p)?),
+            request_id: request_id(p)?,
+            unlock_id: request_id(p)?,
+            nonce: random(p)?,
+        })
+    }
+}
+
+/// What an attempt needs next.
+pub enum Step {
+    /// cryptod refused (a console line says why): prompt again.
+    Refused(String),
+    /// The token does not verify against the keyset held (perhaps the key
+    /// rotated): refresh the keyset and call [`Attempt::retry_token`].
+    TokenUnverified(VerifyError),
+    /// Send this `unlock_request` (it carries the secret) to the agent and
+    /// give its answer to [`Attempt::on_agent_answer`].
+    ToAgent(alloc::boxed::Box<Message>),
+}
+
+/// How an attempt ended at the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// The volume was opened (the agent's reason, if any).
+    Unlocked(String),
+    /// The agent refused (a console line says why).
+    AgentRefused(String),
+}
+
+/// One unlock attempt, sans-IO: a code in, a request for cryptod out; its
+/// answer in, an `unlock_request` for the agent (or a refusal) out; the
+/// agent's answer in, the outcome out. Every secret lives in a zeroizing
+/// buffer or the X25519 secret (zeroized on drop).
+pub struct Attempt {
+    target: UnlockTarget,
+    esk: StaticSecret,
+    request_id: RequestId,
+    unlock_id: RequestId,
+    /// The token and sealed secret of an `ok` answer, until handed on.
+    granted: Option<(Vec<u8>, SealedSecret)>,
+    first_error: Option<VerifyError>,
+}
+
+impl Attempt {
+    /// Starts an attempt with the operator's `code`; returns it and the
+    /// `totp_validate_req` for cryptod.
+    pub fn new(
+        target: &UnlockTarget,
+        code: Zeroizing<String>,
+        fresh: Fresh,
+        now: u64,
+    ) -> (Attempt, Message) {
+        let esk = StaticSecret::from(*fresh.esk);
+        let epk = PublicKey::from(&esk).to_bytes();
+        let req = Message::TotpValidateReq(TotpValidateReq {
+            request_id: fresh.request_id,
+            operator_id: target.operator.clone(),
+            device_id: target.device.clone(),
+            totp_code: code,
+            client_nonce: fresh.nonce.to_vec(),
+            timestamp: now,
+            volume_id: Some(target.volume.clone()),
+            ephemeral_pubkey: Some(epk),
+            attestation_chain: None,
+            metadata: None,
+        });
+        let attempt = Attempt {
+            target: target.clone(),
+            esk,
+            request_id: fresh.request_id,
+            unlock_id: fresh.unlock_id,
+            granted: None,
+            first_error: None,
+        };
+        (attempt, req)
+    }
+
+    /// cryptod's answer. An answer to another request, or of another kind,
+    /// is a protocol error.
+    pub fn on_cryptod_answer(
+        &mut self,
+        answer: Message,
+        trust: &Trust,
+        now: u64,
+    ) -> Result<Step, AppError> {
+        let resp = match answer {
+            Message::TotpValidateResp(r) if r.request_id == self.request_id => r,
+            other => {
+                return Err(AppError::Protocol(alloc::format!(
+                    "unexpected {}",
+                    other.kind().as_str()
+                )))
+            }
+        };
+        if resp.result != TotpResult::Ok {
+            let reason = resp.reason.as_deref().unwrap_or("");
+            let line = match resp.retry_after {
+                Some(s) => {
+                    alloc::format!(
+                        "refused: {} ({reason}); retry after {s} s",
+                        resp.result.as_str()
+                    )
+                }
+                None => alloc::format!("refused: {} ({reason})", resp.result.as_str()),
+            };
+            return Ok(Step::Refused(line));
+        }
+        let (Some(tok), Some(sealed)) = (resp.capability_token, resp.unlock_secret) else {
+            return Err(AppError::Protocol("ok without token and secret".into()));
+        };
+        self.granted = Some((tok, sealed));
+        match self.check_token(trust, now) {
+            Ok(()) => self.agent_request(),
+            Err(e) => {
+                self.first_error = Some(e);
+                Ok(Step::TokenUnverified(e))
+            }
+        }
+    }
+
+    /// After a keyset refresh: checks the token once more; a token that
+    /// still does not verify is refused.
+    pub fn retry_token(&mut self, trust: &Trust, now: u64) -> Result<Step, AppError> {
+        if self.granted.is_none() {
+            return Err(AppError::Protocol("no token to check".into()));
+        }
+        match self.check_token(trust, now) {
+            Ok(()) => self.agent_request(),
+            Err(e) => {
+                let first = self.first_error.unwrap_or(e);
+                self.granted = None;
+                Ok(Step::Refused(alloc::format!("token refused: {first}")))
+            }
+        }
+    }
+
+    /// Checks the token as the agent will, before handing anything on. Our
+    /// own replay cache is separate from the agent's.
+    fn check_token(&self, trust: &Trust, now: u64) -> Result<(), VerifyError> {
+        let Some((tok, _)) = self.granted.as_ref() else { return Err(VerifyError::Malformed) };
+        let mut replay = MemoryReplayCache::new(4);
+        let expect = Expectations {
+            audience: &self.target.audience,
+            scope: ScopeSet::single(Scope::LuksUnlock),
+            now,
+            skew: 30,
+        };
+        token::verify(tok, trust.keyset(), &expect, &mut replay, trust.revoked()).map(|_| ())
+    }
+
+    /// Opens the unlock secret (bound to this request's transcript) and
+    /// builds the agent's request.
+    fn agent_request(&mut self) -> Result<Step, AppError> {
+        let Some((tok, sealed)) = self.granted.take() else {
+            return Err(AppError::Protocol("no token to hand on".into()));
+        };
+        let transcript = Transcript {
+            request_id: &self.request_id,
+            operator: &self.target.operator,
+            volume_id: &self.target.volume,
+            token: &tok,
+        };
+        let secret = open_unlock_secret(&self.esk, &sealed, &transcript)
+            .map_err(|e| AppError::Protocol(alloc::format!("unlock secret: {e}")))?;
+        Ok(Step::ToAgent(alloc::boxed::Box::new(Message::UnlockRequest(UnlockRequest {
+            request_id: self.unlock_id,
+            volume_id: self.target.volume.clone(),
+            passphrase: secret,
+            token: tok,
+        }))))
+    }
+
+    /// The agent's answer to the `unlock_request`.
+    pub fn on_agent_answer(&self, answer: Message) -> Result<Done, AppError> {
+        match answer {
+            Message::UnlockResult(r) if r.request_id == self.unlock_id => {
+                let reason = String::from(r.reason.as_deref().unwrap_or(""));
+                if r.result == UnlockOutcome::Ok {
+                    Ok(Done::Unlocked(reason))
+                } else {
+                    Ok(Done::AgentRefused(alloc::format!(
+                        "agent refused: {} ({reason})",
+                        r.result.as_str()
+                    )))
+                }
+            }
+            other => {
+                Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str())))
+            }
+        }
+    }
+}
+
 /// Runs the unlocker: up to `attempts` prompts (setting, default 3).
 pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
     let s = Settings::load(p)?;
-    let operator = String::from(s.get("operator", "operator"));
-    let device = String::from(s.get("device", p.name()));
-    let volume = String::from(s.get("volume", "data"));
-    let audience = String::from(s.get("agent_audience", "unlock_agent"));
+    let target = UnlockTarget {
+        operator: String::from(s.get("operator", "operator")),
+        device: String::from(s.get("device", p.name())),
+        volume: String::from(s.get("volume", "data")),
+        audience: String::from(s.get("agent_audience", "unlock_agent")),
+    };
     let attempts = s.num("attempts", 3)?.max(1);
     let agent = resolve_dom(p, s.get("agent", "dom0"))?;
     let cryptod_dom = resolve_dom(p, s.get("cryptod", "cryptod"))?;
@@ -74,7 +301,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
 
     for _ in 0..attempts {
         let mut code = Zeroizing::new(vec![0u8; 16]);
-        p.console_write(&alloc::format!("unlocker: TOTP code for {operator}: "));
+        p.console_write(&alloc::format!("unlocker: TOTP code for {}: ", target.operator));
         let n = match p.console_read_line(&mut code, false, None) {
             Ok(n) => n,
             Err(PlatformError::Timeout) => continue,
@@ -87,119 +314,44 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
             continue;
         }
         let code_text = Zeroizing::new(String::from(typed));
-        match attempt(
-            p,
-            &mut cryptod,
-            &mut trust,
-            agent,
-            &operator,
-            &device,
-            &volume,
-            &audience,
-            code_text,
-        )? {
-            true => return Ok(Outcome::Unlocked),
-            false => continue,
+        let fresh = Fresh::draw(p)?;
+        let (mut attempt, req) = Attempt::new(&target, code_text, fresh, p.now_unix());
+        let answer = cryptod.call(&req, CALL_TIMEOUT)?;
+        drop(req);
+        let mut step = attempt.on_cryptod_answer(answer, &trust, p.now_unix())?;
+        if let Step::TokenUnverified(_) = step {
+            // Perhaps the key rotated since we fetched the keyset: once more.
+            refresh_keyset(p, &mut cryptod, &mut trust)?;
+            step = attempt.retry_token(&trust, p.now_unix())?;
+        }
+        let req = match step {
+            Step::Refused(line) => {
+                say!(p, "unlocker: {line}");
+                continue;
+            }
+            Step::TokenUnverified(e) => {
+                say!(p, "unlocker: token refused: {e}");
+                continue;
+            }
+            Step::ToAgent(req) => req,
+        };
+        let mut agent_link = connect(p, agent, port::UNLOCK_AGENT, Duration::from_secs(30))?;
+        let answer = agent_link.call(&req, Duration::from_secs(60));
+        drop(req); // zeroizes the passphrase
+        let rekicks = agent_link.chan().rekicks();
+        if rekicks > 0 {
+            say!(
+                p,
+                "unlocker: signalled the agent {rekicks} more time(s) before it read the request"
+            );
+        }
+        match attempt.on_agent_answer(answer?)? {
+            Done::Unlocked(reason) => {
+                say!(p, "unlocker: volume {} unlocked {reason}", target.volume);
+                return Ok(Outcome::Unlocked);
+            }
+            Done::AgentRefused(line) => say!(p, "unlocker: {line}"),
         }
     }
     Ok(Outcome::GaveUp)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attempt<P: Platform>(
-    p: &mut P,
-    cryptod: &mut Link<P::Backend>,
-    trust: &mut Trust,
-    agent: DomId,
-    operator: &str,
-    device: &str,
-    volume: &str,
-    audience: &str,
-    code: Zeroizing<String>,
-) -> Result<bool, AppError> {
-    let esk = StaticSecret::from(*Zeroizing::new(random::<P, 32>(p)?));
-    let epk = PublicKey::from(&esk).to_bytes();
-    let rid = request_id(p)?;
-    let nonce: [u8; 16] = random(p)?;
-    let req = Message::TotpValidateReq(TotpValidateReq {
-        request_id: rid,
-        operator_id: operator.into(),
-        device_id: device.into(),
-        totp_code: code,
-        client_nonce: nonce.to_vec(),
-        timestamp: p.now_unix(),
-        volume_id: Some(volume.into()),
-        ephemeral_pubkey: Some(epk),
-        attestation_chain: None,
-        metadata: None,
-    });
-    let resp = match cryptod.call(&req, CALL_TIMEOUT)? {
-        Message::TotpValidateResp(r) if r.request_id == rid => r,
-        other => {
-            return Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str())))
-        }
-    };
-    if resp.result != TotpResult::Ok {
-        let reason = resp.reason.as_deref().unwrap_or("");
-        match resp.retry_after {
-            Some(s) => {
-                say!(p, "unlocker: refused: {} ({reason}); retry after {s} s", resp.result.as_str())
-            }
-            None => say!(p, "unlocker: refused: {} ({reason})", resp.result.as_str()),
-        }
-        return Ok(false);
-    }
-    let (Some(tok), Some(sealed)) = (resp.capability_token, resp.unlock_secret) else {
-        return Err(AppError::Protocol("ok without token and secret".into()));
-    };
-    // Check the token as the agent will, before handing anything on. Our own
-    // replay cache is separate from the agent's.
-    let mut replay = MemoryReplayCache::new(4);
-    let expect = Expectations {
-        audience,
-        scope: ScopeSet::single(Scope::LuksUnlock),
-        now: p.now_unix(),
-        skew: 30,
-    };
-    if let Err(e) = token::verify(&tok, trust.keyset(), &expect, &mut replay, trust.revoked()) {
-        // Perhaps the key rotated since we fetched the keyset: fetch once more.
-        refresh_keyset(p, cryptod, trust)?;
-        let mut replay = MemoryReplayCache::new(4);
-        if token::verify(&tok, trust.keyset(), &expect, &mut replay, trust.revoked()).is_err() {
-            say!(p, "unlocker: token refused: {e}");
-            return Ok(false);
-        }
-    }
-    let transcript = Transcript { request_id: &rid, operator, volume_id: volume, token: &tok };
-    let secret = open_unlock_secret(&esk, &sealed, &transcript)
-        .map_err(|e| AppError::Protocol(alloc::format!("unlock secret: {e}")))?;
-    drop(esk);
-
-    let mut agent_link = connect(p, agent, port::UNLOCK_AGENT, Duration::from_secs(30))?;
-    let unlock_id = request_id(p)?;
-    let req = Message::UnlockRequest(UnlockRequest {
-        request_id: unlock_id,
-        volume_id: volume.into(),
-        passphrase: secret,
-        token: tok,
-    });
-    let answer = agent_link.call(&req, Duration::from_secs(60));
-    drop(req); // zeroizes the passphrase
-    let rekicks = agent_link.chan().rekicks();
-    if rekicks > 0 {
-        say!(p, "unlocker: signalled the agent {rekicks} more time(s) before it read the request");
-    }
-    match answer? {
-        Message::UnlockResult(r) if r.request_id == unlock_id => {
-            let reason = r.reason.as_deref().unwrap_or("");
-            if r.result == UnlockOutcome::Ok {
-                say!(p, "unlocker: volume {volume} unlocked {reason}");
-                Ok(true)
-            } else {
-                say!(p, "unlocker: agent refused: {} ({reason})", r.result.as_str());
-                Ok(false)
-            }
-        }
-        other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
-    }
 }

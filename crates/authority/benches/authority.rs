@@ -1,4 +1,4 @@
-//! cryptod's hot paths: TOTP validation + token issue through `handle`, token
+//! cryptod's hot paths: TOTP validation + token issue through `handle_request`, token
 //! verification, and the raw Ed25519 operations underneath them.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -6,7 +6,7 @@ use ed25519_dalek::{Signer, SigningKey, Verifier};
 use portcullis_authority::authority::Config;
 use portcullis_authority::sealed::SealedState;
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
-use portcullis_authority::{Authority, PeerId};
+use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, EntropyPub, RequestId, TokenIssueReq, TotpResult, TotpValidateReq,
@@ -19,15 +19,14 @@ const SECRET: &[u8] = b"12345678901234567890";
 const T0: u64 = 1_700_000_000;
 
 fn authority(operators: usize) -> Authority {
-    let state = SealedState {
-        root_key: [1; 32],
-        master_secret: [2; 32],
-        operators: (0..operators)
+    let state = SealedState::new(
+        [1; 32],
+        [2; 32],
+        (0..operators)
             .map(|i| OperatorSecret::new(&format!("op{i}"), SECRET, Algorithm::Sha1, 8).unwrap())
             .collect(),
-        acl: "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
-        last_steps: vec![],
-    };
+        "allow vm=unlocker scopes=luks:unlock aud=unlock_agent volumes=data\nallow vm=pd scopes=net:read aud=fw0\n".into(),
+    );
     // No issue rate limit: the loops below issue thousands of tokens at one instant.
     let issue_rate =
         portcullis_authority::ratelimit::IssueRateConfig { per_minute: 0, ..Default::default() };
@@ -40,7 +39,7 @@ fn authority(operators: usize) -> Authority {
         entropy_chunk: Zeroizing::new(vec![7; 64]),
         timestamp: T0,
     };
-    a.handle(&PeerId::new(2, "entropyd"), &chunk.into(), T0, b"hw");
+    a.entropy(&PeerId::new(2, "entropyd"), &chunk, T0, b"hw");
     a
 }
 
@@ -51,18 +50,14 @@ fn ack_all(a: &mut Authority) -> Vec<Message> {
     let Some(Message::AuditLog(last)) = pending.last() else { return Vec::new() };
     let rec = portcullis_proto::cose::open_unverified(&last.record).unwrap();
     let rec = portcullis_proto::msg::AuditRecord::from_cbor(&rec.payload).unwrap();
-    let out = a.handle(
-        &PeerId::new(3, "collector"),
-        &AuditAck { chain_id: rec.chain_id, seq: rec.seq }.into(),
-        T0,
-        b"",
-    );
+    let out = a.collector_ack(&AuditAck { chain_id: rec.chain_id, seq: rec.seq });
     out.released.into_iter().map(|(_, m)| m).collect()
 }
 
 /// One request answered as cryptod answers it: held, then released by the ack.
 fn answer(a: &mut Authority, peer: &PeerId, msg: &Message) -> Option<Message> {
-    a.handle(peer, msg, T0, b"").response.or_else(|| ack_all(a).pop())
+    let req = Request::from_message(msg).unwrap();
+    a.handle_request(peer, req, T0, b"").response.or_else(|| ack_all(a).pop())
 }
 
 /// A plain code check (no unlock grant) for `operator`.
@@ -92,7 +87,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let req = totp_req(&format!("op{}", i % OPS), &code);
             i += 1;
-            let out = a.handle(&unlocker, &req.into(), T0, b"");
+            let out = a.handle_request(&unlocker, Request::TotpValidate(&req), T0, b"");
             if i % 32 == 0 {
                 ack_all(&mut a);
             }
@@ -118,7 +113,7 @@ fn bench(c: &mut Criterion) {
     let mut n = 0u32;
     c.bench_function("handle: token_issue (acl + mint + audit)", |b| {
         b.iter(|| {
-            let out = a.handle(&pd, &issue, T0, b"");
+            let out = a.handle_request(&pd, Request::from_message(&issue).unwrap(), T0, b"");
             n += 1;
             if n % 32 == 0 {
                 ack_all(&mut a);

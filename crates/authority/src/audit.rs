@@ -1,9 +1,15 @@
 //! The signed, hash-chained audit log and its verifier.
 //!
 //! Rules:
-//! - a chain has a 16-byte id; its records have `seq` 0, 1, 2, …;
+//! - a chain has a 16-byte id (one per cryptod boot); its records have
+//!   consecutive `seq`;
 //! - record `n`'s `prev_hash` is SHA-256 of record `n-1`'s signed bytes (the
 //!   whole COSE_Sign1); record 0 has 32 zero bytes;
+//! - the first boot's chain starts at `seq` 0; a later boot's chain continues
+//!   from the head the collector last acknowledged before the restart (sealed
+//!   with cryptod's state): its first record has `seq` = head `seq` + 1 and
+//!   `prev_hash` = the head's hash, so all boots form one log
+//!   ([`verify_log`] checks it whole);
 //! - `entry_id` = the first 16 bytes of SHA-256(chain_id || u64be(seq)), unique
 //!   per record without drawing on the DRBG;
 //! - each record is a COSE_Sign1 (content type `audit_record`) by the root key;
@@ -68,6 +74,8 @@ pub enum AuditError {
     Full,
     /// The record could not be encoded or signed (a field breaks the schema).
     Encoding,
+    /// `seq` cannot go higher.
+    Exhausted,
 }
 
 impl fmt::Display for AuditError {
@@ -75,8 +83,20 @@ impl fmt::Display for AuditError {
         f.write_str(match self {
             AuditError::Full => "audit outbox is full",
             AuditError::Encoding => "audit record could not be encoded or signed",
+            AuditError::Exhausted => "audit seq exhausted",
         })
     }
+}
+
+/// A stored record: its chain, `seq` and the SHA-256 of its signed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The record's chain.
+    pub chain_id: [u8; 16],
+    /// The record's `seq`.
+    pub seq: u64,
+    /// SHA-256 of the record's signed bytes.
+    pub hash: [u8; 32],
 }
 
 /// The writer's side: the chain head and the outbox of unacked records.
@@ -87,18 +107,33 @@ pub struct AuditLog {
     prev_hash: [u8; 32],
     outbox: VecDeque<(u64, Vec<u8>)>,
     capacity: usize,
+    acked: Option<Head>,
 }
 
 impl AuditLog {
     /// A new chain with id `chain_id` and an outbox of `capacity` records.
     pub fn new(chain_id: [u8; 16], capacity: usize) -> AuditLog {
+        AuditLog::resume(chain_id, capacity, None)
+    }
+
+    /// A new chain `chain_id` that continues after `after` (the head an
+    /// earlier boot's collector acknowledged), or starts at `seq` 0.
+    pub fn resume(chain_id: [u8; 16], capacity: usize, after: Option<Head>) -> AuditLog {
         AuditLog {
             chain_id,
-            next_seq: 0,
-            prev_hash: [0; 32],
+            // u64::MAX itself is never written: append refuses then.
+            next_seq: after.map_or(0, |h| h.seq.saturating_add(1)),
+            prev_hash: after.map_or([0; 32], |h| h.hash),
             outbox: VecDeque::new(),
             capacity: capacity.max(1),
+            acked: after,
         }
+    }
+
+    /// The last record the collector acknowledged (of this chain, or the
+    /// head this chain continues): what cryptod seals for its next boot.
+    pub fn acked_head(&self) -> Option<Head> {
+        self.acked
     }
 
     /// The chain id.
@@ -122,6 +157,7 @@ impl AuditLog {
         if !self.has_room(1) {
             return Err(AuditError::Full);
         }
+        let after = self.next_seq.checked_add(1).ok_or(AuditError::Exhausted)?;
         let record = AuditRecord {
             chain_id: self.chain_id,
             seq: self.next_seq,
@@ -140,7 +176,7 @@ impl AuditLog {
             .map_err(|_| AuditError::Encoding)?;
         self.prev_hash = Sha256::digest(&signed).into();
         self.outbox.push_back((self.next_seq, signed.clone()));
-        self.next_seq += 1;
+        self.next_seq = after;
         Ok(signed)
     }
 
@@ -153,7 +189,10 @@ impl AuditLog {
         }
         let before = self.outbox.len();
         while self.outbox.front().is_some_and(|(s, _)| *s <= seq) {
-            self.outbox.pop_front();
+            if let Some((seq, signed)) = self.outbox.pop_front() {
+                let hash = Sha256::digest(&signed).into();
+                self.acked = Some(Head { chain_id: self.chain_id, seq, hash });
+            }
         }
         before - self.outbox.len()
     }
@@ -203,6 +242,8 @@ pub struct Summary {
     pub records: usize,
     /// SHA-256 of the last record's signed bytes (what the next record links to).
     pub head_hash: [u8; 32],
+    /// The first record's `prev_hash` (what this run links to).
+    pub first_prev_hash: [u8; 32],
 }
 
 /// How a chain breaks.
@@ -332,6 +373,7 @@ pub fn verify_chain<R: AsRef<[u8]>>(
                     last_seq: record.seq,
                     records: 1,
                     head_hash: hash,
+                    first_prev_hash: record.prev_hash,
                 });
             }
             Some(s) => {
@@ -393,6 +435,196 @@ pub fn verify_chain_to<R: AsRef<[u8]>>(
         }
     }
     Ok(summary)
+}
+
+/// How a whole log (the chains of every boot, oldest first) breaks, beyond
+/// what breaks one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogErrorKind {
+    /// One chain breaks (`index` is the offending record in the whole log).
+    Chain(ChainErrorKind),
+    /// The first chain does not start at `seq` 0: the log's beginning is
+    /// missing (earlier records or whole chains dropped, or chains swapped).
+    MissingStart {
+        /// `seq` of the log's first record.
+        first_seq: u64,
+    },
+    /// A chain after the first starts at `seq` 0: a second beginning
+    /// (a chain moved, or one provisioning's log appended to another's).
+    SecondStart,
+    /// A chain's id appears again after another chain (a chain replayed).
+    RepeatedChain,
+    /// A chain continues from a `seq` the chain before it does not reach:
+    /// that chain's tail, or whole chains, were dropped.
+    MissingLink {
+        /// The `seq` the chain continues from.
+        link_seq: u64,
+        /// The last `seq` of the chain before it.
+        found_last: u64,
+    },
+    /// A chain continues from a `seq` before the previous chain's first.
+    LinkBeforeChain {
+        /// The `seq` the chain continues from.
+        link_seq: u64,
+        /// The first `seq` of the chain before it.
+        found_first: u64,
+    },
+    /// A chain's first `prev_hash` is not the hash of the record it
+    /// continues from (chains dropped, swapped or from another history).
+    LinkMismatch,
+    /// The log ends before the anchor: the last chain (or whole chains) cut.
+    TruncatedTail {
+        /// The anchor (highest `seq` the collector acknowledged).
+        expected_last: u64,
+        /// The last `seq` present.
+        found_last: u64,
+    },
+}
+
+/// Where and how a log breaks: `index` is a record index in the whole log
+/// (`records.len()` for a cut-off tail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogError {
+    /// Position of the offending record.
+    pub index: usize,
+    /// What is wrong there.
+    pub kind: LogErrorKind,
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            LogErrorKind::Chain(kind) => ChainError { index: self.index, kind }.fmt(f),
+            kind => {
+                write!(f, "audit log breaks at record {}: ", self.index)?;
+                match kind {
+                    LogErrorKind::MissingStart { first_seq } => write!(
+                        f,
+                        "the log starts at seq {first_seq}, not 0: its beginning is missing"
+                    ),
+                    LogErrorKind::SecondStart => {
+                        f.write_str("a second chain starts at seq 0 (moved or foreign chain)")
+                    }
+                    LogErrorKind::RepeatedChain => {
+                        f.write_str("a chain appears again after another chain (replayed)")
+                    }
+                    LogErrorKind::MissingLink { link_seq, found_last } => write!(
+                        f,
+                        "chain continues from seq {link_seq}, but the chain before it ends at \
+                         seq {found_last}: records or chains are missing"
+                    ),
+                    LogErrorKind::LinkBeforeChain { link_seq, found_first } => write!(
+                        f,
+                        "chain continues from seq {link_seq}, before the previous chain's \
+                         first seq {found_first}"
+                    ),
+                    LogErrorKind::LinkMismatch => f.write_str(
+                        "chain does not continue from the record before it (chains dropped, \
+                         swapped or replayed)",
+                    ),
+                    LogErrorKind::TruncatedTail { expected_last, found_last } => write!(
+                        f,
+                        "truncated: the log ends at seq {found_last}, anchor is {expected_last}"
+                    ),
+                    LogErrorKind::Chain(_) => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// What a verified log covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSummary {
+    /// Each chain, oldest first, with `(start, end)` record indexes.
+    pub chains: Vec<(Summary, usize, usize)>,
+    /// Records of a chain after the point the next chain continues from:
+    /// stored by the collector, but not acknowledged before cryptod stopped.
+    pub superseded: usize,
+}
+
+/// The chain id of a record, without verifying it (to split a log into runs).
+fn chain_of(bytes: &[u8]) -> Option<[u8; 16]> {
+    let v = cose::open_unverified(bytes).ok()?;
+    AuditRecord::from_cbor(&v.payload).ok().map(|r| r.chain_id)
+}
+
+/// Verifies a whole log: the chains of every boot, oldest first. Each chain
+/// must verify ([`verify_chain`]); the first must start at `seq` 0; each
+/// later one must continue from a record of the chain just before it (its
+/// first `prev_hash` is that record's hash, its first `seq` the next); no
+/// chain may appear twice. With `expect_last` (the highest `seq` the
+/// collector acknowledged), the last chain must reach it, which anchors the
+/// whole sequence.
+pub fn verify_log<R: AsRef<[u8]>>(
+    records: &[R],
+    keys: &[VerifyingKey],
+    expect_last: Option<u64>,
+) -> Result<LogSummary, LogError> {
+    let mut chains: Vec<(Summary, usize, usize)> = Vec::new();
+    let mut superseded = 0usize;
+    let mut start = 0usize;
+    if records.is_empty() {
+        return Err(LogError { index: 0, kind: LogErrorKind::Chain(ChainErrorKind::Empty) });
+    }
+    while start < records.len() {
+        let id = chain_of(records[start].as_ref());
+        let mut end = start + 1;
+        while id.is_some() && end < records.len() && chain_of(records[end].as_ref()) == id {
+            end += 1;
+        }
+        let run = &records[start..end];
+        let summary = verify_chain(run, keys)
+            .map_err(|e| LogError { index: start + e.index, kind: LogErrorKind::Chain(e.kind) })?;
+        let err = |kind| Err(LogError { index: start, kind });
+        match chains.last() {
+            None if summary.first_seq != 0 => {
+                return err(LogErrorKind::MissingStart { first_seq: summary.first_seq })
+            }
+            None => {}
+            Some(_) if summary.first_seq == 0 => return err(LogErrorKind::SecondStart),
+            Some(_) if chains.iter().any(|(c, _, _)| c.chain_id == summary.chain_id) => {
+                return err(LogErrorKind::RepeatedChain)
+            }
+            Some((prev, prev_start, _)) => {
+                let link_seq = summary.first_seq - 1;
+                if link_seq > prev.last_seq {
+                    return err(LogErrorKind::MissingLink { link_seq, found_last: prev.last_seq });
+                }
+                let Some(offset) = link_seq.checked_sub(prev.first_seq) else {
+                    return err(LogErrorKind::LinkBeforeChain {
+                        link_seq,
+                        found_first: prev.first_seq,
+                    });
+                };
+                let at = usize::try_from(offset)
+                    .ok()
+                    .and_then(|o| prev_start.checked_add(o))
+                    .and_then(|i| records.get(i));
+                let hash = at.map(|r| <[u8; 32]>::from(Sha256::digest(r.as_ref())));
+                if hash != Some(summary.first_prev_hash) {
+                    return err(LogErrorKind::LinkMismatch);
+                }
+                let extra = prev.last_seq - link_seq;
+                superseded =
+                    superseded.saturating_add(usize::try_from(extra).unwrap_or(usize::MAX));
+            }
+        }
+        chains.push((summary, start, end));
+        start = end;
+    }
+    if let (Some(want), Some((last, _, _))) = (expect_last, chains.last()) {
+        if last.last_seq < want {
+            return Err(LogError {
+                index: records.len(),
+                kind: LogErrorKind::TruncatedTail {
+                    expected_last: want,
+                    found_last: last.last_seq,
+                },
+            });
+        }
+    }
+    Ok(LogSummary { chains, superseded })
 }
 
 /// The `seq` of a record, without verifying it (to tell a reordering from a gap).

@@ -9,7 +9,12 @@
 //! - with [`Config::answer_after_audit`] (the default) an answer whose
 //!   decision made audit records is held until the collector has
 //!   acknowledged them, so no answer leaves before its record is stored;
-//! - `entropy_pub` is accepted only from the configured entropy peer.
+//! - `entropy_pub` is accepted only from the configured entropy peer;
+//! - repeated `rate_limited` refusals of one peer share one audit record per
+//!   window ([`Config::audit_aggregate_window`]); the first is recorded at once;
+//! - what [`Authority::export`] seals (TOTP steps and failure counters, keyset
+//!   version, revocation list, acknowledged audit head) is flagged in
+//!   [`Output::state_changed`] whenever it changes.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -29,12 +34,15 @@ use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
-use crate::audit::{AuditLog, Event, DEFAULT_OUTBOX};
+use crate::audit::{AuditLog, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
-use crate::ratelimit::{Admission, IssueLimiter, IssueRateConfig, RateLimitConfig, RateLimiter};
+use crate::ratelimit::{
+    Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
+    RateLimitConfig,
+};
 use crate::revocation::RevocationList;
-use crate::sealed::{self, SealError, SealedState};
+use crate::sealed::{self, SealError, SealedHead, SealedState};
 use crate::totp::{CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW};
 use crate::unlock::{self, Transcript};
 
@@ -48,6 +56,8 @@ pub const DEFAULT_POLICY_TTL: u64 = 120;
 pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
 /// Default number of answers that may wait for the collector at once.
 pub const DEFAULT_MAX_HELD: usize = 64;
+/// Default window over which repeated refusals share one audit record.
+pub const DEFAULT_AGGREGATE_WINDOW: u64 = 10;
 
 /// cryptod's settings (not secret; from the platform's configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +76,7 @@ pub struct Config {
     pub max_policy_ttl: u64,
     /// TOTP window in steps on either side (at most [`MAX_WINDOW`]).
     pub totp_window: u64,
-    /// Failure limits (one limiter for operators, one for devices).
+    /// TOTP failure limits (per configured operator; per domain for unknown ids).
     pub rate_limit: RateLimitConfig,
     /// Token issue requests per peer (a token bucket).
     pub issue_rate: IssueRateConfig,
@@ -82,6 +92,9 @@ pub struct Config {
     pub max_held: usize,
     /// DRBG generate calls allowed per reseed.
     pub reseed_interval: u64,
+    /// Seconds over which repeated `rate_limited` refusals of one peer share
+    /// one audit record (the first is recorded at once; 0: no aggregation).
+    pub audit_aggregate_window: u64,
 }
 
 impl Default for Config {
@@ -101,6 +114,7 @@ impl Default for Config {
             answer_after_audit: true,
             max_held: DEFAULT_MAX_HELD,
             reseed_interval: DEFAULT_RESEED_INTERVAL,
+            audit_aggregate_window: DEFAULT_AGGREGATE_WINDOW,
         }
     }
 }
@@ -154,8 +168,53 @@ pub struct Output {
     pub released: Vec<(PeerId, Message)>,
     /// New `audit_log` messages for the collector (also held until acked).
     pub audit: Vec<Message>,
-    /// The sealed state changed (an operator's last step): persist [`Authority::export`].
+    /// The sealed state changed (an operator's last step or failure count,
+    /// the keyset version, the revocation list, the acknowledged audit head):
+    /// persist [`Authority::export`] before anything else depends on it.
     pub state_changed: bool,
+}
+
+/// A request cryptod serves to its clients: the only messages a client
+/// link can hand to [`Authority::handle_request`]. Collector acks
+/// ([`Authority::collector_ack`]) and entropy chunks ([`Authority::entropy`])
+/// have their own entry points, reached only from their own links.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// `totp_validate_req`.
+    TotpValidate(&'a TotpValidateReq),
+    /// `token_issue_req`.
+    TokenIssue(&'a TokenIssueReq),
+    /// `token_revoke_req`.
+    TokenRevoke(&'a TokenRevokeReq),
+    /// `keyset_req`.
+    Keyset(&'a msg::KeysetReq),
+    /// `revocation_list_req`.
+    RevocationList(&'a msg::RevocationListReq),
+}
+
+impl<'a> Request<'a> {
+    /// The request `msg` carries, or `None` for any message that is not a
+    /// request cryptod serves to clients (answers, acks, entropy, ...).
+    pub fn from_message(msg: &'a Message) -> Option<Request<'a>> {
+        Some(match msg {
+            Message::TotpValidateReq(r) => Request::TotpValidate(r),
+            Message::TokenIssueReq(r) => Request::TokenIssue(r),
+            Message::TokenRevokeReq(r) => Request::TokenRevoke(r),
+            Message::KeysetReq(r) => Request::Keyset(r),
+            Message::RevocationListReq(r) => Request::RevocationList(r),
+            _ => return None,
+        })
+    }
+}
+
+/// The answer to a message a client may not send cryptod (an ack, an
+/// entropy chunk, an answer): `malformed`, with the message's request id.
+pub fn not_served(msg: &Message) -> Message {
+    error(
+        ErrorCode::Malformed,
+        &format!("{} is not a request cryptod serves to clients", msg.kind().as_str()),
+        msg.request_id().copied(),
+    )
 }
 
 /// cryptod's decision core.
@@ -165,15 +224,31 @@ pub struct Authority {
     acl: Acl,
     acl_text: String,
     totp: Totp,
-    operators_limit: RateLimiter,
-    devices_limit: RateLimiter,
+    failures: FailureLimiter,
     issue_limit: IssueLimiter,
     keys: KeyRing,
     root_seed: Zeroizing<[u8; 32]>,
     master: Zeroizing<[u8; 32]>,
     revocations: RevocationList,
     audit: Option<AuditLog>,
+    /// The head the previous boot sealed: this boot's chain continues from it.
+    sealed_head: Option<Head>,
+    /// Repeated refusals not yet written (see [`Config::audit_aggregate_window`]).
+    aggregate: Option<Aggregate>,
     held: VecDeque<Held>,
+}
+
+/// Refusals of one peer for one reason, counted instead of recorded one by
+/// one; the first was recorded when the window opened.
+struct Aggregate {
+    domid: u32,
+    actor: String,
+    action: AuditAction,
+    reason: &'static str,
+    first_at: u64,
+    last_at: u64,
+    until: u64,
+    count: u64,
 }
 
 /// An answer waiting for the collector to acknowledge audit record `need`.
@@ -200,7 +275,21 @@ impl Authority {
             return Err(InitError::Config("totp_window too large"));
         }
         let acl = Acl::parse(&state.acl).map_err(InitError::Acl)?;
-        let keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
+        let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
+        keys.resume_version(state.keyset_version);
+        let mut failures =
+            FailureLimiter::new(config.rate_limit, state.operators.iter().map(|o| o.id.clone()));
+        for (id, count, locked_until) in &state.failures {
+            failures.restore(id, FailureCount { failures: *count, locked_until: *locked_until });
+        }
+        // The serial moves on at every boot: the first list this boot
+        // publishes is newer than any the last one did.
+        let revocations = RevocationList::restore(
+            state.revoked.iter().map(|(cti, exp)| (cti.as_slice(), *exp)),
+            state.revocation_serial.saturating_add(1),
+        );
+        let sealed_head =
+            state.audit_head.map(|h| Head { chain_id: h.chain_id, seq: h.seq, hash: h.hash });
         Ok(Authority {
             drbg: Drbg::new(config.reseed_interval),
             acl,
@@ -210,14 +299,15 @@ impl Authority {
                 state.last_steps.iter().cloned(),
                 config.totp_window,
             ),
-            operators_limit: RateLimiter::new(config.rate_limit),
-            devices_limit: RateLimiter::new(config.rate_limit),
+            failures,
             issue_limit: IssueLimiter::new(config.issue_rate),
             keys,
             root_seed: Zeroizing::new(state.root_key),
             master: Zeroizing::new(state.master_secret),
-            revocations: RevocationList::new(),
+            revocations,
             audit: None,
+            sealed_head,
+            aggregate: None,
             held: VecDeque::new(),
             config,
         })
@@ -281,6 +371,20 @@ impl Authority {
             operators: self.totp.operators().cloned().collect(),
             acl: self.acl_text.clone(),
             last_steps: self.totp.last_steps().map(|(k, v)| (k.clone(), *v)).collect(),
+            failures: self
+                .failures
+                .operator_counts()
+                .map(|(id, c)| (id.clone(), c.failures, c.locked_until))
+                .collect(),
+            keyset_version: self.keys.version(),
+            revocation_serial: self.revocations.serial(),
+            revoked: self.revocations.entries().map(|(cti, exp)| (cti.to_vec(), exp)).collect(),
+            audit_head: self
+                .audit
+                .as_ref()
+                .and_then(AuditLog::acked_head)
+                .or(self.sealed_head)
+                .map(|h| SealedHead { chain_id: h.chain_id, seq: h.seq, hash: h.hash }),
         };
         sealed::seal(&state, kek, &nonce).map_err(ExportError::Seal)
     }
@@ -288,59 +392,112 @@ impl Authority {
     /// Timers: rotates the signing key when due, drops keys past their
     /// overlap, prunes expired revocations.
     pub fn tick(&mut self, now: u64) -> Output {
+        let before = self.sealed_marker();
         let mut out = Output::default();
         self.maintain(now, &mut out);
+        out.state_changed |= self.sealed_marker() != before;
         out
     }
 
-    /// Handles one message from `peer` at time `now`; `hw_entropy` is a fresh
-    /// local hardware sample (mixed into the DRBG, never credited).
-    pub fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw_entropy: &[u8]) -> Output {
+    /// What changes the sealed state outside the TOTP paths: the keyset
+    /// version, the revocation serial and the acknowledged audit head.
+    fn sealed_marker(&self) -> (u64, u64, Option<u64>) {
+        let acked = self.audit.as_ref().and_then(AuditLog::acked_head).map(|h| h.seq);
+        (self.keys.version(), self.revocations.serial(), acked)
+    }
+
+    /// Decides one client request from `peer` at time `now`; `hw_entropy`
+    /// is a fresh local hardware sample (mixed into the DRBG, never
+    /// credited). Only the request kinds cryptod serves to clients can be
+    /// passed here ([`Request`]): a client link cannot reach the collector's
+    /// ack path or the entropy path by construction.
+    pub fn handle_request(
+        &mut self,
+        peer: &PeerId,
+        req: Request<'_>,
+        now: u64,
+        hw_entropy: &[u8],
+    ) -> Output {
+        let before = self.sealed_marker();
         let mut out = Output::default();
-        if let Message::EntropyPub(e) = msg {
-            self.entropy(peer, e, now, hw_entropy, &mut out);
-            return out;
-        }
         // A sample too long to mix is simply not mixed; nothing depends on it.
         let _ = self.drbg.mix(hw_entropy);
         self.maintain(now, &mut out);
-        out.response = match msg {
-            Message::TotpValidateReq(r) => Some(self.totp_validate(peer, r, now, &mut out).into()),
-            Message::TokenIssueReq(r) => Some(self.token_issue(peer, r, now, &mut out).into()),
-            Message::TokenRevokeReq(r) => Some(self.token_revoke(peer, r, now, &mut out).into()),
-            Message::KeysetReq(r) => Some(match self.keys.signed_keyset(now) {
+        out.response = Some(match req {
+            Request::TotpValidate(r) => self.totp_validate(peer, r, now, &mut out).into(),
+            Request::TokenIssue(r) => self.token_issue(peer, r, now, &mut out).into(),
+            Request::TokenRevoke(r) => self.token_revoke(peer, r, now, &mut out).into(),
+            Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {
                     error(ErrorCode::Internal, "keyset could not be signed", Some(r.request_id))
                 }
-            }),
-            Message::RevocationListReq(r) => {
+            },
+            Request::RevocationList(r) => {
                 self.revocations.prune(now);
                 let (root, kid) = self.keys.root();
-                Some(match self.revocations.signed(root, kid, now) {
+                match self.revocations.signed(root, kid, now) {
                     Ok(signed) => msg::RevocationList { signed }.into(),
                     Err(_) => error(
                         ErrorCode::Internal,
                         "revocation list could not be signed",
                         Some(r.request_id),
                     ),
-                })
-            }
-            Message::AuditAck(a) => {
-                if let Some(log) = self.audit.as_mut() {
-                    log.ack(&a.chain_id, a.seq);
                 }
-                self.release(&mut out);
-                None
             }
-            other => Some(error(
-                ErrorCode::Malformed,
-                "not a request cryptod serves",
-                other.request_id().copied(),
-            )),
-        };
+        });
         self.hold(peer, &mut out);
+        out.state_changed |= self.sealed_marker() != before;
         out
+    }
+
+    /// The collector acknowledged the audit chain up to `ack.seq`: those
+    /// records leave the outbox, and the answers they held are released.
+    /// Only the collector's link may call this (cryptod routes by link).
+    pub fn collector_ack(&mut self, ack: &msg::AuditAck) -> Output {
+        let before = self.sealed_marker();
+        let mut out = Output::default();
+        if let Some(log) = self.audit.as_mut() {
+            log.ack(&ack.chain_id, ack.seq);
+        }
+        self.release(&mut out);
+        out.state_changed |= self.sealed_marker() != before;
+        out
+    }
+
+    /// An `entropy_pub` chunk arrived from `peer` on the entropy link;
+    /// accepted only from the configured entropy VM (anything else is
+    /// audited as denied). `hw_entropy` is mixed in with it.
+    pub fn entropy(
+        &mut self,
+        peer: &PeerId,
+        e: &msg::EntropyPub,
+        now: u64,
+        hw_entropy: &[u8],
+    ) -> Output {
+        let before = self.sealed_marker();
+        let mut out = Output::default();
+        self.accept_entropy(peer, e, now, hw_entropy, &mut out);
+        out.state_changed |= self.sealed_marker() != before;
+        out
+    }
+
+    /// Drops the held answers for `peer`, because its connection went away
+    /// (the decisions stand and their records are still shipped). A drop of
+    /// one or more answers is itself audited (`answer_drop`, with the count
+    /// and `reason`), so the log says which decided answers never reached
+    /// their client. Returns how many answers were dropped, and the output.
+    pub fn drop_held_audited(&mut self, peer: &PeerId, reason: &str, now: u64) -> (usize, Output) {
+        let mut out = Output::default();
+        let n = self.drop_held(peer);
+        if n > 0 {
+            let ev = Event::new(&peer.vm, AuditAction::AnswerDrop, AuditResult::Error)
+                .meta("count", &n.to_string())
+                .meta("domid", &peer.domid.to_string())
+                .meta("reason", reason);
+            self.record(ev, now, &mut out);
+        }
+        (n, out)
     }
 
     /// Write-ahead audit: an answer to a decision that made audit records
@@ -372,7 +529,7 @@ impl Authority {
         }
     }
 
-    fn entropy(
+    fn accept_entropy(
         &mut self,
         peer: &PeerId,
         e: &msg::EntropyPub,
@@ -399,13 +556,19 @@ impl Authority {
     /// Starts the audit chain once the DRBG is seeded.
     fn start_chain(&mut self, now: u64, out: &mut Output) {
         let Ok(chain_id) = self.drbg.bytes::<16>() else { return };
-        self.audit = Some(AuditLog::new(*chain_id, self.config.audit_outbox));
-        let ev = Event::new(&self.config.name, AuditAction::ChainStart, AuditResult::Ok)
+        self.audit = Some(AuditLog::resume(*chain_id, self.config.audit_outbox, self.sealed_head));
+        let mut ev = Event::new(&self.config.name, AuditAction::ChainStart, AuditResult::Ok)
             .meta("root_kid", &hex(self.keys.root().1));
+        if let Some(h) = self.sealed_head {
+            ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
+        }
         self.record(ev, now, out);
     }
 
     fn maintain(&mut self, now: u64, out: &mut Output) {
+        if self.aggregate.as_ref().is_some_and(|a| now >= a.until) {
+            self.flush_aggregate(now, out);
+        }
         self.revocations.prune(now);
         if let Some(kid) = self.keys.expire(now) {
             let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
@@ -424,7 +587,13 @@ impl Authority {
     }
 
     /// Appends an audit record; false if it could not be (no chain or full).
+    /// A different event closes the open aggregate of refusals first.
     fn record(&mut self, event: Event, now: u64, out: &mut Output) -> bool {
+        self.flush_aggregate(now, out);
+        self.append(event, now, out)
+    }
+
+    fn append(&mut self, event: Event, now: u64, out: &mut Output) -> bool {
         let Some(log) = self.audit.as_mut() else { return false };
         match log.append(self.keys.root().0, event, now) {
             Ok(signed) => {
@@ -435,11 +604,71 @@ impl Authority {
         }
     }
 
-    /// Whether `n` records can be written now, and (when answers wait for
-    /// the collector) one more answer can be held.
+    /// A refusal (`rate_limited`) of `peer` for `reason`: the first of a
+    /// window is recorded at once; repeats within the window are counted and
+    /// written as one record when the window closes or another event comes.
+    fn refuse(
+        &mut self,
+        peer: &PeerId,
+        event: Event,
+        reason: &'static str,
+        now: u64,
+        out: &mut Output,
+    ) {
+        if let Some(a) = self.aggregate.as_mut() {
+            if a.domid == peer.domid
+                && a.actor == peer.vm
+                && a.action == event.action
+                && a.reason == reason
+                && now < a.until
+            {
+                a.count = a.count.saturating_add(1);
+                a.last_at = a.last_at.max(now);
+                return;
+            }
+        }
+        let action = event.action;
+        if self.record(event.meta("reason", reason), now, out)
+            && self.config.audit_aggregate_window > 0
+            && self.aggregate.is_none()
+        {
+            self.aggregate = Some(Aggregate {
+                domid: peer.domid,
+                actor: peer.vm.clone(),
+                action,
+                reason,
+                first_at: now,
+                last_at: now,
+                until: now.saturating_add(self.config.audit_aggregate_window),
+                count: 0,
+            });
+        }
+    }
+
+    /// Writes the open aggregate's record if it counted any repeats, and
+    /// closes it; if the outbox is full it stays open for a later try.
+    fn flush_aggregate(&mut self, now: u64, out: &mut Output) {
+        let Some(a) = self.aggregate.take() else { return };
+        if a.count == 0 {
+            return;
+        }
+        let ev = Event::new(&a.actor, a.action, AuditResult::RateLimited)
+            .meta("reason", a.reason)
+            .meta("repeated", &a.count.to_string())
+            .meta("domid", &a.domid.to_string())
+            .meta("first_at", &a.first_at.to_string())
+            .meta("last_at", &a.last_at.to_string());
+        if !self.append(ev, now, out) {
+            self.aggregate = Some(a);
+        }
+    }
+
+    /// Whether `n` records can be written now (plus an open aggregate's),
+    /// and (when answers wait for the collector) one more answer can be held.
     fn can_audit(&self, n: usize) -> bool {
         let room_to_hold =
             !self.config.answer_after_audit || self.held.len() < self.config.max_held;
+        let n = n.saturating_add(usize::from(self.aggregate.is_some()));
         room_to_hold && self.audit.as_ref().is_some_and(|a| a.has_room(n))
     }
 
@@ -506,26 +735,21 @@ impl Authority {
         if grant.is_some() && (self.drbg.remaining() < 2 || self.keys.signer(now).is_none()) {
             return resp(TotpResult::Unavailable, "no randomness or signing key");
         }
-        let locked = [
-            self.operators_limit.admit(&r.operator_id, now),
-            self.devices_limit.admit(&r.device_id, now),
-        ]
-        .into_iter()
-        .filter_map(|a| match a {
-            Admission::Locked(until) => Some(until),
+        let locked = match self.failures.admit(&r.operator_id, peer.domid, now) {
             Admission::Allowed => None,
-        })
-        .max();
+            Admission::Locked(until) => Some(until),
+            Admission::TableFull => Some(now.saturating_add(self.config.rate_limit.base_backoff)),
+        };
         if let Some(until) = locked {
-            self.record(base(AuditResult::RateLimited), now, out);
-            let mut answer = resp(TotpResult::RateLimited, "too many failures");
-            answer.retry_after = Some(until.saturating_sub(now));
+            let reason = "too many failures";
+            self.refuse(peer, base(AuditResult::RateLimited), reason, now, out);
+            let mut answer = resp(TotpResult::RateLimited, reason);
+            answer.retry_after = Some(until.saturating_sub(now).max(1));
             return answer;
         }
         let (result, reason) = match self.totp.check(&r.operator_id, &r.totp_code, now) {
             CodeCheck::Accepted(_) => {
-                self.operators_limit.succeed(&r.operator_id);
-                self.devices_limit.succeed(&r.device_id);
+                self.failures.succeed(&r.operator_id);
                 out.state_changed = true;
                 (None, "")
             }
@@ -535,8 +759,9 @@ impl Authority {
             }
         };
         if let Some((result, audit_result)) = result {
-            self.operators_limit.fail(&r.operator_id, now);
-            self.devices_limit.fail(&r.device_id, now);
+            if self.failures.fail(&r.operator_id, peer.domid, now).0 == Counted::Operator {
+                out.state_changed = true;
+            }
             self.record(base(audit_result), now, out);
             return resp(result, reason);
         }
@@ -660,8 +885,8 @@ impl Authority {
                 .meta("request_id", &r.request_id.to_string())
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
+            self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
             let reason = format!("too many token requests; retry after {wait} s");
-            self.record(event(AuditResult::RateLimited).meta("reason", &reason), now, out);
             return resp(IssueResult::RateLimited, &reason);
         }
         let decision = if r.requested_scope.contains(Scope::LuksUnlock) {

@@ -111,6 +111,18 @@ impl KeyRing {
         Ok(KeyRing { root, root_kid, slots: [None, None], active: 0, config, version: 0 })
     }
 
+    /// Continues the keyset versions of an earlier boot: the next published
+    /// keyset is newer than `version` (the version sealed last), so verifiers
+    /// never see a rollback.
+    pub fn resume_version(&mut self, version: u64) {
+        self.version = self.version.max(version);
+    }
+
+    /// Version of the keyset as it is now.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The root key and its kid.
     pub fn root(&self) -> (&SigningKey, &[u8; KID_LEN]) {
         (&self.root, &self.root_kid)
@@ -147,7 +159,7 @@ impl KeyRing {
             not_after: sign_until.saturating_add(overlap),
         });
         self.active = next;
-        self.version += 1;
+        self.version = self.version.saturating_add(1);
         kid
     }
 
@@ -155,7 +167,7 @@ impl KeyRing {
     pub fn expire(&mut self, now: u64) -> Option<[u8; KID_LEN]> {
         let other = 1 - self.active;
         if self.slots[other].as_ref().is_some_and(|s| now > s.not_after) {
-            self.version += 1;
+            self.version = self.version.saturating_add(1);
             return self.slots[other].take().map(|s| s.kid);
         }
         None

@@ -22,4 +22,4 @@ pub mod totp;
 pub mod unlock;
 
 pub use crate::acl::PeerId;
-pub use crate::authority::{Authority, Config, Output};
+pub use crate::authority::{Authority, Config, Output, Request};

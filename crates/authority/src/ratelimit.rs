@@ -1,16 +1,25 @@
-//! Failure counting with lockout and exponential backoff, and a per-peer
-//! token bucket for token issue requests ([`IssueLimiter`]).
+//! Failure counting with lockout and exponential backoff ([`FailureLimiter`]),
+//! and a per-peer token bucket for token issue requests ([`IssueLimiter`]).
 //!
-//! Rules (per key; cryptod keeps one limiter for operators and one for devices):
+//! Rules of the failure limiter (see docs/authority.md, "TOTP failures"):
+//! - a failure for an operator id that is in the sealed state counts against
+//!   that operator, and only against it; the operator table holds exactly the
+//!   configured operators, so it is bounded and nothing in it is ever evicted;
+//! - a failure for any other id (which can never succeed) counts against the
+//!   requesting domain (the domid Xen reports); that table holds at most
+//!   `max_keys` domains, evicts only entries whose lockout has ended, and when
+//!   it is full refuses further unknown ids (which could not succeed anyway);
 //! - while a key is locked, every attempt is refused without being checked;
-//! - each failure increments the key's counter; the `max_failures`-th
-//!   consecutive failure (default 5) locks the key for `base_backoff`
-//!   (default 30 s), and every further failure after a lockout doubles it, up
-//!   to `max_backoff` (default 1 h);
-//! - a success clears the key's counter;
-//! - the table holds at most `max_keys` entries (keys come from peers); when
-//!   it is full, entries that are neither locked nor failing are evicted first,
-//!   and if none can be evicted, new keys are refused (fail closed).
+//! - the `max_failures`-th consecutive failure (default 5) locks the key for
+//!   `base_backoff` (default 30 s), and every further failure after a lockout
+//!   doubles it, up to `max_backoff` (default 1 h); a success clears it;
+//! - the device id is a claim of the peer and is not a key: anyone could
+//!   claim the operator's device and lock it.
+//!
+//! Consequences: no sequence of requests, from any set of domains with any
+//! ids, gets more than `max_failures` wrong guesses checked for one operator
+//! within `base_backoff` seconds; and nothing but failures for an operator's
+//! own id can lock that operator out.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -24,7 +33,7 @@ pub struct RateLimitConfig {
     pub base_backoff: u64,
     /// Longest lockout, in seconds (default 3600).
     pub max_backoff: u64,
-    /// Most keys tracked at once (default 1024).
+    /// Most domains tracked at once for unknown operator ids (default 1024).
     pub max_keys: usize,
 }
 
@@ -34,10 +43,35 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// One key's consecutive failures and lockout end (what is sealed per operator).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Entry {
-    failures: u32,
-    locked_until: u64,
+pub struct FailureCount {
+    /// Consecutive failures since the last success.
+    pub failures: u32,
+    /// Refused until this time (0: not locked).
+    pub locked_until: u64,
+}
+
+impl FailureCount {
+    /// Counts one failure at `now`; returns the lockout end if it locks.
+    fn fail(&mut self, config: &RateLimitConfig, now: u64) -> Option<u64> {
+        self.failures = self.failures.saturating_add(1);
+        let over = self.failures.checked_sub(config.max_failures.max(1))?.min(63);
+        let backoff = config
+            .base_backoff
+            .checked_shl(over)
+            .filter(|b| b >> over == config.base_backoff)
+            .unwrap_or(u64::MAX)
+            .min(config.max_backoff)
+            .max(1);
+        // Never shorten a lockout already running (time may go backwards).
+        self.locked_until = self.locked_until.max(now.saturating_add(backoff));
+        Some(self.locked_until)
+    }
+
+    fn locked(&self, now: u64) -> Option<u64> {
+        (now < self.locked_until).then_some(self.locked_until)
+    }
 }
 
 /// Whether an attempt may go ahead.
@@ -45,77 +79,113 @@ struct Entry {
 pub enum Admission {
     /// The key is not locked.
     Allowed,
-    /// The key is locked until this time (or the table is full: `u64::MAX`).
+    /// The key is locked until this time.
     Locked(u64),
+    /// An unknown operator id from a domain the full table cannot track:
+    /// refused (it could not succeed anyway).
+    TableFull,
 }
 
-/// A table of failure counters keyed by operator or device id.
+/// What a failure was counted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// A configured operator (sealed state changed: persist it).
+    Operator,
+    /// The requesting domain (an unknown operator id).
+    Domain,
+    /// Nothing: an unknown id from a domain the full table cannot track.
+    Nothing,
+}
+
+/// Failure counters for TOTP validation: per configured operator, and per
+/// requesting domain for unknown operator ids.
 #[derive(Debug, Default)]
-pub struct RateLimiter {
+pub struct FailureLimiter {
     config: RateLimitConfig,
-    entries: BTreeMap<String, Entry>,
+    operators: BTreeMap<String, FailureCount>,
+    domains: BTreeMap<u32, FailureCount>,
 }
 
-impl RateLimiter {
-    /// An empty limiter.
-    pub fn new(config: RateLimitConfig) -> RateLimiter {
-        RateLimiter { config, entries: BTreeMap::new() }
+impl FailureLimiter {
+    /// A limiter for exactly the operators `known` (ids in the sealed state).
+    pub fn new<I, S>(config: RateLimitConfig, known: I) -> FailureLimiter
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let operators = known.into_iter().map(|id| (id.into(), FailureCount::default())).collect();
+        FailureLimiter { config, operators, domains: BTreeMap::new() }
     }
 
-    /// Whether `key` may attempt at time `now`.
-    pub fn admit(&mut self, key: &str, now: u64) -> Admission {
-        match self.entries.get(key) {
-            Some(e) if now < e.locked_until => Admission::Locked(e.locked_until),
-            Some(_) => Admission::Allowed,
-            None if self.entries.len() < self.config.max_keys => Admission::Allowed,
-            None => {
-                self.evict(now);
-                if self.entries.len() < self.config.max_keys {
-                    Admission::Allowed
-                } else {
-                    Admission::Locked(u64::MAX)
+    /// Restores an operator's sealed counter; false (and nothing changed)
+    /// if `operator` is not a configured operator.
+    pub fn restore(&mut self, operator: &str, count: FailureCount) -> bool {
+        match self.operators.get_mut(operator) {
+            Some(c) => {
+                *c = count;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The operators' counters that are not zero (what is sealed).
+    pub fn operator_counts(&self) -> impl Iterator<Item = (&String, FailureCount)> {
+        self.operators.iter().filter(|(_, c)| **c != FailureCount::default()).map(|(k, c)| (k, *c))
+    }
+
+    /// Whether an attempt for `operator` from domain `domid` may go ahead at `now`.
+    pub fn admit(&self, operator: &str, domid: u32, now: u64) -> Admission {
+        let count = match self.operators.get(operator) {
+            Some(c) => c,
+            None => match self.domains.get(&domid) {
+                Some(c) => c,
+                None if self.domains.len() < self.config.max_keys => return Admission::Allowed,
+                None if self.domains.values().any(|c| c.locked(now).is_none()) => {
+                    return Admission::Allowed
                 }
-            }
-        }
+                None => return Admission::TableFull,
+            },
+        };
+        count.locked(now).map_or(Admission::Allowed, Admission::Locked)
     }
 
-    /// Records a failure; returns the lockout end if this failure locks the key.
-    pub fn fail(&mut self, key: &str, now: u64) -> Option<u64> {
-        if !self.entries.contains_key(key) && self.entries.len() >= self.config.max_keys {
-            self.evict(now);
-            if self.entries.len() >= self.config.max_keys {
-                return None;
-            }
-        }
+    /// Records a failed attempt for `operator` from `domid` at `now`;
+    /// returns what it counted against and the lockout end if it locks.
+    pub fn fail(&mut self, operator: &str, domid: u32, now: u64) -> (Counted, Option<u64>) {
         let config = self.config;
-        let entry = self.entries.entry(key.into()).or_default();
-        entry.failures = entry.failures.saturating_add(1);
-        let over = entry.failures.checked_sub(config.max_failures)?;
-        let backoff = config
-            .base_backoff
-            .checked_shl(over.min(63))
-            .filter(|b| b >> over.min(63) == config.base_backoff)
-            .unwrap_or(u64::MAX)
-            .min(config.max_backoff);
-        entry.locked_until = now.saturating_add(backoff);
-        Some(entry.locked_until)
+        if let Some(c) = self.operators.get_mut(operator) {
+            return (Counted::Operator, c.fail(&config, now));
+        }
+        if !self.domains.contains_key(&domid) && self.domains.len() >= config.max_keys {
+            // Only an entry whose lockout has ended may go; a running
+            // lockout is never cut short.
+            self.domains.retain(|_, c| c.locked(now).is_some());
+            if self.domains.len() >= config.max_keys {
+                return (Counted::Nothing, None);
+            }
+        }
+        let c = self.domains.entry(domid).or_default();
+        (Counted::Domain, c.fail(&config, now))
     }
 
-    /// Records a success: clears the key's counter.
-    pub fn succeed(&mut self, key: &str) {
-        self.entries.remove(key);
+    /// Records a success for `operator`: clears its counter. Returns whether
+    /// it had one (sealed state changed).
+    pub fn succeed(&mut self, operator: &str) -> bool {
+        self.operators
+            .get_mut(operator)
+            .map(|c| core::mem::take(c) != FailureCount::default())
+            .unwrap_or(false)
     }
 
-    /// Current consecutive failures of `key`.
-    pub fn failures(&self, key: &str) -> u32 {
-        self.entries.get(key).map_or(0, |e| e.failures)
+    /// Current consecutive failures of a configured `operator`.
+    pub fn failures(&self, operator: &str) -> u32 {
+        self.operators.get(operator).map_or(0, |c| c.failures)
     }
 
-    fn evict(&mut self, now: u64) {
-        // Entries whose lockout has passed and that are below the threshold
-        // carry no protection worth keeping over a fresh key.
-        let max = self.config.max_failures;
-        self.entries.retain(|_, e| now < e.locked_until || e.failures >= max);
+    /// Domains tracked for unknown ids (bounded by `max_keys`).
+    pub fn domains_tracked(&self) -> usize {
+        self.domains.len()
     }
 }
 
@@ -209,63 +279,225 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const ALICE: &str = "alice";
+
+    fn limiter() -> FailureLimiter {
+        FailureLimiter::new(RateLimitConfig::default(), ["alice", "bob"])
+    }
+
     #[test]
     fn fifth_failure_locks_and_backoff_doubles() {
-        let mut r = RateLimiter::new(RateLimitConfig::default());
+        let mut r = limiter();
         for _ in 0..4 {
-            assert_eq!(r.admit("op", 100), Admission::Allowed);
-            assert_eq!(r.fail("op", 100), None);
+            assert_eq!(r.admit(ALICE, 5, 100), Admission::Allowed);
+            assert_eq!(r.fail(ALICE, 5, 100), (Counted::Operator, None));
         }
-        assert_eq!(r.fail("op", 100), Some(130));
-        assert_eq!(r.admit("op", 129), Admission::Locked(130));
-        assert_eq!(r.admit("op", 130), Admission::Allowed);
-        assert_eq!(r.fail("op", 130), Some(190), "second lockout is 60 s");
-        assert_eq!(r.fail("op", 190), Some(310), "third is 120 s");
+        assert_eq!(r.fail(ALICE, 5, 100), (Counted::Operator, Some(130)));
+        assert_eq!(r.admit(ALICE, 5, 129), Admission::Locked(130));
+        assert_eq!(r.admit(ALICE, 9, 129), Admission::Locked(130), "from any domain");
+        assert_eq!(r.admit(ALICE, 5, 130), Admission::Allowed);
+        assert_eq!(r.fail(ALICE, 5, 130).1, Some(190), "second lockout is 60 s");
+        assert_eq!(r.fail(ALICE, 5, 190).1, Some(310), "third is 120 s");
     }
 
     #[test]
-    fn success_clears_and_keys_are_independent() {
-        let mut r = RateLimiter::new(RateLimitConfig::default());
+    fn success_clears_and_operators_are_independent() {
+        let mut r = limiter();
         for _ in 0..4 {
-            r.fail("a", 0);
+            r.fail(ALICE, 5, 0);
         }
-        r.succeed("a");
-        assert_eq!(r.failures("a"), 0);
-        assert_eq!(r.fail("a", 0), None);
+        assert!(r.succeed(ALICE));
+        assert!(!r.succeed(ALICE), "nothing left to clear");
+        assert_eq!(r.failures(ALICE), 0);
+        assert_eq!(r.fail(ALICE, 5, 0).1, None);
         for _ in 0..5 {
-            r.fail("b", 0);
+            r.fail("bob", 5, 0);
         }
-        assert_eq!(r.admit("a", 1), Admission::Allowed);
-        assert_eq!(r.admit("b", 1), Admission::Locked(30));
+        assert_eq!(r.admit(ALICE, 5, 1), Admission::Allowed);
+        assert_eq!(r.admit("bob", 5, 1), Admission::Locked(30));
     }
 
+    /// Finding 1: made-up ids between guesses used to evict the operator's
+    /// counter, so its guesses never locked.
     #[test]
-    fn full_table_fails_closed() {
-        let config = RateLimitConfig { max_keys: 2, ..RateLimitConfig::default() };
-        let mut r = RateLimiter::new(config);
-        for key in ["a", "b"] {
-            for _ in 0..5 {
-                r.fail(key, 0);
+    fn made_up_ids_do_not_reset_an_operators_count() {
+        let mut r = limiter();
+        let mut checked = 0;
+        for round in 0..3u64 {
+            for _ in 0..4 {
+                if r.admit(ALICE, 5, round) == Admission::Allowed {
+                    r.fail(ALICE, 5, round);
+                    checked += 1;
+                }
+            }
+            for i in 0..1000 {
+                let id = alloc::format!("op{round}-{i}");
+                if r.admit(&id, 5, round) == Admission::Allowed {
+                    r.fail(&id, 5, round);
+                }
             }
         }
-        assert_eq!(r.admit("c", 1), Admission::Locked(u64::MAX));
-        // After the lockouts end, locked-out keys still count as failing and stay.
-        assert_eq!(r.admit("c", 1000), Admission::Locked(u64::MAX));
-        // A key with only a few failures is evictable.
-        let mut r = RateLimiter::new(config);
-        r.fail("a", 0);
-        r.fail("b", 0);
-        assert_eq!(r.admit("c", 1), Admission::Allowed);
+        assert_eq!(checked, 5, "the fifth wrong guess locks; later ones are not checked");
+        assert!(r.domains_tracked() <= 1, "made-up ids make no entries of their own");
+    }
+
+    /// Finding 2: made-up ids filled the table with locked entries and the
+    /// real operator got `retry_after` u64::MAX - now.
+    #[test]
+    fn made_up_ids_cannot_lock_out_an_operator() {
+        let config = RateLimitConfig { max_keys: 4, ..RateLimitConfig::default() };
+        let mut r = FailureLimiter::new(config, [ALICE]);
+        for dom in 0..10u32 {
+            for i in 0..5 {
+                let id = alloc::format!("x{dom}-{i}");
+                r.fail(&id, dom, 1000);
+            }
+        }
+        assert_eq!(r.domains_tracked(), 4, "bounded");
+        for dom in 0..10 {
+            assert_eq!(r.admit(ALICE, dom, 1000), Admission::Allowed);
+        }
+        // The attacker's own domain is locked for unknown ids.
+        assert_eq!(r.admit("nobody", 0, 1000), Admission::Locked(1030));
+        // A full table of running lockouts refuses new domains' unknown ids only.
+        assert_eq!(r.admit("nobody", 9, 1000), Admission::TableFull);
+        assert_eq!(r.fail("nobody", 9, 1000), (Counted::Nothing, None));
+        // Once a lockout has ended, its entry may make room.
+        assert_eq!(r.admit("nobody", 9, 1030), Admission::Allowed);
+        assert_eq!(r.fail("nobody", 9, 1030).0, Counted::Domain);
+    }
+
+    #[test]
+    fn time_near_the_end_and_going_backwards() {
+        let mut r = limiter();
+        let end = u64::MAX - 3;
+        for _ in 0..5 {
+            r.fail(ALICE, 5, end);
+        }
+        assert_eq!(r.admit(ALICE, 5, end), Admission::Locked(u64::MAX));
+        assert_eq!(r.admit(ALICE, 5, 0), Admission::Locked(u64::MAX), "time going back");
+        assert_eq!(r.fail(ALICE, 5, u64::MAX).1, Some(u64::MAX));
+        // A lockout set before time went back is not shortened by a later failure.
+        let mut r = limiter();
+        for _ in 0..5 {
+            r.fail(ALICE, 5, 1000);
+        }
+        assert_eq!(r.fail(ALICE, 5, 10).1, Some(1030));
+        let huge =
+            RateLimitConfig { base_backoff: u64::MAX, max_backoff: u64::MAX, ..limiter().config };
+        let mut r = FailureLimiter::new(huge, [ALICE]);
+        for _ in 0..100 {
+            r.fail(ALICE, 5, 7);
+        }
+        assert_eq!(r.admit(ALICE, 5, u64::MAX - 1), Admission::Locked(u64::MAX));
+    }
+
+    #[test]
+    fn sealed_counts_are_restored_for_known_operators_only() {
+        let mut r = limiter();
+        let c = FailureCount { failures: 7, locked_until: 500 };
+        assert!(r.restore(ALICE, c));
+        assert!(!r.restore("mallory", c));
+        assert_eq!(r.admit(ALICE, 1, 499), Admission::Locked(500));
+        let counts: alloc::vec::Vec<_> = r.operator_counts().collect();
+        assert_eq!(counts, alloc::vec![(&String::from(ALICE), c)]);
+    }
+
+    /// One attacker step: a wrong code for one of a few ids, from one of a few
+    /// domains, after moving the clock (forwards, backwards or to its ends).
+    #[derive(Clone, Debug)]
+    struct Step {
+        id: usize,
+        domid: u32,
+        clock: Clock,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Clock {
+        Forward(u64),
+        Back(u64),
+        To(u64),
+    }
+
+    const IDS: [&str; 5] = ["alice", "bob", "ghost", "al1ce", ""];
+
+    fn step() -> impl Strategy<Value = Step> {
+        let clock = prop_oneof![
+            6 => (0u64..90).prop_map(Clock::Forward),
+            1 => (0u64..200).prop_map(Clock::Back),
+            1 => prop_oneof![Just(0u64), Just(u64::MAX - 40), Just(u64::MAX)].prop_map(Clock::To),
+        ];
+        (0..IDS.len(), 0u32..4, clock).prop_map(|(id, domid, clock)| Step { id, domid, clock })
+    }
+
+    fn advance(now: u64, c: &Clock) -> u64 {
+        match *c {
+            Clock::Forward(d) => now.saturating_add(d),
+            Clock::Back(d) => now.saturating_sub(d),
+            Clock::To(t) => t,
+        }
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// No attacker sequence gets more than `max_failures` wrong guesses
+        /// checked for one operator within any `base_backoff` window.
+        #[test]
+        fn at_most_k_guesses_per_operator_per_window(
+            steps in proptest::collection::vec(step(), 1..400),
+            max_keys in 1usize..4,
+        ) {
+            let config = RateLimitConfig { max_keys, ..RateLimitConfig::default() };
+            let mut r = FailureLimiter::new(config, ["alice", "bob"]);
+            let mut now = 1_000_000u64;
+            let mut checked: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
+            for s in &steps {
+                now = advance(now, &s.clock);
+                let id = IDS[s.id];
+                if r.admit(id, s.domid, now) == Admission::Allowed {
+                    r.fail(id, s.domid, now);
+                    if id == ALICE {
+                        checked.push(now);
+                    }
+                }
+            }
+            for &start in &checked {
+                let end = start.saturating_add(config.base_backoff);
+                let n = checked.iter().filter(|&&t| t >= start && t < end).count();
+                prop_assert!(n <= config.max_failures as usize, "{n} guesses in [{start}, {end})");
+            }
+        }
+
+        /// No sequence of failures for other ids, from any domain (the
+        /// operator's own included), locks out an operator who never failed.
+        #[test]
+        fn others_failures_never_lock_out_an_operator(
+            steps in proptest::collection::vec(step(), 1..400),
+            max_keys in 1usize..4,
+        ) {
+            let config = RateLimitConfig { max_keys, ..RateLimitConfig::default() };
+            let mut r = FailureLimiter::new(config, ["alice", "bob"]);
+            let mut now = 1_000_000u64;
+            for s in &steps {
+                now = advance(now, &s.clock);
+                let id = IDS[s.id];
+                if id != ALICE && r.admit(id, s.domid, now) == Admission::Allowed {
+                    r.fail(id, s.domid, now);
+                }
+                for domid in 0..5 {
+                    prop_assert_eq!(r.admit(ALICE, domid, now), Admission::Allowed);
+                }
+            }
+        }
+
         #[test]
         fn lockout_never_exceeds_max_and_never_shrinks(n in 5u32..200, base in 1u64..100_000) {
             let config = RateLimitConfig { base_backoff: base, ..RateLimitConfig::default() };
-            let mut r = RateLimiter::new(config);
+            let mut r = FailureLimiter::new(config, ["k"]);
             let mut last = 0;
             for _ in 0..n {
-                if let Some(until) = r.fail("k", 0) {
+                if let (_, Some(until)) = r.fail("k", 0, 0) {
                     prop_assert!(until <= config.max_backoff);
                     prop_assert!(until >= last);
                     last = until;
@@ -273,6 +505,7 @@ mod tests {
             }
         }
     }
+
     #[test]
     fn issue_bucket_allows_a_burst_then_the_sustained_rate() {
         let mut l = IssueLimiter::new(IssueRateConfig { burst: 3, per_minute: 60, max_peers: 8 });

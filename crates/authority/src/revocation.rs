@@ -50,6 +50,24 @@ impl RevocationList {
         RevocationList::default()
     }
 
+    /// The list an earlier boot sealed: its entries (bounded and checked
+    /// like [`RevocationList::revoke`]; bad or surplus ones are skipped) and
+    /// its serial, so the next published list is never a rollback.
+    pub fn restore<'a>(entries: impl IntoIterator<Item = (&'a [u8], u64)>, serial: u64) -> Self {
+        let mut list = RevocationList { entries: BTreeMap::new(), serial };
+        for (cti, exp) in entries {
+            if !cti.is_empty() && cti.len() <= MAX_CTI_LEN && list.entries.len() < MAX_REVOKED {
+                list.entries.insert(cti.to_vec(), exp);
+            }
+        }
+        list
+    }
+
+    /// The entries `(cti, exp)`, for sealing.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.entries.iter().map(|(cti, exp)| (cti.as_slice(), *exp))
+    }
+
     /// Revokes `cti` until `exp`. Returns false if it was already revoked
     /// (its expiry is then extended if `exp` is later).
     pub fn revoke(&mut self, cti: &[u8], exp: u64, now: u64) -> Result<bool, RevokeError> {
@@ -60,7 +78,7 @@ impl RevocationList {
         if let Some(old) = self.entries.get_mut(cti) {
             if exp > *old {
                 *old = exp;
-                self.serial += 1;
+                self.serial = self.serial.saturating_add(1);
             }
             return Ok(false);
         }
@@ -68,7 +86,7 @@ impl RevocationList {
             return Err(RevokeError::Full);
         }
         self.entries.insert(cti.to_vec(), exp);
-        self.serial += 1;
+        self.serial = self.serial.saturating_add(1);
         Ok(true)
     }
 
@@ -77,7 +95,7 @@ impl RevocationList {
         let before = self.entries.len();
         self.entries.retain(|_, exp| *exp >= now);
         if self.entries.len() != before {
-            self.serial += 1;
+            self.serial = self.serial.saturating_add(1);
         }
     }
 

@@ -5,14 +5,25 @@
 //! Format (all integers big-endian):
 //!
 //! ```text
-//! header    = "PCSEAL" (6) || version u16 (= 1) || nonce (12) || body_len u32   -- 24 bytes
+//! header    = "PCSEAL" (6) || version u16 (= 2) || nonce (12) || body_len u32   -- 24 bytes
 //! body      = ChaCha20-Poly1305(KEK, nonce, aad = header, plaintext)            -- body_len bytes
 //! plaintext = root_key (32) || master_secret (32)
 //!             || u16 n_ops   || n_ops   x (u8 id_len || id || u8 alg || u8 digits
 //!                                          || u8 secret_len || secret)
 //!             || u32 acl_len || acl (UTF-8)
 //!             || u16 n_steps || n_steps x (u8 id_len || id || u64 last_step)
+//!             || u16 n_fail  || n_fail  x (u8 id_len || id || u32 failures || u64 locked_until)
+//!             || u64 keyset_version || u64 revocation_serial
+//!             || u16 n_revoked || n_revoked x (u8 cti_len || cti || u64 exp)
+//!             || u8 has_head (0 or 1) || [chain_id (16) || u64 seq || record_hash (32)]
 //! ```
+//!
+//! Decoding is strict: every count is bounded by the blob size, operators,
+//! steps, failure counters and revoked ids appear at most once, a failure
+//! counter names a configured operator, a revoked id is 1 to `MAX_CTI_LEN`
+//! bytes and there are at most `MAX_REVOKED`. Version 1 (before the failure
+//! counters, monotonic counters and audit head were sealed) is refused as
+//! [`SealError::OldVersion`]: re-provision.
 //!
 //! `alg` is 1 = SHA-1, 2 = SHA-256, 3 = SHA-512. A blob is exactly
 //! `24 + body_len` bytes; anything shorter is [`SealError::Truncated`], anything
@@ -27,12 +38,14 @@ use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use portcullis_proto::msg::{MAX_CTI_LEN, MAX_REVOKED};
+
 use crate::totp::{Algorithm, OperatorSecret};
 
 /// Magic bytes at the start of a sealed blob.
 pub const MAGIC: &[u8; 6] = b"PCSEAL";
 /// The format version this code writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header length (also the AEAD associated data).
 pub const HEADER_LEN: usize = 24;
 /// Largest sealed blob accepted or produced.
@@ -52,6 +65,53 @@ pub struct SealedState {
     pub acl: String,
     /// Per operator, the last accepted TOTP step.
     pub last_steps: Vec<(String, u64)>,
+    /// Per operator with failures: `(id, consecutive failures, locked_until)`.
+    pub failures: Vec<(String, u32, u64)>,
+    /// Version of the last published keyset (only goes up).
+    pub keyset_version: u64,
+    /// Serial of the last revocation list (only goes up).
+    pub revocation_serial: u64,
+    /// Revoked token ids with their expiry.
+    pub revoked: Vec<(Vec<u8>, u64)>,
+    /// The audit chain head the collector last acknowledged (the next boot's
+    /// chain links to it).
+    pub audit_head: Option<SealedHead>,
+}
+
+/// An audit record the collector has stored: the chain, its `seq`, and
+/// SHA-256 of its signed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Zeroize)]
+pub struct SealedHead {
+    /// The chain (one per boot).
+    pub chain_id: [u8; 16],
+    /// The record's `seq`.
+    pub seq: u64,
+    /// SHA-256 of the record's signed bytes.
+    pub hash: [u8; 32],
+}
+
+impl SealedState {
+    /// A freshly provisioned state: no TOTP step used, no failures, counters
+    /// at zero, nothing revoked, no audit chain yet.
+    pub fn new(
+        root_key: [u8; 32],
+        master_secret: [u8; 32],
+        operators: Vec<OperatorSecret>,
+        acl: String,
+    ) -> SealedState {
+        SealedState {
+            root_key,
+            master_secret,
+            operators,
+            acl,
+            last_steps: Vec::new(),
+            failures: Vec::new(),
+            keyset_version: 0,
+            revocation_serial: 0,
+            revoked: Vec::new(),
+            audit_head: None,
+        }
+    }
 }
 
 impl fmt::Debug for SealedState {
@@ -59,6 +119,11 @@ impl fmt::Debug for SealedState {
         f.debug_struct("SealedState")
             .field("operators", &self.operators)
             .field("last_steps", &self.last_steps)
+            .field("failures", &self.failures)
+            .field("keyset_version", &self.keyset_version)
+            .field("revocation_serial", &self.revocation_serial)
+            .field("revoked", &self.revoked.len())
+            .field("audit_head", &self.audit_head)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +139,8 @@ pub enum SealError {
     BadMagic,
     /// A format version this code does not read.
     UnsupportedVersion(u16),
+    /// An older format version, which lacks state this code must restore.
+    OldVersion(u16),
     /// Larger than [`MAX_SEALED_LEN`] (or a field longer than its length prefix allows).
     TooLarge,
     /// The AEAD tag does not verify: wrong KEK, or header or body tampered with.
@@ -89,8 +156,13 @@ impl fmt::Display for SealError {
             SealError::TrailingBytes => f.write_str("sealed state has trailing bytes"),
             SealError::BadMagic => f.write_str("not a sealed state (bad magic)"),
             SealError::UnsupportedVersion(v) => {
-                write!(f, "sealed state version {v} is not supported")
+                write!(f, "sealed state version {v} is not supported (this build reads {VERSION})")
             }
+            SealError::OldVersion(v) => write!(
+                f,
+                "sealed state version {v} predates version {VERSION} (failure counters, keyset \
+                 version, revocation serial and audit head are sealed since): re-provision"
+            ),
             SealError::TooLarge => f.write_str("sealed state too large"),
             SealError::Authentication => {
                 f.write_str("sealed state does not authenticate (wrong key or tampered)")
@@ -133,6 +205,9 @@ pub fn unseal(bytes: &[u8], kek: &[u8; 32]) -> Result<SealedState, SealError> {
         return Err(SealError::BadMagic);
     }
     let version = u16::from_be_bytes([header[6], header[7]]);
+    if version < VERSION {
+        return Err(SealError::OldVersion(version));
+    }
     if version != VERSION {
         return Err(SealError::UnsupportedVersion(version));
     }
@@ -173,6 +248,28 @@ fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
     for (id, step) in &s.last_steps {
         put_short(&mut out, id.as_bytes())?;
         out.extend_from_slice(&step.to_be_bytes());
+    }
+    put_u16(&mut out, s.failures.len())?;
+    for (id, failures, locked_until) in &s.failures {
+        put_short(&mut out, id.as_bytes())?;
+        out.extend_from_slice(&failures.to_be_bytes());
+        out.extend_from_slice(&locked_until.to_be_bytes());
+    }
+    out.extend_from_slice(&s.keyset_version.to_be_bytes());
+    out.extend_from_slice(&s.revocation_serial.to_be_bytes());
+    put_u16(&mut out, s.revoked.len())?;
+    for (cti, exp) in &s.revoked {
+        put_short(&mut out, cti)?;
+        out.extend_from_slice(&exp.to_be_bytes());
+    }
+    match &s.audit_head {
+        None => out.push(0),
+        Some(h) => {
+            out.push(1);
+            out.extend_from_slice(&h.chain_id);
+            out.extend_from_slice(&h.seq.to_be_bytes());
+            out.extend_from_slice(&h.hash);
+        }
     }
     Ok(out)
 }
@@ -251,12 +348,68 @@ fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
         let id_len = usize::from(c.byte()?);
         let id = c.text(id_len)?;
         let step = u64::from_be_bytes(c.array()?);
+        if last_steps.iter().any(|(other, _)| *other == id) {
+            return Err(SealError::Malformed("last step listed twice"));
+        }
         last_steps.push((id, step));
     }
+    let n_fail = u16::from_be_bytes(c.array()?);
+    let mut failures: Vec<(String, u32, u64)> = Vec::new();
+    for _ in 0..n_fail {
+        let id_len = usize::from(c.byte()?);
+        let id = c.text(id_len)?;
+        let count = u32::from_be_bytes(c.array()?);
+        let locked_until = u64::from_be_bytes(c.array()?);
+        if !operators.iter().any(|o| o.id == id) {
+            return Err(SealError::Malformed("failure counter for an unknown operator"));
+        }
+        if failures.iter().any(|(other, _, _)| *other == id) {
+            return Err(SealError::Malformed("failure counter listed twice"));
+        }
+        failures.push((id, count, locked_until));
+    }
+    let keyset_version = u64::from_be_bytes(c.array()?);
+    let revocation_serial = u64::from_be_bytes(c.array()?);
+    let n_revoked = usize::from(u16::from_be_bytes(c.array()?));
+    if n_revoked > MAX_REVOKED {
+        return Err(SealError::Malformed("too many revoked ids"));
+    }
+    let mut revoked: Vec<(Vec<u8>, u64)> = Vec::new();
+    for _ in 0..n_revoked {
+        let cti = c.short()?;
+        if cti.is_empty() || cti.len() > MAX_CTI_LEN {
+            return Err(SealError::Malformed("revoked id empty or too long"));
+        }
+        let exp = u64::from_be_bytes(c.array()?);
+        if revoked.iter().any(|(other, _)| other.as_slice() == cti) {
+            return Err(SealError::Malformed("revoked id listed twice"));
+        }
+        revoked.push((cti.to_vec(), exp));
+    }
+    let audit_head = match c.byte()? {
+        0 => None,
+        1 => Some(SealedHead {
+            chain_id: c.array()?,
+            seq: u64::from_be_bytes(c.array()?),
+            hash: c.array()?,
+        }),
+        _ => return Err(SealError::Malformed("audit head flag is not 0 or 1")),
+    };
     if !c.0.is_empty() {
         return Err(SealError::Malformed("trailing plaintext"));
     }
-    Ok(SealedState { root_key, master_secret, operators, acl, last_steps })
+    Ok(SealedState {
+        root_key,
+        master_secret,
+        operators,
+        acl,
+        last_steps,
+        failures,
+        keyset_version,
+        revocation_serial,
+        revoked,
+        audit_head,
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +430,11 @@ mod tests {
             ],
             acl: "allow vm=unlocker scopes=luks:unlock aud=unlocker volumes=data\n".into(),
             last_steps: alloc::vec![("alice".into(), 37037036)],
+            failures: alloc::vec![("bob".into(), 6, 1_700_000_060)],
+            keyset_version: 41,
+            revocation_serial: 17,
+            revoked: alloc::vec![(alloc::vec![7; 16], 1_700_000_300)],
+            audit_head: Some(SealedHead { chain_id: [3; 16], seq: 99, hash: [4; 32] }),
         }
     }
 
@@ -302,7 +460,10 @@ mod tests {
             bad[i] ^= 0x80;
             let expected = match i {
                 0..=5 => SealError::BadMagic,
-                6..=7 => SealError::UnsupportedVersion(u16::from_be_bytes([bad[6], bad[7]])),
+                6..=7 => match u16::from_be_bytes([bad[6], bad[7]]) {
+                    v if v < VERSION => SealError::OldVersion(v),
+                    v => SealError::UnsupportedVersion(v),
+                },
                 20..=23 => {
                     let stated = u32::from_be_bytes([bad[20], bad[21], bad[22], bad[23]]) as usize;
                     if stated > blob.len() - HEADER_LEN {
@@ -336,6 +497,48 @@ mod tests {
         assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("operator listed twice")));
     }
 
+    #[test]
+    fn version_1_is_refused_with_a_clear_error() {
+        let mut blob = seal(&state(), &KEK, &NONCE).unwrap();
+        blob[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let e = unseal(&blob, &KEK).unwrap_err();
+        assert_eq!(e, SealError::OldVersion(1));
+        assert!(alloc::format!("{e}").contains("re-provision"));
+    }
+
+    #[test]
+    fn hostile_plaintext_is_refused() {
+        type Change = fn(&mut SealedState);
+        let cases: [(&str, Change); 5] = [
+            ("failure counter for an unknown operator", |s| {
+                s.failures.push(("mallory".into(), 1, 0))
+            }),
+            ("failure counter listed twice", |s| s.failures.push(("bob".into(), 1, 0))),
+            ("last step listed twice", |s| s.last_steps.push(("alice".into(), 1))),
+            ("revoked id listed twice", |s| s.revoked.push((alloc::vec![7; 16], 0))),
+            ("revoked id empty or too long", |s| s.revoked.push((alloc::vec![1; 65], 0))),
+        ];
+        for (why, change) in cases {
+            let mut s = state();
+            change(&mut s);
+            let blob = seal(&s, &KEK, &NONCE).unwrap();
+            assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed(why)));
+        }
+        // Too many revoked ids.
+        let mut s = state();
+        s.revoked = (0..=MAX_REVOKED as u32).map(|i| (i.to_be_bytes().to_vec(), 0)).collect();
+        let blob = seal(&s, &KEK, &NONCE).unwrap();
+        assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("too many revoked ids")));
+        // A head flag other than 0 or 1: re-encrypt a patched plaintext.
+        let mut plain = encode(&state()).unwrap();
+        let flag = plain.len() - (1 + 16 + 8 + 32);
+        plain[flag] = 2;
+        assert_eq!(decode(&plain), Err(SealError::Malformed("audit head flag is not 0 or 1")));
+        plain.truncate(flag + 1 + 16);
+        plain[flag] = 1;
+        assert_eq!(decode(&plain), Err(SealError::Malformed("short plaintext")));
+    }
+
     proptest! {
         #[test]
         fn unseal_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -343,10 +546,15 @@ mod tests {
         }
 
         #[test]
-        fn round_trips_any_steps(steps in proptest::collection::vec(("[a-z]{1,20}", any::<u64>()), 0..8),
-                                 acl in "\\PC{0,100}") {
+        fn round_trips_any_steps(steps in proptest::collection::btree_map("[a-z]{1,20}", any::<u64>(), 0..8),
+                                 acl in "\\PC{0,100}",
+                                 counters in any::<(u64, u64, u32, u64)>(),
+                                 head in proptest::option::of(any::<([u8; 16], u64, [u8; 32])>())) {
             let mut s = state();
-            s.last_steps = steps;
+            s.last_steps = steps.into_iter().collect();
+            (s.keyset_version, s.revocation_serial) = (counters.0, counters.1);
+            s.failures = alloc::vec![("alice".into(), counters.2, counters.3)];
+            s.audit_head = head.map(|(chain_id, seq, hash)| SealedHead { chain_id, seq, hash });
             s.acl = acl;
             prop_assert_eq!(unseal(&seal(&s, &KEK, &NONCE).unwrap(), &KEK).unwrap(), s);
         }

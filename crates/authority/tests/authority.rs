@@ -1,11 +1,13 @@
-//! End-to-end tests of the state machine through `Authority::handle`.
+//! End-to-end tests of the state machine through its entry points
+//! (`handle_request`, `collector_ack`, `entropy`), reached through the
+//! test-only [`Route`] shim below.
 
 use portcullis_authority::audit::verify_chain;
-use portcullis_authority::authority::{Config, Output};
+use portcullis_authority::authority::{not_served, Config, Output};
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::unlock::{self, Transcript};
-use portcullis_authority::{Authority, PeerId};
+use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
@@ -25,14 +27,33 @@ allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=vol0,data
 allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
 ";
 
-fn state() -> SealedState {
-    SealedState {
-        root_key: [0x11; 32],
-        master_secret: [0x22; 32],
-        operators: vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
-        acl: ACL.into(),
-        last_steps: vec![],
+/// Test-only: routes a message to the entry point for its kind, as if each
+/// came in on the link of the role that may send it (cryptod itself routes
+/// by link, never by kind). A message no role may send is an error answer.
+trait Route {
+    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output;
+}
+
+impl Route for Authority {
+    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
+        match msg {
+            Message::EntropyPub(e) => self.entropy(peer, e, now, hw),
+            Message::AuditAck(a) => self.collector_ack(a),
+            other => match Request::from_message(other) {
+                Some(req) => self.handle_request(peer, req, now, hw),
+                None => Output { response: Some(not_served(other)), ..Output::default() },
+            },
+        }
     }
+}
+
+fn state() -> SealedState {
+    SealedState::new(
+        [0x11; 32],
+        [0x22; 32],
+        vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
+        ACL.into(),
+    )
 }
 
 fn unlocker() -> PeerId {
@@ -213,18 +234,22 @@ fn sixth_wrong_code_is_rate_limited() {
 }
 
 #[test]
-fn a_locked_device_is_rate_limited_for_every_operator() {
+fn a_locked_operator_does_not_lock_another_operator_on_the_same_device() {
     let mut st = state();
     st.operators.push(OperatorSecret::new("bob", &[7; 20], Algorithm::Sha256, 6).unwrap());
     let mut a = Authority::new(Config::default(), st, T0).unwrap();
     call(&mut a, &PeerId::new(2, "entropyd"), &entropy(1), T0, b"");
     for _ in 0..5 {
-        call(&mut a, &unlocker(), &totp_req("00000000", "stolen").into(), T0, b"");
+        call(&mut a, &unlocker(), &totp_req("00000000", "shared").into(), T0, b"");
     }
-    let mut req = totp_req("000000", "stolen");
+    let locked = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "shared").into(), T0, b"");
+    assert_eq!(totp_resp(&locked).result, TotpResult::RateLimited);
+    // The device id is the peer's claim, not a key: bob is checked (and
+    // fails on a wrong code) rather than being locked out with alice.
+    let mut req = totp_req("000000", "shared");
     req.operator_id = "bob".into();
     let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
-    assert_eq!(totp_resp(&out).result, TotpResult::RateLimited);
+    assert_eq!(totp_resp(&out).result, TotpResult::Fail);
 }
 
 #[test]
@@ -690,4 +715,37 @@ fn a_peer_flooding_token_requests_is_rate_limited_and_audited() {
     assert!(
         matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Ok)
     );
+}
+
+#[test]
+fn dropping_held_answers_is_audited_with_the_count() {
+    let (mut a, _) = seeded();
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    a.handle(&policy_pd(), &req, T0, b"");
+    a.handle(&policy_pd(), &req, T0, b"");
+    let (n, out) = a.drop_held_audited(&policy_pd(), "reconnected", T0 + 1);
+    assert_eq!(n, 2);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1, "one record for the drop");
+    let r = audit_record(&recs[0]);
+    assert_eq!(r.action, portcullis_proto::msg::AuditAction::AnswerDrop);
+    assert_eq!(r.actor, "policy_pd");
+    let meta = format!("{:?}", r.metadata);
+    assert!(meta.contains("\"2\"") && meta.contains("reconnected"), "{meta}");
+    // Nothing held: nothing dropped, nothing audited.
+    let (n, out) = a.drop_held_audited(&policy_pd(), "reconnected", T0 + 1);
+    assert_eq!(n, 0);
+    assert!(out.audit.is_empty());
+}
+
+#[test]
+fn only_client_requests_reach_handle_request() {
+    assert!(Request::from_message(&KeysetReq { request_id: RequestId([1; 16]) }.into()).is_some());
+    let ack: Message = AuditAck { chain_id: [0; 16], seq: 1 }.into();
+    assert!(Request::from_message(&ack).is_none());
+    assert!(Request::from_message(&entropy(1)).is_none());
+    match not_served(&ack) {
+        Message::Error(e) => assert!(e.reason.contains("audit_ack"), "{}", e.reason),
+        other => panic!("{other:?}"),
+    }
 }

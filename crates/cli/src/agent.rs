@@ -9,24 +9,34 @@
 //! Xen's `vchan-socket-proxy`: `--socket` is where the proxy (vchan server
 //! for the unlocker) connects for each unlocker connection, `--cryptod-socket`
 //! where a second proxy (vchan client of cryptod) listens.
+//!
+//! cryptod may restart (or be destroyed and created again) while the agent
+//! runs. The link to it is then connected again: at once when a request
+//! finds it broken, and between requests with a bounded exponential backoff
+//! ([`BACKOFF_FIRST`] doubling up to [`BACKOFF_MAX`]). Every (re)connection
+//! fetches the keyset and revocation list again. The agent keeps one
+//! [`Trust`] for its whole life, and `Trust` refuses a keyset or revocation
+//! list older than the one it holds, so a restarted cryptod is believed
+//! only if its versions did not go back.
 
 use crate::socket::{self, SocketLink};
 use crate::{keyfile, Failure};
 use clap::Args;
-use portcullis_apps::common::{port, resolve_dom, CALL_TIMEOUT};
+use portcullis_apps::common::{port, resolve_dom, AppError, CALL_TIMEOUT};
 use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::{connect, serve};
 use portcullis_apps::trust::Trust;
-use portcullis_hosted::{HostedPlatform, World};
+use portcullis_hosted::{HostedBackend, HostedPlatform, World};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{RequestId, UnlockOutcome, UnlockRequest, UnlockResult};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
+use portcullis_vchan::Vchan;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 #[derive(Args)]
@@ -76,11 +86,186 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn refresh<C: Channel>(link: &mut Framed<C>, trust: &mut Trust) -> Result<(), String> {
+/// Why fetching cryptod's keyset and revocation list failed.
+#[derive(Debug)]
+enum RefreshError {
+    /// The link to cryptod failed (gone, timed out): worth reconnecting.
+    Link(String),
+    /// cryptod answered, but not with something we accept (or we could
+    /// not ask): reconnecting would not help.
+    Refused(String),
+}
+
+impl std::fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefreshError::Link(e) | RefreshError::Refused(e) => write!(f, "cryptod: {e}"),
+        }
+    }
+}
+
+fn refresh_error(e: AppError) -> RefreshError {
+    match e {
+        AppError::Link(_) => RefreshError::Link(e.to_string()),
+        other => RefreshError::Refused(other.to_string()),
+    }
+}
+
+fn refresh<C: Channel>(link: &mut Framed<C>, trust: &mut Trust) -> Result<(), RefreshError> {
     let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| format!("OS random source: {e}"))?;
-    trust.fetch_keyset(link, RequestId(id), CALL_TIMEOUT).map_err(|e| format!("cryptod: {e}"))?;
-    trust.fetch_revocations(link, RequestId(id), CALL_TIMEOUT).map_err(|e| format!("cryptod: {e}"))
+    getrandom::fill(&mut id)
+        .map_err(|e| RefreshError::Refused(format!("OS random source: {e}")))?;
+    trust.fetch_keyset(link, RequestId(id), CALL_TIMEOUT).map_err(refresh_error)?;
+    trust.fetch_revocations(link, RequestId(id), CALL_TIMEOUT).map_err(refresh_error)
+}
+
+/// First pause before connecting to cryptod again after a failed attempt.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+/// Longest pause between attempts to connect to cryptod.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a request waits for cryptod to be reachable again.
+const REQUEST_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Bounded exponential backoff between connection attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backoff {
+    pause: Duration,
+    not_before: Option<Instant>,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { pause: BACKOFF_FIRST, not_before: None }
+    }
+
+    /// Whether an attempt may be made at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// An attempt at `now` failed: wait before the next, longer each time.
+    fn failed(&mut self, now: Instant) {
+        self.not_before = Some(now + self.pause);
+        self.pause = (self.pause * 2).min(BACKOFF_MAX);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+/// How the agent reaches cryptod.
+trait Dial {
+    type Chan: Channel;
+    /// Connects, waiting up to `patience` for cryptod to be there.
+    fn dial(&mut self, patience: Duration) -> Result<Framed<Self::Chan>, String>;
+    /// Whether a link still reaches the cryptod it was made to.
+    fn is_up(link: &mut Framed<Self::Chan>) -> bool;
+}
+
+/// On the hosted platform: a vchan to the domain named `name`, looked up
+/// again on every attempt (a recreated cryptod may have a new id).
+struct WorldDial {
+    p: HostedPlatform,
+    name: String,
+}
+
+impl Dial for WorldDial {
+    type Chan = Vchan<HostedBackend>;
+
+    fn dial(&mut self, patience: Duration) -> Result<Framed<Self::Chan>, String> {
+        let dom = resolve_dom(&mut self.p, &self.name).map_err(|e| e.to_string())?;
+        connect(&mut self.p, dom, port::CRYPTOD, patience).map_err(|e| e.to_string())
+    }
+
+    fn is_up(link: &mut Framed<Self::Chan>) -> bool {
+        link.is_open()
+    }
+}
+
+/// In a Xen dom0: the UNIX socket of the vchan-socket-proxy relaying to cryptod.
+struct SocketDial {
+    path: PathBuf,
+}
+
+impl Dial for SocketDial {
+    type Chan = socket::SocketChannel;
+
+    fn dial(&mut self, patience: Duration) -> Result<SocketLink, String> {
+        socket::connect(&self.path, patience)
+    }
+
+    fn is_up(link: &mut SocketLink) -> bool {
+        !link.channel().is_ended()
+    }
+}
+
+/// The link to cryptod, connected again when cryptod goes away; every
+/// new connection refreshes the agent's trust.
+struct Upstream<D: Dial> {
+    dial: D,
+    link: Option<Framed<D::Chan>>,
+    backoff: Backoff,
+}
+
+impl<D: Dial> Upstream<D> {
+    fn new(dial: D) -> Self {
+        Upstream { dial, link: None, backoff: Backoff::new() }
+    }
+
+    /// Connects and fetches keyset and revocations; keeps the link unless
+    /// it failed.
+    fn connect(&mut self, trust: &mut Trust, patience: Duration) -> Result<(), RefreshError> {
+        let mut link = match self.dial.dial(patience) {
+            Ok(link) => link,
+            Err(e) => {
+                self.backoff.failed(Instant::now());
+                return Err(RefreshError::Link(e));
+            }
+        };
+        let fetched = refresh(&mut link, trust);
+        match &fetched {
+            Err(RefreshError::Link(_)) => self.backoff.failed(Instant::now()),
+            _ => {
+                self.backoff.succeeded();
+                self.link = Some(link);
+            }
+        }
+        fetched
+    }
+
+    /// Between requests: drops a link whose cryptod went away and, when
+    /// the backoff allows, connects again (refreshing trust).
+    fn tick(&mut self, trust: &mut Trust) {
+        if self.link.as_mut().is_some_and(|l| !D::is_up(l)) {
+            println!("unlock-agent: cryptod went away; connecting again");
+            self.link = None;
+        }
+        if self.link.is_none() && self.backoff.due(Instant::now()) {
+            match self.connect(trust, Duration::ZERO) {
+                Ok(()) => println!("unlock-agent: connected to cryptod again; trust refreshed"),
+                Err(RefreshError::Refused(e)) => {
+                    println!("unlock-agent: connected to cryptod again, but: {e}")
+                }
+                Err(RefreshError::Link(_)) => {}
+            }
+        }
+    }
+
+    /// For a request: fetches keyset and revocations over the link, or,
+    /// if it is gone or fails, over a new one.
+    fn refresh(&mut self, trust: &mut Trust) -> Result<(), RefreshError> {
+        if let Some(link) = self.link.as_mut() {
+            match refresh(link, trust) {
+                Err(RefreshError::Link(e)) => {
+                    println!("unlock-agent: cryptod link: {e}; connecting again");
+                    self.link = None;
+                }
+                done => return done,
+            }
+        }
+        self.connect(trust, REQUEST_PATIENCE)
+    }
 }
 
 /// Runs cryptsetup with the key on standard input; returns success and stderr.
@@ -141,15 +326,16 @@ fn run_world(agent: &mut Agent) -> Result<(), Failure> {
         .ok_or_else(|| format!("no domain {:?} in the world", agent.args.domain))?;
     let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("platform: {e}"))?;
     let client = resolve_dom(&mut p, &agent.args.client).map_err(|e| e.to_string())?;
-    let cryptod_dom = resolve_dom(&mut p, &agent.args.cryptod).map_err(|e| e.to_string())?;
     let mut listen = serve(&mut p, client, port::UNLOCK_AGENT).map_err(|e| e.to_string())?;
-    let mut cryptod = connect(&mut p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))
-        .map_err(|e| e.to_string())?;
+    let mut cryptod = Upstream::new(WorldDial { p, name: agent.args.cryptod.clone() });
+    let first = cryptod.dial.dial(Duration::from_secs(60))?;
+    cryptod.link = Some(first);
     ready_line(agent);
     loop {
         if !listen.is_open() {
             listen.reinit().map_err(|e| e.to_string())?;
         }
+        cryptod.tick(&mut agent.trust);
         let msg = match listen.recv_blocking(Duration::from_millis(500)) {
             Ok(m) => m,
             Err(LinkError::Timeout) => continue,
@@ -174,9 +360,10 @@ fn run_sockets(
     cryptod_path: &std::path::Path,
 ) -> Result<(), Failure> {
     let listener = socket::listen(listen_path)?;
-    let mut cryptod: SocketLink = socket::connect(cryptod_path, Duration::from_secs(60))?;
+    let mut cryptod = Upstream::new(SocketDial { path: cryptod_path.to_path_buf() });
     // Check the path to cryptod works before saying ready.
-    refresh(&mut cryptod, &mut agent.trust)
+    cryptod
+        .connect(&mut agent.trust, Duration::from_secs(60))
         .map_err(|e| format!("cryptod via {}: {e}", cryptod_path.display()))?;
     ready_line(agent);
     loop {
@@ -194,11 +381,7 @@ fn run_sockets(
                 }
             };
             // The relay to cryptod ends when cryptod (or its proxy) goes
-            // away: connect again before using it.
-            if cryptod.channel().is_ended() {
-                println!("unlock-agent: reconnecting to cryptod");
-                cryptod = socket::connect(cryptod_path, Duration::from_secs(10))?;
-            }
+            // away: `handle` connects again before using it.
             if answer(agent, &mut link, &mut cryptod, msg) {
                 return Ok(());
             }
@@ -208,10 +391,10 @@ fn run_sockets(
 
 /// Handles one message from the unlocker and replies; returns whether the
 /// agent is done (`--once` and a volume was opened).
-fn answer<L: Channel, K: Channel>(
+fn answer<L: Channel, D: Dial>(
     agent: &mut Agent,
     listen: &mut Framed<L>,
-    cryptod: &mut Framed<K>,
+    cryptod: &mut Upstream<D>,
     msg: Message,
 ) -> bool {
     let Message::UnlockRequest(req) = msg else {
@@ -232,8 +415,8 @@ fn answer<L: Channel, K: Channel>(
     agent.args.once && result == UnlockOutcome::Ok
 }
 
-fn handle<K: Channel>(
-    cryptod: &mut Framed<K>,
+fn handle<D: Dial>(
+    cryptod: &mut Upstream<D>,
     agent: &mut Agent,
     req: &UnlockRequest,
 ) -> (UnlockOutcome, String) {
@@ -241,7 +424,7 @@ fn handle<K: Channel>(
     let Some(path) = volumes.get(&req.volume_id) else {
         return (UnlockOutcome::Denied, "unknown volume".into());
     };
-    if let Err(e) = refresh(cryptod, trust) {
+    if let Err(e) = cryptod.refresh(trust) {
         return (UnlockOutcome::Denied, format!("cannot check the token: {e}"));
     }
     let expect = Expectations {
@@ -269,5 +452,30 @@ fn handle<K: Channel>(
         Ok((true, _)) => (UnlockOutcome::Ok, format!("(opened as /dev/mapper/{name})")),
         Ok((false, err)) => (UnlockOutcome::Fail, err),
         Err(e) => (UnlockOutcome::Fail, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_and_resets() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new();
+        assert!(b.due(t0));
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            b.failed(t0);
+            pauses.push(b.not_before.unwrap() - t0);
+        }
+        assert_eq!(pauses[0], BACKOFF_FIRST);
+        assert_eq!(pauses[1], BACKOFF_FIRST * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), BACKOFF_MAX);
+        assert!(!b.due(t0));
+        assert!(b.due(t0 + BACKOFF_MAX));
+        b.succeeded();
+        assert_eq!(b, Backoff::new());
     }
 }

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use portcullis_apps::common::{port, resolve_dom};
 use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::connect;
-use portcullis_authority::audit::{verify_chain, ChainErrorKind};
+use portcullis_authority::audit::{verify_log, ChainErrorKind, LogErrorKind};
 use portcullis_hosted::{HostedPlatform, World};
 use portcullis_proto::cose;
 use portcullis_proto::envelope::Message;
@@ -34,8 +34,9 @@ pub enum AuditCmd {
         /// The root public key (root.pub from `portcullis provision`).
         #[arg(long)]
         root: PathBuf,
-        /// The highest seq the collector acknowledged (from its output), to
-        /// detect a cut-off tail.
+        /// The highest seq the collector acknowledged (from its output): the
+        /// last chain must reach it. Chains link across restarts, so this
+        /// anchors the whole log, not only the last chain.
         #[arg(long)]
         expect_last: Option<u64>,
         /// The log file.
@@ -277,56 +278,46 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
     if records.is_empty() {
         return Err(Failure::Invalid("log holds no records".into()));
     }
-    // Split into chains (one per cryptod boot); each must be whole.
-    let mut start = 0;
-    let mut chains = 0;
-    let mut last_seq = 0;
-    while start < records.len() {
-        let id = chain_and_seq(&records[start]).map(|c| c.0);
-        let mut end = start + 1;
-        while end < records.len() && chain_and_seq(&records[end]).map(|c| c.0) == id && id.is_some()
-        {
-            end += 1;
-        }
-        let summary = verify_chain(&records[start..end], &[key]).map_err(|e| {
-            let at = start + e.index;
-            let what = match e.kind {
-                ChainErrorKind::Gap { expected, found } => {
-                    format!("gap: seq {expected} to {} missing", found - 1)
-                }
-                _ => e.to_string().split(": ").skip(1).collect::<Vec<_>>().join(": "),
-            };
-            Failure::Invalid(format!(
-                "audit chain breaks at record {at} (byte offset {}): {what}",
-                offset_of(&records, at)
-            ))
-        })?;
-        if summary.first_seq != 0 {
-            return Err(Failure::Invalid(format!(
-                "chain {} starts at seq {} (record {start}): its first records are missing",
-                hex::encode(summary.chain_id),
-                summary.first_seq
-            )));
-        }
+    // One chain per cryptod boot; each continues from the one before, so
+    // the log is checked whole (and the anchor anchors all of it).
+    let summary = verify_log(&records, &[key], expect_last).map_err(|e| {
+        let at = e.index;
+        let what = match e.kind {
+            LogErrorKind::Chain(ChainErrorKind::Gap { expected, found }) => {
+                format!("gap: seq {expected} to {} missing", found.saturating_sub(1))
+            }
+            LogErrorKind::TruncatedTail { expected_last, found_last } => {
+                return Failure::Invalid(format!(
+                    "log truncated: it ends at seq {found_last}, but seq {expected_last} was \
+                     acknowledged"
+                ))
+            }
+            _ => e.to_string().split(": ").skip(1).collect::<Vec<_>>().join(": "),
+        };
+        Failure::Invalid(format!(
+            "audit log breaks at record {at} (byte offset {}): {what}",
+            offset_of(&records, at)
+        ))
+    })?;
+    for (chain, start, _) in &summary.chains {
         println!(
-            "chain {}: seq 0..={} ({} records), head {}",
-            hex::encode(summary.chain_id),
-            summary.last_seq,
-            summary.records,
-            hex::encode(&summary.head_hash[..8])
+            "chain {}: seq {}..={} ({} records from record {start}), head {}",
+            hex::encode(chain.chain_id),
+            chain.first_seq,
+            chain.last_seq,
+            chain.records,
+            hex::encode(&chain.head_hash[..8])
         );
-        chains += 1;
-        last_seq = summary.last_seq;
-        start = end;
     }
-    if let Some(want) = expect_last {
-        if last_seq < want {
-            return Err(Failure::Invalid(format!(
-                "log truncated: last chain ends at seq {last_seq}, but seq {want} was acknowledged"
-            )));
-        }
-    }
-    Ok(format!("ok: {} records in {chains} chain(s), signatures and links verify", records.len()))
+    let superseded = match summary.superseded {
+        0 => String::new(),
+        n => format!("; {n} record(s) stored but not acknowledged before a restart"),
+    };
+    Ok(format!(
+        "ok: {} records in {} linked chain(s), signatures and links verify{superseded}",
+        records.len(),
+        summary.chains.len()
+    ))
 }
 
 fn offset_of(records: &[Vec<u8>], index: usize) -> usize {

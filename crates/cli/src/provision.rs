@@ -299,13 +299,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     let master = os_random::<32>()?;
     let kek = os_random::<32>()?;
     let nonce = os_random::<12>()?;
-    let state = SealedState {
-        root_key: *root_seed,
-        master_secret: *master,
-        operators: operators.clone(),
-        acl: acl_text.clone(),
-        last_steps: Vec::new(),
-    };
+    let state = SealedState::new(*root_seed, *master, operators.clone(), acl_text.clone());
     let sealed = sealed::seal(&state, &kek, &nonce).map_err(|e| format!("sealing: {e}"))?;
     // Check the result opens before anything is shown to the operator.
     sealed::unseal(&sealed, &kek).map_err(|e| format!("sealed state does not reopen: {e}"))?;

@@ -55,7 +55,7 @@ fn full_scenario_with_oathtool_codes() {
         "[ok] policy_pd refuses the expired token",
         "[ok] policy_pd refuses the revoked token",
         "[ok] audit log complete",
-        "[ok] after a cryptod restart the used code is still refused as replay",
+        "[ok] after a cryptod restart the used code is still refused",
         "demo: 13 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! The body gets `p: &mut impl Platform` and returns the exit code (0: clean
-//! poweroff; on Xen anything else is a crash).
+//! poweroff; on Xen anything else is a crash). After a non-zero code the
+//! platform's last I/O failure, if any, is printed too
+//! ([`report_last_io_error`]).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,19 @@
 pub use portcullis_hosted as hosted;
 #[cfg(target_os = "none")]
 pub use portcullis_xen as xen;
+
+/// When a guest stops with an error: prints the platform's last I/O
+/// failure, if it kept one (the vchan backend's store and event channel
+/// errors name only a kind; this says which node and why).
+pub fn report_last_io_error<P: portcullis_platform::Platform>(
+    name: &str,
+    p: &P,
+    print: impl FnOnce(core::fmt::Arguments<'_>),
+) {
+    if let Some(detail) = p.last_io_error() {
+        print(format_args!("{name}: last platform I/O failure: {detail}"));
+    }
+}
 
 /// Defines the guest's entry point for the platform being built.
 #[macro_export]
@@ -40,7 +55,13 @@ macro_rules! guest {
                     }
                 };
                 let $p = &mut platform;
-                $body
+                let code: u8 = $body;
+                if code != 0 {
+                    $crate::report_last_io_error($name, &platform, |line| {
+                        $crate::xen::println!("{}", line)
+                    });
+                }
+                code
             }
         }
 
@@ -55,6 +76,9 @@ macro_rules! guest {
             };
             let $p = &mut platform;
             let code: u8 = $body;
+            if code != 0 {
+                $crate::report_last_io_error($name, &platform, |line| println!("{}", line));
+            }
             std::process::exit(i32::from(code))
         }
     };

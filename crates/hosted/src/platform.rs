@@ -6,8 +6,8 @@ use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portcullis_platform::{ConfigItem, Platform, PlatformError};
-use portcullis_vchan::{Backend, DomId, Port};
+use portcullis_platform::{ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError};
+use portcullis_vchan::{Backend, BackendError, DomId, Port};
 
 use crate::sys;
 use crate::{HostedBackend, HostedError, World, DOMID_ENV};
@@ -142,6 +142,35 @@ fn read_line(
     Ok(len)
 }
 
+/// The cause of a failed file operation: its errno when the OS gave one.
+fn file_cause(e: &io::Error) -> IoCause {
+    match e.raw_os_error() {
+        Some(n) => IoCause::Errno(n),
+        None => IoCause::Other("file operation failed"),
+    }
+}
+
+/// The cause of a failed backend (event channel, store) operation.
+fn backend_cause(e: BackendError) -> IoCause {
+    IoCause::Other(match e {
+        BackendError::Grant => "granting pages failed",
+        BackendError::Map => "mapping grants failed",
+        BackendError::EventChannel => "event channel operation failed",
+        BackendError::Store => "store operation failed",
+        BackendError::Denied => "permission denied",
+        BackendError::Exhausted => "resources exhausted",
+    })
+}
+
+/// The cause of a failed world (store directory) operation.
+fn world_cause(e: &HostedError) -> IoCause {
+    match e {
+        HostedError::Backend(b) => backend_cause(*b),
+        HostedError::Io(_) => IoCause::Other("store file operation failed"),
+        _ => IoCause::Other("world unusable"),
+    }
+}
+
 impl Platform for HostedPlatform {
     type Backend = HostedBackend;
 
@@ -191,7 +220,9 @@ impl Platform for HostedPlatform {
 
     fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
         let path = self.config_path(item);
-        let dir = path.parent().ok_or(PlatformError::Io)?;
+        let shown = path.to_string_lossy();
+        let fail = |cause| PlatformError::Io(IoDetail::new(IoOp::Persist, cause).on(&shown));
+        let dir = path.parent().ok_or(fail(IoCause::Invalid))?;
         let tmp = dir.join(format!(".{}.persist", item.name()));
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
@@ -200,11 +231,14 @@ impl Platform for HostedPlatform {
             fs::rename(&tmp, &path)?;
             fs::File::open(dir)?.sync_all()
         };
-        write().map_err(|_| PlatformError::Io)
+        write().map_err(|e| fail(file_cause(&e)))
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        self.world.resolve(name).map_err(|_| PlatformError::Io)?.ok_or(PlatformError::UnknownDomain)
+        self.world
+            .resolve(name)
+            .map_err(|e| PlatformError::Io(IoDetail::new(IoOp::Resolve, world_cause(&e)).on(name)))?
+            .ok_or(PlatformError::UnknownDomain)
     }
 
     fn wait_any(
@@ -212,7 +246,9 @@ impl Platform for HostedPlatform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError> {
-        self.backend.wait_any(ports, timeout).map_err(|_| PlatformError::Io)
+        self.backend
+            .wait_any(ports, timeout)
+            .map_err(|e| PlatformError::Io(IoDetail::new(IoOp::EventWait, backend_cause(e))))
     }
 
     fn shutdown(&mut self, code: u8) -> ! {
@@ -237,5 +273,20 @@ mod tests {
         assert_eq!(read_bounded(&path, &mut [0; 3]), Err(PlatformError::BadConfig));
         let mut big = [0u8; 10];
         assert_eq!(read_bounded(&path, &mut big), Ok(4));
+    }
+
+    #[test]
+    fn io_failures_carry_their_cause() {
+        let e = io::Error::from_raw_os_error(28);
+        assert_eq!(file_cause(&e), IoCause::Errno(28));
+        let detail = IoDetail::new(IoOp::Persist, file_cause(&e)).on("/w/config/cryptod/x");
+        assert_eq!(
+            PlatformError::Io(detail).to_string(),
+            "platform I/O failed: persist /w/config/cryptod/x: errno 28"
+        );
+        assert_eq!(
+            world_cause(&HostedError::Backend(BackendError::Store)),
+            IoCause::Other("store operation failed")
+        );
     }
 }

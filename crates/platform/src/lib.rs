@@ -36,14 +36,18 @@ pub enum PlatformError {
     /// The store refused access (xenstore `EACCES`/`EPERM`): the
     /// toolstack has not granted this domain the node.
     Denied,
-    /// The store or another platform service failed.
-    Io,
+    /// The store or another platform service failed; the detail says
+    /// which operation, on what, and why.
+    Io(IoDetail),
     /// This platform does not offer the service.
     Unsupported,
 }
 
 impl fmt::Display for PlatformError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let PlatformError::Io(detail) = self {
+            return write!(f, "platform I/O failed: {detail}");
+        }
         f.write_str(match self {
             PlatformError::NoEntropy => "no healthy hardware entropy source",
             PlatformError::Console => "console failed",
@@ -52,9 +56,153 @@ impl fmt::Display for PlatformError {
             PlatformError::BadConfig => "boot configuration item unreadable",
             PlatformError::UnknownDomain => "unknown domain name",
             PlatformError::Denied => "permission denied by the store",
-            PlatformError::Io => "platform I/O failed",
+            PlatformError::Io(_) => "platform I/O failed",
             PlatformError::Unsupported => "not supported on this platform",
         })
+    }
+}
+
+/// Which platform operation failed (the first part of an [`IoDetail`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    /// Connecting to the store.
+    StoreConnect,
+    /// Reading a store node.
+    StoreRead,
+    /// Writing a store node.
+    StoreWrite,
+    /// Listing a store directory.
+    StoreList,
+    /// Removing a store node.
+    StoreRemove,
+    /// Watching a store node for changes.
+    StoreWatch,
+    /// Waiting for events on event channels.
+    EventWait,
+    /// Writing a configuration item for the next boot.
+    Persist,
+    /// Looking up a domain by name.
+    Resolve,
+}
+
+impl IoOp {
+    /// What the operation is, in a few words.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IoOp::StoreConnect => "store connect",
+            IoOp::StoreRead => "store read",
+            IoOp::StoreWrite => "store write",
+            IoOp::StoreList => "store directory",
+            IoOp::StoreRemove => "store remove",
+            IoOp::StoreWatch => "store watch",
+            IoOp::EventWait => "event wait",
+            IoOp::Persist => "persist",
+            IoOp::Resolve => "resolve",
+        }
+    }
+}
+
+/// Why a platform operation failed (the second part of an [`IoDetail`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoCause {
+    /// No answer before the deadline.
+    Timeout,
+    /// The other side (the store daemon) sent something malformed or
+    /// unexpected.
+    Protocol,
+    /// The channel to the service (a ring, an event channel) is unusable.
+    Transport,
+    /// The request itself was refused as invalid (too large, bad name).
+    Invalid,
+    /// The store answered with this error (xenstore's name, e.g. `EIO`).
+    Store(&'static str),
+    /// The OS or hypervisor call failed with this errno (positive).
+    Errno(i32),
+    /// Another failure, described.
+    Other(&'static str),
+}
+
+impl fmt::Display for IoCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoCause::Timeout => f.write_str("timed out"),
+            IoCause::Protocol => f.write_str("malformed or unexpected reply"),
+            IoCause::Transport => f.write_str("channel unavailable"),
+            IoCause::Invalid => f.write_str("invalid request"),
+            IoCause::Store(name) => write!(f, "store error {name}"),
+            IoCause::Errno(n) => write!(f, "errno {n}"),
+            IoCause::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Longest subject (a store path, a file name) an [`IoDetail`] keeps; a
+/// longer one keeps its end, which names the node.
+pub const SUBJECT_CAP: usize = 64;
+
+/// What failed in a [`PlatformError::Io`]: the operation, its subject
+/// (a store path or file, possibly shortened to its last
+/// [`SUBJECT_CAP`] bytes) and the cause. Fixed size, no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IoDetail {
+    /// The operation.
+    pub op: IoOp,
+    /// The cause.
+    pub cause: IoCause,
+    subject: [u8; SUBJECT_CAP],
+    subject_len: u8,
+    truncated: bool,
+}
+
+impl IoDetail {
+    /// A failure of `op` because of `cause`, with no subject.
+    pub const fn new(op: IoOp, cause: IoCause) -> Self {
+        IoDetail { op, cause, subject: [0; SUBJECT_CAP], subject_len: 0, truncated: false }
+    }
+
+    /// The same failure, about `subject` (kept whole if it fits, else its
+    /// last bytes, starting on a character boundary).
+    pub fn on(mut self, subject: &str) -> Self {
+        let mut start = subject.len().saturating_sub(SUBJECT_CAP);
+        while !subject.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = subject.get(start..).unwrap_or_default().as_bytes();
+        let n = tail.len().min(SUBJECT_CAP);
+        if let (Some(dst), Some(src)) = (self.subject.get_mut(..n), tail.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.subject_len = n as u8;
+        self.truncated = start > 0;
+        self
+    }
+
+    /// The subject kept (empty if none), and whether it was shortened.
+    pub fn subject(&self) -> (&str, bool) {
+        let bytes = self.subject.get(..usize::from(self.subject_len)).unwrap_or_default();
+        (core::str::from_utf8(bytes).unwrap_or_default(), self.truncated)
+    }
+}
+
+impl fmt::Display for IoDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.op.as_str())?;
+        match self.subject() {
+            ("", _) => {}
+            (s, false) => write!(f, " {s}")?,
+            (s, true) => write!(f, " ...{s}")?,
+        }
+        write!(f, ": {}", self.cause)
+    }
+}
+
+impl fmt::Debug for IoDetail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoDetail")
+            .field("op", &self.op)
+            .field("cause", &self.cause)
+            .field("subject", &self.subject())
+            .finish()
     }
 }
 
@@ -149,6 +297,53 @@ pub trait Platform {
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError>;
 
+    /// The last I/O failure the platform saw, including those of its vchan
+    /// backend, whose errors name only a kind
+    /// ([`portcullis_vchan::BackendError`]): for a guest to print when it
+    /// stops. `None` if there was none, or the platform does not keep it.
+    fn last_io_error(&self) -> Option<IoDetail> {
+        None
+    }
+
     /// Ends the domain: exit code 0 is a clean poweroff, anything else a crash.
     fn shutdown(&mut self, code: u8) -> !;
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn io_errors_say_what_failed_on_what_and_why() {
+        let e = PlatformError::Io(
+            IoDetail::new(IoOp::StoreRead, IoCause::Store("EIO"))
+                .on("/local/domain/7/data/portcullis/settings"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "platform I/O failed: store read /local/domain/7/data/portcullis/settings: store error EIO"
+        );
+        let e = PlatformError::Io(IoDetail::new(IoOp::EventWait, IoCause::Errno(22)));
+        assert_eq!(e.to_string(), "platform I/O failed: event wait: errno 22");
+        let e = PlatformError::Io(IoDetail::new(IoOp::StoreList, IoCause::Timeout).on("/x"));
+        assert_eq!(e.to_string(), "platform I/O failed: store directory /x: timed out");
+    }
+
+    #[test]
+    fn long_subjects_keep_their_end_on_a_char_boundary() {
+        let long = std::format!("/local/domain/1/{}/é-node", "d".repeat(100));
+        let d = IoDetail::new(IoOp::StoreWrite, IoCause::Protocol).on(&long);
+        let (kept, truncated) = d.subject();
+        assert!(truncated);
+        assert!(kept.len() <= SUBJECT_CAP && kept.ends_with("/é-node"), "{kept}");
+        assert!(long.ends_with(kept));
+        let odd = std::format!("{}{}", "é".repeat(40), "z");
+        let d2 = IoDetail::new(IoOp::Persist, IoCause::Errno(5)).on(&odd);
+        let (kept, _) = d2.subject();
+        assert!(odd.ends_with(kept) && kept.len() >= SUBJECT_CAP - 1);
+        assert!(d.to_string().starts_with("store write ...ddd"), "{d}");
+        assert!(core::mem::size_of::<PlatformError>() <= 96);
+    }
 }

@@ -266,6 +266,9 @@ text_enum! {
         KeysetPublish = "keyset_publish",
         /// The policy (ACL) changed.
         PolicyChange = "policy_change",
+        /// Decided answers dropped undelivered: their client's connection
+        /// went away while they waited for the collector.
+        AnswerDrop = "answer_drop",
     }
 }
 

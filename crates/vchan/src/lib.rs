@@ -33,7 +33,7 @@ use core::fmt;
 pub use backend::{Backend, BackendError, DomId, GrantRef, Port, Wait};
 pub use frame::{FrameError, FrameReader, FrameWriter, Transport};
 pub use layout::{Geometry, LayoutError};
-pub use ring::{Channel, Role};
+pub use ring::{Channel, PeerState, Role};
 pub use shm::{AtomicMem, SharedMem};
 pub use vchan::{
     ClientConfig, ServerConfig, Vchan, EVENT_CHANNEL_KEY, REKICK_FIRST, REKICK_MAX, RING_REF_KEY,

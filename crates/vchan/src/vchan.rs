@@ -367,6 +367,25 @@ impl<B: Backend> Vchan<B> {
         self.server_setup(geometry)
     }
 
+    /// The peer's state as its live byte shows it now, while open.
+    pub fn peer_state(&self) -> Option<PeerState> {
+        self.conn.as_ref().map(|c| c.chan.peer_state())
+    }
+
+    /// Server only: removes the published store entries of the current
+    /// ring while keeping the connection, so that no later client (a
+    /// reconnecting domain included) can map this ring and see what was
+    /// meant for the one connected now. The next [`Vchan::reinit`]
+    /// publishes a fresh ring. Call it once the client has connected
+    /// ([`Vchan::peer_state`] is no longer `Waiting`).
+    pub fn unpublish(&mut self) -> Result<(), VchanError> {
+        if !matches!(self.kind, Kind::Server(_)) {
+            return Err(VchanError::NotServer);
+        }
+        self.backend.store_remove(self.base.as_str())?;
+        Ok(())
+    }
+
     /// Server only: waits until the client has connected.
     pub fn wait_connected(&mut self, timeout: Option<Duration>) -> Result<(), VchanError> {
         if !matches!(self.kind, Kind::Server(_)) {

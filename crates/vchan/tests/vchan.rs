@@ -513,3 +513,27 @@ fn client_rekicks_a_server_that_lost_the_write_event() {
     assert_eq!(&answer, b"pong");
     assert!(rekicks >= 1);
 }
+
+#[test]
+fn an_unpublished_ring_cannot_be_found_by_a_reconnecting_client() {
+    use portcullis_vchan::PeerState;
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 4096, 4096);
+    assert_eq!(server.peer_state(), Some(PeerState::Connected));
+    server.unpublish().unwrap();
+    server.write(b"for the first connection").unwrap();
+    client.close();
+    // The same domain comes back before the server noticed: it must not
+    // map the old ring (and read what was written for its predecessor).
+    assert_eq!(
+        Vchan::client(hv.domain(CLIENT), client_cfg()).err(),
+        Some(VchanError::NotPublished)
+    );
+    assert_eq!(server.peer_state(), Some(PeerState::Gone));
+    server.reinit().unwrap();
+    let mut client = Vchan::client(hv.domain(CLIENT), client_cfg()).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(client.read(&mut buf).unwrap(), 0, "a fresh ring");
+    // A client cannot unpublish.
+    assert_eq!(client.unpublish(), Err(VchanError::NotServer));
+}

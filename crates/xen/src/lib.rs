@@ -40,6 +40,7 @@ pub mod hypercall;
 pub mod page;
 #[cfg(target_arch = "x86_64")]
 mod platform;
+pub mod reclaim;
 pub mod start_info;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
@@ -47,7 +48,10 @@ pub mod xen;
 pub mod xenstore;
 
 #[cfg(target_arch = "x86_64")]
-pub use platform::{with_store, PlatformSetupError, XenBackend, XenMem, XenPlatform, MAX_PAGES};
+pub use platform::{
+    pending_reclaim_pages, with_store, PlatformSetupError, XenBackend, XenMem, XenPlatform,
+    MAX_PAGES,
+};
 
 #[cfg(target_arch = "x86_64")]
 pub use runtime::*;

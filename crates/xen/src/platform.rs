@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_platform::{ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError};
 use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use spin::mutex::SpinMutex;
@@ -16,11 +16,59 @@ use spin::mutex::SpinMutex;
 use crate::entropy::HwEntropy;
 use crate::grant::{self, GrantError, Mapping};
 use crate::page::SharedPages;
+use crate::reclaim::{Granted, Reclaimer};
 use crate::xenstore::wire::{Errno, XsError, PAYLOAD_MAX};
 use crate::xenstore::{Perm, Tx, Xenstore};
 use crate::{abi, console, evtchn, xen, Boot};
 
 static STORE: SpinMutex<Option<Xenstore>> = SpinMutex::new(None);
+
+/// The last I/O failure of the platform or its vchan backend.
+static LAST_IO: SpinMutex<Option<IoDetail>> = SpinMutex::new(None);
+
+/// Keeps `detail` as the last I/O failure and returns it.
+fn note(detail: IoDetail) -> IoDetail {
+    *LAST_IO.lock() = Some(detail);
+    detail
+}
+
+/// Granted pages whose grants the peer still held when we gave them up.
+static RECLAIM: SpinMutex<Reclaimer> = SpinMutex::new(Reclaimer::new());
+
+/// Ends a grant we made; false while the peer still maps the page.
+fn end_grant(r: GrantRef) -> bool {
+    grant::end_access(r).is_ok()
+}
+
+/// Returns an allocation whose grants have all ended to the heap.
+fn free_granted(g: Granted) {
+    // SAFETY: allocated in `share` with exactly this layout at this
+    // address; every grant of it has ended, so no peer can reach it, and
+    // the `XenMem` that accessed it was consumed by `unshare`.
+    unsafe { dealloc(g.base as *mut u8, g.layout) };
+}
+
+/// Revokes what can be revoked of `g` and frees it, or keeps it pending.
+fn release_granted(g: Granted) {
+    let done = RECLAIM.lock().release(g, &mut end_grant);
+    if let Some(g) = done {
+        free_granted(g);
+    }
+}
+
+/// Tries again to end the grants of pages given up earlier, freeing those
+/// whose peers have let go. Called on every share, unshare and wait.
+fn reclaim_pending() {
+    let mut freed = Vec::new();
+    RECLAIM.lock().retry(&mut end_grant, &mut |g| freed.push(g));
+    freed.into_iter().for_each(free_granted);
+}
+
+/// Pages granted to peers that are waiting for the peers to unmap them
+/// (see `reclaim`); reported for diagnostics.
+pub fn pending_reclaim_pages() -> usize {
+    RECLAIM.lock().pending_pages()
+}
 
 /// Runs `f` on the xenstore connection, connecting on first use.
 pub fn with_store<T>(f: impl FnOnce(&mut Xenstore) -> Result<T, XsError>) -> Result<T, XsError> {
@@ -105,20 +153,61 @@ fn store_denied(e: &XsError) -> bool {
     matches!(e, XsError::Daemon(Errno::Acces | Errno::Perm))
 }
 
-/// A store failure as the platform reports it.
-fn platform_store_err(e: XsError) -> PlatformError {
-    if store_denied(&e) {
-        PlatformError::Denied
-    } else {
-        PlatformError::Io
+/// The cause of a store failure, as a platform error carries it.
+fn store_cause(e: XsError) -> IoCause {
+    match e {
+        XsError::Daemon(errno) => IoCause::Store(errno.name()),
+        XsError::Request => IoCause::Invalid,
+        XsError::Protocol => IoCause::Protocol,
+        XsError::Transport => IoCause::Transport,
+        XsError::Timeout => IoCause::Timeout,
     }
 }
 
-/// A store failure as the vchan backend reports it.
-fn store_err(e: XsError) -> BackendError {
+/// A store failure of `op` on `path` as the platform reports it: what was
+/// done, on which node, and the store's error, timeout or protocol fault.
+fn platform_store_err(op: IoOp, path: &str, e: XsError) -> PlatformError {
+    if store_denied(&e) {
+        PlatformError::Denied
+    } else {
+        PlatformError::Io(note(IoDetail::new(op, store_cause(e)).on(path)))
+    }
+}
+
+/// Runs `f` on the xenstore connection (connecting on first use); `f`
+/// maps its own failures, a failed connect is reported as such.
+fn store_session<T>(
+    f: impl FnOnce(&mut Xenstore) -> Result<T, PlatformError>,
+) -> Result<T, PlatformError> {
+    let mut guard = STORE.lock();
+    if guard.is_none() {
+        let store = Xenstore::connect().map_err(|e| {
+            PlatformError::Io(note(IoDetail::new(IoOp::StoreConnect, store_cause(e))))
+        })?;
+        *guard = Some(store);
+    }
+    match guard.as_mut() {
+        Some(store) => f(store),
+        None => Err(PlatformError::Io(IoDetail::new(IoOp::StoreConnect, IoCause::Transport))),
+    }
+}
+
+/// An event channel wait failure: Xen's error code as a positive errno.
+fn wait_err(e: crate::hypercall::XenError) -> PlatformError {
+    let errno = i32::try_from(e.0.saturating_neg()).unwrap_or(i32::MAX);
+    PlatformError::Io(note(IoDetail::new(IoOp::EventWait, IoCause::Errno(errno))))
+}
+
+/// A store failure of `op` on `path` as the vchan backend reports it (a
+/// kind only; the detail is kept for `Platform::last_io_error`).
+///
+/// Refusals are not kept: a vchan client reads the server's nodes and is
+/// refused until they are published, which is no failure.
+fn store_err(op: IoOp, path: &str, e: XsError) -> BackendError {
     if store_denied(&e) {
         BackendError::Denied
     } else {
+        note(IoDetail::new(op, store_cause(e)).on(path));
         BackendError::Store
     }
 }
@@ -155,6 +244,12 @@ impl Backend for XenBackend {
         if n == 0 || n > MAX_PAGES {
             return Err(BackendError::Exhausted);
         }
+        // Pages a peer held on to are given back first; while too many are
+        // still held, no more are handed out (the loss stays bounded).
+        reclaim_pending();
+        if !RECLAIM.lock().admits() {
+            return Err(BackendError::Exhausted);
+        }
         let layout = Layout::from_size_align(n * abi::PAGE_SIZE, abi::PAGE_SIZE)
             .map_err(|_| BackendError::Exhausted)?;
         // SAFETY: `layout` has a non-zero size.
@@ -168,13 +263,9 @@ impl Backend for XenBackend {
             match grant::grant_access(peer, gfn, false) {
                 Ok(r) => granted.push(r),
                 Err(e) => {
-                    // Nobody can have mapped these yet; revoke and free.
-                    let all_ended =
-                        granted.iter().filter(|&&r| grant::end_access(r).is_err()).count() == 0;
-                    if all_ended {
-                        // SAFETY: allocated above with `layout`, no longer granted.
-                        unsafe { dealloc(base, layout) };
-                    }
+                    // The references were never published, but revoke
+                    // through the same path in case a peer guessed one.
+                    release_granted(Granted { base: base as usize, layout, refs: granted });
                     return Err(grant_err(e));
                 }
             }
@@ -188,16 +279,13 @@ impl Backend for XenBackend {
 
     fn unshare(&mut self, mem: XenMem) {
         if let Origin::Granted { refs, layout } = mem.origin {
-            // If the peer still maps a page we cannot revoke it; the pages
-            // are then leaked rather than handed to the allocator.
-            let still_granted = refs.iter().filter(|&&r| grant::end_access(r).is_err()).count();
-            let all_ended = still_granted == 0;
-            if all_ended {
-                // SAFETY: allocated in `share` with `layout`, no longer granted,
-                // and `mem` (the only accessor) is consumed.
-                unsafe { dealloc(mem.pages.addr() as *mut u8, layout) };
-            }
+            // A page the peer still maps cannot be revoked now (a closing
+            // client unmaps just after it leaves; a destroyed peer's
+            // mappings go when Xen has torn it down): it waits in RECLAIM
+            // and is freed once every grant of its allocation has ended.
+            release_granted(Granted { base: mem.pages.addr(), layout, refs });
         }
+        reclaim_pending();
     }
 
     fn map(
@@ -262,6 +350,7 @@ impl Backend for XenBackend {
     }
 
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
+        reclaim_pending();
         match evtchn::wait_any(&[port], timeout.map(nanos)) {
             Ok(Some(_)) => Ok(Wait::Event),
             Ok(None) => Ok(Wait::TimedOut),
@@ -275,11 +364,12 @@ impl Backend for XenBackend {
             s.write(Tx::NONE, path, value.as_bytes())?;
             s.set_perms(Tx::NONE, path, &[Perm::None(me), Perm::Read(reader)])
         })
-        .map_err(store_err)
+        .map_err(|e| store_err(IoOp::StoreWrite, path, e))
     }
 
     fn store_read(&mut self, path: &str, buf: &mut [u8]) -> Result<Option<usize>, BackendError> {
-        let value = with_store(|s| s.read(Tx::NONE, path)).map_err(store_err)?;
+        let value = with_store(|s| s.read(Tx::NONE, path))
+            .map_err(|e| store_err(IoOp::StoreRead, path, e))?;
         Ok(value.map(|v| {
             let n = v.len().min(buf.len());
             buf[..n].copy_from_slice(&v[..n]);
@@ -288,7 +378,7 @@ impl Backend for XenBackend {
     }
 
     fn store_remove(&mut self, path: &str) -> Result<(), BackendError> {
-        with_store(|s| s.rm(Tx::NONE, path)).map_err(store_err)
+        with_store(|s| s.rm(Tx::NONE, path)).map_err(|e| store_err(IoOp::StoreRemove, path, e))
     }
 
     fn store_wait(&mut self, path: &str, timeout: Option<Duration>) -> Result<Wait, BackendError> {
@@ -300,7 +390,7 @@ impl Backend for XenBackend {
             s.wait_watch(&token, timeout.map(nanos))
         })
         .map(|fired| if fired { Wait::Event } else { Wait::TimedOut })
-        .map_err(store_err)
+        .map_err(|e| store_err(IoOp::StoreWatch, path, e))
     }
 }
 
@@ -414,9 +504,10 @@ impl Platform for XenPlatform {
 
     fn config(&mut self, item: ConfigItem, buf: &mut [u8]) -> Result<usize, PlatformError> {
         let path = self.config_path(item);
-        let value = with_store(|s| s.read(Tx::NONE, &path))
-            .map_err(platform_store_err)?
-            .ok_or(PlatformError::MissingConfig)?;
+        let value = store_session(|s| {
+            s.read(Tx::NONE, &path).map_err(|e| platform_store_err(IoOp::StoreRead, &path, e))
+        })?
+        .ok_or(PlatformError::MissingConfig)?;
         let dst = buf.get_mut(..value.len()).ok_or(PlatformError::BadConfig)?;
         dst.copy_from_slice(&value);
         Ok(value.len())
@@ -431,28 +522,35 @@ impl Platform for XenPlatform {
         if path.len() + 1 + bytes.len() > PAYLOAD_MAX {
             return Err(PlatformError::BadConfig);
         }
-        with_store(|s| s.write(Tx::NONE, &path, bytes)).map_err(platform_store_err)
+        store_session(|s| {
+            s.write(Tx::NONE, &path, bytes)
+                .map_err(|e| platform_store_err(IoOp::StoreWrite, &path, e))
+        })
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        with_store(|s| {
-            for id in s.directory(Tx::NONE, "/local/domain")? {
+        const DOMAINS: &str = "/local/domain";
+        store_session(|s| {
+            let ids = s
+                .directory(Tx::NONE, DOMAINS)
+                .map_err(|e| platform_store_err(IoOp::StoreList, DOMAINS, e))?;
+            for id in ids {
                 let Ok(domid) = id.parse::<u16>() else { continue };
                 // A domain whose name we may not read (xenstored's default
                 // for another domain's nodes) or that just went away is not
                 // a candidate; it must not hide the others.
-                let found = match s.read(Tx::NONE, &format!("/local/domain/{domid}/name")) {
+                let path = format!("{DOMAINS}/{domid}/name");
+                let found = match s.read(Tx::NONE, &path) {
                     Ok(v) => v,
                     Err(XsError::Daemon(Errno::Acces | Errno::NoEnt)) => None,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(platform_store_err(IoOp::StoreRead, &path, e)),
                 };
                 if found.as_deref() == Some(name.as_bytes()) {
                     return Ok(Some(DomId(domid)));
                 }
             }
             Ok(None)
-        })
-        .map_err(platform_store_err)?
+        })?
         .ok_or(PlatformError::UnknownDomain)
     }
 
@@ -461,7 +559,12 @@ impl Platform for XenPlatform {
         ports: &[Port],
         timeout: Option<Duration>,
     ) -> Result<Option<Port>, PlatformError> {
-        evtchn::wait_any(ports, timeout.map(nanos)).map_err(|_| PlatformError::Io)
+        reclaim_pending();
+        evtchn::wait_any(ports, timeout.map(nanos)).map_err(wait_err)
+    }
+
+    fn last_io_error(&self) -> Option<IoDetail> {
+        *LAST_IO.lock()
     }
 
     fn shutdown(&mut self, code: u8) -> ! {
@@ -477,6 +580,7 @@ pub fn store_key(item: ConfigItem) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     #[test]
     fn config_keys_are_valid_xenstore_names() {
@@ -490,5 +594,41 @@ mod tests {
             assert!(ok(&store_key(item)), "{}", store_key(item));
         }
         assert_eq!(store_key(ConfigItem::RootPublicKey), "root-pub");
+    }
+
+    #[test]
+    fn store_failures_keep_operation_path_and_cause() {
+        let path = "/local/domain/5/data/portcullis/settings";
+        let e = platform_store_err(IoOp::StoreRead, path, XsError::Timeout);
+        assert_eq!(e, PlatformError::Io(IoDetail::new(IoOp::StoreRead, IoCause::Timeout).on(path)));
+        assert_eq!(
+            e.to_string(),
+            "platform I/O failed: store read /local/domain/5/data/portcullis/settings: timed out"
+        );
+        let e = platform_store_err(IoOp::StoreWrite, "/p", XsError::Daemon(Errno::NoSpc));
+        assert_eq!(e.to_string(), "platform I/O failed: store write /p: store error ENOSPC");
+        let e = platform_store_err(IoOp::StoreList, "/local/domain", XsError::Protocol);
+        assert!(e
+            .to_string()
+            .ends_with("store directory /local/domain: malformed or unexpected reply"));
+        assert_eq!(
+            platform_store_err(IoOp::StoreRead, "/p", XsError::Daemon(Errno::Acces)),
+            PlatformError::Denied
+        );
+        assert_eq!(
+            wait_err(crate::hypercall::XenError(-22)).to_string(),
+            "platform I/O failed: event wait: errno 22"
+        );
+        // The vchan backend's store failures keep their detail (for
+        // `last_io_error`); a refusal does not count.
+        let path = "/local/domain/3/data/vchan/4/9001/ring-ref";
+        assert_eq!(store_err(IoOp::StoreRead, path, XsError::Protocol), BackendError::Store);
+        let kept = *LAST_IO.lock();
+        assert_eq!(kept, Some(IoDetail::new(IoOp::StoreRead, IoCause::Protocol).on(path)));
+        assert_eq!(
+            store_err(IoOp::StoreRead, "/x", XsError::Daemon(Errno::Acces)),
+            BackendError::Denied
+        );
+        assert_eq!(*LAST_IO.lock(), kept);
     }
 }

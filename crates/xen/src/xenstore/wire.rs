@@ -103,6 +103,29 @@ pub enum Errno {
 }
 
 impl Errno {
+    /// The error's name as xenstored spells it (`"ENOENT"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::Inval => "EINVAL",
+            Errno::Acces => "EACCES",
+            Errno::Exist => "EEXIST",
+            Errno::IsDir => "EISDIR",
+            Errno::NoEnt => "ENOENT",
+            Errno::NoMem => "ENOMEM",
+            Errno::NoSpc => "ENOSPC",
+            Errno::Io => "EIO",
+            Errno::NotEmpty => "ENOTEMPTY",
+            Errno::NoSys => "ENOSYS",
+            Errno::RoFs => "EROFS",
+            Errno::Busy => "EBUSY",
+            Errno::Again => "EAGAIN",
+            Errno::IsConn => "EISCONN",
+            Errno::TooBig => "E2BIG",
+            Errno::Perm => "EPERM",
+            Errno::Other => "an error name this client does not know",
+        }
+    }
+
     /// Parses the error name of an `XS_ERROR` payload (`"ENOENT\0"`).
     pub fn parse(payload: &[u8]) -> Errno {
         let name = payload.split(|&b| b == 0).next().unwrap_or_default();
@@ -407,5 +430,8 @@ mod tests {
         assert_eq!(names, [&b"0"[..], b"1", b"12"]);
         assert_eq!(Errno::parse(b"EAGAIN\0"), Errno::Again);
         assert_eq!(Errno::parse(b"EWHAT\0"), Errno::Other);
+        for name in ["EINVAL", "EACCES", "ENOENT", "EIO", "EAGAIN", "E2BIG", "EPERM", "ENOTEMPTY"] {
+            assert_eq!(Errno::parse(name.as_bytes()).name(), name);
+        }
     }
 }

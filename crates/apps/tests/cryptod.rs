@@ -1,0 +1,459 @@
+//! cryptod's driver over the vchan simulator with a fake platform: the
+//! links' lifecycle, role routing, write-ahead audit, persistence,
+//! isolation between connections, fairness and console rate limiting.
+
+mod support;
+
+use std::time::Duration;
+
+use portcullis_apps::common::port;
+use portcullis_apps::cryptod::{CryptodDriver, CLIENT_BUDGET};
+use portcullis_apps::link::Link;
+use portcullis_authority::sealed;
+use portcullis_platform::{ConfigItem, DomId};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{
+    AuditAck, AuditAction, EntropyPub, ErrorCode, IssueResult, KeysetReq, RequestId, TokenIssueReq,
+    TotpResult, TotpValidateReq,
+};
+use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_vchan::sim::{Hypervisor, SimBackend};
+use portcullis_vchan::VchanError;
+use support::*;
+use zeroize::Zeroizing;
+
+struct World {
+    hv: Hypervisor,
+    p: FakePlatform,
+    d: CryptodDriver<SimBackend>,
+    entropyd: Link<SimBackend>,
+    collector: Link<SimBackend>,
+}
+
+const SETTINGS: &str = "clients=unlocker,policy_pd\ncollector=dom0\n";
+
+fn boot_with(settings: &str, names: &[(&str, DomId)]) -> World {
+    let hv = Hypervisor::new();
+    let entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+    let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
+        .with_names(names)
+        .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+        .with_config(ConfigItem::SealedState, &sealed_blob())
+        .settings(settings);
+    let d = CryptodDriver::new(&mut p).unwrap();
+    let collector = client(&hv, DOM0, CRYPTOD, port::AUDIT);
+    World { hv, p, d, entropyd, collector }
+}
+
+fn boot() -> World {
+    boot_with(SETTINGS, &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)])
+}
+
+fn chunk(seq: u64) -> Message {
+    EntropyPub {
+        drbg_version: "test".into(),
+        seq,
+        nonce: vec![seq as u8; 16],
+        entropy_chunk: Zeroizing::new(vec![0x5a ^ seq as u8; 64]),
+        timestamp: T0,
+    }
+    .into()
+}
+
+impl World {
+    fn poll(&mut self) {
+        self.d.poll(&mut self.p).unwrap();
+    }
+
+    /// entropyd publishes once; cryptod reads it and starts its audit chain.
+    fn seed(&mut self) {
+        self.poll(); // connects to entropyd
+        self.entropyd.send(&chunk(1)).unwrap();
+        self.poll();
+        assert!(self.d.authority().is_ready());
+        // The collector takes and acks the chain start.
+        self.ack();
+    }
+
+    /// The collector reads and acks everything shipped; cryptod takes the acks.
+    fn ack(&mut self) -> Vec<portcullis_proto::msg::AuditRecord> {
+        self.poll();
+        let records = collect(&mut self.collector, true);
+        self.poll();
+        records
+    }
+
+    fn client(&mut self, dom: DomId) -> Link<SimBackend> {
+        let c = client(&self.hv, dom, CRYPTOD, port::CRYPTOD);
+        self.poll(); // sees it connected
+        c
+    }
+}
+
+fn keyset_req(n: u8) -> Message {
+    KeysetReq { request_id: RequestId([n; 16]) }.into()
+}
+
+fn issue_req(scope: Scope, audience: &str) -> Message {
+    TokenIssueReq {
+        request_id: RequestId([9; 16]),
+        vm_id: "policy_pd".into(),
+        requested_scope: ScopeSet::single(scope),
+        audience: audience.into(),
+        justification: "test".into(),
+        nonce: vec![3; 16],
+        timestamp: T0,
+        ttl: None,
+        attestation: None,
+        metadata: None,
+    }
+    .into()
+}
+
+fn totp_req(code: &str) -> Message {
+    TotpValidateReq {
+        request_id: RequestId([4; 16]),
+        operator_id: "alice".into(),
+        device_id: "yubi1".into(),
+        totp_code: Zeroizing::new(code.into()),
+        client_nonce: vec![1; 16],
+        timestamp: T0,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        attestation_chain: None,
+        metadata: None,
+    }
+    .into()
+}
+
+fn totp_result(m: &Message) -> TotpResult {
+    match m {
+        Message::TotpValidateResp(r) => r.result,
+        other => panic!("not a totp answer: {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_gets_its_keyset_in_one_wake_up() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&keyset_req(1)).unwrap();
+    w.poll();
+    let got = drain(&mut pd);
+    assert!(matches!(got.as_slice(), [Message::Keyset(_)]), "{got:?}");
+}
+
+#[test]
+fn before_entropy_audited_requests_are_unavailable() {
+    let mut w = boot();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    w.poll();
+    match drain(&mut pd).as_slice() {
+        [Message::TokenIssueResp(r)] => assert_eq!(r.result, IssueResult::Unavailable),
+        other => panic!("{other:?}"),
+    }
+    assert!(!w.d.authority().is_ready());
+}
+
+#[test]
+fn an_answer_is_held_until_the_collector_acks_its_record() {
+    let mut w = boot();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert!(drain(&mut un).is_empty(), "no answer before the record is stored");
+    // Shipped but not acked: still nothing.
+    w.poll();
+    let records = collect(&mut w.collector, false);
+    assert_eq!(records.last().unwrap().action, AuditAction::TotpValidate);
+    for _ in 0..3 {
+        w.poll();
+    }
+    assert!(drain(&mut un).is_empty());
+    let last = records.last().unwrap();
+    w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    w.poll();
+    let got = drain(&mut un);
+    assert_eq!(got.len(), 1);
+    assert_eq!(totp_result(&got[0]), TotpResult::Ok);
+}
+
+/// The newest sealed state cryptod handed to the platform.
+fn last_persisted(w: &World) -> sealed::SealedState {
+    let (item, blob) = w.p.persisted.last().expect("cryptod persisted its state");
+    assert_eq!(*item, ConfigItem::SealedState);
+    sealed::unseal(blob, &KEK).unwrap()
+}
+
+#[test]
+fn a_failure_and_an_accepted_code_are_persisted_before_the_answer_leaves() {
+    let mut w = boot();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&totp_req("00000000")).unwrap();
+    w.poll();
+    let failures = |w: &World| {
+        last_persisted(w).failures.iter().find(|(op, ..)| op == "alice").map(|(_, n, _)| *n)
+    };
+    assert_eq!(failures(&w), Some(1), "a counted failure survives a crash (issue 10, 3)");
+    w.ack();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Fail);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert!(drain(&mut un).is_empty(), "no answer before the record is stored");
+    let state = last_persisted(&w);
+    assert!(state.last_steps.iter().any(|(op, _)| op == "alice"), "the used step survives");
+    w.ack();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
+    // The same code again: replay, refused; the step stays persisted.
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    w.ack();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Replay);
+    assert!(last_persisted(&w).last_steps.iter().any(|(op, _)| op == "alice"));
+}
+
+#[test]
+fn a_token_request_the_acl_refuses_is_denied_after_its_record() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&issue_req(Scope::LuksUnlock, "unlock_agent")).unwrap();
+    w.poll();
+    assert!(drain(&mut pd).is_empty());
+    let records = w.ack();
+    assert!(records.iter().any(|r| r.action == AuditAction::TokenIssue));
+    match drain(&mut pd).as_slice() {
+        [Message::TokenIssueResp(r)] => assert_eq!(r.result, IssueResult::Denied),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn records_are_sent_again_after_the_collector_reconnects() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    w.poll();
+    w.poll();
+    let first = collect(&mut w.collector, false);
+    assert_eq!(first.len(), 1);
+    // The collector leaves without acking and comes back.
+    w.collector.chan().shutdown();
+    w.poll(); // sees it gone, publishes afresh
+    w.collector = client(&w.hv, DOM0, CRYPTOD, port::AUDIT);
+    w.poll();
+    let again = collect(&mut w.collector, true);
+    assert_eq!(again.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first[0].seq]);
+    w.poll();
+    assert!(matches!(drain(&mut pd).as_slice(), [Message::TokenIssueResp(_)]));
+}
+
+#[test]
+fn an_audit_ack_on_a_client_link_is_refused_and_not_honoured() {
+    let mut w = boot();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    let mut pd = w.client(POLICY_PD);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    w.poll();
+    // The client learned the chain id and the seq (here: from the collector's view).
+    let records = collect(&mut w.collector, false);
+    let last = records.last().unwrap();
+    let pending = w.d.authority().pending_audit_len();
+    assert!(pending > 0);
+    pd.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    w.poll();
+    match drain(&mut pd).as_slice() {
+        [Message::Error(e)] => {
+            assert_eq!(e.code, ErrorCode::Malformed);
+            assert!(e.reason.contains("audit_ack"), "{}", e.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.d.authority().pending_audit_len(), pending, "no record discarded");
+    assert_eq!(w.d.authority().held_len(), 1, "no answer released");
+    assert!(drain(&mut un).is_empty());
+    // The collector's own ack still works.
+    w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    w.poll();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
+}
+
+#[test]
+fn entropy_on_a_client_link_is_refused_and_not_credited() {
+    let mut w = boot();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&chunk(1)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut pd).as_slice(), [Message::Error(_)]));
+    assert!(!w.d.authority().is_ready(), "a client cannot seed cryptod");
+}
+
+#[test]
+fn a_reconnection_gets_a_fresh_ring_and_nothing_meant_for_the_old_one() {
+    let mut w = boot();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    // An answer held for the collector, and a half frame in the ring.
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert_eq!(w.d.authority().held_len(), 1);
+    un.chan().write(&[0, 0, 0, 40, 0xa1]).unwrap();
+    // The client leaves and, before cryptod runs again, comes back: it must
+    // not find the old ring.
+    un.chan().shutdown();
+    assert_eq!(
+        try_client(&w.hv, UNLOCKER, CRYPTOD, port::CRYPTOD).err(),
+        Some(VchanError::NotPublished)
+    );
+    w.poll(); // notices, drops the held answer, publishes a fresh ring
+    assert_eq!(w.d.authority().held_len(), 0);
+    let mut un = w.client(UNLOCKER);
+    // The collector acks everything: the dropped answer goes nowhere.
+    let records = w.ack();
+    assert!(
+        records.iter().any(|r| r.action == AuditAction::AnswerDrop && r.actor == "unlocker"),
+        "the drop is audited"
+    );
+    w.poll();
+    assert!(drain(&mut un).is_empty(), "nothing from the old connection");
+    // And the new connection works, from a clean frame boundary.
+    un.send(&keyset_req(2)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut un).as_slice(), [Message::Keyset(_)]));
+    assert_eq!(w.p.lines_with("left before 1 answer"), 1);
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_another() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    let mut un = w.client(UNLOCKER);
+    for i in 0..200 {
+        pd.send(&keyset_req(i as u8)).unwrap();
+        let _ = pd.pump();
+    }
+    un.send(&keyset_req(255)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut un).as_slice(), [Message::Keyset(_)]), "served in the first turn");
+    let first = drain(&mut pd).len();
+    assert!(first <= CLIENT_BUDGET, "the flood got {first} answers in one wake-up");
+    assert_eq!(w.d.poll_delay(), Duration::ZERO, "backlog: no sleeping");
+    // The flood is still served, completely, over later wake-ups.
+    let mut total = first;
+    for _ in 0..200 {
+        let _ = pd.pump();
+        w.poll();
+        total += drain(&mut pd).len();
+    }
+    assert_eq!(total, 200);
+    assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
+}
+
+#[test]
+fn a_client_that_does_not_read_loses_no_answer_and_floods_no_console() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    let mut sent = 0;
+    for round in 0..400 {
+        // Requests keep coming; answers are never read.
+        for _ in 0..4 {
+            if pd.send(&keyset_req(round as u8)).is_ok() {
+                sent += 1;
+            }
+        }
+        let _ = pd.pump();
+        w.poll();
+    }
+    assert_eq!(w.p.lines_with("queue full"), 0, "{}", w.p.console_out);
+    // Now the client reads: every answer to what cryptod read arrives.
+    let mut got = 0;
+    for _ in 0..2000 {
+        got += drain(&mut pd).len();
+        let _ = pd.pump();
+        w.poll();
+        if got == sent {
+            break;
+        }
+    }
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn console_lines_about_one_peer_are_rate_limited_with_a_count() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    for _ in 0..50 {
+        pd.send(&AuditAck { chain_id: [0; 16], seq: 1 }.into()).unwrap();
+        w.poll();
+        drain(&mut pd);
+    }
+    let per_window = portcullis_apps::console::DEFAULT_PER_WINDOW as usize;
+    assert_eq!(w.p.lines_with("sent audit_ack; refused"), per_window, "{}", w.p.console_out);
+    // Once the window has passed the count is reported.
+    w.p.advance(Duration::from_secs(11));
+    w.poll();
+    let suppressed = 50 - per_window;
+    assert_eq!(w.p.lines_with(&format!("{suppressed} line(s) \"not_served\" about dom7")), 1);
+}
+
+#[test]
+fn a_client_that_appears_later_is_served_once_its_name_resolves() {
+    let mut w = boot_with(SETTINGS, &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)]);
+    assert!(w.p.console_out.contains("policy_pd not there yet"));
+    w.seed();
+    assert_eq!(
+        try_client(&w.hv, POLICY_PD, CRYPTOD, port::CRYPTOD).err(),
+        Some(VchanError::NotPublished)
+    );
+    w.p.names.insert("policy_pd".into(), POLICY_PD);
+    // Names are looked up again every RESOLVE_EVERY seconds.
+    w.p.advance(Duration::from_secs(2));
+    w.poll();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&keyset_req(1)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut pd).as_slice(), [Message::Keyset(_)]));
+}
+
+#[test]
+fn a_client_domain_created_again_gets_a_new_channel_under_its_new_id() {
+    let mut w = boot();
+    w.seed();
+    let mut old = w.client(POLICY_PD);
+    old.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    w.poll();
+    assert_eq!(w.d.authority().held_len(), 1);
+    // policy_pd is destroyed and created again as dom 8.
+    w.hv.destroy(POLICY_PD);
+    w.p.names.insert("policy_pd".into(), DomId(8));
+    w.p.advance(Duration::from_secs(2));
+    w.poll();
+    assert_eq!(w.d.authority().held_len(), 0, "the old domain's answer is dropped");
+    let mut new = w.client(DomId(8));
+    new.send(&keyset_req(1)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut new).as_slice(), [Message::Keyset(_)]));
+}
+
+#[test]
+fn a_malformed_frame_is_answered_malformed() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.chan().write(&[0, 0, 0, 2, 0xff, 0xff]).unwrap();
+    w.poll();
+    match drain(&mut pd).as_slice() {
+        [Message::Error(e)] => assert_eq!(e.code, ErrorCode::Malformed),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,142 @@
+//! entropyd's driver over the vchan simulator with a fake platform.
+
+mod support;
+
+use std::time::Duration;
+
+use portcullis_apps::common::{port, AppError};
+use portcullis_apps::entropyd::{EntropydDriver, DRBG_VERSION};
+use portcullis_platform::{DomId, PlatformError};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::EntropyPub;
+use portcullis_vchan::sim::{Hypervisor, SimBackend};
+use portcullis_vchan::VchanError;
+use support::*;
+
+fn boot(
+    settings: &str,
+    names: &[(&str, DomId)],
+) -> (Hypervisor, FakePlatform, EntropydDriver<SimBackend>) {
+    let hv = Hypervisor::new();
+    let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd").with_names(names).settings(settings);
+    let d = EntropydDriver::new(&mut p).unwrap();
+    (hv, p, d)
+}
+
+fn chunks(link: &mut portcullis_apps::link::Link<SimBackend>) -> Vec<EntropyPub> {
+    drain(link)
+        .into_iter()
+        .map(|m| match m {
+            Message::EntropyPub(e) => e,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn only_allow_listed_domains_get_a_channel() {
+    let (hv, mut p, mut d) =
+        boot("allow=cryptod\n", &[("cryptod", CRYPTOD), ("policy_pd", POLICY_PD)]);
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    d.publish(&mut p).unwrap();
+    let got = chunks(&mut c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].drbg_version, DRBG_VERSION);
+    assert_eq!(got[0].entropy_chunk.len(), 64);
+    assert_eq!(
+        try_client(&hv, POLICY_PD, ENTROPYD, port::ENTROPY).err(),
+        Some(VchanError::NotPublished)
+    );
+}
+
+#[test]
+fn chunks_are_numbered_and_never_repeat() {
+    let (hv, mut p, mut d) = boot("chunk=32\n", &[("cryptod", CRYPTOD)]);
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    for _ in 0..5 {
+        d.publish(&mut p).unwrap();
+    }
+    let got = chunks(&mut c);
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    for (i, a) in got.iter().enumerate() {
+        assert_eq!(a.entropy_chunk.len(), 32);
+        for b in &got[i + 1..] {
+            assert_ne!(a.entropy_chunk, b.entropy_chunk);
+            assert_ne!(a.nonce, b.nonce);
+        }
+    }
+}
+
+#[test]
+fn a_subscriber_that_leaves_gets_a_fresh_ring_when_it_returns() {
+    let (hv, mut p, mut d) = boot("", &[("cryptod", CRYPTOD)]);
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    d.publish(&mut p).unwrap();
+    d.publish(&mut p).unwrap(); // unread: waits in the ring
+    c.chan().shutdown();
+    // Back before entropyd noticed: the old ring is not to be found.
+    assert_eq!(
+        try_client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY).err(),
+        Some(VchanError::NotPublished)
+    );
+    d.publish(&mut p).unwrap(); // notices, publishes afresh
+    assert!(p.console_out.contains("cryptod left; listening again"));
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    assert!(chunks(&mut c).is_empty(), "nothing of the old connection");
+    d.publish(&mut p).unwrap();
+    assert_eq!(chunks(&mut c).len(), 1);
+}
+
+#[test]
+fn a_subscriber_created_again_is_followed_to_its_new_id() {
+    let (hv, mut p, mut d) = boot("", &[("cryptod", CRYPTOD)]);
+    hv.destroy(CRYPTOD);
+    p.names.insert("cryptod".into(), DomId(11));
+    p.advance(Duration::from_secs(2));
+    d.publish(&mut p).unwrap();
+    assert!(p.console_out.contains("cryptod is now dom11 (was dom1)"));
+    let mut c = client(&hv, DomId(11), ENTROPYD, port::ENTROPY);
+    d.publish(&mut p).unwrap();
+    assert!(!chunks(&mut c).is_empty());
+}
+
+#[test]
+fn a_subscriber_not_there_at_boot_is_served_when_it_appears() {
+    let (hv, mut p, mut d) = boot("", &[]);
+    assert!(p.console_out.contains("cryptod not there yet"));
+    d.publish(&mut p).unwrap();
+    p.names.insert("cryptod".into(), CRYPTOD);
+    p.advance(Duration::from_secs(2));
+    d.publish(&mut p).unwrap();
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    d.publish(&mut p).unwrap();
+    // The chunk of the round that published the ring waited in it.
+    assert_eq!(chunks(&mut c).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn without_hardware_entropy_it_fails_closed() {
+    let hv = Hypervisor::new();
+    let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd").with_names(&[("cryptod", CRYPTOD)]);
+    p.entropy_broken = true;
+    assert!(matches!(
+        EntropydDriver::<SimBackend>::new(&mut p),
+        Err(AppError::Platform(PlatformError::NoEntropy))
+    ));
+    // And a source that fails later stops publishing.
+    p.entropy_broken = false;
+    let mut d = EntropydDriver::<SimBackend>::new(&mut p).unwrap();
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    p.entropy_broken = true;
+    assert!(d.publish(&mut p).is_err());
+    assert!(chunks(&mut c).is_empty());
+}
+
+#[test]
+fn a_chunk_size_out_of_range_is_refused() {
+    let hv = Hypervisor::new();
+    for bad in ["chunk=8\n", "chunk=100000\n"] {
+        let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd").settings(bad);
+        assert!(matches!(EntropydDriver::<SimBackend>::new(&mut p), Err(AppError::Config(_))));
+    }
+}

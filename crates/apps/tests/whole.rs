@@ -1,0 +1,107 @@
+//! The unlocker's whole run (its I/O shell included) against cryptod's
+//! driver, over the vchan simulator: cryptod, its collector and an
+//! entropyd stand-in in one thread, the dom0 unlock agent in another, the
+//! unlocker (scripted console) in the test's own.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use coset::{iana, CborSerializable, CoseKeyBuilder};
+use portcullis_apps::common::port;
+use portcullis_apps::cryptod::CryptodDriver;
+use portcullis_apps::unlocker::{self, Outcome};
+use portcullis_authority::keys::kid_for;
+use portcullis_authority::unlock::luks_passphrase;
+use portcullis_platform::ConfigItem;
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{EntropyPub, UnlockOutcome, UnlockResult};
+use portcullis_vchan::sim::Hypervisor;
+use support::*;
+use zeroize::Zeroizing;
+
+fn root_pub_cose_key() -> Vec<u8> {
+    let root = cryptod().root_public();
+    CoseKeyBuilder::new_okp_key()
+        .key_id(kid_for(&root).to_vec())
+        .algorithm(iana::Algorithm::Ed25519)
+        .param(-1, ciborium::Value::from(iana::EllipticCurve::Ed25519 as i64))
+        .param(-2, ciborium::Value::Bytes(root.as_bytes().to_vec()))
+        .build()
+        .to_vec()
+        .unwrap()
+}
+
+#[test]
+fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
+    let hv = Hypervisor::new();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+    let chunk = EntropyPub {
+        drbg_version: "test".into(),
+        seq: 1,
+        nonce: vec![1; 16],
+        entropy_chunk: Zeroizing::new(vec![0x5a; 64]),
+        timestamp: T0,
+    };
+    entropyd.send(&chunk.into()).unwrap();
+    let (hv2, stop2) = (hv.clone(), stop.clone());
+    let cryptod = thread::spawn(move || {
+        let _entropyd = entropyd;
+        let mut p = FakePlatform::new(&hv2, CRYPTOD, "cryptod")
+            .with_names(&[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)])
+            .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+            .with_config(ConfigItem::SealedState, &sealed_blob())
+            .settings("clients=unlocker\ncollector=dom0\n");
+        let mut d = CryptodDriver::new(&mut p).unwrap();
+        let mut collector = client(&hv2, DOM0, CRYPTOD, port::AUDIT);
+        // cryptod's clock stays at T0: the codes are for T0.
+        while !stop2.load(Ordering::Relaxed) {
+            d.poll(&mut p).unwrap();
+            collect(&mut collector, true);
+            thread::sleep(Duration::from_millis(1));
+        }
+        // Whether the newest persisted state holds alice's used step.
+        p.persisted.last().is_some_and(|(_, blob)| {
+            let state = portcullis_authority::sealed::unseal(blob, &KEK).unwrap();
+            state.last_steps.iter().any(|(op, _)| op == "alice")
+        })
+    });
+    let hv3 = hv.clone();
+    let agent = thread::spawn(move || {
+        let mut link = server(&hv3, DOM0, UNLOCKER, port::UNLOCK_AGENT);
+        match link.recv_blocking(Duration::from_secs(30)).unwrap() {
+            Message::UnlockRequest(u) => {
+                let right = u.passphrase[..] == luks_passphrase(&[0x22; 32], "data").unwrap()[..];
+                let result = if right { UnlockOutcome::Ok } else { UnlockOutcome::Fail };
+                let answer = UnlockResult { request_id: u.request_id, result, reason: None };
+                link.send_blocking(&answer.into(), Duration::from_secs(30)).unwrap();
+                // Wait for the unlocker to read the answer and leave.
+                let _ = link.recv_blocking(Duration::from_secs(5));
+                right
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+
+    let mut p = FakePlatform::new(&hv, UNLOCKER, "unlocker")
+        .with_names(&[("cryptod", CRYPTOD)])
+        .with_config(ConfigItem::RootPublicKey, &root_pub_cose_key())
+        .settings("operator=alice\ndevice=yubi1\nvolume=data\nattempts=3\n");
+    p.console_in.push_back(Ok("12345".into()));
+    p.console_in.push_back(Ok("00000000".into()));
+    p.console_in.push_back(Ok(code_at(T0)));
+    let outcome = unlocker::run(&mut p);
+    stop.store(true, Ordering::Relaxed);
+    let persisted = cryptod.join().unwrap();
+    assert!(matches!(outcome, Ok(Outcome::Unlocked)), "{outcome:?}\n{}", p.console_out);
+    assert!(agent.join().unwrap(), "the agent got the volume's passphrase");
+    assert_eq!(p.lines_with("unlocker: a code is 6 or 8 digits"), 1, "{}", p.console_out);
+    assert_eq!(p.lines_with("unlocker: refused: fail"), 1, "{}", p.console_out);
+    assert_eq!(p.lines_with("unlocker: volume data unlocked"), 1, "{}", p.console_out);
+    assert!(persisted, "cryptod persisted the used step");
+}

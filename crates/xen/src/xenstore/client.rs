@@ -1,0 +1,505 @@
+//! The xenstore client's protocol logic, sans I/O: requests, replies, watch
+//! events and timeouts over a [`StoreRing`] (the shared ring and its event
+//! channel on Xen, a simulated daemon in tests).
+//!
+//! Requests are sent one at a time. A request that times out is
+//! *abandoned*, not forgotten: the daemon still answers it eventually, and
+//! that late reply (recognised by its request id) is skipped when it
+//! arrives instead of being taken for the answer to a later request. Bytes
+//! of a request that did not fit the ring before its deadline are kept and
+//! sent ahead of the next request, so the daemon never sees half a message.
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use portcullis_vchan::DomId;
+
+use super::wire::{self, Errno, Message, Op, Part, Reassembler, XsError};
+
+/// Most watch events kept while waiting for replies.
+pub const MAX_QUEUED_EVENTS: usize = 16;
+/// Most abandoned (timed-out) requests whose late replies are remembered;
+/// past that the oldest is forgotten, and its reply, should it still come,
+/// is a protocol error.
+pub const MAX_ABANDONED: usize = 32;
+/// How long one request may take, nanoseconds.
+pub const REQUEST_TIMEOUT_NS: u64 = 10_000_000_000;
+
+/// The byte rings to the daemon and its doorbell, as the client needs them.
+pub trait StoreRing {
+    /// Copies as much of `bytes` as fits into the request ring; returns how
+    /// many were written (0: full).
+    fn write(&mut self, bytes: &[u8]) -> Result<usize, XsError>;
+    /// Copies up to `buf.len()` bytes out of the response ring; returns how
+    /// many were read (0: nothing there).
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, XsError>;
+    /// Signals the daemon.
+    fn notify(&mut self) -> Result<(), XsError>;
+    /// A monotonic clock, nanoseconds.
+    fn now_ns(&mut self) -> Result<u64, XsError>;
+    /// Waits for the daemon's signal (a spurious return is allowed) until
+    /// `deadline_ns`; [`XsError::Timeout`] once the deadline has passed.
+    fn wait(&mut self, deadline_ns: u64) -> Result<(), XsError>;
+}
+
+/// A transaction id (0 is "no transaction").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tx(pub u32);
+
+impl Tx {
+    /// Outside any transaction.
+    pub const NONE: Tx = Tx(0);
+}
+
+/// One permission entry: `n<domid>` (none), `r` (read), `w`, `b` (both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Perm {
+    /// No access (as the first entry: the owner).
+    None(DomId),
+    /// Read access.
+    Read(DomId),
+    /// Write access.
+    Write(DomId),
+    /// Read and write access.
+    Both(DomId),
+}
+
+/// A xenstore connection over a [`StoreRing`].
+#[derive(Debug)]
+pub struct Client<R> {
+    ring: R,
+    next_req: u32,
+    rx: Reassembler,
+    events: VecDeque<(String, String)>,
+    watches: Vec<(String, String)>,
+    /// Request bytes not yet in the ring (the tail of a timed-out request).
+    unsent: Vec<u8>,
+    /// Ids of timed-out requests whose replies may still come.
+    abandoned: VecDeque<u32>,
+    /// Late replies skipped so far.
+    late_replies: u64,
+}
+
+impl<R: StoreRing> Client<R> {
+    /// A client over `ring`; request ids start at 1.
+    pub fn new(ring: R) -> Self {
+        Client {
+            ring,
+            next_req: 1,
+            rx: Reassembler::default(),
+            events: VecDeque::new(),
+            watches: Vec::new(),
+            unsent: Vec::new(),
+            abandoned: VecDeque::new(),
+            late_replies: 0,
+        }
+    }
+
+    /// The ring (for tests and diagnostics).
+    pub fn ring(&mut self) -> &mut R {
+        &mut self.ring
+    }
+
+    /// How many late replies to abandoned requests were skipped.
+    pub fn late_replies(&self) -> u64 {
+        self.late_replies
+    }
+
+    fn deadline(&mut self, timeout_ns: u64) -> Result<u64, XsError> {
+        Ok(self.ring.now_ns()?.saturating_add(timeout_ns))
+    }
+
+    /// Pushes `self.unsent` into the ring until it is empty or `deadline`.
+    fn flush(&mut self, deadline: u64) -> Result<(), XsError> {
+        while !self.unsent.is_empty() {
+            let n = self.ring.write(&self.unsent)?;
+            if n > 0 {
+                self.unsent.drain(..n.min(self.unsent.len()));
+                self.ring.notify()?;
+            } else {
+                self.ring.notify()?;
+                self.ring.wait(deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads whatever the response ring holds; returns a complete message
+    /// if one formed.
+    fn poll_message(&mut self) -> Result<Option<Message>, XsError> {
+        loop {
+            let mut chunk = [0u8; 64];
+            let want = self.rx.wanted().min(chunk.len());
+            let n = self.ring.read(chunk.get_mut(..want).unwrap_or_default())?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.ring.notify()?;
+            let (_, msg) = self.rx.push(chunk.get(..n).unwrap_or_default())?;
+            if msg.is_some() {
+                return Ok(msg);
+            }
+        }
+    }
+
+    fn queue_event(&mut self, msg: &Message) {
+        if let Some((path, token)) = msg.watch_event() {
+            if self.events.len() < MAX_QUEUED_EVENTS {
+                self.events.push_back((path.into(), token.into()));
+            }
+        }
+    }
+
+    fn abandon(&mut self, req_id: u32) {
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back(req_id);
+    }
+
+    /// A message that is neither a watch event nor the awaited reply: the
+    /// late reply to an abandoned request is skipped (`Ok`), anything
+    /// else is a protocol error.
+    fn stray(&mut self, msg: &Message) -> Result<(), XsError> {
+        let id = msg.header.req_id;
+        match self.abandoned.iter().position(|&a| a == id) {
+            Some(i) => {
+                self.abandoned.remove(i);
+                self.late_replies = self.late_replies.saturating_add(1);
+                Ok(())
+            }
+            None => Err(XsError::Protocol),
+        }
+    }
+
+    /// Sends one request and returns the payload of its reply.
+    pub fn request(&mut self, op: Op, tx: Tx, parts: &[Part<'_>]) -> Result<Vec<u8>, XsError> {
+        let bytes = wire::encode(op, self.next_req, tx.0, parts)?;
+        let deadline = self.deadline(REQUEST_TIMEOUT_NS)?;
+        // The tail of an earlier, timed-out request goes first; if even that
+        // does not fit in time, this request is not sent at all.
+        self.flush(deadline)?;
+        let req_id = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        self.unsent = bytes;
+        let result = self.flush(deadline).and_then(|()| self.await_reply(op, req_id, deadline));
+        if matches!(result, Err(XsError::Timeout)) {
+            self.abandon(req_id);
+        }
+        result
+    }
+
+    fn await_reply(&mut self, op: Op, req_id: u32, deadline: u64) -> Result<Vec<u8>, XsError> {
+        loop {
+            match self.poll_message()? {
+                Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
+                Some(msg) if msg.header.req_id == req_id => return msg.into_reply(op),
+                Some(msg) => self.stray(&msg)?,
+                None => self.ring.wait(deadline)?,
+            }
+        }
+    }
+
+    /// Reads `path`; `Ok(None)` if it does not exist.
+    pub fn read(&mut self, tx: Tx, path: &str) -> Result<Option<Vec<u8>>, XsError> {
+        wire::check_name(path)?;
+        match self.request(Op::Read, tx, &[Part::Str(path)]) {
+            Ok(v) => Ok(Some(v)),
+            Err(XsError::Daemon(Errno::NoEnt)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` at `path`.
+    pub fn write(&mut self, tx: Tx, path: &str, value: &[u8]) -> Result<(), XsError> {
+        wire::check_name(path)?;
+        self.request(Op::Write, tx, &[Part::Str(path), Part::Raw(value)]).map(|_| ())
+    }
+
+    /// Lists the children of `path`.
+    pub fn directory(&mut self, tx: Tx, path: &str) -> Result<Vec<String>, XsError> {
+        wire::check_name(path)?;
+        let reply = self.request(Op::Directory, tx, &[Part::Str(path)])?;
+        wire::directory_entries(&reply)
+            .map(|n| core::str::from_utf8(n).map(String::from).map_err(|_| XsError::Protocol))
+            .collect()
+    }
+
+    /// Removes `path` and its children; a missing path is not an error.
+    pub fn rm(&mut self, tx: Tx, path: &str) -> Result<(), XsError> {
+        wire::check_name(path)?;
+        match self.request(Op::Rm, tx, &[Part::Str(path)]) {
+            Ok(_) | Err(XsError::Daemon(Errno::NoEnt)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the permissions of `path` (the first entry names the owner).
+    pub fn set_perms(&mut self, tx: Tx, path: &str, perms: &[Perm]) -> Result<(), XsError> {
+        wire::check_name(path)?;
+        let mut texts: Vec<String> = Vec::with_capacity(perms.len());
+        for p in perms {
+            let mut s = String::new();
+            let (c, d) = match p {
+                Perm::None(d) => ('n', d),
+                Perm::Read(d) => ('r', d),
+                Perm::Write(d) => ('w', d),
+                Perm::Both(d) => ('b', d),
+            };
+            let _ = write!(s, "{c}{}", d.0);
+            texts.push(s);
+        }
+        let mut parts = Vec::with_capacity(perms.len() + 1);
+        parts.push(Part::Str(path));
+        parts.extend(texts.iter().map(|t| Part::Str(t)));
+        self.request(Op::SetPerms, tx, &parts).map(|_| ())
+    }
+
+    /// Starts a transaction.
+    pub fn transaction_start(&mut self) -> Result<Tx, XsError> {
+        let reply = self.request(Op::TransactionStart, Tx::NONE, &[Part::Str("")])?;
+        let text = reply.split(|&b| b == 0).next().unwrap_or_default();
+        let id = core::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(XsError::Protocol)?;
+        Ok(Tx(id))
+    }
+
+    /// Commits (`commit`) or aborts a transaction. A commit may fail with
+    /// `Daemon(Again)`: the caller retries the whole transaction.
+    pub fn transaction_end(&mut self, tx: Tx, commit: bool) -> Result<(), XsError> {
+        self.request(Op::TransactionEnd, tx, &[Part::Str(if commit { "T" } else { "F" })])
+            .map(|_| ())
+    }
+
+    /// Registers a watch on `path` under `token`.
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        wire::check_name(path)?;
+        wire::check_name(token)?;
+        self.request(Op::Watch, Tx::NONE, &[Part::Str(path), Part::Str(token)])?;
+        self.watches.push((path.into(), token.into()));
+        Ok(())
+    }
+
+    /// Removes a watch.
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        wire::check_name(path)?;
+        wire::check_name(token)?;
+        self.watches.retain(|(p, t)| !(p == path && t == token));
+        self.events.retain(|(_, t)| t != token);
+        self.request(Op::Unwatch, Tx::NONE, &[Part::Str(path), Part::Str(token)]).map(|_| ())
+    }
+
+    /// Whether a watch on `path` with `token` is registered.
+    pub fn is_watched(&self, path: &str, token: &str) -> bool {
+        self.watches.iter().any(|(p, t)| p == path && t == token)
+    }
+
+    /// Waits for a watch event with `token` (`None`: forever); returns
+    /// `Ok(false)` on timeout.
+    pub fn wait_watch(&mut self, token: &str, timeout_ns: Option<u64>) -> Result<bool, XsError> {
+        let deadline = match timeout_ns {
+            Some(t) => self.deadline(t)?,
+            None => u64::MAX,
+        };
+        loop {
+            if let Some(i) = self.events.iter().position(|(_, t)| t == token) {
+                self.events.remove(i);
+                return Ok(true);
+            }
+            match self.poll_message()? {
+                Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
+                Some(msg) => self.stray(&msg)?,
+                None => match self.ring.wait(deadline) {
+                    Ok(()) => {}
+                    Err(XsError::Timeout) => return Ok(false),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::vec;
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000 * MS;
+
+    /// A simulated xenstored on a virtual clock: it answers requests in
+    /// order, each after its configured delay, and may leave only a few
+    /// bytes of request ring free until some time.
+    #[derive(Default)]
+    struct SimDaemon {
+        now: u64,
+        requests: Reassembler,
+        seen: Vec<Message>,
+        delays: VecDeque<u64>,
+        last_reply_at: u64,
+        scheduled: VecDeque<(u64, Vec<u8>)>,
+        rsp: VecDeque<u8>,
+        /// Bytes the request ring takes before `stall_until` (then: all).
+        room: usize,
+        stall_until: u64,
+        store: BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl SimDaemon {
+        fn answer(&mut self, msg: Message) {
+            let mut fields = msg.payload.splitn(2, |&b| b == 0);
+            let path = fields.next().unwrap_or_default().to_vec();
+            let reply = match msg.op() {
+                Some(Op::Read) => match self.store.get(&path) {
+                    Some(v) => wire::encode(Op::Read, msg.header.req_id, 0, &[Part::Raw(v)]),
+                    None => wire::encode(Op::Error, msg.header.req_id, 0, &[Part::Str("ENOENT")]),
+                },
+                Some(Op::Write) => {
+                    self.store.insert(path, fields.next().unwrap_or_default().to_vec());
+                    wire::encode(Op::Write, msg.header.req_id, 0, &[Part::Str("OK")])
+                }
+                _ => wire::encode(Op::Error, msg.header.req_id, 0, &[Part::Str("ENOSYS")]),
+            }
+            .unwrap();
+            let delay = self.delays.pop_front().unwrap_or(MS);
+            let at = (self.now + delay).max(self.last_reply_at);
+            self.last_reply_at = at;
+            self.scheduled.push_back((at, reply));
+            self.seen.push(msg);
+        }
+
+        fn deliver(&mut self) {
+            while self.scheduled.front().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, bytes) = self.scheduled.pop_front().unwrap();
+                self.rsp.extend(bytes);
+            }
+        }
+    }
+
+    impl StoreRing for SimDaemon {
+        fn write(&mut self, bytes: &[u8]) -> Result<usize, XsError> {
+            let n =
+                if self.now < self.stall_until { bytes.len().min(self.room) } else { bytes.len() };
+            if self.now < self.stall_until {
+                self.room -= n;
+            }
+            let mut rest = &bytes[..n];
+            while !rest.is_empty() {
+                let (used, msg) = self.requests.push(rest)?;
+                rest = &rest[used..];
+                if let Some(msg) = msg {
+                    self.answer(msg);
+                }
+            }
+            Ok(n)
+        }
+
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, XsError> {
+            self.deliver();
+            let n = buf.len().min(self.rsp.len());
+            for (slot, b) in buf.iter_mut().zip(self.rsp.drain(..n)) {
+                *slot = b;
+            }
+            Ok(n)
+        }
+
+        fn notify(&mut self) -> Result<(), XsError> {
+            Ok(())
+        }
+
+        fn now_ns(&mut self) -> Result<u64, XsError> {
+            Ok(self.now)
+        }
+
+        fn wait(&mut self, deadline_ns: u64) -> Result<(), XsError> {
+            let stall = Some(self.stall_until).filter(|&t| t > self.now);
+            let reply = self.scheduled.front().map(|(at, _)| *at);
+            match [stall, reply].into_iter().flatten().min() {
+                Some(next) if next < deadline_ns => {
+                    self.now = self.now.max(next);
+                    Ok(())
+                }
+                _ => {
+                    self.now = self.now.max(deadline_ns);
+                    Err(XsError::Timeout)
+                }
+            }
+        }
+    }
+
+    fn client() -> Client<SimDaemon> {
+        let mut d = SimDaemon::default();
+        d.store.insert(b"a".to_vec(), b"A".to_vec());
+        d.store.insert(b"b".to_vec(), b"B".to_vec());
+        Client::new(d)
+    }
+
+    #[test]
+    fn a_late_reply_is_skipped_not_taken_for_the_next_one() {
+        let mut c = client();
+        c.ring().delays = VecDeque::from(vec![15 * S]);
+        assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
+        assert_eq!(c.ring().now, REQUEST_TIMEOUT_NS);
+        // The reply to the abandoned request arrives first, then ours.
+        assert_eq!(c.read(Tx::NONE, "b"), Ok(Some(b"B".to_vec())));
+        assert_eq!(c.late_replies(), 1);
+        for _ in 0..3 {
+            assert_eq!(c.read(Tx::NONE, "a"), Ok(Some(b"A".to_vec())));
+            assert_eq!(c.read(Tx::NONE, "nope"), Ok(None));
+        }
+        assert_eq!(c.late_replies(), 1);
+    }
+
+    #[test]
+    fn a_late_reply_while_waiting_for_a_watch_is_skipped() {
+        let mut c = client();
+        c.ring().delays = VecDeque::from(vec![12 * S]);
+        assert_eq!(c.write(Tx::NONE, "x", b"1"), Err(XsError::Timeout));
+        assert_eq!(c.wait_watch("tok", Some(5 * S)), Ok(false));
+        assert_eq!(c.late_replies(), 1);
+        assert_eq!(c.read(Tx::NONE, "x"), Ok(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn a_reply_nobody_asked_for_is_still_a_protocol_error() {
+        let mut c = client();
+        let bogus = wire::encode(Op::Read, 4242, 0, &[Part::Raw(b"?")]).unwrap();
+        c.ring().rsp.extend(bogus);
+        assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Protocol));
+        assert_eq!(c.late_replies(), 0);
+    }
+
+    #[test]
+    fn the_tail_of_a_timed_out_request_is_sent_before_the_next() {
+        let mut c = client();
+        let value = [b'v'; 200];
+        {
+            let d = c.ring();
+            d.room = 20;
+            d.stall_until = 13 * S;
+        }
+        assert_eq!(c.write(Tx::NONE, "big", &value), Err(XsError::Timeout));
+        assert!(c.ring().seen.is_empty(), "only part of the request reached the daemon");
+        assert_eq!(c.read(Tx::NONE, "big"), Ok(Some(value.to_vec())));
+        let seen: Vec<(Option<Op>, u32)> =
+            c.ring().seen.iter().map(|m| (m.op(), m.header.req_id)).collect();
+        assert_eq!(seen, [(Some(Op::Write), 1), (Some(Op::Read), 2)]);
+        assert_eq!(c.late_replies(), 1);
+    }
+
+    #[test]
+    fn abandoned_ids_are_bounded() {
+        let mut c = client();
+        c.ring().delays = (0..MAX_ABANDONED as u64 + 5).map(|_| 1_000 * S).collect();
+        for _ in 0..MAX_ABANDONED + 5 {
+            assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
+        }
+        assert_eq!(c.abandoned.len(), MAX_ABANDONED);
+        assert_eq!(c.abandoned.front(), Some(&6));
+    }
+}
