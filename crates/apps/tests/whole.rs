@@ -38,7 +38,7 @@ fn root_pub_cose_key() -> Vec<u8> {
 /// cryptod's driver, its collector and an entropyd stand-in, running in a
 /// thread until `stop`; the thread returns how many times cryptod persisted.
 fn start_cryptod(hv: &Hypervisor, stop: &Arc<AtomicBool>) -> thread::JoinHandle<usize> {
-    let mut entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+    let mut entropyd = server(hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let chunk = EntropyPub {
         drbg_version: "test".into(),
         seq: 1,
