@@ -493,3 +493,19 @@ fn between_wake_ups_cryptod_waits_on_every_link_it_has() {
     w.poll();
     assert_eq!(drain(&mut pd).len(), 1);
 }
+
+#[test]
+fn a_client_reconnecting_in_a_loop_gets_a_fresh_ring_each_time_and_few_console_lines() {
+    let mut w = boot();
+    w.seed();
+    for i in 0..20u8 {
+        let mut pd = w.client(POLICY_PD);
+        pd.send(&keyset_req(i)).unwrap();
+        w.poll();
+        assert_eq!(drain(&mut pd).len(), 1, "connection {i} is served");
+        pd.chan().shutdown();
+        w.poll(); // notices, publishes afresh
+    }
+    let per_window = portcullis_apps::console::DEFAULT_PER_WINDOW as usize;
+    assert_eq!(w.p.lines_with("policy_pd (dom7) left; listening again"), per_window);
+}
