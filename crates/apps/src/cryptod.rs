@@ -376,11 +376,14 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let (n, out) = self.auth.drop_held_audited(peer, why, now);
         self.fresh_audit |= !out.audit.is_empty();
         if n > 0 {
-            say!(
+            self.warn(
                 p,
-                "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped",
-                peer.vm,
-                peer.domid
+                "answers_dropped",
+                peer.domid,
+                format_args!(
+                    "cryptod: {} (dom{}) left before {n} answer(s) could be released; dropped",
+                    peer.vm, peer.domid
+                ),
             );
         }
     }
@@ -419,7 +422,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let peer = c.peer.clone();
         let Some(link) = c.link.as_mut() else { return Ok(false) };
         if !link.is_open() {
-            say!(p, "cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid);
+            self.warn(
+                p,
+                "left",
+                peer.domid,
+                format_args!("cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid),
+            );
             self.reset_client(p, idx, "client left", now)?;
             return Ok(false);
         }
@@ -442,7 +450,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 return Ok(audited);
             }
             if !link.is_open() {
-                say!(p, "cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid);
+                self.warn(
+                    p,
+                    "left",
+                    peer.domid,
+                    format_args!("cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid),
+                );
                 self.reset_client(p, idx, "client left", now)?;
                 return Ok(audited);
             }
@@ -486,7 +499,15 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                     }))
                 }
                 Err(e) => {
-                    say!(p, "cryptod: {} (dom{}): {e}; listening again", peer.vm, peer.domid);
+                    self.warn(
+                        p,
+                        "link_broke",
+                        peer.domid,
+                        format_args!(
+                            "cryptod: {} (dom{}): {e}; listening again",
+                            peer.vm, peer.domid
+                        ),
+                    );
                     self.reset_client(p, idx, "client link broke", now)?;
                     return Ok(audited);
                 }

@@ -83,6 +83,11 @@ impl World {
         records
     }
 
+    fn p_wait(&mut self, ports: &[portcullis_platform::Port]) -> Option<portcullis_platform::Port> {
+        use portcullis_platform::Platform;
+        self.p.wait_any(ports, Some(Duration::ZERO)).unwrap()
+    }
+
     fn client(&mut self, dom: DomId) -> Link<SimBackend> {
         let c = client(&self.hv, dom, CRYPTOD, port::CRYPTOD);
         self.poll(); // sees it connected
@@ -456,4 +461,59 @@ fn a_malformed_frame_is_answered_malformed() {
         [Message::Error(e)] => assert_eq!(e.code, ErrorCode::Malformed),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_signing_key_rotates_on_the_timer_and_the_rotation_is_shipped() {
+    use portcullis_authority::keys::DEFAULT_ROTATION_PERIOD;
+    let mut w = boot();
+    w.seed();
+    // Idle wake-ups: the collector gets nothing new.
+    for _ in 0..3 {
+        w.poll();
+    }
+    assert!(collect(&mut w.collector, true).is_empty());
+    w.p.advance(Duration::from_secs(DEFAULT_ROTATION_PERIOD + 1));
+    w.poll();
+    let records = collect(&mut w.collector, true);
+    assert!(
+        records.iter().any(|r| r.action == AuditAction::KeyRotate),
+        "{:?}",
+        records.iter().map(|r| r.action).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn between_wake_ups_cryptod_waits_on_every_link_it_has() {
+    let mut w = boot();
+    // Client links (published, even before the clients come) and the
+    // collector's; no entropy link until entropyd is found.
+    assert_eq!(w.d.ports().len(), 3);
+    w.seed();
+    assert_eq!(w.d.ports().len(), 4, "and the entropy link once connected");
+    assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
+    // A client's request wakes cryptod on that client's port.
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&keyset_req(1)).unwrap();
+    let ports = w.d.ports();
+    let woke = w.p_wait(&ports);
+    assert!(woke.is_some(), "the request's event is pending");
+    w.poll();
+    assert_eq!(drain(&mut pd).len(), 1);
+}
+
+#[test]
+fn a_client_reconnecting_in_a_loop_gets_a_fresh_ring_each_time_and_few_console_lines() {
+    let mut w = boot();
+    w.seed();
+    for i in 0..20u8 {
+        let mut pd = w.client(POLICY_PD);
+        pd.send(&keyset_req(i)).unwrap();
+        w.poll();
+        assert_eq!(drain(&mut pd).len(), 1, "connection {i} is served");
+        pd.chan().shutdown();
+        w.poll(); // notices, publishes afresh
+    }
+    let per_window = portcullis_apps::console::DEFAULT_PER_WINDOW as usize;
+    assert_eq!(w.p.lines_with("policy_pd (dom7) left; listening again"), per_window);
 }

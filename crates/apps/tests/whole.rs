@@ -35,12 +35,10 @@ fn root_pub_cose_key() -> Vec<u8> {
         .unwrap()
 }
 
-#[test]
-fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
-    let hv = Hypervisor::new();
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let mut entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+/// cryptod's driver, its collector and an entropyd stand-in, running in a
+/// thread until `stop`; the thread returns how many times cryptod persisted.
+fn start_cryptod(hv: &Hypervisor, stop: &Arc<AtomicBool>) -> thread::JoinHandle<bool> {
+    let mut entropyd = server(hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let chunk = EntropyPub {
         drbg_version: "test".into(),
         seq: 1,
@@ -50,7 +48,7 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
     };
     entropyd.send(&chunk.into()).unwrap();
     let (hv2, stop2) = (hv.clone(), stop.clone());
-    let cryptod = thread::spawn(move || {
+    thread::spawn(move || {
         let _entropyd = entropyd;
         let mut p = FakePlatform::new(&hv2, CRYPTOD, "cryptod")
             .with_names(&[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)])
@@ -65,12 +63,27 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
             collect(&mut collector, true);
             thread::sleep(Duration::from_millis(1));
         }
-        // Whether the newest persisted state holds alice's used step.
+        // Whether the newest persisted state holds alice's used step (the
+        // state is also persisted for failures and acks).
         p.persisted.last().is_some_and(|(_, blob)| {
             let state = portcullis_authority::sealed::unseal(blob, &KEK).unwrap();
             state.last_steps.iter().any(|(op, _)| op == "alice")
         })
-    });
+    })
+}
+
+fn unlocker_platform(hv: &Hypervisor) -> FakePlatform {
+    FakePlatform::new(hv, UNLOCKER, "unlocker")
+        .with_names(&[("cryptod", CRYPTOD)])
+        .with_config(ConfigItem::RootPublicKey, &root_pub_cose_key())
+        .settings("operator=alice\ndevice=yubi1\nvolume=data\nattempts=3\n")
+}
+
+#[test]
+fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
+    let hv = Hypervisor::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cryptod = start_cryptod(&hv, &stop);
     let hv3 = hv.clone();
     let agent = thread::spawn(move || {
         let mut link = server(&hv3, DOM0, UNLOCKER, port::UNLOCK_AGENT);
@@ -88,10 +101,7 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
         }
     });
 
-    let mut p = FakePlatform::new(&hv, UNLOCKER, "unlocker")
-        .with_names(&[("cryptod", CRYPTOD)])
-        .with_config(ConfigItem::RootPublicKey, &root_pub_cose_key())
-        .settings("operator=alice\ndevice=yubi1\nvolume=data\nattempts=3\n");
+    let mut p = unlocker_platform(&hv);
     p.console_in.push_back(Ok("12345".into()));
     p.console_in.push_back(Ok("00000000".into()));
     p.console_in.push_back(Ok(code_at(T0)));
@@ -104,4 +114,24 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
     assert_eq!(p.lines_with("unlocker: refused: fail"), 1, "{}", p.console_out);
     assert_eq!(p.lines_with("unlocker: volume data unlocked"), 1, "{}", p.console_out);
     assert!(persisted, "cryptod persisted the used step");
+}
+
+#[test]
+fn the_unlocker_gives_up_after_its_attempts_time_out_and_sends_no_code() {
+    use portcullis_platform::PlatformError;
+    let hv = Hypervisor::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cryptod = start_cryptod(&hv, &stop);
+    let mut p = unlocker_platform(&hv);
+    for _ in 0..3 {
+        p.console_in.push_back(Err(PlatformError::Timeout));
+    }
+    // A fourth line is there but never asked for: attempts=3.
+    p.console_in.push_back(Ok(code_at(T0)));
+    let outcome = unlocker::run(&mut p);
+    stop.store(true, Ordering::Relaxed);
+    assert!(!cryptod.join().unwrap(), "no code was accepted");
+    assert!(matches!(outcome, Ok(Outcome::GaveUp)), "{outcome:?}\n{}", p.console_out);
+    assert_eq!(p.console_in.len(), 1);
+    assert_eq!(p.lines_with("unlocker: ready"), 1);
 }

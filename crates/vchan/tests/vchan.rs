@@ -518,7 +518,7 @@ fn client_rekicks_a_server_that_lost_the_write_event() {
 fn an_unpublished_ring_cannot_be_found_by_a_reconnecting_client() {
     use portcullis_vchan::PeerState;
     let hv = Hypervisor::new();
-    let (mut server, mut client) = pair(&hv, 4096, 4096);
+    let (mut server, client) = pair(&hv, 4096, 4096);
     assert_eq!(server.peer_state(), Some(PeerState::Connected));
     server.unpublish().unwrap();
     server.write(b"for the first connection").unwrap();
