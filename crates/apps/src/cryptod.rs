@@ -13,7 +13,7 @@ use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId};
 use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditLog, ErrorCode, ErrorMsg};
+use portcullis_proto::msg::{AuditLog, ErrorMsg};
 use portcullis_vchan::Backend;
 use zeroize::Zeroizing;
 
@@ -231,11 +231,7 @@ fn serve_client<P: Platform>(
                 *dirty |= out.state_changed;
                 out.response
             }
-            Err(LinkError::Decode(e)) => Some(Message::Error(ErrorMsg {
-                code: ErrorCode::Malformed,
-                reason: alloc::format!("{e}"),
-                request_id: None,
-            })),
+            Err(LinkError::Decode(e)) => Some(Message::Error(ErrorMsg::for_decode_error(&e))),
             Err(e) => {
                 say!(p, "cryptod: {} (dom{}): {e}; listening again", c.peer.vm, c.peer.domid);
                 forget_answers(p, auth, &c.peer);

@@ -800,9 +800,11 @@ impl Message {
 
     /// Decodes one envelope from `bytes`, which must hold exactly one message.
     ///
-    /// The three keys may come in any order. The version is judged before the
-    /// type, and both before the body, so a peer speaking a newer version gets
-    /// `UnsupportedVersion` rather than a complaint about its body.
+    /// The three keys may come in any order. The version is judged before
+    /// unknown envelope keys, the type and the body, so a peer speaking a newer
+    /// version gets `UnsupportedVersion` rather than a complaint about the
+    /// rest (the envelope must still be well-formed CBOR of the accepted
+    /// subset, within [`MAX_DEPTH`]).
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLarge);
@@ -816,6 +818,7 @@ impl Message {
 
         let mut r = Reader::new(bytes);
         let (mut version, mut kind, mut body) = (None, None, None);
+        let mut unknown_key = false;
         let len = r.map("envelope")?;
         for _ in 0..len {
             match r.key()? {
@@ -823,13 +826,21 @@ impl Message {
                 "type" => set_once(&mut kind, "type", r.text("type")?)?,
                 // Remember where the body is; it is read once `type` is known.
                 "body" => set_once(&mut body, "body", r.skip(2)?)?,
-                _ => return Err(DecodeError::UnknownField),
+                // Refused after the version check: another version may
+                // define more envelope keys.
+                _ => {
+                    r.skip(2)?;
+                    unknown_key = true;
+                }
             }
         }
         match version {
             Some(PROTOCOL_VERSION) => {}
             Some(v) => return Err(DecodeError::UnsupportedVersion(v)),
             None => return Err(DecodeError::MissingField("v")),
+        }
+        if unknown_key {
+            return Err(DecodeError::UnknownField);
         }
         let kind = kind.ok_or(DecodeError::MissingField("type"))?;
         let kind = MsgType::parse(kind).ok_or(DecodeError::UnknownType)?;

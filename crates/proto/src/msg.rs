@@ -680,6 +680,17 @@ impl Check for ErrorMsg {
     }
 }
 
+impl ErrorMsg {
+    /// The answer to bytes that did not decode: the code the schema requires
+    /// for the failure ([`DecodeError::code`]: `unsupported_version`,
+    /// `unknown_type`, `too_large` or `malformed`) and the failure as the
+    /// reason. There is no request id, since the request could not be read.
+    pub fn for_decode_error(e: &DecodeError) -> ErrorMsg {
+        use alloc::string::ToString;
+        ErrorMsg { code: e.code(), reason: e.to_string(), request_id: None }
+    }
+}
+
 /// Adds `to_cbor`/`from_cbor` to a signed-object payload.
 macro_rules! payload_codec {
     ($name:ident, $what:literal) => {

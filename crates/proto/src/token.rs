@@ -559,6 +559,12 @@ fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
     let Value::Map(entries) = decode_value(payload)? else {
         return None;
     };
+    // No claim is tagged. The check is on the bytes: the CBOR library turns a
+    // bignum (tag 2 or 3) that fits into a plain integer, so an `exp` sent as
+    // a bignum would otherwise pass as a uint.
+    if !untagged(payload) {
+        return None;
+    }
     let mut seen = 0u32;
     let (mut iss, mut sub, mut audiences) = (None, None, Vec::new());
     let (mut exp, mut nbf, mut iat) = (None, None, None);
@@ -614,5 +620,97 @@ fn uint(v: Value) -> Option<u64> {
     match v {
         Value::Integer(i) => u64::try_from(i).ok(),
         _ => None,
+    }
+}
+
+/// Whether `bytes` is exactly one well-formed CBOR item with no tag anywhere
+/// in it, nested at most [`cose::MAX_DEPTH`] levels. Accepts any encoding the
+/// CBOR library accepts (long heads, indefinite lengths), since verifiers do
+/// not require deterministic encoding.
+fn untagged(bytes: &[u8]) -> bool {
+    let mut r = TagScan { bytes, pos: 0 };
+    r.item(1).is_some() && r.pos == bytes.len()
+}
+
+/// A cursor for [`untagged`]; every method returns `None` on a tag, a
+/// malformed item or the end of input.
+struct TagScan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl TagScan<'_> {
+    fn take(&mut self, n: u64) -> Option<&[u8]> {
+        let end = self.pos.checked_add(usize::try_from(n).ok()?)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    /// Reads a head: the major type and the argument (`None`: indefinite).
+    fn head(&mut self) -> Option<(u8, Option<u64>)> {
+        let initial = *self.take(1)?.first()?;
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let arg = match info {
+            0..=23 => Some(u64::from(info)),
+            24..=27 => {
+                let width = 1u64 << (info - 24);
+                let arg = self.take(width)?.iter().fold(0u64, |a, b| a << 8 | u64::from(*b));
+                Some(arg)
+            }
+            31 => None,
+            _ => return None,
+        };
+        Some((major, arg))
+    }
+
+    fn at_break(&mut self) -> bool {
+        let brk = self.bytes.get(self.pos) == Some(&0xff);
+        self.pos += usize::from(brk);
+        brk
+    }
+
+    fn item(&mut self, depth: usize) -> Option<()> {
+        if depth > cose::MAX_DEPTH {
+            return None;
+        }
+        match self.head()? {
+            (0 | 1, Some(_)) => Some(()),
+            (2 | 3, Some(len)) => self.take(len).map(drop),
+            // Indefinite string: definite chunks of the same major type.
+            (major @ (2 | 3), None) => {
+                while !self.at_break() {
+                    match self.head()? {
+                        (m, Some(len)) if m == major => self.take(len)?,
+                        _ => return None,
+                    };
+                }
+                Some(())
+            }
+            (major @ (4 | 5), Some(len)) => {
+                let per = if major == 5 { 2 } else { 1 };
+                // Each item takes at least one byte, so the loop ends with
+                // the input even if `len` is huge.
+                for _ in 0..len {
+                    for _ in 0..per {
+                        self.item(depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            (major @ (4 | 5), None) => {
+                while !self.at_break() {
+                    self.item(depth + 1)?;
+                    if major == 5 {
+                        self.item(depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            // Simple values and floats; a lone break is malformed.
+            (7, Some(_)) => Some(()),
+            // Tags (major 6), and everything malformed.
+            _ => None,
+        }
     }
 }

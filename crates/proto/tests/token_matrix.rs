@@ -102,6 +102,13 @@ fn claims_map(c: &Claims) -> Vec<(Value, Value)> {
     ]
 }
 
+/// `n` as a CBOR positive bignum (tag 2 around its big-endian bytes).
+fn bignum(n: u64) -> Value {
+    let bytes = n.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    Value::Tag(2, Box::new(Value::Bytes(bytes[first..].to_vec())))
+}
+
 fn set_claim(map: &mut Vec<(Value, Value)>, key: i64, value: Value) {
     map.retain(|(k, _)| *k != int(key));
     map.push((int(key), value));
@@ -247,6 +254,19 @@ fn malformed_claims_are_refused_after_the_signature() {
         ("lifetime over 300 s", Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into())))),
         ("nbf after exp", Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into())))),
         ("iat after nbf", Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into())))),
+        // protocol/token.md: tagged times (bignums, epoch tag 1) are malformed,
+        // even when the value they stand for would be in range.
+        ("bignum exp", Box::new(|m| set_claim(m, 4, bignum(NOW + 60)))),
+        ("bignum nbf", Box::new(|m| set_claim(m, 5, bignum(NOW)))),
+        ("bignum iat", Box::new(|m| set_claim(m, 6, bignum(NOW)))),
+        (
+            "epoch-tagged exp",
+            Box::new(|m| set_claim(m, 4, Value::Tag(1, Box::new(int((NOW + 60) as i64))))),
+        ),
+        (
+            "tagged exp",
+            Box::new(|m| set_claim(m, 4, Value::Tag(1000, Box::new(int((NOW + 60) as i64))))),
+        ),
     ];
     for (what, edit) in cases {
         let mut map = claims_map(&claims());
@@ -496,6 +516,37 @@ fn replayed() {
     // Another token with a fresh id still passes.
     let fresh = mint_with(|c| c.cti = vec![0xc8; 16]);
     assert!(verify(&fresh, &keys(), &expect_at(NOW + 1), &mut cache, &none).is_ok());
+}
+
+#[test]
+fn replay_protection_keys_on_the_signed_cti_not_on_the_token_bytes() {
+    // Anyone holding a token can change the bytes the signature does not
+    // cover (the unprotected header, the tag) and it still verifies. The
+    // replay cache keys on `cti`, inside the signed payload, so every such
+    // variant is the same token: one use in all.
+    let token = mint(key(), KID, &claims()).unwrap();
+    let at = 2 + 1 + 7; // tag, array, bstr header and the 7-byte protected map
+    assert_eq!(token[at], 0xa0, "empty unprotected header");
+    let mut reheadered = token[..at].to_vec();
+    reheadered.extend(encode(&Value::Map(vec![(int(99), Value::Text("padding".into()))])));
+    reheadered.extend(&token[at + 1..]);
+    let mut cwt_tagged = vec![0xd8, 0x3d];
+    cwt_tagged.extend(&token);
+    let variants = [reheadered, token[1..].to_vec(), cwt_tagged];
+
+    let none = RevokedSet::new();
+    for variant in &variants {
+        assert_ne!(variant, &token);
+        // Each variant is a valid token on its own...
+        assert_eq!(check(variant, &expect_at(NOW)), Ok(claims()));
+        // ...and the same token as the original to a replay cache.
+        let mut cache = MemoryReplayCache::new(8);
+        assert_eq!(verify(&token, &keys(), &expect_at(NOW), &mut cache, &none), Ok(claims()));
+        assert_eq!(
+            verify(variant, &keys(), &expect_at(NOW), &mut cache, &none),
+            Err(VerifyError::Replayed)
+        );
+    }
 }
 
 #[test]
