@@ -10,6 +10,8 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+/// The bounded CBOR codec under the envelope and the signed payloads.
+mod cbor;
 /// Signed objects other than tokens (COSE_Sign1 with a content type).
 pub mod cose;
 /// The versioned `{v, type, body}` envelope.

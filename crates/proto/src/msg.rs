@@ -13,7 +13,7 @@ use core::fmt;
 /// The wrapper that zeroizes secret fields on drop (re-exported for callers).
 pub use zeroize::Zeroizing;
 
-use crate::envelope::{
+use crate::cbor::{
     from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field, FieldError,
     Reader, Writer,
 };
