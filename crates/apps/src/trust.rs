@@ -80,17 +80,8 @@ impl Trust {
         }
         let mut keys = Keyset::default();
         for e in &body.keys {
-            if e.alg != -19 && e.alg != -8 {
-                return Err(TrustError::BadKey);
-            }
-            let key = VerifyingKey::from_bytes(&e.pubkey).map_err(|_| TrustError::BadKey)?;
-            keys.push(KeyEntry {
-                kid: e.kid.clone(),
-                key,
-                not_before: e.not_before,
-                not_after: e.not_after,
-            })
-            .map_err(|_| TrustError::BadKey)?;
+            let entry = KeyEntry::try_from(e).map_err(|_| TrustError::BadKey)?;
+            keys.push(entry).map_err(|_| TrustError::BadKey)?;
         }
         self.keyset = keys;
         self.keyset_version = Some(body.version);
@@ -163,19 +154,9 @@ impl Trust {
 }
 
 /// Reads a root public key from its COSE_Key bytes (`root.pub` as written
-/// by `portcullis provision`): returns the key and its key id.
+/// by `portcullis provision`): returns the key and its key id, which the
+/// file must carry.
 pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
-    use coset::{iana, CborSerializable, CoseKey, KeyType, Label};
-    let key = CoseKey::from_slice(bytes).ok()?;
-    if key.kty != KeyType::Assigned(iana::KeyType::OKP) || key.key_id.is_empty() {
-        return None;
-    }
-    let x = key.params.iter().find_map(|(l, v)| match (l, v) {
-        (Label::Int(n), ciborium::Value::Bytes(b)) if *n == iana::OkpKeyParameter::X as i64 => {
-            Some(b)
-        }
-        _ => None,
-    })?;
-    let x: [u8; 32] = x.as_slice().try_into().ok()?;
-    Some((VerifyingKey::from_bytes(&x).ok()?, key.key_id))
+    let key = portcullis_proto::key::decode(bytes).ok()?;
+    Some((key.public, key.kid?))
 }

@@ -13,6 +13,8 @@ mod token_cmd;
 mod vchan_call;
 
 use clap::{Parser, Subcommand};
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::MAX_KID_LEN;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -125,12 +127,12 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
     let kid = match kid_hex {
         Some(h) => {
             let kid = hex::decode(h).map_err(|e| format!("--kid: not hex: {e}"))?;
-            if kid.is_empty() || kid.len() > 64 {
-                return Err(Failure::Error("--kid: must be 1 to 64 bytes".into()));
+            if kid.is_empty() || kid.len() > MAX_KID_LEN {
+                return Err(Failure::Error(format!("--kid: must be 1 to {MAX_KID_LEN} bytes")));
             }
             kid
         }
-        None => keyfile::default_kid(&pk),
+        None => kid_for(&pk).to_vec(),
     };
     let (key_path, pub_path) = (with_ext(out, "key"), with_ext(out, "pub"));
     if key_path.exists() || pub_path.exists() {
@@ -140,8 +142,8 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
             pub_path.display()
         )));
     }
-    let private = keyfile::encode(keyfile::cose_key(&pk, &kid, Some(&sk)))?;
-    let public = keyfile::encode(keyfile::cose_key(&pk, &kid, None))?;
+    let private = keyfile::encode_private(&sk, &kid)?;
+    let public = keyfile::encode_public(&pk, &kid)?;
     keyfile::write_file(&key_path, &private, true)?;
     keyfile::write_file(&pub_path, &public, false)?;
     println!("kid {}", hex::encode(&kid));

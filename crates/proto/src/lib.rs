@@ -16,6 +16,8 @@ mod cbor;
 pub mod cose;
 /// The versioned `{v, type, body}` envelope.
 pub mod envelope;
+/// Ed25519 keys: key ids, COSE_Key files, the verifier's key entry.
+pub mod key;
 /// Typed message bodies.
 pub mod msg;
 /// Capability scopes.

@@ -19,20 +19,20 @@ use coset::HeaderBuilder;
 /// The Ed25519 key types of the token API, re-exported for convenience.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
-/// Largest token accepted or minted, in bytes; longer input is refused before
-/// it is parsed. (Equal to `msg::MAX_TOKEN_LEN`, the most a message carries.)
-pub const MAX_TOKEN_LEN: usize = 1024;
+/// The verifier's key entry (defined with the other key types in [`crate::key`]).
+pub use crate::key::KeyEntry;
+/// The token limits, defined once with the message limits: the longest token
+/// accepted or minted (longer input is refused before it is parsed), token id
+/// and requester nonce.
+pub use crate::msg::{MAX_CTI_LEN, MAX_NONCE_LEN, MAX_TOKEN_LEN};
+
 /// Length of the token ids (`cti`) cryptod mints.
 pub const CTI_LEN: usize = 16;
-/// Longest token id accepted (equal to `msg::MAX_CTI_LEN`).
-pub const MAX_CTI_LEN: usize = 64;
-/// Longest requester nonce accepted.
-pub const MAX_NONCE_LEN: usize = 64;
 /// Longest lifetime (`exp - iat`) of any token, in seconds.
 pub const MAX_LIFETIME_SECS: u64 = 300;
 
 /// CWT claim keys (RFC 8392 §4; IANA "CWT Claims" for `scope` and `nonce`).
-mod key {
+mod claim {
     pub const ISS: i64 = 1;
     pub const SUB: i64 = 2;
     pub const AUD: i64 = 3;
@@ -131,42 +131,16 @@ pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, To
 fn claims_value(c: &Claims) -> Value {
     let int = |k: i64| Value::Integer(k.into());
     Value::Map(alloc::vec![
-        (int(key::ISS), Value::Text(c.iss.clone())),
-        (int(key::SUB), Value::Text(c.sub.clone())),
-        (int(key::AUD), Value::Text(c.aud.clone())),
-        (int(key::EXP), Value::Integer(c.exp.into())),
-        (int(key::NBF), Value::Integer(c.nbf.into())),
-        (int(key::IAT), Value::Integer(c.iat.into())),
-        (int(key::CTI), Value::Bytes(c.cti.clone())),
-        (int(key::SCOPE), Value::Text(c.scope.to_string())),
-        (int(key::NONCE), Value::Bytes(c.nonce.clone())),
+        (int(claim::ISS), Value::Text(c.iss.clone())),
+        (int(claim::SUB), Value::Text(c.sub.clone())),
+        (int(claim::AUD), Value::Text(c.aud.clone())),
+        (int(claim::EXP), Value::Integer(c.exp.into())),
+        (int(claim::NBF), Value::Integer(c.nbf.into())),
+        (int(claim::IAT), Value::Integer(c.iat.into())),
+        (int(claim::CTI), Value::Bytes(c.cti.clone())),
+        (int(claim::SCOPE), Value::Text(c.scope.to_string())),
+        (int(claim::NONCE), Value::Bytes(c.nonce.clone())),
     ])
-}
-
-/// One verification key of cryptod, with the window in which it signs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyEntry {
-    /// Key id, as carried in the token's protected header.
-    pub kid: Vec<u8>,
-    /// The Ed25519 public key.
-    pub key: VerifyingKey,
-    /// First `iat` (epoch seconds) of tokens this key may have signed.
-    pub not_before: u64,
-    /// Last `iat` of tokens this key may have signed. The key is retired (its
-    /// tokens refused as [`VerifyError::UnknownKid`]) once `now > not_after + skew`.
-    pub not_after: u64,
-}
-
-impl KeyEntry {
-    /// Whether the key may be used at `now` (not yet retired).
-    fn live(&self, now: u64, skew: u64) -> bool {
-        now <= self.not_after.saturating_add(skew)
-    }
-
-    /// Whether a token issued at `iat` lies inside the key's window.
-    fn signed_at(&self, iat: u64) -> bool {
-        self.not_before <= iat && iat <= self.not_after
-    }
 }
 
 /// The set of verification keys a consumer trusts; key ids are unique.
@@ -578,15 +552,15 @@ fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
         }
         seen |= bit;
         match k {
-            key::ISS => iss = Some(v.into_text().ok()?),
-            key::SUB => sub = Some(v.into_text().ok()?),
-            key::AUD => audiences = parse_audience(v)?,
-            key::EXP => exp = Some(uint(v)?),
-            key::NBF => nbf = Some(uint(v)?),
-            key::IAT => iat = Some(uint(v)?),
-            key::CTI => cti = Some(v.into_bytes().ok()?),
-            key::SCOPE => scope = Some(ScopeSet::parse_list(&v.into_text().ok()?).ok()?),
-            key::NONCE => nonce = Some(v.into_bytes().ok()?),
+            claim::ISS => iss = Some(v.into_text().ok()?),
+            claim::SUB => sub = Some(v.into_text().ok()?),
+            claim::AUD => audiences = parse_audience(v)?,
+            claim::EXP => exp = Some(uint(v)?),
+            claim::NBF => nbf = Some(uint(v)?),
+            claim::IAT => iat = Some(uint(v)?),
+            claim::CTI => cti = Some(v.into_bytes().ok()?),
+            claim::SCOPE => scope = Some(ScopeSet::parse_list(&v.into_text().ok()?).ok()?),
+            claim::NONCE => nonce = Some(v.into_bytes().ok()?),
             _ => return None,
         }
     }

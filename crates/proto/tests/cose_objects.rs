@@ -51,14 +51,14 @@ fn sign_raw(protected: Vec<(Value, Value)>, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_kind_round_trips_and_no_kind_passes_as_another() {
-    for ct in ContentType::ALL {
+    for &ct in ContentType::ALL {
         let object = sign(&key(), KID, ct, b"payload").unwrap();
         let got = verify(&object, ct, key_for).unwrap();
         assert_eq!(
             (got.kid.as_slice(), got.content_type, got.payload.as_slice()),
             (KID, ct, &b"payload"[..])
         );
-        for other in ContentType::ALL.into_iter().filter(|o| *o != ct) {
+        for &other in ContentType::ALL.iter().filter(|o| **o != ct) {
             assert_eq!(
                 verify(&object, other, key_for),
                 Err(CoseError::WrongContentType),
