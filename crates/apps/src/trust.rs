@@ -67,7 +67,7 @@ impl Trust {
         let root = self.root;
         let kid = self.root_kid.clone();
         cose::verify(bytes, ct, move |k| (k == kid.as_slice()).then_some(root))
-            .map(|v| v.payload)
+            .map(|v| v.into_inner().payload)
             .map_err(TrustError::Signature)
     }
 

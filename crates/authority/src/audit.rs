@@ -397,8 +397,8 @@ pub fn verify_chain_to<R: AsRef<[u8]>>(
 
 /// The `seq` of a record, without verifying it (to tell a reordering from a gap).
 fn seq_of(bytes: &[u8]) -> Option<u64> {
-    let v = cose::open_unverified(bytes).ok()?;
-    AuditRecord::from_cbor(&v.payload).ok().map(|r| r.seq)
+    let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
+    AuditRecord::from_cbor(&v.get_unverified().payload).ok().map(|r| r.seq)
 }
 
 #[cfg(test)]

@@ -247,6 +247,7 @@ mod tests {
             &mut MemoryReplayCache::new(8),
             &RevokedSet::new(),
         )
+        .map(portcullis_proto::Verified::into_inner)
     }
 
     #[test]

@@ -19,6 +19,7 @@ use coset::{CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::cbor::text_enum;
+use crate::Verified;
 
 /// COSE algorithm Ed25519 (RFC 9864). Used for everything we sign.
 pub const ALG_ED25519: i64 = -19;
@@ -52,10 +53,11 @@ text_enum! {
     }
 }
 
-/// A signed object's key id and payload (verified unless it came from
-/// [`open_unverified`]).
+/// A signed object's key id, kind and payload: [`verify`] returns it as
+/// [`Verified`], [`crate::danger::open_unverified`] as
+/// [`crate::danger::Unverified`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub struct SignedObject {
     /// The key id from the protected header.
     pub kid: Vec<u8>,
     /// The content type from the protected header.
@@ -132,7 +134,7 @@ pub fn verify(
     bytes: &[u8],
     ct: ContentType,
     key_for: impl Fn(&[u8]) -> Option<VerifyingKey>,
-) -> Result<Verified, CoseError> {
+) -> Result<Verified<SignedObject>, CoseError> {
     let object = open(bytes)?;
     if !object.alg_accepted() {
         return Err(CoseError::WrongAlgorithm);
@@ -147,16 +149,7 @@ pub fn verify(
     if !object.signature_ok(&key) {
         return Err(CoseError::BadSignature);
     }
-    Ok(Verified { kid: object.kid, content_type: ct, payload: object.payload })
-}
-
-/// Parses a signed object WITHOUT verifying its signature or algorithm, for
-/// tools that need the key id or payload first. Nothing it returns may be
-/// trusted. The content type must still be one of ours.
-pub fn open_unverified(bytes: &[u8]) -> Result<Verified, CoseError> {
-    let object = open(bytes)?;
-    let content_type = object.our_content_type().ok_or(CoseError::WrongContentType)?;
-    Ok(Verified { kid: object.kid, content_type, payload: object.payload })
+    Ok(Verified::new(SignedObject { kid: object.kid, content_type: ct, payload: object.payload }))
 }
 
 /// Verifies any COSE_Sign1 with an attached payload (tagged 18 or untagged)
@@ -183,7 +176,7 @@ pub fn verify_sign1_raw(bytes: &[u8], key: &VerifyingKey) -> Result<Vec<u8>, Cos
 
 /// Size cap, decode, and the signed-object shape: a protected header holding
 /// only alg, content type and kid. The unprotected header is ignored.
-fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
+pub(crate) fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
     if bytes.len() > MAX_SIGNED_OBJECT_LEN {
         return Err(CoseError::TooLarge);
     }

@@ -14,6 +14,8 @@ extern crate std;
 mod cbor;
 /// Signed objects other than tokens (COSE_Sign1 with a content type).
 pub mod cose;
+/// Parsing signed things without verifying them, for tools.
+pub mod danger;
 /// The versioned `{v, type, body}` envelope.
 pub mod envelope;
 /// Ed25519 keys: key ids, COSE_Key files, the verifier's key entry.
@@ -24,3 +26,5 @@ pub mod msg;
 pub mod scope;
 /// CWT capability tokens: minting and verification.
 pub mod token;
+mod verified;
+pub use verified::Verified;

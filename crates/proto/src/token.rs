@@ -4,7 +4,8 @@
 //!
 //! [`mint`] is used by cryptod. [`verify`] is used by every consumer: it runs
 //! the checks in a fixed order and returns exactly one [`VerifyError`] for the
-//! first check that fails. [`inspect`] parses without verifying, for tools.
+//! first check that fails, and wraps the claims in [`Verified`].
+//! [`crate::danger::inspect`] parses without verifying, for tools.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -12,6 +13,7 @@ use core::fmt;
 
 use crate::cose::{self, decode_value, encode_value, Sign1};
 use crate::scope::ScopeSet;
+use crate::Verified;
 use coset::cbor::value::Value;
 use coset::iana;
 use coset::HeaderBuilder;
@@ -52,8 +54,8 @@ pub struct Claims {
     /// Subject: who the token was issued to.
     pub sub: String,
     /// Audience: the service that may accept the token. After [`verify`] this is
-    /// the expected audience that matched; after [`inspect`] of a token with an
-    /// audience array it is the array's first element.
+    /// the expected audience that matched; after [`crate::danger::inspect`] of
+    /// a token with an audience array it is the array's first element.
     pub aud: String,
     /// Expiry, epoch seconds: not accepted after `exp + skew`.
     pub exp: u64,
@@ -455,7 +457,7 @@ pub fn verify(
     exp: &Expectations,
     replay: &mut dyn ReplayCache,
     revoked: &dyn Revocations,
-) -> Result<Claims, VerifyError> {
+) -> Result<Verified<Claims>, VerifyError> {
     let object = decode_token(token)?;
     if !object.alg_accepted() {
         return Err(VerifyError::WrongAlgorithm);
@@ -495,27 +497,13 @@ pub fn verify(
         },
     )?;
     claims.aud = exp.audience.to_string();
-    Ok(claims)
-}
-
-/// Parses a token WITHOUT verifying anything but its shape: returns the key
-/// id, the algorithm and the claims. The signature, key, times, audience,
-/// scope, revocation and replay are NOT checked; nothing returned may be
-/// trusted. For display (the CLI's `token inspect`) only.
-pub fn inspect(token: &[u8]) -> Result<(Vec<u8>, i64, Claims), VerifyError> {
-    let object = decode_token(token)?;
-    let alg = object.alg.ok_or(VerifyError::WrongAlgorithm)?;
-    if object.kid.is_empty() {
-        return Err(VerifyError::UnknownKid);
-    }
-    let (claims, _) = parse_claims(&object.payload).ok_or(VerifyError::Malformed)?;
-    Ok((object.kid, alg, claims))
+    Ok(Verified::new(claims))
 }
 
 /// Size cap, decode, and the token shape: a protected header with only alg and
 /// kid (no content type, no crit) and an attached payload. The unprotected
 /// header is ignored, so a kid found only there counts as no kid.
-fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
+pub(crate) fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::Malformed);
     }
@@ -529,7 +517,7 @@ fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
 /// Decodes and checks a claims set; returns the claims (with the first
 /// audience in `aud`) and every audience. `None` if anything is missing,
 /// duplicated, unknown, mistyped or inconsistent.
-fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
+pub(crate) fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
     let Value::Map(entries) = decode_value(payload)? else {
         return None;
     };

@@ -7,12 +7,13 @@ use std::sync::LazyLock;
 
 use coset::cbor::value::Value;
 use ed25519_dalek::{Signer, SigningKey};
-use portcullis_proto::cose;
+use portcullis_proto::danger::inspect;
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
-    inspect, mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError, MemoryReplayCache,
+    mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError, MemoryReplayCache,
     ReplayCache, ReplayError, RevokedSet, TokenError, VerifyError, MAX_CTI_LEN, MAX_TOKEN_LEN,
 };
+use portcullis_proto::{cose, Verified};
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const SKEW: u64 = 5;
@@ -67,6 +68,7 @@ fn expect_at(now: u64) -> Expectations<'static> {
 /// Verifies with the standard keyset, a fresh replay cache and no revocations.
 fn check(token: &[u8], expect: &Expectations) -> Result<Claims, VerifyError> {
     verify(token, &keys(), expect, &mut MemoryReplayCache::new(8), &RevokedSet::new())
+        .map(Verified::into_inner)
 }
 
 fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
@@ -192,7 +194,10 @@ fn audience_array_matches_any_element() {
     set_claim(&mut map, 3, list(&["policy_pd", AUD]));
     let claims_out = check(&token_from_map(map.clone()), &expect_at(NOW)).unwrap();
     assert_eq!(claims_out.aud, AUD);
-    assert_eq!(inspect(&token_from_map(map.clone())).unwrap().2.aud, "policy_pd");
+    assert_eq!(
+        inspect(&token_from_map(map.clone())).unwrap().into_unverified().claims.aud,
+        "policy_pd"
+    );
 
     set_claim(&mut map, 3, list(&["policy_pd", "entropyd"]));
     assert_eq!(
@@ -541,7 +546,8 @@ fn replay_protection_keys_on_the_signed_cti_not_on_the_token_bytes() {
         assert_eq!(check(variant, &expect_at(NOW)), Ok(claims()));
         // ...and the same token as the original to a replay cache.
         let mut cache = MemoryReplayCache::new(8);
-        assert_eq!(verify(&token, &keys(), &expect_at(NOW), &mut cache, &none), Ok(claims()));
+        let first = verify(&token, &keys(), &expect_at(NOW), &mut cache, &none);
+        assert_eq!(first.map(Verified::into_inner), Ok(claims()));
         assert_eq!(
             verify(variant, &keys(), &expect_at(NOW), &mut cache, &none),
             Err(VerifyError::Replayed)
@@ -703,10 +709,11 @@ fn no_single_byte_change_anywhere_verifies() {
 #[test]
 fn inspect_parses_without_verifying() {
     let token = mint(other_key(), b"someone-else", &claims()).unwrap();
-    let (kid, alg, c) = inspect(&token).unwrap();
+    let seen = inspect(&token).unwrap().into_unverified();
+    let (kid, alg, c) = (seen.kid, seen.alg, seen.claims);
     assert_eq!((kid.as_slice(), alg, c), (&b"someone-else"[..], cose::ALG_ED25519, claims()));
     // It still refuses what is not a token.
-    assert_eq!(inspect(b"\x00").map(|t| t.1), Err(VerifyError::Malformed));
+    assert_eq!(inspect(b"\x00").map(|t| t.get_unverified().alg), Err(VerifyError::Malformed));
     let payload = encode(&Value::Map(claims_map(&claims())));
     let es256 = sign_raw(
         key(),
@@ -714,7 +721,7 @@ fn inspect_parses_without_verifying() {
         vec![],
         payload,
     );
-    assert_eq!(inspect(&es256).map(|t| t.1), Ok(-7));
+    assert_eq!(inspect(&es256).map(|t| t.get_unverified().alg), Ok(-7));
 }
 
 #[test]
