@@ -39,6 +39,15 @@ impl fmt::Display for TrustError {
     }
 }
 
+impl core::error::Error for TrustError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            TrustError::Signature(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// What a verifier trusts: the root key, and the newest keyset and
 /// revocation list it signed.
 pub struct Trust {

@@ -79,6 +79,8 @@ impl fmt::Display for AuditError {
     }
 }
 
+impl core::error::Error for AuditError {}
+
 /// The writer's side: the chain head and the outbox of unacked records.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -284,6 +286,8 @@ impl fmt::Display for ChainError {
         }
     }
 }
+
+impl core::error::Error for ChainError {}
 
 /// A known point of a chain (e.g. from the collector's last ack or a sealed
 /// head): its last `seq` and that record's hash.

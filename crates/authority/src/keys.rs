@@ -61,6 +61,8 @@ impl fmt::Display for KeyError {
     }
 }
 
+impl core::error::Error for KeyError {}
+
 /// One token signing key and its windows.
 pub struct Slot {
     key: SigningKey,

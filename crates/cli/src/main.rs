@@ -62,6 +62,7 @@ enum Command {
 }
 
 /// An error with the exit code it maps to.
+#[derive(Debug)]
 pub enum Failure {
     /// The input was checked and is invalid (exit 1).
     Invalid(String),
@@ -88,6 +89,8 @@ impl std::fmt::Display for Failure {
         }
     }
 }
+
+impl core::error::Error for Failure {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -149,4 +152,16 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
     println!("kid {}", hex::encode(&kid));
     println!("wrote {} (private) and {}", key_path.display(), pub_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    #[test]
+    fn failure_is_a_core_error() {
+        let e: &dyn core::error::Error = &Failure::Invalid("bad token".into());
+        assert_eq!(e.to_string(), Failure::Invalid("bad token".into()).to_string());
+        assert!(e.source().is_none());
+    }
 }

@@ -58,6 +58,8 @@ impl fmt::Display for PlatformError {
     }
 }
 
+impl core::error::Error for PlatformError {}
+
 /// Boot-time configuration items a guest may be given by its toolstack
 /// (on Xen: a PVH module or xenstore keys written by dom0; hosted: files the
 /// launcher names).

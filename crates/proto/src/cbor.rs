@@ -42,6 +42,8 @@ impl fmt::Display for FieldError {
     }
 }
 
+impl core::error::Error for FieldError {}
+
 /// Why bytes could not be decoded into a message or payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -102,6 +104,15 @@ impl fmt::Display for DecodeError {
     }
 }
 
+impl core::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            DecodeError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why a message or payload could not be encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
@@ -122,6 +133,15 @@ impl fmt::Display for EncodeError {
         match self {
             EncodeError::TooLarge => write!(f, "encoding longer than {MAX_MESSAGE_LEN} bytes"),
             EncodeError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            EncodeError::Invalid(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -53,6 +53,8 @@ impl fmt::Display for ScopeError {
     }
 }
 
+impl core::error::Error for ScopeError {}
+
 impl ScopeSet {
     /// The empty set.
     pub const EMPTY: ScopeSet = ScopeSet(0);
