@@ -1,6 +1,6 @@
 //! Token and signed-object decoders on hostile input: `token::verify` with a
-//! fixed keyset and expectations, `token::inspect`, `cose::verify` and
-//! `cose::open_unverified`. None may panic, and nothing but a real token can
+//! fixed keyset and expectations, `danger::inspect`, `cose::verify` and
+//! `danger::open_unverified`. None may panic, and nothing but a real token can
 //! verify (the fuzzer cannot forge the fixed key's signature).
 #![no_main]
 
@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_proto::cose::{self, ContentType};
+use portcullis_proto::danger;
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
     self, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet, SigningKey, VerifyingKey,
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let mut replay = MemoryReplayCache::new(4);
     let revoked = RevokedSet::from_ids(vec![vec![0; 16]]);
     assert!(token::verify(data, &KEYS, &expect, &mut replay, &revoked).is_err());
-    let _ = token::inspect(data);
+    let _ = danger::inspect(data);
     assert!(cose::verify(data, ContentType::Keyset, |_| Some(*PUBLIC)).is_err());
-    let _ = cose::open_unverified(data);
+    let _ = danger::open_unverified(data);
 });

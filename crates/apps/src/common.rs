@@ -57,6 +57,16 @@ impl fmt::Display for AppError {
     }
 }
 
+impl core::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            AppError::Platform(e) => Some(e),
+            AppError::Link(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<PlatformError> for AppError {
     fn from(e: PlatformError) -> Self {
         AppError::Platform(e)

@@ -29,7 +29,7 @@ use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId, Request};
 use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError, Port};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditLog, ErrorCode, ErrorMsg};
+use portcullis_proto::msg::{AuditLog, ErrorMsg};
 use portcullis_vchan::{Backend, ClientConfig, PeerState, Vchan, VchanError};
 use zeroize::Zeroizing;
 
@@ -492,11 +492,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                         peer.domid,
                         format_args!("cryptod: {} (dom{}): {e}", peer.vm, peer.domid),
                     );
-                    Some(Message::Error(ErrorMsg {
-                        code: ErrorCode::Malformed,
-                        reason: alloc::format!("{e}"),
-                        request_id: None,
-                    }))
+                    // The schema's code: unsupported_version, unknown_type,
+                    // too_large or malformed.
+                    Some(Message::Error(ErrorMsg::for_decode_error(&e)))
                 }
                 Err(e) => {
                     self.warn(

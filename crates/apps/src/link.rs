@@ -49,6 +49,16 @@ impl fmt::Display for LinkError {
     }
 }
 
+impl core::error::Error for LinkError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            LinkError::Frame(e) => Some(e),
+            LinkError::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<FrameError> for LinkError {
     fn from(e: FrameError) -> Self {
         match e {

@@ -69,7 +69,7 @@ impl Enforcer {
             self.trust.revoked(),
         )?;
         self.rules.push(rule.into());
-        Ok(claims)
+        Ok(claims.into_inner())
     }
 }
 
@@ -197,8 +197,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     expect(p, "expired", enf.apply(&short, &rule, now), VerifyError::Expired);
 
     let doomed = issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60)?;
-    let (_, _, c) =
-        token::inspect(&doomed).map_err(|e| AppError::Protocol(alloc::format!("{e}")))?;
+    // Its own token, just issued: only its id is read, to revoke it.
+    let c = portcullis_proto::danger::inspect(&doomed)
+        .map_err(|e| AppError::Protocol(alloc::format!("{e}")))?
+        .into_unverified()
+        .claims;
     let rid = request_id(p)?;
     let req = Message::TokenRevokeReq(TokenRevokeReq {
         request_id: rid,

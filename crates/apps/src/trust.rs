@@ -39,6 +39,15 @@ impl fmt::Display for TrustError {
     }
 }
 
+impl core::error::Error for TrustError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            TrustError::Signature(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// What a verifier trusts: the root key, and the newest keyset and
 /// revocation list it signed.
 pub struct Trust {
@@ -67,7 +76,7 @@ impl Trust {
         let root = self.root;
         let kid = self.root_kid.clone();
         cose::verify(bytes, ct, move |k| (k == kid.as_slice()).then_some(root))
-            .map(|v| v.payload)
+            .map(|v| v.into_inner().payload)
             .map_err(TrustError::Signature)
     }
 
@@ -80,17 +89,8 @@ impl Trust {
         }
         let mut keys = Keyset::default();
         for e in &body.keys {
-            if e.alg != -19 && e.alg != -8 {
-                return Err(TrustError::BadKey);
-            }
-            let key = VerifyingKey::from_bytes(&e.pubkey).map_err(|_| TrustError::BadKey)?;
-            keys.push(KeyEntry {
-                kid: e.kid.clone(),
-                key,
-                not_before: e.not_before,
-                not_after: e.not_after,
-            })
-            .map_err(|_| TrustError::BadKey)?;
+            let entry = KeyEntry::try_from(e).map_err(|_| TrustError::BadKey)?;
+            keys.push(entry).map_err(|_| TrustError::BadKey)?;
         }
         self.keyset = keys;
         self.keyset_version = Some(body.version);
@@ -163,19 +163,9 @@ impl Trust {
 }
 
 /// Reads a root public key from its COSE_Key bytes (`root.pub` as written
-/// by `portcullis provision`): returns the key and its key id.
+/// by `portcullis provision`): returns the key and its key id, which the
+/// file must carry.
 pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
-    use coset::{iana, CborSerializable, CoseKey, KeyType, Label};
-    let key = CoseKey::from_slice(bytes).ok()?;
-    if key.kty != KeyType::Assigned(iana::KeyType::OKP) || key.key_id.is_empty() {
-        return None;
-    }
-    let x = key.params.iter().find_map(|(l, v)| match (l, v) {
-        (Label::Int(n), ciborium::Value::Bytes(b)) if *n == iana::OkpKeyParameter::X as i64 => {
-            Some(b)
-        }
-        _ => None,
-    })?;
-    let x: [u8; 32] = x.as_slice().try_into().ok()?;
-    Some((VerifyingKey::from_bytes(&x).ok()?, key.key_id))
+    let key = portcullis_proto::key::decode(bytes).ok()?;
+    Some((key.public, key.kid?))
 }

@@ -9,7 +9,7 @@ use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{KeysetReq, RequestId, RevocationListReq, TokenRevokeReq};
 use portcullis_proto::scope::Scope;
-use portcullis_proto::token::{self, VerifyError};
+use portcullis_proto::token::VerifyError;
 use support::*;
 
 const RULE: &str = "allow tcp 10.0.0.0/8 -> 443";
@@ -70,7 +70,8 @@ fn a_revoked_token_is_refused_once_the_list_is_fetched() {
     let mut a = cryptod();
     let mut enf = enforcer(&mut a);
     let tok = token_for(&mut a, Scope::NetModify, "policy_pd", 60, 1);
-    let (_, _, claims) = token::inspect(&tok).unwrap();
+    let contents = portcullis_proto::danger::inspect(&tok).unwrap();
+    let claims = &contents.get_unverified().claims;
     let revoke: Message = TokenRevokeReq {
         request_id: RequestId([5; 16]),
         cti: claims.cti.clone(),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use coset::{iana, CborSerializable, CoseKeyBuilder};
 use portcullis_apps::common::port;
 use portcullis_apps::cryptod::CryptodDriver;
 use portcullis_apps::unlocker::{self, Outcome};
@@ -25,18 +24,11 @@ use zeroize::Zeroizing;
 
 fn root_pub_cose_key() -> Vec<u8> {
     let root = cryptod().root_public();
-    CoseKeyBuilder::new_okp_key()
-        .key_id(kid_for(&root).to_vec())
-        .algorithm(iana::Algorithm::Ed25519)
-        .param(-1, ciborium::Value::from(iana::EllipticCurve::Ed25519 as i64))
-        .param(-2, ciborium::Value::Bytes(root.as_bytes().to_vec()))
-        .build()
-        .to_vec()
-        .unwrap()
+    portcullis_proto::key::encode_public(&root, &kid_for(&root)).unwrap()
 }
 
 /// cryptod's driver, its collector and an entropyd stand-in, running in a
-/// thread until `stop`; the thread returns how many times cryptod persisted.
+/// thread until `stop`; the thread returns whether cryptod persisted alice's used step.
 fn start_cryptod(hv: &Hypervisor, stop: &Arc<AtomicBool>) -> thread::JoinHandle<bool> {
     let mut entropyd = server(hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let chunk = EntropyPub {

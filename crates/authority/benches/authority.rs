@@ -48,8 +48,8 @@ fn authority(operators: usize) -> Authority {
 fn ack_all(a: &mut Authority) -> Vec<Message> {
     let pending = a.pending_audit();
     let Some(Message::AuditLog(last)) = pending.last() else { return Vec::new() };
-    let rec = portcullis_proto::cose::open_unverified(&last.record).unwrap();
-    let rec = portcullis_proto::msg::AuditRecord::from_cbor(&rec.payload).unwrap();
+    let rec = portcullis_proto::danger::open_unverified(&last.record).unwrap();
+    let rec = portcullis_proto::msg::AuditRecord::from_cbor(&rec.get_unverified().payload).unwrap();
     let out = a.collector_ack(&AuditAck { chain_id: rec.chain_id, seq: rec.seq });
     out.released.into_iter().map(|(_, m)| m).collect()
 }

@@ -177,6 +177,8 @@ impl fmt::Display for AclError {
     }
 }
 
+impl core::error::Error for AclError {}
+
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenyReason {
@@ -203,6 +205,8 @@ impl fmt::Display for DenyReason {
         }
     }
 }
+
+impl core::error::Error for DenyReason {}
 
 /// A parsed, linted ACL.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

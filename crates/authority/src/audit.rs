@@ -99,6 +99,8 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
+impl core::error::Error for AuditError {}
+
 /// The writer's side: the chain head and the outbox of unacked records.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -326,6 +328,8 @@ impl fmt::Display for ChainError {
     }
 }
 
+impl core::error::Error for ChainError {}
+
 /// A known point of a chain (e.g. from the collector's last ack or a sealed
 /// head): its last `seq` and that record's hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,6 +495,8 @@ pub struct LogError {
     pub kind: LogErrorKind,
 }
 
+impl core::error::Error for LogError {}
+
 impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
@@ -545,8 +551,8 @@ pub struct LogSummary {
 
 /// The chain id of a record, without verifying it (to split a log into runs).
 fn chain_of(bytes: &[u8]) -> Option<[u8; 16]> {
-    let v = cose::open_unverified(bytes).ok()?;
-    AuditRecord::from_cbor(&v.payload).ok().map(|r| r.chain_id)
+    let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
+    AuditRecord::from_cbor(&v.get_unverified().payload).ok().map(|r| r.chain_id)
 }
 
 /// Verifies a whole log: the chains of every boot, oldest first. Each chain
@@ -629,8 +635,8 @@ pub fn verify_log<R: AsRef<[u8]>>(
 
 /// The `seq` of a record, without verifying it (to tell a reordering from a gap).
 fn seq_of(bytes: &[u8]) -> Option<u64> {
-    let v = cose::open_unverified(bytes).ok()?;
-    AuditRecord::from_cbor(&v.payload).ok().map(|r| r.seq)
+    let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
+    AuditRecord::from_cbor(&v.get_unverified().payload).ok().map(|r| r.seq)
 }
 
 #[cfg(test)]

@@ -140,6 +140,16 @@ impl fmt::Display for InitError {
     }
 }
 
+impl core::error::Error for InitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            InitError::Acl(e) => Some(e),
+            InitError::Keys(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why the state could not be exported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportError {
@@ -154,6 +164,15 @@ impl fmt::Display for ExportError {
         match self {
             ExportError::Drbg(e) => write!(f, "export: {e}"),
             ExportError::Seal(e) => write!(f, "export: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for ExportError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ExportError::Drbg(e) => Some(e),
+            ExportError::Seal(e) => Some(e),
         }
     }
 }

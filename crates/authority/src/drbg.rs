@@ -56,6 +56,8 @@ impl fmt::Display for DrbgError {
     }
 }
 
+impl core::error::Error for DrbgError {}
+
 /// The ChaCha20 DRBG (see the module docs for its rules).
 pub struct Drbg {
     key: Zeroizing<[u8; 32]>,

@@ -19,24 +19,16 @@ use core::fmt;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::msg::{KeyEntry, KeysetBody};
+use portcullis_proto::msg::{KeyEntryWire, KeysetBody};
 use portcullis_proto::token;
-use sha2::{Digest, Sha256};
 
 /// Default time a signing key signs before it is rotated (one day).
 pub const DEFAULT_ROTATION_PERIOD: u64 = 86_400;
 /// Default time a rotated-out key stays valid for verification.
 pub const DEFAULT_OVERLAP: u64 = 600;
-/// Length of a key id.
-pub const KID_LEN: usize = 8;
-
-/// A key id: the first 8 bytes of SHA-256 of the public key.
-pub fn kid_for(key: &VerifyingKey) -> [u8; KID_LEN] {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut kid = [0u8; KID_LEN];
-    kid.copy_from_slice(&digest[..KID_LEN]);
-    kid
-}
+/// Key ids: the first [`KID_LEN`] bytes of SHA-256 of the public key (one
+/// definition, in `proto::key`, shared with the CLI's key files).
+pub use portcullis_proto::key::{kid_for, KID_LEN};
 
 /// Rotation timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +60,8 @@ impl fmt::Display for KeyError {
         )
     }
 }
+
+impl core::error::Error for KeyError {}
 
 /// One token signing key and its windows.
 pub struct Slot {
@@ -212,7 +206,7 @@ impl KeyRing {
             issued_at: now,
             keys: self
                 .published()
-                .map(|s| KeyEntry {
+                .map(|s| KeyEntryWire {
                     kid: s.kid.to_vec(),
                     alg: cose::ALG_ED25519,
                     pubkey: s.key.verifying_key().to_bytes(),
@@ -267,6 +261,7 @@ mod tests {
             &mut MemoryReplayCache::new(8),
             &RevokedSet::new(),
         )
+        .map(portcullis_proto::Verified::into_inner)
     }
 
     #[test]
@@ -275,12 +270,6 @@ mod tests {
         assert_eq!(KeyRing::new(&[1; 32], bad).err(), Some(KeyError::BadTiming));
         let bad = KeyConfig { rotation_period: 600, overlap: 600 };
         assert_eq!(KeyRing::new(&[1; 32], bad).err(), Some(KeyError::BadTiming));
-    }
-
-    #[test]
-    fn kid_is_sha256_prefix_of_public_key() {
-        let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
-        assert_eq!(kid_for(&key)[..], Sha256::digest(key.as_bytes())[..8]);
     }
 
     #[test]

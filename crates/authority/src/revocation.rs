@@ -37,6 +37,8 @@ impl fmt::Display for RevokeError {
     }
 }
 
+impl core::error::Error for RevokeError {}
+
 /// Revoked token ids with their expiry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevocationList {

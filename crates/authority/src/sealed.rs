@@ -172,6 +172,8 @@ impl fmt::Display for SealError {
     }
 }
 
+impl core::error::Error for SealError {}
+
 /// Encrypts `state` under `kek` with `nonce` (which must never repeat for a KEK).
 pub fn seal(state: &SealedState, kek: &[u8; 32], nonce: &[u8; 12]) -> Result<Vec<u8>, SealError> {
     let plain = encode(state)?;

@@ -86,6 +86,8 @@ impl fmt::Display for TotpError {
     }
 }
 
+impl core::error::Error for TotpError {}
+
 /// One operator's TOTP secret and parameters.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct OperatorSecret {

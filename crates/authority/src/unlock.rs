@@ -61,6 +61,8 @@ impl fmt::Display for UnlockError {
     }
 }
 
+impl core::error::Error for UnlockError {}
+
 /// Derives the LUKS passphrase of `volume_id` from the master secret.
 pub fn luks_passphrase(
     master: &[u8; 32],

@@ -9,6 +9,7 @@ use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::unlock::{self, Transcript};
 use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::cose::{self, ContentType};
+use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody, KeysetReq, RequestId,
@@ -161,7 +162,8 @@ fn issue_req(scope: ScopeSet, audience: &str, ttl: Option<u64>) -> TokenIssueReq
 }
 
 fn audit_record(bytes: &[u8]) -> AuditRecord {
-    AuditRecord::from_cbor(&cose::open_unverified(bytes).unwrap().payload).unwrap()
+    AuditRecord::from_cbor(&danger::open_unverified(bytes).unwrap().into_unverified().payload)
+        .unwrap()
 }
 
 #[test]
@@ -370,7 +372,7 @@ fn revoked_token_is_refused_by_the_verifier() {
     );
     let Some(Message::TokenIssueResp(r)) = out.response else { panic!() };
     let tok = r.token.unwrap();
-    let cti = token::inspect(&tok).unwrap().2.cti;
+    let cti = danger::inspect(&tok).unwrap().into_unverified().claims.cti;
     let revoke = TokenRevokeReq {
         request_id: RequestId([5; 16]),
         cti: cti.clone(),

@@ -66,7 +66,8 @@ fn records(out: &Output) -> Vec<Vec<u8>> {
 }
 
 fn audit_record(bytes: &[u8]) -> AuditRecord {
-    AuditRecord::from_cbor(&cose::open_unverified(bytes).unwrap().payload).unwrap()
+    let object = portcullis_proto::danger::open_unverified(bytes).unwrap();
+    AuditRecord::from_cbor(&object.get_unverified().payload).unwrap()
 }
 
 fn code_at(t: u64) -> String {

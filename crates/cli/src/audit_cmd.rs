@@ -14,7 +14,7 @@ use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::connect;
 use portcullis_authority::audit::{verify_log, ChainErrorKind, LogErrorKind};
 use portcullis_hosted::{HostedPlatform, World};
-use portcullis_proto::cose;
+use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditAck, AuditRecord};
 use std::collections::HashMap;
@@ -121,8 +121,8 @@ fn bstr_header(len: usize) -> Vec<u8> {
 }
 
 fn chain_and_seq(record: &[u8]) -> Option<([u8; 16], u64)> {
-    let opened = cose::open_unverified(record).ok()?;
-    let r = AuditRecord::from_cbor(&opened.payload).ok()?;
+    let opened = danger::open_unverified(record).ok()?;
+    let r = AuditRecord::from_cbor(&opened.get_unverified().payload).ok()?;
     Some((r.chain_id, r.seq))
 }
 

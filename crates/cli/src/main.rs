@@ -13,6 +13,8 @@ mod token_cmd;
 mod vchan_call;
 
 use clap::{Parser, Subcommand};
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::MAX_KID_LEN;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,6 +62,7 @@ enum Command {
 }
 
 /// An error with the exit code it maps to.
+#[derive(Debug)]
 pub enum Failure {
     /// The input was checked and is invalid (exit 1).
     Invalid(String),
@@ -86,6 +89,8 @@ impl std::fmt::Display for Failure {
         }
     }
 }
+
+impl core::error::Error for Failure {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -125,12 +130,12 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
     let kid = match kid_hex {
         Some(h) => {
             let kid = hex::decode(h).map_err(|e| format!("--kid: not hex: {e}"))?;
-            if kid.is_empty() || kid.len() > 64 {
-                return Err(Failure::Error("--kid: must be 1 to 64 bytes".into()));
+            if kid.is_empty() || kid.len() > MAX_KID_LEN {
+                return Err(Failure::Error(format!("--kid: must be 1 to {MAX_KID_LEN} bytes")));
             }
             kid
         }
-        None => keyfile::default_kid(&pk),
+        None => kid_for(&pk).to_vec(),
     };
     let (key_path, pub_path) = (with_ext(out, "key"), with_ext(out, "pub"));
     if key_path.exists() || pub_path.exists() {
@@ -140,11 +145,23 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
             pub_path.display()
         )));
     }
-    let private = keyfile::encode(keyfile::cose_key(&pk, &kid, Some(&sk)))?;
-    let public = keyfile::encode(keyfile::cose_key(&pk, &kid, None))?;
+    let private = keyfile::encode_private(&sk, &kid)?;
+    let public = keyfile::encode_public(&pk, &kid)?;
     keyfile::write_file(&key_path, &private, true)?;
     keyfile::write_file(&pub_path, &public, false)?;
     println!("kid {}", hex::encode(&kid));
     println!("wrote {} (private) and {}", key_path.display(), pub_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    #[test]
+    fn failure_is_a_core_error() {
+        let e: &dyn core::error::Error = &Failure::Invalid("bad token".into());
+        assert_eq!(e.to_string(), Failure::Invalid("bad token".into()).to_string());
+        assert!(e.source().is_none());
+    }
 }

@@ -16,10 +16,10 @@ use crate::{keyfile, Failure};
 use clap::Args;
 use ed25519_dalek::SigningKey;
 use portcullis_authority::acl::Acl;
-use portcullis_authority::keys::kid_for;
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::totp::{Algorithm, OperatorSecret};
 use portcullis_authority::unlock::luks_passphrase;
+use portcullis_proto::key::kid_for;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -311,7 +311,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     keyfile::write_file(&args.out.join("cryptod/sealed-state"), &sealed, true)?;
     keyfile::write_file(
         &args.out.join("root.pub"),
-        &keyfile::encode(keyfile::cose_key(&root_pub, &kid, None))?,
+        &keyfile::encode_public(&root_pub, &kid)?,
         false,
     )?;
     keyfile::write_file(&args.out.join("acl"), acl_text.as_bytes(), false)?;

@@ -186,8 +186,10 @@ pub fn run(cmd: TokenCmd) -> Result<(), Failure> {
         }
         TokenCmd::Inspect { token: path } => {
             let bytes = read_token(&path)?;
-            let (kid, alg, c) = token::inspect(&bytes)
-                .map_err(|e| Failure::Invalid(format!("{} ({})", e, e.code())))?;
+            let seen = portcullis_proto::danger::inspect(&bytes)
+                .map_err(|e| Failure::Invalid(format!("{} ({})", e, e.code())))?
+                .into_unverified();
+            let (kid, alg, c) = (seen.kid, seen.alg, seen.claims);
             println!("UNVERIFIED token ({} bytes)", bytes.len());
             println!("  alg   {alg}");
             println!("  kid   {}", hex::encode(kid));

@@ -5,8 +5,7 @@
 
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::sealed::{self, SealedState};
-use portcullis_authority::{Authority, PeerId};
-use portcullis_proto::cose;
+use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditAck, AuditRecord, EntropyPub, RequestId, TokenIssueReq};
 use portcullis_proto::scope::{Scope, ScopeSet};
@@ -21,7 +20,8 @@ fn portcullis(args: &[&str]) -> std::process::Output {
 }
 
 fn record_of(bytes: &[u8]) -> AuditRecord {
-    AuditRecord::from_cbor(&cose::open_unverified(bytes).unwrap().payload).unwrap()
+    let object = portcullis_proto::danger::open_unverified(bytes).unwrap();
+    AuditRecord::from_cbor(&object.get_unverified().payload).unwrap()
 }
 
 /// Boots cryptod from `state`, makes a few audited decisions with every
@@ -29,17 +29,16 @@ fn record_of(bytes: &[u8]) -> AuditRecord {
 fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -> SealedState {
     let now = T0 + 100 * boot;
     let mut a = Authority::new(Config::default(), state, now).unwrap();
-    let seed: Message = EntropyPub {
+    let seed = EntropyPub {
         drbg_version: "entropyd-1".into(),
         seq: boot,
         nonce: vec![boot as u8; 16],
         entropy_chunk: Zeroizing::new(vec![0x3c ^ boot as u8; 64]),
         timestamp: now,
-    }
-    .into();
-    let mut outs = vec![a.handle(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
+    };
+    let mut outs = vec![a.entropy(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
     for i in 0..3u8 {
-        let req: Message = TokenIssueReq {
+        let req = TokenIssueReq {
             request_id: RequestId([i; 16]),
             vm_id: "policy_pd".into(),
             requested_scope: ScopeSet::single(Scope::NetRead),
@@ -50,9 +49,13 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
             ttl: None,
             attestation: None,
             metadata: None,
-        }
-        .into();
-        outs.push(a.handle(&PeerId::new(7, "policy_pd"), &req, now, b"hw"));
+        };
+        outs.push(a.handle_request(
+            &PeerId::new(7, "policy_pd"),
+            Request::TokenIssue(&req),
+            now,
+            b"hw",
+        ));
     }
     for out in &outs {
         store(&mut a, out, log, now);
@@ -65,8 +68,8 @@ fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>, now: u64) {
         let Message::AuditLog(l) = m else { panic!("{m:?}") };
         let r = record_of(&l.record);
         log.push(l.record.clone());
-        let ack: Message = AuditAck { chain_id: r.chain_id, seq: r.seq }.into();
-        a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
+        let _ = now;
+        a.collector_ack(&AuditAck { chain_id: r.chain_id, seq: r.seq });
     }
 }
 

@@ -81,7 +81,14 @@ impl fmt::Display for HostedError {
     }
 }
 
-impl std::error::Error for HostedError {}
+impl std::error::Error for HostedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HostedError::Backend(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<io::Error> for HostedError {
     fn from(e: io::Error) -> Self {

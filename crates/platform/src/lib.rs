@@ -206,6 +206,8 @@ impl fmt::Debug for IoDetail {
     }
 }
 
+impl core::error::Error for PlatformError {}
+
 /// Boot-time configuration items a guest may be given by its toolstack
 /// (on Xen: a PVH module or xenstore keys written by dom0; hosted: files the
 /// launcher names).

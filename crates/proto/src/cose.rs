@@ -18,6 +18,9 @@ use coset::iana;
 use coset::{CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
+use crate::cbor::text_enum;
+use crate::Verified;
+
 /// COSE algorithm Ed25519 (RFC 9864). Used for everything we sign.
 pub const ALG_ED25519: i64 = -19;
 /// COSE algorithm EdDSA (RFC 9053, deprecated by RFC 9864); accepted on input
@@ -27,61 +30,34 @@ pub const ALG_EDDSA: i64 = -8;
 pub const TAG_COSE_SIGN1: u64 = 18;
 /// CBOR tag of a CWT (RFC 8392); only ever accepted around a tagged token.
 pub const TAG_CWT: u64 = 61;
-/// Largest signed object accepted or produced, in bytes (one envelope).
-pub const MAX_SIGNED_OBJECT_LEN: usize = 65536;
+/// Largest signed object accepted or produced, in bytes: one envelope.
+pub const MAX_SIGNED_OBJECT_LEN: usize = crate::envelope::MAX_MESSAGE_LEN;
+/// Deepest CBOR nesting accepted in any signed structure or payload we parse:
+/// the envelope's limit.
+pub(crate) use crate::envelope::MAX_DEPTH;
 /// Longest key id we produce (input is only bounded by the object size).
-pub const MAX_KID_LEN: usize = 64;
-/// Deepest CBOR nesting accepted in any signed structure or payload we parse.
-pub(crate) const MAX_DEPTH: usize = 16;
+pub use crate::msg::MAX_KID_LEN;
 
-/// The kinds of signed object that are not tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ContentType {
-    /// cryptod's token verification keys with their validity windows.
-    Keyset,
-    /// The list of revoked token ids.
-    RevocationList,
-    /// One hash-chained audit record.
-    AuditRecord,
-    /// A signed statement about a domain's state.
-    Attestation,
-}
-
-impl ContentType {
-    /// Every content type.
-    pub const ALL: [ContentType; 4] = [
-        ContentType::Keyset,
-        ContentType::RevocationList,
-        ContentType::AuditRecord,
-        ContentType::Attestation,
-    ];
-
-    /// The media type text carried in header label 3.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ContentType::Keyset => "application/portcullis.keyset+cbor",
-            ContentType::RevocationList => "application/portcullis.revocation-list+cbor",
-            ContentType::AuditRecord => "application/portcullis.audit-record+cbor",
-            ContentType::Attestation => "application/portcullis.attestation+cbor",
-        }
-    }
-
-    /// Parses a media type text; `None` if it is not one of ours.
-    pub fn parse(text: &str) -> Option<ContentType> {
-        ContentType::ALL.into_iter().find(|ct| ct.as_str() == text)
+text_enum! {
+    /// The kinds of signed object that are not tokens; the wire name is the
+    /// media type text carried in header label 3.
+    pub enum ContentType {
+        /// cryptod's token verification keys with their validity windows.
+        Keyset = "application/portcullis.keyset+cbor",
+        /// The list of revoked token ids.
+        RevocationList = "application/portcullis.revocation-list+cbor",
+        /// One hash-chained audit record.
+        AuditRecord = "application/portcullis.audit-record+cbor",
+        /// A signed statement about a domain's state.
+        Attestation = "application/portcullis.attestation+cbor",
     }
 }
 
-impl fmt::Display for ContentType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A signed object's key id and payload (verified unless it came from
-/// [`open_unverified`]).
+/// A signed object's key id, kind and payload: [`verify`] returns it as
+/// [`Verified`], [`crate::danger::open_unverified`] as
+/// [`crate::danger::Unverified`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub struct SignedObject {
     /// The key id from the protected header.
     pub kid: Vec<u8>,
     /// The content type from the protected header.
@@ -158,7 +134,7 @@ pub fn verify(
     bytes: &[u8],
     ct: ContentType,
     key_for: impl Fn(&[u8]) -> Option<VerifyingKey>,
-) -> Result<Verified, CoseError> {
+) -> Result<Verified<SignedObject>, CoseError> {
     let object = open(bytes)?;
     if !object.alg_accepted() {
         return Err(CoseError::WrongAlgorithm);
@@ -173,16 +149,7 @@ pub fn verify(
     if !object.signature_ok(&key) {
         return Err(CoseError::BadSignature);
     }
-    Ok(Verified { kid: object.kid, content_type: ct, payload: object.payload })
-}
-
-/// Parses a signed object WITHOUT verifying its signature or algorithm, for
-/// tools that need the key id or payload first. Nothing it returns may be
-/// trusted. The content type must still be one of ours.
-pub fn open_unverified(bytes: &[u8]) -> Result<Verified, CoseError> {
-    let object = open(bytes)?;
-    let content_type = object.our_content_type().ok_or(CoseError::WrongContentType)?;
-    Ok(Verified { kid: object.kid, content_type, payload: object.payload })
+    Ok(Verified::new(SignedObject { kid: object.kid, content_type: ct, payload: object.payload }))
 }
 
 /// Verifies any COSE_Sign1 with an attached payload (tagged 18 or untagged)
@@ -209,7 +176,7 @@ pub fn verify_sign1_raw(bytes: &[u8], key: &VerifyingKey) -> Result<Vec<u8>, Cos
 
 /// Size cap, decode, and the signed-object shape: a protected header holding
 /// only alg, content type and kid. The unprotected header is ignored.
-fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
+pub(crate) fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
     if bytes.len() > MAX_SIGNED_OBJECT_LEN {
         return Err(CoseError::TooLarge);
     }

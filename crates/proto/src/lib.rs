@@ -10,13 +10,21 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+/// The bounded CBOR codec under the envelope and the signed payloads.
+mod cbor;
 /// Signed objects other than tokens (COSE_Sign1 with a content type).
 pub mod cose;
+/// Parsing signed things without verifying them, for tools.
+pub mod danger;
 /// The versioned `{v, type, body}` envelope.
 pub mod envelope;
+/// Ed25519 keys: key ids, COSE_Key files, the verifier's key entry.
+pub mod key;
 /// Typed message bodies.
 pub mod msg;
 /// Capability scopes.
 pub mod scope;
 /// CWT capability tokens: minting and verification.
 pub mod token;
+mod verified;
+pub use verified::Verified;

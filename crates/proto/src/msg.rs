@@ -13,7 +13,7 @@ use core::fmt;
 /// The wrapper that zeroizes secret fields on drop (re-exported for callers).
 pub use zeroize::Zeroizing;
 
-use crate::envelope::{
+use crate::cbor::{
     from_cbor, text_enum, to_cbor, wire_struct, Check, DecodeError, EncodeError, Field, FieldError,
     Reader, Writer,
 };
@@ -29,7 +29,7 @@ pub const MIN_ENTROPY_CHUNK: usize = 32;
 pub const MAX_ENTROPY_CHUNK: usize = 512;
 /// Shortest nonce, in bytes.
 pub const MIN_NONCE_LEN: usize = 16;
-/// Longest nonce, in bytes.
+/// Longest nonce, in bytes, on the wire and in a token's `nonce` claim.
 pub const MAX_NONCE_LEN: usize = 64;
 /// Most entries in a `metadata` map.
 pub const MAX_METADATA_ENTRIES: usize = 16;
@@ -39,11 +39,12 @@ pub const MAX_METADATA_KEY_LEN: usize = 64;
 pub const MAX_METADATA_VALUE_LEN: usize = 256;
 /// Most certificates in an `attestation_chain`.
 pub const MAX_ATTESTATION_CHAIN: usize = 4;
-/// Longest capability token (a COSE_Sign1 CWT), in bytes.
+/// Longest capability token (a COSE_Sign1 CWT), in bytes: what a message
+/// carries, and what `token::verify` accepts and `token::mint` produces.
 pub const MAX_TOKEN_LEN: usize = 1024;
-/// Longest token id (`cti`), in bytes.
+/// Longest token id (`cti`), in bytes, on the wire and in a token.
 pub const MAX_CTI_LEN: usize = 64;
-/// Longest key id (`kid`), in bytes.
+/// Longest key id (`kid`), in bytes, in a keyset, a key file and a signature.
 pub const MAX_KID_LEN: usize = 64;
 /// Most keys in a keyset.
 pub const MAX_KEYSET_KEYS: usize = 16;
@@ -683,6 +684,17 @@ impl Check for ErrorMsg {
     }
 }
 
+impl ErrorMsg {
+    /// The answer to bytes that did not decode: the code the schema requires
+    /// for the failure ([`DecodeError::code`]: `unsupported_version`,
+    /// `unknown_type`, `too_large` or `malformed`) and the failure as the
+    /// reason. There is no request id, since the request could not be read.
+    pub fn for_decode_error(e: &DecodeError) -> ErrorMsg {
+        use alloc::string::ToString;
+        ErrorMsg { code: e.code(), reason: e.to_string(), request_id: None }
+    }
+}
+
 /// Adds `to_cbor`/`from_cbor` to a signed-object payload.
 macro_rules! payload_codec {
     ($name:ident, $what:literal) => {
@@ -772,9 +784,11 @@ impl Check for AuditRecord {
 }
 
 wire_struct! {
-    /// One verification key in a keyset.
+    /// One verification key in a keyset, as published (the verifier's form,
+    /// with a checked public key, is [`crate::key::KeyEntry`]; `TryFrom`
+    /// converts).
     #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct KeyEntry {
+    pub struct KeyEntryWire {
         /// Key id, 1..=[`MAX_KID_LEN`] bytes.
         kid: Vec<u8>,
         /// COSE algorithm (-19 Ed25519; -8 EdDSA).
@@ -788,7 +802,7 @@ wire_struct! {
     }
 }
 
-impl Check for KeyEntry {
+impl Check for KeyEntryWire {
     fn check(&self) -> Result<(), FieldError> {
         check_len("kid", self.kid.len(), 1, MAX_KID_LEN)?;
         if self.not_after < self.not_before {
@@ -807,7 +821,7 @@ wire_struct! {
         /// Issue time.
         issued_at: u64,
         /// 1..=[`MAX_KEYSET_KEYS`] keys.
-        keys: Vec<KeyEntry>,
+        keys: Vec<KeyEntryWire>,
     }
 }
 payload_codec!(KeysetBody, "keyset_body");

@@ -5,50 +5,29 @@
 
 use core::fmt;
 
-/// One capability that cryptod can grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
-    /// Open a LUKS volume with a secret derived by cryptod.
-    LuksUnlock,
-    /// Change a network rule in a policy enforcer.
-    NetModify,
-    /// Read (not change) network policy state.
-    NetRead,
-    /// Revoke an issued token before it expires.
-    TokenRevoke,
-    /// Ask cryptod to rotate its token signing key.
-    KeyRotate,
+use crate::cbor::text_enum;
+
+text_enum! {
+    /// One capability that cryptod can grant. `ALL` is in declaration order,
+    /// which is the bit order of [`ScopeSet`].
+    #[derive(PartialOrd, Ord)]
+    pub enum Scope {
+        /// Open a LUKS volume with a secret derived by cryptod.
+        LuksUnlock = "luks:unlock",
+        /// Change a network rule in a policy enforcer.
+        NetModify = "net:modify",
+        /// Read (not change) network policy state.
+        NetRead = "net:read",
+        /// Revoke an issued token before it expires.
+        TokenRevoke = "token:revoke",
+        /// Ask cryptod to rotate its token signing key.
+        KeyRotate = "key:rotate",
+    }
 }
 
 impl Scope {
-    /// Every scope, in a fixed order (the bit order of [`ScopeSet`]).
-    pub const ALL: [Scope; 5] =
-        [Scope::LuksUnlock, Scope::NetModify, Scope::NetRead, Scope::TokenRevoke, Scope::KeyRotate];
-
-    /// The wire name of this scope.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Scope::LuksUnlock => "luks:unlock",
-            Scope::NetModify => "net:modify",
-            Scope::NetRead => "net:read",
-            Scope::TokenRevoke => "token:revoke",
-            Scope::KeyRotate => "key:rotate",
-        }
-    }
-
-    /// Parses a wire name; `None` for a name that is not a known scope.
-    pub fn parse(name: &str) -> Option<Scope> {
-        Scope::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
     const fn bit(self) -> u32 {
         1 << (self as u32)
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -73,6 +52,8 @@ impl fmt::Display for ScopeError {
         })
     }
 }
+
+impl core::error::Error for ScopeError {}
 
 impl ScopeSet {
     /// The empty set.
@@ -112,7 +93,7 @@ impl ScopeSet {
 
     /// The scopes in the set, in [`Scope::ALL`] order.
     pub fn iter(self) -> impl Iterator<Item = Scope> {
-        Scope::ALL.into_iter().filter(move |s| self.contains(*s))
+        Scope::ALL.iter().copied().filter(move |s| self.contains(*s))
     }
 
     /// Parses a space-separated list of scope names (the CWT `scope` claim).

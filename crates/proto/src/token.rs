@@ -4,7 +4,8 @@
 //!
 //! [`mint`] is used by cryptod. [`verify`] is used by every consumer: it runs
 //! the checks in a fixed order and returns exactly one [`VerifyError`] for the
-//! first check that fails. [`inspect`] parses without verifying, for tools.
+//! first check that fails, and wraps the claims in [`Verified`].
+//! [`crate::danger::inspect`] parses without verifying, for tools.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -12,6 +13,7 @@ use core::fmt;
 
 use crate::cose::{self, decode_value, encode_value, Sign1};
 use crate::scope::ScopeSet;
+use crate::Verified;
 use coset::cbor::value::Value;
 use coset::iana;
 use coset::HeaderBuilder;
@@ -19,20 +21,20 @@ use coset::HeaderBuilder;
 /// The Ed25519 key types of the token API, re-exported for convenience.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
-/// Largest token accepted or minted, in bytes; longer input is refused before
-/// it is parsed. (Equal to `msg::MAX_TOKEN_LEN`, the most a message carries.)
-pub const MAX_TOKEN_LEN: usize = 1024;
+/// The verifier's key entry (defined with the other key types in [`crate::key`]).
+pub use crate::key::KeyEntry;
+/// The token limits, defined once with the message limits: the longest token
+/// accepted or minted (longer input is refused before it is parsed), token id
+/// and requester nonce.
+pub use crate::msg::{MAX_CTI_LEN, MAX_NONCE_LEN, MAX_TOKEN_LEN};
+
 /// Length of the token ids (`cti`) cryptod mints.
 pub const CTI_LEN: usize = 16;
-/// Longest token id accepted (equal to `msg::MAX_CTI_LEN`).
-pub const MAX_CTI_LEN: usize = 64;
-/// Longest requester nonce accepted.
-pub const MAX_NONCE_LEN: usize = 64;
 /// Longest lifetime (`exp - iat`) of any token, in seconds.
 pub const MAX_LIFETIME_SECS: u64 = 300;
 
 /// CWT claim keys (RFC 8392 §4; IANA "CWT Claims" for `scope` and `nonce`).
-mod key {
+mod claim {
     pub const ISS: i64 = 1;
     pub const SUB: i64 = 2;
     pub const AUD: i64 = 3;
@@ -52,8 +54,8 @@ pub struct Claims {
     /// Subject: who the token was issued to.
     pub sub: String,
     /// Audience: the service that may accept the token. After [`verify`] this is
-    /// the expected audience that matched; after [`inspect`] of a token with an
-    /// audience array it is the array's first element.
+    /// the expected audience that matched; after [`crate::danger::inspect`] of
+    /// a token with an audience array it is the array's first element.
     pub aud: String,
     /// Expiry, epoch seconds: not accepted after `exp + skew`.
     pub exp: u64,
@@ -131,42 +133,16 @@ pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, To
 fn claims_value(c: &Claims) -> Value {
     let int = |k: i64| Value::Integer(k.into());
     Value::Map(alloc::vec![
-        (int(key::ISS), Value::Text(c.iss.clone())),
-        (int(key::SUB), Value::Text(c.sub.clone())),
-        (int(key::AUD), Value::Text(c.aud.clone())),
-        (int(key::EXP), Value::Integer(c.exp.into())),
-        (int(key::NBF), Value::Integer(c.nbf.into())),
-        (int(key::IAT), Value::Integer(c.iat.into())),
-        (int(key::CTI), Value::Bytes(c.cti.clone())),
-        (int(key::SCOPE), Value::Text(c.scope.to_string())),
-        (int(key::NONCE), Value::Bytes(c.nonce.clone())),
+        (int(claim::ISS), Value::Text(c.iss.clone())),
+        (int(claim::SUB), Value::Text(c.sub.clone())),
+        (int(claim::AUD), Value::Text(c.aud.clone())),
+        (int(claim::EXP), Value::Integer(c.exp.into())),
+        (int(claim::NBF), Value::Integer(c.nbf.into())),
+        (int(claim::IAT), Value::Integer(c.iat.into())),
+        (int(claim::CTI), Value::Bytes(c.cti.clone())),
+        (int(claim::SCOPE), Value::Text(c.scope.to_string())),
+        (int(claim::NONCE), Value::Bytes(c.nonce.clone())),
     ])
-}
-
-/// One verification key of cryptod, with the window in which it signs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyEntry {
-    /// Key id, as carried in the token's protected header.
-    pub kid: Vec<u8>,
-    /// The Ed25519 public key.
-    pub key: VerifyingKey,
-    /// First `iat` (epoch seconds) of tokens this key may have signed.
-    pub not_before: u64,
-    /// Last `iat` of tokens this key may have signed. The key is retired (its
-    /// tokens refused as [`VerifyError::UnknownKid`]) once `now > not_after + skew`.
-    pub not_after: u64,
-}
-
-impl KeyEntry {
-    /// Whether the key may be used at `now` (not yet retired).
-    fn live(&self, now: u64, skew: u64) -> bool {
-        now <= self.not_after.saturating_add(skew)
-    }
-
-    /// Whether a token issued at `iat` lies inside the key's window.
-    fn signed_at(&self, iat: u64) -> bool {
-        self.not_before <= iat && iat <= self.not_after
-    }
 }
 
 /// The set of verification keys a consumer trusts; key ids are unique.
@@ -481,7 +457,7 @@ pub fn verify(
     exp: &Expectations,
     replay: &mut dyn ReplayCache,
     revoked: &dyn Revocations,
-) -> Result<Claims, VerifyError> {
+) -> Result<Verified<Claims>, VerifyError> {
     let object = decode_token(token)?;
     if !object.alg_accepted() {
         return Err(VerifyError::WrongAlgorithm);
@@ -521,27 +497,13 @@ pub fn verify(
         },
     )?;
     claims.aud = exp.audience.to_string();
-    Ok(claims)
-}
-
-/// Parses a token WITHOUT verifying anything but its shape: returns the key
-/// id, the algorithm and the claims. The signature, key, times, audience,
-/// scope, revocation and replay are NOT checked; nothing returned may be
-/// trusted. For display (the CLI's `token inspect`) only.
-pub fn inspect(token: &[u8]) -> Result<(Vec<u8>, i64, Claims), VerifyError> {
-    let object = decode_token(token)?;
-    let alg = object.alg.ok_or(VerifyError::WrongAlgorithm)?;
-    if object.kid.is_empty() {
-        return Err(VerifyError::UnknownKid);
-    }
-    let (claims, _) = parse_claims(&object.payload).ok_or(VerifyError::Malformed)?;
-    Ok((object.kid, alg, claims))
+    Ok(Verified::new(claims))
 }
 
 /// Size cap, decode, and the token shape: a protected header with only alg and
 /// kid (no content type, no crit) and an attached payload. The unprotected
 /// header is ignored, so a kid found only there counts as no kid.
-fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
+pub(crate) fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::Malformed);
     }
@@ -555,10 +517,16 @@ fn decode_token(token: &[u8]) -> Result<Sign1, VerifyError> {
 /// Decodes and checks a claims set; returns the claims (with the first
 /// audience in `aud`) and every audience. `None` if anything is missing,
 /// duplicated, unknown, mistyped or inconsistent.
-fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
+pub(crate) fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
     let Value::Map(entries) = decode_value(payload)? else {
         return None;
     };
+    // No claim is tagged. The check is on the bytes: the CBOR library turns a
+    // bignum (tag 2 or 3) that fits into a plain integer, so an `exp` sent as
+    // a bignum would otherwise pass as a uint.
+    if !untagged(payload) {
+        return None;
+    }
     let mut seen = 0u32;
     let (mut iss, mut sub, mut audiences) = (None, None, Vec::new());
     let (mut exp, mut nbf, mut iat) = (None, None, None);
@@ -572,15 +540,15 @@ fn parse_claims(payload: &[u8]) -> Option<(Claims, Vec<String>)> {
         }
         seen |= bit;
         match k {
-            key::ISS => iss = Some(v.into_text().ok()?),
-            key::SUB => sub = Some(v.into_text().ok()?),
-            key::AUD => audiences = parse_audience(v)?,
-            key::EXP => exp = Some(uint(v)?),
-            key::NBF => nbf = Some(uint(v)?),
-            key::IAT => iat = Some(uint(v)?),
-            key::CTI => cti = Some(v.into_bytes().ok()?),
-            key::SCOPE => scope = Some(ScopeSet::parse_list(&v.into_text().ok()?).ok()?),
-            key::NONCE => nonce = Some(v.into_bytes().ok()?),
+            claim::ISS => iss = Some(v.into_text().ok()?),
+            claim::SUB => sub = Some(v.into_text().ok()?),
+            claim::AUD => audiences = parse_audience(v)?,
+            claim::EXP => exp = Some(uint(v)?),
+            claim::NBF => nbf = Some(uint(v)?),
+            claim::IAT => iat = Some(uint(v)?),
+            claim::CTI => cti = Some(v.into_bytes().ok()?),
+            claim::SCOPE => scope = Some(ScopeSet::parse_list(&v.into_text().ok()?).ok()?),
+            claim::NONCE => nonce = Some(v.into_bytes().ok()?),
             _ => return None,
         }
     }
@@ -614,5 +582,97 @@ fn uint(v: Value) -> Option<u64> {
     match v {
         Value::Integer(i) => u64::try_from(i).ok(),
         _ => None,
+    }
+}
+
+/// Whether `bytes` is exactly one well-formed CBOR item with no tag anywhere
+/// in it, nested at most [`cose::MAX_DEPTH`] levels. Accepts any encoding the
+/// CBOR library accepts (long heads, indefinite lengths), since verifiers do
+/// not require deterministic encoding.
+fn untagged(bytes: &[u8]) -> bool {
+    let mut r = TagScan { bytes, pos: 0 };
+    r.item(1).is_some() && r.pos == bytes.len()
+}
+
+/// A cursor for [`untagged`]; every method returns `None` on a tag, a
+/// malformed item or the end of input.
+struct TagScan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl TagScan<'_> {
+    fn take(&mut self, n: u64) -> Option<&[u8]> {
+        let end = self.pos.checked_add(usize::try_from(n).ok()?)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    /// Reads a head: the major type and the argument (`None`: indefinite).
+    fn head(&mut self) -> Option<(u8, Option<u64>)> {
+        let initial = *self.take(1)?.first()?;
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let arg = match info {
+            0..=23 => Some(u64::from(info)),
+            24..=27 => {
+                let width = 1u64 << (info - 24);
+                let arg = self.take(width)?.iter().fold(0u64, |a, b| a << 8 | u64::from(*b));
+                Some(arg)
+            }
+            31 => None,
+            _ => return None,
+        };
+        Some((major, arg))
+    }
+
+    fn at_break(&mut self) -> bool {
+        let brk = self.bytes.get(self.pos) == Some(&0xff);
+        self.pos += usize::from(brk);
+        brk
+    }
+
+    fn item(&mut self, depth: usize) -> Option<()> {
+        if depth > cose::MAX_DEPTH {
+            return None;
+        }
+        match self.head()? {
+            (0 | 1, Some(_)) => Some(()),
+            (2 | 3, Some(len)) => self.take(len).map(drop),
+            // Indefinite string: definite chunks of the same major type.
+            (major @ (2 | 3), None) => {
+                while !self.at_break() {
+                    match self.head()? {
+                        (m, Some(len)) if m == major => self.take(len)?,
+                        _ => return None,
+                    };
+                }
+                Some(())
+            }
+            (major @ (4 | 5), Some(len)) => {
+                let per = if major == 5 { 2 } else { 1 };
+                // Each item takes at least one byte, so the loop ends with
+                // the input even if `len` is huge.
+                for _ in 0..len {
+                    for _ in 0..per {
+                        self.item(depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            (major @ (4 | 5), None) => {
+                while !self.at_break() {
+                    self.item(depth + 1)?;
+                    if major == 5 {
+                        self.item(depth + 1)?;
+                    }
+                }
+                Some(())
+            }
+            // Simple values and floats; a lone break is malformed.
+            (7, Some(_)) => Some(()),
+            // Tags (major 6), and everything malformed.
+            _ => None,
+        }
     }
 }

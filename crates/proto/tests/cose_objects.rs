@@ -4,8 +4,9 @@
 use coset::cbor::value::Value;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use portcullis_proto::cose::{
-    open_unverified, sign, verify, verify_sign1_raw, ContentType, CoseError, MAX_SIGNED_OBJECT_LEN,
+    sign, verify, verify_sign1_raw, ContentType, CoseError, MAX_SIGNED_OBJECT_LEN,
 };
+use portcullis_proto::danger::open_unverified;
 use portcullis_proto::scope::ScopeSet;
 use portcullis_proto::token::{self, Claims, KeyEntry, Keyset, MemoryReplayCache, RevokedSet};
 
@@ -51,14 +52,14 @@ fn sign_raw(protected: Vec<(Value, Value)>, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_kind_round_trips_and_no_kind_passes_as_another() {
-    for ct in ContentType::ALL {
+    for &ct in ContentType::ALL {
         let object = sign(&key(), KID, ct, b"payload").unwrap();
         let got = verify(&object, ct, key_for).unwrap();
         assert_eq!(
             (got.kid.as_slice(), got.content_type, got.payload.as_slice()),
             (KID, ct, &b"payload"[..])
         );
-        for other in ContentType::ALL.into_iter().filter(|o| *o != ct) {
+        for &other in ContentType::ALL.iter().filter(|o| **o != ct) {
             assert_eq!(
                 verify(&object, other, key_for),
                 Err(CoseError::WrongContentType),
@@ -182,7 +183,7 @@ fn refusals() {
     // alg -8 (EdDSA) is accepted.
     let eddsa = sign_raw(vec![(int(1), int(-8)), ct(), kid()], b"keys");
     assert_eq!(
-        verify(&eddsa, ContentType::Keyset, key_for).map(|v| v.payload),
+        verify(&eddsa, ContentType::Keyset, key_for).map(|v| v.into_inner().payload),
         Ok(b"keys".to_vec())
     );
     // A CWT tag is not accepted on a signed object.
@@ -216,7 +217,7 @@ fn open_unverified_gives_kid_and_payload_without_a_key() {
     let object =
         sign(&SigningKey::from_bytes(&[0x55; 32]), b"unknown", ContentType::RevocationList, b"ids")
             .unwrap();
-    let got = open_unverified(&object).unwrap();
+    let got = open_unverified(&object).unwrap().into_unverified();
     assert_eq!(
         (got.kid.as_slice(), got.content_type, got.payload.as_slice()),
         (&b"unknown"[..], ContentType::RevocationList, &b"ids"[..])

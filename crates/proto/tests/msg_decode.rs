@@ -159,6 +159,61 @@ fn unknown_types_are_refused() {
     assert_eq!(DecodeError::UnknownType.code(), ErrorCode::UnknownType);
 }
 
+/// Decodes `bytes`, which must fail, and returns the `error` message a
+/// receiver answers with, as it arrives on the wire.
+fn answer_to(bytes: &[u8]) -> ErrorMsg {
+    let e = Message::decode(bytes).unwrap_err();
+    let wire = Message::Error(ErrorMsg::for_decode_error(&e)).encode().unwrap();
+    match Message::decode(&wire).unwrap() {
+        Message::Error(answer) => answer,
+        other => panic!("answered with {other:?}"),
+    }
+}
+
+#[test]
+fn the_answer_to_an_undecodable_message_carries_the_schemas_code() {
+    // messages.cddl: `v` other than 1 -> unsupported_version; an unknown
+    // `type` -> unknown_type; everything else that cannot be read -> malformed.
+    let v2 = envelope(vec![
+        ("v", Value::Integer(2.into())),
+        ("type", text("keyset_req")),
+        ("body", keyset_req_body()),
+    ]);
+    let answer = answer_to(&v2);
+    assert_eq!((answer.code, answer.request_id), (ErrorCode::UnsupportedVersion, None));
+    assert!(answer.reason.contains('2'), "{}", answer.reason);
+
+    let unknown = envelope(vec![
+        ("v", Value::Integer(1.into())),
+        ("type", text("keyset_request")),
+        ("body", keyset_req_body()),
+    ]);
+    assert_eq!(answer_to(&unknown).code, ErrorCode::UnknownType);
+    assert_eq!(answer_to(&vec![0; MAX_MESSAGE_LEN + 1]).code, ErrorCode::TooLarge);
+    assert_eq!(answer_to(b"\xff").code, ErrorCode::Malformed);
+    assert_eq!(answer_to(&keyset_req_with(text("x"))).code, ErrorCode::Malformed);
+}
+
+#[test]
+fn the_version_is_judged_before_unknown_envelope_keys() {
+    // A later version may add envelope keys; its sender still learns that the
+    // version is the problem.
+    let bytes = envelope(vec![
+        ("ext", Value::Integer(1.into())),
+        ("v", Value::Integer(2.into())),
+        ("type", text("keyset_req")),
+        ("body", keyset_req_body()),
+    ]);
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedVersion(2)));
+    let bytes = envelope(vec![
+        ("ext", Value::Integer(1.into())),
+        ("v", Value::Integer(1.into())),
+        ("type", text("keyset_req")),
+        ("body", keyset_req_body()),
+    ]);
+    assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownField));
+}
+
 #[test]
 fn unknown_duplicate_and_missing_keys_are_refused() {
     let v1 = || ("v", Value::Integer(1.into()));

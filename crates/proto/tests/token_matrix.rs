@@ -7,12 +7,13 @@ use std::sync::LazyLock;
 
 use coset::cbor::value::Value;
 use ed25519_dalek::{Signer, SigningKey};
-use portcullis_proto::cose;
+use portcullis_proto::danger::inspect;
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
-    inspect, mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError, MemoryReplayCache,
+    mint, verify, Claims, Expectations, KeyEntry, Keyset, KeysetError, MemoryReplayCache,
     ReplayCache, ReplayError, RevokedSet, TokenError, VerifyError, MAX_CTI_LEN, MAX_TOKEN_LEN,
 };
+use portcullis_proto::{cose, Verified};
 
 const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 const SKEW: u64 = 5;
@@ -67,6 +68,7 @@ fn expect_at(now: u64) -> Expectations<'static> {
 /// Verifies with the standard keyset, a fresh replay cache and no revocations.
 fn check(token: &[u8], expect: &Expectations) -> Result<Claims, VerifyError> {
     verify(token, &keys(), expect, &mut MemoryReplayCache::new(8), &RevokedSet::new())
+        .map(Verified::into_inner)
 }
 
 fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
@@ -100,6 +102,13 @@ fn claims_map(c: &Claims) -> Vec<(Value, Value)> {
         (int(9), Value::Text(c.scope.to_string())),
         (int(10), Value::Bytes(c.nonce.clone())),
     ]
+}
+
+/// `n` as a CBOR positive bignum (tag 2 around its big-endian bytes).
+fn bignum(n: u64) -> Value {
+    let bytes = n.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    Value::Tag(2, Box::new(Value::Bytes(bytes[first..].to_vec())))
 }
 
 fn set_claim(map: &mut Vec<(Value, Value)>, key: i64, value: Value) {
@@ -185,7 +194,10 @@ fn audience_array_matches_any_element() {
     set_claim(&mut map, 3, list(&["policy_pd", AUD]));
     let claims_out = check(&token_from_map(map.clone()), &expect_at(NOW)).unwrap();
     assert_eq!(claims_out.aud, AUD);
-    assert_eq!(inspect(&token_from_map(map.clone())).unwrap().2.aud, "policy_pd");
+    assert_eq!(
+        inspect(&token_from_map(map.clone())).unwrap().into_unverified().claims.aud,
+        "policy_pd"
+    );
 
     set_claim(&mut map, 3, list(&["policy_pd", "entropyd"]));
     assert_eq!(
@@ -247,6 +259,19 @@ fn malformed_claims_are_refused_after_the_signature() {
         ("lifetime over 300 s", Box::new(|m| set_claim(m, 4, Value::Integer((NOW + 301).into())))),
         ("nbf after exp", Box::new(|m| set_claim(m, 5, Value::Integer((NOW + 61).into())))),
         ("iat after nbf", Box::new(|m| set_claim(m, 6, Value::Integer((NOW + 1).into())))),
+        // protocol/token.md: tagged times (bignums, epoch tag 1) are malformed,
+        // even when the value they stand for would be in range.
+        ("bignum exp", Box::new(|m| set_claim(m, 4, bignum(NOW + 60)))),
+        ("bignum nbf", Box::new(|m| set_claim(m, 5, bignum(NOW)))),
+        ("bignum iat", Box::new(|m| set_claim(m, 6, bignum(NOW)))),
+        (
+            "epoch-tagged exp",
+            Box::new(|m| set_claim(m, 4, Value::Tag(1, Box::new(int((NOW + 60) as i64))))),
+        ),
+        (
+            "tagged exp",
+            Box::new(|m| set_claim(m, 4, Value::Tag(1000, Box::new(int((NOW + 60) as i64))))),
+        ),
     ];
     for (what, edit) in cases {
         let mut map = claims_map(&claims());
@@ -499,6 +524,38 @@ fn replayed() {
 }
 
 #[test]
+fn replay_protection_keys_on_the_signed_cti_not_on_the_token_bytes() {
+    // Anyone holding a token can change the bytes the signature does not
+    // cover (the unprotected header, the tag) and it still verifies. The
+    // replay cache keys on `cti`, inside the signed payload, so every such
+    // variant is the same token: one use in all.
+    let token = mint(key(), KID, &claims()).unwrap();
+    let at = 2 + 1 + 7; // tag, array, bstr header and the 7-byte protected map
+    assert_eq!(token[at], 0xa0, "empty unprotected header");
+    let mut reheadered = token[..at].to_vec();
+    reheadered.extend(encode(&Value::Map(vec![(int(99), Value::Text("padding".into()))])));
+    reheadered.extend(&token[at + 1..]);
+    let mut cwt_tagged = vec![0xd8, 0x3d];
+    cwt_tagged.extend(&token);
+    let variants = [reheadered, token[1..].to_vec(), cwt_tagged];
+
+    let none = RevokedSet::new();
+    for variant in &variants {
+        assert_ne!(variant, &token);
+        // Each variant is a valid token on its own...
+        assert_eq!(check(variant, &expect_at(NOW)), Ok(claims()));
+        // ...and the same token as the original to a replay cache.
+        let mut cache = MemoryReplayCache::new(8);
+        let first = verify(&token, &keys(), &expect_at(NOW), &mut cache, &none);
+        assert_eq!(first.map(Verified::into_inner), Ok(claims()));
+        assert_eq!(
+            verify(variant, &keys(), &expect_at(NOW), &mut cache, &none),
+            Err(VerifyError::Replayed)
+        );
+    }
+}
+
+#[test]
 fn revoked() {
     let token = mint(key(), KID, &claims()).unwrap();
     let revoked = RevokedSet::from_ids(vec![vec![0xff; 16], claims().cti, vec![0x00; 16]]);
@@ -652,10 +709,11 @@ fn no_single_byte_change_anywhere_verifies() {
 #[test]
 fn inspect_parses_without_verifying() {
     let token = mint(other_key(), b"someone-else", &claims()).unwrap();
-    let (kid, alg, c) = inspect(&token).unwrap();
+    let seen = inspect(&token).unwrap().into_unverified();
+    let (kid, alg, c) = (seen.kid, seen.alg, seen.claims);
     assert_eq!((kid.as_slice(), alg, c), (&b"someone-else"[..], cose::ALG_ED25519, claims()));
     // It still refuses what is not a token.
-    assert_eq!(inspect(b"\x00").map(|t| t.1), Err(VerifyError::Malformed));
+    assert_eq!(inspect(b"\x00").map(|t| t.get_unverified().alg), Err(VerifyError::Malformed));
     let payload = encode(&Value::Map(claims_map(&claims())));
     let es256 = sign_raw(
         key(),
@@ -663,7 +721,7 @@ fn inspect_parses_without_verifying() {
         vec![],
         payload,
     );
-    assert_eq!(inspect(&es256).map(|t| t.1), Ok(-7));
+    assert_eq!(inspect(&es256).map(|t| t.get_unverified().alg), Ok(-7));
 }
 
 #[test]

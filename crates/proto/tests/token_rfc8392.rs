@@ -8,9 +8,10 @@
 use coset::cwt::{ClaimsSet, Timestamp};
 use coset::{iana, CborSerializable, TaggedCborSerializable};
 use ed25519_dalek::SigningKey;
+use portcullis_proto::danger::inspect;
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
-    inspect, verify, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet, VerifyError,
+    verify, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet, VerifyError,
 };
 
 const A3_SIGNED_CWT: &str = concat!(

@@ -68,6 +68,8 @@ impl fmt::Display for BackendError {
     }
 }
 
+impl core::error::Error for BackendError {}
+
 /// Grant tables, event channels and a key/value store, as one domain sees them.
 ///
 /// A Xen guest implements this with hypercalls and the xenstore ring, a

@@ -80,6 +80,15 @@ impl fmt::Display for FrameError {
     }
 }
 
+impl core::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            FrameError::Vchan(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<VchanError> for FrameError {
     fn from(e: VchanError) -> Self {
         FrameError::Vchan(e)

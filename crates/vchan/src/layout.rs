@@ -152,6 +152,8 @@ impl fmt::Display for LayoutError {
     }
 }
 
+impl core::error::Error for LayoutError {}
+
 /// Smallest page-granted order holding `size` bytes (at least a page).
 fn pages_order(size: usize) -> u8 {
     let mut order = PAGE_SHIFT;

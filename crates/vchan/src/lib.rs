@@ -82,6 +82,16 @@ impl fmt::Display for VchanError {
     }
 }
 
+impl core::error::Error for VchanError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            VchanError::Layout(e) => Some(e),
+            VchanError::Backend(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<LayoutError> for VchanError {
     fn from(e: LayoutError) -> Self {
         VchanError::Layout(e)

@@ -40,6 +40,8 @@ impl fmt::Display for ConsoleError {
     }
 }
 
+impl core::error::Error for ConsoleError {}
+
 /// Bytes a ring of `size` holds between `cons` and `prod`, or `None` if the
 /// indexes are inconsistent (more than `size` apart).
 pub fn ring_used(prod: u32, cons: u32, size: u32) -> Option<u32> {

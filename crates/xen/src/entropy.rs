@@ -34,6 +34,8 @@ impl fmt::Display for EntropyError {
     }
 }
 
+impl core::error::Error for EntropyError {}
+
 /// The continuous health tests over 64-bit samples.
 #[derive(Clone, Debug, Default)]
 pub struct HealthTests {

@@ -47,6 +47,15 @@ impl core::fmt::Display for GrantError {
     }
 }
 
+impl core::error::Error for GrantError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            GrantError::Xen(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 struct Table {
     entries: SharedPages,
     used: [u64; (ENTRIES / 64) as usize],

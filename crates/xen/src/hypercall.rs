@@ -28,6 +28,8 @@ impl fmt::Display for XenError {
     }
 }
 
+impl core::error::Error for XenError {}
+
 /// Result of a hypercall.
 pub type XenResult<T> = Result<T, XenError>;
 

@@ -415,6 +415,16 @@ impl core::fmt::Display for PlatformSetupError {
     }
 }
 
+impl core::error::Error for PlatformSetupError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            PlatformSetupError::Grant(e) => Some(e),
+            PlatformSetupError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// `Platform` for a PVH domain on Xen.
 #[derive(Debug)]
 pub struct XenPlatform {

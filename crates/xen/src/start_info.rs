@@ -56,6 +56,8 @@ impl core::fmt::Display for StartInfoError {
     }
 }
 
+impl core::error::Error for StartInfoError {}
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     let mut w = [0u8; 4];
     if let Some(s) = b.get(off..off + 4) {

@@ -34,6 +34,15 @@ impl core::fmt::Display for SetupError {
     }
 }
 
+impl core::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            SetupError::SharedInfo(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Installs the hypercall page, reserves the free window and maps the
 /// shared-info page into it.
 pub fn init(cpuid: &XenCpuid, info: &StartInfo) -> Result<(), SetupError> {

@@ -248,8 +248,8 @@ pub fn drain(link: &mut Link<SimBackend>) -> Vec<Message> {
 /// The audit record inside an `audit_log` message.
 pub fn record_of(msg: &Message) -> AuditRecord {
     let Message::AuditLog(l) = msg else { panic!("not an audit record: {msg:?}") };
-    let signed = portcullis_proto::cose::open_unverified(&l.record).unwrap();
-    AuditRecord::from_cbor(&signed.payload).unwrap()
+    let signed = portcullis_proto::danger::open_unverified(&l.record).unwrap();
+    AuditRecord::from_cbor(&signed.get_unverified().payload).unwrap()
 }
 
 /// A collector that reads the records on its link and (if `ack`)

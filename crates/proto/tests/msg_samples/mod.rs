@@ -216,14 +216,14 @@ pub fn keyset_body() -> KeysetBody {
         version: 3,
         issued_at: T0,
         keys: vec![
-            KeyEntry {
+            KeyEntryWire {
                 kid: b"cryptod-2026-11".to_vec(),
                 alg: -19,
                 pubkey: [0xdd; 32],
                 not_before: T0,
                 not_after: T0 + 7 * 86400,
             },
-            KeyEntry {
+            KeyEntryWire {
                 kid: vec![0x01, 0x02],
                 alg: -8,
                 pubkey: [0xee; 32],

@@ -151,6 +151,34 @@ impl Errno {
     }
 }
 
+/// The errno name, as the daemon sends it (`ENOENT`); `Other` for a name
+/// this client does not know.
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Errno::Inval => "EINVAL",
+            Errno::Acces => "EACCES",
+            Errno::Exist => "EEXIST",
+            Errno::IsDir => "EISDIR",
+            Errno::NoEnt => "ENOENT",
+            Errno::NoMem => "ENOMEM",
+            Errno::NoSpc => "ENOSPC",
+            Errno::Io => "EIO",
+            Errno::NotEmpty => "ENOTEMPTY",
+            Errno::NoSys => "ENOSYS",
+            Errno::RoFs => "EROFS",
+            Errno::Busy => "EBUSY",
+            Errno::Again => "EAGAIN",
+            Errno::IsConn => "EISCONN",
+            Errno::TooBig => "E2BIG",
+            Errno::Perm => "EPERM",
+            Errno::Other => "other",
+        })
+    }
+}
+
+impl core::error::Error for Errno {}
+
 /// A xenstore operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XsError {
@@ -175,6 +203,15 @@ impl fmt::Display for XsError {
             XsError::Protocol => f.write_str("malformed xenstore reply"),
             XsError::Transport => f.write_str("xenstore ring unavailable"),
             XsError::Timeout => f.write_str("xenstore timed out"),
+        }
+    }
+}
+
+impl core::error::Error for XsError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            XsError::Daemon(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -1,0 +1,707 @@
+//! The bounded CBOR codec under every message and payload of this crate: the
+//! [`Reader`] and [`Writer`], the [`Field`] trait with its impls for the wire
+//! types, the `text_enum!` and `wire_struct!` macros, and the codec errors.
+//!
+//! The codec is written by hand (over a byte slice) rather than through serde
+//! so that it accepts exactly what `protocol/messages.cddl` allows: definite
+//! lengths and preferred (shortest) integer heads only, no tags, no floats, no
+//! unknown or duplicate keys. Every length is checked against the bytes
+//! actually present before anything is allocated, so decoding allocates at
+//! most a small constant times the input length, and never panics.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::envelope::{MAX_DEPTH, MAX_MESSAGE_LEN};
+use crate::msg::{ErrorCode, MAX_METADATA_ENTRIES, MAX_REVOKED};
+
+/// Most items in any array of the schema (the longest is a revocation list's
+/// `entries`); a longer array is refused before its items are read.
+const MAX_LIST_LEN: usize = MAX_REVOKED;
+
+/// A field whose value broke a rule of the schema (wrong type, size or value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's wire name.
+    pub field: &'static str,
+    /// What was wrong with it.
+    pub reason: &'static str,
+}
+
+impl FieldError {
+    pub(crate) const fn new(field: &'static str, reason: &'static str) -> Self {
+        FieldError { field, reason }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl core::error::Error for FieldError {}
+
+/// Why bytes could not be decoded into a message or payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input is longer than [`MAX_MESSAGE_LEN`].
+    TooLarge,
+    /// The bytes are not well-formed CBOR of the accepted subset.
+    Malformed(&'static str),
+    /// Nesting deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// Bytes left over after the top-level item.
+    TrailingBytes,
+    /// The envelope's `v` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion(u64),
+    /// The envelope's `type` is not a known message type.
+    UnknownType,
+    /// A map holds a key that its schema does not define.
+    UnknownField,
+    /// A map holds the same key twice.
+    DuplicateField(&'static str),
+    /// A required key is absent.
+    MissingField(&'static str),
+    /// A field has the wrong type, size or value.
+    Invalid(FieldError),
+}
+
+impl DecodeError {
+    /// The `error` message code a receiver should answer this failure with.
+    pub const fn code(self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge => ErrorCode::TooLarge,
+            DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            DecodeError::UnknownType => ErrorCode::UnknownType,
+            _ => ErrorCode::Malformed,
+        }
+    }
+}
+
+impl From<FieldError> for DecodeError {
+    fn from(e: FieldError) -> Self {
+        DecodeError::Invalid(e)
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge => write!(f, "message longer than {MAX_MESSAGE_LEN} bytes"),
+            DecodeError::Malformed(why) => write!(f, "malformed CBOR: {why}"),
+            DecodeError::TooDeep => write!(f, "nesting deeper than {MAX_DEPTH} levels"),
+            DecodeError::TrailingBytes => f.write_str("trailing bytes after the message"),
+            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v}"),
+            DecodeError::UnknownType => f.write_str("unknown message type"),
+            DecodeError::UnknownField => f.write_str("unknown field"),
+            DecodeError::DuplicateField(k) => write!(f, "duplicate field `{k}`"),
+            DecodeError::MissingField(k) => write!(f, "missing field `{k}`"),
+            DecodeError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            DecodeError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a message or payload could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoding would be longer than [`MAX_MESSAGE_LEN`].
+    TooLarge,
+    /// A field breaks a rule of the schema, so a receiver would refuse it.
+    Invalid(FieldError),
+}
+
+impl From<FieldError> for EncodeError {
+    fn from(e: FieldError) -> Self {
+        EncodeError::Invalid(e)
+    }
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::TooLarge => write!(f, "encoding longer than {MAX_MESSAGE_LEN} bytes"),
+            EncodeError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            EncodeError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+const TRUNCATED: DecodeError = DecodeError::Malformed("truncated");
+
+// CBOR major types (RFC 8949 §3.1).
+const UINT: u8 = 0;
+const NINT: u8 = 1;
+const BYTES: u8 = 2;
+const TEXT: u8 = 3;
+const ARRAY: u8 = 4;
+const MAP: u8 = 5;
+const TAG: u8 = 6;
+const SIMPLE: u8 = 7;
+
+/// A bounded reader over one CBOR buffer. Accepts definite lengths and
+/// shortest-form heads only.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Whether every byte has been consumed.
+    pub(crate) fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(TRUNCATED)?;
+        let bytes = self.buf.get(self.pos..end).ok_or(TRUNCATED)?;
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.buf.get(self.pos).ok_or(TRUNCATED)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// Reads an item head: the major type and its argument.
+    fn head(&mut self) -> Result<(u8, u64), DecodeError> {
+        let initial = self.byte()?;
+        let (major, info) = (initial >> 5, initial & 0x1f);
+        let (arg, shortest) = match info {
+            0..=23 => (u64::from(info), true),
+            24 => {
+                let v = u64::from(self.byte()?);
+                (v, v >= 24)
+            }
+            25 => {
+                let v = u64::from(u16::from_be_bytes(self.be()?));
+                (v, v > 0xff)
+            }
+            26 => {
+                let v = u64::from(u32::from_be_bytes(self.be()?));
+                (v, v > 0xffff)
+            }
+            27 => {
+                let v = u64::from_be_bytes(self.be()?);
+                (v, v > 0xffff_ffff)
+            }
+            28..=30 => return Err(DecodeError::Malformed("reserved additional information")),
+            _ => return Err(DecodeError::Malformed("indefinite length or break")),
+        };
+        // Floats (major 7, info 25..=27) carry bits, not a length: no shortest rule.
+        if !shortest && major != SIMPLE {
+            return Err(DecodeError::Malformed("non-shortest head"));
+        }
+        Ok((major, arg))
+    }
+
+    /// Reads a length and checks that at least `per_item * len` bytes remain.
+    fn count(&self, arg: u64, per_item: usize) -> Result<usize, DecodeError> {
+        let len = usize::try_from(arg).map_err(|_| TRUNCATED)?;
+        match len.checked_mul(per_item) {
+            Some(need) if need <= self.remaining() => Ok(len),
+            _ => Err(TRUNCATED),
+        }
+    }
+
+    fn expect(
+        &mut self,
+        want: u8,
+        field: &'static str,
+        what: &'static str,
+    ) -> Result<u64, DecodeError> {
+        match self.head()? {
+            (major, arg) if major == want => Ok(arg),
+            _ => Err(FieldError::new(field, what).into()),
+        }
+    }
+
+    pub(crate) fn uint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.expect(UINT, field, "expected an unsigned integer")
+    }
+
+    pub(crate) fn int(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        let out_of_range = FieldError::new(field, "integer out of range");
+        match self.head()? {
+            (UINT, v) => i64::try_from(v).map_err(|_| out_of_range.into()),
+            // A negative integer encodes -1 - v.
+            (NINT, v) => i64::try_from(v).map(|v| -1 - v).map_err(|_| out_of_range.into()),
+            _ => Err(FieldError::new(field, "expected an integer").into()),
+        }
+    }
+
+    pub(crate) fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let arg = self.expect(BYTES, field, "expected a byte string")?;
+        let len = self.count(arg, 1)?;
+        self.take(len)
+    }
+
+    pub(crate) fn text(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+        let arg = self.expect(TEXT, field, "expected a text string")?;
+        let len = self.count(arg, 1)?;
+        core::str::from_utf8(self.take(len)?).map_err(|_| DecodeError::Malformed("invalid UTF-8"))
+    }
+
+    /// Reads an array head; every element takes at least one byte.
+    pub(crate) fn array(&mut self, field: &'static str) -> Result<usize, DecodeError> {
+        let arg = self.expect(ARRAY, field, "expected an array")?;
+        self.count(arg, 1)
+    }
+
+    /// Reads a map head; every entry takes at least two bytes.
+    pub(crate) fn map(&mut self, field: &'static str) -> Result<usize, DecodeError> {
+        let arg = self.expect(MAP, field, "expected a map")?;
+        self.count(arg, 2)
+    }
+
+    /// Reads a map key, which this protocol requires to be text.
+    pub(crate) fn key(&mut self) -> Result<&'a str, DecodeError> {
+        match self.head()? {
+            (TEXT, arg) => {
+                let len = self.count(arg, 1)?;
+                core::str::from_utf8(self.take(len)?)
+                    .map_err(|_| DecodeError::Malformed("invalid UTF-8"))
+            }
+            _ => Err(DecodeError::Malformed("map key is not a text string")),
+        }
+    }
+
+    /// Skips one well-formed item whose nesting level is `depth`, returning the
+    /// bytes it spans.
+    pub(crate) fn skip(&mut self, depth: usize) -> Result<&'a [u8], DecodeError> {
+        let start = self.pos;
+        let (major, arg) = self.head()?;
+        match major {
+            UINT | NINT | SIMPLE => {}
+            BYTES | TEXT => {
+                let len = self.count(arg, 1)?;
+                self.take(len)?;
+            }
+            ARRAY | MAP | TAG => {
+                if depth > MAX_DEPTH {
+                    return Err(DecodeError::TooDeep);
+                }
+                let items = match major {
+                    ARRAY => self.count(arg, 1)?,
+                    MAP => self.count(arg, 2)? * 2,
+                    _ => 1,
+                };
+                for _ in 0..items {
+                    self.skip(depth + 1)?;
+                }
+            }
+            _ => return Err(DecodeError::Malformed("unknown major type")),
+        }
+        self.buf.get(start..self.pos).ok_or(TRUNCATED)
+    }
+}
+
+/// A CBOR writer that always emits definite lengths and shortest heads.
+#[derive(Default)]
+pub(crate) struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn head(&mut self, major: u8, arg: u64) {
+        let m = major << 5;
+        if arg < 24 {
+            self.buf.push(m | arg as u8);
+        } else if arg <= 0xff {
+            self.buf.extend_from_slice(&[m | 24, arg as u8]);
+        } else if arg <= 0xffff {
+            self.buf.push(m | 25);
+            self.buf.extend_from_slice(&(arg as u16).to_be_bytes());
+        } else if arg <= 0xffff_ffff {
+            self.buf.push(m | 26);
+            self.buf.extend_from_slice(&(arg as u32).to_be_bytes());
+        } else {
+            self.buf.push(m | 27);
+            self.buf.extend_from_slice(&arg.to_be_bytes());
+        }
+    }
+
+    pub(crate) fn uint(&mut self, v: u64) {
+        self.head(UINT, v);
+    }
+
+    pub(crate) fn int(&mut self, v: i64) {
+        match u64::try_from(v) {
+            Ok(v) => self.head(UINT, v),
+            Err(_) => self.head(NINT, v.unsigned_abs() - 1),
+        }
+    }
+
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.head(BYTES, b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    pub(crate) fn text(&mut self, s: &str) {
+        self.head(TEXT, s.len() as u64);
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+
+    pub(crate) fn array(&mut self, len: usize) {
+        self.head(ARRAY, len as u64);
+    }
+
+    pub(crate) fn map(&mut self, len: usize) {
+        self.head(MAP, len as u64);
+    }
+
+    pub(crate) fn finish(self) -> Result<Vec<u8>, EncodeError> {
+        if self.buf.len() > MAX_MESSAGE_LEN {
+            return Err(EncodeError::TooLarge);
+        }
+        Ok(self.buf)
+    }
+}
+
+/// A value with a CBOR form in this protocol. `encode` refuses values that break
+/// the schema, and `decode` checks them, so both sides enforce the same rules.
+pub(crate) trait Field: Sized {
+    /// Appends the encoding of `self`.
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError>;
+    /// Reads one value; `field` names it in errors.
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError>;
+}
+
+impl Field for u64 {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.uint(*self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.uint(field)
+    }
+}
+
+impl Field for i64 {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.int(*self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.int(field)
+    }
+}
+
+impl Field for String {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.text(self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.text(field).map(String::from)
+    }
+}
+
+impl Field for Vec<u8> {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.bytes(self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.bytes(field).map(<[u8]>::to_vec)
+    }
+}
+
+/// A fixed-size byte string; any other length is refused.
+impl<const N: usize> Field for [u8; N] {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.bytes(self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.bytes(field)?
+            .try_into()
+            .map_err(|_| FieldError::new(field, "wrong byte string length").into())
+    }
+}
+
+/// An array of at most `MAX_LIST_LEN` values (tighter bounds are checked by
+/// the owning struct).
+impl<T: Field> Field for Vec<T> {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.array(self.len());
+        self.iter().try_for_each(|item| item.encode(w))
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        let len = r.array(field)?;
+        if len > MAX_LIST_LEN {
+            return Err(FieldError::new(field, "too many items").into());
+        }
+        // `len` is at most the bytes left (every item takes one) and at most
+        // MAX_LIST_LEN, so this reserves O(input), and saves regrowing.
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            items.push(T::decode(r, field)?);
+        }
+        Ok(items)
+    }
+}
+
+/// A text-to-text map (`metadata`) of at most [`MAX_METADATA_ENTRIES`] entries;
+/// a repeated key is refused.
+impl Field for BTreeMap<String, String> {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.map(self.len());
+        for (k, v) in self {
+            w.text(k);
+            w.text(v);
+        }
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        let len = r.map(field)?;
+        if len > MAX_METADATA_ENTRIES {
+            return Err(FieldError::new(field, "too many entries").into());
+        }
+        let mut map = BTreeMap::new();
+        for _ in 0..len {
+            let k = r.text(field)?;
+            let v = r.text(field)?;
+            if map.insert(String::from(k), String::from(v)).is_some() {
+                return Err(DecodeError::DuplicateField(field));
+            }
+        }
+        Ok(map)
+    }
+}
+
+impl Field for zeroize::Zeroizing<Vec<u8>> {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.bytes(self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.bytes(field).map(|b| zeroize::Zeroizing::new(b.to_vec()))
+    }
+}
+
+impl Field for zeroize::Zeroizing<String> {
+    fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
+        w.text(self);
+        Ok(())
+    }
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.text(field).map(|s| zeroize::Zeroizing::new(String::from(s)))
+    }
+}
+
+/// Stores a map entry's value, refusing a key seen before.
+pub(crate) fn set_once<T>(
+    slot: &mut Option<T>,
+    key: &'static str,
+    value: T,
+) -> Result<(), DecodeError> {
+    match slot.replace(value) {
+        Some(_) => Err(DecodeError::DuplicateField(key)),
+        None => Ok(()),
+    }
+}
+
+/// Encodes one value as a whole CBOR item (used for signed payloads).
+pub(crate) fn to_cbor<T: Field>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::default();
+    value.encode(&mut w)?;
+    w.finish()
+}
+
+/// Decodes exactly one CBOR item of type `T` from `bytes` (used for signed payloads).
+pub(crate) fn from_cbor<T: Field>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLarge);
+    }
+    // The structural pass bounds nesting before the typed pass reads anything.
+    Reader::new(bytes).skip(1)?;
+    let mut r = Reader::new(bytes);
+    let value = T::decode(&mut r, what)?;
+    if !r.at_end() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    Ok(value)
+}
+
+/// Declares a closed set of text values: the enum, its wire names and its codec.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire name.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// Parses a wire name; `None` if it is not in the set.
+            pub fn parse(name: &str) -> Option<$name> {
+                match name {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::cbor::Field for $name {
+            fn encode(
+                &self,
+                w: &mut $crate::cbor::Writer,
+            ) -> Result<(), $crate::cbor::FieldError> {
+                w.text(self.as_str());
+                Ok(())
+            }
+            fn decode(
+                r: &mut $crate::cbor::Reader<'_>,
+                field: &'static str,
+            ) -> Result<Self, $crate::cbor::DecodeError> {
+                let name = r.text(field)?;
+                $name::parse(name).ok_or(
+                    $crate::cbor::FieldError::new(field, "value not in the closed set").into(),
+                )
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+/// Declares a message body or payload: a struct encoded as a CBOR map with text
+/// keys equal to the field names. Required fields come first, then `optional`
+/// ones (which become `Option`s and are omitted when `None`). The struct must
+/// implement `Check`, which both encode and decode run.
+macro_rules! wire_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty, )*
+        }
+        $( optional {
+            $( $(#[$ometa:meta])* $ofield:ident : $oty:ty, )*
+        } )?
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+            $($( $(#[$ometa])* pub $ofield: Option<$oty>, )*)?
+        }
+
+        impl $crate::cbor::Field for $name {
+            fn encode(
+                &self,
+                w: &mut $crate::cbor::Writer,
+            ) -> Result<(), $crate::cbor::FieldError> {
+                $crate::cbor::Check::check(self)?;
+                let len = [$(stringify!($field)),*].len()
+                    $($( + usize::from(self.$ofield.is_some()) )*)?;
+                w.map(len);
+                $(
+                    w.text(stringify!($field));
+                    self.$field.encode(w)?;
+                )*
+                $($(
+                    if let Some(value) = &self.$ofield {
+                        w.text(stringify!($ofield));
+                        value.encode(w)?;
+                    }
+                )*)?
+                Ok(())
+            }
+
+            fn decode(
+                r: &mut $crate::cbor::Reader<'_>,
+                field: &'static str,
+            ) -> Result<Self, $crate::cbor::DecodeError> {
+                use $crate::cbor::DecodeError;
+                $( let mut $field: Option<$ty> = None; )*
+                $($( let mut $ofield: Option<$oty> = None; )*)?
+                let len = r.map(field)?;
+                for _ in 0..len {
+                    match r.key()? {
+                        $(
+                            stringify!($field) => {
+                                let value = <$ty>::decode(r, stringify!($field))?;
+                                $crate::cbor::set_once(&mut $field, stringify!($field), value)?;
+                            }
+                        )*
+                        $($(
+                            stringify!($ofield) => {
+                                let value = <$oty>::decode(r, stringify!($ofield))?;
+                                $crate::cbor::set_once(&mut $ofield, stringify!($ofield), value)?;
+                            }
+                        )*)?
+                        _ => return Err(DecodeError::UnknownField),
+                    }
+                }
+                let value = $name {
+                    $( $field: $field.ok_or(DecodeError::MissingField(stringify!($field)))?, )*
+                    $($( $ofield, )*)?
+                };
+                $crate::cbor::Check::check(&value)?;
+                Ok(value)
+            }
+        }
+    };
+}
+pub(crate) use wire_struct;
+
+/// The schema rules of a struct that its CBOR shape alone does not express.
+pub(crate) trait Check {
+    /// Returns the first field that breaks a rule.
+    fn check(&self) -> Result<(), FieldError>;
+}
