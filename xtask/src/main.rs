@@ -3,7 +3,7 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 mod xen_harness;
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     };
     let rest = &args[1..];
     let result = match cmd.as_str() {
-        "test" => test(),
+        "test" => test(rest.iter().any(|a| a == "--plan")),
         "build" => match target_arg(rest) {
             Ok(Target::Host) => build(rest.iter().any(|a| a == "--release")),
             Ok(Target::Xen) => build_xen().map(|_| ()),
@@ -215,22 +215,41 @@ fn build(release: bool) -> Result<(), String> {
     build_no_std(release)
 }
 
-/// Debian packages the tests run, as (binary, package).
-const TEST_TOOLS: &[(&str, &str)] = &[
-    ("cryptsetup", "cryptsetup-bin"),
-    ("oathtool", "oathtool"),
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("readelf", "binutils"),
-];
+/// A Debian package a command needs, and how to tell it is installed: the
+/// probe (a program and its arguments) must run and exit 0.
+pub(crate) struct Tool {
+    probe: &'static [&'static str],
+    package: &'static str,
+}
 
-fn have(binary: &str) -> bool {
-    Command::new(binary).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+pub(crate) const CRYPTSETUP: Tool =
+    Tool { probe: &["cryptsetup", "--version"], package: "cryptsetup-bin" };
+pub(crate) const OATHTOOL: Tool = Tool { probe: &["oathtool", "--version"], package: "oathtool" };
+pub(crate) const QEMU: Tool =
+    Tool { probe: &["qemu-system-x86_64", "--version"], package: "qemu-system-x86" };
+const READELF: Tool = Tool { probe: &["readelf", "--version"], package: "binutils" };
+/// `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
+const PYTHON_VENV: Tool =
+    Tool { probe: &["python3", "-c", "import venv, ensurepip"], package: "python3-venv" };
+
+/// Debian packages `cargo xtask test` runs.
+const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, READELF, PYTHON_VENV];
+
+fn probe(tool: &Tool) -> bool {
+    let Some((program, args)) = tool.probe.split_first() else { return false };
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Installs missing Debian packages when running as root (as on CI and our
 /// dev machines); otherwise says exactly what to install.
-fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> = tools.iter().filter(|(b, _)| !have(b)).map(|(_, p)| *p).collect();
+pub(crate) fn ensure_tools(tools: &[Tool]) -> Result<(), String> {
+    let missing: Vec<&str> = tools.iter().filter(|t| !probe(t)).map(|t| t.package).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -252,19 +271,146 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
     )
 }
 
-fn test() -> Result<(), String> {
-    let start = Instant::now();
-    ensure_tools(TEST_TOOLS)?;
-    run("cargo test --workspace", cargo().args(["test", "--workspace", "--all-targets"]))?;
-    // Doc tests are not part of --all-targets.
-    run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"]))?;
-    build_no_std(false)?;
-    build_xen()?;
+/// The rustup components the test gates run (a `minimal` rustup profile has
+/// neither).
+const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
+
+fn ensure_components() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup: {e}"))?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.split('-').next() == Some(*c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     run(
-        "cargo clippy --workspace --all-targets -D warnings",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
-    )?;
-    interop()?;
+        &format!("rustup component add {}", missing.join(" ")),
+        Command::new("rustup").args(["component", "add"]).args(&missing),
+    )
+}
+
+/// What a stage of `cargo xtask test` needs installed before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// The `x86_64-unknown-none` standard library (rustup target).
+    GuestTarget,
+    /// clippy and rustfmt.
+    Components,
+    /// The Debian packages of [`TEST_TOOLS`].
+    DebianTools,
+    /// The Python venv with pycose (under `target/py`).
+    PythonEnv,
+}
+
+/// One stage of `cargo xtask test`: what it needs, what it installs.
+struct Stage {
+    name: &'static str,
+    needs: &'static [Need],
+    gives: &'static [Need],
+    run: fn() -> Result<(), String>,
+}
+
+/// `cargo xtask test`, in order. Setup stages come first so that nothing
+/// (notably `crates/xen/tests/qemu_boot.rs`, which builds the hello guest
+/// for the guest target) runs before what it uses is installed;
+/// [`plan_order_error`] checks that and a unit test runs it.
+const TEST_STAGES: &[Stage] = &[
+    Stage {
+        name: "rustup: the guest target and clippy, rustfmt",
+        needs: &[],
+        gives: &[Need::GuestTarget, Need::Components],
+        run: || ensure_guest_target().and_then(|()| ensure_components()),
+    },
+    Stage {
+        name: "Debian packages (cryptsetup-bin, oathtool, qemu-system-x86, binutils, python3-venv)",
+        needs: &[],
+        gives: &[Need::DebianTools],
+        run: || ensure_tools(TEST_TOOLS),
+    },
+    Stage {
+        name: "Python venv target/py (pycose, cbor2)",
+        needs: &[Need::DebianTools],
+        gives: &[Need::PythonEnv],
+        run: || python_env().map(|_| ()),
+    },
+    Stage {
+        name: "cargo test --workspace --all-targets",
+        // crates/xen/tests/qemu_boot.rs builds `hello` for the guest target
+        // and boots it in QEMU; the CLI tests run cryptsetup and oathtool.
+        needs: &[Need::GuestTarget, Need::DebianTools],
+        gives: &[],
+        run: || {
+            run("cargo test --workspace", cargo().args(["test", "--workspace", "--all-targets"]))
+        },
+    },
+    Stage {
+        name: "cargo test --workspace --doc",
+        needs: &[],
+        gives: &[],
+        // Doc tests are not part of --all-targets.
+        run: || run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"])),
+    },
+    Stage {
+        name: "no_std crates for x86_64-unknown-none",
+        needs: &[Need::GuestTarget],
+        gives: &[],
+        run: || build_no_std(false),
+    },
+    Stage {
+        name: "guest images (PVH)",
+        needs: &[Need::GuestTarget, Need::DebianTools],
+        gives: &[],
+        run: || build_xen().map(|_| ()),
+    },
+    Stage {
+        name: "cargo clippy --workspace --all-targets -D warnings",
+        needs: &[Need::Components],
+        gives: &[],
+        run: || {
+            run(
+                "cargo clippy --workspace --all-targets -D warnings",
+                cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            )
+        },
+    },
+    Stage { name: "pycose interop", needs: &[Need::PythonEnv], gives: &[], run: interop },
+];
+
+/// The first stage that runs before something it needs is installed.
+fn plan_order_error(stages: &[Stage]) -> Option<String> {
+    let mut have: Vec<Need> = Vec::new();
+    for s in stages {
+        if let Some(n) = s.needs.iter().find(|n| !have.contains(n)) {
+            return Some(format!(
+                "stage `{}` needs {n:?}, which no earlier stage installs",
+                s.name
+            ));
+        }
+        have.extend_from_slice(s.gives);
+    }
+    None
+}
+
+fn test(plan_only: bool) -> Result<(), String> {
+    if let Some(e) = plan_order_error(TEST_STAGES) {
+        return Err(format!("test plan out of order: {e}"));
+    }
+    if plan_only {
+        for (i, s) in TEST_STAGES.iter().enumerate() {
+            println!("{:>2}. {}  (needs {:?}, installs {:?})", i + 1, s.name, s.needs, s.gives);
+        }
+        return Ok(());
+    }
+    let start = Instant::now();
+    for s in TEST_STAGES {
+        (s.run)()?;
+    }
     println!("all tests passed in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -320,7 +466,10 @@ fn interop() -> Result<(), String> {
 const GUESTS: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 fn demo(args: &[String]) -> Result<(), String> {
-    ensure_tools(&[("cryptsetup", "cryptsetup-bin")])?;
+    ensure_tools(&[CRYPTSETUP])?;
+    if args.iter().any(|a| a == "--oathtool") {
+        ensure_tools(&[OATHTOOL])?;
+    }
     let mut c = cargo();
     c.args(["build", "--release", "-p", "portcullis-cli"]);
     for g in GUESTS {
@@ -401,9 +550,40 @@ fn fuzz(seconds: u64) -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let start = Instant::now();
-    test()?;
+    test(false)?;
     let secs = env::var("PORTCULLIS_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     fuzz(secs)?;
     println!("ci finished in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_test_stage_runs_after_what_it_needs_is_installed() {
+        assert_eq!(plan_order_error(TEST_STAGES), None);
+    }
+
+    #[test]
+    fn the_plan_check_rejects_the_old_order() {
+        // Before the fix, the workspace tests (qemu_boot builds for the guest
+        // target) ran before `rustup target add`.
+        fn ok() -> Result<(), String> {
+            Ok(())
+        }
+        let old = [
+            Stage { name: "tools", needs: &[], gives: &[Need::DebianTools], run: ok },
+            Stage {
+                name: "cargo test",
+                needs: &[Need::GuestTarget, Need::DebianTools],
+                gives: &[],
+                run: ok,
+            },
+            Stage { name: "target", needs: &[], gives: &[Need::GuestTarget], run: ok },
+        ];
+        let e = plan_order_error(&old).expect("misordered plan accepted");
+        assert!(e.contains("cargo test") && e.contains("GuestTarget"), "{e}");
+    }
 }

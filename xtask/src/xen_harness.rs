@@ -251,7 +251,7 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
         println!("    cached: {}", out.display());
         return Ok(out);
     }
-    crate::ensure_tools(&[("cryptsetup", "cryptsetup-bin")])?;
+    crate::ensure_tools(&[crate::CRYPTSETUP])?;
     run(
         "build portcullis CLI",
         crate::cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
@@ -652,7 +652,7 @@ fn qemu_needs_smap_off() -> Result<bool, String> {
 /// Ok only when dom0 reported success.
 pub fn boot(rest: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
-    crate::ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    crate::ensure_tools(&[crate::QEMU])?;
     let image = xen_image()?;
     let image_secs = t0.elapsed().as_secs_f64();
     let mut xen_args = XEN_ARGS.to_string();
