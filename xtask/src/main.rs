@@ -19,48 +19,181 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  test               unit, property, schema and interop tests; no_std target builds; clippy
-  build [--release]  build the workspace (host tools) and the no_std crates for the guest target
+  test [--plan]      unit, property, schema and interop tests; no_std target builds; clippy
+                     (--plan: print the stages in order and what each needs, run nothing)
+  build [--release] [--target hosted]
+                     build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked, sizes printed
   xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
   boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
+                     (ARGS are added to dom0's kernel command line)
   bench              run the benchmarks and print their figures
   fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
                      (ARGS go to `portcullis demo`, e.g. --totp-from-secret, --scenario full)
   interop            only the Python (pycose) token interop check
-  ci                 what CI runs: test, then fuzz for the CI budget
+  ci                 test, then fuzz for PORTCULLIS_FUZZ_SECONDS (default 60) each
+
+Usage errors exit 2; a failed step exits 1.
 ";
+
+/// A parsed `cargo xtask` command line.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd {
+    Test {
+        plan: bool,
+    },
+    Build {
+        release: bool,
+    },
+    BuildXen,
+    XenImage,
+    /// Kernel arguments for dom0 (after `--`).
+    Boot(Vec<String>),
+    Bench,
+    Fuzz {
+        seconds: u64,
+    },
+    Interop,
+    /// Arguments for `portcullis demo`, which validates them itself.
+    Demo(Vec<String>),
+    Ci,
+    Help,
+}
+
+/// Parses the arguments after `cargo xtask`; an `Err` is a usage error.
+fn parse(args: &[String]) -> Result<Cmd, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        return Err("no command given".into());
+    };
+    let mut flags = Flags { cmd, rest, at: 0 };
+    let parsed = match cmd.as_str() {
+        "test" => Cmd::Test { plan: flags.switch("--plan")? },
+        "build" => {
+            let release = flags.switch("--release")?;
+            match flags.value("--target")?.as_deref() {
+                None | Some("hosted") | Some("host") => Cmd::Build { release },
+                Some("xen") if release => {
+                    return Err("build --target xen always uses the `guest` profile; \
+                                drop --release"
+                        .into())
+                }
+                Some("xen") => Cmd::BuildXen,
+                Some(other) => {
+                    return Err(format!("build: --target must be xen or hosted, not `{other}`"))
+                }
+            }
+        }
+        "xen-image" => Cmd::XenImage,
+        "boot" => {
+            return match rest.split_first() {
+                None => Ok(Cmd::Boot(Vec::new())),
+                Some((dash, pass)) if dash == "--" => Ok(Cmd::Boot(pass.to_vec())),
+                Some((other, _)) => {
+                    Err(format!("boot: unexpected `{other}` (dom0 kernel arguments go after `--`)"))
+                }
+            }
+        }
+        "bench" => Cmd::Bench,
+        "fuzz" => {
+            let seconds = match flags.value("--seconds")? {
+                None => 60,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("fuzz: --seconds needs a whole number, not `{v}`"))?,
+            };
+            Cmd::Fuzz { seconds }
+        }
+        "interop" => Cmd::Interop,
+        "demo" => return Ok(Cmd::Demo(rest.to_vec())),
+        "ci" => Cmd::Ci,
+        "help" | "-h" | "--help" => Cmd::Help,
+        other => return Err(format!("unknown command `{other}`")),
+    };
+    flags.finish()?;
+    Ok(parsed)
+}
+
+/// The flags after a command: each lookup marks what it consumed; `finish`
+/// rejects whatever is left.
+struct Flags<'a> {
+    cmd: &'a str,
+    rest: &'a [String],
+    /// Bit i set: `rest[i]` was consumed (commands have a handful of flags).
+    at: u64,
+}
+
+impl Flags<'_> {
+    fn find(&self, flag: &str) -> Result<Option<usize>, String> {
+        let mut hits = self.rest.iter().enumerate().filter(|(_, a)| *a == flag).map(|(i, _)| i);
+        let first = hits.next();
+        if hits.next().is_some() {
+            return Err(format!("{}: {flag} given twice", self.cmd));
+        }
+        Ok(first)
+    }
+
+    fn take(&mut self, i: usize) {
+        if i < 64 {
+            self.at |= 1 << i;
+        }
+    }
+
+    fn switch(&mut self, flag: &str) -> Result<bool, String> {
+        let i = self.find(flag)?;
+        if let Some(i) = i {
+            self.take(i);
+        }
+        Ok(i.is_some())
+    }
+
+    fn value(&mut self, flag: &str) -> Result<Option<String>, String> {
+        let Some(i) = self.find(flag)? else { return Ok(None) };
+        let v = self
+            .rest
+            .get(i + 1)
+            .filter(|v| !v.starts_with("--"))
+            .ok_or_else(|| format!("{}: {flag} needs a value", self.cmd))?;
+        self.take(i);
+        self.take(i + 1);
+        Ok(Some(v.clone()))
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.rest.len() > 64 {
+            return Err(format!("{}: too many arguments", self.cmd));
+        }
+        match (0..self.rest.len()).find(|i| self.at & (1 << i) == 0) {
+            None => Ok(()),
+            Some(i) => Err(format!("{}: unknown argument `{}`", self.cmd, self.rest[i])),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
+    let cmd = match parse(&args) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprint!("xtask: usage error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    let rest = &args[1..];
-    let result = match cmd.as_str() {
-        "test" => test(rest.iter().any(|a| a == "--plan")),
-        "build" => match target_arg(rest) {
-            Ok(Target::Host) => build(rest.iter().any(|a| a == "--release")),
-            Ok(Target::Xen) => build_xen().map(|_| ()),
-            Err(e) => Err(e),
-        },
-        "xen-image" => xen_harness::xen_image().map(|_| ()),
-        "boot" => xen_harness::boot(rest),
-        "bench" => bench(),
-        "fuzz" => match seconds_arg(rest, 60) {
-            Ok(secs) => fuzz(secs),
-            Err(e) => Err(e),
-        },
-        "interop" => interop(),
-        "demo" => demo(rest),
-        "ci" => ci(),
-        "help" | "-h" | "--help" => {
+    let result = match cmd {
+        Cmd::Test { plan } => test(plan),
+        Cmd::Build { release } => build(release),
+        Cmd::BuildXen => build_xen().map(|_| ()),
+        Cmd::XenImage => xen_harness::xen_image().map(|_| ()),
+        Cmd::Boot(dom0_args) => xen_harness::boot(&dom0_args),
+        Cmd::Bench => bench(),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Interop => interop(),
+        Cmd::Demo(args) => demo(&args),
+        Cmd::Ci => ci(),
+        Cmd::Help => {
             print!("{USAGE}");
             Ok(())
         }
-        other => Err(format!("unknown command `{other}`\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,22 +201,6 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-enum Target {
-    Host,
-    Xen,
-}
-
-fn target_arg(rest: &[String]) -> Result<Target, String> {
-    match rest.iter().position(|a| a == "--target") {
-        None => Ok(Target::Host),
-        Some(i) => match rest.get(i + 1).map(String::as_str) {
-            Some("xen") => Ok(Target::Xen),
-            Some("hosted") | Some("host") => Ok(Target::Host),
-            other => Err(format!("--target must be xen or hosted, not {other:?}")),
-        },
     }
 }
 
@@ -138,16 +255,6 @@ fn pvh_entry(path: &Path) -> Result<u64, String> {
         }
     }
     Err(format!("{}: no XEN_ELFNOTE_PHYS32_ENTRY note: not a PVH image", path.display()))
-}
-
-fn seconds_arg(rest: &[String], default: u64) -> Result<u64, String> {
-    match rest.iter().position(|a| a == "--seconds") {
-        None => Ok(default),
-        Some(i) => rest
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| "--seconds needs a whole number".to_string()),
-    }
 }
 
 fn root() -> PathBuf {
@@ -560,6 +667,57 @@ fn ci() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_str(line: &str) -> Result<Cmd, String> {
+        parse(&line.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn each_command_takes_its_own_flags() {
+        assert_eq!(parse_str("test"), Ok(Cmd::Test { plan: false }));
+        assert_eq!(parse_str("test --plan"), Ok(Cmd::Test { plan: true }));
+        assert_eq!(parse_str("build"), Ok(Cmd::Build { release: false }));
+        assert_eq!(parse_str("build --release"), Ok(Cmd::Build { release: true }));
+        assert_eq!(parse_str("build --target hosted --release"), Ok(Cmd::Build { release: true }));
+        assert_eq!(parse_str("build --target xen"), Ok(Cmd::BuildXen));
+        assert_eq!(parse_str("fuzz"), Ok(Cmd::Fuzz { seconds: 60 }));
+        assert_eq!(parse_str("fuzz --seconds 5"), Ok(Cmd::Fuzz { seconds: 5 }));
+        assert_eq!(parse_str("boot"), Ok(Cmd::Boot(vec![])));
+        assert_eq!(
+            parse_str("boot -- a=1 --b"),
+            Ok(Cmd::Boot(vec!["a=1".to_string(), "--b".to_string()]))
+        );
+        assert_eq!(
+            parse_str("demo --scenario full --whatever"),
+            Ok(Cmd::Demo(vec!["--scenario".into(), "full".into(), "--whatever".into()]))
+        );
+        assert_eq!(parse_str("--help"), Ok(Cmd::Help));
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_usage_errors() {
+        for (line, says) in [
+            ("", "no command"),
+            ("tset", "unknown command `tset`"),
+            ("test --release", "unknown argument `--release`"),
+            ("test --plan --plan", "--plan given twice"),
+            ("build --relase", "unknown argument `--relase`"),
+            ("build --target", "--target needs a value"),
+            ("build --target arm", "not `arm`"),
+            ("build --target xen --release", "drop --release"),
+            ("bench --seconds 5", "unknown argument `--seconds`"),
+            ("fuzz --seconds", "--seconds needs a value"),
+            ("fuzz --seconds ten", "not `ten`"),
+            ("fuzz 10", "unknown argument `10`"),
+            ("boot --shell", "unexpected `--shell`"),
+            ("ci extra", "unknown argument `extra`"),
+        ] {
+            match parse_str(line) {
+                Err(e) => assert!(e.contains(says), "`{line}`: {e}"),
+                Ok(c) => panic!("`{line}` parsed as {c:?}"),
+            }
+        }
+    }
 
     #[test]
     fn every_test_stage_runs_after_what_it_needs_is_installed() {

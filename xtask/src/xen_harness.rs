@@ -648,9 +648,9 @@ fn qemu_needs_smap_off() -> Result<bool, String> {
     Ok(major < 8)
 }
 
-/// `cargo xtask boot [--shell] [-- DOM0-ARGS]`: boots the image, returns
-/// Ok only when dom0 reported success.
-pub fn boot(rest: &[String]) -> Result<(), String> {
+/// `cargo xtask boot [-- DOM0-ARGS]`: boots the image, returns Ok only when
+/// dom0 reported success. `dom0_extra` is added to dom0's command line.
+pub fn boot(dom0_extra: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
     crate::ensure_tools(&[crate::QEMU])?;
     let image = xen_image()?;
@@ -659,8 +659,6 @@ pub fn boot(rest: &[String]) -> Result<(), String> {
     if qemu_needs_smap_off()? {
         xen_args.push_str(" smap=0");
     }
-    let dom0_extra: Vec<&str> =
-        rest.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
     let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
     let log_path = work_dir().join("boot.log");
     let mut log =
