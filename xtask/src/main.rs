@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point for building, testing, fuzzing and
 //! benchmarking Portcullis. The justfile and `.ci/run` only call into this.
+#![forbid(unsafe_code)]
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -162,10 +162,13 @@ impl Mapping {
     pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
         let in_bounds = off.checked_add(8).is_some_and(|end| end <= self.len);
         assert!(off % 8 == 0 && in_bounds, "bad 64-bit word at {off}");
-        // SAFETY: `off..off + 8` is inside the page-aligned mapping and
+        // SAFETY: `off + 8 <= len` (checked above), so `ptr + off` stays
+        // inside the one mapping this value owns.
+        let word = unsafe { self.ptr.as_ptr().add(off) }.cast::<AtomicU64>();
+        // SAFETY: `word..word + 8` is inside the page-aligned mapping and
         // 8-aligned; the reference lives no longer than `self`, and all
         // accesses are atomic (see `words`).
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+        unsafe { &*word }
     }
 }
 

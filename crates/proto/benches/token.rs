@@ -1,6 +1,8 @@
 //! Token costs: raw Ed25519 sign and `verify_strict`, token mint, token verify.
 //!
 //! `cargo bench -p portcullis-proto --bench token`
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use ed25519_dalek::{Signer, SigningKey};
