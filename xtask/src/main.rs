@@ -448,6 +448,18 @@ const TEST_STAGES: &[Stage] = &[
         run: || python_env().map(|_| ()),
     },
     Stage {
+        name: "gate: cargo fmt --check (workspace and fuzz/)",
+        needs: &[Need::Components],
+        gives: &[],
+        run: gate_fmt,
+    },
+    Stage {
+        name: "gate: unsafe code only where allowed",
+        needs: &[],
+        gives: &[],
+        run: gate_unsafe,
+    },
+    Stage {
         name: "cargo test --workspace --all-targets",
         // crates/xen/tests/qemu_boot.rs builds `hello` for the guest target
         // and boots it in QEMU; the CLI tests run cryptsetup and oathtool.
@@ -487,8 +499,133 @@ const TEST_STAGES: &[Stage] = &[
             )
         },
     },
+    Stage {
+        name: "gate: clippy -D warnings for x86_64-unknown-none (no_std crates, xen, guests)",
+        needs: &[Need::GuestTarget, Need::Components],
+        gives: &[],
+        run: gate_clippy_guest,
+    },
+    Stage {
+        name: "gate: cargo doc -D warnings (host and guest target)",
+        needs: &[Need::GuestTarget],
+        gives: &[],
+        run: gate_doc,
+    },
     Stage { name: "pycose interop", needs: &[Need::PythonEnv], gives: &[], run: interop },
 ];
+
+fn gate_fmt() -> Result<(), String> {
+    run("cargo fmt --all --check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "cargo fmt --all --check (fuzz/)",
+        cargo().args(["fmt", "--all", "--check", "--manifest-path", "fuzz/Cargo.toml"]),
+    )
+}
+
+/// Crates linted for the guest target: everything that runs in a guest.
+const GUEST_TARGET_CRATES: &[&str] = &[
+    "portcullis-proto",
+    "portcullis-authority",
+    "portcullis-vchan",
+    "portcullis-platform",
+    "portcullis-apps",
+    "portcullis-guest",
+    "portcullis-xen",
+    "entropyd",
+    "cryptod",
+    "unlocker",
+    "policy_pd",
+    "hello",
+];
+
+fn gate_clippy_guest() -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["clippy", "--target", GUEST_TARGET]);
+    for k in GUEST_TARGET_CRATES {
+        c.args(["-p", k]);
+    }
+    c.args(["--", "-D", "warnings"]);
+    run(&format!("cargo clippy --target {GUEST_TARGET} -D warnings"), &mut c)
+}
+
+fn gate_doc() -> Result<(), String> {
+    run(
+        "cargo doc --no-deps --workspace (RUSTDOCFLAGS=-D warnings)",
+        cargo().env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--no-deps", "--workspace"]),
+    )?;
+    // crates/xen and the guest half of crates/guest only exist on the target.
+    let mut c = cargo();
+    c.env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--no-deps", "--target", GUEST_TARGET]);
+    for k in GUEST_TARGET_CRATES.iter().filter(|k| k.starts_with("portcullis-")) {
+        c.args(["-p", k]);
+    }
+    run(&format!("cargo doc --no-deps --target {GUEST_TARGET} (RUSTDOCFLAGS=-D warnings)"), &mut c)
+}
+
+/// Crate roots allowed `unsafe`, and the one attribute that allows it.
+const UNSAFE_ROOTS: &[(&str, &str)] = &[
+    ("crates/xen/src/lib.rs", "#![allow(unsafe_code)]"),
+    ("crates/hosted/src/lib.rs", "#[allow(unsafe_code)]\nmod sys;"),
+];
+
+/// Why a crate root breaks the unsafe-code scheme of docs/design.md, if it
+/// does: roots in [`UNSAFE_ROOTS`] allow unsafe exactly as listed there,
+/// every other root says `forbid(unsafe_code)` and allows it nowhere.
+fn unsafe_root_error(path: &str, text: &str) -> Option<String> {
+    // Attributes only: lines that start with `#`, not strings or comments.
+    let attrs = |needle: &str| {
+        text.lines().filter(|l| l.trim_start().starts_with('#') && l.contains(needle)).count()
+    };
+    let allows = attrs("allow(unsafe_code)");
+    match UNSAFE_ROOTS.iter().find(|(p, _)| *p == path) {
+        Some((_, attr)) if !text.contains(attr) => {
+            Some(format!("{path}: must allow unsafe code as `{attr}`"))
+        }
+        Some((_, attr)) if !attr.starts_with("#!") && attrs("#![allow(unsafe_code)]") > 0 => {
+            Some(format!("{path}: allows unsafe code crate-wide, not only as `{attr}`"))
+        }
+        Some(_) => None,
+        None if attrs("forbid(unsafe_code)") == 0 => {
+            Some(format!("{path}: crate root without `#![forbid(unsafe_code)]`"))
+        }
+        None if allows > 0 => Some(format!("{path}: allows unsafe code")),
+        None => None,
+    }
+}
+
+/// Every crate root of the workspace, relative to the root.
+fn crate_roots() -> Result<Vec<String>, String> {
+    let mut roots = Vec::new();
+    for dir in ["crates", "guests"] {
+        let entries = std::fs::read_dir(root().join(dir)).map_err(|e| format!("{dir}: {e}"))?;
+        for entry in entries.flatten() {
+            for file in ["src/lib.rs", "src/main.rs"] {
+                let rel = format!("{dir}/{}/{file}", entry.file_name().to_string_lossy());
+                if root().join(&rel).is_file() {
+                    roots.push(rel);
+                }
+            }
+        }
+    }
+    roots.push("xtask/src/main.rs".into());
+    roots.sort();
+    Ok(roots)
+}
+
+fn gate_unsafe() -> Result<(), String> {
+    println!("==> unsafe code only in crates/xen and crates/hosted's sys module");
+    let mut errors = Vec::new();
+    for rel in crate_roots()? {
+        let text = std::fs::read_to_string(root().join(&rel)).map_err(|e| format!("{rel}: {e}"))?;
+        errors.extend(unsafe_root_error(&rel, &text));
+    }
+    if errors.is_empty() {
+        println!("<== unsafe code: ok");
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
 
 /// The first stage that runs before something it needs is installed.
 fn plan_order_error(stages: &[Stage]) -> Option<String> {
@@ -717,6 +854,34 @@ mod tests {
                 Err(e) => assert!(e.contains(says), "`{line}`: {e}"),
                 Ok(c) => panic!("`{line}` parsed as {c:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn crate_roots_must_forbid_unsafe_unless_listed() {
+        let forbid = "//! doc\n#![forbid(unsafe_code)]\n";
+        assert_eq!(unsafe_root_error("crates/proto/src/lib.rs", forbid), None);
+        assert!(unsafe_root_error("crates/proto/src/lib.rs", "//! doc\n").is_some());
+        assert!(unsafe_root_error(
+            "crates/proto/src/lib.rs",
+            "#![forbid(unsafe_code)]\n#[allow(unsafe_code)]\nmod x;"
+        )
+        .is_some());
+        let hosted = "//! doc\n#[allow(unsafe_code)]\nmod sys;\nmod world;\n";
+        assert_eq!(unsafe_root_error("crates/hosted/src/lib.rs", hosted), None);
+        let wide = "#![allow(unsafe_code)]\n#[allow(unsafe_code)]\nmod sys;\n";
+        assert!(unsafe_root_error("crates/hosted/src/lib.rs", wide).is_some());
+        assert!(unsafe_root_error("crates/hosted/src/lib.rs", "#![allow(unsafe_code)]").is_some());
+        assert_eq!(unsafe_root_error("crates/xen/src/lib.rs", "#![allow(unsafe_code)]\n"), None);
+    }
+
+    #[test]
+    fn the_workspace_crate_roots_pass_the_unsafe_gate() {
+        let roots = crate_roots().unwrap();
+        assert!(roots.len() >= 15, "{roots:?}");
+        for rel in roots {
+            let text = std::fs::read_to_string(root().join(&rel)).unwrap();
+            assert_eq!(unsafe_root_error(&rel, &text), None);
         }
     }
 

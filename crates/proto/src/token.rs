@@ -2,9 +2,13 @@
 //! is a CWT claims set (RFC 8392). `protocol/token.md` is the normative
 //! specification; this module implements it.
 //!
-//! [`mint`] is used by cryptod. [`verify`] is used by every consumer: it runs
-//! the checks in a fixed order and returns exactly one [`VerifyError`] for the
-//! first check that fails. [`inspect`] parses without verifying, for tools.
+//! [`mint`](crate::token::mint) is used by cryptod.
+//! [`verify`](crate::token::verify) is used by every consumer: it runs the
+//! checks in a fixed order and returns exactly one
+//! [`VerifyError`](crate::token::VerifyError) for the first check that fails.
+//! [`inspect`](crate::token::inspect) parses without verifying, for tools.
+//! (Full paths: the outer doc on `pub mod token` makes rustdoc resolve these
+//! links from the crate root.)
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
