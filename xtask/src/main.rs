@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod msrv;
 mod xen_harness;
 
 /// Crates that must build for the bare-metal guest target.
@@ -458,6 +459,12 @@ const TEST_STAGES: &[Stage] = &[
         needs: &[],
         gives: &[],
         run: gate_unsafe,
+    },
+    Stage {
+        name: "gate: MSRV (declared rust-version vs dependencies and rustc)",
+        needs: &[],
+        gives: &[],
+        run: msrv::gate,
     },
     Stage {
         name: "cargo test --workspace --all-targets",
