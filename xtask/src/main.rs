@@ -228,35 +228,12 @@ fn build_xen() -> Result<Vec<PathBuf>, String> {
     Ok(images)
 }
 
-/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address, read with `readelf -n`.
+/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address of an image.
 fn pvh_entry(path: &Path) -> Result<u64, String> {
-    let out = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("readelf (apt-get install binutils): {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    while let Some(l) = lines.next() {
-        if l.trim_start().starts_with("Xen") && l.contains("(0x00000012)") {
-            let data = lines.next().unwrap_or("");
-            let bytes: Vec<u8> = data
-                .split(':')
-                .nth(1)
-                .unwrap_or("")
-                .split_whitespace()
-                .filter_map(|b| u8::from_str_radix(b, 16).ok())
-                .collect();
-            if bytes.len() >= 4 {
-                let mut v = 0u64;
-                for (i, b) in bytes.iter().take(8).enumerate() {
-                    v |= u64::from(*b) << (8 * i);
-                }
-                return Ok(v);
-            }
-        }
-    }
-    Err(format!("{}: no XEN_ELFNOTE_PHYS32_ENTRY note: not a PVH image", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    portcullis_elfnote::Elf::parse(&bytes)
+        .and_then(|elf| elf.pvh_entry())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn root() -> PathBuf {
@@ -336,13 +313,12 @@ pub(crate) const CRYPTSETUP: Tool =
 pub(crate) const OATHTOOL: Tool = Tool { probe: &["oathtool", "--version"], package: "oathtool" };
 pub(crate) const QEMU: Tool =
     Tool { probe: &["qemu-system-x86_64", "--version"], package: "qemu-system-x86" };
-const READELF: Tool = Tool { probe: &["readelf", "--version"], package: "binutils" };
 /// `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
 const PYTHON_VENV: Tool =
     Tool { probe: &["python3", "-c", "import venv, ensurepip"], package: "python3-venv" };
 
 /// Debian packages `cargo xtask test` runs.
-const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, READELF, PYTHON_VENV];
+const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, PYTHON_VENV];
 
 fn probe(tool: &Tool) -> bool {
     let Some((program, args)) = tool.probe.split_first() else { return false };
@@ -437,7 +413,7 @@ const TEST_STAGES: &[Stage] = &[
         run: || ensure_guest_target().and_then(|()| ensure_components()),
     },
     Stage {
-        name: "Debian packages (cryptsetup-bin, oathtool, qemu-system-x86, binutils, python3-venv)",
+        name: "Debian packages (cryptsetup-bin, oathtool, qemu-system-x86, python3-venv)",
         needs: &[],
         gives: &[Need::DebianTools],
         run: || ensure_tools(TEST_TOOLS),
@@ -491,7 +467,7 @@ const TEST_STAGES: &[Stage] = &[
     },
     Stage {
         name: "guest images (PVH)",
-        needs: &[Need::GuestTarget, Need::DebianTools],
+        needs: &[Need::GuestTarget],
         gives: &[],
         run: || build_xen().map(|_| ()),
     },
