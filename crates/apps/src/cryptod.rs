@@ -136,7 +136,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
             persist(p, &mut auth, &kek, &mut persist_warned);
         }
         if now != last_tick {
-            if now % RESOLVE_EVERY == 0 {
+            if now.is_multiple_of(RESOLVE_EVERY) {
                 for c in clients.iter_mut() {
                     follow_domain(p, c);
                 }

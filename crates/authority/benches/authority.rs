@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
             let req = totp_req(&format!("op{}", i % OPS), &code);
             i += 1;
             let out = a.handle(&unlocker, &req.into(), T0, b"");
-            if i % 32 == 0 {
+            if i.is_multiple_of(32) {
                 ack_all(&mut a);
             }
             black_box(out)
@@ -122,7 +122,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let out = a.handle(&pd, &issue, T0, b"");
             n += 1;
-            if n % 32 == 0 {
+            if n.is_multiple_of(32) {
                 ack_all(&mut a);
             }
             black_box(out)
