@@ -3,7 +3,7 @@
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use portcullis_authority::authority::Config;
 use portcullis_authority::sealed::SealedState;
@@ -15,6 +15,7 @@ use portcullis_proto::msg::{
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet};
+use std::hint::black_box;
 use zeroize::Zeroizing;
 
 const SECRET: &[u8] = b"12345678901234567890";
