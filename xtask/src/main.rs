@@ -1,11 +1,13 @@
 //! `cargo xtask`: the one entry point for building, testing, fuzzing and
 //! benchmarking Portcullis. The justfile and `.ci/run` only call into this.
+#![forbid(unsafe_code)]
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod msrv;
 mod xen_harness;
 
 /// Crates that must build for the bare-metal guest target.
@@ -19,48 +21,181 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  test               unit, property, schema and interop tests; no_std target builds; clippy
-  build [--release]  build the workspace (host tools) and the no_std crates for the guest target
+  test [--plan]      unit, property, schema and interop tests; no_std target builds; clippy
+                     (--plan: print the stages in order and what each needs, run nothing)
+  build [--release] [--target hosted]
+                     build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked, sizes printed
   xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
   boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
+                     (ARGS are added to dom0's kernel command line)
   bench              run the benchmarks and print their figures
   fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
                      (ARGS go to `portcullis demo`, e.g. --totp-from-secret, --scenario full)
   interop            only the Python (pycose) token interop check
-  ci                 what CI runs: test, then fuzz for the CI budget
+  ci                 test, then fuzz for PORTCULLIS_FUZZ_SECONDS (default 60) each
+
+Usage errors exit 2; a failed step exits 1.
 ";
+
+/// A parsed `cargo xtask` command line.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd {
+    Test {
+        plan: bool,
+    },
+    Build {
+        release: bool,
+    },
+    BuildXen,
+    XenImage,
+    /// Kernel arguments for dom0 (after `--`).
+    Boot(Vec<String>),
+    Bench,
+    Fuzz {
+        seconds: u64,
+    },
+    Interop,
+    /// Arguments for `portcullis demo`, which validates them itself.
+    Demo(Vec<String>),
+    Ci,
+    Help,
+}
+
+/// Parses the arguments after `cargo xtask`; an `Err` is a usage error.
+fn parse(args: &[String]) -> Result<Cmd, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        return Err("no command given".into());
+    };
+    let mut flags = Flags { cmd, rest, at: 0 };
+    let parsed = match cmd.as_str() {
+        "test" => Cmd::Test { plan: flags.switch("--plan")? },
+        "build" => {
+            let release = flags.switch("--release")?;
+            match flags.value("--target")?.as_deref() {
+                None | Some("hosted") | Some("host") => Cmd::Build { release },
+                Some("xen") if release => {
+                    return Err("build --target xen always uses the `guest` profile; \
+                                drop --release"
+                        .into())
+                }
+                Some("xen") => Cmd::BuildXen,
+                Some(other) => {
+                    return Err(format!("build: --target must be xen or hosted, not `{other}`"))
+                }
+            }
+        }
+        "xen-image" => Cmd::XenImage,
+        "boot" => {
+            return match rest.split_first() {
+                None => Ok(Cmd::Boot(Vec::new())),
+                Some((dash, pass)) if dash == "--" => Ok(Cmd::Boot(pass.to_vec())),
+                Some((other, _)) => {
+                    Err(format!("boot: unexpected `{other}` (dom0 kernel arguments go after `--`)"))
+                }
+            }
+        }
+        "bench" => Cmd::Bench,
+        "fuzz" => {
+            let seconds = match flags.value("--seconds")? {
+                None => 60,
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| format!("fuzz: --seconds needs a whole number, not `{v}`"))?,
+            };
+            Cmd::Fuzz { seconds }
+        }
+        "interop" => Cmd::Interop,
+        "demo" => return Ok(Cmd::Demo(rest.to_vec())),
+        "ci" => Cmd::Ci,
+        "help" | "-h" | "--help" => Cmd::Help,
+        other => return Err(format!("unknown command `{other}`")),
+    };
+    flags.finish()?;
+    Ok(parsed)
+}
+
+/// The flags after a command: each lookup marks what it consumed; `finish`
+/// rejects whatever is left.
+struct Flags<'a> {
+    cmd: &'a str,
+    rest: &'a [String],
+    /// Bit i set: `rest[i]` was consumed (commands have a handful of flags).
+    at: u64,
+}
+
+impl Flags<'_> {
+    fn find(&self, flag: &str) -> Result<Option<usize>, String> {
+        let mut hits = self.rest.iter().enumerate().filter(|(_, a)| *a == flag).map(|(i, _)| i);
+        let first = hits.next();
+        if hits.next().is_some() {
+            return Err(format!("{}: {flag} given twice", self.cmd));
+        }
+        Ok(first)
+    }
+
+    fn take(&mut self, i: usize) {
+        if i < 64 {
+            self.at |= 1 << i;
+        }
+    }
+
+    fn switch(&mut self, flag: &str) -> Result<bool, String> {
+        let i = self.find(flag)?;
+        if let Some(i) = i {
+            self.take(i);
+        }
+        Ok(i.is_some())
+    }
+
+    fn value(&mut self, flag: &str) -> Result<Option<String>, String> {
+        let Some(i) = self.find(flag)? else { return Ok(None) };
+        let v = self
+            .rest
+            .get(i + 1)
+            .filter(|v| !v.starts_with("--"))
+            .ok_or_else(|| format!("{}: {flag} needs a value", self.cmd))?;
+        self.take(i);
+        self.take(i + 1);
+        Ok(Some(v.clone()))
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.rest.len() > 64 {
+            return Err(format!("{}: too many arguments", self.cmd));
+        }
+        match (0..self.rest.len()).find(|i| self.at & (1 << i) == 0) {
+            None => Ok(()),
+            Some(i) => Err(format!("{}: unknown argument `{}`", self.cmd, self.rest[i])),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let Some(cmd) = args.first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
+    let cmd = match parse(&args) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprint!("xtask: usage error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
     };
-    let rest = &args[1..];
-    let result = match cmd.as_str() {
-        "test" => test(),
-        "build" => match target_arg(rest) {
-            Ok(Target::Host) => build(rest.iter().any(|a| a == "--release")),
-            Ok(Target::Xen) => build_xen().map(|_| ()),
-            Err(e) => Err(e),
-        },
-        "xen-image" => xen_harness::xen_image().map(|_| ()),
-        "boot" => xen_harness::boot(rest),
-        "bench" => bench(),
-        "fuzz" => match seconds_arg(rest, 60) {
-            Ok(secs) => fuzz(secs),
-            Err(e) => Err(e),
-        },
-        "interop" => interop(),
-        "demo" => demo(rest),
-        "ci" => ci(),
-        "help" | "-h" | "--help" => {
+    let result = match cmd {
+        Cmd::Test { plan } => test(plan),
+        Cmd::Build { release } => build(release),
+        Cmd::BuildXen => build_xen().map(|_| ()),
+        Cmd::XenImage => xen_harness::xen_image().map(|_| ()),
+        Cmd::Boot(dom0_args) => xen_harness::boot(&dom0_args),
+        Cmd::Bench => bench(),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Interop => interop(),
+        Cmd::Demo(args) => demo(&args),
+        Cmd::Ci => ci(),
+        Cmd::Help => {
             print!("{USAGE}");
             Ok(())
         }
-        other => Err(format!("unknown command `{other}`\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,22 +203,6 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-enum Target {
-    Host,
-    Xen,
-}
-
-fn target_arg(rest: &[String]) -> Result<Target, String> {
-    match rest.iter().position(|a| a == "--target") {
-        None => Ok(Target::Host),
-        Some(i) => match rest.get(i + 1).map(String::as_str) {
-            Some("xen") => Ok(Target::Xen),
-            Some("hosted") | Some("host") => Ok(Target::Host),
-            other => Err(format!("--target must be xen or hosted, not {other:?}")),
-        },
     }
 }
 
@@ -109,45 +228,12 @@ fn build_xen() -> Result<Vec<PathBuf>, String> {
     Ok(images)
 }
 
-/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address, read with `readelf -n`.
+/// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address of an image.
 fn pvh_entry(path: &Path) -> Result<u64, String> {
-    let out = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("readelf (apt-get install binutils): {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    while let Some(l) = lines.next() {
-        if l.trim_start().starts_with("Xen") && l.contains("(0x00000012)") {
-            let data = lines.next().unwrap_or("");
-            let bytes: Vec<u8> = data
-                .split(':')
-                .nth(1)
-                .unwrap_or("")
-                .split_whitespace()
-                .filter_map(|b| u8::from_str_radix(b, 16).ok())
-                .collect();
-            if bytes.len() >= 4 {
-                let mut v = 0u64;
-                for (i, b) in bytes.iter().take(8).enumerate() {
-                    v |= u64::from(*b) << (8 * i);
-                }
-                return Ok(v);
-            }
-        }
-    }
-    Err(format!("{}: no XEN_ELFNOTE_PHYS32_ENTRY note: not a PVH image", path.display()))
-}
-
-fn seconds_arg(rest: &[String], default: u64) -> Result<u64, String> {
-    match rest.iter().position(|a| a == "--seconds") {
-        None => Ok(default),
-        Some(i) => rest
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| "--seconds needs a whole number".to_string()),
-    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    portcullis_elfnote::Elf::parse(&bytes)
+        .and_then(|elf| elf.pvh_entry())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn root() -> PathBuf {
@@ -215,22 +301,40 @@ fn build(release: bool) -> Result<(), String> {
     build_no_std(release)
 }
 
-/// Debian packages the tests run, as (binary, package).
-const TEST_TOOLS: &[(&str, &str)] = &[
-    ("cryptsetup", "cryptsetup-bin"),
-    ("oathtool", "oathtool"),
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("readelf", "binutils"),
-];
+/// A Debian package a command needs, and how to tell it is installed: the
+/// probe (a program and its arguments) must run and exit 0.
+pub(crate) struct Tool {
+    probe: &'static [&'static str],
+    package: &'static str,
+}
 
-fn have(binary: &str) -> bool {
-    Command::new(binary).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+pub(crate) const CRYPTSETUP: Tool =
+    Tool { probe: &["cryptsetup", "--version"], package: "cryptsetup-bin" };
+pub(crate) const OATHTOOL: Tool = Tool { probe: &["oathtool", "--version"], package: "oathtool" };
+pub(crate) const QEMU: Tool =
+    Tool { probe: &["qemu-system-x86_64", "--version"], package: "qemu-system-x86" };
+/// `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
+const PYTHON_VENV: Tool =
+    Tool { probe: &["python3", "-c", "import venv, ensurepip"], package: "python3-venv" };
+
+/// Debian packages `cargo xtask test` runs.
+const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, PYTHON_VENV];
+
+fn probe(tool: &Tool) -> bool {
+    let Some((program, args)) = tool.probe.split_first() else { return false };
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Installs missing Debian packages when running as root (as on CI and our
 /// dev machines); otherwise says exactly what to install.
-fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> = tools.iter().filter(|(b, _)| !have(b)).map(|(_, p)| *p).collect();
+pub(crate) fn ensure_tools(tools: &[Tool]) -> Result<(), String> {
+    let missing: Vec<&str> = tools.iter().filter(|t| !probe(t)).map(|t| t.package).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -252,19 +356,289 @@ fn ensure_tools(tools: &[(&str, &str)]) -> Result<(), String> {
     )
 }
 
-fn test() -> Result<(), String> {
-    let start = Instant::now();
-    ensure_tools(TEST_TOOLS)?;
-    run("cargo test --workspace", cargo().args(["test", "--workspace", "--all-targets"]))?;
-    // Doc tests are not part of --all-targets.
-    run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"]))?;
-    build_no_std(false)?;
-    build_xen()?;
+/// The rustup components the test gates run (a `minimal` rustup profile has
+/// neither).
+const COMPONENTS: &[&str] = &["clippy", "rustfmt"];
+
+fn ensure_components() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup: {e}"))?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.split('-').next() == Some(*c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     run(
-        "cargo clippy --workspace --all-targets -D warnings",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        &format!("rustup component add {}", missing.join(" ")),
+        Command::new("rustup").args(["component", "add"]).args(&missing),
+    )
+}
+
+/// What a stage of `cargo xtask test` needs installed before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// The `x86_64-unknown-none` standard library (rustup target).
+    GuestTarget,
+    /// clippy and rustfmt.
+    Components,
+    /// The Debian packages of [`TEST_TOOLS`].
+    DebianTools,
+    /// The Python venv with pycose (under `target/py`).
+    PythonEnv,
+}
+
+/// One stage of `cargo xtask test`: what it needs, what it installs.
+struct Stage {
+    name: &'static str,
+    needs: &'static [Need],
+    gives: &'static [Need],
+    run: fn() -> Result<(), String>,
+}
+
+/// `cargo xtask test`, in order. Setup stages come first so that nothing
+/// (notably `crates/xen/tests/qemu_boot.rs`, which builds the hello guest
+/// for the guest target) runs before what it uses is installed;
+/// [`plan_order_error`] checks that and a unit test runs it.
+const TEST_STAGES: &[Stage] = &[
+    Stage {
+        name: "rustup: the guest target and clippy, rustfmt",
+        needs: &[],
+        gives: &[Need::GuestTarget, Need::Components],
+        run: || ensure_guest_target().and_then(|()| ensure_components()),
+    },
+    Stage {
+        name: "Debian packages (cryptsetup-bin, oathtool, qemu-system-x86, python3-venv)",
+        needs: &[],
+        gives: &[Need::DebianTools],
+        run: || ensure_tools(TEST_TOOLS),
+    },
+    Stage {
+        name: "Python venv target/py (pycose, cbor2)",
+        needs: &[Need::DebianTools],
+        gives: &[Need::PythonEnv],
+        run: || python_env().map(|_| ()),
+    },
+    Stage {
+        name: "gate: cargo fmt --check (workspace and fuzz/)",
+        needs: &[Need::Components],
+        gives: &[],
+        run: gate_fmt,
+    },
+    Stage {
+        name: "gate: unsafe code only where allowed",
+        needs: &[],
+        gives: &[],
+        run: gate_unsafe,
+    },
+    Stage {
+        name: "gate: MSRV (declared rust-version vs dependencies and rustc)",
+        needs: &[],
+        gives: &[],
+        run: msrv::gate,
+    },
+    Stage {
+        name: "cargo test --workspace --all-targets",
+        // crates/xen/tests/qemu_boot.rs builds `hello` for the guest target
+        // and boots it in QEMU; the CLI tests run cryptsetup and oathtool.
+        needs: &[Need::GuestTarget, Need::DebianTools],
+        gives: &[],
+        run: || {
+            run("cargo test --workspace", cargo().args(["test", "--workspace", "--all-targets"]))
+        },
+    },
+    Stage {
+        name: "cargo test --workspace --doc",
+        needs: &[],
+        gives: &[],
+        // Doc tests are not part of --all-targets.
+        run: || run("cargo test --workspace --doc", cargo().args(["test", "--workspace", "--doc"])),
+    },
+    Stage {
+        name: "no_std crates for x86_64-unknown-none",
+        needs: &[Need::GuestTarget],
+        gives: &[],
+        run: || build_no_std(false),
+    },
+    Stage {
+        name: "guest images (PVH)",
+        needs: &[Need::GuestTarget],
+        gives: &[],
+        run: || build_xen().map(|_| ()),
+    },
+    Stage {
+        name: "cargo clippy --workspace --all-targets -D warnings",
+        needs: &[Need::Components],
+        gives: &[],
+        run: || {
+            run(
+                "cargo clippy --workspace --all-targets -D warnings",
+                cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+            )
+        },
+    },
+    Stage {
+        name: "gate: clippy -D warnings for x86_64-unknown-none (no_std crates, xen, guests)",
+        needs: &[Need::GuestTarget, Need::Components],
+        gives: &[],
+        run: gate_clippy_guest,
+    },
+    Stage {
+        name: "gate: cargo doc -D warnings (host and guest target)",
+        needs: &[Need::GuestTarget],
+        gives: &[],
+        run: gate_doc,
+    },
+    Stage { name: "pycose interop", needs: &[Need::PythonEnv], gives: &[], run: interop },
+];
+
+fn gate_fmt() -> Result<(), String> {
+    run("cargo fmt --all --check", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "cargo fmt --all --check (fuzz/)",
+        cargo().args(["fmt", "--all", "--check", "--manifest-path", "fuzz/Cargo.toml"]),
+    )
+}
+
+/// Crates linted for the guest target: everything that runs in a guest.
+const GUEST_TARGET_CRATES: &[&str] = &[
+    "portcullis-proto",
+    "portcullis-authority",
+    "portcullis-vchan",
+    "portcullis-platform",
+    "portcullis-apps",
+    "portcullis-guest",
+    "portcullis-xen",
+    "entropyd",
+    "cryptod",
+    "unlocker",
+    "policy_pd",
+    "hello",
+];
+
+fn gate_clippy_guest() -> Result<(), String> {
+    let mut c = cargo();
+    c.args(["clippy", "--target", GUEST_TARGET]);
+    for k in GUEST_TARGET_CRATES {
+        c.args(["-p", k]);
+    }
+    c.args(["--", "-D", "warnings"]);
+    run(&format!("cargo clippy --target {GUEST_TARGET} -D warnings"), &mut c)
+}
+
+fn gate_doc() -> Result<(), String> {
+    run(
+        "cargo doc --no-deps --workspace (RUSTDOCFLAGS=-D warnings)",
+        cargo().env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--no-deps", "--workspace"]),
     )?;
-    interop()?;
+    // crates/xen and the guest half of crates/guest only exist on the target.
+    let mut c = cargo();
+    c.env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--no-deps", "--target", GUEST_TARGET]);
+    for k in GUEST_TARGET_CRATES.iter().filter(|k| k.starts_with("portcullis-")) {
+        c.args(["-p", k]);
+    }
+    run(&format!("cargo doc --no-deps --target {GUEST_TARGET} (RUSTDOCFLAGS=-D warnings)"), &mut c)
+}
+
+/// Crate roots allowed `unsafe`, and the one attribute that allows it.
+const UNSAFE_ROOTS: &[(&str, &str)] = &[
+    ("crates/xen/src/lib.rs", "#![allow(unsafe_code)]"),
+    ("crates/hosted/src/lib.rs", "#[allow(unsafe_code)]\nmod sys;"),
+];
+
+/// Why a crate root breaks the unsafe-code scheme of docs/design.md, if it
+/// does: roots in [`UNSAFE_ROOTS`] allow unsafe exactly as listed there,
+/// every other root says `forbid(unsafe_code)` and allows it nowhere.
+fn unsafe_root_error(path: &str, text: &str) -> Option<String> {
+    // Attributes only: lines that start with `#`, not strings or comments.
+    let attrs = |needle: &str| {
+        text.lines().filter(|l| l.trim_start().starts_with('#') && l.contains(needle)).count()
+    };
+    let allows = attrs("allow(unsafe_code)");
+    match UNSAFE_ROOTS.iter().find(|(p, _)| *p == path) {
+        Some((_, attr)) if !text.contains(attr) => {
+            Some(format!("{path}: must allow unsafe code as `{attr}`"))
+        }
+        Some((_, attr)) if !attr.starts_with("#!") && attrs("#![allow(unsafe_code)]") > 0 => {
+            Some(format!("{path}: allows unsafe code crate-wide, not only as `{attr}`"))
+        }
+        Some(_) => None,
+        None if attrs("forbid(unsafe_code)") == 0 => {
+            Some(format!("{path}: crate root without `#![forbid(unsafe_code)]`"))
+        }
+        None if allows > 0 => Some(format!("{path}: allows unsafe code")),
+        None => None,
+    }
+}
+
+/// Every crate root of the workspace, relative to the root.
+fn crate_roots() -> Result<Vec<String>, String> {
+    let mut roots = Vec::new();
+    for dir in ["crates", "guests"] {
+        let entries = std::fs::read_dir(root().join(dir)).map_err(|e| format!("{dir}: {e}"))?;
+        for entry in entries.flatten() {
+            for file in ["src/lib.rs", "src/main.rs"] {
+                let rel = format!("{dir}/{}/{file}", entry.file_name().to_string_lossy());
+                if root().join(&rel).is_file() {
+                    roots.push(rel);
+                }
+            }
+        }
+    }
+    roots.push("xtask/src/main.rs".into());
+    roots.sort();
+    Ok(roots)
+}
+
+fn gate_unsafe() -> Result<(), String> {
+    println!("==> unsafe code only in crates/xen and crates/hosted's sys module");
+    let mut errors = Vec::new();
+    for rel in crate_roots()? {
+        let text = std::fs::read_to_string(root().join(&rel)).map_err(|e| format!("{rel}: {e}"))?;
+        errors.extend(unsafe_root_error(&rel, &text));
+    }
+    if errors.is_empty() {
+        println!("<== unsafe code: ok");
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// The first stage that runs before something it needs is installed.
+fn plan_order_error(stages: &[Stage]) -> Option<String> {
+    let mut have: Vec<Need> = Vec::new();
+    for s in stages {
+        if let Some(n) = s.needs.iter().find(|n| !have.contains(n)) {
+            return Some(format!(
+                "stage `{}` needs {n:?}, which no earlier stage installs",
+                s.name
+            ));
+        }
+        have.extend_from_slice(s.gives);
+    }
+    None
+}
+
+fn test(plan_only: bool) -> Result<(), String> {
+    if let Some(e) = plan_order_error(TEST_STAGES) {
+        return Err(format!("test plan out of order: {e}"));
+    }
+    if plan_only {
+        for (i, s) in TEST_STAGES.iter().enumerate() {
+            println!("{:>2}. {}  (needs {:?}, installs {:?})", i + 1, s.name, s.needs, s.gives);
+        }
+        return Ok(());
+    }
+    let start = Instant::now();
+    for s in TEST_STAGES {
+        (s.run)()?;
+    }
     println!("all tests passed in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -320,7 +694,10 @@ fn interop() -> Result<(), String> {
 const GUESTS: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 fn demo(args: &[String]) -> Result<(), String> {
-    ensure_tools(&[("cryptsetup", "cryptsetup-bin")])?;
+    ensure_tools(&[CRYPTSETUP])?;
+    if args.iter().any(|a| a == "--oathtool") {
+        ensure_tools(&[OATHTOOL])?;
+    }
     let mut c = cargo();
     c.args(["build", "--release", "-p", "portcullis-cli"]);
     for g in GUESTS {
@@ -401,9 +778,119 @@ fn fuzz(seconds: u64) -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let start = Instant::now();
-    test()?;
+    test(false)?;
     let secs = env::var("PORTCULLIS_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     fuzz(secs)?;
     println!("ci finished in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(line: &str) -> Result<Cmd, String> {
+        parse(&line.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn each_command_takes_its_own_flags() {
+        assert_eq!(parse_str("test"), Ok(Cmd::Test { plan: false }));
+        assert_eq!(parse_str("test --plan"), Ok(Cmd::Test { plan: true }));
+        assert_eq!(parse_str("build"), Ok(Cmd::Build { release: false }));
+        assert_eq!(parse_str("build --release"), Ok(Cmd::Build { release: true }));
+        assert_eq!(parse_str("build --target hosted --release"), Ok(Cmd::Build { release: true }));
+        assert_eq!(parse_str("build --target xen"), Ok(Cmd::BuildXen));
+        assert_eq!(parse_str("fuzz"), Ok(Cmd::Fuzz { seconds: 60 }));
+        assert_eq!(parse_str("fuzz --seconds 5"), Ok(Cmd::Fuzz { seconds: 5 }));
+        assert_eq!(parse_str("boot"), Ok(Cmd::Boot(vec![])));
+        assert_eq!(
+            parse_str("boot -- a=1 --b"),
+            Ok(Cmd::Boot(vec!["a=1".to_string(), "--b".to_string()]))
+        );
+        assert_eq!(
+            parse_str("demo --scenario full --whatever"),
+            Ok(Cmd::Demo(vec!["--scenario".into(), "full".into(), "--whatever".into()]))
+        );
+        assert_eq!(parse_str("--help"), Ok(Cmd::Help));
+    }
+
+    #[test]
+    fn unknown_flags_and_bad_values_are_usage_errors() {
+        for (line, says) in [
+            ("", "no command"),
+            ("tset", "unknown command `tset`"),
+            ("test --release", "unknown argument `--release`"),
+            ("test --plan --plan", "--plan given twice"),
+            ("build --relase", "unknown argument `--relase`"),
+            ("build --target", "--target needs a value"),
+            ("build --target arm", "not `arm`"),
+            ("build --target xen --release", "drop --release"),
+            ("bench --seconds 5", "unknown argument `--seconds`"),
+            ("fuzz --seconds", "--seconds needs a value"),
+            ("fuzz --seconds ten", "not `ten`"),
+            ("fuzz 10", "unknown argument `10`"),
+            ("boot --shell", "unexpected `--shell`"),
+            ("ci extra", "unknown argument `extra`"),
+        ] {
+            match parse_str(line) {
+                Err(e) => assert!(e.contains(says), "`{line}`: {e}"),
+                Ok(c) => panic!("`{line}` parsed as {c:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn crate_roots_must_forbid_unsafe_unless_listed() {
+        let forbid = "//! doc\n#![forbid(unsafe_code)]\n";
+        assert_eq!(unsafe_root_error("crates/proto/src/lib.rs", forbid), None);
+        assert!(unsafe_root_error("crates/proto/src/lib.rs", "//! doc\n").is_some());
+        assert!(unsafe_root_error(
+            "crates/proto/src/lib.rs",
+            "#![forbid(unsafe_code)]\n#[allow(unsafe_code)]\nmod x;"
+        )
+        .is_some());
+        let hosted = "//! doc\n#[allow(unsafe_code)]\nmod sys;\nmod world;\n";
+        assert_eq!(unsafe_root_error("crates/hosted/src/lib.rs", hosted), None);
+        let wide = "#![allow(unsafe_code)]\n#[allow(unsafe_code)]\nmod sys;\n";
+        assert!(unsafe_root_error("crates/hosted/src/lib.rs", wide).is_some());
+        assert!(unsafe_root_error("crates/hosted/src/lib.rs", "#![allow(unsafe_code)]").is_some());
+        assert_eq!(unsafe_root_error("crates/xen/src/lib.rs", "#![allow(unsafe_code)]\n"), None);
+    }
+
+    #[test]
+    fn the_workspace_crate_roots_pass_the_unsafe_gate() {
+        let roots = crate_roots().unwrap();
+        assert!(roots.len() >= 15, "{roots:?}");
+        for rel in roots {
+            let text = std::fs::read_to_string(root().join(&rel)).unwrap();
+            assert_eq!(unsafe_root_error(&rel, &text), None);
+        }
+    }
+
+    #[test]
+    fn every_test_stage_runs_after_what_it_needs_is_installed() {
+        assert_eq!(plan_order_error(TEST_STAGES), None);
+    }
+
+    #[test]
+    fn the_plan_check_rejects_the_old_order() {
+        // Before the fix, the workspace tests (qemu_boot builds for the guest
+        // target) ran before `rustup target add`.
+        fn ok() -> Result<(), String> {
+            Ok(())
+        }
+        let old = [
+            Stage { name: "tools", needs: &[], gives: &[Need::DebianTools], run: ok },
+            Stage {
+                name: "cargo test",
+                needs: &[Need::GuestTarget, Need::DebianTools],
+                gives: &[],
+                run: ok,
+            },
+            Stage { name: "target", needs: &[], gives: &[Need::GuestTarget], run: ok },
+        ];
+        let e = plan_order_error(&old).expect("misordered plan accepted");
+        assert!(e.contains("cargo test") && e.contains("GuestTarget"), "{e}");
+    }
 }

@@ -251,7 +251,7 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
         println!("    cached: {}", out.display());
         return Ok(out);
     }
-    crate::ensure_tools(&[("cryptsetup", "cryptsetup-bin")])?;
+    crate::ensure_tools(&[crate::CRYPTSETUP])?;
     run(
         "build portcullis CLI",
         crate::cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
@@ -648,19 +648,17 @@ fn qemu_needs_smap_off() -> Result<bool, String> {
     Ok(major < 8)
 }
 
-/// `cargo xtask boot [--shell] [-- DOM0-ARGS]`: boots the image, returns
-/// Ok only when dom0 reported success.
-pub fn boot(rest: &[String]) -> Result<(), String> {
+/// `cargo xtask boot [-- DOM0-ARGS]`: boots the image, returns Ok only when
+/// dom0 reported success. `dom0_extra` is added to dom0's command line.
+pub fn boot(dom0_extra: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
-    crate::ensure_tools(&[("qemu-system-x86_64", "qemu-system-x86")])?;
+    crate::ensure_tools(&[crate::QEMU])?;
     let image = xen_image()?;
     let image_secs = t0.elapsed().as_secs_f64();
     let mut xen_args = XEN_ARGS.to_string();
     if qemu_needs_smap_off()? {
         xen_args.push_str(" smap=0");
     }
-    let dom0_extra: Vec<&str> =
-        rest.iter().skip_while(|a| *a != "--").skip(1).map(String::as_str).collect();
     let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
     let log_path = work_dir().join("boot.log");
     let mut log =

@@ -236,7 +236,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             self.persist(p);
         }
         if now != self.last_tick {
-            if now % RESOLVE_EVERY == 0 {
+            if now.is_multiple_of(RESOLVE_EVERY) {
                 for idx in 0..n {
                     self.follow_domain(p, idx, now);
                 }

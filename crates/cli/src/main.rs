@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 the checked thing is invalid (a token that does not
 //! verify, an audit log that does not check out); 2 usage or I/O error.
+#![forbid(unsafe_code)]
 
 mod agent;
 mod audit_cmd;

@@ -64,7 +64,7 @@ pub struct ProvisionArgs {
     /// Do not draw QR codes (the otpauth URI is still printed).
     #[arg(long)]
     no_qr: bool,
-    /// Also write each operator's otpauth URI to DIR/operators/<id>.otpauth
+    /// Also write each operator's otpauth URI to DIR/operators/ID.otpauth
     /// (for unattended tests; it contains the TOTP secret).
     #[arg(long)]
     save_otpauth: bool,

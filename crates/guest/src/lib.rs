@@ -1,7 +1,7 @@
 //! One `main` for a guest on both platforms, as MirageOS picks the unix or
 //! xen target at build time: on `x86_64-unknown-none` the guest is a PVH
-//! unikernel on [`portcullis_xen`]; elsewhere it is a Linux process on
-//! [`portcullis_hosted`]. The application code is the same.
+//! unikernel on `portcullis_xen`; elsewhere it is a Linux process on
+//! `portcullis_hosted`. The application code is the same.
 //!
 //! ```ignore
 //! portcullis_guest::guest!("cryptod", |p| match portcullis_apps::cryptod::run(p) {

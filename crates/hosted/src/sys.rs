@@ -107,7 +107,7 @@ impl Mapping {
         writable: bool,
     ) -> io::Result<()> {
         let end = at.checked_add(len).ok_or(io::ErrorKind::InvalidInput)?;
-        if len == 0 || end > self.len || at % page_size() != 0 {
+        if len == 0 || end > self.len || !at.is_multiple_of(page_size()) {
             return Err(io::ErrorKind::InvalidInput.into());
         }
         // `at < self.len`, so the address stays inside our own mapping.
@@ -151,7 +151,7 @@ impl Mapping {
 
     /// The 32-bit word at byte offset `off` (4-aligned, in bounds).
     pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0, "unaligned word at {off}");
+        assert!(off.is_multiple_of(4), "unaligned word at {off}");
         match self.words().get(off / 4) {
             Some(w) => w,
             None => panic!("word at {off} outside {} mapped bytes", self.len),
@@ -161,11 +161,14 @@ impl Mapping {
     /// The 64-bit word at byte offset `off` (8-aligned, in bounds).
     pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
         let in_bounds = off.checked_add(8).is_some_and(|end| end <= self.len);
-        assert!(off % 8 == 0 && in_bounds, "bad 64-bit word at {off}");
-        // SAFETY: `off..off + 8` is inside the page-aligned mapping and
+        assert!(off.is_multiple_of(8) && in_bounds, "bad 64-bit word at {off}");
+        // SAFETY: `off + 8 <= len` (checked above), so `ptr + off` stays
+        // inside the one mapping this value owns.
+        let word = unsafe { self.ptr.as_ptr().add(off) }.cast::<AtomicU64>();
+        // SAFETY: `word..word + 8` is inside the page-aligned mapping and
         // 8-aligned; the reference lives no longer than `self`, and all
         // accesses are atomic (see `words`).
-        unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() }
+        unsafe { &*word }
     }
 }
 

@@ -1,13 +1,16 @@
 //! Token costs: raw Ed25519 sign and `verify_strict`, token mint, token verify.
 //!
 //! `cargo bench -p portcullis-proto --bench token`
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::{Signer, SigningKey};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
     mint, verify, Claims, Expectations, KeyEntry, Keyset, ReplayCache, ReplayError, RevokedSet,
 };
+use std::hint::black_box;
 
 const NOW: u64 = 1_767_225_600;
 

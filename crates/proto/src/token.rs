@@ -2,10 +2,14 @@
 //! is a CWT claims set (RFC 8392). `protocol/token.md` is the normative
 //! specification; this module implements it.
 //!
-//! [`mint`] is used by cryptod. [`verify`] is used by every consumer: it runs
-//! the checks in a fixed order and returns exactly one [`VerifyError`] for the
-//! first check that fails, and wraps the claims in [`Verified`].
-//! [`crate::danger::inspect`] parses without verifying, for tools.
+//! [`mint`](crate::token::mint) is used by cryptod.
+//! [`verify`](crate::token::verify) is used by every consumer: it runs the
+//! checks in a fixed order, returns exactly one
+//! [`VerifyError`](crate::token::VerifyError) for the first check that fails,
+//! and wraps the claims in [`Verified`](crate::Verified).
+//! [`inspect`](crate::danger::inspect) parses without verifying, for tools.
+//! (Full paths: the outer doc on `pub mod token` makes rustdoc resolve these
+//! links from the crate root.)
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

@@ -2,6 +2,9 @@
 //! the input declares. A counting global allocator measures the bytes
 //! requested while decoding (one test in this binary, so nothing else runs
 //! concurrently on the counted thread).
+// A counting `GlobalAlloc` cannot be written without `unsafe`; this test
+// binary is the one exemption outside crates/xen and crates/hosted's `sys`.
+#![allow(unsafe_code)]
 
 mod msg_samples;
 

@@ -5,6 +5,8 @@
 //! `threads/<order>`: a writer and a reader thread with blocking waits
 //! (adds event and scheduling cost).
 //! Criterion prints the throughput of each as bytes per second.
+// criterion_group! generates an undocumented `pub fn`.
+#![allow(missing_docs)]
 
 use std::time::Duration;
 

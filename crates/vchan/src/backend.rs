@@ -74,7 +74,7 @@ impl core::error::Error for BackendError {}
 ///
 /// A Xen guest implements this with hypercalls and the xenstore ring, a
 /// hosted (dom0) build with the gntalloc/gntdev/evtchn devices, and tests
-/// with [`crate::sim`].
+/// with the `sim` module (feature `std`).
 pub trait Backend {
     /// A mapping of one or more pages, contiguous in offset.
     type Mem: SharedMem;

@@ -14,7 +14,6 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
 
 #[cfg(any(test, feature = "std"))]
 extern crate std;

@@ -116,7 +116,7 @@ impl<'a> AtomicMem<'a> {
     /// Checks bounds and natural alignment of a `size`-byte field.
     fn check_field(&self, off: usize, size: usize) {
         self.check(off, size);
-        if off % size != 0 {
+        if !off.is_multiple_of(size) {
             panic!("unaligned {size}-byte shared memory access at {off}");
         }
     }

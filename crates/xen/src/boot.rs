@@ -147,9 +147,13 @@ static mut HEAP: Arena = Arena([0; HEAP_SIZE]);
 
 #[global_allocator]
 static ALLOCATOR: talc::TalcLock<spin::mutex::SpinMutex<()>, talc::source::Claim> =
-    // SAFETY: `HEAP` is used by nothing but this allocator, lives forever,
-    // and is mapped read-write by the boot page tables.
-    talc::TalcLock::new(unsafe { talc::source::Claim::array(&raw mut HEAP.0) });
+    talc::TalcLock::new({
+        // `Arena` is `repr(C)` with one field: its array starts at offset 0.
+        let heap = (&raw mut HEAP).cast::<[u8; HEAP_SIZE]>();
+        // SAFETY: `HEAP` is used by nothing but this allocator, lives
+        // forever, and is mapped read-write by the boot page tables.
+        unsafe { talc::source::Claim::array(heap) }
+    });
 
 extern "Rust" {
     /// The guest's main function, defined by [`crate::entry!`].

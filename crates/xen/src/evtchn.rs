@@ -9,12 +9,8 @@
 use portcullis_vchan::{DomId, Port};
 
 use crate::abi::{self, evtchn as op, shared_info as shi};
-use crate::hypercall::{self, XenError, XenResult};
+use crate::hypercall::{self, HypercallArg, XenError, XenResult};
 use crate::xen;
-
-fn evtchn_op<T>(cmd: u64, arg: &mut T) -> XenResult<u64> {
-    hypercall::op(abi::hypercall::EVENT_CHANNEL_OP, cmd, arg)
-}
 
 /// Allocates a port that `remote` may bind to.
 pub fn alloc_unbound(remote: DomId) -> XenResult<Port> {
@@ -24,8 +20,15 @@ pub fn alloc_unbound(remote: DomId) -> XenResult<Port> {
         remote_dom: u16,
         port: u32,
     }
+    // SAFETY: `struct evtchn_alloc_unbound` (event_channel.h): domid_t dom,
+    // domid_t remote_dom, evtchn_port_t port (8 bytes); Xen writes `port`.
+    unsafe impl HypercallArg for AllocUnbound {
+        const NR: u32 = abi::hypercall::EVENT_CHANNEL_OP;
+        const CMD: u64 = op::ALLOC_UNBOUND;
+    }
+    const _: () = assert!(core::mem::size_of::<AllocUnbound>() == 8);
     let mut a = AllocUnbound { dom: abi::DOMID_SELF, remote_dom: remote.0, port: 0 };
-    evtchn_op(op::ALLOC_UNBOUND, &mut a)?;
+    hypercall::op(&mut a)?;
     Ok(Port(a.port))
 }
 
@@ -38,29 +41,60 @@ pub fn bind_interdomain(remote: DomId, remote_port: Port) -> XenResult<Port> {
         remote_port: u32,
         local_port: u32,
     }
+    // SAFETY: `struct evtchn_bind_interdomain` (event_channel.h): domid_t
+    // remote_dom, 2 bytes of padding, evtchn_port_t remote_port and
+    // local_port (12 bytes); Xen writes `local_port`.
+    unsafe impl HypercallArg for BindInterdomain {
+        const NR: u32 = abi::hypercall::EVENT_CHANNEL_OP;
+        const CMD: u64 = op::BIND_INTERDOMAIN;
+    }
+    const _: () = assert!(core::mem::size_of::<BindInterdomain>() == 12);
     let mut b = BindInterdomain {
         remote_dom: remote.0,
         _pad: 0,
         remote_port: remote_port.0,
         local_port: 0,
     };
-    evtchn_op(op::BIND_INTERDOMAIN, &mut b)?;
+    hypercall::op(&mut b)?;
     Ok(Port(b.local_port))
 }
 
+/// `struct evtchn_send`: one port.
 #[repr(C)]
-struct PortArg {
+struct Send {
     port: u32,
 }
 
+// SAFETY: `struct evtchn_send` (event_channel.h): one evtchn_port_t (uint32_t),
+// read only.
+unsafe impl HypercallArg for Send {
+    const NR: u32 = abi::hypercall::EVENT_CHANNEL_OP;
+    const CMD: u64 = op::SEND;
+}
+const _: () = assert!(core::mem::size_of::<Send>() == 4);
+
+/// `struct evtchn_close`: one port.
+#[repr(C)]
+struct Close {
+    port: u32,
+}
+
+// SAFETY: `struct evtchn_close` (event_channel.h): one evtchn_port_t
+// (uint32_t), read only.
+unsafe impl HypercallArg for Close {
+    const NR: u32 = abi::hypercall::EVENT_CHANNEL_OP;
+    const CMD: u64 = op::CLOSE;
+}
+const _: () = assert!(core::mem::size_of::<Close>() == 4);
+
 /// Signals the other end of `port`.
 pub fn send(port: Port) -> XenResult<()> {
-    evtchn_op(op::SEND, &mut PortArg { port: port.0 }).map(|_| ())
+    hypercall::op(&mut Send { port: port.0 }).map(|_| ())
 }
 
 /// Closes `port`.
 pub fn close(port: Port) -> XenResult<()> {
-    evtchn_op(op::CLOSE, &mut PortArg { port: port.0 }).map(|_| ())
+    hypercall::op(&mut Close { port: port.0 }).map(|_| ())
 }
 
 /// Most ports one poll may name (Xen refuses more than 128).
@@ -77,28 +111,26 @@ pub fn poll(ports: &[Port], deadline_ns: u64) -> XenResult<()> {
         *slot = p.0;
     }
     #[repr(C)]
-    struct SchedPoll {
-        ports: u64,
+    struct SchedPoll<'a> {
+        ports: &'a [u32; MAX_POLL_PORTS],
         nr_ports: u32,
         _pad: u32,
         timeout: u64,
     }
-    let mut p = SchedPoll {
-        ports: list.as_mut_ptr() as u64,
-        nr_ports: ports.len() as u32,
-        _pad: 0,
-        timeout: deadline_ns,
-    };
-    // SAFETY: `p` names `list`, a live local array of `nr_ports` valid ports;
-    // Xen only reads it during the call.
-    unsafe {
-        hypercall::hypercall2(
-            abi::hypercall::SCHED_OP,
-            abi::sched::POLL,
-            &mut p as *mut SchedPoll as u64,
-        )
+    // SAFETY: `struct sched_poll` (sched.h): a guest handle (a 64-bit
+    // pointer; a reference has that layout and is never null), unsigned int
+    // nr_ports, 4 bytes of padding, uint64_t timeout (24 bytes). Xen reads
+    // `nr_ports` entries of `ports`; `nr_ports <= MAX_POLL_PORTS` (checked
+    // above) and the reference keeps the array alive for the value's
+    // lifetime. Xen writes nothing back.
+    unsafe impl HypercallArg for SchedPoll<'_> {
+        const NR: u32 = abi::hypercall::SCHED_OP;
+        const CMD: u64 = abi::sched::POLL;
     }
-    .map(|_| ())
+    const _: () = assert!(core::mem::size_of::<SchedPoll<'static>>() == 24);
+    let mut p =
+        SchedPoll { ports: &list, nr_ports: ports.len() as u32, _pad: 0, timeout: deadline_ns };
+    hypercall::op(&mut p).map(|_| ())
 }
 
 /// Clears `port`'s pending bit; returns whether it was set.

@@ -190,12 +190,35 @@ pub unsafe fn hypercall4(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64) -> XenResu
     unsafe { hypercall5(nr, a1, a2, a3, a4, 0) }
 }
 
-/// Makes a hypercall whose second argument points at `arg` (the usual
-/// `HYPERVISOR_xxx_op(cmd, &arg)` shape).
-pub(crate) fn op<T>(nr: u32, cmd: u64, arg: &mut T) -> XenResult<u64> {
-    // SAFETY: `arg` is a live, exclusively borrowed `#[repr(C)]` value whose
-    // layout the callers in this crate match to the command `cmd`.
-    unsafe { hypercall2(nr, cmd, arg as *mut T as u64) }
+/// A `#[repr(C)]` hypercall argument: the type says which hypercall and
+/// which command it is for, so [`op`] can make the call safely.
+///
+/// # Safety
+///
+/// An implementor promises that:
+/// - its layout is exactly the structure Xen's public headers define for
+///   command `CMD` of hypercall `NR` (field order, sizes, padding, alignment;
+///   `#[repr(C)]` and only fixed-size integer fields or references);
+/// - every bit pattern Xen may write into it is a valid value of the type
+///   (plain integers: it writes only output fields);
+/// - any memory a field names is a reference borrowed for at least the
+///   value's lifetime, of the size Xen reads or writes through it.
+///
+/// Then a call with `&mut value`, live and exclusive for the call, touches no
+/// memory but the value and what its references name.
+pub(crate) unsafe trait HypercallArg {
+    /// The hypercall number (`__HYPERVISOR_*`).
+    const NR: u32;
+    /// The command, the first argument (`EVTCHNOP_*`, `SCHEDOP_*`, ...).
+    const CMD: u64;
+}
+
+/// Makes the hypercall `T` is the argument of, `HYPERVISOR_xxx_op(cmd, &arg)`.
+pub(crate) fn op<T: HypercallArg>(arg: &mut T) -> XenResult<u64> {
+    // SAFETY: `T: HypercallArg` guarantees the layout Xen expects for
+    // (`T::NR`, `T::CMD`) and that whatever Xen writes is a valid `T`; `arg`
+    // is a live, exclusive borrow for the duration of the call.
+    unsafe { hypercall2(T::NR, T::CMD, arg as *mut T as u64) }
 }
 
 /// `HVMOP_get_param` for this domain.
@@ -207,8 +230,15 @@ pub fn hvm_get_param(index: u32) -> XenResult<u64> {
         index: u32,
         value: u64,
     }
+    // SAFETY: `struct xen_hvm_param` (hvm/hvm_op.h): domid_t, 2 bytes of
+    // padding, uint32_t index, uint64_t value (16 bytes); Xen writes `value`.
+    unsafe impl HypercallArg for HvmParam {
+        const NR: u32 = abi::hypercall::HVM_OP;
+        const CMD: u64 = abi::hvm::GET_PARAM;
+    }
+    const _: () = assert!(core::mem::size_of::<HvmParam>() == 16);
     let mut p = HvmParam { domid: abi::DOMID_SELF, _pad: 0, index, value: 0 };
-    op(abi::hypercall::HVM_OP, abi::hvm::GET_PARAM, &mut p)?;
+    op(&mut p)?;
     Ok(p.value)
 }
 
@@ -227,13 +257,19 @@ pub fn sched_shutdown(reason: ShutdownReason) -> XenError {
     struct SchedShutdown {
         reason: u32,
     }
+    // SAFETY: `struct sched_shutdown` (sched.h): one uint32_t, read only.
+    unsafe impl HypercallArg for SchedShutdown {
+        const NR: u32 = abi::hypercall::SCHED_OP;
+        const CMD: u64 = abi::sched::SHUTDOWN;
+    }
+    const _: () = assert!(core::mem::size_of::<SchedShutdown>() == 4);
     let mut s = SchedShutdown {
         reason: match reason {
             ShutdownReason::Poweroff => abi::sched::SHUTDOWN_POWEROFF,
             ShutdownReason::Crash => abi::sched::SHUTDOWN_CRASH,
         },
     };
-    match op(abi::hypercall::SCHED_OP, abi::sched::SHUTDOWN, &mut s) {
+    match op(&mut s) {
         Ok(_) => XenError(0),
         Err(e) => e,
     }

@@ -36,7 +36,7 @@ impl SharedPages {
     /// Address of `size` bytes at `off`, after a bounds and alignment check.
     fn at(&self, off: usize, size: usize) -> usize {
         let end = off.checked_add(size);
-        if end.is_none_or(|end| end > self.len) || off % size != 0 {
+        if end.is_none_or(|end| end > self.len) || !off.is_multiple_of(size) {
             panic!("shared page access at {off}+{size} outside {} bytes", self.len);
         }
         self.base + off

@@ -167,8 +167,9 @@ impl StartInfo {
 /// and the top 256 MiB holds the LAPIC, IOAPIC and Xen's special pages.
 const WINDOW_LIMIT: u64 = 0xf000_0000;
 
-/// Finds `frames` free frames just above the highest RAM below
-/// [`WINDOW_LIMIT`], not overlapping any memory-map entry.
+/// Finds `frames` free frames just above the highest RAM below 0xf000_0000
+/// (the boot page tables map 4 GiB; the top 256 MiB holds the LAPIC, IOAPIC
+/// and Xen's special pages), not overlapping any memory-map entry.
 pub fn free_window(map: &[MemRange], frames: u64) -> Option<u64> {
     let want = frames.checked_mul(4096)?;
     let ram_top = map

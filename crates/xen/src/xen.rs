@@ -66,8 +66,16 @@ pub fn add_to_physmap(space: u32, idx: u64, gpfn: u64) -> XenResult<()> {
         idx: u64,
         gpfn: u64,
     }
+    // SAFETY: `struct xen_add_to_physmap` (memory.h): domid_t, uint16_t
+    // size, unsigned int space, xen_ulong_t idx, xen_pfn_t gpfn (24 bytes,
+    // natural alignment); Xen only reads it.
+    unsafe impl hypercall::HypercallArg for AddToPhysmap {
+        const NR: u32 = abi::hypercall::MEMORY_OP;
+        const CMD: u64 = abi::memory::ADD_TO_PHYSMAP;
+    }
+    const _: () = assert!(core::mem::size_of::<AddToPhysmap>() == 24);
     let mut a = AddToPhysmap { domid: abi::DOMID_SELF, size: 0, space, idx, gpfn };
-    hypercall::op(abi::hypercall::MEMORY_OP, abi::memory::ADD_TO_PHYSMAP, &mut a).map(|_| ())
+    hypercall::op(&mut a).map(|_| ())
 }
 
 /// Allocates `n` contiguous frames of the free window.

@@ -7,6 +7,7 @@
 //! On the host this is an empty program, so workspace builds and tests work.
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
+#![cfg_attr(not(target_os = "none"), forbid(unsafe_code))]
 
 #[cfg(target_os = "none")]
 mod guest {
