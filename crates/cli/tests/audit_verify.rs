@@ -5,7 +5,7 @@
 
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::sealed::{self, SealedState};
-use portcullis_authority::{Authority, PeerId};
+use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::cose;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{AuditAck, AuditRecord, EntropyPub, RequestId, TokenIssueReq};
@@ -29,15 +29,14 @@ fn record_of(bytes: &[u8]) -> AuditRecord {
 fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -> SealedState {
     let now = T0 + 100 * boot;
     let mut a = Authority::new(Config::default(), state, now).unwrap();
-    let seed: Message = EntropyPub {
+    let seed = EntropyPub {
         drbg_version: "entropyd-1".into(),
         seq: boot,
         nonce: vec![boot as u8; 16],
         entropy_chunk: Zeroizing::new(vec![0x3c ^ boot as u8; 64]),
         timestamp: now,
-    }
-    .into();
-    let mut outs = vec![a.handle(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
+    };
+    let mut outs = vec![a.entropy(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
     for i in 0..3u8 {
         let req: Message = TokenIssueReq {
             request_id: RequestId([i; 16]),
@@ -52,21 +51,21 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
             metadata: None,
         }
         .into();
-        outs.push(a.handle(&PeerId::new(7, "policy_pd"), &req, now, b"hw"));
+        let req = Request::from_message(&req).unwrap();
+        outs.push(a.handle_request(&PeerId::new(7, "policy_pd"), req, now, b"hw"));
     }
     for out in &outs {
-        store(&mut a, out, log, now);
+        store(&mut a, out, log);
     }
     sealed::unseal(&a.export(kek).unwrap(), kek).unwrap()
 }
 
-fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>, now: u64) {
+fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>) {
     for m in &out.audit {
         let Message::AuditLog(l) = m else { panic!("{m:?}") };
         let r = record_of(&l.record);
         log.push(l.record.clone());
-        let ack: Message = AuditAck { chain_id: r.chain_id, seq: r.seq }.into();
-        a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
+        a.collector_ack(&AuditAck { chain_id: r.chain_id, seq: r.seq });
     }
 }
 
