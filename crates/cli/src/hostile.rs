@@ -24,8 +24,9 @@ use portcullis_platform::DomId;
 use portcullis_proto::cose;
 use portcullis_proto::envelope::{Message, MAX_MESSAGE_LEN};
 use portcullis_proto::msg::{
-    AuditAck, AuditAction, AuditRecord, AuditResult, EntropyPub, ErrorCode, IssueResult, KeysetReq,
-    RequestId, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
+    AuditAck, AuditAction, AuditRecord, AuditResult, EntropyPub, ErrorCode, IssueResult,
+    KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq, RevokeResult,
+    TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_vchan::FrameWriter;
@@ -595,6 +596,11 @@ impl Hostile<'_> {
                 .fetch_revocations(&mut link, rid(0x30, 3), CALL)
                 .map_err(|e| format!("revocations: {e}"))?;
         }
+        let before = {
+            let mut peer = self.peer("policy_pd")?;
+            let mut link = peer.connect()?;
+            versions(&mut link, 0x33)?
+        };
         settle(&self.cryptod, &self.collector, self.demo.step)?;
         println!("== killing cryptod with SIGKILL and starting it again");
         self.demo.reap(&mut self.cryptod);
@@ -621,13 +627,20 @@ impl Hostile<'_> {
         let keyset = trust.fetch_keyset(&mut link, rid(0x32, 1), CALL);
         let revs = trust.fetch_revocations(&mut link, rid(0x32, 2), CALL);
         let listed = trust.revoked().iter().any(|c| c == cti.as_slice());
+        let after = versions(&mut link, 0x34)?;
+        // The restarted cryptod signs with a new key: its keyset and its
+        // revocation list must be newer than any the last boot published.
         self.check(
-            "restart: a verifier accepts the new keyset and revocation list (no rollback), revocation kept",
-            keyset.is_ok() && revs.is_ok() && listed,
+            "restart: a verifier accepts the new keyset and revocation list (newer versions), revocation kept",
+            keyset.is_ok() && revs.is_ok() && listed && after.0 > before.0 && after.1 > before.1,
             &format!(
-                "keyset {}, revocations {}, revoked id listed: {listed}",
+                "keyset {} (version {} -> {}), revocations {} (serial {} -> {}), revoked id listed: {listed}",
                 keyset.map_or_else(|e| e.to_string(), |()| "accepted".into()),
-                revs.map_or_else(|e| e.to_string(), |()| "accepted".into())
+                before.0,
+                after.0,
+                revs.map_or_else(|e| e.to_string(), |()| "accepted".into()),
+                before.1,
+                after.1,
             ),
         );
         Ok(())
@@ -762,6 +775,28 @@ impl Hostile<'_> {
         );
         Ok(())
     }
+}
+
+/// The version of cryptod's current keyset and the serial of its
+/// revocation list (signatures are checked by [`Trust`]).
+fn versions(link: &mut HLink, tag: u8) -> Result<(u64, u64), Failure> {
+    let payload = |signed: &[u8]| {
+        cose::open_unverified(signed)
+            .map(|v| v.payload)
+            .map_err(|e| Failure::Invalid(format!("signed object: {e}")))
+    };
+    let keyset = match call(link, &keyset_req(rid(tag, 1)))? {
+        Message::Keyset(k) => KeysetBody::from_cbor(&payload(&k.signed)?)
+            .map_err(|e| Failure::Invalid(format!("keyset: {e}")))?,
+        other => return Err(Failure::Invalid(format!("expected keyset, got {other:?}"))),
+    };
+    let req = Message::RevocationListReq(RevocationListReq { request_id: rid(tag, 2) });
+    let list = match call(link, &req)? {
+        Message::RevocationList(l) => RevocationBody::from_cbor(&payload(&l.signed)?)
+            .map_err(|e| Failure::Invalid(format!("revocation list: {e}")))?,
+        other => return Err(Failure::Invalid(format!("expected revocation list, got {other:?}"))),
+    };
+    Ok((keyset.version, list.serial))
 }
 
 /// `n` keyset round trips, one at a time.

@@ -59,7 +59,7 @@ fn hostile_clients_against_cryptod() {
         "[ok] lockout: made-up ids lock the sending domain's unknown ids, retry_after always sane",
         "[ok] lockout: the real operator's code is accepted afterwards",
         "[ok] restart: the locked operator stays locked",
-        "[ok] restart: a verifier accepts the new keyset and revocation list",
+        "[ok] restart: a verifier accepts the new keyset and revocation list (newer versions)",
         "[ok] reconnect: the new connection gets only its own answers",
         "[ok] fair service: the lone client's p99 stays under 10 ms",
         "[ok] token flood: at most the bucket is issued",
