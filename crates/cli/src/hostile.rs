@@ -29,7 +29,7 @@ use portcullis_proto::msg::{
     TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
-use portcullis_vchan::FrameWriter;
+use portcullis_vchan::{FrameReader, FrameWriter};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -675,23 +675,21 @@ impl Hostile<'_> {
             std::thread::spawn(move || -> Result<(), String> {
                 let mut peer = Peer::open(&dir, "policy_pd").map_err(|_| "open policy_pd")?;
                 let mut link = peer.connect().map_err(|_| "connect policy_pd")?;
-                let mut i = 0u64;
+                // As a flooder would: one request encoded once and written
+                // into the ring whenever there is room; answers counted as
+                // frames, not decoded (the CPU it saves goes to cryptod).
+                let req = keyset_req(rid(0x50, 0)).encode().map_err(|e| format!("encode: {e}"))?;
+                let mut tx = FrameWriter::new(vec![0u8; req.len()]);
+                let mut rx = FrameReader::new(vec![0u8; MAX_MESSAGE_LEN]);
+                let chan = link.chan();
                 while !stop.load(Ordering::Relaxed) {
-                    // Keep the send queue full and read whatever came back.
-                    while link.send(&keyset_req(rid(0x50, i))).is_ok() {
-                        i += 1;
+                    while tx.flush(chan).map_err(|e| format!("flood send: {e}"))? {
+                        tx.push(&req).map_err(|e| format!("flood frame: {e}"))?;
                     }
-                    loop {
-                        match link.poll() {
-                            Ok(Some(_)) => {
-                                flooded.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Err(format!("flood: {e}")),
-                        }
+                    while rx.poll(chan).map_err(|e| format!("flood receive: {e}"))?.is_some() {
+                        flooded.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = link.pump();
-                    let _ = link.chan().wait(Some(Duration::from_millis(1)));
+                    let _ = chan.wait(Some(Duration::from_millis(1)));
                 }
                 Ok(())
             })
