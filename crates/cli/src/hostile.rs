@@ -243,7 +243,7 @@ impl Hostile<'_> {
         lines.iter().skip(from).filter(|l| l.text.contains(pat)).count()
     }
 
-    /// 6 (first part). policy_pd asks for tokens as fast as it can, past its
+    /// Check 6 (first part): policy_pd asks for tokens as fast as it can, past its
     /// bucket: refused `rate_limited`, with a bounded number of console lines.
     fn token_flood(&mut self) -> Result<(), Failure> {
         println!("== token flood from policy_pd for {} s", TOKEN_FLOOD.as_secs());
