@@ -8,6 +8,8 @@
 //! `--scenario full` also drives the failure paths (wrong code, replayed
 //! code, lockout, the enforcer's refusals, and the audit collector killed
 //! with SIGKILL and restarted); the end-to-end test runs that.
+//! `--scenario hostile` runs only entropyd, cryptod and the collector and
+//! lets hostile clients at cryptod (`crate::hostile`).
 
 use crate::provision::{self, ProvisionArgs};
 use crate::Failure;
@@ -83,7 +85,7 @@ pub struct DemoArgs {
 
 /// One line a process printed, with when.
 pub(crate) struct Line {
-    pub(crate) at: Instant,
+    at: Instant,
     pub(crate) text: String,
 }
 
@@ -94,7 +96,7 @@ pub(crate) struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     pub(crate) lines: Arc<Mutex<Vec<Line>>>,
-    pub(crate) started: Instant,
+    started: Instant,
 }
 
 /// Set by `--scenario bench`: the collector's per-batch lines are kept, not echoed.
@@ -147,7 +149,7 @@ impl Proc {
         self.wait_any(&[pat], from, timeout).map(|(i, at, _)| (i, at))
     }
 
-    pub(crate) fn wait_any(
+    fn wait_any(
         &mut self,
         pats: &[&str],
         from: usize,
