@@ -8,6 +8,8 @@
 //! `--scenario full` also drives the failure paths (wrong code, replayed
 //! code, lockout, the enforcer's refusals, and the audit collector killed
 //! with SIGKILL and restarted); the end-to-end test runs that.
+//! `--scenario hostile` runs only entropyd, cryptod and the collector and
+//! lets hostile clients at cryptod (`crate::hostile`).
 
 use crate::provision::{self, ProvisionArgs};
 use crate::Failure;
@@ -28,6 +30,9 @@ pub enum Scenario {
     Full,
     /// Measure token round trips (policy_pd -> cryptod -> verified token).
     Bench,
+    /// Hostile clients speak cryptod's vchan directly, posing as guest
+    /// domains: guessing, lockout, restart, reconnect, flooding, audit volume.
+    Hostile,
 }
 
 /// A switch.
@@ -79,18 +84,18 @@ pub struct DemoArgs {
 }
 
 /// One line a process printed, with when.
-struct Line {
+pub(crate) struct Line {
     at: Instant,
-    text: String,
+    pub(crate) text: String,
 }
 
 /// A running process of the world, with its output collected.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     dom: DomId,
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<Line>>>,
+    pub(crate) lines: Arc<Mutex<Vec<Line>>>,
     started: Instant,
 }
 
@@ -129,13 +134,13 @@ impl Proc {
         Ok(Proc { name: name.into(), dom, child, stdin, lines, started })
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.lines.lock().map(|l| l.len()).unwrap_or(0)
     }
 
     /// Waits for a line containing `pat` (from index `from` on) and returns
     /// its index and time; fails if the process exits or time runs out.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &mut self,
         pat: &str,
         from: usize,
@@ -212,7 +217,7 @@ impl Proc {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -225,7 +230,7 @@ impl Drop for Proc {
 }
 
 /// The operator's TOTP code at `t`, from an otpauth URI.
-fn code_from_uri(uri: &str, t: u64) -> Result<String, Failure> {
+pub(crate) fn code_from_uri(uri: &str, t: u64) -> Result<String, Failure> {
     use portcullis_authority::totp::{totp, Algorithm};
     let query = uri.split_once('?').map(|q| q.1).unwrap_or("");
     let get = |k: &str| {
@@ -280,21 +285,21 @@ fn base32_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-struct Demo {
-    dir: PathBuf,
-    world: World,
+pub(crate) struct Demo {
+    pub(crate) dir: PathBuf,
+    pub(crate) world: World,
     exe: PathBuf,
     guests: PathBuf,
-    step: Duration,
+    pub(crate) step: Duration,
     timings: Vec<(String, Duration)>,
 }
 
 impl Demo {
-    fn guest(&self, name: &str) -> Result<Proc, Failure> {
+    pub(crate) fn guest(&self, name: &str) -> Result<Proc, Failure> {
         let dom = self.world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
         let bin = self.guests.join(name);
         if !bin.exists() {
@@ -313,14 +318,14 @@ impl Demo {
         Proc::spawn(name, dom, cmd)
     }
 
-    fn collector(&self) -> Result<Proc, Failure> {
+    pub(crate) fn collector(&self) -> Result<Proc, Failure> {
         let world = self.world.dir().to_string_lossy().to_string();
         let out = self.dir.join("audit.log").to_string_lossy().to_string();
         self.tool("collector", &["audit-collect", "--world", &world, "--out", &out])
     }
 
     /// Clean up after a killed process, as Xen does when a domain dies.
-    fn reap(&self, p: &mut Proc) {
+    pub(crate) fn reap(&self, p: &mut Proc) {
         p.kill();
         let _ = self.world.reap(p.dom);
     }
@@ -371,7 +376,13 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     // 2. The world: the launcher plays the toolstack and names the domains.
     let world = World::create(&dir.join("world")).map_err(|e| format!("world: {e}"))?;
     let mut doms = std::collections::HashMap::new();
-    for name in ["entropyd", "cryptod", "unlocker", "policy_pd", "collector", "unlock_agent"] {
+    let mut names =
+        vec!["entropyd", "cryptod", "unlocker", "policy_pd", "collector", "unlock_agent"];
+    if args.scenario == Scenario::Hostile {
+        // A client domain the ACL grants nothing.
+        names.push(crate::hostile::MALLORY);
+    }
+    for name in names {
         doms.insert(name, world.add_domain(name).map_err(|e| format!("domain {name}: {e}"))?);
     }
     let read =
@@ -392,9 +403,19 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         &world,
         doms["cryptod"],
         &format!(
-            "clients=unlocker,policy_pd,unlock_agent\ncollector=collector\nentropy=entropyd\nanswer_after_audit={wal}\n{}",
-            // The benchmark asks for tokens as fast as it can: no issue rate limit.
-            if args.scenario == Scenario::Bench { "issue_per_minute=0\n" } else { "" }
+            "clients=unlocker,policy_pd,unlock_agent{}\ncollector=collector\nentropy=entropyd\nanswer_after_audit={wal}\n{}",
+            if args.scenario == Scenario::Hostile { ",mallory" } else { "" },
+            match args.scenario {
+                // The benchmark asks for tokens as fast as it can: no issue rate limit.
+                Scenario::Bench => "issue_per_minute=0\n".to_string(),
+                // A small bucket that does not refill during the run, so the
+                // token flood is refused after a few tokens.
+                Scenario::Hostile => format!(
+                    "issue_burst={}\nissue_per_minute=1\n",
+                    crate::hostile::ISSUE_BURST
+                ),
+                _ => String::new(),
+            }
         ),
     )?;
     settings(&world, doms["entropyd"], "allow=cryptod\ninterval_ms=500\n")?;
@@ -438,6 +459,16 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     if args.scenario == Scenario::Bench {
         QUIET_COLLECTOR.store(true, std::sync::atomic::Ordering::Relaxed);
         return bench_roundtrip(&demo, doms["policy_pd"], &prov.join("root.pub"), args.bench_n);
+    }
+    if args.scenario == Scenario::Hostile {
+        let parts = crate::hostile::Parts {
+            cryptod,
+            collector,
+            entropyd,
+            root: prov.join("root.pub"),
+            uri,
+        };
+        return crate::hostile::run(&mut demo, parts);
     }
     let mut agent = demo.tool("unlock_agent", &agent_args)?;
     agent.wait_for("unlock-agent: ready", 0, demo.step)?;
@@ -600,7 +631,11 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
 
 /// Waits until cryptod reports its audit outbox empty and the collector has
 /// stored that same last acknowledged seq; returns it.
-fn settle(cryptod: &Proc, collector: &Proc, timeout: Duration) -> Result<Option<u64>, Failure> {
+pub(crate) fn settle(
+    cryptod: &Proc,
+    collector: &Proc,
+    timeout: Duration,
+) -> Result<Option<u64>, Failure> {
     let deadline = Instant::now() + timeout;
     let mut previous = None;
     loop {
@@ -620,7 +655,7 @@ fn settle(cryptod: &Proc, collector: &Proc, timeout: Duration) -> Result<Option<
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
@@ -735,13 +770,13 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
 }
 
 /// The number ending the last line of `p` that contains `pat`.
-fn last_number(p: &Proc, pat: &str) -> Option<u64> {
+pub(crate) fn last_number(p: &Proc, pat: &str) -> Option<u64> {
     let lines = p.lines.lock().ok()?;
     let line = lines.iter().rev().find(|l| l.text.contains(pat))?;
     line.text.rsplit(' ').next()?.parse().ok()
 }
 
 /// A code that differs from `code` in every digit.
-fn wrong_code(code: &str) -> String {
+pub(crate) fn wrong_code(code: &str) -> String {
     code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
 }

@@ -38,7 +38,7 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
     };
     let mut outs = vec![a.entropy(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
     for i in 0..3u8 {
-        let req = TokenIssueReq {
+        let req: Message = TokenIssueReq {
             request_id: RequestId([i; 16]),
             vm_id: "policy_pd".into(),
             requested_scope: ScopeSet::single(Scope::NetRead),
@@ -49,26 +49,22 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
             ttl: None,
             attestation: None,
             metadata: None,
-        };
-        outs.push(a.handle_request(
-            &PeerId::new(7, "policy_pd"),
-            Request::TokenIssue(&req),
-            now,
-            b"hw",
-        ));
+        }
+        .into();
+        let req = Request::from_message(&req).unwrap();
+        outs.push(a.handle_request(&PeerId::new(7, "policy_pd"), req, now, b"hw"));
     }
     for out in &outs {
-        store(&mut a, out, log, now);
+        store(&mut a, out, log);
     }
     sealed::unseal(&a.export(kek).unwrap(), kek).unwrap()
 }
 
-fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>, now: u64) {
+fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>) {
     for m in &out.audit {
         let Message::AuditLog(l) = m else { panic!("{m:?}") };
         let r = record_of(&l.record);
         log.push(l.record.clone());
-        let _ = now;
         a.collector_ack(&AuditAck { chain_id: r.chain_id, seq: r.seq });
     }
 }
