@@ -74,7 +74,7 @@ fn every_error_type_is_a_core_error() {
         // hosted
         portcullis_hosted::HostedError,
     ];
-    assert_eq!(names.len(), 31);
+    assert_eq!(names.len(), 32);
 }
 
 /// The messages of `e` and of every error under it, outermost first.
