@@ -55,7 +55,7 @@ pub enum DecodeError {
     TooDeep,
     /// Bytes left over after the top-level item.
     TrailingBytes,
-    /// The envelope's `v` is not [`PROTOCOL_VERSION`].
+    /// The envelope's `v` is not [`PROTOCOL_VERSION`](crate::envelope::PROTOCOL_VERSION).
     UnsupportedVersion(u64),
     /// The envelope's `type` is not a known message type.
     UnknownType,

@@ -3,7 +3,7 @@
 //! audit collector reading a record's sequence number, a self-test reading
 //! the id of a token it holds.
 //!
-//! Everything here returns an [`Unverified`] value, which does not dereference
+//! Everything here returns an [`Unverified`](crate::danger::Unverified) value, which does not dereference
 //! to its contents: each read says `get_unverified` or `into_unverified` at the
 //! call site. Nothing it holds may be trusted or acted on as a grant; verify
 //! with [`crate::token::verify`] or [`crate::cose::verify`] for that.

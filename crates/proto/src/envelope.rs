@@ -1,5 +1,5 @@
 //! The versioned envelope `{ "v": 1, "type": "<name>", "body": { ... } }`:
-//! [`Message`], its encoding and its decoding. The CBOR codec underneath is
+//! [`Message`](crate::envelope::Message), its encoding and its decoding. The CBOR codec underneath is
 //! `crate::cbor`; its errors are re-exported here.
 //!
 //! `protocol/messages.cddl` is the normative schema.

@@ -1,7 +1,7 @@
 //! Ed25519 keys as Portcullis names, stores and publishes them: the key id
-//! derivation ([`kid_for`]), COSE_Key (RFC 9052 §7) encoding and decoding for
-//! key files, and the verifier's [`KeyEntry`], with its conversion from the
-//! wire form a keyset carries ([`KeyEntryWire`]).
+//! derivation ([`kid_for`](crate::key::kid_for)), COSE_Key (RFC 9052 §7) encoding and decoding for
+//! key files, and the verifier's [`KeyEntry`](crate::key::KeyEntry), with its conversion from the
+//! wire form a keyset carries ([`KeyEntryWire`](crate::msg::KeyEntryWire)).
 //!
 //! A COSE_Key here is an OKP key on curve Ed25519 (`kty` 1, `crv` 6), with
 //! `x` (the 32-byte public key), `d` (the 32-byte seed) for a private key,
