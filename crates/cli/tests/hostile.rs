@@ -48,10 +48,8 @@ fn hostile_clients_against_cryptod() {
         .expect("run portcullis demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let results: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.starts_with("[ok]") || l.starts_with("[FAIL]") || l.starts_with("[skip]"))
-        .collect();
+    let results: Vec<&str> =
+        stdout.lines().filter(|l| l.starts_with("[ok]") || l.starts_with("[FAIL]")).collect();
     assert!(out.status.success(), "hostile scenario failed:\n{}\n{stderr}", results.join("\n"));
     assert!(!stdout.contains("[FAIL]"), "{stdout}");
     for needle in [
@@ -70,15 +68,14 @@ fn hostile_clients_against_cryptod() {
         "[ok] entropy_pub on a client link: answered with an error, refused",
         "[ok] flood of audit_acks: every one answered with an error, console lines bounded",
         "[ok] wire: v=2 and an unknown type are answered with an error",
+        "[ok] wire: the error codes are unsupported_version and unknown_type",
         "[ok] audit verify: the collected log is one valid chain across the restart",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{}", results.join("\n"));
     }
-    // The summary counts every check that printed a line. The wire error
-    // codes are a 17th check once cryptod answers them, a skip until then.
+    // The summary counts every check that printed a line; none is skipped.
     let passed = results.iter().filter(|l| l.starts_with("[ok]")).count();
-    let skipped = results.iter().filter(|l| l.starts_with("[skip]")).count();
-    assert_eq!(passed + skipped, 17, "{}", results.join("\n"));
+    assert_eq!(passed, 17, "{}", results.join("\n"));
     assert!(
         stdout.contains(&format!("hostile: {passed} passed, 0 failed")),
         "summary does not match the lines:\n{stdout}"
