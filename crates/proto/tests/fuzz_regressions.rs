@@ -1,5 +1,7 @@
-//! Replays the saved fuzz inputs (`fuzz/regressions/<target>/*`) with the
-//! properties the fuzz targets assert, so a fixed crash stays fixed.
+//! Replays the saved fuzz inputs (`fuzz/regressions/<target>/*` and the
+//! committed corpus `fuzz/corpus/<target>/*`) with the properties the fuzz
+//! targets assert, so a fixed crash stays fixed and what the fuzzer found
+//! interesting is checked on every `cargo test`.
 
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger;
@@ -10,16 +12,21 @@ use portcullis_proto::token::{
 };
 use std::path::PathBuf;
 
+/// Every saved input of a fuzz target: its regressions (inputs that once
+/// failed, and hand-made seeds) and its committed, minimized corpus.
 fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+    for dir in [fuzz.join("regressions").join(target), fuzz.join("corpus").join(target)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
         }
     }
-    assert!(!out.is_empty(), "no inputs in {}", dir.display());
+    assert!(!out.is_empty(), "no saved inputs for {target} under {}", fuzz.display());
     out
 }
 

@@ -9,6 +9,7 @@
 //! - [`Vchan`]: server and client endpoints over a backend.
 //! - [`frame`]: [`FrameReader`] and [`FrameWriter`].
 //! - `sim` (feature `std`): an in-process backend for tests and benchmarks.
+//! - `fuzzing` (feature `std`): the `vchan_ring` fuzz target's body.
 //!
 //! Everything the peer can write is treated as hostile; see `docs/vchan.md`.
 
@@ -20,6 +21,8 @@ extern crate std;
 
 pub mod backend;
 pub mod frame;
+#[cfg(feature = "std")]
+pub mod fuzzing;
 pub mod layout;
 pub mod ring;
 pub mod shm;
