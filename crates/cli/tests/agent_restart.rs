@@ -25,26 +25,10 @@ use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
 use portcullis_vchan::{ClientConfig, DomId, Vchan};
 
+mod common;
+
 const GUESTS: [&str; 2] = ["entropyd", "cryptod"];
 const STEP: Duration = Duration::from_secs(60);
-
-fn guests_dir() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--quiet");
-    for g in GUESTS {
-        cmd.args(["-p", g]);
-    }
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("run cargo build").success(), "building the guests failed");
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_portcullis")).parent().unwrap().to_path_buf();
-    for g in GUESTS {
-        assert!(dir.join(g).exists(), "guest {g} not found in {}", dir.display());
-    }
-    dir
-}
 
 /// A process of the world whose output lines are collected.
 struct Proc {
@@ -149,7 +133,7 @@ fn provision(dir: &Path) -> PathBuf {
 
 #[test]
 fn the_agent_reconnects_to_a_restarted_cryptod_and_refetches_its_trust() {
-    let guests = guests_dir();
+    let guests = common::guests_dir(&GUESTS);
     let work = tempfile::tempdir().unwrap();
     let prov = provision(work.path());
     let world = World::create(&work.path().join("world")).unwrap();

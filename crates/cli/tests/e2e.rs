@@ -6,34 +6,15 @@
 //! wrong audience, expired and revoked, and the audit collector killed with
 //! SIGKILL and restarted without losing a record.
 
-use std::path::PathBuf;
 use std::process::Command;
+
+mod common;
 
 const GUESTS: [&str; 4] = ["entropyd", "cryptod", "unlocker", "policy_pd"];
 
-/// Builds the guest binaries (same profile as this test) and returns their directory.
-fn guests_dir() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build").arg("--quiet");
-    for g in GUESTS {
-        cmd.args(["-p", g]);
-    }
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("run cargo build for the guests");
-    assert!(status.success(), "building the guests failed");
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_portcullis")).parent().unwrap().to_path_buf();
-    for g in GUESTS {
-        assert!(dir.join(g).exists(), "guest {g} not found in {}", dir.display());
-    }
-    dir
-}
-
 #[test]
 fn full_scenario_with_oathtool_codes() {
-    let guests = guests_dir();
+    let guests = common::guests_dir(&GUESTS);
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["demo", "--oathtool", "--no-qr", "--scenario", "full", "--step-timeout", "60"])
