@@ -408,6 +408,24 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         Ok(())
     }
 
+    /// The client `idx` (`peer`) closed its end: says so (rate-limited) and
+    /// listens again on a fresh ring.
+    fn client_left<P: Platform>(
+        &mut self,
+        p: &mut P,
+        idx: usize,
+        peer: &PeerId,
+        now: u64,
+    ) -> Result<(), AppError> {
+        self.warn(
+            p,
+            "left",
+            peer.domid,
+            format_args!("cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid),
+        );
+        self.reset_client(p, idx, "client left", now)
+    }
+
     /// Handles up to [`CLIENT_BUDGET`] messages from client `idx`; returns
     /// whether audit records were made.
     fn serve_client<P: Platform<Backend = B>>(
@@ -422,13 +440,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let peer = c.peer.clone();
         let Some(link) = c.link.as_mut() else { return Ok(false) };
         if !link.is_open() {
-            self.warn(
-                p,
-                "left",
-                peer.domid,
-                format_args!("cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid),
-            );
-            self.reset_client(p, idx, "client left", now)?;
+            self.client_left(p, idx, &peer, now)?;
             return Ok(false);
         }
         // Once the client is there, nobody else may find this ring: a
@@ -450,13 +462,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 return Ok(audited);
             }
             if !link.is_open() {
-                self.warn(
-                    p,
-                    "left",
-                    peer.domid,
-                    format_args!("cryptod: {} (dom{}) left; listening again", peer.vm, peer.domid),
-                );
-                self.reset_client(p, idx, "client left", now)?;
+                self.client_left(p, idx, &peer, now)?;
                 return Ok(audited);
             }
             let reply = match link.poll() {
