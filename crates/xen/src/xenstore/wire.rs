@@ -151,29 +151,10 @@ impl Errno {
     }
 }
 
-/// The errno name, as the daemon sends it (`ENOENT`); `Other` for a name
-/// this client does not know.
+/// The errno name, as the daemon sends it (`ENOENT`), from [`Errno::name`].
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Errno::Inval => "EINVAL",
-            Errno::Acces => "EACCES",
-            Errno::Exist => "EEXIST",
-            Errno::IsDir => "EISDIR",
-            Errno::NoEnt => "ENOENT",
-            Errno::NoMem => "ENOMEM",
-            Errno::NoSpc => "ENOSPC",
-            Errno::Io => "EIO",
-            Errno::NotEmpty => "ENOTEMPTY",
-            Errno::NoSys => "ENOSYS",
-            Errno::RoFs => "EROFS",
-            Errno::Busy => "EBUSY",
-            Errno::Again => "EAGAIN",
-            Errno::IsConn => "EISCONN",
-            Errno::TooBig => "E2BIG",
-            Errno::Perm => "EPERM",
-            Errno::Other => "other",
-        })
+        f.write_str(self.name())
     }
 }
 
