@@ -1,10 +1,10 @@
 //! End-to-end tests of the state machine through its entry points
 //! (`handle_request`, `collector_ack`, `entropy`), reached through the
-//! test-only [`Route`] shim below.
+//! test-only `Route` shim in `common`.
 
 use portcullis_authority::audit::verify_chain;
 use portcullis_authority::authority::{not_served, Config, Output};
-use portcullis_authority::sealed::{self, SealedState};
+use portcullis_authority::sealed;
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::unlock::{self, Transcript};
 use portcullis_authority::{Authority, PeerId, Request};
@@ -12,69 +12,17 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditAck, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody, KeysetReq, RequestId,
-    RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult,
-    TotpValidateReq, TotpValidateResp,
+    AuditAck, AuditResult, IssueResult, KeysetBody, KeysetReq, RequestId, RevocationBody,
+    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
+    TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-const SECRET: &[u8] = b"12345678901234567890";
-const T0: u64 = 1_700_000_000;
-const ACL: &str = "\
-allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=vol0,data
-allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
-";
-
-/// Test-only: routes a message to the entry point for its kind, as if each
-/// came in on the link of the role that may send it (cryptod itself routes
-/// by link, never by kind). A message no role may send is an error answer.
-trait Route {
-    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output;
-}
-
-impl Route for Authority {
-    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
-        match msg {
-            Message::EntropyPub(e) => self.entropy(peer, e, now, hw),
-            Message::AuditAck(a) => self.collector_ack(a),
-            other => match Request::from_message(other) {
-                Some(req) => self.handle_request(peer, req, now, hw),
-                None => Output { response: Some(not_served(other)), ..Output::default() },
-            },
-        }
-    }
-}
-
-fn state() -> SealedState {
-    SealedState::new(
-        [0x11; 32],
-        [0x22; 32],
-        vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
-        ACL.into(),
-    )
-}
-
-fn unlocker() -> PeerId {
-    PeerId::new(5, "unlocker")
-}
-
-fn policy_pd() -> PeerId {
-    PeerId::new(7, "policy_pd")
-}
-
-fn entropy(seq: u64) -> Message {
-    EntropyPub {
-        drbg_version: "entropyd-1".into(),
-        seq,
-        nonce: vec![seq as u8; 16],
-        entropy_chunk: Zeroizing::new(vec![0x5a ^ seq as u8; 64]),
-        timestamp: T0,
-    }
-    .into()
-}
+mod common;
+use common::*;
 
 fn seeded_with(config: Config) -> (Authority, Vec<Vec<u8>>) {
     let mut a = Authority::new(config, state(), T0).unwrap();
@@ -87,19 +35,6 @@ fn seeded() -> (Authority, Vec<Vec<u8>>) {
     seeded_with(Config::default())
 }
 
-fn records(out: &Output) -> Vec<Vec<u8>> {
-    out.audit
-        .iter()
-        .map(|m| match m {
-            Message::AuditLog(l) => l.record.clone(),
-            other => panic!("not an audit record: {other:?}"),
-        })
-        .collect()
-}
-
-/// `Authority::handle` with a collector that acknowledges at once: an
-/// answer held for its audit records is released by the ack and returned
-/// as the response, with the records still in `audit`.
 fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
     let mut out = a.handle(peer, msg, now, hw);
     let Some(last) = records(&out).last().map(|r| audit_record(r)) else { return out };
@@ -118,10 +53,6 @@ fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) ->
     }
     assert!(released.next().is_none());
     out
-}
-
-fn code_at(t: u64) -> String {
-    format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
 }
 
 fn totp_req(code: &str, device: &str) -> TotpValidateReq {
@@ -159,11 +90,6 @@ fn issue_req(scope: ScopeSet, audience: &str, ttl: Option<u64>) -> TokenIssueReq
         attestation: None,
         metadata: None,
     }
-}
-
-fn audit_record(bytes: &[u8]) -> AuditRecord {
-    AuditRecord::from_cbor(&danger::open_unverified(bytes).unwrap().into_unverified().payload)
-        .unwrap()
 }
 
 #[test]

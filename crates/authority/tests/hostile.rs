@@ -1,78 +1,29 @@
 //! Issue 10 (hostile domains): an unlocker or policy domain that sends what
 //! it likes, and cryptod restarts. Each test reproduces one finding through
-//! `Authority::handle`, `tick` and `export`, the way cryptod drives them.
+//! `handle_request`, `entropy`, `collector_ack` (through `common::Route`),
+//! `tick` and `export`, the way cryptod drives them.
 
 use portcullis_authority::audit::{verify_log, LogErrorKind};
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::sealed::{self, SealedState};
-use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
-use portcullis_authority::{Authority, PeerId, Request};
+use portcullis_authority::totp::{totp, Algorithm};
+use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditAck, AuditAction, AuditRecord, AuditResult, EntropyPub, IssueResult, KeysetBody,
-    KeysetReq, RequestId, RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq,
-    TokenRevokeReq, TotpResult, TotpValidateReq, TotpValidateResp,
+    AuditAck, AuditAction, AuditRecord, AuditResult, IssueResult, KeysetBody, KeysetReq, RequestId,
+    RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult,
+    TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-const SECRET: &[u8] = b"12345678901234567890";
-const T0: u64 = 1_700_000_000;
+mod common;
+use common::*;
+
 const KEK: [u8; 32] = [0x99; 32];
-const ACL: &str = "\
-allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=vol0,data
-allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
-";
-
-fn state() -> SealedState {
-    SealedState::new(
-        [0x11; 32],
-        [0x22; 32],
-        vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
-        ACL.into(),
-    )
-}
-
-fn unlocker() -> PeerId {
-    PeerId::new(5, "unlocker")
-}
-
-fn policy_pd() -> PeerId {
-    PeerId::new(7, "policy_pd")
-}
-
-fn entropy(seq: u64) -> Message {
-    EntropyPub {
-        drbg_version: "entropyd-1".into(),
-        seq,
-        nonce: vec![seq as u8; 16],
-        entropy_chunk: Zeroizing::new(vec![0x5a ^ seq as u8; 64]),
-        timestamp: T0,
-    }
-    .into()
-}
-
-fn records(out: &Output) -> Vec<Vec<u8>> {
-    out.audit
-        .iter()
-        .map(|m| match m {
-            Message::AuditLog(l) => l.record.clone(),
-            other => panic!("not an audit record: {other:?}"),
-        })
-        .collect()
-}
-
-fn audit_record(bytes: &[u8]) -> AuditRecord {
-    let object = portcullis_proto::danger::open_unverified(bytes).unwrap();
-    AuditRecord::from_cbor(&object.get_unverified().payload).unwrap()
-}
-
-fn code_at(t: u64) -> String {
-    format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
-}
 
 fn wrong_at(t: u64) -> String {
     format!("{:08}", (totp(SECRET, Algorithm::Sha1, 8, t) + 1) % 100_000_000)
@@ -154,13 +105,7 @@ impl Cryptod {
     }
 
     fn call(&mut self, peer: &PeerId, msg: &Message, now: u64) -> Output {
-        let mut out = match msg {
-            Message::EntropyPub(e) => self.a.entropy(peer, e, now, b"hw"),
-            other => {
-                let req = Request::from_message(other).expect("a request cryptod serves");
-                self.a.handle_request(peer, req, now, b"hw")
-            }
-        };
+        let mut out = self.a.handle(peer, msg, now, b"hw");
         self.store(&mut out, now);
         out
     }

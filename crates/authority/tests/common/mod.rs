@@ -1,0 +1,100 @@
+//! What the authority's end-to-end test crates share: one sealed state (one
+//! operator, alice), the two client peers its ACL names, entropy chunks,
+//! the test-only [`Route`] shim, and readers for the audit records an
+//! [`Output`] carries. Each test crate uses a part of it.
+#![allow(dead_code)]
+
+use portcullis_authority::authority::{not_served, Output};
+use portcullis_authority::sealed::SealedState;
+use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
+use portcullis_authority::{Authority, PeerId, Request};
+use portcullis_proto::danger;
+use portcullis_proto::envelope::Message;
+use portcullis_proto::msg::{AuditRecord, EntropyPub};
+use zeroize::Zeroizing;
+
+/// alice's TOTP secret (RFC 6238's SHA-1 seed).
+pub const SECRET: &[u8] = b"12345678901234567890";
+/// The tests' clock.
+pub const T0: u64 = 1_700_000_000;
+/// The ACL: the unlocker (dom5) may unlock two volumes, policy_pd (dom7)
+/// may get network tokens and revoke.
+pub const ACL: &str = "\
+allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=vol0,data
+allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,cryptod
+";
+
+/// Test-only: routes a message to the entry point for its kind, as if each
+/// came in on the link of the role that may send it (cryptod itself routes
+/// by link, never by kind). A message no role may send is an error answer.
+pub trait Route {
+    /// The entry point for `msg`'s kind.
+    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output;
+}
+
+impl Route for Authority {
+    fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
+        match msg {
+            Message::EntropyPub(e) => self.entropy(peer, e, now, hw),
+            Message::AuditAck(a) => self.collector_ack(a),
+            other => match Request::from_message(other) {
+                Some(req) => self.handle_request(peer, req, now, hw),
+                None => Output { response: Some(not_served(other)), ..Output::default() },
+            },
+        }
+    }
+}
+
+/// The sealed state: alice (SHA-1, 8 digits) and [`ACL`].
+pub fn state() -> SealedState {
+    SealedState::new(
+        [0x11; 32],
+        [0x22; 32],
+        vec![OperatorSecret::new("alice", SECRET, Algorithm::Sha1, 8).unwrap()],
+        ACL.into(),
+    )
+}
+
+/// The unlocker's peer id (dom5).
+pub fn unlocker() -> PeerId {
+    PeerId::new(5, "unlocker")
+}
+
+/// policy_pd's peer id (dom7).
+pub fn policy_pd() -> PeerId {
+    PeerId::new(7, "policy_pd")
+}
+
+/// entropyd's chunk number `seq`.
+pub fn entropy(seq: u64) -> Message {
+    EntropyPub {
+        drbg_version: "entropyd-1".into(),
+        seq,
+        nonce: vec![seq as u8; 16],
+        entropy_chunk: Zeroizing::new(vec![0x5a ^ seq as u8; 64]),
+        timestamp: T0,
+    }
+    .into()
+}
+
+/// The signed audit records in `out`.
+pub fn records(out: &Output) -> Vec<Vec<u8>> {
+    out.audit
+        .iter()
+        .map(|m| match m {
+            Message::AuditLog(l) => l.record.clone(),
+            other => panic!("not an audit record: {other:?}"),
+        })
+        .collect()
+}
+
+/// The payload of a signed audit record (not verified).
+pub fn audit_record(bytes: &[u8]) -> AuditRecord {
+    AuditRecord::from_cbor(&danger::open_unverified(bytes).unwrap().into_unverified().payload)
+        .unwrap()
+}
+
+/// alice's code at `t`.
+pub fn code_at(t: u64) -> String {
+    format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
+}
