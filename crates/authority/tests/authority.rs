@@ -13,13 +13,11 @@ use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, AuditResult, IssueResult, KeysetBody, KeysetReq, RequestId, RevocationBody,
-    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
-    TotpValidateResp,
+    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
 use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
 
 mod common;
 use common::*;
@@ -53,28 +51,6 @@ fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) ->
     }
     assert!(released.next().is_none());
     out
-}
-
-fn totp_req(code: &str, device: &str) -> TotpValidateReq {
-    TotpValidateReq {
-        request_id: RequestId([0x42; 16]),
-        operator_id: "alice".into(),
-        device_id: device.into(),
-        totp_code: Zeroizing::new(code.into()),
-        client_nonce: vec![9; 16],
-        timestamp: T0,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        attestation_chain: None,
-        metadata: None,
-    }
-}
-
-fn totp_resp(out: &Output) -> &TotpValidateResp {
-    match out.response.as_ref() {
-        Some(Message::TotpValidateResp(r)) => r,
-        other => panic!("expected totp_validate_resp, got {other:?}"),
-    }
 }
 
 fn issue_req(scope: ScopeSet, audience: &str, ttl: Option<u64>) -> TokenIssueReq {

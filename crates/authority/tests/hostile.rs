@@ -14,11 +14,9 @@ use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, AuditAction, AuditRecord, AuditResult, IssueResult, KeysetBody, KeysetReq, RequestId,
     RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult,
-    TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 mod common;
 use common::*;
@@ -27,22 +25,6 @@ const KEK: [u8; 32] = [0x99; 32];
 
 fn wrong_at(t: u64) -> String {
     format!("{:08}", (totp(SECRET, Algorithm::Sha1, 8, t) + 1) % 100_000_000)
-}
-
-fn totp_req(operator: &str, code: &str, device: &str) -> Message {
-    TotpValidateReq {
-        request_id: RequestId([0x42; 16]),
-        operator_id: operator.into(),
-        device_id: device.into(),
-        totp_code: Zeroizing::new(code.into()),
-        client_nonce: vec![9; 16],
-        timestamp: T0,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        attestation_chain: None,
-        metadata: None,
-    }
-    .into()
 }
 
 fn issue_req() -> Message {
@@ -59,13 +41,6 @@ fn issue_req() -> Message {
         metadata: None,
     }
     .into()
-}
-
-fn totp_resp(out: &Output) -> &TotpValidateResp {
-    match out.response.as_ref() {
-        Some(Message::TotpValidateResp(r)) => r,
-        other => panic!("expected totp_validate_resp, got {other:?}"),
-    }
 }
 
 /// cryptod and its collector: every record is stored in `log` and
@@ -126,7 +101,7 @@ impl Cryptod {
     }
 
     fn totp(&mut self, operator: &str, code: &str, device: &str, now: u64) -> (TotpResult, Output) {
-        let out = self.call(&unlocker(), &totp_req(operator, code, device), now);
+        let out = self.call(&unlocker(), &totp_req_for(operator, code, device).into(), now);
         (totp_resp(&out).result, out)
     }
 }

@@ -10,7 +10,9 @@ use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditRecord, EntropyPub};
+use portcullis_proto::msg::{
+    AuditRecord, EntropyPub, RequestId, TotpValidateReq, TotpValidateResp,
+};
 use zeroize::Zeroizing;
 
 /// alice's TOTP secret (RFC 6238's SHA-1 seed).
@@ -97,4 +99,33 @@ pub fn audit_record(bytes: &[u8]) -> AuditRecord {
 /// alice's code at `t`.
 pub fn code_at(t: u64) -> String {
     format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, t))
+}
+
+/// A `totp_validate_req` from `operator`'s `device` with `code`, at [`T0`].
+pub fn totp_req_for(operator: &str, code: &str, device: &str) -> TotpValidateReq {
+    TotpValidateReq {
+        request_id: RequestId([0x42; 16]),
+        operator_id: operator.into(),
+        device_id: device.into(),
+        totp_code: Zeroizing::new(code.into()),
+        client_nonce: vec![9; 16],
+        timestamp: T0,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        attestation_chain: None,
+        metadata: None,
+    }
+}
+
+/// alice's `totp_validate_req` from `device` with `code`.
+pub fn totp_req(code: &str, device: &str) -> TotpValidateReq {
+    totp_req_for("alice", code, device)
+}
+
+/// The `totp_validate_resp` in `out` (panics on anything else).
+pub fn totp_resp(out: &Output) -> &TotpValidateResp {
+    match out.response.as_ref() {
+        Some(Message::TotpValidateResp(r)) => r,
+        other => panic!("expected totp_validate_resp, got {other:?}"),
+    }
 }
