@@ -7,6 +7,7 @@
 mod agent;
 mod audit_cmd;
 mod demo;
+mod host;
 mod hostile;
 mod keyfile;
 mod provision;
