@@ -66,9 +66,14 @@ struct Collector<B: Backend> {
 
 /// The entropy link (cryptod is the client): `entropy_pub` in.
 struct EntropySource<B: Backend> {
+    /// The entropy domain's name (setting `entropy`).
+    name: String,
+    /// Its current domain id ([`NOBODY`] while no domain has the name).
     dom: DomId,
     peer: PeerId,
     link: Option<Link<B>>,
+    /// The second of the last name lookup (at most one per second).
+    resolved_at: u64,
 }
 
 /// The peer id of a client whose name no domain has (yet).
@@ -158,11 +163,21 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let collector =
             Collector { link: serve(p, collector_dom, port::AUDIT)?, shipped: None, acked: None };
         let entropy_name = String::from(s.get("entropy", "entropyd"));
-        let entropy_dom = p.resolve(&entropy_name)?;
+        // entropyd may be created after cryptod: followed by name.
+        let entropy_dom = match p.resolve(&entropy_name) {
+            Ok(dom) => dom,
+            Err(PlatformError::UnknownDomain) => {
+                say!(p, "cryptod: {entropy_name} not there yet; seeding from it when it appears");
+                NOBODY
+            }
+            Err(e) => return Err(e.into()),
+        };
         let entropy = EntropySource {
-            dom: entropy_dom,
             peer: PeerId::new(u32::from(entropy_dom.0), &entropy_name),
+            name: entropy_name.clone(),
+            dom: entropy_dom,
             link: None,
+            resolved_at: p.now_unix(),
         };
         say!(
             p,
@@ -291,7 +306,20 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         now: u64,
     ) -> Result<bool, AppError> {
         let mut changed = false;
-        if self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
+        let src = &mut self.entropy;
+        if src.link.as_ref().is_none_or(|l| !l.is_open()) && now != src.resolved_at {
+            // Down: perhaps entropyd was created (again) under a new id.
+            src.resolved_at = now;
+            if let Ok(dom) = p.resolve(&src.name) {
+                if dom != src.dom {
+                    say!(p, "cryptod: entropy from {} (dom{})", src.name, dom.0);
+                    src.dom = dom;
+                    src.peer = PeerId::new(u32::from(dom.0), &src.name);
+                    src.link = None;
+                }
+            }
+        }
+        if self.entropy.dom != NOBODY && self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
             let config = ClientConfig { server: self.entropy.dom, port: port::ENTROPY };
             self.entropy.link = match Vchan::client(p.backend(), config) {
                 Ok(v) => Some(Link::new(v)),

@@ -20,7 +20,9 @@ use portcullis_proto::msg::{IssueResult, RequestId, RevokeResult, TokenIssueReq,
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
-use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
+use crate::common::{
+    port, random, request_id, resolve_wait, AppError, Settings, CALL_TIMEOUT, PEER_PATIENCE,
+};
 use crate::link::Link;
 use crate::net::{connect, sleep};
 use crate::say;
@@ -139,7 +141,7 @@ fn refresh_revocations<P: Platform>(
 pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let s = Settings::load(p)?;
     let rule = String::from(s.get("rule", "allow tcp 10.0.0.0/8 -> 443"));
-    let cryptod_dom = p.resolve(s.get("cryptod", "cryptod"))?;
+    let cryptod_dom = resolve_wait(p, s.get("cryptod", "cryptod"), PEER_PATIENCE)?;
     let audience = String::from(s.get("audience", p.name()));
     let trust = load_trust(p)?;
     let mut enf = Enforcer::new(&audience, s.num("skew", 30)?, trust);

@@ -24,7 +24,10 @@ use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, request_id, resolve_dom, AppError, Settings, CALL_TIMEOUT};
+use crate::common::{
+    port, random, request_id, resolve_dom, resolve_wait, AppError, Settings, CALL_TIMEOUT,
+    PEER_PATIENCE,
+};
 use crate::link::Link;
 use crate::net::connect;
 use crate::say;
@@ -292,7 +295,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
     };
     let attempts = s.num("attempts", 3)?.max(1);
     let agent = resolve_dom(p, s.get("agent", "dom0"))?;
-    let cryptod_dom = resolve_dom(p, s.get("cryptod", "cryptod"))?;
+    let cryptod_dom = resolve_wait(p, s.get("cryptod", "cryptod"), PEER_PATIENCE)?;
     let mut trust = load_trust(p)?;
 
     let mut cryptod = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;

@@ -517,3 +517,20 @@ fn a_client_reconnecting_in_a_loop_gets_a_fresh_ring_each_time_and_few_console_l
     let per_window = portcullis_apps::console::DEFAULT_PER_WINDOW as usize;
     assert_eq!(w.p.lines_with("policy_pd (dom7) left; listening again"), per_window);
 }
+
+#[test]
+fn entropyd_created_after_cryptod_is_followed_by_name() {
+    let mut w = boot_with(SETTINGS, &[("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)]);
+    assert_eq!(w.p.lines_with("entropyd not there yet"), 1);
+    w.poll();
+    w.entropyd.send(&chunk(1)).unwrap();
+    w.poll();
+    assert!(!w.d.authority().is_ready(), "no entropy domain known: nothing read");
+    // xl creates entropyd; the host service publishes its id.
+    w.p.names.insert("entropyd".into(), ENTROPYD);
+    w.p.advance(Duration::from_secs(1));
+    w.poll(); // resolves and connects
+    w.poll();
+    assert!(w.d.authority().is_ready(), "seeded by the entropyd that appeared");
+    assert_eq!(w.p.lines_with(&format!("entropy from entropyd (dom{})", ENTROPYD.0)), 1);
+}
