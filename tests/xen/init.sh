@@ -2,7 +2,9 @@
 # PID 1 of the busybox dom0 built by `cargo xtask xen-image`.
 # Brings up the minimal Xen toolstack (xenstored, xen-init-dom0, xenconsoled
 # logging every guest console to /var/log/xen/console/guest-<name>.log),
-# runs /portcullis/test.sh, and hands its exit code to QEMU through the
+# starts the installed portcullis-host.service the way systemd would
+# (/portcullis/service: its ExecStart, Restart=on-failure), runs
+# /portcullis/test.sh, and hands its exit code to QEMU through the
 # isa-debug-exit device at port 0xf4 (QEMU exits with 2*code+1).
 # Kernel argument `portcullis.shell` gives a shell on hvc0 before exiting.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -27,6 +29,7 @@ xen-init-dom0 >/dev/null || echo "dom0-init: xen-init-dom0 failed"
 xenconsoled --pid-file=/var/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console \
     || echo "dom0-init: xenconsoled failed"
 echo "dom0-init: toolstack up at $(up) s"
+/portcullis/service start
 rc=1
 if [ -x /portcullis/test.sh ]; then
     /portcullis/test.sh

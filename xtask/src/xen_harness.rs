@@ -1,14 +1,17 @@
 //! Real Xen inside QEMU: `cargo xtask xen-image` and `cargo xtask boot`.
 //!
 //! `xen-image` assembles, from Debian packages only (fetched with
-//! `apt-get download`, unpacked with `dpkg-deb -x`, nothing installed), the
-//! Xen 4.17 hypervisor, a Debian dom0 kernel and a busybox dom0 initramfs
-//! holding the Xen toolstack, our PVH guest images, the repository's
-//! `xen/*.cfg`, cryptod's provisioned items and the dom0 scripts from
-//! `tests/xen/`. `boot` runs it under QEMU (TCG, `-cpu max`); dom0 creates
-//! the guests with `xl create` and reports its verdict through QEMU's
-//! `isa-debug-exit` device, which becomes this command's exit status.
-//! See docs/xen-boot.md.
+//! `apt-get download`, unpacked with `dpkg-deb -x`, nothing installed on
+//! this machine), the Xen 4.17 hypervisor, a Debian dom0 kernel and a
+//! busybox dom0 initramfs holding the Xen toolstack and our own Debian
+//! package (`cargo xtask dist`), installed into the dom0 root by `dpkg
+//! --root` as an operator's `dpkg -i` would. Besides, the dom0 gets what an
+//! operator brings: the provisioned state in /var/lib/portcullis, an edited
+//! /etc/portcullis/host.toml, and the test scripts from `tests/xen/` under
+//! /portcullis. `boot` runs it under QEMU (TCG, `-cpu max`); dom0's init
+//! starts `portcullis host` as its unit says, the test script acts as an
+//! operator and reports its verdict through QEMU's `isa-debug-exit` device,
+//! which becomes this command's exit status. See docs/xen-boot.md.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -51,12 +54,15 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Toolstack programs copied into dom0 (from `/usr/lib/xen-4.17/bin`).
-const XEN_TOOLS: &[&str] =
-    &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole", "vchan-socket-proxy"];
+const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole"];
+/// Xen's own vchan library, which `portcullis host` loads (dlopen) to reach
+/// the guests from dom0.
+const LIBXENVCHAN: &str = "usr/lib/x86_64-linux-gnu/libxenvchan.so.4.17";
 /// Other programs copied into dom0, from the unpacked packages.
 const DOM0_PROGRAMS: &[&str] = &["sbin/cryptsetup", "usr/bin/oathtool"];
 /// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
-const XENSTORE_CMDS: &[&str] = &["read", "write", "ls", "list", "rm", "exists", "chmod", "watch"];
+/// (The test script only reads: `xenstore-write`/`chmod` are not there.)
+const XENSTORE_CMDS: &[&str] = &["read", "ls", "list", "exists"];
 /// Kernel modules, under the kernel's `kernel/` directory: the toolstack's,
 /// then loop devices and dm-crypt for `cryptsetup open` (with AES-XTS and
 /// the kernel crypto API that cryptsetup uses for key slots).
@@ -78,14 +84,14 @@ const MODULES: &[&str] = &[
 const VOLUME: &str = "data.luks";
 /// Its size, MiB (LUKS2's header alone takes 16).
 const VOLUME_MIB: &str = "20";
-/// Guests installed at `/var/lib/portcullis/<name>` (as `xen/*.cfg` expect).
-const IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello"];
+/// Where the dom0 gets the test guest `hello` (not part of the package).
+const HELLO: &str = "portcullis/hello";
 
 /// Xen's command line (measured in shared/notes/xen-in-qemu.md).
 const XEN_ARGS: &str = "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=1 \
                         bootscrub=0 loglvl=all guest_loglvl=all";
 /// Wall-clock limit of one `boot` run.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(720);
 
 /// The boot files made by `xen-image`.
 pub struct Image {
@@ -141,17 +147,14 @@ pub fn xen_image() -> Result<Image, String> {
     let work = work_dir();
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
 
-    step("guest images (cargo xtask build --target xen)");
-    crate::build_xen()?;
+    step("the Debian package (cargo xtask dist)");
+    let deb = crate::dist::dist()?;
 
     step("provisioning (portcullis provision, on the host)");
     let provisioned = provision(&work)?;
 
-    step("dom0 tools (portcullis, release build)");
-    run(
-        "build portcullis CLI (release)",
-        crate::cargo().args(["build", "--release", "-p", "portcullis-cli", "--bin", "portcullis"]),
-    )?;
+    step("the package installed into the dom0 root (dpkg --root)");
+    let installed = install(&work, &deb)?;
 
     step("Debian packages");
     let debs = download(&work)?;
@@ -189,7 +192,7 @@ pub fn xen_image() -> Result<Image, String> {
 
     step("dom0 initramfs");
     let initrd = work.join("dom0.cpio");
-    let tree = dom0_tree(&unpacked, &provisioned)?;
+    let tree = dom0_tree(&unpacked, &installed, &provisioned)?;
     let key = tree.key();
     let stamp = work.join("dom0.key");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) || !initrd.exists() {
@@ -496,7 +499,7 @@ fn libraries(unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> 
 }
 
 /// Everything dom0 needs, as a file tree.
-fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
+fn dom0_tree(unpacked: &Path, installed: &Path, provisioned: &Path) -> Result<Tree, String> {
     let mut t = Tree::default();
     for d in [
         "proc",
@@ -508,6 +511,7 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         "var/log/xen/console",
         "var/lib/xen",
         "var/lib/xenstored",
+        "var/log",
         "etc/xen",
         "usr/sbin",
     ] {
@@ -541,9 +545,11 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         t.copy(prog, &p, true)?;
         bins.push(p);
     }
-    let portcullis = root().join("target/release/portcullis");
-    t.copy("usr/bin/portcullis", &portcullis, true)?;
-    bins.push(portcullis);
+    // our package, as dpkg installed it (binary, images, cfgs, unit, config)
+    add_tree(&mut t, installed, "")?;
+    bins.push(installed.join("usr/bin/portcullis"));
+    bins.push(unpacked.join(LIBXENVCHAN));
+    t.copy(LIBXENVCHAN, &unpacked.join(LIBXENVCHAN), false)?;
     for lib in libraries(unpacked, &bins)? {
         let name =
             lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
@@ -566,56 +572,79 @@ fn dom0_tree(unpacked: &Path, provisioned: &Path) -> Result<Tree, String> {
         let name = m.rsplit('/').next().unwrap_or(m);
         t.copy(&format!("modules/{name}.ko"), &modroot.join(format!("kernel/{m}.ko")), false)?;
     }
-    // our pieces
+    // What the operator brings, and the test's own pieces under /portcullis.
     let tests = root().join("tests/xen");
     t.copy("init", &tests.join("init.sh"), true)?;
     t.copy("portcullis/test.sh", &tests.join("dom0-test.sh"), true)?;
+    t.copy("portcullis/service", &tests.join("service.sh"), true)?;
+    t.copy("portcullis/bad-host.toml", &tests.join("bad-host.toml"), false)?;
+    // the operator's edits of the package's conffile
+    t.copy("etc/portcullis/host.toml", &tests.join("host.toml"), false)?;
     let guests = root().join("target").join(crate::GUEST_TARGET).join("guest");
-    for g in IMAGES {
-        t.copy(&format!("var/lib/portcullis/{g}"), &guests.join(g), false)?;
+    t.copy(HELLO, &guests.join("hello"), false)?;
+    t.copy("portcullis/hello.cfg", &tests.join("hello.cfg"), false)?;
+    // the first provisioning (`portcullis provision --out /var/lib/portcullis`,
+    // made on the build host where cryptsetup is fast)
+    for f in ["cryptod/kek", "cryptod/sealed-state", "root.pub", "acl"] {
+        t.copy(&format!("var/lib/portcullis/{f}"), &provisioned.join(f), false)?;
     }
-    for entry in fs::read_dir(root().join("xen")).map_err(|e| e.to_string())? {
-        let p = entry.map_err(|e| e.to_string())?.path();
-        if p.extension().is_some_and(|e| e == "cfg") {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            t.copy(&format!("etc/portcullis/xen/{name}"), &p, false)?;
-        }
-    }
-    t.copy("etc/portcullis/xen/hello.cfg", &tests.join("hello.cfg"), false)?;
-    // configuration items, /etc/portcullis/items/<domain>/<item>
-    t.copy("etc/portcullis/items/cryptod/kek", &provisioned.join("cryptod/kek"), false)?;
-    t.copy(
-        "etc/portcullis/items/cryptod/sealed-state",
-        &provisioned.join("cryptod/sealed-state"),
-        false,
-    )?;
-    let settings = tests.join("settings");
-    if let Ok(dir) = fs::read_dir(&settings) {
-        for entry in dir {
-            let p = entry.map_err(|e| e.to_string())?.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            t.copy(&format!("etc/portcullis/items/{name}/settings"), &p, false)?;
-        }
-    }
-    for dom in ["unlocker", "policy_pd"] {
-        t.copy(
-            &format!("etc/portcullis/items/{dom}/root-pub"),
-            &provisioned.join("root.pub"),
-            false,
-        )?;
-    }
-    // dom0's own copies: the root key its tools verify against, the
-    // operator's enrolment (oathtool makes the codes typed into the
-    // unlocker's console), and the LUKS volume, gzipped (it is mostly zeros;
-    // dom0 unpacks it into its tmpfs).
-    t.copy("etc/portcullis/root.pub", &provisioned.join("root.pub"), false)?;
-    t.copy(
-        "etc/portcullis/operator.otpauth",
-        &provisioned.join("operators/operator.otpauth"),
-        false,
-    )?;
-    t.file("var/lib/portcullis/data.luks.gz", gzip(&provisioned.join(VOLUME))?, false);
+    // the operator's authenticator app (oathtool makes the codes typed into
+    // the unlocker's console) and the LUKS volume, gzipped (it is mostly
+    // zeros; the test unpacks it into dom0's tmpfs when the stage needs it).
+    t.copy("portcullis/operator.otpauth", &provisioned.join("operators/operator.otpauth"), false)?;
+    t.file("portcullis/data.luks.gz", gzip(&provisioned.join(VOLUME))?, false);
     Ok(t)
+}
+
+/// Installs `deb` with `dpkg --root` into a fresh directory holding an
+/// empty dpkg database, as `dpkg -i` would on the host (no maintainer
+/// scripts run: the package has none). Dependencies are forced: this root
+/// has the Xen and cryptsetup files unpacked, not dpkg-installed.
+fn install(work: &Path, deb: &Path) -> Result<PathBuf, String> {
+    let root = work.join("installed");
+    let _ = fs::remove_dir_all(&root);
+    for d in ["info", "updates", "triggers"] {
+        let p = root.join("var/lib/dpkg").join(d);
+        fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    for f in ["status", "available"] {
+        let p = root.join("var/lib/dpkg").join(f);
+        fs::write(&p, b"").map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    run(
+        "dpkg --root ... -i",
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["--force-depends", "--force-not-root", "-i"])
+            .arg(deb)
+            .stdout(Stdio::null()),
+    )?;
+    Ok(root)
+}
+
+/// Adds every file, directory and link under `dir` to `t` at `prefix`.
+fn add_tree(t: &mut Tree, dir: &Path, prefix: &str) -> Result<(), String> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let meta = fs::symlink_metadata(e.path()).map_err(|err| format!("{path}: {err}"))?;
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(e.path()).map_err(|err| format!("{path}: {err}"))?;
+            t.link(&path, &target.to_string_lossy());
+        } else if meta.is_dir() {
+            t.dir(&path);
+            add_tree(t, &e.path(), &path)?;
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            t.copy(&path, &e.path(), meta.permissions().mode() & 0o111 != 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// `gzip -9 -n` of a file (no name or time stored: the same input gives the
