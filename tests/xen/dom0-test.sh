@@ -312,7 +312,15 @@ crash() {
     xl trigger cryptod nmi > $RUN/trigger.log 2>&1
     n=0
     while [ "$(xl domid cryptod 2>/dev/null)" = "$old_c" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
-    CRASH="xl trigger cryptod nmi: dom$old_c -> dom$(xl domid cryptod 2>/dev/null) ($(xl list cryptod 2>/dev/null | awk 'NR == 2 { print $5 }'))"
+    if [ "$(xl domid cryptod 2>/dev/null)" = "$old_c" ]; then
+        # No restart: the NMI did not bring the domain down. `xl destroy`
+        # and create stand in (said in the result).
+        destroy cryptod
+        create cryptod
+        CRASH="xl trigger cryptod nmi had no effect ($(tr '\n' ' ' < $RUN/trigger.log)); xl destroy + create stood in: dom$old_c -> dom$(xl domid cryptod 2>/dev/null)"
+    else
+        CRASH="xl trigger cryptod nmi: dom$old_c crashed, xl restarted it as dom$(xl domid cryptod 2>/dev/null)"
+    fi
     echo "dom0: $CRASH"
 }
 if accept_then crash; then
