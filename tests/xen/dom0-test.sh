@@ -311,7 +311,11 @@ crash() {
     mark cryptod
     xl trigger cryptod nmi > $RUN/trigger.log 2>&1
     n=0
-    while [ "$(xl domid cryptod 2>/dev/null)" = "$old_c" ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+    # until a cryptod with another id exists (xl restarts it)
+    while d=$(xl domid cryptod 2>/dev/null); { [ -z "$d" ] || [ "$d" = "$old_c" ]; } && [ $n -lt 300 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
     if [ "$(xl domid cryptod 2>/dev/null)" = "$old_c" ]; then
         # No restart: the NMI did not bring the domain down. `xl destroy`
         # and create stand in (said in the result).
