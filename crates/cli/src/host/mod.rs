@@ -39,6 +39,8 @@ const RESCAN_EVERY: Duration = Duration::from_secs(10);
 const EVENT_WAIT: Duration = Duration::from_secs(1);
 /// Pause before a failed link thread or a lost xenstore connection is tried again.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// At most one log line per this long about one domain's refused persists.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// The watch token of `@introduceDomain` and `@releaseDomain`.
 const DOMAINS_TOKEN: &str = "portcullis-domains";
 
@@ -210,6 +212,8 @@ struct Shell<'a> {
     peers: &'a Peers,
     core: Core,
     warnings: Vec<String>,
+    /// When a refused persist was last logged, per domain.
+    refusals: BTreeMap<u16, Instant>,
 }
 
 impl<'a> Shell<'a> {
@@ -228,7 +232,7 @@ impl<'a> Shell<'a> {
                 }
             }
         }
-        Shell { cfg, peers, core, warnings: Vec::new() }
+        Shell { cfg, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
     }
 
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
@@ -253,6 +257,7 @@ impl<'a> Shell<'a> {
             self.warnings = plan.warnings.clone();
         }
         for (id, name) in &plan.left {
+            self.refusals.remove(id);
             log::info(format_args!("{name} (dom{id}) is gone"));
         }
         for (id, name) in &plan.arrived {
@@ -346,7 +351,16 @@ impl<'a> Shell<'a> {
         let ack = match self.core.persist_read(domid, item, value.as_deref()) {
             PersistStep::Nothing => return Ok(()),
             PersistStep::Refuse(why) => {
-                log::warn(format_args!("dom{domid}: {path} refused, not acknowledged: {why}"));
+                // A guest may write as often as it likes: one line a minute.
+                let now = Instant::now();
+                let quiet = self
+                    .refusals
+                    .get(&domid)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < REFUSAL_LOG_EVERY);
+                if !quiet {
+                    self.refusals.insert(domid, now);
+                    log::warn(format_args!("dom{domid}: {path} refused, not acknowledged: {why}"));
+                }
                 return Ok(());
             }
             PersistStep::Ack(a) => a,
