@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use portcullis_xen::xenstore::wire::{self, Op, Part, Reassembler};
+use portcullis_xen::xenstore::client::Tx;
+use portcullis_xen::xenstore::wire::{self, Op, Part, Reassembler, XsError};
 
 use super::peers::Peers;
 use super::{config, core, serve, xs};
@@ -153,9 +154,8 @@ impl Fake {
     }
 }
 
-/// Connects a new client to the fake (a new connection: no watches).
-fn connect(fake: &Arc<Mutex<Fake>>) -> xs::Store {
-    let (ours, theirs) = UnixStream::pair().unwrap();
+/// Serves one connection from the fake (a new connection: no watches).
+fn serve_fake(fake: &Arc<Mutex<Fake>>, theirs: UnixStream) {
     {
         let mut f = fake.lock().unwrap();
         f.watches.clear();
@@ -181,6 +181,12 @@ fn connect(fake: &Arc<Mutex<Fake>>) -> xs::Store {
             }
         }
     });
+}
+
+/// Connects a new client to the fake.
+fn connect(fake: &Arc<Mutex<Fake>>) -> xs::Store {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    serve_fake(fake, theirs);
     xs::over_socket(ours).unwrap()
 }
 
@@ -324,4 +330,36 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
     wait_for("peers after the restart", || peers.get("unlocker") == Some(6));
     assert_eq!(unlocker_writes(&fake.lock().unwrap()), before, "items are not sent again");
     svc.stop();
+}
+
+#[test]
+fn the_socket_path_is_used_and_a_lost_connection_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("socket");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    fake.lock().unwrap().set("/a", b"A");
+    let f = fake.clone();
+    let server = std::thread::spawn(move || serve_fake(&f, listener.accept().unwrap().0));
+    let mut c = xs::connect(&path).unwrap();
+    server.join().unwrap();
+    assert_eq!(c.read(Tx::NONE, "/a"), Ok(Some(b"A".to_vec())));
+    assert_eq!(xs::describe(&path), path.display().to_string());
+    // xenstored goes away: the next request fails as a transport error,
+    // which ends the watcher (it connects again), with the reason.
+    let out = fake.lock().unwrap().out.take().unwrap();
+    out.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_eq!(c.read(Tx::NONE, "/a"), Err(XsError::Transport));
+    assert!(c.ring().closed().is_some());
+    let cfg = setup(dir.path());
+    let e = serve(&mut c, &cfg, &Peers::default(), &AtomicBool::new(false)).unwrap_err();
+    assert!(e.starts_with("watch @introduceDomain: xenstore ring unavailable"), "{e}");
+    // Without the socket the kernel's device is used; where there is none
+    // either, the error names both.
+    let missing = dir.path().join("none");
+    if !Path::new(xs::XENBUS_DEVICE).exists() {
+        let e = xs::connect(&missing).unwrap_err().to_string();
+        assert!(e.contains(&missing.display().to_string()) && e.contains("/dev/xen/xenbus"), "{e}");
+    }
+    assert_eq!(xs::describe(&missing), xs::XENBUS_DEVICE);
 }
