@@ -381,6 +381,15 @@ impl Core {
         self.live.get(&domid).is_some_and(|l| l.role.persists().contains(&item))
     }
 
+    /// Every live domain's persisted items (each to be checked at a
+    /// rescan, in case a watch event was lost).
+    pub fn persisting(&self) -> Vec<(u16, ConfigItem)> {
+        self.live
+            .iter()
+            .flat_map(|(id, l)| l.role.persists().iter().map(move |i| (*id, *i)))
+            .collect()
+    }
+
     /// Decides about the value of `domid`'s persist node for `item`
     /// (`None`: the node does not exist).
     pub fn persist_read(
@@ -502,6 +511,7 @@ mod tests {
             }]
         );
         assert!(plan.watch.is_empty(), "unlocker persists nothing");
+        assert!(c.persisting().is_empty());
         apply(&mut c, &plan);
         // cryptod arrives: it is configured, unlocker's map is rewritten.
         let plan = c.scan(&[dom0, seen(5, "unlocker", false), seen(7, "cryptod", false)]);
@@ -510,6 +520,7 @@ mod tests {
         assert_eq!(plan.configure[0].names, map(&[("cryptod", 7), ("unlocker", 5)]));
         assert_eq!(plan.names, [(5, map(&[("cryptod", 7), ("unlocker", 5)]))]);
         assert_eq!(plan.watch, [(7, ConfigItem::SealedState)]);
+        assert_eq!(c.persisting(), [(7, ConfigItem::SealedState)]);
         assert_eq!(plan.peers, map(&[("cryptod", 7), ("unlocker", 5)]));
         apply(&mut c, &plan);
         // Nothing changed: nothing to do.

@@ -293,7 +293,11 @@ impl<'a> Shell<'a> {
         for (id, item) in &plan.watch {
             let path = core::persist_path(*id, *item);
             c.watch(&path, &persist_token(*id, *item)).map_err(|e| format!("watch {path}: {e}"))?;
-            self.check_persist(c, *id, *item)?;
+        }
+        // Every persist node, not only the new ones: the client keeps a
+        // bounded number of events, so one may have been dropped.
+        for (id, item) in self.core.persisting() {
+            self.check_persist(c, id, item)?;
         }
         Ok(())
     }

@@ -329,6 +329,18 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
     assert_eq!(node(&fake, ack7), Some(hex::encode(core::digest(b"while down")).into_bytes()));
     wait_for("peers after the restart", || peers.get("unlocker") == Some(6));
     assert_eq!(unlocker_writes(&fake.lock().unwrap()), before, "items are not sent again");
+
+    // A persist whose watch event was lost is found at the next rescan
+    // (here one caused by another domain arriving).
+    {
+        let mut f = fake.lock().unwrap();
+        let node = "/local/domain/7/data/portcullis-persist/sealed-state";
+        f.nodes.insert(node.into(), b"event lost".to_vec());
+        f.introduce(9, "bystander");
+    }
+    let want = hex::encode(core::digest(b"event lost")).into_bytes();
+    wait_for("the ack of a persist without its event", || node(&fake, ack7) == Some(want.clone()));
+    assert_eq!(std::fs::read(&state).unwrap(), b"event lost");
     svc.stop();
 }
 

@@ -20,6 +20,9 @@ pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 /// Most attempts of a transaction that xenstored asks to retry (`EAGAIN`).
 pub const MAX_TX_ATTEMPTS: usize = 16;
 
+/// Most chunks read ahead of the watcher (each at most one message's size).
+const READ_QUEUE: usize = 256;
+
 /// The write half of the connection.
 enum Writer {
     Socket(UnixStream),
@@ -83,7 +86,9 @@ pub fn over_socket(s: UnixStream) -> io::Result<Store> {
 
 impl StreamRing {
     fn new(writer: Writer, mut reader: Box<dyn Read + Send>) -> StreamRing {
-        let (tx, rx) = mpsc::channel();
+        // Bounded: if the watcher falls behind, the reader waits and
+        // xenstored keeps the rest.
+        let (tx, rx) = mpsc::sync_channel(READ_QUEUE);
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096 + 16];
             loop {
