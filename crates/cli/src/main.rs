@@ -62,6 +62,10 @@ enum Command {
     VchanCall(vchan_call::CallArgs),
     /// Run the whole system on the hosted platform, end to end.
     Demo(demo::DemoArgs),
+    /// The dom0 service: configures the guests as xl creates them, keeps
+    /// cryptod's sealed state durably, runs the audit collector and the
+    /// unlock agent (docs/host.md).
+    Host(host::HostArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::UnlockAgent(args) => agent::run(args),
         Command::VchanCall(args) => vchan_call::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Host(args) => host::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,3 +194,40 @@ fn keygen_never_overwrites_and_private_key_is_0600() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn host_check_validates_the_config_and_exits_2_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("cryptod")).unwrap();
+    let shipped = include_str!("../../../packaging/host.toml")
+        .replace("state_dir = \"/var/lib/portcullis\"", &format!("state_dir = {:?}", state));
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, &shipped).unwrap();
+    let cfg = config.to_str().unwrap();
+
+    // The provisioned files are missing: exit 2, the state_dir line named.
+    let out = run(&["host", "--check", "--config", cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with(&format!("error: {cfg}:12:13: state_dir: missing ")), "{err}");
+    assert!(err.contains("cryptod/kek"), "{err}");
+
+    for f in ["cryptod/kek", "cryptod/sealed-state", "root.pub"] {
+        std::fs::write(state.join(f), b"x").unwrap();
+    }
+    let out = run(&["host", "--check", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with(&format!("{cfg}: ok\n")), "{stdout}");
+    assert!(stdout.contains("guest unlocker: role unlocker, items root-pub, settings"), "{stdout}");
+
+    // An unknown key, with or without --check.
+    std::fs::write(&config, shipped.replace("skew = 30", "skew = 30\nretries = 3")).unwrap();
+    for args in [&["host", "--check", "--config", cfg][..], &["host", "--config", cfg][..]] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with(&format!("error: {cfg}:27:1: unknown field `retries`")), "{err}");
+    }
+}

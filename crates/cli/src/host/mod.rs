@@ -1,4 +1,467 @@
 //! `portcullis host`: the dom0 service that does a toolstack's work for the
-//! Portcullis guests (see docs/operations.md and docs/xen.md).
+//! Portcullis guests (docs/host.md; the xenstore layout is in docs/xen.md).
+//!
+//! This module is the shell: it reads xenstore, asks [`core`] what to do,
+//! and does it (xenstore writes with their permissions, durable files,
+//! acknowledgements), and it runs the audit collector and the unlock agent
+//! ([`links`]) in threads, starting them again when they fail.
 
+pub mod config;
+pub mod core;
+pub mod links;
+pub mod log;
 pub mod peers;
+pub mod persist;
+pub mod xs;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_platform::ConfigItem;
+use portcullis_xen::xenstore::client::Tx;
+use portcullis_xen::xenstore::wire::{Errno, XsError};
+
+use self::config::Config;
+use self::core::{Core, PersistStep, Role, Seen, Source};
+use self::peers::Peers;
+use self::xs::Store;
+use crate::Failure;
+
+/// Rescan every domain at least this often (a safety net for missed events).
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
+/// How long one wait for a watch event lasts before the stop flag is looked at.
+const EVENT_WAIT: Duration = Duration::from_secs(1);
+/// Pause before a failed link thread or a lost xenstore connection is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// At most one log line per this long about one domain's refused persists.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The watch token of `@introduceDomain` and `@releaseDomain`.
+const DOMAINS_TOKEN: &str = "portcullis-domains";
+
+/// `portcullis host`.
+#[derive(clap::Args)]
+pub struct HostArgs {
+    /// The service's configuration.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Parse and validate the configuration (and that the files it needs
+    /// exist), print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Loads the config and checks the files it needs; the error names the
+/// file, line and key.
+pub fn load(path: &Path) -> Result<Config, Failure> {
+    let cfg = config::load(path).map_err(|e| Failure::Error(e.to_string()))?;
+    let src = std::fs::read_to_string(path).unwrap_or_default();
+    cfg.check_files(path, &src).map_err(|e| Failure::Error(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Runs `portcullis host`.
+pub fn run(args: HostArgs) -> Result<(), Failure> {
+    let cfg = load(&args.config)?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        print!("{}", cfg.summary());
+        return Ok(());
+    }
+    log::init(cfg.log_level);
+    log::info(format_args!(
+        "portcullis host {} starting: config {}, guests {}",
+        env!("CARGO_PKG_VERSION"),
+        args.config.display(),
+        cfg.guests.keys().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peers = Peers::default();
+    start_links(&cfg, &peers, &stop);
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = watch(&cfg, &peers, &stop) {
+            log::error(format_args!("xenstore: {e}; connecting again in 5 s"));
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+    Ok(())
+}
+
+fn guest_with(cfg: &Config, role: Role) -> Option<String> {
+    cfg.guests.iter().find(|(_, g)| g.role == role).map(|(n, _)| n.clone())
+}
+
+/// Runs `body` in a thread until `stop`, starting it again after a pause
+/// whenever it returns.
+fn keep_running(
+    name: &'static str,
+    stop: &Arc<AtomicBool>,
+    body: impl Fn() -> Result<(), String> + Send + 'static,
+) {
+    let stop = stop.clone();
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match body() {
+                Ok(()) if stop.load(Ordering::Relaxed) => return,
+                Ok(()) => log::warn(format_args!("{name}: ended; started again in 5 s")),
+                Err(e) => log::error(format_args!("{name}: {e}; started again in 5 s")),
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    });
+    if let Err(e) = spawned {
+        log::error(format_args!("{name}: cannot start a thread: {e}"));
+    }
+}
+
+fn start_links(cfg: &Config, peers: &Peers, stop: &Arc<AtomicBool>) {
+    let cryptod = guest_with(cfg, Role::Cryptod);
+    if let (Some(c), Some(cryptod)) = (&cfg.collector, cryptod.clone()) {
+        let (log_path, peers, flag) = (c.log.clone(), peers.clone(), stop.clone());
+        keep_running("collector", stop, move || {
+            let cfg = links::CollectorConfig { cryptod: cryptod.clone(), log: log_path.clone() };
+            links::run_collector(peers.clone(), cfg, flag.clone())
+        });
+    } else {
+        log::info(format_args!("collector: not configured"));
+    }
+    let unlocker = guest_with(cfg, Role::Unlocker);
+    if let (Some(a), Some(cryptod), Some(unlocker)) = (&cfg.agent, cryptod, unlocker) {
+        let (a, root) = (a.clone(), cfg.state_dir.join(core::ROOT_PUB));
+        let (peers, flag) = (peers.clone(), stop.clone());
+        keep_running("agent", stop, move || {
+            let cfg = links::AgentConfig {
+                unlocker: unlocker.clone(),
+                cryptod: cryptod.clone(),
+                root: root.clone(),
+                volumes: a.volumes.clone(),
+                skew: a.skew,
+                dry_run: a.dry_run,
+            };
+            links::run_agent(peers.clone(), cfg, flag.clone())
+        });
+    } else {
+        log::info(format_args!("agent: not configured"));
+    }
+}
+
+/// Whether a xenstore error ends the connection (the others concern one
+/// node or one domain and are retried at the next scan).
+fn fatal(e: XsError) -> bool {
+    matches!(e, XsError::Transport | XsError::Protocol)
+}
+
+fn persist_token(domid: u16, item: ConfigItem) -> String {
+    format!("portcullis-persist:{domid}:{}", core::item_key(item))
+}
+
+fn parse_persist_token(token: &str) -> Option<(u16, ConfigItem)> {
+    let rest = token.strip_prefix("portcullis-persist:")?;
+    let (id, key) = rest.split_once(':')?;
+    let domid = core::parse_domid(id)?;
+    [ConfigItem::SealedState].into_iter().find(|i| core::item_key(*i) == key).map(|i| (domid, i))
+}
+
+/// The service's watcher: connects, then configures guests and keeps their
+/// persists until `stop` or a connection failure.
+pub fn watch(cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), String> {
+    let mut c = xs::connect(&cfg.xenstore).map_err(|e| format!("cannot connect: {e}"))?;
+    log::info(format_args!("xenstore: connected ({})", xs::describe(&cfg.xenstore)));
+    serve(&mut c, cfg, peers, stop).map_err(|e| match c.ring().closed() {
+        Some(why) => format!("{e} ({why})"),
+        None => e,
+    })
+}
+
+/// [`watch`] on an open connection.
+pub fn serve(c: &mut Store, cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), String> {
+    let mut shell = Shell::new(cfg, peers);
+    for path in ["@introduceDomain", "@releaseDomain"] {
+        c.watch(path, DOMAINS_TOKEN).map_err(|e| format!("watch {path}: {e}"))?;
+    }
+    let mut last_scan: Option<Instant> = None;
+    let mut rescan = true;
+    while !stop.load(Ordering::Relaxed) {
+        if rescan || last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+            shell.scan(c)?;
+            last_scan = Some(Instant::now());
+            rescan = false;
+        }
+        let timeout = u64::try_from(EVENT_WAIT.as_nanos()).unwrap_or(u64::MAX);
+        match c.next_event(Some(timeout)) {
+            Ok(None) => {}
+            Ok(Some((_, token))) if token == DOMAINS_TOKEN => rescan = true,
+            Ok(Some((_, token))) => match parse_persist_token(&token) {
+                Some((domid, item)) => shell.check_persist(c, domid, item)?,
+                None => log::debug(format_args!("xenstore: event for unknown token {token}")),
+            },
+            Err(e) => return Err(format!("waiting for events: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The watcher's state: the config, the core, and what was last logged.
+struct Shell<'a> {
+    cfg: &'a Config,
+    peers: &'a Peers,
+    core: Core,
+    warnings: Vec<String>,
+    /// When a refused persist was last logged, per domain.
+    refusals: BTreeMap<u16, Instant>,
+}
+
+impl<'a> Shell<'a> {
+    fn new(cfg: &'a Config, peers: &'a Peers) -> Shell<'a> {
+        let roles = cfg.guests.iter().map(|(n, g)| (n.clone(), g.role)).collect();
+        let mut core = Core::new(roles);
+        // What is durable now: a persist equal to it is acked without a rewrite.
+        for g in cfg.guests.values() {
+            for item in g.role.persists() {
+                if let Source::File(rel) = core::source(*item) {
+                    let path = cfg.state_dir.join(rel);
+                    match persist::read_bounded(&path, core::MAX_PERSIST_LEN) {
+                        Ok(bytes) => core.set_durable(rel, core::digest(&bytes)),
+                        Err(e) => log::warn(format_args!("{}: {e}", path.display())),
+                    }
+                }
+            }
+        }
+        Shell { cfg, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
+    }
+
+    fn scan(&mut self, c: &mut Store) -> Result<(), String> {
+        let ids =
+            c.directory(Tx::NONE, "/local/domain").map_err(|e| format!("list domains: {e}"))?;
+        let mut seen = Vec::new();
+        for id in ids.iter().take(core::MAX_DOMAINS + 1) {
+            let Some(domid) = core::parse_domid(id).filter(|d| *d != 0) else { continue };
+            let name = self.read(c, &format!("{}/name", core::dom_path(domid)))?;
+            let ours = name
+                .as_deref()
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .is_some_and(|n| self.cfg.guests.contains_key(n));
+            let ready = ours && self.read(c, &core::ready_path(domid))?.is_some();
+            seen.push(Seen { domid, name, ready });
+        }
+        let plan = self.core.scan(&seen);
+        if plan.warnings != self.warnings {
+            for w in &plan.warnings {
+                log::warn(format_args!("{w}"));
+            }
+            self.warnings = plan.warnings.clone();
+        }
+        for (id, name) in &plan.left {
+            self.refusals.remove(id);
+            log::info(format_args!("{name} (dom{id}) is gone"));
+        }
+        for (id, name) in &plan.arrived {
+            log::info(format_args!("{name} is dom{id}"));
+        }
+        for (id, item) in &plan.unwatch {
+            let _ = c.unwatch(&core::persist_path(*id, *item), &persist_token(*id, *item));
+        }
+        self.peers.set(plan.peers.clone());
+        for cf in &plan.configure {
+            match self.configure(c, cf) {
+                Ok(()) => {
+                    self.core.configured(cf.domid, cf.names.clone());
+                    log::info(format_args!("{} (dom{}): configured, ready", cf.name, cf.domid));
+                }
+                Err(e) if e.fatal => return Err(e.message),
+                Err(e) => log::error(format_args!(
+                    "{} (dom{}): not configured: {}",
+                    cf.name, cf.domid, e.message
+                )),
+            }
+        }
+        for (id, names) in &plan.names {
+            match in_domain(c, *id, |c, tx| write_names(c, tx, *id, names)) {
+                Ok(()) => {
+                    self.core.names_written(*id, names.clone());
+                    log::debug(format_args!("dom{id}: names map rewritten"));
+                }
+                Err(e) if fatal(e) => return Err(format!("dom{id}: names: {e}")),
+                Err(e) => log::warn(format_args!("dom{id}: names map not rewritten: {e}")),
+            }
+        }
+        for (id, item) in &plan.watch {
+            let path = core::persist_path(*id, *item);
+            c.watch(&path, &persist_token(*id, *item)).map_err(|e| format!("watch {path}: {e}"))?;
+        }
+        // Every persist node, not only the new ones: the client keeps a
+        // bounded number of events, so one may have been dropped.
+        for (id, item) in self.core.persisting() {
+            self.check_persist(c, id, item)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a node; a daemon error (the domain went away, say) reads as absent.
+    fn read(&self, c: &mut Store, path: &str) -> Result<Option<Vec<u8>>, String> {
+        match c.read(Tx::NONE, path) {
+            Ok(v) => Ok(v),
+            Err(e) if fatal(e) => Err(format!("read {path}: {e}")),
+            Err(e) => {
+                log::debug(format_args!("read {path}: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
+    fn configure(&self, c: &mut Store, cf: &core::Configure) -> Result<(), StepError> {
+        let guest =
+            self.cfg.guests.get(&cf.name).ok_or_else(|| StepError::local("not configured"))?;
+        let mut items: Vec<(ConfigItem, Vec<u8>)> = Vec::new();
+        for item in cf.role.items() {
+            let bytes = match core::source(*item) {
+                Source::Settings => match &guest.settings {
+                    Some(s) => s.clone(),
+                    None => continue,
+                },
+                Source::File(rel) => {
+                    let path = self.cfg.state_dir.join(rel);
+                    persist::read_bounded(&path, core::max_item_len(*item))
+                        .map_err(|e| StepError::local(&format!("{}: {e}", path.display())))?
+                }
+            };
+            items.push((*item, bytes));
+        }
+        let id = cf.domid;
+        in_domain(c, id, |c, tx| {
+            xs::write_for(c, tx, &core::base_path(id), b"", id)?;
+            for (item, bytes) in &items {
+                xs::write_for(c, tx, &core::item_path(id, *item), bytes, id)?;
+            }
+            write_names(c, tx, id, &cf.names)?;
+            xs::write_for(c, tx, &core::ready_path(id), b"1", id)
+        })
+        .map_err(StepError::store)
+    }
+
+    /// Reads `domid`'s persist node of `item` and makes it durable, then
+    /// acknowledges it.
+    fn check_persist(&mut self, c: &mut Store, domid: u16, item: ConfigItem) -> Result<(), String> {
+        if !self.core.persists(domid, item) {
+            return Ok(());
+        }
+        let path = core::persist_path(domid, item);
+        let value = self.read(c, &path)?;
+        let ack = match self.core.persist_read(domid, item, value.as_deref()) {
+            PersistStep::Nothing => return Ok(()),
+            PersistStep::Refuse(why) => {
+                // A guest may write as often as it likes: one line a minute.
+                let now = Instant::now();
+                let quiet = self
+                    .refusals
+                    .get(&domid)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < REFUSAL_LOG_EVERY);
+                if !quiet {
+                    self.refusals.insert(domid, now);
+                    log::warn(format_args!("dom{domid}: {path} refused, not acknowledged: {why}"));
+                }
+                return Ok(());
+            }
+            PersistStep::Ack(a) => a,
+            PersistStep::Write { file, bytes, hash } => {
+                let target = self.cfg.state_dir.join(file);
+                if let Err(e) = persist::replace_durably(&target, &bytes) {
+                    log::error(format_args!(
+                        "dom{domid}: persist of {} not acknowledged: {}: {e}",
+                        core::item_key(item),
+                        target.display()
+                    ));
+                    return Ok(());
+                }
+                log::info(format_args!(
+                    "dom{domid}: {} persisted to {} ({} bytes, sha256 {})",
+                    core::item_key(item),
+                    target.display(),
+                    bytes.len(),
+                    hex::encode(hash)
+                ));
+                match self.core.persisted(domid, item, file, hash) {
+                    Some(a) => a,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let written = in_domain(c, domid, |c, tx| {
+            xs::write_for(c, tx, &core::ack_dir(domid), b"", domid)?;
+            xs::write_for(c, tx, &ack.path, ack.hex.as_bytes(), domid)
+        });
+        match written {
+            Ok(()) => {
+                self.core.acked(&ack);
+                log::debug(format_args!("dom{domid}: acknowledged {}", ack.hex));
+                Ok(())
+            }
+            Err(e) if fatal(e) => Err(format!("{}: {e}", ack.path)),
+            Err(e) => {
+                log::warn(format_args!("{}: not written: {e}", ack.path));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A failed step for one domain: `fatal` if the connection is lost.
+struct StepError {
+    fatal: bool,
+    message: String,
+}
+
+impl StepError {
+    fn local(message: &str) -> StepError {
+        StepError { fatal: false, message: message.into() }
+    }
+
+    fn store(e: XsError) -> StepError {
+        StepError { fatal: fatal(e), message: format!("xenstore: {e}") }
+    }
+}
+
+/// Runs `body` in a transaction that first checks `domid` still exists, so
+/// nothing is written under a domain xl has already removed (the
+/// transaction fails with `ENOENT` then).
+fn in_domain(
+    c: &mut Store,
+    domid: u16,
+    mut body: impl FnMut(&mut Store, Tx) -> Result<(), XsError>,
+) -> Result<(), XsError> {
+    let name = format!("{}/name", core::dom_path(domid));
+    xs::in_tx(c, |c, tx| {
+        if c.read(tx, &name)?.is_none() {
+            return Err(XsError::Daemon(Errno::NoEnt));
+        }
+        body(c, tx)
+    })
+}
+
+/// Makes `domid`'s names directory hold exactly `names`.
+fn write_names(
+    c: &mut Store,
+    tx: Tx,
+    domid: u16,
+    names: &BTreeMap<String, u16>,
+) -> Result<(), XsError> {
+    let dir = core::names_path(domid);
+    xs::write_for(c, tx, &dir, b"", domid)?;
+    let existing = match c.directory(tx, &dir) {
+        Ok(v) => v,
+        Err(XsError::Daemon(Errno::NoEnt)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for stale in core::stale_names(&existing, names) {
+        c.rm(tx, &format!("{dir}/{stale}"))?;
+    }
+    for (name, id) in names {
+        xs::write_for(c, tx, &format!("{dir}/{name}"), id.to_string().as_bytes(), domid)?;
+    }
+    Ok(())
+}

@@ -321,6 +321,33 @@ impl<R: StoreRing> Client<R> {
             }
         }
     }
+
+    /// Waits for the next watch event of any token (`None`: forever);
+    /// returns its path and token, or `Ok(None)` on timeout. Events that
+    /// arrived during requests come first, in order.
+    pub fn next_event(
+        &mut self,
+        timeout_ns: Option<u64>,
+    ) -> Result<Option<(String, String)>, XsError> {
+        let deadline = match timeout_ns {
+            Some(t) => self.deadline(t)?,
+            None => u64::MAX,
+        };
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Some(event));
+            }
+            match self.poll_message()? {
+                Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
+                Some(msg) => self.stray(&msg)?,
+                None => match self.ring.wait(deadline) {
+                    Ok(()) => {}
+                    Err(XsError::Timeout) => return Ok(None),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -501,5 +528,24 @@ mod tests {
         }
         assert_eq!(c.abandoned.len(), MAX_ABANDONED);
         assert_eq!(c.abandoned.front(), Some(&6));
+    }
+
+    #[test]
+    fn next_event_returns_queued_then_new_events_with_their_paths() {
+        let mut c = client();
+        let event = |path: &str, token: &str| {
+            wire::encode(Op::WatchEvent, 0, 0, &[Part::Str(path), Part::Str(token)]).unwrap()
+        };
+        // One event arrives while a request waits for its reply: queued.
+        c.ring().rsp.extend(event("/local/domain/3/x", "persist"));
+        assert_eq!(c.read(Tx::NONE, "a"), Ok(Some(b"A".to_vec())));
+        c.ring().rsp.extend(event("@releaseDomain", "domains"));
+        assert_eq!(c.next_event(Some(S)), Ok(Some(("/local/domain/3/x".into(), "persist".into()))));
+        assert_eq!(c.next_event(Some(S)), Ok(Some(("@releaseDomain".into(), "domains".into()))));
+        assert_eq!(c.next_event(Some(S)), Ok(None));
+        assert_eq!(c.ring().now, MS + S, "waited until the timeout (after the 1 ms read)");
+        // A reply nobody asked for is still refused.
+        c.ring().rsp.extend(wire::encode(Op::Read, 4242, 0, &[Part::Raw(b"?")]).unwrap());
+        assert_eq!(c.next_event(Some(S)), Err(XsError::Protocol));
     }
 }
