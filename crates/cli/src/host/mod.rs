@@ -184,6 +184,7 @@ pub fn serve(c: &mut Store, cfg: &Config, peers: &Peers, stop: &AtomicBool) -> R
     for path in ["@introduceDomain", "@releaseDomain"] {
         c.watch(path, DOMAINS_TOKEN).map_err(|e| format!("watch {path}: {e}"))?;
     }
+    log::info(format_args!("watching for domains (@introduceDomain, @releaseDomain)"));
     let mut last_scan: Option<Instant> = None;
     let mut rescan = true;
     while !stop.load(Ordering::Relaxed) {
