@@ -77,6 +77,10 @@ struct Collector<B: Backend> {
 
 /// The entropy link (cryptod is the client): `entropy_pub` in.
 struct EntropySource<B: Backend> {
+    /// The toolstack's name for the entropy domain; looked up again while
+    /// the link is down (it may be created later, or again under a new id).
+    name: String,
+    /// [`NOBODY`] until a domain has the name.
     dom: DomId,
     peer: PeerId,
     link: Option<Link<B>>,
@@ -175,8 +179,22 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let collector =
             Collector { link: serve(p, collector_dom, port::AUDIT)?, shipped: None, acked: None };
         let entropy_name = String::from(s.get("entropy", "entropyd"));
-        let entropy_dom = p.resolve(&entropy_name)?;
+        // Created before entropyd (any creation order works): it is
+        // looked up again until it appears; requests are `unavailable`
+        // until it has seeded cryptod.
+        let entropy_dom = match p.resolve(&entropy_name) {
+            Ok(dom) => dom,
+            Err(PlatformError::UnknownDomain) => {
+                say!(
+                    p,
+                    "cryptod: {entropy_name} not there yet; taking entropy from it when it appears"
+                );
+                NOBODY
+            }
+            Err(e) => return Err(e.into()),
+        };
         let entropy = EntropySource {
+            name: entropy_name.clone(),
             dom: entropy_dom,
             peer: PeerId::new(u32::from(entropy_dom.0), &entropy_name),
             link: None,
@@ -263,6 +281,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 for idx in 0..n {
                     self.follow_domain(p, idx, now);
                 }
+                self.follow_entropy(p);
             }
             self.last_tick = now;
             let out = self.auth.tick(now);
@@ -319,6 +338,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         now: u64,
     ) -> Result<bool, AppError> {
         let mut changed = false;
+        if self.entropy.dom == NOBODY {
+            return Ok(false);
+        }
         if self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
             let config = ClientConfig { server: self.entropy.dom, port: port::ENTROPY };
             self.entropy.link = match Vchan::client(p.backend(), config) {
@@ -361,6 +383,21 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             }
         }
         Ok(changed)
+    }
+
+    /// While the entropy link is down, looks the entropy domain's name up
+    /// again: it may have appeared, or been created again under a new id.
+    fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
+        if self.entropy.link.as_ref().is_some_and(|l| l.is_open()) {
+            return;
+        }
+        let Ok(dom) = p.resolve(&self.entropy.name) else { return };
+        if dom != self.entropy.dom {
+            say!(p, "cryptod: {} is dom{}; taking entropy from it", self.entropy.name, dom.0);
+            self.entropy.dom = dom;
+            self.entropy.peer = PeerId::new(u32::from(dom.0), &self.entropy.name);
+            self.entropy.link = None;
+        }
     }
 
     /// Serves a client under its current domain id: when its name now

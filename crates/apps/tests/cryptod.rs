@@ -670,3 +670,43 @@ fn on_a_platform_that_cannot_persist_answers_go_and_it_is_said_once() {
     assert_eq!(w.p.lines_with("replay state lasts only until restart"), 1);
     assert_eq!(w.d.unpersisted_len(), 0);
 }
+
+#[test]
+fn cryptod_created_before_entropyd_takes_its_entropy_once_it_appears() {
+    let mut w = boot_with(SETTINGS, &[("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)]);
+    assert_eq!(w.p.lines_with("entropyd not there yet"), 1, "{}", w.p.console_out);
+    w.poll();
+    assert!(!w.d.authority().is_ready());
+    w.p.names.insert("entropyd".into(), ENTROPYD);
+    // Names are looked up again every RESOLVE_EVERY seconds.
+    w.p.advance(Duration::from_secs(2));
+    w.seed();
+    assert_eq!(w.p.lines_with("entropyd is dom2; taking entropy from it"), 1);
+}
+
+#[test]
+fn entropyd_created_again_under_a_new_id_is_followed() {
+    let mut w = boot();
+    w.seed();
+    let ports = w.d.ports().len();
+    w.hv.destroy(ENTROPYD);
+    w.poll(); // the link ends
+    let new_id = DomId(9);
+    let mut again = server(&w.hv, new_id, CRYPTOD, port::ENTROPY);
+    w.p.names.insert("entropyd".into(), new_id);
+    w.p.advance(Duration::from_secs(2));
+    w.poll(); // looks the name up again
+    w.poll(); // connects
+    assert_eq!(
+        w.p.lines_with("entropyd is dom9; taking entropy from it"),
+        1,
+        "{}",
+        w.p.console_out
+    );
+    assert_eq!(w.d.ports().len(), ports, "an entropy link again");
+    again.send(&chunk(2)).unwrap();
+    w.poll();
+    let records = w.ack();
+    // An accepted chunk makes no record; a refused one would.
+    assert!(!records.iter().any(|r| r.action == AuditAction::EntropyReseed), "{records:?}");
+}

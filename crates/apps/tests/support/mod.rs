@@ -63,6 +63,9 @@ pub struct FakePlatform {
     pub on_persist: Option<PersistHook>,
     /// Domain names the store resolves.
     pub names: HashMap<String, DomId>,
+    /// Names that appear (are added to `names`) once the monotonic clock
+    /// reaches the time, nanoseconds.
+    pub names_at: Vec<(u64, String, DomId)>,
 }
 
 impl FakePlatform {
@@ -83,6 +86,7 @@ impl FakePlatform {
             persist_attempts: 0,
             on_persist: None,
             names: HashMap::new(),
+            names_at: Vec::new(),
         }
     }
 
@@ -182,6 +186,11 @@ impl Platform for FakePlatform {
         Ok(())
     }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
+        let now = self.mono_ns;
+        for (_, n, d) in self.names_at.iter().filter(|(at, ..)| *at <= now) {
+            self.names.insert(n.clone(), *d);
+        }
+        self.names_at.retain(|(at, ..)| *at > now);
         self.names.get(name).copied().ok_or(PlatformError::UnknownDomain)
     }
     fn wait_any(
