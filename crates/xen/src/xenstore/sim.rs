@@ -35,6 +35,9 @@ pub struct SimDaemon {
     pub watches: Vec<(Vec<u8>, Vec<u8>)>,
     /// Writes by another domain, applied at the given times.
     pub timed_writes: VecDeque<(u64, Vec<u8>, Vec<u8>)>,
+    /// Send no watch events at all (as xenstored withholds those the
+    /// watcher may not read).
+    pub drop_events: bool,
 }
 
 impl SimDaemon {
@@ -54,6 +57,9 @@ impl SimDaemon {
 
     /// Fires the watches on `path` or a parent of it.
     fn fire(&mut self, path: &[u8], at: u64) {
+        if self.drop_events {
+            return;
+        }
         let hits: Vec<Vec<u8>> = self
             .watches
             .iter()
