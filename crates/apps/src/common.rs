@@ -157,40 +157,6 @@ pub fn resolve_dom<P: Platform>(
     p.resolve(name).map_err(|e| AppError::Config(alloc::format!("domain {name:?}: {e}")))
 }
 
-/// How long a guest waits for a peer it needs to get a domain (created
-/// after it, in any order: the host service publishes the id when xl
-/// creates the peer).
-pub const PEER_PATIENCE: Duration = Duration::from_secs(300);
-
-/// Like [`resolve_dom`], but a name no domain has yet is waited for (up to
-/// `patience`, checking every [`STEP`]), saying once that it waits.
-pub fn resolve_wait<P: Platform>(
-    p: &mut P,
-    name: &str,
-    patience: Duration,
-) -> Result<portcullis_platform::DomId, AppError> {
-    if name == "dom0" {
-        return Ok(portcullis_platform::DomId(0));
-    }
-    let start = p.monotonic_ns();
-    let limit = u64::try_from(patience.as_nanos()).unwrap_or(u64::MAX);
-    let mut said = false;
-    loop {
-        match p.resolve(name) {
-            Ok(dom) => return Ok(dom),
-            Err(PlatformError::UnknownDomain) if p.monotonic_ns().saturating_sub(start) < limit => {
-                if !said {
-                    let me = String::from(p.name());
-                    say(p, format_args!("{me}: waiting for domain {name} to exist"));
-                    said = true;
-                }
-                p.wait_any(&[], Some(STEP))?;
-            }
-            Err(e) => return Err(AppError::Config(alloc::format!("domain {name:?}: {e}"))),
-        }
-    }
-}
-
 /// `N` bytes from the platform's hardware entropy source.
 pub fn random<P: Platform, const N: usize>(p: &mut P) -> Result<[u8; N], AppError> {
     let mut b = [0u8; N];

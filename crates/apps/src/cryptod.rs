@@ -18,6 +18,17 @@
 //! later connection can find (it is unpublished once the client is there);
 //! when the client leaves, its unsent and held answers are dropped (the
 //! drop is audited) and a fresh ring is published.
+//!
+//! Write-ahead persistence: no answer leaves while the sealed state has
+//! changed and is not yet durable. Each wake-up collects its answers (and
+//! those the collector's acks released), persists the state if it changed,
+//! and sends them only once [`Platform::persist`] returned `Ok`, so an
+//! accepted TOTP step is on dom0's disk before the operator learns it was
+//! accepted, with or without `answer_after_audit`. When persisting fails
+//! the answers stay held (a client with answers held is not read, so they
+//! stay bounded), the state stays dirty and the next wake-up tries again; a
+//! platform without durable storage ([`PlatformError::Unsupported`]) sends
+//! them, saying once that replay state lasts only until restart.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -66,14 +77,13 @@ struct Collector<B: Backend> {
 
 /// The entropy link (cryptod is the client): `entropy_pub` in.
 struct EntropySource<B: Backend> {
-    /// The entropy domain's name (setting `entropy`).
+    /// The toolstack's name for the entropy domain; looked up again while
+    /// the link is down (it may be created later, or again under a new id).
     name: String,
-    /// Its current domain id ([`NOBODY`] while no domain has the name).
+    /// [`NOBODY`] until a domain has the name.
     dom: DomId,
     peer: PeerId,
     link: Option<Link<B>>,
-    /// The second of the last name lookup (at most one per second).
-    resolved_at: u64,
 }
 
 /// The peer id of a client whose name no domain has (yet).
@@ -95,11 +105,17 @@ pub struct CryptodDriver<B: Backend> {
     /// A client still had messages when its budget ran out.
     backlog: bool,
     ready: bool,
+    /// Said once that the platform cannot persist.
     persist_warned: bool,
-    /// The sealed state changed outside a client request (seeding, a key
-    /// rotation, a collector ack moving the sealed audit head): persisted
-    /// before the next released answers leave.
+    /// The last persist failed (answers are held until one succeeds).
+    persist_failing: bool,
+    /// The sealed state changed (a client request, seeding, a key
+    /// rotation, a collector ack moving the sealed audit head) and is not
+    /// durable yet: no answer leaves until it is.
     state_dirty: bool,
+    /// Answers decided or released and not yet sent, because the state
+    /// they may depend on is not durable yet; in order.
+    unsent: Vec<(PeerId, Message)>,
     last_tick: u64,
     outbox_empty: bool,
     /// Audit records were made outside a request (an answer drop).
@@ -163,21 +179,25 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let collector =
             Collector { link: serve(p, collector_dom, port::AUDIT)?, shipped: None, acked: None };
         let entropy_name = String::from(s.get("entropy", "entropyd"));
-        // entropyd may be created after cryptod: followed by name.
+        // Created before entropyd (any creation order works): it is
+        // looked up again until it appears; requests are `unavailable`
+        // until it has seeded cryptod.
         let entropy_dom = match p.resolve(&entropy_name) {
             Ok(dom) => dom,
             Err(PlatformError::UnknownDomain) => {
-                say!(p, "cryptod: {entropy_name} not there yet; seeding from it when it appears");
+                say!(
+                    p,
+                    "cryptod: {entropy_name} not there yet; taking entropy from it when it appears"
+                );
                 NOBODY
             }
             Err(e) => return Err(e.into()),
         };
         let entropy = EntropySource {
-            peer: PeerId::new(u32::from(entropy_dom.0), &entropy_name),
             name: entropy_name.clone(),
             dom: entropy_dom,
+            peer: PeerId::new(u32::from(entropy_dom.0), &entropy_name),
             link: None,
-            resolved_at: p.now_unix(),
         };
         say!(
             p,
@@ -195,7 +215,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             backlog: false,
             ready: false,
             persist_warned: false,
+            persist_failing: false,
             state_dirty: false,
+            unsent: Vec::new(),
             last_tick: 0,
             outbox_empty: true,
             fresh_audit: false,
@@ -206,6 +228,11 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// The decision core (for inspection).
     pub fn authority(&self) -> &Authority {
         &self.auth
+    }
+
+    /// How many answers wait for the sealed state to be persisted.
+    pub fn unpersisted_len(&self) -> usize {
+        self.unsent.len()
     }
 
     /// The event channel ports a wake-up may come from.
@@ -229,7 +256,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     }
 
     /// One wake-up: entropy in, each client's requests (round-robin, within
-    /// budget), timers, audit shipping and acks, released answers out.
+    /// budget), timers, audit shipping and acks, the sealed state persisted
+    /// if it changed, and then (only if that succeeded) the answers out.
     pub fn poll<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<(), AppError> {
         let now = p.now_unix();
         let mut changed = self.poll_entropy(p, now)?;
@@ -247,14 +275,13 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         if n > 0 {
             self.next = (self.next + 1) % n;
         }
-        if dirty {
-            self.persist(p);
-        }
+        self.state_dirty |= dirty;
         if now != self.last_tick {
             if now.is_multiple_of(RESOLVE_EVERY) {
                 for idx in 0..n {
                     self.follow_domain(p, idx, now);
                 }
+                self.follow_entropy(p);
             }
             self.last_tick = now;
             let out = self.auth.tick(now);
@@ -272,11 +299,16 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
         changed |= core::mem::take(&mut self.fresh_audit);
         let released = self.ship_audit(p, changed)?;
-        // Persist before the released answers go out.
-        if core::mem::take(&mut self.state_dirty) {
-            self.persist(p);
+        self.unsent.extend(released);
+        // Write-ahead: the state these answers may depend on is durable
+        // before any of them leaves.
+        if self.state_dirty {
+            self.state_dirty = !self.persist(p);
         }
-        self.deliver(p, released);
+        if !self.state_dirty {
+            let answers = core::mem::take(&mut self.unsent);
+            self.deliver(p, answers);
+        }
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {
             if let Some(seq) = self.collector.acked {
@@ -306,20 +338,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         now: u64,
     ) -> Result<bool, AppError> {
         let mut changed = false;
-        let src = &mut self.entropy;
-        if src.link.as_ref().is_none_or(|l| !l.is_open()) && now != src.resolved_at {
-            // Down: perhaps entropyd was created (again) under a new id.
-            src.resolved_at = now;
-            if let Ok(dom) = p.resolve(&src.name) {
-                if dom != src.dom {
-                    say!(p, "cryptod: entropy from {} (dom{})", src.name, dom.0);
-                    src.dom = dom;
-                    src.peer = PeerId::new(u32::from(dom.0), &src.name);
-                    src.link = None;
-                }
-            }
+        if self.entropy.dom == NOBODY {
+            return Ok(false);
         }
-        if self.entropy.dom != NOBODY && self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
+        if self.entropy.link.as_ref().is_none_or(|l| !l.is_open()) {
             let config = ClientConfig { server: self.entropy.dom, port: port::ENTROPY };
             self.entropy.link = match Vchan::client(p.backend(), config) {
                 Ok(v) => Some(Link::new(v)),
@@ -363,6 +385,21 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         Ok(changed)
     }
 
+    /// While the entropy link is down, looks the entropy domain's name up
+    /// again: it may have appeared, or been created again under a new id.
+    fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
+        if self.entropy.link.as_ref().is_some_and(|l| l.is_open()) {
+            return;
+        }
+        let Ok(dom) = p.resolve(&self.entropy.name) else { return };
+        if dom != self.entropy.dom {
+            say!(p, "cryptod: {} is dom{}; taking entropy from it", self.entropy.name, dom.0);
+            self.entropy.dom = dom;
+            self.entropy.peer = PeerId::new(u32::from(dom.0), &self.entropy.name);
+            self.entropy.link = None;
+        }
+    }
+
     /// Serves a client under its current domain id: when its name now
     /// belongs to another domain (the old one was destroyed and the name
     /// created again), the old channel is dropped and a fresh one published
@@ -403,6 +440,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     fn forget_answers<P: Platform>(&mut self, p: &mut P, peer: &PeerId, why: &str, now: u64) {
         let (n, out) = self.auth.drop_held_audited(peer, why, now);
         self.fresh_audit |= !out.audit.is_empty();
+        let before = self.unsent.len();
+        self.unsent.retain(|(p, _)| p != peer);
+        let n = n + (before - self.unsent.len());
         if n > 0 {
             self.warn(
                 p,
@@ -471,6 +511,13 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             self.client_left(p, idx, &peer, now)?;
             return Ok(false);
         }
+        // Not read while answers to it wait for the state to be persisted
+        // (as while its answers are not read): they stay bounded.
+        if self.unsent.iter().any(|(p, _)| *p == peer) {
+            return Ok(false);
+        }
+        let Some(c) = self.clients.get_mut(idx) else { return Ok(false) };
+        let Some(link) = c.link.as_mut() else { return Ok(false) };
         // Once the client is there, nobody else may find this ring: a
         // reconnection gets a fresh one (after we noticed this one end).
         if !c.unpublished && link.chan().peer_state() != Some(PeerState::Waiting) {
@@ -544,8 +591,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                     return Ok(audited);
                 }
             };
+            // Sent at the end of the wake-up, once the state is durable.
             if let Some(reply) = reply {
-                self.send_to(p, idx, &reply);
+                self.unsent.push((peer.clone(), reply));
             }
         }
         // Budget spent: the others' turn; come back at once.
@@ -566,20 +614,52 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// Reseals the state (the operators' last accepted TOTP steps, failure
     /// counters and lockouts, keyset version, revocation list, acknowledged
     /// audit head) and hands it to the platform for the next boot, so neither
-    /// a crash nor `xl destroy` resets them. Where the platform cannot
-    /// persist, cryptod says so once.
-    fn persist<P: Platform>(&mut self, p: &mut P) {
-        let result =
-            self.auth.export(&self.kek).map_err(|e| alloc::format!("{e}")).and_then(|sealed| {
-                p.persist(ConfigItem::SealedState, &sealed).map_err(|e| alloc::format!("{e}"))
-            });
-        if let Err(e) = result {
-            if !self.persist_warned {
-                say!(
+    /// a crash nor `xl destroy` resets them. Returns whether the held
+    /// answers may go: the state is durable, or the platform has no durable
+    /// storage ([`PlatformError::Unsupported`], said once). A failure is
+    /// said (rate-limited) and keeps them held.
+    fn persist<P: Platform>(&mut self, p: &mut P) -> bool {
+        let result = match self.auth.export(&self.kek) {
+            Ok(sealed) => p.persist(ConfigItem::SealedState, &sealed).map_err(|e| match e {
+                PlatformError::Unsupported => None,
+                e => Some(alloc::format!("{e}")),
+            }),
+            Err(e) => Err(Some(alloc::format!("{e}"))),
+        };
+        match result {
+            Ok(()) => {
+                if core::mem::take(&mut self.persist_failing) {
+                    say!(
+                        p,
+                        "cryptod: sealed state persisted again; releasing {} held answer(s)",
+                        self.unsent.len()
+                    );
+                }
+                true
+            }
+            Err(None) => {
+                if !self.persist_warned {
+                    say!(
+                        p,
+                        "cryptod: this platform cannot persist the sealed state; replay state lasts only until restart"
+                    );
+                    self.persist_warned = true;
+                }
+                true
+            }
+            Err(Some(e)) => {
+                self.persist_failing = true;
+                let held = self.unsent.len();
+                let me = u32::from(p.domid().0);
+                self.warn(
                     p,
-                    "cryptod: cannot persist the sealed state ({e}); replay state lasts until restart"
+                    "persist_failed",
+                    me,
+                    format_args!(
+                        "cryptod: cannot persist the sealed state ({e}); {held} answer(s) held until it is durable, retrying"
+                    ),
                 );
-                self.persist_warned = true;
+                false
             }
         }
     }

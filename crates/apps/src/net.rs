@@ -2,11 +2,40 @@
 
 use core::time::Duration;
 
-use portcullis_platform::{DomId, Platform};
+use portcullis_platform::{DomId, Platform, PlatformError};
 use portcullis_vchan::{ClientConfig, ServerConfig, Vchan, VchanError};
 
 use crate::common::{resolve_dom, AppError, RING_BYTES, STEP};
 use crate::link::Link;
+use crate::say;
+
+/// How often [`await_dom`] says again that it is waiting, seconds.
+pub const AWAIT_NOTICE_EVERY: u64 = 30;
+
+/// Resolves `name` (`dom0` is domain 0), waiting while no domain has it:
+/// a guest created before the peer it needs (plain `xl create`, any
+/// order) waits for it instead of failing. Says `<me>: waiting for
+/// <name>` once and every [`AWAIT_NOTICE_EVERY`] s; any other error is
+/// returned.
+pub fn await_dom<P: Platform>(p: &mut P, me: &str, name: &str) -> Result<DomId, AppError> {
+    if name == "dom0" {
+        return Ok(DomId(0));
+    }
+    let mut next_notice = p.monotonic_ns();
+    loop {
+        match p.resolve(name) {
+            Ok(dom) => return Ok(dom),
+            Err(PlatformError::UnknownDomain) => {}
+            Err(e) => return Err(AppError::Config(alloc::format!("domain {name:?}: {e}"))),
+        }
+        let now = p.monotonic_ns();
+        if now >= next_notice {
+            say!(p, "{me}: waiting for {name} (no domain has the name yet)");
+            next_notice = now.saturating_add(AWAIT_NOTICE_EVERY.saturating_mul(1_000_000_000));
+        }
+        sleep(p, Duration::from_secs(1))?;
+    }
+}
 
 /// Connects to `server`'s vchan `port`, waiting up to `patience` for the
 /// server to publish it.

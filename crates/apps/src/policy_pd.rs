@@ -20,11 +20,9 @@ use portcullis_proto::msg::{IssueResult, RequestId, RevokeResult, TokenIssueReq,
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
-use crate::common::{
-    port, random, request_id, resolve_wait, AppError, Settings, CALL_TIMEOUT, PEER_PATIENCE,
-};
+use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
 use crate::link::Link;
-use crate::net::{connect, sleep};
+use crate::net::{await_dom, connect, sleep};
 use crate::say;
 use crate::trust::Trust;
 use crate::unlocker::{load_trust, refresh_keyset};
@@ -141,7 +139,7 @@ fn refresh_revocations<P: Platform>(
 pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let s = Settings::load(p)?;
     let rule = String::from(s.get("rule", "allow tcp 10.0.0.0/8 -> 443"));
-    let cryptod_dom = resolve_wait(p, s.get("cryptod", "cryptod"), PEER_PATIENCE)?;
+    let cryptod_dom = await_dom(p, "policy_pd", s.get("cryptod", "cryptod"))?;
     let audience = String::from(s.get("audience", p.name()));
     let trust = load_trust(p)?;
     let mut enf = Enforcer::new(&audience, s.num("skew", 30)?, trust);

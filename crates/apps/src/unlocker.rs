@@ -24,12 +24,9 @@ use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::common::{
-    port, random, request_id, resolve_dom, resolve_wait, AppError, Settings, CALL_TIMEOUT,
-    PEER_PATIENCE,
-};
+use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
 use crate::link::Link;
-use crate::net::connect;
+use crate::net::{await_dom, connect};
 use crate::say;
 use crate::trust::{root_from_cose_key, Trust};
 
@@ -294,8 +291,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
         audience: String::from(s.get("agent_audience", "unlock_agent")),
     };
     let attempts = s.num("attempts", 3)?.max(1);
-    let agent = resolve_dom(p, s.get("agent", "dom0"))?;
-    let cryptod_dom = resolve_wait(p, s.get("cryptod", "cryptod"), PEER_PATIENCE)?;
+    let agent = await_dom(p, "unlocker", s.get("agent", "dom0"))?;
+    let cryptod_dom = await_dom(p, "unlocker", s.get("cryptod", "cryptod"))?;
     let mut trust = load_trust(p)?;
 
     let mut cryptod = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;

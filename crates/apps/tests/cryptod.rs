@@ -4,13 +4,14 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_apps::common::port;
 use portcullis_apps::cryptod::{CryptodDriver, CLIENT_BUDGET};
 use portcullis_apps::link::Link;
 use portcullis_authority::sealed;
-use portcullis_platform::{ConfigItem, DomId};
+use portcullis_platform::{ConfigItem, DomId, IoCause, IoDetail, IoOp, PlatformError};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, AuditAction, EntropyPub, ErrorCode, IssueResult, KeysetReq, RequestId, TokenIssueReq,
@@ -518,19 +519,194 @@ fn a_client_reconnecting_in_a_loop_gets_a_fresh_ring_each_time_and_few_console_l
     assert_eq!(w.p.lines_with("policy_pd (dom7) left; listening again"), per_window);
 }
 
+/// Whether a sealed state holds alice's used TOTP step.
+fn has_alice_step(blob: &[u8]) -> bool {
+    sealed::unseal(blob, &KEK).unwrap().last_steps.iter().any(|(op, _)| op == "alice")
+}
+
+fn persist_timeout() -> PlatformError {
+    PlatformError::Io(IoDetail::new(IoOp::Persist, IoCause::Timeout).on("persist-ack/sealed-state"))
+}
+
+const NO_AUDIT_WAIT: &str = "clients=unlocker,policy_pd\ncollector=dom0\nanswer_after_audit=0\n";
+
+fn boot_no_audit_wait() -> World {
+    boot_with(
+        NO_AUDIT_WAIT,
+        &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)],
+    )
+}
+
+/// The client's link shared with the persist hook, which takes whatever
+/// reached the client before the state was stored.
+fn watch_early_answers(
+    w: &mut World,
+    link: Link<SimBackend>,
+) -> Arc<Mutex<(Link<SimBackend>, Vec<Message>)>> {
+    let shared = Arc::new(Mutex::new((link, Vec::new())));
+    let hook = shared.clone();
+    w.p.on_persist = Some(Box::new(move |_blob| {
+        let mut guard = hook.lock().unwrap();
+        let (link, early) = &mut *guard;
+        let got = drain(link);
+        early.extend(got);
+    }));
+    shared
+}
+
 #[test]
-fn entropyd_created_after_cryptod_is_followed_by_name() {
+fn without_answer_after_audit_an_accepted_code_is_persisted_before_its_answer_leaves() {
+    let mut w = boot_no_audit_wait();
+    w.seed();
+    let un = w.client(UNLOCKER);
+    let shared = watch_early_answers(&mut w, un);
+    shared.lock().unwrap().0.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    let (link, early) = &mut *shared.lock().unwrap();
+    assert!(early.is_empty(), "the answer reached the client before the state was persisted");
+    let (_, blob) = w.p.persisted.last().unwrap();
+    assert!(has_alice_step(blob));
+    let got = drain(link);
+    assert_eq!(got.len(), 1, "answered in the same wake-up, after persisting");
+    assert_eq!(totp_result(&got[0]), TotpResult::Ok);
+}
+
+#[test]
+fn with_answer_after_audit_the_released_answer_also_waits_for_the_persist() {
+    let mut w = boot();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.p.persist_error = Some(persist_timeout());
+    w.poll();
+    // The collector stores the record and acks: the authority releases the
+    // answer, but its step is not durable.
+    for _ in 0..3 {
+        w.ack();
+    }
+    assert!(drain(&mut un).is_empty(), "released while the step was not persisted");
+    assert_eq!(w.d.unpersisted_len(), 1);
+    assert!(!w.p.persisted.iter().any(|(_, b)| has_alice_step(b)));
+    w.p.persist_error = None;
+    let shared = watch_early_answers(&mut w, un);
+    w.poll();
+    let (link, early) = &mut *shared.lock().unwrap();
+    assert!(early.is_empty(), "the answer left before the state was stored");
+    assert!(has_alice_step(&w.p.persisted.last().unwrap().1));
+    let got = drain(link);
+    assert_eq!(got.len(), 1);
+    assert_eq!(totp_result(&got[0]), TotpResult::Ok);
+    assert_eq!(w.d.unpersisted_len(), 0);
+    assert_eq!(w.p.lines_with("sealed state persisted again; releasing 1 held answer"), 1);
+}
+
+#[test]
+fn while_persist_fails_answers_are_held_bounded_and_retried_then_all_delivered_in_order() {
+    let mut w = boot_no_audit_wait();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    w.p.persist_error = Some(persist_timeout());
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert!(drain(&mut un).is_empty(), "answered while the step is not durable");
+    // More requests: the client is not read while its answer is held.
+    for i in 0..20 {
+        un.send(&keyset_req(i)).unwrap();
+        let _ = un.pump();
+    }
+    let attempts = w.p.persist_attempts;
+    for _ in 0..50 {
+        w.poll();
+        w.p.advance(Duration::from_millis(200));
+    }
+    assert!(drain(&mut un).is_empty());
+    assert_eq!(w.d.unpersisted_len(), 1, "held answers stay bounded");
+    assert!(w.p.persist_attempts >= attempts + 50, "retried on every wake-up");
+    let said = w.p.lines_with("cannot persist the sealed state");
+    assert!(said >= 1, "{}", w.p.console_out);
+    assert!(said <= portcullis_apps::console::DEFAULT_PER_WINDOW as usize * 2, "rate-limited");
+    assert!(w.p.console_out.contains("persist persist-ack/sealed-state: timed out"));
+    // dom0 is back: the held answer goes first, then the others are served.
+    w.p.persist_error = None;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        w.poll();
+        got.extend(drain(&mut un));
+        let _ = un.pump();
+    }
+    assert!(has_alice_step(&w.p.persisted.last().unwrap().1));
+    assert_eq!(got.len(), 21, "{got:?}");
+    assert_eq!(totp_result(&got[0]), TotpResult::Ok);
+    assert!(got[1..].iter().all(|m| matches!(m, Message::Keyset(_))));
+}
+
+#[test]
+fn a_client_leaving_while_its_answer_waits_for_persist_is_told_on_the_console() {
+    let mut w = boot_no_audit_wait();
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    w.p.persist_error = Some(persist_timeout());
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert_eq!(w.d.unpersisted_len(), 1);
+    un.chan().shutdown();
+    w.poll();
+    assert_eq!(w.d.unpersisted_len(), 0);
+    assert_eq!(w.p.lines_with("left before 1 answer(s) could be released; dropped"), 1);
+}
+
+#[test]
+fn on_a_platform_that_cannot_persist_answers_go_and_it_is_said_once() {
+    let mut w = boot_no_audit_wait();
+    w.p.persist_error = Some(PlatformError::Unsupported);
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    w.poll();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Replay);
+    assert_eq!(w.p.lines_with("replay state lasts only until restart"), 1);
+    assert_eq!(w.d.unpersisted_len(), 0);
+}
+
+#[test]
+fn cryptod_created_before_entropyd_takes_its_entropy_once_it_appears() {
     let mut w = boot_with(SETTINGS, &[("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)]);
-    assert_eq!(w.p.lines_with("entropyd not there yet"), 1);
+    assert_eq!(w.p.lines_with("entropyd not there yet"), 1, "{}", w.p.console_out);
     w.poll();
-    w.entropyd.send(&chunk(1)).unwrap();
-    w.poll();
-    assert!(!w.d.authority().is_ready(), "no entropy domain known: nothing read");
-    // xl creates entropyd; the host service publishes its id.
+    assert!(!w.d.authority().is_ready());
     w.p.names.insert("entropyd".into(), ENTROPYD);
-    w.p.advance(Duration::from_secs(1));
-    w.poll(); // resolves and connects
+    // Names are looked up again every RESOLVE_EVERY seconds.
+    w.p.advance(Duration::from_secs(2));
+    w.seed();
+    assert_eq!(w.p.lines_with("entropyd is dom2; taking entropy from it"), 1);
+}
+
+#[test]
+fn entropyd_created_again_under_a_new_id_is_followed() {
+    let mut w = boot();
+    w.seed();
+    let ports = w.d.ports().len();
+    w.hv.destroy(ENTROPYD);
+    w.poll(); // the link ends
+    let new_id = DomId(9);
+    let mut again = server(&w.hv, new_id, CRYPTOD, port::ENTROPY);
+    w.p.names.insert("entropyd".into(), new_id);
+    w.p.advance(Duration::from_secs(2));
+    w.poll(); // looks the name up again
+    w.poll(); // connects
+    assert_eq!(
+        w.p.lines_with("entropyd is dom9; taking entropy from it"),
+        1,
+        "{}",
+        w.p.console_out
+    );
+    assert_eq!(w.d.ports().len(), ports, "an entropy link again");
+    again.send(&chunk(2)).unwrap();
     w.poll();
-    assert!(w.d.authority().is_ready(), "seeded by the entropyd that appeared");
-    assert_eq!(w.p.lines_with(&format!("entropy from entropyd (dom{})", ENTROPYD.0)), 1);
+    let records = w.ack();
+    // An accepted chunk makes no record; a refused one would.
+    assert!(!records.iter().any(|r| r.action == AuditAction::EntropyReseed), "{records:?}");
 }

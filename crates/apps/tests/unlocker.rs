@@ -161,18 +161,3 @@ fn the_agent_s_refusal_is_reported_and_its_wrong_answers_are_errors() {
         Err(AppError::Protocol(_))
     ));
 }
-
-#[test]
-fn a_peer_created_later_is_waited_for_and_an_absent_one_times_out() {
-    use portcullis_apps::common::resolve_wait;
-    use portcullis_platform::DomId;
-    use std::time::Duration;
-    let hv = portcullis_vchan::sim::Hypervisor::new();
-    let mut p = FakePlatform::new(&hv, UNLOCKER, "unlocker");
-    let err = resolve_wait(&mut p, "cryptod", Duration::from_secs(5)).unwrap_err();
-    assert!(err.to_string().contains("cryptod"), "{err}");
-    assert_eq!(p.lines_with("unlocker: waiting for domain cryptod to exist"), 1);
-    assert_eq!(resolve_wait(&mut p, "dom0", Duration::ZERO).unwrap(), DomId(0));
-    p.names.insert("cryptod".into(), CRYPTOD);
-    assert_eq!(resolve_wait(&mut p, "cryptod", Duration::ZERO).unwrap(), CRYPTOD);
-}

@@ -10,6 +10,10 @@
 //! });
 //! ```
 //!
+//! On Xen the body runs once dom0's `portcullis host` service has configured
+//! the domain (`XenPlatform::wait_configured` in `portcullis-xen`):
+//! a guest created with plain `xl create` before the service ran waits.
+//!
 //! The body gets `p: &mut impl Platform` and returns the exit code (0: clean
 //! poweroff; on Xen anything else is a crash). After a non-zero code the
 //! platform's last I/O failure, if any, is printed too
@@ -54,6 +58,12 @@ macro_rules! guest {
                         return 2;
                     }
                 };
+                // dom0's host service writes the items and names, then
+                // `ready`: nothing is read before that.
+                if let Err(e) = platform.wait_configured() {
+                    $crate::xen::println!("{}: cannot start: {}", $name, e);
+                    return 2;
+                }
                 let $p = &mut platform;
                 let code: u8 = $body;
                 if code != 0 {

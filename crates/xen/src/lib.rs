@@ -32,6 +32,7 @@ pub mod arch;
 mod boot;
 #[cfg(target_arch = "x86_64")]
 pub mod console;
+pub mod dom0;
 pub mod entropy;
 #[cfg(target_arch = "x86_64")]
 pub mod evtchn;

@@ -13,6 +13,7 @@ use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use spin::mutex::SpinMutex;
 
+use crate::dom0::{self, store_cause};
 use crate::entropy::HwEntropy;
 use crate::grant::{self, GrantError, Mapping};
 use crate::page::SharedPages;
@@ -153,25 +154,18 @@ fn store_denied(e: &XsError) -> bool {
     matches!(e, XsError::Daemon(Errno::Acces | Errno::Perm))
 }
 
-/// The cause of a store failure, as a platform error carries it.
-fn store_cause(e: XsError) -> IoCause {
-    match e {
-        XsError::Daemon(errno) => IoCause::Store(errno.name()),
-        XsError::Request => IoCause::Invalid,
-        XsError::Protocol => IoCause::Protocol,
-        XsError::Transport => IoCause::Transport,
-        XsError::Timeout => IoCause::Timeout,
-    }
-}
-
 /// A store failure of `op` on `path` as the platform reports it: what was
 /// done, on which node, and the store's error, timeout or protocol fault.
 fn platform_store_err(op: IoOp, path: &str, e: XsError) -> PlatformError {
-    if store_denied(&e) {
-        PlatformError::Denied
-    } else {
-        PlatformError::Io(note(IoDetail::new(op, store_cause(e)).on(path)))
+    noted(dom0::store_error(op, path, e))
+}
+
+/// Keeps the detail of an I/O failure for `Platform::last_io_error`.
+fn noted(e: PlatformError) -> PlatformError {
+    if let PlatformError::Io(detail) = e {
+        note(detail);
     }
+    e
 }
 
 /// Runs `f` on the xenstore connection (connecting on first use); `f`
@@ -453,19 +447,34 @@ impl XenPlatform {
         Ok(XenPlatform { domid, name, entropy: HwEntropy::new() })
     }
 
-    /// Where boot configuration items live: `/local/domain/<id>/data/portcullis/<key>`,
-    /// the key being the item's name with `.` spelled `-` (xenstored accepts
-    /// only letters, digits and `-/_@` in paths, so `root.pub` is `root-pub`).
+    /// Where dom0's host service leaves a configuration item:
+    /// `/local/domain/<id>/portcullis/<key>` (see [`dom0`]).
     pub fn config_path(&self, item: ConfigItem) -> String {
-        format!("/local/domain/{}/data/portcullis/{}", self.domid.0, store_key(item))
+        dom0::config_path(self.domid, item)
     }
 
-    /// Where [`Platform::persist`] leaves an item for the toolstack:
+    /// Where [`Platform::persist`] hands an item to dom0:
     /// `/local/domain/<id>/data/portcullis-persist/<key>`, under the
-    /// domain's own writable `data` directory (the configuration items
-    /// themselves are dom0's and read-only to the domain).
+    /// domain's own writable `data` directory (everything under
+    /// `.../portcullis/` is dom0's and read-only to the domain).
     pub fn persist_path(&self, item: ConfigItem) -> String {
-        format!("/local/domain/{}/data/portcullis-persist/{}", self.domid.0, store_key(item))
+        dom0::persist_path(self.domid, item)
+    }
+
+    /// Blocks until dom0's `portcullis host` service has configured this
+    /// domain (`/local/domain/<id>/portcullis/ready` exists; it is written
+    /// after every item and name), watching the node. Says
+    /// `<name>: waiting for dom0's portcullis host service` on the console
+    /// once, and again every 30 s while it waits.
+    pub fn wait_configured(&mut self) -> Result<(), PlatformError> {
+        let ready = dom0::ready_path(self.domid);
+        let name = self.name.clone();
+        store_session(|s| {
+            dom0::wait_ready(s, &ready, dom0::READY_NOTICE_EVERY_NS, || {
+                crate::println!("{name}: waiting for dom0's portcullis host service");
+            })
+        })
+        .map_err(noted)
     }
 }
 
@@ -523,45 +532,28 @@ impl Platform for XenPlatform {
         Ok(value.len())
     }
 
-    /// Hands the item to the toolstack through xenstore (one node write,
-    /// so atomic); dom0 must copy it out before the domain is destroyed
-    /// and give it back as the configuration item at the next creation.
-    /// An item larger than one xenstore payload is refused.
+    /// Hands the item to dom0's host service through xenstore (one node
+    /// write, so atomic) and waits up to 5 s for the service to acknowledge
+    /// that exactly these bytes are durable on its disk
+    /// (`.../portcullis/persist-ack/<key>` = their hex SHA-256). Without the
+    /// acknowledgement: `Io(persist <ack node>: timed out)`. An item larger
+    /// than one xenstore payload is refused.
     fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
         let path = self.persist_path(item);
         if path.len() + 1 + bytes.len() > PAYLOAD_MAX {
             return Err(PlatformError::BadConfig);
         }
-        store_session(|s| {
-            s.write(Tx::NONE, &path, bytes)
-                .map_err(|e| platform_store_err(IoOp::StoreWrite, &path, e))
-        })
+        let ack = dom0::ack_path(self.domid, item);
+        store_session(|s| dom0::persist(s, &path, &ack, bytes, dom0::PERSIST_ACK_TIMEOUT_NS))
+            .map_err(noted)
     }
 
+    /// Reads the domain id dom0's host service published for `name` in
+    /// this domain's own `.../portcullis/names/` (only Portcullis guests
+    /// are there; no other domain's nodes are read).
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        const DOMAINS: &str = "/local/domain";
-        store_session(|s| {
-            let ids = s
-                .directory(Tx::NONE, DOMAINS)
-                .map_err(|e| platform_store_err(IoOp::StoreList, DOMAINS, e))?;
-            for id in ids {
-                let Ok(domid) = id.parse::<u16>() else { continue };
-                // A domain whose name we may not read (xenstored's default
-                // for another domain's nodes) or that just went away is not
-                // a candidate; it must not hide the others.
-                let path = format!("{DOMAINS}/{domid}/name");
-                let found = match s.read(Tx::NONE, &path) {
-                    Ok(v) => v,
-                    Err(XsError::Daemon(Errno::Acces | Errno::NoEnt)) => None,
-                    Err(e) => return Err(platform_store_err(IoOp::StoreRead, &path, e)),
-                };
-                if found.as_deref() == Some(name.as_bytes()) {
-                    return Ok(Some(DomId(domid)));
-                }
-            }
-            Ok(None)
-        })?
-        .ok_or(PlatformError::UnknownDomain)
+        let me = self.domid;
+        store_session(|s| dom0::resolve(s, me, name)).map_err(noted)
     }
 
     fn wait_any(
@@ -582,45 +574,30 @@ impl Platform for XenPlatform {
     }
 }
 
-/// The xenstore key of a configuration item: its name with `.` as `-`.
-pub fn store_key(item: ConfigItem) -> String {
-    item.name().replace('.', "-")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use alloc::string::ToString;
 
     #[test]
-    fn config_keys_are_valid_xenstore_names() {
-        let ok = |k: &str| k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_@".contains(&b));
-        for item in [
-            ConfigItem::SealedState,
-            ConfigItem::KeyEncryptionKey,
-            ConfigItem::RootPublicKey,
-            ConfigItem::Settings,
-        ] {
-            assert!(ok(&store_key(item)), "{}", store_key(item));
-        }
-        assert_eq!(store_key(ConfigItem::RootPublicKey), "root-pub");
-    }
-
-    #[test]
     fn store_failures_keep_operation_path_and_cause() {
-        let path = "/local/domain/5/data/portcullis/settings";
+        let path = "/local/domain/5/portcullis/settings";
         let e = platform_store_err(IoOp::StoreRead, path, XsError::Timeout);
         assert_eq!(e, PlatformError::Io(IoDetail::new(IoOp::StoreRead, IoCause::Timeout).on(path)));
         assert_eq!(
             e.to_string(),
-            "platform I/O failed: store read /local/domain/5/data/portcullis/settings: timed out"
+            "platform I/O failed: store read /local/domain/5/portcullis/settings: timed out"
         );
         let e = platform_store_err(IoOp::StoreWrite, "/p", XsError::Daemon(Errno::NoSpc));
         assert_eq!(e.to_string(), "platform I/O failed: store write /p: store error ENOSPC");
-        let e = platform_store_err(IoOp::StoreList, "/local/domain", XsError::Protocol);
-        assert!(e
-            .to_string()
-            .ends_with("store directory /local/domain: malformed or unexpected reply"));
+        let e = platform_store_err(
+            IoOp::StoreWatch,
+            "/local/domain/5/portcullis/ready",
+            XsError::Protocol,
+        );
+        assert!(e.to_string().ends_with(
+            "store watch /local/domain/5/portcullis/ready: malformed or unexpected reply"
+        ));
         assert_eq!(
             platform_store_err(IoOp::StoreRead, "/p", XsError::Daemon(Errno::Acces)),
             PlatformError::Denied

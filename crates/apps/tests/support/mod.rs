@@ -32,6 +32,9 @@ allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=data
 allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,policy_pd,cryptod
 ";
 
+/// A test's look at each blob as the fake platform stores it.
+pub type PersistHook = Box<dyn FnMut(&[u8]) + Send>;
+
 /// An in-memory platform for one simulated domain.
 pub struct FakePlatform {
     pub hv: Hypervisor,
@@ -49,10 +52,20 @@ pub struct FakePlatform {
     /// Make the hardware entropy source fail (fail closed).
     pub entropy_broken: bool,
     pub config: HashMap<&'static str, Vec<u8>>,
-    /// Every persist call, in order.
+    /// Every successful persist call, in order.
     pub persisted: Vec<(ConfigItem, Vec<u8>)>,
+    /// Make persist fail with this error (nothing is stored), e.g. an I/O
+    /// timeout or `Unsupported`.
+    pub persist_error: Option<PlatformError>,
+    /// Persist calls, failed ones included.
+    pub persist_attempts: usize,
+    /// Called with each blob as it is stored (before persist returns).
+    pub on_persist: Option<PersistHook>,
     /// Domain names the store resolves.
     pub names: HashMap<String, DomId>,
+    /// Names that appear (are added to `names`) once the monotonic clock
+    /// reaches the time, nanoseconds.
+    pub names_at: Vec<(u64, String, DomId)>,
 }
 
 impl FakePlatform {
@@ -69,7 +82,11 @@ impl FakePlatform {
             entropy_broken: false,
             config: HashMap::new(),
             persisted: Vec::new(),
+            persist_error: None,
+            persist_attempts: 0,
+            on_persist: None,
             names: HashMap::new(),
+            names_at: Vec::new(),
         }
     }
 
@@ -157,11 +174,23 @@ impl Platform for FakePlatform {
         Ok(v.len())
     }
     fn persist(&mut self, item: ConfigItem, bytes: &[u8]) -> Result<(), PlatformError> {
+        self.persist_attempts += 1;
+        if let Some(e) = self.persist_error {
+            return Err(e);
+        }
+        if let Some(hook) = self.on_persist.as_mut() {
+            hook(bytes);
+        }
         self.persisted.push((item, bytes.to_vec()));
         self.config.insert(item.name(), bytes.to_vec());
         Ok(())
     }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
+        let now = self.mono_ns;
+        for (_, n, d) in self.names_at.iter().filter(|(at, ..)| *at <= now) {
+            self.names.insert(n.clone(), *d);
+        }
+        self.names_at.retain(|(at, ..)| *at > now);
         self.names.get(name).copied().ok_or(PlatformError::UnknownDomain)
     }
     fn wait_any(

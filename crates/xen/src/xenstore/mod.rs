@@ -10,6 +10,8 @@
 
 pub mod client;
 pub mod ring;
+#[cfg(test)]
+pub(crate) mod sim;
 pub mod wire;
 
 pub use client::{Client, Perm, StoreRing, Tx};
