@@ -13,12 +13,13 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_platform::ConfigItem;
+use portcullis_platform::{ConfigItem, DomId};
+use portcullis_xen::dom0;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 /// Domain ids from here on are reserved (`DOMID_FIRST_RESERVED`).
-pub const DOMID_FIRST_RESERVED: u16 = 32752;
+pub use portcullis_xen::dom0::DOMID_FIRST_RESERVED;
 /// Most domains looked at in one scan.
 pub const MAX_DOMAINS: usize = 1024;
 /// Longest domain name considered (longer ones are never ours).
@@ -95,9 +96,7 @@ pub const fn source(item: ConfigItem) -> Source {
 }
 
 /// The item's xenstore key: its name with `.` as `-`.
-pub fn item_key(item: ConfigItem) -> String {
-    item.name().replace('.', "-")
-}
+pub use portcullis_xen::dom0::store_key as item_key;
 
 /// Parses a domain id as xenstore lists it: decimal digits only, at most
 /// 5, below [`DOMID_FIRST_RESERVED`].
@@ -115,12 +114,12 @@ pub fn dom_path(domid: u16) -> String {
 
 /// `/local/domain/<id>/portcullis`, the directory dom0 gives the guest.
 pub fn base_path(domid: u16) -> String {
-    format!("/local/domain/{domid}/portcullis")
+    dom0::base(DomId(domid))
 }
 
 /// Where the guest reads `item`.
 pub fn item_path(domid: u16, item: ConfigItem) -> String {
-    format!("{}/{}", base_path(domid), item_key(item))
+    dom0::config_path(DomId(domid), item)
 }
 
 /// The guest's map of our guests' domain ids.
@@ -130,7 +129,7 @@ pub fn names_path(domid: u16) -> String {
 
 /// Written last, once per domain life.
 pub fn ready_path(domid: u16) -> String {
-    format!("{}/ready", base_path(domid))
+    dom0::ready_path(DomId(domid))
 }
 
 /// The acknowledgement directory.
@@ -140,12 +139,12 @@ pub fn ack_dir(domid: u16) -> String {
 
 /// The acknowledgement of a durable persist of `item`.
 pub fn ack_path(domid: u16, item: ConfigItem) -> String {
-    format!("{}/{}", ack_dir(domid), item_key(item))
+    dom0::ack_path(DomId(domid), item)
 }
 
 /// Where the guest writes `item` to persist it (its own `data` directory).
 pub fn persist_path(domid: u16, item: ConfigItem) -> String {
-    format!("/local/domain/{domid}/data/portcullis-persist/{}", item_key(item))
+    dom0::persist_path(DomId(domid), item)
 }
 
 /// The longest value of `item` that fits one xenstore write at

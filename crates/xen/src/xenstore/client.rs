@@ -352,7 +352,7 @@ impl<R: StoreRing> Client<R> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::sim::{SimDaemon, S};
+    use super::super::sim::{SimDaemon, MS, S};
     use super::*;
     use std::vec;
 
