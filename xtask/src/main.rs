@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod dist;
 mod msrv;
 mod repro;
 mod xen_harness;
@@ -35,6 +36,8 @@ commands:
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
                      (ARGS go to `portcullis demo`, e.g. --totp-from-secret, --scenario full)
   interop            only the Python (pycose) token interop check
+  dist               the Debian package target/dist/portcullis_<version>_amd64.deb and
+                     target/dist/SHA256SUMS (release binary, guest images; docs/packaging.md)
   repro              clone HEAD twice at different paths, build the guest images in each,
                      fail unless every image's SHA-256 matches
   ci                 test, then fuzz for PORTCULLIS_FUZZ_SECONDS (default 60) each
@@ -60,6 +63,7 @@ enum Cmd {
         seconds: u64,
     },
     Interop,
+    Dist,
     Repro,
     /// Arguments for `portcullis demo`, which validates them itself.
     Demo(Vec<String>),
@@ -111,6 +115,7 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             Cmd::Fuzz { seconds }
         }
         "interop" => Cmd::Interop,
+        "dist" => Cmd::Dist,
         "repro" => Cmd::Repro,
         "demo" => return Ok(Cmd::Demo(rest.to_vec())),
         "ci" => Cmd::Ci,
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
         Cmd::Bench => bench(),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Interop => interop(),
+        Cmd::Dist => dist::dist().map(|_| ()),
         Cmd::Repro => repro::repro(),
         Cmd::Demo(args) => demo(&args),
         Cmd::Ci => ci(),
@@ -891,6 +897,7 @@ mod tests {
             Ok(Cmd::Demo(vec!["--scenario".into(), "full".into(), "--whatever".into()]))
         );
         assert_eq!(parse_str("repro"), Ok(Cmd::Repro));
+        assert_eq!(parse_str("dist"), Ok(Cmd::Dist));
         assert_eq!(parse_str("--help"), Ok(Cmd::Help));
     }
 
