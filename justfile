@@ -36,6 +36,14 @@ fuzz SECONDS="60":
 interop:
     cargo xtask interop
 
+# The Debian package target/dist/portcullis_<version>_amd64.deb and SHA256SUMS.
+dist:
+    cargo xtask dist
+
+# Guest images built in two clean clones at different paths must be bit-identical.
+repro:
+    cargo xtask repro
+
 # Tests, then the fuzzers (`.ci/run` runs more: see README.md).
 ci:
     cargo xtask ci

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod dist;
 mod msrv;
+mod repro;
 mod xen_harness;
 
 /// Crates that must build for the bare-metal guest target.
@@ -34,6 +36,10 @@ commands:
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
                      (ARGS go to `portcullis demo`, e.g. --totp-from-secret, --scenario full)
   interop            only the Python (pycose) token interop check
+  dist               the Debian package target/dist/portcullis_<version>_amd64.deb and
+                     target/dist/SHA256SUMS (release binary, guest images; docs/packaging.md)
+  repro              clone HEAD twice at different paths, build the guest images in each,
+                     fail unless every image's SHA-256 matches
   ci                 test, then fuzz for PORTCULLIS_FUZZ_SECONDS (default 60) each
 
 Usage errors exit 2; a failed step exits 1.
@@ -57,6 +63,8 @@ enum Cmd {
         seconds: u64,
     },
     Interop,
+    Dist,
+    Repro,
     /// Arguments for `portcullis demo`, which validates them itself.
     Demo(Vec<String>),
     Ci,
@@ -107,6 +115,8 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             Cmd::Fuzz { seconds }
         }
         "interop" => Cmd::Interop,
+        "dist" => Cmd::Dist,
+        "repro" => Cmd::Repro,
         "demo" => return Ok(Cmd::Demo(rest.to_vec())),
         "ci" => Cmd::Ci,
         "help" | "-h" | "--help" => Cmd::Help,
@@ -190,6 +200,8 @@ fn main() -> ExitCode {
         Cmd::Bench => bench(),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Interop => interop(),
+        Cmd::Dist => dist::dist().map(|_| ()),
+        Cmd::Repro => repro::repro(),
         Cmd::Demo(args) => demo(&args),
         Cmd::Ci => ci(),
         Cmd::Help => {
@@ -211,6 +223,7 @@ fn build_xen() -> Result<Vec<PathBuf>, String> {
     ensure_guest_target()?;
     let mut c = cargo();
     c.args(["build", "--target", GUEST_TARGET, "--profile", "guest"]);
+    c.args(guest_remap_config(&root(), &cargo_home()?)?);
     for g in GUESTS.iter().chain(["hello"].iter()) {
         c.args(["-p", g]);
     }
@@ -226,6 +239,77 @@ fn build_xen() -> Result<Vec<PathBuf>, String> {
         images.push(path);
     }
     Ok(images)
+}
+
+/// Where the guest images' sources appear to have been built: the workspace
+/// root and CARGO_HOME are remapped to these, so an image does not depend on
+/// the directory it was built in (`docs/packaging.md`, "Reproducibility").
+const REMAP_ROOT: &str = "/build/portcullis";
+const REMAP_CARGO_HOME: &str = "/build/cargo";
+
+/// cargo's home: `CARGO_HOME`, else `~/.cargo` (where the registry sources live).
+fn cargo_home() -> Result<PathBuf, String> {
+    if let Some(home) = env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".cargo"))
+        .ok_or_else(|| "neither CARGO_HOME nor HOME is set: cannot find cargo's home".into())
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `--config` arguments that add `--remap-path-prefix` for the workspace
+/// root and CARGO_HOME (each also in its canonical form when that differs)
+/// to the guest target's rustflags. cargo merges a `--config` array with the
+/// one in `.cargo/config.toml` (the target's `--cfg` and link flags), where
+/// `RUSTFLAGS` would replace it. cargo keeps `--remap-path-prefix` out of
+/// `-C metadata`, so symbol names do not change with the paths. When several
+/// prefixes match rustc applies the last one: the longer (more specific)
+/// prefixes come last.
+fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, String> {
+    let mut maps: Vec<(String, &str)> = Vec::new();
+    for (path, to) in [(root, REMAP_ROOT), (cargo_home, REMAP_CARGO_HOME)] {
+        let mut forms = vec![path.to_path_buf()];
+        if let Ok(canonical) = path.canonicalize() {
+            if canonical != path {
+                forms.push(canonical);
+            }
+        }
+        for form in forms {
+            let text = form
+                .to_str()
+                .ok_or_else(|| format!("{}: not UTF-8, cannot remap it", form.display()))?;
+            let text = text.trim_end_matches('/');
+            if text.is_empty() || text.contains('=') {
+                return Err(format!("`{text}`: cannot be remapped (empty, or holds `=`)"));
+            }
+            if !maps.iter().any(|(seen, _)| seen == text) {
+                maps.push((text.to_string(), to));
+            }
+        }
+    }
+    maps.sort_by_key(|(from, _)| from.len());
+    let flags: Vec<String> = maps
+        .iter()
+        .map(|(from, to)| toml_string(&format!("--remap-path-prefix={from}={to}")))
+        .collect();
+    Ok(vec!["--config".into(), format!("target.{GUEST_TARGET}.rustflags=[{}]", flags.join(", "))])
 }
 
 /// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address of an image.
@@ -812,7 +896,41 @@ mod tests {
             parse_str("demo --scenario full --whatever"),
             Ok(Cmd::Demo(vec!["--scenario".into(), "full".into(), "--whatever".into()]))
         );
+        assert_eq!(parse_str("repro"), Ok(Cmd::Repro));
+        assert_eq!(parse_str("dist"), Ok(Cmd::Dist));
         assert_eq!(parse_str("--help"), Ok(Cmd::Help));
+    }
+
+    #[test]
+    fn the_guest_build_remaps_the_workspace_and_cargo_home_after_the_config_flags() {
+        let args = guest_remap_config(
+            Path::new("/nonexistent/ws/"),
+            Path::new("/nonexistent/ws/.cargo-home"),
+        )
+        .unwrap();
+        assert_eq!(args.len(), 2);
+        assert_eq!(args[0], "--config");
+        // An array under the target's key: cargo merges it with
+        // .cargo/config.toml's (RUSTFLAGS or build.rustflags would not).
+        assert_eq!(
+            args[1],
+            "target.x86_64-unknown-none.rustflags=[\
+             \"--remap-path-prefix=/nonexistent/ws=/build/portcullis\", \
+             \"--remap-path-prefix=/nonexistent/ws/.cargo-home=/build/cargo\"]"
+        );
+    }
+
+    #[test]
+    fn remapped_paths_are_quoted_for_toml_and_refuse_what_rustc_cannot_parse() {
+        let args =
+            guest_remap_config(Path::new("/x/a\"b\\c"), Path::new("/nonexistent/h")).unwrap();
+        assert!(
+            args[1].contains(r#""--remap-path-prefix=/x/a\"b\\c=/build/portcullis""#),
+            "{}",
+            args[1]
+        );
+        assert!(guest_remap_config(Path::new("/x=y"), Path::new("/h")).is_err());
+        assert!(guest_remap_config(Path::new("/"), Path::new("/h")).is_err());
     }
 
     #[test]
