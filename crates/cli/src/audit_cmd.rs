@@ -128,7 +128,7 @@ fn chain_and_seq(record: &[u8]) -> Option<([u8; 16], u64)> {
 
 /// Opens the log, drops a cut-off tail left by a crash, and returns the
 /// highest stored seq per chain.
-fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
+pub(crate) fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
     let mut f = OpenOptions::new()
         .read(true)
         .append(true)
@@ -168,7 +168,7 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             // socket connection is one vchan connection.
             let Ok(mut link) = socket::connect(path, Duration::from_secs(5)) else { continue };
             println!("audit-collect: connected to {}", path.display());
-            serve_link(&mut link, &mut file, &mut last, &args.out)?;
+            serve_link(&mut link, &mut file, &mut last, &args.out, &|| true)?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -187,18 +187,23 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             Err(_) => continue, // cryptod not (yet, or again) there: keep waiting
         };
         println!("audit-collect: connected to {}", args.cryptod);
-        serve_link(&mut link, &mut file, &mut last, &args.out)?;
+        serve_link(&mut link, &mut file, &mut last, &args.out, &|| true)?;
     }
 }
 
-/// Stores and acknowledges records from one connection until it breaks.
-fn serve_link<C: Channel>(
+/// Stores and acknowledges records from one connection until it breaks,
+/// or until `keep_going` (asked between records) says to stop.
+pub(crate) fn serve_link<C: Channel>(
     link: &mut Framed<C>,
     file: &mut File,
     last: &mut HashMap<[u8; 16], u64>,
     out: &Path,
+    keep_going: &dyn Fn() -> bool,
 ) -> Result<(), Failure> {
     loop {
+        if !keep_going() {
+            return Ok(());
+        }
         let first = match link.recv_blocking(Duration::from_millis(500)) {
             Ok(m) => m,
             Err(LinkError::Timeout) => continue,

@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+/// The generation and the map, under one lock.
+type Shared = Mutex<(u64, BTreeMap<String, u16>)>;
+
 /// Domain name to domain id, with a generation that changes on every update.
 #[derive(Clone, Default)]
 pub struct Peers {
-    inner: Arc<(Mutex<(u64, BTreeMap<String, u16>)>, Condvar)>,
+    inner: Arc<(Shared, Condvar)>,
 }
 
 impl Peers {

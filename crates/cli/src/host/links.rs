@@ -1,0 +1,425 @@
+#![allow(dead_code)] // wired by the host service (issue 11)
+//! The host service's two vchan links to the guests, spoken from dom0
+//! through Xen's own libxenvchan (no proxy process):
+//!
+//! - the audit collector, a libxenvchan **client** of
+//!   `/local/domain/<cryptod>/data/vchan/0/9005`: it appends each record to
+//!   the log, fsyncs, then acknowledges (`audit_cmd::serve_link`), and
+//!   resumes after the last record in the file;
+//! - the unlock agent, a libxenvchan **server** at
+//!   `/local/domain/0/data/vchan/<unlocker>/9003`, one unlocker connection
+//!   at a time (a libxenvchan server serves one connection, so it is
+//!   created afresh after each), and for each request a short-lived
+//!   **client** of `/local/domain/<cryptod>/data/vchan/0/9001` for the
+//!   keyset and revocation list (closed again at once: cryptod serves one
+//!   dom0 connection at a time, and other dom0 tools may need it).
+//!
+//! Both follow [`Peers`]: they wait for their guest's domid, connect
+//! (retrying with a bounded exponential backoff while the guest has not
+//! published its ring), and start over when the link ends or the domid
+//! changes (the guest was destroyed, crashed or created again). A stale
+//! link is never trusted to notice a destroyed peer by itself: a grant
+//! mapping of a dead domain's page can look open forever.
+
+use super::peers::Peers;
+use crate::agent::{self, Agent, Backoff, Dial, Upstream};
+use crate::audit_cmd;
+use crate::keyfile;
+use crate::xenlink::{self, XenChannel, XenLink};
+use portcullis_apps::common::port;
+use portcullis_apps::link::{Framed, LinkError};
+use portcullis_hosted::xenvchan::{VchanState, XenVchanError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The audit collector's configuration.
+pub struct CollectorConfig {
+    /// cryptod's Xen domain name.
+    pub cryptod: String,
+    /// The audit log file (appended, fsynced before each ack).
+    pub log: PathBuf,
+}
+
+/// The unlock agent's configuration.
+pub struct AgentConfig {
+    /// The unlocker's Xen domain name (the only client served).
+    pub unlocker: String,
+    /// cryptod's Xen domain name (keyset and revocation list).
+    pub cryptod: String,
+    /// cryptod's root public key (`<state_dir>/root.pub`).
+    pub root: PathBuf,
+    /// Volume id to LUKS device or file.
+    pub volumes: Vec<(String, PathBuf)>,
+    /// Allowed clock skew, seconds.
+    pub skew: u64,
+    /// Only check passphrases (`cryptsetup open --test-passphrase`).
+    pub dry_run: bool,
+}
+
+/// How often a waiting link looks at the stop flag and the peer map.
+const CHECK: Duration = Duration::from_millis(200);
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub(crate) enum DialError {
+    /// Worth trying again (the guest has not published its ring yet).
+    Retry(String),
+    /// Trying again cannot help (libxenvchan missing, bad argument).
+    Fatal(String),
+}
+
+impl From<XenVchanError> for DialError {
+    fn from(e: XenVchanError) -> Self {
+        if e.is_transient() {
+            DialError::Retry(e.to_string())
+        } else {
+            DialError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// Follows the domain `name` in `peers` until `stop`: connects to its
+/// current domid with `dial` (with backoff while that fails) and runs
+/// `session` on each link. A session gets a `still` check, true while
+/// neither `stop` is set nor the domid changed, and must return once it is
+/// false or its link ended; then the next connection is made.
+///
+/// Returns `Ok` when stopped, `Err` on a fatal dial error or a session
+/// error (such as a log that can no longer be written).
+pub(crate) fn follow<L>(
+    peers: &Peers,
+    name: &str,
+    what: &str,
+    stop: &AtomicBool,
+    mut dial: impl FnMut(u16) -> Result<L, DialError>,
+    mut session: impl FnMut(u16, L, &dyn Fn() -> bool) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut backoff = Backoff::new();
+    // The domid whose failure was last reported (reported once each).
+    let mut reported: Option<u16> = None;
+    let mut announced_absent = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (generation, _) = peers.snapshot();
+        let Some(domid) = peers.get(name) else {
+            if !announced_absent {
+                eprintln!("info: {what}: waiting for domain {name} to exist");
+                announced_absent = true;
+            }
+            peers.wait_change(generation, CHECK);
+            continue;
+        };
+        announced_absent = false;
+        if !backoff.due(Instant::now()) {
+            // Wake early for a new domid or the stop flag.
+            peers.wait_change(generation, CHECK);
+            if peers.get(name) != Some(domid) {
+                backoff.succeeded();
+            }
+            continue;
+        }
+        let link = match dial(domid) {
+            Ok(link) => link,
+            Err(DialError::Fatal(e)) => return Err(format!("{what}: {e}")),
+            Err(DialError::Retry(e)) => {
+                if reported != Some(domid) {
+                    eprintln!("info: {what}: {name} (domain {domid}) not reachable yet: {e}");
+                    reported = Some(domid);
+                }
+                backoff.failed(Instant::now());
+                continue;
+            }
+        };
+        backoff.succeeded();
+        reported = None;
+        eprintln!("info: {what}: connected to {name} (domain {domid})");
+        let still = || !stop.load(Ordering::Relaxed) && peers.get(name) == Some(domid);
+        session(domid, link, &still).map_err(|e| format!("{what}: {e}"))?;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match peers.get(name) {
+            Some(now) if now == domid => {
+                eprintln!("info: {what}: link to {name} (domain {domid}) ended; connecting again")
+            }
+            Some(now) => {
+                eprintln!(
+                    "info: {what}: {name} is now domain {now} (was {domid}); connecting to it"
+                )
+            }
+            None => eprintln!("info: {what}: {name} (domain {domid}) is gone"),
+        }
+    }
+}
+
+/// Runs until `stop`; follows `peers` (reconnects when the domid changes or the link ends).
+pub fn run_collector(
+    peers: Peers,
+    cfg: CollectorConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let (mut file, mut last) =
+        audit_cmd::open_log(&cfg.log).map_err(|e| format!("collector: {e}"))?;
+    eprintln!(
+        "info: collector: {} chain(s) in {}; collecting from {}",
+        last.len(),
+        cfg.log.display(),
+        cfg.cryptod
+    );
+    follow(
+        &peers,
+        &cfg.cryptod,
+        "collector",
+        &stop,
+        |domid| xenlink::client(domid, port::AUDIT).map_err(DialError::from),
+        |_, mut link: XenLink, still| {
+            audit_cmd::serve_link(&mut link, &mut file, &mut last, &cfg.log, still)
+                .map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// The agent's way to cryptod in a dom0: a libxenvchan client of cryptod's
+/// dom0 port at its current domid, retried while not published.
+struct XenDial {
+    peers: Peers,
+    name: String,
+}
+
+impl Dial for XenDial {
+    type Chan = XenChannel;
+
+    fn dial(&mut self, patience: Duration) -> Result<XenLink, String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let Some(domid) = self.peers.get(&self.name) else {
+                if Instant::now() >= deadline {
+                    return Err(format!("no domain {} is running", self.name));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            return xenlink::connect(domid, port::CRYPTOD, left)
+                .map_err(|e| format!("{} (domain {domid}): {e}", self.name));
+        }
+    }
+
+    fn is_up(link: &mut XenLink) -> bool {
+        link.channel().state() != VchanState::Closed
+    }
+}
+
+/// Serves one unlocker connection on `link` until it ends or `still` is false.
+pub(crate) fn serve_unlocker<C: portcullis_apps::link::Channel, D: Dial>(
+    agent: &mut Agent,
+    link: &mut Framed<C>,
+    cryptod: &mut Upstream<D>,
+    still: &dyn Fn() -> bool,
+) {
+    while still() {
+        let msg = match link.recv_blocking(CHECK) {
+            Ok(m) => m,
+            Err(LinkError::Timeout) => continue,
+            Err(e) => {
+                eprintln!("info: agent: unlocker link: {e}");
+                return;
+            }
+        };
+        agent::answer(agent, link, cryptod, msg);
+    }
+}
+
+/// Runs until `stop`; follows `peers` (reconnects when the domid changes or the link ends).
+pub fn run_agent(peers: Peers, cfg: AgentConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let root = keyfile::load(&cfg.root).map_err(|e| format!("agent: root key: {e}"))?;
+    let mut volumes = HashMap::new();
+    for (id, path) in &cfg.volumes {
+        let path = path
+            .to_str()
+            .ok_or_else(|| format!("agent: volume {id}: path {} is not UTF-8", path.display()))?;
+        volumes.insert(id.clone(), path.to_string());
+    }
+    let mut agent = Agent::new(&root, volumes, cfg.dry_run, cfg.skew);
+    let mut cryptod =
+        Upstream::transient(XenDial { peers: peers.clone(), name: cfg.cryptod.clone() });
+    eprintln!(
+        "info: agent: serving {} for {} volume(s){}",
+        cfg.unlocker,
+        agent.volumes.len(),
+        if cfg.dry_run { " (dry run)" } else { "" }
+    );
+    follow(
+        &peers,
+        &cfg.unlocker,
+        "agent",
+        &stop,
+        |domid| xenlink::server(domid, port::UNLOCK_AGENT).map_err(DialError::from),
+        |_, mut link: XenLink, still| {
+            serve_unlocker(&mut agent, &mut link, &mut cryptod, still);
+            Ok(())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    fn peers_with(entries: &[(&str, u16)]) -> Peers {
+        let p = Peers::default();
+        p.set(entries.iter().map(|(n, d)| ((*n).to_string(), *d)).collect::<BTreeMap<_, _>>());
+        p
+    }
+
+    /// Waits (bounded) until `cond` holds.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A fake link: which domid it was made to, and whether the session
+    /// should end it at once (a link that ends) or hold it (a live one).
+    struct Fake {
+        domid: u16,
+        ends_at_once: bool,
+    }
+
+    #[test]
+    fn follows_the_domid_reconnects_after_a_link_end_and_honours_stop() {
+        let peers = peers_with(&[("cryptod", 3)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let dials = Arc::new(Mutex::new(Vec::new()));
+        let sessions_ended = Arc::new(Mutex::new(Vec::new()));
+        let t = {
+            let (peers, stop, dials, ended) =
+                (peers.clone(), stop.clone(), dials.clone(), sessions_ended.clone());
+            std::thread::spawn(move || {
+                follow(
+                    &peers,
+                    "cryptod",
+                    "test",
+                    &stop,
+                    |domid| {
+                        let mut d = dials.lock().unwrap();
+                        d.push(domid);
+                        // The first link to domain 3 ends by itself.
+                        Ok(Fake { domid, ends_at_once: d.len() == 1 })
+                    },
+                    |domid, link: Fake, still| {
+                        assert_eq!(link.domid, domid);
+                        while !link.ends_at_once && still() {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        ended.lock().unwrap().push(domid);
+                        Ok(())
+                    },
+                )
+            })
+        };
+        // The link that ended is made again to the same domain.
+        eventually("a second link to domain 3", || *dials.lock().unwrap() == [3, 3]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*dials.lock().unwrap(), [3, 3], "a live link is not replaced");
+        // cryptod created again as domain 7: the live link is dropped.
+        peers.set(BTreeMap::from([("cryptod".to_string(), 7)]));
+        eventually("a link to domain 7", || *dials.lock().unwrap() == [3, 3, 7]);
+        assert_eq!(*sessions_ended.lock().unwrap(), [3, 3]);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(t.join().unwrap(), Ok(()));
+        assert_eq!(*sessions_ended.lock().unwrap(), [3, 3, 7]);
+        assert_eq!(*dials.lock().unwrap(), [3, 3, 7], "no link made after stop");
+    }
+
+    #[test]
+    fn waits_for_the_domain_retries_unpublished_rings_and_stops_while_waiting() {
+        let peers = Peers::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dials = Arc::new(Mutex::new(Vec::<(u16, Instant)>::new()));
+        let t = {
+            let (peers, stop, dials) = (peers.clone(), stop.clone(), dials.clone());
+            std::thread::spawn(move || {
+                follow(
+                    &peers,
+                    "unlocker",
+                    "test",
+                    &stop,
+                    |domid| -> Result<(), DialError> {
+                        dials.lock().unwrap().push((domid, Instant::now()));
+                        Err(DialError::Retry("not published".into()))
+                    },
+                    |_, (), _| panic!("no link was made"),
+                )
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(dials.lock().unwrap().is_empty(), "no dial before the domain exists");
+        peers.set(BTreeMap::from([("unlocker".to_string(), 5)]));
+        eventually("three attempts", || dials.lock().unwrap().len() >= 3);
+        {
+            let d = dials.lock().unwrap();
+            assert!(d.iter().all(|(dom, _)| *dom == 5));
+            // Backed off: the second pause is at least the first doubled.
+            assert!(d[1].1 - d[0].1 >= crate::agent::BACKOFF_FIRST);
+            assert!(d[2].1 - d[1].1 >= crate::agent::BACKOFF_FIRST * 2);
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(t.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn a_fatal_dial_error_ends_the_thread_with_it() {
+        let peers = peers_with(&[("cryptod", 2)]);
+        let stop = AtomicBool::new(false);
+        let r = follow(
+            &peers,
+            "cryptod",
+            "collector",
+            &stop,
+            |_| -> Result<(), DialError> { Err(DialError::Fatal("libxenvchan missing".into())) },
+            |_, (), _| Ok(()),
+        );
+        assert_eq!(r, Err("collector: libxenvchan missing".to_string()));
+    }
+
+    #[test]
+    fn a_session_error_ends_the_thread_with_it() {
+        let peers = peers_with(&[("cryptod", 2)]);
+        let stop = AtomicBool::new(false);
+        let r = follow(
+            &peers,
+            "cryptod",
+            "collector",
+            &stop,
+            |_| Ok(()),
+            |_, (), _| Err("audit.log: No space left on device".to_string()),
+        );
+        assert_eq!(r, Err("collector: audit.log: No space left on device".to_string()));
+    }
+
+    #[test]
+    fn without_libxenvchan_the_links_fail_with_what_to_install() {
+        // On a machine without Xen's library, both threads end at once with
+        // the install hint; with it (but no Xen) they keep retrying, so
+        // this only runs where the library is absent.
+        if portcullis_hosted::xenvchan::load_library().is_ok() {
+            return;
+        }
+        let peers = peers_with(&[("cryptod", 2)]);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CollectorConfig { cryptod: "cryptod".into(), log: dir.path().join("audit.log") };
+        let e = run_collector(peers, cfg, Arc::new(AtomicBool::new(false))).unwrap_err();
+        assert!(e.starts_with("collector: ") && e.contains("xen-utils"), "{e}");
+        assert!(dir.path().join("audit.log").exists(), "the log is opened first");
+    }
+}
