@@ -239,8 +239,17 @@ impl fmt::Debug for XenVchan {
 impl XenVchan {
     /// Connects to the vchan domain `domid` published at `path`.
     pub fn client(domid: u16, path: &str) -> Result<XenVchan, XenVchanError> {
+        check_path(path)?;
+        Self::client_on(library()?, domid, path)
+    }
+
+    /// [`XenVchan::client`] with the given library.
+    fn client_on(
+        lib: &'static sys::xenvchan::Lib,
+        domid: u16,
+        path: &str,
+    ) -> Result<XenVchan, XenVchanError> {
         let c_path = check_path(path)?;
-        let lib = library()?;
         let raw = RawVchan::client(lib, domid, &c_path).map_err(|errno| XenVchanError::Init {
             role: Role::Client,
             domid,
@@ -259,13 +268,24 @@ impl XenVchan {
         read_min: usize,
         write_min: usize,
     ) -> Result<XenVchan, XenVchanError> {
-        let c_path = check_path(path)?;
+        check_path(path)?;
         for requested in [read_min, write_min] {
             if requested > MAX_RING {
                 return Err(XenVchanError::RingTooLarge { requested });
             }
         }
-        let lib = library()?;
+        Self::server_on(library()?, domid, path, read_min, write_min)
+    }
+
+    /// [`XenVchan::server`] with the given library.
+    fn server_on(
+        lib: &'static sys::xenvchan::Lib,
+        domid: u16,
+        path: &str,
+        read_min: usize,
+        write_min: usize,
+    ) -> Result<XenVchan, XenVchanError> {
+        let c_path = check_path(path)?;
         let raw = RawVchan::server(lib, domid, &c_path, read_min, write_min).map_err(|errno| {
             XenVchanError::Init { role: Role::Server, domid, path: path.to_string(), errno }
         })?;
@@ -435,6 +455,107 @@ mod tests {
             XenVchan::server(1, "/local/domain/0/data/vchan/1/9003", MAX_RING + 1, 0).err(),
             Some(XenVchanError::RingTooLarge { requested: MAX_RING + 1 })
         );
+    }
+
+    use crate::sys::xenvchan::fake;
+
+    /// A server and its connected client over the fake library, at a path
+    /// of their own.
+    fn fake_pair(name: &str) -> (XenVchan, XenVchan, String) {
+        let path = format!("/fake/{name}");
+        let mut server = XenVchan::server_on(fake::lib(), 5, &path, 0, 0).unwrap();
+        assert_eq!(server.state(), VchanState::Waiting);
+        assert!(server.is_open());
+        let mut client = XenVchan::client_on(fake::lib(), 0, &path).unwrap();
+        assert_eq!(client.state(), VchanState::Connected);
+        assert_eq!(server.state(), VchanState::Connected);
+        (server, client, path)
+    }
+
+    /// Receives until `want` bytes arrived, waiting between tries.
+    fn recv_all(v: &mut XenVchan, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 700];
+        while got.len() < want {
+            match v.recv(&mut buf).unwrap() {
+                0 => assert!(v.wait(Duration::from_secs(5)).unwrap(), "no event"),
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_client_of_an_unpublished_vchan_fails_to_init() {
+        match XenVchan::client_on(fake::lib(), 9, "/fake/nobody") {
+            Err(XenVchanError::Init { role: Role::Client, domid: 9, path, .. }) => {
+                assert_eq!(path, "/fake/nobody");
+            }
+            other => panic!("expected an init failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_cross_both_ways_in_ring_sized_pieces_without_a_blocking_call() {
+        let (mut server, mut client, path) = fake_pair("cross");
+        let up: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = up.iter().rev().copied().collect();
+        let (mut sent_up, mut sent_down) = (0, 0);
+        let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 4096];
+        while got_up.len() < up.len() || got_down.len() < down.len() {
+            sent_up += client.send(&up[sent_up..]).unwrap();
+            sent_down += server.send(&down[sent_down..]).unwrap();
+            let n = server.recv(&mut buf).unwrap();
+            got_up.extend_from_slice(&buf[..n]);
+            let n = client.recv(&mut buf).unwrap();
+            got_down.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got_up, up);
+        assert_eq!(got_down, down);
+        // A full ring took only what fit.
+        assert!(client.send(&[0u8; 4096]).unwrap() <= 1024);
+        assert_eq!(client.send(&[0u8; 4096]).unwrap(), 0);
+        assert_eq!(fake::violations(&path), 0, "a call that could block was made");
+    }
+
+    #[test]
+    fn wait_times_out_without_an_event_and_returns_on_one() {
+        let (mut server, mut client, path) = fake_pair("wait");
+        // Drain the connection event first.
+        while server.wait(Duration::from_millis(1)).unwrap() {}
+        let t = std::time::Instant::now();
+        assert!(!server.wait(Duration::from_millis(50)).unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert_eq!(client.send(b"ping").unwrap(), 4);
+        assert!(server.wait(Duration::from_secs(5)).unwrap());
+        assert_eq!(recv_all(&mut server, 4), b"ping");
+        assert_eq!(fake::violations(&path), 0);
+    }
+
+    #[test]
+    fn data_sent_before_a_close_is_delivered_then_the_end_is_reported() {
+        let (mut server, mut client, path) = fake_pair("close");
+        assert_eq!(client.send(b"last words").unwrap(), 10);
+        drop(client);
+        assert_eq!(server.state(), VchanState::Closed);
+        assert_eq!(recv_all(&mut server, 10), b"last words");
+        let mut buf = [0u8; 16];
+        assert_eq!(server.recv(&mut buf), Err(VchanError::PeerClosed));
+        assert_eq!(server.send(b"x"), Err(VchanError::PeerClosed));
+        assert_eq!(fake::violations(&path), 0);
+    }
+
+    #[test]
+    fn abort_closes_this_end_and_tells_the_peer() {
+        let (mut server, mut client, path) = fake_pair("abort");
+        client.abort();
+        assert_eq!(client.state(), VchanState::Closed);
+        let mut buf = [0u8; 4];
+        assert_eq!(client.recv(&mut buf), Err(VchanError::Closed));
+        assert_eq!(client.send(b"x"), Err(VchanError::Closed));
+        assert_eq!(server.recv(&mut buf), Err(VchanError::PeerClosed));
+        assert_eq!(fake::violations(&path), 0);
     }
 
     #[test]

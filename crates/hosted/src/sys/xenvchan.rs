@@ -248,3 +248,6 @@ impl Drop for RawVchan {
         unsafe { (self.lib.close)(self.ctrl.as_ptr()) }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake;
