@@ -407,6 +407,76 @@ mod tests {
         assert_eq!(r, Err("collector: audit.log: No space left on device".to_string()));
     }
 
+    /// A way to cryptod that never gets there, counting attempts.
+    struct NoCryptod(Arc<Mutex<usize>>);
+
+    impl Dial for NoCryptod {
+        type Chan = crate::socket::SocketChannel;
+        fn dial(&mut self, _: Duration) -> Result<Framed<Self::Chan>, String> {
+            *self.0.lock().unwrap() += 1;
+            Err("cryptod (domain 4): not published".into())
+        }
+        fn is_up(_: &mut Framed<Self::Chan>) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_agent_answers_each_request_and_waits_for_cryptod_within_its_patience() {
+        use crate::socket::{SocketChannel, SocketLink};
+        use portcullis_proto::envelope::Message;
+        use portcullis_proto::msg::{RequestId, UnlockOutcome, UnlockRequest};
+        use std::os::unix::net::UnixStream;
+        use zeroize::Zeroizing;
+
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let root =
+            keyfile::LoadedKey { kid: vec![1; 8], public: key.verifying_key(), secret: None };
+        let volumes = HashMap::from([("data".to_string(), "/nonexistent/volume".to_string())]);
+        let dials = Arc::new(Mutex::new(0));
+        let keep = Arc::new(AtomicBool::new(true));
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let agent = {
+            let (dials, keep) = (dials.clone(), keep.clone());
+            std::thread::spawn(move || {
+                let mut agent = Agent::new(&root, volumes, true, 30);
+                let mut cryptod = Upstream::transient(NoCryptod(dials));
+                let mut link = SocketLink::new(SocketChannel::new(ours));
+                serve_unlocker(&mut agent, &mut link, &mut cryptod, &|| {
+                    keep.load(Ordering::Relaxed)
+                });
+            })
+        };
+        let mut unlocker = SocketLink::new(SocketChannel::new(theirs));
+        let mut ask = |volume: &str, id: u8| {
+            let req = Message::UnlockRequest(UnlockRequest {
+                request_id: RequestId([id; 16]),
+                volume_id: volume.into(),
+                passphrase: Zeroizing::new(vec![9; 32]),
+                token: vec![1; 16],
+            });
+            match unlocker.call(&req, Duration::from_secs(10)).unwrap() {
+                Message::UnlockResult(r) => {
+                    assert_eq!(r.request_id, RequestId([id; 16]));
+                    (r.result, r.reason.unwrap_or_default())
+                }
+                other => panic!("expected an unlock result, got {other:?}"),
+            }
+        };
+        // No volume of that id: refused without asking cryptod.
+        assert_eq!(ask("other", 1), (UnlockOutcome::Denied, "unknown volume".to_string()));
+        assert_eq!(*dials.lock().unwrap(), 0, "cryptod is asked only for a real request");
+        // A real request needs cryptod's keyset: tried again while cryptod is
+        // not there, then refused saying why.
+        let (outcome, reason) = ask("data", 2);
+        assert_eq!(outcome, UnlockOutcome::Denied);
+        assert!(reason.starts_with("cannot check the token") && reason.contains("not published"));
+        assert!(*dials.lock().unwrap() >= 3, "retried within the request's patience");
+        keep.store(false, Ordering::Relaxed);
+        eventually("the agent to stop", || agent.is_finished());
+        agent.join().unwrap();
+    }
+
     #[test]
     fn without_libxenvchan_the_links_fail_with_what_to_install() {
         // On a machine without Xen's library, both threads end at once with
