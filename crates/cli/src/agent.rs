@@ -5,10 +5,13 @@
 //! standard input: `cryptsetup open` for a real unlock, or
 //! `cryptsetup open --test-passphrase` in dry-run mode.
 //!
-//! It runs on the hosted platform (`--world`) or, in a Xen dom0, behind
-//! Xen's `vchan-socket-proxy`: `--socket` is where the proxy (vchan server
-//! for the unlocker) connects for each unlocker connection, `--cryptod-socket`
-//! where a second proxy (vchan client of cryptod) listens.
+//! As a command it runs on the hosted platform (`--world`) or, in a Xen
+//! dom0, behind Xen's `vchan-socket-proxy`: `--socket` is where the proxy
+//! (vchan server for the unlocker) connects for each unlocker connection,
+//! `--cryptod-socket` where a second proxy (vchan client of cryptod)
+//! listens. The dom0 host service runs the same [`Agent`] over Xen's own
+//! libxenvchan instead (`host::links::run_agent`), with a transient
+//! [`Upstream`] that holds cryptod's dom0 port only for a request.
 //!
 //! cryptod may restart (or be destroyed and created again) while the agent
 //! runs. The link to it is then connected again: at once when a request
