@@ -192,26 +192,29 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
 }
 
 /// Stores and acknowledges records from one connection until it breaks,
-/// or until `keep_going` (asked between records) says to stop.
+/// or until `keep_going` (asked between records) says to stop. Returns
+/// whether any message arrived.
 pub(crate) fn serve_link<C: Channel>(
     link: &mut Framed<C>,
     file: &mut File,
     last: &mut HashMap<[u8; 16], u64>,
     out: &Path,
     keep_going: &dyn Fn() -> bool,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
+    let mut used = false;
     loop {
         if !keep_going() {
-            return Ok(());
+            return Ok(used);
         }
         let first = match link.recv_blocking(Duration::from_millis(500)) {
             Ok(m) => m,
             Err(LinkError::Timeout) => continue,
             Err(e) => {
                 println!("audit-collect: link: {e}; reconnecting");
-                return Ok(());
+                return Ok(used);
             }
         };
+        used = true;
         // Group commit: take everything already waiting, write it, one
         // fsync, then acknowledge the highest seq of each chain.
         let mut batch = vec![first];
@@ -249,7 +252,7 @@ pub(crate) fn serve_link<C: Channel>(
             let ack = Message::AuditAck(AuditAck { chain_id, seq });
             if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
                 println!("audit-collect: ack: {e}; reconnecting");
-                return Ok(());
+                return Ok(used);
             }
         }
     }
@@ -373,10 +376,11 @@ mod tests {
             std::thread::spawn(move || {
                 let (mut file, mut last) = open_log(&path).unwrap();
                 let mut link = SocketLink::new(SocketChannel::new(ours));
-                serve_link(&mut link, &mut file, &mut last, &path, &|| {
+                let used = serve_link(&mut link, &mut file, &mut last, &path, &|| {
                     keep.load(Ordering::Relaxed)
                 })
                 .unwrap();
+                assert!(used);
             })
         };
         for (i, r) in recs.iter().take(2).enumerate() {

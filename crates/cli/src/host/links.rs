@@ -61,6 +61,8 @@ pub struct AgentConfig {
 
 /// How often a waiting link looks at the stop flag and the peer map.
 const CHECK: Duration = Duration::from_millis(200);
+/// A link that ends unused sooner than this counts as a failed attempt.
+const SHORT_LINK: Duration = Duration::from_secs(1);
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -85,7 +87,10 @@ impl From<XenVchanError> for DialError {
 /// current domid with `dial` (with backoff while that fails) and runs
 /// `session` on each link. A session gets a `still` check, true while
 /// neither `stop` is set nor the domid changed, and must return once it is
-/// false or its link ended; then the next connection is made.
+/// false or its link ended, saying whether the link carried anything; then
+/// the next connection is made. A link that ended unused within
+/// [`SHORT_LINK`] counts as a failed attempt (backoff), so a peer that
+/// accepts and drops at once is not redialled in a busy loop.
 ///
 /// Returns `Ok` when stopped, `Err` on a fatal dial error or a session
 /// error (such as a log that can no longer be written).
@@ -95,7 +100,7 @@ pub(crate) fn follow<L>(
     what: &str,
     stop: &AtomicBool,
     mut dial: impl FnMut(u16) -> Result<L, DialError>,
-    mut session: impl FnMut(u16, L, &dyn Fn() -> bool) -> Result<(), String>,
+    mut session: impl FnMut(u16, L, &dyn Fn() -> bool) -> Result<bool, String>,
 ) -> Result<(), String> {
     let mut backoff = Backoff::new();
     // The domid whose failure was last reported (reported once each).
@@ -135,11 +140,16 @@ pub(crate) fn follow<L>(
                 continue;
             }
         };
-        backoff.succeeded();
         reported = None;
         eprintln!("info: {what}: connected to {name} (domain {domid})");
         let still = || !stop.load(Ordering::Relaxed) && peers.get(name) == Some(domid);
-        session(domid, link, &still).map_err(|e| format!("{what}: {e}"))?;
+        let started = Instant::now();
+        let used = session(domid, link, &still).map_err(|e| format!("{what}: {e}"))?;
+        if used || started.elapsed() >= SHORT_LINK {
+            backoff.succeeded();
+        } else {
+            backoff.failed(Instant::now());
+        }
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -215,24 +225,28 @@ impl Dial for XenDial {
     }
 }
 
-/// Serves one unlocker connection on `link` until it ends or `still` is false.
+/// Serves one unlocker connection on `link` until it ends or `still` is
+/// false; returns whether any message arrived.
 pub(crate) fn serve_unlocker<C: portcullis_apps::link::Channel, D: Dial>(
     agent: &mut Agent,
     link: &mut Framed<C>,
     cryptod: &mut Upstream<D>,
     still: &dyn Fn() -> bool,
-) {
+) -> bool {
+    let mut used = false;
     while still() {
         let msg = match link.recv_blocking(CHECK) {
             Ok(m) => m,
             Err(LinkError::Timeout) => continue,
             Err(e) => {
                 eprintln!("info: agent: unlocker link: {e}");
-                return;
+                break;
             }
         };
+        used = true;
         agent::answer(agent, link, cryptod, msg);
     }
+    used
 }
 
 /// Runs until `stop`; follows `peers` (reconnects when the domid changes or the link ends).
@@ -261,8 +275,7 @@ pub fn run_agent(peers: Peers, cfg: AgentConfig, stop: Arc<AtomicBool>) -> Resul
         &stop,
         |domid| xenlink::server(domid, port::UNLOCK_AGENT).map_err(DialError::from),
         |_, mut link: XenLink, still| {
-            serve_unlocker(&mut agent, &mut link, &mut cryptod, still);
-            Ok(())
+            Ok(serve_unlocker(&mut agent, &mut link, &mut cryptod, still))
         },
     )
 }
@@ -322,7 +335,7 @@ mod tests {
                             std::thread::sleep(Duration::from_millis(5));
                         }
                         ended.lock().unwrap().push(domid);
-                        Ok(())
+                        Ok(true)
                     },
                 )
             })
@@ -378,6 +391,35 @@ mod tests {
     }
 
     #[test]
+    fn a_link_dropped_unused_at_once_is_redialled_with_backoff_not_in_a_busy_loop() {
+        let peers = peers_with(&[("cryptod", 4)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let dials = Arc::new(Mutex::new(0usize));
+        let t = {
+            let (peers, stop, dials) = (peers.clone(), stop.clone(), dials.clone());
+            std::thread::spawn(move || {
+                follow(
+                    &peers,
+                    "cryptod",
+                    "test",
+                    &stop,
+                    |_| {
+                        *dials.lock().unwrap() += 1;
+                        Ok(())
+                    },
+                    |_, (), _| Ok(false),
+                )
+            })
+        };
+        // Pauses of 200, 400, 800 ms: at most 3 dials in 700 ms.
+        std::thread::sleep(Duration::from_millis(700));
+        let n = *dials.lock().unwrap();
+        assert!((1..=3).contains(&n), "{n} dials in 700 ms");
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(t.join().unwrap(), Ok(()));
+    }
+
+    #[test]
     fn a_fatal_dial_error_ends_the_thread_with_it() {
         let peers = peers_with(&[("cryptod", 2)]);
         let stop = AtomicBool::new(false);
@@ -387,7 +429,7 @@ mod tests {
             "collector",
             &stop,
             |_| -> Result<(), DialError> { Err(DialError::Fatal("libxenvchan missing".into())) },
-            |_, (), _| Ok(()),
+            |_, (), _| Ok(true),
         );
         assert_eq!(r, Err("collector: libxenvchan missing".to_string()));
     }
@@ -402,7 +444,9 @@ mod tests {
             "collector",
             &stop,
             |_| Ok(()),
-            |_, (), _| Err("audit.log: No space left on device".to_string()),
+            |_, (), _| -> Result<bool, String> {
+                Err("audit.log: No space left on device".to_string())
+            },
         );
         assert_eq!(r, Err("collector: audit.log: No space left on device".to_string()));
     }
@@ -442,9 +486,10 @@ mod tests {
                 let mut agent = Agent::new(&root, volumes, true, 30);
                 let mut cryptod = Upstream::transient(NoCryptod(dials));
                 let mut link = SocketLink::new(SocketChannel::new(ours));
-                serve_unlocker(&mut agent, &mut link, &mut cryptod, &|| {
+                let used = serve_unlocker(&mut agent, &mut link, &mut cryptod, &|| {
                     keep.load(Ordering::Relaxed)
                 });
+                assert!(used);
             })
         };
         let mut unlocker = SocketLink::new(SocketChannel::new(theirs));
