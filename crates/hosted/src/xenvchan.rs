@@ -76,7 +76,7 @@ pub enum XenVchanError {
     LibraryMissing {
         /// The file names tried.
         tried: Vec<String>,
-        /// `dlerror` for the last one.
+        /// `dlerror` for each, joined with `; `.
         detail: String,
     },
     /// The library lacks a function.
@@ -142,8 +142,9 @@ impl fmt::Display for XenVchanError {
         match self {
             XenVchanError::LibraryMissing { tried, detail } => write!(
                 f,
-                "Xen's libxenvchan is not installed (tried {}: {detail}); install xen-utils \
-                 (Debian: the xen-utils package of the host's Xen version)",
+                "Xen's libxenvchan cannot be loaded (tried {}: {detail}); install xen-utils \
+                 (Debian: xen-utils-4.17 or the host's version, which brings libxenvchan in \
+                 libxenmisc)",
                 tried.join(", ")
             ),
             XenVchanError::SymbolMissing { library, symbol, detail } => {
@@ -398,14 +399,16 @@ mod tests {
 
     #[test]
     fn a_missing_library_names_what_to_install() {
-        let Err(e) = sys::xenvchan::load(&["libportcullis-no-such-library.so.0"]) else {
+        let names = ["libportcullis-no-such-library.so.0", "libportcullis-nor-this.so.1"];
+        let Err(e) = sys::xenvchan::load(&names) else {
             panic!("a library that does not exist loaded");
         };
         let XenVchanError::LibraryMissing { tried, detail } = &e else {
             panic!("expected LibraryMissing, got {e:?}");
         };
-        assert_eq!(tried, &["libportcullis-no-such-library.so.0".to_string()]);
-        assert!(detail.contains("libportcullis-no-such-library.so.0"), "{detail}");
+        assert_eq!(tried, &names.map(String::from));
+        // Why each one failed, not only the last.
+        assert!(detail.contains(names[0]) && detail.contains(names[1]), "{detail}");
         let text = e.to_string();
         assert!(text.contains("xen-utils") && text.contains("libxenvchan"), "{text}");
         assert!(!e.is_transient());

@@ -98,7 +98,7 @@ macro_rules! bind {
 
 /// Loads the first of `names` that `dlopen` finds and binds its functions.
 pub(crate) fn load(names: &[&str]) -> Result<Lib, XenVchanError> {
-    let mut detail = String::new();
+    let mut details = Vec::new();
     for name in names {
         let Ok(c_name) = CString::new(*name) else { continue };
         // SAFETY: `c_name` is NUL-terminated; loading runs the library's
@@ -106,7 +106,7 @@ pub(crate) fn load(names: &[&str]) -> Result<Lib, XenVchanError> {
         // set up their own state.
         let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         let Some(handle) = NonNull::new(handle) else {
-            detail = dlerror();
+            details.push(dlerror());
             continue;
         };
         return Ok(Lib {
@@ -125,7 +125,7 @@ pub(crate) fn load(names: &[&str]) -> Result<Lib, XenVchanError> {
     }
     Err(XenVchanError::LibraryMissing {
         tried: names.iter().map(|n| (*n).to_string()).collect(),
-        detail,
+        detail: details.join("; "),
     })
 }
 
