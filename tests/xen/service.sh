@@ -16,7 +16,7 @@ start() {
     (
         umask "$(umask_of || echo 0022)"
         while :; do
-            $cmd 2>>"$LOG" &
+            $cmd >>"$LOG" 2>&1 &
             echo $! > "$PIDF"
             wait $!
             rc=$?

@@ -5,10 +5,13 @@
 //! standard input: `cryptsetup open` for a real unlock, or
 //! `cryptsetup open --test-passphrase` in dry-run mode.
 //!
-//! It runs on the hosted platform (`--world`) or, in a Xen dom0, behind
-//! Xen's `vchan-socket-proxy`: `--socket` is where the proxy (vchan server
-//! for the unlocker) connects for each unlocker connection, `--cryptod-socket`
-//! where a second proxy (vchan client of cryptod) listens.
+//! As a command it runs on the hosted platform (`--world`) or, in a Xen
+//! dom0, behind Xen's `vchan-socket-proxy`: `--socket` is where the proxy
+//! (vchan server for the unlocker) connects for each unlocker connection,
+//! `--cryptod-socket` where a second proxy (vchan client of cryptod)
+//! listens. The dom0 host service runs the same [`Agent`] over Xen's own
+//! libxenvchan instead (`host::links::run_agent`), with a transient
+//! [`Upstream`] that holds cryptod's dom0 port only for a request.
 //!
 //! cryptod may restart (or be destroyed and created again) while the agent
 //! runs. The link to it is then connected again: at once when a request
@@ -128,34 +131,34 @@ const REQUEST_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Bounded exponential backoff between connection attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Backoff {
+pub(crate) struct Backoff {
     pause: Duration,
     not_before: Option<Instant>,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { pause: BACKOFF_FIRST, not_before: None }
     }
 
     /// Whether an attempt may be made at `now`.
-    fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.not_before.is_none_or(|t| now >= t)
     }
 
     /// An attempt at `now` failed: wait before the next, longer each time.
-    fn failed(&mut self, now: Instant) {
+    pub(crate) fn failed(&mut self, now: Instant) {
         self.not_before = Some(now + self.pause);
         self.pause = (self.pause * 2).min(BACKOFF_MAX);
     }
 
-    fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         *self = Backoff::new();
     }
 }
 
 /// How the agent reaches cryptod.
-trait Dial {
+pub(crate) trait Dial {
     type Chan: Channel;
     /// Connects, waiting up to `patience` for cryptod to be there.
     fn dial(&mut self, patience: Duration) -> Result<Framed<Self::Chan>, String>;
@@ -202,15 +205,25 @@ impl Dial for SocketDial {
 
 /// The link to cryptod, connected again when cryptod goes away; every
 /// new connection refreshes the agent's trust.
-struct Upstream<D: Dial> {
+///
+/// A transient upstream holds no link between requests: each request
+/// connects, fetches keyset and revocations, and closes, so other dom0
+/// tools can use cryptod's one dom0 connection in between.
+pub(crate) struct Upstream<D: Dial> {
     dial: D,
     link: Option<Framed<D::Chan>>,
     backoff: Backoff,
+    transient: bool,
 }
 
 impl<D: Dial> Upstream<D> {
     fn new(dial: D) -> Self {
-        Upstream { dial, link: None, backoff: Backoff::new() }
+        Upstream { dial, link: None, backoff: Backoff::new(), transient: false }
+    }
+
+    /// An upstream that connects only for a request (see the type's doc).
+    pub(crate) fn transient(dial: D) -> Self {
+        Upstream { dial, link: None, backoff: Backoff::new(), transient: true }
     }
 
     /// Connects and fetches keyset and revocations; keeps the link unless
@@ -228,7 +241,9 @@ impl<D: Dial> Upstream<D> {
             Err(RefreshError::Link(_)) => self.backoff.failed(Instant::now()),
             _ => {
                 self.backoff.succeeded();
-                self.link = Some(link);
+                if !self.transient {
+                    self.link = Some(link);
+                }
             }
         }
         fetched
@@ -237,6 +252,9 @@ impl<D: Dial> Upstream<D> {
     /// Between requests: drops a link whose cryptod went away and, when
     /// the backoff allows, connects again (refreshing trust).
     fn tick(&mut self, trust: &mut Trust) {
+        if self.transient {
+            return;
+        }
         if self.link.as_mut().is_some_and(|l| !D::is_up(l)) {
             println!("unlock-agent: cryptod went away; connecting again");
             self.link = None;
@@ -264,7 +282,23 @@ impl<D: Dial> Upstream<D> {
                 done => return done,
             }
         }
-        self.connect(trust, REQUEST_PATIENCE)
+        if !self.transient {
+            return self.connect(trust, REQUEST_PATIENCE);
+        }
+        // A fresh connection per request: cryptod may still be tearing down
+        // the previous dom0 connection, so a link failure is tried again
+        // until the request's patience runs out.
+        let deadline = Instant::now() + REQUEST_PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.connect(trust, left) {
+                Err(RefreshError::Link(e)) if Instant::now() >= deadline => {
+                    return Err(RefreshError::Link(e))
+                }
+                Err(RefreshError::Link(_)) => std::thread::sleep(BACKOFF_FIRST.min(left)),
+                done => return done,
+            }
+        }
     }
 }
 
@@ -284,12 +318,44 @@ fn cryptsetup(args: &[&str], key: &[u8]) -> Result<(bool, String), String> {
     Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
 }
 
-/// The agent's fixed inputs and its replay memory.
-struct Agent {
-    args: AgentArgs,
-    volumes: HashMap<String, String>,
-    trust: Trust,
-    replay: MemoryReplayCache,
+/// The agent's fixed inputs, its trust in cryptod and its replay memory;
+/// the same whatever channels carry the requests (hosted world, sockets,
+/// libxenvchan in the dom0 host service).
+pub(crate) struct Agent {
+    /// The audience this agent answers to in tokens.
+    pub(crate) audience: String,
+    /// Volume id to LUKS device or file.
+    pub(crate) volumes: HashMap<String, String>,
+    /// Only check the passphrase.
+    pub(crate) dry_run: bool,
+    /// Stop after the first volume opened.
+    pub(crate) once: bool,
+    /// Allowed clock skew, seconds.
+    pub(crate) skew: u64,
+    /// cryptod's root key, keyset and revocation list.
+    pub(crate) trust: Trust,
+    /// Token ids seen.
+    pub(crate) replay: MemoryReplayCache,
+}
+
+impl Agent {
+    /// An agent trusting `root` for `volumes`.
+    pub(crate) fn new(
+        root: &keyfile::LoadedKey,
+        volumes: HashMap<String, String>,
+        dry_run: bool,
+        skew: u64,
+    ) -> Agent {
+        Agent {
+            audience: "unlock_agent".into(),
+            volumes,
+            dry_run,
+            once: false,
+            skew,
+            trust: Trust::new(root.public, &root.kid),
+            replay: MemoryReplayCache::new(1024),
+        }
+    }
 }
 
 pub fn run(args: AgentArgs) -> Result<(), Failure> {
@@ -299,11 +365,12 @@ pub fn run(args: AgentArgs) -> Result<(), Failure> {
         volumes.insert(id.to_string(), path.to_string());
     }
     let root = keyfile::load(&args.root)?;
-    let trust = Trust::new(root.public, &root.kid);
-    let mut agent = Agent { args, volumes, trust, replay: MemoryReplayCache::new(1024) };
-    match (agent.args.socket.clone(), agent.args.cryptod_socket.clone()) {
+    let mut agent = Agent::new(&root, volumes, args.dry_run, args.skew);
+    agent.audience = args.audience.clone();
+    agent.once = args.once;
+    match (args.socket.clone(), args.cryptod_socket.clone()) {
         (Some(listen), Some(cryptod)) => run_sockets(&mut agent, &listen, &cryptod),
-        _ => run_world(&mut agent),
+        _ => run_world(&mut agent, &args),
     }
 }
 
@@ -311,23 +378,23 @@ fn ready_line(agent: &Agent) {
     println!(
         "unlock-agent: ready ({} volume(s){})",
         agent.volumes.len(),
-        if agent.args.dry_run { ", dry run" } else { "" }
+        if agent.dry_run { ", dry run" } else { "" }
     );
 }
 
 /// On the hosted platform: vchans in a world directory.
-fn run_world(agent: &mut Agent) -> Result<(), Failure> {
-    let world_dir = agent.args.world.clone().ok_or("--world or --socket is required")?;
+fn run_world(agent: &mut Agent, args: &AgentArgs) -> Result<(), Failure> {
+    let world_dir = args.world.clone().ok_or("--world or --socket is required")?;
     let world =
         World::open(&world_dir).map_err(|e| format!("world {}: {e}", world_dir.display()))?;
     let dom = world
-        .resolve(&agent.args.domain)
+        .resolve(&args.domain)
         .map_err(|e| format!("world: {e}"))?
-        .ok_or_else(|| format!("no domain {:?} in the world", agent.args.domain))?;
+        .ok_or_else(|| format!("no domain {:?} in the world", args.domain))?;
     let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("platform: {e}"))?;
-    let client = resolve_dom(&mut p, &agent.args.client).map_err(|e| e.to_string())?;
+    let client = resolve_dom(&mut p, &args.client).map_err(|e| e.to_string())?;
     let mut listen = serve(&mut p, client, port::UNLOCK_AGENT).map_err(|e| e.to_string())?;
-    let mut cryptod = Upstream::new(WorldDial { p, name: agent.args.cryptod.clone() });
+    let mut cryptod = Upstream::new(WorldDial { p, name: args.cryptod.clone() });
     let first = cryptod.dial.dial(Duration::from_secs(60))?;
     cryptod.link = Some(first);
     ready_line(agent);
@@ -391,7 +458,7 @@ fn run_sockets(
 
 /// Handles one message from the unlocker and replies; returns whether the
 /// agent is done (`--once` and a volume was opened).
-fn answer<L: Channel, D: Dial>(
+pub(crate) fn answer<L: Channel, D: Dial>(
     agent: &mut Agent,
     listen: &mut Framed<L>,
     cryptod: &mut Upstream<D>,
@@ -412,7 +479,7 @@ fn answer<L: Channel, D: Dial>(
     if let Err(e) = listen.send_blocking(&answer, Duration::from_secs(5)) {
         println!("unlock-agent: reply: {e}");
     }
-    agent.args.once && result == UnlockOutcome::Ok
+    agent.once && result == UnlockOutcome::Ok
 }
 
 fn handle<D: Dial>(
@@ -420,7 +487,7 @@ fn handle<D: Dial>(
     agent: &mut Agent,
     req: &UnlockRequest,
 ) -> (UnlockOutcome, String) {
-    let Agent { args, volumes, trust, replay } = agent;
+    let Agent { audience, volumes, dry_run, skew, trust, replay, .. } = agent;
     let Some(path) = volumes.get(&req.volume_id) else {
         return (UnlockOutcome::Denied, "unknown volume".into());
     };
@@ -428,10 +495,10 @@ fn handle<D: Dial>(
         return (UnlockOutcome::Denied, format!("cannot check the token: {e}"));
     }
     let expect = Expectations {
-        audience: &args.audience,
+        audience: audience.as_str(),
         scope: ScopeSet::single(Scope::LuksUnlock),
         now: now(),
-        skew: args.skew,
+        skew: *skew,
     };
     if let Err(e) = token::verify(&req.token, trust.keyset(), &expect, replay, trust.revoked()) {
         return (UnlockOutcome::Denied, format!("token refused: {} ({})", e, e.code()));
@@ -439,13 +506,13 @@ fn handle<D: Dial>(
     // The LUKS key text is the lowercase hex of the 32-byte secret.
     let key = Zeroizing::new(hex::encode(&req.passphrase[..]));
     let name = format!("portcullis-{}", req.volume_id);
-    let run = if args.dry_run {
+    let run = if *dry_run {
         cryptsetup(&["open", "--test-passphrase", "--key-file=-", path], key.as_bytes())
     } else {
         cryptsetup(&["open", "--type", "luks", "--key-file=-", path, &name], key.as_bytes())
     };
     match run {
-        Ok((true, _)) if args.dry_run => (
+        Ok((true, _)) if *dry_run => (
             UnlockOutcome::Ok,
             "(passphrase verified with cryptsetup open --test-passphrase)".into(),
         ),

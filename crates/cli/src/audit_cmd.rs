@@ -128,7 +128,7 @@ fn chain_and_seq(record: &[u8]) -> Option<([u8; 16], u64)> {
 
 /// Opens the log, drops a cut-off tail left by a crash, and returns the
 /// highest stored seq per chain.
-fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
+pub(crate) fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
     let mut f = OpenOptions::new()
         .read(true)
         .append(true)
@@ -168,7 +168,7 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             // socket connection is one vchan connection.
             let Ok(mut link) = socket::connect(path, Duration::from_secs(5)) else { continue };
             println!("audit-collect: connected to {}", path.display());
-            serve_link(&mut link, &mut file, &mut last, &args.out)?;
+            serve_link(&mut link, &mut file, &mut last, &args.out, &|| true)?;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -187,26 +187,34 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
             Err(_) => continue, // cryptod not (yet, or again) there: keep waiting
         };
         println!("audit-collect: connected to {}", args.cryptod);
-        serve_link(&mut link, &mut file, &mut last, &args.out)?;
+        serve_link(&mut link, &mut file, &mut last, &args.out, &|| true)?;
     }
 }
 
-/// Stores and acknowledges records from one connection until it breaks.
-fn serve_link<C: Channel>(
+/// Stores and acknowledges records from one connection until it breaks,
+/// or until `keep_going` (asked between records) says to stop. Returns
+/// whether any message arrived.
+pub(crate) fn serve_link<C: Channel>(
     link: &mut Framed<C>,
     file: &mut File,
     last: &mut HashMap<[u8; 16], u64>,
     out: &Path,
-) -> Result<(), Failure> {
+    keep_going: &dyn Fn() -> bool,
+) -> Result<bool, Failure> {
+    let mut used = false;
     loop {
+        if !keep_going() {
+            return Ok(used);
+        }
         let first = match link.recv_blocking(Duration::from_millis(500)) {
             Ok(m) => m,
             Err(LinkError::Timeout) => continue,
             Err(e) => {
                 println!("audit-collect: link: {e}; reconnecting");
-                return Ok(());
+                return Ok(used);
             }
         };
+        used = true;
         // Group commit: take everything already waiting, write it, one
         // fsync, then acknowledge the highest seq of each chain.
         let mut batch = vec![first];
@@ -244,7 +252,7 @@ fn serve_link<C: Channel>(
             let ack = Message::AuditAck(AuditAck { chain_id, seq });
             if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
                 println!("audit-collect: ack: {e}; reconnecting");
-                return Ok(());
+                return Ok(used);
             }
         }
     }
@@ -322,4 +330,91 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
 
 fn offset_of(records: &[Vec<u8>], index: usize) -> usize {
     records.iter().take(index).map(|r| bstr_header(r.len()).len() + r.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::{SocketChannel, SocketLink};
+    use portcullis_authority::audit::{AuditLog as Chain, Event};
+    use portcullis_proto::msg::{AuditAction, AuditLog, AuditResult};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn records(n: usize) -> Vec<Vec<u8>> {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut chain = Chain::new([3; 16], 16);
+        (0..n)
+            .map(|i| {
+                let event = Event::new("dom0", AuditAction::ChainStart, AuditResult::Ok);
+                chain.append(&key, event, 1_900_000_000 + i as u64).unwrap()
+            })
+            .collect()
+    }
+
+    fn ack_seq(link: &mut SocketLink) -> u64 {
+        match link.recv_blocking(Duration::from_secs(5)).unwrap() {
+            Message::AuditAck(a) => {
+                assert_eq!(a.chain_id, [3; 16]);
+                a.seq
+            }
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_link_is_stored_before_its_acks_resumed_after_a_restart_and_left_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let recs = records(3);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut cryptod = SocketLink::new(SocketChannel::new(theirs));
+        let keep = Arc::new(AtomicBool::new(true));
+        let collector = {
+            let (path, keep) = (path.clone(), keep.clone());
+            std::thread::spawn(move || {
+                let (mut file, mut last) = open_log(&path).unwrap();
+                let mut link = SocketLink::new(SocketChannel::new(ours));
+                let used = serve_link(&mut link, &mut file, &mut last, &path, &|| {
+                    keep.load(Ordering::Relaxed)
+                })
+                .unwrap();
+                assert!(used);
+            })
+        };
+        for (i, r) in recs.iter().take(2).enumerate() {
+            cryptod
+                .send_blocking(
+                    &Message::AuditLog(AuditLog { record: r.clone() }),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+            assert_eq!(ack_seq(&mut cryptod), i as u64);
+            // Acknowledged means on disk.
+            let (on_disk, cut) = read_log(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!((on_disk.len(), cut), (i + 1, None));
+        }
+        // A record sent again (cryptod restarted before the ack) is acked,
+        // not stored twice.
+        cryptod
+            .send_blocking(
+                &Message::AuditLog(AuditLog { record: recs[1].clone() }),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(ack_seq(&mut cryptod), 1);
+        assert_eq!(read_log(&std::fs::read(&path).unwrap()).unwrap().0, recs[..2]);
+        // The host asks it to stop (domid changed): it returns with the link up.
+        keep.store(false, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !collector.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the collector did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        collector.join().unwrap();
+        // A new collector resumes after the last stored record.
+        let (_, last) = open_log(&path).unwrap();
+        assert_eq!(last.get(&[3; 16]), Some(&1));
+    }
 }

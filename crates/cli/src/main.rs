@@ -14,6 +14,7 @@ mod provision;
 mod socket;
 mod token_cmd;
 mod vchan_call;
+mod xenlink;
 
 use clap::{Parser, Subcommand};
 use portcullis_proto::key::kid_for;
@@ -57,8 +58,8 @@ enum Command {
     AuditCollect(audit_cmd::CollectArgs),
     /// The dom0 unlock agent: verify the unlock token, then cryptsetup.
     UnlockAgent(agent::AgentArgs),
-    /// Send one request to cryptod through a UNIX socket (Xen's
-    /// vchan-socket-proxy) and verify the root-signed answer.
+    /// Send one request to cryptod (a libxenvchan client of its dom0 vchan,
+    /// or through a UNIX socket) and verify the root-signed answer.
     VchanCall(vchan_call::CallArgs),
     /// Run the whole system on the hosted platform, end to end.
     Demo(demo::DemoArgs),

@@ -231,3 +231,25 @@ fn host_check_validates_the_config_and_exits_2_naming_file_line_and_key() {
         assert!(err.starts_with(&format!("error: {cfg}:27:1: unknown field `retries`")), "{err}");
     }
 }
+
+#[test]
+fn vchan_call_needs_a_domid_or_a_socket_and_says_why_libxenvchan_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = with(&keygen(dir.path(), "root"), "pub");
+    let out = run(&["vchan-call", "--root", &root]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--domid"));
+    let out = run(&["vchan-call", "--domid", "7", "--socket", "/nonexistent", "--root", &root]);
+    assert_eq!(out.status.code(), Some(2), "--domid and --socket conflict");
+    // No Xen here: either the library is missing (say what to install) or
+    // it finds no vchan (say which domain and path); never a success.
+    let out = run(&["vchan-call", "--domid", "7", "--root", &root, "--timeout", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: cryptod (domain 7): "), "{err}");
+    assert!(
+        err.contains("install xen-utils")
+            || err.contains("libxenvchan client for domain 7 at /local/domain/7/data/vchan/0/9001"),
+        "{err}"
+    );
+}

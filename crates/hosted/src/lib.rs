@@ -13,6 +13,9 @@
 //!
 //! See `docs/hosted.md` for the layout, the guarantees and what is only
 //! cooperative (every process runs as the same user).
+//!
+//! [`xenvchan`] is the other use of this crate: in a real dom0, vchans to
+//! the guests through Xen's own libxenvchan, loaded at run time.
 
 mod backend;
 mod evtchn;
@@ -23,6 +26,7 @@ mod store;
 #[allow(unsafe_code)]
 mod sys;
 mod world;
+pub mod xenvchan;
 
 use std::fmt;
 use std::io;

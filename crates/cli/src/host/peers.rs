@@ -1,4 +1,3 @@
-#![allow(dead_code)] // wired by the host service (issue 11)
 //! The live name-to-domain-id map of the Portcullis guests, shared by the
 //! service's threads: the xenstore watcher sets it, the audit collector and
 //! the unlock agent follow it (a guest created again has a new domid).

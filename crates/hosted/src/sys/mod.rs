@@ -1,6 +1,9 @@
 //! The kernel interfaces the hosted platform uses: shared file mappings,
-//! futexes, `getrandom`, and terminal control. Every `unsafe` block of the
-//! crate is in this module.
+//! futexes, `getrandom`, and terminal control; and, in [`xenvchan`], Xen's
+//! libxenvchan loaded with `dlopen`. Every `unsafe` block of the crate is in
+//! this module.
+
+pub(crate) mod xenvchan;
 
 use std::fs::File;
 use std::io;
