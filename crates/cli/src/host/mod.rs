@@ -379,7 +379,9 @@ impl<'a> Shell<'a> {
                     ));
                     return Ok(());
                 }
-                log::info(format_args!(
+                // One per state change (each accepted code, each audit ack):
+                // debug, or the journal gets a line per token.
+                log::debug(format_args!(
                     "dom{domid}: {} persisted to {} ({} bytes, sha256 {})",
                     core::item_key(item),
                     target.display(),
