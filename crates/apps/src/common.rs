@@ -30,8 +30,12 @@ pub mod port {
 pub const RING_BYTES: usize = 16 * 1024;
 /// How long a single wait for a peer event may take.
 pub const STEP: Duration = Duration::from_millis(200);
-/// How long to wait for a peer to answer a request.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a peer to answer a request. cryptod answers only
+/// once the state the answer depends on is durable in dom0 (each attempt
+/// waits up to 5 s for dom0's acknowledgement, then is retried), so a busy
+/// dom0 can delay an answer by several of those: a shorter patience made
+/// the unlocker give up on answers that were on their way.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a guest stopped.
 #[derive(Debug)]
