@@ -33,15 +33,15 @@ xl info | grep -E '^(xen_version|virt_caps|xen_commandline)'
 # lives (a restart keeps the name), so waits look only at what came after a
 # mark. mark NAME: remembers the log's current length.
 mark() { eval "M_$1=$(wc -c < "$LOGS/guest-$1.log" 2>/dev/null || echo 0)"; }
-# new NAME: the log since the mark.
-new() { eval "m=\${M_$1:-0}"; tail -c +$((m + 1)) "$LOGS/guest-$1.log" 2>/dev/null; }
+# log_since NAME: the log since the mark.
+log_since() { eval "m=\${M_$1:-0}"; tail -c +$((m + 1)) "$LOGS/guest-$1.log" 2>/dev/null; }
 # wait_new NAME TEXT SECONDS [COUNT]: waits for COUNT (default 1) lines with
 # TEXT in NAME's log since its mark; fails early if the domain stopped.
 wait_new() {
     n=0
     t=$(up)
     while [ $n -lt $(($3 * 10)) ]; do
-        if [ "$(new "$1" | grep -cF "$2")" -ge "${4:-1}" ]; then
+        if [ "$(log_since "$1" | grep -cF "$2")" -ge "${4:-1}" ]; then
             echo "TIME $1: \"$2\" after $(since "$t") s"
             return 0
         fi
@@ -114,7 +114,7 @@ echo "STAGE hello"
 mark hello
 if xl create /portcullis/hello.cfg > $RUN/create-hello.log 2>&1 && wait_new hello "hello: ready" 30; then
     id=$(xl domid hello 2>/dev/null)
-    if new hello | grep -qE "hello: domain [0-9]+ \"hello\", unix time [0-9]{10}"; then
+    if log_since hello | grep -qE "hello: domain [0-9]+ \"hello\", unix time [0-9]{10}"; then
         result hello PASS "(domain id, name and time read under Xen)"
     else
         result hello FAIL "(ready, but no domain/name/time line)"
@@ -188,7 +188,7 @@ type_code() {
     wait_new unlocker "TOTP code for operator:" 60 "$1" >/dev/null || return 1
     printf '%s\r' "$2" > "$(tty_of unlocker)"
 }
-refusals() { new unlocker | grep "unlocker: refused"; }
+refusals() { log_since unlocker | grep "unlocker: refused"; }
 wait_new unlocker "unlocker: ready" 90 || result unlocker FAIL "(not ready)"
 code=$(oathtool --totp -b "$SECRET")
 wrong=$(echo "$code" | awk '{ printf "%06d", ($1 + 1) % 1000000 }')
@@ -200,7 +200,7 @@ type_code 1 "$wrong" && wait_new unlocker "unlocker: refused" 30 \
 #    the agent's cryptsetup fails and says so back over the same vchan
 t=$(up)
 if type_code 2 "$code" && wait_new unlocker "unlocker: agent refused" 60; then
-    result vchan-agent PASS "(unlock_request/unlock_result over libxenvchan: $(new unlocker | grep "unlocker: agent refused" | cut -c1-90))"
+    result vchan-agent PASS "(unlock_request/unlock_result over libxenvchan: $(log_since unlocker | grep "unlocker: agent refused" | cut -c1-90))"
 else
     result vchan-agent FAIL ""
     show_log unlocker
@@ -239,10 +239,10 @@ fi
 echo "STAGE failure: xl destroy policy_pd mid-flow; service restarted; xl create again"
 wait_new policy_pd "waiting" 60 >/dev/null
 old_id=$(xl domid policy_pd 2>/dev/null)
-if [ -n "$old_id" ] && new policy_pd | tail -1 | grep -q "waiting"; then
+if [ -n "$old_id" ] && log_since policy_pd | tail -1 | grep -q "waiting"; then
     echo "dom0: policy_pd (dom$old_id) is in its self-test's wait, its vchan to cryptod open: xl destroy"
 else
-    result policy_pd-mid-flow FAIL "(policy_pd was not running its self-test: $(new policy_pd | tail -1))"
+    result policy_pd-mid-flow FAIL "(policy_pd was not running its self-test: $(log_since policy_pd | tail -1))"
 fi
 destroy policy_pd
 sed -i "s/^skew = 120 # policy_pd$/skew = 3 # policy_pd/" /etc/portcullis/host.toml
@@ -368,7 +368,7 @@ fi
 # 9. The audit trail, collected by the service over vchan, verified in dom0.
 echo "STAGE audit: verify in dom0"
 wait_new cryptod "audit outbox empty; collector acknowledged" 30
-acked=$(new cryptod | grep "collector acknowledged seq" | tail -1 | tr -d '\r' | sed 's/.*seq //')
+acked=$(log_since cryptod | grep "collector acknowledged seq" | tail -1 | tr -d '\r' | sed 's/.*seq //')
 sleep 0.5
 if portcullis audit verify --root $ROOT ${acked:+--expect-last $acked} $AUDIT > $RUN/verify.out 2>&1; then
     result audit PASS "($(tail -1 $RUN/verify.out); acknowledged up to seq $acked, across two service starts and three cryptod lives)"
