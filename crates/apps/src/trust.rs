@@ -8,7 +8,7 @@ use core::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::envelope::Message;
+use portcullis_proto::envelope::{Accepts, Message};
 use portcullis_proto::msg::{KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq};
 use portcullis_proto::token::{KeyEntry, Keyset, RevokedSet};
 
@@ -111,9 +111,9 @@ impl Trust {
     }
 
     /// Asks cryptod for its current keyset over `link` and accepts it.
-    pub fn fetch_keyset<C: Channel>(
+    pub fn fetch_keyset<C: Channel, A: Accepts>(
         &mut self,
-        link: &mut Framed<C>,
+        link: &mut Framed<C, A>,
         request_id: RequestId,
         timeout: Duration,
     ) -> Result<(), AppError> {
@@ -129,9 +129,9 @@ impl Trust {
     }
 
     /// Asks cryptod for its current revocation list over `link` and accepts it.
-    pub fn fetch_revocations<C: Channel>(
+    pub fn fetch_revocations<C: Channel, A: Accepts>(
         &mut self,
-        link: &mut Framed<C>,
+        link: &mut Framed<C, A>,
         request_id: RequestId,
         timeout: Duration,
     ) -> Result<(), AppError> {

@@ -54,9 +54,22 @@ macro_rules! messages {
                 }
             }
 
-            fn decode_body(kind: MsgType, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+            /// Decodes the body of a message of type `kind`, which `A`
+            /// receives. Every arm outside `A::KINDS` is a constant `false`
+            /// guard, so a receiver's build links only its own decoders.
+            fn decode_body<A: Accepts>(
+                kind: MsgType,
+                r: &mut Reader<'_>,
+            ) -> Result<Message, DecodeError> {
                 match kind {
-                    $( MsgType::$variant => <$body>::decode(r, "body").map(Message::$variant), )+
+                    $(
+                        MsgType::$variant if const { A::KINDS.contains(MsgType::$variant) } => {
+                            <$body>::decode(r, "body").map(Message::$variant)
+                        }
+                    )+
+                    // Unreachable: the caller refused every type outside
+                    // `A::KINDS` already, with the same error.
+                    _ => Err(DecodeError::UnknownType),
                 }
             }
         }
@@ -108,6 +121,86 @@ messages! {
     Error(ErrorMsg) = "error",
 }
 
+/// A set of message types (a bit per [`MsgType`], in declaration order).
+///
+/// What a receiver decodes is such a set, fixed at compile time through
+/// [`Accepts`]: see [`Message::decode_for`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KindSet(u32);
+
+// One bit per type must fit.
+const _: () = assert!(MsgType::ALL.len() <= 32);
+
+impl KindSet {
+    /// No type.
+    pub const EMPTY: KindSet = KindSet(0);
+    /// Every type of this protocol version.
+    pub const ALL: KindSet = KindSet::of(MsgType::ALL);
+
+    const fn bit(kind: MsgType) -> u32 {
+        1 << kind as u32
+    }
+
+    /// The set of `kinds`.
+    pub const fn of(kinds: &[MsgType]) -> KindSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= KindSet::bit(kinds[i]);
+            i += 1;
+        }
+        KindSet(bits)
+    }
+
+    /// The set whose bits are `bits` (bit `i` is `MsgType::ALL[i]`); bits
+    /// beyond the last type are dropped.
+    pub const fn from_bits(bits: u32) -> KindSet {
+        KindSet(bits & KindSet::ALL.0)
+    }
+
+    /// The set's bits (bit `i` is `MsgType::ALL[i]`).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether `kind` is in the set.
+    pub const fn contains(self, kind: MsgType) -> bool {
+        self.0 & KindSet::bit(kind) != 0
+    }
+
+    /// The types of both sets.
+    pub const fn union(self, other: KindSet) -> KindSet {
+        KindSet(self.0 | other.0)
+    }
+
+    /// The types in the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = MsgType> {
+        MsgType::ALL.iter().copied().filter(move |&k| self.contains(k))
+    }
+}
+
+/// What a receiver decodes: the message types in [`Accepts::KINDS`]. Every
+/// other type is refused with [`DecodeError::UnknownType`], the same error
+/// (and so the same `unknown_type` answer on the wire) as a name outside the
+/// schema: a type a receiver never receives is unknown to it.
+///
+/// Implemented by uninhabited marker types, one per receiving role (the
+/// guests' roles are in `portcullis_apps::inbox`). A build links the body
+/// decoders of the roles it decodes for, and no others.
+pub trait Accepts {
+    /// The types this receiver decodes.
+    const KINDS: KindSet;
+}
+
+/// Decodes every message type: the receiver of [`Message::decode`], and of
+/// tools that read any message.
+#[derive(Debug)]
+pub enum AnyKind {}
+
+impl Accepts for AnyKind {
+    const KINDS: KindSet = KindSet::ALL;
+}
+
 impl Message {
     /// Encodes the message in its envelope. Refuses a message that breaks the
     /// schema or whose encoding exceeds [`MAX_MESSAGE_LEN`].
@@ -131,6 +224,31 @@ impl Message {
     /// rest (the envelope must still be well-formed CBOR of the accepted
     /// subset, within [`MAX_DEPTH`]).
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Message::decode_for::<AnyKind>(bytes)
+    }
+
+    /// Decodes one envelope as [`Message::decode`] does, for a receiver
+    /// that decodes only the types in `A::KINDS`: any other type, known to
+    /// the schema or not, is refused with [`DecodeError::UnknownType`] at
+    /// the point where an unknown name is (after the version and the
+    /// envelope's keys, before the body is looked at). Only the body
+    /// decoders of `A::KINDS` are compiled into the caller.
+    ///
+    /// ```
+    /// use portcullis_proto::envelope::{Accepts, DecodeError, KindSet, Message, MsgType};
+    /// use portcullis_proto::msg::{KeysetReq, RequestId};
+    ///
+    /// /// Receives only `audit_ack`.
+    /// enum AckReader {}
+    /// impl Accepts for AckReader {
+    ///     const KINDS: KindSet = KindSet::of(&[MsgType::AuditAck]);
+    /// }
+    ///
+    /// let bytes = Message::from(KeysetReq { request_id: RequestId([7; 16]) }).encode().unwrap();
+    /// assert!(Message::decode(&bytes).is_ok());
+    /// assert_eq!(Message::decode_for::<AckReader>(&bytes), Err(DecodeError::UnknownType));
+    /// ```
+    pub fn decode_for<A: Accepts>(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLarge);
         }
@@ -168,10 +286,12 @@ impl Message {
             return Err(DecodeError::UnknownField);
         }
         let kind = kind.ok_or(DecodeError::MissingField("type"))?;
-        let kind = MsgType::parse(kind).ok_or(DecodeError::UnknownType)?;
+        let kind = MsgType::parse(kind)
+            .filter(|&k| A::KINDS.contains(k))
+            .ok_or(DecodeError::UnknownType)?;
         let body = body.ok_or(DecodeError::MissingField("body"))?;
         let mut r = Reader::new(body);
-        let msg = Message::decode_body(kind, &mut r)?;
+        let msg = Message::decode_body::<A>(kind, &mut r)?;
         if !r.at_end() {
             return Err(DecodeError::Malformed("body longer than its value"));
         }
