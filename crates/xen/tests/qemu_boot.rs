@@ -159,7 +159,11 @@ fn a_panic_prints_its_message_and_crashes() {
 
 /// The `hello: heap N bytes at 0xADDR` line: (N, ADDR).
 fn heap_of(log: &str) -> (u64, u64) {
-    let line = log.lines().find_map(|l| l.strip_prefix("hello: heap ")).expect("a heap line");
+    let line = log
+        .lines()
+        .filter(|l| l.contains(" bytes at 0x"))
+        .find_map(|l| l.strip_prefix("hello: heap "))
+        .expect("a heap line");
     let (size, addr) = line.split_once(" bytes at 0x").expect("N bytes at 0xADDR");
     (size.parse().unwrap(), u64::from_str_radix(addr, 16).unwrap())
 }
