@@ -189,10 +189,8 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
 
 /// Decodes one CBOR item from `bytes` with nesting limited to [`MAX_DEPTH`];
 /// `None` on any error or on trailing bytes.
-pub(crate) fn decode_value(mut bytes: &[u8]) -> Option<Value> {
-    let value: Value =
-        coset::cbor::de::from_reader_with_recursion_limit(&mut bytes, MAX_DEPTH).ok()?;
-    bytes.is_empty().then_some(value)
+pub(crate) fn decode_value(bytes: &[u8]) -> Option<Value> {
+    crate::value::decode_value(bytes, MAX_DEPTH)
 }
 
 /// Encodes one CBOR item.
