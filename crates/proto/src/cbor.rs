@@ -385,6 +385,15 @@ impl Writer {
         self.head(MAP, len as u64);
     }
 
+    pub(crate) fn tag(&mut self, tag: u64) {
+        self.head(TAG, tag);
+    }
+
+    /// The bytes written, whatever their length (the caller bounds them).
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
     pub(crate) fn finish(self) -> Result<Vec<u8>, EncodeError> {
         if self.buf.len() > MAX_MESSAGE_LEN {
             return Err(EncodeError::TooLarge);
