@@ -213,10 +213,10 @@ const IMAGE_LIMIT: u64 = 256 * 1024;
 
 /// Images known to be over [`IMAGE_LIMIT`], each with the ceiling it may
 /// not pass (a ratchet: lower it as the image shrinks, delete the entry
-/// once it fits). cryptod was 307,960 bytes when the gate came in (issue
+/// once it fits). cryptod was 287,328 bytes when the gate came in (issue
 /// 14, docs/benchmarks.md); the rest of the work to bring it under the
 /// limit is listed there.
-const OVER_LIMIT_CEILINGS: &[(&str, u64)] = &[("cryptod", 320 * 1024)];
+const OVER_LIMIT_CEILINGS: &[(&str, u64)] = &[("cryptod", 300 * 1024)];
 
 /// The most bytes image `name` may have.
 fn image_limit(name: &str) -> u64 {
