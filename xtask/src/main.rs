@@ -211,18 +211,6 @@ fn main() -> ExitCode {
 /// and the `guest images (PVH)` stage of `test` fail above it.
 const IMAGE_LIMIT: u64 = 256 * 1024;
 
-/// Images known to be over [`IMAGE_LIMIT`], each with the ceiling it may
-/// not pass (a ratchet: lower it as the image shrinks, delete the entry
-/// once it fits). cryptod was 287,328 bytes when the gate came in (issue
-/// 14, docs/benchmarks.md); the rest of the work to bring it under the
-/// limit is listed there.
-const OVER_LIMIT_CEILINGS: &[(&str, u64)] = &[("cryptod", 300 * 1024)];
-
-/// The most bytes image `name` may have.
-fn image_limit(name: &str) -> u64 {
-    OVER_LIMIT_CEILINGS.iter().find(|(n, _)| *n == name).map_or(IMAGE_LIMIT, |&(_, c)| c)
-}
-
 /// The images `build --target xen` makes: the four guests and the boot-test guest.
 const XEN_IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello"];
 
@@ -247,13 +235,7 @@ fn build_xen() -> Result<Vec<Image>, String> {
         let path = dir.join(g);
         let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
         let entry = pvh_entry(&path)?;
-        let mark = match image_limit(g) {
-            _ if size <= IMAGE_LIMIT => String::new(),
-            ceiling if size <= ceiling => {
-                format!("  OVER the limit (tolerated up to {ceiling}, see OVER_LIMIT_CEILINGS)")
-            }
-            _ => "  OVER".into(),
-        };
+        let mark = if size > IMAGE_LIMIT { "  OVER" } else { "" };
         println!("{g:<10} {size:>10} {IMAGE_LIMIT:>10}  {entry:#x}{mark}");
         images.push(Image { name: g, size });
     }
@@ -274,7 +256,7 @@ pub(crate) struct Image {
 /// `boot` take the images whatever their size.)
 fn build_xen_within_limit() -> Result<(), String> {
     let sizes: Vec<(&str, u64, u64)> =
-        build_xen()?.iter().map(|i| (i.name, i.size, image_limit(i.name))).collect();
+        build_xen()?.iter().map(|i| (i.name, i.size, IMAGE_LIMIT)).collect();
     match images_over_limit(&sizes) {
         None => Ok(()),
         Some(e) => Err(e),
@@ -916,12 +898,6 @@ mod tests {
             "guest images too large: a is 12 bytes, 1 over its limit of 11, \
              c is 20 bytes, 1 over its limit of 19"
         );
-        assert_eq!(image_limit("entropyd"), IMAGE_LIMIT);
-        // A tolerated image still has a ceiling, and only ever a higher one.
-        for &(name, ceiling) in OVER_LIMIT_CEILINGS {
-            assert!(XEN_IMAGES.contains(&name) && ceiling > IMAGE_LIMIT, "{name}");
-            assert_eq!(image_limit(name), ceiling);
-        }
         assert_eq!(IMAGE_LIMIT, 262_144);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);

@@ -15,7 +15,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::time::Duration;
 
-use portcullis_proto::envelope::{Accepts, AnyKind, DecodeError, Message, MAX_MESSAGE_LEN};
+use portcullis_proto::envelope::{AnyRole, DecodeError, Message, Role, MAX_MESSAGE_LEN};
 use portcullis_vchan::{
     Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError,
 };
@@ -93,7 +93,7 @@ impl<B: Backend> Channel for Vchan<B> {
 /// types of `A` (by default every type); any other type arrives as
 /// [`LinkError::Decode`] with `DecodeError::UnknownType` (see
 /// [`crate::inbox`]).
-pub struct Framed<C: Channel, A: Accepts = AnyKind> {
+pub struct Framed<C: Channel, A: Role = AnyRole> {
     chan: C,
     rx: FrameReader<Vec<u8>>,
     tx: FrameWriter<Vec<u8>>,
@@ -103,9 +103,9 @@ pub struct Framed<C: Channel, A: Accepts = AnyKind> {
 
 /// A vchan endpoint with framing and message encoding (what guests use),
 /// decoding the types of `A`.
-pub type Link<B, A = AnyKind> = Framed<Vchan<B>, A>;
+pub type Link<B, A = AnyRole> = Framed<Vchan<B>, A>;
 
-impl<C: Channel, A: Accepts> Framed<C, A> {
+impl<C: Channel, A: Role> Framed<C, A> {
     /// Wraps a connected (or, for a vchan server, listening) channel.
     pub fn new(chan: C) -> Self {
         Framed {
@@ -123,7 +123,7 @@ impl<C: Channel, A: Accepts> Framed<C, A> {
     }
 }
 
-impl<B: Backend, A: Accepts> Framed<Vchan<B>, A> {
+impl<B: Backend, A: Role> Framed<Vchan<B>, A> {
     /// The vchan endpoint.
     pub fn chan(&mut self) -> &mut Vchan<B> {
         &mut self.chan
@@ -150,7 +150,7 @@ impl<B: Backend, A: Accepts> Framed<Vchan<B>, A> {
     }
 }
 
-impl<C: Channel, A: Accepts> Framed<C, A> {
+impl<C: Channel, A: Role> Framed<C, A> {
     /// Receives one message if a whole frame has arrived.
     pub fn poll(&mut self) -> Result<Option<Message>, LinkError> {
         match self.rx.poll(&mut self.chan)? {
@@ -171,7 +171,7 @@ impl<C: Channel, A: Accepts> Framed<C, A> {
 
     /// Queues a message and sends as much as the ring takes now.
     pub fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
-        let bytes = msg.encode().map_err(|_| LinkError::Encode)?;
+        let bytes = msg.encode_for::<A>().map_err(|_| LinkError::Encode)?;
         if self.queue.len() >= MAX_QUEUED {
             return Err(LinkError::QueueFull);
         }

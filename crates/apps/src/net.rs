@@ -6,7 +6,7 @@ use portcullis_platform::{DomId, Platform};
 use portcullis_vchan::{ClientConfig, ServerConfig, Vchan, VchanError};
 
 use crate::common::{resolve_dom, AppError, RING_BYTES, STEP};
-use portcullis_proto::envelope::Accepts;
+use portcullis_proto::envelope::Role;
 
 use crate::link::Link;
 
@@ -22,7 +22,7 @@ pub fn connect<P: Platform>(
 }
 
 /// [`connect`] for a link that decodes the message types of `A` only.
-pub fn connect_as<P: Platform, A: Accepts>(
+pub fn connect_as<P: Platform, A: Role>(
     p: &mut P,
     server: DomId,
     port: u32,
@@ -39,7 +39,7 @@ pub fn connect_as<P: Platform, A: Accepts>(
 }
 
 /// Publishes a vchan `port` for `client` and returns its listening link.
-pub fn serve<P: Platform, A: Accepts>(
+pub fn serve<P: Platform, A: Role>(
     p: &mut P,
     client: DomId,
     port: u32,
@@ -78,7 +78,7 @@ pub const RESOLVE_EVERY: u64 = 2;
 /// one created under the name), publishes a fresh `port` for the new id and
 /// returns it. `Ok(None)` while the name still means `current`, or resolves
 /// to nothing for now.
-pub fn follow<P: Platform, A: Accepts>(
+pub fn follow<P: Platform, A: Role>(
     p: &mut P,
     name: &str,
     current: DomId,

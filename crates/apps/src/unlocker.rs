@@ -14,7 +14,7 @@ use core::time::Duration;
 
 use portcullis_authority::unlock::{open_unlock_secret, Transcript};
 use portcullis_platform::{ConfigItem, Platform, PlatformError};
-use portcullis_proto::envelope::{Accepts, Message};
+use portcullis_proto::envelope::{Message, Role};
 use portcullis_proto::msg::{
     is_valid_totp_code, RequestId, SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome,
     UnlockRequest,
@@ -52,7 +52,7 @@ pub fn load_trust<P: Platform>(p: &mut P) -> Result<Trust, AppError> {
 }
 
 /// Fetches and checks cryptod's current keyset.
-pub fn refresh_keyset<P: Platform, A: Accepts>(
+pub fn refresh_keyset<P: Platform, A: Role>(
     p: &mut P,
     link: &mut crate::link::Link<P::Backend, A>,
     trust: &mut Trust,

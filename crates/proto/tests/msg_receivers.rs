@@ -1,20 +1,23 @@
-//! Role-restricted decoding (`Message::decode_for`): a receiver decodes its
-//! own types exactly as `Message::decode` does, and refuses every other type
-//! with the error (and so the wire answer) of a type name outside the schema.
+//! Role-restricted decoding and encoding (`Message::decode_for`,
+//! `Message::encode_for`): a role decodes its own types exactly as
+//! `Message::decode` does and refuses every other type with the error (and
+//! so the wire answer) of a type name outside the schema; it encodes the
+//! types it sends exactly as `Message::encode` does and refuses the rest.
 
 mod msg_samples;
 
 use ciborium::Value;
 use portcullis_proto::envelope::{
-    Accepts, AnyKind, DecodeError, KindSet, Message, MsgType, MAX_MESSAGE_LEN,
+    AnyRole, DecodeError, EncodeError, KindSet, Message, MsgType, Role, MAX_MESSAGE_LEN,
 };
 use portcullis_proto::msg::ErrorMsg;
 
-/// Receives the types whose bits are `B`.
+/// Receives and sends the types whose bits are `B`.
 enum Only<const B: u32> {}
 
-impl<const B: u32> Accepts for Only<B> {
-    const KINDS: KindSet = KindSet::from_bits(B);
+impl<const B: u32> Role for Only<B> {
+    const RECEIVES: KindSet = KindSet::from_bits(B);
+    const SENDS: KindSet = KindSet::from_bits(B);
 }
 
 /// Receives nothing.
@@ -84,18 +87,30 @@ fn variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     ]
 }
 
-/// Checks receiver `A` against every sample: its own types decode exactly as
+/// Checks role `A` against every sample: its own types decode exactly as
 /// `Message::decode` decodes them; every other type gives what the same
 /// bytes give with a type name outside the schema, and the same answer.
-fn check_receiver<A: Accepts>() {
+/// The types it sends encode exactly as `Message::encode` encodes them; any
+/// other is refused as not sent.
+fn check_receiver<A: Role>() {
+    for &kind in MsgType::ALL {
+        for msg in msg_samples::samples(kind) {
+            let got = msg.encode_for::<A>();
+            if A::SENDS.contains(kind) {
+                assert_eq!(got, msg.encode(), "{kind:?} is sent");
+            } else {
+                assert_eq!(got, Err(EncodeError::NotSent(kind)), "{kind:?} is not sent");
+            }
+        }
+    }
     for (kind, bytes) in encoded_samples() {
         for bytes in variants(&bytes) {
             let got = Message::decode_for::<A>(&bytes);
-            if A::KINDS.contains(kind) {
+            if A::RECEIVES.contains(kind) {
                 assert_eq!(got, Message::decode(&bytes), "{kind:?} is received");
             } else {
                 let unknown = Message::decode(&with_type(&bytes, "no_such_type"));
-                assert_eq!(got, unknown, "{kind:?} is not received by {:?}", A::KINDS);
+                assert_eq!(got, unknown, "{kind:?} is not received by {:?}", A::RECEIVES);
                 let (got, unknown) = (got.unwrap_err(), unknown.unwrap_err());
                 assert_eq!(ErrorMsg::for_decode_error(&got), ErrorMsg::for_decode_error(&unknown));
             }
@@ -105,13 +120,14 @@ fn check_receiver<A: Accepts>() {
 
 #[test]
 fn any_kind_is_plain_decode() {
-    assert_eq!(AnyKind::KINDS, KindSet::ALL);
+    assert_eq!(AnyRole::RECEIVES, KindSet::ALL);
+    assert_eq!(AnyRole::SENDS, KindSet::ALL);
     for (kind, bytes) in encoded_samples() {
-        let msg = Message::decode_for::<AnyKind>(&bytes).unwrap();
+        let msg = Message::decode_for::<AnyRole>(&bytes).unwrap();
         assert_eq!(msg.kind(), kind);
         assert_eq!(Ok(msg), Message::decode(&bytes));
     }
-    check_receiver::<AnyKind>();
+    check_receiver::<AnyRole>();
 }
 
 #[test]
@@ -153,8 +169,8 @@ fn a_receiver_of_one_type_decodes_only_that_type() {
 /// realistic mixed set.
 enum ServerLike {}
 
-impl Accepts for ServerLike {
-    const KINDS: KindSet = KindSet::of(&[
+impl Role for ServerLike {
+    const RECEIVES: KindSet = KindSet::of(&[
         MsgType::TotpValidateReq,
         MsgType::TokenIssueReq,
         MsgType::TokenRevokeReq,
@@ -163,13 +179,14 @@ impl Accepts for ServerLike {
         MsgType::EntropyPub,
         MsgType::AuditAck,
     ]);
+    const SENDS: KindSet = KindSet::of(&[MsgType::Keyset, MsgType::Error, MsgType::AuditLog]);
 }
 
 #[test]
 fn a_mixed_receiver_decodes_its_set_and_refuses_the_rest() {
     check_receiver::<ServerLike>();
     let refused: Vec<MsgType> =
-        MsgType::ALL.iter().copied().filter(|&k| !ServerLike::KINDS.contains(k)).collect();
+        MsgType::ALL.iter().copied().filter(|&k| !ServerLike::RECEIVES.contains(k)).collect();
     assert_eq!(refused.len(), 10);
     // The schema's code for all of them.
     for kind in refused {
