@@ -27,7 +27,8 @@ commands:
                      (--plan: print the stages in order and what each needs, run nothing)
   build [--release] [--target hosted]
                      build the workspace (host tools) and the no_std crates for the guest target
-  build --target xen the four guests as PVH images (profile `guest`), PVH note checked, sizes printed
+  build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
+                     sizes printed; fails if one is over 256 KiB
   xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
   boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
                      (ARGS are added to dom0's kernel command line)
@@ -194,7 +195,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         Cmd::Test { plan } => test(plan),
         Cmd::Build { release } => build(release),
-        Cmd::BuildXen => build_xen().map(|_| ()),
+        Cmd::BuildXen => build_xen_within_limit(),
         Cmd::XenImage => xen_harness::xen_image().map(|_| ()),
         Cmd::Boot(dom0_args) => xen_harness::boot(&dom0_args),
         Cmd::Bench => bench(),
@@ -218,25 +219,39 @@ fn main() -> ExitCode {
     }
 }
 
-/// Builds the Xen guest images and checks each is a PVH ELF; returns their paths.
-fn build_xen() -> Result<Vec<PathBuf>, String> {
+/// Largest guest image accepted, in bytes (issue 14): `build --target xen`
+/// and the `guest images (PVH)` stage of `test` fail above it.
+const IMAGE_LIMIT: u64 = 256 * 1024;
+
+/// The images `build --target xen` makes: the four guests and the boot-test guest.
+const XEN_IMAGES: &[&str] = &["entropyd", "cryptod", "unlocker", "policy_pd", "hello"];
+
+/// Builds the Xen guest images, checks each is a PVH ELF, and prints each
+/// one's size next to [`IMAGE_LIMIT`].
+///
+/// Each image is built by its own cargo invocation: cargo unifies the
+/// features of the packages one invocation builds, so one build of all of
+/// them would give every guest the features any one turns on (cryptod's
+/// ed25519-dalek `fast` tables).
+fn build_xen() -> Result<Vec<Image>, String> {
     ensure_guest_target()?;
-    let mut c = cargo();
-    c.args(["build", "--target", GUEST_TARGET, "--profile", "guest"]);
-    c.args(guest_remap_config(&root(), &cargo_home()?)?);
-    for g in GUESTS.iter().chain(["hello"].iter()) {
-        c.args(["-p", g]);
+    let remap = guest_remap_config(&root(), &cargo_home()?)?;
+    for g in XEN_IMAGES {
+        let mut c = cargo();
+        c.args(["build", "--target", GUEST_TARGET, "--profile", "guest", "-p", g]);
+        c.args(&remap);
+        run(&format!("build the {g} image (x86_64-unknown-none, profile guest)"), &mut c)?;
     }
-    run("build the guest images (x86_64-unknown-none, profile guest)", &mut c)?;
     let dir = root().join("target").join(GUEST_TARGET).join("guest");
     let mut images = Vec::new();
-    println!("{:<10} {:>10}  PVH entry", "image", "bytes");
-    for g in GUESTS.iter().chain(["hello"].iter()) {
+    println!("{:<10} {:>10} {:>10}  PVH entry", "image", "bytes", "limit");
+    for g in XEN_IMAGES {
         let path = dir.join(g);
         let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
         let entry = pvh_entry(&path)?;
-        println!("{g:<10} {size:>10}  {entry:#x}");
-        images.push(path);
+        let mark = if size > IMAGE_LIMIT { "  OVER" } else { "" };
+        println!("{g:<10} {size:>10} {IMAGE_LIMIT:>10}  {entry:#x}{mark}");
+        images.push(Image { name: g, size });
     }
     Ok(images)
 }
@@ -310,6 +325,40 @@ fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, Str
         .map(|(from, to)| toml_string(&format!("--remap-path-prefix={from}={to}")))
         .collect();
     Ok(vec!["--config".into(), format!("target.{GUEST_TARGET}.rustflags=[{}]", flags.join(", "))])
+}
+
+/// A built guest image.
+#[derive(Debug)]
+pub(crate) struct Image {
+    /// The guest's name.
+    pub name: &'static str,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// `build --target xen` and the `guest images (PVH)` stage of `test`: the
+/// images, and an error if one is over [`IMAGE_LIMIT`]. (`xen-image` and
+/// `boot` take the images whatever their size.)
+fn build_xen_within_limit() -> Result<(), String> {
+    let sizes: Vec<(&str, u64, u64)> =
+        build_xen()?.iter().map(|i| (i.name, i.size, IMAGE_LIMIT)).collect();
+    match images_over_limit(&sizes) {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// The error for the images larger than their limit, if any: `sizes` is
+/// (name, bytes, limit) per image.
+fn images_over_limit(sizes: &[(&str, u64, u64)]) -> Option<String> {
+    let over: Vec<String> = sizes
+        .iter()
+        .filter(|&&(_, size, limit)| size > limit)
+        .map(|(name, size, limit)| {
+            format!("{name} is {size} bytes, {} over its limit of {limit}", size - limit)
+        })
+        .collect();
+    (!over.is_empty()).then(|| format!("guest images too large: {}", over.join(", ")))
 }
 
 /// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address of an image.
@@ -550,10 +599,10 @@ const TEST_STAGES: &[Stage] = &[
         run: || build_no_std(false),
     },
     Stage {
-        name: "guest images (PVH)",
+        name: "guest images (PVH), each at most 256 KiB",
         needs: &[Need::GuestTarget],
         gives: &[],
-        run: || build_xen().map(|_| ()),
+        run: build_xen_within_limit,
     },
     Stage {
         name: "cargo clippy --workspace --all-targets -D warnings",
@@ -956,6 +1005,21 @@ mod tests {
                 Ok(c) => panic!("`{line}` parsed as {c:?}"),
             }
         }
+    }
+
+    #[test]
+    fn images_over_the_limit_fail_the_build_naming_each() {
+        assert_eq!(images_over_limit(&[("a", 10, 11), ("b", 11, 11)]), None);
+        assert_eq!(images_over_limit(&[]), None);
+        let e = images_over_limit(&[("a", 12, 11), ("b", 11, 11), ("c", 20, 19)]).unwrap();
+        assert_eq!(
+            e,
+            "guest images too large: a is 12 bytes, 1 over its limit of 11, \
+             c is 20 bytes, 1 over its limit of 19"
+        );
+        assert_eq!(IMAGE_LIMIT, 262_144);
+        assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
+        assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
     }
 
     #[test]

@@ -95,7 +95,8 @@ fn main() {
     // first signing key and can sign keysets.
     let config =
         ServerConfig { client: cryptod, port: port::ENTROPY, read_min: 4096, write_min: 4096 };
-    let mut entropy = Link::new(Vchan::server(world.backend(entropyd).unwrap(), config).unwrap());
+    let mut entropy: Link<_> =
+        Link::new(Vchan::server(world.backend(entropyd).unwrap(), config).unwrap());
     let chunk = EntropyPub {
         drbg_version: "fair_service".into(),
         seq: 0,

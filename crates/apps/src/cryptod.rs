@@ -46,9 +46,12 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
 use crate::console::{LineLimiter, Verdict};
-use crate::link::{Link, LinkError};
+use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
+
+/// cryptod's links: they decode its message types only ([`crate::inbox::Cryptod`]).
+type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
 
 /// Most messages read from one client per wake-up, before the next
 /// client's turn.

@@ -10,6 +10,7 @@ pub mod common;
 pub mod console;
 pub mod cryptod;
 pub mod entropyd;
+pub mod inbox;
 pub mod link;
 pub mod net;
 pub mod policy_pd;

@@ -12,9 +12,10 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::marker::PhantomData;
 use core::time::Duration;
 
-use portcullis_proto::envelope::{DecodeError, Message, MAX_MESSAGE_LEN};
+use portcullis_proto::envelope::{AnyRole, DecodeError, Message, Role, MAX_MESSAGE_LEN};
 use portcullis_vchan::{
     Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError,
 };
@@ -88,18 +89,23 @@ impl<B: Backend> Channel for Vchan<B> {
     }
 }
 
-/// A channel with framing and message encoding.
-pub struct Framed<C: Channel> {
+/// A channel with framing and message encoding. It decodes the message
+/// types of `A` (by default every type); any other type arrives as
+/// [`LinkError::Decode`] with `DecodeError::UnknownType` (see
+/// [`crate::inbox`]).
+pub struct Framed<C: Channel, A: Role = AnyRole> {
     chan: C,
     rx: FrameReader<Vec<u8>>,
     tx: FrameWriter<Vec<u8>>,
     queue: VecDeque<Vec<u8>>,
+    accepts: PhantomData<fn() -> A>,
 }
 
-/// A vchan endpoint with framing and message encoding (what guests use).
-pub type Link<B> = Framed<Vchan<B>>;
+/// A vchan endpoint with framing and message encoding (what guests use),
+/// decoding the types of `A`.
+pub type Link<B, A = AnyRole> = Framed<Vchan<B>, A>;
 
-impl<C: Channel> Framed<C> {
+impl<C: Channel, A: Role> Framed<C, A> {
     /// Wraps a connected (or, for a vchan server, listening) channel.
     pub fn new(chan: C) -> Self {
         Framed {
@@ -107,6 +113,7 @@ impl<C: Channel> Framed<C> {
             rx: FrameReader::new(vec![0; MAX_MESSAGE_LEN]),
             tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN]),
             queue: VecDeque::new(),
+            accepts: PhantomData,
         }
     }
 
@@ -116,7 +123,7 @@ impl<C: Channel> Framed<C> {
     }
 }
 
-impl<B: Backend> Framed<Vchan<B>> {
+impl<B: Backend, A: Role> Framed<Vchan<B>, A> {
     /// The vchan endpoint.
     pub fn chan(&mut self) -> &mut Vchan<B> {
         &mut self.chan
@@ -143,18 +150,28 @@ impl<B: Backend> Framed<Vchan<B>> {
     }
 }
 
-impl<C: Channel> Framed<C> {
+impl<C: Channel, A: Role> Framed<C, A> {
     /// Receives one message if a whole frame has arrived.
     pub fn poll(&mut self) -> Result<Option<Message>, LinkError> {
         match self.rx.poll(&mut self.chan)? {
             None => Ok(None),
-            Some(frame) => Message::decode(frame).map(Some).map_err(LinkError::Decode),
+            Some(frame) => Message::decode_for::<A>(frame).map(Some).map_err(LinkError::Decode),
         }
+    }
+
+    /// Reads and drops up to `max` whole frames without decoding them (what
+    /// a peer writes that is never read); returns how many.
+    pub fn discard(&mut self, max: usize) -> Result<usize, LinkError> {
+        let mut n = 0;
+        while n < max && self.rx.poll(&mut self.chan)?.is_some() {
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Queues a message and sends as much as the ring takes now.
     pub fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
-        let bytes = msg.encode().map_err(|_| LinkError::Encode)?;
+        let bytes = msg.encode_for::<A>().map_err(|_| LinkError::Encode)?;
         if self.queue.len() >= MAX_QUEUED {
             return Err(LinkError::QueueFull);
         }

@@ -6,6 +6,8 @@ use portcullis_platform::{DomId, Platform, PlatformError};
 use portcullis_vchan::{ClientConfig, ServerConfig, Vchan, VchanError};
 
 use crate::common::{resolve_dom, AppError, RING_BYTES, STEP};
+use portcullis_proto::envelope::Role;
+
 use crate::link::Link;
 use crate::say;
 
@@ -38,13 +40,23 @@ pub fn await_dom<P: Platform>(p: &mut P, me: &str, name: &str) -> Result<DomId, 
 }
 
 /// Connects to `server`'s vchan `port`, waiting up to `patience` for the
-/// server to publish it.
+/// server to publish it; the link decodes every message type.
 pub fn connect<P: Platform>(
     p: &mut P,
     server: DomId,
     port: u32,
     patience: Duration,
 ) -> Result<Link<P::Backend>, AppError> {
+    connect_as(p, server, port, patience)
+}
+
+/// [`connect`] for a link that decodes the message types of `A` only.
+pub fn connect_as<P: Platform, A: Role>(
+    p: &mut P,
+    server: DomId,
+    port: u32,
+    patience: Duration,
+) -> Result<Link<P::Backend, A>, AppError> {
     let deadline = p.monotonic_ns().saturating_add(patience.as_nanos() as u64);
     loop {
         match Vchan::client_wait(p.backend(), ClientConfig { server, port }, Some(STEP)) {
@@ -56,11 +68,11 @@ pub fn connect<P: Platform>(
 }
 
 /// Publishes a vchan `port` for `client` and returns its listening link.
-pub fn serve<P: Platform>(
+pub fn serve<P: Platform, A: Role>(
     p: &mut P,
     client: DomId,
     port: u32,
-) -> Result<Link<P::Backend>, AppError> {
+) -> Result<Link<P::Backend, A>, AppError> {
     let v = Vchan::server(
         p.backend(),
         ServerConfig { client, port, read_min: RING_BYTES, write_min: RING_BYTES },
@@ -85,7 +97,7 @@ pub fn sleep<P: Platform>(p: &mut P, d: Duration) -> Result<(), AppError> {
 pub const NOBODY: DomId = DomId(u16::MAX);
 
 /// A client's new domain id and the channel published for it.
-pub type Followed<B> = Option<(DomId, Link<B>)>;
+pub type Followed<B, A> = Option<(DomId, Link<B, A>)>;
 
 /// How often servers look up their clients' names again, seconds.
 pub const RESOLVE_EVERY: u64 = 2;
@@ -95,12 +107,12 @@ pub const RESOLVE_EVERY: u64 = 2;
 /// one created under the name), publishes a fresh `port` for the new id and
 /// returns it. `Ok(None)` while the name still means `current`, or resolves
 /// to nothing for now.
-pub fn follow<P: Platform>(
+pub fn follow<P: Platform, A: Role>(
     p: &mut P,
     name: &str,
     current: DomId,
     port: u32,
-) -> Result<Followed<P::Backend>, AppError> {
+) -> Result<Followed<P::Backend, A>, AppError> {
     let Ok(dom) = resolve_dom(p, name) else { return Ok(None) };
     if dom == current {
         return Ok(None);

@@ -21,11 +21,13 @@ use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
 use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
-use crate::link::Link;
-use crate::net::{await_dom, connect, sleep};
+use crate::net::{await_dom, connect_as, sleep};
 use crate::say;
 use crate::trust::Trust;
 use crate::unlocker::{load_trust, refresh_keyset};
+
+/// policy_pd's links: they decode its message types only ([`crate::inbox::PolicyPd`]).
+type Link<B> = crate::link::Link<B, crate::inbox::PolicyPd>;
 
 /// The enforcer's state: the trust anchors, the replay cache and the rules.
 pub struct Enforcer {
@@ -143,7 +145,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let audience = String::from(s.get("audience", p.name()));
     let trust = load_trust(p)?;
     let mut enf = Enforcer::new(&audience, s.num("skew", 30)?, trust);
-    let mut link = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
+    let mut link = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
     // cryptod answers `unavailable` until entropyd has seeded it.
     let tok = loop {
         match issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60) {

@@ -8,7 +8,7 @@ use core::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::envelope::Message;
+use portcullis_proto::envelope::{Message, Role};
 use portcullis_proto::msg::{KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq};
 use portcullis_proto::token::{KeyEntry, Keyset, RevokedSet};
 
@@ -80,7 +80,7 @@ impl Trust {
             .map_err(TrustError::Signature)
     }
 
-    /// Accepts a signed keyset (the `signed` field of a `keyset` message).
+    /// Role a signed keyset (the `signed` field of a `keyset` message).
     pub fn accept_keyset(&mut self, signed: &[u8]) -> Result<(), TrustError> {
         let body = KeysetBody::from_cbor(&self.open(signed, ContentType::Keyset)?)
             .map_err(|_| TrustError::Malformed)?;
@@ -97,7 +97,7 @@ impl Trust {
         Ok(())
     }
 
-    /// Accepts a signed revocation list (the `signed` field of a
+    /// Role a signed revocation list (the `signed` field of a
     /// `revocation_list` message).
     pub fn accept_revocations(&mut self, signed: &[u8]) -> Result<(), TrustError> {
         let body = RevocationBody::from_cbor(&self.open(signed, ContentType::RevocationList)?)
@@ -111,9 +111,9 @@ impl Trust {
     }
 
     /// Asks cryptod for its current keyset over `link` and accepts it.
-    pub fn fetch_keyset<C: Channel>(
+    pub fn fetch_keyset<C: Channel, A: Role>(
         &mut self,
-        link: &mut Framed<C>,
+        link: &mut Framed<C, A>,
         request_id: RequestId,
         timeout: Duration,
     ) -> Result<(), AppError> {
@@ -129,9 +129,9 @@ impl Trust {
     }
 
     /// Asks cryptod for its current revocation list over `link` and accepts it.
-    pub fn fetch_revocations<C: Channel>(
+    pub fn fetch_revocations<C: Channel, A: Role>(
         &mut self,
-        link: &mut Framed<C>,
+        link: &mut Framed<C, A>,
         request_id: RequestId,
         timeout: Duration,
     ) -> Result<(), AppError> {

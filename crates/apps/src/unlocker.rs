@@ -14,7 +14,7 @@ use core::time::Duration;
 
 use portcullis_authority::unlock::{open_unlock_secret, Transcript};
 use portcullis_platform::{ConfigItem, Platform, PlatformError};
-use portcullis_proto::envelope::Message;
+use portcullis_proto::envelope::{Message, Role};
 use portcullis_proto::msg::{
     is_valid_totp_code, RequestId, SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome,
     UnlockRequest,
@@ -25,10 +25,12 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
-use crate::link::Link;
-use crate::net::{await_dom, connect};
+use crate::net::{await_dom, connect_as};
 use crate::say;
 use crate::trust::{root_from_cose_key, Trust};
+
+/// unlocker's links: they decode its message types only ([`crate::inbox::Unlocker`]).
+type Link<B> = crate::link::Link<B, crate::inbox::Unlocker>;
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,9 +52,9 @@ pub fn load_trust<P: Platform>(p: &mut P) -> Result<Trust, AppError> {
 }
 
 /// Fetches and checks cryptod's current keyset.
-pub fn refresh_keyset<P: Platform>(
+pub fn refresh_keyset<P: Platform, A: Role>(
     p: &mut P,
-    link: &mut Link<P::Backend>,
+    link: &mut crate::link::Link<P::Backend, A>,
     trust: &mut Trust,
 ) -> Result<(), AppError> {
     trust.fetch_keyset(link, request_id(p)?, CALL_TIMEOUT)
@@ -295,7 +297,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
     let cryptod_dom = await_dom(p, "unlocker", s.get("cryptod", "cryptod"))?;
     let mut trust = load_trust(p)?;
 
-    let mut cryptod = connect(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
+    let mut cryptod: Link<_> = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
     refresh_keyset(p, &mut cryptod, &mut trust)?;
     say!(p, "unlocker: ready");
 
@@ -335,7 +337,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
             }
             Step::ToAgent(req) => req,
         };
-        let mut agent_link = connect(p, agent, port::UNLOCK_AGENT, Duration::from_secs(30))?;
+        let mut agent_link: Link<_> =
+            connect_as(p, agent, port::UNLOCK_AGENT, Duration::from_secs(30))?;
         let answer = agent_link.call(&req, Duration::from_secs(60));
         drop(req); // zeroizes the passphrase
         let rekicks = agent_link.chan().rekicks();

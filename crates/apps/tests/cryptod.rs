@@ -15,7 +15,7 @@ use portcullis_platform::{ConfigItem, DomId, IoCause, IoDetail, IoOp, PlatformEr
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditAck, AuditAction, EntropyPub, ErrorCode, IssueResult, KeysetReq, RequestId, TokenIssueReq,
-    TotpResult, TotpValidateReq,
+    TokenIssueResp, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_vchan::sim::{Hypervisor, SimBackend};
@@ -299,6 +299,40 @@ fn entropy_on_a_client_link_is_refused_and_not_credited() {
     w.poll();
     assert!(matches!(drain(&mut pd).as_slice(), [Message::Error(_)]));
     assert!(!w.d.authority().is_ready(), "a client cannot seed cryptod");
+}
+
+#[test]
+fn a_type_cryptod_never_receives_is_answered_as_an_unknown_type() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    // An answer kind: cryptod decodes no such type (portcullis_apps::inbox::Cryptod).
+    let resp = TokenIssueResp {
+        request_id: RequestId([3; 16]),
+        result: IssueResult::Denied,
+        reason: None,
+        token: None,
+        expires_at: None,
+    };
+    pd.send(&resp.into()).unwrap();
+    w.poll();
+    let refused = drain(&mut pd);
+    // The same answer as to a type name outside the schema.
+    // {"v": 1, "type": "no_such_type", "body": {}}
+    let mut unknown = b"\xa3\x61v\x01\x64type\x6cno_such_type\x64body".to_vec();
+    unknown.push(0xa0);
+    let mut frame = (unknown.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&unknown);
+    pd.chan().write(&frame).unwrap();
+    w.poll();
+    let answered_unknown = drain(&mut pd);
+    match (refused.as_slice(), answered_unknown.as_slice()) {
+        ([Message::Error(a)], [Message::Error(b)]) => {
+            assert_eq!(a.code, ErrorCode::UnknownType);
+            assert_eq!(a, b);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -113,7 +113,9 @@ impl FailureLimiter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let operators = known.into_iter().map(|id| (id.into(), FailureCount::default())).collect();
+        // `extend`, not `collect`: see `Totp::new`.
+        let mut operators = BTreeMap::new();
+        operators.extend(known.into_iter().map(|id| (id.into(), FailureCount::default())));
         FailureLimiter { config, operators, domains: BTreeMap::new() }
     }
 

@@ -51,6 +51,15 @@ macro_rules! guest {
             $crate::xen::entry!(main);
 
             fn main(boot: $crate::xen::Boot) -> u8 {
+                // The heap is what the domain's memory leaves (issue 14):
+                // say how much, for sizing `memory =` in xen/*.cfg.
+                let heap = &boot.heap;
+                $crate::xen::println!(
+                    "{}: heap {} KiB at {:#x}",
+                    $name,
+                    heap.len() / 1024,
+                    heap.start
+                );
                 let mut platform = match $crate::xen::XenPlatform::new(&boot) {
                     Ok(p) => p,
                     Err(e) => {

@@ -120,6 +120,9 @@ pub enum EncodeError {
     TooLarge,
     /// A field breaks a rule of the schema, so a receiver would refuse it.
     Invalid(FieldError),
+    /// The encoder's role does not send this type
+    /// (`Message::encode_for`).
+    NotSent(crate::envelope::MsgType),
 }
 
 impl From<FieldError> for EncodeError {
@@ -133,6 +136,7 @@ impl fmt::Display for EncodeError {
         match self {
             EncodeError::TooLarge => write!(f, "encoding longer than {MAX_MESSAGE_LEN} bytes"),
             EncodeError::Invalid(e) => e.fmt(f),
+            EncodeError::NotSent(kind) => write!(f, "this role does not send {kind}"),
         }
     }
 }
@@ -383,6 +387,15 @@ impl Writer {
 
     pub(crate) fn map(&mut self, len: usize) {
         self.head(MAP, len as u64);
+    }
+
+    pub(crate) fn tag(&mut self, tag: u64) {
+        self.head(TAG, tag);
+    }
+
+    /// The bytes written, whatever their length (the caller bounds them).
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.buf
     }
 
     pub(crate) fn finish(self) -> Result<Vec<u8>, EncodeError> {

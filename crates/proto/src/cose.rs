@@ -14,11 +14,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use coset::cbor::value::Value;
-use coset::iana;
-use coset::{CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::cbor::text_enum;
+use crate::cbor::{text_enum, Writer};
 use crate::Verified;
 
 /// COSE algorithm Ed25519 (RFC 9864). Used for everything we sign.
@@ -115,12 +113,7 @@ pub fn sign(
     if kid.is_empty() || kid.len() > MAX_KID_LEN {
         return Err(CoseError::InvalidKid);
     }
-    let header = HeaderBuilder::new()
-        .algorithm(iana::Algorithm::Ed25519)
-        .content_type(ct.as_str().into())
-        .key_id(kid.to_vec())
-        .build();
-    let bytes = sign1(key, header, payload.to_vec()).ok_or(CoseError::Encoding)?;
+    let bytes = sign1(key, &protected_header(Some(ct), kid), payload);
     if bytes.len() > MAX_SIGNED_OBJECT_LEN {
         return Err(CoseError::TooLarge);
     }
@@ -189,17 +182,8 @@ pub(crate) fn open(bytes: &[u8]) -> Result<Sign1, CoseError> {
 
 /// Decodes one CBOR item from `bytes` with nesting limited to [`MAX_DEPTH`];
 /// `None` on any error or on trailing bytes.
-pub(crate) fn decode_value(mut bytes: &[u8]) -> Option<Value> {
-    let value: Value =
-        coset::cbor::de::from_reader_with_recursion_limit(&mut bytes, MAX_DEPTH).ok()?;
-    bytes.is_empty().then_some(value)
-}
-
-/// Encodes one CBOR item.
-pub(crate) fn encode_value(value: &Value) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    coset::cbor::ser::into_writer(value, &mut out).ok()?;
-    Some(out)
+pub(crate) fn decode_value(bytes: &[u8]) -> Option<Value> {
+    crate::value::decode_value(bytes, MAX_DEPTH)
 }
 
 /// A decoded COSE_Sign1 (RFC 9052 §4.2) with an attached payload. Only the
@@ -318,21 +302,20 @@ impl Sign1 {
         let Ok(signature) = Signature::from_slice(&self.signature) else {
             return false;
         };
-        key.verify_strict(&self.to_be_signed(), &signature).is_ok()
+        key.verify_strict(&to_be_signed(&self.protected, &self.payload), &signature).is_ok()
     }
+}
 
-    /// `Sig_structure1 = ["Signature1", protected, h'', payload]` (RFC 9052
-    /// §4.4), over the protected header's original bytes.
-    fn to_be_signed(&self) -> Vec<u8> {
-        const PREFIX: &[u8] = b"\x84\x6aSignature1";
-        let mut tbs =
-            Vec::with_capacity(PREFIX.len() + 19 + self.protected.len() + self.payload.len());
-        tbs.extend_from_slice(PREFIX);
-        push_bstr(&mut tbs, &self.protected);
-        push_bstr(&mut tbs, &[]);
-        push_bstr(&mut tbs, &self.payload);
-        tbs
-    }
+/// `Sig_structure1 = ["Signature1", protected, h'', payload]` (RFC 9052
+/// §4.4), over the protected header's bytes.
+fn to_be_signed(protected: &[u8], payload: &[u8]) -> Vec<u8> {
+    const PREFIX: &[u8] = b"\x84\x6aSignature1";
+    let mut tbs = Vec::with_capacity(PREFIX.len() + 19 + protected.len() + payload.len());
+    tbs.extend_from_slice(PREFIX);
+    push_bstr(&mut tbs, protected);
+    push_bstr(&mut tbs, &[]);
+    push_bstr(&mut tbs, payload);
+    tbs
 }
 
 /// Appends `bytes` as a definite-length CBOR byte string.
@@ -358,17 +341,34 @@ fn push_bstr(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Builds and signs a tagged COSE_Sign1 with an empty unprotected header.
-pub(crate) fn sign1(
-    key: &SigningKey,
-    protected: coset::Header,
-    payload: Vec<u8>,
-) -> Option<Vec<u8>> {
-    CoseSign1Builder::new()
-        .protected(protected)
-        .payload(payload)
-        .create_signature(&[], |tbs| key.sign(tbs).to_bytes().to_vec())
-        .build()
-        .to_tagged_vec()
-        .ok()
+/// The protected header we sign with: `{1: -19, 3: ct, 4: kid}`, or
+/// `{1: -19, 4: kid}` without a content type (tokens), labels in ascending
+/// order (what coset writes for the same header; a test compares).
+pub(crate) fn protected_header(ct: Option<ContentType>, kid: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.map(if ct.is_some() { 3 } else { 2 });
+    w.int(1);
+    w.int(ALG_ED25519);
+    if let Some(ct) = ct {
+        w.int(3);
+        w.text(ct.as_str());
+    }
+    w.int(4);
+    w.bytes(kid);
+    w.into_bytes()
+}
+
+/// Signs `payload` as a tagged COSE_Sign1 (tag 18) with the given protected
+/// header bytes and an empty unprotected header, written with the crate's
+/// own CBOR writer (no coset or serde code in an image that only signs).
+pub(crate) fn sign1(key: &SigningKey, protected: &[u8], payload: &[u8]) -> Vec<u8> {
+    let signature = key.sign(&to_be_signed(protected, payload)).to_bytes();
+    let mut w = Writer::default();
+    w.tag(TAG_COSE_SIGN1);
+    w.array(4);
+    w.bytes(protected);
+    w.map(0);
+    w.bytes(payload);
+    w.bytes(&signature);
+    w.into_bytes()
 }

@@ -48,15 +48,36 @@ macro_rules! messages {
                 }
             }
 
-            fn encode_body(&self, w: &mut Writer) -> Result<(), FieldError> {
+            /// Encodes the body, for a sender `R` that sends it; every arm
+            /// outside `R::SENDS` is a constant `false` guard, so a build
+            /// links only its role's encoders.
+            fn encode_body<R: Role>(&self, w: &mut Writer) -> Result<(), EncodeError> {
                 match self {
-                    $( Message::$variant(body) => body.encode(w), )+
+                    $(
+                        Message::$variant(body) if const { R::SENDS.contains(MsgType::$variant) } => {
+                            Ok(body.encode(w)?)
+                        }
+                    )+
+                    other => Err(EncodeError::NotSent(other.kind())),
                 }
             }
 
-            fn decode_body(kind: MsgType, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+            /// Decodes the body of a message of type `kind`, which `A`
+            /// receives. Every arm outside `A::RECEIVES` is a constant `false`
+            /// guard, so a receiver's build links only its own decoders.
+            fn decode_body<A: Role>(
+                kind: MsgType,
+                r: &mut Reader<'_>,
+            ) -> Result<Message, DecodeError> {
                 match kind {
-                    $( MsgType::$variant => <$body>::decode(r, "body").map(Message::$variant), )+
+                    $(
+                        MsgType::$variant if const { A::RECEIVES.contains(MsgType::$variant) } => {
+                            <$body>::decode(r, "body").map(Message::$variant)
+                        }
+                    )+
+                    // Unreachable: the caller refused every type outside
+                    // `A::RECEIVES` already, with the same error.
+                    _ => Err(DecodeError::UnknownType),
                 }
             }
         }
@@ -108,10 +129,106 @@ messages! {
     Error(ErrorMsg) = "error",
 }
 
+/// A set of message types (a bit per [`MsgType`], in declaration order).
+///
+/// What a role decodes and encodes are such sets, fixed at compile time
+/// through [`Role`]: see [`Message::decode_for`] and [`Message::encode_for`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KindSet(u32);
+
+// One bit per type must fit.
+const _: () = assert!(MsgType::ALL.len() <= 32);
+
+impl KindSet {
+    /// No type.
+    pub const EMPTY: KindSet = KindSet(0);
+    /// Every type of this protocol version.
+    pub const ALL: KindSet = KindSet::of(MsgType::ALL);
+
+    const fn bit(kind: MsgType) -> u32 {
+        1 << kind as u32
+    }
+
+    /// The set of `kinds`.
+    pub const fn of(kinds: &[MsgType]) -> KindSet {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= KindSet::bit(kinds[i]);
+            i += 1;
+        }
+        KindSet(bits)
+    }
+
+    /// The set whose bits are `bits` (bit `i` is `MsgType::ALL[i]`); bits
+    /// beyond the last type are dropped.
+    pub const fn from_bits(bits: u32) -> KindSet {
+        KindSet(bits & KindSet::ALL.0)
+    }
+
+    /// The set's bits (bit `i` is `MsgType::ALL[i]`).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether `kind` is in the set.
+    pub const fn contains(self, kind: MsgType) -> bool {
+        self.0 & KindSet::bit(kind) != 0
+    }
+
+    /// The types of both sets.
+    pub const fn union(self, other: KindSet) -> KindSet {
+        KindSet(self.0 | other.0)
+    }
+
+    /// The types in the set, in declaration order.
+    pub fn iter(self) -> impl Iterator<Item = MsgType> {
+        MsgType::ALL.iter().copied().filter(move |&k| self.contains(k))
+    }
+}
+
+/// A role's messages: the types it decodes ([`Role::RECEIVES`]) and the
+/// types it encodes ([`Role::SENDS`]). A type it does not receive is
+/// refused with [`DecodeError::UnknownType`], the same error (and so the
+/// same `unknown_type` answer on the wire) as a name outside the schema: a
+/// type a receiver never receives is unknown to it. A type it does not send
+/// cannot be encoded ([`EncodeError::NotSent`]).
+///
+/// Implemented by uninhabited marker types, one per role (the guests' roles
+/// are in `portcullis_apps::inbox`). A build links the body decoders and
+/// encoders of the roles it uses, and no others.
+pub trait Role {
+    /// The types this role decodes.
+    const RECEIVES: KindSet;
+    /// The types this role encodes.
+    const SENDS: KindSet;
+}
+
+/// Decodes and encodes every message type: the role of [`Message::decode`]
+/// and [`Message::encode`], and of tools that handle any message.
+#[derive(Debug)]
+pub enum AnyRole {}
+
+impl Role for AnyRole {
+    const RECEIVES: KindSet = KindSet::ALL;
+    const SENDS: KindSet = KindSet::ALL;
+}
+
 impl Message {
     /// Encodes the message in its envelope. Refuses a message that breaks the
     /// schema or whose encoding exceeds [`MAX_MESSAGE_LEN`].
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        self.encode_for::<AnyRole>()
+    }
+
+    /// Encodes the message as [`Message::encode`] does, for a sender whose
+    /// role sends the types in `R::SENDS`; any other type is refused with
+    /// [`EncodeError::NotSent`]. Only the body encoders of `R::SENDS` are
+    /// compiled into the caller.
+    pub fn encode_for<R: Role>(&self) -> Result<Vec<u8>, EncodeError> {
+        if !R::SENDS.contains(self.kind()) {
+            return Err(EncodeError::NotSent(self.kind()));
+        }
         let mut w = Writer::default();
         w.map(3);
         w.text("v");
@@ -119,7 +236,7 @@ impl Message {
         w.text("type");
         w.text(self.kind().as_str());
         w.text("body");
-        self.encode_body(&mut w)?;
+        self.encode_body::<R>(&mut w)?;
         w.finish()
     }
 
@@ -131,6 +248,32 @@ impl Message {
     /// rest (the envelope must still be well-formed CBOR of the accepted
     /// subset, within [`MAX_DEPTH`]).
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        Message::decode_for::<AnyRole>(bytes)
+    }
+
+    /// Decodes one envelope as [`Message::decode`] does, for a receiver
+    /// that decodes only the types in `A::RECEIVES`: any other type, known to
+    /// the schema or not, is refused with [`DecodeError::UnknownType`] at
+    /// the point where an unknown name is (after the version and the
+    /// envelope's keys, before the body is looked at). Only the body
+    /// decoders of `A::RECEIVES` are compiled into the caller.
+    ///
+    /// ```
+    /// use portcullis_proto::envelope::{DecodeError, KindSet, Message, MsgType, Role};
+    /// use portcullis_proto::msg::{KeysetReq, RequestId};
+    ///
+    /// /// Receives only `audit_ack`, sends nothing.
+    /// enum AckReader {}
+    /// impl Role for AckReader {
+    ///     const RECEIVES: KindSet = KindSet::of(&[MsgType::AuditAck]);
+    ///     const SENDS: KindSet = KindSet::EMPTY;
+    /// }
+    ///
+    /// let bytes = Message::from(KeysetReq { request_id: RequestId([7; 16]) }).encode().unwrap();
+    /// assert!(Message::decode(&bytes).is_ok());
+    /// assert_eq!(Message::decode_for::<AckReader>(&bytes), Err(DecodeError::UnknownType));
+    /// ```
+    pub fn decode_for<A: Role>(bytes: &[u8]) -> Result<Message, DecodeError> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLarge);
         }
@@ -168,10 +311,12 @@ impl Message {
             return Err(DecodeError::UnknownField);
         }
         let kind = kind.ok_or(DecodeError::MissingField("type"))?;
-        let kind = MsgType::parse(kind).ok_or(DecodeError::UnknownType)?;
+        let kind = MsgType::parse(kind)
+            .filter(|&k| A::RECEIVES.contains(k))
+            .ok_or(DecodeError::UnknownType)?;
         let body = body.ok_or(DecodeError::MissingField("body"))?;
         let mut r = Reader::new(body);
-        let msg = Message::decode_body(kind, &mut r)?;
+        let msg = Message::decode_body::<A>(kind, &mut r)?;
         if !r.at_end() {
             return Err(DecodeError::Malformed("body longer than its value"));
         }

@@ -13,7 +13,8 @@ use core::fmt;
 
 use coset::cbor::value::Value;
 use coset::{
-    iana, CborSerializable, CoseKey, CoseKeyBuilder, KeyType, Label, RegisteredLabelWithPrivate,
+    iana, AsCborValue, CborSerializable, CoseKey, CoseKeyBuilder, KeyType, Label,
+    RegisteredLabelWithPrivate,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -149,7 +150,9 @@ pub fn decode(bytes: &[u8]) -> Result<Ed25519Key, KeyError> {
     if bytes.len() > MAX_COSE_KEY_LEN {
         return Err(KeyError::TooLarge);
     }
-    let key = CoseKey::from_slice(bytes).map_err(|_| KeyError::NotCoseKey)?;
+    // Parsed without serde (crate::value), then shaped by coset.
+    let value = crate::cose::decode_value(bytes).ok_or(KeyError::NotCoseKey)?;
+    let key = CoseKey::from_cbor_value(value).map_err(|_| KeyError::NotCoseKey)?;
     if key.kty != KeyType::Assigned(iana::KeyType::OKP)
         || param(&key, OKP_CRV) != Some(&Value::Integer(CRV_ED25519.into()))
     {

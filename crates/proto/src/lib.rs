@@ -26,5 +26,7 @@ pub mod msg;
 pub mod scope;
 /// CWT capability tokens: minting and verification.
 pub mod token;
+/// One CBOR item into a generic value, for the COSE and CWT parsers.
+mod value;
 mod verified;
 pub use verified::Verified;

@@ -15,12 +15,11 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::cose::{self, decode_value, encode_value, Sign1};
+use crate::cbor::Writer;
+use crate::cose::{self, decode_value, Sign1};
 use crate::scope::ScopeSet;
 use crate::Verified;
 use coset::cbor::value::Value;
-use coset::iana;
-use coset::HeaderBuilder;
 
 /// The Ed25519 key types of the token API, re-exported for convenience.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -124,29 +123,33 @@ pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, To
     if !claims.is_well_formed() {
         return Err(TokenError::InvalidClaims);
     }
-    let payload = encode_value(&claims_value(claims)).ok_or(TokenError::Encoding)?;
-    let header =
-        HeaderBuilder::new().algorithm(iana::Algorithm::Ed25519).key_id(kid.to_vec()).build();
-    let token = cose::sign1(key, header, payload).ok_or(TokenError::Encoding)?;
+    let payload = claims_cbor(claims);
+    let token = cose::sign1(key, &cose::protected_header(None, kid), &payload);
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLarge);
     }
     Ok(token)
 }
 
-fn claims_value(c: &Claims) -> Value {
-    let int = |k: i64| Value::Integer(k.into());
-    Value::Map(alloc::vec![
-        (int(claim::ISS), Value::Text(c.iss.clone())),
-        (int(claim::SUB), Value::Text(c.sub.clone())),
-        (int(claim::AUD), Value::Text(c.aud.clone())),
-        (int(claim::EXP), Value::Integer(c.exp.into())),
-        (int(claim::NBF), Value::Integer(c.nbf.into())),
-        (int(claim::IAT), Value::Integer(c.iat.into())),
-        (int(claim::CTI), Value::Bytes(c.cti.clone())),
-        (int(claim::SCOPE), Value::Text(c.scope.to_string())),
-        (int(claim::NONCE), Value::Bytes(c.nonce.clone())),
-    ])
+/// The claims map, keys in ascending order, shortest heads.
+fn claims_cbor(c: &Claims) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.map(9);
+    for (key, text) in [(claim::ISS, &c.iss), (claim::SUB, &c.sub), (claim::AUD, &c.aud)] {
+        w.int(key);
+        w.text(text);
+    }
+    for (key, time) in [(claim::EXP, c.exp), (claim::NBF, c.nbf), (claim::IAT, c.iat)] {
+        w.int(key);
+        w.uint(time);
+    }
+    w.int(claim::CTI);
+    w.bytes(&c.cti);
+    w.int(claim::SCOPE);
+    w.text(&c.scope.to_string());
+    w.int(claim::NONCE);
+    w.bytes(&c.nonce);
+    w.into_bytes()
 }
 
 /// The set of verification keys a consumer trusts; key ids are unique.

@@ -38,6 +38,7 @@ pub mod entropy;
 pub mod evtchn;
 #[cfg(target_arch = "x86_64")]
 pub mod grant;
+pub mod heap;
 #[cfg(target_arch = "x86_64")]
 pub mod hypercall;
 pub mod page;
@@ -66,8 +67,8 @@ mod runtime {
     use crate::console::{self, Console, RingConsole};
     use crate::hypercall::{self, ShutdownReason, XenCpuid};
     use crate::page::SharedPages;
-    use crate::start_info::StartInfo;
-    use crate::{abi, arch, xen};
+    use crate::start_info::{Span, StartInfo};
+    use crate::{abi, arch, heap, xen};
 
     /// Exit code of a panic (a crash on Xen; QEMU exits with `2 * code + 1`).
     pub const PANIC_EXIT_CODE: u8 = 3;
@@ -79,11 +80,15 @@ mod runtime {
         pub start_info: StartInfo,
         /// Xen's CPUID information, if we run on Xen.
         pub xen: Option<XenCpuid>,
+        /// The RAM the heap was given (`crate::heap`).
+        pub heap: Span,
     }
 
     impl Boot {
-        /// Reads the start info, finds Xen, maps shared info and sets up the
-        /// console. Called once by the entry code.
+        /// Reads the start info, finds Xen, maps shared info, gives the
+        /// heap the free RAM the memory map leaves, and sets up the
+        /// console. Called once by the entry code, before anything
+        /// allocates.
         ///
         /// Failures here are fatal: they are printed on the debug port and
         /// the domain crashes.
@@ -99,12 +104,51 @@ mod runtime {
                 if let Err(e) = xen::init(cpuid, &start_info) {
                     fatal(format_args!("boot: {e}"));
                 }
+            }
+            let heap = match heap::for_domain(&start_info, image_span(), &shared_pages()) {
+                Ok(heap) => heap,
+                Err(e) => fatal(format_args!("boot: {e}")),
+            };
+            // SAFETY: `for_domain` chose RAM in the identity-mapped low
+            // 4 GiB that neither the image, the loader's data and modules,
+            // a reserved range nor a page Xen shares with us occupies.
+            if !unsafe { claim_heap(heap) } {
+                fatal(format_args!("boot: the allocator refused the heap {heap:x?}"));
+            }
+            if xen.is_some() {
                 if let Some(c) = ring_console() {
                     console::install(c);
                 }
             }
-            Boot { start_info, xen }
+            Boot { start_info, xen, heap }
         }
+    }
+
+    #[cfg(target_os = "none")]
+    use crate::boot::{claim_heap, image_span};
+
+    /// Off the guest target there is no image and no heap to claim.
+    #[cfg(not(target_os = "none"))]
+    fn image_span() -> Span {
+        Span::default()
+    }
+
+    #[cfg(not(target_os = "none"))]
+    unsafe fn claim_heap(_: Span) -> bool {
+        false
+    }
+
+    /// The pages Xen shares with us through HVM parameters (console and
+    /// xenstore rings), which the heap must not cover; empty off Xen.
+    fn shared_pages() -> [Span; 2] {
+        let page = |param| {
+            hypercall::hvm_get_param(param)
+                .ok()
+                .filter(|&pfn| pfn != 0)
+                .and_then(|pfn| pfn.checked_mul(abi::PAGE_SIZE as u64))
+                .map_or(Span::default(), |addr| Span::at(addr, abi::PAGE_SIZE as u64))
+        };
+        [page(abi::hvm::PARAM_CONSOLE_PFN), page(abi::hvm::PARAM_STORE_PFN)]
     }
 
     fn ring_console() -> Option<Console> {

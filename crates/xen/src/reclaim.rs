@@ -21,9 +21,10 @@ use portcullis_vchan::GrantRef;
 
 use crate::abi::PAGE_SIZE;
 
-/// Most pages kept waiting for their grants to end (2 MiB of the 8 MiB
-/// heap); while more are waiting, [`Reclaimer::admits`] refuses new
-/// shares.
+/// Most pages kept waiting for their grants to end (2 MiB; the heap is
+/// sized from the domain's memory, see `crate::heap`, and a small domain
+/// runs out of heap before this); while more are waiting,
+/// [`Reclaimer::admits`] refuses new shares.
 pub const MAX_PENDING_PAGES: usize = 512;
 
 /// One heap allocation granted page by page to a peer.

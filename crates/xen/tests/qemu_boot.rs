@@ -53,8 +53,13 @@ struct Run {
 /// Boots `elf` with `append` as its command line, with a generous wall
 /// clock limit only as a hang guard (TCG boots take tens of milliseconds).
 fn boot(elf: &Path, append: &str) -> Run {
+    boot_with_memory(elf, append, 64)
+}
+
+/// [`boot`] with `mib` MiB of RAM.
+fn boot_with_memory(elf: &Path, append: &str, mib: u32) -> Run {
     let dir = std::env::temp_dir().join(format!(
-        "portcullis-xen-boot-{}-{}",
+        "portcullis-xen-boot-{}-{}-{mib}",
         std::process::id(),
         append.len()
     ));
@@ -70,7 +75,7 @@ fn boot(elf: &Path, append: &str) -> Run {
             "-cpu",
             "max",
             "-m",
-            "64",
+            &mib.to_string(),
             "-display",
             "none",
             "-monitor",
@@ -120,9 +125,11 @@ fn image_has_the_pvh_note_and_a_fixed_load_address() {
     let bytes = std::fs::read(guest_elf()).expect("read the hello image");
     let elf = Elf::parse(&bytes).unwrap_or_else(|e| panic!("hello image: {e}"));
     assert_eq!(elf.e_type(), ET_EXEC, "not a fixed-address executable");
-    // XEN_ELFNOTE_PHYS32_ENTRY (18) with the entry address, 0x100000.
-    assert_eq!(elf.pvh_entry(), Ok(0x10_0000));
-    assert_eq!(elf.entry(), 0x10_0000);
+    // XEN_ELFNOTE_PHYS32_ENTRY (18) with the entry address: the start of
+    // the code, right after the ELF headers that begin the image at 1 MiB.
+    assert_eq!(elf.pvh_entry(), Ok(elf.entry()));
+    assert!((0x10_0040..0x10_1000).contains(&elf.entry()), "{:#x}", elf.entry());
+    assert_eq!(&bytes[..4], b"\x7fELF");
 }
 
 #[test]
@@ -150,4 +157,34 @@ fn a_panic_prints_its_message_and_crashes() {
     assert!(run.log.contains("requested by the command line"), "log:\n{}", run.log);
     assert!(!run.log.contains("hello: ready"), "log:\n{}", run.log);
     assert_eq!(run.status, 7, "panic exit code 3 (QEMU status 7); log:\n{}", run.log);
+}
+
+/// The `hello: heap N bytes at 0xADDR` line: (N, ADDR).
+fn heap_of(log: &str) -> (u64, u64) {
+    let line = log
+        .lines()
+        .filter(|l| l.contains(" bytes at 0x"))
+        .find_map(|l| l.strip_prefix("hello: heap "))
+        .expect("a heap line");
+    let (size, addr) = line.split_once(" bytes at 0x").expect("N bytes at 0xADDR");
+    (size.parse().unwrap(), u64::from_str_radix(addr, 16).unwrap())
+}
+
+#[test]
+fn the_heap_is_the_memory_above_the_image_not_a_fixed_arena() {
+    if !qemu_or_skip() {
+        return;
+    }
+    let small = boot_with_memory(guest_elf(), "", 8);
+    let large = boot_with_memory(guest_elf(), "", 64);
+    for run in [&small, &large] {
+        assert!(run.log.ends_with("hello: ready\n"), "log:\n{}", run.log);
+    }
+    let ((small_len, small_at), (large_len, large_at)) = (heap_of(&small.log), heap_of(&large.log));
+    // Above the image, which is loaded at 1 MiB and is far smaller than 1 MiB.
+    assert!((0x10_1000..0x20_0000).contains(&small_at), "{small_at:#x}");
+    assert_eq!(small_at, large_at);
+    // Every extra MiB of RAM is heap.
+    assert_eq!(large_len - small_len, 56 << 20, "{small_len} / {large_len}");
+    assert!(small_len > 6 << 20, "{small_len}");
 }

@@ -29,6 +29,7 @@ mod guest {
             None => println!("hello: no xen"),
         }
         println!("hello: cmdline {:?}", boot.start_info.cmdline);
+        println!("hello: heap {} bytes at {:#x}", boot.heap.len(), boot.heap.start);
         let squares: Vec<u64> = (1..=1000u64).map(|i| i * i).collect();
         println!("hello: heap ok, sum {}", squares.iter().sum::<u64>());
         let mut seed = [0u8; 32];
