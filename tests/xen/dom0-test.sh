@@ -138,6 +138,17 @@ wait_new cryptod "cryptod: ready" 90 \
 wait_new policy_pd "policy_pd: applied rule" 90 \
     && result policy_pd PASS "(applied a rule with a token from cryptod)" || result policy_pd FAIL ""
 xl list
+# Small domains: each guest runs in the memory its packaged cfg gives it
+# (`memory =`, MiB) with the heap it found in its memory map.
+mem=""
+for g in $SUITE; do
+    cfg_mib=$(sed -n 's/^memory *= *\([0-9]*\).*/\1/p' $CFG/$g.cfg)
+    xl_mib=$(xl list $g | awk 'NR == 2 { print $3 }')
+    heap=$(log_since $g | grep -o "heap [0-9]* KiB" | head -1)
+    mem="$mem $g: ${xl_mib} MiB (cfg $cfg_mib), $heap;"
+    [ -n "$cfg_mib" ] && [ "$xl_mib" -le "$cfg_mib" ] && [ -n "$heap" ] || mem_bad=1
+done
+[ -z "$mem_bad" ] && result guest-memory PASS "($mem)" || result guest-memory FAIL "($mem)"
 CRYPTOD=$(xl domid cryptod)
 UNLOCKER=$(xl domid unlocker)
 if [ $failed != 0 ]; then
