@@ -3,6 +3,9 @@
 //! key (Ed25519 is deterministic, so the signatures match too).
 
 use ciborium::Value;
+
+mod common;
+use common::claims_map;
 use coset::{iana, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 use ed25519_dalek::{Signer, SigningKey};
 use portcullis_proto::cose::{self, ContentType};
@@ -68,18 +71,7 @@ fn tokens_are_byte_for_byte_what_coset_writes() {
         (&b"kid"[..], claims(u64::from(u32::MAX) + 100, vec![5])),
     ] {
         let ours = mint(&key(), kid, &c).unwrap();
-        let int = |k: i64| Value::Integer(k.into());
-        let payload = Value::Map(vec![
-            (int(1), Value::Text(c.iss.clone())),
-            (int(2), Value::Text(c.sub.clone())),
-            (int(3), Value::Text(c.aud.clone())),
-            (int(4), Value::Integer(c.exp.into())),
-            (int(5), Value::Integer(c.nbf.into())),
-            (int(6), Value::Integer(c.iat.into())),
-            (int(7), Value::Bytes(c.cti.clone())),
-            (int(9), Value::Text(c.scope.to_string())),
-            (int(10), Value::Bytes(c.nonce.clone())),
-        ]);
+        let payload = Value::Map(claims_map(&c));
         let mut bytes = Vec::new();
         ciborium::ser::into_writer(&payload, &mut bytes).unwrap();
         let header =

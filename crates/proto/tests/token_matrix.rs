@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use coset::cbor::value::Value;
+
+mod common;
+use common::{claims_map, int};
 use ed25519_dalek::{Signer, SigningKey};
 use portcullis_proto::danger::inspect;
 use portcullis_proto::scope::{Scope, ScopeSet};
@@ -79,29 +82,10 @@ fn mint_with(edit: impl FnOnce(&mut Claims)) -> Vec<u8> {
 
 // ---- an independent COSE_Sign1 builder, so tests can sign any shape ----
 
-fn int(i: i64) -> Value {
-    Value::Integer(i.into())
-}
-
 fn encode(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     coset::cbor::ser::into_writer(v, &mut out).unwrap();
     out
-}
-
-/// The claims of `claims()` as a map we can edit.
-fn claims_map(c: &Claims) -> Vec<(Value, Value)> {
-    vec![
-        (int(1), Value::Text(c.iss.clone())),
-        (int(2), Value::Text(c.sub.clone())),
-        (int(3), Value::Text(c.aud.clone())),
-        (int(4), Value::Integer(c.exp.into())),
-        (int(5), Value::Integer(c.nbf.into())),
-        (int(6), Value::Integer(c.iat.into())),
-        (int(7), Value::Bytes(c.cti.clone())),
-        (int(9), Value::Text(c.scope.to_string())),
-        (int(10), Value::Bytes(c.nonce.clone())),
-    ]
 }
 
 /// `n` as a CBOR positive bignum (tag 2 around its big-endian bytes).
