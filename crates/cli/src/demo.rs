@@ -99,16 +99,16 @@ pub(crate) struct Proc {
     started: Instant,
 }
 
-/// Set by `--scenario bench`: the collector's per-batch lines are kept, not echoed.
-static QUIET_COLLECTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by `--scenario bench`: the processes' lines (the collector's per
+/// batch, cryptod's per acknowledgement) are kept, not echoed, so that
+/// echoing them does not load the machine being measured.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn pump(name: String, src: impl Read + Send + 'static, lines: Arc<Mutex<Vec<Line>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(src).lines() {
             let Ok(text) = line else { break };
-            let quiet =
-                name == "collector" && QUIET_COLLECTOR.load(std::sync::atomic::Ordering::Relaxed);
-            if !quiet {
+            if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
                 println!("  [{name:>9}] {text}");
             }
             if let Ok(mut l) = lines.lock() {
@@ -475,7 +475,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let (_, at) = cryptod.wait_for("cryptod: ready", 0, demo.step)?;
     demo.time("cryptod start to ready (seeded by entropyd)", at - cryptod.started);
     if args.scenario == Scenario::Bench {
-        QUIET_COLLECTOR.store(true, std::sync::atomic::Ordering::Relaxed);
+        QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
         let wal = args.answer_after_audit == OnOff::On;
         return bench(&demo, &cryptod, &prov.join("root.pub"), args.bench_n, wal);
     }
@@ -878,9 +878,10 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
     use ed25519_dalek::{Signer, SigningKey};
 
     let wal_name = if wal { "on" } else { "off" };
-    let mut one = TokenClient::connect(demo, 0, root, n)?;
+    const WARM_UP: usize = 50;
+    let mut one = TokenClient::connect(demo, 0, root, n + WARM_UP)?;
     // A few unmeasured round trips first (page faults, caches).
-    for i in 0..n.min(50) {
+    for i in 0..WARM_UP {
         one.token(usize::MAX / 2 + i)?;
     }
     let mut samples = Vec::with_capacity(n);
