@@ -806,21 +806,24 @@ impl TokenClient {
 }
 
 /// CPU time (user + system) the OS has charged to process `pid`, from
-/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+/// `/proc/<pid>/stat`.
 fn process_cpu(pid: u32, tick: Duration) -> Result<Duration, Failure> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    // The command name may hold spaces and parentheses: fields start after
-    // the last ')', with field 3 (state) first.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or(format!("{path}: no ')'"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<u32, Failure> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| Failure::Error(format!("{path}: field {n} unreadable")))
-    };
-    Ok(tick * (field(14)? + field(15)?))
+    let ticks = stat_cpu_ticks(&text).ok_or_else(|| format!("{path}: utime/stime unreadable"))?;
+    let ticks = u32::try_from(ticks).map_err(|_| format!("{path}: {ticks} ticks"))?;
+    Ok(tick * ticks)
+}
+
+/// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat`
+/// line. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted from after its last ')', where field 3 begins.
+fn stat_cpu_ticks(text: &str) -> Option<u64> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    utime.checked_add(stime)
 }
 
 /// The length of a clock tick as `/proc` counts CPU time (`getconf
@@ -975,6 +978,23 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
         BENCH_CLIENTS.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod bench_tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn stat_cpu_ticks_reads_fields_14_and_15() {
+        let line = "4242 (cry ptod) S 1 4242 4242 0 -1 4194560 1450 0 0 0 \
+                    731 269 0 0 20 0 1 0 12345 1000 100 18446744073709551615\n";
+        assert_eq!(stat_cpu_ticks(line), Some(1000));
+        // A name with ") 9 9" in it does not shift the fields.
+        let tricky = line.replace("(cry ptod)", "(x) 9 9 (y)");
+        assert_eq!(stat_cpu_ticks(&tricky), Some(1000));
+        assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
 }
 
 /// The number ending the last line of `p` that contains `pat`.
