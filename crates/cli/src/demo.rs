@@ -980,6 +980,18 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
     Ok(())
 }
 
+/// The number ending the last line of `p` that contains `pat`.
+pub(crate) fn last_number(p: &Proc, pat: &str) -> Option<u64> {
+    let lines = p.lines.lock().ok()?;
+    let line = lines.iter().rev().find(|l| l.text.contains(pat))?;
+    line.text.rsplit(' ').next()?.parse().ok()
+}
+
+/// A code that differs from `code` in every digit.
+pub(crate) fn wrong_code(code: &str) -> String {
+    code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
+}
+
 #[cfg(test)]
 mod bench_tests {
     use super::stat_cpu_ticks;
@@ -995,16 +1007,4 @@ mod bench_tests {
         assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }
-}
-
-/// The number ending the last line of `p` that contains `pat`.
-pub(crate) fn last_number(p: &Proc, pat: &str) -> Option<u64> {
-    let lines = p.lines.lock().ok()?;
-    let line = lines.iter().rev().find(|l| l.text.contains(pat))?;
-    line.text.rsplit(' ').next()?.parse().ok()
-}
-
-/// A code that differs from `code` in every digit.
-pub(crate) fn wrong_code(code: &str) -> String {
-    code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
 }
