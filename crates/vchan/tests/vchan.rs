@@ -619,7 +619,7 @@ fn a_writer_blocked_on_a_full_ring_is_woken_when_space_frees() {
             }
             let (r, sleeps) = writer.join().unwrap();
             assert_eq!(r, Ok(()), "the blocked writer was not woken");
-            assert!(sleeps >= 3, "the writer slept {sleeps} times");
+            assert!(sleeps >= 1, "the writer never slept");
             assert!(got == data);
         });
     }
