@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+mod bench;
 mod dist;
 mod msrv;
 mod repro;
@@ -32,7 +33,10 @@ commands:
   xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
   boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
                      (ARGS are added to dom0's kernel command line)
-  bench              run the benchmarks and print their figures
+  bench [--goals-only]
+                     measure each performance goal next to its reference from the same run
+                     (release, hosted), print PASS/MISS per goal (a miss does not fail);
+                     then the criterion benchmarks (skipped with --goals-only)
   fuzz [--seconds N] run every cargo-fuzz target for N seconds each (default 60)
   demo [ARGS]        the main job: the whole system end to end on the hosted platform
                      (ARGS go to `portcullis demo`, e.g. --totp-from-secret, --scenario full)
@@ -59,7 +63,9 @@ enum Cmd {
     XenImage,
     /// Kernel arguments for dom0 (after `--`).
     Boot(Vec<String>),
-    Bench,
+    Bench {
+        criterion: bool,
+    },
     Fuzz {
         seconds: u64,
     },
@@ -105,7 +111,7 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
                 }
             }
         }
-        "bench" => Cmd::Bench,
+        "bench" => Cmd::Bench { criterion: !flags.switch("--goals-only")? },
         "fuzz" => {
             let seconds = match flags.value("--seconds")? {
                 None => 60,
@@ -198,7 +204,7 @@ fn main() -> ExitCode {
         Cmd::BuildXen => build_xen_within_limit(),
         Cmd::XenImage => xen_harness::xen_image().map(|_| ()),
         Cmd::Boot(dom0_args) => xen_harness::boot(&dom0_args),
-        Cmd::Bench => bench(),
+        Cmd::Bench { criterion } => bench::bench(criterion),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Interop => interop(),
         Cmd::Dist => dist::dist().map(|_| ()),
@@ -846,22 +852,6 @@ fn demo(args: &[String]) -> Result<(), String> {
         demo.arg("--totp-from-secret");
     }
     run("portcullis demo", &mut demo)
-}
-
-fn bench() -> Result<(), String> {
-    run("cargo bench --workspace (criterion)", cargo().args(["bench", "--workspace"]))?;
-    run(
-        "vchan between two processes vs a pipe",
-        cargo().args([
-            "run",
-            "--release",
-            "-p",
-            "portcullis-hosted",
-            "--example",
-            "vchan_throughput",
-        ]),
-    )?;
-    demo(&["--scenario".into(), "bench".into(), "--no-qr".into()])
 }
 
 fn ensure_cargo_fuzz() -> Result<(), String> {

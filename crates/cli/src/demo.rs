@@ -99,16 +99,16 @@ pub(crate) struct Proc {
     started: Instant,
 }
 
-/// Set by `--scenario bench`: the collector's per-batch lines are kept, not echoed.
-static QUIET_COLLECTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by `--scenario bench`: the processes' lines (the collector's per
+/// batch, cryptod's per acknowledgement) are kept, not echoed, so that
+/// echoing them does not load the machine being measured.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn pump(name: String, src: impl Read + Send + 'static, lines: Arc<Mutex<Vec<Line>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(src).lines() {
             let Ok(text) = line else { break };
-            let quiet =
-                name == "collector" && QUIET_COLLECTOR.load(std::sync::atomic::Ordering::Relaxed);
-            if !quiet {
+            if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
                 println!("  [{name:>9}] {text}");
             }
             if let Ok(mut l) = lines.lock() {
@@ -368,7 +368,18 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let prov = dir.join("provisioned");
     let vol = dir.join("data.luks");
     let t = Instant::now();
-    provision::run(ProvisionArgs::for_demo(&prov, &vol, args.no_qr))?;
+    let mut prov_args = ProvisionArgs::for_demo(&prov, &vol, args.no_qr);
+    if args.scenario == Scenario::Bench {
+        // The concurrent clients are policy domains of their own.
+        let acl = dir.join("bench.acl");
+        let mut text = provision::default_acl(&["data".into()]);
+        for name in BENCH_CLIENTS.iter().skip(1) {
+            text.insert_str(0, &format!("allow vm={name} scopes=net:modify aud={name}\n"));
+        }
+        std::fs::write(&acl, text).map_err(|e| format!("{}: {e}", acl.display()))?;
+        prov_args = prov_args.with_acl(&acl);
+    }
+    provision::run(prov_args)?;
     let provision_time = t.elapsed();
     let uri = std::fs::read_to_string(prov.join("operators/operator.otpauth"))
         .map_err(|e| format!("otpauth: {e}"))?;
@@ -381,6 +392,9 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     if args.scenario == Scenario::Hostile {
         // A client domain the ACL grants nothing.
         names.push(crate::hostile::MALLORY);
+    }
+    if args.scenario == Scenario::Bench {
+        names.extend(BENCH_CLIENTS.iter().skip(1));
     }
     for name in names {
         doms.insert(name, world.add_domain(name).map_err(|e| format!("domain {name}: {e}"))?);
@@ -404,7 +418,11 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         doms["cryptod"],
         &format!(
             "clients=unlocker,policy_pd,unlock_agent{}\ncollector=collector\nentropy=entropyd\nanswer_after_audit={wal}\n{}",
-            if args.scenario == Scenario::Hostile { ",mallory" } else { "" },
+            match args.scenario {
+                Scenario::Hostile => ",mallory".to_string(),
+                Scenario::Bench => BENCH_CLIENTS.iter().skip(1).map(|c| format!(",{c}")).collect(),
+                _ => String::new(),
+            },
             match args.scenario {
                 // The benchmark asks for tokens as fast as it can: no issue rate limit.
                 Scenario::Bench => "issue_per_minute=0\n".to_string(),
@@ -457,8 +475,9 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let (_, at) = cryptod.wait_for("cryptod: ready", 0, demo.step)?;
     demo.time("cryptod start to ready (seeded by entropyd)", at - cryptod.started);
     if args.scenario == Scenario::Bench {
-        QUIET_COLLECTOR.store(true, std::sync::atomic::Ordering::Relaxed);
-        return bench_roundtrip(&demo, doms["policy_pd"], &prov.join("root.pub"), args.bench_n);
+        QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+        let wal = args.answer_after_audit == OnOff::On;
+        return bench(&demo, &cryptod, &prov.join("root.pub"), args.bench_n, wal);
     }
     if args.scenario == Scenario::Hostile {
         let parts = crate::hostile::Parts {
@@ -672,44 +691,76 @@ fn report(what: &str, mut samples: Vec<Duration>, total: Duration) {
     );
 }
 
-/// Token round trips from the policy_pd domain: request over vchan, cryptod
-/// decides (ACL, mint, audit record), answer over vchan, full verification
-/// (signature, kid, scope, audience, times, revocation, replay). Next to it,
-/// raw Ed25519 sign + verify_strict in the same build on the same machine.
-fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(), Failure> {
-    use ed25519_dalek::{Signer, SigningKey};
-    use portcullis_apps::common::{port, CALL_TIMEOUT};
-    use portcullis_apps::net::connect;
-    use portcullis_apps::trust::Trust;
-    use portcullis_hosted::HostedPlatform;
-    use portcullis_proto::envelope::Message;
-    use portcullis_proto::msg::{RequestId, TokenIssueReq};
-    use portcullis_proto::scope::{Scope, ScopeSet};
-    use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet};
+/// The policy domains of `--scenario bench`: the first measures round trips
+/// one at a time; all of them together load cryptod.
+const BENCH_CLIENTS: [&str; 4] = ["policy_pd", "policy_pd2", "policy_pd3", "policy_pd4"];
 
-    let world = World::open(demo.world.dir()).map_err(|e| format!("{e}"))?;
-    let cryptod = world.resolve("cryptod").map_err(|e| format!("{e}"))?.ok_or("no cryptod")?;
-    let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("{e}"))?;
-    let key = crate::keyfile::load(root)?;
-    let mut trust = Trust::new(key.public, &key.kid);
-    let mut link = connect(&mut p, cryptod, port::CRYPTOD, Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    trust
-        .fetch_keyset(&mut link, RequestId([1; 16]), CALL_TIMEOUT)
-        .map_err(|e| Failure::Invalid(format!("keyset: {e}")))?;
-    let mut replay = MemoryReplayCache::new(n + 16);
-    let revoked = RevokedSet::default();
-    let mut samples = Vec::with_capacity(n);
-    let mut backoffs = 0u64;
-    let start = Instant::now();
-    for i in 0..n {
+/// Size of the block whose write + fdatasync the benchmark times: about
+/// one audit record.
+const RECORD_BLOCK: usize = 512;
+
+/// One policy domain asking cryptod for tokens over its own vchan and
+/// verifying each answer fully (signature, kid, scope, audience, times,
+/// revocation, replay).
+struct TokenClient {
+    name: &'static str,
+    index: u8,
+    _p: portcullis_hosted::HostedPlatform,
+    link: portcullis_apps::link::Link<portcullis_hosted::HostedBackend>,
+    trust: portcullis_apps::trust::Trust,
+    replay: portcullis_proto::token::MemoryReplayCache,
+    /// Times cryptod answered `unavailable` (audit outbox full) and the
+    /// client backed off.
+    backoffs: u64,
+}
+
+impl TokenClient {
+    fn connect(demo: &Demo, index: u8, root: &Path, n: usize) -> Result<Self, Failure> {
+        use portcullis_apps::common::{port, CALL_TIMEOUT};
+        use portcullis_apps::net::connect;
+        use portcullis_apps::trust::Trust;
+        use portcullis_hosted::HostedPlatform;
+        use portcullis_proto::msg::RequestId;
+
+        let name = BENCH_CLIENTS[usize::from(index)];
+        let world = World::open(demo.world.dir()).map_err(|e| format!("{e}"))?;
+        let cryptod = world.resolve("cryptod").map_err(|e| format!("{e}"))?.ok_or("no cryptod")?;
+        let dom = world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no client domain")?;
+        let mut p = HostedPlatform::open(world, dom).map_err(|e| format!("{e}"))?;
+        let key = crate::keyfile::load(root)?;
+        let mut trust = Trust::new(key.public, &key.kid);
+        let mut link = connect(&mut p, cryptod, port::CRYPTOD, Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        trust
+            .fetch_keyset(&mut link, RequestId([1; 16]), CALL_TIMEOUT)
+            .map_err(|e| Failure::Invalid(format!("{name}: keyset: {e}")))?;
+        Ok(TokenClient {
+            name,
+            index,
+            _p: p,
+            link,
+            trust,
+            replay: portcullis_proto::token::MemoryReplayCache::new(n + 16),
+            backoffs: 0,
+        })
+    }
+
+    /// Token `i`: request, answer, full verification.
+    fn token(&mut self, i: usize) -> Result<(), Failure> {
+        use portcullis_apps::common::CALL_TIMEOUT;
+        use portcullis_proto::envelope::Message;
+        use portcullis_proto::msg::{IssueResult, RequestId, TokenIssueReq};
+        use portcullis_proto::scope::{Scope, ScopeSet};
+        use portcullis_proto::token::{self, Expectations, RevokedSet};
+
         let mut rid = [0u8; 16];
         rid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        rid[8] = self.index;
         let req = Message::TokenIssueReq(TokenIssueReq {
             request_id: RequestId(rid),
-            vm_id: "policy_pd".into(),
+            vm_id: self.name.into(),
             requested_scope: ScopeSet::single(Scope::NetModify),
-            audience: "policy_pd".into(),
+            audience: self.name.into(),
             justification: "benchmark".into(),
             nonce: rid.to_vec(),
             timestamp: unix_now(),
@@ -717,42 +768,143 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
             attestation: None,
             metadata: None,
         });
-        let t = Instant::now();
         let tok = loop {
-            match link.call(&req, CALL_TIMEOUT) {
+            match self.link.call(&req, CALL_TIMEOUT) {
                 Ok(Message::TokenIssueResp(r)) => match r.token {
                     Some(tok) => break tok,
                     // Fail closed while the audit outbox is full: back off
                     // until the collector has caught up.
-                    None if r.result == portcullis_proto::msg::IssueResult::Unavailable => {
-                        backoffs += 1;
+                    None if r.result == IssueResult::Unavailable => {
+                        self.backoffs += 1;
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     None => {
                         return Err(Failure::Invalid(format!(
-                            "refused: {:?} {:?}",
-                            r.result, r.reason
+                            "{}: refused: {:?} {:?}",
+                            self.name, r.result, r.reason
                         )))
                     }
                 },
-                other => return Err(Failure::Invalid(format!("unexpected answer: {other:?}"))),
+                other => {
+                    return Err(Failure::Invalid(format!(
+                        "{}: unexpected answer: {other:?}",
+                        self.name
+                    )))
+                }
             }
         };
         let expect = Expectations {
-            audience: "policy_pd",
+            audience: self.name,
             scope: ScopeSet::single(Scope::NetModify),
             now: unix_now(),
             skew: 30,
         };
-        token::verify(&tok, trust.keyset(), &expect, &mut replay, &revoked)
-            .map_err(|e| format!("token {i} refused: {e}"))?;
+        token::verify(&tok, self.trust.keyset(), &expect, &mut self.replay, &RevokedSet::default())
+            .map_err(|e| format!("{}: token {i} refused: {e}", self.name))?;
+        Ok(())
+    }
+}
+
+/// CPU time (user + system) the OS has charged to process `pid`, from
+/// `/proc/<pid>/stat`.
+fn process_cpu(pid: u32, tick: Duration) -> Result<Duration, Failure> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let ticks = stat_cpu_ticks(&text).ok_or_else(|| format!("{path}: utime/stime unreadable"))?;
+    let ticks = u32::try_from(ticks).map_err(|_| format!("{path}: {ticks} ticks"))?;
+    Ok(tick * ticks)
+}
+
+/// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat`
+/// line. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted from after its last ')', where field 3 begins.
+fn stat_cpu_ticks(text: &str) -> Option<u64> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(14 - 3);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    utime.checked_add(stime)
+}
+
+/// The length of a clock tick as `/proc` counts CPU time (`getconf
+/// CLK_TCK`; Linux's USER_HZ, 100 on every common configuration).
+fn clock_tick() -> Duration {
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100);
+    Duration::from_secs(1) / hz
+}
+
+/// Write + fdatasync of one record-sized block, appended to a file in the
+/// collector's directory, `n` times: the cost of one durable write on this
+/// disk, measured in the same run as the round trips.
+fn durable_writes(dir: &Path, n: usize) -> Result<Vec<Duration>, Failure> {
+    let path = dir.join("bench-durable-write");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = [0x5au8; RECORD_BLOCK];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&block).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.sync_data().map_err(|e| format!("{}: {e}", path.display()))?;
+        samples.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    Ok(samples)
+}
+
+/// p50 and p99 in microseconds.
+fn p50_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    (percentile(samples, 0.50), percentile(samples, 0.99))
+}
+
+/// `--scenario bench`: token round trips from one policy domain at a time
+/// (request over vchan, cryptod decides: ACL, mint, audit record, and with
+/// the write-ahead audit on, waits for the collector's durable ack; answer
+/// over vchan, full verification), next to raw Ed25519 sign +
+/// `verify_strict` and one durable write measured in the same process;
+/// then [`BENCH_CLIENTS`] concurrently, with cryptod's CPU time per token
+/// from the OS's accounting of its process. The `figure:` lines are for
+/// `cargo xtask bench`.
+fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Result<(), Failure> {
+    use ed25519_dalek::{Signer, SigningKey};
+
+    let wal_name = if wal { "on" } else { "off" };
+    const WARM_UP: usize = 50;
+    let mut one = TokenClient::connect(demo, 0, root, n + WARM_UP)?;
+    // A few unmeasured round trips first (page faults, caches).
+    for i in 0..WARM_UP {
+        one.token(usize::MAX / 2 + i)?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        one.token(i)?;
         samples.push(t.elapsed());
     }
     let total = start.elapsed();
     println!();
-    println!("== token round trip over vchan (hosted platform, this build)");
-    report("policy_pd -> cryptod -> verified token", samples, total);
-    println!("(cryptod answered `unavailable` {backoffs} time(s) while its audit outbox was full)");
+    println!("== token round trip over vchan, one client (hosted platform, this build)");
+    println!("   answer_after_audit={wal_name}");
+    report("policy_pd -> cryptod -> verified token", samples.clone(), total);
+    println!(
+        "(cryptod answered `unavailable` {} time(s) while its audit outbox was full)",
+        one.backoffs
+    );
+    let (rt50, rt99) = p50_p99(&mut samples);
+    drop(one);
 
     let sk = SigningKey::from_bytes(&[7u8; 32]);
     let vk = sk.verifying_key();
@@ -765,7 +917,66 @@ fn bench_roundtrip(demo: &Demo, dom: DomId, root: &Path, n: usize) -> Result<(),
         vk.verify_strict(&msg, &sig).map_err(|_| "raw verify failed")?;
         raw.push(t.elapsed());
     }
-    report("raw Ed25519 sign + verify_strict (200 B)", raw, start.elapsed());
+    report("raw Ed25519 sign + verify_strict (200 B)", raw.clone(), start.elapsed());
+    let (raw50, raw99) = p50_p99(&mut raw);
+
+    let mut durable = durable_writes(&demo.dir, n.clamp(1, 500))?;
+    let t: Duration = durable.iter().sum();
+    report(&format!("write + fdatasync of {RECORD_BLOCK} B (durable write)"), durable.clone(), t);
+    let (dw50, dw99) = p50_p99(&mut durable);
+
+    // Several policy domains at once: cryptod's CPU per audited token.
+    let per = n.max(BENCH_CLIENTS.len()) / BENCH_CLIENTS.len();
+    let clients = (0..BENCH_CLIENTS.len() as u8)
+        .map(|i| TokenClient::connect(demo, i, root, per + 64))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tick = clock_tick();
+    let pid = cryptod.child.id();
+    let barrier = std::sync::Barrier::new(clients.len() + 1);
+    let (cpu, wall, backoffs) = std::thread::scope(|s| -> Result<_, Failure> {
+        let handles: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<u64, Failure> {
+                    barrier.wait();
+                    for i in 0..per {
+                        c.token(1_000_000 + i)?;
+                    }
+                    Ok(c.backoffs)
+                })
+            })
+            .collect();
+        let cpu0 = process_cpu(pid, tick)?;
+        let t0 = Instant::now();
+        barrier.wait();
+        let mut backoffs = 0;
+        for h in handles {
+            backoffs += h.join().map_err(|_| "client thread panicked")??;
+        }
+        let wall = t0.elapsed();
+        Ok((process_cpu(pid, tick)?.saturating_sub(cpu0), wall, backoffs))
+    })?;
+    let tokens = per * BENCH_CLIENTS.len();
+    let cpu_us = cpu.as_secs_f64() * 1e6 / tokens as f64;
+    let rate = tokens as f64 / wall.as_secs_f64();
+    println!();
+    println!("== {} policy domains at once, answer_after_audit={wal_name}", BENCH_CLIENTS.len());
+    println!(
+        "{tokens} tokens in {:.2} s: {rate:.0} tokens/s end to end (clients verifying); \
+         cryptod CPU {:.3} s (/proc/{pid}/stat utime+stime, tick {} ms) = {cpu_us:.1} us per token; \
+         {backoffs} back-off(s)",
+        wall.as_secs_f64(),
+        cpu.as_secs_f64(),
+        tick.as_millis()
+    );
+    println!("figure: roundtrip wal={wal_name} p50_us={rt50:.1} p99_us={rt99:.1}");
+    println!("figure: raw wal={wal_name} p50_us={raw50:.1} p99_us={raw99:.1}");
+    println!("figure: durable wal={wal_name} p50_us={dw50:.1} p99_us={dw99:.1}");
+    println!(
+        "figure: concurrent wal={wal_name} clients={} tokens={tokens} cpu_us_per_token={cpu_us:.1} tokens_per_s={rate:.0}",
+        BENCH_CLIENTS.len()
+    );
     Ok(())
 }
 
@@ -779,4 +990,21 @@ pub(crate) fn last_number(p: &Proc, pat: &str) -> Option<u64> {
 /// A code that differs from `code` in every digit.
 pub(crate) fn wrong_code(code: &str) -> String {
     code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
+}
+
+#[cfg(test)]
+mod bench_tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn stat_cpu_ticks_reads_fields_14_and_15() {
+        let line = "4242 (cry ptod) S 1 4242 4242 0 -1 4194560 1450 0 0 0 \
+                    731 269 0 0 20 0 1 0 12345 1000 100 18446744073709551615\n";
+        assert_eq!(stat_cpu_ticks(line), Some(1000));
+        // A name with ") 9 9" in it does not shift the fields.
+        let tricky = line.replace("(cry ptod)", "(x) 9 9 (y)");
+        assert_eq!(stat_cpu_ticks(&tricky), Some(1000));
+        assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
 }

@@ -105,6 +105,14 @@ impl ProvisionArgs {
     }
 }
 
+impl ProvisionArgs {
+    /// Seals the ACL in `path` instead of the built-in one.
+    pub fn with_acl(mut self, path: &Path) -> ProvisionArgs {
+        self.acl = Some(path.to_path_buf());
+        self
+    }
+}
+
 fn algorithm(name: &str) -> Result<Algorithm, Failure> {
     match name {
         "sha1" => Ok(Algorithm::Sha1),

@@ -1,5 +1,5 @@
 //! Bulk throughput between two processes: a vchan over the hosted backend
-//! at ring orders 10, 11, 16 and 20, against a Linux pipe.
+//! at ring orders 10, 11, 12, 16 and 20, against a Linux pipe.
 //!
 //! ```text
 //! cargo run --release -p portcullis-hosted --example vchan_throughput [MiB per run]
@@ -8,7 +8,11 @@
 //! The parent is the launcher and the sender (the vchan server, writing the
 //! server-to-client ring); a copy of this program is the receiver. Each
 //! figure is the median of three runs, timed from the moment the receiver is
-//! ready until it acknowledges the last byte.
+//! ready until it acknowledges the last byte. Next to each vchan figure: the
+//! events the sender sent and the times it slept, per MiB moved (the
+//! receiver's side mirrors them).
+//!
+//! The last lines, `figure: ...`, are for `cargo xtask bench`.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -44,6 +48,14 @@ fn main() -> Result<(), Error> {
     }
 }
 
+/// `VCHAN_SPIN` overrides the blocking helpers' spin count (both ends).
+fn spin(v: &mut Vchan<impl portcullis_vchan::Backend>) -> Result<(), Error> {
+    if let Ok(n) = std::env::var("VCHAN_SPIN") {
+        v.set_spin(n.parse()?);
+    }
+    Ok(())
+}
+
 fn total_bytes() -> Result<usize, Error> {
     Ok(std::env::var(TOTAL)?.parse()?)
 }
@@ -54,6 +66,7 @@ fn vchan_receiver() -> Result<(), Error> {
     let server = p.resolve("sender")?;
     let cfg = ClientConfig { server, port: PORT };
     let mut v = Vchan::client_wait(p.backend(), cfg, TIMEOUT)?;
+    spin(&mut v)?;
     let mut left = total_bytes()?;
     let mut buf = vec![0u8; CHUNK];
     while left > 0 {
@@ -96,7 +109,7 @@ fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
 }
 
 /// One vchan run whose server-to-client ring is at least `ring` bytes.
-fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64), Error> {
+fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64, u64, u64), Error> {
     let dir = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let world = World::create(&dir)?;
@@ -106,6 +119,7 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64), Error> {
     let read_min = if ring <= 1024 { 2048 } else { 1024 };
     let cfg = ServerConfig { client: receiver, port: PORT, read_min, write_min: ring };
     let mut v = Vchan::server(world.backend(sender)?, cfg)?;
+    spin(&mut v)?;
     let order = v.geometry().map_or(0, |g| g.order(Dir::Right));
     let mut child = world
         .command_for(receiver, std::env::current_exe()?)
@@ -124,13 +138,14 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64), Error> {
     let mut ack = [0u8; 1];
     v.read_blocking(&mut ack, TIMEOUT)?;
     let elapsed = start.elapsed();
+    let (signals, sleeps) = (v.signals(), v.sleeps());
     v.close();
     let status = child.wait()?;
     world.remove()?;
     if !status.success() || ack != *b"!" {
         return Err("receiver failed".into());
     }
-    Ok((order, mb_per_s(bytes, elapsed)))
+    Ok((order, mb_per_s(bytes, elapsed), signals, sleeps))
 }
 
 fn pipe_run(bytes: usize) -> Result<f64, Error> {
@@ -171,17 +186,34 @@ fn launcher() -> Result<(), Error> {
     };
     let bytes = mib << 20;
     println!("{mib} MiB per run, {} KiB writes, median of {RUNS} runs", CHUNK / 1024);
-    for ring in [1usize << 10, 1 << 11, 1 << 16, 1 << 20] {
+    let mut figures = Vec::new();
+    for ring in [1usize << 10, 1 << 11, 1 << 12, 1 << 16, 1 << 20] {
         let mut order = 0;
         let mut runs = Vec::new();
+        let (mut signals, mut sleeps) = (0, 0);
         for _ in 0..RUNS {
-            let (o, rate) = vchan_run(ring, bytes)?;
+            let (o, rate, sig, slp) = vchan_run(ring, bytes)?;
             order = o;
             runs.push(rate);
+            signals += sig;
+            sleeps += slp;
         }
-        println!("vchan order {order:2} ({:4} KiB ring): {:8.0} MB/s", ring / 1024, median(runs));
+        let rate = median(runs);
+        let per_mib = |n: u64| n as f64 / (RUNS * mib) as f64;
+        println!(
+            "vchan order {order:2} ({:4} KiB ring): {rate:8.0} MB/s  (sender: {:.1} events, {:.1} sleeps per MiB)",
+            ring / 1024,
+            per_mib(signals),
+            per_mib(sleeps),
+        );
+        figures.push(format!("figure: vchan order={order} mbps={rate:.0}"));
     }
     let runs = (0..RUNS).map(|_| pipe_run(bytes)).collect::<Result<Vec<_>, _>>()?;
-    println!("pipe (64 KiB pipe buffer):      {:8.0} MB/s", median(runs));
+    let pipe = median(runs);
+    println!("pipe (64 KiB pipe buffer):      {pipe:8.0} MB/s");
+    for f in figures {
+        println!("{f}");
+    }
+    println!("figure: pipe mbps={pipe:.0}");
     Ok(())
 }

@@ -330,6 +330,12 @@ impl Backend for HostedBackend {
         self.shared.events.notify(port)
     }
 
+    fn relax(&mut self) {
+        // The peer is another process, which on a busy host may be waiting
+        // for this very CPU: let it run rather than spin against it.
+        std::thread::yield_now();
+    }
+
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         Ok(match self.shared.events.wait_any(&[port], timeout)? {
             Some(_) => Wait::Event,

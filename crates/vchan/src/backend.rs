@@ -122,6 +122,15 @@ pub trait Backend {
     /// passes; `None` waits forever.
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError>;
 
+    /// Gives the CPU a moment between two looks at a ring, while a blocking
+    /// helper polls before it sleeps ([`crate::Vchan::set_spin`]). The
+    /// default is a CPU spin hint; a platform whose peers may share this
+    /// CPU (processes on a busy host) yields to the scheduler instead, so
+    /// the peer can run and move its index.
+    fn relax(&mut self) {
+        core::hint::spin_loop();
+    }
+
     /// Writes `value` at `path`, readable by us and by `reader`.
     fn store_write(&mut self, path: &str, value: &str, reader: DomId) -> Result<(), BackendError>;
 

@@ -320,13 +320,31 @@ impl<M: SharedMem> Channel<M> {
     /// Returns `len: 0` when nothing is ready and the peer is still open, and
     /// [`VchanError::PeerClosed`] when nothing is ready and the peer has
     /// gone. Data written before the peer left is still delivered.
+    ///
+    /// When fewer bytes are ready than asked, it asks the peer for an event
+    /// on its next write (as `libxenvchan_read`), so a caller may sleep on
+    /// the event channel right after it. A caller that will look again
+    /// before sleeping uses [`Channel::read_unarmed`] and arms only when it
+    /// is about to sleep ([`Channel::data_ready`]).
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Io, VchanError> {
+        self.read_with(buf, true)
+    }
+
+    /// Like [`Channel::read`], but never asks the peer for an event: the
+    /// peer's writes then cost it no signal while we keep up. Before
+    /// sleeping on the event channel, call [`Channel::data_ready`] (which
+    /// asks) and sleep only if it reports nothing.
+    pub fn read_unarmed(&mut self, buf: &mut [u8]) -> Result<Io, VchanError> {
+        self.read_with(buf, false)
+    }
+
+    fn read_with(&mut self, buf: &mut [u8], arm: bool) -> Result<Io, VchanError> {
         self.live()?;
         if buf.is_empty() {
             return Ok(Io { len: 0, notify: false });
         }
         let mut ready = self.ready()?;
-        if ready < buf.len() {
+        if arm && ready < buf.len() {
             // We will drain what is there: ask to hear about the next write,
             // then look again in case it happened before the request landed.
             self.request_notify(NOTIFY_WRITE);
@@ -353,7 +371,22 @@ impl<M: SharedMem> Channel<M> {
     /// Writes up to `data.len()` bytes without blocking; `len: 0` means the
     /// ring is full. Fails with [`VchanError::PeerClosed`] once the peer has
     /// gone, like `libxenvchan_write`.
+    ///
+    /// When the ring has less room than `data` needs, it asks the peer for
+    /// an event on its next read (as `libxenvchan_write`), so a caller may
+    /// sleep right after it; see [`Channel::write_unarmed`].
     pub fn write(&mut self, data: &[u8]) -> Result<Io, VchanError> {
+        self.write_with(data, true)
+    }
+
+    /// Like [`Channel::write`], but never asks the peer for an event. Before
+    /// sleeping on the event channel, call [`Channel::buffer_space`] (which
+    /// asks) and sleep only if it reports no room.
+    pub fn write_unarmed(&mut self, data: &[u8]) -> Result<Io, VchanError> {
+        self.write_with(data, false)
+    }
+
+    fn write_with(&mut self, data: &[u8], arm: bool) -> Result<Io, VchanError> {
         self.live()?;
         if self.peer_state() == PeerState::Gone {
             return Err(VchanError::PeerClosed);
@@ -362,7 +395,7 @@ impl<M: SharedMem> Channel<M> {
             return Ok(Io { len: 0, notify: false });
         }
         let mut space = self.space()?;
-        if space < data.len() {
+        if arm && space < data.len() {
             // We will fill the ring: ask to hear when the peer consumes, then
             // look again in case it did so before the request landed.
             self.request_notify(NOTIFY_READ);
@@ -420,6 +453,19 @@ impl<M: SharedMem> Channel<M> {
             Some(space) => Ok(space),
             None => Err(self.broken()),
         }
+    }
+
+    /// Bytes ready to read, without asking the peer for an event (a cheap
+    /// look for a caller that polls before it sleeps).
+    pub fn peek_ready(&mut self) -> Result<usize, VchanError> {
+        self.live()?;
+        self.ready()
+    }
+
+    /// Free space in the write ring, without asking the peer for an event.
+    pub fn peek_space(&mut self) -> Result<usize, VchanError> {
+        self.live()?;
+        self.space()
     }
 
     /// Bytes we have written that the peer has not consumed yet (the peer's

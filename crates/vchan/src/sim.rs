@@ -427,6 +427,11 @@ impl Backend for SimBackend {
         Ok(())
     }
 
+    fn relax(&mut self) {
+        // The peer is another thread of this process.
+        std::thread::yield_now();
+    }
+
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         let key = (self.dom, port.0);
         let got = self.hv.wait_until(timeout, |st| match st.ports.get_mut(&key) {

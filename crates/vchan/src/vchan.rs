@@ -24,6 +24,11 @@ pub const REKICK_FIRST: Duration = Duration::from_millis(50);
 /// The longest interval between repeated signals in [`Vchan::wait`].
 pub const REKICK_MAX: Duration = Duration::from_secs(1);
 
+/// How many times the blocking helpers ([`Vchan::read_blocking`],
+/// [`Vchan::write_all`]) look at the ring again before they ask the peer
+/// for an event and sleep (see [`Vchan::set_spin`]).
+pub const DEFAULT_SPIN: u32 = 100;
+
 /// Most grant references one ring uses.
 const MAX_RING_PAGES: usize = 1 << (MAX_ORDER - PAGE_SHIFT);
 
@@ -61,6 +66,12 @@ pub struct Vchan<B: Backend> {
     conn: Option<Conn<B::Mem>>,
     /// Times [`Vchan::wait`] signalled the peer again.
     rekicks: u32,
+    /// Looks at the ring before sleeping, in the blocking helpers.
+    spin: u32,
+    /// Events sent to the peer (answers to its requests, rekicks, close).
+    signals: u64,
+    /// Waits on the event channel that blocked (or timed out).
+    sleeps: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +99,9 @@ impl<B: Backend> Vchan<B> {
             base,
             conn: None,
             rekicks: 0,
+            spin: DEFAULT_SPIN,
+            signals: 0,
+            sleeps: 0,
         };
         v.server_setup(geometry)?;
         Ok(v)
@@ -105,6 +119,9 @@ impl<B: Backend> Vchan<B> {
             base,
             conn: None,
             rekicks: 0,
+            spin: DEFAULT_SPIN,
+            signals: 0,
+            sleeps: 0,
         };
         v.client_setup()?;
         Ok(v)
@@ -125,6 +142,9 @@ impl<B: Backend> Vchan<B> {
             base,
             conn: None,
             rekicks: 0,
+            spin: DEFAULT_SPIN,
+            signals: 0,
+            sleeps: 0,
         };
         loop {
             match v.client_setup() {
@@ -228,6 +248,7 @@ impl<B: Backend> Vchan<B> {
         match self.client_map(page_ref, port) {
             Ok(mut conn) => {
                 conn.chan.announce_client();
+                self.signals = self.signals.saturating_add(1);
                 let sent = self.backend.notify(port);
                 self.conn = Some(conn);
                 sent.map_err(VchanError::from)
@@ -422,6 +443,29 @@ impl<B: Backend> Vchan<B> {
         self.rekicks
     }
 
+    /// Events this endpoint has sent the peer: answers to the peer's
+    /// notify requests, the client's announcement, and [`Vchan::wait`]'s
+    /// repeated signals (not the close).
+    pub fn signals(&self) -> u64 {
+        self.signals
+    }
+
+    /// Waits on the event channel this endpoint has made (each may have
+    /// blocked, or found an event already pending).
+    pub fn sleeps(&self) -> u64 {
+        self.sleeps
+    }
+
+    /// Sets how many times [`Vchan::read_blocking`] and [`Vchan::write_all`]
+    /// look at the ring again (without asking the peer for an event) before
+    /// they ask and sleep; 0 sleeps at once. A peer running on another CPU
+    /// usually moves its index within that time, which saves both sides an
+    /// event and a wake-up; a peer that does not costs this many looks.
+    /// The default is [`DEFAULT_SPIN`].
+    pub fn set_spin(&mut self, polls: u32) {
+        self.spin = polls;
+    }
+
     /// The peer domain.
     pub fn peer(&self) -> DomId {
         self.peer
@@ -502,6 +546,7 @@ impl<B: Backend> Vchan<B> {
     fn signal(&mut self, notify: bool) -> Result<(), VchanError> {
         if notify {
             let port = self.conn()?.port;
+            self.signals = self.signals.saturating_add(1);
             self.backend.notify(port)?;
         }
         Ok(())
@@ -528,6 +573,7 @@ impl<B: Backend> Vchan<B> {
                 (true, None) => Some(interval),
                 (true, Some(left)) => Some(left.min(interval)),
             };
+            self.sleeps = self.sleeps.saturating_add(1);
             if self.backend.wait(port, slice)? == Wait::Event {
                 return Ok(());
             }
@@ -537,6 +583,7 @@ impl<B: Backend> Vchan<B> {
                 (None, _) => {}
             }
             if pending {
+                self.signals = self.signals.saturating_add(1);
                 self.backend.notify(port)?;
                 self.rekicks = self.rekicks.saturating_add(1);
                 interval = (interval * 2).min(REKICK_MAX);
@@ -544,8 +591,46 @@ impl<B: Backend> Vchan<B> {
         }
     }
 
+    /// Like [`Vchan::read`], but without asking the peer for an event
+    /// ([`Channel::read_unarmed`]); call [`Vchan::data_ready`] before
+    /// sleeping on the event channel.
+    pub fn read_unarmed(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
+        let io = self.op(|c| c.read_unarmed(buf))?;
+        self.signal(io.notify)?;
+        Ok(io.len)
+    }
+
+    /// Like [`Vchan::write`], but without asking the peer for an event
+    /// ([`Channel::write_unarmed`]); call [`Vchan::buffer_space`] before
+    /// sleeping on the event channel.
+    pub fn write_unarmed(&mut self, data: &[u8]) -> Result<usize, VchanError> {
+        let io = self.op(|c| c.write_unarmed(data))?;
+        self.signal(io.notify)?;
+        Ok(io.len)
+    }
+
+    /// Looks at the ring up to `self.spin` times until `ready` holds.
+    fn spin_until(
+        &mut self,
+        mut ready: impl FnMut(&mut Channel<B::Mem>) -> Result<bool, VchanError>,
+    ) -> Result<bool, VchanError> {
+        for _ in 0..self.spin {
+            if self.op(&mut ready)? {
+                return Ok(true);
+            }
+            self.backend.relax();
+        }
+        Ok(false)
+    }
+
     /// Reads at least one byte, waiting for events as needed. `timeout`
     /// bounds each wait, not the whole call.
+    ///
+    /// The peer is asked for an event only when this is about to sleep: a
+    /// read takes whatever is ready without asking, then the ring is looked
+    /// at again up to [`Vchan::set_spin`] times, and only then is the
+    /// request made ([`Vchan::data_ready`]) and the ring checked once more
+    /// before the wait, so a write that lands in between is never missed.
     pub fn read_blocking(
         &mut self,
         buf: &mut [u8],
@@ -555,9 +640,20 @@ impl<B: Backend> Vchan<B> {
             return Ok(0);
         }
         loop {
-            let n = self.read(buf)?;
+            let n = self.read_unarmed(buf)?;
             if n > 0 {
                 return Ok(n);
+            }
+            let more = |c: &mut Channel<B::Mem>| {
+                Ok(c.peek_ready()? > 0 || c.peer_state() == PeerState::Gone)
+            };
+            if self.spin_until(more)? || self.data_ready()? > 0 {
+                continue;
+            }
+            // A peer that left before we asked sent its close event anyway;
+            // one that leaves now sends it too.
+            if self.peer_state() == Some(PeerState::Gone) {
+                continue;
             }
             self.wait(timeout)?;
         }
@@ -578,14 +674,30 @@ impl<B: Backend> Vchan<B> {
 
     /// Writes all of `data`, waiting for events as needed. `timeout`
     /// bounds each wait, not the whole call.
+    ///
+    /// Each write copies as much as the ring takes. The peer is asked for
+    /// an event only when the ring is full and stays full for
+    /// [`Vchan::set_spin`] looks: then the request is made
+    /// ([`Vchan::buffer_space`]) and the space checked once more before
+    /// the wait, so a read that frees space in between is never missed.
     pub fn write_all(&mut self, data: &[u8], timeout: Option<Duration>) -> Result<(), VchanError> {
         let mut rest = data;
         while !rest.is_empty() {
-            let n = self.write(rest)?;
+            let n = self.write_unarmed(rest)?;
             rest = rest.get(n..).unwrap_or_default();
-            if n == 0 {
-                self.wait(timeout)?;
+            if n > 0 {
+                continue;
             }
+            let room = |c: &mut Channel<B::Mem>| {
+                Ok(c.peek_space()? > 0 || c.peer_state() == PeerState::Gone)
+            };
+            if self.spin_until(room)? || self.buffer_space()? > 0 {
+                continue;
+            }
+            if self.peer_state() == Some(PeerState::Gone) {
+                continue;
+            }
+            self.wait(timeout)?;
         }
         Ok(())
     }

@@ -537,3 +537,141 @@ fn an_unpublished_ring_cannot_be_found_by_a_reconnecting_client() {
     // A client cannot unpublish.
     assert_eq!(client.unpublish(), Err(VchanError::NotServer));
 }
+
+/// Bounds a wait that a lost wake-up would turn into a time-out (the test
+/// then fails on that `Timeout`).
+const WAKE: Option<Duration> = Some(Duration::from_secs(5));
+
+/// Polls `cond` until it holds (bounded by `SAFETY`).
+fn until(mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + SAFETY.unwrap();
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "condition never held");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_reader_that_sleeps_is_woken_when_data_arrives() {
+    // In-page ring (order 10) and a granted one (order 16).
+    for read_min in [1024, 65536] {
+        let hv = Hypervisor::new();
+        let (mut server, mut client) = pair(&hv, read_min, 2048);
+        let page = raw_page(&hv);
+        // Use up the request the server made at init, without a new one.
+        client.write(b"a").unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(server.read_unarmed(&mut one).unwrap(), 1);
+        while server.wait(NOW).is_ok() {}
+        assert_eq!(page.load_u8(layout::CLI_NOTIFY) & layout::NOTIFY_WRITE, 0);
+        server.set_spin(0);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut buf = [0u8; 64];
+                let n = server.read_blocking(&mut buf, WAKE);
+                (n, buf[0], server.sleeps())
+            });
+            // The reader asks for an event only when it is about to sleep.
+            until(|| page.load_u8(layout::CLI_NOTIFY) & layout::NOTIFY_WRITE != 0);
+            std::thread::sleep(Duration::from_millis(20));
+            client.write(b"b").unwrap();
+            let (n, byte, sleeps) = reader.join().unwrap();
+            assert_eq!(n, Ok(1), "the sleeping reader was not woken");
+            assert_eq!(byte, b'b');
+            assert!(sleeps >= 1, "the reader never slept");
+        });
+        // The announcement, then one event per request: the server's at
+        // init, the reader's before it slept.
+        assert_eq!(client.signals(), 3);
+    }
+}
+
+#[test]
+fn a_writer_blocked_on_a_full_ring_is_woken_when_space_frees() {
+    for read_min in [1024, 4096] {
+        let hv = Hypervisor::new();
+        let (mut server, mut client) = pair(&hv, read_min, 2048);
+        let page = raw_page(&hv);
+        client.set_spin(0);
+        let data = pattern(9, 3 * read_min + 17);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let r = client.write_all(&data, WAKE);
+                (r, client.sleeps())
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 300];
+            while got.len() < data.len() {
+                // Read only once the writer has asked to hear of it, that is
+                // when it found the ring full and is about to sleep (or
+                // sleeps); the unarmed read still answers that request.
+                let full = || page.load_u8(layout::SRV_NOTIFY) & layout::NOTIFY_READ != 0;
+                let left = data.len() - got.len();
+                if left > read_min {
+                    until(full);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let n = server.read_unarmed(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            let (r, sleeps) = writer.join().unwrap();
+            assert_eq!(r, Ok(()), "the blocked writer was not woken");
+            assert!(sleeps >= 1, "the writer never slept");
+            assert!(got == data);
+        });
+    }
+}
+
+#[test]
+fn a_reader_that_keeps_up_asks_for_no_events() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 2048);
+    let mut buf = vec![0u8; 4096];
+    for i in 0..100u8 {
+        assert_eq!(client.write(&[i; 64]).unwrap(), 64);
+        // Data is ready each time: the blocking read never sleeps, so it
+        // never asks the writer for an event.
+        assert_eq!(server.read_blocking(&mut buf, WAKE).unwrap(), 64);
+        assert!(buf[..64].iter().all(|b| *b == i));
+    }
+    // The only event: the answer to the request the server made at init.
+    assert_eq!(client.signals(), 2, "the client's announcement and one write event");
+    assert_eq!(server.sleeps(), 0);
+    // The plain non-blocking read keeps libxenvchan's behaviour: reading
+    // less than asked requests the next write's event.
+    client.write(b"z").unwrap();
+    assert_eq!(server.read(&mut buf).unwrap(), 1);
+    client.write(b"y").unwrap();
+    assert_eq!(client.signals(), 3);
+}
+
+#[test]
+fn blocking_streams_lose_no_wakeup_whatever_the_spin() {
+    for (read_min, spin) in [(1024, 0), (1024, 1), (4096, 0), (4096, 3), (65536, 0)] {
+        let hv = Hypervisor::new();
+        let (mut server, mut client) = pair(&hv, read_min, 1024);
+        server.set_spin(spin);
+        client.set_spin(spin);
+        let data = pattern(11, 200_000);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for chunk in data.chunks(3000) {
+                    client.write_all(chunk, WAKE).unwrap();
+                }
+                let mut ack = [0u8; 1];
+                client.read_exact(&mut ack, WAKE).unwrap();
+            });
+            let mut got = vec![0u8; data.len()];
+            let mut at = 0;
+            while at < got.len() {
+                let end = (at + 777).min(got.len());
+                at += server.read_blocking(&mut got[at..end], WAKE).unwrap();
+            }
+            server.write_all(b"!", WAKE).unwrap();
+            assert!(got == data, "order {read_min} spin {spin}");
+        });
+    }
+}

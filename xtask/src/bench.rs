@@ -1,0 +1,323 @@
+//! `cargo xtask bench`: every performance goal of issue 14 measured next to
+//! its reference, taken in the same run, with a PASS or MISS verdict.
+//!
+//! The figures come from two release programs that print `figure:` lines:
+//! `portcullis demo --scenario bench` (token round trips with the audit
+//! wait on and off, raw Ed25519 sign + `verify_strict`, one durable write,
+//! cryptod's CPU per token under four concurrent clients) and the hosted
+//! crate's `vchan_throughput` example (vchan bulk rate per ring order, and
+//! a pipe). A miss does not fail the command: a benchmark is not a timed
+//! test, and the machine's load (printed) moves the figures.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// One `figure: KIND key=value ...` line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Figure {
+    kind: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Figure {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+
+    fn num(&self, key: &str) -> Option<f64> {
+        self.get(key)?.parse().ok().filter(|v: &f64| v.is_finite())
+    }
+}
+
+/// The `figure:` lines of a program's output; other lines are ignored.
+pub(crate) fn parse_figures(text: &str) -> Vec<Figure> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("figure:"))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let kind = words.next()?.to_string();
+            let fields = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Some(Figure { kind, fields })
+        })
+        .collect()
+}
+
+/// One goal's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Verdict {
+    pub(crate) goal: String,
+    pub(crate) figure: String,
+    pub(crate) reference: String,
+    /// `None`: not measured (a figure was missing).
+    pub(crate) pass: Option<bool>,
+}
+
+impl Verdict {
+    fn word(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "NOT MEASURED",
+        }
+    }
+}
+
+fn find<'a>(figs: &'a [Figure], kind: &str, key: &str, value: &str) -> Option<&'a Figure> {
+    figs.iter().find(|f| f.kind == kind && f.get(key) == Some(value))
+}
+
+fn missing(goal: &str, what: &str) -> Verdict {
+    Verdict {
+        goal: goal.into(),
+        figure: format!("{what}: missing"),
+        reference: "-".into(),
+        pass: None,
+    }
+}
+
+/// Judges every goal from the figures of one run.
+pub(crate) fn verdicts(figs: &[Figure]) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let wal = |w: &str| {
+        let rt = find(figs, "roundtrip", "wal", w)?;
+        let raw = find(figs, "raw", "wal", w)?;
+        let dw = find(figs, "durable", "wal", w).and_then(|d| d.num("p50_us"));
+        Some((rt.num("p50_us")?, rt.num("p99_us")?, raw.num("p50_us")?, dw))
+    };
+
+    let goal = "round trip, audit wait off: p50 <= 1.5 x raw sign+verify_strict";
+    out.push(match wal("off") {
+        Some((p50, p99, raw, _)) => Verdict {
+            goal: goal.into(),
+            figure: format!("p50 {p50:.0} us (p99 {p99:.0} us)"),
+            reference: format!(
+                "raw p50 {raw:.0} us; limit {:.0} us; ratio {:.2}",
+                1.5 * raw,
+                p50 / raw
+            ),
+            pass: Some(p50 <= 1.5 * raw),
+        },
+        None => missing(goal, "roundtrip/raw wal=off"),
+    });
+
+    let goal = "round trip, audit wait on: p50 <= raw + one durable write";
+    out.push(match wal("on") {
+        Some((p50, p99, raw, Some(dw))) => Verdict {
+            goal: goal.into(),
+            figure: format!("p50 {p50:.0} us (p99 {p99:.0} us)"),
+            reference: format!(
+                "raw p50 {raw:.0} us + write+fdatasync p50 {dw:.0} us = {:.0} us",
+                raw + dw
+            ),
+            pass: Some(p50 <= raw + dw),
+        },
+        _ => missing(goal, "roundtrip/raw/durable wal=on"),
+    });
+
+    let goal = "cryptod CPU per audited token, 4 clients: <= 50 us";
+    out.push(match find(figs, "concurrent", "wal", "on") {
+        Some(c) => match (c.num("cpu_us_per_token"), c.num("tokens_per_s")) {
+            (Some(cpu), Some(rate)) => Verdict {
+                goal: goal.into(),
+                figure: format!(
+                    "{cpu:.0} us ({:.0} tokens/s per vCPU); end to end {rate:.0} tokens/s",
+                    1e6 / cpu.max(f64::MIN_POSITIVE)
+                ),
+                reference: "50 us (20,000 tokens/s per vCPU)".into(),
+                pass: Some(cpu <= 50.0),
+            },
+            _ => missing(goal, "concurrent wal=on fields"),
+        },
+        None => missing(goal, "concurrent wal=on"),
+    });
+
+    let pipe = figs.iter().find(|f| f.kind == "pipe").and_then(|f| f.num("mbps"));
+    let mut orders: Vec<(u32, f64)> = figs
+        .iter()
+        .filter(|f| f.kind == "vchan")
+        .filter_map(|f| Some((f.get("order")?.parse().ok()?, f.num("mbps")?)))
+        .collect();
+    orders.sort_by_key(|(o, _)| *o);
+    if orders.is_empty() {
+        out.push(missing("vchan bulk rate against a pipe", "vchan"));
+    }
+    for (order, rate) in orders {
+        let small = order <= 12;
+        let (goal, factor) = if small {
+            (format!("vchan order {order} bulk: >= 1/2 pipe"), 0.5)
+        } else {
+            (format!("vchan order {order} bulk: >= pipe"), 1.0)
+        };
+        out.push(match pipe {
+            Some(pipe) => Verdict {
+                goal,
+                figure: format!("{rate:.0} MB/s"),
+                reference: format!("pipe {pipe:.0} MB/s; ratio {:.2}", rate / pipe),
+                pass: Some(rate >= factor * pipe),
+            },
+            None => missing(&goal, "pipe"),
+        });
+    }
+    out
+}
+
+/// The load average, as `/proc/loadavg` has it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs a command, echoing its output, and returns what it printed.
+fn capture(step: &str, cmd: &mut Command) -> Result<String, String> {
+    println!("==> {step}");
+    let start = Instant::now();
+    let mut child =
+        cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("{step}: cannot start: {e}"))?;
+    let mut text = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.map_err(|e| format!("{step}: {e}"))?;
+            println!("{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| format!("{step}: {e}"))?;
+    let took = start.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("{step}: failed ({status}) after {took:.1} s"));
+    }
+    println!("<== {step}: ok ({took:.1} s)");
+    Ok(text)
+}
+
+/// `cargo xtask bench [--goals-only]`.
+pub(crate) fn bench(criterion: bool) -> Result<(), String> {
+    crate::ensure_tools(&[crate::CRYPTSETUP])?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load_before = loadavg();
+    let mut c = crate::cargo();
+    c.args(["build", "--release", "-p", "portcullis-cli"]);
+    for g in crate::GUESTS {
+        c.args(["-p", g]);
+    }
+    crate::run("build the guests and the portcullis tool (release)", &mut c)?;
+    crate::run(
+        "build the vchan throughput example (release)",
+        crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "portcullis-hosted",
+            "--example",
+            "vchan_throughput",
+        ]),
+    )?;
+    let release = crate::root().join("target/release");
+    let mut out = String::new();
+    out += &capture(
+        "vchan between two processes vs a pipe",
+        &mut Command::new(release.join("examples/vchan_throughput")),
+    )?;
+    for wal in ["on", "off"] {
+        out += &capture(
+            &format!("token round trips and concurrent clients, audit wait {wal}"),
+            Command::new(release.join("portcullis")).args([
+                "demo",
+                "--scenario",
+                "bench",
+                "--no-qr",
+                "--totp-from-secret",
+                "--answer-after-audit",
+                wal,
+            ]),
+        )?;
+    }
+    let load_after = loadavg();
+    let results = verdicts(&parse_figures(&out));
+    println!();
+    println!("== issue 14 goals (release build, hosted platform; each reference from this run)");
+    println!("   {cpus} CPUs; load average before {load_before}, after {load_after}");
+    for v in &results {
+        println!("{:<13} {}", v.word(), v.goal);
+        println!("              measured: {}", v.figure);
+        println!("              against:  {}", v.reference);
+    }
+    let met = results.iter().filter(|v| v.pass == Some(true)).count();
+    println!("{met} of {} goals met (a miss is reported, not a failure)", results.len());
+    if criterion {
+        crate::run(
+            "cargo bench --workspace (criterion)",
+            crate::cargo().args(["bench", "--workspace"]),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = "\
+noise line
+figure: vchan order=10 mbps=1100
+figure: vchan order=12 mbps=700
+figure: vchan order=16 mbps=2100
+figure: pipe mbps=2000
+figure: roundtrip wal=on p50_us=300 p99_us=900
+figure: raw wal=on p50_us=60 p99_us=90
+figure: durable wal=on p50_us=200 p99_us=400
+figure: concurrent wal=on clients=4 tokens=2000 cpu_us_per_token=49.5 tokens_per_s=5000
+figure: roundtrip wal=off p50_us=91 p99_us=150
+figure: raw wal=off p50_us=60 p99_us=90
+";
+
+    fn by_goal<'a>(v: &'a [Verdict], start: &str) -> &'a Verdict {
+        v.iter().find(|v| v.goal.starts_with(start)).unwrap_or_else(|| panic!("{start}"))
+    }
+
+    #[test]
+    fn figures_parse_and_goals_are_judged() {
+        let figs = parse_figures(RUN);
+        assert_eq!(figs.len(), 10);
+        assert_eq!(figs[0].num("mbps"), Some(1100.0));
+        let v = verdicts(&figs);
+        // 300 > 60 + 200: a miss.
+        assert_eq!(by_goal(&v, "round trip, audit wait on").pass, Some(false));
+        // 91 > 1.5 * 60 = 90: a miss by one microsecond.
+        assert_eq!(by_goal(&v, "round trip, audit wait off").pass, Some(false));
+        assert_eq!(by_goal(&v, "cryptod CPU").pass, Some(true));
+        assert_eq!(by_goal(&v, "vchan order 10").pass, Some(true));
+        // 700 < 1000 (half the pipe).
+        assert_eq!(by_goal(&v, "vchan order 12").pass, Some(false));
+        assert_eq!(by_goal(&v, "vchan order 16").pass, Some(true));
+        assert_eq!(v.len(), 6);
+    }
+
+    #[test]
+    fn goals_met_exactly_pass() {
+        let text = RUN
+            .replace("roundtrip wal=on p50_us=300", "roundtrip wal=on p50_us=260")
+            .replace("roundtrip wal=off p50_us=91", "roundtrip wal=off p50_us=90")
+            .replace("cpu_us_per_token=49.5", "cpu_us_per_token=50.1");
+        let v = verdicts(&parse_figures(&text));
+        assert_eq!(by_goal(&v, "round trip, audit wait on").pass, Some(true));
+        assert_eq!(by_goal(&v, "round trip, audit wait off").pass, Some(true));
+        assert_eq!(by_goal(&v, "cryptod CPU").pass, Some(false));
+    }
+
+    #[test]
+    fn missing_figures_are_not_measured_not_passed() {
+        let v = verdicts(&parse_figures("figure: raw wal=on p50_us=abc\nfigure: pipe mbps=1\n"));
+        assert!(v.iter().all(|v| v.pass.is_none()), "{v:?}");
+        assert!(v.iter().any(|v| v.goal.starts_with("vchan")));
+        let v = verdicts(&parse_figures("figure: roundtrip wal=on p50_us=NaN p99_us=1\n"));
+        assert!(v.iter().all(|v| v.pass.is_none()), "{v:?}");
+    }
+}
