@@ -158,7 +158,7 @@ pub fn resolve_dom<P: Platform>(
     if name == "dom0" {
         return Ok(portcullis_platform::DomId(0));
     }
-    p.resolve(name).map_err(|e| AppError::Config(alloc::format!("domain {name:?}: {e}")))
+    p.resolve(name).map_err(|e| AppError::Config(alloc::format!("domain \"{name}\": {e}")))
 }
 
 /// `N` bytes from the platform's hardware entropy source.

@@ -28,7 +28,7 @@ pub fn await_dom<P: Platform>(p: &mut P, me: &str, name: &str) -> Result<DomId, 
         match p.resolve(name) {
             Ok(dom) => return Ok(dom),
             Err(PlatformError::UnknownDomain) => {}
-            Err(e) => return Err(AppError::Config(alloc::format!("domain {name:?}: {e}"))),
+            Err(e) => return Err(AppError::Config(alloc::format!("domain \"{name}\": {e}"))),
         }
         let now = p.monotonic_ns();
         if now >= next_notice {

@@ -179,7 +179,7 @@ pub enum XsError {
 impl fmt::Display for XsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            XsError::Daemon(e) => write!(f, "xenstore error {e:?}"),
+            XsError::Daemon(e) => write!(f, "xenstore error {}", e.name()),
             XsError::Request => f.write_str("invalid xenstore request"),
             XsError::Protocol => f.write_str("malformed xenstore reply"),
             XsError::Transport => f.write_str("xenstore ring unavailable"),
