@@ -579,7 +579,9 @@ wire_struct! {
 impl Check for AuditLog {
     fn check(&self) -> Result<(), FieldError> {
         check_len("records", self.records.len(), 1, MAX_AUDIT_BATCH)?;
-        self.records.iter().try_for_each(|r| check_len("records", r.len(), 1, MAX_AUDIT_RECORD_LEN))?;
+        self.records
+            .iter()
+            .try_for_each(|r| check_len("records", r.len(), 1, MAX_AUDIT_RECORD_LEN))?;
         check_len("seal", self.seal.len(), 1, crate::envelope::MAX_MESSAGE_LEN)
     }
 }
