@@ -54,8 +54,10 @@ pub const DEFAULT_UNLOCK_TTL: u64 = 60;
 pub const DEFAULT_POLICY_TTL: u64 = 120;
 /// Longest policy-token lifetime.
 pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
-/// Default number of answers that may wait for the collector at once.
-pub const DEFAULT_MAX_HELD: usize = 64;
+/// Default number of answers that may wait for the collector at once: as
+/// many as the outbox has records (each held answer has a record of its
+/// own there), so that many requests per wake-up can share one batch.
+pub const DEFAULT_MAX_HELD: usize = DEFAULT_OUTBOX;
 /// Default window over which repeated refusals share one audit record.
 pub const DEFAULT_AGGREGATE_WINDOW: u64 = 10;
 
