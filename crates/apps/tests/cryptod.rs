@@ -196,7 +196,7 @@ fn the_requests_of_a_wake_up_share_one_sealed_batch() {
     w.seed();
     let mut pd = w.client(POLICY_PD);
     let (hw_before, lines_before) = (w.p.hw_entropy_calls, w.p.console_out.lines().count());
-    for _ in 0..20 {
+    for _ in 0..CLIENT_BUDGET {
         pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
     }
     let _ = pd.pump();
@@ -204,7 +204,7 @@ fn the_requests_of_a_wake_up_share_one_sealed_batch() {
     assert!(drain(&mut pd).is_empty(), "no answer before the batch is stored");
     let batches = drain(&mut w.collector);
     let [Message::AuditLog(batch)] = batches.as_slice() else { panic!("{batches:?}") };
-    assert_eq!(batch.records.len(), 20, "one batch for the wake-up's 20 records");
+    assert_eq!(batch.records.len(), CLIENT_BUDGET, "one batch for the wake-up's records");
     let seal = portcullis_proto::cose::verify(
         &batch.seal,
         portcullis_proto::cose::ContentType::AuditSeal,
@@ -220,7 +220,7 @@ fn the_requests_of_a_wake_up_share_one_sealed_batch() {
     w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
     w.poll();
     let got = drain(&mut pd);
-    assert_eq!(got.len(), 20);
+    assert_eq!(got.len(), CLIENT_BUDGET);
     assert!(got
         .iter()
         .all(|m| matches!(m, Message::TokenIssueResp(r) if r.result == IssueResult::Ok)));
