@@ -87,12 +87,23 @@ fn bench(c: &mut Criterion) {
     let mut a = authority(OPS);
     let unlocker = PeerId::new(5, "unlocker");
     let code = format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, T0));
+    // More iterations than operators move to the next 30 s step (with its
+    // code), so every iteration is an accepted code, never a replay or a
+    // lockout refusal.
+    const STEPS: usize = 64;
+    let codes: Vec<String> = (0..STEPS)
+        .map(|s| format!("{:08}", totp(SECRET, Algorithm::Sha1, 8, T0 + 30 * s as u64)))
+        .collect();
     let mut i = 0usize;
+    let mut accepted = 0usize;
     c.bench_function("handle: totp_validate (accept + audit, sealed per 32)", |b| {
         b.iter(|| {
-            let req = totp_req(&format!("op{}", i % OPS), &code);
+            let step = (i / OPS) % STEPS;
+            let req = totp_req(&format!("op{}", i % OPS), &codes[step]);
+            let now = T0 + 30 * step as u64;
             i += 1;
-            let out = a.handle_request(&unlocker, Request::TotpValidate(&req), T0, b"");
+            let out = a.handle_request(&unlocker, Request::TotpValidate(&req), now, b"");
+            accepted += usize::from(out.response.is_none());
             if i.is_multiple_of(32) {
                 ack_all(&mut a);
             }
@@ -100,6 +111,9 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Held, not refused: every iteration was an audited acceptance (or at
+    // least an audited decision) while i stayed within the steps.
+    assert!(i > OPS * STEPS || accepted == i, "{accepted} of {i} held");
     let mut a = authority(1);
     let pd = PeerId::new(7, "pd");
     let issue: Message = TokenIssueReq {
