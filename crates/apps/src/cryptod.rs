@@ -322,9 +322,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             }
         }
         changed |= core::mem::take(&mut self.fresh_audit);
-        // One seal (one signature) over every record this wake-up made.
-        self.auth.seal_audit(now);
-        let released = self.ship_audit(p, changed)?;
+        let released = self.take_acks(p)?;
         self.unsent.extend(released);
         // Write-ahead: the state these answers may depend on is durable
         // before any of them leaves.
@@ -335,6 +333,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             let answers = core::mem::take(&mut self.unsent);
             self.deliver(p, answers);
         }
+        // One seal (one signature) over every record this wake-up made,
+        // shipped after the answers that need not wait for it (answers that
+        // wait for their records are held by the authority until the
+        // collector acks the batch), so the seal is not on their path.
+        self.auth.seal_audit(now);
+        self.ship_batches(p, changed)?;
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {
             self.empty_report_due = true;
@@ -727,16 +731,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
     }
 
-    /// Ships sealed audit batches to the collector, one `audit_log` message
-    /// each: everything after the last one written, or everything still
-    /// unacknowledged after the collector reconnects. Records leave the
-    /// outbox only when the collector acks their batch (the collector link is the only way to
-    /// [`Authority::collector_ack`]); returns the answers those acks released.
-    fn ship_audit<P: Platform>(
-        &mut self,
-        p: &mut P,
-        new_records: bool,
-    ) -> Result<Vec<(PeerId, Message)>, AppError> {
+    /// Takes the collector's acks (re-opening its link if it left, so that
+    /// every unacknowledged batch is sent again). Records leave the outbox
+    /// only when the collector acks their batch (the collector link is the
+    /// only way to [`Authority::collector_ack`]); returns the answers those
+    /// acks released.
+    fn take_acks<P: Platform>(&mut self, p: &mut P) -> Result<Vec<(PeerId, Message)>, AppError> {
         let mut released = Vec::new();
         let col = &mut self.collector;
         if !col.link.is_open() {
@@ -767,6 +767,13 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 }
             }
         }
+        Ok(released)
+    }
+
+    /// Ships the sealed batches not written yet (all unacknowledged ones
+    /// after the collector reconnected), one `audit_log` message each.
+    fn ship_batches<P: Platform>(&mut self, p: &mut P, new_records: bool) -> Result<(), AppError> {
+        let col = &mut self.collector;
         if new_records || !col.link.has_queued() {
             for batch in self.auth.pending_audit_batches() {
                 if col.shipped.is_some_and(|s| batch.last_seq <= s) {
@@ -783,7 +790,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             }
         }
         let _ = col.link.pump();
-        Ok(released)
+        Ok(())
     }
 }
 
