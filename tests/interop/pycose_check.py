@@ -8,11 +8,16 @@ not write).
    `portcullis token verify`.
 3. One byte flipped anywhere in a minted token makes `portcullis token verify`
    fail with exit code 1 and the reason that matches where the byte was.
+4. An audit log written here (records encoded with cbor2, hash-chained with
+   hashlib, one batch sealed by a pycose COSE_Sign1) passes
+   `portcullis audit verify`; the same log with a record edited, or sealed
+   by another key, fails.
 
 Run by `cargo xtask interop` (and so by `cargo xtask test`).
 """
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -144,8 +149,69 @@ def main():
                              f"byte {i} (structure) -> a structural reason, got {code}")
         print("flipped-byte reasons:", ", ".join(f"{k}={v}" for k, v in sorted(seen.items())))
 
+        # 4. an audit log sealed by pycose -> portcullis audit verify
+        audit_seal_check(c, tmp, prefix, priv, now)
+
         print(f"pycose interop: {c.passed} passed, {c.failures} failed")
         sys.exit(1 if c.failures else 0)
+
+
+def bstr_item(b):
+    return cbor2.dumps(bytes(b))
+
+
+def audit_log(records, seal_key, kid, now):
+    """Encoded records (hash-chained) and one seal over them, as stored."""
+    chain_id = os.urandom(16)
+    prev = bytes(32)
+    items = []
+    for seq, (actor, action) in enumerate(records):
+        rec = {"chain_id": chain_id, "seq": seq,
+               "entry_id": hashlib.sha256(chain_id + seq.to_bytes(8, "big")).digest()[:16],
+               "prev_hash": prev, "actor": actor, "action": action, "result": "ok",
+               "timestamp": now}
+        enc = cbor2.dumps(rec)
+        prev = hashlib.sha256(enc).digest()
+        items.append(enc)
+    seal = {"chain_id": chain_id, "first_seq": 0, "last_seq": len(records) - 1,
+            "head_hash": prev, "timestamp": now}
+    m = Sign1Message(phdr={1: Ed25519, 3: "application/portcullis.audit-seal+cbor", 4: kid},
+                     payload=cbor2.dumps(seal))
+    m.key = seal_key
+    items.append(m.encode(tag=True))
+    return items
+
+
+def audit_seal_check(c, tmp, prefix, priv, now):
+    key = OKPKey(crv="Ed25519", x=priv.x, d=priv.d)
+    records = [("cryptod", "chain_start"), ("policy_pd", "token_issue"), ("unlocker", "totp_validate")]
+
+    def verify(name, items):
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as f:
+            f.write(b"".join(bstr_item(i) for i in items))
+        return c.run("audit", "verify", "--root", prefix + ".pub", path)
+
+    items = audit_log(records, key, bytes(priv.kid), now)
+    # pycose itself verifies the seal it made.
+    m = Sign1Message.decode(items[-1])
+    m.key = key
+    c.expect(m.verify_signature(), "pycose verifies its audit seal")
+    r = verify("audit.log", items)
+    c.expect(r.returncode == 0,
+             f"portcullis audit verify accepts a pycose-sealed log ({r.stderr.decode().strip()})")
+    edited = list(items)
+    rec = cbor2.loads(edited[1])
+    rec["actor"] = "mallory"
+    edited[1] = cbor2.dumps(rec)
+    r = verify("edited.log", edited)
+    c.expect(r.returncode == 1 and b"breaks at item 2" in r.stderr,
+             f"an edited record under a pycose seal is refused ({r.stderr.decode().strip()})")
+    other = OKPKey.generate_key(crv="Ed25519")
+    forged = audit_log(records, other, bytes(priv.kid), now)
+    r = verify("forged.log", forged)
+    c.expect(r.returncode == 1 and b"signature" in r.stderr,
+             f"a seal by another key is refused ({r.stderr.decode().strip()})")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,48 @@ fn an_answer_is_held_until_the_collector_acks_its_record() {
     assert_eq!(totp_result(&got[0]), TotpResult::Ok);
 }
 
+/// Issue 14: the requests of one wake-up share one audit batch (one seal,
+/// one `audit_log` message, one collector commit), draw no hardware
+/// entropy, print nothing, and are all released by the batch's one ack.
+#[test]
+fn the_requests_of_a_wake_up_share_one_sealed_batch() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    let (hw_before, lines_before) = (w.p.hw_entropy_calls, w.p.console_out.lines().count());
+    for _ in 0..CLIENT_BUDGET {
+        pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    }
+    let _ = pd.pump();
+    w.poll();
+    assert!(drain(&mut pd).is_empty(), "no answer before the batch is stored");
+    let batches = drain(&mut w.collector);
+    let [Message::AuditLog(batch)] = batches.as_slice() else { panic!("{batches:?}") };
+    assert_eq!(batch.records.len(), CLIENT_BUDGET, "one batch for the wake-up's records");
+    let seal = portcullis_proto::cose::verify(
+        &batch.seal,
+        portcullis_proto::cose::ContentType::AuditSeal,
+        |_| Some(w.d.authority().root_public()),
+    )
+    .expect("the seal is signed by the root key");
+    let seal = portcullis_proto::msg::AuditSeal::from_cbor(&seal.payload).unwrap();
+    let records = records_of(&batches[0]);
+    let last = records.last().unwrap();
+    assert_eq!((seal.first_seq, seal.last_seq), (records[0].seq, last.seq));
+    assert_eq!(w.p.hw_entropy_calls, hw_before, "no hardware entropy per request");
+    // One ack releases every answer the batch covers.
+    w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    w.poll();
+    let got = drain(&mut pd);
+    assert_eq!(got.len(), CLIENT_BUDGET);
+    assert!(got
+        .iter()
+        .all(|m| matches!(m, Message::TokenIssueResp(r) if r.result == IssueResult::Ok)));
+    // No console line per request (the "outbox empty" report at most).
+    let lines = w.p.console_out.lines().count() - lines_before;
+    assert!(lines <= 1, "{lines} console line(s):\n{}", w.p.console_out);
+}
+
 /// The newest sealed state cryptod handed to the platform.
 fn last_persisted(w: &World) -> sealed::SealedState {
     let (item, blob) = w.p.persisted.last().expect("cryptod persisted its state");

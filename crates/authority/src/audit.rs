@@ -1,10 +1,11 @@
-//! The signed, hash-chained audit log and its verifier.
+//! The hash-chained audit log, sealed once per batch, and its verifier.
 //!
 //! Rules:
 //! - a chain has a 16-byte id (one per cryptod boot); its records have
 //!   consecutive `seq`;
-//! - record `n`'s `prev_hash` is SHA-256 of record `n-1`'s signed bytes (the
-//!   whole COSE_Sign1); record 0 has 32 zero bytes;
+//! - a record is the encoded [`AuditRecord`] (a CBOR map, not signed on its
+//!   own); record `n`'s `prev_hash` is SHA-256 of record `n-1`'s encoded
+//!   bytes; record 0 has 32 zero bytes;
 //! - the first boot's chain starts at `seq` 0; a later boot's chain continues
 //!   from the head the collector last acknowledged before the restart (sealed
 //!   with cryptod's state): its first record has `seq` = head `seq` + 1 and
@@ -12,11 +13,19 @@
 //!   ([`verify_log`] checks it whole);
 //! - `entry_id` = the first 16 bytes of SHA-256(chain_id || u64be(seq)), unique
 //!   per record without drawing on the DRBG;
-//! - each record is a COSE_Sign1 (content type `audit_record`) by the root key;
-//! - records wait in a bounded outbox until the collector acks their `seq`
-//!   (an ack covers everything up to it); when the outbox is full, appending
-//!   is refused and the caller refuses the operation (`unavailable`): records
-//!   are never dropped.
+//! - records are shipped in batches: [`AuditLog::seal`] ends each batch with
+//!   one seal, a COSE_Sign1 by the root key (content type `audit_seal`,
+//!   payload [`AuditSeal`]: chain id, first and last `seq`, the last record's
+//!   hash). Through the hash links the seal covers every record before it,
+//!   so one signature per batch replaces one per record;
+//! - records wait in a bounded outbox until the collector acks their batch
+//!   (an ack covers every sealed batch up to its `seq`; unsealed records are
+//!   never acknowledged); when the outbox is full, appending is refused and
+//!   the caller refuses the operation (`unavailable`): records are never
+//!   dropped.
+//!
+//! A stored log is the sequence of records and seals in the order cryptod
+//! made them: each batch's records, then its seal ([`Batch::items`]).
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -25,13 +34,18 @@ use core::fmt;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult, Metadata};
+use portcullis_proto::msg::{
+    self, AuditAction, AuditRecord, AuditResult, AuditSeal, Metadata, MAX_AUDIT_BATCH,
+};
 use sha2::{Digest, Sha256};
 
 use crate::keys::kid_for;
 
 /// Default outbox capacity, in records.
 pub const DEFAULT_OUTBOX: usize = 256;
+/// Most record bytes in one batch, so that an `audit_log` message (records,
+/// seal, framing) stays well under the 64 KiB message limit.
+pub const MAX_BATCH_BYTES: usize = 48 * 1024;
 
 /// What happened, for one audit record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,12 +81,12 @@ impl Event {
     }
 }
 
-/// Why a record could not be appended.
+/// Why a record could not be appended, or a batch not sealed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuditError {
     /// The outbox is full until the collector acks.
     Full,
-    /// The record could not be encoded or signed (a field breaks the schema).
+    /// The record or seal could not be encoded or signed (a field breaks the schema).
     Encoding,
     /// `seq` cannot go higher.
     Exhausted,
@@ -82,32 +96,72 @@ impl fmt::Display for AuditError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             AuditError::Full => "audit outbox is full",
-            AuditError::Encoding => "audit record could not be encoded or signed",
+            AuditError::Encoding => "audit record or seal could not be encoded or signed",
             AuditError::Exhausted => "audit seq exhausted",
         })
     }
 }
 
-/// A stored record: its chain, `seq` and the SHA-256 of its signed bytes.
+impl core::error::Error for AuditError {}
+
+/// A stored record: its chain, `seq` and the SHA-256 of its encoded bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
     /// The record's chain.
     pub chain_id: [u8; 16],
     /// The record's `seq`.
     pub seq: u64,
-    /// SHA-256 of the record's signed bytes.
+    /// SHA-256 of the record's encoded bytes.
     pub hash: [u8; 32],
 }
 
-impl core::error::Error for AuditError {}
+/// A record not yet sealed.
+#[derive(Debug)]
+struct Unsealed {
+    seq: u64,
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+}
 
-/// The writer's side: the chain head and the outbox of unacked records.
+/// A sealed batch: consecutive records and the seal over the last one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// `seq` of the first record.
+    pub first_seq: u64,
+    /// `seq` of the last record.
+    pub last_seq: u64,
+    /// The encoded records, in `seq` order.
+    pub records: Vec<Vec<u8>>,
+    /// The seal (COSE_Sign1, content type `audit_seal`).
+    pub seal: Vec<u8>,
+    /// SHA-256 of the last record.
+    head_hash: [u8; 32],
+}
+
+impl Batch {
+    /// The batch as the `audit_log` message cryptod ships.
+    pub fn to_message(&self) -> msg::AuditLog {
+        msg::AuditLog { records: self.records.clone(), seal: self.seal.clone() }
+    }
+
+    /// The batch's log items in the order a collector stores them: the
+    /// records, then the seal.
+    pub fn items(&self) -> impl Iterator<Item = &[u8]> {
+        self.records.iter().map(Vec::as_slice).chain(core::iter::once(self.seal.as_slice()))
+    }
+}
+
+/// The writer's side: the chain head, the records not yet sealed, and the
+/// outbox of sealed batches not yet acknowledged.
 #[derive(Debug)]
 pub struct AuditLog {
     chain_id: [u8; 16],
     next_seq: u64,
     prev_hash: [u8; 32],
-    outbox: VecDeque<(u64, Vec<u8>)>,
+    unsealed: Vec<Unsealed>,
+    sealed: VecDeque<Batch>,
+    /// Records in `sealed`.
+    sealed_records: usize,
     capacity: usize,
     acked: Option<Head>,
 }
@@ -126,7 +180,9 @@ impl AuditLog {
             // u64::MAX itself is never written: append refuses then.
             next_seq: after.map_or(0, |h| h.seq.saturating_add(1)),
             prev_hash: after.map_or([0; 32], |h| h.hash),
-            outbox: VecDeque::new(),
+            unsealed: Vec::new(),
+            sealed: VecDeque::new(),
+            sealed_records: 0,
             capacity: capacity.max(1),
             acked: after,
         }
@@ -145,17 +201,13 @@ impl AuditLog {
 
     /// Whether `n` more records fit in the outbox.
     pub fn has_room(&self, n: usize) -> bool {
-        self.outbox.len().saturating_add(n) <= self.capacity
+        self.pending_len().saturating_add(n) <= self.capacity
     }
 
-    /// Signs `event` as the next record with `key`; returns the signed bytes
-    /// (also kept in the outbox until acked).
-    pub fn append(
-        &mut self,
-        key: &SigningKey,
-        event: Event,
-        now: u64,
-    ) -> Result<Vec<u8>, AuditError> {
+    /// Encodes `event` as the next record, linked to the one before; returns
+    /// its encoded bytes (kept until sealed and acked). No signature: the
+    /// next [`AuditLog::seal`] covers it.
+    pub fn append(&mut self, event: Event, now: u64) -> Result<&[u8], AuditError> {
         if !self.has_room(1) {
             return Err(AuditError::Full);
         }
@@ -172,46 +224,100 @@ impl AuditLog {
             target: event.target,
             metadata: (!event.metadata.is_empty()).then_some(event.metadata),
         };
-        let payload = record.to_cbor().map_err(|_| AuditError::Encoding)?;
-        let kid = kid_for(&key.verifying_key());
-        let signed = cose::sign(key, &kid, ContentType::AuditRecord, &payload)
-            .map_err(|_| AuditError::Encoding)?;
-        self.prev_hash = Sha256::digest(&signed).into();
-        self.outbox.push_back((self.next_seq, signed.clone()));
+        let bytes = record.to_cbor().map_err(|_| AuditError::Encoding)?;
+        if bytes.len() > msg::MAX_AUDIT_RECORD_LEN {
+            return Err(AuditError::Encoding);
+        }
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        self.prev_hash = hash;
+        self.unsealed.push(Unsealed { seq: self.next_seq, bytes, hash });
         self.next_seq = after;
-        Ok(signed)
+        Ok(self.unsealed.last().map_or(&[][..], |u| u.bytes.as_slice()))
     }
 
-    /// The collector stored everything up to `seq` of chain `chain_id`; drops
-    /// those records from the outbox and returns how many. Acks for another
-    /// chain are ignored.
+    /// Seals every record appended since the last seal with `key` (whose
+    /// key id is `kid`): one signature per batch of at most
+    /// [`MAX_AUDIT_BATCH`] records and [`MAX_BATCH_BYTES`] bytes. Returns
+    /// how many batches it made. On an error nothing is sealed.
+    pub fn seal(&mut self, key: &SigningKey, kid: &[u8], now: u64) -> Result<usize, AuditError> {
+        let mut made = Vec::new();
+        let mut rest = self.unsealed.as_slice();
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut bytes = 0usize;
+            for u in rest {
+                if n == MAX_AUDIT_BATCH
+                    || (n > 0 && bytes.saturating_add(u.bytes.len()) > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes = bytes.saturating_add(u.bytes.len());
+                n += 1;
+            }
+            let (batch, tail) = rest.split_at(n);
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else { break };
+            let seal = AuditSeal {
+                chain_id: self.chain_id,
+                first_seq: first.seq,
+                last_seq: last.seq,
+                head_hash: last.hash,
+                timestamp: now,
+            };
+            let payload = seal.to_cbor().map_err(|_| AuditError::Encoding)?;
+            let signed = cose::sign(key, kid, ContentType::AuditSeal, &payload)
+                .map_err(|_| AuditError::Encoding)?;
+            made.push((n, first.seq, last.seq, last.hash, signed));
+            rest = tail;
+        }
+        let count = made.len();
+        let mut records = core::mem::take(&mut self.unsealed).into_iter();
+        for (n, first_seq, last_seq, head_hash, seal) in made {
+            let batch: Vec<Vec<u8>> = records.by_ref().take(n).map(|u| u.bytes).collect();
+            self.sealed_records = self.sealed_records.saturating_add(batch.len());
+            self.sealed.push_back(Batch { first_seq, last_seq, records: batch, seal, head_hash });
+        }
+        Ok(count)
+    }
+
+    /// The collector stored everything up to `seq` of chain `chain_id`:
+    /// drops the sealed batches that ends at or before `seq` from the outbox
+    /// and returns how many records left. Acks for another chain, and for
+    /// records not sealed yet, are ignored.
     pub fn ack(&mut self, chain_id: &[u8; 16], seq: u64) -> usize {
         if chain_id != &self.chain_id {
             return 0;
         }
-        let before = self.outbox.len();
-        while self.outbox.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((seq, signed)) = self.outbox.pop_front() {
-                let hash = Sha256::digest(&signed).into();
-                self.acked = Some(Head { chain_id: self.chain_id, seq, hash });
+        let mut dropped = 0;
+        while self.sealed.front().is_some_and(|b| b.last_seq <= seq) {
+            if let Some(b) = self.sealed.pop_front() {
+                dropped += b.records.len();
+                self.sealed_records = self.sealed_records.saturating_sub(b.records.len());
+                self.acked =
+                    Some(Head { chain_id: self.chain_id, seq: b.last_seq, hash: b.head_hash });
             }
         }
-        before - self.outbox.len()
+        dropped
     }
 
-    /// Records not yet acked, oldest first (for retransmission).
-    pub fn pending(&self) -> impl Iterator<Item = &[u8]> {
-        self.pending_with_seq().map(|(_, r)| r)
+    /// Sealed batches not yet acked, oldest first (shipped, and shipped
+    /// again after the collector reconnects).
+    pub fn pending(&self) -> impl Iterator<Item = &Batch> {
+        self.sealed.iter()
     }
 
-    /// Records not yet acked with their `seq`, oldest first.
-    pub fn pending_with_seq(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.outbox.iter().map(|(seq, r)| (*seq, r.as_slice()))
+    /// The `seq` of the oldest record not yet acked (sealed or not).
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.sealed.front().map(|b| b.first_seq).or(self.unsealed.first().map(|u| u.seq))
     }
 
-    /// How many records wait for an ack.
+    /// How many records wait for an ack (sealed or not).
     pub fn pending_len(&self) -> usize {
-        self.outbox.len()
+        self.sealed_records.saturating_add(self.unsealed.len())
+    }
+
+    /// How many records wait for the next seal.
+    pub fn unsealed_len(&self) -> usize {
+        self.unsealed.len()
     }
 
     /// The sequence number the next record will carry.
@@ -242,7 +348,13 @@ pub struct Summary {
     pub last_seq: u64,
     /// Number of records.
     pub records: usize,
-    /// SHA-256 of the last record's signed bytes (what the next record links to).
+    /// Number of seals.
+    pub seals: usize,
+    /// `seq` of the last record a seal covers (`None`: no seal).
+    pub sealed_last: Option<u64>,
+    /// Records after the last seal (an unsealed tail).
+    pub unsealed: usize,
+    /// SHA-256 of the last record's encoded bytes (what the next record links to).
     pub head_hash: [u8; 32],
     /// The first record's `prev_hash` (what this run links to).
     pub first_prev_hash: [u8; 32],
@@ -253,11 +365,12 @@ pub struct Summary {
 pub enum ChainErrorKind {
     /// No records at all.
     Empty,
-    /// Not a signed audit record (cut short, not COSE, wrong content type or bad payload).
+    /// Neither an audit record nor an audit seal (cut short, not CBOR,
+    /// wrong content type or bad payload).
     Malformed,
-    /// Signed by no key given, or the signature does not verify.
+    /// A seal signed by no key given, or whose signature does not verify.
     BadSignature,
-    /// A record of another chain.
+    /// A record or seal of another chain.
     WrongChain,
     /// `seq` skips ahead: records `expected..found` are missing.
     Gap {
@@ -273,10 +386,28 @@ pub enum ChainErrorKind {
         /// The `seq` found.
         found: u64,
     },
-    /// `prev_hash` is not the hash of the record before (a changed or swapped record).
+    /// `prev_hash` is not the hash of the record before: this record or the
+    /// one before it was changed, or swapped in.
     BrokenLink,
     /// `entry_id` is not the one derived from chain id and `seq`.
     BadEntryId,
+    /// A seal with no record since the previous seal (a seal repeated or moved).
+    EmptySeal,
+    /// A seal's range is not the records since the previous seal: a seal
+    /// was dropped, moved or reordered.
+    SealRange {
+        /// First `seq` since the previous seal.
+        expected_first: u64,
+        /// The last record's `seq`.
+        expected_last: u64,
+        /// The seal's `first_seq`.
+        found_first: u64,
+        /// The seal's `last_seq`.
+        found_last: u64,
+    },
+    /// A seal's head hash is not the hash of the last record: a record of
+    /// the batch was changed.
+    SealMismatch,
     /// The chain ends before the anchor's `seq`: its tail was cut off.
     TruncatedTail {
         /// The anchor's last `seq`.
@@ -292,7 +423,7 @@ pub enum ChainErrorKind {
 /// (`records.len()` for a cut-off tail).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChainError {
-    /// Position of the offending record in the input.
+    /// Position of the offending record or seal in the input.
     pub index: usize,
     /// What is wrong there.
     pub kind: ChainErrorKind,
@@ -300,24 +431,45 @@ pub struct ChainError {
 
 impl fmt::Display for ChainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "audit chain breaks at record {}: ", self.index)?;
+        write!(f, "audit chain breaks at item {}: ", self.index)?;
         match self.kind {
             ChainErrorKind::Empty => f.write_str("no records"),
-            ChainErrorKind::Malformed => f.write_str("not a signed audit record"),
+            ChainErrorKind::Malformed => f.write_str("neither an audit record nor an audit seal"),
             ChainErrorKind::BadSignature => {
-                f.write_str("signature does not verify under any given key")
+                f.write_str("seal signature does not verify under any given key")
             }
-            ChainErrorKind::WrongChain => f.write_str("record of another chain"),
+            ChainErrorKind::WrongChain => f.write_str("record or seal of another chain"),
             ChainErrorKind::Gap { expected, found } => {
                 write!(f, "gap: expected seq {expected}, found {found}")
             }
             ChainErrorKind::Reordered { expected, found } => {
                 write!(f, "out of order: expected seq {expected}, found {found}")
             }
-            ChainErrorKind::BrokenLink => {
-                f.write_str("prev_hash does not match the previous record")
-            }
+            ChainErrorKind::BrokenLink => f.write_str(
+                "prev_hash does not match the previous record (it or the record before it was \
+                 changed)",
+            ),
             ChainErrorKind::BadEntryId => f.write_str("entry_id does not match chain id and seq"),
+            ChainErrorKind::EmptySeal => {
+                f.write_str("a seal with no record since the previous seal (repeated or moved)")
+            }
+            ChainErrorKind::SealRange {
+                expected_first,
+                expected_last,
+                found_first,
+                found_last,
+            } => {
+                write!(
+                    f,
+                    "seal covers seq {found_first}..={found_last}, but the records since the \
+                     previous seal are {expected_first}..={expected_last} (a seal dropped, moved \
+                     or reordered)"
+                )
+            }
+            ChainErrorKind::SealMismatch => f.write_str(
+                "seal's head hash is not the hash of the last record (a record of the batch was \
+                 changed)",
+            ),
             ChainErrorKind::TruncatedTail { expected_last, found_last } => {
                 write!(f, "truncated: chain ends at seq {found_last}, anchor is {expected_last}")
             }
@@ -336,35 +488,86 @@ impl core::error::Error for ChainError {}
 pub struct Anchor {
     /// The last `seq` known to exist.
     pub seq: u64,
-    /// SHA-256 of that record's signed bytes.
+    /// SHA-256 of that record's encoded bytes.
     pub hash: [u8; 32],
 }
 
-/// Verifies a run of signed audit records against the given public keys:
-/// signatures, content type, one chain, consecutive `seq`, entry ids and hash
-/// links. The first record may be any `seq`; if it is 0 its `prev_hash` must
-/// be zero. Returns where and how it first breaks.
+/// One item of a log, read but not verified.
+enum Item {
+    Record(AuditRecord),
+    Seal,
+}
+
+/// Tells a record (a CBOR map) from a seal (a tagged COSE_Sign1) and reads
+/// a record; `None` for anything else.
+fn classify(bytes: &[u8]) -> Option<Item> {
+    match bytes.first()? {
+        0xa0..=0xbf => AuditRecord::from_cbor(bytes).ok().map(Item::Record),
+        0xd2 => Some(Item::Seal),
+        _ => None,
+    }
+}
+
+/// Verifies a seal's signature under one of `keys` and reads it.
+fn open_seal(bytes: &[u8], keys: &[VerifyingKey]) -> Result<AuditSeal, ChainErrorKind> {
+    let verified = cose::verify(bytes, ContentType::AuditSeal, |kid| {
+        keys.iter().find(|k| kid_for(k)[..] == *kid).copied()
+    })
+    .map_err(|e| match e {
+        CoseError::BadSignature | CoseError::UnknownKid | CoseError::WrongAlgorithm => {
+            ChainErrorKind::BadSignature
+        }
+        _ => ChainErrorKind::Malformed,
+    })?;
+    AuditSeal::from_cbor(&verified.payload).map_err(|_| ChainErrorKind::Malformed)
+}
+
+/// Verifies a run of one chain's log items (records and the seals after
+/// each batch) against the given public keys: each seal's signature, chain
+/// id, range (exactly the records since the previous seal) and head hash;
+/// one chain, consecutive `seq`, entry ids and hash links between records.
+/// The first record may be any `seq`; if it is 0 its `prev_hash` must be
+/// zero. Records after the last seal are counted in [`Summary::unsealed`]
+/// (whether that is acceptable is the caller's call). Returns where and how
+/// it first breaks.
 pub fn verify_chain<R: AsRef<[u8]>>(
-    records: &[R],
+    items: &[R],
     keys: &[VerifyingKey],
 ) -> Result<Summary, ChainError> {
     let mut summary: Option<Summary> = None;
-    for (index, bytes) in records.iter().enumerate() {
+    // The first record since the last seal.
+    let mut batch_first: Option<u64> = None;
+    for (index, bytes) in items.iter().enumerate() {
         let bytes = bytes.as_ref();
         let err = |kind| ChainError { index, kind };
-        let verified = cose::verify(bytes, ContentType::AuditRecord, |kid| {
-            keys.iter().find(|k| kid_for(k)[..] == *kid).copied()
-        })
-        .map_err(|e| {
-            err(match e {
-                CoseError::BadSignature | CoseError::UnknownKid | CoseError::WrongAlgorithm => {
-                    ChainErrorKind::BadSignature
+        let record = match classify(bytes).ok_or(err(ChainErrorKind::Malformed))? {
+            Item::Record(r) => r,
+            Item::Seal => {
+                let seal = open_seal(bytes, keys).map_err(err)?;
+                let Some(s) = summary.as_mut() else { return Err(err(ChainErrorKind::EmptySeal)) };
+                if seal.chain_id != s.chain_id {
+                    return Err(err(ChainErrorKind::WrongChain));
                 }
-                _ => ChainErrorKind::Malformed,
-            })
-        })?;
-        let record = AuditRecord::from_cbor(&verified.payload)
-            .map_err(|_| err(ChainErrorKind::Malformed))?;
+                let Some(first) = batch_first.take() else {
+                    return Err(err(ChainErrorKind::EmptySeal));
+                };
+                if seal.first_seq != first || seal.last_seq != s.last_seq {
+                    return Err(err(ChainErrorKind::SealRange {
+                        expected_first: first,
+                        expected_last: s.last_seq,
+                        found_first: seal.first_seq,
+                        found_last: seal.last_seq,
+                    }));
+                }
+                if seal.head_hash != s.head_hash {
+                    return Err(err(ChainErrorKind::SealMismatch));
+                }
+                s.seals += 1;
+                s.sealed_last = Some(s.last_seq);
+                s.unsealed = 0;
+                continue;
+            }
+        };
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         match &mut summary {
             None => {
@@ -376,6 +579,9 @@ pub fn verify_chain<R: AsRef<[u8]>>(
                     first_seq: record.seq,
                     last_seq: record.seq,
                     records: 1,
+                    seals: 0,
+                    sealed_last: None,
+                    unsealed: 1,
                     head_hash: hash,
                     first_prev_hash: record.prev_hash,
                 });
@@ -386,7 +592,7 @@ pub fn verify_chain<R: AsRef<[u8]>>(
                 }
                 let expected = s.last_seq.saturating_add(1);
                 if record.seq != expected {
-                    let later = records
+                    let later = items
                         .get(index + 1..)
                         .unwrap_or(&[])
                         .iter()
@@ -403,9 +609,11 @@ pub fn verify_chain<R: AsRef<[u8]>>(
                 }
                 s.last_seq = record.seq;
                 s.records += 1;
+                s.unsealed += 1;
                 s.head_hash = hash;
             }
         }
+        batch_first.get_or_insert(record.seq);
         if record.entry_id != entry_id(&record.chain_id, record.seq) {
             return Err(err(ChainErrorKind::BadEntryId));
         }
@@ -413,18 +621,29 @@ pub fn verify_chain<R: AsRef<[u8]>>(
     summary.ok_or(ChainError { index: 0, kind: ChainErrorKind::Empty })
 }
 
+/// The index and hash of the record `seq` among `items` (not verified).
+fn record_at<R: AsRef<[u8]>>(items: &[R], seq: u64) -> Option<(usize, [u8; 32])> {
+    items.iter().enumerate().find_map(|(i, b)| {
+        let b = b.as_ref();
+        match classify(b)? {
+            Item::Record(r) if r.seq == seq => Some((i, Sha256::digest(b).into())),
+            _ => None,
+        }
+    })
+}
+
 /// [`verify_chain`], then checks that the chain reaches `anchor` and that the
 /// record at the anchor's `seq` is the anchored one: a cut-off tail is
-/// reported at `index = records.len()`.
+/// reported at `index = items.len()`.
 pub fn verify_chain_to<R: AsRef<[u8]>>(
-    records: &[R],
+    items: &[R],
     keys: &[VerifyingKey],
     anchor: Anchor,
 ) -> Result<Summary, ChainError> {
-    let summary = verify_chain(records, keys)?;
+    let summary = verify_chain(items, keys)?;
     if summary.last_seq < anchor.seq {
         return Err(ChainError {
-            index: records.len(),
+            index: items.len(),
             kind: ChainErrorKind::TruncatedTail {
                 expected_last: anchor.seq,
                 found_last: summary.last_seq,
@@ -432,10 +651,12 @@ pub fn verify_chain_to<R: AsRef<[u8]>>(
         });
     }
     if anchor.seq >= summary.first_seq {
-        let offset = usize::try_from(anchor.seq - summary.first_seq).unwrap_or(usize::MAX);
-        let at = records.get(offset).map(|r| <[u8; 32]>::from(Sha256::digest(r.as_ref())));
-        if at != Some(anchor.hash) {
-            return Err(ChainError { index: offset, kind: ChainErrorKind::AnchorMismatch });
+        match record_at(items, anchor.seq) {
+            Some((_, hash)) if hash == anchor.hash => {}
+            found => {
+                let index = found.map_or(items.len(), |(i, _)| i);
+                return Err(ChainError { index, kind: ChainErrorKind::AnchorMismatch });
+            }
         }
     }
     Ok(summary)
@@ -445,7 +666,7 @@ pub fn verify_chain_to<R: AsRef<[u8]>>(
 /// what breaks one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogErrorKind {
-    /// One chain breaks (`index` is the offending record in the whole log).
+    /// One chain breaks (`index` is the offending item in the whole log).
     Chain(ChainErrorKind),
     /// The first chain does not start at `seq` 0: the log's beginning is
     /// missing (earlier records or whole chains dropped, or chains swapped).
@@ -476,20 +697,37 @@ pub enum LogErrorKind {
     /// A chain's first `prev_hash` is not the hash of the record it
     /// continues from (chains dropped, swapped or from another history).
     LinkMismatch,
-    /// The log ends before the anchor: the last chain (or whole chains) cut.
+    /// Records no seal covers before another chain starts (a collector
+    /// never stores them so: they were added or their seal dropped).
+    Unsealed {
+        /// `seq` of the first record no seal covers.
+        first_seq: u64,
+        /// How many.
+        count: usize,
+    },
+    /// Records after the log's last seal (a collector cut off mid-batch,
+    /// or records appended): refused unless allowed ([`LogCheck`]).
+    UnsealedTail {
+        /// `seq` of the first record no seal covers.
+        first_seq: u64,
+        /// How many.
+        count: usize,
+    },
+    /// The log's sealed part ends before the anchor: the last chain (or
+    /// whole chains) cut.
     TruncatedTail {
         /// The anchor (highest `seq` the collector acknowledged).
         expected_last: u64,
-        /// The last `seq` present.
+        /// The last sealed `seq` present.
         found_last: u64,
     },
 }
 
-/// Where and how a log breaks: `index` is a record index in the whole log
-/// (`records.len()` for a cut-off tail).
+/// Where and how a log breaks: `index` is an item index in the whole log
+/// (`items.len()` for a cut-off tail).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogError {
-    /// Position of the offending record.
+    /// Position of the offending item.
     pub index: usize,
     /// What is wrong there.
     pub kind: LogErrorKind,
@@ -502,7 +740,7 @@ impl fmt::Display for LogError {
         match self.kind {
             LogErrorKind::Chain(kind) => ChainError { index: self.index, kind }.fmt(f),
             kind => {
-                write!(f, "audit log breaks at record {}: ", self.index)?;
+                write!(f, "audit log breaks at item {}: ", self.index)?;
                 match kind {
                     LogErrorKind::MissingStart { first_seq } => write!(
                         f,
@@ -528,9 +766,20 @@ impl fmt::Display for LogError {
                         "chain does not continue from the record before it (chains dropped, \
                          swapped or replayed)",
                     ),
+                    LogErrorKind::Unsealed { first_seq, count } => write!(
+                        f,
+                        "{count} record(s) from seq {first_seq} are covered by no seal before \
+                         the next chain (added, or their seal dropped)"
+                    ),
+                    LogErrorKind::UnsealedTail { first_seq, count } => write!(
+                        f,
+                        "unsealed tail: {count} record(s) from seq {first_seq} after the last \
+                         seal are covered by no signature"
+                    ),
                     LogErrorKind::TruncatedTail { expected_last, found_last } => write!(
                         f,
-                        "truncated: the log ends at seq {found_last}, anchor is {expected_last}"
+                        "truncated: the sealed log ends at seq {found_last}, anchor is \
+                         {expected_last}"
                     ),
                     LogErrorKind::Chain(_) => Ok(()),
                 }
@@ -539,47 +788,69 @@ impl fmt::Display for LogError {
     }
 }
 
+/// What [`verify_log`] requires beyond a sound log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogCheck {
+    /// The highest `seq` the collector acknowledged: the sealed log must
+    /// reach it (this anchors the whole sequence).
+    pub expect_last: Option<u64>,
+    /// Accept records after the log's last seal (reported in
+    /// [`LogSummary::unsealed_tail`], not verified by any signature).
+    pub allow_unsealed_tail: bool,
+}
+
 /// What a verified log covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogSummary {
-    /// Each chain, oldest first, with `(start, end)` record indexes.
+    /// Each chain, oldest first, with `(start, end)` item indexes.
     pub chains: Vec<(Summary, usize, usize)>,
     /// Records of a chain after the point the next chain continues from:
     /// stored by the collector, but not acknowledged before cryptod stopped.
     pub superseded: usize,
+    /// Records after the log's last seal (only with
+    /// [`LogCheck::allow_unsealed_tail`]).
+    pub unsealed_tail: usize,
 }
 
-/// The chain id of a record, without verifying it (to split a log into runs).
+/// The chain id of a record or seal, without verifying it (to split a log
+/// into runs).
 fn chain_of(bytes: &[u8]) -> Option<[u8; 16]> {
-    let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
-    AuditRecord::from_cbor(&v.get_unverified().payload).ok().map(|r| r.chain_id)
+    match classify(bytes)? {
+        Item::Record(r) => Some(r.chain_id),
+        Item::Seal => {
+            let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
+            AuditSeal::from_cbor(&v.get_unverified().payload).ok().map(|s| s.chain_id)
+        }
+    }
 }
 
-/// Verifies a whole log: the chains of every boot, oldest first. Each chain
-/// must verify ([`verify_chain`]); the first must start at `seq` 0; each
-/// later one must continue from a record of the chain just before it (its
-/// first `prev_hash` is that record's hash, its first `seq` the next); no
-/// chain may appear twice. With `expect_last` (the highest `seq` the
-/// collector acknowledged), the last chain must reach it, which anchors the
-/// whole sequence.
+/// Verifies a whole log: the records and seals of every boot's chain,
+/// oldest first. Each chain must verify ([`verify_chain`]); the first must
+/// start at `seq` 0; each later one must continue from a record of the
+/// chain just before it (its first `prev_hash` is that record's hash, its
+/// first `seq` the next); no chain may appear twice; every record but an
+/// allowed unsealed tail must be covered by a seal. With
+/// [`LogCheck::expect_last`] (the highest `seq` the collector
+/// acknowledged), the sealed log must reach it, which anchors the whole
+/// sequence.
 pub fn verify_log<R: AsRef<[u8]>>(
-    records: &[R],
+    items: &[R],
     keys: &[VerifyingKey],
-    expect_last: Option<u64>,
+    check: LogCheck,
 ) -> Result<LogSummary, LogError> {
     let mut chains: Vec<(Summary, usize, usize)> = Vec::new();
     let mut superseded = 0usize;
     let mut start = 0usize;
-    if records.is_empty() {
+    if items.is_empty() {
         return Err(LogError { index: 0, kind: LogErrorKind::Chain(ChainErrorKind::Empty) });
     }
-    while start < records.len() {
-        let id = chain_of(records[start].as_ref());
+    while start < items.len() {
+        let id = chain_of(items[start].as_ref());
         let mut end = start + 1;
-        while id.is_some() && end < records.len() && chain_of(records[end].as_ref()) == id {
+        while id.is_some() && end < items.len() && chain_of(items[end].as_ref()) == id {
             end += 1;
         }
-        let run = &records[start..end];
+        let run = &items[start..end];
         let summary = verify_chain(run, keys)
             .map_err(|e| LogError { index: start + e.index, kind: LogErrorKind::Chain(e.kind) })?;
         let err = |kind| Err(LogError { index: start, kind });
@@ -592,22 +863,27 @@ pub fn verify_log<R: AsRef<[u8]>>(
             Some(_) if chains.iter().any(|(c, _, _)| c.chain_id == summary.chain_id) => {
                 return err(LogErrorKind::RepeatedChain)
             }
-            Some((prev, prev_start, _)) => {
+            Some((prev, prev_start, prev_end)) => {
+                if prev.unsealed > 0 {
+                    let first_seq = prev.last_seq - (prev.unsealed as u64 - 1);
+                    let index = record_at(&items[*prev_start..*prev_end], first_seq)
+                        .map_or(*prev_start, |(i, _)| prev_start + i);
+                    return Err(LogError {
+                        index,
+                        kind: LogErrorKind::Unsealed { first_seq, count: prev.unsealed },
+                    });
+                }
                 let link_seq = summary.first_seq - 1;
                 if link_seq > prev.last_seq {
                     return err(LogErrorKind::MissingLink { link_seq, found_last: prev.last_seq });
                 }
-                let Some(offset) = link_seq.checked_sub(prev.first_seq) else {
+                if link_seq < prev.first_seq {
                     return err(LogErrorKind::LinkBeforeChain {
                         link_seq,
                         found_first: prev.first_seq,
                     });
-                };
-                let at = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| prev_start.checked_add(o))
-                    .and_then(|i| records.get(i));
-                let hash = at.map(|r| <[u8; 32]>::from(Sha256::digest(r.as_ref())));
+                }
+                let hash = record_at(&items[*prev_start..*prev_end], link_seq).map(|(_, h)| h);
                 if hash != Some(summary.first_prev_hash) {
                     return err(LogErrorKind::LinkMismatch);
                 }
@@ -619,24 +895,42 @@ pub fn verify_log<R: AsRef<[u8]>>(
         chains.push((summary, start, end));
         start = end;
     }
-    if let (Some(want), Some((last, _, _))) = (expect_last, chains.last()) {
-        if last.last_seq < want {
-            return Err(LogError {
-                index: records.len(),
-                kind: LogErrorKind::TruncatedTail {
-                    expected_last: want,
-                    found_last: last.last_seq,
-                },
-            });
+    let mut unsealed_tail = 0;
+    if let Some((last, last_start, last_end)) = chains.last() {
+        if last.unsealed > 0 {
+            let first_seq = last.last_seq - (last.unsealed as u64 - 1);
+            if !check.allow_unsealed_tail {
+                let index = record_at(&items[*last_start..*last_end], first_seq)
+                    .map_or(*last_start, |(i, _)| last_start + i);
+                return Err(LogError {
+                    index,
+                    kind: LogErrorKind::UnsealedTail { first_seq, count: last.unsealed },
+                });
+            }
+            unsealed_tail = last.unsealed;
+        }
+        if let Some(want) = check.expect_last {
+            let sealed = last.sealed_last.or(chains.iter().rev().find_map(|c| c.0.sealed_last));
+            if sealed.is_none_or(|s| s < want) {
+                return Err(LogError {
+                    index: items.len(),
+                    kind: LogErrorKind::TruncatedTail {
+                        expected_last: want,
+                        found_last: sealed.unwrap_or(0),
+                    },
+                });
+            }
         }
     }
-    Ok(LogSummary { chains, superseded })
+    Ok(LogSummary { chains, superseded, unsealed_tail })
 }
 
 /// The `seq` of a record, without verifying it (to tell a reordering from a gap).
 fn seq_of(bytes: &[u8]) -> Option<u64> {
-    let v = portcullis_proto::danger::open_unverified(bytes).ok()?;
-    AuditRecord::from_cbor(&v.get_unverified().payload).ok().map(|r| r.seq)
+    match classify(bytes)? {
+        Item::Record(r) => Some(r.seq),
+        Item::Seal => None,
+    }
 }
 
 #[cfg(test)]
@@ -647,134 +941,278 @@ mod tests {
         SigningKey::from_bytes(&[6; 32])
     }
 
-    fn chain(n: usize) -> (AuditLog, Vec<Vec<u8>>) {
-        let mut log = AuditLog::new([0xab; 16], 64);
-        let records = (0..n)
-            .map(|i| {
-                let e = Event::new("unlocker", AuditAction::TotpValidate, AuditResult::Ok)
-                    .target("alice");
-                log.append(&key(), e, 1000 + i as u64).unwrap()
-            })
-            .collect();
-        (log, records)
+    fn kid() -> [u8; 8] {
+        kid_for(&key().verifying_key())
     }
 
-    fn verify(records: &[Vec<u8>]) -> Result<Summary, ChainError> {
-        verify_chain(records, &[key().verifying_key()])
+    fn event() -> Event {
+        Event::new("unlocker", AuditAction::TotpValidate, AuditResult::Ok).target("alice")
+    }
+
+    /// A chain of `batches.len()` sealed batches of the given sizes; the log
+    /// items in stored order.
+    fn log_of(chain_id: [u8; 16], batches: &[usize]) -> (AuditLog, Vec<Vec<u8>>) {
+        let mut log = AuditLog::new(chain_id, 256);
+        let mut t = 1000;
+        for &n in batches {
+            for _ in 0..n {
+                log.append(event(), t).unwrap();
+                t += 1;
+            }
+            assert_eq!(log.seal(&key(), &kid(), t).unwrap(), 1);
+        }
+        let items = log.pending().flat_map(|b| b.items().map(<[u8]>::to_vec)).collect();
+        (log, items)
+    }
+
+    fn chain(batches: &[usize]) -> Vec<Vec<u8>> {
+        log_of([0xab; 16], batches).1
+    }
+
+    fn verify(items: &[Vec<u8>]) -> Result<Summary, ChainError> {
+        verify_chain(items, &[key().verifying_key()])
+    }
+
+    fn kind(items: &[Vec<u8>]) -> (usize, ChainErrorKind) {
+        let e = verify(items).unwrap_err();
+        (e.index, e.kind)
     }
 
     #[test]
-    fn intact_chain_verifies() {
-        let (_, records) = chain(5);
-        let s = verify(&records).unwrap();
-        assert_eq!((s.first_seq, s.last_seq, s.records), (0, 4, 5));
-        assert_eq!(s.head_hash, <[u8; 32]>::from(Sha256::digest(&records[4])));
-        // A suffix verifies on its own.
-        assert_eq!(verify(&records[2..]).unwrap().first_seq, 2);
+    fn intact_chain_verifies_with_one_seal_per_batch() {
+        // Batches of 3, 1 and 2 records: items r r r S r S r r S.
+        let items = chain(&[3, 1, 2]);
+        assert_eq!(items.len(), 9);
+        let s = verify(&items).unwrap();
+        assert_eq!((s.first_seq, s.last_seq, s.records, s.seals), (0, 5, 6, 3));
+        assert_eq!((s.sealed_last, s.unsealed), (Some(5), 0));
+        assert_eq!(s.head_hash, <[u8; 32]>::from(Sha256::digest(&items[7])));
+        // A suffix starting at a batch verifies on its own.
+        assert_eq!(verify(&items[4..]).unwrap().first_seq, 3);
     }
 
     #[test]
-    fn audit_chain_detects_a_flipped_byte() {
-        let (_, records) = chain(4);
-        for i in 0..records[2].len() {
-            let mut bad = records.clone();
-            bad[2][i] ^= 0x01;
-            let e = verify(&bad).unwrap_err();
-            assert_eq!(e.index, 2, "byte {i}: {e}");
-            assert!(
-                matches!(e.kind, ChainErrorKind::BadSignature | ChainErrorKind::Malformed),
-                "byte {i}: {e}"
-            );
+    fn every_flipped_byte_of_a_sealed_batch_is_detected() {
+        let items = chain(&[3, 2]);
+        for victim in 0..4 {
+            for i in 0..items[victim].len() {
+                let mut bad = items.clone();
+                bad[victim][i] ^= 0x01;
+                let e = verify(&bad).unwrap_err();
+                assert!(e.index >= victim && e.index <= 3, "item {victim} byte {i}: {e}");
+            }
         }
     }
 
     #[test]
-    fn audit_chain_detects_a_gap() {
-        let (_, mut records) = chain(5);
-        records.remove(2);
-        assert_eq!(
-            verify(&records),
-            Err(ChainError { index: 2, kind: ChainErrorKind::Gap { expected: 2, found: 3 } })
-        );
+    fn an_edited_record_inside_a_sealed_batch_is_refused() {
+        let items = chain(&[3, 2]);
+        let edit = |i: usize| {
+            let mut r = AuditRecord::from_cbor(&items[i]).unwrap();
+            r.actor = "mallory".into();
+            let mut bad = items.clone();
+            bad[i] = r.to_cbor().unwrap();
+            bad
+        };
+        // A record in the middle: the next record's link breaks.
+        assert_eq!(kind(&edit(1)), (2, ChainErrorKind::BrokenLink));
+        // The batch's last record: the seal's head hash does not match.
+        assert_eq!(kind(&edit(2)), (3, ChainErrorKind::SealMismatch));
+        // Re-linking the rest of the batch does not help: the seal pins it.
+        let mut bad = edit(1);
+        let mut next = AuditRecord::from_cbor(&bad[2]).unwrap();
+        next.prev_hash = Sha256::digest(&bad[1]).into();
+        bad[2] = next.to_cbor().unwrap();
+        assert_eq!(kind(&bad), (3, ChainErrorKind::SealMismatch));
     }
 
     #[test]
-    fn audit_chain_detects_a_reordering() {
-        let (_, mut records) = chain(5);
-        records.swap(1, 3);
+    fn a_dropped_or_reordered_seal_is_refused() {
+        let items = chain(&[2, 2, 1]);
+        // r0 r1 S01 r2 r3 S23 r4 S4
+        let mut dropped = items.clone();
+        dropped.remove(2);
         assert_eq!(
-            verify(&records),
-            Err(ChainError { index: 1, kind: ChainErrorKind::Reordered { expected: 1, found: 3 } })
+            kind(&dropped),
+            (
+                4,
+                ChainErrorKind::SealRange {
+                    expected_first: 0,
+                    expected_last: 3,
+                    found_first: 2,
+                    found_last: 3
+                }
+            )
         );
+        // A seal moved after the next batch's records.
+        let mut moved = items.clone();
+        let seal = moved.remove(2);
+        moved.insert(4, seal);
+        assert!(matches!(kind(&moved).1, ChainErrorKind::SealRange { .. }));
+        // Two seals swapped.
+        let mut swapped = items.clone();
+        swapped.swap(2, 5);
+        assert!(matches!(kind(&swapped), (2, ChainErrorKind::SealRange { .. })));
+        // A seal repeated.
+        let mut twice = items.clone();
+        twice.insert(3, items[2].clone());
+        assert_eq!(kind(&twice), (3, ChainErrorKind::EmptySeal));
+        // A log starting with a seal.
+        assert_eq!(kind(&items[2..]), (0, ChainErrorKind::EmptySeal));
+    }
+
+    #[test]
+    fn a_seal_forged_with_another_key_is_refused() {
+        let (_, items) = log_of([0xab; 16], &[2]);
+        let other = SigningKey::from_bytes(&[7; 32]);
+        let r1 = AuditRecord::from_cbor(&items[1]).unwrap();
+        let payload = AuditSeal {
+            chain_id: r1.chain_id,
+            first_seq: 0,
+            last_seq: 1,
+            head_hash: Sha256::digest(&items[1]).into(),
+            timestamp: 1,
+        }
+        .to_cbor()
+        .unwrap();
+        // Under its own kid, and claiming the real key's kid.
+        for k in [kid_for(&other.verifying_key()), kid()] {
+            let forged = cose::sign(&other, &k, ContentType::AuditSeal, &payload).unwrap();
+            let bad = [items[0].clone(), items[1].clone(), forged];
+            assert_eq!(kind(&bad), (2, ChainErrorKind::BadSignature));
+        }
+        // The same payload signed by the real key verifies (the test can fail).
+        let real = cose::sign(&key(), &kid(), ContentType::AuditSeal, &payload).unwrap();
+        assert!(verify(&[items[0].clone(), items[1].clone(), real]).is_ok());
+    }
+
+    #[test]
+    fn batches_spliced_from_two_chains_are_refused() {
+        let a = chain(&[2, 2]);
+        let (_, b) = log_of([0xcd; 16], &[2, 2]);
+        // b's second batch in place of a's: another chain's records.
+        let spliced = [a[..3].to_vec(), b[3..].to_vec()].concat();
+        assert_eq!(kind(&spliced), (3, ChainErrorKind::WrongChain));
+        let keys = [key().verifying_key()];
+        assert!(verify_log(&spliced, &keys, LogCheck::default()).is_err());
+        // b's records relabelled as chain a: the links and b's seal break.
+        let relabel = |bytes: &Vec<u8>| {
+            let mut r = AuditRecord::from_cbor(bytes).unwrap();
+            r.chain_id = [0xab; 16];
+            r.entry_id = entry_id(&r.chain_id, r.seq);
+            r.to_cbor().unwrap()
+        };
+        let mut relabelled = a[..3].to_vec();
+        relabelled.extend(b[3..5].iter().map(relabel));
+        relabelled.push(b[5].clone());
+        assert_eq!(kind(&relabelled), (3, ChainErrorKind::BrokenLink));
+        // A seal of chain b after chain a's records.
+        let mut foreign_seal = a[..2].to_vec();
+        foreign_seal.push(b[2].clone());
+        assert_eq!(kind(&foreign_seal), (2, ChainErrorKind::WrongChain));
+    }
+
+    #[test]
+    fn records_after_the_last_seal_are_an_unsealed_tail() {
+        let (mut log, mut items) = log_of([0xab; 16], &[2]);
+        let tail = log.append(event(), 5).unwrap().to_vec();
+        items.push(tail);
+        let s = verify(&items).unwrap();
+        assert_eq!((s.sealed_last, s.unsealed), (Some(1), 1));
+        let keys = [key().verifying_key()];
+        assert_eq!(
+            verify_log(&items, &keys, LogCheck::default()).unwrap_err(),
+            LogError { index: 3, kind: LogErrorKind::UnsealedTail { first_seq: 2, count: 1 } }
+        );
+        let allow = LogCheck { allow_unsealed_tail: true, expect_last: Some(1) };
+        assert_eq!(verify_log(&items, &keys, allow).unwrap().unsealed_tail, 1);
+        // The anchor must be sealed: an unsealed record does not reach it.
+        let beyond = LogCheck { allow_unsealed_tail: true, expect_last: Some(2) };
+        assert!(matches!(
+            verify_log(&items, &keys, beyond).unwrap_err().kind,
+            LogErrorKind::TruncatedTail { expected_last: 2, found_last: 1 }
+        ));
+    }
+
+    #[test]
+    fn audit_chain_detects_a_gap_and_a_reordering() {
+        let items = chain(&[5]);
+        let mut gap = items.clone();
+        gap.remove(2);
+        assert_eq!(kind(&gap), (2, ChainErrorKind::Gap { expected: 2, found: 3 }));
+        let mut swapped = items.clone();
+        swapped.swap(1, 3);
+        assert_eq!(kind(&swapped), (1, ChainErrorKind::Reordered { expected: 1, found: 3 }));
     }
 
     #[test]
     fn audit_chain_detects_a_truncated_tail() {
-        let (_, records) = chain(5);
-        let anchor = Anchor { seq: 4, hash: Sha256::digest(&records[4]).into() };
+        let items = chain(&[3, 2]);
+        let anchor = Anchor { seq: 4, hash: Sha256::digest(&items[5]).into() };
         let keys = [key().verifying_key()];
-        assert!(verify_chain_to(&records, &keys, anchor).is_ok());
+        assert!(verify_chain_to(&items, &keys, anchor).is_ok());
         assert_eq!(
-            verify_chain_to(&records[..3], &keys, anchor),
+            verify_chain_to(&items[..4], &keys, anchor),
             Err(ChainError {
-                index: 3,
+                index: 4,
                 kind: ChainErrorKind::TruncatedTail { expected_last: 4, found_last: 2 }
             })
         );
-        // A last record cut short is malformed at its index.
-        let mut cut = records.clone();
-        let last = cut[4].len() - 10;
-        cut[4].truncate(last);
-        assert_eq!(verify(&cut), Err(ChainError { index: 4, kind: ChainErrorKind::Malformed }));
-    }
-
-    #[test]
-    fn a_replaced_record_breaks_the_link() {
-        let (_, records) = chain(3);
-        // Same seq, validly signed, but from a different history.
-        let mut other = AuditLog::new([0xab; 16], 8);
-        let mut forged = Vec::new();
-        for i in 0..3 {
-            let e = Event::new("mallory", AuditAction::TokenIssue, AuditResult::Ok);
-            forged.push(other.append(&key(), e, i).unwrap());
-        }
-        let mixed = [records[0].clone(), forged[1].clone(), records[2].clone()];
-        assert_eq!(verify(&mixed), Err(ChainError { index: 1, kind: ChainErrorKind::BrokenLink }));
-        // Another chain's record.
-        let mut third = AuditLog::new([0xcd; 16], 8);
-        let r = third
-            .append(&key(), Event::new("x", AuditAction::ChainStart, AuditResult::Ok), 0)
-            .unwrap();
-        let mixed = [records[0].clone(), r];
-        assert_eq!(verify(&mixed).unwrap_err().kind, ChainErrorKind::WrongChain);
+        // A last item cut short is malformed at its index.
+        let mut cut = items.clone();
+        let last = cut[6].len() - 10;
+        cut[6].truncate(last);
+        assert_eq!(kind(&cut), (6, ChainErrorKind::Malformed));
     }
 
     #[test]
     fn unknown_key_and_empty_input() {
-        let (_, records) = chain(2);
+        let items = chain(&[2]);
         let other = SigningKey::from_bytes(&[7; 32]).verifying_key();
-        assert_eq!(
-            verify_chain(&records, &[other]).unwrap_err().kind,
-            ChainErrorKind::BadSignature
-        );
+        assert_eq!(verify_chain(&items, &[other]).unwrap_err().kind, ChainErrorKind::BadSignature);
         assert_eq!(verify(&[]).unwrap_err().kind, ChainErrorKind::Empty);
     }
 
     #[test]
-    fn full_outbox_refuses_until_acked() {
-        let mut log = AuditLog::new([1; 16], 3);
-        let ev = || Event::new("a", AuditAction::TokenIssue, AuditResult::Ok);
+    fn only_sealed_batches_are_acknowledged() {
+        let mut log = AuditLog::new([1; 16], 8);
         for _ in 0..3 {
-            log.append(&key(), ev(), 0).unwrap();
+            log.append(event(), 0).unwrap();
+        }
+        assert_eq!(log.ack(&[1; 16], 2), 0, "nothing sealed, nothing acked");
+        log.seal(&key(), &kid(), 0).unwrap();
+        log.append(event(), 0).unwrap();
+        assert_eq!(log.ack(&[2; 16], 5), 0, "another chain's ack is ignored");
+        assert_eq!(log.ack(&[1; 16], 1), 0, "a batch leaves only whole");
+        assert_eq!(log.ack(&[1; 16], 9), 3, "the unsealed record stays");
+        assert_eq!(log.acked_head().map(|h| h.seq), Some(2));
+        assert_eq!((log.pending_len(), log.oldest_pending()), (1, Some(3)));
+    }
+
+    #[test]
+    fn full_outbox_refuses_until_acked_and_big_batches_split() {
+        let mut log = AuditLog::new([1; 16], 3);
+        for _ in 0..3 {
+            log.append(event(), 0).unwrap();
         }
         assert!(!log.has_room(1));
-        assert_eq!(log.append(&key(), ev(), 0), Err(AuditError::Full));
+        assert_eq!(log.append(event(), 0), Err(AuditError::Full));
         assert_eq!(log.next_seq(), 3, "a refused record takes no seq");
-        assert_eq!(log.ack(&[2; 16], 5), 0, "another chain's ack is ignored");
-        assert_eq!(log.ack(&[1; 16], 1), 2);
-        assert_eq!(log.pending().count(), 1);
-        assert!(log.append(&key(), ev(), 0).is_ok());
-        let all: Vec<Vec<u8>> = log.pending().map(<[u8]>::to_vec).collect();
-        assert_eq!(verify(&all).unwrap().first_seq, 2);
+        log.seal(&key(), &kid(), 0).unwrap();
+        assert_eq!(log.ack(&[1; 16], 2), 3);
+        assert!(log.append(event(), 0).is_ok());
+
+        // More records than one batch holds: several seals, one log.
+        let mut log = AuditLog::new([1; 16], 1000);
+        for _ in 0..MAX_AUDIT_BATCH + 10 {
+            log.append(event(), 0).unwrap();
+        }
+        assert_eq!(log.seal(&key(), &kid(), 0).unwrap(), 2);
+        let items: Vec<Vec<u8>> =
+            log.pending().flat_map(|b| b.items().map(<[u8]>::to_vec)).collect();
+        assert_eq!(verify(&items).unwrap().seals, 2);
+        for b in log.pending() {
+            assert!(portcullis_proto::envelope::Message::AuditLog(b.to_message()).encode().is_ok());
+        }
     }
 }

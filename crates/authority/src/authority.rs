@@ -34,7 +34,7 @@ use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
-use crate::audit::{AuditLog, Event, Head, DEFAULT_OUTBOX};
+use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
 use crate::ratelimit::{
@@ -54,8 +54,10 @@ pub const DEFAULT_UNLOCK_TTL: u64 = 60;
 pub const DEFAULT_POLICY_TTL: u64 = 120;
 /// Longest policy-token lifetime.
 pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
-/// Default number of answers that may wait for the collector at once.
-pub const DEFAULT_MAX_HELD: usize = 64;
+/// Default number of answers that may wait for the collector at once: as
+/// many as the outbox has records (each held answer has a record of its
+/// own there), so that many requests per wake-up can share one batch.
+pub const DEFAULT_MAX_HELD: usize = DEFAULT_OUTBOX;
 /// Default window over which repeated refusals share one audit record.
 pub const DEFAULT_AGGREGATE_WINDOW: u64 = 10;
 
@@ -185,8 +187,10 @@ pub struct Output {
     /// Held answers the collector's ack released, each for the peer that
     /// asked (see [`Config::answer_after_audit`]).
     pub released: Vec<(PeerId, Message)>,
-    /// New `audit_log` messages for the collector (also held until acked).
-    pub audit: Vec<Message>,
+    /// The audit records this input made (encoded, not yet sealed): they
+    /// wait in the outbox until [`Authority::seal_audit`] seals them into
+    /// a batch for the collector and the collector acks it.
+    pub audit: Vec<Vec<u8>>,
     /// The sealed state changed (an operator's last step or failure count,
     /// the keyset version, the revocation list, the acknowledged audit head):
     /// persist [`Authority::export`] before anything else depends on it.
@@ -347,20 +351,37 @@ impl Authority {
         &self.revocations
     }
 
-    /// Audit records not yet acked, oldest first (to resend after a reconnect).
+    /// Seals every audit record made since the last seal into batches,
+    /// each with one signature by the root key (see [`crate::audit`]);
+    /// returns how many batches it made. cryptod calls it once per wake-up,
+    /// before shipping, so the requests of a wake-up share one signature
+    /// and one collector commit. 0 if there was nothing to seal (or the
+    /// seal could not be made: the records stay and are sealed next time).
+    pub fn seal_audit(&mut self, now: u64) -> usize {
+        let (key, kid) = self.keys.root();
+        self.audit.as_mut().and_then(|a| a.seal(key, kid, now).ok()).unwrap_or(0)
+    }
+
+    /// Sealed audit batches not yet acked, as `audit_log` messages, oldest
+    /// first (to resend after a reconnect).
     pub fn pending_audit(&self) -> Vec<Message> {
-        self.audit.iter().flat_map(|a| a.pending()).map(audit_message).collect()
+        self.pending_audit_batches().map(|b| b.to_message().into()).collect()
     }
 
-    /// Signed audit records not yet acked, with their `seq`, oldest first;
-    /// no copies (the platform loop ships them without re-reading them).
-    pub fn pending_audit_records(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        self.audit.iter().flat_map(|a| a.pending_with_seq())
+    /// Sealed audit batches not yet acked, oldest first; no copies (the
+    /// platform loop ships them without re-reading them).
+    pub fn pending_audit_batches(&self) -> impl Iterator<Item = &Batch> {
+        self.audit.iter().flat_map(|a| a.pending())
     }
 
-    /// How many audit records wait for the collector's ack.
+    /// How many audit records wait for the collector's ack (sealed or not).
     pub fn pending_audit_len(&self) -> usize {
         self.audit.as_ref().map_or(0, |a| a.pending_len())
+    }
+
+    /// How many audit records wait for [`Authority::seal_audit`].
+    pub fn unsealed_audit_len(&self) -> usize {
+        self.audit.as_ref().map_or(0, |a| a.unsealed_len())
     }
 
     /// How many answers wait for the collector's ack.
@@ -426,8 +447,10 @@ impl Authority {
     }
 
     /// Decides one client request from `peer` at time `now`; `hw_entropy`
-    /// is a fresh local hardware sample (mixed into the DRBG, never
-    /// credited). Only the request kinds cryptod serves to clients can be
+    /// is an optional local hardware sample, mixed into the DRBG (never
+    /// credited) when not empty. cryptod passes none: a request's
+    /// randomness comes from the DRBG alone, which hardware entropy
+    /// reseeds with every `entropy_pub`. Only the request kinds cryptod serves to clients can be
     /// passed here ([`Request`]): a client link cannot reach the collector's
     /// ack path or the entropy path by construction.
     pub fn handle_request(
@@ -440,7 +463,9 @@ impl Authority {
         let before = self.sealed_marker();
         let mut out = Output::default();
         // A sample too long to mix is simply not mixed; nothing depends on it.
-        let _ = self.drbg.mix(hw_entropy);
+        if !hw_entropy.is_empty() {
+            let _ = self.drbg.mix(hw_entropy);
+        }
         self.maintain(now, &mut out);
         out.response = Some(match req {
             Request::TotpValidate(r) => self.totp_validate(peer, r, now, &mut out).into(),
@@ -536,8 +561,7 @@ impl Authority {
     /// Moves the held answers whose records are all acknowledged to `out`,
     /// in the order they were decided.
     fn release(&mut self, out: &mut Output) {
-        let oldest_unacked =
-            self.audit.as_ref().and_then(|a| a.pending_with_seq().next().map(|(seq, _)| seq));
+        let oldest_unacked = self.audit.as_ref().and_then(AuditLog::oldest_pending);
         while let Some(h) = self.held.front() {
             if oldest_unacked.is_some_and(|oldest| oldest <= h.need) {
                 break;
@@ -614,9 +638,9 @@ impl Authority {
 
     fn append(&mut self, event: Event, now: u64, out: &mut Output) -> bool {
         let Some(log) = self.audit.as_mut() else { return false };
-        match log.append(self.keys.root().0, event, now) {
-            Ok(signed) => {
-                out.audit.push(audit_message(&signed));
+        match log.append(event, now) {
+            Ok(record) => {
+                out.audit.push(record.to_vec());
                 true
             }
             Err(_) => false,
@@ -983,10 +1007,6 @@ impl Authority {
             }
         }
     }
-}
-
-fn audit_message(signed: &[u8]) -> Message {
-    msg::AuditLog { record: signed.to_vec() }.into()
 }
 
 fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Message {

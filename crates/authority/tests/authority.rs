@@ -199,7 +199,7 @@ fn full_outbox_refuses_until_acked() {
         matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable)
     );
     assert!(out.audit.is_empty(), "nothing was dropped, nothing was written");
-    assert_eq!(a.pending_audit().len(), 4);
+    assert_eq!(a.pending_audit_len(), 4);
     // Public data is still served.
     assert!(matches!(
         a.handle(&pd, &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"").response,
@@ -449,10 +449,17 @@ fn the_whole_session_is_one_verifiable_chain() {
         b"",
     )));
     all.extend(records(&a.tick(T0 + 86_400)));
-    let s = verify_chain(&all, &[a.root_public()]).unwrap();
-    assert_eq!(s.records, all.len());
+    assert_eq!(a.unsealed_audit_len(), 1, "the tick's record waits for the next seal");
+    a.seal_audit(T0 + 86_400);
+    let items = pending_items(&a);
+    let s = verify_chain(&items, &[a.root_public()]).unwrap();
+    assert_eq!((s.records, s.unsealed, s.sealed_last), (all.len(), 0, Some(s.last_seq)));
     assert_eq!(s.last_seq as usize, all.len() - 1);
-    assert_eq!(a.pending_audit().len(), all.len());
+    assert_eq!(a.pending_audit_len(), all.len());
+    // Every record made is in the log, byte for byte, each batch sealed once.
+    let stored: Vec<&Vec<u8>> = items.iter().filter(|i| i[0] != 0xd2).collect();
+    assert_eq!(stored, all.iter().collect::<Vec<_>>());
+    assert_eq!(s.seals, a.pending_audit().len());
 }
 
 #[test]

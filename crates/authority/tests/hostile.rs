@@ -3,7 +3,7 @@
 //! `handle_request`, `entropy`, `collector_ack` (through `common::Route`),
 //! `tick` and `export`, the way cryptod drives them.
 
-use portcullis_authority::audit::{verify_log, LogErrorKind};
+use portcullis_authority::audit::{verify_log, Batch, LogCheck, LogErrorKind};
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::sealed::{self, SealedState};
@@ -66,12 +66,17 @@ impl Cryptod {
         c
     }
 
+    /// What the collector does with a wake-up's batches: stores them,
+    /// then acknowledges the last.
     fn store(&mut self, out: &mut Output, now: u64) {
-        let recs = records(out);
-        let Some(last) = recs.last().map(|r| audit_record(r)) else { return };
-        self.log.extend(recs);
-        let _ = now;
-        let acked = self.a.collector_ack(&AuditAck { chain_id: last.chain_id, seq: last.seq });
+        self.a.seal_audit(now);
+        let batches: Vec<Batch> = self.a.pending_audit_batches().cloned().collect();
+        let Some(last) = batches.last() else { return };
+        let chain_id = audit_record(&last.records[0]).chain_id;
+        for b in &batches {
+            self.log.extend(b.items().map(<[u8]>::to_vec));
+        }
+        let acked = self.a.collector_ack(&AuditAck { chain_id, seq: last.last_seq });
         assert!(acked.state_changed, "an ack moves the sealed audit head");
         if let Some((_, answer)) = acked.released.into_iter().next() {
             assert!(out.response.is_none());
@@ -104,6 +109,26 @@ impl Cryptod {
         let out = self.call(&unlocker(), &totp_req_for(operator, code, device).into(), now);
         (totp_resp(&out).result, out)
     }
+}
+
+/// `--expect-last last`.
+fn anchored(last: u64) -> LogCheck {
+    LogCheck { expect_last: Some(last), allow_unsealed_tail: false }
+}
+
+/// Whether a log item is a record (a CBOR map) rather than a seal.
+fn is_record(item: &[u8]) -> bool {
+    matches!(item.first(), Some(0xa0..=0xbf))
+}
+
+/// The last record of a log.
+fn last_record(log: &[Vec<u8>]) -> &[u8] {
+    log.iter().rev().find(|i| is_record(i)).unwrap()
+}
+
+/// The records of a log, read (its seals left out).
+fn records_in(log: &[Vec<u8>]) -> Vec<AuditRecord> {
+    log.iter().filter(|i| is_record(i)).map(|r| audit_record(r)).collect()
 }
 
 /// Finding 1: 4 wrong codes for `alice`, then ~1000 made-up operator ids,
@@ -224,8 +249,8 @@ fn counters_only_go_up_and_the_audit_log_is_one_chain_across_restarts() {
     revoke(&mut c, &[7; 16], T0);
     let l1 = revocation_list(&mut c, T0);
     assert_eq!(l1.entries.len(), 1);
-    let head = audit_record(c.log.last().unwrap());
-    let head_hash: [u8; 32] = Sha256::digest(c.log.last().unwrap()).into();
+    let head = audit_record(last_record(&c.log));
+    let head_hash: [u8; 32] = Sha256::digest(last_record(&c.log)).into();
     let before = c.log.len();
 
     c.restart(T0 + 10);
@@ -248,8 +273,8 @@ fn counters_only_go_up_and_the_audit_log_is_one_chain_across_restarts() {
     c.restart(T0 + 20);
     assert!(keyset_version(&mut c, T0 + 20) > v2);
     assert!(revocation_list(&mut c, T0 + 20).serial > l2.serial);
-    let last = audit_record(c.log.last().unwrap()).seq;
-    let s = verify_log(&c.log, &[c.a.root_public()], Some(last)).unwrap();
+    let last = audit_record(last_record(&c.log)).seq;
+    let s = verify_log(&c.log, &[c.a.root_public()], anchored(last)).unwrap();
     assert_eq!(s.chains.len(), 3);
     assert_eq!(s.superseded, 0);
 }
@@ -269,7 +294,7 @@ fn a_flood_of_refusals_is_aggregated_per_peer_reason_and_window() {
         refused += usize::from(r.result == IssueResult::RateLimited);
     }
     assert!(refused > 2900);
-    let recs: Vec<AuditRecord> = c.log[start..].iter().map(|r| audit_record(r)).collect();
+    let recs: Vec<AuditRecord> = records_in(&c.log[start..]);
     let limited: Vec<&AuditRecord> =
         recs.iter().filter(|r| r.result == AuditResult::RateLimited).collect();
     assert_eq!(limited.len(), 1, "the first refusal at once, the rest counted");
@@ -293,12 +318,12 @@ fn a_flood_of_refusals_is_aggregated_per_peer_reason_and_window() {
     }
     let before = c.log.len();
     c.totp("alice", &code_at(now), "yubi1", now);
-    let next: Vec<AuditRecord> = c.log[before..].iter().map(|r| audit_record(r)).collect();
+    let next: Vec<AuditRecord> = records_in(&c.log[before..]);
     assert_eq!(next[0].result, AuditResult::RateLimited);
     assert!(next[0].metadata.as_ref().unwrap().contains_key("repeated"));
     assert_eq!(next[1].action, AuditAction::TotpValidate);
-    let last = audit_record(c.log.last().unwrap()).seq;
-    verify_log(&c.log, &[c.a.root_public()], Some(last)).unwrap();
+    let last = audit_record(last_record(&c.log)).seq;
+    verify_log(&c.log, &[c.a.root_public()], anchored(last)).unwrap();
 }
 
 /// Three boots' records: `(log, [(start, end)] per chain)`.
@@ -326,15 +351,16 @@ fn audit_log_edits_across_chains_are_detected() {
     let (c, b) = three_boots();
     let keys = [c.a.root_public()];
     let chain = |i: usize| c.log[b[i].0..b[i].1].to_vec();
-    let last = audit_record(c.log.last().unwrap()).seq;
+    let last = audit_record(last_record(&c.log)).seq;
     let check =
-        |log: Vec<Vec<u8>>| verify_log(&log, &keys, Some(last)).map(|_| ()).map_err(|e| e.kind);
+        |log: Vec<Vec<u8>>| verify_log(&log, &keys, anchored(last)).map(|_| ()).map_err(|e| e.kind);
     assert_eq!(check(c.log.clone()), Ok(()));
 
     let dropped_last = [chain(0), chain(1)].concat();
     assert!(matches!(check(dropped_last), Err(LogErrorKind::TruncatedTail { .. })));
+    // Its last batch (one record and its seal) cut.
     let mut cut = chain(0);
-    cut.pop();
+    cut.truncate(cut.len() - 2);
     let cut_tail = [cut, chain(1), chain(2)].concat();
     assert!(matches!(check(cut_tail), Err(LogErrorKind::MissingLink { .. })));
     let dropped_middle = [chain(0), chain(2)].concat();
@@ -353,5 +379,5 @@ fn audit_log_edits_across_chains_are_detected() {
     assert!(check(twice).is_err());
     // Without an anchor, dropping the newest chain is what stays undetectable.
     let dropped_last = [chain(0), chain(1)].concat();
-    assert!(verify_log(&dropped_last, &keys, None).is_ok());
+    assert!(verify_log(&dropped_last, &keys, LogCheck::default()).is_ok());
 }

@@ -2,29 +2,36 @@
 //! to) and `portcullis audit verify` (checks a collected log).
 //!
 //! The log file is a CBOR sequence (RFC 8742) of byte strings, each holding
-//! one signed audit record (a COSE_Sign1) exactly as cryptod sent it. The
-//! collector appends and fsyncs a record before it acknowledges it, so a
-//! record cryptod dropped from its outbox is always on disk; a record cut off
-//! by a crash was never acknowledged and is sent again.
+//! one log item exactly as cryptod sent it: an audit record (an encoded
+//! `audit-record` map) or the seal that ends a batch (a COSE_Sign1 by the
+//! root key); each batch's records come first, then its seal. The
+//! collector stores every batch it has received with one write and one
+//! fsync (group commit) before it acknowledges the last `seq` of each
+//! chain, so a record cryptod dropped from its outbox is always on disk; a
+//! batch cut off by a crash (records after the file's last seal) was never
+//! acknowledged: the collector cuts it when it starts, and cryptod sends it
+//! again.
 
 use crate::{keyfile, socket, Failure};
 use clap::{Args, Subcommand};
 use portcullis_apps::common::{port, resolve_dom};
 use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::connect;
-use portcullis_authority::audit::{verify_log, ChainErrorKind, LogErrorKind};
+use portcullis_authority::audit::{verify_log, ChainErrorKind, LogCheck, LogErrorKind};
 use portcullis_hosted::{HostedPlatform, World};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditAck, AuditRecord};
+use portcullis_proto::msg::{AuditAck, AuditLog, AuditRecord, AuditSeal};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Largest record accepted in a log (a signed record is a few hundred bytes).
+/// Largest item accepted in a log (a record or a seal is a few hundred bytes).
 const MAX_RECORD: u64 = 64 * 1024;
+/// Shortest time between two "stored seq" lines (the last is always said).
+const STORED_LINE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
@@ -35,10 +42,15 @@ pub enum AuditCmd {
         #[arg(long)]
         root: PathBuf,
         /// The highest seq the collector acknowledged (from its output): the
-        /// last chain must reach it. Chains link across restarts, so this
+        /// sealed log must reach it. Chains link across restarts, so this
         /// anchors the whole log, not only the last chain.
         #[arg(long)]
         expect_last: Option<u64>,
+        /// Accept records after the log's last seal (a batch a crash cut
+        /// off before its seal was stored): they are reported, not
+        /// verified by any signature. Refused without this flag.
+        #[arg(long)]
+        allow_unsealed_tail: bool,
         /// The log file.
         file: PathBuf,
     },
@@ -120,14 +132,39 @@ fn bstr_header(len: usize) -> Vec<u8> {
     h
 }
 
-fn chain_and_seq(record: &[u8]) -> Option<([u8; 16], u64)> {
-    let opened = danger::open_unverified(record).ok()?;
-    let r = AuditRecord::from_cbor(&opened.get_unverified().payload).ok()?;
-    Some((r.chain_id, r.seq))
+/// Whether a log item is an audit record (a CBOR map) rather than a seal.
+fn is_record(item: &[u8]) -> bool {
+    matches!(item.first(), Some(0xa0..=0xbf))
 }
 
-/// Opens the log, drops a cut-off tail left by a crash, and returns the
-/// highest stored seq per chain.
+/// A seal's payload, not verified (the collector stores; `audit verify` checks).
+fn seal_of(item: &[u8]) -> Option<AuditSeal> {
+    let opened = danger::open_unverified(item).ok()?;
+    AuditSeal::from_cbor(&opened.get_unverified().payload).ok()
+}
+
+/// A batch as the collector checks it before storing: one chain,
+/// consecutive records, and a seal (not verified) naming exactly them.
+/// Returns the chain and the batch's `seq` range.
+fn batch_range(log: &AuditLog) -> Result<([u8; 16], u64, u64), String> {
+    let seal = seal_of(&log.seal).ok_or("the seal is not a readable audit seal")?;
+    let mut expected = seal.first_seq;
+    for r in &log.records {
+        let r = AuditRecord::from_cbor(r).map_err(|e| format!("a record: {e}"))?;
+        if r.chain_id != seal.chain_id || r.seq != expected {
+            return Err(format!("record seq {} is not seq {expected} of the sealed chain", r.seq));
+        }
+        expected = expected.saturating_add(1);
+    }
+    if expected.checked_sub(1) != Some(seal.last_seq) {
+        return Err(format!("the seal ends at seq {}, its records do not", seal.last_seq));
+    }
+    Ok((seal.chain_id, seal.first_seq, seal.last_seq))
+}
+
+/// Opens the log, drops a cut-off tail left by a crash (an item cut short,
+/// or records after the last seal: never acknowledged, cryptod sends them
+/// again), and returns the highest sealed seq per chain.
 pub(crate) fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Failure> {
     let mut f = OpenOptions::new()
         .read(true)
@@ -137,20 +174,37 @@ pub(crate) fn open_log(path: &Path) -> Result<(File, HashMap<[u8; 16], u64>), Fa
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (records, cut) = read_log(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(at) = cut {
-        println!("audit-collect: dropping a cut-off record at byte {at} (never acknowledged; cryptod resends it)");
-        f.set_len(at as u64).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (items, cut) = read_log(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut last = HashMap::new();
+    // Where the last seal ends, and what follows it.
+    let (mut at, mut sealed_end, mut tail) = (0usize, 0usize, 0usize);
+    for item in &items {
+        at += bstr_header(item.len()).len() + item.len();
+        if let Some(seal) = seal_of(item) {
+            let e = last.entry(seal.chain_id).or_insert(seal.last_seq);
+            *e = (*e).max(seal.last_seq);
+            (sealed_end, tail) = (at, 0);
+        } else if is_record(item) {
+            tail += 1;
+        } else {
+            return Err(Failure::Invalid(format!(
+                "{}: item at byte {} is neither an audit record nor an audit seal (a log \
+                 of another format?); move it aside",
+                path.display(),
+                at - item.len() - bstr_header(item.len()).len()
+            )));
+        }
+    }
+    if tail > 0 || cut.is_some() {
+        println!(
+            "audit-collect: dropping {tail} unsealed record(s){} after byte {sealed_end} \
+             (never acknowledged; cryptod sends them again)",
+            if cut.is_some() { " and a cut-off item" } else { "" }
+        );
+        f.set_len(sealed_end as u64).map_err(|e| format!("{}: {e}", path.display()))?;
         f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
     }
     f.seek(SeekFrom::End(0)).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut last = HashMap::new();
-    for r in &records {
-        if let Some((chain, seq)) = chain_and_seq(r) {
-            let e = last.entry(chain).or_insert(seq);
-            *e = (*e).max(seq);
-        }
-    }
     Ok((f, last))
 }
 
@@ -191,8 +245,11 @@ pub fn collect(args: CollectArgs) -> Result<(), Failure> {
     }
 }
 
-/// Stores and acknowledges records from one connection until it breaks,
-/// or until `keep_going` (asked between records) says to stop. Returns
+/// Stores and acknowledges audit batches from one connection until it
+/// breaks, or until `keep_going` (asked between batches) says to stop.
+/// Group commit: every batch already received is written with one write
+/// and one fsync, then the highest `seq` of each chain is acknowledged, so
+/// the callers whose records those batches hold share one commit. Returns
 /// whether any message arrived.
 pub(crate) fn serve_link<C: Channel>(
     link: &mut Framed<C>,
@@ -202,21 +259,25 @@ pub(crate) fn serve_link<C: Channel>(
     keep_going: &dyn Fn() -> bool,
 ) -> Result<bool, Failure> {
     let mut used = false;
+    let mut stored = StoredLine::default();
     loop {
         if !keep_going() {
+            stored.flush();
             return Ok(used);
         }
         let first = match link.recv_blocking(Duration::from_millis(500)) {
             Ok(m) => m,
-            Err(LinkError::Timeout) => continue,
+            Err(LinkError::Timeout) => {
+                stored.flush();
+                continue;
+            }
             Err(e) => {
+                stored.flush();
                 println!("audit-collect: link: {e}; reconnecting");
                 return Ok(used);
             }
         };
         used = true;
-        // Group commit: take everything already waiting, write it, one
-        // fsync, then acknowledge the highest seq of each chain.
         let mut batch = vec![first];
         while batch.len() < 256 {
             match link.poll() {
@@ -228,18 +289,34 @@ pub(crate) fn serve_link<C: Channel>(
         let mut buf = Vec::new();
         for msg in batch {
             let Message::AuditLog(log) = msg else { continue };
-            let Some((chain, seq)) = chain_and_seq(&log.record) else {
-                println!("audit-collect: ignoring an unreadable record");
-                continue;
+            let (chain, first_seq, last_seq) = match batch_range(&log) {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("audit-collect: ignoring an unreadable batch: {e}");
+                    continue;
+                }
             };
-            if last.get(&chain).is_none_or(|&l| seq > l) {
-                buf.extend_from_slice(&bstr_header(log.record.len()));
-                buf.extend_from_slice(&log.record);
-                last.insert(chain, seq);
+            match last.get(&chain) {
+                // Sent again (cryptod did not see the ack): acked, not stored twice.
+                Some(&l) if last_seq <= l => {}
+                Some(&l) if first_seq <= l => {
+                    println!(
+                        "audit-collect: ignoring a batch (seq {first_seq}..={last_seq}) that \
+                         overlaps what is stored (up to {l})"
+                    );
+                    continue;
+                }
+                _ => {
+                    for item in log.records.iter().chain(std::iter::once(&log.seal)) {
+                        buf.extend_from_slice(&bstr_header(item.len()));
+                        buf.extend_from_slice(item);
+                    }
+                    last.insert(chain, last_seq);
+                }
             }
             match acks.iter_mut().find(|(c, _)| *c == chain) {
-                Some(a) => a.1 = a.1.max(seq),
-                None => acks.push((chain, seq)),
+                Some(a) => a.1 = a.1.max(last_seq),
+                None => acks.push((chain, last_seq)),
             }
         }
         if !buf.is_empty() {
@@ -248,9 +325,10 @@ pub(crate) fn serve_link<C: Channel>(
                 .map_err(|e| format!("{}: {e}", out.display()))?;
         }
         for (chain_id, seq) in acks {
-            println!("audit-collect: stored seq {seq}");
+            stored.note(seq);
             let ack = Message::AuditAck(AuditAck { chain_id, seq });
             if let Err(e) = link.send_blocking(&ack, Duration::from_secs(5)) {
+                stored.flush();
                 println!("audit-collect: ack: {e}; reconnecting");
                 return Ok(used);
             }
@@ -258,18 +336,54 @@ pub(crate) fn serve_link<C: Channel>(
     }
 }
 
+/// The collector's "stored seq N" line: at most one per
+/// [`STORED_LINE_EVERY`], and the newest always said once the link is
+/// idle (the demo waits for it), so a busy log costs no line per batch.
+#[derive(Default)]
+struct StoredLine {
+    said_at: Option<Instant>,
+    due: Option<u64>,
+}
+
+impl StoredLine {
+    fn note(&mut self, seq: u64) {
+        if self.said_at.is_some_and(|t| t.elapsed() < STORED_LINE_EVERY) {
+            self.due = Some(seq);
+        } else {
+            println!("audit-collect: stored seq {seq}");
+            self.said_at = Some(Instant::now());
+            self.due = None;
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(seq) = self.due.take() {
+            println!("audit-collect: stored seq {seq}");
+            self.said_at = Some(Instant::now());
+        }
+    }
+}
+
 pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
     match cmd {
-        AuditCmd::Verify { root, expect_last, file } => {
-            let summary = verify_file(&root, expect_last, &file)?;
+        AuditCmd::Verify { root, expect_last, allow_unsealed_tail, file } => {
+            let check = LogCheck { expect_last, allow_unsealed_tail };
+            let summary = verify_file_with(&root, check, &file)?;
             println!("{summary}");
             Ok(())
         }
     }
 }
 
-/// Verifies a collected log; returns a summary, or says where it breaks.
+/// Verifies a collected log (no unsealed tail allowed); returns a summary,
+/// or says where it breaks.
 pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result<String, Failure> {
+    verify_file_with(root, LogCheck { expect_last, allow_unsealed_tail: false }, file)
+}
+
+/// Verifies a collected log: every record's link, every seal's signature
+/// and range; returns a summary, or says where it breaks.
+pub fn verify_file_with(root: &Path, check: LogCheck, file: &Path) -> Result<String, Failure> {
     let key = keyfile::load(root)?.public;
     let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
     if meta.len() > 1 << 30 {
@@ -279,7 +393,7 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
     let (records, cut) = read_log(&bytes).map_err(Failure::Invalid)?;
     if let Some(at) = cut {
         return Err(Failure::Invalid(format!(
-            "log truncated: record {} starting at byte {at} is cut off",
+            "log truncated: item {} starting at byte {at} is cut off",
             records.len()
         )));
     }
@@ -288,7 +402,7 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
     }
     // One chain per cryptod boot; each continues from the one before, so
     // the log is checked whole (and the anchor anchors all of it).
-    let summary = verify_log(&records, &[key], expect_last).map_err(|e| {
+    let summary = verify_log(&records, &[key], check).map_err(|e| {
         let at = e.index;
         let what = match e.kind {
             LogErrorKind::Chain(ChainErrorKind::Gap { expected, found }) => {
@@ -296,24 +410,25 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
             }
             LogErrorKind::TruncatedTail { expected_last, found_last } => {
                 return Failure::Invalid(format!(
-                    "log truncated: it ends at seq {found_last}, but seq {expected_last} was \
-                     acknowledged"
+                    "log truncated: its sealed part ends at seq {found_last}, but seq \
+                     {expected_last} was acknowledged"
                 ))
             }
             _ => e.to_string().split(": ").skip(1).collect::<Vec<_>>().join(": "),
         };
         Failure::Invalid(format!(
-            "audit log breaks at record {at} (byte offset {}): {what}",
+            "audit log breaks at item {at} (byte offset {}): {what}",
             offset_of(&records, at)
         ))
     })?;
     for (chain, start, _) in &summary.chains {
         println!(
-            "chain {}: seq {}..={} ({} records from record {start}), head {}",
+            "chain {}: seq {}..={} ({} records in {} sealed batch(es) from item {start}), head {}",
             hex::encode(chain.chain_id),
             chain.first_seq,
             chain.last_seq,
             chain.records,
+            chain.seals,
             hex::encode(&chain.head_hash[..8])
         );
     }
@@ -321,9 +436,15 @@ pub fn verify_file(root: &Path, expect_last: Option<u64>, file: &Path) -> Result
         0 => String::new(),
         n => format!("; {n} record(s) stored but not acknowledged before a restart"),
     };
+    let tail = match summary.unsealed_tail {
+        0 => String::new(),
+        n => format!("; {n} record(s) after the last seal are NOT covered by a signature"),
+    };
+    let count: usize = summary.chains.iter().map(|(c, _, _)| c.records).sum();
+    let seals: usize = summary.chains.iter().map(|(c, _, _)| c.seals).sum();
     Ok(format!(
-        "ok: {} records in {} linked chain(s), signatures and links verify{superseded}",
-        records.len(),
+        "ok: {count} records in {} linked chain(s) under {seals} seal(s), seals and links \
+         verify{superseded}{tail}",
         summary.chains.len()
     ))
 }
@@ -336,21 +457,23 @@ fn offset_of(records: &[Vec<u8>], index: usize) -> usize {
 mod tests {
     use super::*;
     use crate::socket::{SocketChannel, SocketLink};
-    use portcullis_authority::audit::{AuditLog as Chain, Event};
-    use portcullis_proto::msg::{AuditAction, AuditLog, AuditResult};
+    use portcullis_authority::audit::{AuditLog as Chain, Batch, Event};
+    use portcullis_proto::msg::{AuditAction, AuditResult};
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    fn records(n: usize) -> Vec<Vec<u8>> {
+    /// `n` sealed batches of one record each.
+    fn batches(n: usize) -> Vec<Batch> {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let kid = portcullis_authority::keys::kid_for(&key.verifying_key());
         let mut chain = Chain::new([3; 16], 16);
-        (0..n)
-            .map(|i| {
-                let event = Event::new("dom0", AuditAction::ChainStart, AuditResult::Ok);
-                chain.append(&key, event, 1_900_000_000 + i as u64).unwrap()
-            })
-            .collect()
+        for i in 0..n {
+            let event = Event::new("dom0", AuditAction::ChainStart, AuditResult::Ok);
+            chain.append(event, 1_900_000_000 + i as u64).unwrap();
+            chain.seal(&key, &kid, 1_900_000_000 + i as u64).unwrap();
+        }
+        chain.pending().cloned().collect()
     }
 
     fn ack_seq(link: &mut SocketLink) -> u64 {
@@ -363,11 +486,15 @@ mod tests {
         }
     }
 
+    fn items(batches: &[Batch]) -> Vec<Vec<u8>> {
+        batches.iter().flat_map(|b| b.items().map(<[u8]>::to_vec)).collect()
+    }
+
     #[test]
     fn a_link_is_stored_before_its_acks_resumed_after_a_restart_and_left_on_request() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let recs = records(3);
+        let recs = batches(3);
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut cryptod = SocketLink::new(SocketChannel::new(theirs));
         let keep = Arc::new(AtomicBool::new(true));
@@ -383,28 +510,28 @@ mod tests {
                 assert!(used);
             })
         };
-        for (i, r) in recs.iter().take(2).enumerate() {
-            cryptod
-                .send_blocking(
-                    &Message::AuditLog(AuditLog { record: r.clone() }),
-                    Duration::from_secs(5),
-                )
-                .unwrap();
+        let send = |link: &mut SocketLink, b: &Batch| {
+            link.send_blocking(&Message::AuditLog(b.to_message()), Duration::from_secs(5)).unwrap()
+        };
+        for (i, b) in recs.iter().take(2).enumerate() {
+            send(&mut cryptod, b);
             assert_eq!(ack_seq(&mut cryptod), i as u64);
-            // Acknowledged means on disk.
+            // Acknowledged means on disk: the record and its seal.
             let (on_disk, cut) = read_log(&std::fs::read(&path).unwrap()).unwrap();
-            assert_eq!((on_disk.len(), cut), (i + 1, None));
+            assert_eq!((on_disk, cut), (items(&recs[..=i]), None));
         }
-        // A record sent again (cryptod restarted before the ack) is acked,
+        // A batch sent again (cryptod restarted before the ack) is acked,
         // not stored twice.
-        cryptod
-            .send_blocking(
-                &Message::AuditLog(AuditLog { record: recs[1].clone() }),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+        send(&mut cryptod, &recs[1]);
         assert_eq!(ack_seq(&mut cryptod), 1);
-        assert_eq!(read_log(&std::fs::read(&path).unwrap()).unwrap().0, recs[..2]);
+        assert_eq!(read_log(&std::fs::read(&path).unwrap()).unwrap().0, items(&recs[..2]));
+        // A batch whose seal does not name its records is neither stored nor acked.
+        let mut bad = recs[2].to_message();
+        bad.seal = recs[1].seal.clone();
+        cryptod.send_blocking(&Message::AuditLog(bad), Duration::from_secs(5)).unwrap();
+        send(&mut cryptod, &recs[2]);
+        assert_eq!(ack_seq(&mut cryptod), 2, "only the good batch is acknowledged");
+        assert_eq!(read_log(&std::fs::read(&path).unwrap()).unwrap().0, items(&recs));
         // The host asks it to stop (domid changed): it returns with the link up.
         keep.store(false, Ordering::Relaxed);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -413,8 +540,31 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         collector.join().unwrap();
-        // A new collector resumes after the last stored record.
+        // A new collector resumes after the last stored batch.
         let (_, last) = open_log(&path).unwrap();
-        assert_eq!(last.get(&[3; 16]), Some(&1));
+        assert_eq!(last.get(&[3; 16]), Some(&2));
+    }
+
+    #[test]
+    fn records_a_crash_left_after_the_last_seal_are_cut_when_the_log_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let recs = batches(2);
+        // The second batch's record reached the disk, its seal did not.
+        let mut bytes = Vec::new();
+        for item in items(&recs[..1]).iter().chain(std::iter::once(&recs[1].records[0])) {
+            bytes.extend_from_slice(&bstr_header(item.len()));
+            bytes.extend_from_slice(item);
+        }
+        let sealed_len =
+            bytes.len() - bstr_header(recs[1].records[0].len()).len() - recs[1].records[0].len();
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, last) = open_log(&path).unwrap();
+        assert_eq!(last.get(&[3; 16]), Some(&0));
+        assert_eq!(std::fs::read(&path).unwrap().len(), sealed_len);
+        // A file of another format is not cut: the collector refuses it.
+        std::fs::write(&path, [0x43, 0x01, 0x02, 0x03]).unwrap();
+        assert!(open_log(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap().len(), 4);
     }
 }

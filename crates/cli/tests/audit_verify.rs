@@ -20,8 +20,12 @@ fn portcullis(args: &[&str]) -> std::process::Output {
 }
 
 fn record_of(bytes: &[u8]) -> AuditRecord {
-    let object = portcullis_proto::danger::open_unverified(bytes).unwrap();
-    AuditRecord::from_cbor(&object.get_unverified().payload).unwrap()
+    AuditRecord::from_cbor(bytes).unwrap()
+}
+
+/// The last record of a log (the last item is a seal).
+fn last_record(log: &[Vec<u8>]) -> AuditRecord {
+    log.iter().rev().find_map(|i| AuditRecord::from_cbor(i).ok()).unwrap()
 }
 
 /// Boots cryptod from `state`, makes a few audited decisions with every
@@ -36,7 +40,9 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
         entropy_chunk: Zeroizing::new(vec![0x3c ^ boot as u8; 64]),
         timestamp: now,
     };
-    let mut outs = vec![a.entropy(&PeerId::new(2, "entropyd"), &seed, now, b"hw")];
+    // Each input is its own wake-up: its records are one sealed batch.
+    let out = a.entropy(&PeerId::new(2, "entropyd"), &seed, now, b"hw");
+    store(&mut a, &out, log);
     for i in 0..3u8 {
         let req: Message = TokenIssueReq {
             request_id: RequestId([i; 16]),
@@ -52,20 +58,24 @@ fn boot(state: SealedState, kek: &[u8; 32], boot: u64, log: &mut Vec<Vec<u8>>) -
         }
         .into();
         let req = Request::from_message(&req).unwrap();
-        outs.push(a.handle_request(&PeerId::new(7, "policy_pd"), req, now, b"hw"));
-    }
-    for out in &outs {
-        store(&mut a, out, log);
+        let out = a.handle_request(&PeerId::new(7, "policy_pd"), req, now, b"hw");
+        store(&mut a, &out, log);
     }
     sealed::unseal(&a.export(kek).unwrap(), kek).unwrap()
 }
 
+/// What cryptod and the collector do at the end of a wake-up: seal its
+/// records into a batch, store the batch (records, then seal), ack it.
 fn store(a: &mut Authority, out: &Output, log: &mut Vec<Vec<u8>>) {
-    for m in &out.audit {
-        let Message::AuditLog(l) = m else { panic!("{m:?}") };
-        let r = record_of(&l.record);
-        log.push(l.record.clone());
-        a.collector_ack(&AuditAck { chain_id: r.chain_id, seq: r.seq });
+    if out.audit.is_empty() {
+        return;
+    }
+    a.seal_audit(T0);
+    let batches: Vec<_> = a.pending_audit_batches().cloned().collect();
+    for b in &batches {
+        log.extend(b.items().map(<[u8]>::to_vec));
+        let chain_id = record_of(&b.records[0]).chain_id;
+        a.collector_ack(&AuditAck { chain_id, seq: b.last_seq });
     }
 }
 
@@ -105,7 +115,7 @@ fn whole_chain_edits_fail_audit_verify() {
         state = boot(state, &kek, n, &mut log);
         chains.push(log);
     }
-    let last = record_of(chains[1].last().unwrap()).seq;
+    let last = last_record(&chains[1]).seq;
     let root = p.join("root.pub");
     let verify = |name: &str, records: Vec<Vec<u8>>| {
         let file = dir.path().join(name);
@@ -125,6 +135,7 @@ fn whole_chain_edits_fail_audit_verify() {
     let (code, err) = verify("intact.log", [a.clone(), b.clone()].concat());
     assert_eq!(code, Some(0), "{err}");
 
+    // The first chain's last batch (one record and its seal) cut.
     let mut cut = a.clone();
     cut.truncate(a.len() - 2);
     let edits = [
@@ -142,4 +153,65 @@ fn whole_chain_edits_fail_audit_verify() {
     // A chain replayed right after itself breaks inside the merged run.
     let (code, err) = verify("twice.log", [a.clone(), b.clone(), b.clone()].concat());
     assert_eq!(code, Some(1), "{err}");
+}
+
+/// Issue 14: records are signed once per batch; `audit verify` checks
+/// every link and seal, and refuses records after the last seal unless
+/// told to accept an unsealed tail.
+#[test]
+fn audit_verify_checks_seals_and_reports_an_unsealed_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    let o = portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
+    let state =
+        sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek).unwrap();
+    let mut log = Vec::new();
+    boot(state, &kek, 0, &mut log);
+    let root = p.join("root.pub");
+    let verify = |name: &str, items: &[Vec<u8>], extra: &[&str]| {
+        let file = dir.path().join(name);
+        write_log(&file, items);
+        let mut args = vec!["audit", "verify", "--root", root.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().unwrap());
+        let o = portcullis(&args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.code(), out + &String::from_utf8_lossy(&o.stderr))
+    };
+    let (code, out) = verify("intact.log", &log, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("seals and links verify"), "{out}");
+
+    // The last seal dropped: an unsealed tail.
+    let unsealed = &log[..log.len() - 1];
+    let (code, out) = verify("unsealed.log", unsealed, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("unsealed tail"), "{out}");
+    let (code, out) = verify("unsealed-ok.log", unsealed, &["--allow-unsealed-tail"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("NOT covered by a signature"), "{out}");
+
+    // A record inside a sealed batch edited (a valid record, other content).
+    let i = log.iter().position(|item| AuditRecord::from_cbor(item).is_ok()).unwrap();
+    let mut edited = log.clone();
+    let mut r = record_of(&edited[i]);
+    r.actor = "mallory".into();
+    edited[i] = r.to_cbor().unwrap();
+    let (code, out) = verify("edited.log", &edited, &["--allow-unsealed-tail"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("breaks at item {}", i + 1)), "{out}");
+
+    // A seal moved (two batches' seals swapped).
+    let seals: Vec<usize> = (0..log.len()).filter(|&i| record_of_opt(&log[i]).is_none()).collect();
+    let mut swapped = log.clone();
+    swapped.swap(seals[0], seals[1]);
+    let (code, out) = verify("swapped-seals.log", &swapped, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("seal covers seq"), "{out}");
+}
+
+fn record_of_opt(bytes: &[u8]) -> Option<AuditRecord> {
+    AuditRecord::from_cbor(bytes).ok()
 }

@@ -1,5 +1,5 @@
 //! COSE_Sign1 (RFC 9052) signed with Ed25519, and the signed objects that are
-//! not tokens: keysets, revocation lists, audit records and attestations.
+//! not tokens: keysets, revocation lists, audit seals and attestations.
 //!
 //! A signed object carries its kind as a text content type (header label 3) in
 //! the protected header, so one kind can never be accepted as another, and a
@@ -44,8 +44,8 @@ text_enum! {
         Keyset = "application/portcullis.keyset+cbor",
         /// The list of revoked token ids.
         RevocationList = "application/portcullis.revocation-list+cbor",
-        /// One hash-chained audit record.
-        AuditRecord = "application/portcullis.audit-record+cbor",
+        /// The seal over one batch of hash-chained audit records.
+        AuditSeal = "application/portcullis.audit-seal+cbor",
         /// A signed statement about a domain's state.
         Attestation = "application/portcullis.attestation+cbor",
     }

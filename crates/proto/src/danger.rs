@@ -1,6 +1,6 @@
 //! Parsing signed things WITHOUT verifying them, for tools that must show or
 //! route them before (or instead of) checking: the CLI's `token inspect`, an
-//! audit collector reading a record's sequence number, a self-test reading
+//! audit collector reading a seal's sequence numbers, a self-test reading
 //! the id of a token it holds.
 //!
 //! Everything here returns an [`Unverified`](crate::danger::Unverified) value, which does not dereference

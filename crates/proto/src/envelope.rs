@@ -109,9 +109,9 @@ messages! {
     TokenRevokeResp(TokenRevokeResp) = "token_revoke_resp",
     /// A signed attestation.
     Attestation(Attestation) = "attestation",
-    /// A signed, hash-chained audit record.
+    /// A batch of hash-chained audit records and its signed seal.
     AuditLog(AuditLog) = "audit_log",
-    /// The receiver has stored audit records up to a sequence number.
+    /// The receiver has stored the audit batches up to a sequence number.
     AuditAck(AuditAck) = "audit_ack",
     /// Ask cryptod for its current signed keyset.
     KeysetReq(KeysetReq) = "keyset_req",

@@ -1,6 +1,6 @@
 //! Portcullis wire protocol: the CBOR envelope and messages exchanged over vchan,
 //! COSE_Sign1 CWT capability tokens, and the other signed objects (keysets,
-//! revocation lists, audit records, attestations).
+//! revocation lists, audit seals, attestations).
 //!
 //! `no_std` + `alloc`. Every decoder takes untrusted bytes, bounds them first and
 //! returns a typed error; none of them panics.

@@ -56,6 +56,11 @@ pub const MAX_PASSPHRASE_LEN: usize = 512;
 pub const MIN_SEALED_LEN: usize = 16;
 /// Longest sealed-secret ciphertext, in bytes.
 pub const MAX_SEALED_LEN: usize = 1024;
+/// Most audit records in one `audit_log` batch.
+pub const MAX_AUDIT_BATCH: usize = 256;
+/// Longest encoded audit record, in bytes (the largest a valid
+/// [`AuditRecord`] can encode to is about 5.6 KiB).
+pub const MAX_AUDIT_RECORD_LEN: usize = 8192;
 
 /// Key-value annotations (console, source address…): at most
 /// [`MAX_METADATA_ENTRIES`] entries; informational only.
@@ -557,9 +562,28 @@ signed_message! {
     Attestation { signed }
 }
 
-signed_message! {
-    /// A signed audit record; the payload is [`AuditRecord`].
-    AuditLog { record }
+wire_struct! {
+    /// One batch of cryptod's audit log: consecutive hash-chained records
+    /// (each the exact bytes of an encoded [`AuditRecord`]) and the
+    /// COSE_Sign1 seal (payload [`AuditSeal`]) over the last one.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AuditLog {
+        /// 1..=[`MAX_AUDIT_BATCH`] encoded records, each
+        /// 1..=[`MAX_AUDIT_RECORD_LEN`] bytes, in `seq` order.
+        records: Vec<Vec<u8>>,
+        /// The seal (a COSE_Sign1 by the root key).
+        seal: Vec<u8>,
+    }
+}
+
+impl Check for AuditLog {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("records", self.records.len(), 1, MAX_AUDIT_BATCH)?;
+        self.records
+            .iter()
+            .try_for_each(|r| check_len("records", r.len(), 1, MAX_AUDIT_RECORD_LEN))?;
+        check_len("seal", self.seal.len(), 1, crate::envelope::MAX_MESSAGE_LEN)
+    }
 }
 
 signed_message! {
@@ -746,7 +770,8 @@ impl Check for AttestationClaims {
 }
 
 wire_struct! {
-    /// The payload of an [`AuditLog`]: one hash-chained audit record.
+    /// One hash-chained audit record (unsigned: a batch's [`AuditSeal`]
+    /// covers it through the hash chain).
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct AuditRecord {
         /// The chain (fresh per chain start).
@@ -755,7 +780,7 @@ wire_struct! {
         seq: u64,
         /// Unique record id.
         entry_id: [u8; 16],
-        /// SHA-256 link to the previous record (zeros for `seq` 0).
+        /// SHA-256 of the previous record's encoded bytes (zeros for `seq` 0).
         prev_hash: [u8; 32],
         /// Who acted (operator, VM or `cryptod`).
         actor: String,
@@ -780,6 +805,36 @@ impl Check for AuditRecord {
         check_id("actor", &self.actor)?;
         check_opt_id("target", &self.target)?;
         check_metadata(&self.metadata)
+    }
+}
+
+wire_struct! {
+    /// The payload of an audit seal (content type `audit_seal`, signed by
+    /// the root key): the batch of chain `chain_id` from `first_seq` to
+    /// `last_seq`, whose last record hashes to `head_hash`. Through the
+    /// records' hash links it covers every record of the log up to there.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AuditSeal {
+        /// The chain.
+        chain_id: [u8; 16],
+        /// `seq` of the batch's first record.
+        first_seq: u64,
+        /// `seq` of the batch's last record.
+        last_seq: u64,
+        /// SHA-256 of the last record's encoded bytes.
+        head_hash: [u8; 32],
+        /// When the batch was sealed.
+        timestamp: u64,
+    }
+}
+payload_codec!(AuditSeal, "audit_seal");
+
+impl Check for AuditSeal {
+    fn check(&self) -> Result<(), FieldError> {
+        if self.last_seq < self.first_seq {
+            return Err(FieldError::new("last_seq", "before first_seq"));
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,9 @@ use cddl::validator::cbor::CBORValidator;
 use cddl::validator::Validator;
 use ciborium::Value;
 use portcullis_proto::envelope::{Message, MsgType};
-use portcullis_proto::msg::{AttestationClaims, AuditRecord, KeysetBody, RevocationBody};
+use portcullis_proto::msg::{
+    AttestationClaims, AuditRecord, AuditSeal, KeysetBody, RevocationBody,
+};
 
 const SCHEMA: &str = include_str!("../../../protocol/messages.cddl");
 
@@ -120,7 +122,9 @@ fn every_message_type_validates() {
 #[test]
 fn every_payload_validates() {
     let payloads = msg_samples::payloads();
-    for root in ["attestation-claims", "audit-record", "keyset-body", "revocation-body"] {
+    for root in
+        ["attestation-claims", "audit-record", "audit-seal", "keyset-body", "revocation-body"]
+    {
         assert!(payloads.iter().any(|(r, _)| *r == root), "no sample for {root}");
     }
     for (root, bytes) in &payloads {
@@ -273,6 +277,14 @@ fn payload_mutants_are_refused_by_both() {
     let mut v = to_value(&msg_samples::audit_records()[0].to_cbor().unwrap());
     *get(&mut v, "prev_hash") = Value::Bytes(vec![0; 31]);
     refuse("audit-record", &to_bytes(&v), &|b| AuditRecord::from_cbor(b).is_ok());
+
+    let mut v = to_value(&msg_samples::audit_seal().to_cbor().unwrap());
+    *get(&mut v, "head_hash") = Value::Bytes(vec![0; 16]);
+    refuse("audit-seal", &to_bytes(&v), &|b| AuditSeal::from_cbor(b).is_ok());
+
+    let mut v = to_value(&msg_samples::audit_seal().to_cbor().unwrap());
+    remove(&mut v, "first_seq");
+    refuse("audit-seal", &to_bytes(&v), &|b| AuditSeal::from_cbor(b).is_ok());
 
     let mut v = to_value(&msg_samples::keyset_body().to_cbor().unwrap());
     *get(&mut v, "keys") = Value::Array(vec![]);

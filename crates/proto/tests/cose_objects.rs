@@ -75,7 +75,7 @@ fn every_kind_round_trips_and_no_kind_passes_as_another() {
 
 #[test]
 fn wire_shape_is_tag_18_with_protected_alg_ct_kid() {
-    let object = sign(&key(), KID, ContentType::AuditRecord, b"x").unwrap();
+    let object = sign(&key(), KID, ContentType::AuditSeal, b"x").unwrap();
     let Value::Tag(18, inner) = coset::cbor::de::from_reader::<Value, _>(&object[..]).unwrap()
     else {
         panic!("not tag 18");
@@ -87,7 +87,7 @@ fn wire_shape_is_tag_18_with_protected_alg_ct_kid() {
         header,
         Value::Map(vec![
             (int(1), int(-19)),
-            (int(3), Value::Text("application/portcullis.audit-record+cbor".into())),
+            (int(3), Value::Text("application/portcullis.audit-seal+cbor".into())),
             (int(4), Value::Bytes(KID.to_vec())),
         ])
     );
@@ -197,16 +197,16 @@ fn refusals() {
 #[test]
 fn size_limits() {
     let big = vec![0u8; MAX_SIGNED_OBJECT_LEN];
-    assert_eq!(sign(&key(), KID, ContentType::AuditRecord, &big), Err(CoseError::TooLarge));
+    assert_eq!(sign(&key(), KID, ContentType::AuditSeal, &big), Err(CoseError::TooLarge));
     let fits = vec![0u8; MAX_SIGNED_OBJECT_LEN - 200];
-    let object = sign(&key(), KID, ContentType::AuditRecord, &fits).unwrap();
+    let object = sign(&key(), KID, ContentType::AuditSeal, &fits).unwrap();
     assert_eq!(
-        verify(&object, ContentType::AuditRecord, key_for).map(|v| v.payload.len()),
+        verify(&object, ContentType::AuditSeal, key_for).map(|v| v.payload.len()),
         Ok(fits.len())
     );
     let mut too_long = object.clone();
     too_long.resize(MAX_SIGNED_OBJECT_LEN + 1, 0);
-    assert_eq!(verify(&too_long, ContentType::AuditRecord, key_for), Err(CoseError::TooLarge));
+    assert_eq!(verify(&too_long, ContentType::AuditSeal, key_for), Err(CoseError::TooLarge));
     assert_eq!(open_unverified(&too_long), Err(CoseError::TooLarge));
     assert_eq!(sign(&key(), b"", ContentType::Keyset, b""), Err(CoseError::InvalidKid));
     assert_eq!(sign(&key(), &[0; 65], ContentType::Keyset, b""), Err(CoseError::InvalidKid));

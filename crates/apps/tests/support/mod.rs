@@ -51,6 +51,8 @@ pub struct FakePlatform {
     entropy_state: u64,
     /// Make the hardware entropy source fail (fail closed).
     pub entropy_broken: bool,
+    /// How many times the guest asked for hardware entropy.
+    pub hw_entropy_calls: usize,
     pub config: HashMap<&'static str, Vec<u8>>,
     /// Every successful persist call, in order.
     pub persisted: Vec<(ConfigItem, Vec<u8>)>,
@@ -80,6 +82,7 @@ impl FakePlatform {
             console_out: String::new(),
             entropy_state: 0x9e37_79b9_7f4a_7c15 ^ u64::from(dom.0),
             entropy_broken: false,
+            hw_entropy_calls: 0,
             config: HashMap::new(),
             persisted: Vec::new(),
             persist_error: None,
@@ -154,6 +157,7 @@ impl Platform for FakePlatform {
         }
     }
     fn hw_entropy(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
+        self.hw_entropy_calls += 1;
         if self.entropy_broken {
             return Err(PlatformError::NoEntropy);
         }
@@ -274,17 +278,17 @@ pub fn drain(link: &mut Link<SimBackend>) -> Vec<Message> {
     out
 }
 
-/// The audit record inside an `audit_log` message.
-pub fn record_of(msg: &Message) -> AuditRecord {
-    let Message::AuditLog(l) = msg else { panic!("not an audit record: {msg:?}") };
-    let signed = portcullis_proto::danger::open_unverified(&l.record).unwrap();
-    AuditRecord::from_cbor(&signed.get_unverified().payload).unwrap()
+/// The audit records of the batch in an `audit_log` message (its seal
+/// is checked by `audit verify`, not here).
+pub fn records_of(msg: &Message) -> Vec<AuditRecord> {
+    let Message::AuditLog(l) = msg else { panic!("not an audit batch: {msg:?}") };
+    l.records.iter().map(|r| AuditRecord::from_cbor(r).unwrap()).collect()
 }
 
-/// A collector that reads the records on its link and (if `ack`)
+/// A collector that reads the batches on its link and (if `ack`)
 /// acknowledges the last one; returns the records read.
 pub fn collect(link: &mut Link<SimBackend>, ack: bool) -> Vec<AuditRecord> {
-    let records: Vec<AuditRecord> = drain(link).iter().map(record_of).collect();
+    let records: Vec<AuditRecord> = drain(link).iter().flat_map(records_of).collect();
     if ack {
         if let Some(last) = records.last() {
             link.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
@@ -322,7 +326,8 @@ pub fn ask_as(
     if let Some(answer) = out.response {
         return answer;
     }
-    let last = record_of(a.pending_audit().last().unwrap());
+    a.seal_audit(now);
+    let last = records_of(a.pending_audit().last().unwrap()).pop().unwrap();
     let mut released =
         a.collector_ack(&AuditAck { chain_id: last.chain_id, seq: last.seq }).released;
     assert_eq!(released.len(), 1);

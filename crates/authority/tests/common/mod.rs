@@ -8,7 +8,6 @@ use portcullis_authority::authority::{not_served, Output};
 use portcullis_authority::sealed::SealedState;
 use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::{Authority, PeerId, Request};
-use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
     AuditRecord, EntropyPub, RequestId, TotpValidateReq, TotpValidateResp,
@@ -28,7 +27,9 @@ allow vm=policy_pd domid=7 scopes=net:modify,net:read,token:revoke aud=fw0,crypt
 
 /// Test-only: routes a message to the entry point for its kind, as if each
 /// came in on the link of the role that may send it (cryptod itself routes
-/// by link, never by kind). A message no role may send is an error answer.
+/// by link, never by kind), and seals the records it made, as cryptod does
+/// at the end of each wake-up (here every message is its own wake-up). A
+/// message no role may send is an error answer.
 pub trait Route {
     /// The entry point for `msg`'s kind.
     fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output;
@@ -36,14 +37,16 @@ pub trait Route {
 
 impl Route for Authority {
     fn handle(&mut self, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) -> Output {
-        match msg {
+        let out = match msg {
             Message::EntropyPub(e) => self.entropy(peer, e, now, hw),
             Message::AuditAck(a) => self.collector_ack(a),
             other => match Request::from_message(other) {
                 Some(req) => self.handle_request(peer, req, now, hw),
                 None => Output { response: Some(not_served(other)), ..Output::default() },
             },
-        }
+        };
+        self.seal_audit(now);
+        out
     }
 }
 
@@ -79,21 +82,20 @@ pub fn entropy(seq: u64) -> Message {
     .into()
 }
 
-/// The signed audit records in `out`.
+/// The encoded audit records in `out`.
 pub fn records(out: &Output) -> Vec<Vec<u8>> {
-    out.audit
-        .iter()
-        .map(|m| match m {
-            Message::AuditLog(l) => l.record.clone(),
-            other => panic!("not an audit record: {other:?}"),
-        })
-        .collect()
+    out.audit.clone()
 }
 
-/// The payload of a signed audit record (not verified).
+/// An encoded audit record, read.
 pub fn audit_record(bytes: &[u8]) -> AuditRecord {
-    AuditRecord::from_cbor(&danger::open_unverified(bytes).unwrap().into_unverified().payload)
-        .unwrap()
+    AuditRecord::from_cbor(bytes).unwrap()
+}
+
+/// The log items (records, then each batch's seal) of every sealed batch
+/// `a` has not had acknowledged, oldest first.
+pub fn pending_items(a: &Authority) -> Vec<Vec<u8>> {
+    a.pending_audit_batches().flat_map(|b| b.items().map(<[u8]>::to_vec)).collect()
 }
 
 /// alice's code at `t`.

@@ -144,7 +144,15 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
             .into(),
         ],
         MsgType::Attestation => vec![Attestation { signed: cose(200) }.into()],
-        MsgType::AuditLog => vec![AuditLog { record: cose(180) }.into()],
+        MsgType::AuditLog => vec![
+            AuditLog {
+                records: audit_records().iter().map(|r| r.to_cbor().unwrap()).collect(),
+                seal: cose(180),
+            }
+            .into(),
+            AuditLog { records: vec![audit_records()[1].to_cbor().unwrap()], seal: cose(120) }
+                .into(),
+        ],
         MsgType::AuditAck => vec![AuditAck { chain_id: [0x88; 16], seq: 1234 }.into()],
         MsgType::KeysetReq => vec![KeysetReq { request_id: RID }.into()],
         MsgType::Keyset => vec![Keyset { signed: cose(220) }.into()],
@@ -211,6 +219,16 @@ pub fn audit_records() -> Vec<AuditRecord> {
     vec![full, minimal]
 }
 
+pub fn audit_seal() -> AuditSeal {
+    AuditSeal {
+        chain_id: [0x88; 16],
+        first_seq: 3,
+        last_seq: 7,
+        head_hash: [0xdd; 32],
+        timestamp: T0,
+    }
+}
+
 pub fn keyset_body() -> KeysetBody {
     KeysetBody {
         version: 3,
@@ -253,6 +271,7 @@ pub fn payloads() -> Vec<(&'static str, Vec<u8>)> {
     let mut out = vec![
         ("attestation-claims", attestation_claims().to_cbor().unwrap()),
         ("keyset-body", keyset_body().to_cbor().unwrap()),
+        ("audit-seal", audit_seal().to_cbor().unwrap()),
     ];
     out.extend(audit_records().iter().map(|r| ("audit-record", r.to_cbor().unwrap())));
     out.extend(revocation_bodies().iter().map(|r| ("revocation-body", r.to_cbor().unwrap())));
