@@ -18,9 +18,9 @@
 
 use core::fmt;
 
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
 use hkdf::HkdfExtract;
-use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -158,13 +158,18 @@ impl Drbg {
             return Err(DrbgError::TooLong);
         }
         self.calls_since_reseed += 1;
-        let mut stream = ChaCha20Rng::from_seed(*self.key);
+        // The ChaCha20 keystream under the current key (nonce 0, block
+        // counter from 0): the same bytes as rand_chacha's `ChaCha20Rng`
+        // seeded with the key, from the cipher implementation the sealed
+        // state already links (one ChaCha20 in the guest image, not two).
+        let mut stream = ChaCha20::new((&*self.key).into(), &[0u8; 12].into());
         let mut next = Zeroizing::new([0u8; 32]);
-        stream.fill_bytes(&mut next[..]);
-        stream.fill_bytes(out);
+        stream.apply_keystream(&mut next[..]);
+        out.fill(0);
+        stream.apply_keystream(out);
         self.key.copy_from_slice(&next[..]);
-        // Overwrite the stream's buffered state before it goes out of scope.
-        stream = ChaCha20Rng::from_seed([0u8; 32]);
+        // Overwrite the stream's key schedule before it goes out of scope.
+        stream = ChaCha20::new(&[0u8; 32].into(), &[0u8; 12].into());
         core::hint::black_box(&mut stream);
         Ok(())
     }
@@ -210,6 +215,19 @@ fn len32(bytes: &[u8]) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_is_rand_chachas_chacha20rng_for_the_key() {
+        use rand_core::{Rng, SeedableRng};
+        for key in [[0u8; 32], [7u8; 32], core::array::from_fn(|i| i as u8)] {
+            let mut ours = ChaCha20::new(&key.into(), &[0u8; 12].into());
+            let mut a = [0u8; 4096 + 32];
+            ours.apply_keystream(&mut a);
+            let mut b = [0u8; 4096 + 32];
+            rand_chacha::ChaCha20Rng::from_seed(key).fill_bytes(&mut b);
+            assert_eq!(a, b);
+        }
+    }
     use proptest::prelude::*;
 
     fn seeded() -> Drbg {

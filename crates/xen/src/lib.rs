@@ -113,7 +113,10 @@ mod runtime {
             // 4 GiB that neither the image, the loader's data and modules,
             // a reserved range nor a page Xen shares with us occupies.
             if !unsafe { claim_heap(heap) } {
-                fatal(format_args!("boot: the allocator refused the heap {heap:x?}"));
+                fatal(format_args!(
+                    "boot: the allocator refused the heap {:#x}..{:#x}",
+                    heap.start, heap.end
+                ));
             }
             if xen.is_some() {
                 if let Some(c) = ring_console() {
