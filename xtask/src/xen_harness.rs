@@ -223,6 +223,11 @@ static XEN_4_20: Release = Release {
         "zlib1g",
         "libblkid1",
         "libssl3t64",
+        // libdevmapper's own (cryptsetup)
+        "libselinux1",
+        "libpcre2-8-0",
+        "libudev1",
+        "libcap2",
     ],
     hypervisor: "boot/xen-4.20-amd64.gz",
     tool_dir: "usr/lib/xen-4.20/bin",
@@ -834,17 +839,35 @@ fn loader(r: &Release, unpacked: &Path) -> PathBuf {
     }
 }
 
-/// The file of kernel module `m` (e.g. `drivers/md/dm-crypt`) under
-/// `modroot`, and its contents as dom0 gets them (decompressed).
-fn module(r: &Release, modroot: &Path, m: &str) -> Result<Vec<u8>, String> {
+/// Whether `modules.builtin` text lists module `m` (e.g. `crypto/ecb`) as
+/// built into the kernel.
+fn builtin(modules_builtin: &str, m: &str) -> bool {
+    let want = format!("kernel/{m}.ko");
+    modules_builtin.lines().any(|l| l.trim() == want)
+}
+
+/// Kernel module `m` (e.g. `drivers/md/dm-crypt`) under `modroot`, as dom0
+/// gets it (decompressed); `None` if the kernel has it built in (Debian
+/// 13's 6.12 has `crypto/ecb` built in; dom0's init skips what is absent).
+fn module(r: &Release, modroot: &Path, m: &str) -> Result<Option<Vec<u8>>, String> {
     let base = modroot.join("kernel").join(m);
+    let ext = match r.module_compression {
+        Compression::None => "ko",
+        Compression::Xz => "ko.xz",
+    };
+    let p = PathBuf::from(format!("{}.{ext}", base.display()));
+    if !p.exists() {
+        let list = modroot.join("modules.builtin");
+        let text = fs::read_to_string(&list).map_err(|e| format!("{}: {e}", list.display()))?;
+        return if builtin(&text, m) {
+            Ok(None)
+        } else {
+            Err(format!("{}: no such module, and not built in", p.display()))
+        };
+    }
     match r.module_compression {
-        Compression::None => {
-            let p = base.with_extension("ko");
-            fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
-        }
+        Compression::None => fs::read(&p).map(Some).map_err(|e| format!("{}: {e}", p.display())),
         Compression::Xz => {
-            let p = PathBuf::from(format!("{}.ko.xz", base.display()));
             let out = Command::new("xz")
                 .args(["-d", "-c"])
                 .arg(&p)
@@ -858,7 +881,7 @@ fn module(r: &Release, modroot: &Path, m: &str) -> Result<Vec<u8>, String> {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            Ok(out.stdout)
+            Ok(Some(out.stdout))
         }
     }
 }
@@ -939,7 +962,10 @@ fn dom0_tree(
     let modroot = single_prefix(&unpacked.join(r.module_dir), "")?;
     for m in MODULES {
         let name = m.rsplit('/').next().unwrap_or(m);
-        t.file(&format!("modules/{name}.ko"), module(r, &modroot, m)?, false);
+        match module(r, &modroot, m)? {
+            Some(data) => t.file(&format!("modules/{name}.ko"), data, false),
+            None => println!("    {m}: built into this kernel"),
+        }
     }
     // What the operator brings, and the test's own pieces under /portcullis.
     let tests = root().join("tests/xen");
@@ -1300,5 +1326,33 @@ mod tests {
         assert_eq!(foreign_library(tree, &[PathBuf::from("/lib64/ld-linux-x86-64.so.2")]), None);
         let e = parse_ldd("\tlibfoo.so.1 => not found\n", "ld.so --list x").unwrap_err();
         assert!(e.contains("libfoo.so.1") && e.contains("ld.so --list x"), "{e}");
+    }
+
+    #[test]
+    fn built_in_modules_are_told_apart_from_missing_ones() {
+        let list = "kernel/crypto/ecb.ko\nkernel/drivers/md/dm-mod.ko\n";
+        assert!(builtin(list, "crypto/ecb"));
+        assert!(builtin(list, "drivers/md/dm-mod"));
+        assert!(!builtin(list, "crypto/xts"));
+        assert!(!builtin(list, "ecb"));
+        assert!(!builtin(list, "crypto/ec"));
+    }
+
+    #[test]
+    fn xz_modules_are_stored_decompressed_and_missing_ones_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-modules-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("kernel/crypto")).unwrap();
+        fs::write(dir.join("modules.builtin"), "kernel/crypto/ecb.ko\n").unwrap();
+        fs::write(dir.join("kernel/crypto/xts.ko"), b"\x7fELF xts").unwrap();
+        let status = Command::new("xz").arg("-k").arg(dir.join("kernel/crypto/xts.ko")).status();
+        assert!(status.unwrap().success());
+        let (r17, r20) = (XenRelease::Xen417.describe(), XenRelease::Xen420.describe());
+        assert_eq!(module(r17, &dir, "crypto/xts").unwrap().unwrap(), b"\x7fELF xts");
+        assert_eq!(module(r20, &dir, "crypto/xts").unwrap().unwrap(), b"\x7fELF xts");
+        assert_eq!(module(r20, &dir, "crypto/ecb").unwrap(), None);
+        let e = module(r20, &dir, "crypto/cbc").unwrap_err();
+        assert!(e.contains("cbc.ko.xz") && e.contains("not built in"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
