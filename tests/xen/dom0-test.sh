@@ -46,7 +46,15 @@ wait_new() {
             return 0
         fi
         if [ $((n % 10)) -eq 9 ] && xl list "$1" 2>/dev/null | awk 'NR == 2 { exit !($5 ~ /[cs]/) }'; then
-            echo "dom0: $1 stopped: $(xl list "$1" | awk 'NR == 2 { print $5 }')"
+            # A domain that prints TEXT and powers off at once can be gone
+            # before xenconsoled has written its last lines (seen under Xen
+            # 4.20): look at the log once more before giving up.
+            sleep 0.5
+            if [ "$(log_since "$1" | grep -cF "$2")" -ge "${4:-1}" ]; then
+                echo "TIME $1: \"$2\" after $(since "$t") s (the domain has stopped since)"
+                return 0
+            fi
+            echo "dom0: $1 stopped: $(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $5 }')"
             break
         fi
         sleep 0.1

@@ -13,6 +13,8 @@ mod msrv;
 mod repro;
 mod xen_harness;
 
+use xen_harness::XenRelease;
+
 /// Crates that must build for the bare-metal guest target.
 const NO_STD_CRATES: &[&str] =
     &["portcullis-proto", "portcullis-authority", "portcullis-vchan", "portcullis-platform"];
@@ -30,8 +32,11 @@ commands:
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
                      sizes printed; fails if one is over 256 KiB
-  xen-image          Xen 4.17 + Debian dom0 + our guests as QEMU boot files (target/xen-image)
-  boot [-- ARGS]     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
+  xen-image [--xen 4.17|4.20]
+                     Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
+                     4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
+  boot [--xen 4.17|4.20] [-- ARGS]
+                     boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
                      (ARGS are added to dom0's kernel command line)
   bench [--goals-only]
                      measure each performance goal next to its reference from the same run
@@ -60,9 +65,14 @@ enum Cmd {
         release: bool,
     },
     BuildXen,
-    XenImage,
-    /// Kernel arguments for dom0 (after `--`).
-    Boot(Vec<String>),
+    XenImage {
+        xen: XenRelease,
+    },
+    Boot {
+        xen: XenRelease,
+        /// Kernel arguments for dom0 (after `--`).
+        dom0_args: Vec<String>,
+    },
     Bench {
         criterion: bool,
     },
@@ -101,15 +111,17 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
                 }
             }
         }
-        "xen-image" => Cmd::XenImage,
+        "xen-image" => Cmd::XenImage { xen: xen_release(&mut flags)? },
         "boot" => {
-            return match rest.split_first() {
-                None => Ok(Cmd::Boot(Vec::new())),
-                Some((dash, pass)) if dash == "--" => Ok(Cmd::Boot(pass.to_vec())),
-                Some((other, _)) => {
-                    Err(format!("boot: unexpected `{other}` (dom0 kernel arguments go after `--`)"))
-                }
-            }
+            // Our flags before `--`; everything after it is dom0's.
+            let (ours, dom0_args) = match rest.iter().position(|a| a == "--") {
+                Some(i) => (&rest[..i], rest[i + 1..].to_vec()),
+                None => (rest, Vec::new()),
+            };
+            let mut flags = Flags { cmd, rest: ours, at: 0 };
+            let xen = xen_release(&mut flags)?;
+            flags.finish().map_err(|e| format!("{e} (dom0 kernel arguments go after `--`)"))?;
+            return Ok(Cmd::Boot { xen, dom0_args });
         }
         "bench" => Cmd::Bench { criterion: !flags.switch("--goals-only")? },
         "fuzz" => {
@@ -131,6 +143,14 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
     };
     flags.finish()?;
     Ok(parsed)
+}
+
+/// `--xen 4.17|4.20` (default 4.17).
+fn xen_release(flags: &mut Flags) -> Result<XenRelease, String> {
+    match flags.value("--xen")? {
+        None => Ok(XenRelease::default()),
+        Some(v) => XenRelease::parse(&v).map_err(|e| format!("{}: {e}", flags.cmd)),
+    }
 }
 
 /// The flags after a command: each lookup marks what it consumed; `finish`
@@ -202,8 +222,8 @@ fn main() -> ExitCode {
         Cmd::Test { plan } => test(plan),
         Cmd::Build { release } => build(release),
         Cmd::BuildXen => build_xen_within_limit(),
-        Cmd::XenImage => xen_harness::xen_image().map(|_| ()),
-        Cmd::Boot(dom0_args) => xen_harness::boot(&dom0_args),
+        Cmd::XenImage { xen } => xen_harness::xen_image(xen).map(|_| ()),
+        Cmd::Boot { xen, dom0_args } => xen_harness::boot(xen, &dom0_args),
         Cmd::Bench { criterion } => bench::bench(criterion),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Interop => interop(),
@@ -926,11 +946,25 @@ mod tests {
         assert_eq!(parse_str("build --target xen"), Ok(Cmd::BuildXen));
         assert_eq!(parse_str("fuzz"), Ok(Cmd::Fuzz { seconds: 60 }));
         assert_eq!(parse_str("fuzz --seconds 5"), Ok(Cmd::Fuzz { seconds: 5 }));
-        assert_eq!(parse_str("boot"), Ok(Cmd::Boot(vec![])));
+        let (x417, x420) = (XenRelease::Xen417, XenRelease::Xen420);
+        assert_eq!(parse_str("boot"), Ok(Cmd::Boot { xen: x417, dom0_args: vec![] }));
         assert_eq!(
             parse_str("boot -- a=1 --b"),
-            Ok(Cmd::Boot(vec!["a=1".to_string(), "--b".to_string()]))
+            Ok(Cmd::Boot { xen: x417, dom0_args: vec!["a=1".to_string(), "--b".to_string()] })
         );
+        assert_eq!(parse_str("boot --xen 4.20"), Ok(Cmd::Boot { xen: x420, dom0_args: vec![] }));
+        assert_eq!(parse_str("boot --xen 4.17"), Ok(Cmd::Boot { xen: x417, dom0_args: vec![] }));
+        assert_eq!(
+            parse_str("boot --xen 4.20 -- portcullis.shell"),
+            Ok(Cmd::Boot { xen: x420, dom0_args: vec!["portcullis.shell".to_string()] })
+        );
+        // after `--`, even `--xen` is dom0's
+        assert_eq!(
+            parse_str("boot -- --xen 4.20"),
+            Ok(Cmd::Boot { xen: x417, dom0_args: vec!["--xen".to_string(), "4.20".to_string()] })
+        );
+        assert_eq!(parse_str("xen-image"), Ok(Cmd::XenImage { xen: x417 }));
+        assert_eq!(parse_str("xen-image --xen 4.20"), Ok(Cmd::XenImage { xen: x420 }));
         assert_eq!(
             parse_str("demo --scenario full --whatever"),
             Ok(Cmd::Demo(vec!["--scenario".into(), "full".into(), "--whatever".into()]))
@@ -987,7 +1021,17 @@ mod tests {
             ("fuzz --seconds", "--seconds needs a value"),
             ("fuzz --seconds ten", "not `ten`"),
             ("fuzz 10", "unknown argument `10`"),
-            ("boot --shell", "unexpected `--shell`"),
+            ("boot --shell", "unknown argument `--shell`"),
+            ("boot --shell", "go after `--`"),
+            ("boot --xen", "--xen needs a value"),
+            ("boot --xen -- a", "--xen needs a value"),
+            ("boot --xen 4.18", "--xen must be one of 4.17, 4.20, not `4.18`"),
+            ("boot --xen 4.2", "not `4.2`"),
+            ("boot --xen 4.17 --xen 4.20", "--xen given twice"),
+            ("boot 4.20", "unknown argument `4.20`"),
+            ("xen-image --xen 5", "xen-image: --xen must be one of"),
+            ("xen-image --shell", "unknown argument `--shell`"),
+            ("xen-image -- a=1", "unknown argument `--`"),
             ("ci extra", "unknown argument `extra`"),
         ] {
             match parse_str(line) {

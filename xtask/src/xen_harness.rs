@@ -2,7 +2,8 @@
 //!
 //! `xen-image` assembles, from Debian packages only (fetched with
 //! `apt-get download`, unpacked with `dpkg-deb -x`, nothing installed on
-//! this machine), the Xen 4.17 hypervisor, a Debian dom0 kernel and a
+//! this machine), a Xen hypervisor (4.17 from Debian 12 or, with `--xen
+//! 4.20`, 4.20 from Debian 13: [`XenRelease`]), that release's kernel and a
 //! busybox dom0 initramfs holding the Xen toolstack and our own Debian
 //! package (`cargo xtask dist`), installed into the dom0 root by `dpkg
 //! --root` as an operator's `dpkg -i` would. Besides, the dom0 gets what an
@@ -23,43 +24,233 @@ use std::time::{Duration, Instant};
 
 use crate::{root, run};
 
-/// Debian packages of the image, besides the dom0 kernel (resolved from
-/// `linux-image-amd64`).
-const PACKAGES: &[&str] = &[
-    "xen-hypervisor-4.17-amd64",
-    "xen-utils-4.17",
-    "xen-utils-common",
-    "xenstore-utils",
-    "libxenmisc4.17",
-    "libxencall1",
-    "libxenevtchn1",
-    "libxenforeignmemory1",
-    "libxengnttab1",
-    "libxenstore4",
-    "libxentoollog1",
-    "libxentoolcore1",
-    "libxendevicemodel1",
-    "libxenhypfs1",
-    "libyajl2",
-    "busybox-static",
-    // dom0's unlock: cryptsetup (dm-crypt) and the operator's code generator
-    "cryptsetup-bin",
-    "libcryptsetup12",
-    "libdevmapper1.02.1",
-    "libargon2-1",
-    "libjson-c5",
-    "libpopt0",
-    "oathtool",
-    "liboath0",
-];
+/// A Xen release `xen-image` and `boot` can use: `--xen 4.17` (the default)
+/// or `--xen 4.20`. Each comes from one Debian release, with that release's
+/// kernel, libraries and busybox; see [`Release`] for what differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XenRelease {
+    /// Xen 4.17 from Debian 12 (bookworm), this machine's own release.
+    #[default]
+    Xen417,
+    /// Xen 4.20 from Debian 13 (trixie), fetched through a private apt
+    /// configuration.
+    Xen420,
+}
 
-/// Toolstack programs copied into dom0 (from `/usr/lib/xen-4.17/bin`).
+impl XenRelease {
+    /// Every release, in the order CI boots them.
+    pub const ALL: [XenRelease; 2] = [XenRelease::Xen417, XenRelease::Xen420];
+
+    /// The value of `--xen`: `4.17` or `4.20`; anything else is refused.
+    pub fn parse(value: &str) -> Result<XenRelease, String> {
+        XenRelease::ALL.into_iter().find(|r| r.version() == value).ok_or_else(|| {
+            let known: Vec<&str> = XenRelease::ALL.iter().map(|r| r.version()).collect();
+            format!("--xen must be one of {}, not `{value}`", known.join(", "))
+        })
+    }
+
+    /// `4.17` / `4.20`: the `--xen` value, also the cache directory's name.
+    pub fn version(self) -> &'static str {
+        self.describe().version
+    }
+
+    fn describe(self) -> &'static Release {
+        match self {
+            XenRelease::Xen417 => &XEN_4_17,
+            XenRelease::Xen420 => &XEN_4_20,
+        }
+    }
+}
+
+/// Everything about a Xen release that the image depends on. The rest of
+/// the image (our package, the provisioning, tests/xen, the Xen and dom0
+/// command lines, the verdict) is the same for every release.
+struct Release {
+    /// `4.17`: names the cache directory target/xen-image/<version>.
+    version: &'static str,
+    /// The Debian release the packages come from (for messages and docs).
+    debian: &'static str,
+    /// Where apt finds that release.
+    apt: Apt,
+    /// Debian packages of the image, besides the dom0 kernel (resolved from
+    /// `linux-image-amd64` in the same release).
+    packages: &'static [&'static str],
+    /// The hypervisor, gzipped, in the unpacked tree.
+    hypervisor: &'static str,
+    /// The toolstack's real binaries, in the tree and in dom0.
+    tool_dir: &'static str,
+    /// busybox in the tree (Debian 13 has merged /usr).
+    busybox: &'static str,
+    /// Other programs for dom0: (path in dom0, path in the tree).
+    programs: &'static [(&'static str, &'static str)],
+    /// The kernel's module tree (`<dir>/<kernel version>/kernel/...`).
+    module_dir: &'static str,
+    /// How the kernel package ships its modules.
+    module_compression: Compression,
+    /// Xen's vchan library (in `libxenmisc<version>`), which `portcullis
+    /// host` loads with dlopen; its soname carries the Xen version.
+    libxenvchan: &'static str,
+    /// How the shared libraries of dom0's programs are found.
+    libraries: Libraries,
+}
+
+/// Where apt finds a release's packages.
+enum Apt {
+    /// The host's own apt configuration (`apt-get update` done beforehand):
+    /// this machine runs Debian 12.
+    Host,
+    /// A private configuration under target/xen-image/<version>/apt: its own
+    /// sources, lists, cache, (empty) dpkg status and preferences, passed
+    /// with `-o` to every apt-get and apt-cache call. The host's sources,
+    /// lists and preferences are neither read nor changed.
+    Private {
+        /// deb822 `sources` entries: (URI, suites), component `main`,
+        /// signed by the Debian archive keyring (Debian 12's
+        /// debian-archive-keyring already holds the Debian 13 keys).
+        sources: &'static [(&'static str, &'static str)],
+    },
+}
+
+/// How a kernel package ships its modules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    /// `<module>.ko`
+    None,
+    /// `<module>.ko.xz`, stored decompressed in dom0 (busybox's insmod
+    /// then needs nothing more).
+    Xz,
+}
+
+/// How the shared libraries of dom0's programs are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Libraries {
+    /// The host's `ldd` with the tree's library directories first; what the
+    /// tree lacks comes from the host (Debian 12, the release of the tree).
+    HostLdd,
+    /// The tree's own dynamic loader (`<loader> --library-path <tree dirs>
+    /// --list`), because the tree's glibc is newer than the host's. Every
+    /// library must then come from the tree: one found on the host is an
+    /// error naming it, so a package missing from the list cannot slip by.
+    TreeLoader {
+        /// The loader in the tree; also dom0's `/lib64/ld-linux-x86-64.so.2`.
+        loader: &'static str,
+    },
+}
+
+/// Xen 4.17 from Debian 12.
+static XEN_4_17: Release = Release {
+    version: "4.17",
+    debian: "Debian 12 (bookworm)",
+    apt: Apt::Host,
+    packages: &[
+        "xen-hypervisor-4.17-amd64",
+        "xen-utils-4.17",
+        "xen-utils-common",
+        "xenstore-utils",
+        "libxenmisc4.17",
+        "libxencall1",
+        "libxenevtchn1",
+        "libxenforeignmemory1",
+        "libxengnttab1",
+        "libxenstore4",
+        "libxentoollog1",
+        "libxentoolcore1",
+        "libxendevicemodel1",
+        "libxenhypfs1",
+        "libyajl2",
+        "busybox-static",
+        // dom0's unlock: cryptsetup (dm-crypt) and the operator's code generator
+        "cryptsetup-bin",
+        "libcryptsetup12",
+        "libdevmapper1.02.1",
+        "libargon2-1",
+        "libjson-c5",
+        "libpopt0",
+        "oathtool",
+        "liboath0",
+    ],
+    hypervisor: "boot/xen-4.17-amd64.gz",
+    tool_dir: "usr/lib/xen-4.17/bin",
+    busybox: "bin/busybox",
+    programs: &[("sbin/cryptsetup", "sbin/cryptsetup"), ("usr/bin/oathtool", "usr/bin/oathtool")],
+    module_dir: "lib/modules",
+    module_compression: Compression::None,
+    libxenvchan: "libxenvchan.so.4.17",
+    libraries: Libraries::HostLdd,
+};
+
+/// Xen 4.20 from Debian 13.
+static XEN_4_20: Release = Release {
+    version: "4.20",
+    debian: "Debian 13 (trixie)",
+    apt: Apt::Private {
+        sources: &[
+            ("http://deb.debian.org/debian", "trixie trixie-updates"),
+            ("http://deb.debian.org/debian-security", "trixie-security"),
+        ],
+    },
+    packages: &[
+        "xen-hypervisor-4.20-amd64",
+        "xen-utils-4.20",
+        "xen-utils-common",
+        "xenstore-utils",
+        "libxenmisc4.20",
+        "libxencall1",
+        "libxenevtchn1",
+        "libxenforeignmemory1",
+        "libxengnttab1",
+        "libxenstore4",
+        "libxentoollog1",
+        "libxentoolcore1",
+        "libxendevicemodel1",
+        "libxenhypfs1",
+        "libyajl2",
+        "busybox-static",
+        "cryptsetup-bin",
+        "libcryptsetup12",
+        "libdevmapper1.02.1",
+        "libjson-c5",
+        "libpopt0",
+        "oathtool",
+        "liboath0t64",
+        // Debian 13's C library and the libraries Debian 12 would have lent
+        // from the host: xen-utils-4.20 needs glibc >= 2.38 (Debian 12: 2.36).
+        "libc6",
+        "libgcc-s1",
+        "liblzma5",
+        "libuuid1",
+        "libzstd1",
+        "zlib1g",
+        "libblkid1",
+        "libssl3t64",
+        // libdevmapper's own (cryptsetup)
+        "libselinux1",
+        "libpcre2-8-0",
+        "libudev1",
+        "libcap2",
+    ],
+    hypervisor: "boot/xen-4.20-amd64.gz",
+    tool_dir: "usr/lib/xen-4.20/bin",
+    busybox: "usr/bin/busybox",
+    programs: &[
+        ("sbin/cryptsetup", "usr/sbin/cryptsetup"),
+        ("usr/bin/oathtool", "usr/bin/oathtool"),
+    ],
+    module_dir: "usr/lib/modules",
+    module_compression: Compression::Xz,
+    libxenvchan: "libxenvchan.so.4.20",
+    libraries: Libraries::TreeLoader { loader: "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" },
+};
+
+/// Toolstack programs copied into dom0 (from the release's `tool_dir`).
 const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", "xenconsole"];
-/// Xen's own vchan library, which `portcullis host` loads (dlopen) to reach
-/// the guests from dom0.
-const LIBXENVCHAN: &str = "usr/lib/x86_64-linux-gnu/libxenvchan.so.4.17";
-/// Other programs copied into dom0, from the unpacked packages.
-const DOM0_PROGRAMS: &[&str] = &["sbin/cryptsetup", "usr/bin/oathtool"];
+/// Where the libraries of the unpacked trees live (split and merged /usr).
+const TREE_LIB_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
+/// Libraries loaded with dlopen, which neither ldd nor the loader lists:
+/// `xl` aborts (pthread_cancel) without libgcc_s.
+const DLOPENED: &[&str] = &["libgcc_s.so.1"];
+/// The host's library directories (Debian 12), for [`Libraries::HostLdd`].
+const HOST_LIB_DIRS: &[&str] = &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
 /// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
 /// (The test script only reads: `xenstore-write`/`chmod` are not there.)
 const XENSTORE_CMDS: &[&str] = &["read", "ls", "list", "exists"];
@@ -100,8 +291,15 @@ pub struct Image {
     initrd: PathBuf,
 }
 
-fn work_dir() -> PathBuf {
+/// target/xen-image: what every release shares (the provisioning).
+fn image_root() -> PathBuf {
     root().join("target/xen-image")
+}
+
+/// target/xen-image/<version>: one release's packages, unpacked tree, boot
+/// files and boot log, kept apart from the other release's.
+fn work_dir(release: XenRelease) -> PathBuf {
+    image_root().join(release.version())
 }
 
 fn step(name: &str) {
@@ -141,23 +339,26 @@ impl Fnv {
     }
 }
 
-/// `cargo xtask xen-image`: builds (or reuses) the boot files.
-pub fn xen_image() -> Result<Image, String> {
+/// `cargo xtask xen-image [--xen 4.17|4.20]`: builds (or reuses) the boot
+/// files of one release.
+pub fn xen_image(release: XenRelease) -> Result<Image, String> {
     let start = Instant::now();
-    let work = work_dir();
+    let r = release.describe();
+    let work = work_dir(release);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    println!("==> xen-image: Xen {} from {} in {}", r.version, r.debian, work.display());
 
     step("the Debian package (cargo xtask dist)");
     let deb = crate::dist::dist()?;
 
     step("provisioning (portcullis provision, on the host)");
-    let provisioned = provision(&work)?;
+    let provisioned = provision(&image_root())?;
 
     step("the package installed into the dom0 root (dpkg --root)");
     let installed = install(&work, &deb)?;
 
-    step("Debian packages");
-    let debs = download(&work)?;
+    step(&format!("Debian packages ({})", r.debian));
+    let debs = download(r, &work)?;
     let unpacked = unpack(&work, &debs)?;
 
     step("hypervisor and dom0 kernel");
@@ -169,7 +370,10 @@ pub fn xen_image() -> Result<Image, String> {
         || !xen.exists()
         || !kernel.exists()
     {
-        let gz = single(&unpacked.join("boot"), "xen-4.17-amd64.gz")?;
+        let gz = unpacked.join(r.hypervisor);
+        if !gz.is_file() {
+            return Err(format!("{}: not in the unpacked packages", gz.display()));
+        }
         // Xen is a gzipped multiboot ELF; QEMU's -kernel wants it plain.
         let status = Command::new("sh")
             .arg("-c")
@@ -192,7 +396,7 @@ pub fn xen_image() -> Result<Image, String> {
 
     step("dom0 initramfs");
     let initrd = work.join("dom0.cpio");
-    let tree = dom0_tree(&unpacked, &installed, &provisioned)?;
+    let tree = dom0_tree(r, &unpacked, &installed, &provisioned)?;
     let key = tree.key();
     let stamp = work.join("dom0.key");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) || !initrd.exists() {
@@ -213,15 +417,6 @@ pub fn xen_image() -> Result<Image, String> {
 
 fn len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-fn single(dir: &Path, name: &str) -> Result<PathBuf, String> {
-    let p = dir.join(name);
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!("{} not found", p.display()))
-    }
 }
 
 fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
@@ -287,11 +482,101 @@ fn deb_name(pkg: &str, version: &str, arch: &str) -> String {
     format!("{pkg}_{}_{arch}.deb", version.replace(':', "%3a"))
 }
 
-/// Fetches the packages missing from target/xen-image/debs; returns the
-/// .deb file names (package, version, architecture: the cache key).
-fn download(work: &Path) -> Result<Vec<String>, String> {
+/// How long a private apt configuration's package lists are used before
+/// `apt-get update` runs again.
+const APT_LISTS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
+/// The `-o` options of every apt-get / apt-cache call for `r`, whose private
+/// configuration (if any) lives in `apt_dir`. Pure: see [`apt_setup`].
+fn apt_options(r: &Release, apt_dir: &Path) -> Vec<String> {
+    // apt drops to the _apt user for downloads unless told otherwise;
+    // target/ need not be writable by it.
+    let mut o = vec!["APT::Sandbox::User=root".to_string()];
+    if let Apt::Private { .. } = r.apt {
+        let at = |p: &str| apt_dir.join(p).display().to_string();
+        for (key, value) in [
+            ("Dir::Etc::SourceList", at("sources.list")),
+            ("Dir::Etc::SourceParts", at("sources.list.d")),
+            ("Dir::Etc::Preferences", at("preferences")),
+            ("Dir::Etc::PreferencesParts", at("preferences.d")),
+            ("Dir::State::Lists", at("lists")),
+            ("Dir::State::Status", at("status")),
+            ("Dir::Cache", at("cache")),
+            ("APT::Architecture", "amd64".to_string()),
+            // only the Packages indexes: no AppStream metadata or Contents
+            ("Acquire::IndexTargets::deb::DEP-11::DefaultEnabled", "false".to_string()),
+            ("Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled", "false".to_string()),
+            ("Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled", "false".to_string()),
+            ("Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled", "false".to_string()),
+        ] {
+            o.push(format!("{key}={value}"));
+        }
+    }
+    o.into_iter().flat_map(|kv| ["-o".to_string(), kv]).collect()
+}
+
+/// The deb822 sources file of a private configuration.
+fn sources_file(sources: &[(&str, &str)]) -> String {
+    sources
+        .iter()
+        .map(|(uri, suites)| {
+            format!(
+                "Types: deb\nURIs: {uri}\nSuites: {suites}\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `r`'s private apt configuration (if it has one) under
+/// `<work>/apt` and refreshes its lists when missing or older than
+/// [`APT_LISTS_MAX_AGE`]; returns the options for apt-get and apt-cache.
+fn apt_setup(r: &Release, work: &Path) -> Result<Vec<String>, String> {
+    let dir = work.join("apt");
+    let opts = apt_options(r, &dir);
+    let Apt::Private { sources } = r.apt else { return Ok(opts) };
+    for d in ["sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(d)).map_err(|e| format!("{}: {e}", dir.join(d).display()))?;
+    }
+    let text = sources_file(sources);
+    for (file, content) in [
+        ("sources.list", ""),
+        ("preferences", ""),
+        ("status", ""),
+        ("sources.list.d/debian.sources", text.as_str()),
+    ] {
+        let p = dir.join(file);
+        if fs::read_to_string(&p).ok().as_deref() != Some(content) {
+            fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    // The stamp is written after a successful update with these sources.
+    let stamp = dir.join("updated");
+    let fresh = fs::read_to_string(&stamp).ok().as_deref() == Some(text.as_str())
+        && fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < APT_LISTS_MAX_AGE);
+    if fresh {
+        println!("    private apt lists: fresh ({})", dir.display());
+    } else {
+        run(
+            &format!("apt-get update ({}, private configuration in {})", r.debian, dir.display()),
+            Command::new("apt-get").args(&opts).args(["-q", "update"]).stdout(Stdio::null()),
+        )?;
+        fs::write(&stamp, &text).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(opts)
+}
+
+/// Fetches the packages of `r` missing from <work>/debs; returns the .deb
+/// file names (package, version, architecture: the cache key).
+fn download(r: &Release, work: &Path) -> Result<Vec<String>, String> {
+    let apt = apt_setup(r, work)?;
     let deps = output(
-        Command::new("apt-cache").args(["depends", "linux-image-amd64"]),
+        Command::new("apt-cache").args(&apt).args(["depends", "linux-image-amd64"]),
         "apt-cache depends",
     )?;
     let kernel = deps
@@ -300,10 +585,10 @@ fn download(work: &Path) -> Result<Vec<String>, String> {
         .find(|p| p.starts_with("linux-image-"))
         .ok_or("apt-cache depends linux-image-amd64: no kernel package (apt-get update?)")?
         .to_string();
-    let mut pkgs: Vec<String> = PACKAGES.iter().map(|s| s.to_string()).collect();
+    let mut pkgs: Vec<String> = r.packages.iter().map(|s| s.to_string()).collect();
     pkgs.push(kernel);
     let show = output(
-        Command::new("apt-cache").args(["show", "--no-all-versions"]).args(&pkgs),
+        Command::new("apt-cache").args(&apt).args(["show", "--no-all-versions"]).args(&pkgs),
         "apt-cache show",
     )?;
     let mut names = Vec::new();
@@ -326,11 +611,7 @@ fn download(work: &Path) -> Result<Vec<String>, String> {
         println!("    cached: {} packages", names.len());
     } else {
         let mut c = Command::new("apt-get");
-        // apt drops to the _apt user for downloads unless told otherwise;
-        // target/ need not be writable by it.
-        c.current_dir(&dir)
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-            .args(&missing);
+        c.current_dir(&dir).args(&apt).args(["download", "-q"]).args(&missing);
         run(&format!("apt-get download ({} packages)", missing.len()), &mut c)?;
     }
     for n in &names {
@@ -464,42 +745,154 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
     pad4(out);
 }
 
-/// Shared libraries `ldd` finds for `bins` (the unpacked tree first).
-fn libraries(unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+/// The library paths in `ldd` or `ld.so --list` output, in order, the
+/// dynamic loader included; a library not found is an error naming it.
+fn parse_ldd(text: &str, what: &str) -> Result<Vec<PathBuf>, String> {
     let mut libs = Vec::new();
-    for b in bins {
-        let text = output(
-            Command::new("ldd").arg(b).env(
-                "LD_LIBRARY_PATH",
-                format!(
-                    "{}:{}",
-                    unpacked.join("lib/x86_64-linux-gnu").display(),
-                    unpacked.join("usr/lib/x86_64-linux-gnu").display()
-                ),
-            ),
-            &format!("ldd {}", b.display()),
-        )?;
-        for l in text.lines() {
-            if l.contains("not found") {
-                return Err(format!("ldd {}: {l}", b.display()));
-            }
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next(),
-                None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
-            };
-            if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                let p = PathBuf::from(p);
-                if !libs.contains(&p) {
-                    libs.push(p);
-                }
+    for l in text.lines() {
+        if l.contains("not found") {
+            return Err(format!("{what}: {}", l.trim()));
+        }
+        let path = match l.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let p = PathBuf::from(p);
+            if !libs.contains(&p) {
+                libs.push(p);
             }
         }
     }
     Ok(libs)
 }
 
+/// Whether `path` names the dynamic loader (which [`Libraries`] places).
+fn is_loader(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-linux"))
+}
+
+/// Under [`Libraries::TreeLoader`]: the first library that did not come
+/// from the tree (the loader, placed separately, aside).
+fn foreign_library<'a>(tree: &Path, libs: &'a [PathBuf]) -> Option<&'a PathBuf> {
+    libs.iter().find(|l| !is_loader(l) && !l.starts_with(tree))
+}
+
+/// The shared libraries of `bins`, found as `r` says (the unpacked tree
+/// first), without the dynamic loader.
+fn libraries(r: &Release, unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let tree_dirs: Vec<String> =
+        TREE_LIB_DIRS.iter().map(|d| unpacked.join(d).display().to_string()).collect();
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for b in bins {
+        let (mut cmd, what) = match r.libraries {
+            Libraries::HostLdd => {
+                let mut c = Command::new("ldd");
+                c.arg(b).env("LD_LIBRARY_PATH", tree_dirs.join(":"));
+                (c, format!("ldd {}", b.display()))
+            }
+            Libraries::TreeLoader { loader } => {
+                let mut c = Command::new(unpacked.join(loader));
+                c.arg("--inhibit-cache")
+                    .arg("--library-path")
+                    .arg(tree_dirs.join(":"))
+                    .arg("--list")
+                    .arg(b);
+                (c, format!("{loader} --list {}", b.display()))
+            }
+        };
+        let found = parse_ldd(&output(&mut cmd, &what)?, &what)?;
+        if let Libraries::TreeLoader { .. } = r.libraries {
+            if let Some(l) = foreign_library(unpacked, &found) {
+                return Err(format!(
+                    "{what}: {} comes from this machine, not from {}: add its package",
+                    l.display(),
+                    r.debian
+                ));
+            }
+        }
+        for l in found {
+            if !is_loader(&l) && !libs.contains(&l) {
+                libs.push(l);
+            }
+        }
+    }
+    Ok(libs)
+}
+
+/// A library loaded with dlopen (see [`DLOPENED`]), found as `r` says.
+fn dlopened(r: &Release, unpacked: &Path, name: &str) -> Result<PathBuf, String> {
+    let mut dirs: Vec<PathBuf> = TREE_LIB_DIRS.iter().map(|d| unpacked.join(d)).collect();
+    if r.libraries == Libraries::HostLdd {
+        dirs.extend(HOST_LIB_DIRS.iter().map(PathBuf::from));
+    }
+    dirs.iter().map(|d| d.join(name)).find(|p| p.exists()).ok_or_else(|| {
+        format!("{name} (loaded with dlopen) is in none of {dirs:?}: add its package")
+    })
+}
+
+/// The dynamic loader dom0's programs get as /lib64/ld-linux-x86-64.so.2.
+fn loader(r: &Release, unpacked: &Path) -> PathBuf {
+    match r.libraries {
+        Libraries::HostLdd => PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+        Libraries::TreeLoader { loader } => unpacked.join(loader),
+    }
+}
+
+/// Whether `modules.builtin` text lists module `m` (e.g. `crypto/ecb`) as
+/// built into the kernel.
+fn builtin(modules_builtin: &str, m: &str) -> bool {
+    let want = format!("kernel/{m}.ko");
+    modules_builtin.lines().any(|l| l.trim() == want)
+}
+
+/// Kernel module `m` (e.g. `drivers/md/dm-crypt`) under `modroot`, as dom0
+/// gets it (decompressed); `None` if the kernel has it built in (Debian
+/// 13's 6.12 has `crypto/ecb` built in; dom0's init skips what is absent).
+fn module(r: &Release, modroot: &Path, m: &str) -> Result<Option<Vec<u8>>, String> {
+    let base = modroot.join("kernel").join(m);
+    let ext = match r.module_compression {
+        Compression::None => "ko",
+        Compression::Xz => "ko.xz",
+    };
+    let p = PathBuf::from(format!("{}.{ext}", base.display()));
+    if !p.exists() {
+        let list = modroot.join("modules.builtin");
+        let text = fs::read_to_string(&list).map_err(|e| format!("{}: {e}", list.display()))?;
+        return if builtin(&text, m) {
+            Ok(None)
+        } else {
+            Err(format!("{}: no such module, and not built in", p.display()))
+        };
+    }
+    match r.module_compression {
+        Compression::None => fs::read(&p).map(Some).map_err(|e| format!("{}: {e}", p.display())),
+        Compression::Xz => {
+            let out = Command::new("xz")
+                .args(["-d", "-c"])
+                .arg(&p)
+                .output()
+                .map_err(|e| format!("xz: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "xz -d {}: {}: {}",
+                    p.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(Some(out.stdout))
+        }
+    }
+}
+
 /// Everything dom0 needs, as a file tree.
-fn dom0_tree(unpacked: &Path, installed: &Path, provisioned: &Path) -> Result<Tree, String> {
+fn dom0_tree(
+    r: &Release,
+    unpacked: &Path,
+    installed: &Path,
+    provisioned: &Path,
+) -> Result<Tree, String> {
     let mut t = Tree::default();
     for d in [
         "proc",
@@ -518,7 +911,7 @@ fn dom0_tree(unpacked: &Path, installed: &Path, provisioned: &Path) -> Result<Tr
         t.dir(d);
     }
     // busybox and its applets
-    let busybox = unpacked.join("bin/busybox");
+    let busybox = unpacked.join(r.busybox);
     t.copy("bin/busybox", &busybox, true)?;
     let applets = output(Command::new(&busybox).arg("--list"), "busybox --list")?;
     for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
@@ -526,12 +919,13 @@ fn dom0_tree(unpacked: &Path, installed: &Path, provisioned: &Path) -> Result<Tr
     }
     // toolstack (call the binaries directly: /usr/sbin/xl in Debian is a
     // wrapper script that needs more than dom0 has)
-    let bin = unpacked.join("usr/lib/xen-4.17/bin");
+    let bin = unpacked.join(r.tool_dir);
+    let up = r.tool_dir.strip_prefix("usr/").ok_or("the tool directory is not under usr/")?;
     let mut bins = Vec::new();
     for tool in XEN_TOOLS {
         let p = bin.join(tool);
-        t.copy(&format!("usr/lib/xen-4.17/bin/{tool}"), &p, true)?;
-        t.link(&format!("usr/sbin/{tool}"), &format!("../lib/xen-4.17/bin/{tool}"));
+        t.copy(&format!("{}/{tool}", r.tool_dir), &p, true)?;
+        t.link(&format!("usr/sbin/{tool}"), &format!("../{up}/{tool}"));
         bins.push(p);
     }
     let xs = unpacked.join("usr/bin/xenstore");
@@ -540,37 +934,38 @@ fn dom0_tree(unpacked: &Path, installed: &Path, provisioned: &Path) -> Result<Tr
         t.link(&format!("usr/bin/xenstore-{c}"), "xenstore");
     }
     bins.push(xs);
-    for prog in DOM0_PROGRAMS {
-        let p = unpacked.join(prog);
-        t.copy(prog, &p, true)?;
+    for (at, from) in r.programs {
+        let p = unpacked.join(from);
+        t.copy(at, &p, true)?;
         bins.push(p);
     }
     // our package, as dpkg installed it (binary, images, cfgs, unit, config)
     add_tree(&mut t, installed, "")?;
     bins.push(installed.join("usr/bin/portcullis"));
-    bins.push(unpacked.join(LIBXENVCHAN));
-    t.copy(LIBXENVCHAN, &unpacked.join(LIBXENVCHAN), false)?;
-    for lib in libraries(unpacked, &bins)? {
-        let name =
-            lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?.to_string();
-        if name.starts_with("ld-linux") {
-            t.copy(&format!("lib64/{name}"), &lib, true)?;
-        } else {
-            t.copy(&format!("lib/x86_64-linux-gnu/{name}"), &lib, false)?;
-        }
+    // Xen's vchan library, where `portcullis host`'s dlopen looks for it.
+    let vchan = format!("usr/lib/x86_64-linux-gnu/{}", r.libxenvchan);
+    bins.push(unpacked.join(&vchan));
+    t.copy(&vchan, &unpacked.join(&vchan), false)?;
+    let mut libs = libraries(r, unpacked, &bins)?;
+    for name in DLOPENED {
+        let lib = dlopened(r, unpacked, name)?;
+        libs.extend(libraries(r, unpacked, std::slice::from_ref(&lib))?);
+        libs.push(lib);
     }
-    // xl aborts (pthread_cancel) without libgcc_s, which is dlopen()ed.
-    t.copy(
-        "lib/x86_64-linux-gnu/libgcc_s.so.1",
-        Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-        false,
-    )?;
+    for lib in libs {
+        let name = lib.file_name().and_then(|n| n.to_str()).ok_or("library without a name")?;
+        t.copy(&format!("lib/x86_64-linux-gnu/{name}"), &lib, false)?;
+    }
+    t.copy("lib64/ld-linux-x86-64.so.2", &loader(r, unpacked), true)?;
     t.file("etc/xen/xl.conf", Vec::new(), false);
     // kernel modules
-    let modroot = single_prefix(&unpacked.join("lib/modules"), "")?;
+    let modroot = single_prefix(&unpacked.join(r.module_dir), "")?;
     for m in MODULES {
         let name = m.rsplit('/').next().unwrap_or(m);
-        t.copy(&format!("modules/{name}.ko"), &modroot.join(format!("kernel/{m}.ko")), false)?;
+        match module(r, &modroot, m)? {
+            Some(data) => t.file(&format!("modules/{name}.ko"), data, false),
+            None => println!("    {m}: built into this kernel"),
+        }
     }
     // What the operator brings, and the test's own pieces under /portcullis.
     let tests = root().join("tests/xen");
@@ -677,19 +1072,20 @@ fn qemu_needs_smap_off() -> Result<bool, String> {
     Ok(major < 8)
 }
 
-/// `cargo xtask boot [-- DOM0-ARGS]`: boots the image, returns Ok only when
-/// dom0 reported success. `dom0_extra` is added to dom0's command line.
-pub fn boot(dom0_extra: &[String]) -> Result<(), String> {
+/// `cargo xtask boot [--xen 4.17|4.20] [-- DOM0-ARGS]`: boots the image of
+/// `release`, returns Ok only when dom0 reported success. `dom0_extra` is
+/// added to dom0's command line.
+pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
     crate::ensure_tools(&[crate::QEMU])?;
-    let image = xen_image()?;
+    let image = xen_image(release)?;
     let image_secs = t0.elapsed().as_secs_f64();
     let mut xen_args = XEN_ARGS.to_string();
     if qemu_needs_smap_off()? {
         xen_args.push_str(" smap=0");
     }
     let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
-    let log_path = work_dir().join("boot.log");
+    let log_path = work_dir(release).join("boot.log");
     let mut log =
         fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut qemu = Command::new("qemu-system-x86_64");
@@ -705,7 +1101,11 @@ pub fn boot(dom0_extra: &[String]) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    println!("==> boot: qemu-system-x86_64 -accel tcg -cpu max ... (Xen: {xen_args})");
+    println!(
+        "==> boot: Xen {} ({}): qemu-system-x86_64 -accel tcg -cpu max ... (Xen: {xen_args})",
+        release.version(),
+        release.describe().debian
+    );
     let boot_start = Instant::now();
     let mut child = qemu.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?;
     let (tx, rx) = mpsc::channel::<String>();
@@ -765,7 +1165,10 @@ pub fn boot(dom0_extra: &[String]) -> Result<(), String> {
     }
     let status = child.wait().map_err(|e| format!("qemu: {e}"))?;
     let run_secs = boot_start.elapsed().as_secs_f64();
-    println!("\n== stage times (s since QEMU start; image step took {image_secs:.1} s)");
+    println!(
+        "\n== stage times, Xen {} (s since QEMU start; image step took {image_secs:.1} s)",
+        release.version()
+    );
     for (label, t) in &marks {
         println!("   {t:7.2}  {label}");
     }
@@ -803,5 +1206,153 @@ fn lines_to(r: impl std::io::Read, tx: mpsc::Sender<String>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_release_is_one_debian_release_with_the_same_tools() {
+        for rel in XenRelease::ALL {
+            let r = rel.describe();
+            assert_eq!(XenRelease::parse(r.version), Ok(rel));
+            for p in ["cryptsetup-bin", "oathtool", "busybox-static", "xenstore-utils"] {
+                assert!(r.packages.contains(&p), "{}: {p} missing", r.version);
+            }
+            // the versioned Xen packages, files and soname are this release's
+            for p in
+                [format!("xen-hypervisor-{}-amd64", r.version), format!("xen-utils-{}", r.version)]
+            {
+                assert!(r.packages.iter().any(|q| *q == p), "{}: {p}", r.version);
+            }
+            assert_eq!(r.hypervisor, format!("boot/xen-{}-amd64.gz", r.version));
+            assert_eq!(r.tool_dir, format!("usr/lib/xen-{}/bin", r.version));
+            assert_eq!(r.libxenvchan, format!("libxenvchan.so.{}", r.version));
+            let other: Vec<&str> =
+                XenRelease::ALL.iter().map(|o| o.version()).filter(|v| *v != r.version).collect();
+            for p in r.packages {
+                assert!(
+                    !other.iter().any(|v| p.contains(v)),
+                    "{}: {p} is another release's",
+                    r.version
+                );
+            }
+            // dom0 finds the programs at the same place whatever the release
+            let at: Vec<&str> = r.programs.iter().map(|(at, _)| *at).collect();
+            assert_eq!(at, ["sbin/cryptsetup", "usr/bin/oathtool"]);
+        }
+        // Debian 13's tools need its glibc: the tree brings it and its loader.
+        let r = XenRelease::Xen420.describe();
+        assert!(r.packages.contains(&"libc6") && r.packages.contains(&"libgcc-s1"));
+        assert!(matches!(r.libraries, Libraries::TreeLoader { .. }));
+        assert_eq!(r.module_compression, Compression::Xz);
+        assert_ne!(work_dir(XenRelease::Xen417), work_dir(XenRelease::Xen420));
+        assert!(work_dir(XenRelease::Xen420).ends_with("target/xen-image/4.20"));
+    }
+
+    #[test]
+    fn unknown_releases_are_refused() {
+        for bad in ["", "4.18", "4.2", "4.20.1", "latest", " 4.20"] {
+            let e = XenRelease::parse(bad).unwrap_err();
+            assert!(e.contains("4.17, 4.20") && e.contains(&format!("`{bad}`")), "{e}");
+        }
+        assert_eq!(XenRelease::default(), XenRelease::Xen417);
+    }
+
+    #[test]
+    fn the_private_apt_configuration_leaves_the_hosts_alone() {
+        let dir = Path::new("/nonexistent/w/apt");
+        let host = apt_options(XenRelease::Xen417.describe(), dir);
+        assert_eq!(host, ["-o", "APT::Sandbox::User=root"]);
+        let private = apt_options(XenRelease::Xen420.describe(), dir);
+        assert_eq!(private.len() % 2, 0);
+        let mut dirs = 0;
+        for pair in private.chunks(2) {
+            assert_eq!(pair[0], "-o");
+            let (key, value) = pair[1].split_once('=').unwrap();
+            if key.starts_with("Dir::") {
+                assert!(value.starts_with("/nonexistent/w/apt/"), "{key} -> {value}");
+                dirs += 1;
+            }
+        }
+        // sources (file and parts), preferences (both), lists, status, cache
+        assert_eq!(dirs, 7, "{private:?}");
+        let Apt::Private { sources } = XenRelease::Xen420.describe().apt else {
+            panic!("4.20 must use a private configuration")
+        };
+        let text = sources_file(sources);
+        assert!(text.contains("Suites: trixie trixie-updates\n"), "{text}");
+        assert!(
+            text.contains("URIs: http://deb.debian.org/debian-security\nSuites: trixie-security\n")
+        );
+        assert_eq!(
+            text.matches("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg").count(),
+            2
+        );
+    }
+
+    #[test]
+    fn library_lists_parse_from_ldd_and_from_the_trees_loader() {
+        // Debian 12's ldd
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibxenctrl.so.4.17 => /t/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.17 (0x1)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        assert_eq!(
+            parse_ldd(ldd, "ldd").unwrap(),
+            [
+                PathBuf::from("/t/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.17"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        // Debian 13's loader run with --list: the host's libselinux slipped in
+        let tree = Path::new("/t");
+        let list = "\tlinux-vdso.so.1 (0x1)\n\
+                    \tlibselinux.so.1 => /lib/x86_64-linux-gnu/libselinux.so.1 (0x2)\n\
+                    \tlibc.so.6 => /t/usr/lib/x86_64-linux-gnu/libc.so.6 (0x3)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 => /t/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 (0x4)\n";
+        let libs = parse_ldd(list, "ld.so").unwrap();
+        assert_eq!(libs.len(), 3);
+        assert_eq!(
+            foreign_library(tree, &libs),
+            Some(&PathBuf::from("/lib/x86_64-linux-gnu/libselinux.so.1"))
+        );
+        let only_tree: Vec<PathBuf> = libs.into_iter().filter(|l| l.starts_with(tree)).collect();
+        assert_eq!(foreign_library(tree, &only_tree), None);
+        // the host's loader line (a library's own --list) is not "foreign"
+        assert_eq!(foreign_library(tree, &[PathBuf::from("/lib64/ld-linux-x86-64.so.2")]), None);
+        let e = parse_ldd("\tlibfoo.so.1 => not found\n", "ld.so --list x").unwrap_err();
+        assert!(e.contains("libfoo.so.1") && e.contains("ld.so --list x"), "{e}");
+    }
+
+    #[test]
+    fn built_in_modules_are_told_apart_from_missing_ones() {
+        let list = "kernel/crypto/ecb.ko\nkernel/drivers/md/dm-mod.ko\n";
+        assert!(builtin(list, "crypto/ecb"));
+        assert!(builtin(list, "drivers/md/dm-mod"));
+        assert!(!builtin(list, "crypto/xts"));
+        assert!(!builtin(list, "ecb"));
+        assert!(!builtin(list, "crypto/ec"));
+    }
+
+    #[test]
+    fn xz_modules_are_stored_decompressed_and_missing_ones_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-modules-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("kernel/crypto")).unwrap();
+        fs::write(dir.join("modules.builtin"), "kernel/crypto/ecb.ko\n").unwrap();
+        fs::write(dir.join("kernel/crypto/xts.ko"), b"\x7fELF xts").unwrap();
+        let status = Command::new("xz").arg("-k").arg(dir.join("kernel/crypto/xts.ko")).status();
+        assert!(status.unwrap().success());
+        let (r17, r20) = (XenRelease::Xen417.describe(), XenRelease::Xen420.describe());
+        assert_eq!(module(r17, &dir, "crypto/xts").unwrap().unwrap(), b"\x7fELF xts");
+        assert_eq!(module(r20, &dir, "crypto/xts").unwrap().unwrap(), b"\x7fELF xts");
+        assert_eq!(module(r20, &dir, "crypto/ecb").unwrap(), None);
+        let e = module(r20, &dir, "crypto/cbc").unwrap_err();
+        assert!(e.contains("cbc.ko.xz") && e.contains("not built in"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }
