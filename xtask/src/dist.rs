@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::{build_xen, cargo, root, run, GUESTS};
+use crate::{build_xen, cargo, output, root, run, GUESTS};
 
 /// What the package is called and what it runs on.
 const PACKAGE: &str = "portcullis";
@@ -274,19 +274,6 @@ fn set_mtimes(dir: &Path, when: SystemTime) -> Result<(), String> {
 fn set_mtime(path: &Path, when: SystemTime) -> Result<(), String> {
     let file = io(path, fs::File::open(path))?;
     io(path, file.set_modified(when))
-}
-
-/// Output of a command that must succeed.
-fn output(what: &str, cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    String::from_utf8(out.stdout).map_err(|_| format!("{what}: output is not UTF-8"))
 }
 
 /// `cargo xtask dist`: builds the images and the binary, the package and

@@ -928,6 +928,19 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
+/// Output of a command that must succeed.
+pub(crate) fn output(what: &str, cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|_| format!("{what}: output is not UTF-8"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

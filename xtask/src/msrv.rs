@@ -78,21 +78,13 @@ pub fn problems(declared: RustVersion, rustc: RustVersion, packages: &[Package])
     out
 }
 
-fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    String::from_utf8(out.stdout).map_err(|e| format!("{what}: {e}"))
-}
-
 /// Reads the declared version, the rustc version and the resolved graph
 /// (`cargo metadata`, every platform), and checks them.
 pub fn gate() -> Result<(), String> {
     println!("==> MSRV: declared rust-version vs the resolved graph and rustc");
-    let meta = output(
-        crate::cargo().args(["metadata", "--format-version", "1", "--locked"]),
+    let meta = crate::output(
         "cargo metadata",
+        crate::cargo().args(["metadata", "--format-version", "1", "--locked"]),
     )?;
     let meta: serde_json::Value =
         serde_json::from_str(&meta).map_err(|e| format!("cargo metadata: {e}"))?;
@@ -119,7 +111,7 @@ pub fn gate() -> Result<(), String> {
         .map_err(|e| format!("Cargo.toml: {e}"))?;
     let declared = declared_rust_version(&manifest)?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let rustc_text = output(Command::new(&rustc).arg("--version"), "rustc --version")?;
+    let rustc_text = crate::output("rustc --version", Command::new(&rustc).arg("--version"))?;
     let rustc_version = RustVersion::parse(
         rustc_text.split_whitespace().nth(1).ok_or("rustc --version: no version")?,
     )?;

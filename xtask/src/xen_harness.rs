@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::{root, run};
+use crate::{output, root, run};
 
 /// A Xen release `xen-image` and `boot` can use: `--xen 4.17` (the default)
 /// or `--xen 4.20`. Each comes from one Debian release, with that release's
@@ -306,18 +306,6 @@ fn step(name: &str) {
     println!("==> xen-image: {name}");
 }
 
-fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// FNV-1a, 64 bit: a stable content hash for the cache keys.
 #[derive(Clone, Copy)]
 struct Fnv(u64);
@@ -576,8 +564,8 @@ fn apt_setup(r: &Release, work: &Path) -> Result<Vec<String>, String> {
 fn download(r: &Release, work: &Path) -> Result<Vec<String>, String> {
     let apt = apt_setup(r, work)?;
     let deps = output(
-        Command::new("apt-cache").args(&apt).args(["depends", "linux-image-amd64"]),
         "apt-cache depends",
+        Command::new("apt-cache").args(&apt).args(["depends", "linux-image-amd64"]),
     )?;
     let kernel = deps
         .lines()
@@ -588,8 +576,8 @@ fn download(r: &Release, work: &Path) -> Result<Vec<String>, String> {
     let mut pkgs: Vec<String> = r.packages.iter().map(|s| s.to_string()).collect();
     pkgs.push(kernel);
     let show = output(
-        Command::new("apt-cache").args(&apt).args(["show", "--no-all-versions"]).args(&pkgs),
         "apt-cache show",
+        Command::new("apt-cache").args(&apt).args(["show", "--no-all-versions"]).args(&pkgs),
     )?;
     let mut names = Vec::new();
     for para in show.split("\n\n").filter(|p| !p.trim().is_empty()) {
@@ -801,7 +789,7 @@ fn libraries(r: &Release, unpacked: &Path, bins: &[PathBuf]) -> Result<Vec<PathB
                 (c, format!("{loader} --list {}", b.display()))
             }
         };
-        let found = parse_ldd(&output(&mut cmd, &what)?, &what)?;
+        let found = parse_ldd(&output(&what, &mut cmd)?, &what)?;
         if let Libraries::TreeLoader { .. } = r.libraries {
             if let Some(l) = foreign_library(unpacked, &found) {
                 return Err(format!(
@@ -913,7 +901,7 @@ fn dom0_tree(
     // busybox and its applets
     let busybox = unpacked.join(r.busybox);
     t.copy("bin/busybox", &busybox, true)?;
-    let applets = output(Command::new(&busybox).arg("--list"), "busybox --list")?;
+    let applets = output("busybox --list", Command::new(&busybox).arg("--list"))?;
     for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
         t.link(&format!("bin/{a}"), "busybox");
     }
@@ -1059,8 +1047,8 @@ fn gzip(path: &Path) -> Result<Vec<u8>, String> {
 /// QEMU 7.x's TCG mishandles SMAP for Xen; Xen then needs `smap=0`.
 fn qemu_needs_smap_off() -> Result<bool, String> {
     let v = output(
-        Command::new("qemu-system-x86_64").arg("--version"),
         "qemu-system-x86_64 --version",
+        Command::new("qemu-system-x86_64").arg("--version"),
     )?;
     let major = v
         .split_whitespace()
