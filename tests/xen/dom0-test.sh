@@ -270,7 +270,7 @@ else
     result policy_pd-mid-flow FAIL "(policy_pd was not running its self-test: $(log_since policy_pd | tail -1))"
 fi
 destroy policy_pd
-sed -i "s/^skew = 120 # policy_pd$/skew = 3 # policy_pd/" /etc/portcullis/host.toml
+sed -i "s/^skew = 600 # policy_pd$/skew = 3 # policy_pd/" /etc/portcullis/host.toml
 t=$(up)
 /portcullis/service restart
 if wait_file $HOSTLOG "watching for domains" 30 2; then
