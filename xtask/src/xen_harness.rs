@@ -66,7 +66,7 @@ impl XenRelease {
 /// the image (our package, the provisioning, tests/xen, the Xen and dom0
 /// command lines, the verdict) is the same for every release.
 struct Release {
-    /// `4.17`: names the cache directory target/xen-image/<version>.
+    /// `4.17`: names the cache directory `target/xen-image/<version>`.
     version: &'static str,
     /// The Debian release the packages come from (for messages and docs).
     debian: &'static str,
@@ -99,7 +99,7 @@ enum Apt {
     /// The host's own apt configuration (`apt-get update` done beforehand):
     /// this machine runs Debian 12.
     Host,
-    /// A private configuration under target/xen-image/<version>/apt: its own
+    /// A private configuration under `target/xen-image/<version>/apt`: its own
     /// sources, lists, cache, (empty) dpkg status and preferences, passed
     /// with `-o` to every apt-get and apt-cache call. The host's sources,
     /// lists and preferences are neither read nor changed.
@@ -296,7 +296,7 @@ fn image_root() -> PathBuf {
     root().join("target/xen-image")
 }
 
-/// target/xen-image/<version>: one release's packages, unpacked tree, boot
+/// `target/xen-image/<version>`: one release's packages, unpacked tree, boot
 /// files and boot log, kept apart from the other release's.
 fn work_dir(release: XenRelease) -> PathBuf {
     image_root().join(release.version())
@@ -559,7 +559,7 @@ fn apt_setup(r: &Release, work: &Path) -> Result<Vec<String>, String> {
     Ok(opts)
 }
 
-/// Fetches the packages of `r` missing from <work>/debs; returns the .deb
+/// Fetches the packages of `r` missing from `<work>/debs`; returns the .deb
 /// file names (package, version, architecture: the cache key).
 fn download(r: &Release, work: &Path) -> Result<Vec<String>, String> {
     let apt = apt_setup(r, work)?;
