@@ -152,14 +152,7 @@ fn file_cause(e: &io::Error) -> IoCause {
 
 /// The cause of a failed backend (event channel, store) operation.
 fn backend_cause(e: BackendError) -> IoCause {
-    IoCause::Other(match e {
-        BackendError::Grant => "granting pages failed",
-        BackendError::Map => "mapping grants failed",
-        BackendError::EventChannel => "event channel operation failed",
-        BackendError::Store => "store operation failed",
-        BackendError::Denied => "permission denied",
-        BackendError::Exhausted => "resources exhausted",
-    })
+    IoCause::Other(e.as_str())
 }
 
 /// The cause of a failed world (store directory) operation.

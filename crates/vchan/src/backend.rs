@@ -55,16 +55,23 @@ pub enum BackendError {
     Exhausted,
 }
 
-impl fmt::Display for BackendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl BackendError {
+    /// What failed, in a few words (also the `Display` text).
+    pub const fn as_str(self) -> &'static str {
+        match self {
             BackendError::Grant => "granting pages failed",
             BackendError::Map => "mapping grants failed",
             BackendError::EventChannel => "event channel operation failed",
             BackendError::Store => "store operation failed",
             BackendError::Denied => "permission denied",
             BackendError::Exhausted => "resources exhausted",
-        })
+        }
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
