@@ -301,25 +301,7 @@ impl<R: StoreRing> Client<R> {
     /// Waits for a watch event with `token` (`None`: forever); returns
     /// `Ok(false)` on timeout.
     pub fn wait_watch(&mut self, token: &str, timeout_ns: Option<u64>) -> Result<bool, XsError> {
-        let deadline = match timeout_ns {
-            Some(t) => self.deadline(t)?,
-            None => u64::MAX,
-        };
-        loop {
-            if let Some(i) = self.events.iter().position(|(_, t)| t == token) {
-                self.events.remove(i);
-                return Ok(true);
-            }
-            match self.poll_message()? {
-                Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
-                Some(msg) => self.stray(&msg)?,
-                None => match self.ring.wait(deadline) {
-                    Ok(()) => {}
-                    Err(XsError::Timeout) => return Ok(false),
-                    Err(e) => return Err(e),
-                },
-            }
-        }
+        Ok(self.wait_event(timeout_ns, |(_, t)| t == token)?.is_some())
     }
 
     /// Waits for the next watch event of any token (`None`: forever);
@@ -329,13 +311,23 @@ impl<R: StoreRing> Client<R> {
         &mut self,
         timeout_ns: Option<u64>,
     ) -> Result<Option<(String, String)>, XsError> {
+        self.wait_event(timeout_ns, |_| true)
+    }
+
+    /// The first queued or arriving watch event (path, token) that `wanted`
+    /// accepts, taken out of the queue; `Ok(None)` once `timeout_ns` passed.
+    fn wait_event(
+        &mut self,
+        timeout_ns: Option<u64>,
+        wanted: impl Fn(&(String, String)) -> bool,
+    ) -> Result<Option<(String, String)>, XsError> {
         let deadline = match timeout_ns {
             Some(t) => self.deadline(t)?,
             None => u64::MAX,
         };
         loop {
-            if let Some(event) = self.events.pop_front() {
-                return Ok(Some(event));
+            if let Some(i) = self.events.iter().position(&wanted) {
+                return Ok(self.events.remove(i));
             }
             match self.poll_message()? {
                 Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
