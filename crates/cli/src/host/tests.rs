@@ -255,7 +255,12 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
 
     // cryptod appears: its items, names and ready, all n0 r5.
     fake.lock().unwrap().introduce(5, "cryptod");
-    wait_for("cryptod ready", || node(&fake, "/local/domain/5/portcullis/ready").is_some());
+    // The fake applies a transaction's writes at once, so `ready` shows
+    // after the attempt whose commit gets EAGAIN too: wait for the retry's.
+    let readies = |f: &Arc<Mutex<Fake>>| {
+        f.lock().unwrap().writes.iter().filter(|w| *w == "/local/domain/5/portcullis/ready").count()
+    };
+    wait_for("cryptod ready, after the retried commit", || readies(&fake) >= 2);
     let base = "/local/domain/5/portcullis";
     assert_eq!(node(&fake, &format!("{base}/kek")), Some(vec![0x4b; 32]));
     assert_eq!(node(&fake, &format!("{base}/sealed-state")), Some(b"provisioned".to_vec()));
