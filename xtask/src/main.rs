@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::env;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -465,16 +466,29 @@ fn build(release: bool) -> Result<(), String> {
 pub(crate) struct Tool {
     probe: &'static [&'static str],
     package: &'static str,
+    /// An installed package whose version this one must equal, when it is
+    /// installed: Debian's qemu-system-x86 depends on exactly its own
+    /// version of qemu-system-common, so on a machine that has QEMU's
+    /// common files from bookworm-backports (as our CI machines do), the
+    /// archive's qemu-system-x86 cannot be installed.
+    same_version_as: Option<&'static str>,
 }
 
 pub(crate) const CRYPTSETUP: Tool =
-    Tool { probe: &["cryptsetup", "--version"], package: "cryptsetup-bin" };
-pub(crate) const OATHTOOL: Tool = Tool { probe: &["oathtool", "--version"], package: "oathtool" };
-pub(crate) const QEMU: Tool =
-    Tool { probe: &["qemu-system-x86_64", "--version"], package: "qemu-system-x86" };
+    Tool { probe: &["cryptsetup", "--version"], package: "cryptsetup-bin", same_version_as: None };
+pub(crate) const OATHTOOL: Tool =
+    Tool { probe: &["oathtool", "--version"], package: "oathtool", same_version_as: None };
+pub(crate) const QEMU: Tool = Tool {
+    probe: &["qemu-system-x86_64", "--version"],
+    package: "qemu-system-x86",
+    same_version_as: Some("qemu-system-common"),
+};
 /// `python3 -m venv` needs ensurepip, which Debian ships in python3-venv.
-const PYTHON_VENV: Tool =
-    Tool { probe: &["python3", "-c", "import venv, ensurepip"], package: "python3-venv" };
+const PYTHON_VENV: Tool = Tool {
+    probe: &["python3", "-c", "import venv, ensurepip"],
+    package: "python3-venv",
+    same_version_as: None,
+};
 
 /// Debian packages `cargo xtask test` runs.
 const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, PYTHON_VENV];
@@ -490,10 +504,122 @@ fn probe(tool: &Tool) -> bool {
         .unwrap_or(false)
 }
 
+/// How one missing package is installed.
+#[derive(Debug, PartialEq, Eq)]
+enum Install {
+    /// `apt-get install <spec>` from the machine's own sources.
+    Archive(String),
+    /// `apt-get install -t <suite> <spec>` with `<suite>` (a Debian
+    /// backports suite the machine has no source for) added privately.
+    Backports { suite: &'static str, spec: String },
+}
+
+/// The Debian backports suite a version string comes from (`~bpo12+1` is
+/// bookworm-backports), if any.
+fn backports_suite(version: &str) -> Option<&'static str> {
+    let n = version.split("~bpo").nth(1)?;
+    let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+    match digits.as_str() {
+        "11" => Some("bullseye-backports"),
+        "12" => Some("bookworm-backports"),
+        "13" => Some("trixie-backports"),
+        _ => None,
+    }
+}
+
+/// Decides how to install `tool`'s package. `sibling` is the installed
+/// version of its `same_version_as` package, `available` the versions the
+/// machine's apt sources offer of it. Pure, so tests can drive it.
+fn install_plan(
+    tool: &Tool,
+    sibling: Option<&str>,
+    available: &[String],
+) -> Result<Install, String> {
+    let Some(version) = sibling else { return Ok(Install::Archive(tool.package.to_string())) };
+    let spec = format!("{}={version}", tool.package);
+    if available.iter().any(|v| v == version) {
+        return Ok(Install::Archive(spec));
+    }
+    let want = tool.same_version_as.unwrap_or("its sibling package");
+    match backports_suite(version) {
+        Some(suite) => Ok(Install::Backports { suite, spec }),
+        None => Err(format!(
+            "{} must be version {version} to match the installed {want}, and no apt source \
+             offers it; install it from where {want} came from",
+            tool.package
+        )),
+    }
+}
+
+/// The installed version of `package`, if dpkg says it is installed.
+fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}|${Version}", package])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, version) = text.split_once('|')?;
+    (out.status.success() && status.starts_with("ii") && !version.is_empty())
+        .then(|| version.to_string())
+}
+
+/// The versions of `package` that `apt-cache madison` lists (`apt_opts`
+/// select a private configuration).
+fn available_versions(package: &str, apt_opts: &[String]) -> Vec<String> {
+    let out = Command::new("apt-cache")
+        .args(apt_opts)
+        .args(["madison", package])
+        .stderr(Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
+        .collect()
+}
+
+/// apt options that add `suite` of deb.debian.org to the machine's own
+/// sources, with package lists under target/apt-host: the machine's apt
+/// configuration and lists stay as they were.
+fn apt_with_backports(suite: &str) -> Result<Vec<String>, String> {
+    let dir = root().join("target/apt-host");
+    let parts = dir.join("sources.list.d");
+    let _ = fs::remove_dir_all(&parts);
+    for d in [parts.clone(), dir.join("lists/partial")] {
+        fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    // the machine's own sources, as apt reads them (*.list and *.sources)
+    let system = Path::new("/etc/apt/sources.list.d");
+    if let Ok(entries) = fs::read_dir(system) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let n = name.to_string_lossy();
+            if n.ends_with(".list") || n.ends_with(".sources") {
+                fs::copy(e.path(), parts.join(&name))
+                    .map_err(|err| format!("{}: {err}", e.path().display()))?;
+            }
+        }
+    }
+    let extra = format!(
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    );
+    let file = parts.join(format!("portcullis-{suite}.sources"));
+    fs::write(&file, extra).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok([
+        format!("Dir::Etc::SourceParts={}", parts.display()),
+        format!("Dir::State::Lists={}", dir.join("lists").display()),
+    ]
+    .into_iter()
+    .flat_map(|kv| ["-o".to_string(), kv])
+    .collect())
+}
+
 /// Installs missing Debian packages when running as root (as on CI and our
 /// dev machines); otherwise says exactly what to install.
 pub(crate) fn ensure_tools(tools: &[Tool]) -> Result<(), String> {
-    let missing: Vec<&str> = tools.iter().filter(|t| !probe(t)).map(|t| t.package).collect();
+    let missing: Vec<&Tool> = tools.iter().filter(|t| !probe(t)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -503,16 +629,46 @@ pub(crate) fn ensure_tools(tools: &[Tool]) -> Result<(), String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
     if !is_root {
-        return Err(format!("missing tools; run: sudo apt-get install {}", missing.join(" ")));
+        let names: Vec<&str> = missing.iter().map(|t| t.package).collect();
+        return Err(format!("missing tools; run: sudo apt-get install {}", names.join(" ")));
     }
     run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
-    run(
-        &format!("apt-get install {}", missing.join(" ")),
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq"])
-            .args(&missing),
-    )
+    let mut archive = Vec::new();
+    let mut backports: Vec<(&str, String, &str)> = Vec::new();
+    for t in &missing {
+        let sibling = t.same_version_as.and_then(installed_version);
+        let available = available_versions(t.package, &[]);
+        match install_plan(t, sibling.as_deref(), &available)? {
+            Install::Archive(spec) => archive.push(spec),
+            Install::Backports { suite, spec } => {
+                backports.push((suite, spec, t.same_version_as.unwrap_or_default()))
+            }
+        }
+    }
+    let apt_get = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    if !archive.is_empty() {
+        run(
+            &format!("apt-get install {}", archive.join(" ")),
+            apt_get().args(["install", "-y", "-qq"]).args(&archive),
+        )?;
+    }
+    for (suite, spec, sibling) in backports {
+        println!("    {spec}: the installed {sibling} is from {suite}; installing from there too");
+        let opts = apt_with_backports(suite)?;
+        run(
+            &format!("apt-get update (with {suite}, lists in target/apt-host)"),
+            apt_get().args(&opts).args(["update", "-qq"]),
+        )?;
+        run(
+            &format!("apt-get install -t {suite} {spec}"),
+            apt_get().args(&opts).args(["install", "-y", "-qq", "-t", suite, &spec]),
+        )?;
+    }
+    Ok(())
 }
 
 /// The rustup components the test gates run (a `minimal` rustup profile has
@@ -985,6 +1141,36 @@ mod tests {
         assert_eq!(parse_str("repro"), Ok(Cmd::Repro));
         assert_eq!(parse_str("dist"), Ok(Cmd::Dist));
         assert_eq!(parse_str("--help"), Ok(Cmd::Help));
+    }
+
+    #[test]
+    fn qemu_follows_the_installed_common_files_even_from_backports() {
+        let bpo = "1:10.0.2+ds-2+deb13u1~bpo12+1";
+        let archive = ["1:7.2+dfsg-7+deb12u18+b3".to_string()];
+        // nothing of QEMU installed: the archive's own candidate
+        assert_eq!(
+            install_plan(&QEMU, None, &archive),
+            Ok(Install::Archive("qemu-system-x86".into()))
+        );
+        // the archive has the installed version: pin it
+        assert_eq!(
+            install_plan(&QEMU, Some(archive[0].as_str()), &archive),
+            Ok(Install::Archive("qemu-system-x86=1:7.2+dfsg-7+deb12u18+b3".into()))
+        );
+        // common files from bookworm-backports, no source for it (our CI)
+        assert_eq!(
+            install_plan(&QEMU, Some(bpo), &archive),
+            Ok(Install::Backports {
+                suite: "bookworm-backports",
+                spec: format!("qemu-system-x86={bpo}"),
+            })
+        );
+        // from somewhere we cannot name: a clear error, not a guess
+        let err = install_plan(&QEMU, Some("1:9.0-local1"), &archive).unwrap_err();
+        assert!(err.contains("qemu-system-common") && err.contains("1:9.0-local1"), "{err}");
+        assert_eq!(backports_suite("1.0~bpo13+2"), Some("trixie-backports"));
+        assert_eq!(backports_suite("1.0~bpo1"), None);
+        assert_eq!(backports_suite("1.0"), None);
     }
 
     #[test]
