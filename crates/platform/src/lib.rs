@@ -287,6 +287,17 @@ pub trait Platform {
         Err(PlatformError::Unsupported)
     }
 
+    /// The measurement dom0 took of domain `dom`'s launched image: the
+    /// SHA-256 of the kernel file its toolstack loaded, published by dom0
+    /// (never by the domain itself). [`PlatformError::MissingConfig`] when
+    /// dom0 published none for `dom`; platforms that cannot know return
+    /// [`PlatformError::Unsupported`]. Hostile input: a platform returns
+    /// only a well-formed 32-byte digest.
+    fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        let _ = dom;
+        Err(PlatformError::Unsupported)
+    }
+
     /// Resolves a domain name to its id (from the store's
     /// `/local/domain/<id>/name`, which only the toolstack can write).
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError>;
