@@ -11,6 +11,7 @@
 //! `--scenario hostile` runs only entropyd, cryptod and the collector and
 //! lets hostile clients at cryptod (`crate::hostile`).
 
+use crate::kek;
 use crate::provision::{self, ProvisionArgs};
 use crate::Failure;
 use clap::{Args, ValueEnum};
@@ -291,6 +292,8 @@ pub(crate) fn unix_now() -> u64 {
 
 pub(crate) struct Demo {
     pub(crate) dir: PathBuf,
+    /// cryptod's KEK, unsealed; on disk only while cryptod starts.
+    pub(crate) kek: kek::Kek,
     pub(crate) world: World,
     exe: PathBuf,
     guests: PathBuf,
@@ -301,6 +304,13 @@ pub(crate) struct Demo {
 impl Demo {
     pub(crate) fn guest(&self, name: &str) -> Result<Proc, Failure> {
         let dom = self.world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
+        if name == "cryptod" {
+            // The KEK is in the world's config only while cryptod starts:
+            // call forget_kek once it is ready.
+            self.world
+                .set_config(dom, ConfigItem::KeyEncryptionKey, self.kek.as_ref())
+                .map_err(|e| format!("cryptod config: {e}"))?;
+        }
         let bin = self.guests.join(name);
         if !bin.exists() {
             return Err(Failure::Error(format!(
@@ -309,6 +319,16 @@ impl Demo {
             )));
         }
         Proc::spawn(name, dom, self.world.command_for(dom, &bin))
+    }
+
+    /// Removes the KEK from the world's config (cryptod has read it), so
+    /// no file of the demo's directory holds it in plaintext.
+    pub(crate) fn forget_kek(&self) -> Result<(), Failure> {
+        let dom =
+            self.world.resolve("cryptod").map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
+        self.world
+            .clear_config(dom, ConfigItem::KeyEncryptionKey)
+            .map_err(|e| Failure::Error(format!("cryptod config: {e}")))
     }
 
     fn tool(&self, name: &str, args: &[&str]) -> Result<Proc, Failure> {
@@ -407,7 +427,18 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             .set_config(doms[name], item, bytes)
             .map_err(|e| Failure::Error(format!("{name} config: {e}")))
     };
-    set("cryptod", ConfigItem::KeyEncryptionKey, &read(&prov.join("cryptod/kek"))?)?;
+    // The KEK is protected by the demo's public test passphrase
+    // (provision::DEMO_PASSPHRASE): unseal it as `portcullis host` does.
+    let kek = {
+        let sealed = kek::read(&prov).map_err(|e| e.to_string())?;
+        let how = kek::Unlock {
+            passphrase: kek::PassphraseSource::Fixed(zeroize::Zeroizing::new(
+                provision::DEMO_PASSPHRASE.as_bytes().to_vec(),
+            )),
+            credentials: None,
+        };
+        kek::unseal(&sealed, &how).map_err(|e| e.to_string())?
+    };
     set("cryptod", ConfigItem::SealedState, &read(&prov.join("cryptod/sealed-state"))?)?;
     let wal = match args.answer_after_audit {
         OnOff::On => 1,
@@ -455,6 +486,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         guests,
         step: Duration::from_secs(args.step_timeout),
         timings: Vec::new(),
+        kek,
     };
     demo.time("provision (keys, sealed state, LUKS2 volume)", provision_time);
 
@@ -473,6 +505,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let (_, at) = entropyd.wait_for("entropyd: ready", 0, demo.step)?;
     demo.time("entropyd start to ready", at - entropyd.started);
     let (_, at) = cryptod.wait_for("cryptod: ready", 0, demo.step)?;
+    demo.forget_kek()?;
     demo.time("cryptod start to ready (seeded by entropyd)", at - cryptod.started);
     if args.scenario == Scenario::Bench {
         QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -595,6 +628,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         demo.reap(&mut cryptod);
         cryptod = demo.guest("cryptod")?;
         cryptod.wait_for("cryptod: ready", 0, demo.step)?;
+        demo.forget_kek()?;
         let mut third = demo.guest("unlocker")?;
         third.wait_for("unlocker: ready", 0, demo.step)?;
         let n = third.count();

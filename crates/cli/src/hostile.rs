@@ -605,6 +605,7 @@ impl Hostile<'_> {
         self.demo.reap(&mut self.cryptod);
         self.cryptod = self.demo.guest("cryptod")?;
         self.cryptod.wait_for("cryptod: ready", 0, self.demo.step)?;
+        self.demo.forget_kek()?;
 
         let mut peer = self.peer("unlocker")?;
         let mut link = peer.connect()?;

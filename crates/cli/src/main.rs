@@ -9,6 +9,7 @@ mod audit_cmd;
 mod demo;
 mod host;
 mod hostile;
+mod kek;
 mod keyfile;
 mod provision;
 mod socket;

@@ -5,13 +5,15 @@
 //! Output directory layout (see docs/provisioning.md):
 //!
 //! ```text
-//! DIR/cryptod/kek            32-byte key-encryption key (0600)
+//! DIR/cryptod/kek.sealed     the key-encryption key, protected (0600; see crate::kek)
+//! DIR/cryptod/kek.cred       with --kek credential: the KEK as a systemd credential (0600)
 //! DIR/cryptod/sealed-state   the sealed state (0600)
 //! DIR/root.pub               root public key, COSE_Key
 //! DIR/acl                    the ACL that was sealed (for review; not secret)
 //! DIR/operators/<id>.otpauth otpauth URI, only with --save-otpauth (0600)
 //! ```
 
+use crate::kek::{self, Cost, PassphraseSource, Pcrs, Protector, Sealed};
 use crate::{keyfile, Failure};
 use clap::Args;
 use ed25519_dalek::SigningKey;
@@ -81,6 +83,29 @@ pub struct ProvisionArgs {
     /// A key file that opens --luks-device today.
     #[arg(long)]
     luks_key_file: Option<PathBuf>,
+    /// How the key-encryption key is protected at rest: tpm (sealed to
+    /// dom0's TPM 2.0 under --tpm-pcrs), passphrase (Argon2id) or
+    /// credential (a systemd credential). It is never stored in plaintext.
+    #[arg(long, default_value = "tpm", value_parser = ["tpm", "passphrase", "credential"])]
+    kek: String,
+    /// The PCR policy of the tpm protector: BANK:PCR[,PCR...].
+    #[arg(long, default_value = kek::DEFAULT_PCRS)]
+    tpm_pcrs: String,
+    /// The passphrase protector's passphrase, read from this file (else it
+    /// is asked twice on the terminal with systemd-ask-password).
+    #[arg(long)]
+    kek_passphrase_file: Option<PathBuf>,
+    /// Argon2id cost m=KIB,t=N,p=N (default m=65536,t=3,p=1); recorded in
+    /// the file. For tests.
+    #[arg(long, hide = true)]
+    kek_argon2: Option<String>,
+    /// systemd-creds' --with-key for the credential protector: auto, host,
+    /// tpm2 or host+tpm2.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "tpm2", "host+tpm2"])]
+    kek_credential_key: String,
+    /// A passphrase given in memory (the demo's public test passphrase).
+    #[arg(skip)]
+    kek_fixed_passphrase: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl ProvisionArgs {
@@ -101,9 +126,114 @@ impl ProvisionArgs {
             luks_size_mib: 32,
             luks_device: None,
             luks_key_file: None,
+            kek: "passphrase".into(),
+            tpm_pcrs: kek::DEFAULT_PCRS.into(),
+            kek_passphrase_file: None,
+            kek_argon2: None,
+            kek_credential_key: "auto".into(),
+            kek_fixed_passphrase: Some(Zeroizing::new(DEMO_PASSPHRASE.as_bytes().to_vec())),
         }
     }
 }
+
+/// The demo's KEK passphrase: public (it is in the source and the docs), so
+/// a directory the demo provisions protects nothing; the demo says so.
+pub const DEMO_PASSPHRASE: &str = "portcullis demo passphrase (public, demo only)";
+
+/// The KEK protector chosen on the command line, checked before any secret
+/// is made.
+enum KekPlan {
+    Tpm(Pcrs),
+    Passphrase(Zeroizing<Vec<u8>>, Cost),
+    Credential(String),
+}
+
+fn kek_plan(args: &ProvisionArgs) -> Result<KekPlan, Failure> {
+    let protector = Protector::parse(&args.kek).ok_or_else(|| {
+        Failure::Error(format!("--kek {}: use tpm, passphrase or credential", args.kek))
+    })?;
+    if args.kek_argon2.is_some() && protector != Protector::Passphrase {
+        return Err(Failure::Error("--kek-argon2 is for --kek passphrase".into()));
+    }
+    if args.kek_passphrase_file.is_some() && protector != Protector::Passphrase {
+        return Err(Failure::Error("--kek-passphrase-file is for --kek passphrase".into()));
+    }
+    Ok(match protector {
+        Protector::Tpm => {
+            let pcrs = Pcrs::parse(&args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
+            kek::tpm::probe().map_err(|e| e.to_string())?;
+            KekPlan::Tpm(pcrs)
+        }
+        Protector::Passphrase => {
+            let cost = match &args.kek_argon2 {
+                Some(s) => Cost::parse_arg(s).map_err(|e| format!("--kek-argon2: {e}"))?,
+                None => Cost::DEFAULT,
+            };
+            let source = match (&args.kek_fixed_passphrase, &args.kek_passphrase_file) {
+                (Some(p), _) => PassphraseSource::Fixed(p.clone()),
+                (None, Some(f)) => PassphraseSource::File(f.clone()),
+                (None, None) => PassphraseSource::Ask,
+            };
+            let pass = source.get(true).map_err(|e| e.to_string())?;
+            if pass.len() < kek::MIN_PASSPHRASE_LEN {
+                return Err(Failure::Error(format!(
+                    "the KEK passphrase must be at least {} bytes",
+                    kek::MIN_PASSPHRASE_LEN
+                )));
+            }
+            KekPlan::Passphrase(pass, cost)
+        }
+        Protector::Credential => {
+            match Command::new("systemd-creds").arg("--version").output() {
+                Ok(o) if o.status.success() => {}
+                _ => {
+                    return Err(Failure::Error(
+                        "--kek credential needs systemd-creds (systemd 250 or later)".into(),
+                    ))
+                }
+            }
+            KekPlan::Credential(args.kek_credential_key.clone())
+        }
+    })
+}
+
+/// Protects `kek` as planned and checks it unseals to the same KEK.
+fn protect(plan: &KekPlan, dir: &Path, kek_bytes: &[u8; 32]) -> Result<Sealed, Failure> {
+    let sealed = match plan {
+        KekPlan::Tpm(pcrs) => {
+            let sealed = kek::tpm::seal(kek_bytes, pcrs).map_err(|e| e.to_string())?;
+            if let Sealed::Tpm { pcrs, public, private } = &sealed {
+                let back = kek::tpm::unseal(pcrs, public, private)
+                    .map_err(|e| format!("the TPM-sealed KEK does not unseal: {e}"))?;
+                if *back != *kek_bytes {
+                    return Err(Failure::Error("the TPM unsealed a different KEK".into()));
+                }
+            }
+            sealed
+        }
+        KekPlan::Passphrase(pass, cost) => {
+            let sealed = kek::seal_passphrase(kek_bytes, pass, *cost).map_err(|e| e.to_string())?;
+            let how = kek::Unlock {
+                passphrase: PassphraseSource::Fixed(pass.clone()),
+                credentials: None,
+            };
+            let back = kek::unseal(&sealed, &how)
+                .map_err(|e| format!("the passphrase-sealed KEK does not reopen: {e}"))?;
+            if *back != *kek_bytes {
+                return Err(Failure::Error("the passphrase opened a different KEK".into()));
+            }
+            sealed
+        }
+        KekPlan::Credential(with_key) => {
+            kek::seal_credential(kek_bytes, &dir.join(CREDENTIAL_FILE), with_key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    Ok(sealed)
+}
+
+/// Where `--kek credential` writes the encrypted credential.
+pub const CREDENTIAL_FILE: &str = "cryptod/kek.cred";
 
 impl ProvisionArgs {
     /// Seals the ACL in `path` instead of the built-in one.
@@ -293,6 +423,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
             return Err(Failure::Error(format!("operator {id:?} given twice")));
         }
     }
+    let plan = kek_plan(&args)?;
     prepare_dir(&args.out)?;
 
     let mut operators = Vec::new();
@@ -315,7 +446,8 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     let root = SigningKey::from_bytes(&root_seed);
     let root_pub = root.verifying_key();
     let kid = kid_for(&root_pub);
-    keyfile::write_file(&args.out.join("cryptod/kek"), kek.as_ref(), true)?;
+    let protected = protect(&plan, &args.out, &kek)?;
+    keyfile::write_file(&args.out.join(kek::FILE), protected.encode().as_bytes(), true)?;
     keyfile::write_file(&args.out.join("cryptod/sealed-state"), &sealed, true)?;
     keyfile::write_file(
         &args.out.join("root.pub"),
@@ -326,6 +458,26 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
 
     println!("provisioned {}", args.out.display());
     println!("root key id {}", hex::encode(kid));
+    match &plan {
+        KekPlan::Tpm(pcrs) => println!(
+            "KEK sealed to the TPM (TCTI {}) under PCR policy {pcrs}: {}",
+            kek::tpm::tcti(),
+            kek::FILE
+        ),
+        KekPlan::Passphrase(_, cost) if args.kek_fixed_passphrase.is_some() => println!(
+            "KEK protected by the demo's PUBLIC test passphrase {DEMO_PASSPHRASE:?} \
+             (Argon2id {cost}): {}; demo only, never for real secrets",
+            kek::FILE
+        ),
+        KekPlan::Passphrase(_, cost) => {
+            println!("KEK protected by your passphrase (Argon2id {cost}): {}", kek::FILE)
+        }
+        KekPlan::Credential(with_key) => println!(
+            "KEK in systemd credential {CREDENTIAL_FILE} (systemd-creds --with-key={with_key}); \
+             {} holds its check value",
+            kek::FILE
+        ),
+    }
     for op in &operators {
         let uri = Zeroizing::new(otpauth_uri(&args.issuer, op));
         println!();

@@ -156,6 +156,18 @@ impl World {
         Ok(())
     }
 
+    /// Removes configuration item `item` of `dom` (absent already is fine):
+    /// a launcher that must not leave a secret item on disk clears it once
+    /// the guest has read it.
+    pub fn clear_config(&self, dom: DomId, item: ConfigItem) -> Result<(), HostedError> {
+        let path = self.dir.join("config").join(self.domain_name(dom)?).join(item.name());
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A backend acting as domain `dom` (for the launcher, tests and tools;
     /// guests use [`crate::HostedPlatform`]).
     pub fn backend(&self, dom: DomId) -> Result<HostedBackend, HostedError> {

@@ -29,9 +29,12 @@ pub const MAX_SETTINGS_LEN: usize = 3072;
 /// The parsed, validated config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where `portcullis provision --out` wrote cryptod/kek,
+    /// Where `portcullis provision --out` wrote cryptod/kek.sealed,
     /// cryptod/sealed-state and root.pub.
     pub state_dir: PathBuf,
+    /// The KEK passphrase's file, for the passphrase protector (else it is
+    /// asked at start with systemd-ask-password).
+    pub kek_passphrase_file: Option<PathBuf>,
     /// The most verbose level logged.
     pub log_level: Level,
     /// xenstored's UNIX socket (else /dev/xen/xenbus).
@@ -76,6 +79,7 @@ pub struct Guest {
 struct RawConfig {
     #[serde(default = "default_state_dir")]
     state_dir: Spanned<PathBuf>,
+    kek_passphrase_file: Option<PathBuf>,
     #[serde(default = "default_log_level")]
     log_level: Level,
     #[serde(default = "default_xenstore")]
@@ -302,6 +306,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigError> {
     };
     Ok(Config {
         state_dir: raw.state_dir.into_inner(),
+        kek_passphrase_file: raw.kek_passphrase_file,
         log_level: raw.log_level,
         xenstore: raw.xenstore,
         collector,
@@ -374,8 +379,11 @@ impl Config {
         };
         for (name, g) in &self.guests {
             for item in g.role.items() {
-                if let super::core::Source::File(rel) = super::core::source(*item) {
-                    add(rel, format!("guest {name}'s {} item", super::core::item_key(*item)));
+                let why = format!("guest {name}'s {} item", super::core::item_key(*item));
+                match super::core::source(*item) {
+                    super::core::Source::File(rel) => add(rel, why),
+                    super::core::Source::Kek => add(crate::kek::FILE, why),
+                    super::core::Source::Settings => {}
                 }
             }
         }
@@ -413,8 +421,12 @@ impl Config {
     /// A human summary for `--check`.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "state_dir {}\nlog_level {}\nxenstore {}\n",
+            "state_dir {}\nkek passphrase {}\nlog_level {}\nxenstore {}\n",
             self.state_dir.display(),
+            self.kek_passphrase_file.as_ref().map_or(
+                "asked at start (if the protector is passphrase)".into(),
+                |p| format!("from {}", p.display())
+            ),
             self.log_level.name(),
             self.xenstore.display()
         );
@@ -507,6 +519,9 @@ mod tests {
         assert_eq!(c.guests["policy_pd"].role, Role::PolicyPd);
         let summary = c.summary();
         assert!(summary.contains("guest cryptod: role cryptod, items kek, sealed-state, settings"));
+        assert_eq!(c.kek_passphrase_file, None);
+        let c = parse_str("kek_passphrase_file = \"/run/pass\"\n").unwrap();
+        assert_eq!(c.kek_passphrase_file.as_deref(), Some(Path::new("/run/pass")));
         assert!(summary.contains("guest entropyd: role entropyd, items none"));
     }
 
@@ -597,11 +612,11 @@ mod tests {
         let c = parse_str(&src).unwrap();
         let e = c.check_files(Path::new("host.toml"), &src).unwrap_err().to_string();
         assert!(e.starts_with("host.toml:2:13: state_dir: missing "), "{e}");
-        for f in ["cryptod/kek", "cryptod/sealed-state", "root.pub"] {
+        for f in ["cryptod/kek.sealed", "cryptod/sealed-state", "root.pub"] {
             assert!(e.contains(&dir.path().join(f).display().to_string()), "{f}: {e}");
         }
         std::fs::create_dir(dir.path().join("cryptod")).unwrap();
-        for f in ["cryptod/kek", "cryptod/sealed-state"] {
+        for f in ["cryptod/kek.sealed", "cryptod/sealed-state"] {
             std::fs::write(dir.path().join(f), b"x").unwrap();
         }
         let e = c.check_files(Path::new("host.toml"), &src).unwrap_err().to_string();

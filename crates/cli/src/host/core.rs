@@ -82,6 +82,9 @@ pub enum Source {
     File(&'static str),
     /// The guest's rendered `settings` table.
     Settings,
+    /// The KEK, unsealed once at start from `cryptod/kek.sealed` and held
+    /// only in memory (crate::kek).
+    Kek,
 }
 
 /// Where `item`'s bytes come from. The sealed state's file is also where
@@ -89,7 +92,7 @@ pub enum Source {
 pub const fn source(item: ConfigItem) -> Source {
     match item {
         ConfigItem::SealedState => Source::File("cryptod/sealed-state"),
-        ConfigItem::KeyEncryptionKey => Source::File("cryptod/kek"),
+        ConfigItem::KeyEncryptionKey => Source::Kek,
         ConfigItem::RootPublicKey => Source::File(ROOT_PUB),
         ConfigItem::Settings => Source::Settings,
     }
@@ -704,6 +707,7 @@ mod tests {
         );
         assert_eq!(source(ConfigItem::RootPublicKey), Source::File("root.pub"));
         assert_eq!(source(ConfigItem::Settings), Source::Settings);
+        assert_eq!(source(ConfigItem::KeyEncryptionKey), Source::Kek);
         assert_eq!(
             stale_names(&["cryptod".into(), "gone".into()], &map(&[("cryptod", 3)])),
             ["gone".to_string()]

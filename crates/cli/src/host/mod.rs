@@ -31,7 +31,9 @@ use self::config::Config;
 use self::core::{Core, PersistStep, Role, Seen, Source};
 use self::peers::Peers;
 use self::xs::Store;
+use crate::kek::{self, Kek};
 use crate::Failure;
+use zeroize::Zeroizing;
 
 /// Rescan every domain at least this often (a safety net for missed events).
 const RESCAN_EVERY: Duration = Duration::from_secs(10);
@@ -65,15 +67,51 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
+/// Unseals the KEK when a guest is cryptod (its `kek` item): with the
+/// protector `cryptod/kek.sealed` names, the passphrase file of the config
+/// (else one asked at start) or the systemd credential. The KEK stays in
+/// memory only. Any failure is an error: the service does not start.
+pub fn unseal_kek(cfg: &Config) -> Result<Option<Kek>, Failure> {
+    let needs = cfg
+        .guests
+        .values()
+        .any(|g| g.role.items().iter().any(|i| matches!(core::source(*i), Source::Kek)));
+    if !needs {
+        return Ok(None);
+    }
+    let sealed = kek::read(&cfg.state_dir).map_err(|e| kek_failure(cfg, &e))?;
+    let how = kek::Unlock::from_env(cfg.kek_passphrase_file.as_deref());
+    let key = kek::unseal(&sealed, &how).map_err(|e| kek_failure(cfg, &e))?;
+    Ok(Some(key))
+}
+
+fn kek_failure(cfg: &Config, e: &kek::KekError) -> Failure {
+    Failure::Error(format!(
+        "cannot unseal the KEK of {}: {e}; not starting",
+        cfg.state_dir.display()
+    ))
+}
+
 /// Runs `portcullis host`.
 pub fn run(args: HostArgs) -> Result<(), Failure> {
     let cfg = load(&args.config)?;
     if args.check {
-        println!("{}: ok", args.config.display());
+        // The protected KEK file is parsed, not unsealed.
+        if cfg.guests.values().any(|g| g.role == Role::Cryptod) {
+            let sealed = kek::read(&cfg.state_dir).map_err(|e| kek_failure(&cfg, &e))?;
+            println!("{}: ok", args.config.display());
+            println!("kek protector {}", sealed.protector().name());
+        } else {
+            println!("{}: ok", args.config.display());
+        }
         print!("{}", cfg.summary());
         return Ok(());
     }
     log::init(cfg.log_level);
+    let kek = unseal_kek(&cfg)?;
+    if kek.is_some() {
+        log::info(format_args!("KEK unsealed ({}); kept in memory only", kek::FILE));
+    }
     log::info(format_args!(
         "portcullis host {} starting: config {}, guests {}",
         env!("CARGO_PKG_VERSION"),
@@ -84,7 +122,7 @@ pub fn run(args: HostArgs) -> Result<(), Failure> {
     let peers = Peers::default();
     start_links(&cfg, &peers, &stop);
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = watch(&cfg, &peers, &stop) {
+        if let Err(e) = watch(&cfg, kek.as_ref(), &peers, &stop) {
             log::error(format_args!("xenstore: {e}; connecting again in 5 s"));
             std::thread::sleep(RETRY_PAUSE);
         }
@@ -169,18 +207,30 @@ fn parse_persist_token(token: &str) -> Option<(u16, ConfigItem)> {
 
 /// The service's watcher: connects, then configures guests and keeps their
 /// persists until `stop` or a connection failure.
-pub fn watch(cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), String> {
+pub fn watch(
+    cfg: &Config,
+    kek: Option<&Kek>,
+    peers: &Peers,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     let mut c = xs::connect(&cfg.xenstore).map_err(|e| format!("cannot connect: {e}"))?;
     log::info(format_args!("xenstore: connected ({})", xs::describe(&cfg.xenstore)));
-    serve(&mut c, cfg, peers, stop).map_err(|e| match c.ring().closed() {
+    serve(&mut c, cfg, kek, peers, stop).map_err(|e| match c.ring().closed() {
         Some(why) => format!("{e} ({why})"),
         None => e,
     })
 }
 
-/// [`watch`] on an open connection.
-pub fn serve(c: &mut Store, cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), String> {
-    let mut shell = Shell::new(cfg, peers);
+/// [`watch`] on an open connection. `kek` is the unsealed KEK
+/// ([`unseal_kek`]); a cryptod guest is not configured without it.
+pub fn serve(
+    c: &mut Store,
+    cfg: &Config,
+    kek: Option<&Kek>,
+    peers: &Peers,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut shell = Shell::new(cfg, kek, peers);
     for path in ["@introduceDomain", "@releaseDomain"] {
         c.watch(path, DOMAINS_TOKEN).map_err(|e| format!("watch {path}: {e}"))?;
     }
@@ -210,6 +260,7 @@ pub fn serve(c: &mut Store, cfg: &Config, peers: &Peers, stop: &AtomicBool) -> R
 /// The watcher's state: the config, the core, and what was last logged.
 struct Shell<'a> {
     cfg: &'a Config,
+    kek: Option<&'a Kek>,
     peers: &'a Peers,
     core: Core,
     warnings: Vec<String>,
@@ -218,7 +269,7 @@ struct Shell<'a> {
 }
 
 impl<'a> Shell<'a> {
-    fn new(cfg: &'a Config, peers: &'a Peers) -> Shell<'a> {
+    fn new(cfg: &'a Config, kek: Option<&'a Kek>, peers: &'a Peers) -> Shell<'a> {
         let roles = cfg.guests.iter().map(|(n, g)| (n.clone(), g.role)).collect();
         let mut core = Core::new(roles);
         // What is durable now: a persist equal to it is acked without a rewrite.
@@ -233,7 +284,7 @@ impl<'a> Shell<'a> {
                 }
             }
         }
-        Shell { cfg, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
+        Shell { cfg, kek, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
     }
 
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
@@ -318,9 +369,13 @@ impl<'a> Shell<'a> {
     fn configure(&self, c: &mut Store, cf: &core::Configure) -> Result<(), StepError> {
         let guest =
             self.cfg.guests.get(&cf.name).ok_or_else(|| StepError::local("not configured"))?;
-        let mut items: Vec<(ConfigItem, Vec<u8>)> = Vec::new();
+        let mut items: Vec<(ConfigItem, Zeroizing<Vec<u8>>)> = Vec::new();
         for item in cf.role.items() {
-            let bytes = match core::source(*item) {
+            let bytes = Zeroizing::new(match core::source(*item) {
+                Source::Kek => match self.kek {
+                    Some(k) => k.to_vec(),
+                    None => return Err(StepError::local("the KEK is not unsealed")),
+                },
                 Source::Settings => match &guest.settings {
                     Some(s) => s.clone(),
                     None => continue,
@@ -330,7 +385,7 @@ impl<'a> Shell<'a> {
                     persist::read_bounded(&path, core::max_item_len(*item))
                         .map_err(|e| StepError::local(&format!("{}: {e}", path.display())))?
                 }
-            };
+            });
             items.push((*item, bytes));
         }
         let id = cf.domid;
