@@ -705,7 +705,7 @@ pub fn unseal(sealed: &Sealed, how: &Unlock) -> Result<Kek, KekError> {
             let pass = how.passphrase.get(false)?;
             open_passphrase(cost, salt, nonce, ciphertext, &pass)
         }
-        Sealed::Tpm { pcrs, public, private } => tpm::unseal(pcrs, public, private),
+        Sealed::Tpm { pcrs, public, private } => tpm::unseal(pcrs, public, private, None),
         Sealed::Credential { check } => {
             let dir = how.credentials.as_ref().ok_or_else(|| {
                 KekError::NoCredential(
@@ -791,17 +791,20 @@ pub mod tpm {
     struct Session {
         dir: tempfile::TempDir,
         tcti: String,
+        /// A TCTI set for the tools (else they read the environment).
+        given: Option<String>,
     }
 
     impl Session {
         /// A private temporary directory and a TPM that answers.
-        fn open() -> Result<Session, KekError> {
-            let tcti = tcti();
+        fn open(given: Option<&str>) -> Result<Session, KekError> {
+            let tcti = given.map_or_else(tcti, str::to_string);
+            let given = given.map(str::to_string);
             let dir =
                 tempfile::Builder::new().prefix("portcullis-tpm.").tempdir().map_err(|e| {
                     KekError::Io { path: std::env::temp_dir(), why: format!("temporary dir: {e}") }
                 })?;
-            let s = Session { dir, tcti };
+            let s = Session { dir, tcti, given };
             let out = s
                 .run_raw("tpm2_getrandom", &["8", "--hex"], None)
                 .map_err(|detail| KekError::NoTpm { tcti: s.tcti.clone(), detail })?;
@@ -819,6 +822,9 @@ pub mod tpm {
         ) -> Result<std::process::Output, String> {
             let mut cmd = Command::new(tool);
             cmd.args(args).current_dir(self.dir.path());
+            if let Some(t) = &self.given {
+                cmd.env("TPM2TOOLS_TCTI", t);
+            }
             let r = match input {
                 Some(i) => pipe(&mut cmd, i),
                 None => cmd.stdin(Stdio::null()).output(),
@@ -885,14 +891,14 @@ pub mod tpm {
         }
     }
 
-    /// Checks that a TPM answers.
-    pub fn probe() -> Result<(), KekError> {
-        Session::open().map(drop)
+    /// Checks that a TPM answers (`tcti`: else the environment's).
+    pub fn probe(tcti: Option<&str>) -> Result<(), KekError> {
+        Session::open(tcti).map(drop)
     }
 
     /// Seals `kek` to the TPM under a policy on the current values of `pcrs`.
-    pub fn seal(kek: &[u8; 32], pcrs: &Pcrs) -> Result<Sealed, KekError> {
-        let s = Session::open()?;
+    pub fn seal(kek: &[u8; 32], pcrs: &Pcrs, tcti: Option<&str>) -> Result<Sealed, KekError> {
+        let s = Session::open(tcti)?;
         s.primary()?;
         let sel = pcrs.to_string();
         let policy = s.path("pcr.policy");
@@ -934,8 +940,13 @@ pub mod tpm {
     }
 
     /// Unseals a TPM-sealed KEK; a PCR policy failure is [`KekError::PcrPolicy`].
-    pub fn unseal(pcrs: &Pcrs, public: &[u8], private: &[u8]) -> Result<Kek, KekError> {
-        let s = Session::open()?;
+    pub fn unseal(
+        pcrs: &Pcrs,
+        public: &[u8],
+        private: &[u8],
+        tcti: Option<&str>,
+    ) -> Result<Kek, KekError> {
+        let s = Session::open(tcti)?;
         let (pub_path, priv_path) = (s.path("kek.pub"), s.path("kek.priv"));
         for (p, b) in [(&pub_path, public), (&priv_path, private)] {
             std::fs::write(p, b)

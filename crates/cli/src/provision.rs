@@ -161,7 +161,7 @@ fn kek_plan(args: &ProvisionArgs) -> Result<KekPlan, Failure> {
     Ok(match protector {
         Protector::Tpm => {
             let pcrs = Pcrs::parse(&args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
-            kek::tpm::probe().map_err(|e| e.to_string())?;
+            kek::tpm::probe(None).map_err(|e| e.to_string())?;
             KekPlan::Tpm(pcrs)
         }
         Protector::Passphrase => {
@@ -201,9 +201,9 @@ fn kek_plan(args: &ProvisionArgs) -> Result<KekPlan, Failure> {
 fn protect(plan: &KekPlan, dir: &Path, kek_bytes: &[u8; 32]) -> Result<Sealed, Failure> {
     let sealed = match plan {
         KekPlan::Tpm(pcrs) => {
-            let sealed = kek::tpm::seal(kek_bytes, pcrs).map_err(|e| e.to_string())?;
+            let sealed = kek::tpm::seal(kek_bytes, pcrs, None).map_err(|e| e.to_string())?;
             if let Sealed::Tpm { pcrs, public, private } = &sealed {
-                let back = kek::tpm::unseal(pcrs, public, private)
+                let back = kek::tpm::unseal(pcrs, public, private, None)
                     .map_err(|e| format!("the TPM-sealed KEK does not unseal: {e}"))?;
                 if *back != *kek_bytes {
                     return Err(Failure::Error("the TPM unsealed a different KEK".into()));

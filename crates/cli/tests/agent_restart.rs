@@ -123,11 +123,7 @@ fn unlock(
 
 fn provision(dir: &Path) -> PathBuf {
     let out = dir.join("p");
-    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["provision", "--out", out.to_str().unwrap(), "--no-qr"])
-        .output()
-        .expect("run portcullis provision");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::provision(&out, &[]);
     out
 }
 
@@ -142,7 +138,7 @@ fn the_agent_reconnects_to_a_restarted_cryptod_and_refetches_its_trust() {
         (dom("entropyd"), dom("cryptod"), dom("unlocker"), dom("unlock_agent"));
     dom("collector");
     let read = |f: &str| std::fs::read(prov.join(f)).unwrap();
-    world.set_config(cryptod, ConfigItem::KeyEncryptionKey, &read("cryptod/kek")).unwrap();
+    world.set_config(cryptod, ConfigItem::KeyEncryptionKey, &common::kek_of(&prov)).unwrap();
     world.set_config(cryptod, ConfigItem::SealedState, &read("cryptod/sealed-state")).unwrap();
     let settings = "clients=unlocker,unlock_agent\ncollector=collector\nentropy=entropyd\nanswer_after_audit=0\n";
     world.set_config(cryptod, ConfigItem::Settings, settings.as_bytes()).unwrap();

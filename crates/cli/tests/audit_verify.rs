@@ -3,6 +3,8 @@
 //! sealed state, restarted through `export`/`unseal` as cryptod does, and
 //! every whole-chain edit must fail `--expect-last`.
 
+mod common;
+
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::{Authority, PeerId, Request};
@@ -100,9 +102,8 @@ fn write_log(path: &Path, records: &[Vec<u8>]) {
 fn whole_chain_edits_fail_audit_verify() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
-    let o = portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
+    common::provision(&p, &[]);
+    let kek = common::kek_of(&p);
     let mut state = sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek)
         .expect("provision writes the current sealed-state version");
     assert_eq!((state.keyset_version, state.revocation_serial), (0, 0));
@@ -162,9 +163,8 @@ fn whole_chain_edits_fail_audit_verify() {
 fn audit_verify_checks_seals_and_reports_an_unsealed_tail() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
-    let o = portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
+    common::provision(&p, &[]);
+    let kek = common::kek_of(&p);
     let state =
         sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek).unwrap();
     let mut log = Vec::new();

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `portcullis` binary: keys, tokens and exit codes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -211,15 +213,27 @@ fn host_check_validates_the_config_and_exits_2_naming_file_line_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.starts_with(&format!("error: {cfg}:12:13: state_dir: missing ")), "{err}");
-    assert!(err.contains("cryptod/kek"), "{err}");
+    assert!(err.contains("cryptod/kek.sealed"), "{err}");
 
-    for f in ["cryptod/kek", "cryptod/sealed-state", "root.pub"] {
+    for f in ["cryptod/kek.sealed", "cryptod/sealed-state", "root.pub"] {
         std::fs::write(state.join(f), b"x").unwrap();
     }
+    // --check parses the protected KEK file (without unsealing it).
+    let out = run(&["host", "--check", "--config", cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cryptod/kek.sealed:1: the line does not end with a newline"), "{err}");
+    let sealed = common::kek::seal_passphrase(
+        &[1; 32],
+        b"passphrase",
+        common::kek::Cost { m_kib: 64, t: 1, p: 1 },
+    )
+    .unwrap();
+    std::fs::write(state.join("cryptod/kek.sealed"), sealed.encode()).unwrap();
     let out = run(&["host", "--check", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with(&format!("{cfg}: ok\n")), "{stdout}");
+    assert!(stdout.starts_with(&format!("{cfg}: ok\nkek protector passphrase\n")), "{stdout}");
     assert!(stdout.contains("guest unlocker: role unlocker, items root-pub, settings"), "{stdout}");
 
     // An unknown key, with or without --check.

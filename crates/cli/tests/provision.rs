@@ -1,6 +1,8 @@
 //! `portcullis provision`: outputs, sealing, and interop of the TOTP enrolment
 //! and LUKS passphrase with the standard tools (oathtool, cryptsetup).
 
+mod common;
+
 use portcullis_authority::sealed;
 use portcullis_authority::totp::{totp, Algorithm};
 use std::io::Write;
@@ -16,11 +18,9 @@ fn tool(name: &str) -> bool {
 }
 
 fn provision(dir: &Path, extra: &[&str]) -> String {
-    let out = dir.join("p");
-    let mut args = vec!["provision", "--out", out.to_str().unwrap(), "--no-qr", "--save-otpauth"];
+    let mut args = vec!["--save-otpauth"];
     args.extend_from_slice(extra);
-    let o = portcullis(&args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = common::provision(&dir.join("p"), &args);
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -46,7 +46,7 @@ fn sealed_state_opens_with_the_kek_and_holds_the_enrolled_secret() {
         ],
     );
     let p = dir.path().join("p");
-    let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
+    let kek = common::kek_of(&p);
     let blob = std::fs::read(p.join("cryptod/sealed-state")).unwrap();
     let state = sealed::unseal(&blob, &kek).unwrap();
     let ids: Vec<_> = state.operators.iter().map(|o| o.id.as_str()).collect();
@@ -72,7 +72,7 @@ fn oathtool_codes_from_the_uri_match_cryptods_totp() {
     provision(dir.path(), &["--operator", "alice"]);
     let p = dir.path().join("p");
     let uri = std::fs::read_to_string(p.join("operators/alice.otpauth")).unwrap();
-    let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
+    let kek = common::kek_of(&p);
     let state =
         sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek).unwrap();
     let op = &state.operators[0];

@@ -199,7 +199,12 @@ fn start(fake: &Arc<Mutex<Fake>>, cfg: &config::Config, peers: &Peers) -> Servic
     let mut c = connect(fake);
     let stop = Arc::new(AtomicBool::new(false));
     let (cfg, peers, flag) = (cfg.clone(), peers.clone(), stop.clone());
-    let thread = std::thread::spawn(move || serve(&mut c, &cfg, &peers, &flag));
+    let thread = std::thread::spawn(move || {
+        // As `portcullis host` does at start: unseal, keep in memory.
+        let kek = super::unseal_kek(&cfg).map_err(|e| e.to_string())?;
+        assert!(kek.is_some(), "cryptod is configured: its KEK is unsealed");
+        serve(&mut c, &cfg, kek.as_ref(), &peers, &flag)
+    });
     Service { stop, thread }
 }
 
@@ -228,11 +233,18 @@ fn perms(fake: &Arc<Mutex<Fake>>, path: &str) -> Vec<String> {
 
 fn setup(dir: &Path) -> config::Config {
     std::fs::create_dir(dir.join("cryptod")).unwrap();
-    std::fs::write(dir.join("cryptod/kek"), [0x4b; 32]).unwrap();
+    let sealed = crate::kek::seal_passphrase(
+        &[0x4b; 32],
+        b"host test passphrase",
+        crate::kek::Cost { m_kib: 64, t: 1, p: 1 },
+    )
+    .unwrap();
+    std::fs::write(dir.join(crate::kek::FILE), sealed.encode()).unwrap();
+    std::fs::write(dir.join("kek-pass"), b"host test passphrase\n").unwrap();
     std::fs::write(dir.join("cryptod/sealed-state"), b"provisioned").unwrap();
     std::fs::write(dir.join("root.pub"), b"root key").unwrap();
     let src = format!(
-        "state_dir = \"{}\"\n[guests.cryptod]\nrole = \"cryptod\"\nsettings = {{ collector = \
+        "state_dir = \"{0}\"\nkek_passphrase_file = \"{0}/kek-pass\"\n[guests.cryptod]\nrole = \"cryptod\"\nsettings = {{ collector = \
          \"dom0\" }}\n[guests.unlocker]\nrole = \"unlocker\"\n",
         dir.display()
     );
@@ -369,7 +381,7 @@ fn the_socket_path_is_used_and_a_lost_connection_is_reported() {
     assert_eq!(c.read(Tx::NONE, "/a"), Err(XsError::Transport));
     assert!(c.ring().closed().is_some());
     let cfg = setup(dir.path());
-    let e = serve(&mut c, &cfg, &Peers::default(), &AtomicBool::new(false)).unwrap_err();
+    let e = serve(&mut c, &cfg, None, &Peers::default(), &AtomicBool::new(false)).unwrap_err();
     assert!(e.starts_with("watch @introduceDomain: xenstore ring unavailable"), "{e}");
     // Without the socket the kernel's device is used; where there is none
     // either, the error names both.

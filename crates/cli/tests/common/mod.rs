@@ -1,4 +1,50 @@
-//! What the process-level tests share: the guest binaries they start.
+//! What the process-level tests share: the guest binaries they start, and
+//! provisioning with a protected KEK (and unsealing it with the same code
+//! as `portcullis host`).
+#![allow(dead_code)]
+
+#[path = "../../src/kek.rs"]
+pub mod kek;
+
+/// The KEK passphrase the tests provision with.
+pub const TEST_PASSPHRASE: &str = "portcullis test passphrase";
+/// A small Argon2id cost for the tests (the file records it).
+pub const TEST_ARGON2: &str = "m=256,t=1,p=1";
+
+/// Writes the test passphrase to `dir/kek-pass` (outside any provisioned
+/// directory) and returns its path.
+pub fn passphrase_file(dir: &std::path::Path) -> PathBuf {
+    let p = dir.join("kek-pass");
+    std::fs::write(&p, format!("{TEST_PASSPHRASE}\n")).unwrap();
+    p
+}
+
+/// `portcullis provision --out OUT --no-qr` with the passphrase protector
+/// (passphrase file in OUT's parent) and `extra`; panics on failure.
+pub fn provision(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let pass = passphrase_file(out.parent().unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["provision", "--out", out.to_str().unwrap(), "--no-qr"])
+        .args(["--kek", "passphrase", "--kek-passphrase-file", pass.to_str().unwrap()])
+        .args(["--kek-argon2", TEST_ARGON2])
+        .args(extra)
+        .output()
+        .expect("run portcullis provision");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// The KEK of a directory provisioned by [`provision`].
+pub fn kek_of(dir: &std::path::Path) -> [u8; 32] {
+    let sealed = kek::read(dir).unwrap();
+    let how = kek::Unlock {
+        passphrase: kek::PassphraseSource::Fixed(zeroize::Zeroizing::new(
+            TEST_PASSPHRASE.as_bytes().to_vec(),
+        )),
+        credentials: None,
+    };
+    *kek::unseal(&sealed, &how).unwrap()
+}
 
 use std::path::PathBuf;
 use std::process::Command;
