@@ -19,7 +19,9 @@ const PACKAGE: &str = "portcullis";
 const ARCH: &str = "amd64";
 const MAINTAINER: &str = "The Portcullis developers <portcullis@example.invalid>";
 const DEPENDS: &str = "libc6, cryptsetup-bin";
-const RECOMMENDS: &str = "xen-utils-4.17 | xen-utils-4.20, xen-hypervisor-common";
+/// tpm2-tools: `portcullis provision`'s default KEK protector seals to the
+/// TPM with it, and `portcullis host` unseals with it (docs/provisioning.md).
+const RECOMMENDS: &str = "xen-utils-4.17 | xen-utils-4.20, xen-hypervisor-common, tpm2-tools";
 const DESCRIPTION: &str = "\
 Xen unikernels that gate a host's secrets, and their dom0 service
  Portcullis is four small Xen PVH guests in no_std Rust: entropyd (the
@@ -550,7 +552,7 @@ mod tests {
             "Section: admin\n",
             "Priority: optional\n",
             "Depends: libc6, cryptsetup-bin\n",
-            "Recommends: xen-utils-4.17 | xen-utils-4.20, xen-hypervisor-common\n",
+            "Recommends: xen-utils-4.17 | xen-utils-4.20, xen-hypervisor-common, tpm2-tools\n",
             "Installed-Size: 900\n",
             "Description: ",
         ] {

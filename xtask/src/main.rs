@@ -490,8 +490,17 @@ const PYTHON_VENV: Tool = Tool {
     same_version_as: None,
 };
 
+/// The TPM 2.0 emulator the KEK's tpm protector is tested against
+/// (crates/cli/tests/kek.rs; `swtpm socket` only, so not swtpm-tools).
+const SWTPM: Tool =
+    Tool { probe: &["swtpm", "--version"], package: "swtpm", same_version_as: None };
+/// tpm2_createprimary, tpm2_create, tpm2_unseal, ...: what the tpm
+/// protector runs.
+const TPM2_TOOLS: Tool =
+    Tool { probe: &["tpm2_getrandom", "--version"], package: "tpm2-tools", same_version_as: None };
+
 /// Debian packages `cargo xtask test` runs.
-const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, PYTHON_VENV];
+const TEST_TOOLS: &[Tool] = &[CRYPTSETUP, OATHTOOL, QEMU, PYTHON_VENV, SWTPM, TPM2_TOOLS];
 
 fn probe(tool: &Tool) -> bool {
     let Some((program, args)) = tool.probe.split_first() else { return false };

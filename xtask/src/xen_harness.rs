@@ -421,8 +421,14 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 }
 
 /// Bumped when what `portcullis provision` seals changes (2: the ACL's
-/// `volumes=`), so a cached provisioning from an older build is redone.
-const PROVISION_FORMAT: &str = "2";
+/// `volumes=`; 3: the KEK in cryptod/kek.sealed, passphrase protector), so
+/// a cached provisioning from an older build is redone.
+const PROVISION_FORMAT: &str = "3";
+/// The test's KEK passphrase (a test secret: the image carries it as
+/// /portcullis/kek-pass, which tests/xen/host.toml names).
+const KEK_PASSPHRASE: &str = "portcullis xen test passphrase";
+/// A small Argon2id cost: dom0 runs under TCG in the test (the file records it).
+const KEK_ARGON2: &str = "m=8192,t=1,p=1";
 
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
@@ -430,7 +436,8 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
     let format = out.join("format");
     let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT);
     if current
-        && out.join("cryptod/kek").exists()
+        && out.join("cryptod/kek.sealed").exists()
+        && out.join("kek-pass").exists()
         && out.join("cryptod/sealed-state").exists()
         && out.join(VOLUME).exists()
     {
@@ -444,6 +451,8 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
     )?;
     let _ = fs::remove_dir_all(&out);
     let _ = fs::remove_file(work.join(VOLUME));
+    let pass = work.join("kek-pass");
+    fs::write(&pass, format!("{KEK_PASSPHRASE}\n")).map_err(|e| format!("kek-pass: {e}"))?;
     run(
         "portcullis provision",
         Command::new(root().join("target/debug/portcullis"))
@@ -453,14 +462,22 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
                 "--save-otpauth",
                 "--luks-size-mib",
                 VOLUME_MIB,
-                "--luks-format",
+                "--kek",
+                "passphrase",
+                "--kek-argon2",
+                KEK_ARGON2,
+                "--kek-passphrase-file",
             ])
+            .arg(&pass)
+            .arg("--luks-format")
             .arg(work.join(VOLUME))
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
     )?;
     fs::rename(work.join(VOLUME), out.join(VOLUME)).map_err(|e| format!("{VOLUME}: {e}"))?;
+    // Kept beside (not in) the provisioned files the image copies.
+    fs::rename(&pass, out.join("kek-pass")).map_err(|e| format!("kek-pass: {e}"))?;
     fs::write(&format, PROVISION_FORMAT).map_err(|e| format!("{}: {e}", format.display()))?;
     Ok(out)
 }
@@ -968,9 +985,11 @@ fn dom0_tree(
     t.copy("portcullis/hello.cfg", &tests.join("hello.cfg"), false)?;
     // the first provisioning (`portcullis provision --out /var/lib/portcullis`,
     // made on the build host where cryptsetup is fast)
-    for f in ["cryptod/kek", "cryptod/sealed-state", "root.pub", "acl"] {
+    for f in ["cryptod/kek.sealed", "cryptod/sealed-state", "root.pub", "acl"] {
         t.copy(&format!("var/lib/portcullis/{f}"), &provisioned.join(f), false)?;
     }
+    // the KEK passphrase the service reads (host.toml's kek_passphrase_file)
+    t.copy("portcullis/kek-pass", &provisioned.join("kek-pass"), false)?;
     // the operator's authenticator app (oathtool makes the codes typed into
     // the unlocker's console) and the LUKS volume, gzipped (it is mostly
     // zeros; the test unpacks it into dom0's tmpfs when the stage needs it).
