@@ -67,11 +67,15 @@ fn host_config(dir: &Path, state: &Path, extra: &str) -> PathBuf {
 /// (then it would go on trying to reach xenstore: it is killed).
 fn host(cfg: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = portcullis();
-    cmd.args(["host", "--config", cfg.to_str().unwrap()]).stdout(Stdio::null());
-    cmd.stderr(Stdio::piped());
+    cmd.args(["host", "--config", cfg.to_str().unwrap()]);
     for (k, v) in env {
         cmd.env(k, v);
     }
+    host_cmd(cmd)
+}
+
+fn host_cmd(mut cmd: Command) -> (Option<i32>, String) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut err = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -175,6 +179,14 @@ fn a_directory_without_its_protector_unlocks_nothing() {
     // The right one: the service unseals, then looks for xenstore.
     let right = format!("kek_passphrase_file = {:?}\n", dir.path().join("kek-pass"));
     let (code, err) = host(&host_config(dir.path(), &p, &right), &[]);
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("KEK unsealed"), "{err}");
+    // --kek-passphrase-file overrides the configuration's.
+    let pass = dir.path().join("kek-pass");
+    let mut cmd = portcullis();
+    let cfg = host_config(dir.path(), &p, &wrong);
+    cmd.args(["host", "--config", cfg.to_str().unwrap(), "--kek-passphrase-file"]).arg(&pass);
+    let (code, err) = host_cmd(cmd);
     assert_eq!(code, None, "{err}");
     assert!(err.contains("KEK unsealed"), "{err}");
     // A credential directory without the credential.

@@ -56,6 +56,10 @@ pub struct HostArgs {
     /// exist), print a summary and exit.
     #[arg(long)]
     check: bool,
+    /// The KEK passphrase's file (passphrase protector); overrides
+    /// `kek_passphrase_file` of the configuration.
+    #[arg(long)]
+    kek_passphrase_file: Option<PathBuf>,
 }
 
 /// Loads the config and checks the files it needs; the error names the
@@ -94,7 +98,10 @@ fn kek_failure(cfg: &Config, e: &kek::KekError) -> Failure {
 
 /// Runs `portcullis host`.
 pub fn run(args: HostArgs) -> Result<(), Failure> {
-    let cfg = load(&args.config)?;
+    let mut cfg = load(&args.config)?;
+    if let Some(p) = args.kek_passphrase_file {
+        cfg.kek_passphrase_file = Some(p);
+    }
     if args.check {
         // The protected KEK file is parsed, not unsealed.
         if cfg.guests.values().any(|g| g.role == Role::Cryptod) {
