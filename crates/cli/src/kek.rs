@@ -784,7 +784,6 @@ pub mod tpm {
     /// The TCTI the tools will use.
     pub fn tcti() -> String {
         std::env::var("TPM2TOOLS_TCTI")
-            .or_else(|_| std::env::var("TCTI"))
             .unwrap_or_else(|_| "default (device:/dev/tpmrm0, else /dev/tpm0)".into())
     }
 
