@@ -242,7 +242,7 @@ fn host_check_validates_the_config_and_exits_2_naming_file_line_and_key() {
         let out = run(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.starts_with(&format!("error: {cfg}:27:1: unknown field `retries`")), "{err}");
+        assert!(err.starts_with(&format!("error: {cfg}:32:1: unknown field `retries`")), "{err}");
     }
 }
 
