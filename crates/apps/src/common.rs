@@ -1,6 +1,7 @@
 //! Pieces every guest uses: well-known vchan ports, settings, randomness,
 //! timeouts and the error type.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use core::fmt;
 use core::time::Duration;
@@ -45,8 +46,9 @@ pub enum AppError {
     Link(LinkError),
     /// The boot configuration is wrong.
     Config(String),
-    /// The settings item is wrong.
-    Settings(SettingsError),
+    /// The settings item is wrong (boxed: it is rare, and every
+    /// `Result<_, AppError>` stays small).
+    Settings(Box<SettingsError>),
     /// The peer answered with something unexpected.
     Protocol(String),
 }
@@ -68,7 +70,7 @@ impl core::error::Error for AppError {
         match self {
             AppError::Platform(e) => Some(e),
             AppError::Link(e) => Some(e),
-            AppError::Settings(e) => Some(e),
+            AppError::Settings(e) => Some(&**e),
             _ => None,
         }
     }
@@ -82,7 +84,7 @@ impl From<PlatformError> for AppError {
 
 impl From<SettingsError> for AppError {
     fn from(e: SettingsError) -> Self {
-        AppError::Settings(e)
+        AppError::Settings(Box::new(e))
     }
 }
 

@@ -811,32 +811,42 @@ fn warn<P: Platform>(
 /// `name`, which is cryptod's domain name, `name` here). Each field comes
 /// from the knob of docs/settings.md named beside it; the consistency
 /// between fields is [`Config::check`]'s (run by [`Authority::new`]).
+#[inline(never)]
 pub fn authority_config(s: &Settings, name: &str) -> Result<Config, SettingsError> {
+    // Every integer knob, in the schema's order (image size: no key lookups).
+    let [totp_window, max_failures, base_backoff, max_backoff, max_keys, unlock_ttl, policy_ttl, max_policy_ttl, burst, per_minute, max_peers, rotation_period, overlap, audit_outbox, max_held, audit_aggregate_window, reseed_interval] =
+        s.ints()?;
+    let answer_after_audit = s.flag("answer_after_audit")?;
+    let entropy_vm = s.text("entropy", name)?;
+    let unlock_audience = s.text("unlock_audience", name)?;
+    // Nothing fails from here. The schema bounds every integer below
+    // u32::MAX.
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     Ok(Config {
         name: String::from(name),
-        entropy_vm: s.text("entropy", name)?.into(),
-        unlock_audience: s.text("unlock_audience", name)?.into(),
-        unlock_ttl: s.num("unlock_ttl")?,
-        policy_ttl: s.num("policy_ttl")?,
-        max_policy_ttl: s.num("max_policy_ttl")?,
-        totp_window: s.num("totp_window")?,
+        entropy_vm: String::from(entropy_vm),
+        unlock_audience: String::from(unlock_audience),
+        unlock_ttl,
+        policy_ttl,
+        max_policy_ttl,
+        totp_window,
         rate_limit: RateLimitConfig {
-            max_failures: s.num_u32("totp_max_failures")?,
-            base_backoff: s.num("totp_lockout")?,
-            max_backoff: s.num("totp_max_lockout")?,
-            max_keys: s.num_usize("totp_max_domains")?,
+            max_failures: small(max_failures),
+            base_backoff,
+            max_backoff,
+            max_keys: small(max_keys) as usize,
         },
         issue_rate: IssueRateConfig {
-            burst: s.num_u32("issue_burst")?,
-            per_minute: s.num_u32("issue_per_minute")?,
-            max_peers: s.num_usize("issue_max_peers")?,
+            burst: small(burst),
+            per_minute: small(per_minute),
+            max_peers: small(max_peers) as usize,
         },
-        keys: KeyConfig { rotation_period: s.num("key_rotation")?, overlap: s.num("key_overlap")? },
-        audit_outbox: s.num_usize("audit_outbox")?,
-        answer_after_audit: s.flag("answer_after_audit")?,
-        max_held: s.num_usize("max_held")?,
-        reseed_interval: s.num("reseed_interval")?,
-        audit_aggregate_window: s.num("audit_aggregate_window")?,
+        keys: KeyConfig { rotation_period, overlap },
+        audit_outbox: small(audit_outbox) as usize,
+        answer_after_audit,
+        max_held: small(max_held) as usize,
+        reseed_interval,
+        audit_aggregate_window,
     })
 }
 

@@ -45,11 +45,11 @@ pub enum Kind {
     /// An unsigned decimal integer in `min..=max`.
     Int {
         /// Smallest value allowed.
-        min: u64,
+        min: u32,
         /// Largest value allowed.
-        max: u64,
+        max: u32,
         /// The value when the key is absent.
-        default: u64,
+        default: u32,
     },
     /// `0` or `1`; the default.
     Flag(bool),
@@ -91,6 +91,10 @@ const fn int(
     unit: &'static str,
     doc: &'static str,
 ) -> Knob {
+    // Every bound fits u32 (a compile-time error otherwise), which keeps the
+    // table in the guest images small.
+    assert!(max <= u32::MAX as u64 && min <= max && min <= default && default <= max);
+    let (min, max, default) = (min as u32, max as u32, default as u32);
     Knob { spec: Spec { key, kind: Kind::Int { min, max, default } }, unit, doc }
 }
 
@@ -254,9 +258,9 @@ pub enum Problem {
     /// An integer outside its bounds.
     OutOfRange {
         /// Smallest allowed.
-        min: u64,
+        min: u32,
         /// Largest allowed.
-        max: u64,
+        max: u32,
     },
     /// A flag other than `0` or `1`.
     NotAFlag,
@@ -277,14 +281,9 @@ impl fmt::Display for Problem {
             Problem::NotANumber => f.write_str("not an unsigned decimal integer"),
             Problem::OutOfRange { min, max } => write!(f, "out of range {min} to {max}"),
             Problem::NotAFlag => f.write_str("not 0 or 1"),
-            Problem::BadName => write!(
-                f,
-                "a name is 1 to {MAX_NAME} printable ASCII characters without space, ',', '#' or '='"
-            ),
-            Problem::BadText => {
-                write!(f, "text is 1 to {MAX_TEXT} printable ASCII characters without '#'")
-            }
-            Problem::TooManyNames => write!(f, "more than {MAX_NAMES} names"),
+            Problem::BadName => f.write_str("not a name (docs/settings.md)"),
+            Problem::BadText => f.write_str("not text (docs/settings.md)"),
+            Problem::TooManyNames => f.write_str("too many names"),
         }
     }
 }
@@ -313,7 +312,7 @@ pub enum SettingsError {
 impl fmt::Display for SettingsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SettingsError::TooLong => write!(f, "longer than {MAX_SETTINGS} bytes"),
+            SettingsError::TooLong => f.write_str("too long"),
             SettingsError::NotUtf8 => f.write_str("not UTF-8"),
             SettingsError::Line { line, key, problem } if key.is_empty() => {
                 write!(f, "line {line}: {problem}")
@@ -346,6 +345,7 @@ fn name_ok(s: &str) -> bool {
 }
 
 /// Checks `value` (trimmed) against `kind`.
+#[inline(never)]
 pub fn check(kind: &Kind, value: &str) -> Result<Value, Problem> {
     match *kind {
         Kind::Int { min, max, .. } => {
@@ -353,7 +353,7 @@ pub fn check(kind: &Kind, value: &str) -> Result<Value, Problem> {
                 return Err(Problem::NotANumber);
             }
             let n: u64 = value.parse().map_err(|_| Problem::NotANumber)?;
-            if n < min || n > max {
+            if n < u64::from(min) || n > u64::from(max) {
                 return Err(Problem::OutOfRange { min, max });
             }
             Ok(Value::Int(n))
@@ -419,8 +419,7 @@ impl Settings {
         match p.config(ConfigItem::Settings, &mut buf) {
             Ok(n) => Ok(Settings::parse_bytes(buf.get(..n).unwrap_or_default(), specs)?),
             Err(PlatformError::MissingConfig) => Ok(Settings::defaults(specs)),
-            // The item does not fit the buffer.
-            Err(PlatformError::BadConfig) => Err(SettingsError::TooLong.into()),
+            // Including `BadConfig`: too large for the buffer, or unreadable.
             Err(e) => Err(e.into()),
         }
     }
@@ -435,6 +434,7 @@ impl Settings {
     }
 
     /// Parses settings text strictly (see the module documentation).
+    #[inline(never)]
     pub fn parse(text: &str, specs: &'static [Spec]) -> Result<Settings, SettingsError> {
         if text.len() > MAX_SETTINGS {
             return Err(SettingsError::TooLong);
@@ -470,6 +470,7 @@ impl Settings {
         Ok(s)
     }
 
+    #[inline(never)]
     fn lookup(&self, key: &'static str) -> Result<(&Kind, Option<&Value>), SettingsError> {
         let idx =
             self.specs.iter().position(|s| s.key == key).ok_or(SettingsError::NotInSchema(key))?;
@@ -482,18 +483,35 @@ impl Settings {
         matches!(self.lookup(key), Ok((_, Some(_))))
     }
 
+    /// Every integer knob's value, in the schema's order; `N` must be
+    /// their number (else `NotInSchema`). One pass, no key lookups.
+    pub fn ints<const N: usize>(&self) -> Result<[u64; N], SettingsError> {
+        const WRONG: SettingsError = SettingsError::NotInSchema("(number of integers)");
+        let mut out = [0u64; N];
+        let mut slots = out.iter_mut();
+        for (spec, value) in self.specs.iter().zip(&self.values) {
+            if let Kind::Int { default, .. } = spec.kind {
+                let slot = slots.next().ok_or(WRONG)?;
+                *slot = match value {
+                    Some(Value::Int(n)) => *n,
+                    _ => u64::from(default),
+                };
+            }
+        }
+        if slots.next().is_some() {
+            return Err(WRONG);
+        }
+        Ok(out)
+    }
+
     /// An integer knob.
+    #[inline(never)]
     pub fn num(&self, key: &'static str) -> Result<u64, SettingsError> {
         match self.lookup(key)? {
             (Kind::Int { .. }, Some(Value::Int(n))) => Ok(*n),
-            (Kind::Int { default, .. }, None) => Ok(*default),
+            (Kind::Int { default, .. }, None) => Ok(u64::from(*default)),
             _ => Err(SettingsError::NotInSchema(key)),
         }
-    }
-
-    /// An integer knob that fits `u32` (every such knob's bounds do).
-    pub fn num_u32(&self, key: &'static str) -> Result<u32, SettingsError> {
-        u32::try_from(self.num(key)?).map_err(|_| SettingsError::NotInSchema(key))
     }
 
     /// An integer knob that fits `usize`.
@@ -633,6 +651,14 @@ mod tests {
         let many = alloc::format!("allow={}", ["d"; 17].join(","));
         assert_eq!(bad(&many, &ENTROPYD_SPECS), Problem::TooManyNames);
         assert_eq!(line_err(Settings::parse("\njust words\n", &ENTROPYD_SPECS)).0, 2);
+    }
+
+    #[test]
+    fn ints_are_in_schema_order_and_their_number_must_match() {
+        let s = Settings::parse("chunk=100\n", &ENTROPYD_SPECS).unwrap();
+        assert_eq!(s.ints::<2>(), Ok([1000, 100]));
+        assert!(s.ints::<1>().is_err());
+        assert!(s.ints::<3>().is_err());
     }
 
     #[test]

@@ -140,14 +140,15 @@ fn a_chunk_size_out_of_range_is_refused() {
     for bad in ["chunk=8\n", "chunk=100000\n"] {
         let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd").settings(bad);
         let e = EntropydDriver::<SimBackend>::new(&mut p).err().expect("refused");
+        let AppError::Settings(s) = &e else { panic!("{e}") };
         assert!(
             matches!(
-                e,
-                AppError::Settings(SettingsError::Line {
+                **s,
+                SettingsError::Line {
                     line: 1,
                     problem: Problem::OutOfRange { min: 32, max: 512 },
                     ..
-                })
+                }
             ),
             "{e}"
         );

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use portcullis_apps::cryptod::authority_config;
-use portcullis_apps::settings::{self, Kind, Settings};
+use portcullis_apps::settings::{self, Kind, Problem, Settings};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -353,7 +353,7 @@ fn render_settings(
         if !value_ok(&value) {
             return Err(bad("a setting may not hold control characters".into()));
         }
-        settings::check(&spec.kind, &value).map_err(|p| bad(p.to_string()))?;
+        settings::check(&spec.kind, &value).map_err(|p| bad(problem_text(p)))?;
         out.push_str(k.get_ref());
         out.push('=');
         out.push_str(&value);
@@ -370,6 +370,21 @@ fn render_settings(
         config.check().map_err(|e| whole(e.to_string()))?;
     }
     Ok(out.into_bytes())
+}
+
+/// The guest's terse text of a problem, with the rule spelled out.
+fn problem_text(p: Problem) -> String {
+    use settings::{MAX_NAME, MAX_NAMES, MAX_TEXT};
+    match p {
+        Problem::BadName => format!(
+            "a name is 1 to {MAX_NAME} printable ASCII characters without space, ',', '#' or '='"
+        ),
+        Problem::BadText => {
+            format!("text is 1 to {MAX_TEXT} printable ASCII characters (or spaces) without '#'")
+        }
+        Problem::TooManyNames => format!("more than {MAX_NAMES} names"),
+        other => other.to_string(),
+    }
 }
 
 fn kind_name(kind: &Kind) -> &'static str {
