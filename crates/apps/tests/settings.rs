@@ -164,3 +164,33 @@ fn docs_settings_md_documents_exactly_the_schema() {
     let stray: Vec<&str> = outside.lines().filter(|l| l.starts_with("| `")).collect();
     assert!(stray.is_empty(), "key rows outside the schema tables: {stray:?}");
 }
+
+// ---- hostile input ----
+
+proptest::proptest! {
+    /// Any bytes: an answer, never a panic; what is accepted reads back
+    /// within the schema for every key.
+    #[test]
+    fn any_item_is_parsed_or_refused_without_panic(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        lines in proptest::collection::vec("[a-z_]{0,20}( ?= ?)[ -~]{0,30}", 0..12),
+    ) {
+        for role in Role::ALL {
+            let _ = Settings::parse_bytes(&bytes, role.specs());
+            let text = lines.join("\n");
+            if let Ok(s) = Settings::parse(&text, role.specs()) {
+                for spec in role.specs() {
+                    match spec.kind {
+                        Kind::Int { min, max, .. } => {
+                            let n = s.num(spec.key).unwrap();
+                            proptest::prop_assert!((u64::from(min)..=u64::from(max)).contains(&n));
+                        }
+                        Kind::Flag(_) => { s.flag(spec.key).unwrap(); }
+                        Kind::Names(_) => { proptest::prop_assert!(s.list(spec.key).unwrap().count() >= 1); }
+                        Kind::Name(_) | Kind::Text(_) => { s.text(spec.key, "own").unwrap(); }
+                    }
+                }
+            }
+        }
+    }
+}
