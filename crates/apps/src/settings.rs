@@ -299,7 +299,8 @@ pub enum SettingsError {
     Line {
         /// 1-based line number.
         line: u32,
-        /// The key as written (cut at 64 bytes), or empty if there is none.
+        /// The key as written (at most 64 characters, any not printable
+        /// ASCII as `?`), or empty if there is none.
         key: String,
         /// What is wrong.
         problem: Problem,
@@ -398,12 +399,13 @@ pub struct Settings {
     values: Vec<Option<Value>>,
 }
 
+/// A key as quoted in an error: at most [`MAX_KEY_SHOWN`] characters, each
+/// one not printable ASCII shown as `?` (the error may reach a console).
 fn cut(key: &str) -> String {
-    let mut end = key.len().min(MAX_KEY_SHOWN);
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    key.get(..end).unwrap_or_default().into()
+    key.chars()
+        .take(MAX_KEY_SHOWN)
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
 }
 
 impl Settings {
@@ -622,6 +624,8 @@ mod tests {
         let long = "k".repeat(300) + "=1";
         let (_, key, _) = line_err(Settings::parse(&long, &CRYPTOD_SPECS));
         assert_eq!(key.len(), 64, "a hostile key is cut");
+        let (_, key, _) = line_err(Settings::parse("a\u{1b}[2J\u{e9}=1", &CRYPTOD_SPECS));
+        assert_eq!(key, "a?[2J?", "nothing a console would act on");
     }
 
     #[test]
