@@ -299,7 +299,7 @@ pub enum SettingsError {
     Line {
         /// 1-based line number.
         line: u32,
-        /// The key as written (at most 64 characters, any not printable
+        /// The key as written (its first 64 bytes, each not printable
         /// ASCII as `?`), or empty if there is none.
         key: String,
         /// What is wrong.
@@ -399,13 +399,14 @@ pub struct Settings {
     values: Vec<Option<Value>>,
 }
 
-/// A key as quoted in an error: at most [`MAX_KEY_SHOWN`] characters, each
+/// A key as quoted in an error: its first [`MAX_KEY_SHOWN`] bytes, each
 /// one not printable ASCII shown as `?` (the error may reach a console).
 fn cut(key: &str) -> String {
-    key.chars()
-        .take(MAX_KEY_SHOWN)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .collect()
+    let mut out = String::new();
+    for b in key.bytes().take(MAX_KEY_SHOWN) {
+        out.push(if b.is_ascii_graphic() || b == b' ' { char::from(b) } else { '?' });
+    }
+    out
 }
 
 impl Settings {
@@ -625,7 +626,7 @@ mod tests {
         let (_, key, _) = line_err(Settings::parse(&long, &CRYPTOD_SPECS));
         assert_eq!(key.len(), 64, "a hostile key is cut");
         let (_, key, _) = line_err(Settings::parse("a\u{1b}[2J\u{e9}=1", &CRYPTOD_SPECS));
-        assert_eq!(key, "a?[2J?", "nothing a console would act on");
+        assert_eq!(key, "a?[2J??", "nothing a console would act on");
     }
 
     #[test]
