@@ -85,6 +85,7 @@ fn items() -> Vec<Item> {
         ("lib/systemd/system/portcullis-host.service", "packaging/portcullis-host.service", false),
         ("usr/share/man/man1/portcullis.1.gz", "packaging/portcullis.1", true),
         ("usr/share/doc/portcullis/copyright", "packaging/copyright", false),
+        ("usr/share/doc/portcullis/settings.md", "docs/settings.md", false),
     ] {
         items.push(Item { to: to.into(), from: PathBuf::from(from), mode: 0o644, gzip });
     }
@@ -464,11 +465,12 @@ mod tests {
             "./lib/systemd/system/portcullis-host.service",
             "./usr/share/man/man1/portcullis.1.gz",
             "./usr/share/doc/portcullis/copyright",
+            "./usr/share/doc/portcullis/settings.md",
             "./var/lib/portcullis/",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
-        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 13, "{paths:?}");
+        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 14, "{paths:?}");
         assert!(paths.contains(&"./usr/share/man/man1/".to_string()));
         assert!(paths.windows(2).all(|w| w[0] < w[1]));
         // Every conffile is a file of the package.

@@ -1,17 +1,17 @@
 //! Pieces every guest uses: well-known vchan ports, settings, randomness,
 //! timeouts and the error type.
 
+use alloc::boxed::Box;
 use alloc::string::String;
-use alloc::vec;
-use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
-use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_platform::{Platform, PlatformError};
 use portcullis_proto::msg::RequestId;
 use portcullis_vchan::VchanError;
 
 use crate::link::LinkError;
+use crate::settings::SettingsError;
 
 /// vchan port numbers (the last component of
 /// `/local/domain/<server>/data/vchan/<client>/<port>`).
@@ -46,6 +46,9 @@ pub enum AppError {
     Link(LinkError),
     /// The boot configuration is wrong.
     Config(String),
+    /// The settings item is wrong (boxed: it is rare, and every
+    /// `Result<_, AppError>` stays small).
+    Settings(Box<SettingsError>),
     /// The peer answered with something unexpected.
     Protocol(String),
 }
@@ -56,6 +59,7 @@ impl fmt::Display for AppError {
             AppError::Platform(e) => write!(f, "platform: {e}"),
             AppError::Link(e) => write!(f, "link: {e}"),
             AppError::Config(e) => write!(f, "configuration: {e}"),
+            AppError::Settings(e) => write!(f, "settings: {e}"),
             AppError::Protocol(e) => write!(f, "protocol: {e}"),
         }
     }
@@ -66,6 +70,7 @@ impl core::error::Error for AppError {
         match self {
             AppError::Platform(e) => Some(e),
             AppError::Link(e) => Some(e),
+            AppError::Settings(e) => Some(&**e),
             _ => None,
         }
     }
@@ -74,6 +79,12 @@ impl core::error::Error for AppError {
 impl From<PlatformError> for AppError {
     fn from(e: PlatformError) -> Self {
         AppError::Platform(e)
+    }
+}
+
+impl From<SettingsError> for AppError {
+    fn from(e: SettingsError) -> Self {
+        AppError::Settings(Box::new(e))
     }
 }
 
@@ -86,67 +97,6 @@ impl From<LinkError> for AppError {
 impl From<VchanError> for AppError {
     fn from(e: VchanError) -> Self {
         AppError::Link(LinkError::from(e))
-    }
-}
-
-/// Largest settings file read.
-const MAX_SETTINGS: usize = 4096;
-
-/// `key=value` settings lines (`#` starts a comment).
-#[derive(Default)]
-pub struct Settings {
-    pairs: Vec<(String, String)>,
-}
-
-impl Settings {
-    /// Reads the platform's settings item; absent settings are empty.
-    pub fn load<P: Platform>(p: &mut P) -> Result<Settings, AppError> {
-        let mut buf = vec![0u8; MAX_SETTINGS];
-        match p.config(ConfigItem::Settings, &mut buf) {
-            Ok(n) => {
-                let text = core::str::from_utf8(buf.get(..n).unwrap_or_default())
-                    .map_err(|_| AppError::Config("settings are not UTF-8".into()))?;
-                Settings::parse(text)
-            }
-            Err(PlatformError::MissingConfig) => Ok(Settings::default()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Parses settings text.
-    pub fn parse(text: &str) -> Result<Settings, AppError> {
-        let mut pairs = Vec::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| AppError::Config(alloc::format!("not key=value: {line}")))?;
-            pairs.push((k.trim().into(), v.trim().into()));
-        }
-        Ok(Settings { pairs })
-    }
-
-    /// The value of `key`, or `default`.
-    pub fn get<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map_or(default, |(_, v)| v.as_str())
-    }
-
-    /// A numeric value of `key`, or `default`.
-    pub fn num(&self, key: &str, default: u64) -> Result<u64, AppError> {
-        match self.pairs.iter().rev().find(|(k, _)| k == key) {
-            None => Ok(default),
-            Some((_, v)) => {
-                v.parse().map_err(|_| AppError::Config(alloc::format!("{key}: not a number")))
-            }
-        }
-    }
-
-    /// A comma-separated list value of `key`, or `default`.
-    pub fn list<'a>(&'a self, key: &str, default: &'a str) -> impl Iterator<Item = &'a str> {
-        self.get(key, default).split(',').map(str::trim).filter(|s| !s.is_empty())
     }
 }
 

@@ -44,7 +44,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
-use portcullis_authority::ratelimit::IssueRateConfig;
+use portcullis_authority::keys::KeyConfig;
+use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId, Request};
 use portcullis_platform::{ConfigItem, DomId, Platform, PlatformError, Port};
@@ -53,11 +54,12 @@ use portcullis_proto::msg::ErrorMsg;
 use portcullis_vchan::{Backend, ClientConfig, PeerState, Vchan, VchanError};
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, resolve_dom, AppError, Settings, STEP};
+use crate::common::{port, random, resolve_dom, AppError, STEP};
 use crate::console::{LineLimiter, Verdict};
 use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
+use crate::settings::{Settings, SettingsError, CRYPTOD_SPECS};
 
 /// cryptod's links: they decode its message types only ([`crate::inbox::Cryptod`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
@@ -152,7 +154,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// Boots: reads the settings, key-encryption key and sealed state,
     /// starts the authority and publishes the client and collector links.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
-        let s = Settings::load(p)?;
+        let s = Settings::load(p, &CRYPTOD_SPECS)?;
         let mut kek = Zeroizing::new([0u8; 32]);
         let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
         if n != 32 {
@@ -162,25 +164,14 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let n = p.config(ConfigItem::SealedState, &mut blob)?;
         let state = sealed::unseal(blob.get(..n).unwrap_or_default(), &kek)
             .map_err(|e| AppError::Config(alloc::format!("sealed state: {e}")))?;
-        let config = Config {
-            name: String::from(p.name()),
-            entropy_vm: s.get("entropy", "entropyd").into(),
-            unlock_audience: s.get("unlock_audience", "unlock_agent").into(),
-            answer_after_audit: s.num("answer_after_audit", 1)? != 0,
-            issue_rate: IssueRateConfig {
-                burst: u32::try_from(s.num("issue_burst", 60)?).unwrap_or(u32::MAX),
-                per_minute: u32::try_from(s.num("issue_per_minute", 600)?).unwrap_or(u32::MAX),
-                ..IssueRateConfig::default()
-            },
-            ..Config::default()
-        };
+        let config = authority_config(&s, p.name())?;
         let auth = Authority::new(config, state, p.now_unix())
             .map_err(|e| AppError::Config(alloc::format!("authority: {e}")))?;
 
         // Clients: each link is bound to one peer domain; its identity is
         // that domain, never anything the peer says.
         let mut clients = Vec::new();
-        for name in s.list("clients", "unlocker,policy_pd,dom0") {
+        for name in s.list("clients")? {
             // A client that does not exist now (not created yet, or powered
             // off) is served as soon as a domain gets its name.
             let client = match resolve_dom(p, name) {
@@ -200,10 +191,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             };
             clients.push(client);
         }
-        let collector_dom = resolve_dom(p, s.get("collector", "dom0"))?;
+        let collector_dom = resolve_dom(p, s.text("collector", "")?)?;
         let collector =
             Collector { link: serve(p, collector_dom, port::AUDIT)?, shipped: None, acked: None };
-        let entropy_name = String::from(s.get("entropy", "entropyd"));
+        let entropy_name = String::from(s.text("entropy", "")?);
         // Created before entropyd (any creation order works): it is
         // looked up again until it appears; requests are `unavailable`
         // until it has seeded cryptod.
@@ -814,6 +805,49 @@ fn warn<P: Platform>(
         }
         Verdict::Suppress => {}
     }
+}
+
+/// The authority's configuration from cryptod's settings (every field but
+/// `name`, which is cryptod's domain name, `name` here). Each field comes
+/// from the knob of docs/settings.md named beside it; the consistency
+/// between fields is [`Config::check`]'s (run by [`Authority::new`]).
+#[inline(never)]
+pub fn authority_config(s: &Settings, name: &str) -> Result<Config, SettingsError> {
+    // Every integer knob, in the schema's order (image size: no key lookups).
+    let [totp_window, max_failures, base_backoff, max_backoff, max_keys, unlock_ttl, policy_ttl, max_policy_ttl, burst, per_minute, max_peers, rotation_period, overlap, audit_outbox, max_held, audit_aggregate_window, reseed_interval] =
+        s.ints()?;
+    let answer_after_audit = s.flag("answer_after_audit")?;
+    let entropy_vm = s.text("entropy", name)?;
+    let unlock_audience = s.text("unlock_audience", name)?;
+    // Nothing fails from here. The schema bounds every integer below
+    // u32::MAX.
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Config {
+        name: String::from(name),
+        entropy_vm: String::from(entropy_vm),
+        unlock_audience: String::from(unlock_audience),
+        unlock_ttl,
+        policy_ttl,
+        max_policy_ttl,
+        totp_window,
+        rate_limit: RateLimitConfig {
+            max_failures: small(max_failures),
+            base_backoff,
+            max_backoff,
+            max_keys: small(max_keys) as usize,
+        },
+        issue_rate: IssueRateConfig {
+            burst: small(burst),
+            per_minute: small(per_minute),
+            max_peers: small(max_peers) as usize,
+        },
+        keys: KeyConfig { rotation_period, overlap },
+        audit_outbox: small(audit_outbox) as usize,
+        answer_after_audit,
+        max_held: small(max_held) as usize,
+        reseed_interval,
+        audit_aggregate_window,
+    })
 }
 
 /// Runs cryptod until the platform stops it.

@@ -13,14 +13,15 @@ use core::time::Duration;
 use portcullis_authority::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use portcullis_platform::{DomId, Platform};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{EntropyPub, MAX_ENTROPY_CHUNK, MIN_ENTROPY_CHUNK};
+use portcullis_proto::msg::EntropyPub;
 use portcullis_vchan::PeerState;
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, AppError, Settings};
+use crate::common::{port, random, AppError};
 use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
+use crate::settings::{Settings, ENTROPYD_SPECS};
 
 /// entropyd's links: they decode its message types only ([`crate::inbox::Entropyd`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Entropyd>;
@@ -58,19 +59,15 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
     /// (failing closed without one) and publishes a channel to each
     /// allow-listed subscriber that exists.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
-        let s = Settings::load(p)?;
-        let interval = Duration::from_millis(s.num("interval_ms", 1000)?.clamp(10, 60_000));
-        let chunk_len = usize::try_from(s.num("chunk", 64)?).unwrap_or(usize::MAX);
-        if !(MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK).contains(&chunk_len) {
-            return Err(AppError::Config(alloc::format!(
-                "chunk must be {MIN_ENTROPY_CHUNK} to {MAX_ENTROPY_CHUNK} bytes"
-            )));
-        }
+        let s = Settings::load(p, &ENTROPYD_SPECS)?;
+        let interval = Duration::from_millis(s.num("interval_ms")?);
+        let chunk_len = s.num_usize("chunk")?;
+        // The schema bounds it to the protocol's MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK.
         let mut drbg = Drbg::new(DEFAULT_RESEED_INTERVAL);
         reseed(p, &mut drbg)?;
 
         let mut subs = Vec::new();
-        for name in s.list("allow", "cryptod") {
+        for name in s.list("allow")? {
             // A subscriber not created yet is served once a domain has its name.
             match p.resolve(name) {
                 Ok(dom) => {

@@ -14,5 +14,6 @@ pub mod inbox;
 pub mod link;
 pub mod net;
 pub mod policy_pd;
+pub mod settings;
 pub mod trust;
 pub mod unlocker;

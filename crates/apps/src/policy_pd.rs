@@ -20,9 +20,10 @@ use portcullis_proto::msg::{IssueResult, RequestId, RevokeResult, TokenIssueReq,
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
 
-use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
+use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
 use crate::net::{await_dom, connect_as, sleep};
 use crate::say;
+use crate::settings::{Settings, POLICY_PD_SPECS};
 use crate::trust::Trust;
 use crate::unlocker::{load_trust, refresh_keyset};
 
@@ -139,12 +140,12 @@ fn refresh_revocations<P: Platform>(
 /// Runs policy_pd: one rule change (setting `rule`), plus the self-test.
 /// Returns the number of self-test checks that did not hold (0 is success).
 pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
-    let s = Settings::load(p)?;
-    let rule = String::from(s.get("rule", "allow tcp 10.0.0.0/8 -> 443"));
-    let cryptod_dom = await_dom(p, "policy_pd", s.get("cryptod", "cryptod"))?;
-    let audience = String::from(s.get("audience", p.name()));
+    let s = Settings::load(p, &POLICY_PD_SPECS)?;
+    let rule = String::from(s.text("rule", "")?);
+    let cryptod_dom = await_dom(p, "policy_pd", s.text("cryptod", "")?)?;
+    let audience = String::from(s.text("audience", p.name())?);
     let trust = load_trust(p)?;
-    let mut enf = Enforcer::new(&audience, s.num("skew", 30)?, trust);
+    let mut enf = Enforcer::new(&audience, s.num("skew")?, trust);
     let mut link = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
     // cryptod answers `unavailable` until entropyd has seeded it.
     let tok = loop {
@@ -170,7 +171,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
         claims.scope
     );
 
-    if s.get("selftest", "0") != "1" {
+    if !s.flag("selftest")? {
         return Ok(0);
     }
     let mut failed = 0u32;
@@ -187,7 +188,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let now = p.now_unix();
     expect(p, "replay", enf.apply(&tok, &rule, now), VerifyError::Replayed);
 
-    let other = issue(p, &mut link, Scope::NetModify, s.get("other_audience", "netd"), 60)?;
+    let other = issue(p, &mut link, Scope::NetModify, s.text("other_audience", "")?, 60)?;
     let now = p.now_unix();
     expect(p, "wrong audience", enf.apply(&other, &rule, now), VerifyError::WrongAudience);
 

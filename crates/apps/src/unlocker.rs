@@ -24,9 +24,10 @@ use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::common::{port, random, request_id, AppError, Settings, CALL_TIMEOUT};
+use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
 use crate::net::{await_dom, connect_as};
 use crate::say;
+use crate::settings::{Settings, UNLOCKER_SPECS};
 use crate::trust::{root_from_cose_key, Trust};
 
 /// unlocker's links: they decode its message types only ([`crate::inbox::Unlocker`]).
@@ -285,16 +286,16 @@ impl Attempt {
 
 /// Runs the unlocker: up to `attempts` prompts (setting, default 3).
 pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
-    let s = Settings::load(p)?;
+    let s = Settings::load(p, &UNLOCKER_SPECS)?;
     let target = UnlockTarget {
-        operator: String::from(s.get("operator", "operator")),
-        device: String::from(s.get("device", p.name())),
-        volume: String::from(s.get("volume", "data")),
-        audience: String::from(s.get("agent_audience", "unlock_agent")),
+        operator: String::from(s.text("operator", "")?),
+        device: String::from(s.text("device", p.name())?),
+        volume: String::from(s.text("volume", "")?),
+        audience: String::from(s.text("agent_audience", "")?),
     };
-    let attempts = s.num("attempts", 3)?.max(1);
-    let agent = await_dom(p, "unlocker", s.get("agent", "dom0"))?;
-    let cryptod_dom = await_dom(p, "unlocker", s.get("cryptod", "cryptod"))?;
+    let attempts = s.num("attempts")?;
+    let agent = await_dom(p, "unlocker", s.text("agent", "")?)?;
+    let cryptod_dom = await_dom(p, "unlocker", s.text("cryptod", "")?)?;
     let mut trust = load_trust(p)?;
 
     let mut cryptod: Link<_> = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;

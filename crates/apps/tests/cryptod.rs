@@ -786,3 +786,87 @@ fn entropyd_created_again_under_a_new_id_is_followed() {
     // An accepted chunk makes no record; a refused one would.
     assert!(!records.iter().any(|r| r.action == AuditAction::EntropyReseed), "{records:?}");
 }
+
+/// A code `steps_back` steps old, sent once the clock is 1 s into a step
+/// (so the step cannot change under the test).
+fn old_code_result(settings: &str, steps_back: u64) -> TotpResult {
+    let mut w = boot_with(
+        settings,
+        &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)],
+    );
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    {
+        use portcullis_platform::Platform;
+        let now = w.p.now_unix();
+        w.p.advance(Duration::from_secs(30 - now % 30 + 1));
+    }
+    let now = {
+        use portcullis_platform::Platform;
+        w.p.now_unix()
+    };
+    un.send(&totp_req(&code_at(now - 30 * steps_back))).unwrap();
+    w.poll();
+    w.ack();
+    let answers = drain(&mut un);
+    totp_result(&answers[0])
+}
+
+#[test]
+fn the_totp_window_setting_decides_how_old_a_code_may_be() {
+    // Issue 12: `totp_window` was documented but never read.
+    let wide = format!("{SETTINGS}totp_window=2\n");
+    let narrow = format!("{SETTINGS}totp_window=1\n");
+    assert_eq!(old_code_result(&wide, 2), TotpResult::Ok, "2 steps old, window 2");
+    assert_eq!(old_code_result(&narrow, 2), TotpResult::Fail, "2 steps old, window 1");
+    assert_eq!(old_code_result(&narrow, 1), TotpResult::Ok, "1 step old, window 1");
+    assert_eq!(old_code_result(SETTINGS, 2), TotpResult::Fail, "the default window is 1");
+}
+
+#[test]
+fn the_lockout_settings_lock_an_operator_out_after_the_set_failures() {
+    let settings = format!("{SETTINGS}totp_max_failures=2\ntotp_lockout=600\n");
+    let mut w = boot_with(
+        &settings,
+        &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)],
+    );
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    for _ in 0..2 {
+        un.send(&totp_req("00000000")).unwrap();
+        w.poll();
+        w.ack();
+        assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Fail);
+    }
+    // Locked for 600 s: even the right code is refused unchecked.
+    let now = {
+        use portcullis_platform::Platform;
+        w.p.now_unix()
+    };
+    un.send(&totp_req(&code_at(now))).unwrap();
+    w.poll();
+    w.ack();
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::RateLimited);
+}
+
+#[test]
+fn a_typo_in_cryptods_settings_stops_it_naming_the_line_and_key() {
+    let hv = Hypervisor::new();
+    let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
+        .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+        .with_config(ConfigItem::SealedState, &sealed_blob())
+        .settings("clients=unlocker\ntotp_windwo=2\n");
+    let e = CryptodDriver::new(&mut p).err().expect("refused");
+    assert_eq!(e.to_string(), "settings: line 2: totp_windwo: unknown key");
+}
+
+#[test]
+fn inconsistent_settings_stop_cryptod() {
+    let hv = Hypervisor::new();
+    let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
+        .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+        .with_config(ConfigItem::SealedState, &sealed_blob())
+        .settings("policy_ttl=200\nmax_policy_ttl=100\n");
+    let e = CryptodDriver::new(&mut p).err().expect("refused");
+    assert!(e.to_string().contains("max_policy_ttl"), "{e}");
+}

@@ -2,6 +2,8 @@
 
 mod support;
 
+use portcullis_apps::settings::{Problem, SettingsError};
+
 use std::time::Duration;
 
 use portcullis_apps::common::{port, AppError};
@@ -137,6 +139,18 @@ fn a_chunk_size_out_of_range_is_refused() {
     let hv = Hypervisor::new();
     for bad in ["chunk=8\n", "chunk=100000\n"] {
         let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd").settings(bad);
-        assert!(matches!(EntropydDriver::<SimBackend>::new(&mut p), Err(AppError::Config(_))));
+        let e = EntropydDriver::<SimBackend>::new(&mut p).err().expect("refused");
+        let AppError::Settings(s) = &e else { panic!("{e}") };
+        assert!(
+            matches!(
+                **s,
+                SettingsError::Line {
+                    line: 1,
+                    problem: Problem::OutOfRange { min: 32, max: 512 },
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -121,6 +121,30 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks every range and the consistency between fields: what
+    /// [`Authority::new`] refuses, so dom0 can check settings before it
+    /// hands them to cryptod.
+    pub fn check(&self) -> Result<(), InitError> {
+        if !UNLOCK_TTL_RANGE.contains(&self.unlock_ttl) {
+            return Err(InitError::Config("unlock_ttl must be 30 to 120 s"));
+        }
+        if self.max_policy_ttl > MAX_POLICY_TTL
+            || self.policy_ttl == 0
+            || self.policy_ttl > self.max_policy_ttl
+        {
+            return Err(InitError::Config("policy ttl must be 1 to max_policy_ttl <= 300 s"));
+        }
+        if self.totp_window > MAX_WINDOW {
+            return Err(InitError::Config("totp_window too large"));
+        }
+        if self.rate_limit.max_backoff < self.rate_limit.base_backoff {
+            return Err(InitError::Config("the longest lockout is shorter than the first"));
+        }
+        self.keys.check().map_err(InitError::Keys)
+    }
+}
+
 /// Why an [`Authority`] could not start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InitError {
@@ -285,18 +309,7 @@ impl Authority {
     /// Starts from the unsealed state at time `now`. The DRBG starts unseeded.
     pub fn new(config: Config, state: SealedState, now: u64) -> Result<Authority, InitError> {
         let _ = now;
-        if !UNLOCK_TTL_RANGE.contains(&config.unlock_ttl) {
-            return Err(InitError::Config("unlock_ttl must be 30 to 120 s"));
-        }
-        if config.max_policy_ttl > MAX_POLICY_TTL
-            || config.policy_ttl == 0
-            || config.policy_ttl > config.max_policy_ttl
-        {
-            return Err(InitError::Config("policy ttl must be 1 to max_policy_ttl <= 300 s"));
-        }
-        if config.totp_window > MAX_WINDOW {
-            return Err(InitError::Config("totp_window too large"));
-        }
+        config.check()?;
         let acl = Acl::parse(&state.acl).map_err(InitError::Acl)?;
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);

@@ -45,6 +45,17 @@ impl Default for KeyConfig {
     }
 }
 
+impl KeyConfig {
+    /// The overlap covers the longest token lifetime and is shorter than
+    /// the rotation period.
+    pub fn check(&self) -> Result<(), KeyError> {
+        if self.overlap < token::MAX_LIFETIME_SECS || self.rotation_period <= self.overlap {
+            return Err(KeyError::BadTiming);
+        }
+        Ok(())
+    }
+}
+
 /// Why a key configuration was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyError {
@@ -97,9 +108,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring with the root key from `root_seed` and no signing key yet.
     pub fn new(root_seed: &[u8; 32], config: KeyConfig) -> Result<KeyRing, KeyError> {
-        if config.overlap < token::MAX_LIFETIME_SECS || config.rotation_period <= config.overlap {
-            return Err(KeyError::BadTiming);
-        }
+        config.check()?;
         let root = SigningKey::from_bytes(root_seed);
         let root_kid = kid_for(&root.verifying_key());
         Ok(KeyRing { root, root_kid, slots: [None, None], active: 0, config, version: 0 })

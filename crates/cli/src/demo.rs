@@ -355,10 +355,8 @@ impl Demo {
     }
 }
 
-fn settings(world: &World, dom: DomId, text: &str) -> Result<(), Failure> {
-    world
-        .set_config(dom, ConfigItem::Settings, text.as_bytes())
-        .map_err(|e| Failure::Error(format!("{e}")))
+fn settings(world: &World, dom: DomId, bytes: &[u8]) -> Result<(), Failure> {
+    world.set_config(dom, ConfigItem::Settings, bytes).map_err(|e| Failure::Error(format!("{e}")))
 }
 
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
@@ -440,44 +438,49 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         kek::unseal(&sealed, &how).map_err(|e| e.to_string())?
     };
     set("cryptod", ConfigItem::SealedState, &read(&prov.join("cryptod/sealed-state"))?)?;
-    let wal = match args.answer_after_audit {
-        OnOff::On => 1,
-        OnOff::Off => 0,
+    let wal = matches!(args.answer_after_audit, OnOff::On);
+    let mut clients = vec!["unlocker", "policy_pd", "unlock_agent"];
+    let cryptod_extra = match args.scenario {
+        Scenario::Hostile => {
+            clients.push(crate::hostile::MALLORY);
+            // A small bucket that does not refill during the run, so the
+            // token flood is refused after a few tokens.
+            format!("issue_burst = {}\nissue_per_minute = 1\n", crate::hostile::ISSUE_BURST)
+        }
+        Scenario::Bench => {
+            clients.extend(BENCH_CLIENTS.iter().skip(1));
+            // The benchmark asks for tokens as fast as it can: no issue rate limit.
+            "issue_per_minute = 0\n".to_string()
+        }
+        _ => String::new(),
     };
-    settings(
-        &world,
-        doms["cryptod"],
-        &format!(
-            "clients=unlocker,policy_pd,unlock_agent{}\ncollector=collector\nentropy=entropyd\nanswer_after_audit={wal}\n{}",
-            match args.scenario {
-                Scenario::Hostile => ",mallory".to_string(),
-                Scenario::Bench => BENCH_CLIENTS.iter().skip(1).map(|c| format!(",{c}")).collect(),
-                _ => String::new(),
-            },
-            match args.scenario {
-                // The benchmark asks for tokens as fast as it can: no issue rate limit.
-                Scenario::Bench => "issue_per_minute=0\n".to_string(),
-                // A small bucket that does not refill during the run, so the
-                // token flood is refused after a few tokens.
-                Scenario::Hostile => format!(
-                    "issue_burst={}\nissue_per_minute=1\n",
-                    crate::hostile::ISSUE_BURST
-                ),
-                _ => String::new(),
-            }
-        ),
-    )?;
-    settings(&world, doms["entropyd"], "allow=cryptod\ninterval_ms=500\n")?;
-    set("unlocker", ConfigItem::RootPublicKey, &root)?;
     let attempts = if args.scenario == Scenario::Full { 8 } else { 3 };
-    settings(
-        &world,
-        doms["unlocker"],
-        &format!("operator=operator\nvolume=data\nagent=unlock_agent\nattempts={attempts}\n"),
-    )?;
+    let clients: Vec<String> = clients.iter().map(|c| format!("\"{c}\"")).collect();
+    let clients = clients.join(", ");
+    let selftest = if args.scenario == Scenario::Full { "selftest = true\nskew = 2\n" } else { "" };
+    // The guests' settings as an operator writes them in host.toml, checked
+    // and rendered by the host service's own parser (docs/settings.md).
+    let host_toml = format!(
+        "[guests.cryptod]\nrole = \"cryptod\"\n[guests.cryptod.settings]\n\
+         clients = [{clients}]\ncollector = \"collector\"\nentropy = \"entropyd\"\n\
+         answer_after_audit = {wal}\n{cryptod_extra}\n\
+         [guests.entropyd]\nrole = \"entropyd\"\n[guests.entropyd.settings]\n\
+         allow = \"cryptod\"\ninterval_ms = 500\n\n\
+         [guests.unlocker]\nrole = \"unlocker\"\n[guests.unlocker.settings]\n\
+         operator = \"operator\"\nvolume = \"data\"\nagent = \"unlock_agent\"\nattempts = {attempts}\n\n\
+         [guests.policy_pd]\nrole = \"policy_pd\"\n[guests.policy_pd.settings]\n\
+         rule = \"allow tcp 10.0.0.0/8 -> 443\"\n{selftest}"
+    );
+    let host_path = dir.join("host.toml");
+    std::fs::write(&host_path, &host_toml).map_err(|e| format!("{}: {e}", host_path.display()))?;
+    let host = crate::host::config::parse(&host_path, &host_toml)
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    for (name, guest) in &host.guests {
+        let dom = doms[name.as_str()];
+        settings(&world, dom, guest.settings.as_deref().unwrap_or_default())?;
+    }
+    set("unlocker", ConfigItem::RootPublicKey, &root)?;
     set("policy_pd", ConfigItem::RootPublicKey, &root)?;
-    let selftest = if args.scenario == Scenario::Full { "selftest=1\nskew=2\n" } else { "" };
-    settings(&world, doms["policy_pd"], &format!("rule=allow tcp 10.0.0.0/8 -> 443\n{selftest}"))?;
 
     let mut demo = Demo {
         dir: dir.clone(),

@@ -244,6 +244,35 @@ fn host_check_validates_the_config_and_exits_2_naming_file_line_and_key() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.starts_with(&format!("error: {cfg}:32:1: unknown field `retries`")), "{err}");
     }
+
+    // A guest setting its role does not have, or out of its bounds
+    // (docs/settings.md): refused before anything reaches xenstore.
+    let typo = shipped.replace("totp_window = 1\n", "totp_windwo = 1\n");
+    let line = typo.lines().position(|l| l.starts_with("totp_windwo")).unwrap() + 1;
+    let wide = shipped.replace("totp_window = 1\n", "totp_window = 11\n");
+    for (text, want) in [
+        (
+            typo,
+            format!(
+                "error: {cfg}:{line}:1: guests.cryptod.settings.totp_windwo: unknown setting for \
+                 role cryptod"
+            ),
+        ),
+        (
+            wide,
+            format!(
+                "error: {cfg}:{line}:15: guests.cryptod.settings.totp_window: out of range 0 to 10"
+            ),
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        for args in [&["host", "--check", "--config", cfg][..], &["host", "--config", cfg][..]] {
+            let out = run(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(err.starts_with(&want), "{err}");
+        }
+    }
 }
 
 #[test]

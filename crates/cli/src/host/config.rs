@@ -1,13 +1,17 @@
 //! `/etc/portcullis/host.toml`, parsed strictly: an unknown key, a guest
-//! with an unknown role, two guests with one role, a setting that cannot be
-//! rendered as a `key=value` line, or a missing file the service will need
-//! is an error naming the file, the line and the key.
+//! with an unknown role, two guests with one role, a setting its role's
+//! schema (`portcullis_apps::settings`, docs/settings.md) does not have or
+//! whose value is of the wrong type, out of bounds or inconsistent with
+//! another, or a missing file the service will need is an error naming the
+//! file, the line and the key.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use portcullis_apps::cryptod::authority_config;
+use portcullis_apps::settings::{self, Kind, Problem, Settings};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -127,7 +131,7 @@ fn default_skew() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawGuest {
     role: Spanned<Role>,
-    settings: Option<BTreeMap<Spanned<String>, Spanned<Setting>>>,
+    settings: Option<Spanned<BTreeMap<Spanned<String>, Spanned<Setting>>>>,
 }
 
 #[derive(Deserialize)]
@@ -260,7 +264,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigError> {
         }
         let settings = match &g.settings {
             None => None,
-            Some(map) => Some(render_settings(&cx, &key, map)?),
+            Some(map) => Some(render_settings(&cx, &key, name.get_ref(), role, map)?),
         };
         guests.insert(name.get_ref().clone(), Guest { role, settings });
     }
@@ -315,47 +319,87 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// Renders a guest's settings table as its `settings` item, checking each
+/// key and value against the role's schema, then the whole item with the
+/// guest's own parser (and, for cryptod, the authority's consistency
+/// checks), so nothing a guest would refuse is written.
 fn render_settings(
     cx: &Ctx<'_>,
     guest_key: &str,
-    map: &BTreeMap<Spanned<String>, Spanned<Setting>>,
+    guest_name: &str,
+    role: Role,
+    table: &Spanned<BTreeMap<Spanned<String>, Spanned<Setting>>>,
 ) -> Result<Vec<u8>, ConfigError> {
+    let schema = role.settings();
+    let table_key = format!("{guest_key}.settings");
     let mut out = String::new();
-    for (k, v) in map {
-        let key = format!("{guest_key}.settings.{}", k.get_ref());
-        if !key_ok(k.get_ref(), 64) {
+    for (k, v) in table.get_ref() {
+        let key = format!("{table_key}.{}", k.get_ref());
+        let Some(spec) = schema.specs().iter().find(|s| s.key == k.get_ref()) else {
             return Err(cx.err(
                 Some(k.span()),
                 Some(key),
-                "a setting's name is 1 to 64 letters, digits, '-' or '_'".into(),
+                format!("unknown setting for role {} (docs/settings.md)", role.name()),
             ));
-        }
-        let bad = |why: &str| cx.err(Some(v.span()), Some(key.clone()), why.to_string());
-        let value = match v.get_ref() {
-            Setting::Bool(b) => u8::from(*b).to_string(),
-            Setting::Int(i) => i.to_string(),
-            Setting::Text(s) if value_ok(s) => s.clone(),
-            Setting::Text(_) => return Err(bad("a setting may not hold control characters")),
-            Setting::List(items) => {
-                if items.iter().any(|s| !value_ok(s) || s.contains(',')) {
-                    return Err(bad("list items may not hold ',' or control characters"));
+        };
+        let bad = |why: String| cx.err(Some(v.span()), Some(key.clone()), why);
+        let value = match (&spec.kind, v.get_ref()) {
+            (Kind::Flag(_), Setting::Bool(b)) => u8::from(*b).to_string(),
+            (Kind::Int { .. } | Kind::Flag(_), Setting::Int(i)) => i.to_string(),
+            (Kind::Name(_) | Kind::Names(_) | Kind::Text(_), Setting::Text(s)) => s.clone(),
+            (Kind::Names(_), Setting::List(items)) => {
+                if items.iter().any(|s| s.contains(',')) {
+                    return Err(bad("list items may not hold ','".into()));
                 }
                 items.join(",")
             }
+            (kind, _) => return Err(bad(format!("expected {}", kind_name(kind)))),
         };
+        if !value_ok(&value) {
+            return Err(bad("a setting may not hold control characters".into()));
+        }
+        settings::check(&spec.kind, &value).map_err(|p| bad(problem_text(p)))?;
         out.push_str(k.get_ref());
         out.push('=');
         out.push_str(&value);
         out.push('\n');
     }
+    let whole = |message: String| cx.err(Some(table.span()), Some(table_key.clone()), message);
     if out.len() > MAX_SETTINGS_LEN {
-        return Err(cx.err(
-            None,
-            Some(format!("{guest_key}.settings")),
-            format!("renders to {} bytes, more than {MAX_SETTINGS_LEN}", out.len()),
-        ));
+        return Err(whole(format!("renders to {} bytes, more than {MAX_SETTINGS_LEN}", out.len())));
+    }
+    // The guest's own parser, on exactly the bytes it will get.
+    let parsed = Settings::parse(&out, schema.specs()).map_err(|e| whole(e.to_string()))?;
+    if role == Role::Cryptod {
+        let config = authority_config(&parsed, guest_name).map_err(|e| whole(e.to_string()))?;
+        config.check().map_err(|e| whole(e.to_string()))?;
     }
     Ok(out.into_bytes())
+}
+
+/// The guest's terse text of a problem, with the rule spelled out.
+fn problem_text(p: Problem) -> String {
+    use settings::{MAX_NAME, MAX_NAMES, MAX_TEXT};
+    match p {
+        Problem::BadName => format!(
+            "a name is 1 to {MAX_NAME} printable ASCII characters without space, ',', '#' or '='"
+        ),
+        Problem::BadText => {
+            format!("text is 1 to {MAX_TEXT} printable ASCII characters (or spaces) without '#'")
+        }
+        Problem::TooManyNames => format!("more than {MAX_NAMES} names"),
+        other => other.to_string(),
+    }
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Int { .. } => "an integer",
+        Kind::Flag(_) => "a boolean (or 0 or 1)",
+        Kind::Name(_) => "a string (a name)",
+        Kind::Names(_) => "an array of names or a string of comma-separated names",
+        Kind::Text(_) => "a string",
+    }
 }
 
 /// A file under `state_dir` the service reads, and why.
@@ -480,6 +524,7 @@ mod tests {
     use super::*;
 
     const SHIPPED: &str = include_str!("../../../../packaging/host.toml");
+    const XEN_TEST: &str = include_str!("../../../../tests/xen/host.toml");
 
     fn parse_str(src: &str) -> Result<Config, ConfigError> {
         parse(Path::new("host.toml"), src)
@@ -507,9 +552,15 @@ mod tests {
         let names: Vec<&str> = c.guests.keys().map(String::as_str).collect();
         assert_eq!(names, ["cryptod", "entropyd", "policy_pd", "unlocker"]);
         assert_eq!(c.guests["cryptod"].role, Role::Cryptod);
+        // The shipped values of cryptod's knobs are their defaults.
+        let text = String::from_utf8(c.guests["cryptod"].settings.clone().unwrap()).unwrap();
+        assert!(text.starts_with("clients=unlocker,policy_pd,dom0\ncollector=dom0\n"), "{text}");
+        let shipped = Settings::parse(&text, Role::Cryptod.settings().specs()).unwrap();
+        assert!(shipped.is_set("totp_window") && shipped.is_set("key_rotation"));
+        let defaults = Settings::defaults(Role::Cryptod.settings().specs());
         assert_eq!(
-            c.guests["cryptod"].settings.as_deref(),
-            Some(&b"clients=unlocker,policy_pd,dom0\ncollector=dom0\n"[..])
+            authority_config(&shipped, "cryptod").unwrap(),
+            authority_config(&defaults, "cryptod").unwrap()
         );
         assert_eq!(
             c.guests["unlocker"].settings.as_deref(),
@@ -523,6 +574,16 @@ mod tests {
         let c = parse_str("kek_passphrase_file = \"/run/pass\"\n").unwrap();
         assert_eq!(c.kek_passphrase_file.as_deref(), Some(Path::new("/run/pass")));
         assert!(summary.contains("guest entropyd: role entropyd, items none"));
+    }
+
+    #[test]
+    fn the_xen_tests_config_parses_with_its_settings() {
+        let c = parse(Path::new("tests/xen/host.toml"), XEN_TEST).unwrap();
+        assert_eq!(c.guests["policy_pd"].settings.as_deref(), Some(&b"selftest=1\nskew=600\n"[..]));
+        // The harness edits the skew line to 3 and restarts the service.
+        let edited = XEN_TEST.replace("skew = 600 # policy_pd", "skew = 3 # policy_pd");
+        let c = parse(Path::new("tests/xen/host.toml"), &edited).unwrap();
+        assert_eq!(c.guests["policy_pd"].settings.as_deref(), Some(&b"selftest=1\nskew=3\n"[..]));
     }
 
     #[test]
@@ -580,25 +641,75 @@ mod tests {
         let e = err("[guests.\"a/b\"]\nrole = \"cryptod\"\n");
         assert!(e.starts_with("host.toml:1:"), "{e}");
         assert!(e.contains("guests.a/b: a guest's name"), "{e}");
-        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { x = \"a\\nb=1\" }\n");
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { collector = \"a\\nb=1\" }\n");
         assert!(e.starts_with("host.toml:3:"), "{e}");
-        assert!(e.contains("guests.c.settings.x: a setting may not hold control"), "{e}");
-        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { x = [\"a,b\"] }\n");
+        assert!(e.contains("guests.c.settings.collector: a setting may not hold control"), "{e}");
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { clients = [\"a,b\"] }\n");
         assert!(e.contains("list items may not hold ','"), "{e}");
-        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { x = 1.5 }\n");
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { totp_window = 1.5 }\n");
         assert!(e.starts_with("host.toml:3:"), "{e}");
-        let big = "y".repeat(MAX_SETTINGS_LEN);
-        let e = err(&format!("[guests.c]\nrole = \"cryptod\"\nsettings = {{ x = \"{big}\" }}\n"));
-        assert!(e.contains("more than 3072"), "{e}");
+        let many = vec!["d"; 17].join(",");
+        let e = err(&format!(
+            "[guests.c]\nrole = \"cryptod\"\nsettings = {{ clients = \"{many}\" }}\n"
+        ));
+        assert!(e.ends_with("guests.c.settings.clients: more than 16 names"), "{e}");
         let c = parse_str(
             "[guests.p]\nrole = \"policy_pd\"\nsettings = { selftest = true, skew = 30, \
-             list = [\"a\", \"b\"], off = false }\n",
+             rule = \"allow tcp 10.0.0.0/8 -> 443\" }\n[guests.e]\nrole = \"entropyd\"\n\
+             settings = { allow = [\"a\", \"b\"], chunk = 32 }\n",
         )
         .unwrap();
         assert_eq!(
             c.guests["p"].settings.as_deref(),
-            Some(&b"list=a,b\noff=0\nselftest=1\nskew=30\n"[..])
+            Some(&b"rule=allow tcp 10.0.0.0/8 -> 443\nselftest=1\nskew=30\n"[..])
         );
+        assert_eq!(c.guests["e"].settings.as_deref(), Some(&b"allow=a,b\nchunk=32\n"[..]));
+    }
+
+    #[test]
+    fn a_setting_its_role_does_not_have_is_an_error_at_its_key() {
+        let e = err("[guests.c]\nrole = \"cryptod\"\n\n[guests.c.settings]\ntotp_window = 2\n\
+                     totp_windwo = 2\n");
+        assert_eq!(
+            e,
+            "host.toml:6:1: guests.c.settings.totp_windwo: unknown setting for role cryptod \
+             (docs/settings.md)"
+        );
+        // A key of another role is unknown too.
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { skew = 3 }\n");
+        assert!(e.starts_with("host.toml:3:14: guests.c.settings.skew: unknown setting"), "{e}");
+    }
+
+    #[test]
+    fn a_setting_out_of_bounds_or_of_the_wrong_type_is_an_error_at_its_value() {
+        let src = "[guests.c]\nrole = \"cryptod\"\n[guests.c.settings]\ntotp_window = 11\n";
+        assert_eq!(err(src), "host.toml:4:15: guests.c.settings.totp_window: out of range 0 to 10");
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { unlock_ttl = -5 }\n");
+        assert!(
+            e.ends_with("guests.c.settings.unlock_ttl: not an unsigned decimal integer"),
+            "{e}"
+        );
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { totp_window = \"2\" }\n");
+        assert!(e.ends_with("totp_window: expected an integer"), "{e}");
+        let e = err("[guests.c]\nrole = \"cryptod\"\nsettings = { answer_after_audit = 2 }\n");
+        assert!(e.ends_with("answer_after_audit: not 0 or 1"), "{e}");
+        let e = err("[guests.u]\nrole = \"unlocker\"\nsettings = { operator = \"a b\" }\n");
+        assert!(e.contains("guests.u.settings.operator: a name is"), "{e}");
+        let e = err("[guests.e]\nrole = \"entropyd\"\nsettings = { interval_ms = 1 }\n");
+        assert!(e.starts_with("host.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn cryptod_settings_that_contradict_each_other_are_an_error_at_the_table() {
+        let e = err("[guests.c]\nrole = \"cryptod\"\n\
+                     settings = { policy_ttl = 200, max_policy_ttl = 100 }\n");
+        assert!(e.starts_with("host.toml:3:12: guests.c.settings: config: policy ttl"), "{e}");
+        let e = err("[guests.c]\nrole = \"cryptod\"\n\
+                     settings = { key_rotation = 400, key_overlap = 400 }\n");
+        assert!(e.contains("guests.c.settings: keys: overlap"), "{e}");
+        let e = err("[guests.c]\nrole = \"cryptod\"\n\
+                     settings = { totp_lockout = 600, totp_max_lockout = 60 }\n");
+        assert!(e.contains("longest lockout"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,17 @@ impl Role {
         }
     }
 
+    /// The role's settings schema (docs/settings.md).
+    pub const fn settings(self) -> portcullis_apps::settings::Role {
+        use portcullis_apps::settings::Role as S;
+        match self {
+            Role::Cryptod => S::Cryptod,
+            Role::Entropyd => S::Entropyd,
+            Role::Unlocker => S::Unlocker,
+            Role::PolicyPd => S::PolicyPd,
+        }
+    }
+
     /// The items the role persists through dom0.
     pub const fn persists(self) -> &'static [ConfigItem] {
         match self {
