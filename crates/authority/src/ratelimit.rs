@@ -180,6 +180,16 @@ impl FailureLimiter {
             .unwrap_or(false)
     }
 
+    /// Starts counting for a newly added `operator` (a clean count).
+    pub fn add_operator(&mut self, operator: &str) {
+        self.operators.insert(operator.into(), FailureCount::default());
+    }
+
+    /// Stops counting for a removed `operator` (its counter goes with it).
+    pub fn remove_operator(&mut self, operator: &str) {
+        self.operators.remove(operator);
+    }
+
     /// Current consecutive failures of a configured `operator`.
     pub fn failures(&self, operator: &str) -> u32 {
         self.operators.get(operator).map_or(0, |c| c.failures)
