@@ -23,23 +23,20 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use ed25519_dalek::VerifyingKey;
-use portcullis_proto::envelope::Message;
 use portcullis_proto::cose::{self, ContentType};
+use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
     self, is_valid_recovery_code, AdminCommand, AdminReq, AdminResp, AdminResult, AuditAction,
     AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult, TokenIssueReq,
-    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq,
-    TotpValidateResp,
+    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
-use crate::admin::{
-    Command, RecoveryCheck, RecoveryCodes, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS,
-};
+use crate::admin::{Command, RecoveryCheck, RecoveryCodes, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
@@ -1075,7 +1072,8 @@ impl Authority {
                 if !self.totp.knows(&id) {
                     return denied("no such operator");
                 }
-                let codes = RecoveryCodes::new(codes).ok_or((AdminResult::Invalid, "not 8 codes"))?;
+                let codes =
+                    RecoveryCodes::new(codes).ok_or((AdminResult::Invalid, "not 8 codes"))?;
                 self.recovery.insert(id, codes);
                 Ok(())
             }

@@ -614,7 +614,10 @@ mod tests {
         let tail = 1 + 32 + 8 + 2 + (1 + 3 + 1 + 8 * RECOVERY_HASH_LEN);
         let flag = plain.len() - tail - (1 + 16 + 8 + 32);
         plain[flag] = 2;
-        assert_eq!(decode(&plain, VERSION), Err(SealError::Malformed("audit head flag is not 0 or 1")));
+        assert_eq!(
+            decode(&plain, VERSION),
+            Err(SealError::Malformed("audit head flag is not 0 or 1"))
+        );
         plain.truncate(flag + 1 + 16);
         plain[flag] = 1;
         assert_eq!(decode(&plain, VERSION), Err(SealError::Malformed("short plaintext")));
@@ -665,8 +668,7 @@ mod tests {
         let mut s = state();
         s.operators = (0..=MAX_OPERATORS)
             .map(|i| {
-                OperatorSecret::new(&alloc::format!("op{i}"), &[1; 20], Algorithm::Sha1, 6)
-                    .unwrap()
+                OperatorSecret::new(&alloc::format!("op{i}"), &[1; 20], Algorithm::Sha1, 6).unwrap()
             })
             .collect();
         s.failures.clear();

@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use crate::cbor::{set_once, text_enum, Field, Reader, Writer};
 pub use crate::cbor::{DecodeError, EncodeError, FieldError};
 use crate::msg::{
-    AdminReq, AdminResp, Attestation, AuditAck, AuditLog, EntropyPub, ErrorMsg, Keyset, KeysetReq, RequestId,
-    RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
+    AdminReq, AdminResp, Attestation, AuditAck, AuditLog, EntropyPub, ErrorMsg, Keyset, KeysetReq,
+    RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
     TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest, UnlockResult,
 };
 

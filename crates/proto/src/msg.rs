@@ -546,7 +546,10 @@ impl Check for TotpValidateReq {
         check_id("operator_id", &self.operator_id)?;
         check_id("device_id", &self.device_id)?;
         if !is_valid_totp_code(&self.totp_code) && !is_valid_recovery_code(&self.totp_code) {
-            return Err(FieldError::new("totp_code", "not 6 or 8 ASCII digits nor a recovery code"));
+            return Err(FieldError::new(
+                "totp_code",
+                "not 6 or 8 ASCII digits nor a recovery code",
+            ));
         }
         check_nonce("client_nonce", &self.client_nonce)?;
         check_opt_id("volume_id", &self.volume_id)?;
