@@ -465,7 +465,7 @@ impl Check for AdminCommand {
         check_len("state_id", self.state_id.len(), 1, MAX_KID_LEN)?;
         check_id("operator_id", &self.operator_id)?;
         let lifetime = self.expires_at.checked_sub(self.issued_at);
-        if !lifetime.is_some_and(|l| l <= MAX_ADMIN_LIFETIME) {
+        if lifetime.is_none_or(|l| l > MAX_ADMIN_LIFETIME) {
             return Err(FieldError::new("expires_at", "not within 300 s after issued_at"));
         }
         if let Some(secret) = &self.secret {
