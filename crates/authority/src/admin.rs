@@ -59,6 +59,42 @@ pub struct RecoveryCodes {
     pub used: u8,
 }
 
+/// Every operator's recovery codes: at most one entry per configured
+/// operator (so at most `MAX_OPERATORS`). A `Vec`, not a `BTreeMap`: each
+/// map instance with removal costs kilobytes of guest image.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryTable(Vec<(String, RecoveryCodes)>);
+
+impl RecoveryTable {
+    /// `id`'s codes.
+    pub fn get(&self, id: &str) -> Option<&RecoveryCodes> {
+        self.0.iter().find(|(k, _)| k == id).map(|(_, c)| c)
+    }
+
+    /// `id`'s codes, to check and mark.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut RecoveryCodes> {
+        self.0.iter_mut().find(|(k, _)| k == id).map(|(_, c)| c)
+    }
+
+    /// Sets (or replaces) `id`'s codes.
+    pub fn set(&mut self, id: &str, codes: RecoveryCodes) {
+        match self.get_mut(id) {
+            Some(c) => *c = codes,
+            None => self.0.push((id.into(), codes)),
+        }
+    }
+
+    /// Drops `id`'s codes.
+    pub fn remove(&mut self, id: &str) {
+        self.0.retain(|(k, _)| k != id);
+    }
+
+    /// Every operator's codes (for sealing).
+    pub fn iter(&self) -> impl Iterator<Item = &(String, RecoveryCodes)> {
+        self.0.iter()
+    }
+}
+
 /// What a typed recovery code turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryCheck {
@@ -106,8 +142,7 @@ impl RecoveryCodes {
 
 /// An admin command cryptod can apply: one variant per kind of change
 /// (volumes, ACL, keys and backups are new variants, with a new
-/// [`AdminOp`]).
-#[derive(Debug)]
+/// [`AdminOp`]). No `Debug`: it holds secrets.
 pub enum Command {
     /// Enrol a new operator, confirmed by `confirm` from the new app entry.
     OperatorAdd {

@@ -16,7 +16,7 @@
 //!   version, revocation list, acknowledged audit head) is flagged in
 //!   [`Output::state_changed`] whenever it changes.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -36,7 +36,9 @@ use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
-use crate::admin::{Command, RecoveryCheck, RecoveryCodes, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS};
+use crate::admin::{
+    Command, RecoveryCheck, RecoveryCodes, RecoveryTable, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS,
+};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
@@ -274,7 +276,7 @@ pub struct Authority {
     /// The last accepted `admin_seq`.
     admin_seq: u64,
     /// The operators' recovery codes.
-    recovery: BTreeMap<String, RecoveryCodes>,
+    recovery: RecoveryTable,
 }
 
 /// Refusals of one peer for one reason, counted instead of recorded one by
@@ -321,12 +323,12 @@ impl Authority {
             ),
             None => None,
         };
-        let mut recovery = BTreeMap::new();
+        let mut recovery = RecoveryTable::default();
         for (id, hashes, used) in &state.recovery {
             let mut codes = RecoveryCodes::new(hashes.clone())
                 .ok_or(InitError::Config("sealed recovery codes are not 8"))?;
             codes.used = *used;
-            recovery.insert(id.clone(), codes);
+            recovery.set(id, codes);
         }
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);
@@ -1074,7 +1076,7 @@ impl Authority {
                 }
                 let codes =
                     RecoveryCodes::new(codes).ok_or((AdminResult::Invalid, "not 8 codes"))?;
-                self.recovery.insert(id, codes);
+                self.recovery.set(&id, codes);
                 Ok(())
             }
         }
@@ -1100,7 +1102,7 @@ impl Authority {
         self.totp.set(op, step);
         self.failures.add_operator(&id);
         if let Some(c) = codes.and_then(RecoveryCodes::new) {
-            self.recovery.insert(id, c);
+            self.recovery.set(&id, c);
         }
         Ok(())
     }

@@ -187,7 +187,9 @@ impl FailureLimiter {
 
     /// Stops counting for a removed `operator` (its counter goes with it).
     pub fn remove_operator(&mut self, operator: &str) {
-        self.operators.remove(operator);
+        // Rebuilt, not `BTreeMap::remove` (guest image size; see `Totp::remove`).
+        let ops = core::mem::take(&mut self.operators);
+        self.operators.extend(ops.into_iter().filter(|(k, _)| k != operator));
     }
 
     /// Current consecutive failures of a configured `operator`.
