@@ -154,8 +154,8 @@ fn show_codes(id: &str, codes: &[Zeroizing<String>], out: Option<&Path>) -> Resu
         println!("  {}", c.as_str());
     }
     if let Some(path) = out {
-        let text = Zeroizing::new(codes.iter().map(|c| format!("{}\n", c.as_str())).collect());
-        let text: Zeroizing<String> = text;
+        let text: Zeroizing<String> =
+            Zeroizing::new(codes.iter().map(|c| format!("{}\n", c.as_str())).collect());
         keyfile::write_file(path, text.as_bytes(), true)?;
     }
     Ok(())
