@@ -10,7 +10,8 @@
 
 use portcullis_proto::envelope::{KindSet, MsgType, Role};
 
-/// cryptod: receives the five requests it serves to clients, the entropy
+/// cryptod: receives the six requests it serves to clients (the admin
+/// command is considered on dom0's link only, by the authority), the entropy
 /// chunk (entropy link) and the collector's ack (audit link); one set for
 /// its links, so an ack or a chunk on a client link still decodes and is
 /// answered `malformed` (`not_served`), never honoured. Sends the answers,
@@ -27,6 +28,7 @@ impl Role for Cryptod {
         MsgType::RevocationListReq,
         MsgType::EntropyPub,
         MsgType::AuditAck,
+        MsgType::AdminReq,
     ]);
     const SENDS: KindSet = KindSet::of(&[
         MsgType::TotpValidateResp,
@@ -36,6 +38,7 @@ impl Role for Cryptod {
         MsgType::RevocationList,
         MsgType::Error,
         MsgType::AuditLog,
+        MsgType::AdminResp,
     ]);
 }
 

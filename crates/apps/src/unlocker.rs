@@ -1,6 +1,7 @@
 //! unlocker: the operator console.
 //!
-//! Prompts for the operator's TOTP code (not echoed), sends it to cryptod
+//! Prompts for the operator's TOTP code or one of their recovery codes
+//! (not echoed), sends it to cryptod
 //! with a fresh ephemeral X25519 public key, checks the `luks:unlock` token it
 //! gets back against cryptod's root-signed keyset, opens the unlock secret
 //! (sealed to the ephemeral key, bound to the request transcript), hands it
@@ -16,8 +17,8 @@ use portcullis_authority::unlock::{open_unlock_secret, Transcript};
 use portcullis_platform::{ConfigItem, Platform, PlatformError};
 use portcullis_proto::envelope::{Message, Role};
 use portcullis_proto::msg::{
-    is_valid_totp_code, RequestId, SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome,
-    UnlockRequest,
+    is_valid_recovery_code, is_valid_totp_code, RequestId, SealedSecret, TotpResult,
+    TotpValidateReq, UnlockOutcome, UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
@@ -304,7 +305,10 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
 
     for _ in 0..attempts {
         let mut code = Zeroizing::new(vec![0u8; 16]);
-        p.console_write(&alloc::format!("unlocker: TOTP code for {}: ", target.operator));
+        p.console_write(&alloc::format!(
+            "unlocker: TOTP code (or a recovery code) for {}: ",
+            target.operator
+        ));
         let n = match p.console_read_line(&mut code, false, None) {
             Ok(n) => n,
             Err(PlatformError::Timeout) => continue,
@@ -312,8 +316,8 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
         };
         p.console_write("\n");
         let typed = core::str::from_utf8(code.get(..n).unwrap_or_default()).unwrap_or("").trim();
-        if !is_valid_totp_code(typed) {
-            say!(p, "unlocker: a code is 6 or 8 digits");
+        if !is_valid_totp_code(typed) && !is_valid_recovery_code(typed) {
+            say!(p, "unlocker: a code is 6 or 8 digits, or a recovery code like ABCDE-FGH23");
             continue;
         }
         let code_text = Zeroizing::new(String::from(typed));

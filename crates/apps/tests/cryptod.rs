@@ -14,8 +14,8 @@ use portcullis_authority::sealed;
 use portcullis_platform::{ConfigItem, DomId, IoCause, IoDetail, IoOp, PlatformError};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditAck, AuditAction, EntropyPub, ErrorCode, IssueResult, KeysetReq, RequestId, TokenIssueReq,
-    TokenIssueResp, TotpResult, TotpValidateReq,
+    AuditAck, AuditAction, AuditResult, EntropyPub, ErrorCode, IssueResult, KeysetReq, RequestId,
+    TokenIssueReq, TokenIssueResp, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_vchan::sim::{Hypervisor, SimBackend};
@@ -869,4 +869,83 @@ fn inconsistent_settings_stop_cryptod() {
         .settings("policy_ttl=200\nmax_policy_ttl=100\n");
     let e = CryptodDriver::new(&mut p).err().expect("refused");
     assert!(e.to_string().contains("max_policy_ttl"), "{e}");
+/// An admin command for the test cryptod, signed by `key`: new recovery
+/// codes for alice.
+fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {
+    use portcullis_authority::admin::recovery_hash;
+    use portcullis_proto::cose::{self, ContentType};
+    use portcullis_proto::key::kid_for;
+    use portcullis_proto::msg::{AdminCommand, AdminOp, AdminReq};
+    let root = ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]).verifying_key();
+    let c = AdminCommand {
+        request_id: RequestId([seq as u8; 16]),
+        state_id: kid_for(&root).to_vec(),
+        admin_seq: seq,
+        issued_at: T0,
+        expires_at: T0 + 300,
+        command: AdminOp::RecoveryRegenerate,
+        operator_id: "alice".into(),
+        secret: None,
+        algorithm: None,
+        digits: None,
+        confirm_code: None,
+        code_hashes: Some(vec![recovery_hash(&[1; 16], b"AAAAABBBBB"); 8]),
+    };
+    let kid = kid_for(&key.verifying_key());
+    let signed = cose::sign(key, &kid, ContentType::AdminCommand, &c.to_cbor().unwrap()).unwrap();
+    AdminReq { request_id: c.request_id, signed }.into()
+}
+
+fn admin_result(m: &[Message]) -> portcullis_proto::msg::AdminResult {
+    match m {
+        [Message::AdminResp(r)] => r.result,
+        other => panic!("not one admin answer: {other:?}"),
+    }
+}
+
+#[test]
+fn admin_commands_are_honoured_only_on_dom0_s_link() {
+    use portcullis_proto::msg::AdminResult;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[0xad; 32]);
+    let mut st = sealed_state();
+    st.admin_key = Some(key.verifying_key().to_bytes());
+    let hv = Hypervisor::new();
+    let entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+    let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
+        .with_names(&[
+            ("entropyd", ENTROPYD),
+            ("unlocker", UNLOCKER),
+            ("policy_pd", POLICY_PD),
+            ("dom0", DOM0),
+        ])
+        .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+        .with_config(ConfigItem::SealedState, &sealed::seal(&st, &KEK, &[7; 12]).unwrap())
+        .settings("clients=unlocker,policy_pd,dom0\ncollector=dom0\n");
+    let d = CryptodDriver::new(&mut p).unwrap();
+    let collector = client(&hv, DOM0, CRYPTOD, port::AUDIT);
+    let mut w = World { hv, p, d, entropyd, collector };
+    w.seed();
+    // A valid command on policy_pd's link: refused, audited, not applied.
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&admin_req(&key, 1)).unwrap();
+    w.poll();
+    let records = w.ack();
+    let rec = records.iter().find(|r| r.action == AuditAction::Admin).expect("audited");
+    assert_eq!((rec.actor.as_str(), rec.result), ("policy_pd", AuditResult::Denied));
+    assert_eq!(admin_result(&drain(&mut pd)), AdminResult::Denied);
+    assert!(last_persisted(&w).recovery.is_empty());
+    // The same command on dom0's link: applied and persisted before the answer.
+    let mut admin = w.client(DOM0);
+    admin.send(&admin_req(&key, 1)).unwrap();
+    w.poll();
+    assert!(drain(&mut admin).is_empty(), "no answer before the record is stored");
+    let state = last_persisted(&w);
+    assert_eq!((state.admin_seq, state.recovery.len()), (1, 1));
+    w.ack();
+    assert_eq!(admin_result(&drain(&mut admin)), AdminResult::Ok);
+    // Sent again: a replay.
+    admin.send(&admin_req(&key, 1)).unwrap();
+    w.poll();
+    w.ack();
+    assert_eq!(admin_result(&drain(&mut admin)), AdminResult::Replay);
 }

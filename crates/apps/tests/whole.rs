@@ -30,6 +30,15 @@ fn root_pub_cose_key() -> Vec<u8> {
 /// cryptod's driver, its collector and an entropyd stand-in, running in a
 /// thread until `stop`; the thread returns whether cryptod persisted alice's used step.
 fn start_cryptod(hv: &Hypervisor, stop: &Arc<AtomicBool>) -> thread::JoinHandle<bool> {
+    start_cryptod_with(hv, stop, sealed_blob())
+}
+
+/// [`start_cryptod`] from the sealed state `blob`.
+fn start_cryptod_with(
+    hv: &Hypervisor,
+    stop: &Arc<AtomicBool>,
+    blob: Vec<u8>,
+) -> thread::JoinHandle<bool> {
     let mut entropyd = server(hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let chunk = EntropyPub {
         drbg_version: "test".into(),
@@ -45,7 +54,7 @@ fn start_cryptod(hv: &Hypervisor, stop: &Arc<AtomicBool>) -> thread::JoinHandle<
         let mut p = FakePlatform::new(&hv2, CRYPTOD, "cryptod")
             .with_names(&[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)])
             .with_config(ConfigItem::KeyEncryptionKey, &KEK)
-            .with_config(ConfigItem::SealedState, &sealed_blob())
+            .with_config(ConfigItem::SealedState, &blob)
             .settings("clients=unlocker\ncollector=dom0\n");
         let mut d = CryptodDriver::new(&mut p).unwrap();
         let mut collector = client(&hv2, DOM0, CRYPTOD, port::AUDIT);
@@ -126,4 +135,73 @@ fn the_unlocker_gives_up_after_its_attempts_time_out_and_sends_no_code() {
     assert!(matches!(outcome, Ok(Outcome::GaveUp)), "{outcome:?}\n{}", p.console_out);
     assert_eq!(p.console_in.len(), 1);
     assert_eq!(p.lines_with("unlocker: ready"), 1);
+}
+
+/// The dom0 unlock agent stand-in: answers one unlock request, `ok` if it
+/// carries the volume's passphrase.
+fn start_agent(hv: &Hypervisor) -> thread::JoinHandle<bool> {
+    let hv3 = hv.clone();
+    thread::spawn(move || {
+        let mut link = server(&hv3, DOM0, UNLOCKER, port::UNLOCK_AGENT);
+        match link.recv_blocking(Duration::from_secs(30)).unwrap() {
+            Message::UnlockRequest(u) => {
+                let right = u.passphrase[..] == luks_passphrase(&[0x22; 32], "data").unwrap()[..];
+                let result = if right { UnlockOutcome::Ok } else { UnlockOutcome::Fail };
+                let answer = UnlockResult { request_id: u.request_id, result, reason: None };
+                link.send_blocking(&answer.into(), Duration::from_secs(30)).unwrap();
+                let _ = link.recv_blocking(Duration::from_secs(5));
+                right
+            }
+            other => panic!("{other:?}"),
+        }
+    })
+}
+
+#[test]
+fn a_recovery_code_typed_at_the_console_unlocks_once() {
+    use portcullis_authority::admin::recovery_hash;
+    use portcullis_platform::PlatformError;
+    let mut st = sealed_state();
+    let codes: Vec<String> = [
+        "AAAAA2BBBB",
+        "AAAAA3BBBB",
+        "AAAAA4BBBB",
+        "AAAAA5BBBB",
+        "AAAAA6BBBB",
+        "AAAAA7BBBB",
+        "QQQQQRRRRR",
+        "SSSSSTTTTT",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    st.recovery = vec![(
+        "alice".into(),
+        codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| recovery_hash(&[i as u8; 16], c.as_bytes()))
+            .collect(),
+        0,
+    )];
+    let blob = portcullis_authority::sealed::seal(&st, &KEK, &[7; 12]).unwrap();
+    let hv = Hypervisor::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cryptod = start_cryptod_with(&hv, &stop, blob);
+    let agent = start_agent(&hv);
+    let mut p = unlocker_platform(&hv);
+    p.console_in.push_back(Ok("aaaaa-4bbbb".into()));
+    let outcome = unlocker::run(&mut p);
+    assert!(matches!(outcome, Ok(Outcome::Unlocked)), "{outcome:?}\n{}", p.console_out);
+    assert!(agent.join().unwrap(), "the agent got the volume's passphrase");
+    // The same code again, at a second console session: refused.
+    let mut p = unlocker_platform(&hv);
+    p.console_in.push_back(Ok("AAAAA-4BBBB".into()));
+    p.console_in.push_back(Err(PlatformError::Timeout));
+    p.console_in.push_back(Err(PlatformError::Timeout));
+    let outcome = unlocker::run(&mut p);
+    stop.store(true, Ordering::Relaxed);
+    cryptod.join().unwrap();
+    assert!(matches!(outcome, Ok(Outcome::GaveUp)), "{outcome:?}\n{}", p.console_out);
+    assert_eq!(p.lines_with("unlocker: refused: replay"), 1, "{}", p.console_out);
 }

@@ -23,17 +23,22 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use ed25519_dalek::VerifyingKey;
+use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
+use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
-    self, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult,
-    TokenIssueReq, TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq,
-    TotpValidateResp,
+    self, is_valid_recovery_code, AdminCommand, AdminReq, AdminResp, AdminResult, AuditAction,
+    AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult, TokenIssueReq,
+    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
+use crate::admin::{
+    Command, RecoveryCheck, RecoveryCodes, RecoveryTable, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS,
+};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
@@ -43,7 +48,7 @@ use crate::ratelimit::{
 };
 use crate::revocation::RevocationList;
 use crate::sealed::{self, SealError, SealedHead, SealedState};
-use crate::totp::{CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW};
+use crate::totp::{matching_step, CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW, STEP_SECONDS};
 use crate::unlock::{self, Transcript};
 
 /// Shortest and longest unlock-token lifetime that may be configured.
@@ -60,6 +65,10 @@ pub const MAX_POLICY_TTL: u64 = token::MAX_LIFETIME_SECS;
 pub const DEFAULT_MAX_HELD: usize = DEFAULT_OUTBOX;
 /// Default window over which repeated refusals share one audit record.
 pub const DEFAULT_AGGREGATE_WINDOW: u64 = 10;
+/// What the console is told for every wrong TOTP or recovery code: the
+/// same line whatever was wrong (a clock-skew finding goes to the audit
+/// log only, see `docs/authority.md`).
+pub const CODE_NOT_ACCEPTED: &str = "code not accepted; if your phone's clock is off, check it";
 
 /// cryptod's settings (not secret; from the platform's configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,6 +246,8 @@ pub enum Request<'a> {
     Keyset(&'a msg::KeysetReq),
     /// `revocation_list_req`.
     RevocationList(&'a msg::RevocationListReq),
+    /// `admin_req` (considered from dom0's link only).
+    Admin(&'a AdminReq),
 }
 
 impl<'a> Request<'a> {
@@ -249,6 +260,7 @@ impl<'a> Request<'a> {
             Message::TokenRevokeReq(r) => Request::TokenRevoke(r),
             Message::KeysetReq(r) => Request::Keyset(r),
             Message::RevocationListReq(r) => Request::RevocationList(r),
+            Message::AdminReq(r) => Request::Admin(r),
             _ => return None,
         })
     }
@@ -283,6 +295,12 @@ pub struct Authority {
     /// Repeated refusals not yet written (see [`Config::audit_aggregate_window`]).
     aggregate: Option<Aggregate>,
     held: VecDeque<Held>,
+    /// The admin public key (none: no admin command is accepted).
+    admin_key: Option<VerifyingKey>,
+    /// The last accepted `admin_seq`.
+    admin_seq: u64,
+    /// The operators' recovery codes.
+    recovery: RecoveryTable,
 }
 
 /// Refusals of one peer for one reason, counted instead of recorded one by
@@ -311,6 +329,20 @@ impl Authority {
         let _ = now;
         config.check()?;
         let acl = Acl::parse(&state.acl).map_err(InitError::Acl)?;
+        let admin_key = match state.admin_key {
+            Some(k) => Some(
+                VerifyingKey::from_bytes(&k)
+                    .map_err(|_| InitError::Config("sealed admin key is not a valid key"))?,
+            ),
+            None => None,
+        };
+        let mut recovery = RecoveryTable::default();
+        for (id, hashes, used) in &state.recovery {
+            let mut codes = RecoveryCodes::new(hashes.clone())
+                .ok_or(InitError::Config("sealed recovery codes are not 8"))?;
+            codes.used = *used;
+            recovery.set(id, codes);
+        }
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);
         let mut failures =
@@ -345,6 +377,9 @@ impl Authority {
             sealed_head,
             aggregate: None,
             held: VecDeque::new(),
+            admin_key,
+            admin_seq: state.admin_seq,
+            recovery,
             config,
         })
     }
@@ -438,6 +473,13 @@ impl Authority {
                 .and_then(AuditLog::acked_head)
                 .or(self.sealed_head)
                 .map(|h| SealedHead { chain_id: h.chain_id, seq: h.seq, hash: h.hash }),
+            admin_key: self.admin_key.map(|k| k.to_bytes()),
+            admin_seq: self.admin_seq,
+            recovery: self
+                .recovery
+                .iter()
+                .map(|(id, c)| (id.clone(), c.hashes.clone(), c.used))
+                .collect(),
         };
         sealed::seal(&state, kek, &nonce).map_err(ExportError::Seal)
     }
@@ -484,6 +526,7 @@ impl Authority {
             Request::TotpValidate(r) => self.totp_validate(peer, r, now, &mut out).into(),
             Request::TokenIssue(r) => self.token_issue(peer, r, now, &mut out).into(),
             Request::TokenRevoke(r) => self.token_revoke(peer, r, now, &mut out).into(),
+            Request::Admin(r) => self.admin(peer, r, now, &mut out).into(),
             Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {
@@ -803,25 +846,58 @@ impl Authority {
             answer.retry_after = Some(until.saturating_sub(now).max(1));
             return answer;
         }
-        let (result, reason) = match self.totp.check(&r.operator_id, &r.totp_code, now) {
-            CodeCheck::Accepted(_) => {
-                self.failures.succeed(&r.operator_id);
-                out.state_changed = true;
-                (None, "")
+        let recovery = is_valid_recovery_code(&r.totp_code);
+        let check = if recovery {
+            match self.recovery.get_mut(&r.operator_id).map(|c| c.check(&r.totp_code)) {
+                Some(RecoveryCheck::Accepted(left)) => Ok(Some(left)),
+                Some(RecoveryCheck::Used) => Err(CodeCheck::Replay),
+                Some(RecoveryCheck::Fail) | None => Err(CodeCheck::Fail),
             }
-            CodeCheck::Fail => (Some((TotpResult::Fail, AuditResult::Fail)), "wrong code"),
-            CodeCheck::Replay => {
-                (Some((TotpResult::Replay, AuditResult::Replay)), "code already used")
+        } else {
+            match self.totp.check(&r.operator_id, &r.totp_code, now) {
+                CodeCheck::Accepted(_) => Ok(None),
+                other => Err(other),
             }
         };
-        if let Some((result, audit_result)) = result {
-            if self.failures.fail(&r.operator_id, peer.domid, now).0 == Counted::Operator {
+        let remaining = match check {
+            Ok(remaining) => {
+                self.failures.succeed(&r.operator_id);
                 out.state_changed = true;
+                remaining
             }
-            self.record(base(audit_result), now, out);
-            return resp(result, reason);
+            Err(failed) => {
+                let (result, audit_result, reason) = match failed {
+                    CodeCheck::Replay => {
+                        (TotpResult::Replay, AuditResult::Replay, "code already used")
+                    }
+                    _ => (TotpResult::Fail, AuditResult::Fail, CODE_NOT_ACCEPTED),
+                };
+                if self.failures.fail(&r.operator_id, peer.domid, now).0 == Counted::Operator {
+                    out.state_changed = true;
+                }
+                let mut ev = base(audit_result);
+                if recovery {
+                    ev = ev.meta("code", "recovery");
+                } else if let Some(skew) = self.skew(&r.operator_id, &r.totp_code, now) {
+                    ev = ev.meta("clock_skew_steps", &skew);
+                }
+                self.record(ev, now, out);
+                return resp(result, reason);
+            }
+        };
+        match remaining {
+            Some(left) => {
+                let ev = Event::new(&peer.vm, AuditAction::RecoveryCodeUsed, AuditResult::Ok)
+                    .target(&r.operator_id)
+                    .meta("device", &r.device_id)
+                    .meta("request_id", &r.request_id.to_string())
+                    .meta("remaining", &left.to_string());
+                self.record(ev, now, out);
+            }
+            None => {
+                self.record(base(AuditResult::Ok), now, out);
+            }
         }
-        self.record(base(AuditResult::Ok), now, out);
         let Some((volume, epk)) = grant else {
             return TotpValidateResp { reason: None, ..resp(TotpResult::Ok, "") };
         };
@@ -842,6 +918,206 @@ impl Authority {
                 resp(TotpResult::Unavailable, reason)
             }
         }
+    }
+
+    /// For the audit log only: how many steps outside the window a wrong
+    /// code matched (`+3`, `-2`), looking up to [`MAX_WINDOW`] steps away.
+    fn skew(&self, operator: &str, code: &str, now: u64) -> Option<String> {
+        let op = self.totp.get(operator)?;
+        if self.totp.window() >= MAX_WINDOW {
+            return None;
+        }
+        let step = matching_step(op, code, now, MAX_WINDOW)?;
+        let current = now / STEP_SECONDS;
+        Some(if step >= current {
+            format!("+{}", step - current)
+        } else {
+            format!("-{}", current - step)
+        })
+    }
+
+    /// An admin command (see [`crate::admin`]): checked in the order peer,
+    /// signature, payload, cryptod, sequence, time, shape; applied; the
+    /// sequence number is consumed by every authentic, fresh command, even
+    /// one a rule refuses, so a refused command cannot be replayed later.
+    fn admin(&mut self, peer: &PeerId, r: &AdminReq, now: u64, out: &mut Output) -> AdminResp {
+        let last = self.admin_seq;
+        let resp = |result, reason: &str| AdminResp {
+            request_id: r.request_id,
+            result,
+            reason: Some(reason.into()),
+            admin_seq: Some(last),
+        };
+        if !self.can_audit(1) {
+            return resp(AdminResult::Unavailable, "audit not ready or the collector is behind");
+        }
+        let base = |result| {
+            Event::new(&peer.vm, AuditAction::Admin, result)
+                .meta("domid", &peer.domid.to_string())
+                .meta("request_id", &r.request_id.to_string())
+        };
+        let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
+            this.record(base(AuditResult::Denied).meta("reason", reason), now, out);
+            resp(result, reason)
+        };
+        if peer.domid != ADMIN_DOMID {
+            let reason = "admin commands are accepted only from dom0's link";
+            return refuse(self, out, AdminResult::Denied, reason);
+        }
+        let Some(key) = self.admin_key else {
+            let reason = "no admin key is provisioned";
+            return refuse(self, out, AdminResult::Denied, reason);
+        };
+        let kid = kid_for(&key);
+        let payload = match cose::verify(&r.signed, ContentType::AdminCommand, |k| {
+            (k == kid.as_slice()).then_some(key)
+        }) {
+            Ok(v) => v.into_inner().payload,
+            Err(e) => {
+                let reason = format!("admin signature: {e}");
+                return refuse(self, out, AdminResult::Denied, &reason);
+            }
+        };
+        let c = match AdminCommand::from_cbor(&payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("admin command: {e}");
+                return refuse(self, out, AdminResult::Invalid, &reason);
+            }
+        };
+        let (result, reason) = self.admin_checked(&c, r, now);
+        let audit = match result {
+            AdminResult::Ok => AuditResult::Ok,
+            AdminResult::Replay => AuditResult::Replay,
+            AdminResult::Fail => AuditResult::Fail,
+            AdminResult::Unavailable => AuditResult::Error,
+            _ => AuditResult::Denied,
+        };
+        let mut ev = base(audit)
+            .target(&c.operator_id)
+            .meta("command", c.command.as_str())
+            .meta("admin_seq", &c.admin_seq.to_string());
+        if !reason.is_empty() {
+            ev = ev.meta("reason", reason);
+        }
+        if let Some(codes) = self.recovery.get(&c.operator_id) {
+            if result == AdminResult::Ok {
+                ev = ev.meta("recovery_remaining", &codes.remaining().to_string());
+            }
+        }
+        if self.admin_seq != last {
+            out.state_changed = true;
+        }
+        self.record(ev, now, out);
+        AdminResp {
+            request_id: r.request_id,
+            result,
+            reason: (!reason.is_empty()).then(|| reason.into()),
+            admin_seq: Some(self.admin_seq),
+        }
+    }
+
+    /// The checks after the signature, and the change itself.
+    fn admin_checked(
+        &mut self,
+        c: &AdminCommand,
+        r: &AdminReq,
+        now: u64,
+    ) -> (AdminResult, &'static str) {
+        if c.request_id != r.request_id {
+            return (AdminResult::Invalid, "request_id differs from the signed one");
+        }
+        if c.state_id.as_slice() != self.keys.root().1 {
+            return (AdminResult::Replay, "command is for another cryptod (state_id)");
+        }
+        if c.admin_seq <= self.admin_seq {
+            return (AdminResult::Replay, "admin_seq is not above the last accepted one");
+        }
+        if now.saturating_add(ADMIN_SKEW) < c.issued_at || now > c.expires_at {
+            return (AdminResult::Expired, "outside the command's issued_at..expires_at");
+        }
+        let cmd = match Command::from_wire(c) {
+            Ok(cmd) => cmd,
+            Err(reason) => return (AdminResult::Invalid, reason),
+        };
+        // Authentic, for us, fresh and well-formed: its number is used now,
+        // whatever a rule below decides.
+        self.admin_seq = c.admin_seq;
+        match self.apply(cmd, now) {
+            Ok(()) => (AdminResult::Ok, ""),
+            Err(refusal) => refusal,
+        }
+    }
+
+    fn apply(&mut self, cmd: Command, now: u64) -> Result<(), (AdminResult, &'static str)> {
+        let denied = |reason| Err((AdminResult::Denied, reason));
+        match cmd {
+            Command::OperatorAdd { op, confirm, codes } => {
+                if self.totp.knows(&op.id) {
+                    return denied("operator exists (operator-reset replaces a secret)");
+                }
+                if self.totp.len() >= MAX_OPERATORS {
+                    return denied("too many operators");
+                }
+                // A fresh operator starts with only the codes sent, if any.
+                self.recovery.remove(&op.id);
+                self.enrol(op, &confirm, codes, now)
+            }
+            Command::OperatorReset { op, confirm, codes } => {
+                if !self.totp.knows(&op.id) {
+                    return denied("no such operator");
+                }
+                // Recovery codes stay unless new ones are sent: a lost phone
+                // does not lose the printed codes.
+                self.enrol(op, &confirm, codes, now)
+            }
+            Command::OperatorRemove { id } => {
+                if !self.totp.knows(&id) {
+                    return denied("no such operator");
+                }
+                if self.totp.len() <= 1 {
+                    return denied("the last operator cannot be removed (add another first)");
+                }
+                self.totp.remove(&id);
+                self.failures.remove_operator(&id);
+                self.recovery.remove(&id);
+                Ok(())
+            }
+            Command::RecoveryRegenerate { id, codes } => {
+                if !self.totp.knows(&id) {
+                    return denied("no such operator");
+                }
+                let codes =
+                    RecoveryCodes::new(codes).ok_or((AdminResult::Invalid, "not 8 codes"))?;
+                self.recovery.set(&id, codes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals `op`'s secret once `confirm` matches it (the confirming step
+    /// becomes the last used one); a reset's old secret stops at once, and
+    /// its failure count starts over.
+    fn enrol(
+        &mut self,
+        op: crate::totp::OperatorSecret,
+        confirm: &str,
+        codes: Option<Vec<crate::admin::RecoveryHash>>,
+        now: u64,
+    ) -> Result<(), (AdminResult, &'static str)> {
+        let Some(step) = matching_step(&op, confirm, now, self.totp.window()) else {
+            return Err((
+                AdminResult::Fail,
+                "confirm_code does not match the new secret (nothing changed)",
+            ));
+        };
+        let id = op.id.clone();
+        self.totp.set(op, step);
+        self.failures.add_operator(&id);
+        if let Some(c) = codes.and_then(RecoveryCodes::new) {
+            self.recovery.set(&id, c);
+        }
+        Ok(())
     }
 
     fn unlock_grant(

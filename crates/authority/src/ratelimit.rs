@@ -180,6 +180,18 @@ impl FailureLimiter {
             .unwrap_or(false)
     }
 
+    /// Starts counting for a newly added `operator` (a clean count).
+    pub fn add_operator(&mut self, operator: &str) {
+        self.operators.insert(operator.into(), FailureCount::default());
+    }
+
+    /// Stops counting for a removed `operator` (its counter goes with it).
+    pub fn remove_operator(&mut self, operator: &str) {
+        // Rebuilt, not `BTreeMap::remove` (guest image size; see `Totp::remove`).
+        let ops = core::mem::take(&mut self.operators);
+        self.operators.extend(ops.into_iter().filter(|(k, _)| k != operator));
+    }
+
     /// Current consecutive failures of a configured `operator`.
     pub fn failures(&self, operator: &str) -> u32 {
         self.operators.get(operator).map_or(0, |c| c.failures)

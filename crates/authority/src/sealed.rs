@@ -5,7 +5,7 @@
 //! Format (all integers big-endian):
 //!
 //! ```text
-//! header    = "PCSEAL" (6) || version u16 (= 2) || nonce (12) || body_len u32   -- 24 bytes
+//! header    = "PCSEAL" (6) || version u16 (= 3) || nonce (12) || body_len u32   -- 24 bytes
 //! body      = ChaCha20-Poly1305(KEK, nonce, aad = header, plaintext)            -- body_len bytes
 //! plaintext = root_key (32) || master_secret (32)
 //!             || u16 n_ops   || n_ops   x (u8 id_len || id || u8 alg || u8 digits
@@ -16,14 +16,21 @@
 //!             || u64 keyset_version || u64 revocation_serial
 //!             || u16 n_revoked || n_revoked x (u8 cti_len || cti || u64 exp)
 //!             || u8 has_head (0 or 1) || [chain_id (16) || u64 seq || record_hash (32)]
+//!             -- version 3 from here on --
+//!             || u8 has_admin (0 or 1) || [admin_pubkey (32)] || u64 admin_seq
+//!             || u16 n_rec || n_rec x (u8 id_len || id || u8 used_bits || 8 x (salt (16) || hash (32)))
 //! ```
 //!
 //! Decoding is strict: every count is bounded by the blob size, operators,
 //! steps, failure counters and revoked ids appear at most once, a failure
 //! counter names a configured operator, a revoked id is 1 to `MAX_CTI_LEN`
-//! bytes and there are at most `MAX_REVOKED`. Version 1 (before the failure
-//! counters, monotonic counters and audit head were sealed) is refused as
-//! [`SealError::OldVersion`]: re-provision.
+//! bytes and there are at most `MAX_REVOKED`, there are at most
+//! [`MAX_OPERATORS`] operators, and recovery codes name a configured
+//! operator once each. Version 2 (before the admin key, the admin sequence
+//! and the recovery codes) is read and migrated: no admin key, sequence 0,
+//! no recovery codes; it is written back as version 3 at the next persist.
+//! Version 1 (before the failure counters, monotonic counters and audit
+//! head were sealed) is refused as [`SealError::OldVersion`]: re-provision.
 //!
 //! `alg` is 1 = SHA-1, 2 = SHA-256, 3 = SHA-512. A blob is exactly
 //! `24 + body_len` bytes; anything shorter is [`SealError::Truncated`], anything
@@ -40,12 +47,16 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use portcullis_proto::msg::{MAX_CTI_LEN, MAX_REVOKED};
 
+use crate::admin::{RecoveryHash, MAX_OPERATORS};
 use crate::totp::{Algorithm, OperatorSecret};
+use portcullis_proto::msg::{RECOVERY_CODES, RECOVERY_HASH_LEN};
 
 /// Magic bytes at the start of a sealed blob.
 pub const MAGIC: &[u8; 6] = b"PCSEAL";
 /// The format version this code writes and reads.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
+/// The oldest version read (and migrated).
+pub const OLDEST_READ: u16 = 2;
 /// Header length (also the AEAD associated data).
 pub const HEADER_LEN: usize = 24;
 /// Largest sealed blob accepted or produced.
@@ -76,6 +87,12 @@ pub struct SealedState {
     /// The audit chain head the collector last acknowledged (the next boot's
     /// chain links to it).
     pub audit_head: Option<SealedHead>,
+    /// The admin public key (Ed25519) whose signed commands cryptod accepts.
+    pub admin_key: Option<[u8; 32]>,
+    /// The last accepted admin command's `admin_seq`.
+    pub admin_seq: u64,
+    /// Per operator: the recovery codes' hashes and the used bits.
+    pub recovery: Vec<(String, Vec<RecoveryHash>, u8)>,
 }
 
 /// An audit record the collector has stored: the chain, its `seq`, and
@@ -110,6 +127,9 @@ impl SealedState {
             revocation_serial: 0,
             revoked: Vec::new(),
             audit_head: None,
+            admin_key: None,
+            admin_seq: 0,
+            recovery: Vec::new(),
         }
     }
 }
@@ -124,6 +144,9 @@ impl fmt::Debug for SealedState {
             .field("revocation_serial", &self.revocation_serial)
             .field("revoked", &self.revoked.len())
             .field("audit_head", &self.audit_head)
+            .field("admin_key", &self.admin_key.is_some())
+            .field("admin_seq", &self.admin_seq)
+            .field("recovery", &self.recovery.len())
             .finish_non_exhaustive()
     }
 }
@@ -207,10 +230,10 @@ pub fn unseal(bytes: &[u8], kek: &[u8; 32]) -> Result<SealedState, SealError> {
         return Err(SealError::BadMagic);
     }
     let version = u16::from_be_bytes([header[6], header[7]]);
-    if version < VERSION {
+    if version < OLDEST_READ {
         return Err(SealError::OldVersion(version));
     }
-    if version != VERSION {
+    if version > VERSION {
         return Err(SealError::UnsupportedVersion(version));
     }
     let mut nonce = [0u8; 12];
@@ -229,7 +252,7 @@ pub fn unseal(bytes: &[u8], kek: &[u8; 32]) -> Result<SealedState, SealError> {
             .decrypt(&Nonce::from(nonce), Payload { msg: body, aad: header })
             .map_err(|_| SealError::Authentication)?,
     );
-    decode(&plain)
+    decode(&plain, version)
 }
 
 fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
@@ -272,6 +295,23 @@ fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
             out.extend_from_slice(&h.seq.to_be_bytes());
             out.extend_from_slice(&h.hash);
         }
+    }
+    match &s.admin_key {
+        None => out.push(0),
+        Some(k) => {
+            out.push(1);
+            out.extend_from_slice(k);
+        }
+    }
+    out.extend_from_slice(&s.admin_seq.to_be_bytes());
+    put_u16(&mut out, s.recovery.len())?;
+    for (id, hashes, used) in &s.recovery {
+        if hashes.len() != RECOVERY_CODES {
+            return Err(SealError::Malformed("recovery codes are not 8"));
+        }
+        put_short(&mut out, id.as_bytes())?;
+        out.push(*used);
+        hashes.iter().for_each(|h| out.extend_from_slice(h));
     }
     Ok(out)
 }
@@ -321,11 +361,14 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
+fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
     let mut c = Cursor(plain);
     let root_key = c.array::<32>()?;
     let master_secret = c.array::<32>()?;
     let n_ops = u16::from_be_bytes(c.array()?);
+    if usize::from(n_ops) > MAX_OPERATORS {
+        return Err(SealError::Malformed("too many operators"));
+    }
     let mut operators = Vec::new();
     for _ in 0..n_ops {
         let id_len = usize::from(c.byte()?);
@@ -397,6 +440,35 @@ fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
         }),
         _ => return Err(SealError::Malformed("audit head flag is not 0 or 1")),
     };
+    let (mut admin_key, mut admin_seq, mut recovery) = (None, 0, Vec::new());
+    if version >= 3 {
+        admin_key = match c.byte()? {
+            0 => None,
+            1 => Some(c.array::<32>()?),
+            _ => return Err(SealError::Malformed("admin key flag is not 0 or 1")),
+        };
+        admin_seq = u64::from_be_bytes(c.array()?);
+        let n_rec = usize::from(u16::from_be_bytes(c.array()?));
+        if n_rec > operators.len() {
+            return Err(SealError::Malformed("more recovery code sets than operators"));
+        }
+        for _ in 0..n_rec {
+            let id_len = usize::from(c.byte()?);
+            let id = c.text(id_len)?;
+            let used = c.byte()?;
+            let mut hashes = Vec::with_capacity(RECOVERY_CODES);
+            for _ in 0..RECOVERY_CODES {
+                hashes.push(c.array::<RECOVERY_HASH_LEN>()?);
+            }
+            if !operators.iter().any(|o| o.id == id) {
+                return Err(SealError::Malformed("recovery codes for an unknown operator"));
+            }
+            if recovery.iter().any(|(other, _, _): &(String, _, _)| *other == id) {
+                return Err(SealError::Malformed("recovery codes listed twice"));
+            }
+            recovery.push((id, hashes, used));
+        }
+    }
     if !c.0.is_empty() {
         return Err(SealError::Malformed("trailing plaintext"));
     }
@@ -411,6 +483,9 @@ fn decode(plain: &[u8]) -> Result<SealedState, SealError> {
         revocation_serial,
         revoked,
         audit_head,
+        admin_key,
+        admin_seq,
+        recovery,
     })
 }
 
@@ -437,6 +512,9 @@ mod tests {
             revocation_serial: 17,
             revoked: alloc::vec![(alloc::vec![7; 16], 1_700_000_300)],
             audit_head: Some(SealedHead { chain_id: [3; 16], seq: 99, hash: [4; 32] }),
+            admin_key: Some([5; 32]),
+            admin_seq: 12,
+            recovery: alloc::vec![("bob".into(), alloc::vec![[6; RECOVERY_HASH_LEN]; 8], 0b101)],
         }
     }
 
@@ -533,12 +611,70 @@ mod tests {
         assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("too many revoked ids")));
         // A head flag other than 0 or 1: re-encrypt a patched plaintext.
         let mut plain = encode(&state()).unwrap();
-        let flag = plain.len() - (1 + 16 + 8 + 32);
+        let tail = 1 + 32 + 8 + 2 + (1 + 3 + 1 + 8 * RECOVERY_HASH_LEN);
+        let flag = plain.len() - tail - (1 + 16 + 8 + 32);
         plain[flag] = 2;
-        assert_eq!(decode(&plain), Err(SealError::Malformed("audit head flag is not 0 or 1")));
+        assert_eq!(
+            decode(&plain, VERSION),
+            Err(SealError::Malformed("audit head flag is not 0 or 1"))
+        );
         plain.truncate(flag + 1 + 16);
         plain[flag] = 1;
-        assert_eq!(decode(&plain), Err(SealError::Malformed("short plaintext")));
+        assert_eq!(decode(&plain, VERSION), Err(SealError::Malformed("short plaintext")));
+    }
+
+    #[test]
+    fn version_2_is_migrated() {
+        // A version 2 blob is the version 3 plaintext without the tail.
+        let mut v2 = state();
+        v2.admin_key = None;
+        v2.admin_seq = 0;
+        v2.recovery.clear();
+        let plain = encode(&v2).unwrap();
+        let plain = &plain[..plain.len() - (1 + 8 + 2)];
+        let mut header = [0u8; HEADER_LEN];
+        header[..6].copy_from_slice(MAGIC);
+        header[6..8].copy_from_slice(&2u16.to_be_bytes());
+        header[8..20].copy_from_slice(&NONCE);
+        header[20..24].copy_from_slice(&((plain.len() + TAG_LEN) as u32).to_be_bytes());
+        let cipher = ChaCha20Poly1305::new_from_slice(&KEK).unwrap();
+        let body =
+            cipher.encrypt(&Nonce::from(NONCE), Payload { msg: plain, aad: &header }).unwrap();
+        let blob = [&header[..], &body].concat();
+        let migrated = unseal(&blob, &KEK).unwrap();
+        assert_eq!(migrated, v2);
+        // Written back as version 3, and read again the same.
+        let again = seal(&migrated, &KEK, &NONCE).unwrap();
+        assert_eq!(u16::from_be_bytes([again[6], again[7]]), 3);
+        assert_eq!(unseal(&again, &KEK).unwrap(), v2);
+    }
+
+    #[test]
+    fn hostile_admin_tail_is_refused() {
+        let mut s = state();
+        s.recovery.push(("mallory".into(), alloc::vec![[0; RECOVERY_HASH_LEN]; 8], 0));
+        let blob = seal(&s, &KEK, &NONCE).unwrap();
+        assert_eq!(
+            unseal(&blob, &KEK),
+            Err(SealError::Malformed("recovery codes for an unknown operator"))
+        );
+        let mut s = state();
+        s.recovery.push(s.recovery[0].clone());
+        let blob = seal(&s, &KEK, &NONCE).unwrap();
+        assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("recovery codes listed twice")));
+        let mut s = state();
+        s.recovery[0].1.pop();
+        assert_eq!(seal(&s, &KEK, &NONCE), Err(SealError::Malformed("recovery codes are not 8")));
+        let mut s = state();
+        s.operators = (0..=MAX_OPERATORS)
+            .map(|i| {
+                OperatorSecret::new(&alloc::format!("op{i}"), &[1; 20], Algorithm::Sha1, 6).unwrap()
+            })
+            .collect();
+        s.failures.clear();
+        s.recovery.clear();
+        let blob = seal(&s, &KEK, &NONCE).unwrap();
+        assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("too many operators")));
     }
 
     proptest! {

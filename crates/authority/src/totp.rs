@@ -247,6 +247,48 @@ impl Totp {
         CodeCheck::Accepted(step)
     }
 
+    /// Sets `op`'s secret (a new operator, or a reset: the old secret stops
+    /// at once) with `last_step` as its last accepted step, so the code that
+    /// confirmed the enrolment cannot be used again.
+    pub fn set(&mut self, op: OperatorSecret, last_step: u64) {
+        self.last_steps.insert(op.id.clone(), last_step);
+        self.operators.insert(op.id.clone(), op);
+    }
+
+    /// Removes `operator` and its replay state; whether it was there.
+    pub fn remove(&mut self, operator: &str) -> bool {
+        if !self.operators.contains_key(operator) {
+            return false;
+        }
+        // Rebuilt, not `BTreeMap::remove`: each map's removal code is
+        // kilobytes of guest image, and at most 16 operators are kept.
+        let ops = core::mem::take(&mut self.operators);
+        self.operators.extend(ops.into_iter().filter(|(k, _)| k != operator));
+        let steps = core::mem::take(&mut self.last_steps);
+        self.last_steps.extend(steps.into_iter().filter(|(k, _)| k != operator));
+        true
+    }
+
+    /// How many operators have a secret.
+    pub fn len(&self) -> usize {
+        self.operators.len()
+    }
+
+    /// Whether no operator has a secret.
+    pub fn is_empty(&self) -> bool {
+        self.operators.is_empty()
+    }
+
+    /// The configured window.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// `operator`'s secret, if configured.
+    pub fn get(&self, operator: &str) -> Option<&OperatorSecret> {
+        self.operators.get(operator)
+    }
+
     /// Whether `operator` has a configured secret.
     pub fn knows(&self, operator: &str) -> bool {
         self.operators.contains_key(operator)

@@ -34,6 +34,9 @@ pub enum Scenario {
     /// Hostile clients speak cryptod's vchan directly, posing as guest
     /// domains: guessing, lockout, restart, reconnect, flooding, audit volume.
     Hostile,
+    /// The admin channel: `portcullis admin` resets the operator's secret
+    /// and regenerates recovery codes; the unlocker uses them.
+    Admin,
 }
 
 /// A switch.
@@ -120,7 +123,7 @@ fn pump(name: String, src: impl Read + Send + 'static, lines: Arc<Mutex<Vec<Line
 }
 
 impl Proc {
-    fn spawn(name: &str, dom: DomId, mut cmd: Command) -> Result<Proc, Failure> {
+    pub(crate) fn spawn(name: &str, dom: DomId, mut cmd: Command) -> Result<Proc, Failure> {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| format!("start {name}: {e}"))?;
@@ -150,7 +153,7 @@ impl Proc {
         self.wait_any(&[pat], from, timeout).map(|(i, at, _)| (i, at))
     }
 
-    fn wait_any(
+    pub(crate) fn wait_any(
         &mut self,
         pats: &[&str],
         from: usize,
@@ -191,7 +194,12 @@ impl Proc {
         }
     }
 
-    fn type_line(&mut self, text: &str) -> Result<(), Failure> {
+    /// The text of line `i`.
+    pub(crate) fn line(&self, i: usize) -> String {
+        self.lines.lock().ok().and_then(|l| l.get(i).map(|l| l.text.clone())).unwrap_or_default()
+    }
+
+    pub(crate) fn type_line(&mut self, text: &str) -> Result<(), Failure> {
         let stdin = self.stdin.as_mut().ok_or_else(|| format!("{}: no stdin", self.name))?;
         stdin
             .write_all(format!("{text}\n").as_bytes())
@@ -199,7 +207,7 @@ impl Proc {
             .map_err(|e| Failure::Error(format!("{}: stdin: {e}", self.name)))
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Result<i32, Failure> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Result<i32, Failure> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) =
@@ -331,6 +339,11 @@ impl Demo {
             .map_err(|e| Failure::Error(format!("cryptod config: {e}")))
     }
 
+    /// This program.
+    pub(crate) fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     fn tool(&self, name: &str, args: &[&str]) -> Result<Proc, Failure> {
         let dom = self.world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
         let mut cmd = Command::new(&self.exe);
@@ -452,6 +465,11 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             // The benchmark asks for tokens as fast as it can: no issue rate limit.
             "issue_per_minute = 0\n".to_string()
         }
+        Scenario::Admin => {
+            // `portcullis admin` speaks as domain 0.
+            clients.push("dom0");
+            String::new()
+        }
         _ => String::new(),
     };
     let attempts = if args.scenario == Scenario::Full { 8 } else { 3 };
@@ -527,6 +545,17 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     let mut agent = demo.tool("unlock_agent", &agent_args)?;
     agent.wait_for("unlock-agent: ready", 0, demo.step)?;
+    if args.scenario == Scenario::Admin {
+        let parts = crate::demo_admin::Parts {
+            cryptod,
+            collector,
+            entropyd,
+            agent,
+            prov: prov.clone(),
+            uri,
+        };
+        return crate::demo_admin::run(&mut demo, parts);
+    }
     let mut policy = demo.guest("policy_pd")?;
     let mut unlocker = demo.guest("unlocker")?;
     let (_, at) = unlocker.wait_for("unlocker: ready", 0, demo.step)?;

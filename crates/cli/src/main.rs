@@ -4,9 +4,11 @@
 //! verify, an audit log that does not check out); 2 usage or I/O error.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod agent;
 mod audit_cmd;
 mod demo;
+mod demo_admin;
 mod host;
 mod hostile;
 mod kek;
@@ -52,6 +54,9 @@ enum Command {
     /// Create cryptod's sealed state, the operators' TOTP enrolment and the
     /// volumes' LUKS passphrases.
     Provision(provision::ProvisionArgs),
+    /// Send cryptod an admin command signed by the offline admin key
+    /// (operators, recovery codes; docs/authority.md).
+    Admin(admin::AdminArgs),
     /// Check collected audit logs.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
         Command::Token(cmd) => token_cmd::run(cmd),
         Command::Provision(args) => provision::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),
         Command::UnlockAgent(args) => agent::run(args),

@@ -9,6 +9,9 @@
 //! DIR/cryptod/kek.cred       with --kek credential: the KEK as a systemd credential (0600)
 //! DIR/cryptod/sealed-state   the sealed state (0600)
 //! DIR/root.pub               root public key, COSE_Key
+//! DIR/admin.key              admin private key, COSE_Key (0600): signs admin
+//!                            commands; MOVE IT OFFLINE after provisioning
+//! DIR/admin.pub              admin public key, COSE_Key (also sealed in the state)
 //! DIR/acl                    the ACL that was sealed (for review; not secret)
 //! DIR/operators/<id>.otpauth otpauth URI, only with --save-otpauth (0600)
 //! ```
@@ -243,7 +246,7 @@ impl ProvisionArgs {
     }
 }
 
-fn algorithm(name: &str) -> Result<Algorithm, Failure> {
+pub(crate) fn totp_algorithm(name: &str) -> Result<Algorithm, Failure> {
     match name {
         "sha1" => Ok(Algorithm::Sha1),
         "sha256" => Ok(Algorithm::Sha256),
@@ -254,7 +257,7 @@ fn algorithm(name: &str) -> Result<Algorithm, Failure> {
     }
 }
 
-fn secret_len(alg: Algorithm) -> usize {
+pub(crate) fn secret_len(alg: Algorithm) -> usize {
     // RFC 4226 §4 asks for at least 128 bits; use the hash's output size.
     match alg {
         Algorithm::Sha1 => 20,
@@ -319,7 +322,7 @@ pub fn otpauth_uri(issuer: &str, op: &OperatorSecret) -> String {
     )
 }
 
-fn qr(text: &str) -> Result<String, Failure> {
+pub(crate) fn qr(text: &str) -> Result<String, Failure> {
     let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| format!("QR code: {e}"))?;
     Ok(code
         .render::<qrcode::render::unicode::Dense1x2>()
@@ -388,7 +391,7 @@ pub fn luks_key_text(master: &[u8; 32], volume: &str) -> Result<Zeroizing<String
 }
 
 pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
-    let alg = algorithm(&args.totp_algorithm)?;
+    let alg = totp_algorithm(&args.totp_algorithm)?;
     if args.digits != 6 && args.digits != 8 {
         return Err(Failure::Error("--digits must be 6 or 8".into()));
     }
@@ -438,7 +441,11 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     let master = os_random::<32>()?;
     let kek = os_random::<32>()?;
     let nonce = os_random::<12>()?;
-    let state = SealedState::new(*root_seed, *master, operators.clone(), acl_text.clone());
+    let admin_seed = os_random::<32>()?;
+    let admin = SigningKey::from_bytes(&admin_seed);
+    let admin_pub = admin.verifying_key();
+    let mut state = SealedState::new(*root_seed, *master, operators.clone(), acl_text.clone());
+    state.admin_key = Some(admin_pub.to_bytes());
     let sealed = sealed::seal(&state, &kek, &nonce).map_err(|e| format!("sealing: {e}"))?;
     // Check the result opens before anything is shown to the operator.
     sealed::unseal(&sealed, &kek).map_err(|e| format!("sealed state does not reopen: {e}"))?;
@@ -455,6 +462,17 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
         false,
     )?;
     keyfile::write_file(&args.out.join("acl"), acl_text.as_bytes(), false)?;
+    let admin_kid = kid_for(&admin_pub);
+    keyfile::write_file(
+        &args.out.join("admin.key"),
+        &keyfile::encode_private(&admin, &admin_kid)?,
+        true,
+    )?;
+    keyfile::write_file(
+        &args.out.join("admin.pub"),
+        &keyfile::encode_public(&admin_pub, &admin_kid)?,
+        false,
+    )?;
 
     println!("provisioned {}", args.out.display());
     println!("root key id {}", hex::encode(kid));
@@ -478,6 +496,16 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
             kek::FILE
         ),
     }
+    println!();
+    println!(
+        "!! {} signs admin commands (operators, recovery codes).",
+        args.out.join("admin.key").display()
+    );
+    println!("!! MOVE IT OFFLINE NOW (removable medium in a safe) and delete it here:");
+    println!(
+        "!! anyone who holds it can enrol an operator. admin key id {}",
+        hex::encode(admin_kid)
+    );
     for op in &operators {
         let uri = Zeroizing::new(otpauth_uri(&args.issuer, op));
         println!();

@@ -48,6 +48,8 @@ text_enum! {
         AuditSeal = "application/portcullis.audit-seal+cbor",
         /// A signed statement about a domain's state.
         Attestation = "application/portcullis.attestation+cbor",
+        /// An admin command, signed by the offline admin key.
+        AdminCommand = "application/portcullis.admin-command+cbor",
     }
 }
 

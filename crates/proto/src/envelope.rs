@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use crate::cbor::{set_once, text_enum, Field, Reader, Writer};
 pub use crate::cbor::{DecodeError, EncodeError, FieldError};
 use crate::msg::{
-    Attestation, AuditAck, AuditLog, EntropyPub, ErrorMsg, Keyset, KeysetReq, RequestId,
-    RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
+    AdminReq, AdminResp, Attestation, AuditAck, AuditLog, EntropyPub, ErrorMsg, Keyset, KeysetReq,
+    RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
     TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest, UnlockResult,
 };
 
@@ -127,6 +127,10 @@ messages! {
     UnlockResult(UnlockResult) = "unlock_result",
     /// A request could not be handled.
     Error(ErrorMsg) = "error",
+    /// dom0 sends cryptod an admin command signed by the admin key.
+    AdminReq(AdminReq) = "admin_req",
+    /// cryptod's answer to [`AdminReq`].
+    AdminResp(AdminResp) = "admin_resp",
 }
 
 /// A set of message types (a bit per [`MsgType`], in declaration order).
@@ -337,6 +341,8 @@ impl Message {
             Message::UnlockRequest(m) => Some(&m.request_id),
             Message::UnlockResult(m) => Some(&m.request_id),
             Message::Error(m) => m.request_id.as_ref(),
+            Message::AdminReq(m) => Some(&m.request_id),
+            Message::AdminResp(m) => Some(&m.request_id),
             Message::EntropyPub(_)
             | Message::Attestation(_)
             | Message::AuditLog(_)

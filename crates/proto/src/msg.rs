@@ -275,6 +275,10 @@ text_enum! {
         /// Decided answers dropped undelivered: their client's connection
         /// went away while they waited for the collector.
         AnswerDrop = "answer_drop",
+        /// An admin command (accepted or refused).
+        Admin = "admin",
+        /// A recovery code was used in place of a TOTP code.
+        RecoveryCodeUsed = "recovery_code_used",
     }
 }
 
@@ -293,6 +297,190 @@ text_enum! {
         Replay = "replay",
         /// An internal failure.
         Error = "error",
+    }
+}
+
+/// Recovery codes per operator.
+pub const RECOVERY_CODES: usize = 8;
+/// Base32 characters of a recovery code (5 bits each: 50 bits).
+pub const RECOVERY_CODE_CHARS: usize = 10;
+/// A stored recovery code: a 16-byte salt and the SHA-256 of the salted code
+/// (see `portcullis_authority::admin::recovery_hash`).
+pub const RECOVERY_HASH_LEN: usize = 48;
+/// Longest admin command lifetime (`expires_at - issued_at`), seconds.
+pub const MAX_ADMIN_LIFETIME: u64 = 300;
+
+/// The canonical form of a recovery code: 10 RFC 4648 base32 characters,
+/// upper case, as typed either whole or in two groups of 5 joined by one
+/// `-` (`ABCDE-FGHIJ`); lower case is accepted. `None` for anything else.
+pub fn normalize_recovery_code(code: &str) -> Option<[u8; RECOVERY_CODE_CHARS]> {
+    let b = code.as_bytes();
+    let (first, second) = match b.len() {
+        10 => b.split_at(5),
+        11 if b[5] == b'-' => (&b[..5], &b[6..]),
+        _ => return None,
+    };
+    let mut out = [0u8; RECOVERY_CODE_CHARS];
+    for (o, &c) in out.iter_mut().zip(first.iter().chain(second)) {
+        let c = c.to_ascii_uppercase();
+        if !(c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)) {
+            return None;
+        }
+        *o = c;
+    }
+    Some(out)
+}
+
+/// Whether `code` is a recovery code ([`normalize_recovery_code`]).
+pub fn is_valid_recovery_code(code: &str) -> bool {
+    normalize_recovery_code(code).is_some()
+}
+
+text_enum! {
+    /// Outcome of an admin command.
+    pub enum AdminResult {
+        /// Checked, applied, sealed and audited.
+        Ok = "ok",
+        /// Not from dom0's link, not signed by the admin key, or refused by
+        /// a rule (the last operator, an operator that exists or not).
+        Denied = "denied",
+        /// `admin_seq` not above the last accepted one, or the command is
+        /// for another cryptod (`state_id`).
+        Replay = "replay",
+        /// Outside `issued_at ..= expires_at`.
+        Expired = "expired",
+        /// The enrolment confirmation code does not match the new secret.
+        Fail = "fail",
+        /// The command is not valid (missing or extra fields for its kind).
+        Invalid = "invalid",
+        /// cryptod cannot decide now (not seeded, audit not ready).
+        Unavailable = "unavailable",
+    }
+}
+
+text_enum! {
+    /// What an admin command does (new administrative changes are new values).
+    pub enum AdminOp {
+        /// Enrol a new operator (secret confirmed by a code from the app).
+        OperatorAdd = "operator_add",
+        /// Replace an operator's secret (a lost phone); the old one stops at once.
+        OperatorReset = "operator_reset",
+        /// Remove an operator (never the last one).
+        OperatorRemove = "operator_remove",
+        /// Replace an operator's recovery codes.
+        RecoveryRegenerate = "recovery_regenerate",
+    }
+}
+
+text_enum! {
+    /// A TOTP secret's HMAC hash, as an admin command names it.
+    pub enum TotpAlg {
+        /// HMAC-SHA1.
+        Sha1 = "sha1",
+        /// HMAC-SHA256.
+        Sha256 = "sha256",
+        /// HMAC-SHA512.
+        Sha512 = "sha512",
+    }
+}
+
+wire_struct! {
+    /// dom0 → cryptod: one admin command, signed by the admin key.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AdminReq {
+        /// Request id, echoed in the response; equal to the command's.
+        request_id: RequestId,
+        /// COSE_Sign1 (content type `admin_command`) whose payload is an
+        /// [`AdminCommand`].
+        signed: Vec<u8>,
+    }
+}
+
+impl Check for AdminReq {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("signed", self.signed.len(), 1, crate::envelope::MAX_MESSAGE_LEN)
+    }
+}
+
+wire_struct! {
+    /// cryptod → dom0: the verdict on an admin command.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AdminResp {
+        /// The request's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: AdminResult,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+        /// The last accepted `admin_seq` (the next command must be above it).
+        admin_seq: u64,
+    }
+}
+
+impl Check for AdminResp {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)
+    }
+}
+
+wire_struct! {
+    /// The payload of an admin command (signed by the admin key).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AdminCommand {
+        /// Equal to the carrying [`AdminReq`]'s.
+        request_id: RequestId,
+        /// The cryptod it is for: the key id of its root key.
+        state_id: Vec<u8>,
+        /// Strictly above the last command cryptod accepted.
+        admin_seq: u64,
+        /// When it was made.
+        issued_at: u64,
+        /// Last second it may be applied, at most [`MAX_ADMIN_LIFETIME`]
+        /// after `issued_at`.
+        expires_at: u64,
+        /// What to do.
+        command: AdminOp,
+        /// The operator it is about.
+        operator_id: String,
+    }
+    optional {
+        /// The new TOTP secret (16 to 64 bytes): add, reset.
+        secret: Zeroizing<Vec<u8>>,
+        /// Its HMAC hash: add, reset.
+        algorithm: TotpAlg,
+        /// Its code length, 6 or 8: add, reset.
+        digits: u64,
+        /// A code the operator read from the new app entry: add, reset.
+        confirm_code: Zeroizing<String>,
+        /// Exactly [`RECOVERY_CODES`] salted hashes of the new recovery
+        /// codes: regenerate (and optionally add, reset).
+        code_hashes: Vec<[u8; RECOVERY_HASH_LEN]>,
+    }
+}
+
+impl Check for AdminCommand {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("state_id", self.state_id.len(), 1, MAX_KID_LEN)?;
+        check_id("operator_id", &self.operator_id)?;
+        let lifetime = self.expires_at.checked_sub(self.issued_at);
+        if lifetime.is_none_or(|l| l > MAX_ADMIN_LIFETIME) {
+            return Err(FieldError::new("expires_at", "not within 300 s after issued_at"));
+        }
+        if let Some(secret) = &self.secret {
+            check_len("secret", secret.len(), 16, 64)?;
+        }
+        if self.digits.is_some_and(|d| d != 6 && d != 8) {
+            return Err(FieldError::new("digits", "not 6 or 8"));
+        }
+        if self.confirm_code.as_deref().is_some_and(|c| !is_valid_totp_code(c)) {
+            return Err(FieldError::new("confirm_code", "not 6 or 8 ASCII digits"));
+        }
+        if let Some(hashes) = &self.code_hashes {
+            check_len("code_hashes", hashes.len(), RECOVERY_CODES, RECOVERY_CODES)?;
+        }
+        Ok(())
     }
 }
 
@@ -332,7 +520,8 @@ wire_struct! {
         operator_id: String,
         /// The operator's TOTP device.
         device_id: String,
-        /// The code: 6 or 8 ASCII digits.
+        /// The code: 6 or 8 ASCII digits, or one of the operator's recovery
+        /// codes ([`normalize_recovery_code`]).
         totp_code: Zeroizing<String>,
         /// Requester nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes.
         client_nonce: Vec<u8>,
@@ -356,8 +545,11 @@ impl Check for TotpValidateReq {
     fn check(&self) -> Result<(), FieldError> {
         check_id("operator_id", &self.operator_id)?;
         check_id("device_id", &self.device_id)?;
-        if !is_valid_totp_code(&self.totp_code) {
-            return Err(FieldError::new("totp_code", "not 6 or 8 ASCII digits"));
+        if !is_valid_totp_code(&self.totp_code) && !is_valid_recovery_code(&self.totp_code) {
+            return Err(FieldError::new(
+                "totp_code",
+                "not 6 or 8 ASCII digits nor a recovery code",
+            ));
         }
         check_nonce("client_nonce", &self.client_nonce)?;
         check_opt_id("volume_id", &self.volume_id)?;
@@ -756,6 +948,7 @@ wire_struct! {
     }
 }
 payload_codec!(AttestationClaims, "attestation_claims");
+payload_codec!(AdminCommand, "admin_command");
 
 impl Check for AttestationClaims {
     fn check(&self) -> Result<(), FieldError> {

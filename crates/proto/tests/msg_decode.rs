@@ -63,7 +63,7 @@ fn payloads_round_trip() {
 
 #[test]
 fn msg_type_names_round_trip() {
-    assert_eq!(MsgType::ALL.len(), 17);
+    assert_eq!(MsgType::ALL.len(), 19);
     for &kind in MsgType::ALL {
         assert_eq!(MsgType::parse(kind.as_str()), Some(kind));
         assert_eq!(kind.to_string(), kind.as_str());
@@ -299,8 +299,21 @@ fn encoder_refuses_what_the_decoder_would() {
     let err = Message::from(req.clone()).encode().unwrap_err();
     assert_eq!(
         err,
-        EncodeError::Invalid(FieldError { field: "totp_code", reason: "not 6 or 8 ASCII digits" })
+        EncodeError::Invalid(FieldError {
+            field: "totp_code",
+            reason: "not 6 or 8 ASCII digits nor a recovery code"
+        })
     );
+    // A recovery code (10 base32 characters, optionally 5-5 with a dash)
+    // may stand in for a TOTP code; nothing else may.
+    for ok in ["ABCDE-FGH27", "abcdefgh27"] {
+        req.totp_code = Zeroizing::new(ok.into());
+        assert!(Message::from(req.clone()).encode().is_ok(), "{ok}");
+    }
+    for bad in ["ABCDE-FGH2", "ABCDEFGH01", "ABCDE_FGH27", "ABCD-EFGH27"] {
+        req.totp_code = Zeroizing::new(bad.into());
+        assert!(Message::from(req.clone()).encode().is_err(), "{bad}");
+    }
     assert!(err.to_string().contains("totp_code"));
 
     req.totp_code = Zeroizing::new("123456".into());

@@ -236,6 +236,9 @@ pub fn sealed_state() -> SealedState {
         revocation_serial: 0,
         revoked: vec![],
         audit_head: None,
+        admin_key: None,
+        admin_seq: 0,
+        recovery: vec![],
     }
 }
 

@@ -179,6 +179,35 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
                 .into(),
             ErrorMsg { request_id: None, code: ErrorCode::Malformed, reason: String::new() }.into(),
         ],
+        MsgType::AdminReq => vec![AdminReq { request_id: RID, signed: cose(200) }.into()],
+        MsgType::AdminResp => vec![
+            AdminResp {
+                request_id: RID,
+                result: AdminResult::Replay,
+                reason: Some("admin_seq is not above the last accepted one".into()),
+                admin_seq: Some(41),
+            }
+            .into(),
+            AdminResp { request_id: RID, result: AdminResult::Ok, reason: None, admin_seq: None }
+                .into(),
+        ],
+    }
+}
+
+pub fn admin_command() -> AdminCommand {
+    AdminCommand {
+        request_id: RID,
+        state_id: vec![0x42; 8],
+        admin_seq: 42,
+        issued_at: T0,
+        expires_at: T0 + 300,
+        command: AdminOp::OperatorReset,
+        operator_id: "alice".into(),
+        secret: Some(Zeroizing::new(vec![0x17; 20])),
+        algorithm: Some(TotpAlg::Sha1),
+        digits: Some(6),
+        confirm_code: Some(Zeroizing::new("123456".into())),
+        code_hashes: Some(vec![[0x5c; RECOVERY_HASH_LEN]; RECOVERY_CODES]),
     }
 }
 
@@ -272,6 +301,7 @@ pub fn payloads() -> Vec<(&'static str, Vec<u8>)> {
         ("attestation-claims", attestation_claims().to_cbor().unwrap()),
         ("keyset-body", keyset_body().to_cbor().unwrap()),
         ("audit-seal", audit_seal().to_cbor().unwrap()),
+        ("admin-command", admin_command().to_cbor().unwrap()),
     ];
     out.extend(audit_records().iter().map(|r| ("audit-record", r.to_cbor().unwrap())));
     out.extend(revocation_bodies().iter().map(|r| ("revocation-body", r.to_cbor().unwrap())));

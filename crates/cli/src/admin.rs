@@ -1,0 +1,328 @@
+//! `portcullis admin`: build an admin command, sign it with the admin key
+//! (`DIR/admin.key` from `portcullis provision`, kept offline), send it to
+//! cryptod over its dom0 link and report cryptod's verdict.
+//!
+//! The link is cryptod's dom0 client vchan (port 9001), the one
+//! `portcullis vchan-call` uses: in a dom0 `--domid N` (Xen's
+//! libxenvchan), `--socket` (a UNIX socket relayed by Xen's
+//! `vchan-socket-proxy`), or on the hosted platform `--world DIR` (the
+//! tool speaks as domain 0 of that world). cryptod knows the sender as
+//! the link's peer domain, never by anything in the command.
+//!
+//! Enrolment (operator-add, operator-reset) makes the new TOTP secret
+//! here, shows its otpauth URI and QR code, and asks for a code from the
+//! app: cryptod seals the secret only if that code matches it. Recovery
+//! codes (operator-add, recovery-regenerate) are made here from the OS
+//! random source, shown once, and only their salted hashes are sent.
+//! See docs/authority.md ("Admin channel") and docs/operations.md.
+
+use crate::provision::{base32, otpauth_uri, qr, secret_len, totp_algorithm};
+use crate::{keyfile, socket, xenlink, Failure};
+use clap::{Args, Subcommand};
+use ed25519_dalek::SigningKey;
+use portcullis_apps::common::port;
+use portcullis_apps::link::{Channel, Framed};
+use portcullis_authority::admin::{recovery_hash, RecoveryHash};
+use portcullis_authority::totp::{Algorithm, OperatorSecret};
+use portcullis_proto::cose::{self, ContentType};
+use portcullis_proto::envelope::Message;
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::{
+    AdminCommand, AdminOp, AdminReq, AdminResult, RequestId, TotpAlg, MAX_ADMIN_LIFETIME,
+    RECOVERY_CODES,
+};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The admin private key (`admin.key` from `portcullis provision`).
+    #[arg(long)]
+    key: PathBuf,
+    /// cryptod's root public key (`root.pub`): names the cryptod the
+    /// command is for.
+    #[arg(long)]
+    root: PathBuf,
+    /// cryptod's domain id: connect to its dom0 vchan with Xen's libxenvchan.
+    #[arg(long, conflicts_with_all = ["socket", "world"])]
+    domid: Option<u16>,
+    /// Instead of --domid: the UNIX socket relaying to cryptod's dom0 vchan.
+    #[arg(long, conflicts_with = "world")]
+    socket: Option<PathBuf>,
+    /// Instead of --domid: a hosted-platform world directory (speaks as
+    /// its domain 0 to its domain `cryptod`).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// The command's sequence number; it must be above the last one
+    /// cryptod accepted (default: the Unix time in milliseconds).
+    #[arg(long)]
+    seq: Option<u64>,
+    /// Seconds the signed command stays valid (at most 300).
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
+    /// Seconds to wait for the link and for the answer.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: AdminCmd,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// Enrol a new operator: a new TOTP secret, confirmed with a code from
+    /// the app, and 8 recovery codes.
+    OperatorAdd(Enrol),
+    /// A lost phone: a new TOTP secret for an operator, confirmed with a
+    /// code from the app; the old secret stops working at once (recovery
+    /// codes are kept).
+    OperatorReset(Enrol),
+    /// Remove an operator (never the last one).
+    OperatorRemove {
+        /// The operator id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Replace an operator's recovery codes with 8 new ones.
+    RecoveryRegenerate {
+        /// The operator id.
+        #[arg(long)]
+        id: String,
+        /// Also write the codes to this new file (0600), one per line.
+        #[arg(long)]
+        recovery_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct Enrol {
+    /// The operator id.
+    #[arg(long)]
+    id: String,
+    /// TOTP HMAC algorithm: sha1, sha256, sha512.
+    #[arg(long, default_value = "sha1")]
+    totp_algorithm: String,
+    /// TOTP code length: 6 or 8.
+    #[arg(long, default_value_t = 6)]
+    digits: u8,
+    /// Issuer name shown by authenticator apps.
+    #[arg(long, default_value = "Portcullis")]
+    issuer: String,
+    /// Do not draw the QR code (the otpauth URI is still printed).
+    #[arg(long)]
+    no_qr: bool,
+    /// Also write the recovery codes (operator-add) to this new file (0600).
+    #[arg(long)]
+    recovery_out: Option<PathBuf>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn os_random(buf: &mut [u8]) -> Result<(), Failure> {
+    getrandom::fill(buf).map_err(|e| Failure::Error(format!("OS random source: {e}")))
+}
+
+/// Eight fresh recovery codes (`ABCDE-FGHIJ`, 50 bits each) and their
+/// salted hashes.
+fn recovery_codes() -> Result<(Vec<Zeroizing<String>>, Vec<RecoveryHash>), Failure> {
+    let (mut codes, mut hashes) = (Vec::new(), Vec::new());
+    for _ in 0..RECOVERY_CODES {
+        let mut raw = Zeroizing::new([0u8; 7]);
+        os_random(raw.as_mut())?;
+        let text = Zeroizing::new(base32(raw.as_ref()));
+        let code = &text.as_bytes()[..10];
+        let mut salt = [0u8; 16];
+        os_random(&mut salt)?;
+        hashes.push(recovery_hash(&salt, code));
+        let shown = format!(
+            "{}-{}",
+            String::from_utf8_lossy(&code[..5]),
+            String::from_utf8_lossy(&code[5..])
+        );
+        codes.push(Zeroizing::new(shown));
+    }
+    Ok((codes, hashes))
+}
+
+fn show_codes(id: &str, codes: &[Zeroizing<String>], out: Option<&Path>) -> Result<(), Failure> {
+    println!("recovery codes for {id} (each works once at the unlocker console in place of");
+    println!("a TOTP code; print them and keep them offline; they are not shown again):");
+    for c in codes {
+        println!("  {}", c.as_str());
+    }
+    if let Some(path) = out {
+        let text: Zeroizing<String> =
+            Zeroizing::new(codes.iter().map(|c| format!("{}\n", c.as_str())).collect());
+        keyfile::write_file(path, text.as_bytes(), true)?;
+    }
+    Ok(())
+}
+
+/// Makes the secret, shows it and reads the confirmation code from stdin.
+fn enrol(e: &Enrol) -> Result<(OperatorSecret, Zeroizing<String>), Failure> {
+    let alg = totp_algorithm(&e.totp_algorithm)?;
+    let mut secret = Zeroizing::new(vec![0u8; secret_len(alg)]);
+    os_random(&mut secret)?;
+    let op = OperatorSecret::new(&e.id, &secret, alg, e.digits)
+        .map_err(|err| format!("operator {:?}: {err}", e.id))?;
+    let uri = Zeroizing::new(otpauth_uri(&e.issuer, &op));
+    println!("operator {}: add this to the authenticator app", op.id);
+    println!("  {}", uri.as_str());
+    if !e.no_qr {
+        println!("{}", qr(&uri)?);
+    }
+    print!("code shown by the app for {}: ", op.id);
+    std::io::stdout().flush().map_err(|err| format!("stdout: {err}"))?;
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line).map_err(|err| format!("stdin: {err}"))?;
+    let code = Zeroizing::new(line.trim().to_string());
+    if code.len() != usize::from(e.digits) || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Failure::Error(format!("the code is {} digits", e.digits)));
+    }
+    Ok((op, code))
+}
+
+fn wire_alg(a: Algorithm) -> TotpAlg {
+    match a {
+        Algorithm::Sha1 => TotpAlg::Sha1,
+        Algorithm::Sha256 => TotpAlg::Sha256,
+        Algorithm::Sha512 => TotpAlg::Sha512,
+    }
+}
+
+pub fn run(args: AdminArgs) -> Result<(), Failure> {
+    if args.ttl == 0 || args.ttl > MAX_ADMIN_LIFETIME {
+        return Err(Failure::Error(format!("--ttl must be 1 to {MAX_ADMIN_LIFETIME} s")));
+    }
+    let admin = keyfile::load(&args.key)?;
+    let Some(secret) = admin.secret else {
+        return Err(Failure::Error(format!("{}: not a private key", args.key.display())));
+    };
+    let root = keyfile::load(&args.root)?;
+    let now = unix_now();
+    let seq = match args.seq {
+        Some(s) => s,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| format!("clock: {e}"))?
+            .as_millis()
+            .try_into()
+            .map_err(|_| "clock out of range")?,
+    };
+    let mut rid = [0u8; 16];
+    os_random(&mut rid)?;
+    let mut c = AdminCommand {
+        request_id: RequestId(rid),
+        state_id: kid_for(&root.public).to_vec(),
+        admin_seq: seq,
+        issued_at: now,
+        expires_at: now.saturating_add(args.ttl),
+        command: AdminOp::OperatorRemove,
+        operator_id: String::new(),
+        secret: None,
+        algorithm: None,
+        digits: None,
+        confirm_code: None,
+        code_hashes: None,
+    };
+    // Recovery codes to show once cryptod has taken their hashes.
+    let mut shown: Option<(Vec<Zeroizing<String>>, Option<PathBuf>)> = None;
+    match &args.command {
+        AdminCmd::OperatorAdd(e) | AdminCmd::OperatorReset(e) => {
+            let (op, code) = enrol(e)?;
+            let add = matches!(args.command, AdminCmd::OperatorAdd(_));
+            c.command = if add { AdminOp::OperatorAdd } else { AdminOp::OperatorReset };
+            c.operator_id = op.id.clone();
+            c.secret = Some(Zeroizing::new(op.secret.clone()));
+            c.algorithm = Some(wire_alg(op.algorithm));
+            c.digits = Some(u64::from(op.digits));
+            c.confirm_code = Some(code);
+            if add {
+                let (codes, hashes) = recovery_codes()?;
+                c.code_hashes = Some(hashes);
+                shown = Some((codes, e.recovery_out.clone()));
+            }
+        }
+        AdminCmd::OperatorRemove { id } => {
+            c.command = AdminOp::OperatorRemove;
+            c.operator_id = id.clone();
+        }
+        AdminCmd::RecoveryRegenerate { id, recovery_out } => {
+            c.command = AdminOp::RecoveryRegenerate;
+            c.operator_id = id.clone();
+            let (codes, hashes) = recovery_codes()?;
+            c.code_hashes = Some(hashes);
+            shown = Some((codes, recovery_out.clone()));
+        }
+    }
+    let req = sign(&secret, &c)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let answer = match (args.domid, &args.socket, &args.world) {
+        (Some(domid), _, _) => {
+            let mut link = xenlink::connect(domid, port::CRYPTOD, timeout)
+                .map_err(|e| format!("cryptod (domain {domid}): {e}"))?;
+            exchange(&mut link, &req, timeout)?
+        }
+        (None, Some(path), _) => exchange(&mut socket::connect(path, timeout)?, &req, timeout)?,
+        (None, None, Some(dir)) => hosted_exchange(dir, &req, timeout)?,
+        (None, None, None) => {
+            return Err(Failure::Error("--domid, --socket or --world is required".into()))
+        }
+    };
+    let Message::AdminResp(r) = answer else {
+        return Err(Failure::Error(format!("cryptod answered {}", answer.kind().as_str())));
+    };
+    if r.request_id != c.request_id {
+        return Err(Failure::Error("cryptod answered another request".into()));
+    }
+    let reason = r.reason.as_deref().unwrap_or("");
+    if r.result != AdminResult::Ok {
+        let last =
+            r.admin_seq.map(|s| format!("; last accepted admin_seq {s}")).unwrap_or_default();
+        return Err(Failure::Invalid(format!(
+            "admin: refused: {} ({reason}){last}",
+            r.result.as_str()
+        )));
+    }
+    println!("admin: ok: {} {} (admin_seq {seq})", c.command.as_str(), c.operator_id);
+    if let Some((codes, out)) = shown {
+        show_codes(&c.operator_id, &codes, out.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The signed `admin_req` for `c` (COSE_Sign1, content type admin_command,
+/// kid derived from the admin public key, which is what cryptod looks up).
+fn sign(key: &SigningKey, c: &AdminCommand) -> Result<Message, Failure> {
+    let payload = Zeroizing::new(c.to_cbor().map_err(|e| format!("admin command: {e}"))?);
+    let kid = kid_for(&key.verifying_key());
+    let signed = cose::sign(key, &kid, ContentType::AdminCommand, &payload)
+        .map_err(|e| format!("signing: {e}"))?;
+    Ok(AdminReq { request_id: c.request_id, signed }.into())
+}
+
+fn exchange<C: Channel>(
+    link: &mut Framed<C>,
+    req: &Message,
+    timeout: Duration,
+) -> Result<Message, Failure> {
+    link.call(req, timeout).map_err(|e| Failure::Error(format!("cryptod: {e}")))
+}
+
+/// On the hosted platform: as domain 0 of the world at `dir`, to its `cryptod`.
+fn hosted_exchange(dir: &Path, req: &Message, timeout: Duration) -> Result<Message, Failure> {
+    use portcullis_hosted::{HostedPlatform, World};
+    use portcullis_platform::DomId;
+    let world = World::open(dir).map_err(|e| format!("world {}: {e}", dir.display()))?;
+    let cryptod = world
+        .resolve("cryptod")
+        .map_err(|e| format!("world: {e}"))?
+        .ok_or("world: no domain cryptod")?;
+    let mut p = HostedPlatform::open(world, DomId(0)).map_err(|e| format!("world: {e}"))?;
+    let mut link = portcullis_apps::net::connect(&mut p, cryptod, port::CRYPTOD, timeout)
+        .map_err(|e| format!("cryptod: {e}"))?;
+    exchange(&mut link, req, timeout)
+}
