@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod links;
 pub mod log;
+pub mod measure;
 pub mod peers;
 pub mod persist;
 pub mod xs;
@@ -180,7 +181,19 @@ pub fn watch(cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), Strin
 
 /// [`watch`] on an open connection.
 pub fn serve(c: &mut Store, cfg: &Config, peers: &Peers, stop: &AtomicBool) -> Result<(), String> {
-    let mut shell = Shell::new(cfg, peers);
+    serve_measuring(c, cfg, peers, stop, Path::new(measure::USERDATA_DIR))
+}
+
+/// [`serve`], reading xl's records of the domains (to measure them) from
+/// `userdata` instead of [`measure::USERDATA_DIR`].
+pub fn serve_measuring(
+    c: &mut Store,
+    cfg: &Config,
+    peers: &Peers,
+    stop: &AtomicBool,
+    userdata: &Path,
+) -> Result<(), String> {
+    let mut shell = Shell::new(cfg, peers, userdata);
     for path in ["@introduceDomain", "@releaseDomain"] {
         c.watch(path, DOMAINS_TOKEN).map_err(|e| format!("watch {path}: {e}"))?;
     }
@@ -215,10 +228,14 @@ struct Shell<'a> {
     warnings: Vec<String>,
     /// When a refused persist was last logged, per domain.
     refusals: BTreeMap<u16, Instant>,
+    /// Where xl records the domains' configurations.
+    userdata: &'a Path,
+    /// Domains whose failed measurement was logged (once per domain life).
+    unmeasured: std::collections::BTreeSet<u16>,
 }
 
 impl<'a> Shell<'a> {
-    fn new(cfg: &'a Config, peers: &'a Peers) -> Shell<'a> {
+    fn new(cfg: &'a Config, peers: &'a Peers, userdata: &'a Path) -> Shell<'a> {
         let roles = cfg.guests.iter().map(|(n, g)| (n.clone(), g.role)).collect();
         let mut core = Core::new(roles);
         // What is durable now: a persist equal to it is acked without a rewrite.
@@ -233,7 +250,15 @@ impl<'a> Shell<'a> {
                 }
             }
         }
-        Shell { cfg, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
+        Shell {
+            cfg,
+            peers,
+            core,
+            warnings: Vec::new(),
+            refusals: BTreeMap::new(),
+            userdata,
+            unmeasured: Default::default(),
+        }
     }
 
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
@@ -248,7 +273,9 @@ impl<'a> Shell<'a> {
                 .and_then(|n| std::str::from_utf8(n).ok())
                 .is_some_and(|n| self.cfg.guests.contains_key(n));
             let ready = ours && self.read(c, &core::ready_path(domid))?.is_some();
-            seen.push(Seen { domid, name, ready });
+            let wanted = name.as_deref().is_some_and(|n| self.core.wants_measurement(domid, n));
+            let measurement = if wanted { self.measure(domid, name.as_deref()) } else { None };
+            seen.push(Seen { domid, name, ready, measurement });
         }
         let plan = self.core.scan(&seen);
         if plan.warnings != self.warnings {
@@ -259,6 +286,7 @@ impl<'a> Shell<'a> {
         }
         for (id, name) in &plan.left {
             self.refusals.remove(id);
+            self.unmeasured.remove(id);
             log::info(format_args!("{name} (dom{id}) is gone"));
         }
         for (id, name) in &plan.arrived {
@@ -272,6 +300,9 @@ impl<'a> Shell<'a> {
             match self.configure(c, cf) {
                 Ok(()) => {
                     self.core.configured(cf.domid, cf.names.clone());
+                    if cf.role == Role::Cryptod {
+                        self.core.measurements_written(cf.domid, cf.measurements.clone());
+                    }
                     log::info(format_args!("{} (dom{}): configured, ready", cf.name, cf.domid));
                 }
                 Err(e) if e.fatal => return Err(e.message),
@@ -282,9 +313,19 @@ impl<'a> Shell<'a> {
             }
         }
         for (id, names) in &plan.names {
-            match in_domain(c, *id, |c, tx| write_names(c, tx, *id, names)) {
+            let measurements = plan.measurements.get(id);
+            let written = in_domain(c, *id, |c, tx| {
+                if let Some(m) = measurements {
+                    write_measurements(c, tx, *id, m)?;
+                }
+                write_names(c, tx, *id, names)
+            });
+            match written {
                 Ok(()) => {
                     self.core.names_written(*id, names.clone());
+                    if let Some(m) = measurements {
+                        self.core.measurements_written(*id, m.clone());
+                    }
                     log::debug(format_args!("dom{id}: names map rewritten"));
                 }
                 Err(e) if fatal(e) => return Err(format!("dom{id}: names: {e}")),
@@ -301,6 +342,32 @@ impl<'a> Shell<'a> {
             self.check_persist(c, id, item)?;
         }
         Ok(())
+    }
+
+    /// Measures domain `domid` (the kernel xl recorded for it); a failure
+    /// is logged once per domain life and reads as not measured (an
+    /// image-bound ACL rule then denies it; tried again at the next scan).
+    fn measure(&mut self, domid: u16, name: Option<&[u8]>) -> Option<[u8; 32]> {
+        let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();
+        match measure::measure(self.userdata, domid) {
+            Ok(m) => {
+                self.unmeasured.remove(&domid);
+                log::info(format_args!(
+                    "{name} (dom{domid}): image {} sha256 {}",
+                    m.kernel.display(),
+                    hex::encode(m.digest)
+                ));
+                Some(m.digest)
+            }
+            Err(e) => {
+                if self.unmeasured.insert(domid) {
+                    log::error(format_args!("{name} (dom{domid}): not measured: {e}"));
+                } else {
+                    log::debug(format_args!("{name} (dom{domid}): not measured: {e}"));
+                }
+                None
+            }
+        }
     }
 
     /// Reads a node; a daemon error (the domain went away, say) reads as absent.
@@ -338,6 +405,9 @@ impl<'a> Shell<'a> {
             xs::write_for(c, tx, &core::base_path(id), b"", id)?;
             for (item, bytes) in &items {
                 xs::write_for(c, tx, &core::item_path(id, *item), bytes, id)?;
+            }
+            if cf.role == Role::Cryptod {
+                write_measurements(c, tx, id, &cf.measurements)?;
             }
             write_names(c, tx, id, &cf.names)?;
             xs::write_for(c, tx, &core::ready_path(id), b"1", id)
@@ -444,6 +514,31 @@ fn in_domain(
         }
         body(c, tx)
     })
+}
+
+/// Makes cryptod's (`domid`'s) measurements directory hold exactly
+/// `measurements` (lowercase hex SHA-256 per measured domain id).
+fn write_measurements(
+    c: &mut Store,
+    tx: Tx,
+    domid: u16,
+    measurements: &BTreeMap<u16, [u8; 32]>,
+) -> Result<(), XsError> {
+    let dir = core::measurements_path(domid);
+    xs::write_for(c, tx, &dir, b"", domid)?;
+    let existing = match c.directory(tx, &dir) {
+        Ok(v) => v,
+        Err(XsError::Daemon(Errno::NoEnt)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for stale in core::stale_measurements(&existing, measurements) {
+        c.rm(tx, &format!("{dir}/{stale}"))?;
+    }
+    for (dom, digest) in measurements {
+        let hex = hex::encode(digest);
+        xs::write_for(c, tx, &core::measurement_path(domid, *dom), hex.as_bytes(), domid)?;
+    }
+    Ok(())
 }
 
 /// Makes `domid`'s names directory hold exactly `names`.
