@@ -124,7 +124,7 @@ fn unlock(
 fn provision(dir: &Path) -> PathBuf {
     let out = dir.join("p");
     let o = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["provision", "--out", out.to_str().unwrap(), "--no-qr"])
+        .args(["provision", "--out", out.to_str().unwrap(), "--no-qr", "--no-image-binding"])
         .output()
         .expect("run portcullis provision");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -100,7 +100,8 @@ fn write_log(path: &Path, records: &[Vec<u8>]) {
 fn whole_chain_edits_fail_audit_verify() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
-    let o = portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr"]);
+    let o =
+        portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr", "--no-image-binding"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
     let mut state = sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &kek)
@@ -162,7 +163,8 @@ fn whole_chain_edits_fail_audit_verify() {
 fn audit_verify_checks_seals_and_reports_an_unsealed_tail() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
-    let o = portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr"]);
+    let o =
+        portcullis(&["provision", "--out", p.to_str().unwrap(), "--no-qr", "--no-image-binding"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let kek: [u8; 32] = std::fs::read(p.join("cryptod/kek")).unwrap().try_into().unwrap();
     let state =
