@@ -54,6 +54,11 @@ struct Item {
     gzip: bool,
 }
 
+/// The guest images' `sha256sum` lines, written by [`dist`] before staging
+/// and installed as `/usr/share/portcullis/SHA256SUMS`: what `portcullis
+/// provision` binds the ACL to by default.
+pub(crate) const IMAGE_SUMS: &str = "target/tmp/image-SHA256SUMS";
+
 /// The directories of the package that are not merely the parents of a file.
 const EMPTY_DIRS: &[(&str, u32)] = &[("var/lib/portcullis", 0o700)];
 
@@ -79,6 +84,7 @@ fn items() -> Vec<Item> {
         });
     }
     for (to, from, gzip) in [
+        ("usr/share/portcullis/SHA256SUMS", IMAGE_SUMS, false),
         ("etc/portcullis/host.toml", "packaging/host.toml", false),
         ("lib/systemd/system/portcullis-host.service", "packaging/portcullis-host.service", false),
         ("usr/share/man/man1/portcullis.1.gz", "packaging/portcullis.1", true),
@@ -302,6 +308,16 @@ pub fn dist() -> Result<PathBuf, String> {
         return Err(format!("packaging/portcullis.1 has no section for: {}", missing.join(", ")));
     }
 
+    // The images' sums, shipped in the package (bare names, as provision reads them).
+    let guest_dir = root.join("target").join(crate::GUEST_TARGET).join("guest");
+    let image_sums = output(
+        "sha256sum (images)",
+        Command::new("sha256sum").current_dir(&guest_dir).args(sorted_guests()),
+    )?;
+    let sums_file = root.join(IMAGE_SUMS);
+    io(&sums_file, fs::create_dir_all(sums_file.parent().unwrap_or(&root)))?;
+    io(&sums_file, fs::write(&sums_file, &image_sums))?;
+
     let stage = root.join("target/tmp/dist-root");
     if stage.exists() {
         io(&stage, fs::remove_dir_all(&stage))?;
@@ -462,11 +478,12 @@ mod tests {
             "./lib/systemd/system/portcullis-host.service",
             "./usr/share/man/man1/portcullis.1.gz",
             "./usr/share/doc/portcullis/copyright",
+            "./usr/share/portcullis/SHA256SUMS",
             "./var/lib/portcullis/",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
-        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 13, "{paths:?}");
+        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 14, "{paths:?}");
         assert!(paths.contains(&"./usr/share/man/man1/".to_string()));
         assert!(paths.windows(2).all(|w| w[0] < w[1]));
         // Every conffile is a file of the package.

@@ -421,14 +421,20 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 }
 
 /// Bumped when what `portcullis provision` seals changes (2: the ACL's
-/// `volumes=`), so a cached provisioning from an older build is redone.
-const PROVISION_FORMAT: &str = "2";
+/// `volumes=`; 3: rules bound to the images), so a cached provisioning
+/// from an older build is redone.
+const PROVISION_FORMAT: &str = "3";
 
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
     let out = work.join("provisioned");
     let format = out.join("format");
-    let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT);
+    // The ACL is bound to the package's images: a cached provisioning
+    // counts only for the images it was bound to.
+    let sums = root().join(crate::dist::IMAGE_SUMS);
+    let images = fs::read(&sums).map_err(|e| format!("{}: {e}", sums.display()))?;
+    let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT)
+        && fs::read(out.join("images")).is_ok_and(|i| i == images);
     if current
         && out.join("cryptod/kek").exists()
         && out.join("cryptod/sealed-state").exists()
@@ -456,10 +462,14 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
                 "--luks-format",
             ])
             .arg(work.join(VOLUME))
+            .arg("--images")
+            .arg(&sums)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
     )?;
+    let kept = out.join("images");
+    fs::write(&kept, &images).map_err(|e| format!("{}: {e}", kept.display()))?;
     fs::rename(work.join(VOLUME), out.join(VOLUME)).map_err(|e| format!("{VOLUME}: {e}"))?;
     fs::write(&format, PROVISION_FORMAT).map_err(|e| format!("{}: {e}", format.display()))?;
     Ok(out)
