@@ -377,27 +377,38 @@ impl Core {
                     },
                 );
             }
+            // Measured once per domain life: the first measurement stays.
             if let (Some(l), Some(m)) = (self.live.get_mut(id), measured.get(id)) {
-                l.measurement = Some(*m);
+                l.measurement.get_or_insert(*m);
             }
         }
         plan.peers = self.live.iter().map(|(id, l)| (l.name.clone(), *id)).collect();
+        // cryptod is given a guest's name only with its measurement: its
+        // names map holds the measured guests only (one measured later is
+        // added then), so it never sees a name without the measurement.
         let measurements = self.measured();
+        let measured_names: BTreeMap<String, u16> = plan
+            .peers
+            .iter()
+            .filter(|(_, id)| measurements.contains_key(id))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
         for (id, l) in &self.live {
             let cryptod = l.role == Role::Cryptod;
+            let names = if cryptod { &measured_names } else { &plan.peers };
             if !l.configured {
                 plan.configure.push(Configure {
                     domid: *id,
                     name: l.name.clone(),
                     role: l.role,
-                    names: plan.peers.clone(),
+                    names: names.clone(),
                     measurements: if cryptod { measurements.clone() } else { BTreeMap::new() },
                 });
             } else if cryptod && l.measurements.as_ref() != Some(&measurements) {
-                plan.names.push((*id, plan.peers.clone()));
+                plan.names.push((*id, names.clone()));
                 plan.measurements.insert(*id, measurements.clone());
-            } else if l.names.as_ref() != Some(&plan.peers) {
-                plan.names.push((*id, plan.peers.clone()));
+            } else if l.names.as_ref() != Some(names) {
+                plan.names.push((*id, names.clone()));
             }
         }
         plan
@@ -546,8 +557,14 @@ mod tests {
         ]))
     }
 
+    /// A domain seen, measured (to `[domid; 32]`).
     fn seen(domid: u16, name: &str, ready: bool) -> Seen {
-        Seen { domid, name: Some(name.as_bytes().to_vec()), ready, measurement: None }
+        let measurement = Some([domid as u8; 32]);
+        Seen { domid, name: Some(name.as_bytes().to_vec()), ready, measurement }
+    }
+
+    fn unmeasured(domid: u16, name: &str) -> Seen {
+        Seen { measurement: None, ..seen(domid, name, false) }
     }
 
     fn map(entries: &[(&str, u16)]) -> BTreeMap<String, u16> {
@@ -593,8 +610,8 @@ mod tests {
         assert_eq!(cf.names, map(&[("cryptod", 7), ("unlocker", 5)]));
         assert_eq!(cf.measurements, BTreeMap::from([(5, u), (7, k)]));
         apply(&mut c, &p);
-        // policy_pd arrives unmeasured (xl's record is not there yet): its
-        // name goes to cryptod without a measurement (image rules deny it).
+        // policy_pd arrives unmeasured (xl's record is not there yet): it is
+        // configured, but cryptod is not given its name yet.
         let mut c2 = Core::new(BTreeMap::from([
             ("cryptod".to_string(), Role::Cryptod),
             ("unlocker".to_string(), Role::Unlocker),
@@ -602,27 +619,27 @@ mod tests {
         ]));
         let p = c2.scan(&[measured(5, "unlocker", u), measured(7, "cryptod", k)]);
         apply(&mut c2, &p);
-        let p = c2.scan(&[
-            seen(5, "unlocker", false),
-            seen(7, "cryptod", false),
-            seen(8, "policy_pd", false),
-        ]);
+        let all = [unmeasured(5, "unlocker"), unmeasured(7, "cryptod"), unmeasured(8, "policy_pd")];
+        let p = c2.scan(&all);
         assert!(c2.wants_measurement(8, b"policy_pd"), "tried again next scan");
-        assert_eq!(p.names.iter().find(|(id, _)| *id == 7).unwrap().1.get("policy_pd"), Some(&8));
-        assert_eq!(p.measurements.get(&7), None, "no new measurement, no rewrite of them");
+        assert_eq!(p.configure[0].domid, 8, "configured all the same");
+        assert!(p.names.iter().all(|(id, _)| *id != 7), "cryptod's names unchanged: {p:?}");
+        assert_eq!(p.names, [(5, map(&[("cryptod", 7), ("policy_pd", 8), ("unlocker", 5)]))]);
         apply(&mut c2, &p);
-        // Measured at the next scan: cryptod's measurements are rewritten.
+        assert!(c2.scan(&all).names.is_empty(), "nothing new until it is measured");
+        // Measured at the next scan: the name and the measurement together.
         let pd = [0x33; 32];
         let p = c2.scan(&[
-            seen(5, "unlocker", false),
-            seen(7, "cryptod", false),
+            unmeasured(5, "unlocker"),
+            unmeasured(7, "cryptod"),
             measured(8, "policy_pd", pd),
         ]);
         assert_eq!(p.measurements.get(&7), Some(&BTreeMap::from([(5, u), (7, k), (8, pd)])));
-        assert!(p.names.iter().any(|(id, _)| *id == 7), "in the same step as the names");
+        let names7 = &p.names.iter().find(|(id, _)| *id == 7).unwrap().1;
+        assert_eq!(names7.get("policy_pd"), Some(&8), "in the same step as the measurement");
         apply(&mut c2, &p);
         // policy_pd leaves: its measurement goes with its name.
-        let p = c2.scan(&[seen(5, "unlocker", false), seen(7, "cryptod", false)]);
+        let p = c2.scan(&[unmeasured(5, "unlocker"), unmeasured(7, "cryptod")]);
         assert_eq!(p.measurements.get(&7), Some(&BTreeMap::from([(5, u), (7, k)])));
         assert_eq!(p.names.iter().find(|(id, _)| *id == 7).unwrap().1.get("policy_pd"), None);
         apply(&mut c2, &p);
@@ -636,9 +653,10 @@ mod tests {
         ]);
         assert_eq!(p.measurements.get(&7).and_then(|m| m.get(&9)), Some(&other));
         apply(&mut c2, &p);
+        // Measured once per domain life: a later digest is not taken.
         let p = c2.scan(&[
             seen(5, "unlocker", false),
-            seen(7, "cryptod", false),
+            measured(7, "cryptod", [0x55; 32]),
             seen(9, "policy_pd", false),
         ]);
         assert!(p.names.is_empty() && p.measurements.is_empty(), "{p:?}");

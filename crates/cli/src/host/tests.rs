@@ -199,7 +199,10 @@ fn start(fake: &Arc<Mutex<Fake>>, cfg: &config::Config, peers: &Peers) -> Servic
     let mut c = connect(fake);
     let stop = Arc::new(AtomicBool::new(false));
     let (cfg, peers, flag) = (cfg.clone(), peers.clone(), stop.clone());
-    let thread = std::thread::spawn(move || serve(&mut c, &cfg, &peers, &flag));
+    // xl's records of the domains, as setup() made them.
+    let thread = std::thread::spawn(move || {
+        serve_measuring(&mut c, &cfg, &peers, &flag, &cfg.state_dir.join("xen"))
+    });
     Service { stop, thread }
 }
 
@@ -231,6 +234,13 @@ fn setup(dir: &Path) -> config::Config {
     std::fs::write(dir.join("cryptod/kek"), [0x4b; 32]).unwrap();
     std::fs::write(dir.join("cryptod/sealed-state"), b"provisioned").unwrap();
     std::fs::write(dir.join("root.pub"), b"root key").unwrap();
+    // What libxl recorded for the domains the tests create (ids 5 to 7).
+    let userdata = dir.join("xen");
+    std::fs::create_dir(&userdata).unwrap();
+    std::fs::write(dir.join("guest.img"), b"a guest image").unwrap();
+    for id in 5..=7 {
+        record(&userdata, id, &dir.join("guest.img"));
+    }
     let src = format!(
         "state_dir = \"{}\"\n[guests.cryptod]\nrole = \"cryptod\"\nsettings = {{ collector = \
          \"dom0\" }}\n[guests.unlocker]\nrole = \"unlocker\"\n",
@@ -365,7 +375,6 @@ fn cryptod_gets_each_guests_measurement_before_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(dir.path());
     let userdata = dir.path().join("xen");
-    std::fs::create_dir(&userdata).unwrap();
     let (good, other) = (dir.path().join("unlocker.img"), dir.path().join("modified.img"));
     std::fs::write(&good, b"unlocker image").unwrap();
     std::fs::write(&other, b"unlocker image, modified").unwrap();
