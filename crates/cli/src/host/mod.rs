@@ -42,6 +42,12 @@ const EVENT_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// At most one log line per this long about one domain's refused persists.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Rescan this often while one of our guests is not measured yet (libxl
+/// writes a domain's name before its record, so the first look often
+/// misses the record).
+const MEASURE_RETRY: Duration = Duration::from_millis(500);
+/// A guest still not measured after this long is logged as an error.
+const MEASURE_GRACE: Duration = Duration::from_secs(10);
 /// The watch token of `@introduceDomain` and `@releaseDomain`.
 const DOMAINS_TOKEN: &str = "portcullis-domains";
 
@@ -201,12 +207,14 @@ pub fn serve_measuring(
     let mut last_scan: Option<Instant> = None;
     let mut rescan = true;
     while !stop.load(Ordering::Relaxed) {
-        if rescan || last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+        let every = if shell.measuring() { MEASURE_RETRY } else { RESCAN_EVERY };
+        if rescan || last_scan.is_none_or(|t| t.elapsed() >= every) {
             shell.scan(c)?;
             last_scan = Some(Instant::now());
             rescan = false;
         }
-        let timeout = u64::try_from(EVENT_WAIT.as_nanos()).unwrap_or(u64::MAX);
+        let wait = if shell.measuring() { MEASURE_RETRY } else { EVENT_WAIT };
+        let timeout = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         match c.next_event(Some(timeout)) {
             Ok(None) => {}
             Ok(Some((_, token))) if token == DOMAINS_TOKEN => rescan = true,
@@ -230,8 +238,9 @@ struct Shell<'a> {
     refusals: BTreeMap<u16, Instant>,
     /// Where xl records the domains' configurations.
     userdata: &'a Path,
-    /// Domains whose failed measurement was logged (once per domain life).
-    unmeasured: std::collections::BTreeSet<u16>,
+    /// Our domains not measured yet: since when, and whether that was
+    /// logged as an error (once per domain life, after [`MEASURE_GRACE`]).
+    unmeasured: BTreeMap<u16, (Instant, bool)>,
 }
 
 impl<'a> Shell<'a> {
@@ -261,6 +270,11 @@ impl<'a> Shell<'a> {
         }
     }
 
+    /// Whether a guest is waiting to be measured (within its grace time).
+    fn measuring(&self) -> bool {
+        self.unmeasured.values().any(|(_, logged)| !logged)
+    }
+
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
         let ids =
             c.directory(Tx::NONE, "/local/domain").map_err(|e| format!("list domains: {e}"))?;
@@ -277,6 +291,7 @@ impl<'a> Shell<'a> {
             let measurement = if wanted { self.measure(domid, name.as_deref()) } else { None };
             seen.push(Seen { domid, name, ready, measurement });
         }
+        self.unmeasured.retain(|id, _| seen.iter().any(|s| s.domid == *id));
         let plan = self.core.scan(&seen);
         if plan.warnings != self.warnings {
             for w in &plan.warnings {
@@ -344,9 +359,10 @@ impl<'a> Shell<'a> {
         Ok(())
     }
 
-    /// Measures domain `domid` (the kernel xl recorded for it); a failure
-    /// is logged once per domain life and reads as not measured (an
-    /// image-bound ACL rule then denies it; tried again at the next scan).
+    /// Measures domain `domid` (the kernel xl recorded for it). A failure
+    /// reads as not measured (cryptod is not given the name yet; tried
+    /// again every [`MEASURE_RETRY`]); it is logged at `debug`, and once
+    /// at `error` if it lasts [`MEASURE_GRACE`].
     fn measure(&mut self, domid: u16, name: Option<&[u8]>) -> Option<[u8; 32]> {
         let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();
         match measure::measure(self.userdata, domid) {
@@ -360,8 +376,14 @@ impl<'a> Shell<'a> {
                 Some(m.digest)
             }
             Err(e) => {
-                if self.unmeasured.insert(domid) {
-                    log::error(format_args!("{name} (dom{domid}): not measured: {e}"));
+                let (since, logged) =
+                    self.unmeasured.entry(domid).or_insert((Instant::now(), false));
+                if !*logged && since.elapsed() >= MEASURE_GRACE {
+                    *logged = true;
+                    log::error(format_args!(
+                        "{name} (dom{domid}): not measured after {} s: {e}",
+                        MEASURE_GRACE.as_secs()
+                    ));
                 } else {
                     log::debug(format_args!("{name} (dom{domid}): not measured: {e}"));
                 }
