@@ -302,7 +302,13 @@ echo "STAGE measured launch: policy_pd from a modified image"
 destroy policy_pd
 cp /usr/lib/portcullis/policy_pd $RUN/policy_pd.modified
 printf '\0' >> $RUN/policy_pd.modified
-sed "s|^kernel = .*|kernel = \"$RUN/policy_pd.modified\"|" $CFG/policy_pd.cfg > $RUN/policy_pd-modified.cfg
+# Its refused guest stops with an error: xl must not start it again
+# (the packaged cfg says on_crash = "restart"), or the restarts race the
+# real policy_pd created below for the name.
+sed -e "s|^kernel = .*|kernel = \"$RUN/policy_pd.modified\"|" \
+    -e 's/^on_poweroff = .*/on_poweroff = "destroy"/' \
+    -e 's/^on_reboot = .*/on_reboot = "destroy"/' -e 's/^on_crash = .*/on_crash = "destroy"/' \
+    $CFG/policy_pd.cfg > $RUN/policy_pd-modified.cfg
 want=$(sha256sum /usr/lib/portcullis/policy_pd | cut -d' ' -f1)
 got=$(sha256sum $RUN/policy_pd.modified | cut -d' ' -f1)
 mark policy_pd
