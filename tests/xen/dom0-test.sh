@@ -292,6 +292,44 @@ xl list cryptod 2>/dev/null | awk 'NR == 2 { exit ($5 ~ /[cs]/) }' \
     && result cryptod-survives PASS "(still running after a client was destroyed)" \
     || result cryptod-survives FAIL ""
 
+# 5b. Measured launch: a domain named policy_pd booted from a modified
+#     image (the packaged kernel with one byte appended, which the PVH
+#     loader ignores) is measured by the service from the kernel path xl
+#     recorded, and cryptod refuses it its token (the ACL binds policy_pd's
+#     rule to the packaged image); the refusal is audited with both hashes.
+#     Then the real policy_pd is created again.
+echo "STAGE measured launch: policy_pd from a modified image"
+destroy policy_pd
+cp /usr/lib/portcullis/policy_pd $RUN/policy_pd.modified
+printf '\0' >> $RUN/policy_pd.modified
+# Its refused guest stops with an error: xl must not start it again
+# (the packaged cfg says on_crash = "restart"), or the restarts race the
+# real policy_pd created below for the name.
+sed -e "s|^kernel = .*|kernel = \"$RUN/policy_pd.modified\"|" \
+    -e 's/^on_poweroff = .*/on_poweroff = "destroy"/' \
+    -e 's/^on_reboot = .*/on_reboot = "destroy"/' -e 's/^on_crash = .*/on_crash = "destroy"/' \
+    $CFG/policy_pd.cfg > $RUN/policy_pd-modified.cfg
+want=$(sha256sum /usr/lib/portcullis/policy_pd | cut -d' ' -f1)
+got=$(sha256sum $RUN/policy_pd.modified | cut -d' ' -f1)
+mark policy_pd
+xl create $RUN/policy_pd-modified.cfg > $RUN/create-modified.log 2>&1
+wid=$(xl domid policy_pd 2>/dev/null)
+if wait_new policy_pd "token refused: denied" 90 \
+    && grep -qF "policy_pd (dom$wid): image $RUN/policy_pd.modified sha256 $got" $HOSTLOG \
+    && wait_file $AUDIT "$got" 10 && grep -qaF "$want" $AUDIT; then
+    result measurement-wrong-image PASS "(dom$wid from $RUN/policy_pd.modified, sha256 $got: $(log_since policy_pd | grep -o 'token refused: denied.*' | head -1 | tr -d '\r'); audited with expected $want)"
+else
+    result measurement-wrong-image FAIL "(dom$wid: $(log_since policy_pd | tail -2 | tr '\n' ' '); $(grep -F "policy_pd (dom$wid)" $HOSTLOG | tail -2 | tr '\n' ' '))"
+    cat $RUN/create-modified.log
+fi
+destroy policy_pd
+if create policy_pd && wait_new policy_pd "policy_pd: applied rule" 90; then
+    result measurement-right-image PASS "(the packaged policy_pd, dom$(xl domid policy_pd), got its token again)"
+else
+    result measurement-right-image FAIL ""
+    show_log policy_pd
+fi
+
 # fresh_code: the code of a TOTP step after the last one used (waiting for
 # that step to come if needed), in FRESH; its step in FRESH_STEP.
 fresh_code() {

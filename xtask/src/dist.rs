@@ -56,6 +56,11 @@ struct Item {
     gzip: bool,
 }
 
+/// The guest images' `sha256sum` lines, written by [`dist`] before staging
+/// and installed as `/usr/share/portcullis/SHA256SUMS`: what `portcullis
+/// provision` binds the ACL to by default.
+pub(crate) const IMAGE_SUMS: &str = "target/tmp/image-SHA256SUMS";
+
 /// The directories of the package that are not merely the parents of a file.
 const EMPTY_DIRS: &[(&str, u32)] = &[("var/lib/portcullis", 0o700)];
 
@@ -81,6 +86,7 @@ fn items() -> Vec<Item> {
         });
     }
     for (to, from, gzip) in [
+        ("usr/share/portcullis/SHA256SUMS", IMAGE_SUMS, false),
         ("etc/portcullis/host.toml", "packaging/host.toml", false),
         ("lib/systemd/system/portcullis-host.service", "packaging/portcullis-host.service", false),
         ("usr/share/man/man1/portcullis.1.gz", "packaging/portcullis.1", true),
@@ -305,6 +311,16 @@ pub fn dist() -> Result<PathBuf, String> {
         return Err(format!("packaging/portcullis.1 has no section for: {}", missing.join(", ")));
     }
 
+    // The images' sums, shipped in the package (bare names, as provision reads them).
+    let guest_dir = root.join("target").join(crate::GUEST_TARGET).join("guest");
+    let image_sums = output(
+        "sha256sum (images)",
+        Command::new("sha256sum").current_dir(&guest_dir).args(sorted_guests()),
+    )?;
+    let sums_file = root.join(IMAGE_SUMS);
+    io(&sums_file, fs::create_dir_all(sums_file.parent().unwrap_or(&root)))?;
+    io(&sums_file, fs::write(&sums_file, &image_sums))?;
+
     let stage = root.join("target/tmp/dist-root");
     if stage.exists() {
         io(&stage, fs::remove_dir_all(&stage))?;
@@ -466,6 +482,7 @@ mod tests {
             "./usr/share/man/man1/portcullis.1.gz",
             "./usr/share/doc/portcullis/copyright",
             "./usr/share/doc/portcullis/settings.md",
+            "./usr/share/portcullis/SHA256SUMS",
             "./var/lib/portcullis/",
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");

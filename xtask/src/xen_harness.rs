@@ -421,9 +421,10 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 }
 
 /// Bumped when what `portcullis provision` seals changes (2: the ACL's
-/// `volumes=`; 3: the KEK in cryptod/kek.sealed, passphrase protector), so
-/// a cached provisioning from an older build is redone.
-const PROVISION_FORMAT: &str = "3";
+/// `volumes=`; 3: the KEK in cryptod/kek.sealed, passphrase protector; 4:
+/// rules bound to the images), so a cached provisioning from an older build
+/// is redone.
+const PROVISION_FORMAT: &str = "4";
 /// The test's KEK passphrase (a test secret: the image carries it as
 /// /portcullis/kek-pass, which tests/xen/host.toml names).
 const KEK_PASSPHRASE: &str = "portcullis xen test passphrase";
@@ -434,7 +435,12 @@ const KEK_ARGON2: &str = "m=8192,t=1,p=1";
 fn provision(work: &Path) -> Result<PathBuf, String> {
     let out = work.join("provisioned");
     let format = out.join("format");
-    let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT);
+    // The ACL is bound to the package's images: a cached provisioning
+    // counts only for the images it was bound to.
+    let sums = root().join(crate::dist::IMAGE_SUMS);
+    let images = fs::read(&sums).map_err(|e| format!("{}: {e}", sums.display()))?;
+    let current = fs::read_to_string(&format).is_ok_and(|f| f == PROVISION_FORMAT)
+        && fs::read(out.join("images")).is_ok_and(|i| i == images);
     if current
         && out.join("cryptod/kek.sealed").exists()
         && out.join("kek-pass").exists()
@@ -471,10 +477,14 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
             .arg(&pass)
             .arg("--luks-format")
             .arg(work.join(VOLUME))
+            .arg("--images")
+            .arg(&sums)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
     )?;
+    let kept = out.join("images");
+    fs::write(&kept, &images).map_err(|e| format!("{}: {e}", kept.display()))?;
     fs::rename(work.join(VOLUME), out.join(VOLUME)).map_err(|e| format!("{VOLUME}: {e}"))?;
     // Kept beside (not in) the provisioned files the image copies.
     fs::rename(&pass, out.join("kek-pass")).map_err(|e| format!("kek-pass: {e}"))?;

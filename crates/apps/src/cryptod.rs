@@ -585,9 +585,18 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 Ok(None) => return Ok(audited),
                 Ok(Some(msg)) => match Request::from_message(&msg) {
                     Some(req) => {
-                        // Randomness from the DRBG alone (reseeded with
-                        // hardware entropy at every entropy_pub).
-                        let out: Output = self.auth.handle_request(&peer, req, now, &[]);
+                        // dom0's measurement of the peer's image, read
+                        // again for every request (one published late
+                        // counts from the next); none, or one that cannot
+                        // be read, is no measurement: an image-bound rule
+                        // denies. Randomness from the DRBG alone
+                        // (reseeded with hardware entropy at every
+                        // entropy_pub).
+                        let image = u16::try_from(peer.domid)
+                            .ok()
+                            .and_then(|d| p.measurement(DomId(d)).ok());
+                        let out: Output =
+                            self.auth.handle_measured_request(&peer, image.as_ref(), req, now, &[]);
                         audited |= !out.audit.is_empty();
                         *dirty |= out.state_changed;
                         out.response

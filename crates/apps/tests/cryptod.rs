@@ -34,12 +34,16 @@ struct World {
 const SETTINGS: &str = "clients=unlocker,policy_pd\ncollector=dom0\n";
 
 fn boot_with(settings: &str, names: &[(&str, DomId)]) -> World {
+    boot_sealed(settings, names, &sealed_blob())
+}
+
+fn boot_sealed(settings: &str, names: &[(&str, DomId)], sealed: &[u8]) -> World {
     let hv = Hypervisor::new();
     let entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
         .with_names(names)
         .with_config(ConfigItem::KeyEncryptionKey, &KEK)
-        .with_config(ConfigItem::SealedState, &sealed_blob())
+        .with_config(ConfigItem::SealedState, sealed)
         .settings(settings);
     let d = CryptodDriver::new(&mut p).unwrap();
     let collector = client(&hv, DOM0, CRYPTOD, port::AUDIT);
@@ -278,6 +282,40 @@ fn a_token_request_the_acl_refuses_is_denied_after_its_record() {
         [Message::TokenIssueResp(r)] => assert_eq!(r.result, IssueResult::Denied),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_peer_is_checked_against_dom0s_measurement_at_every_request() {
+    let image = [0x5e; 32];
+    let acl = format!(
+        "allow vm=policy_pd domid=7 scopes=net:modify aud=fw0 image=sha256:{}\n",
+        "5e".repeat(32)
+    );
+    let names = [("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)];
+    let mut w = boot_sealed(SETTINGS, &names, &sealed_blob_with_acl(&acl));
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    let mut ask = |w: &mut World| {
+        pd.send(&issue_req(Scope::NetModify, "fw0")).unwrap();
+        w.poll();
+        let records = w.ack();
+        let answer = match drain(&mut pd).as_slice() {
+            [Message::TokenIssueResp(r)] => r.result,
+            other => panic!("{other:?}"),
+        };
+        (answer, records)
+    };
+    // Not measured (yet): denied, audited as such.
+    let (answer, records) = ask(&mut w);
+    assert_eq!(answer, IssueResult::Denied);
+    let meta = records.last().and_then(|r| r.metadata.clone()).unwrap();
+    assert_eq!(meta.get("image_actual").map(String::as_str), Some("none"));
+    // Another image under the name: denied.
+    w.p.measurements.insert(POLICY_PD, [0xba; 32]);
+    assert_eq!(ask(&mut w).0, IssueResult::Denied);
+    // dom0's measurement of the right image, read at the next request: granted.
+    w.p.measurements.insert(POLICY_PD, image);
+    assert_eq!(ask(&mut w).0, IssueResult::Ok);
 }
 
 #[test]
@@ -869,6 +907,8 @@ fn inconsistent_settings_stop_cryptod() {
         .settings("policy_ttl=200\nmax_policy_ttl=100\n");
     let e = CryptodDriver::new(&mut p).err().expect("refused");
     assert!(e.to_string().contains("max_policy_ttl"), "{e}");
+}
+
 /// An admin command for the test cryptod, signed by `key`: new recovery
 /// codes for alice.
 fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {

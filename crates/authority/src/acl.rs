@@ -6,7 +6,7 @@
 //! # comment
 //! allow vm=policy_pd domid=7 scopes=net:modify,net:read aud=fw0,fw1
 //! deny  vm=*         domid=13
-//! allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes=data,home
+//! allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes=data,home image=sha256:<64 hex>
 //! ```
 //!
 //! Rules:
@@ -18,6 +18,10 @@
 //! - an unlock secret is derived only for a volume listed in the `volumes` of
 //!   the rule that grants `luks:unlock`; `volumes` goes with `luks:unlock`
 //!   and only with it;
+//! - an `allow` rule may require `image=sha256:<hex>`: the matching peer
+//!   is granted only if dom0 measured its launched image to that SHA-256;
+//!   a missing or different measurement is a deny ([`DenyReason::Image`]),
+//!   never a fall-through to a later rule;
 //! - the lint refuses unknown directives, keys and scopes, repeated keys,
 //!   empty lists, duplicate rules (same `vm` and `domid`) and rules that can
 //!   never match because an earlier rule matches every peer they match.
@@ -38,6 +42,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_AUDIENCES: usize = 16;
 /// Most volumes in one rule.
 pub const MAX_VOLUMES: usize = 16;
+/// The prefix of an `image=` value; the digest follows as 64 lowercase hex.
+pub const IMAGE_PREFIX: &str = "sha256:";
 
 /// Who is asking: the vchan peer as the platform identified it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -81,6 +87,8 @@ pub struct Rule {
     pub audiences: Vec<String>,
     /// Volumes whose unlock secret may be derived (only with `luks:unlock`).
     pub volumes: Vec<String>,
+    /// The SHA-256 the peer's launched image must have (`image=`), if any.
+    pub image: Option<[u8; 32]>,
 }
 
 impl Rule {
@@ -127,6 +135,9 @@ pub enum AclErrorKind {
     UnknownScope,
     /// A list with an empty item or a repeated item.
     BadList,
+    /// An `image=` value that is not `sha256:` and 64 lowercase hex digits,
+    /// or `image=` on a `deny` line.
+    BadImage,
     /// `volumes=` without `luks:unlock` in `scopes`, or `luks:unlock`
     /// without `volumes=`.
     Volumes,
@@ -158,7 +169,7 @@ impl fmt::Display for AclError {
             AclErrorKind::TooLarge => f.write_str("acl too large"),
             AclErrorKind::UnknownDirective => f.write_str("expected `allow` or `deny`"),
             AclErrorKind::UnknownKey => {
-                f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=)")
+                f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=, image=)")
             }
             AclErrorKind::RepeatedKey => f.write_str("key given twice"),
             AclErrorKind::MissingOrExtraKey => {
@@ -168,6 +179,9 @@ impl fmt::Display for AclError {
             AclErrorKind::BadDomid => f.write_str("domid must be a decimal u32"),
             AclErrorKind::UnknownScope => f.write_str("unknown scope"),
             AclErrorKind::BadList => f.write_str("list has an empty or repeated item"),
+            AclErrorKind::BadImage => {
+                f.write_str("image must be sha256: and 64 lowercase hex digits, on allow only")
+            }
             AclErrorKind::Volumes => {
                 f.write_str("luks:unlock needs volumes=, and volumes= needs luks:unlock")
             }
@@ -192,6 +206,16 @@ pub enum DenyReason {
     Audience(usize),
     /// The rule on this line does not list the volume.
     Volume(usize),
+    /// The rule on this line requires an image the peer was not measured
+    /// to have: `actual` is dom0's measurement, `None` if it published none.
+    Image {
+        /// The rule's line.
+        line: usize,
+        /// The SHA-256 the rule requires.
+        expected: [u8; 32],
+        /// The SHA-256 dom0 measured, if any.
+        actual: Option<[u8; 32]>,
+    },
 }
 
 impl fmt::Display for DenyReason {
@@ -202,6 +226,10 @@ impl fmt::Display for DenyReason {
             DenyReason::Scope(l) => write!(f, "scope not granted by acl line {l}"),
             DenyReason::Audience(l) => write!(f, "audience not granted by acl line {l}"),
             DenyReason::Volume(l) => write!(f, "volume not granted by acl line {l}"),
+            DenyReason::Image { line, actual: None, .. } => {
+                write!(f, "no image measurement for acl line {line}")
+            }
+            DenyReason::Image { line, .. } => write!(f, "image not granted by acl line {line}"),
         }
     }
 }
@@ -248,6 +276,22 @@ impl Acl {
                 Err(DenyReason::Audience(rule.line))
             }
             Effect::Allow => Ok(rule.line),
+        }
+    }
+
+    /// Checks the `image=` requirement of the rule on `line` (the one
+    /// [`Acl::decide`] or [`Acl::decide_unlock`] granted by) against dom0's
+    /// measurement of the peer (`None`: none published, or the platform
+    /// cannot know). A rule without `image=` accepts any (or no)
+    /// measurement; one with it accepts only an equal digest.
+    pub fn check_image(&self, line: usize, measured: Option<&[u8; 32]>) -> Result<(), DenyReason> {
+        let rule = self.rules.iter().find(|r| r.line == line).ok_or(DenyReason::NoRule)?;
+        match (rule.image, measured) {
+            (None, _) => Ok(()),
+            (Some(expected), Some(actual)) if expected == *actual => Ok(()),
+            (Some(expected), actual) => {
+                Err(DenyReason::Image { line, expected, actual: actual.copied() })
+            }
         }
     }
 
@@ -319,7 +363,8 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
         Some("deny") => Effect::Deny,
         _ => return Err(AclErrorKind::UnknownDirective),
     };
-    let (mut vm, mut domid, mut scopes, mut aud, mut volumes) = (None, None, None, None, None);
+    let (mut vm, mut domid, mut scopes, mut aud, mut volumes, mut image) =
+        (None, None, None, None, None, None);
     for word in words {
         let (key, value) = word.split_once('=').ok_or(AclErrorKind::UnknownKey)?;
         let slot = match key {
@@ -328,6 +373,7 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
             "scopes" => &mut scopes,
             "aud" => &mut aud,
             "volumes" => &mut volumes,
+            "image" => &mut image,
             _ => return Err(AclErrorKind::UnknownKey),
         };
         if slot.replace(value).is_some() {
@@ -349,7 +395,12 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
         (false, None) => Vec::new(),
         _ => return Err(AclErrorKind::Volumes),
     };
-    Ok(Rule { line, effect, vm, domid, scopes, audiences, volumes })
+    let image = match (effect, image) {
+        (_, None) => None,
+        (Effect::Allow, Some(text)) => Some(parse_image(text).ok_or(AclErrorKind::BadImage)?),
+        (Effect::Deny, Some(_)) => return Err(AclErrorKind::BadImage),
+    };
+    Ok(Rule { line, effect, vm, domid, scopes, audiences, volumes, image })
 }
 
 fn parse_name(name: &str) -> Result<String, AclErrorKind> {
@@ -357,6 +408,24 @@ fn parse_name(name: &str) -> Result<String, AclErrorKind> {
         && name.len() <= MAX_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     ok.then(|| name.into()).ok_or(AclErrorKind::BadName)
+}
+
+/// `sha256:` and exactly 64 lowercase hex digits, as the digest.
+pub fn parse_image(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix(IMAGE_PREFIX)?.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 fn parse_domid(text: &str) -> Result<u32, AclErrorKind> {
@@ -478,6 +547,62 @@ allow vm=policy_pd scopes=net:read aud=fw0
             [(1, AclErrorKind::BadName)]
         );
         assert!(lint("allow vm=u scopes=luks:unlock,net:read aud=a volumes=data,home").is_empty());
+    }
+
+    const IMG_A: [u8; 32] = [0xab; 32];
+    const IMG_B: [u8; 32] = [0x01; 32];
+
+    fn image_rule(img: &[u8; 32]) -> String {
+        let hex: String = img.iter().map(|b| alloc::format!("{b:02x}")).collect();
+        alloc::format!("allow vm=policy_pd scopes=net:read aud=fw0 image=sha256:{hex}\n")
+    }
+
+    #[test]
+    fn image_rule_grants_only_the_measured_image() {
+        let acl = Acl::parse(&image_rule(&IMG_A)).unwrap();
+        assert_eq!(acl.rules()[0].image, Some(IMG_A));
+        let pd = PeerId::new(7, "policy_pd");
+        let line = acl.decide(&pd, set("net:read"), "fw0").unwrap();
+        assert_eq!(acl.check_image(line, Some(&IMG_A)), Ok(()));
+        assert_eq!(
+            acl.check_image(line, Some(&IMG_B)),
+            Err(DenyReason::Image { line: 1, expected: IMG_A, actual: Some(IMG_B) })
+        );
+        let missing = acl.check_image(line, None);
+        assert_eq!(missing, Err(DenyReason::Image { line: 1, expected: IMG_A, actual: None }));
+        assert_eq!(
+            alloc::string::ToString::to_string(&missing.unwrap_err()),
+            "no image measurement for acl line 1"
+        );
+        // A rule without image= does not care about the measurement.
+        let open = Acl::parse("allow vm=policy_pd scopes=net:read aud=fw0").unwrap();
+        assert_eq!(open.check_image(1, None), Ok(()));
+        assert_eq!(open.check_image(1, Some(&IMG_B)), Ok(()));
+    }
+
+    #[test]
+    fn image_values_are_strict() {
+        let good = image_rule(&IMG_A);
+        assert!(lint(&good).is_empty());
+        let hex64 = "ab".repeat(32);
+        for bad in [
+            alloc::format!("sha256:{}", &hex64[..62]),
+            alloc::format!("sha256:{hex64}00"),
+            alloc::format!("sha256:{}", hex64.to_uppercase()),
+            alloc::format!("sha512:{hex64}"),
+            hex64.clone(),
+            alloc::format!("sha256:{}zz", &hex64[..62]),
+            "sha256:".into(),
+        ] {
+            let text = alloc::format!("allow vm=a scopes=net:read aud=x image={bad}");
+            assert_eq!(lint_kinds(&text), [(1, AclErrorKind::BadImage)], "{bad}");
+        }
+        let deny = alloc::format!("deny vm=a image=sha256:{hex64}");
+        assert_eq!(lint_kinds(&deny), [(1, AclErrorKind::BadImage)]);
+        let twice = alloc::format!(
+            "allow vm=a scopes=net:read aud=x image=sha256:{hex64} image=sha256:{hex64}"
+        );
+        assert_eq!(lint_kinds(&twice), [(1, AclErrorKind::RepeatedKey)]);
     }
 
     fn lint_kinds(text: &str) -> Vec<(usize, AclErrorKind)> {

@@ -35,7 +35,7 @@ use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
-use crate::acl::{Acl, AclError, PeerId};
+use crate::acl::{Acl, AclError, DenyReason, PeerId};
 use crate::admin::{
     Command, RecoveryCheck, RecoveryCodes, RecoveryTable, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS,
 };
@@ -515,6 +515,22 @@ impl Authority {
         now: u64,
         hw_entropy: &[u8],
     ) -> Output {
+        self.handle_measured_request(peer, None, req, now, hw_entropy)
+    }
+
+    /// [`Authority::handle_request`] with dom0's measurement of the peer's
+    /// launched image (`None`: dom0 published none, or the platform cannot
+    /// know), checked against the `image=` of the ACL rule that decides:
+    /// a rule that requires an image grants nothing to a peer measured
+    /// otherwise or not at all (`denied`, audited with both digests).
+    pub fn handle_measured_request(
+        &mut self,
+        peer: &PeerId,
+        image: Option<&[u8; 32]>,
+        req: Request<'_>,
+        now: u64,
+        hw_entropy: &[u8],
+    ) -> Output {
         let before = self.sealed_marker();
         let mut out = Output::default();
         // A sample too long to mix is simply not mixed; nothing depends on it.
@@ -523,9 +539,9 @@ impl Authority {
         }
         self.maintain(now, &mut out);
         out.response = Some(match req {
-            Request::TotpValidate(r) => self.totp_validate(peer, r, now, &mut out).into(),
-            Request::TokenIssue(r) => self.token_issue(peer, r, now, &mut out).into(),
-            Request::TokenRevoke(r) => self.token_revoke(peer, r, now, &mut out).into(),
+            Request::TotpValidate(r) => self.totp_validate(peer, image, r, now, &mut out).into(),
+            Request::TokenIssue(r) => self.token_issue(peer, image, r, now, &mut out).into(),
+            Request::TokenRevoke(r) => self.token_revoke(peer, image, r, now, &mut out).into(),
             Request::Admin(r) => self.admin(peer, r, now, &mut out).into(),
             Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
@@ -771,9 +787,24 @@ impl Authority {
         room_to_hold && self.audit.as_ref().is_some_and(|a| a.has_room(n))
     }
 
+    /// The ACL's decision for `peer`, then the deciding rule's `image=`
+    /// requirement against the peer's measurement.
+    fn acl_decide(
+        &self,
+        peer: &PeerId,
+        image: Option<&[u8; 32]>,
+        scopes: ScopeSet,
+        audience: &str,
+    ) -> Result<usize, DenyReason> {
+        let line = self.acl.decide(peer, scopes, audience)?;
+        self.acl.check_image(line, image)?;
+        Ok(line)
+    }
+
     fn totp_validate(
         &mut self,
         peer: &PeerId,
+        image: Option<&[u8; 32]>,
         r: &TotpValidateReq,
         now: u64,
         out: &mut Output,
@@ -797,12 +828,15 @@ impl Authority {
             return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
         }
         let unlock = ScopeSet::single(Scope::LuksUnlock);
-        if let Err(why) = self.acl.decide(peer, unlock, &self.config.unlock_audience) {
+        if let Err(why) = self.acl_decide(peer, image, unlock, &self.config.unlock_audience) {
             let reason = why.to_string();
             self.record(
-                Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
-                    .target("luks:unlock")
-                    .meta("reason", &reason),
+                image_meta(
+                    Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                        .target("luks:unlock")
+                        .meta("reason", &reason),
+                    &why,
+                ),
                 now,
                 out,
             );
@@ -1196,6 +1230,7 @@ impl Authority {
     fn token_issue(
         &mut self,
         peer: &PeerId,
+        image: Option<&[u8; 32]>,
         r: &TokenIssueReq,
         now: u64,
         out: &mut Output,
@@ -1222,12 +1257,17 @@ impl Authority {
             return resp(IssueResult::RateLimited, &reason);
         }
         let decision = if r.requested_scope.contains(Scope::LuksUnlock) {
-            Err("luks:unlock is granted only with a TOTP validation".to_string())
+            Err(("luks:unlock is granted only with a TOTP validation".to_string(), None))
         } else {
-            self.acl.decide(peer, r.requested_scope, &r.audience).map_err(|why| why.to_string())
+            self.acl_decide(peer, image, r.requested_scope, &r.audience)
+                .map_err(|why| (why.to_string(), Some(why)))
         };
-        if let Err(reason) = decision {
-            self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+        if let Err((reason, why)) = decision {
+            let mut ev = event(AuditResult::Denied).meta("reason", &reason);
+            if let Some(why) = why {
+                ev = image_meta(ev, &why);
+            }
+            self.record(ev, now, out);
             return resp(IssueResult::Denied, &reason);
         }
         let ttl = r.ttl.unwrap_or(self.config.policy_ttl).clamp(1, self.config.max_policy_ttl);
@@ -1255,6 +1295,7 @@ impl Authority {
     fn token_revoke(
         &mut self,
         peer: &PeerId,
+        image: Option<&[u8; 32]>,
         r: &TokenRevokeReq,
         now: u64,
         out: &mut Output,
@@ -1276,10 +1317,14 @@ impl Authority {
                 .meta("request_id", &r.request_id.to_string())
         };
         if let Err(why) =
-            self.acl.decide(peer, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
+            self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
         {
             let reason = why.to_string();
-            self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+            self.record(
+                image_meta(event(AuditResult::Denied).meta("reason", &reason), &why),
+                now,
+                out,
+            );
             return resp(RevokeResult::Denied, Some(&reason));
         }
         // cryptod does not remember what it issued; every token dies within
@@ -1300,6 +1345,17 @@ impl Authority {
 
 fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Message {
     ErrorMsg { code, reason: reason.into(), request_id }.into()
+}
+
+/// An image refusal's record carries both digests: `image_expected` (the
+/// rule's) and `image_actual` (dom0's measurement, or `none`).
+fn image_meta(ev: Event, why: &DenyReason) -> Event {
+    match why {
+        DenyReason::Image { expected, actual, .. } => ev
+            .meta("image_expected", &hex(expected))
+            .meta("image_actual", &actual.as_ref().map_or_else(|| "none".into(), |a| hex(a))),
+        _ => ev,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -660,3 +660,110 @@ fn only_client_requests_reach_handle_request() {
         other => panic!("{other:?}"),
     }
 }
+
+/// [`call`] with dom0's measurement of the peer's image.
+fn call_measured(
+    a: &mut Authority,
+    peer: &PeerId,
+    image: Option<&[u8; 32]>,
+    msg: &Message,
+) -> Output {
+    let req = Request::from_message(msg).unwrap();
+    let mut out = a.handle_measured_request(peer, image, req, T0, b"");
+    a.seal_audit(T0);
+    let last = audit_record(records(&out).last().unwrap());
+    let ack = a.handle(
+        &PeerId::new(0, "collector"),
+        &AuditAck { chain_id: last.chain_id, seq: last.seq }.into(),
+        T0,
+        b"",
+    );
+    if let Some((to, answer)) = ack.released.into_iter().next() {
+        assert_eq!(&to, peer);
+        out.response = Some(answer);
+    }
+    out
+}
+
+const GOOD_IMAGE: [u8; 32] = [0x5e; 32];
+const BAD_IMAGE: [u8; 32] = [0xba; 32];
+
+fn image_bound() -> Authority {
+    let hex: String = GOOD_IMAGE.iter().map(|b| format!("{b:02x}")).collect();
+    let acl = format!(
+        "allow vm=unlocker domid=5 scopes=luks:unlock aud=unlock_agent volumes=data image=sha256:{hex}\n\
+         allow vm=policy_pd domid=7 scopes=net:modify,token:revoke aud=fw0,cryptod image=sha256:{hex}\n"
+    );
+    let mut st = state();
+    st.acl = acl;
+    let mut a = Authority::new(Config::default(), st, T0).unwrap();
+    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"hw");
+    assert!(a.is_ready());
+    a
+}
+
+fn issue_result(out: &Output) -> IssueResult {
+    match out.response {
+        Some(Message::TokenIssueResp(ref r)) => r.result,
+        ref other => panic!("expected token_issue_resp, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_image_bound_rule_grants_only_the_measured_image() {
+    let mut a = image_bound();
+    let issue: Message = issue_req(ScopeSet::single(Scope::NetModify), "fw0", None).into();
+    let out = call_measured(&mut a, &policy_pd(), Some(&GOOD_IMAGE), &issue);
+    assert_eq!(issue_result(&out), IssueResult::Ok);
+
+    // The right name and domid from another image: denied, both digests audited.
+    let out = call_measured(&mut a, &policy_pd(), Some(&BAD_IMAGE), &issue);
+    assert_eq!(issue_result(&out), IssueResult::Denied);
+    let rec = audit_record(&records(&out)[0]);
+    assert_eq!((rec.actor.as_str(), rec.result), ("policy_pd", AuditResult::Denied));
+    let meta = rec.metadata.unwrap();
+    assert_eq!(meta.get("image_expected").map(String::as_str), Some(&"5e".repeat(32)[..]));
+    assert_eq!(meta.get("image_actual").map(String::as_str), Some(&"ba".repeat(32)[..]));
+    assert_eq!(meta.get("reason").map(String::as_str), Some("image not granted by acl line 2"));
+
+    // No measurement published: denied, audited as `none`.
+    let out = call_measured(&mut a, &policy_pd(), None, &issue);
+    assert_eq!(issue_result(&out), IssueResult::Denied);
+    let meta = audit_record(&records(&out)[0]).metadata.unwrap();
+    assert_eq!(meta.get("image_actual").map(String::as_str), Some("none"));
+    // handle_request knows no measurement: the same.
+    let out = call(&mut a, &policy_pd(), &issue, T0, b"");
+    assert_eq!(issue_result(&out), IssueResult::Denied);
+
+    // Revocation goes through the same rule.
+    let revoke: Message = TokenRevokeReq {
+        request_id: RequestId([7; 16]),
+        cti: vec![1; 16],
+        reason: "test".into(),
+        timestamp: T0,
+    }
+    .into();
+    let out = call_measured(&mut a, &policy_pd(), Some(&BAD_IMAGE), &revoke);
+    assert!(
+        matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Denied)
+    );
+    let out = call_measured(&mut a, &policy_pd(), Some(&GOOD_IMAGE), &revoke);
+    assert!(
+        matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok)
+    );
+}
+
+#[test]
+fn an_image_bound_unlock_rule_refuses_another_image_before_the_code() {
+    let mut a = image_bound();
+    let msg: Message = totp_req(&code_at(T0), "yubi1").into();
+    let out = call_measured(&mut a, &unlocker(), Some(&BAD_IMAGE), &msg);
+    assert_eq!(totp_resp(&out).result, TotpResult::Denied);
+    let rec = audit_record(&records(&out)[0]);
+    assert_eq!(rec.target.as_deref(), Some("luks:unlock"));
+    let meta = rec.metadata.unwrap();
+    assert_eq!(meta.get("image_actual").map(String::as_str), Some(&"ba".repeat(32)[..]));
+    // The code was not consumed: the measured image may still use it.
+    let out = call_measured(&mut a, &unlocker(), Some(&GOOD_IMAGE), &msg);
+    assert_eq!(totp_resp(&out).result, TotpResult::Ok);
+}

@@ -311,6 +311,13 @@ pub(crate) struct Demo {
 
 impl Demo {
     pub(crate) fn guest(&self, name: &str) -> Result<Proc, Failure> {
+        self.guest_from(name, &self.guests.join(name))
+    }
+
+    /// Starts the executable `bin` as domain `name`, measured first (the
+    /// launcher plays dom0: the SHA-256 of the executable it starts is the
+    /// domain's measurement, as the kernel xl loads is on Xen).
+    pub(crate) fn guest_from(&self, name: &str, bin: &Path) -> Result<Proc, Failure> {
         let dom = self.world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
         if name == "cryptod" {
             // The KEK is in the world's config only while cryptod starts:
@@ -319,14 +326,17 @@ impl Demo {
                 .set_config(dom, ConfigItem::KeyEncryptionKey, self.kek.as_ref())
                 .map_err(|e| format!("cryptod config: {e}"))?;
         }
-        let bin = self.guests.join(name);
         if !bin.exists() {
             return Err(Failure::Error(format!(
                 "guest binary {} missing (build with `cargo build -p {name}` or use `cargo xtask demo`)",
                 bin.display()
             )));
         }
-        Proc::spawn(name, dom, self.world.command_for(dom, &bin))
+        let digest = measure_executable(bin)?;
+        self.world
+            .set_measurement(dom, &digest)
+            .map_err(|e| Failure::Error(format!("{name}: measurement: {e}")))?;
+        Proc::spawn(name, dom, self.world.command_for(dom, bin))
     }
 
     /// Removes the KEK from the world's config (cryptod has read it), so
@@ -368,6 +378,36 @@ impl Demo {
     }
 }
 
+/// The SHA-256 of the executable at `path` (a guest's hosted image).
+pub(crate) fn measure_executable(path: &Path) -> Result<[u8; 32], Failure> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n =
+            file.read(&mut buf).map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Writes `sha256sum`-format lines for the guest executables in `guests`
+/// to `out` (what the package's SHA256SUMS is to the Xen images).
+fn write_image_sums(guests: &Path, out: &Path) -> Result<(), Failure> {
+    let mut text = String::new();
+    for name in ["cryptod", "entropyd", "policy_pd", "unlocker"] {
+        let bin = guests.join(name);
+        if bin.exists() {
+            text.push_str(&format!("{}  {name}\n", hex::encode(measure_executable(&bin)?)));
+        }
+    }
+    std::fs::write(out, text).map_err(|e| Failure::Error(format!("{}: {e}", out.display())))
+}
+
 fn settings(world: &World, dom: DomId, bytes: &[u8]) -> Result<(), Failure> {
     world.set_config(dom, ConfigItem::Settings, bytes).map_err(|e| Failure::Error(format!("{e}")))
 }
@@ -400,6 +440,15 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let vol = dir.join("data.luks");
     let t = Instant::now();
     let mut prov_args = ProvisionArgs::for_demo(&prov, &vol, args.no_qr);
+    // The client rules are bound to the guests' executables, as they are to
+    // the package's images on Xen. The hostile scenario drives the client
+    // domains from this process instead of from their images, and the bench
+    // has clients of its own: both seal rules without images.
+    if matches!(args.scenario, Scenario::Happy | Scenario::Full) {
+        let sums = dir.join("images.SHA256SUMS");
+        write_image_sums(&guests, &sums)?;
+        prov_args = prov_args.with_images(&sums);
+    }
     if args.scenario == Scenario::Bench {
         // The concurrent clients are policy domains of their own.
         let acl = dir.join("bench.acl");
@@ -504,7 +553,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         dir: dir.clone(),
         world,
         exe: exe.clone(),
-        guests,
+        guests: guests.clone(),
         step: Duration::from_secs(args.step_timeout),
         timings: Vec::new(),
         kek,
@@ -649,6 +698,33 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         }
     }
 
+    let mut wrong_image = None;
+    if args.scenario == Scenario::Full {
+        // Measured launch: a policy_pd domain started from another image
+        // (the real executable with one byte appended; it still runs) gets
+        // no token, and the refusal is audited with both digests.
+        println!("== policy_pd started from a modified executable");
+        demo.reap(&mut policy);
+        let modified = dir.join("policy_pd.modified");
+        let real = guests.join("policy_pd");
+        let mut bytes = std::fs::read(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+        bytes.push(0);
+        std::fs::write(&modified, &bytes).map_err(|e| format!("{}: {e}", modified.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&modified, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", modified.display()))?;
+        let mut other = demo.guest_from("policy_pd", &modified)?;
+        let (_, _, l) =
+            other.wait_any(&["policy_pd: stopped", "policy_pd: applied"], 0, demo.step)?;
+        checks.push((
+            "policy_pd from a modified image is denied its token".into(),
+            l.contains("token refused: denied"),
+        ));
+        let _ = other.wait_exit(demo.step);
+        demo.reap(&mut other);
+        wrong_image = Some((measure_executable(&real)?, measure_executable(&modified)?));
+    }
+
     if args.scenario == Scenario::Full {
         // cryptod dies hard and restarts from the state it resealed: the code
         // it accepted must stay refused.
@@ -695,6 +771,19 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         "audit log complete: chain, signatures, no gaps, nothing lost".into(),
         verified.is_ok(),
     ));
+    if let Some((expected, actual)) = wrong_image {
+        let records = crate::hostile::read_records(&dir.join("audit.log"))?;
+        let meta = |r: &portcullis_proto::msg::AuditRecord, k: &str| {
+            r.metadata.as_ref().and_then(|m| m.get(k).cloned()).unwrap_or_default()
+        };
+        let found = records.iter().any(|r| {
+            r.actor == "policy_pd"
+                && r.result == portcullis_proto::msg::AuditResult::Denied
+                && meta(r, "image_expected") == hex::encode(expected)
+                && meta(r, "image_actual") == hex::encode(actual)
+        });
+        checks.push(("the wrong image's refusal is audited with both digests".into(), found));
+    }
 
     println!();
     println!("== summary");

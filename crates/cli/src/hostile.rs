@@ -874,7 +874,7 @@ fn stray(m: &Message, old: &HashSet<RequestId>) -> String {
 
 /// The records of a collected log, its seals left out (seals and links are
 /// checked by `audit verify`).
-fn read_records(file: &Path) -> Result<Vec<AuditRecord>, Failure> {
+pub(crate) fn read_records(file: &Path) -> Result<Vec<AuditRecord>, Failure> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let (items, _) = crate::audit_cmd::read_log(&bytes).map_err(Failure::Invalid)?;
     items

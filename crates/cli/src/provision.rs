@@ -32,15 +32,88 @@ use std::process::{Command, Stdio};
 use zeroize::Zeroizing;
 
 /// The ACL sealed when none is given: the four guests of the standard
-/// layout, the unlocker granted the provisioned `volumes`.
+/// layout, the unlocker granted the provisioned `volumes`; no rule bound
+/// to an image (see [`default_acl_bound`]).
 pub fn default_acl(volumes: &[String]) -> String {
+    default_acl_bound(volumes, None)
+}
+
+/// [`default_acl`] with each client rule bound to its guest's image
+/// (`image=sha256:…`) when `images` is given.
+pub fn default_acl_bound(volumes: &[String], images: Option<&ImageSums>) -> String {
+    let image = |guest: &str| match images.and_then(|i| i.get(guest)) {
+        Some(digest) => format!(" image=sha256:{}", hex::encode(digest)),
+        None => String::new(),
+    };
     format!(
         "# Portcullis default ACL: vm names are Xen domain names, resolved by the platform.\n\
-         allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes={}\n\
-         allow vm=policy_pd scopes=net:modify,net:read,token:revoke aud=policy_pd,netd,cryptod\n\
+         allow vm=unlocker  scopes=luks:unlock aud=unlock_agent volumes={}{}\n\
+         allow vm=policy_pd scopes=net:modify,net:read,token:revoke aud=policy_pd,netd,cryptod{}\n\
          deny  vm=*\n",
-        volumes.join(",")
+        volumes.join(","),
+        image("unlocker"),
+        image("policy_pd"),
     )
+}
+
+/// Where the package installs its guest images' `SHA256SUMS`.
+pub const IMAGES_PATH: &str = "/usr/share/portcullis/SHA256SUMS";
+/// Longest `SHA256SUMS` file read.
+pub const MAX_SUMS_LEN: u64 = 64 * 1024;
+/// The guests whose default ACL rule is bound to their image.
+pub const BOUND_GUESTS: [&str; 2] = ["unlocker", "policy_pd"];
+
+/// The expected image digests, by file name, from a `SHA256SUMS` file.
+pub type ImageSums = std::collections::BTreeMap<String, [u8; 32]>;
+
+/// Parses `sha256sum` output (`<64 lowercase hex><space><space or *><name>`
+/// per line): every line must be well formed, a name may appear once, and
+/// names are taken as they are (the last path component: the package's
+/// lists bare names). Errors name `file` and the line.
+pub fn parse_sums(file: &Path, text: &str) -> Result<ImageSums, Failure> {
+    let mut sums = ImageSums::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad = |why: &str| Failure::Error(format!("{}:{}: {why}", file.display(), n + 1));
+        let (hex, rest) = line.split_at_checked(64).ok_or_else(|| bad("not `<sha256>  <name>`"))?;
+        let digest = portcullis_authority::acl::parse_image(&format!("sha256:{hex}"))
+            .ok_or_else(|| bad("the hash is not 64 lowercase hex digits"))?;
+        let name = rest
+            .strip_prefix("  ")
+            .or_else(|| rest.strip_prefix(" *"))
+            .ok_or_else(|| bad("not `<sha256>  <name>`"))?;
+        let name = name.rsplit('/').next().unwrap_or(name);
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(bad("empty or bad file name"));
+        }
+        if sums.insert(name.to_string(), digest).is_some() {
+            return Err(bad(&format!("{name} listed twice")));
+        }
+    }
+    Ok(sums)
+}
+
+/// Reads the image sums for binding (bounded); each of [`BOUND_GUESTS`]
+/// must be listed.
+pub fn read_sums(file: &Path) -> Result<ImageSums, Failure> {
+    use std::io::Read as _;
+    let hint = "pass --images PATH, or --no-image-binding (weaker: any image under a \
+                guest's name gets its tokens)";
+    let f = fs::File::open(file)
+        .map_err(|e| Failure::Error(format!("{}: {e}; {hint}", file.display())))?;
+    let mut text = String::new();
+    f.take(MAX_SUMS_LEN + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::Error(format!("{}: {e}", file.display())))?;
+    if text.len() as u64 > MAX_SUMS_LEN {
+        return Err(Failure::Error(format!("{}: more than {MAX_SUMS_LEN} bytes", file.display())));
+    }
+    let sums = parse_sums(file, &text)?;
+    for g in BOUND_GUESTS {
+        if !sums.contains_key(g) {
+            return Err(Failure::Error(format!("{}: no line for {g}", file.display())));
+        }
+    }
+    Ok(sums)
 }
 
 #[derive(Args)]
@@ -63,6 +136,14 @@ pub struct ProvisionArgs {
     /// ACL file to seal (default: the built-in ACL for the four guests).
     #[arg(long)]
     acl: Option<PathBuf>,
+    /// The guest images' SHA256SUMS: the built-in ACL binds the unlocker's
+    /// and policy_pd's rules to these images (`image=sha256:…`).
+    #[arg(long, default_value = IMAGES_PATH)]
+    images: PathBuf,
+    /// Do not bind the built-in ACL's rules to images (weaker: any image
+    /// started under a guest's name gets its tokens; for development).
+    #[arg(long)]
+    no_image_binding: bool,
     /// Issuer name shown by authenticator apps.
     #[arg(long, default_value = "Portcullis")]
     issuer: String,
@@ -122,6 +203,8 @@ impl ProvisionArgs {
             digits: 6,
             volumes: vec!["data".into()],
             acl: None,
+            images: PathBuf::from(IMAGES_PATH),
+            no_image_binding: true,
             issuer: "Portcullis".into(),
             no_qr,
             save_otpauth: true,
@@ -239,6 +322,14 @@ fn protect(plan: &KekPlan, dir: &Path, kek_bytes: &[u8; 32]) -> Result<Sealed, F
 pub const CREDENTIAL_FILE: &str = "cryptod/kek.cred";
 
 impl ProvisionArgs {
+    /// Binds the built-in ACL to the images listed in `sums` (a
+    /// `SHA256SUMS` file).
+    pub fn with_images(mut self, sums: &Path) -> ProvisionArgs {
+        self.images = sums.to_path_buf();
+        self.no_image_binding = false;
+        self
+    }
+
     /// Seals the ACL in `path` instead of the built-in one.
     pub fn with_acl(mut self, path: &Path) -> ProvisionArgs {
         self.acl = Some(path.to_path_buf());
@@ -397,7 +488,8 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
     }
     let acl_text = match &args.acl {
         Some(p) => fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => default_acl(&args.volumes),
+        None if args.no_image_binding => default_acl(&args.volumes),
+        None => default_acl_bound(&args.volumes, Some(&read_sums(&args.images)?)),
     };
     let acl = Acl::parse(&acl_text).map_err(|e| format!("ACL: {e}"))?;
     for vol in &args.volumes {
@@ -609,5 +701,42 @@ mod tests {
     fn default_acl_passes_the_lint() {
         let acl = Acl::parse(&default_acl(&["data".into(), "home".into()])).unwrap();
         assert_eq!(acl.rules()[0].volumes, ["data", "home"]);
+        assert!(acl.rules().iter().all(|r| r.image.is_none()));
+    }
+
+    #[test]
+    fn the_bound_default_acl_requires_each_clients_image() {
+        let f = Path::new("SHA256SUMS");
+        let (u, p) = ("11".repeat(32), "22".repeat(32));
+        let text = format!(
+            "{u}  unlocker\n{p} *policy_pd\n{}  portcullis_0.1.0_amd64.deb\n",
+            "33".repeat(32)
+        );
+        let sums = parse_sums(f, &text).unwrap();
+        let acl = Acl::parse(&default_acl_bound(&["data".into()], Some(&sums))).unwrap();
+        assert_eq!(acl.rules()[0].vm.as_deref(), Some("unlocker"));
+        assert_eq!(acl.rules()[0].image, Some([0x11; 32]));
+        assert_eq!(acl.rules()[1].image, Some([0x22; 32]));
+        assert_eq!(acl.rules()[2].image, None, "deny takes no image");
+    }
+
+    #[test]
+    fn sums_are_parsed_strictly_naming_the_line() {
+        let f = Path::new("/usr/share/portcullis/SHA256SUMS");
+        let h = "ab".repeat(32);
+        assert_eq!(parse_sums(f, &format!("{h}  dir/unlocker\n")).unwrap()["unlocker"], [0xab; 32]);
+        for (text, line) in [
+            (format!("{h}  unlocker\n{h}  unlocker\n"), 2),
+            (format!("{}  unlocker\n", h.to_uppercase()), 1),
+            (format!("{h} unlocker\n"), 1),
+            (format!("{h}\n"), 1),
+            (format!("{h}  \n"), 1),
+            ("short  unlocker\n".to_string(), 1),
+            (format!("{h}  ok\n\n"), 2),
+            (format!("{h}  ok\n{}  x\n", &h[..63]), 2),
+        ] {
+            let e = parse_sums(f, &text).unwrap_err().to_string();
+            assert!(e.contains(&format!("SHA256SUMS:{line}: ")), "{text:?}: {e}");
+        }
     }
 }

@@ -37,7 +37,9 @@ fn full_scenario_with_oathtool_codes() {
         "[ok] policy_pd refuses the revoked token",
         "[ok] audit log complete",
         "[ok] after a cryptod restart the used code is still refused",
-        "demo: 13 passed, 0 failed",
+        "[ok] policy_pd from a modified image is denied its token",
+        "[ok] the wrong image's refusal is audited with both digests",
+        "demo: 15 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }

@@ -149,7 +149,55 @@ fn bad_arguments_leave_nothing_behind() {
     // A provisioned directory is never overwritten.
     provision(dir.path(), &[]);
     let before = std::fs::read(out.join("cryptod/sealed-state")).unwrap();
-    let o = portcullis(&["provision", "--out", out.to_str().unwrap()]);
+    let o = portcullis(&["provision", "--out", out.to_str().unwrap(), "--no-image-binding"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(out.join("cryptod/sealed-state")).unwrap(), before);
+}
+
+#[test]
+fn the_default_acl_is_bound_to_the_images_in_sha256sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let sums = dir.path().join("SHA256SUMS");
+    let (u, p) = ("ab".repeat(32), "cd".repeat(32));
+    std::fs::write(&sums, format!("{u}  unlocker\n{p}  policy_pd\n{}  cryptod\n", "ef".repeat(32)))
+        .unwrap();
+    provision(dir.path(), &[]);
+    let acl = std::fs::read_to_string(dir.path().join("p/acl")).unwrap();
+    assert!(!acl.contains("image="), "--no-image-binding: {acl}");
+    let out = dir.path().join("q");
+    let o = portcullis(&[
+        "provision",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-qr",
+        "--images",
+        sums.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let acl = std::fs::read_to_string(out.join("acl")).unwrap();
+    assert!(acl.contains(&format!("volumes=data image=sha256:{u}")), "{acl}");
+    assert!(acl.contains(&format!("aud=policy_pd,netd,cryptod image=sha256:{p}")), "{acl}");
+    // Without the file (or with a guest missing from it) nothing is made.
+    let missing = dir.path().join("none");
+    let out = dir.path().join("r");
+    let o = portcullis(&[
+        "provision",
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("none") && e.contains("--no-image-binding"), "{e}");
+    std::fs::write(&sums, format!("{u}  unlocker\n")).unwrap();
+    let o = portcullis(&[
+        "provision",
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        sums.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no line for policy_pd"));
+    assert!(!out.exists());
 }

@@ -61,6 +61,9 @@ pub enum HostedError {
     NoSuchDomain,
     /// No domain ids are left.
     Exhausted,
+    /// A domain's measurement node is not dom0's, or not 64 lowercase hex
+    /// digits.
+    BadMeasurement,
     /// The machine's page size is not 4096 bytes.
     PageSize,
     /// A file operation failed.
@@ -78,6 +81,9 @@ impl fmt::Display for HostedError {
             HostedError::BadName => f.write_str("bad domain name"),
             HostedError::NoSuchDomain => f.write_str("no such domain"),
             HostedError::Exhausted => f.write_str("no domain ids left"),
+            HostedError::BadMeasurement => {
+                f.write_str("measurement node not dom0's or not 64 lowercase hex digits")
+            }
             HostedError::PageSize => f.write_str("page size is not 4096 bytes"),
             HostedError::Io(kind) => write!(f, "I/O: {kind}"),
             HostedError::Backend(e) => write!(f, "store: {e}"),

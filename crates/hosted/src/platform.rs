@@ -160,6 +160,7 @@ fn world_cause(e: &HostedError) -> IoCause {
     match e {
         HostedError::Backend(b) => backend_cause(*b),
         HostedError::Io(_) => IoCause::Other("store file operation failed"),
+        HostedError::BadMeasurement => IoCause::Other("not dom0's 64 lowercase hex digits"),
         _ => IoCause::Other("world unusable"),
     }
 }
@@ -225,6 +226,18 @@ impl Platform for HostedPlatform {
             fs::File::open(dir)?.sync_all()
         };
         write().map_err(|e| fail(file_cause(&e)))
+    }
+
+    /// The launcher's measurement of `dom` (`World::set_measurement`),
+    /// read again on every call; none is [`PlatformError::MissingConfig`].
+    fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        let node = format!("/local/domain/{}/measurement", dom.0);
+        self.world
+            .measurement(dom)
+            .map_err(|e| {
+                PlatformError::Io(IoDetail::new(IoOp::StoreRead, world_cause(&e)).on(&node))
+            })?
+            .ok_or(PlatformError::MissingConfig)
     }
 
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {

@@ -4,6 +4,8 @@
 //! <world>/
 //!   store.gen                      store generation (futex word)
 //!   store/<path>/@node             store nodes: "<owner> <reader>\n<value>"
+//!                                  (dom0 writes /local/domain/<id>/name and
+//!                                  /local/domain/<id>/measurement)
 //!   domains/<id>/                  domain id reservations
 //!   config/<name>/<item>           boot-time configuration items
 //!   grants/<owner>/<n>/to-<peer>   granted pages
@@ -41,6 +43,27 @@ fn valid_name(name: &str) -> bool {
 
 fn name_path(dom: DomId) -> String {
     format!("/local/domain/{}/name", dom.0)
+}
+
+fn measurement_path(dom: DomId) -> String {
+    format!("/local/domain/{}/measurement", dom.0)
+}
+
+/// Exactly 64 lowercase hex digits as 32 bytes.
+fn parse_hex32(value: &[u8]) -> Option<[u8; 32]> {
+    if value.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(value.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 impl World {
@@ -132,6 +155,30 @@ impl World {
             }
         }
         Ok(None)
+    }
+
+    /// Publishes the launcher's measurement of the image domain `dom` runs
+    /// (the SHA-256 of the executable it starts, the hosted analogue of
+    /// the kernel xl loads): `/local/domain/<id>/measurement`, 64
+    /// lowercase hex digits, owned by dom0 (a domain cannot change it).
+    pub fn set_measurement(&self, dom: DomId, digest: &[u8; 32]) -> Result<(), HostedError> {
+        self.domain_name(dom)?;
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.store()?.write(DOM0, &measurement_path(dom), hex.as_bytes(), Reader::Everyone)?;
+        Ok(())
+    }
+
+    /// The measurement dom0 published for `dom`: `None` if there is none;
+    /// a node not owned by dom0, or not 64 lowercase hex digits, is
+    /// [`HostedError::BadMeasurement`].
+    pub fn measurement(&self, dom: DomId) -> Result<Option<[u8; 32]>, HostedError> {
+        let Some(node) = self.store()?.node(&measurement_path(dom))? else {
+            return Ok(None);
+        };
+        if node.owner != DOM0 {
+            return Err(HostedError::BadMeasurement);
+        }
+        parse_hex32(&node.value).map(Some).ok_or(HostedError::BadMeasurement)
     }
 
     /// A command that runs `program` as domain `dom` of this world.

@@ -75,6 +75,33 @@ fn launcher_registers_names_and_config() {
 }
 
 #[test]
+fn measurements_are_dom0s_and_read_strictly() {
+    let s = setup();
+    let mut gamma = HostedPlatform::open(s.world.clone(), DomId(3)).unwrap();
+    assert_eq!(gamma.measurement(DomId(1)), Err(PlatformError::MissingConfig));
+    s.world.set_measurement(DomId(1), &[0xab; 32]).unwrap();
+    assert_eq!(gamma.measurement(DomId(1)), Ok([0xab; 32]));
+    assert_eq!(s.world.measurement(DomId(1)).unwrap(), Some([0xab; 32]));
+    // Published again (a new image started under the same domain): the new one.
+    s.world.set_measurement(DomId(1), &[0x01; 32]).unwrap();
+    assert_eq!(gamma.measurement(DomId(1)), Ok([0x01; 32]));
+    // The domain cannot change dom0's node.
+    let mut a = s.a;
+    let fake = "ab".repeat(32);
+    assert_eq!(
+        a.store_write("/local/domain/1/measurement", &fake, DomId(3)),
+        Err(BackendError::Denied)
+    );
+    // One it made itself before dom0 published is not a measurement.
+    let mut b = s.b;
+    b.store_write("/local/domain/2/measurement", &fake, DomId(3)).unwrap();
+    assert_eq!(s.world.measurement(DomId(2)), Err(HostedError::BadMeasurement));
+    let e = gamma.measurement(DomId(2)).unwrap_err();
+    assert!(e.to_string().contains("/local/domain/2/measurement"), "{e}");
+    assert_eq!(s.world.set_measurement(DomId(9), &[0; 32]), Err(HostedError::NoSuchDomain));
+}
+
+#[test]
 fn store_permissions_are_xenstores() {
     let mut s = setup();
     // Only under one's own home, never another's.

@@ -73,6 +73,52 @@ pub fn ack_path(domid: DomId, item: ConfigItem) -> String {
     format!("{}/persist-ack/{}", base(domid), store_key(item))
 }
 
+/// Where dom0 publishes, for the domain `reader` (cryptod), its
+/// measurement of domain `dom`'s launched image:
+/// `/local/domain/<reader>/portcullis/measurements/<dom>`, 64 lowercase
+/// hex digits of the SHA-256 of the kernel file the toolstack loaded.
+pub fn measurement_path(reader: DomId, dom: DomId) -> String {
+    format!("{}/measurements/{}", base(reader), dom.0)
+}
+
+/// Parses a measurement dom0 left at `node`: exactly 64 lowercase hex
+/// digits. Anything else is an error naming the node.
+pub fn parse_measurement(node: &str, value: &[u8]) -> Result<[u8; 32], PlatformError> {
+    let bad = || {
+        PlatformError::Io(
+            IoDetail::new(IoOp::StoreRead, IoCause::Other("not 64 lowercase hex digits")).on(node),
+        )
+    };
+    if value.len() != 64 {
+        return Err(bad());
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(value.chunks_exact(2)) {
+        *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
+    }
+    Ok(out)
+}
+
+/// Reads dom0's measurement of `dom` in this domain's (`me`)
+/// `measurements/`: absent is [`PlatformError::MissingConfig`], a
+/// malformed value an error naming the node.
+pub fn measurement<R: StoreRing>(
+    c: &mut Client<R>,
+    me: DomId,
+    dom: DomId,
+) -> Result<[u8; 32], PlatformError> {
+    let node = measurement_path(me, dom);
+    match c.read(Tx::NONE, &node).map_err(|e| store_error(IoOp::StoreRead, &node, e))? {
+        Some(value) => parse_measurement(&node, &value),
+        None => Err(PlatformError::MissingConfig),
+    }
+}
+
 /// The cause of a store failure, as a platform error carries it.
 pub fn store_cause(e: XsError) -> IoCause {
     match e {
@@ -333,6 +379,26 @@ mod tests {
             assert!(matches!(resolve(&mut c, ME, bad), Err(PlatformError::Io(_))), "{bad:?}");
         }
         assert_eq!(c.ring().seen.len(), before);
+    }
+
+    #[test]
+    fn measurements_are_read_strictly_from_the_own_directory() {
+        let node = "/local/domain/5/portcullis/measurements/9";
+        assert_eq!(measurement_path(ME, DomId(9)), node);
+        let mut c = client();
+        assert_eq!(measurement(&mut c, ME, DomId(9)), Err(PlatformError::MissingConfig));
+        c.ring().store.insert(node.as_bytes().to_vec(), hex(b"kernel"));
+        let want: [u8; 32] = Sha256::digest(b"kernel").into();
+        assert_eq!(measurement(&mut c, ME, DomId(9)), Ok(want));
+        let good = hex(b"kernel");
+        let mut upper = good.clone();
+        upper.make_ascii_uppercase();
+        for bad in
+            [&b""[..], &good[..63], &[good.clone(), b"0".to_vec()].concat(), &upper, &[b'g'; 64]]
+        {
+            let e = parse_measurement(node, bad).unwrap_err();
+            assert!(e.to_string().contains(node), "{e}");
+        }
     }
 
     #[test]

@@ -551,6 +551,14 @@ impl Platform for XenPlatform {
     /// Reads the domain id dom0's host service published for `name` in
     /// this domain's own `.../portcullis/names/` (only Portcullis guests
     /// are there; no other domain's nodes are read).
+    /// Reads dom0's measurement of `dom` from this domain's
+    /// `portcullis/measurements/<dom>` (`docs/host.md`), again on every
+    /// call; absent is [`PlatformError::MissingConfig`].
+    fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        let me = self.domid;
+        store_session(|s| dom0::measurement(s, me, dom)).map_err(noted)
+    }
+
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         let me = self.domid;
         store_session(|s| dom0::resolve(s, me, name)).map_err(noted)

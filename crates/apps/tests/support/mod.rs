@@ -68,6 +68,8 @@ pub struct FakePlatform {
     /// Names that appear (are added to `names`) once the monotonic clock
     /// reaches the time, nanoseconds.
     pub names_at: Vec<(u64, String, DomId)>,
+    /// dom0's measurements of other domains' images.
+    pub measurements: HashMap<DomId, [u8; 32]>,
 }
 
 impl FakePlatform {
@@ -90,6 +92,7 @@ impl FakePlatform {
             on_persist: None,
             names: HashMap::new(),
             names_at: Vec::new(),
+            measurements: HashMap::new(),
         }
     }
 
@@ -189,6 +192,9 @@ impl Platform for FakePlatform {
         self.config.insert(item.name(), bytes.to_vec());
         Ok(())
     }
+    fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        self.measurements.get(&dom).copied().ok_or(PlatformError::MissingConfig)
+    }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         let now = self.mono_ns;
         for (_, n, d) in self.names_at.iter().filter(|(at, ..)| *at <= now) {
@@ -240,6 +246,13 @@ pub fn sealed_state() -> SealedState {
         admin_seq: 0,
         recovery: vec![],
     }
+}
+
+/// The sealed state of [`sealed_state`] with another ACL.
+pub fn sealed_blob_with_acl(acl: &str) -> Vec<u8> {
+    let mut st = sealed_state();
+    st.acl = acl.into();
+    sealed::seal(&st, &KEK, &[7; 12]).unwrap()
 }
 
 pub fn sealed_blob() -> Vec<u8> {

@@ -183,6 +183,9 @@ pub struct Seen {
     /// Whether `portcullis/ready` exists (it was configured already,
     /// perhaps by an earlier run of the service).
     pub ready: bool,
+    /// The SHA-256 of the kernel xl loaded for it, if the shell measured it
+    /// for this scan (it does so while [`Core::wants_measurement`]).
+    pub measurement: Option<[u8; 32]>,
 }
 
 /// Configure a guest: every item, the names map, then `ready`.
@@ -196,6 +199,9 @@ pub struct Configure {
     pub role: Role,
     /// The names map to write.
     pub names: BTreeMap<String, u16>,
+    /// For cryptod: the measurements to write (each measured peer's id to
+    /// its image's SHA-256), before the names, in the same transaction.
+    pub measurements: BTreeMap<u16, [u8; 32]>,
 }
 
 /// What a scan decided.
@@ -209,6 +215,9 @@ pub struct Plan {
     pub configure: Vec<Configure>,
     /// Already configured guests whose names map must be rewritten.
     pub names: Vec<(u16, BTreeMap<String, u16>)>,
+    /// Of those, the cryptod domains whose measurements directory must
+    /// hold exactly this (written before the names, in one transaction).
+    pub measurements: BTreeMap<u16, BTreeMap<u16, [u8; 32]>>,
     /// Persist nodes to watch (new domains of persisting roles); each is
     /// also to be read now ([`Core::persist_read`]).
     pub watch: Vec<(u16, ConfigItem)>,
@@ -265,6 +274,10 @@ struct Live {
     names: Option<BTreeMap<String, u16>>,
     /// The hash last acknowledged per persisted item.
     acked: Vec<(ConfigItem, [u8; 32])>,
+    /// The SHA-256 of the kernel xl loaded for it, once measured.
+    measurement: Option<[u8; 32]>,
+    /// For cryptod: the measurements directory as last written.
+    measurements: Option<BTreeMap<u16, [u8; 32]>>,
 }
 
 /// The service's state between events.
@@ -296,6 +309,21 @@ impl Core {
         self.guests.get(name).map(|r| (name.to_string(), *r))
     }
 
+    /// Whether the shell should measure domain `domid` named `name` (its
+    /// `name` node's bytes) before the next scan: one of our guests not
+    /// measured yet in this domain life (a failed measurement is tried
+    /// again at every scan).
+    pub fn wants_measurement(&self, domid: u16, name: &[u8]) -> bool {
+        let Some((name, _)) = self.ours(name) else { return false };
+        self.live.get(&domid).is_none_or(|l| l.name != name || l.measurement.is_none())
+    }
+
+    /// The measurements a cryptod domain is to be given: every live
+    /// measured guest's.
+    fn measured(&self) -> BTreeMap<u16, [u8; 32]> {
+        self.live.iter().filter_map(|(id, l)| l.measurement.map(|m| (*id, m))).collect()
+    }
+
     /// Decides what to do given every domain now (see [`Plan`]).
     pub fn scan(&mut self, seen: &[Seen]) -> Plan {
         let mut plan = Plan::default();
@@ -309,6 +337,7 @@ impl Core {
         // domain are ambiguous and resolve to nobody.
         let mut now: BTreeMap<u16, (String, Role, bool)> = BTreeMap::new();
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        let mut measured: BTreeMap<u16, [u8; 32]> = BTreeMap::new();
         for s in seen.iter().take(MAX_DOMAINS) {
             if s.domid == 0 || s.domid >= DOMID_FIRST_RESERVED {
                 continue;
@@ -317,6 +346,9 @@ impl Core {
                 continue;
             };
             *count.entry(name.clone()).or_default() += 1;
+            if let Some(m) = s.measurement {
+                measured.insert(s.domid, m);
+            }
             now.insert(s.domid, (name, role, s.ready));
         }
         for (name, n) in &count {
@@ -354,21 +386,43 @@ impl Core {
                         configured: *ready,
                         names: None,
                         acked: Vec::new(),
+                        measurement: None,
+                        measurements: None,
                     },
                 );
             }
+            // Measured once per domain life: the first measurement stays.
+            if let (Some(l), Some(m)) = (self.live.get_mut(id), measured.get(id)) {
+                l.measurement.get_or_insert(*m);
+            }
         }
         plan.peers = self.live.iter().map(|(id, l)| (l.name.clone(), *id)).collect();
+        // cryptod is given a guest's name only with its measurement: its
+        // names map holds the measured guests only (one measured later is
+        // added then), so it never sees a name without the measurement.
+        let measurements = self.measured();
+        let measured_names: BTreeMap<String, u16> = plan
+            .peers
+            .iter()
+            .filter(|(_, id)| measurements.contains_key(id))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
         for (id, l) in &self.live {
+            let cryptod = l.role == Role::Cryptod;
+            let names = if cryptod { &measured_names } else { &plan.peers };
             if !l.configured {
                 plan.configure.push(Configure {
                     domid: *id,
                     name: l.name.clone(),
                     role: l.role,
-                    names: plan.peers.clone(),
+                    names: names.clone(),
+                    measurements: if cryptod { measurements.clone() } else { BTreeMap::new() },
                 });
-            } else if l.names.as_ref() != Some(&plan.peers) {
-                plan.names.push((*id, plan.peers.clone()));
+            } else if cryptod && l.measurements.as_ref() != Some(&measurements) {
+                plan.names.push((*id, names.clone()));
+                plan.measurements.insert(*id, measurements.clone());
+            } else if l.names.as_ref() != Some(names) {
+                plan.names.push((*id, names.clone()));
             }
         }
         plan
@@ -379,6 +433,13 @@ impl Core {
         if let Some(l) = self.live.get_mut(&domid) {
             l.configured = true;
             l.names = Some(names);
+        }
+    }
+
+    /// The shell wrote `domid`'s (cryptod's) measurements directory.
+    pub fn measurements_written(&mut self, domid: u16, measurements: BTreeMap<u16, [u8; 32]>) {
+        if let Some(l) = self.live.get_mut(&domid) {
+            l.measurements = Some(measurements);
         }
     }
 
@@ -473,6 +534,26 @@ fn ack(domid: u16, item: ConfigItem, hash: [u8; 32]) -> Ack {
     Ack { domid, item, path: ack_path(domid, item), hex: hex::encode(hash), hash }
 }
 
+/// The directory of dom0's measurements in cryptod's (`domid`'s) own dir.
+pub fn measurements_path(domid: u16) -> String {
+    format!("{}/measurements", base_path(domid))
+}
+
+/// Where cryptod (`reader`) finds the measurement of `dom`.
+pub fn measurement_path(reader: u16, dom: u16) -> String {
+    dom0::measurement_path(DomId(reader), DomId(dom))
+}
+
+/// The entries of a measurements directory to remove: everything not in
+/// `desired`.
+pub fn stale_measurements(existing: &[String], desired: &BTreeMap<u16, [u8; 32]>) -> Vec<String> {
+    existing
+        .iter()
+        .filter(|e| parse_domid(e).is_none_or(|d| !desired.contains_key(&d)))
+        .cloned()
+        .collect()
+}
+
 /// The entries of a names directory to remove: everything not in `desired`.
 pub fn stale_names(existing: &[String], desired: &BTreeMap<String, u16>) -> Vec<String> {
     existing.iter().filter(|n| !desired.contains_key(n.as_str())).cloned().collect()
@@ -490,8 +571,14 @@ mod tests {
         ]))
     }
 
+    /// A domain seen, measured (to `[domid; 32]`).
     fn seen(domid: u16, name: &str, ready: bool) -> Seen {
-        Seen { domid, name: Some(name.as_bytes().to_vec()), ready }
+        let measurement = Some([domid as u8; 32]);
+        Seen { domid, name: Some(name.as_bytes().to_vec()), ready, measurement }
+    }
+
+    fn unmeasured(domid: u16, name: &str) -> Seen {
+        Seen { measurement: None, ..seen(domid, name, false) }
     }
 
     fn map(entries: &[(&str, u16)]) -> BTreeMap<String, u16> {
@@ -502,16 +589,104 @@ mod tests {
     fn apply(c: &mut Core, plan: &Plan) {
         for cfg in &plan.configure {
             c.configured(cfg.domid, cfg.names.clone());
+            if cfg.role == Role::Cryptod {
+                c.measurements_written(cfg.domid, cfg.measurements.clone());
+            }
         }
         for (id, names) in &plan.names {
             c.names_written(*id, names.clone());
         }
+        for (id, m) in &plan.measurements {
+            c.measurements_written(*id, m.clone());
+        }
+    }
+
+    fn measured(domid: u16, name: &str, m: [u8; 32]) -> Seen {
+        Seen { measurement: Some(m), ..seen(domid, name, false) }
+    }
+
+    #[test]
+    fn cryptod_gets_each_measurement_with_or_before_the_name() {
+        let mut c = core();
+        let (u, k) = ([0x11; 32], [0x22; 32]);
+        // The unlocker arrives first, measured: nothing to publish yet.
+        assert!(c.wants_measurement(5, b"unlocker"));
+        assert!(!c.wants_measurement(6, b"stranger"), "only our guests are measured");
+        let p = c.scan(&[measured(5, "unlocker", u)]);
+        assert!(!c.wants_measurement(5, b"unlocker"), "measured once per domain life");
+        assert!(p.configure[0].measurements.is_empty(), "only cryptod gets measurements");
+        apply(&mut c, &p);
+        // cryptod arrives: configured with the unlocker's name and measurement
+        // (and its own), written in the same transaction as its names.
+        let p = c.scan(&[seen(5, "unlocker", false), measured(7, "cryptod", k)]);
+        let cf = &p.configure[0];
+        assert_eq!((cf.domid, cf.role), (7, Role::Cryptod));
+        assert_eq!(cf.names, map(&[("cryptod", 7), ("unlocker", 5)]));
+        assert_eq!(cf.measurements, BTreeMap::from([(5, u), (7, k)]));
+        apply(&mut c, &p);
+        // policy_pd arrives unmeasured (xl's record is not there yet): it is
+        // configured, but cryptod is not given its name yet.
+        let mut c2 = Core::new(BTreeMap::from([
+            ("cryptod".to_string(), Role::Cryptod),
+            ("unlocker".to_string(), Role::Unlocker),
+            ("policy_pd".to_string(), Role::PolicyPd),
+        ]));
+        let p = c2.scan(&[measured(5, "unlocker", u), measured(7, "cryptod", k)]);
+        apply(&mut c2, &p);
+        let all = [unmeasured(5, "unlocker"), unmeasured(7, "cryptod"), unmeasured(8, "policy_pd")];
+        let p = c2.scan(&all);
+        assert!(c2.wants_measurement(8, b"policy_pd"), "tried again next scan");
+        assert_eq!(p.configure[0].domid, 8, "configured all the same");
+        assert!(p.names.iter().all(|(id, _)| *id != 7), "cryptod's names unchanged: {p:?}");
+        assert_eq!(p.names, [(5, map(&[("cryptod", 7), ("policy_pd", 8), ("unlocker", 5)]))]);
+        apply(&mut c2, &p);
+        assert!(c2.scan(&all).names.is_empty(), "nothing new until it is measured");
+        // Measured at the next scan: the name and the measurement together.
+        let pd = [0x33; 32];
+        let p = c2.scan(&[
+            unmeasured(5, "unlocker"),
+            unmeasured(7, "cryptod"),
+            measured(8, "policy_pd", pd),
+        ]);
+        assert_eq!(p.measurements.get(&7), Some(&BTreeMap::from([(5, u), (7, k), (8, pd)])));
+        let names7 = &p.names.iter().find(|(id, _)| *id == 7).unwrap().1;
+        assert_eq!(names7.get("policy_pd"), Some(&8), "in the same step as the measurement");
+        apply(&mut c2, &p);
+        // policy_pd leaves: its measurement goes with its name.
+        let p = c2.scan(&[unmeasured(5, "unlocker"), unmeasured(7, "cryptod")]);
+        assert_eq!(p.measurements.get(&7), Some(&BTreeMap::from([(5, u), (7, k)])));
+        assert_eq!(p.names.iter().find(|(id, _)| *id == 7).unwrap().1.get("policy_pd"), None);
+        apply(&mut c2, &p);
+        // Created again from another image: a new life, measured again.
+        assert!(c2.wants_measurement(9, b"policy_pd"));
+        let other = [0x44; 32];
+        let p = c2.scan(&[
+            seen(5, "unlocker", false),
+            seen(7, "cryptod", false),
+            measured(9, "policy_pd", other),
+        ]);
+        assert_eq!(p.measurements.get(&7).and_then(|m| m.get(&9)), Some(&other));
+        apply(&mut c2, &p);
+        // Measured once per domain life: a later digest is not taken.
+        let p = c2.scan(&[
+            seen(5, "unlocker", false),
+            measured(7, "cryptod", [0x55; 32]),
+            seen(9, "policy_pd", false),
+        ]);
+        assert!(p.names.is_empty() && p.measurements.is_empty(), "{p:?}");
+        assert_eq!(
+            stale_measurements(&["5".into(), "8".into(), "junk".into()], &BTreeMap::from([(5, u)])),
+            ["8".to_string(), "junk".to_string()]
+        );
+        assert_eq!(measurement_path(7, 9), "/local/domain/7/portcullis/measurements/9");
+        assert_eq!(measurements_path(7), "/local/domain/7/portcullis/measurements");
     }
 
     #[test]
     fn guests_are_configured_once_per_domain_life_in_any_order() {
         let mut c = core();
-        let dom0 = Seen { domid: 0, name: Some(b"cryptod".to_vec()), ready: false };
+        let dom0 =
+            Seen { domid: 0, name: Some(b"cryptod".to_vec()), ready: false, measurement: None };
         let plan = c.scan(&[dom0.clone(), seen(5, "unlocker", false), seen(6, "other", false)]);
         assert_eq!(plan.arrived, [(5, "unlocker".to_string())]);
         assert_eq!(
@@ -520,7 +695,8 @@ mod tests {
                 domid: 5,
                 name: "unlocker".into(),
                 role: Role::Unlocker,
-                names: map(&[("unlocker", 5)])
+                names: map(&[("unlocker", 5)]),
+                measurements: BTreeMap::new(),
             }]
         );
         assert!(plan.watch.is_empty(), "unlocker persists nothing");
@@ -596,8 +772,8 @@ mod tests {
         let long = "c".repeat(MAX_NAME_LEN + 1);
         let mut list = vec![
             seen(3, &long, false),
-            Seen { domid: 4, name: Some(vec![0xff, b'x']), ready: false },
-            Seen { domid: 5, name: None, ready: false },
+            Seen { domid: 4, name: Some(vec![0xff, b'x']), ready: false, measurement: None },
+            Seen { domid: 5, name: None, ready: false, measurement: None },
             seen(DOMID_FIRST_RESERVED, "cryptod", false),
             seen(10, "unlocker", false),
             seen(11, "unlocker", false),

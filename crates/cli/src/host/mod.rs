@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod links;
 pub mod log;
+pub mod measure;
 pub mod peers;
 pub mod persist;
 pub mod xs;
@@ -43,6 +44,12 @@ const EVENT_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// At most one log line per this long about one domain's refused persists.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Rescan this often while one of our guests is not measured yet (libxl
+/// writes a domain's name before its record, so the first look often
+/// misses the record).
+const MEASURE_RETRY: Duration = Duration::from_millis(500);
+/// A guest still not measured after this long is logged as an error.
+const MEASURE_GRACE: Duration = Duration::from_secs(10);
 /// The watch token of `@introduceDomain` and `@releaseDomain`.
 const DOMAINS_TOKEN: &str = "portcullis-domains";
 
@@ -237,7 +244,20 @@ pub fn serve(
     peers: &Peers,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut shell = Shell::new(cfg, kek, peers);
+    serve_measuring(c, cfg, kek, peers, stop, Path::new(measure::USERDATA_DIR))
+}
+
+/// [`serve`], reading xl's records of the domains (to measure them) from
+/// `userdata` instead of [`measure::USERDATA_DIR`].
+pub fn serve_measuring(
+    c: &mut Store,
+    cfg: &Config,
+    kek: Option<&Kek>,
+    peers: &Peers,
+    stop: &AtomicBool,
+    userdata: &Path,
+) -> Result<(), String> {
+    let mut shell = Shell::new(cfg, kek, peers, userdata);
     for path in ["@introduceDomain", "@releaseDomain"] {
         c.watch(path, DOMAINS_TOKEN).map_err(|e| format!("watch {path}: {e}"))?;
     }
@@ -245,12 +265,14 @@ pub fn serve(
     let mut last_scan: Option<Instant> = None;
     let mut rescan = true;
     while !stop.load(Ordering::Relaxed) {
-        if rescan || last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY) {
+        let every = if shell.measuring() { MEASURE_RETRY } else { RESCAN_EVERY };
+        if rescan || last_scan.is_none_or(|t| t.elapsed() >= every) {
             shell.scan(c)?;
             last_scan = Some(Instant::now());
             rescan = false;
         }
-        let timeout = u64::try_from(EVENT_WAIT.as_nanos()).unwrap_or(u64::MAX);
+        let wait = if shell.measuring() { MEASURE_RETRY } else { EVENT_WAIT };
+        let timeout = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         match c.next_event(Some(timeout)) {
             Ok(None) => {}
             Ok(Some((_, token))) if token == DOMAINS_TOKEN => rescan = true,
@@ -273,10 +295,20 @@ struct Shell<'a> {
     warnings: Vec<String>,
     /// When a refused persist was last logged, per domain.
     refusals: BTreeMap<u16, Instant>,
+    /// Where xl records the domains' configurations.
+    userdata: &'a Path,
+    /// Our domains not measured yet: since when, and whether that was
+    /// logged as an error (once per domain life, after [`MEASURE_GRACE`]).
+    unmeasured: BTreeMap<u16, (Instant, bool)>,
 }
 
 impl<'a> Shell<'a> {
-    fn new(cfg: &'a Config, kek: Option<&'a Kek>, peers: &'a Peers) -> Shell<'a> {
+    fn new(
+        cfg: &'a Config,
+        kek: Option<&'a Kek>,
+        peers: &'a Peers,
+        userdata: &'a Path,
+    ) -> Shell<'a> {
         let roles = cfg.guests.iter().map(|(n, g)| (n.clone(), g.role)).collect();
         let mut core = Core::new(roles);
         // What is durable now: a persist equal to it is acked without a rewrite.
@@ -291,7 +323,21 @@ impl<'a> Shell<'a> {
                 }
             }
         }
-        Shell { cfg, kek, peers, core, warnings: Vec::new(), refusals: BTreeMap::new() }
+        Shell {
+            cfg,
+            kek,
+            peers,
+            core,
+            warnings: Vec::new(),
+            refusals: BTreeMap::new(),
+            userdata,
+            unmeasured: Default::default(),
+        }
+    }
+
+    /// Whether a guest is waiting to be measured (within its grace time).
+    fn measuring(&self) -> bool {
+        self.unmeasured.values().any(|(_, logged)| !logged)
     }
 
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
@@ -306,8 +352,11 @@ impl<'a> Shell<'a> {
                 .and_then(|n| std::str::from_utf8(n).ok())
                 .is_some_and(|n| self.cfg.guests.contains_key(n));
             let ready = ours && self.read(c, &core::ready_path(domid))?.is_some();
-            seen.push(Seen { domid, name, ready });
+            let wanted = name.as_deref().is_some_and(|n| self.core.wants_measurement(domid, n));
+            let measurement = if wanted { self.measure(domid, name.as_deref()) } else { None };
+            seen.push(Seen { domid, name, ready, measurement });
         }
+        self.unmeasured.retain(|id, _| seen.iter().any(|s| s.domid == *id));
         let plan = self.core.scan(&seen);
         if plan.warnings != self.warnings {
             for w in &plan.warnings {
@@ -317,6 +366,7 @@ impl<'a> Shell<'a> {
         }
         for (id, name) in &plan.left {
             self.refusals.remove(id);
+            self.unmeasured.remove(id);
             log::info(format_args!("{name} (dom{id}) is gone"));
         }
         for (id, name) in &plan.arrived {
@@ -330,6 +380,9 @@ impl<'a> Shell<'a> {
             match self.configure(c, cf) {
                 Ok(()) => {
                     self.core.configured(cf.domid, cf.names.clone());
+                    if cf.role == Role::Cryptod {
+                        self.core.measurements_written(cf.domid, cf.measurements.clone());
+                    }
                     log::info(format_args!("{} (dom{}): configured, ready", cf.name, cf.domid));
                 }
                 Err(e) if e.fatal => return Err(e.message),
@@ -340,9 +393,19 @@ impl<'a> Shell<'a> {
             }
         }
         for (id, names) in &plan.names {
-            match in_domain(c, *id, |c, tx| write_names(c, tx, *id, names)) {
+            let measurements = plan.measurements.get(id);
+            let written = in_domain(c, *id, |c, tx| {
+                if let Some(m) = measurements {
+                    write_measurements(c, tx, *id, m)?;
+                }
+                write_names(c, tx, *id, names)
+            });
+            match written {
                 Ok(()) => {
                     self.core.names_written(*id, names.clone());
+                    if let Some(m) = measurements {
+                        self.core.measurements_written(*id, m.clone());
+                    }
                     log::debug(format_args!("dom{id}: names map rewritten"));
                 }
                 Err(e) if fatal(e) => return Err(format!("dom{id}: names: {e}")),
@@ -359,6 +422,39 @@ impl<'a> Shell<'a> {
             self.check_persist(c, id, item)?;
         }
         Ok(())
+    }
+
+    /// Measures domain `domid` (the kernel xl recorded for it). A failure
+    /// reads as not measured (cryptod is not given the name yet; tried
+    /// again every [`MEASURE_RETRY`]); it is logged at `debug`, and once
+    /// at `error` if it lasts [`MEASURE_GRACE`].
+    fn measure(&mut self, domid: u16, name: Option<&[u8]>) -> Option<[u8; 32]> {
+        let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();
+        match measure::measure(self.userdata, domid) {
+            Ok(m) => {
+                self.unmeasured.remove(&domid);
+                log::info(format_args!(
+                    "{name} (dom{domid}): image {} sha256 {}",
+                    m.kernel.display(),
+                    hex::encode(m.digest)
+                ));
+                Some(m.digest)
+            }
+            Err(e) => {
+                let (since, logged) =
+                    self.unmeasured.entry(domid).or_insert((Instant::now(), false));
+                if !*logged && since.elapsed() >= MEASURE_GRACE {
+                    *logged = true;
+                    log::error(format_args!(
+                        "{name} (dom{domid}): not measured after {} s: {e}",
+                        MEASURE_GRACE.as_secs()
+                    ));
+                } else {
+                    log::debug(format_args!("{name} (dom{domid}): not measured: {e}"));
+                }
+                None
+            }
+        }
     }
 
     /// Reads a node; a daemon error (the domain went away, say) reads as absent.
@@ -400,6 +496,9 @@ impl<'a> Shell<'a> {
             xs::write_for(c, tx, &core::base_path(id), b"", id)?;
             for (item, bytes) in &items {
                 xs::write_for(c, tx, &core::item_path(id, *item), bytes, id)?;
+            }
+            if cf.role == Role::Cryptod {
+                write_measurements(c, tx, id, &cf.measurements)?;
             }
             write_names(c, tx, id, &cf.names)?;
             xs::write_for(c, tx, &core::ready_path(id), b"1", id)
@@ -506,6 +605,31 @@ fn in_domain(
         }
         body(c, tx)
     })
+}
+
+/// Makes cryptod's (`domid`'s) measurements directory hold exactly
+/// `measurements` (lowercase hex SHA-256 per measured domain id).
+fn write_measurements(
+    c: &mut Store,
+    tx: Tx,
+    domid: u16,
+    measurements: &BTreeMap<u16, [u8; 32]>,
+) -> Result<(), XsError> {
+    let dir = core::measurements_path(domid);
+    xs::write_for(c, tx, &dir, b"", domid)?;
+    let existing = match c.directory(tx, &dir) {
+        Ok(v) => v,
+        Err(XsError::Daemon(Errno::NoEnt)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for stale in core::stale_measurements(&existing, measurements) {
+        c.rm(tx, &format!("{dir}/{stale}"))?;
+    }
+    for (dom, digest) in measurements {
+        let hex = hex::encode(digest);
+        xs::write_for(c, tx, &core::measurement_path(domid, *dom), hex.as_bytes(), domid)?;
+    }
+    Ok(())
 }
 
 /// Makes `domid`'s names directory hold exactly `names`.

@@ -17,7 +17,7 @@ use portcullis_xen::xenstore::client::Tx;
 use portcullis_xen::xenstore::wire::{self, Op, Part, Reassembler, XsError};
 
 use super::peers::Peers;
-use super::{config, core, serve, xs};
+use super::{config, core, serve, serve_measuring, xs};
 
 #[derive(Default)]
 struct Fake {
@@ -199,11 +199,12 @@ fn start(fake: &Arc<Mutex<Fake>>, cfg: &config::Config, peers: &Peers) -> Servic
     let mut c = connect(fake);
     let stop = Arc::new(AtomicBool::new(false));
     let (cfg, peers, flag) = (cfg.clone(), peers.clone(), stop.clone());
+    // xl's records of the domains, as setup() made them.
     let thread = std::thread::spawn(move || {
         // As `portcullis host` does at start: unseal, keep in memory.
         let kek = super::unseal_kek(&cfg).map_err(|e| e.to_string())?;
         assert!(kek.is_some(), "cryptod is configured: its KEK is unsealed");
-        serve(&mut c, &cfg, kek.as_ref(), &peers, &flag)
+        serve_measuring(&mut c, &cfg, kek.as_ref(), &peers, &flag, &cfg.state_dir.join("xen"))
     });
     Service { stop, thread }
 }
@@ -243,6 +244,13 @@ fn setup(dir: &Path) -> config::Config {
     std::fs::write(dir.join("kek-pass"), b"host test passphrase\n").unwrap();
     std::fs::write(dir.join("cryptod/sealed-state"), b"provisioned").unwrap();
     std::fs::write(dir.join("root.pub"), b"root key").unwrap();
+    // What libxl recorded for the domains the tests create (ids 5 to 7).
+    let userdata = dir.join("xen");
+    std::fs::create_dir(&userdata).unwrap();
+    std::fs::write(dir.join("guest.img"), b"a guest image").unwrap();
+    for id in 5..=7 {
+        record(&userdata, id, &dir.join("guest.img"));
+    }
     let src = format!(
         "state_dir = \"{0}\"\nkek_passphrase_file = \"{0}/kek-pass\"\n[guests.cryptod]\nrole = \"cryptod\"\nsettings = {{ collector = \
          \"dom0\" }}\n[guests.unlocker]\nrole = \"unlocker\"\n",
@@ -358,6 +366,73 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
     let want = hex::encode(core::digest(b"event lost")).into_bytes();
     wait_for("the ack of a persist without its event", || node(&fake, ack7) == Some(want.clone()));
     assert_eq!(std::fs::read(&state).unwrap(), b"event lost");
+    svc.stop();
+}
+
+/// What libxl records for a domain booted from `kernel` (abridged).
+fn record(userdata: &Path, domid: u16, kernel: &Path) {
+    let uuid = format!("00000000-0000-4000-8000-{domid:012}");
+    let json = format!(
+        "{{\"c_info\": {{\"type\": \"pvh\", \"uuid\": \"{uuid}\"}}, \
+         \"b_info\": {{\"kernel\": \"{}\", \"max_memkb\": 2048}}}}\n\0",
+        kernel.display()
+    );
+    std::fs::write(userdata.join(format!("userdata-d.{domid}.{uuid}.libxl-json")), json).unwrap();
+}
+
+#[test]
+fn cryptod_gets_each_guests_measurement_before_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path());
+    let userdata = dir.path().join("xen");
+    let (good, other) = (dir.path().join("unlocker.img"), dir.path().join("modified.img"));
+    std::fs::write(&good, b"unlocker image").unwrap();
+    std::fs::write(&other, b"unlocker image, modified").unwrap();
+    let cryptod_img = dir.path().join("cryptod.img");
+    std::fs::write(&cryptod_img, b"cryptod image").unwrap();
+    record(&userdata, 5, &cryptod_img);
+    record(&userdata, 6, &good);
+    record(&userdata, 8, &other);
+    let fake = Arc::new(Mutex::new(Fake::default()));
+    let peers = Peers::default();
+    let mut c = connect(&fake);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cfg2, peers2, flag, ud) = (cfg.clone(), peers.clone(), stop.clone(), userdata.clone());
+    let thread = std::thread::spawn(move || {
+        let kek = super::unseal_kek(&cfg2).map_err(|e| e.to_string())?;
+        serve_measuring(&mut c, &cfg2, kek.as_ref(), &peers2, &flag, &ud)
+    });
+    let svc = Service { stop, thread };
+    let hex_of = |b: &[u8]| hex::encode(core::digest(b)).into_bytes();
+    let m = "/local/domain/5/portcullis/measurements";
+
+    fake.lock().unwrap().introduce(5, "cryptod");
+    wait_for("cryptod ready", || node(&fake, "/local/domain/5/portcullis/ready").is_some());
+    assert_eq!(node(&fake, &format!("{m}/5")), Some(hex_of(b"cryptod image")));
+    assert_eq!(perms(&fake, &format!("{m}/5")), ["n0", "r5"]);
+
+    fake.lock().unwrap().introduce(6, "unlocker");
+    wait_for("cryptod's map", || {
+        node(&fake, "/local/domain/5/portcullis/names/unlocker").is_some()
+    });
+    assert_eq!(node(&fake, &format!("{m}/6")), Some(hex_of(b"unlocker image")));
+    assert_eq!(perms(&fake, &format!("{m}/6")), ["n0", "r5"]);
+    assert_eq!(node(&fake, "/local/domain/6/portcullis/measurements"), None, "only cryptod's");
+    let writes = fake.lock().unwrap().writes.clone();
+    let at = |p: &str| writes.iter().position(|w| w == p).unwrap();
+    assert!(
+        at(&format!("{m}/6")) < at("/local/domain/5/portcullis/names/unlocker"),
+        "the measurement before the name: {writes:?}"
+    );
+
+    // The unlocker goes: its measurement goes with its name.
+    fake.lock().unwrap().release(6);
+    wait_for("measurement removed", || node(&fake, &format!("{m}/6")).is_none());
+    assert_eq!(node(&fake, "/local/domain/5/portcullis/names/unlocker"), None);
+    // Started again from a modified image under the same name: measured anew.
+    fake.lock().unwrap().introduce(8, "unlocker");
+    wait_for("the new measurement", || node(&fake, &format!("{m}/8")).is_some());
+    assert_eq!(node(&fake, &format!("{m}/8")), Some(hex_of(b"unlocker image, modified")));
     svc.stop();
 }
 

@@ -27,6 +27,9 @@ pub fn provision(out: &std::path::Path, extra: &[&str]) -> std::process::Output 
         .args(["provision", "--out", out.to_str().unwrap(), "--no-qr"])
         .args(["--kek", "passphrase", "--kek-passphrase-file", pass.to_str().unwrap()])
         .args(["--kek-argon2", TEST_ARGON2])
+        // Tests provision without the package's SHA256SUMS unless they
+        // give `--images`.
+        .args(if extra.contains(&"--images") { &[][..] } else { &["--no-image-binding"][..] })
         .args(extra)
         .output()
         .expect("run portcullis provision");
