@@ -126,7 +126,7 @@ fn totp_req(code: &str) -> Message {
         timestamp: T0,
         volume_id: None,
         ephemeral_pubkey: None,
-        attestation_chain: None,
+        attestation: None,
         metadata: None,
     }
     .into()

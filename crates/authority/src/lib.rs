@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod acl;
+pub mod attest;
 pub mod audit;
 pub mod authority;
 pub mod drbg;
