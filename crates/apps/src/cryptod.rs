@@ -593,7 +593,15 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             let reply = match link.poll() {
                 Ok(None) => return Ok(audited),
                 Ok(Some(msg)) => match Request::from_message(&msg) {
-                    Some(req) => {
+                    Some(mut req) => {
+                        if let Request::Attestation(r, _) = req {
+                            // What dom0 measured; unknown (unsupported, not
+                            // published) is stated by leaving it out.
+                            let m = u16::try_from(peer.domid)
+                                .ok()
+                                .and_then(|d| p.measurement(DomId(d)).ok());
+                            req = Request::Attestation(r, m);
+                        }
                         // Randomness from the DRBG alone (reseeded with
                         // hardware entropy at every entropy_pub).
                         let out: Output = self.auth.handle_request(&peer, req, now, &[]);

@@ -10,7 +10,7 @@
 
 use portcullis_proto::envelope::{KindSet, MsgType, Role};
 
-/// cryptod: receives the five requests it serves to clients, the entropy
+/// cryptod: receives the six requests it serves to clients, the entropy
 /// chunk (entropy link) and the collector's ack (audit link); one set for
 /// its links, so an ack or a chunk on a client link still decodes and is
 /// answered `malformed` (`not_served`), never honoured. Sends the answers,
@@ -25,6 +25,7 @@ impl Role for Cryptod {
         MsgType::TokenRevokeReq,
         MsgType::KeysetReq,
         MsgType::RevocationListReq,
+        MsgType::AttestationReq,
         MsgType::EntropyPub,
         MsgType::AuditAck,
     ]);
@@ -34,6 +35,7 @@ impl Role for Cryptod {
         MsgType::TokenRevokeResp,
         MsgType::Keyset,
         MsgType::RevocationList,
+        MsgType::Attestation,
         MsgType::Error,
         MsgType::AuditLog,
     ]);
@@ -58,16 +60,23 @@ const CLIENT_RECEIVES: KindSet =
 /// What every client guest asks cryptod for its trust refresh.
 const CLIENT_SENDS: KindSet = KindSet::of(&[MsgType::KeysetReq, MsgType::RevocationListReq]);
 
-/// unlocker: cryptod's TOTP verdict and the unlock agent's result in; the
-/// TOTP request and the unlock request out.
+/// unlocker: cryptod's attestation and TOTP verdict and the unlock agent's
+/// result in; the attestation request, the TOTP request and the unlock
+/// request out.
 #[derive(Debug)]
 pub enum Unlocker {}
 
 impl Role for Unlocker {
-    const RECEIVES: KindSet =
-        CLIENT_RECEIVES.union(KindSet::of(&[MsgType::TotpValidateResp, MsgType::UnlockResult]));
-    const SENDS: KindSet =
-        CLIENT_SENDS.union(KindSet::of(&[MsgType::TotpValidateReq, MsgType::UnlockRequest]));
+    const RECEIVES: KindSet = CLIENT_RECEIVES.union(KindSet::of(&[
+        MsgType::Attestation,
+        MsgType::TotpValidateResp,
+        MsgType::UnlockResult,
+    ]));
+    const SENDS: KindSet = CLIENT_SENDS.union(KindSet::of(&[
+        MsgType::AttestationReq,
+        MsgType::TotpValidateReq,
+        MsgType::UnlockRequest,
+    ]));
 }
 
 /// policy_pd: its token issue and revoke requests out, cryptod's answers in.

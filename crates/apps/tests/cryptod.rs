@@ -786,3 +786,41 @@ fn entropyd_created_again_under_a_new_id_is_followed() {
     // An accepted chunk makes no record; a refused one would.
     assert!(!records.iter().any(|r| r.action == AuditAction::EntropyReseed), "{records:?}");
 }
+
+fn attestation_req(nonce: u8) -> Message {
+    portcullis_proto::msg::AttestationReq {
+        request_id: RequestId([nonce; 16]),
+        action: "luks:unlock".into(),
+        subject_pubkey: [0x33; 32],
+        nonce: vec![nonce; 16],
+        timestamp: T0,
+    }
+    .into()
+}
+
+fn attested_claims(m: &Message) -> portcullis_proto::msg::AttestationClaims {
+    let Message::Attestation(a) = m else { panic!("{m:?}") };
+    let object = portcullis_proto::danger::open_unverified(&a.signed).unwrap().into_unverified();
+    portcullis_proto::msg::AttestationClaims::from_cbor(&object.payload).unwrap()
+}
+
+#[test]
+fn an_attestation_names_the_link_s_peer_and_what_dom0_measured() {
+    let mut w = boot();
+    w.p.measurements.insert(UNLOCKER, [0x5e; 32]);
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&attestation_req(1)).unwrap();
+    w.poll();
+    let records = w.ack();
+    assert!(records.iter().any(|r| r.action == AuditAction::Attest));
+    let c = attested_claims(&drain(&mut un)[0]);
+    assert_eq!((c.subject_domid, c.subject_vm.as_str()), (u64::from(UNLOCKER.0), "unlocker"));
+    assert_eq!(c.measurement, Some([0x5e; 32]));
+    // Nothing published for the domain: the claim is left out.
+    w.p.measurements.clear();
+    un.send(&attestation_req(2)).unwrap();
+    w.poll();
+    w.ack();
+    assert_eq!(attested_claims(&drain(&mut un)[0]).measurement, None);
+}

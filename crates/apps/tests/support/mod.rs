@@ -68,6 +68,8 @@ pub struct FakePlatform {
     /// Names that appear (are added to `names`) once the monotonic clock
     /// reaches the time, nanoseconds.
     pub names_at: Vec<(u64, String, DomId)>,
+    /// Kernel measurements dom0 published, per domain (none: unknown).
+    pub measurements: HashMap<DomId, [u8; 32]>,
 }
 
 impl FakePlatform {
@@ -90,6 +92,7 @@ impl FakePlatform {
             on_persist: None,
             names: HashMap::new(),
             names_at: Vec::new(),
+            measurements: HashMap::new(),
         }
     }
 
@@ -188,6 +191,9 @@ impl Platform for FakePlatform {
         self.persisted.push((item, bytes.to_vec()));
         self.config.insert(item.name(), bytes.to_vec());
         Ok(())
+    }
+    fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        self.measurements.get(&dom).copied().ok_or(PlatformError::MissingConfig)
     }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         let now = self.mono_ns;
