@@ -629,6 +629,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         "audit log complete: chain, signatures, no gaps, nothing lost".into(),
         verified.is_ok(),
     ));
+    checks.push((
+        "the unlock carried a fresh attestation (audit: attest before unlock_secret)".into(),
+        unlock_was_attested(&dir.join("audit.log")),
+    ));
 
     println!();
     println!("== summary");
@@ -1007,4 +1011,22 @@ mod bench_tests {
         assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
         assert_eq!(stat_cpu_ticks("no parenthesis"), None);
     }
+}
+
+/// Whether the collected log shows the unlocker's first unlock secret
+/// released after cryptod attested the unlocker for `luks:unlock`.
+fn unlock_was_attested(log: &Path) -> bool {
+    use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult};
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let Ok((items, _)) = crate::audit_cmd::read_log(&bytes) else { return false };
+    let records = items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok());
+    let mut attested = false;
+    for r in records.filter(|r| r.actor == "unlocker" && r.result == AuditResult::Ok) {
+        match r.action {
+            AuditAction::Attest => attested |= r.target.as_deref() == Some("luks:unlock"),
+            AuditAction::UnlockSecret => return attested,
+            _ => {}
+        }
+    }
+    false
 }

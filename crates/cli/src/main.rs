@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod attest_cmd;
 mod audit_cmd;
 mod demo;
 mod host;
@@ -48,6 +49,9 @@ enum Command {
     /// Mint, verify or inspect capability tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// Sign or check attestations as cryptod does.
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCmd),
     /// Create cryptod's sealed state, the operators' TOTP enrolment and the
     /// volumes' LUKS passphrases.
     Provision(provision::ProvisionArgs),
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
         Command::Token(cmd) => token_cmd::run(cmd),
+        Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Provision(args) => provision::run(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),

@@ -36,8 +36,9 @@ fn full_scenario_with_oathtool_codes() {
         "[ok] policy_pd refuses the expired token",
         "[ok] policy_pd refuses the revoked token",
         "[ok] audit log complete",
+        "[ok] the unlock carried a fresh attestation",
         "[ok] after a cryptod restart the used code is still refused",
-        "demo: 13 passed, 0 failed",
+        "demo: 14 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
