@@ -996,23 +996,6 @@ pub(crate) fn wrong_code(code: &str) -> String {
     code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
 }
 
-#[cfg(test)]
-mod bench_tests {
-    use super::stat_cpu_ticks;
-
-    #[test]
-    fn stat_cpu_ticks_reads_fields_14_and_15() {
-        let line = "4242 (cry ptod) S 1 4242 4242 0 -1 4194560 1450 0 0 0 \
-                    731 269 0 0 20 0 1 0 12345 1000 100 18446744073709551615\n";
-        assert_eq!(stat_cpu_ticks(line), Some(1000));
-        // A name with ") 9 9" in it does not shift the fields.
-        let tricky = line.replace("(cry ptod)", "(x) 9 9 (y)");
-        assert_eq!(stat_cpu_ticks(&tricky), Some(1000));
-        assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
-        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
-    }
-}
-
 /// Whether the collected log shows the unlocker's first unlock secret
 /// released after cryptod attested the unlocker for `luks:unlock`.
 fn unlock_was_attested(log: &Path) -> bool {
@@ -1029,4 +1012,21 @@ fn unlock_was_attested(log: &Path) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod bench_tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn stat_cpu_ticks_reads_fields_14_and_15() {
+        let line = "4242 (cry ptod) S 1 4242 4242 0 -1 4194560 1450 0 0 0 \
+                    731 269 0 0 20 0 1 0 12345 1000 100 18446744073709551615\n";
+        assert_eq!(stat_cpu_ticks(line), Some(1000));
+        // A name with ") 9 9" in it does not shift the fields.
+        let tricky = line.replace("(cry ptod)", "(x) 9 9 (y)");
+        assert_eq!(stat_cpu_ticks(&tricky), Some(1000));
+        assert_eq!(stat_cpu_ticks("4242 (cryptod) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks("no parenthesis"), None);
+    }
 }
