@@ -421,8 +421,9 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 }
 
 /// Bumped when what `portcullis provision` seals changes (2: the ACL's
-/// `volumes=`), so a cached provisioning from an older build is redone.
-const PROVISION_FORMAT: &str = "2";
+/// `volumes=`; 3: the test ACL `tests/xen/acl` with dom0's attested rule),
+/// so a cached provisioning from an older build is redone.
+const PROVISION_FORMAT: &str = "3";
 
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
@@ -456,6 +457,8 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
                 "--luks-format",
             ])
             .arg(work.join(VOLUME))
+            .arg("--acl")
+            .arg(root().join("tests/xen/acl"))
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
