@@ -30,11 +30,11 @@ use portcullis_proto::msg::{
     TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
-use portcullis_proto::token::{self, Claims, MemoryReplayCache};
+use portcullis_proto::token::{self, Claims};
 use zeroize::Zeroizing;
 
 use crate::acl::{Acl, AclError, PeerId};
-use crate::attest::{self, AttestError, ATTESTATION_TTL, ATTEST_REPLAY_CAPACITY};
+use crate::attest::{self, AttestError, Issued, ATTESTATION_TTL};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
@@ -259,8 +259,8 @@ pub struct Authority {
     root_seed: Zeroizing<[u8; 32]>,
     master: Zeroizing<[u8; 32]>,
     revocations: RevocationList,
-    /// Attestation nonces already used, per subject (see [`crate::attest`]).
-    attest_replay: MemoryReplayCache,
+    /// The attestations issued, to check those requests carry.
+    attested: Issued,
     audit: Option<AuditLog>,
     /// The head the previous boot sealed: this boot's chain continues from it.
     sealed_head: Option<Head>,
@@ -336,7 +336,7 @@ impl Authority {
             root_seed: Zeroizing::new(state.root_key),
             master: Zeroizing::new(state.master_secret),
             revocations,
-            attest_replay: MemoryReplayCache::new(ATTEST_REPLAY_CAPACITY),
+            attested: Issued::default(),
             audit: None,
             sealed_head,
             aggregate: None,
@@ -1033,9 +1033,8 @@ impl Authority {
             None if required => Err(AttestError::Missing),
             None => return Ok(()),
             Some(bytes) => {
-                let keys = self.keys.verifier_keyset();
                 let expect = attest::Expect { peer, action, pubkey, now };
-                attest::verify(bytes, &keys, &expect, &mut self.attest_replay).map(|_| ())
+                self.attested.take(bytes, &expect)
             }
         };
         result.map_err(|e| {
@@ -1102,6 +1101,10 @@ impl Authority {
             .signer(now)
             .ok_or(AttestError::NoSigningKey.to_string())
             .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| e.to_string()));
+        let signed = signed.and_then(|signed| {
+            self.attested.record(peer, &signed, &claims, now).map_err(|e| e.to_string())?;
+            Ok(signed)
+        });
         match signed {
             Ok(signed) => {
                 let ev = event(AuditResult::Ok)

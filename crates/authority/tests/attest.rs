@@ -3,7 +3,9 @@
 
 use ed25519_dalek::SigningKey;
 use portcullis_authority::acl::{Acl, AclErrorKind};
-use portcullis_authority::attest::{self, ATTESTATION_TTL};
+use portcullis_authority::attest::{
+    self, AttestError, Expect, ATTESTATION_TTL, ATTEST_MAX_PER_PEER,
+};
 use portcullis_authority::authority::{Config, Output};
 use portcullis_authority::ratelimit::IssueRateConfig;
 use portcullis_authority::sealed::SealedState;
@@ -16,6 +18,7 @@ use portcullis_proto::msg::{
     TokenIssueReq, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::MemoryReplayCache;
 
 mod common;
 use common::*;
@@ -201,7 +204,7 @@ fn an_attestation_for_another_action_or_key_is_refused() {
 }
 
 #[test]
-fn an_attestation_signed_by_another_key_is_refused() {
+fn an_attestation_cryptod_did_not_issue_is_refused() {
     let mut a = authority();
     let peer = PeerId::new(5, "unlocker");
     let signed = attest_at(&mut a, &peer, "luks:unlock", 1, T0);
@@ -209,25 +212,43 @@ fn an_attestation_signed_by_another_key_is_refused() {
     let kid = a.verifier_keyset().iter().next().unwrap().kid.clone();
     let forger = SigningKey::from_bytes(&[0x66; 32]);
     let claims = AttestationClaims { nonce: vec![0x77; 16], ..good };
-    // cryptod's kid, another key.
-    let forged = attest::sign(&forger, &kid, &claims).unwrap();
-    let (result, reason, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(forged)), T0);
-    assert_eq!(
-        (result, reason.as_str()),
-        (TotpResult::Denied, "attestation: signature does not verify")
-    );
-    // A kid cryptod never had.
-    let forged = attest::sign(&forger, b"forger-1", &claims).unwrap();
-    let (_, reason, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(forged)), T0);
-    assert_eq!(reason, "attestation: no key for this key id");
+    let not_ours = "attestation: not issued by this cryptod";
+    // cryptod's kid, another key; and a kid cryptod never had.
+    for kid in [&kid[..], b"forger-1"] {
+        let forged = attest::sign(&forger, kid, &claims).unwrap();
+        let (result, reason, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(forged.clone())), T0);
+        assert_eq!((result, reason.as_str()), (TotpResult::Denied, not_ours));
+        // The public-key check agrees.
+        let expect = Expect { peer: &peer, action: "luks:unlock", pubkey: Some(&PK), now: T0 };
+        let mut replay = MemoryReplayCache::new(4);
+        assert!(matches!(
+            attest::verify(&forged, &a.verifier_keyset(), &expect, &mut replay),
+            Err(AttestError::Signature(_))
+        ));
+    }
+    // One bit of a real one flipped anywhere: refused, never accepted.
+    for i in 0..signed.len() {
+        let mut bad = signed.clone();
+        bad[i] ^= 0x01;
+        let (result, reason, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(bad)), T0);
+        assert_eq!(result, TotpResult::Denied, "byte {i}: {reason}");
+        assert!(reason.starts_with("attestation: "), "byte {i}: {reason}");
+    }
+    // The real one still passes (no refusal took its nonce), checked both ways.
+    let expect = Expect { peer: &peer, action: "luks:unlock", pubkey: Some(&PK), now: T0 };
+    let mut replay = MemoryReplayCache::new(4);
+    assert!(attest::verify(&signed, &a.verifier_keyset(), &expect, &mut replay).is_ok());
+    let (result, _, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(signed)), T0);
+    assert_eq!(result, TotpResult::Ok);
     // A token is not an attestation.
     let att = attest_at(&mut a, &peer, "luks:unlock", 2, T0);
     let tok = {
-        let out = run(&mut a, &peer, Request::TotpValidate(&unlock_req(T0, Some(att))), T0);
+        let out =
+            run(&mut a, &peer, Request::TotpValidate(&unlock_req(T0 + 30, Some(att))), T0 + 30);
         totp_resp(&out).capability_token.clone().unwrap()
     };
-    let (_, reason, _) = unlock(&mut a, &peer, &unlock_req(T0 + 30, Some(tok)), T0 + 30);
-    assert_eq!(reason, "attestation: content type missing or not the expected one");
+    let (_, reason, _) = unlock(&mut a, &peer, &unlock_req(T0 + 60, Some(tok)), T0 + 60);
+    assert_eq!(reason, not_ours);
 }
 
 #[test]
@@ -237,12 +258,15 @@ fn an_attestation_is_used_once() {
     let att = attest_at(&mut a, &peer, "luks:unlock", 1, T0);
     let (result, _, _) = unlock(&mut a, &peer, &unlock_req(T0, Some(att.clone())), T0);
     assert_eq!(result, TotpResult::Ok);
-    let (result, reason, _) = unlock(&mut a, &peer, &unlock_req(T0 + 30, Some(att)), T0 + 30);
-    assert_eq!((result, reason.as_str()), (TotpResult::Denied, "attestation: nonce already used"));
-    // A new attestation with the same nonce is the same replay.
-    let again = attest_at(&mut a, &peer, "luks:unlock", 1, T0 + 30);
+    let (result, reason, _) =
+        unlock(&mut a, &peer, &unlock_req(T0 + 30, Some(att.clone())), T0 + 30);
+    assert_eq!((result, reason.as_str()), (TotpResult::Denied, "attestation: already used"));
+    // Asked for again with the same nonce in the same second, cryptod signs
+    // the same bytes (Ed25519 is deterministic): still used once.
+    let again = attest_at(&mut a, &peer, "luks:unlock", 1, T0);
+    assert_eq!(again, att);
     let (_, reason, _) = unlock(&mut a, &peer, &unlock_req(T0 + 30, Some(again)), T0 + 30);
-    assert_eq!(reason, "attestation: nonce already used");
+    assert_eq!(reason, "attestation: already used");
 }
 
 fn issue(scope: Scope, attestation: Option<Vec<u8>>) -> TokenIssueReq {
@@ -332,4 +356,29 @@ fn the_acl_attest_key() {
         kind("allow vm=p scopes=net:read aud=fw0 attest=true attest=false"),
         AclErrorKind::RepeatedKey
     );
+}
+
+#[test]
+fn cryptod_remembers_a_bounded_number_of_attestations_per_peer() {
+    let mut a = authority();
+    let peer = PeerId::new(5, "unlocker");
+    let first = attest_at(&mut a, &peer, "luks:unlock", 1, T0);
+    for n in 2..=(ATTEST_MAX_PER_PEER as u64) {
+        attest_at(&mut a, &peer, "luks:unlock", n, T0);
+    }
+    // Another peer's attestations do not evict this peer's.
+    let dom6 = PeerId::new(6, "unlocker");
+    for n in 0..(2 * ATTEST_MAX_PER_PEER as u64) {
+        attest_at(&mut a, &dom6, "luks:unlock", 100 + n, T0);
+    }
+    let kept = unlock_req(T0, Some(first.clone()));
+    let (result, _, _) = unlock(&mut a, &peer, &kept, T0);
+    assert_eq!(result, TotpResult::Ok);
+    // One more of its own forgets the peer's oldest.
+    let second = attest_at(&mut a, &peer, "luks:unlock", 2, T0);
+    for n in 0..(ATTEST_MAX_PER_PEER as u64) {
+        attest_at(&mut a, &peer, "luks:unlock", 200 + n, T0 + 30);
+    }
+    let (_, reason, _) = unlock(&mut a, &peer, &unlock_req(T0 + 30, Some(second)), T0 + 30);
+    assert_eq!(reason, "attestation: not issued by this cryptod");
 }
