@@ -582,8 +582,8 @@ wire_struct! {
         action: String,
         /// The requester's ephemeral public key (X25519 or Ed25519).
         subject_pubkey: [u8; 32],
-        /// Requester nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes;
-        /// cryptod accepts an attestation with a given nonce once.
+        /// Requester nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes,
+        /// bound into the attestation.
         nonce: Vec<u8>,
         /// Request time.
         timestamp: u64,
