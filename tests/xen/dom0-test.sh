@@ -338,11 +338,14 @@ else
     result attest-stale FAIL "($(cat $RUN/issue-stale.out 2>/dev/null))"
 fi
 
-# fresh_code: the code of a TOTP step after the last one used (waiting for
-# that step to come if needed), in FRESH; its step in FRESH_STEP.
+# fresh_code: the code of the TOTP step after the current one, in FRESH
+# (waiting until that step is after the last one used); its step in
+# FRESH_STEP. cryptod accepts it from now until that step's next one ends
+# (window of one step), so a replay check 60 to 90 s later still falls
+# inside the window and is judged a replay, not a wrong code.
 fresh_code() {
-    while [ $(($(date +%s) / 30)) -le "$LAST_STEP" ]; do sleep 1; done
-    T=$(date +%s)
+    while [ $(($(date +%s) / 30)) -lt "$LAST_STEP" ]; do sleep 1; done
+    T=$(($(date +%s) + 30))
     FRESH=$(oathtool --totp -b -N "@$T" "$SECRET")
     FRESH_STEP=$((T / 30))
 }

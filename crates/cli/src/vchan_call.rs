@@ -185,8 +185,11 @@ fn call<C: Channel>(
             match link.call(&Message::TokenIssueReq(req), timeout) {
                 Ok(Message::TokenIssueResp(r)) if r.request_id == request_id => {
                     let reason = r.reason.unwrap_or_default();
-                    if r.token.is_some() {
-                        println!("vchan-call: token issued ({} {reason})", r.result.as_str());
+                    if let Some(exp) = r.token.as_ref().and(r.expires_at) {
+                        println!(
+                            "vchan-call: token issued ({}, expires_at {exp})",
+                            r.result.as_str()
+                        );
                     } else {
                         return Err(Failure::Invalid(format!(
                             "token_issue: {} ({reason})",
