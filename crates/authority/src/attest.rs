@@ -52,9 +52,6 @@ pub const ATTEST_MAX_PER_PEER: usize = 8;
 pub enum AttestError {
     /// The request needs an attestation and carries none.
     Missing,
-    /// Not laid out as cryptod writes an attestation (tag 18, four items,
-    /// an empty unprotected header).
-    Malformed,
     /// Not bytes this cryptod issued (forged, altered, re-encoded, or
     /// forgotten: from an earlier boot, or evicted).
     NotIssued,
@@ -89,7 +86,6 @@ impl fmt::Display for AttestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttestError::Missing => f.write_str("attestation required"),
-            AttestError::Malformed => f.write_str("attestation: malformed"),
             AttestError::NotIssued => f.write_str("attestation: not issued by this cryptod"),
             AttestError::TableFull => f.write_str("attestation: too many live attestations"),
             AttestError::Signature(e) => write!(f, "attestation: {e}"),
