@@ -12,6 +12,10 @@ not write).
    hashlib, one batch sealed by a pycose COSE_Sign1) passes
    `portcullis audit verify`; the same log with a record edited, or sealed
    by another key, fails.
+5. An attestation signed by `portcullis attest sign` (cryptod's code) verifies
+   with pycose and its claims decode with cbor2; one signed by pycose passes
+   `portcullis attest verify`, and is refused when stale, for another domain
+   or another action.
 
 Run by `cargo xtask interop` (and so by `cargo xtask test`).
 """
@@ -152,8 +156,68 @@ def main():
         # 4. an audit log sealed by pycose -> portcullis audit verify
         audit_seal_check(c, tmp, prefix, priv, now)
 
+        # 5. attestations both ways
+        attestation_check(c, tmp, prefix, priv, pub, now)
+
         print(f"pycose interop: {c.passed} passed, {c.failures} failed")
         sys.exit(1 if c.failures else 0)
+
+
+ATTESTATION_CT = "application/portcullis.attestation+cbor"
+
+
+def attestation_check(c, tmp, prefix, priv, pub, now):
+    epk, nonce, measured = os.urandom(32), os.urandom(16), os.urandom(32)
+    path = os.path.join(tmp, "att.cose")
+    r = c.run("attest", "sign", "--key", prefix + ".key", "--domid", "5", "--vm", "unlocker",
+              "--action", "luks:unlock", "--pubkey", epk.hex(), "--nonce", nonce.hex(),
+              "--measurement", measured.hex(), "--now", str(now), "--out", path)
+    c.expect(r.returncode == 0, f"attest sign exits 0 ({r.stderr.decode().strip()})")
+    signed = open(path, "rb").read()
+    msg = Sign1Message.decode(signed)
+    msg.key = pub
+    c.expect(msg.verify_signature(), "pycose verifies the signature of a portcullis attestation")
+    phdr = cbor2.loads(msg.phdr_encoded)
+    c.expect(phdr == {1: -19, 3: ATTESTATION_CT, 4: bytes(pub.kid)},
+             f"attestation protected header is alg, content type, kid (got {phdr!r})")
+    c.expect(cbor2.loads(signed).tag == 18, "attestation is tagged COSE_Sign1 (18)")
+    claims = cbor2.loads(msg.payload)
+    c.expect(claims == {"subject_domid": 5, "subject_vm": "unlocker", "subject_pubkey": epk,
+                        "action": "luks:unlock", "nonce": nonce, "issued_at": now,
+                        "expires_at": now + 60, "measurement": measured},
+             f"attestation claims decode to what was signed (got {claims!r})")
+
+    def verify(path, *extra, domid="5", action="luks:unlock", at=now + 1):
+        return c.run("attest", "verify", "--pub", prefix + ".pub", "--domid", domid, "--vm", "unlocker",
+                     "--action", action, "--now", str(at), *extra, path)
+
+    r = verify(path, "--pubkey", epk.hex())
+    c.expect(r.returncode == 0, f"portcullis verifies its own attestation ({r.stderr.decode().strip()})")
+
+    claims = {"subject_domid": 5, "subject_vm": "unlocker", "subject_pubkey": epk,
+              "action": "luks:unlock", "nonce": os.urandom(16), "issued_at": now,
+              "expires_at": now + 60}
+    m = Sign1Message(phdr={1: Ed25519, 3: ATTESTATION_CT, 4: bytes(priv.kid)},
+                     payload=cbor2.dumps(claims))
+    m.key = OKPKey(crv="Ed25519", x=priv.x, d=priv.d)
+    path = os.path.join(tmp, "py-att.cose")
+    with open(path, "wb") as f:
+        f.write(m.encode(tag=True))
+    r = verify(path)
+    c.expect(r.returncode == 0 and b"measurement=none" in r.stdout,
+             f"portcullis verifies a pycose attestation ({r.stderr.decode().strip()})")
+    for what, kwargs, reason in (
+        ("stale", {"at": now + 61}, b"attestation: stale"),
+        ("for another domain", {"domid": "6"}, b"subject is not this peer"),
+        ("for another action", {"action": "key:rotate"}, b"action is not this request's"),
+    ):
+        r = verify(path, **kwargs)
+        c.expect(r.returncode == 1 and reason in r.stderr,
+                 f"a pycose attestation {what} is refused ({r.returncode}: {r.stderr.decode().strip()})")
+    # A token is not an attestation, nor the other way round.
+    r = c.run("token", "verify", "--pub", prefix + ".pub", "--aud", "unlock_agent",
+              "--scope", "luks:unlock", "--now", str(now + 1), path)
+    c.expect(r.returncode == 1, "an attestation is refused as a token")
 
 
 def bstr_item(b):

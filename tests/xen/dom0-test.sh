@@ -201,6 +201,25 @@ for req in keyset revocations; do
     fi
 done
 
+# 3b. Attestations (tests/xen/acl grants dom0 net:read for dom0-check only
+#     with a fresh one): dom0 gets two; the first is used at once and
+#     passes; the second is kept until it is stale (checked after stage 5).
+echo "STAGE attestations: dom0 asks cryptod"
+att() { portcullis vchan-call --domid $CRYPTOD --root $ROOT "$@"; }
+if att --request attestation --action net:read --save $RUN/att-fresh.cose > $RUN/att-fresh.out 2>&1 \
+    && att --request attestation --action net:read --save $RUN/att-stale.cose > $RUN/att-stale.out 2>&1; then
+    STALE_AFTER=$(($(date +%s) + 61))
+    if att --request token-issue --action net:read --attestation $RUN/att-fresh.cose > $RUN/issue-fresh.out 2>&1 \
+        && ! att --request token-issue --action net:read > $RUN/issue-none.out 2>&1 \
+        && grep -q "attestation required" $RUN/issue-none.out; then
+        result attest-fresh PASS "($(cat $RUN/att-fresh.out); with it: $(cat $RUN/issue-fresh.out); without: $(cat $RUN/issue-none.out))"
+    else
+        result attest-fresh FAIL "($(cat $RUN/issue-fresh.out $RUN/issue-none.out | tr '\n' ' '))"
+    fi
+else
+    result attest-fresh FAIL "($(cat $RUN/att-fresh.out $RUN/att-stale.out 2>/dev/null | tr '\n' ' '))"
+fi
+
 # 4. The unlock: the service's agent is the libxenvchan SERVER for the
 #    unlocker (port 9003); the operator's codes (oathtool, from the enrolment)
 #    typed into the unlocker's console.
@@ -249,6 +268,22 @@ if type_code 4 "$next" && wait_new unlocker "unlocker: volume data unlocked" 90 
     result unlock PASS "(cryptsetup open: $(grep -E 'type|cipher' $RUN/status | tr -s ' ' | tr '\n' ' '))"
 else
     result unlock FAIL "($(tail -3 $HOSTLOG | tr '\n' ' '))"
+fi
+# The unlock carried a fresh attestation: the collected log (verified) has
+# cryptod's attest record for the unlocker before the unlock secret.
+attested_unlock() {
+    portcullis audit verify --root $ROOT --allow-unsealed-tail --list $AUDIT > $RUN/list.out 2>&1 \
+    && awk '$1 == "record" && $3 == "unlocker" && $5 == "ok" {
+              if ($4 == "attest" && $6 == "luks:unlock") a = $2
+              if ($4 == "unlock_secret" && a != "") { print "attest seq " a ", unlock_secret seq " $2; found = 1; exit }
+            } END { exit !found }' $RUN/list.out > $RUN/attest-unlock.out
+}
+n=0
+until attested_unlock || [ $n -ge 5 ]; do sleep 1; n=$((n + 1)); done
+if attested_unlock; then
+    result attest-unlock PASS "(the unlock passed with a fresh attestation; audit: $(cat $RUN/attest-unlock.out))"
+else
+    result attest-unlock FAIL "($(grep -E 'attest|unlock_secret|acl_deny' $RUN/list.out | tail -5 | tr '\n' ' '))"
 fi
 if grep -qF -e "$code" -e "$next" -e "$wrong" "$LOGS/guest-unlocker.log" $HOSTLOG; then
     result unlocker-no-echo FAIL "(a typed code appears on a console or in the service's log)"
@@ -330,11 +365,25 @@ else
     show_log policy_pd
 fi
 
-# fresh_code: the code of a TOTP step after the last one used (waiting for
-# that step to come if needed), in FRESH; its step in FRESH_STEP.
+# 5c. The attestation dom0 kept since stage 3b is stale now: the request
+#     that carries it is refused, and the refusal is audited.
+echo "STAGE attestations: a stale one"
+while [ "$(date +%s)" -lt "${STALE_AFTER:-0}" ]; do sleep 1; done
+if [ -s $RUN/att-stale.cose ] && ! att --request token-issue --action net:read --attestation $RUN/att-stale.cose > $RUN/issue-stale.out 2>&1 \
+    && grep -q "attestation: stale" $RUN/issue-stale.out; then
+    result attest-stale PASS "($(cat $RUN/issue-stale.out))"
+else
+    result attest-stale FAIL "($(cat $RUN/issue-stale.out 2>/dev/null))"
+fi
+
+# fresh_code: the code of the TOTP step after the current one, in FRESH
+# (waiting until that step is after the last one used); its step in
+# FRESH_STEP. cryptod accepts it from now until that step's next one ends
+# (window of one step), so a replay check 60 to 90 s later still falls
+# inside the window and is judged a replay, not a wrong code.
 fresh_code() {
-    while [ $(($(date +%s) / 30)) -le "$LAST_STEP" ]; do sleep 1; done
-    T=$(date +%s)
+    while [ $(($(date +%s) / 30)) -lt "$LAST_STEP" ]; do sleep 1; done
+    T=$(($(date +%s) + 30))
     FRESH=$(oathtool --totp -b -N "@$T" "$SECRET")
     FRESH_STEP=$((T / 30))
 }

@@ -422,14 +422,44 @@ fn single_prefix(dir: &Path, prefix: &str) -> Result<PathBuf, String> {
 
 /// Bumped when what `portcullis provision` seals changes (2: the ACL's
 /// `volumes=`; 3: the KEK in cryptod/kek.sealed, passphrase protector; 4:
-/// rules bound to the images), so a cached provisioning from an older build
-/// is redone.
-const PROVISION_FORMAT: &str = "4";
+/// rules bound to the images; 5: the test ACL `tests/xen/acl`, with dom0's
+/// attested rule, bound to the images), so a cached provisioning from an
+/// older build is redone.
+const PROVISION_FORMAT: &str = "5";
 /// The test's KEK passphrase (a test secret: the image carries it as
 /// /portcullis/kek-pass, which tests/xen/host.toml names).
 const KEK_PASSPHRASE: &str = "portcullis xen test passphrase";
 /// A small Argon2id cost: dom0 runs under TCG in the test (the file records it).
 const KEK_ARGON2: &str = "m=8192,t=1,p=1";
+
+/// The guests whose rules the test ACL binds to their packaged images, as
+/// `portcullis provision --images` binds its built-in ACL.
+const BOUND_GUESTS: &[&str] = &["unlocker", "policy_pd"];
+
+/// `acl` (the test ACL) with each `allow vm=<guest>` rule of
+/// [`BOUND_GUESTS`] given `image=sha256:<hex>` from `sums` (sha256sum
+/// lines). Pure, so a test can run it.
+fn bind_acl(acl: &str, sums: &str) -> Result<String, String> {
+    let digest = |guest: &str| {
+        sums.lines()
+            .filter_map(|l| l.split_once("  "))
+            .find(|(_, name)| name.trim() == guest)
+            .map(|(hex, _)| hex.trim().to_string())
+            .ok_or(format!("no {guest} in the image sums"))
+    };
+    let mut out = String::new();
+    for line in acl.lines() {
+        out.push_str(line);
+        let mut words = line.split_whitespace();
+        if let (Some("allow"), Some(vm)) = (words.next(), words.next()) {
+            if let Some(guest) = BOUND_GUESTS.iter().find(|g| vm == format!("vm={g}")) {
+                out.push_str(&format!(" image=sha256:{}", digest(guest)?));
+            }
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
 
 /// Provisions cryptod once (kept under target/xen-image/provisioned).
 fn provision(work: &Path) -> Result<PathBuf, String> {
@@ -459,6 +489,11 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
     let _ = fs::remove_file(work.join(VOLUME));
     let pass = work.join("kek-pass");
     fs::write(&pass, format!("{KEK_PASSPHRASE}\n")).map_err(|e| format!("kek-pass: {e}"))?;
+    let template = root().join("tests/xen/acl");
+    let text = fs::read_to_string(&template).map_err(|e| format!("{}: {e}", template.display()))?;
+    let acl = work.join("acl");
+    fs::write(&acl, bind_acl(&text, &String::from_utf8_lossy(&images))?)
+        .map_err(|e| format!("{}: {e}", acl.display()))?;
     run(
         "portcullis provision",
         Command::new(root().join("target/debug/portcullis"))
@@ -477,8 +512,8 @@ fn provision(work: &Path) -> Result<PathBuf, String> {
             .arg(&pass)
             .arg("--luks-format")
             .arg(work.join(VOLUME))
-            .arg("--images")
-            .arg(&sums)
+            .arg("--acl")
+            .arg(&acl)
             .arg("--out")
             .arg(&out)
             .stdout(Stdio::null()),
@@ -1229,6 +1264,21 @@ fn lines_to(r: impl std::io::Read, tx: mpsc::Sender<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_test_acl_binds_the_unlocker_and_policy_pd_to_their_images() {
+        let sums = "aa  cryptod\nbb  unlocker\ncc  policy_pd\n";
+        let acl =
+            "# c\nallow vm=unlocker scopes=luks:unlock\nallow vm=policy_pd  scopes=net:read\n\
+                   allow vm=dom0 domid=0 scopes=net:read\ndeny vm=*\n";
+        assert_eq!(
+            bind_acl(acl, sums).unwrap(),
+            "# c\nallow vm=unlocker scopes=luks:unlock image=sha256:bb\n\
+             allow vm=policy_pd  scopes=net:read image=sha256:cc\n\
+             allow vm=dom0 domid=0 scopes=net:read\ndeny vm=*\n"
+        );
+        assert!(bind_acl(acl, "aa  cryptod\n").unwrap_err().contains("unlocker"));
+    }
 
     #[test]
     fn each_release_is_one_debian_release_with_the_same_tools() {

@@ -584,17 +584,20 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             let reply = match link.poll() {
                 Ok(None) => return Ok(audited),
                 Ok(Some(msg)) => match Request::from_message(&msg) {
-                    Some(req) => {
+                    Some(mut req) => {
                         // dom0's measurement of the peer's image, read
                         // again for every request (one published late
                         // counts from the next); none, or one that cannot
                         // be read, is no measurement: an image-bound rule
-                        // denies. Randomness from the DRBG alone
-                        // (reseeded with hardware entropy at every
-                        // entropy_pub).
+                        // denies, and an attestation leaves it out.
+                        // Randomness from the DRBG alone (reseeded with
+                        // hardware entropy at every entropy_pub).
                         let image = u16::try_from(peer.domid)
                             .ok()
                             .and_then(|d| p.measurement(DomId(d)).ok());
+                        if let Request::Attestation(r, _) = req {
+                            req = Request::Attestation(r, image);
+                        }
                         let out: Output =
                             self.auth.handle_measured_request(&peer, image.as_ref(), req, now, &[]);
                         audited |= !out.audit.is_empty();

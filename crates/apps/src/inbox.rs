@@ -26,6 +26,7 @@ impl Role for Cryptod {
         MsgType::TokenRevokeReq,
         MsgType::KeysetReq,
         MsgType::RevocationListReq,
+        MsgType::AttestationReq,
         MsgType::EntropyPub,
         MsgType::AuditAck,
         MsgType::AdminReq,
@@ -36,6 +37,7 @@ impl Role for Cryptod {
         MsgType::TokenRevokeResp,
         MsgType::Keyset,
         MsgType::RevocationList,
+        MsgType::Attestation,
         MsgType::Error,
         MsgType::AuditLog,
         MsgType::AdminResp,
@@ -61,16 +63,23 @@ const CLIENT_RECEIVES: KindSet =
 /// What every client guest asks cryptod for its trust refresh.
 const CLIENT_SENDS: KindSet = KindSet::of(&[MsgType::KeysetReq, MsgType::RevocationListReq]);
 
-/// unlocker: cryptod's TOTP verdict and the unlock agent's result in; the
-/// TOTP request and the unlock request out.
+/// unlocker: cryptod's attestation and TOTP verdict and the unlock agent's
+/// result in; the attestation request, the TOTP request and the unlock
+/// request out.
 #[derive(Debug)]
 pub enum Unlocker {}
 
 impl Role for Unlocker {
-    const RECEIVES: KindSet =
-        CLIENT_RECEIVES.union(KindSet::of(&[MsgType::TotpValidateResp, MsgType::UnlockResult]));
-    const SENDS: KindSet =
-        CLIENT_SENDS.union(KindSet::of(&[MsgType::TotpValidateReq, MsgType::UnlockRequest]));
+    const RECEIVES: KindSet = CLIENT_RECEIVES.union(KindSet::of(&[
+        MsgType::Attestation,
+        MsgType::TotpValidateResp,
+        MsgType::UnlockResult,
+    ]));
+    const SENDS: KindSet = CLIENT_SENDS.union(KindSet::of(&[
+        MsgType::AttestationReq,
+        MsgType::TotpValidateReq,
+        MsgType::UnlockRequest,
+    ]));
 }
 
 /// policy_pd: its token issue and revoke requests out, cryptod's answers in.

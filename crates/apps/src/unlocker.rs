@@ -1,8 +1,10 @@
 //! unlocker: the operator console.
 //!
 //! Prompts for the operator's TOTP code or one of their recovery codes
-//! (not echoed), sends it to cryptod
-//! with a fresh ephemeral X25519 public key, checks the `luks:unlock` token it
+//! (not echoed), asks cryptod for an
+//! attestation of itself for `luks:unlock` binding a fresh ephemeral X25519
+//! public key, sends the code to cryptod with that key and the attestation
+//! (so the sealed secret goes to the attested requester), checks the `luks:unlock` token it
 //! gets back against cryptod's root-signed keyset, opens the unlock secret
 //! (sealed to the ephemeral key, bound to the request transcript), hands it
 //! with the token to the dom0 unlock agent, and zeroes every secret on the
@@ -15,10 +17,12 @@ use core::time::Duration;
 
 use portcullis_authority::unlock::{open_unlock_secret, Transcript};
 use portcullis_platform::{ConfigItem, Platform, PlatformError};
+use portcullis_proto::cose::ContentType;
+use portcullis_proto::danger::open_unverified;
 use portcullis_proto::envelope::{Message, Role};
 use portcullis_proto::msg::{
-    is_valid_recovery_code, is_valid_totp_code, RequestId, SealedSecret, TotpResult,
-    TotpValidateReq, UnlockOutcome, UnlockRequest,
+    is_valid_recovery_code, is_valid_totp_code, AttestationClaims, AttestationReq, RequestId,
+    SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
@@ -84,7 +88,7 @@ pub struct Fresh {
     pub request_id: RequestId,
     /// The `unlock_request` id (to the agent).
     pub unlock_id: RequestId,
-    /// The client nonce.
+    /// The client nonce (also the attestation's nonce).
     pub nonce: [u8; 16],
 }
 
@@ -102,6 +106,10 @@ impl Fresh {
 
 /// What an attempt needs next.
 pub enum Step {
+    /// Send this `totp_validate_req` (it carries the code and the
+    /// attestation) to cryptod and give its answer to
+    /// [`Attempt::on_cryptod_answer`].
+    ToCryptod(alloc::boxed::Box<Message>),
     /// cryptod refused (a console line says why): prompt again.
     Refused(String),
     /// The token does not verify against the keyset held (perhaps the key
@@ -130,6 +138,8 @@ pub struct Attempt {
     esk: StaticSecret,
     request_id: RequestId,
     unlock_id: RequestId,
+    /// The `totp_validate_req` waiting for its attestation.
+    pending: Option<TotpValidateReq>,
     /// The token and sealed secret of an `ok` answer, until handed on.
     granted: Option<(Vec<u8>, SealedSecret)>,
     first_error: Option<VerifyError>,
@@ -137,7 +147,8 @@ pub struct Attempt {
 
 impl Attempt {
     /// Starts an attempt with the operator's `code`; returns it and the
-    /// `totp_validate_req` for cryptod.
+    /// `attestation_req` for cryptod (its answer goes to
+    /// [`Attempt::on_cryptod_answer`], which then asks for the code check).
     pub fn new(
         target: &UnlockTarget,
         code: Zeroizing<String>,
@@ -146,7 +157,7 @@ impl Attempt {
     ) -> (Attempt, Message) {
         let esk = StaticSecret::from(*fresh.esk);
         let epk = PublicKey::from(&esk).to_bytes();
-        let req = Message::TotpValidateReq(TotpValidateReq {
+        let pending = TotpValidateReq {
             request_id: fresh.request_id,
             operator_id: target.operator.clone(),
             device_id: target.device.clone(),
@@ -155,18 +166,47 @@ impl Attempt {
             timestamp: now,
             volume_id: Some(target.volume.clone()),
             ephemeral_pubkey: Some(epk),
-            attestation_chain: None,
+            attestation: None,
             metadata: None,
+        };
+        let req = Message::AttestationReq(AttestationReq {
+            request_id: fresh.request_id,
+            action: Scope::LuksUnlock.as_str().into(),
+            subject_pubkey: epk,
+            nonce: fresh.nonce.to_vec(),
+            timestamp: now,
         });
         let attempt = Attempt {
             target: target.clone(),
             esk,
             request_id: fresh.request_id,
             unlock_id: fresh.unlock_id,
+            pending: Some(pending),
             granted: None,
             first_error: None,
         };
         (attempt, req)
+    }
+
+    /// cryptod's attestation: it must bind this attempt's key and nonce
+    /// (cryptod checks its signature when the request carries it back).
+    fn on_attestation(&mut self, signed: Vec<u8>) -> Result<Step, AppError> {
+        let Some(mut req) = self.pending.take() else {
+            return Err(AppError::Protocol("unexpected attestation".into()));
+        };
+        let ours = open_unverified(&signed)
+            .ok()
+            .map(|o| o.into_unverified())
+            .filter(|o| o.content_type == ContentType::Attestation)
+            .and_then(|o| AttestationClaims::from_cbor(&o.payload).ok())
+            .is_some_and(|c| {
+                Some(c.subject_pubkey) == req.ephemeral_pubkey && c.nonce == req.client_nonce
+            });
+        if !ours {
+            return Err(AppError::Protocol("attestation is not for this attempt".into()));
+        }
+        req.attestation = Some(signed);
+        Ok(Step::ToCryptod(alloc::boxed::Box::new(Message::TotpValidateReq(req))))
     }
 
     /// cryptod's answer. An answer to another request, or of another kind,
@@ -178,7 +218,20 @@ impl Attempt {
         now: u64,
     ) -> Result<Step, AppError> {
         let resp = match answer {
-            Message::TotpValidateResp(r) if r.request_id == self.request_id => r,
+            Message::Attestation(a) => return self.on_attestation(a.signed),
+            Message::Error(e)
+                if self.pending.is_some() && e.request_id == Some(self.request_id) =>
+            {
+                self.pending = None;
+                let line =
+                    alloc::format!("attestation refused: {} ({})", e.code.as_str(), e.reason);
+                return Ok(Step::Refused(line));
+            }
+            Message::TotpValidateResp(r)
+                if r.request_id == self.request_id && self.pending.is_none() =>
+            {
+                r
+            }
             other => {
                 return Err(AppError::Protocol(alloc::format!(
                     "unexpected {}",
@@ -323,9 +376,13 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
         let code_text = Zeroizing::new(String::from(typed));
         let fresh = Fresh::draw(p)?;
         let (mut attempt, req) = Attempt::new(&target, code_text, fresh, p.now_unix());
-        let answer = cryptod.call(&req, CALL_TIMEOUT)?;
-        drop(req);
-        let mut step = attempt.on_cryptod_answer(answer, &trust, p.now_unix())?;
+        let mut step =
+            attempt.on_cryptod_answer(cryptod.call(&req, CALL_TIMEOUT)?, &trust, p.now_unix())?;
+        if let Step::ToCryptod(req) = step {
+            let answer = cryptod.call(&req, CALL_TIMEOUT)?;
+            drop(req);
+            step = attempt.on_cryptod_answer(answer, &trust, p.now_unix())?;
+        }
         if let Step::TokenUnverified(_) = step {
             // Perhaps the key rotated since we fetched the keyset: once more.
             refresh_keyset(p, &mut cryptod, &mut trust)?;
@@ -338,6 +395,10 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
             }
             Step::TokenUnverified(e) => {
                 say!(p, "unlocker: token refused: {e}");
+                continue;
+            }
+            Step::ToCryptod(_) => {
+                say!(p, "unlocker: cryptod answered out of turn");
                 continue;
             }
             Step::ToAgent(req) => req,

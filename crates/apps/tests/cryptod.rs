@@ -130,7 +130,7 @@ fn totp_req(code: &str) -> Message {
         timestamp: T0,
         volume_id: None,
         ephemeral_pubkey: None,
-        attestation_chain: None,
+        attestation: None,
         metadata: None,
     }
     .into()
@@ -988,4 +988,42 @@ fn admin_commands_are_honoured_only_on_dom0_s_link() {
     w.poll();
     w.ack();
     assert_eq!(admin_result(&drain(&mut admin)), AdminResult::Replay);
+}
+
+fn attestation_req(nonce: u8) -> Message {
+    portcullis_proto::msg::AttestationReq {
+        request_id: RequestId([nonce; 16]),
+        action: "luks:unlock".into(),
+        subject_pubkey: [0x33; 32],
+        nonce: vec![nonce; 16],
+        timestamp: T0,
+    }
+    .into()
+}
+
+fn attested_claims(m: &Message) -> portcullis_proto::msg::AttestationClaims {
+    let Message::Attestation(a) = m else { panic!("{m:?}") };
+    let object = portcullis_proto::danger::open_unverified(&a.signed).unwrap().into_unverified();
+    portcullis_proto::msg::AttestationClaims::from_cbor(&object.payload).unwrap()
+}
+
+#[test]
+fn an_attestation_names_the_link_s_peer_and_what_dom0_measured() {
+    let mut w = boot();
+    w.p.measurements.insert(UNLOCKER, [0x5e; 32]);
+    w.seed();
+    let mut un = w.client(UNLOCKER);
+    un.send(&attestation_req(1)).unwrap();
+    w.poll();
+    let records = w.ack();
+    assert!(records.iter().any(|r| r.action == AuditAction::Attest));
+    let c = attested_claims(&drain(&mut un)[0]);
+    assert_eq!((c.subject_domid, c.subject_vm.as_str()), (u64::from(UNLOCKER.0), "unlocker"));
+    assert_eq!(c.measurement, Some([0x5e; 32]));
+    // Nothing published for the domain: the claim is left out.
+    w.p.measurements.clear();
+    un.send(&attestation_req(2)).unwrap();
+    w.poll();
+    w.ack();
+    assert_eq!(attested_claims(&drain(&mut un)[0]).measurement, None);
 }

@@ -20,6 +20,16 @@ fn ask(a: &mut Authority, msg: &Message, now: u64) -> Message {
     ask_as(a, &PeerId::new(5, "unlocker"), msg, now)
 }
 
+/// Asks cryptod for the attestation `req`, and then the code check the
+/// attempt builds with it; the attempt's step after cryptod's last answer.
+fn answer(a: &mut Authority, att: &mut Attempt, req: &Message, trust: &Trust) -> Step {
+    let step = att.on_cryptod_answer(ask(a, req, T0), trust, T0).unwrap();
+    let Step::ToCryptod(check) = step else { return step };
+    let Message::TotpValidateReq(r) = &*check else { panic!("not a code check") };
+    assert!(r.attestation.is_some(), "the code check carries the attestation");
+    att.on_cryptod_answer(ask(a, &check, T0), trust, T0).unwrap()
+}
+
 fn target() -> UnlockTarget {
     UnlockTarget {
         operator: "alice".into(),
@@ -47,6 +57,7 @@ fn refused(step: Step) -> String {
         Step::Refused(line) => line,
         Step::TokenUnverified(e) => panic!("token unverified: {e}"),
         Step::ToAgent(_) => panic!("went to the agent"),
+        Step::ToCryptod(_) => panic!("asked cryptod again"),
     }
 }
 
@@ -59,7 +70,7 @@ fn a_right_code_hands_the_agent_the_volume_passphrase_and_the_token() {
     let mut a = cryptod();
     let trust = trust(&mut a);
     let (mut att, req) = start(&target(), &code_at(T0), 1);
-    let step = att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap();
+    let step = answer(&mut a, &mut att, &req, &trust);
     let Step::ToAgent(msg) = step else { panic!("not to the agent") };
     let Message::UnlockRequest(u) = *msg else { panic!("not an unlock request") };
     assert_eq!(u.request_id, fresh(1).unlock_id);
@@ -77,7 +88,7 @@ fn a_wrong_code_is_refused_as_fail() {
     let mut a = cryptod();
     let trust = trust(&mut a);
     let (mut att, req) = start(&target(), "00000000", 1);
-    let line = refused(att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap());
+    let line = refused(answer(&mut a, &mut att, &req, &trust));
     assert!(line.starts_with("refused: fail"), "{line}");
 }
 
@@ -86,12 +97,9 @@ fn a_code_used_once_is_refused_as_replay() {
     let mut a = cryptod();
     let trust = trust(&mut a);
     let (mut att, req) = start(&target(), &code_at(T0), 1);
-    assert!(matches!(
-        att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap(),
-        Step::ToAgent(_)
-    ));
+    assert!(matches!(answer(&mut a, &mut att, &req, &trust), Step::ToAgent(_)));
     let (mut att, req) = start(&target(), &code_at(T0), 2);
-    let line = refused(att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap());
+    let line = refused(answer(&mut a, &mut att, &req, &trust));
     assert!(line.starts_with("refused: replay"), "{line}");
 }
 
@@ -102,7 +110,7 @@ fn a_locked_out_device_is_told_when_to_retry() {
     let mut last = String::new();
     for n in 0..8 {
         let (mut att, req) = start(&target(), "00000000", n);
-        last = refused(att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap());
+        last = refused(answer(&mut a, &mut att, &req, &trust));
     }
     assert!(last.starts_with("refused: rate_limited") && last.contains("retry after"), "{last}");
 }
@@ -111,9 +119,20 @@ fn a_locked_out_device_is_told_when_to_retry() {
 fn an_answer_to_another_request_is_a_protocol_error() {
     let mut a = cryptod();
     let trust = trust(&mut a);
-    let (_, req) = start(&target(), "00000000", 1);
-    let answer = ask(&mut a, &req, T0);
+    let (mut att, req) = start(&target(), "00000000", 1);
+    let attestation = ask(&mut a, &req, T0);
     let (mut other, _) = start(&target(), "00000000", 2);
+    // Another attempt's attestation (its key and nonce).
+    let wrong = other.on_cryptod_answer(attestation.clone(), &trust, T0);
+    assert!(matches!(wrong, Err(AppError::Protocol(_))));
+    let Step::ToCryptod(check) = att.on_cryptod_answer(attestation, &trust, T0).unwrap() else {
+        panic!()
+    };
+    let answer = ask(&mut a, &check, T0);
+    let (mut other, _) = start(&target(), "00000000", 2);
+    // Not before its own attestation came.
+    let early = other.on_cryptod_answer(answer.clone(), &trust, T0);
+    assert!(matches!(early, Err(AppError::Protocol(_))));
     assert!(matches!(other.on_cryptod_answer(answer, &trust, T0), Err(AppError::Protocol(_))));
     let keyset: Message = KeysetReq { request_id: RequestId([2; 16]) }.into();
     assert!(matches!(other.on_cryptod_answer(keyset, &trust, T0), Err(AppError::Protocol(_))));
@@ -125,7 +144,7 @@ fn a_token_the_held_keyset_cannot_verify_is_checked_again_after_a_refresh() {
     let root = a.root_public();
     let stale = Trust::new(root, &kid_for(&root)); // no keyset yet
     let (mut att, req) = start(&target(), &code_at(T0), 1);
-    let step = att.on_cryptod_answer(ask(&mut a, &req, T0), &stale, T0).unwrap();
+    let step = answer(&mut a, &mut att, &req, &stale);
     assert!(matches!(step, Step::TokenUnverified(_)));
     let fresh_trust = trust(&mut a);
     assert!(matches!(att.retry_token(&fresh_trust, T0).unwrap(), Step::ToAgent(_)));
@@ -138,7 +157,7 @@ fn a_token_that_still_does_not_verify_is_refused_and_nothing_goes_to_the_agent()
     // The agent's audience is not what cryptod put in the token.
     let t = UnlockTarget { audience: "another_agent".into(), ..target() };
     let (mut att, req) = start(&t, &code_at(T0), 1);
-    let step = att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap();
+    let step = answer(&mut a, &mut att, &req, &trust);
     assert!(matches!(step, Step::TokenUnverified(VerifyError::WrongAudience)));
     let line = refused(att.retry_token(&trust, T0).unwrap());
     assert!(line.starts_with("token refused"), "{line}");
@@ -151,7 +170,7 @@ fn the_agent_s_refusal_is_reported_and_its_wrong_answers_are_errors() {
     let mut a = cryptod();
     let trust = trust(&mut a);
     let (mut att, req) = start(&target(), &code_at(T0), 1);
-    att.on_cryptod_answer(ask(&mut a, &req, T0), &trust, T0).unwrap();
+    answer(&mut a, &mut att, &req, &trust);
     match agent_says(&att, fresh(1).unlock_id, UnlockOutcome::Fail).unwrap() {
         Done::AgentRefused(line) => assert!(line.starts_with("agent refused: fail"), "{line}"),
         other => panic!("{other:?}"),
@@ -160,4 +179,18 @@ fn the_agent_s_refusal_is_reported_and_its_wrong_answers_are_errors() {
         agent_says(&att, RequestId([0; 16]), UnlockOutcome::Ok),
         Err(AppError::Protocol(_))
     ));
+}
+
+#[test]
+fn a_refused_attestation_ends_the_attempt_before_the_code_is_sent() {
+    let mut a = cryptod();
+    let trust = trust(&mut a);
+    let (mut att, req) = start(&target(), &code_at(T0), 1);
+    // Asked from a domain the ACL grants no luks:unlock.
+    let denied = ask_as(&mut a, &PeerId::new(7, "policy_pd"), &req, T0);
+    let line = refused(att.on_cryptod_answer(denied, &trust, T0).unwrap());
+    assert!(line.starts_with("attestation refused: denied"), "{line}");
+    // The code was never sent: it still works in a new attempt.
+    let (mut att, req) = start(&target(), &code_at(T0), 2);
+    assert!(matches!(answer(&mut a, &mut att, &req, &trust), Step::ToAgent(_)));
 }

@@ -76,7 +76,7 @@ fn totp_req(operator: &str, code: &str) -> TotpValidateReq {
         timestamp: T0,
         volume_id: None,
         ephemeral_pubkey: None,
-        attestation_chain: None,
+        attestation: None,
         metadata: None,
     }
 }

@@ -22,6 +22,10 @@
 //!   is granted only if dom0 measured its launched image to that SHA-256;
 //!   a missing or different measurement is a deny ([`DenyReason::Image`]),
 //!   never a fall-through to a later rule;
+//! - `attest=true|false` on an `allow` rule says whether every request it
+//!   grants must carry a fresh attestation (`crate::attest`); the default
+//!   is `true` for a rule that grants `luks:unlock` or `key:rotate` (the
+//!   high-sensitivity actions) and `false` otherwise;
 //! - the lint refuses unknown directives, keys and scopes, repeated keys,
 //!   empty lists, duplicate rules (same `vm` and `domid`) and rules that can
 //!   never match because an earlier rule matches every peer they match.
@@ -89,6 +93,8 @@ pub struct Rule {
     pub volumes: Vec<String>,
     /// The SHA-256 the peer's launched image must have (`image=`), if any.
     pub image: Option<[u8; 32]>,
+    /// Whether the requests this rule grants need a fresh attestation.
+    pub attest: bool,
 }
 
 impl Rule {
@@ -131,6 +137,8 @@ pub enum AclErrorKind {
     BadName,
     /// A domid that is not a decimal `u32`.
     BadDomid,
+    /// An `attest` value other than `true` or `false`.
+    BadAttest,
     /// A scope name that is not a known scope.
     UnknownScope,
     /// A list with an empty item or a repeated item.
@@ -168,15 +176,16 @@ impl fmt::Display for AclError {
         match &self.kind {
             AclErrorKind::TooLarge => f.write_str("acl too large"),
             AclErrorKind::UnknownDirective => f.write_str("expected `allow` or `deny`"),
-            AclErrorKind::UnknownKey => {
-                f.write_str("unknown key (expected vm=, domid=, scopes=, aud=, volumes=, image=)")
-            }
+            AclErrorKind::UnknownKey => f.write_str(
+                "unknown key (expected vm=, domid=, scopes=, aud=, volumes=, image=, attest=)",
+            ),
             AclErrorKind::RepeatedKey => f.write_str("key given twice"),
             AclErrorKind::MissingOrExtraKey => {
                 f.write_str("allow needs vm=, scopes=, aud=; deny takes only vm= and domid=")
             }
             AclErrorKind::BadName => f.write_str("name must be 1-64 of [A-Za-z0-9._-]"),
             AclErrorKind::BadDomid => f.write_str("domid must be a decimal u32"),
+            AclErrorKind::BadAttest => f.write_str("attest must be true or false"),
             AclErrorKind::UnknownScope => f.write_str("unknown scope"),
             AclErrorKind::BadList => f.write_str("list has an empty or repeated item"),
             AclErrorKind::BadImage => {
@@ -258,6 +267,12 @@ impl Acl {
         &self.rules
     }
 
+    /// Whether the rule on `line` (as [`Acl::decide`] returned it) requires
+    /// a fresh attestation; `true` for a line that is not a rule (fail closed).
+    pub fn requires_attestation(&self, line: usize) -> bool {
+        self.rules.iter().find(|r| r.line == line).is_none_or(|r| r.attest)
+    }
+
     /// Decides whether `peer` may have `scopes` for `audience`; returns the
     /// line of the granting rule.
     pub fn decide(
@@ -292,6 +307,20 @@ impl Acl {
             (Some(expected), actual) => {
                 Err(DenyReason::Image { line, expected, actual: actual.copied() })
             }
+        }
+    }
+
+    /// Whether the rule that decides for `peer` grants every scope of
+    /// `scopes` (for any of its audiences); returns its line. What cryptod
+    /// asks before it attests a peer for an action.
+    pub fn decide_scopes(&self, peer: &PeerId, scopes: ScopeSet) -> Result<usize, DenyReason> {
+        let rule = self.rules.iter().find(|r| r.matches(peer)).ok_or(DenyReason::NoRule)?;
+        match rule.effect {
+            Effect::Deny => Err(DenyReason::DenyRule(rule.line)),
+            Effect::Allow if scopes.is_empty() || !rule.scopes.is_superset(scopes) => {
+                Err(DenyReason::Scope(rule.line))
+            }
+            Effect::Allow => Ok(rule.line),
         }
     }
 
@@ -365,6 +394,7 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
     };
     let (mut vm, mut domid, mut scopes, mut aud, mut volumes, mut image) =
         (None, None, None, None, None, None);
+    let mut attest = None;
     for word in words {
         let (key, value) = word.split_once('=').ok_or(AclErrorKind::UnknownKey)?;
         let slot = match key {
@@ -374,6 +404,7 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
             "aud" => &mut aud,
             "volumes" => &mut volumes,
             "image" => &mut image,
+            "attest" => &mut attest,
             _ => return Err(AclErrorKind::UnknownKey),
         };
         if slot.replace(value).is_some() {
@@ -387,7 +418,9 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
     let domid = domid.map(parse_domid).transpose()?;
     let (scopes, audiences) = match (effect, scopes, aud) {
         (Effect::Allow, Some(s), Some(a)) => (parse_scopes(s)?, parse_audiences(a)?),
-        (Effect::Deny, None, None) if volumes.is_none() => (ScopeSet::EMPTY, Vec::new()),
+        (Effect::Deny, None, None) if volumes.is_none() && attest.is_none() => {
+            (ScopeSet::EMPTY, Vec::new())
+        }
         _ => return Err(AclErrorKind::MissingOrExtraKey),
     };
     let volumes = match (scopes.contains(Scope::LuksUnlock), volumes) {
@@ -400,7 +433,14 @@ fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
         (Effect::Allow, Some(text)) => Some(parse_image(text).ok_or(AclErrorKind::BadImage)?),
         (Effect::Deny, Some(_)) => return Err(AclErrorKind::BadImage),
     };
-    Ok(Rule { line, effect, vm, domid, scopes, audiences, volumes, image })
+    let sensitive = scopes.contains(Scope::LuksUnlock) || scopes.contains(Scope::KeyRotate);
+    let attest = match attest {
+        None => sensitive,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(AclErrorKind::BadAttest),
+    };
+    Ok(Rule { line, effect, vm, domid, scopes, audiences, volumes, image, attest })
 }
 
 fn parse_name(name: &str) -> Result<String, AclErrorKind> {

@@ -27,9 +27,10 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
-    self, is_valid_recovery_code, AdminCommand, AdminReq, AdminResp, AdminResult, AuditAction,
-    AuditResult, ErrorCode, ErrorMsg, IssueResult, RequestId, RevokeResult, TokenIssueReq,
-    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
+    self, is_valid_recovery_code, AdminCommand, AdminReq, AdminResp, AdminResult,
+    AttestationClaims, AttestationReq, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult,
+    RequestId, RevokeResult, TokenIssueReq, TokenIssueResp, TokenRevokeReq, TokenRevokeResp,
+    TotpResult, TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
@@ -39,6 +40,7 @@ use crate::acl::{Acl, AclError, DenyReason, PeerId};
 use crate::admin::{
     Command, RecoveryCheck, RecoveryCodes, RecoveryTable, ADMIN_DOMID, ADMIN_SKEW, MAX_OPERATORS,
 };
+use crate::attest::{self, AttestError, Issued, ATTESTATION_TTL};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
@@ -248,6 +250,10 @@ pub enum Request<'a> {
     RevocationList(&'a msg::RevocationListReq),
     /// `admin_req` (considered from dom0's link only).
     Admin(&'a AdminReq),
+    /// `attestation_req`, with the SHA-256 of the peer's kernel as the
+    /// platform measured it (`None` when the platform does not know it:
+    /// the attestation then has no `measurement`).
+    Attestation(&'a AttestationReq, Option<[u8; 32]>),
 }
 
 impl<'a> Request<'a> {
@@ -261,6 +267,7 @@ impl<'a> Request<'a> {
             Message::KeysetReq(r) => Request::Keyset(r),
             Message::RevocationListReq(r) => Request::RevocationList(r),
             Message::AdminReq(r) => Request::Admin(r),
+            Message::AttestationReq(r) => Request::Attestation(r, None),
             _ => return None,
         })
     }
@@ -289,6 +296,8 @@ pub struct Authority {
     root_seed: Zeroizing<[u8; 32]>,
     master: Zeroizing<[u8; 32]>,
     revocations: RevocationList,
+    /// The attestations issued, to check those requests carry.
+    attested: Issued,
     audit: Option<AuditLog>,
     /// The head the previous boot sealed: this boot's chain continues from it.
     sealed_head: Option<Head>,
@@ -373,6 +382,7 @@ impl Authority {
             root_seed: Zeroizing::new(state.root_key),
             master: Zeroizing::new(state.master_secret),
             revocations,
+            attested: Issued::default(),
             audit: None,
             sealed_head,
             aggregate: None,
@@ -543,6 +553,9 @@ impl Authority {
             Request::TokenIssue(r) => self.token_issue(peer, image, r, now, &mut out).into(),
             Request::TokenRevoke(r) => self.token_revoke(peer, image, r, now, &mut out).into(),
             Request::Admin(r) => self.admin(peer, r, now, &mut out).into(),
+            Request::Attestation(r, measurement) => {
+                self.attestation(peer, r, measurement, now, &mut out)
+            }
             Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {
@@ -851,17 +864,47 @@ impl Authority {
                 return resp(TotpResult::Denied, reason);
             }
         };
-        if let Some((volume, _)) = grant {
-            if let Err(why) = self.acl.decide_unlock(peer, &self.config.unlock_audience, volume) {
-                let reason = why.to_string();
-                self.record(
-                    Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
-                        .target("luks:unlock")
-                        .meta("volume", volume)
-                        .meta("reason", &reason),
-                    now,
-                    out,
-                );
+        if let Some((volume, epk)) = grant {
+            let line = match self.acl.decide_unlock(peer, &self.config.unlock_audience, volume) {
+                Ok(line) => line,
+                Err(why) => {
+                    let reason = why.to_string();
+                    self.record(
+                        Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                            .target("luks:unlock")
+                            .meta("volume", volume)
+                            .meta("reason", &reason),
+                        now,
+                        out,
+                    );
+                    return resp(TotpResult::Denied, &reason);
+                }
+            };
+            let need = self.acl.requires_attestation(line);
+            let action = Scope::LuksUnlock.as_str();
+            if let Err(reason) = self.check_attestation(
+                peer,
+                r.attestation.as_deref(),
+                need,
+                action,
+                Some(epk),
+                now,
+                out,
+            ) {
+                return resp(TotpResult::Denied, &reason);
+            }
+        } else if r.attestation.is_some() {
+            // Carried without a grant: still checked, never ignored.
+            let action = Scope::LuksUnlock.as_str();
+            if let Err(reason) = self.check_attestation(
+                peer,
+                r.attestation.as_deref(),
+                false,
+                action,
+                None,
+                now,
+                out,
+            ) {
                 return resp(TotpResult::Denied, &reason);
             }
         }
@@ -1262,12 +1305,22 @@ impl Authority {
             self.acl_decide(peer, image, r.requested_scope, &r.audience)
                 .map_err(|why| (why.to_string(), Some(why)))
         };
-        if let Err((reason, why)) = decision {
-            let mut ev = event(AuditResult::Denied).meta("reason", &reason);
-            if let Some(why) = why {
-                ev = image_meta(ev, &why);
+        let line = match decision {
+            Ok(line) => line,
+            Err((reason, why)) => {
+                let mut ev = event(AuditResult::Denied).meta("reason", &reason);
+                if let Some(why) = why {
+                    ev = image_meta(ev, &why);
+                }
+                self.record(ev, now, out);
+                return resp(IssueResult::Denied, &reason);
             }
-            self.record(ev, now, out);
+        };
+        let need = self.acl.requires_attestation(line);
+        let action = r.requested_scope.to_string();
+        if let Err(reason) =
+            self.check_attestation(peer, r.attestation.as_deref(), need, &action, None, now, out)
+        {
             return resp(IssueResult::Denied, &reason);
         }
         let ttl = r.ttl.unwrap_or(self.config.policy_ttl).clamp(1, self.config.max_policy_ttl);
@@ -1288,6 +1341,111 @@ impl Authority {
             Err(reason) => {
                 self.record(event(AuditResult::Error).meta("reason", reason), now, out);
                 resp(IssueResult::Unavailable, reason)
+            }
+        }
+    }
+
+    /// Checks the attestation a request carries (required or not); a
+    /// refusal is audited (`acl_deny`, with the reason) and returned as the
+    /// reason for the `denied` answer.
+    #[allow(clippy::too_many_arguments)]
+    fn check_attestation(
+        &mut self,
+        peer: &PeerId,
+        attestation: Option<&[u8]>,
+        required: bool,
+        action: &str,
+        pubkey: Option<&[u8; 32]>,
+        now: u64,
+        out: &mut Output,
+    ) -> Result<(), String> {
+        let result = match attestation {
+            None if required => Err(AttestError::Missing),
+            None => return Ok(()),
+            Some(bytes) => {
+                let expect = attest::Expect { peer, action, pubkey, now };
+                self.attested.take(bytes, &expect)
+            }
+        };
+        result.map_err(|e| {
+            let reason = e.to_string();
+            let ev = Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                .target(action)
+                .meta("reason", &reason)
+                .meta("domid", &peer.domid.to_string());
+            self.record(ev, now, out);
+            reason
+        })
+    }
+
+    /// `attestation_req`: signs an attestation of `peer` for the request's
+    /// action, if the ACL grants the peer that action; rate limited with
+    /// token issue (one bucket per peer) and audited (`attest`).
+    fn attestation(
+        &mut self,
+        peer: &PeerId,
+        r: &AttestationReq,
+        measurement: Option<[u8; 32]>,
+        now: u64,
+        out: &mut Output,
+    ) -> Message {
+        let id = Some(r.request_id);
+        if !self.can_audit(1) {
+            return error(ErrorCode::Busy, "audit not ready or the collector is behind", id);
+        }
+        let scopes = match ScopeSet::parse_list(&r.action) {
+            Ok(s) if s.to_string() == r.action => s,
+            _ => {
+                let reason = "action is not a canonical scope list";
+                return error(ErrorCode::Malformed, reason, id);
+            }
+        };
+        let event = |result| {
+            Event::new(&peer.vm, AuditAction::Attest, result)
+                .target(&r.action)
+                .meta("domid", &peer.domid.to_string())
+                .meta("request_id", &r.request_id.to_string())
+        };
+        if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
+            self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
+            let reason = format!("too many requests; retry after {wait} s");
+            return error(ErrorCode::Busy, &reason, id);
+        }
+        if let Err(why) = self.acl.decide_scopes(peer, scopes) {
+            let reason = why.to_string();
+            self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+            return error(ErrorCode::Denied, &reason, id);
+        }
+        let claims = AttestationClaims {
+            subject_domid: u64::from(peer.domid),
+            subject_vm: peer.vm.clone(),
+            subject_pubkey: r.subject_pubkey,
+            action: r.action.clone(),
+            nonce: r.nonce.clone(),
+            issued_at: now,
+            expires_at: now.saturating_add(ATTESTATION_TTL),
+            measurement,
+        };
+        let signed = self
+            .keys
+            .signer(now)
+            .ok_or(AttestError::NoSigningKey.to_string())
+            .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| e.to_string()));
+        let signed = signed.and_then(|signed| {
+            self.attested.record(peer, &signed, &claims, now).map_err(|e| e.to_string())?;
+            Ok(signed)
+        });
+        match signed {
+            Ok(signed) => {
+                let ev = event(AuditResult::Ok)
+                    .meta("expires_at", &claims.expires_at.to_string())
+                    .meta("measured", if measurement.is_some() { "yes" } else { "no" });
+                self.record(ev, now, out);
+                msg::Attestation { signed }.into()
+            }
+            Err(reason) => {
+                self.record(event(AuditResult::Error).meta("reason", &reason), now, out);
+                error(ErrorCode::Internal, &reason, id)
             }
         }
     }

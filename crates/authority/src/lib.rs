@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod acl;
 pub mod admin;
+pub mod attest;
 pub mod audit;
 pub mod authority;
 pub mod drbg;

@@ -53,6 +53,14 @@ fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64, hw: &[u8]) ->
     out
 }
 
+/// A fresh attestation of `peer` for `action` binding `pubkey`, fetched
+/// (and its record acknowledged) at `now`.
+fn attest(a: &mut Authority, peer: &PeerId, action: &str, pubkey: [u8; 32], now: u64) -> Vec<u8> {
+    static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    attestation_of(&call(a, peer, &attestation_req(action, pubkey, n, now).into(), now, b""))
+}
+
 fn issue_req(scope: ScopeSet, audience: &str, ttl: Option<u64>) -> TokenIssueReq {
     TokenIssueReq {
         request_id: RequestId([0x43; 16]),
@@ -323,6 +331,8 @@ fn unlock_grant_delivers_the_sealed_passphrase() {
     let mut req = totp_req(&code_at(T0), "yubi1");
     req.volume_id = Some("vol0".into());
     req.ephemeral_pubkey = Some(PublicKey::from(&sk).to_bytes());
+    let pk = PublicKey::from(&sk).to_bytes();
+    req.attestation = Some(attest(&mut a, &unlocker(), "luks:unlock", pk, T0));
     let out = call(&mut a, &unlocker(), &req.clone().into(), T0, b"");
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::Ok);
@@ -381,6 +391,8 @@ fn a_volume_the_acl_does_not_list_gets_no_secret_and_keeps_the_code() {
     );
     // The code was not consumed: the same code for a listed volume works.
     req.volume_id = Some("data".into());
+    let pk = PublicKey::from(&sk).to_bytes();
+    req.attestation = Some(attest(&mut a, &unlocker(), "luks:unlock", pk, T0));
     let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
     assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 }
@@ -391,6 +403,7 @@ fn a_low_order_ephemeral_key_gets_no_secret() {
     let mut req = totp_req(&code_at(T0), "yubi1");
     req.volume_id = Some("vol0".into());
     req.ephemeral_pubkey = Some([0; 32]);
+    req.attestation = Some(attest(&mut a, &unlocker(), "luks:unlock", [0; 32], T0));
     let out = call(&mut a, &unlocker(), &req.into(), T0, b"");
     let r = totp_resp(&out);
     assert_eq!(r.result, TotpResult::Unavailable);
@@ -496,6 +509,8 @@ fn answers_wait_until_the_collector_has_their_records() {
     let secret = StaticSecret::from([7u8; 32]);
     req.volume_id = Some("data".into());
     req.ephemeral_pubkey = Some(PublicKey::from(&secret).to_bytes());
+    let pk = PublicKey::from(&secret).to_bytes();
+    req.attestation = Some(attest(&mut a, &unlocker(), "luks:unlock", pk, T0));
     let out = a.handle(&unlocker(), &req.into(), T0, b"");
     let recs = records(&out);
     assert_eq!(recs.len(), 2);

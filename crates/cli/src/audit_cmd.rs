@@ -51,6 +51,10 @@ pub enum AuditCmd {
         /// verified by any signature. Refused without this flag.
         #[arg(long)]
         allow_unsealed_tail: bool,
+        /// Once it checks out, also print one line per record: seq, actor,
+        /// action, result, target.
+        #[arg(long)]
+        list: bool,
         /// The log file.
         file: PathBuf,
     },
@@ -366,10 +370,24 @@ impl StoredLine {
 
 pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
     match cmd {
-        AuditCmd::Verify { root, expect_last, allow_unsealed_tail, file } => {
+        AuditCmd::Verify { root, expect_last, allow_unsealed_tail, list, file } => {
             let check = LogCheck { expect_last, allow_unsealed_tail };
             let summary = verify_file_with(&root, check, &file)?;
             println!("{summary}");
+            if list {
+                let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let (items, _) = read_log(&bytes).map_err(Failure::Invalid)?;
+                for r in items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()) {
+                    println!(
+                        "record {} {} {} {} {}",
+                        r.seq,
+                        r.actor,
+                        r.action.as_str(),
+                        r.result.as_str(),
+                        r.target.as_deref().unwrap_or("-")
+                    );
+                }
+            }
             Ok(())
         }
     }

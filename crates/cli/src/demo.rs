@@ -784,6 +784,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         });
         checks.push(("the wrong image's refusal is audited with both digests".into(), found));
     }
+    checks.push((
+        "the unlock carried a fresh attestation (audit: attest before unlock_secret)".into(),
+        unlock_was_attested(&dir.join("audit.log")),
+    ));
 
     println!();
     println!("== summary");
@@ -1145,6 +1149,24 @@ pub(crate) fn last_number(p: &Proc, pat: &str) -> Option<u64> {
 /// A code that differs from `code` in every digit.
 pub(crate) fn wrong_code(code: &str) -> String {
     code.bytes().map(|b| char::from(b'0' + (b - b'0' + 5) % 10)).collect()
+}
+
+/// Whether the collected log shows the unlocker's first unlock secret
+/// released after cryptod attested the unlocker for `luks:unlock`.
+fn unlock_was_attested(log: &Path) -> bool {
+    use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult};
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let Ok((items, _)) = crate::audit_cmd::read_log(&bytes) else { return false };
+    let records = items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok());
+    let mut attested = false;
+    for r in records.filter(|r| r.actor == "unlocker" && r.result == AuditResult::Ok) {
+        match r.action {
+            AuditAction::Attest => attested |= r.target.as_deref() == Some("luks:unlock"),
+            AuditAction::UnlockSecret => return attested,
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ fn totp_req(request_id: RequestId, operator: &str, code: &str) -> Message {
         timestamp: unix_now(),
         volume_id: None,
         ephemeral_pubkey: None,
-        attestation_chain: None,
+        attestation: None,
         metadata: None,
     })
 }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod attest_cmd;
 mod audit_cmd;
 mod demo;
 mod demo_admin;
@@ -51,6 +52,9 @@ enum Command {
     /// Mint, verify or inspect capability tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// Sign or check attestations as cryptod does.
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCmd),
     /// Create cryptod's sealed state, the operators' TOTP enrolment and the
     /// volumes' LUKS passphrases.
     Provision(provision::ProvisionArgs),
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { out, kid } => keygen(&out, kid.as_deref()),
         Command::Token(cmd) => token_cmd::run(cmd),
+        Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Provision(args) => provision::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),

@@ -74,7 +74,7 @@ pub enum TokenCmd {
 
 const MAX_TOKEN_FILE: u64 = 3 * token::MAX_TOKEN_LEN as u64;
 
-fn now_or(given: Option<u64>) -> Result<u64, Failure> {
+pub(crate) fn now_or(given: Option<u64>) -> Result<u64, Failure> {
     match given {
         Some(t) => Ok(t),
         None => SystemTime::now()
@@ -85,7 +85,7 @@ fn now_or(given: Option<u64>) -> Result<u64, Failure> {
 }
 
 /// Reads a token from a file or stdin; accepts raw COSE bytes or hex text.
-fn read_token(path: &Path) -> Result<Vec<u8>, Failure> {
+pub(crate) fn read_token(path: &Path) -> Result<Vec<u8>, Failure> {
     let mut bytes = Vec::new();
     let res = if path == Path::new("-") {
         std::io::stdin().take(MAX_TOKEN_FILE + 1).read_to_end(&mut bytes)
@@ -207,7 +207,7 @@ pub fn run(cmd: TokenCmd) -> Result<(), Failure> {
     }
 }
 
-fn random(n: usize) -> Result<Vec<u8>, Failure> {
+pub(crate) fn random(n: usize) -> Result<Vec<u8>, Failure> {
     let mut v = vec![0u8; n];
     getrandom::fill(&mut v).map_err(|e| format!("OS random source: {e}"))?;
     Ok(v)

@@ -36,10 +36,12 @@ fn full_scenario_with_oathtool_codes() {
         "[ok] policy_pd refuses the expired token",
         "[ok] policy_pd refuses the revoked token",
         "[ok] audit log complete",
+        "[ok] the unlock carried a fresh attestation",
         "[ok] after a cryptod restart the used code is still refused",
         "[ok] policy_pd from a modified image is denied its token",
         "[ok] the wrong image's refusal is audited with both digests",
-        "demo: 15 passed, 0 failed",
+        "[ok] the unlock carried a fresh attestation",
+        "demo: 16 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }

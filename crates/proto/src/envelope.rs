@@ -9,9 +9,10 @@ use alloc::vec::Vec;
 use crate::cbor::{set_once, text_enum, Field, Reader, Writer};
 pub use crate::cbor::{DecodeError, EncodeError, FieldError};
 use crate::msg::{
-    AdminReq, AdminResp, Attestation, AuditAck, AuditLog, EntropyPub, ErrorMsg, Keyset, KeysetReq,
-    RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp, TokenRevokeReq,
-    TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest, UnlockResult,
+    AdminReq, AdminResp, Attestation, AttestationReq, AuditAck, AuditLog, EntropyPub, ErrorMsg,
+    Keyset, KeysetReq, RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp,
+    TokenRevokeReq, TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest,
+    UnlockResult,
 };
 
 /// The only protocol version this crate speaks (the envelope's `v`).
@@ -107,6 +108,8 @@ messages! {
     TokenRevokeReq(TokenRevokeReq) = "token_revoke_req",
     /// cryptod's answer to [`TokenRevokeReq`].
     TokenRevokeResp(TokenRevokeResp) = "token_revoke_resp",
+    /// Ask cryptod for an attestation of the requester.
+    AttestationReq(AttestationReq) = "attestation_req",
     /// A signed attestation.
     Attestation(Attestation) = "attestation",
     /// A batch of hash-chained audit records and its signed seal.
@@ -337,6 +340,7 @@ impl Message {
             Message::TokenRevokeReq(m) => Some(&m.request_id),
             Message::TokenRevokeResp(m) => Some(&m.request_id),
             Message::KeysetReq(m) => Some(&m.request_id),
+            Message::AttestationReq(m) => Some(&m.request_id),
             Message::RevocationListReq(m) => Some(&m.request_id),
             Message::UnlockRequest(m) => Some(&m.request_id),
             Message::UnlockResult(m) => Some(&m.request_id),

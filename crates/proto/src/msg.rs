@@ -37,8 +37,9 @@ pub const MAX_METADATA_ENTRIES: usize = 16;
 pub const MAX_METADATA_KEY_LEN: usize = 64;
 /// Longest `metadata` value, in bytes.
 pub const MAX_METADATA_VALUE_LEN: usize = 256;
-/// Most certificates in an `attestation_chain`.
-pub const MAX_ATTESTATION_CHAIN: usize = 4;
+/// Longest attestation (a COSE_Sign1 over [`AttestationClaims`]) a request
+/// carries, in bytes.
+pub const MAX_ATTESTATION_LEN: usize = 1024;
 /// Longest capability token (a COSE_Sign1 CWT), in bytes: what a message
 /// carries, and what `token::verify` accepts and `token::mint` produces.
 pub const MAX_TOKEN_LEN: usize = 1024;
@@ -153,6 +154,12 @@ fn check_token(field: &'static str, token: &[u8]) -> Result<(), FieldError> {
     check_len(field, token.len(), 1, MAX_TOKEN_LEN)
 }
 
+fn check_opt_attestation(attestation: &Option<Vec<u8>>) -> Result<(), FieldError> {
+    attestation
+        .as_ref()
+        .map_or(Ok(()), |a| check_len("attestation", a.len(), 1, MAX_ATTESTATION_LEN))
+}
+
 fn check_metadata(metadata: &Option<Metadata>) -> Result<(), FieldError> {
     let Some(map) = metadata else { return Ok(()) };
     check_len("metadata", map.len(), 0, MAX_METADATA_ENTRIES)?;
@@ -238,6 +245,9 @@ text_enum! {
         Internal = "internal",
         /// The receiver is overloaded; retry later.
         Busy = "busy",
+        /// The request was understood and refused (an `attestation_req`
+        /// for an action the ACL does not grant the peer).
+        Denied = "denied",
     }
 }
 
@@ -272,6 +282,8 @@ text_enum! {
         KeysetPublish = "keyset_publish",
         /// The policy (ACL) changed.
         PolicyChange = "policy_change",
+        /// An attestation was issued.
+        Attest = "attest",
         /// Decided answers dropped undelivered: their client's connection
         /// went away while they waited for the collector.
         AnswerDrop = "answer_drop",
@@ -534,8 +546,9 @@ wire_struct! {
         /// X25519 public key the unlock secret is sealed to (required by
         /// cryptod for a `luks:unlock` grant).
         ephemeral_pubkey: [u8; 32],
-        /// Attestation of the unlocker, at most [`MAX_ATTESTATION_CHAIN`] items.
-        attestation_chain: Vec<Vec<u8>>,
+        /// An attestation cryptod signed for this peer and `luks:unlock`
+        /// (COSE_Sign1, 1..=[`MAX_ATTESTATION_LEN`] bytes).
+        attestation: Vec<u8>,
         /// Informational annotations.
         metadata: Metadata,
     }
@@ -553,12 +566,7 @@ impl Check for TotpValidateReq {
         }
         check_nonce("client_nonce", &self.client_nonce)?;
         check_opt_id("volume_id", &self.volume_id)?;
-        if let Some(chain) = &self.attestation_chain {
-            check_len("attestation_chain", chain.len(), 0, MAX_ATTESTATION_CHAIN)?;
-            for item in chain {
-                check_len("attestation_chain", item.len(), 1, crate::envelope::MAX_MESSAGE_LEN)?;
-            }
-        }
+        check_opt_attestation(&self.attestation)?;
         check_metadata(&self.metadata)
     }
 }
@@ -640,7 +648,8 @@ wire_struct! {
     optional {
         /// Requested lifetime in seconds (cryptod may shorten it).
         ttl: u64,
-        /// An attestation (COSE_Sign1) proving the requester's identity.
+        /// An attestation cryptod signed for this peer and the requested
+        /// scopes (COSE_Sign1, 1..=[`MAX_ATTESTATION_LEN`] bytes).
         attestation: Vec<u8>,
         /// Informational annotations.
         metadata: Metadata,
@@ -653,6 +662,7 @@ impl Check for TokenIssueReq {
         check_id("audience", &self.audience)?;
         check_text("justification", &self.justification)?;
         check_nonce("nonce", &self.nonce)?;
+        check_opt_attestation(&self.attestation)?;
         check_metadata(&self.metadata)
     }
 }
@@ -747,6 +757,36 @@ macro_rules! signed_message {
             }
         }
     };
+}
+
+wire_struct! {
+    /// A client → cryptod: ask for an attestation of itself for `action`,
+    /// binding `subject_pubkey` (the requester's ephemeral key) and `nonce`.
+    /// The subject (domid, name) and measurement come from cryptod's own
+    /// facts about the link, never from this message.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct AttestationReq {
+        /// Request id, echoed in an `error` answer.
+        request_id: RequestId,
+        /// The action the attestation is for: the scopes of the request it
+        /// will go with, as a token's `scope` claim writes them (names
+        /// space-separated in canonical order, e.g. `luks:unlock`).
+        action: String,
+        /// The requester's ephemeral public key (X25519 or Ed25519).
+        subject_pubkey: [u8; 32],
+        /// Requester nonce, [`MIN_NONCE_LEN`]..=[`MAX_NONCE_LEN`] bytes,
+        /// bound into the attestation.
+        nonce: Vec<u8>,
+        /// Request time.
+        timestamp: u64,
+    }
+}
+
+impl Check for AttestationReq {
+    fn check(&self) -> Result<(), FieldError> {
+        check_id("action", &self.action)?;
+        check_nonce("nonce", &self.nonce)
+    }
 }
 
 signed_message! {
@@ -929,13 +969,16 @@ macro_rules! payload_codec {
 }
 
 wire_struct! {
-    /// The payload of an [`Attestation`]: cryptod vouches that `subject_vm`
-    /// holds `subject_pubkey` for `action`.
+    /// The payload of an [`Attestation`]: cryptod vouches that domain
+    /// `subject_domid` (named `subject_vm`, with kernel `measurement`)
+    /// asked, holding `subject_pubkey`, to do `action`.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct AttestationClaims {
-        /// The VM vouched for.
+        /// The Xen domain id of the link the request came on (at most `u32::MAX`).
+        subject_domid: u64,
+        /// The VM name cryptod resolved for that domain.
         subject_vm: String,
-        /// Its public key (Ed25519 or X25519).
+        /// The requester's ephemeral public key (X25519 or Ed25519).
         subject_pubkey: [u8; 32],
         /// The action the attestation is for.
         action: String,
@@ -946,12 +989,20 @@ wire_struct! {
         /// End of validity.
         expires_at: u64,
     }
+    optional {
+        /// SHA-256 of the domain's kernel as dom0 measured it at launch;
+        /// absent when the platform does not know it.
+        measurement: [u8; 32],
+    }
 }
 payload_codec!(AttestationClaims, "attestation_claims");
 payload_codec!(AdminCommand, "admin_command");
 
 impl Check for AttestationClaims {
     fn check(&self) -> Result<(), FieldError> {
+        if self.subject_domid > u64::from(u32::MAX) {
+            return Err(FieldError::new("subject_domid", "not a domain id"));
+        }
         check_id("subject_vm", &self.subject_vm)?;
         check_id("action", &self.action)?;
         check_nonce("nonce", &self.nonce)?;

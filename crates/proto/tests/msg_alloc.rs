@@ -98,7 +98,7 @@ fn decoding_allocates_in_proportion_to_the_input() {
     }
 
     // The cheapest items per allocated byte: a revocation list of minimal entries,
-    // and an attestation chain of empty byte strings (refused, but after reading).
+    // and an audit batch of empty records (refused, but after reading).
     let entry = Value::Map(vec![
         (Value::Text("cti".into()), Value::Bytes(vec![1])),
         (Value::Text("exp".into()), Value::Integer(0.into())),
@@ -112,15 +112,14 @@ fn decoding_allocates_in_proportion_to_the_input() {
     let n = allocated_by(|| RevocationBody::from_cbor(&bytes).unwrap());
     assert_bounded("1024 minimal revocation entries", &bytes, n);
 
-    let msg = &msg_samples::samples(MsgType::TotpValidateReq)[0];
+    let msg = &msg_samples::samples(MsgType::AuditLog)[0];
     let good: Value = ciborium::de::from_reader(&msg.encode().unwrap()[..]).unwrap();
     let mut worst = 0.0f64;
     for count in [1024, 30_000] {
         let mut v = good.clone();
         let Value::Map(entries) = &mut v else { panic!() };
         let Value::Map(body) = &mut entries[2].1 else { panic!() };
-        let (_, chain) =
-            body.iter_mut().find(|(k, _)| k.as_text() == Some("attestation_chain")).unwrap();
+        let (_, chain) = body.iter_mut().find(|(k, _)| k.as_text() == Some("records")).unwrap();
         *chain = Value::Array(vec![Value::Bytes(vec![]); count]);
         let bytes = to_bytes(&v);
         let n = allocated_by(|| Message::decode(&bytes).unwrap_err());

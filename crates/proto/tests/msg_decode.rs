@@ -62,8 +62,49 @@ fn payloads_round_trip() {
 }
 
 #[test]
+fn attestation_claims_bounds() {
+    let good = msg_samples::attestation_claims();
+    let unmeasured = AttestationClaims { measurement: None, ..good.clone() };
+    let back = AttestationClaims::from_cbor(&unmeasured.to_cbor().unwrap()).unwrap();
+    assert_eq!(back, unmeasured);
+    let bad = [
+        AttestationClaims { subject_domid: u64::from(u32::MAX) + 1, ..good.clone() },
+        AttestationClaims { subject_vm: String::new(), ..good.clone() },
+        AttestationClaims { action: "a".repeat(129), ..good.clone() },
+        AttestationClaims { nonce: vec![1; 15], ..good.clone() },
+        AttestationClaims { nonce: vec![1; 65], ..good.clone() },
+        AttestationClaims { expires_at: good.issued_at - 1, ..good.clone() },
+    ];
+    for claims in bad {
+        assert!(claims.to_cbor().is_err(), "{claims:?} encoded");
+    }
+    let max = AttestationClaims { subject_domid: u64::from(u32::MAX), ..good };
+    assert!(max.to_cbor().is_ok());
+}
+
+#[test]
+fn attestation_req_and_carried_attestation_bounds() {
+    let Message::AttestationReq(good) = &msg_samples::samples(MsgType::AttestationReq)[0] else {
+        panic!()
+    };
+    let short_nonce = AttestationReq { nonce: vec![1; 15], ..good.clone() };
+    assert!(Message::from(short_nonce).encode().is_err());
+    let no_action = AttestationReq { action: String::new(), ..good.clone() };
+    assert!(Message::from(no_action).encode().is_err());
+    let Message::TokenIssueReq(issue) = &msg_samples::samples(MsgType::TokenIssueReq)[0] else {
+        panic!()
+    };
+    for (len, ok) in
+        [(0, false), (1, true), (MAX_ATTESTATION_LEN, true), (MAX_ATTESTATION_LEN + 1, false)]
+    {
+        let req = TokenIssueReq { attestation: Some(vec![0x84; len]), ..issue.clone() };
+        assert_eq!(Message::from(req).encode().is_ok(), ok, "attestation of {len} bytes");
+    }
+}
+
+#[test]
 fn msg_type_names_round_trip() {
-    assert_eq!(MsgType::ALL.len(), 19);
+    assert_eq!(MsgType::ALL.len(), 20);
     for &kind in MsgType::ALL {
         assert_eq!(MsgType::parse(kind.as_str()), Some(kind));
         assert_eq!(kind.to_string(), kind.as_str());

@@ -10,7 +10,7 @@ use portcullis_authority::totp::{totp, Algorithm, OperatorSecret};
 use portcullis_authority::{Authority, PeerId, Request};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditRecord, EntropyPub, RequestId, TotpValidateReq, TotpValidateResp,
+    AttestationReq, AuditRecord, EntropyPub, RequestId, TotpValidateReq, TotpValidateResp,
 };
 use zeroize::Zeroizing;
 
@@ -114,7 +114,7 @@ pub fn totp_req_for(operator: &str, code: &str, device: &str) -> TotpValidateReq
         timestamp: T0,
         volume_id: None,
         ephemeral_pubkey: None,
-        attestation_chain: None,
+        attestation: None,
         metadata: None,
     }
 }
@@ -129,5 +129,27 @@ pub fn totp_resp(out: &Output) -> &TotpValidateResp {
     match out.response.as_ref() {
         Some(Message::TotpValidateResp(r)) => r,
         other => panic!("expected totp_validate_resp, got {other:?}"),
+    }
+}
+
+/// An `attestation_req` for `action`, binding `pubkey`, with a nonce made
+/// of `nonce` (distinct nonces for distinct attestations).
+pub fn attestation_req(action: &str, pubkey: [u8; 32], nonce: u64, now: u64) -> AttestationReq {
+    let mut n = vec![0xa7; 16];
+    n[..8].copy_from_slice(&nonce.to_le_bytes());
+    AttestationReq {
+        request_id: RequestId([0x44; 16]),
+        action: action.into(),
+        subject_pubkey: pubkey,
+        nonce: n,
+        timestamp: now,
+    }
+}
+
+/// The signed attestation in `out` (panics on anything else).
+pub fn attestation_of(out: &Output) -> Vec<u8> {
+    match out.response.as_ref() {
+        Some(Message::Attestation(a)) => a.signed.clone(),
+        other => panic!("expected attestation, got {other:?}"),
     }
 }

@@ -49,14 +49,14 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
                 timestamp: T0,
                 volume_id: Some("vault-home".into()),
                 ephemeral_pubkey: Some([0x33; 32]),
-                attestation_chain: Some(vec![cose(120), cose(96)]),
+                attestation: Some(cose(120)),
                 metadata: Some(metadata()),
             };
             let minimal = TotpValidateReq {
                 totp_code: Zeroizing::new("94287082".into()),
                 volume_id: None,
                 ephemeral_pubkey: None,
-                attestation_chain: None,
+                attestation: None,
                 metadata: None,
                 ..full.clone()
             };
@@ -143,6 +143,14 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
             }
             .into(),
         ],
+        MsgType::AttestationReq => vec![AttestationReq {
+            request_id: RID,
+            action: "luks:unlock".into(),
+            subject_pubkey: [0x99; 32],
+            nonce: vec![0xaa; 16],
+            timestamp: T0,
+        }
+        .into()],
         MsgType::Attestation => vec![Attestation { signed: cose(200) }.into()],
         MsgType::AuditLog => vec![
             AuditLog {
@@ -213,12 +221,14 @@ pub fn admin_command() -> AdminCommand {
 
 pub fn attestation_claims() -> AttestationClaims {
     AttestationClaims {
+        subject_domid: 5,
         subject_vm: "unlocker".into(),
         subject_pubkey: [0x99; 32],
         action: "luks:unlock".into(),
         nonce: vec![0xaa; 16],
         issued_at: T0,
-        expires_at: T0 + 300,
+        expires_at: T0 + 60,
+        measurement: Some([0x5e; 32]),
     }
 }
 
