@@ -108,6 +108,13 @@ impl FakePlatform {
         self
     }
 
+    /// Seeds the fake hardware entropy (another boot of the same domain
+    /// draws other bytes).
+    pub fn with_entropy_seed(mut self, seed: u64) -> FakePlatform {
+        self.entropy_state = seed | 1;
+        self
+    }
+
     pub fn settings(self, text: &str) -> Self {
         self.with_config(ConfigItem::Settings, text.as_bytes())
     }
