@@ -869,6 +869,8 @@ fn inconsistent_settings_stop_cryptod() {
         .settings("policy_ttl=200\nmax_policy_ttl=100\n");
     let e = CryptodDriver::new(&mut p).err().expect("refused");
     assert!(e.to_string().contains("max_policy_ttl"), "{e}");
+}
+
 /// An admin command for the test cryptod, signed by `key`: new recovery
 /// codes for alice.
 fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {
