@@ -19,7 +19,7 @@ pub mod keys;
 pub mod ratelimit;
 pub mod revocation;
 pub mod sealed;
-pub mod sorted;
+pub use portcullis_proto::sorted;
 pub mod totp;
 pub mod unlock;
 

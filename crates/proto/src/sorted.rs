@@ -1,7 +1,8 @@
 //! [`SortedMap`]: a map kept as a `Vec` sorted by key.
 //!
 //! The authority's tables (operators, replay steps, failure counters, issue
-//! buckets, revocations) are small and bounded by their owners, and every
+//! buckets, revocations) and a message's `metadata` are small and bounded
+//! by their owners, and every
 //! `BTreeMap<K, V>` instance costs kilobytes of node code in the guest image
 //! (insert, remove, balancing, iteration per key/value type). A sorted vector
 //! gives the same ordered iteration and lookups by binary search with a
@@ -133,6 +134,15 @@ impl<K: Ord, V> Extend<(K, V)> for SortedMap<K, V> {
         for (k, v) in pairs {
             self.insert(k, v);
         }
+    }
+}
+
+impl<K: Ord, V> FromIterator<(K, V)> for SortedMap<K, V> {
+    /// The map of `pairs` inserted in turn (a later value for a key wins).
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut m = SortedMap::new();
+        m.extend(pairs);
+        m
     }
 }
 
