@@ -20,6 +20,7 @@ pub mod keys;
 pub mod ratelimit;
 pub mod revocation;
 pub mod sealed;
+pub use portcullis_proto::sorted;
 pub mod totp;
 pub mod unlock;
 

@@ -21,7 +21,7 @@
 //! within `base_backoff` seconds; and nothing but failures for an operator's
 //! own id can lock that operator out.
 
-use alloc::collections::BTreeMap;
+use crate::sorted::SortedMap;
 use alloc::string::String;
 
 /// Limiter parameters.
@@ -102,8 +102,8 @@ pub enum Counted {
 #[derive(Debug, Default)]
 pub struct FailureLimiter {
     config: RateLimitConfig,
-    operators: BTreeMap<String, FailureCount>,
-    domains: BTreeMap<u32, FailureCount>,
+    operators: SortedMap<String, FailureCount>,
+    domains: SortedMap<u32, FailureCount>,
 }
 
 impl FailureLimiter {
@@ -113,10 +113,9 @@ impl FailureLimiter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        // `extend`, not `collect`: see `Totp::new`.
-        let mut operators = BTreeMap::new();
+        let mut operators = SortedMap::new();
         operators.extend(known.into_iter().map(|id| (id.into(), FailureCount::default())));
-        FailureLimiter { config, operators, domains: BTreeMap::new() }
+        FailureLimiter { config, operators, domains: SortedMap::new() }
     }
 
     /// Restores an operator's sealed counter; false (and nothing changed)
@@ -167,8 +166,10 @@ impl FailureLimiter {
                 return (Counted::Nothing, None);
             }
         }
-        let c = self.domains.entry(domid).or_default();
-        (Counted::Domain, c.fail(&config, now))
+        let mut c = self.domains.get(&domid).copied().unwrap_or_default();
+        let locks = c.fail(&config, now);
+        self.domains.insert(domid, c);
+        (Counted::Domain, locks)
     }
 
     /// Records a success for `operator`: clears its counter. Returns whether
@@ -187,9 +188,7 @@ impl FailureLimiter {
 
     /// Stops counting for a removed `operator` (its counter goes with it).
     pub fn remove_operator(&mut self, operator: &str) {
-        // Rebuilt, not `BTreeMap::remove` (guest image size; see `Totp::remove`).
-        let ops = core::mem::take(&mut self.operators);
-        self.operators.extend(ops.into_iter().filter(|(k, _)| k != operator));
+        self.operators.remove(operator);
     }
 
     /// Current consecutive failures of a configured `operator`.
@@ -244,13 +243,13 @@ impl Bucket {
 #[derive(Debug, Default)]
 pub struct IssueLimiter {
     config: IssueRateConfig,
-    buckets: BTreeMap<(u32, String), Bucket>,
+    buckets: SortedMap<(u32, String), Bucket>,
 }
 
 impl IssueLimiter {
     /// An empty limiter.
     pub fn new(config: IssueRateConfig) -> IssueLimiter {
-        IssueLimiter { config, buckets: BTreeMap::new() }
+        IssueLimiter { config, buckets: SortedMap::new() }
     }
 
     fn capacity(&self) -> u64 {

@@ -9,7 +9,7 @@
 //! - the list is published signed by the root key (content type
 //!   `revocation_list`).
 
-use alloc::collections::BTreeMap;
+use crate::sorted::SortedMap;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -42,7 +42,7 @@ impl core::error::Error for RevokeError {}
 /// Revoked token ids with their expiry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevocationList {
-    entries: BTreeMap<Vec<u8>, u64>,
+    entries: SortedMap<Vec<u8>, u64>,
     serial: u64,
 }
 
@@ -56,7 +56,7 @@ impl RevocationList {
     /// like [`RevocationList::revoke`]; bad or surplus ones are skipped) and
     /// its serial, so the next published list is never a rollback.
     pub fn restore<'a>(entries: impl IntoIterator<Item = (&'a [u8], u64)>, serial: u64) -> Self {
-        let mut list = RevocationList { entries: BTreeMap::new(), serial };
+        let mut list = RevocationList { entries: SortedMap::new(), serial };
         for (cti, exp) in entries {
             if !cti.is_empty() && cti.len() <= MAX_CTI_LEN && list.entries.len() < MAX_REVOKED {
                 list.entries.insert(cti.to_vec(), exp);

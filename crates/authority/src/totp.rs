@@ -11,7 +11,7 @@
 //!   only for a step strictly greater than it. A valid code for a step at or
 //!   below it is a replay.
 
-use alloc::collections::BTreeMap;
+use crate::sorted::SortedMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -208,8 +208,8 @@ pub enum CodeCheck {
 /// The operators' secrets and their replay state.
 #[derive(Default)]
 pub struct Totp {
-    operators: BTreeMap<String, OperatorSecret>,
-    last_steps: BTreeMap<String, u64>,
+    operators: SortedMap<String, OperatorSecret>,
+    last_steps: SortedMap<String, u64>,
     window: u64,
 }
 
@@ -220,11 +220,9 @@ impl Totp {
         last_steps: impl IntoIterator<Item = (String, u64)>,
         window: u64,
     ) -> Totp {
-        // Inserted one by one (`extend`): collecting into a BTreeMap sorts
-        // first, and each sort instance is about 4 KiB of guest image.
         let mut totp = Totp {
-            operators: BTreeMap::new(),
-            last_steps: BTreeMap::new(),
+            operators: SortedMap::new(),
+            last_steps: SortedMap::new(),
             window: window.min(MAX_WINDOW),
         };
         totp.operators.extend(operators.into_iter().map(|o| (o.id.clone(), o)));
@@ -260,12 +258,8 @@ impl Totp {
         if !self.operators.contains_key(operator) {
             return false;
         }
-        // Rebuilt, not `BTreeMap::remove`: each map's removal code is
-        // kilobytes of guest image, and at most 16 operators are kept.
-        let ops = core::mem::take(&mut self.operators);
-        self.operators.extend(ops.into_iter().filter(|(k, _)| k != operator));
-        let steps = core::mem::take(&mut self.last_steps);
-        self.last_steps.extend(steps.into_iter().filter(|(k, _)| k != operator));
+        self.operators.remove(operator);
+        self.last_steps.remove(operator);
         true
     }
 

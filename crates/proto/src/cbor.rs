@@ -9,7 +9,7 @@
 //! actually present before anything is allocated, so decoding allocates at
 //! most a small constant times the input length, and never panics.
 
-use alloc::collections::BTreeMap;
+use crate::sorted::SortedMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -492,10 +492,10 @@ impl<T: Field> Field for Vec<T> {
 
 /// A text-to-text map (`metadata`) of at most [`MAX_METADATA_ENTRIES`] entries;
 /// a repeated key is refused.
-impl Field for BTreeMap<String, String> {
+impl Field for SortedMap<String, String> {
     fn encode(&self, w: &mut Writer) -> Result<(), FieldError> {
         w.map(self.len());
-        for (k, v) in self {
+        for (k, v) in self.iter() {
             w.text(k);
             w.text(v);
         }
@@ -506,7 +506,7 @@ impl Field for BTreeMap<String, String> {
         if len > MAX_METADATA_ENTRIES {
             return Err(FieldError::new(field, "too many entries").into());
         }
-        let mut map = BTreeMap::new();
+        let mut map = SortedMap::new();
         for _ in 0..len {
             let k = r.text(field)?;
             let v = r.text(field)?;

@@ -24,6 +24,8 @@ pub mod key;
 pub mod msg;
 /// Capability scopes.
 pub mod scope;
+/// An ordered map kept as a sorted `Vec` (small bounded tables).
+pub mod sorted;
 /// CWT capability tokens: minting and verification.
 pub mod token;
 /// One CBOR item into a generic value, for the COSE and CWT parsers.

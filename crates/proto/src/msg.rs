@@ -5,7 +5,6 @@
 //! names; optional fields are omitted when `None`. Encoding refuses a value a
 //! receiver would refuse, and decoding checks every rule below.
 
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -65,7 +64,7 @@ pub const MAX_AUDIT_RECORD_LEN: usize = 8192;
 
 /// Key-value annotations (console, source address…): at most
 /// [`MAX_METADATA_ENTRIES`] entries; informational only.
-pub type Metadata = BTreeMap<String, String>;
+pub type Metadata = crate::sorted::SortedMap<String, String>;
 
 /// A 16-byte request id (UUIDv4 layout, drawn from the DRBG), echoed in the answer.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

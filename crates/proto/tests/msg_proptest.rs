@@ -23,7 +23,8 @@ fn nonce() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn metadata() -> impl Strategy<Value = Option<Metadata>> {
-    proptest::option::of(btree_map("[a-z]{1,64}", ".{0,64}", 0..=MAX_METADATA_ENTRIES))
+    let map = btree_map("[a-z]{1,64}", ".{0,64}", 0..=MAX_METADATA_ENTRIES);
+    proptest::option::of(map.prop_map(|m| m.into_iter().collect()))
 }
 
 fn request_id() -> impl Strategy<Value = RequestId> {
