@@ -487,7 +487,7 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
-        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 14, "{paths:?}");
+        assert_eq!(paths.iter().filter(|p| !p.ends_with('/')).count(), 15, "{paths:?}");
         assert!(paths.contains(&"./usr/share/man/man1/".to_string()));
         assert!(paths.windows(2).all(|w| w[0] < w[1]));
         // Every conffile is a file of the package.
