@@ -1038,8 +1038,12 @@ impl Authority {
             resp(result, reason)
         };
         if peer.domid != ADMIN_DOMID {
+            // A domU can send these as fast as it likes: repeats are
+            // aggregated like other refusals (one record per peer, reason
+            // and window, with a count), so they cannot flood the audit.
             let reason = "admin commands are accepted only from dom0's link";
-            return refuse(self, out, AdminResult::Denied, reason);
+            self.refuse(peer, base(AuditResult::Denied), reason, now, out);
+            return resp(AdminResult::Denied, reason);
         }
         let Some(key) = self.admin_key else {
             let reason = "no admin key is provisioned";

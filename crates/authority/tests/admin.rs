@@ -279,6 +279,22 @@ fn a_validly_signed_command_from_another_peer_is_refused_and_audited() {
 }
 
 #[test]
+fn a_domu_flooding_admin_commands_gets_one_audit_record_per_window() {
+    let mut a = seeded_from(admin_state());
+    let c = AdminCommand {
+        code_hashes: Some(hashes()),
+        ..command(&a, 1, AdminOp::RecoveryRegenerate, "alice")
+    };
+    let mut records = 0;
+    for i in 0..50 {
+        let (out, recs) = call(&mut a, &policy_pd(), &signed(&c), T0 + i / 10);
+        assert_eq!(admin_resp(&out).result, AdminResult::Denied);
+        records += recs.iter().filter(|r| r.action == AuditAction::Admin).count();
+    }
+    assert_eq!(records, 1, "50 refusals within one aggregation window");
+}
+
+#[test]
 fn add_and_remove_operators_never_the_last() {
     let mut a = seeded_from(admin_state());
     let rm = command(&a, 1, AdminOp::OperatorRemove, "alice");
