@@ -229,7 +229,7 @@ tty_of() { xenstore-read /local/domain/$(xl domid "$1")/console/tty; }
 # type_code N CODE: waits for the N-th prompt since the unlocker's mark, then
 # types CODE and Enter on its console pty (what `xl console unlocker` sends).
 type_code() {
-    wait_new unlocker "TOTP code for operator:" 60 "$1" >/dev/null || return 1
+    wait_new unlocker "TOTP code (or a recovery code) for operator:" 60 "$1" >/dev/null || return 1
     printf '%s\r' "$2" > "$(tty_of unlocker)"
 }
 refusals() { log_since unlocker | grep "unlocker: refused"; }
