@@ -477,7 +477,73 @@ else
     for g in $SUITE; do show_log $g; done
 fi
 
-# 9. The audit trail, collected by the service over vchan, verified in dom0.
+# 9. Operators (issue 12): a lost phone, then a recovery code. The operator
+#    brings the offline admin key (/portcullis/admin.key) and runs
+#    `portcullis admin`, which signs each command and sends it over
+#    cryptod's dom0 link. operator-reset makes a new TOTP secret and asks for
+#    a code from the new app entry (oathtool here) before cryptod seals it;
+#    the old secret's code must then be refused and the new one's accepted.
+#    recovery-regenerate makes 8 one-time codes; one unlocks the volume.
+echo "STAGE operators: a lost phone (operator-reset), then a recovery code"
+adm() { portcullis admin --key /portcullis/admin.key --root $ROOT --domid "$(xl domid cryptod)" "$@"; }
+# new_unlocker: the volume closed and a new unlocker ready for codes.
+new_unlocker() {
+    destroy unlocker
+    cryptsetup close portcullis-data 2>/dev/null
+    create unlocker && wait_new unlocker "unlocker: ready" 90
+}
+rm -f $RUN/adm.in && mkfifo $RUN/adm.in
+adm operator-reset --id operator --no-qr < $RUN/adm.in > $RUN/reset.out 2>&1 &
+apid=$!
+exec 7> $RUN/adm.in
+n=0
+until grep -q "secret=" $RUN/reset.out 2>/dev/null || [ $n -ge 60 ]; do sleep 1; n=$((n + 1)); done
+NEW=$(sed -n 's/.*[?&]secret=\([A-Z2-7]*\).*/\1/p' $RUN/reset.out | head -1)
+[ -n "$NEW" ] && oathtool --totp -b "$NEW" >&7
+exec 7>&-
+wait $apid
+reset_rc=$?
+OLD=$SECRET
+# The confirmation used the current step of the new secret: codes typed
+# from here on are for later steps.
+LAST_STEP=$(($(date +%s) / 30 + 1))
+if [ $reset_rc -eq 0 ] && [ -n "$NEW" ] && new_unlocker; then
+    SECRET=$OLD
+    fresh_code
+    old_code=$FRESH
+    SECRET=$NEW
+    fresh_code
+    LAST_STEP=$FRESH_STEP
+    if type_code 1 "$old_code" && wait_new unlocker "unlocker: refused" 30 \
+        && ! refusals | tail -1 | grep -q replay \
+        && type_code 2 "$FRESH" && wait_new unlocker "unlocker: volume data unlocked" 90; then
+        result operator-reset PASS "($(grep "admin: ok" $RUN/reset.out); the old secret's code: $(refusals | tail -1); the new secret's code unlocked the volume)"
+    else
+        result operator-reset FAIL "($(refusals | tail -1); $(log_since unlocker | tail -2 | tr '\n' ' '))"
+    fi
+else
+    result operator-reset FAIL "(portcullis admin exit $reset_rc: $(tail -3 $RUN/reset.out | tr '\n' ' '))"
+fi
+rm -f $RUN/codes
+if adm recovery-regenerate --id operator --recovery-out $RUN/codes > $RUN/regen.out 2>&1 \
+    && [ -s $RUN/codes ] && new_unlocker; then
+    rcode=$(grep -E '^[A-Z2-7]{5}-[A-Z2-7]{5}$' $RUN/codes | head -1)
+    if type_code 1 "$rcode" && wait_new unlocker "unlocker: volume data unlocked" 90 \
+        && [ -b /dev/mapper/portcullis-data ]; then
+        result unlock-recovery-code PASS "($(grep "admin: ok" $RUN/regen.out); one of the 8 codes unlocked the volume)"
+    else
+        result unlock-recovery-code FAIL "($(log_since unlocker | tail -2 | tr '\n' ' '))"
+    fi
+else
+    result unlock-recovery-code FAIL "($(tail -3 $RUN/regen.out | tr '\n' ' '))"
+fi
+if [ -n "$rcode" ] && grep -qF "$rcode" "$LOGS/guest-unlocker.log" $HOSTLOG 2>/dev/null; then
+    result recovery-code-no-echo FAIL "(the recovery code appears on a console or in the service's log)"
+else
+    result recovery-code-no-echo PASS "(the typed recovery code is on no console and not in the service's log)"
+fi
+
+# 10. The audit trail, collected by the service over vchan, verified in dom0.
 echo "STAGE audit: verify in dom0"
 wait_new cryptod "audit outbox empty; collector acknowledged" 30
 acked=$(log_since cryptod | grep "collector acknowledged seq" | tail -1 | tr -d '\r' | sed 's/.*seq //')

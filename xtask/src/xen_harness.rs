@@ -1033,6 +1033,8 @@ fn dom0_tree(
     for f in ["cryptod/kek.sealed", "cryptod/sealed-state", "root.pub", "acl"] {
         t.copy(&format!("var/lib/portcullis/{f}"), &provisioned.join(f), false)?;
     }
+    // the offline admin key the operator brings for `portcullis admin`
+    t.copy("portcullis/admin.key", &provisioned.join("admin.key"), false)?;
     // the KEK passphrase the service reads (host.toml's kek_passphrase_file)
     t.copy("portcullis/kek-pass", &provisioned.join("kek-pass"), false)?;
     // the operator's authenticator app (oathtool makes the codes typed into
