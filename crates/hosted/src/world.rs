@@ -49,23 +49,6 @@ fn measurement_path(dom: DomId) -> String {
     format!("/local/domain/{}/measurement", dom.0)
 }
 
-/// Exactly 64 lowercase hex digits as 32 bytes.
-fn parse_hex32(value: &[u8]) -> Option<[u8; 32]> {
-    if value.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(value.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
 impl World {
     /// Creates a world in `dir` (which may exist, but must not already hold
     /// a world). Dom0, the launcher itself, is named `Domain-0`.
@@ -178,7 +161,9 @@ impl World {
         if node.owner != DOM0 {
             return Err(HostedError::BadMeasurement);
         }
-        parse_hex32(&node.value).map(Some).ok_or(HostedError::BadMeasurement)
+        portcullis_platform::parse_measurement_hex(&node.value)
+            .map(Some)
+            .ok_or(HostedError::BadMeasurement)
     }
 
     /// A command that runs `program` as domain `dom` of this world.

@@ -208,6 +208,24 @@ impl fmt::Debug for IoDetail {
 
 impl core::error::Error for PlatformError {}
 
+/// A measurement as dom0 publishes it ([`Platform::measurement`]): exactly
+/// 64 lowercase hex digits, as the 32-byte SHA-256. Anything else is `None`.
+pub fn parse_measurement_hex(value: &[u8]) -> Option<[u8; 32]> {
+    if value.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(value.chunks_exact(2)) {
+        *byte = (nibble(*pair.first()?)? << 4) | nibble(*pair.get(1)?)?;
+    }
+    Some(out)
+}
+
 /// Boot-time configuration items a guest may be given by its toolstack
 /// (on Xen: a PVH module or xenstore keys written by dom0; hosted: files the
 /// launcher names).

@@ -89,19 +89,7 @@ pub fn parse_measurement(node: &str, value: &[u8]) -> Result<[u8; 32], PlatformE
             IoDetail::new(IoOp::StoreRead, IoCause::Other("not 64 lowercase hex digits")).on(node),
         )
     };
-    if value.len() != 64 {
-        return Err(bad());
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(value.chunks_exact(2)) {
-        *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
-    }
-    Ok(out)
+    portcullis_platform::parse_measurement_hex(value).ok_or_else(bad)
 }
 
 /// Reads dom0's measurement of `dom` in this domain's (`me`)
