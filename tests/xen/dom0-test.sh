@@ -349,12 +349,19 @@ got=$(sha256sum $RUN/policy_pd.modified | cut -d' ' -f1)
 mark policy_pd
 xl create $RUN/policy_pd-modified.cfg > $RUN/create-modified.log 2>&1
 wid=$(xl domid policy_pd 2>/dev/null)
+# image_refusal: the verified audit log has cryptod's refusal of policy_pd's
+# token with both hashes.
+image_refusal() {
+    portcullis audit verify --root $ROOT --allow-unsealed-tail --list $AUDIT > $RUN/list-image.out 2>&1 \
+    && grep "^record [0-9]* policy_pd token_issue denied " $RUN/list-image.out \
+        | grep -F "image_actual=$got" | grep -qF "image_expected=$want"
+}
 if wait_new policy_pd "token refused: denied" 90 \
     && grep -qF "policy_pd (dom$wid): image $RUN/policy_pd.modified sha256 $got" $HOSTLOG \
-    && wait_file $AUDIT "$got" 10 && grep -qaF "$want" $AUDIT; then
+    && { n=0; until image_refusal || [ $n -ge 10 ]; do sleep 1; n=$((n + 1)); done; image_refusal; }; then
     result measurement-wrong-image PASS "(dom$wid from $RUN/policy_pd.modified, sha256 $got: $(log_since policy_pd | grep -o 'token refused: denied.*' | head -1 | tr -d '\r'); audited with expected $want)"
 else
-    result measurement-wrong-image FAIL "(dom$wid: $(log_since policy_pd | tail -2 | tr '\n' ' '); $(grep -F "policy_pd (dom$wid)" $HOSTLOG | tail -2 | tr '\n' ' '))"
+    result measurement-wrong-image FAIL "(dom$wid: $(log_since policy_pd | tail -2 | tr '\n' ' '); $(grep -F "policy_pd (dom$wid)" $HOSTLOG | tail -2 | tr '\n' ' '); audit: $(grep "policy_pd token_issue denied" $RUN/list-image.out | tail -2 | tr '\n' ' '), expected $want)"
     cat $RUN/create-modified.log
 fi
 destroy policy_pd

@@ -378,7 +378,10 @@ pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
                 let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
                 let (items, _) = read_log(&bytes).map_err(Failure::Invalid)?;
                 for r in items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()) {
-                    println!(
+                    // seq actor action result target, then the metadata as
+                    // key=value words (values are text without spaces
+                    // except reasons: those are quoted).
+                    let mut line = format!(
                         "record {} {} {} {} {}",
                         r.seq,
                         r.actor,
@@ -386,6 +389,14 @@ pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
                         r.result.as_str(),
                         r.target.as_deref().unwrap_or("-")
                     );
+                    for (k, v) in r.metadata.iter().flat_map(|m| m.iter()) {
+                        if v.contains(char::is_whitespace) || v.is_empty() {
+                            line.push_str(&format!(" {k}={v:?}"));
+                        } else {
+                            line.push_str(&format!(" {k}={v}"));
+                        }
+                    }
+                    println!("{line}");
                 }
             }
             Ok(())
