@@ -192,7 +192,8 @@ fn a_directory_without_its_protector_unlocks_nothing() {
     // A credential directory without the credential.
     let cred = dir.path().join("c");
     let o = portcullis()
-        .args(["provision", "--out", cred.to_str().unwrap(), "--no-qr", "--kek", "credential"])
+        .args(["provision", "--out", cred.to_str().unwrap(), "--no-qr", "--no-image-binding"])
+        .args(["--kek", "credential"])
         .output()
         .unwrap();
     if o.status.success() {
@@ -228,7 +229,7 @@ fn a_directory_without_its_protector_unlocks_nothing() {
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
     let t = dir.path().join("t");
     let o = portcullis()
-        .args(["provision", "--out", t.to_str().unwrap(), "--no-qr"])
+        .args(["provision", "--out", t.to_str().unwrap(), "--no-qr", "--no-image-binding"])
         .env("TPM2TOOLS_TCTI", &tcti)
         .output()
         .unwrap();
@@ -307,7 +308,7 @@ fn tpm_protector_seals_to_swtpm_and_a_changed_pcr_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
     let o = portcullis()
-        .args(["provision", "--out", p.to_str().unwrap(), "--no-qr"])
+        .args(["provision", "--out", p.to_str().unwrap(), "--no-qr", "--no-image-binding"])
         .args(["--kek", "tpm", "--tpm-pcrs", "sha256:16"])
         .env("TPM2TOOLS_TCTI", &tpm.tcti)
         .output()
