@@ -157,6 +157,17 @@ fn bad_arguments_leave_nothing_behind() {
 #[test]
 fn the_default_acl_is_bound_to_the_images_in_sha256sums() {
     let dir = tempfile::tempdir().unwrap();
+    let pass = common::passphrase_file(dir.path());
+    // `portcullis provision` with the tests' KEK protection (no TPM here).
+    let provision_with = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("provision")
+            .args(["--kek", "passphrase", "--kek-passphrase-file", pass.to_str().unwrap()])
+            .args(["--kek-argon2", common::TEST_ARGON2])
+            .args(args)
+            .output()
+            .expect("run portcullis provision")
+    };
     let sums = dir.path().join("SHA256SUMS");
     let (u, p) = ("ab".repeat(32), "cd".repeat(32));
     std::fs::write(&sums, format!("{u}  unlocker\n{p}  policy_pd\n{}  cryptod\n", "ef".repeat(32)))
@@ -165,8 +176,7 @@ fn the_default_acl_is_bound_to_the_images_in_sha256sums() {
     let acl = std::fs::read_to_string(dir.path().join("p/acl")).unwrap();
     assert!(!acl.contains("image="), "--no-image-binding: {acl}");
     let out = dir.path().join("q");
-    let o = portcullis(&[
-        "provision",
+    let o = provision_with(&[
         "--out",
         out.to_str().unwrap(),
         "--no-qr",
@@ -180,24 +190,13 @@ fn the_default_acl_is_bound_to_the_images_in_sha256sums() {
     // Without the file (or with a guest missing from it) nothing is made.
     let missing = dir.path().join("none");
     let out = dir.path().join("r");
-    let o = portcullis(&[
-        "provision",
-        "--out",
-        out.to_str().unwrap(),
-        "--images",
-        missing.to_str().unwrap(),
-    ]);
+    let o =
+        provision_with(&["--out", out.to_str().unwrap(), "--images", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("none") && e.contains("--no-image-binding"), "{e}");
     std::fs::write(&sums, format!("{u}  unlocker\n")).unwrap();
-    let o = portcullis(&[
-        "provision",
-        "--out",
-        out.to_str().unwrap(),
-        "--images",
-        sums.to_str().unwrap(),
-    ]);
+    let o = provision_with(&["--out", out.to_str().unwrap(), "--images", sums.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no line for policy_pd"));
     assert!(!out.exists());
 }
