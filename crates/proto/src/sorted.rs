@@ -1,4 +1,4 @@
-//! [`SortedMap`]: a map kept as a `Vec` sorted by key.
+//! `SortedMap`, a map kept as a `Vec` sorted by key.
 //!
 //! The authority's tables (operators, replay steps, failure counters, issue
 //! buckets, revocations) and a message's `metadata` are small and bounded
