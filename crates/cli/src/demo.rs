@@ -795,8 +795,14 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         println!("  {:>9.1} ms  {what}", d.as_secs_f64() * 1e3);
     }
     println!("  {:>9.1} ms  whole demo", t0.elapsed().as_secs_f64() * 1e3);
+    verdict(&checks)
+}
+
+/// Prints each check and the demo's verdict line (`demo: N passed, 0
+/// failed`, what the tests look for); an error if any check failed.
+pub(crate) fn verdict(checks: &[(String, bool)]) -> Result<(), Failure> {
     let mut failed = 0;
-    for (what, ok) in &checks {
+    for (what, ok) in checks {
         println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
         failed += usize::from(!ok);
     }

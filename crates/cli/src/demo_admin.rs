@@ -128,14 +128,5 @@ pub(crate) fn run(demo: &mut Demo, parts: Parts) -> Result<(), Failure> {
 
     println!();
     println!("== summary ({:.1} s)", t0.elapsed().as_secs_f64());
-    let mut failed = 0;
-    for (what, ok) in &checks {
-        println!("  [{}] {what}", if *ok { "ok" } else { "FAILED" });
-        failed += usize::from(!ok);
-    }
-    if failed > 0 {
-        return Err(Failure::Invalid(format!("{failed} check(s) failed")));
-    }
-    println!("demo: {} passed, 0 failed", checks.len());
-    Ok(())
+    crate::demo::verdict(&checks)
 }
