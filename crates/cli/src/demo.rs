@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// The operator unlocks the volume; policy_pd applies one change.
     Happy,
@@ -37,6 +37,10 @@ pub enum Scenario {
     /// The admin channel: `portcullis admin` resets the operator's secret
     /// and regenerates recovery codes; the unlocker uses them.
     Admin,
+    /// Years of operation without re-provisioning: operators, recovery
+    /// codes, keys, volumes, the ACL, revocation, backup and restore, all
+    /// through `portcullis admin` against a running cryptod.
+    Lifecycle,
 }
 
 /// A switch.
@@ -514,7 +518,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             // The benchmark asks for tokens as fast as it can: no issue rate limit.
             "issue_per_minute = 0\n".to_string()
         }
-        Scenario::Admin => {
+        Scenario::Admin | Scenario::Lifecycle => {
             // `portcullis admin` speaks as domain 0.
             clients.push("dom0");
             String::new()
@@ -594,8 +598,8 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     }
     let mut agent = demo.tool("unlock_agent", &agent_args)?;
     agent.wait_for("unlock-agent: ready", 0, demo.step)?;
-    if args.scenario == Scenario::Admin {
-        let parts = crate::demo_admin::Parts {
+    if matches!(args.scenario, Scenario::Admin | Scenario::Lifecycle) {
+        let parts = crate::lifecycle::Parts {
             cryptod,
             collector,
             entropyd,
@@ -603,7 +607,7 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             prov: prov.clone(),
             uri,
         };
-        return crate::demo_admin::run(&mut demo, parts);
+        return crate::lifecycle::run(&mut demo, parts, args.scenario);
     }
     let mut policy = demo.guest("policy_pd")?;
     let mut unlocker = demo.guest("unlocker")?;

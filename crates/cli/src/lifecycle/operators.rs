@@ -1,51 +1,18 @@
-//! `portcullis demo --scenario admin`: the admin channel end to end on the
-//! hosted platform. `portcullis admin` (a separate process speaking as the
-//! world's domain 0, over cryptod's dom0 link) resets the operator's TOTP
-//! secret and regenerates their recovery codes; the unlocker guest then
-//! refuses the old secret's code, unlocks with the new one, unlocks once
-//! with a recovery code and refuses it the second time; a replayed
-//! (out-of-sequence) admin command is refused; the audit log verifies.
+//! The lifecycle scenario's operator steps: an operator reset (the old
+//! secret's code is refused at once, the new one unlocks), regenerated
+//! recovery codes (one unlocks once and is refused the second time), and a
+//! replayed (out-of-sequence) admin command refused.
 
-use crate::demo::{code_from_uri, settle, unix_now, Demo, Proc};
+use super::Ctx;
+use crate::demo::{code_from_uri, unix_now};
 use crate::Failure;
-use portcullis_platform::DomId;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Instant;
 
-/// The processes the scenario takes over from the demo's setup.
-pub(crate) struct Parts {
-    pub(crate) cryptod: Proc,
-    pub(crate) collector: Proc,
-    pub(crate) entropyd: Proc,
-    pub(crate) agent: Proc,
-    /// The provisioning directory (admin.key, root.pub).
-    pub(crate) prov: PathBuf,
-    /// The operator's provisioned otpauth URI (the old secret).
-    pub(crate) uri: String,
-}
-
-/// `portcullis admin --world ... <rest>`, speaking as domain 0.
-fn admin(demo: &Demo, prov: &std::path::Path, rest: &[&str]) -> Result<Proc, Failure> {
-    let mut cmd = Command::new(demo.exe());
-    cmd.arg("admin")
-        .arg("--world")
-        .arg(demo.world.dir())
-        .arg("--key")
-        .arg(prov.join("admin.key"))
-        .arg("--root")
-        .arg(prov.join("root.pub"))
-        .args(rest);
-    Proc::spawn("admin", DomId(0), cmd)
-}
-
-pub(crate) fn run(demo: &mut Demo, parts: Parts) -> Result<(), Failure> {
-    let Parts { cryptod, collector, mut entropyd, mut agent, prov, uri } = parts;
-    let mut checks: Vec<(String, bool)> = Vec::new();
-    let t0 = Instant::now();
+pub(crate) fn steps(cx: &mut Ctx) -> Result<(), Failure> {
+    let (demo, prov, uri) = (&mut *cx.demo, cx.prov.clone(), cx.uri.clone());
+    let checks = &mut cx.checks;
 
     // 1. A lost phone: a new secret, confirmed with a code from the "app".
-    let mut reset = admin(demo, &prov, &["operator-reset", "--id", "operator", "--no-qr"])?;
+    let mut reset = super::admin(demo, &prov, &["operator-reset", "--id", "operator", "--no-qr"])?;
     let (i, _) = reset.wait_for("otpauth://", 0, demo.step)?;
     let new_uri = reset.line(i).trim().to_string();
     reset.type_line(&code_from_uri(&new_uri, unix_now())?)?;
@@ -74,7 +41,7 @@ pub(crate) fn run(demo: &mut Demo, parts: Parts) -> Result<(), Failure> {
     // 3. Recovery codes: made by `portcullis admin`, one unlocks once.
     let codes_file = demo.dir.join("recovery-codes");
     let codes_arg = codes_file.to_string_lossy().to_string();
-    let mut regen = admin(
+    let mut regen = super::admin(
         demo,
         &prov,
         &["recovery-regenerate", "--id", "operator", "--recovery-out", &codes_arg],
@@ -101,32 +68,11 @@ pub(crate) fn run(demo: &mut Demo, parts: Parts) -> Result<(), Failure> {
     demo.reap(&mut unlocker);
 
     // 4. An old sequence number (a replayed or reordered command): refused.
-    let mut old = admin(demo, &prov, &["--seq", "1", "operator-remove", "--id", "operator"])?;
+    let mut old =
+        super::admin(demo, &prov, &["--seq", "1", "operator-remove", "--id", "operator"])?;
     let status = old.wait_exit(demo.step)?;
     let refused = old.wait_for("refused: replay", 0, demo.step).is_ok();
     checks.push(("an out-of-sequence admin command is refused".into(), status == 1 && refused));
-
-    // 5. The audit log holds all of it and verifies.
-    let acked = settle(&cryptod, &collector, demo.step)?;
-    let (mut cryptod, mut collector) = (cryptod, collector);
-    for p in [&mut cryptod, &mut entropyd, &mut agent, &mut collector] {
-        p.kill();
-    }
-    let verified =
-        crate::audit_cmd::verify_file(&prov.join("root.pub"), acked, &demo.dir.join("audit.log"));
-    match &verified {
-        Ok(s) => println!("== audit: {s}"),
-        Err(e) => println!("== audit: FAILED: {e}"),
-    }
-    checks.push(("audit log complete".into(), verified.is_ok()));
-    let log = std::fs::read(demo.dir.join("audit.log")).unwrap_or_default();
-    let has = |what: &[u8]| log.windows(what.len()).any(|w| w == what);
-    checks.push((
-        "the admin commands and the recovery code use are audited".into(),
-        has(b"operator_reset") && has(b"recovery_code_used"),
-    ));
-
-    println!();
-    println!("== summary ({:.1} s)", t0.elapsed().as_secs_f64());
-    crate::demo::verdict(&checks)
+    cx.uri = new_uri;
+    Ok(())
 }
