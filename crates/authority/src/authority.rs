@@ -310,6 +310,9 @@ pub struct Authority {
     admin_seq: u64,
     /// The operators' recovery codes.
     recovery: RecoveryTable,
+    /// The sealed state's format-4 sections (see [`sealed::section`]), as
+    /// the areas that own them last set them; written back at export.
+    sections: Vec<sealed::Section>,
 }
 
 /// Refusals of one peer for one reason, counted instead of recorded one by
@@ -390,6 +393,7 @@ impl Authority {
             admin_key,
             admin_seq: state.admin_seq,
             recovery,
+            sections: state.sections.clone(),
             config,
         })
     }
@@ -490,6 +494,7 @@ impl Authority {
                 .iter()
                 .map(|(id, c)| (id.clone(), c.hashes.clone(), c.used))
                 .collect(),
+            sections: self.sections.clone(),
         };
         sealed::seal(&state, kek, &nonce).map_err(ExportError::Seal)
     }

@@ -5,7 +5,7 @@
 //! Format (all integers big-endian):
 //!
 //! ```text
-//! header    = "PCSEAL" (6) || version u16 (= 3) || nonce (12) || body_len u32   -- 24 bytes
+//! header    = "PCSEAL" (6) || version u16 (= 4) || nonce (12) || body_len u32   -- 24 bytes
 //! body      = ChaCha20-Poly1305(KEK, nonce, aad = header, plaintext)            -- body_len bytes
 //! plaintext = root_key (32) || master_secret (32)
 //!             || u16 n_ops   || n_ops   x (u8 id_len || id || u8 alg || u8 digits
@@ -19,7 +19,14 @@
 //!             -- version 3 from here on --
 //!             || u8 has_admin (0 or 1) || [admin_pubkey (32)] || u64 admin_seq
 //!             || u16 n_rec || n_rec x (u8 id_len || id || u8 used_bits || 8 x (salt (16) || hash (32)))
+//!             -- version 4 from here on --
+//!             || u16 n_sec || n_sec x (u16 tag || u32 len || body)
 //! ```
+//!
+//! Format 4's sections carry each lifecycle area's state (see [`section`]):
+//! tags strictly ascending (so each at most once), each a known tag, each
+//! body at most [`MAX_SECTION_LEN`]. The area that owns a tag decodes its
+//! body (strictly) when cryptod starts; this module only frames them.
 //!
 //! Decoding is strict: every count is bounded by the blob size, operators,
 //! steps, failure counters and revoked ids appear at most once, a failure
@@ -28,7 +35,8 @@
 //! [`MAX_OPERATORS`] operators, and recovery codes name a configured
 //! operator once each. Version 2 (before the admin key, the admin sequence
 //! and the recovery codes) is read and migrated: no admin key, sequence 0,
-//! no recovery codes; it is written back as version 3 at the next persist.
+//! no recovery codes; version 3 is read with no sections; both are written
+//! back as version 4 at the next persist.
 //! Version 1 (before the failure counters, monotonic counters and audit
 //! head were sealed) is refused as [`SealError::OldVersion`]: re-provision.
 //!
@@ -54,7 +62,7 @@ use portcullis_proto::msg::{RECOVERY_CODES, RECOVERY_HASH_LEN};
 /// Magic bytes at the start of a sealed blob.
 pub const MAGIC: &[u8; 6] = b"PCSEAL";
 /// The format version this code writes and reads.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The oldest version read (and migrated).
 pub const OLDEST_READ: u16 = 2;
 /// Header length (also the AEAD associated data).
@@ -62,6 +70,35 @@ pub const HEADER_LEN: usize = 24;
 /// Largest sealed blob accepted or produced.
 pub const MAX_SEALED_LEN: usize = 256 * 1024;
 const TAG_LEN: usize = 16;
+/// Largest section body.
+pub const MAX_SECTION_LEN: usize = 64 * 1024;
+
+/// Format 4's section tags: one per lifecycle area, each decoded by the
+/// module that owns it. A blob with any other tag is refused.
+pub mod section {
+    /// Key history: signing-key rotation, revoked kids, the root chain.
+    pub const KEYS: u16 = 1;
+    /// Volumes bound to Portcullis.
+    pub const VOLUMES: u16 = 2;
+    /// The ACL's version and its signed form.
+    pub const ACL: u16 = 3;
+    /// The identity revocation list (device ids, domain names).
+    pub const IDENTITIES: u16 = 4;
+    /// Backup bookkeeping.
+    pub const BACKUP: u16 = 5;
+    /// Every tag this code knows, ascending.
+    pub const KNOWN: [u16; 5] = [KEYS, VOLUMES, ACL, IDENTITIES, BACKUP];
+}
+
+/// One format-4 section: its tag (see [`section`]) and its body, which the
+/// owning area encodes and decodes.
+#[derive(Clone, Debug, PartialEq, Eq, Zeroize)]
+pub struct Section {
+    /// One of [`section::KNOWN`].
+    pub tag: u16,
+    /// The area's encoding, at most [`MAX_SECTION_LEN`] bytes.
+    pub body: Vec<u8>,
+}
 
 /// Everything cryptod keeps across restarts.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
@@ -93,6 +130,25 @@ pub struct SealedState {
     pub admin_seq: u64,
     /// Per operator: the recovery codes' hashes and the used bits.
     pub recovery: Vec<(String, Vec<RecoveryHash>, u8)>,
+    /// Format 4's sections, tags strictly ascending.
+    pub sections: Vec<Section>,
+}
+
+impl SealedState {
+    /// The body of section `tag`, if present.
+    pub fn section(&self, tag: u16) -> Option<&[u8]> {
+        self.sections.iter().find(|s| s.tag == tag).map(|s| s.body.as_slice())
+    }
+
+    /// Sets section `tag` to `body` (`None` removes it), keeping the tags
+    /// ascending.
+    pub fn set_section(&mut self, tag: u16, body: Option<Vec<u8>>) {
+        self.sections.retain(|s| s.tag != tag);
+        if let Some(body) = body {
+            let at = self.sections.iter().position(|s| s.tag > tag).unwrap_or(self.sections.len());
+            self.sections.insert(at, Section { tag, body });
+        }
+    }
 }
 
 /// An audit record the collector has stored: the chain, its `seq`, and
@@ -130,6 +186,7 @@ impl SealedState {
             admin_key: None,
             admin_seq: 0,
             recovery: Vec::new(),
+            sections: Vec::new(),
         }
     }
 }
@@ -147,6 +204,7 @@ impl fmt::Debug for SealedState {
             .field("admin_key", &self.admin_key.is_some())
             .field("admin_seq", &self.admin_seq)
             .field("recovery", &self.recovery.len())
+            .field("sections", &self.sections.iter().map(|s| s.tag).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -313,6 +371,20 @@ fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
         out.push(*used);
         hashes.iter().for_each(|h| out.extend_from_slice(h));
     }
+    put_u16(&mut out, s.sections.len())?;
+    let mut last = None;
+    for sec in &s.sections {
+        if !section::KNOWN.contains(&sec.tag) || last.is_some_and(|l| l >= sec.tag) {
+            return Err(SealError::Malformed("section tags unknown or not ascending"));
+        }
+        if sec.body.len() > MAX_SECTION_LEN {
+            return Err(SealError::TooLarge);
+        }
+        last = Some(sec.tag);
+        out.extend_from_slice(&sec.tag.to_be_bytes());
+        out.extend_from_slice(&(sec.body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&sec.body);
+    }
     Ok(out)
 }
 
@@ -469,6 +541,28 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
             recovery.push((id, hashes, used));
         }
     }
+    let mut sections: Vec<Section> = Vec::new();
+    if version >= 4 {
+        let n_sec = usize::from(u16::from_be_bytes(c.array()?));
+        if n_sec > section::KNOWN.len() {
+            return Err(SealError::Malformed("more sections than known tags"));
+        }
+        for _ in 0..n_sec {
+            let tag = u16::from_be_bytes(c.array()?);
+            if !section::KNOWN.contains(&tag) {
+                return Err(SealError::Malformed("unknown section tag"));
+            }
+            if sections.last().is_some_and(|l| l.tag >= tag) {
+                return Err(SealError::Malformed("section tags not ascending"));
+            }
+            let len =
+                usize::try_from(u32::from_be_bytes(c.array()?)).map_err(|_| SealError::TooLarge)?;
+            if len > MAX_SECTION_LEN {
+                return Err(SealError::Malformed("section too long"));
+            }
+            sections.push(Section { tag, body: c.take(len)?.to_vec() });
+        }
+    }
     if !c.0.is_empty() {
         return Err(SealError::Malformed("trailing plaintext"));
     }
@@ -486,6 +580,7 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
         admin_key,
         admin_seq,
         recovery,
+        sections,
     })
 }
 
@@ -515,7 +610,66 @@ mod tests {
             admin_key: Some([5; 32]),
             admin_seq: 12,
             recovery: alloc::vec![("bob".into(), alloc::vec![[6; RECOVERY_HASH_LEN]; 8], 0b101)],
+            sections: alloc::vec![
+                Section { tag: section::KEYS, body: alloc::vec![8; 40] },
+                Section { tag: section::ACL, body: alloc::vec![] },
+            ],
         }
+    }
+
+    /// `state()` encoded with its sections replaced by `raw` (a count and
+    /// the sections' bytes), sealed.
+    fn with_raw_sections(raw: &[u8]) -> Vec<u8> {
+        let mut s = state();
+        s.sections.clear();
+        let mut plain = encode(&s).unwrap().to_vec();
+        plain.truncate(plain.len() - 2);
+        plain.extend_from_slice(raw);
+        seal_plain(&plain, VERSION)
+    }
+
+    #[test]
+    fn sections_round_trip_and_stay_ascending() {
+        let mut s = state();
+        s.set_section(section::VOLUMES, Some(alloc::vec![1, 2, 3]));
+        s.set_section(section::ACL, None);
+        let tags: Vec<u16> = s.sections.iter().map(|s| s.tag).collect();
+        assert_eq!(tags, [section::KEYS, section::VOLUMES]);
+        let back = unseal(&seal(&s, &KEK, &NONCE).unwrap(), &KEK).unwrap();
+        assert_eq!(back.section(section::VOLUMES), Some(&[1u8, 2, 3][..]));
+        assert_eq!(back.section(section::KEYS), Some(&[8u8; 40][..]));
+        assert_eq!(back.section(section::ACL), None);
+        assert!(back == s);
+    }
+
+    #[test]
+    fn bad_sections_are_refused() {
+        let sec = |tag: u16, body: &[u8]| {
+            let mut v = tag.to_be_bytes().to_vec();
+            v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            v.extend_from_slice(body);
+            v
+        };
+        let count = |n: u16| n.to_be_bytes().to_vec();
+        let cases: [(Vec<u8>, &str); 4] = [
+            ([count(1), sec(99, b"x")].concat(), "unknown section tag"),
+            ([count(2), sec(2, b"a"), sec(1, b"b")].concat(), "section tags not ascending"),
+            ([count(2), sec(2, b"a"), sec(2, b"b")].concat(), "section tags not ascending"),
+            ([count(1), sec(1, &[0; MAX_SECTION_LEN + 1])].concat(), "section too long"),
+        ];
+        for (raw, why) in cases {
+            assert_eq!(unseal(&with_raw_sections(&raw), &KEK), Err(SealError::Malformed(why)));
+        }
+        // A length past the end is short, not a panic.
+        let raw = [count(1), 1u16.to_be_bytes().to_vec(), 10u32.to_be_bytes().to_vec()].concat();
+        assert_eq!(
+            unseal(&with_raw_sections(&raw), &KEK),
+            Err(SealError::Malformed("short plaintext"))
+        );
+        // Unknown tags are refused when sealing too.
+        let mut s = state();
+        s.sections.push(Section { tag: 99, body: alloc::vec![] });
+        assert!(seal(&s, &KEK, &NONCE).is_err());
     }
 
     #[test]
@@ -611,7 +765,8 @@ mod tests {
         assert_eq!(unseal(&blob, &KEK), Err(SealError::Malformed("too many revoked ids")));
         // A head flag other than 0 or 1: re-encrypt a patched plaintext.
         let mut plain = encode(&state()).unwrap();
-        let tail = 1 + 32 + 8 + 2 + (1 + 3 + 1 + 8 * RECOVERY_HASH_LEN);
+        let sections = 2 + (2 + 4 + 40) + (2 + 4);
+        let tail = 1 + 32 + 8 + 2 + (1 + 3 + 1 + 8 * RECOVERY_HASH_LEN) + sections;
         let flag = plain.len() - tail - (1 + 16 + 8 + 32);
         plain[flag] = 2;
         assert_eq!(
@@ -623,30 +778,51 @@ mod tests {
         assert_eq!(decode(&plain, VERSION), Err(SealError::Malformed("short plaintext")));
     }
 
-    #[test]
-    fn version_2_is_migrated() {
-        // A version 2 blob is the version 3 plaintext without the tail.
-        let mut v2 = state();
-        v2.admin_key = None;
-        v2.admin_seq = 0;
-        v2.recovery.clear();
-        let plain = encode(&v2).unwrap();
-        let plain = &plain[..plain.len() - (1 + 8 + 2)];
+    /// Seals a raw plaintext under a header naming `version`.
+    fn seal_plain(plain: &[u8], version: u16) -> Vec<u8> {
         let mut header = [0u8; HEADER_LEN];
         header[..6].copy_from_slice(MAGIC);
-        header[6..8].copy_from_slice(&2u16.to_be_bytes());
+        header[6..8].copy_from_slice(&version.to_be_bytes());
         header[8..20].copy_from_slice(&NONCE);
         header[20..24].copy_from_slice(&((plain.len() + TAG_LEN) as u32).to_be_bytes());
         let cipher = ChaCha20Poly1305::new_from_slice(&KEK).unwrap();
         let body =
             cipher.encrypt(&Nonce::from(NONCE), Payload { msg: plain, aad: &header }).unwrap();
-        let blob = [&header[..], &body].concat();
+        [&header[..], &body].concat()
+    }
+
+    #[test]
+    fn version_2_is_migrated() {
+        // A version 2 blob is the version 4 plaintext without the tail.
+        let mut v2 = state();
+        v2.admin_key = None;
+        v2.admin_seq = 0;
+        v2.recovery.clear();
+        v2.sections.clear();
+        let plain = encode(&v2).unwrap();
+        let blob = seal_plain(&plain[..plain.len() - (1 + 8 + 2 + 2)], 2);
         let migrated = unseal(&blob, &KEK).unwrap();
         assert_eq!(migrated, v2);
-        // Written back as version 3, and read again the same.
+        // Written back as the current version, and read again the same.
         let again = seal(&migrated, &KEK, &NONCE).unwrap();
-        assert_eq!(u16::from_be_bytes([again[6], again[7]]), 3);
+        assert_eq!(u16::from_be_bytes([again[6], again[7]]), VERSION);
         assert_eq!(unseal(&again, &KEK).unwrap(), v2);
+    }
+
+    #[test]
+    fn version_3_is_migrated() {
+        // A version 3 blob is the version 4 plaintext without the sections.
+        let mut v3 = state();
+        v3.sections.clear();
+        let plain = encode(&v3).unwrap();
+        let blob = seal_plain(&plain[..plain.len() - 2], 3);
+        let migrated = unseal(&blob, &KEK).unwrap();
+        assert_eq!(migrated, v3);
+        // A version 3 blob with a sections tail has trailing plaintext.
+        assert_eq!(
+            unseal(&seal_plain(&plain, 3), &KEK),
+            Err(SealError::Malformed("trailing plaintext"))
+        );
     }
 
     #[test]

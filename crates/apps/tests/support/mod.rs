@@ -252,6 +252,7 @@ pub fn sealed_state() -> SealedState {
         admin_key: None,
         admin_seq: 0,
         recovery: vec![],
+        sections: vec![],
     }
 }
 
