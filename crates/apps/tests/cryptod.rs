@@ -924,7 +924,7 @@ fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {
         issued_at: T0,
         expires_at: T0 + 300,
         command: AdminOp::RecoveryRegenerate,
-        operator_id: "alice".into(),
+        operator_id: Some("alice".into()),
         secret: None,
         algorithm: None,
         digits: None,

@@ -181,6 +181,7 @@ impl Command {
     /// every kind takes exactly its own fields.
     pub fn from_wire(c: &AdminCommand) -> Result<Command, &'static str> {
         let enrol = c.secret.is_some() || c.algorithm.is_some() || c.digits.is_some();
+        let operator = || c.operator_id.clone().ok_or("operator_id is required");
         match c.command {
             AdminOp::OperatorAdd | AdminOp::OperatorReset => {
                 let (Some(secret), Some(alg), Some(digits), Some(confirm)) =
@@ -194,7 +195,7 @@ impl Command {
                     TotpAlg::Sha512 => Algorithm::Sha512,
                 };
                 let digits = u8::try_from(digits).map_err(|_| "digits must be 6 or 8")?;
-                let op = OperatorSecret::new(&c.operator_id, secret, algorithm, digits)
+                let op = OperatorSecret::new(&operator()?, secret, algorithm, digits)
                     .map_err(|_| "operator id or secret out of range")?;
                 let confirm = Zeroizing::new(String::from(confirm.as_str()));
                 let codes = c.code_hashes.clone();
@@ -208,14 +209,14 @@ impl Command {
                 if enrol || c.confirm_code.is_some() || c.code_hashes.is_some() {
                     return Err("operator_remove takes only operator_id");
                 }
-                Ok(Command::OperatorRemove { id: c.operator_id.clone() })
+                Ok(Command::OperatorRemove { id: operator()? })
             }
             AdminOp::RecoveryRegenerate => {
                 if enrol || c.confirm_code.is_some() {
                     return Err("recovery_regenerate takes only operator_id and code_hashes");
                 }
                 let codes = c.code_hashes.clone().ok_or("code_hashes is required")?;
-                Ok(Command::RecoveryRegenerate { id: c.operator_id.clone(), codes })
+                Ok(Command::RecoveryRegenerate { id: operator()?, codes })
             }
         }
     }

@@ -1080,13 +1080,13 @@ impl Authority {
             _ => AuditResult::Denied,
         };
         let mut ev = base(audit)
-            .target(&c.operator_id)
+            .target(c.operator_id.as_deref().unwrap_or(""))
             .meta("command", c.command.as_str())
             .meta("admin_seq", &c.admin_seq.to_string());
         if !reason.is_empty() {
             ev = ev.meta("reason", reason);
         }
-        if let Some(codes) = self.recovery.get(&c.operator_id) {
+        if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
             if result == AdminResult::Ok {
                 ev = ev.meta("recovery_remaining", &codes.remaining().to_string());
             }

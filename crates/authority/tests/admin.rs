@@ -88,7 +88,7 @@ fn command(a: &Authority, seq: u64, op: AdminOp, id: &str) -> AdminCommand {
         issued_at: T0,
         expires_at: T0 + 300,
         command: op,
-        operator_id: id.into(),
+        operator_id: Some(id.into()),
         secret: None,
         algorithm: None,
         digits: None,
@@ -330,6 +330,12 @@ fn add_and_remove_operators_never_the_last() {
     };
     let (out, _) = call(&mut a, &dom0(), &signed(&bad), T0);
     assert_eq!(admin_resp(&out).result, AdminResult::Invalid);
+    // An operator command without its operator is invalid.
+    let anon = AdminCommand { operator_id: None, ..command(&a, 7, AdminOp::OperatorRemove, "bob") };
+    let (out, _) = call(&mut a, &dom0(), &signed(&anon), T0);
+    let r = admin_resp(&out);
+    assert_eq!(r.result, AdminResult::Invalid);
+    assert_eq!(r.reason.as_deref(), Some("operator_id is required"));
 }
 
 #[test]

@@ -221,7 +221,7 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         issued_at: now,
         expires_at: now.saturating_add(args.ttl),
         command: AdminOp::OperatorRemove,
-        operator_id: String::new(),
+        operator_id: None,
         secret: None,
         algorithm: None,
         digits: None,
@@ -235,7 +235,7 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             let (op, code) = enrol(e)?;
             let add = matches!(args.command, AdminCmd::OperatorAdd(_));
             c.command = if add { AdminOp::OperatorAdd } else { AdminOp::OperatorReset };
-            c.operator_id = op.id.clone();
+            c.operator_id = Some(op.id.clone());
             c.secret = Some(Zeroizing::new(op.secret.clone()));
             c.algorithm = Some(wire_alg(op.algorithm));
             c.digits = Some(u64::from(op.digits));
@@ -248,11 +248,11 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         }
         AdminCmd::OperatorRemove { id } => {
             c.command = AdminOp::OperatorRemove;
-            c.operator_id = id.clone();
+            c.operator_id = Some(id.clone());
         }
         AdminCmd::RecoveryRegenerate { id, recovery_out } => {
             c.command = AdminOp::RecoveryRegenerate;
-            c.operator_id = id.clone();
+            c.operator_id = Some(id.clone());
             let (codes, hashes) = recovery_codes()?;
             c.code_hashes = Some(hashes);
             shown = Some((codes, recovery_out.clone()));
@@ -287,9 +287,10 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             r.result.as_str()
         )));
     }
-    println!("admin: ok: {} {} (admin_seq {seq})", c.command.as_str(), c.operator_id);
+    let about = c.operator_id.as_deref().unwrap_or("");
+    println!("admin: ok: {} {about} (admin_seq {seq})", c.command.as_str());
     if let Some((codes, out)) = shown {
-        show_codes(&c.operator_id, &codes, out.as_deref())?;
+        show_codes(about, &codes, out.as_deref())?;
     }
     Ok(())
 }

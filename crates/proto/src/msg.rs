@@ -453,10 +453,10 @@ wire_struct! {
         expires_at: u64,
         /// What to do.
         command: AdminOp,
-        /// The operator it is about.
-        operator_id: String,
     }
     optional {
+        /// The operator it is about: the operator commands.
+        operator_id: String,
         /// The new TOTP secret (16 to 64 bytes): add, reset.
         secret: Zeroizing<Vec<u8>>,
         /// Its HMAC hash: add, reset.
@@ -474,7 +474,9 @@ wire_struct! {
 impl Check for AdminCommand {
     fn check(&self) -> Result<(), FieldError> {
         check_len("state_id", self.state_id.len(), 1, MAX_KID_LEN)?;
-        check_id("operator_id", &self.operator_id)?;
+        if let Some(id) = &self.operator_id {
+            check_id("operator_id", id)?;
+        }
         let lifetime = self.expires_at.checked_sub(self.issued_at);
         if lifetime.is_none_or(|l| l > MAX_ADMIN_LIFETIME) {
             return Err(FieldError::new("expires_at", "not within 300 s after issued_at"));

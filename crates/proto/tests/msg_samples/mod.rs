@@ -210,7 +210,7 @@ pub fn admin_command() -> AdminCommand {
         issued_at: T0,
         expires_at: T0 + 300,
         command: AdminOp::OperatorReset,
-        operator_id: "alice".into(),
+        operator_id: Some("alice".into()),
         secret: Some(Zeroizing::new(vec![0x17; 20])),
         algorithm: Some(TotpAlg::Sha1),
         digits: Some(6),
