@@ -42,6 +42,7 @@ use crate::admin::{
 };
 use crate::attest::{self, AttestError, Issued, ATTESTATION_TTL};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
+use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
 use crate::ratelimit::{
@@ -370,6 +371,10 @@ impl Authority {
         );
         let sealed_head =
             state.audit_head.map(|h| Head { chain_id: h.chain_id, seq: h.seq, hash: h.hash });
+        if let Some(body) = state.section(sealed::section::BACKUP) {
+            backup::Restored::decode(body)
+                .map_err(|_| InitError::Config("sealed backup section is malformed"))?;
+        }
         Ok(Authority {
             drbg: Drbg::new(config.reseed_interval),
             acl,
@@ -466,6 +471,7 @@ impl Authority {
 
     /// The sealed state as it is now, sealed under `kek` with a DRBG nonce.
     pub fn export(&mut self, kek: &[u8; 32]) -> Result<Vec<u8>, ExportError> {
+        self.settle_restore();
         let nonce: Zeroizing<[u8; 12]> = self.drbg.bytes().map_err(ExportError::Drbg)?;
         let state = SealedState {
             root_key: *self.root_seed,
@@ -695,7 +701,33 @@ impl Authority {
         if let Some(h) = self.sealed_head {
             ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
         }
+        if let Some(r) = self.restored().filter(|r| r.pending) {
+            let from = format!("{} created {}", hex(&r.backup_id), r.created);
+            ev = ev.meta("restored_from", &from);
+        }
         self.record(ev, now, out);
+    }
+
+    /// The backup this state was restored from, if any (see
+    /// [`crate::backup::Restored`]; checked when the state was loaded).
+    fn restored(&self) -> Option<backup::Restored> {
+        let s = self.sections.iter().find(|s| s.tag == sealed::section::BACKUP)?;
+        backup::Restored::decode(&s.body).ok()
+    }
+
+    /// Once the collector has acknowledged a record of this boot's chain
+    /// (its `chain_start` says `restored_from`), the restore is no longer
+    /// pending: the next boot does not say it again.
+    fn settle_restore(&mut self) {
+        let Some(mut r) = self.restored().filter(|r| r.pending) else { return };
+        let Some(log) = self.audit.as_ref() else { return };
+        if log.acked_head().is_some_and(|h| h.chain_id == *log.chain_id()) {
+            r.pending = false;
+            let body = r.encode();
+            if let Some(s) = self.sections.iter_mut().find(|s| s.tag == sealed::section::BACKUP) {
+                s.body = body;
+            }
+        }
     }
 
     fn maintain(&mut self, now: u64, out: &mut Output) {
