@@ -371,9 +371,8 @@ impl Authority {
         );
         let sealed_head =
             state.audit_head.map(|h| Head { chain_id: h.chain_id, seq: h.seq, hash: h.hash });
-        if let Some(body) = state.section(sealed::section::BACKUP) {
-            backup::Restored::decode(body)
-                .map_err(|_| InitError::Config("sealed backup section is malformed"))?;
+        if !state.section(sealed::section::BACKUP).is_none_or(backup::Restored::valid) {
+            return Err(InitError::Config("sealed backup section is malformed"));
         }
         Ok(Authority {
             drbg: Drbg::new(config.reseed_interval),
@@ -701,31 +700,28 @@ impl Authority {
         if let Some(h) = self.sealed_head {
             ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
         }
-        if let Some(r) = self.restored().filter(|r| r.pending) {
-            let from = format!("{} created {}", hex(&r.backup_id), r.created);
-            ev = ev.meta("restored_from", &from);
+        if let Some(id) = self.restore_pending().and_then(|b| b.get(backup::ID_AT)) {
+            ev = ev.meta("restored_from", &hex(id));
         }
         self.record(ev, now, out);
     }
 
-    /// The backup this state was restored from, if any (see
-    /// [`crate::backup::Restored`]; checked when the state was loaded).
-    fn restored(&self) -> Option<backup::Restored> {
-        let s = self.sections.iter().find(|s| s.tag == sealed::section::BACKUP)?;
-        backup::Restored::decode(&s.body).ok()
+    /// The BACKUP section's body while a restore is not yet in an
+    /// acknowledged audit record (its layout was checked at load: see
+    /// [`crate::backup::Restored`]).
+    fn restore_pending(&mut self) -> Option<&mut Vec<u8>> {
+        let s = self.sections.iter_mut().find(|s| s.tag == sealed::section::BACKUP)?;
+        Some(&mut s.body).filter(|b| b.get(backup::PENDING_AT) == Some(&1))
     }
 
     /// Once the collector has acknowledged a record of this boot's chain
     /// (its `chain_start` says `restored_from`), the restore is no longer
     /// pending: the next boot does not say it again.
     fn settle_restore(&mut self) {
-        let Some(mut r) = self.restored().filter(|r| r.pending) else { return };
         let Some(log) = self.audit.as_ref() else { return };
         if log.acked_head().is_some_and(|h| h.chain_id == *log.chain_id()) {
-            r.pending = false;
-            let body = r.encode();
-            if let Some(s) = self.sections.iter_mut().find(|s| s.tag == sealed::section::BACKUP) {
-                s.body = body;
+            if let Some(p) = self.restore_pending().and_then(|b| b.get_mut(backup::PENDING_AT)) {
+                *p = 0;
             }
         }
     }

@@ -30,7 +30,8 @@
 //! The BACKUP section body ([`Restored`]) is `version u8 (= 1) || pending u8
 //! (0 or 1) || backup_id (16) || created u64`: the backup the state was last
 //! restored from; `pending` until cryptod's first audit chain after the
-//! restore is acknowledged (its `chain_start` record says `restored_from`).
+//! restore is acknowledged (its `chain_start` record says `restored_from`:
+//! the backup id).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -317,6 +318,10 @@ pub struct Restored {
 
 /// Length of the BACKUP section body.
 pub const SECTION_LEN: usize = 26;
+/// Where the BACKUP section body holds its `pending` flag.
+pub const PENDING_AT: usize = 1;
+/// Where the BACKUP section body holds the backup id.
+pub const ID_AT: core::ops::Range<usize> = 2..18;
 
 impl Restored {
     /// The section body.
@@ -329,17 +334,23 @@ impl Restored {
         out
     }
 
+    /// Whether `body` is a valid section body (what cryptod checks at
+    /// load; [`Restored::decode`] reads it).
+    pub fn valid(body: &[u8]) -> bool {
+        matches!(body, [1, 0 | 1, ..] if body.len() == SECTION_LEN)
+    }
+
     /// Decodes a section body strictly.
     pub fn decode(body: &[u8]) -> Result<Restored, SealError> {
-        let bad = SealError::Malformed("backup section");
-        if body.len() != SECTION_LEN || body[0] != 1 || body[1] > 1 {
-            return Err(bad);
+        if !Self::valid(body) {
+            return Err(SealError::Malformed("backup section"));
         }
         let mut backup_id = [0u8; 16];
-        backup_id.copy_from_slice(&body[2..18]);
+        backup_id.copy_from_slice(&body[ID_AT]);
         let mut created = [0u8; 8];
         created.copy_from_slice(&body[18..26]);
-        Ok(Restored { backup_id, created: u64::from_be_bytes(created), pending: body[1] == 1 })
+        let pending = body[PENDING_AT] == 1;
+        Ok(Restored { backup_id, created: u64::from_be_bytes(created), pending })
     }
 }
 

@@ -38,10 +38,7 @@ fn a_restored_state_is_noted_once_in_the_audit_log() {
     st.set_section(section::BACKUP, Some(r.encode()));
 
     let (mut a, first, last) = boot(st);
-    assert_eq!(
-        restored_from(&first).as_deref(),
-        Some(format!("{} created {}", "07".repeat(16), T0 - 60).as_str())
-    );
+    assert_eq!(restored_from(&first).as_deref(), Some("07".repeat(16).as_str()));
     let kek = [9; 32];
     // Not acknowledged yet: still pending.
     let again = sealed::unseal(&a.export(&kek).unwrap(), &kek).unwrap();
