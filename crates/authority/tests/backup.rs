@@ -66,3 +66,30 @@ fn a_malformed_backup_section_is_refused_at_start() {
     st.set_section(section::BACKUP, Some(vec![1, 2, 3]));
     assert!(Authority::new(Config::default(), st, T0).is_err());
 }
+
+proptest::proptest! {
+    /// Hostile input: any bytes as a backup, any text as a recovery key,
+    /// any body as the section: an error, never a panic; a backup with any
+    /// one byte changed never opens.
+    #[test]
+    fn hostile_backups_keys_and_sections_never_panic(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        text in "[cbdefghijklnrtuvA-Z -]{0,90}",
+        at in 0usize..10_000,
+    ) {
+        let key = RecoveryKey::from_bytes([5; 32]);
+        let _ = backup::open(&bytes, &key);
+        let _ = RecoveryKey::parse(&text);
+        let _ = Restored::decode(&bytes);
+        let good = backup::create(&state(), &key, 1, [1; 16], [2; 32], [3; 12]).unwrap();
+        let mut bad = good.clone();
+        let i = at % bad.len();
+        bad[i] ^= 0x80;
+        proptest::prop_assert!(backup::open(&bad, &key).is_err());
+        let mut longer = [&bytes[..], &good[..]].concat();
+        longer.truncate(at.min(longer.len()));
+        if longer != good {
+            proptest::prop_assert!(backup::open(&longer, &key).is_err());
+        }
+    }
+}
