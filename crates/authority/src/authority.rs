@@ -42,6 +42,7 @@ use crate::admin::{
 };
 use crate::attest::{self, AttestError, Issued, ATTESTATION_TTL};
 use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
+use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
 use crate::ratelimit::{
@@ -370,6 +371,9 @@ impl Authority {
         );
         let sealed_head =
             state.audit_head.map(|h| Head { chain_id: h.chain_id, seq: h.seq, hash: h.hash });
+        if !state.section(sealed::section::BACKUP).is_none_or(backup::Restored::valid) {
+            return Err(InitError::Config("sealed backup section is malformed"));
+        }
         Ok(Authority {
             drbg: Drbg::new(config.reseed_interval),
             acl,
@@ -466,6 +470,7 @@ impl Authority {
 
     /// The sealed state as it is now, sealed under `kek` with a DRBG nonce.
     pub fn export(&mut self, kek: &[u8; 32]) -> Result<Vec<u8>, ExportError> {
+        self.settle_restore();
         let nonce: Zeroizing<[u8; 12]> = self.drbg.bytes().map_err(ExportError::Drbg)?;
         let state = SealedState {
             root_key: *self.root_seed,
@@ -695,7 +700,30 @@ impl Authority {
         if let Some(h) = self.sealed_head {
             ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
         }
+        if let Some(id) = self.restore_pending().and_then(|b| b.get(backup::ID_AT)) {
+            ev = ev.meta("restored_from", &hex(id));
+        }
         self.record(ev, now, out);
+    }
+
+    /// The BACKUP section's body while a restore is not yet in an
+    /// acknowledged audit record (its layout was checked at load: see
+    /// [`crate::backup::Restored`]).
+    fn restore_pending(&mut self) -> Option<&mut Vec<u8>> {
+        let s = self.sections.iter_mut().find(|s| s.tag == sealed::section::BACKUP)?;
+        Some(&mut s.body).filter(|b| b.get(backup::PENDING_AT) == Some(&1))
+    }
+
+    /// Once the collector has acknowledged a record of this boot's chain
+    /// (its `chain_start` says `restored_from`), the restore is no longer
+    /// pending: the next boot does not say it again.
+    fn settle_restore(&mut self) {
+        let Some(log) = self.audit.as_ref() else { return };
+        if log.acked_head().is_some_and(|h| h.chain_id == *log.chain_id()) {
+            if let Some(p) = self.restore_pending().and_then(|b| b.get_mut(backup::PENDING_AT)) {
+                *p = 0;
+            }
+        }
     }
 
     fn maintain(&mut self, now: u64, out: &mut Output) {

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod attest;
 pub mod audit;
 pub mod authority;
+pub mod backup;
 pub mod drbg;
 pub mod keys;
 pub mod ratelimit;

@@ -388,6 +388,24 @@ fn encode(s: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
     Ok(out)
 }
 
+/// The plaintext [`seal`] encrypts, at [`VERSION`]: for a container that
+/// encrypts the state under another key (a backup, [`crate::backup`]).
+pub fn encode_plain(state: &SealedState) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    encode(state)
+}
+
+/// Decodes a plaintext of format `version` ([`OLDEST_READ`] to [`VERSION`])
+/// as strictly as [`unseal`] does.
+pub fn decode_plain(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
+    if version < OLDEST_READ {
+        return Err(SealError::OldVersion(version));
+    }
+    if version > VERSION {
+        return Err(SealError::UnsupportedVersion(version));
+    }
+    decode(plain, version)
+}
+
 fn put_u16(out: &mut Vec<u8>, n: usize) -> Result<(), SealError> {
     out.extend_from_slice(&u16::try_from(n).map_err(|_| SealError::TooLarge)?.to_be_bytes());
     Ok(())

@@ -8,6 +8,7 @@ mod admin;
 mod agent;
 mod attest_cmd;
 mod audit_cmd;
+mod backup;
 mod demo;
 mod host;
 mod hostile;
@@ -64,6 +65,9 @@ enum Command {
     /// Check collected audit logs.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
+    /// Back up cryptod's state to a recovery key; restore it on a new host.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
     /// Collect cryptod's audit records over vchan into a file (fsync before ack).
     AuditCollect(audit_cmd::CollectArgs),
     /// The dom0 unlock agent: verify the unlock token, then cryptsetup.
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         Command::Provision(args) => provision::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Backup(cmd) => backup::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),
         Command::UnlockAgent(args) => agent::run(args),
         Command::VchanCall(args) => vchan_call::run(args),

@@ -228,34 +228,58 @@ pub const DEMO_PASSPHRASE: &str = "portcullis demo passphrase (public, demo only
 
 /// The KEK protector chosen on the command line, checked before any secret
 /// is made.
-enum KekPlan {
+pub(crate) enum KekPlan {
     Tpm(Pcrs),
     Passphrase(Zeroizing<Vec<u8>>, Cost),
     Credential(String),
 }
 
-fn kek_plan(args: &ProvisionArgs) -> Result<KekPlan, Failure> {
-    let protector = Protector::parse(&args.kek).ok_or_else(|| {
+/// The KEK options of a command that protects a new KEK (`provision`,
+/// `backup restore`).
+pub(crate) struct KekChoice<'a> {
+    pub(crate) kek: &'a str,
+    pub(crate) tpm_pcrs: &'a str,
+    pub(crate) passphrase_file: Option<&'a PathBuf>,
+    pub(crate) argon2: Option<&'a String>,
+    pub(crate) credential_key: &'a str,
+    pub(crate) fixed: Option<&'a Zeroizing<Vec<u8>>>,
+}
+
+impl ProvisionArgs {
+    fn kek_choice(&self) -> KekChoice<'_> {
+        KekChoice {
+            kek: &self.kek,
+            tpm_pcrs: &self.tpm_pcrs,
+            passphrase_file: self.kek_passphrase_file.as_ref(),
+            argon2: self.kek_argon2.as_ref(),
+            credential_key: &self.kek_credential_key,
+            fixed: self.kek_fixed_passphrase.as_ref(),
+        }
+    }
+}
+
+pub(crate) fn kek_plan(args: &KekChoice) -> Result<KekPlan, Failure> {
+    let protector = Protector::parse(args.kek).ok_or_else(|| {
         Failure::Error(format!("--kek {}: use tpm, passphrase or credential", args.kek))
     })?;
-    if args.kek_argon2.is_some() && protector != Protector::Passphrase {
+    if args.argon2.is_some() && protector != Protector::Passphrase {
         return Err(Failure::Error("--kek-argon2 is for --kek passphrase".into()));
     }
-    if args.kek_passphrase_file.is_some() && protector != Protector::Passphrase {
+    if args.passphrase_file.is_some() && protector != Protector::Passphrase {
         return Err(Failure::Error("--kek-passphrase-file is for --kek passphrase".into()));
     }
     Ok(match protector {
         Protector::Tpm => {
-            let pcrs = Pcrs::parse(&args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
+            let pcrs = Pcrs::parse(args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
             kek::tpm::probe(None).map_err(|e| e.to_string())?;
             KekPlan::Tpm(pcrs)
         }
         Protector::Passphrase => {
-            let cost = match &args.kek_argon2 {
+            let cost = match args.argon2 {
                 Some(s) => Cost::parse_arg(s).map_err(|e| format!("--kek-argon2: {e}"))?,
                 None => Cost::DEFAULT,
             };
-            let source = match (&args.kek_fixed_passphrase, &args.kek_passphrase_file) {
+            let source = match (args.fixed, args.passphrase_file) {
                 (Some(p), _) => PassphraseSource::Fixed(p.clone()),
                 (None, Some(f)) => PassphraseSource::File(f.clone()),
                 (None, None) => PassphraseSource::Ask,
@@ -278,13 +302,13 @@ fn kek_plan(args: &ProvisionArgs) -> Result<KekPlan, Failure> {
                     ))
                 }
             }
-            KekPlan::Credential(args.kek_credential_key.clone())
+            KekPlan::Credential(args.credential_key.to_string())
         }
     })
 }
 
 /// Protects `kek` as planned and checks it unseals to the same KEK.
-fn protect(plan: &KekPlan, dir: &Path, kek_bytes: &[u8; 32]) -> Result<Sealed, Failure> {
+pub(crate) fn protect(plan: &KekPlan, dir: &Path, kek_bytes: &[u8; 32]) -> Result<Sealed, Failure> {
     let sealed = match plan {
         KekPlan::Tpm(pcrs) => {
             let sealed = kek::tpm::seal(kek_bytes, pcrs, None).map_err(|e| e.to_string())?;
@@ -357,7 +381,7 @@ pub(crate) fn secret_len(alg: Algorithm) -> usize {
     }
 }
 
-fn os_random<const N: usize>() -> Result<Zeroizing<[u8; N]>, Failure> {
+pub(crate) fn os_random<const N: usize>() -> Result<Zeroizing<[u8; N]>, Failure> {
     let mut b = Zeroizing::new([0u8; N]);
     getrandom::fill(b.as_mut()).map_err(|e| format!("OS random source: {e}"))?;
     Ok(b)
@@ -422,7 +446,7 @@ pub(crate) fn qr(text: &str) -> Result<String, Failure> {
         .build())
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), Failure> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), Failure> {
     if dir.exists() {
         let mut entries = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if entries.next().is_some() {
@@ -518,7 +542,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
             return Err(Failure::Error(format!("operator {id:?} given twice")));
         }
     }
-    let plan = kek_plan(&args)?;
+    let plan = kek_plan(&args.kek_choice())?;
     prepare_dir(&args.out)?;
 
     let mut operators = Vec::new();
