@@ -17,6 +17,7 @@ pub mod audit;
 pub mod authority;
 pub mod drbg;
 pub mod keys;
+pub mod outcome;
 pub mod ratelimit;
 pub mod revocation;
 pub mod sealed;

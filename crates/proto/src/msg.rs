@@ -1251,11 +1251,18 @@ wire_struct! {
         /// COSE_Sign1 over [`OutcomeClaims`], 1..=[`MAX_OUTCOME_LEN`] bytes.
         signed: Vec<u8>,
     }
+    optional {
+        /// A live attestation cryptod issued to this peer whose
+        /// `subject_pubkey` is the key that signed `signed` (for an
+        /// enforcer without a pinned outcome key).
+        attestation: Vec<u8>,
+    }
 }
 
 impl Check for OutcomeReport {
     fn check(&self) -> Result<(), FieldError> {
-        check_len("signed", self.signed.len(), 1, MAX_OUTCOME_LEN)
+        check_len("signed", self.signed.len(), 1, MAX_OUTCOME_LEN)?;
+        check_opt_attestation(&self.attestation)
     }
 }
 

@@ -199,7 +199,11 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
             AdminResp { request_id: RID, result: AdminResult::Ok, reason: None, admin_seq: None }
                 .into(),
         ],
-        MsgType::OutcomeReport => vec![OutcomeReport { request_id: RID, signed: cose(180) }.into()],
+        MsgType::OutcomeReport => vec![
+            OutcomeReport { request_id: RID, signed: cose(180), attestation: None }.into(),
+            OutcomeReport { request_id: RID, signed: cose(180), attestation: Some(cose(300)) }
+                .into(),
+        ],
         MsgType::OutcomeResp => vec![
             OutcomeResp { request_id: RID, result: OutcomeResult::Recorded, reason: None }.into(),
             OutcomeResp {
