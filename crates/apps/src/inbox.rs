@@ -30,6 +30,7 @@ impl Role for Cryptod {
         MsgType::EntropyPub,
         MsgType::AuditAck,
         MsgType::AdminReq,
+        MsgType::OutcomeReport,
     ]);
     const SENDS: KindSet = KindSet::of(&[
         MsgType::TotpValidateResp,
@@ -41,6 +42,7 @@ impl Role for Cryptod {
         MsgType::Error,
         MsgType::AuditLog,
         MsgType::AdminResp,
+        MsgType::OutcomeResp,
     ]);
 }
 
