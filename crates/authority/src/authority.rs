@@ -1003,10 +1003,12 @@ impl Authority {
         };
         match self.unlock_grant(peer, r, volume, epk, now) {
             Ok(answer) => {
+                let cti = self.decisions.last_cti().map(hex).unwrap_or_default();
                 let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
                     .target(volume)
                     .meta("operator", &r.operator_id)
-                    .meta("request_id", &r.request_id.to_string());
+                    .meta("request_id", &r.request_id.to_string())
+                    .meta("cti", &cti);
                 self.record(ev, now, out);
                 answer
             }
@@ -1349,7 +1351,8 @@ impl Authority {
                     .meta("outcome", c.outcome.as_str())
                     .meta("signer", &c.enforcer)
                     .meta("key", if a.vouch == Vouch::Pinned { "pinned" } else { "attested" })
-                    .meta("decision", if a.known { "known" } else { "unknown" });
+                    .meta("decision", if a.known { "known" } else { "unknown" })
+                    .meta("signer_key", &hex(&a.key));
                 if let Some(why) = &c.reason {
                     ev = ev.meta("reason", why);
                 }

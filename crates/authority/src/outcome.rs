@@ -70,6 +70,11 @@ impl Decisions {
         self.entries.push(Decision { cti: cti.into(), sub: sub.into(), aud: aud.into() });
     }
 
+    /// The id of the last token minted.
+    pub fn last_cti(&self) -> Option<&[u8]> {
+        self.entries.last().map(|d| d.cti.as_slice())
+    }
+
     /// `(subject, audience)` of the token `cti`, if remembered.
     fn find(&self, cti: &[u8]) -> Option<(&str, &str)> {
         self.entries.iter().find(|d| d.cti == cti).map(|d| (d.sub.as_str(), d.aud.as_str()))
@@ -123,6 +128,8 @@ pub struct Accepted {
     pub vouch: Vouch,
     /// Whether cryptod remembers the decision.
     pub known: bool,
+    /// The public key that signed it.
+    pub key: [u8; 32],
 }
 
 /// Checks `signed` from `peer`: the signature under the peer's pinned keys,
@@ -135,7 +142,7 @@ pub fn check(
     attested: Option<[u8; 32]>,
     decisions: &Decisions,
 ) -> Result<Accepted, OutcomeError> {
-    let mut used: Option<(Vouch, &str)> = None;
+    let mut used: Option<(Vouch, &str, [u8; 32])> = None;
     let object = {
         let lookup = |kid: &[u8]| -> Option<(VerifyingKey, Vouch, &str)> {
             let attested = attested.and_then(|k| VerifyingKey::from_bytes(&k).ok());
@@ -149,10 +156,10 @@ pub fn check(
         };
         cose::verify(signed, ContentType::Outcome, |kid| lookup(kid).map(|(k, _, _)| k))
             .map_err(OutcomeError::Signature)
-            .inspect(|o| used = lookup(&o.get().kid).map(|(_, v, a)| (v, a)))?
+            .inspect(|o| used = lookup(&o.get().kid).map(|(k, v, a)| (v, a, k.to_bytes())))?
             .into_inner()
     };
-    let (vouch, audience) = used.ok_or(OutcomeError::Signature(CoseError::UnknownKid))?;
+    let (vouch, audience, key) = used.ok_or(OutcomeError::Signature(CoseError::UnknownKid))?;
     let claims = OutcomeClaims::from_cbor(&object.payload).map_err(|_| OutcomeError::Claims)?;
     let bound = match vouch {
         Vouch::Pinned => claims.enforcer == audience,
@@ -174,7 +181,7 @@ pub fn check(
             true
         }
     };
-    Ok(Accepted { claims, vouch, known })
+    Ok(Accepted { claims, vouch, known, key })
 }
 
 /// The audit result an outcome is recorded with.

@@ -129,6 +129,8 @@ fn an_accepted_outcome_is_recorded_with_the_enforcers_signed_bytes() {
     assert_eq!(meta(&rec, "signer"), Some("fw0"));
     assert_eq!(meta(&rec, "key"), Some("pinned"));
     assert_eq!(meta(&rec, "decision"), Some("known"));
+    let pk = agent_key().verifying_key().to_bytes();
+    assert_eq!(meta(&rec, "signer_key"), Some(hex(&pk).as_str()));
     assert_eq!(rec.evidence.as_deref(), Some(signed.as_slice()));
     // A failure is recorded as `fail`, with its reason.
     let signed = sign(&agent_key(), &claims(&cti, "fw0", Enforced::Failed));
