@@ -820,6 +820,10 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         "the collected audit log shows the unlock's outcome, signed by the agent".into(),
         unlock_outcome_signed(&dir.join("audit.log"), &agent_pub),
     ));
+    checks.push((
+        "the collected audit log shows policy_pd's rule outcome, signed by its attested key".into(),
+        rule_outcome_signed(&dir.join("audit.log")),
+    ));
 
     println!();
     println!("== summary");
@@ -1227,6 +1231,35 @@ fn unlock_outcome_signed(log: &Path, agent: &ed25519_dalek::VerifyingKey) -> boo
             outcomes
                 .iter()
                 .any(|o| o.decision == cti && o.outcome == "opened" && o.signer == "unlock_agent")
+        })
+}
+
+/// Whether the log has an `outcome` record of policy_pd saying it applied
+/// the rule of a `token_issue` decision it asked for (same token id),
+/// signed by a key a cryptod attestation bound to policy_pd, whose evidence
+/// verifies (`audit_cmd::verify_outcomes`).
+fn rule_outcome_signed(log: &Path) -> bool {
+    use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult};
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let Ok((items, _)) = crate::audit_cmd::read_log(&bytes) else { return false };
+    let records: Vec<AuditRecord> =
+        items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()).collect();
+    let Ok(outcomes) = crate::audit_cmd::verify_outcomes(&records, &[]) else { return false };
+    let meta = |r: &AuditRecord, k: &str| r.metadata.as_ref().and_then(|m| m.get(k)).cloned();
+    records
+        .iter()
+        .filter(|r| r.actor == "policy_pd" && r.action == AuditAction::TokenIssue)
+        .filter(|r| r.result == AuditResult::Ok)
+        .filter_map(|r| meta(r, "cti"))
+        .any(|cti| {
+            outcomes.iter().any(|o| {
+                let rec = records.iter().find(|r| r.seq == o.seq);
+                o.decision == cti
+                    && o.outcome == "applied"
+                    && rec.is_some_and(|r| {
+                        r.actor == "policy_pd" && meta(r, "key").as_deref() == Some("attested")
+                    })
+            })
         })
 }
 
