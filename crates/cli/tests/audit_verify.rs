@@ -293,7 +293,9 @@ fn audit_verify_checks_outcome_signatures_and_lists_them_by_their_decision() {
     assert!(decision_line.ends_with("outcome=opened signer=unlock_agent"), "{decision_line}");
     assert!(out.contains(&format!("record 1 dom0 outcome ok {cti_hex}")), "{out}");
 
-    let forged: [(&str, Vec<Vec<u8>>, &[&str], &str); 5] = [
+    /// A forged log: its name, items, extra arguments and the expected error.
+    type Forged<'a> = (&'a str, Vec<Vec<u8>>, &'a [&'a str], &'a str);
+    let forged: [Forged; 5] = [
         (
             "other-key.log",
             log_with(&|ev| ev.evidence = Some(signed(&other, Enforced::Opened))),
