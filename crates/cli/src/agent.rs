@@ -628,6 +628,54 @@ fn handle<D: Dial>(
 mod tests {
     use super::*;
 
+    /// The agent's outcome report over a socket "cryptod": signed by the
+    /// agent's key for the token's cti, with a failure's reason cut to 256
+    /// bytes at a character boundary; `recorded` is Ok, `refused` an error.
+    #[test]
+    fn report_outcome_signs_what_happened_and_needs_recorded() {
+        use portcullis_proto::msg::OutcomeResp;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cryptod.sock");
+        let listener = socket::listen(&path).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0x61; 32]);
+        let public = key.verifying_key();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in [OutcomeResult::Recorded, OutcomeResult::Refused] {
+                let (stream, _) = listener.accept().unwrap();
+                let mut link = SocketLink::new(socket::SocketChannel::new(stream));
+                let Message::OutcomeReport(r) = link.recv_blocking(Duration::from_secs(5)).unwrap()
+                else {
+                    panic!("not an outcome report")
+                };
+                let object = cose::verify(&r.signed, ContentType::Outcome, |kid| {
+                    (kid == kid_for(&public).as_slice()).then_some(public)
+                })
+                .unwrap()
+                .into_inner();
+                seen.push(OutcomeClaims::from_cbor(&object.payload).unwrap());
+                let resp = OutcomeResp { request_id: r.request_id, result: answer, reason: None };
+                link.send_blocking(&Message::OutcomeResp(resp), Duration::from_secs(5)).unwrap();
+            }
+            seen
+        });
+        // A transient upstream: one connection per report.
+        let mut up = Upstream::transient(SocketDial { path });
+        let long = "é".repeat(200); // 400 bytes
+        report_outcome(&mut up, &key, "unlock_agent", vec![7; 16], Enforced::Opened, "ok").unwrap();
+        let e = report_outcome(&mut up, &key, "unlock_agent", vec![8; 16], Enforced::Failed, &long)
+            .unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        let seen = server.join().unwrap();
+        assert_eq!(
+            (seen[0].decision.as_slice(), seen[0].outcome),
+            (&[7u8; 16][..], Enforced::Opened)
+        );
+        assert_eq!((seen[0].enforcer.as_str(), seen[0].reason.as_deref()), ("unlock_agent", None));
+        assert_eq!(seen[1].outcome, Enforced::Failed);
+        assert_eq!(seen[1].reason.as_deref(), Some("é".repeat(128).as_str()));
+    }
+
     #[test]
     fn backoff_doubles_up_to_its_bound_and_resets() {
         let t0 = Instant::now();
