@@ -140,6 +140,31 @@ fi
 show_log hello
 destroy hello
 
+# 1b. The unlock agent's outcome key (docs/authority.md, "Outcomes"): the
+#     operator makes it, pins its public half in cryptod's settings and
+#     gives the private half to the service's agent (host.toml), then
+#     restarts the service, before the suite exists, so cryptod starts with
+#     it. Checked by RESULT unlock-outcome after the unlock.
+echo "STAGE agent outcome key"
+OUTKEY=$STATE/agent-outcome
+pub=""
+outkey=""
+if portcullis keygen --out $OUTKEY > $RUN/keygen.out 2>&1; then
+    pub=$(sed -n 's/^public \([0-9a-f]*\)$/\1/p' $RUN/keygen.out)
+fi
+if [ ${#pub} = 64 ] && awk -v pub="$pub" -v key="$OUTKEY.key" '
+        $0 == "[guests.cryptod]" { c = 1 }
+        c && /^settings = [{].* [}]$/ { sub(/ [}]$/, ", outcome_key = \"dom0=" pub "\" }"); c = 0 }
+        { print }
+        $0 == "[agent]" { print "outcome_key = \"" key "\"" }' /etc/portcullis/host.toml > $RUN/host.toml \
+    && portcullis host --config $RUN/host.toml --check > $RUN/host-check.out 2>&1; then
+    cat $RUN/host.toml > /etc/portcullis/host.toml
+    starts=$(grep -c "watching for domains" $HOSTLOG)
+    /portcullis/service restart
+    wait_file $HOSTLOG "watching for domains" 30 $((starts + 1)) && outkey=1
+fi
+echo "dom0: agent outcome key: ${pub:-none}${outkey:+ (pinned; service restarted)} $(cat $RUN/host-check.out 2>/dev/null | tail -1)"
+
 # 2. The suite, each guest created by plain `xl create`: the service
 #    configures each one as it appears.
 SUITE="entropyd cryptod policy_pd unlocker"
@@ -285,6 +310,23 @@ if attested_unlock; then
 else
     result attest-unlock FAIL "($(grep -E 'attest|unlock_secret|acl_deny' $RUN/list.out | tail -5 | tr '\n' ' '))"
 fi
+# The unlock's outcome, signed by the agent: the collected log (verified,
+# the agent's pinned key given) has the agent's `opened` next to the
+# unlock_secret decision of the unlock that opened the volume, and the
+# agent's outcome record itself (dom0, key pinned).
+unlock_outcome() {
+    portcullis audit verify --root $ROOT --allow-unsealed-tail --list \
+        --outcome-key unlock_agent=$OUTKEY.pub $AUDIT > $RUN/list-outcome.out 2>&1 \
+    && grep -E "^record [0-9]+ unlocker unlock_secret ok .* outcome=opened signer=unlock_agent" $RUN/list-outcome.out > $RUN/unlock-outcome.out \
+    && grep -E "^record [0-9]+ dom0 outcome ok [0-9a-f]+ decision=known domid=0 key=pinned outcome=opened " $RUN/list-outcome.out >> $RUN/unlock-outcome.out
+}
+n=0
+until [ -z "$outkey" ] || unlock_outcome || [ $n -ge 10 ]; do sleep 1; n=$((n + 1)); done
+if [ -n "$outkey" ] && unlock_outcome; then
+    result unlock-outcome PASS "(the collected audit log shows the unlock's outcome, signed by the agent: $(cut -c1-150 $RUN/unlock-outcome.out | tr '\n' ' '))"
+else
+    result unlock-outcome FAIL "(key ${pub:-none}${outkey:+, pinned}; $(grep -E ' outcome |unlock_secret|^invalid' $RUN/list-outcome.out 2>/dev/null | tail -4 | cut -c1-150 | tr '\n' ' '); $(grep -F 'outcome' $HOSTLOG | tail -2 | tr '\n' ' '))"
+fi
 if grep -qF -e "$code" -e "$next" -e "$wrong" "$LOGS/guest-unlocker.log" $HOSTLOG; then
     result unlocker-no-echo FAIL "(a typed code appears on a console or in the service's log)"
 else
@@ -307,8 +349,9 @@ fi
 destroy policy_pd
 sed -i "s/^skew = 600 # policy_pd$/skew = 3 # policy_pd/" /etc/portcullis/host.toml
 t=$(up)
+starts=$(grep -c "watching for domains" $HOSTLOG)
 /portcullis/service restart
-if wait_file $HOSTLOG "watching for domains" 30 2; then
+if wait_file $HOSTLOG "watching for domains" 30 $((starts + 1)); then
     echo "TIME service restart: $(since "$t") s"
     result host-restart PASS "(stopped and started again; $(grep -c "watching for domains" $HOSTLOG) starts in the log)"
 else

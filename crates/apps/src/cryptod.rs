@@ -45,6 +45,7 @@ use core::fmt;
 use core::time::Duration;
 
 use portcullis_authority::keys::KeyConfig;
+use portcullis_authority::outcome::OutcomeKey;
 use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::sealed;
 use portcullis_authority::{Authority, Config, Output, PeerId, Request};
@@ -59,7 +60,7 @@ use crate::console::{LineLimiter, Verdict};
 use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
-use crate::settings::{Settings, SettingsError, CRYPTOD_SPECS};
+use crate::settings::{Problem, Settings, SettingsError, CRYPTOD_SPECS};
 
 /// cryptod's links: they decode its message types only ([`crate::inbox::Cryptod`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
@@ -831,6 +832,7 @@ pub fn authority_config(s: &Settings, name: &str) -> Result<Config, SettingsErro
     let answer_after_audit = s.flag("answer_after_audit")?;
     let entropy_vm = s.text("entropy", name)?;
     let unlock_audience = s.text("unlock_audience", name)?;
+    let outcome_keys = outcome_keys(s.text("outcome_key", "none")?, unlock_audience)?;
     // Nothing fails from here. The schema bounds every integer below
     // u32::MAX.
     let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
@@ -859,7 +861,28 @@ pub fn authority_config(s: &Settings, name: &str) -> Result<Config, SettingsErro
         max_held: small(max_held) as usize,
         reseed_interval,
         audit_aggregate_window,
+        outcome_keys,
     })
+}
+
+/// The `outcome_key` setting: `none`, or `DOMAIN=` and 64 hex digits, the
+/// key pinned for outcomes of `audience` tokens from that domain.
+fn outcome_keys(text: &str, audience: &str) -> Result<Vec<OutcomeKey>, SettingsError> {
+    if text == "none" {
+        return Ok(Vec::new());
+    }
+    let bad =
+        || SettingsError::Line { line: 0, key: "outcome_key".into(), problem: Problem::BadText };
+    let (peer, hex) = text.split_once('=').ok_or_else(bad)?;
+    let mut key = [0u8; 32];
+    if peer.is_empty() || hex.len() != 64 {
+        return Err(bad());
+    }
+    for (i, b) in key.iter_mut().enumerate() {
+        let pair = hex.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+        *b = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+    }
+    Ok(alloc::vec![OutcomeKey { peer: peer.into(), audience: audience.into(), key }])
 }
 
 /// Runs cryptod until the platform stops it.

@@ -30,6 +30,7 @@ impl Role for Cryptod {
         MsgType::EntropyPub,
         MsgType::AuditAck,
         MsgType::AdminReq,
+        MsgType::OutcomeReport,
     ]);
     const SENDS: KindSet = KindSet::of(&[
         MsgType::TotpValidateResp,
@@ -41,6 +42,7 @@ impl Role for Cryptod {
         MsgType::Error,
         MsgType::AuditLog,
         MsgType::AdminResp,
+        MsgType::OutcomeResp,
     ]);
 }
 
@@ -82,13 +84,22 @@ impl Role for Unlocker {
     ]));
 }
 
-/// policy_pd: its token issue and revoke requests out, cryptod's answers in.
+/// policy_pd: its token issue and revoke requests, the attestation of its
+/// outcome key and its outcome report out; cryptod's answers in.
 #[derive(Debug)]
 pub enum PolicyPd {}
 
 impl Role for PolicyPd {
-    const RECEIVES: KindSet =
-        CLIENT_RECEIVES.union(KindSet::of(&[MsgType::TokenIssueResp, MsgType::TokenRevokeResp]));
-    const SENDS: KindSet =
-        CLIENT_SENDS.union(KindSet::of(&[MsgType::TokenIssueReq, MsgType::TokenRevokeReq]));
+    const RECEIVES: KindSet = CLIENT_RECEIVES.union(KindSet::of(&[
+        MsgType::TokenIssueResp,
+        MsgType::TokenRevokeResp,
+        MsgType::Attestation,
+        MsgType::OutcomeResp,
+    ]));
+    const SENDS: KindSet = CLIENT_SENDS.union(KindSet::of(&[
+        MsgType::TokenIssueReq,
+        MsgType::TokenRevokeReq,
+        MsgType::AttestationReq,
+        MsgType::OutcomeReport,
+    ]));
 }

@@ -14,11 +14,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use portcullis_platform::Platform;
+use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{IssueResult, RequestId, RevokeResult, TokenIssueReq, TokenRevokeReq};
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::{
+    AttestationReq, Enforced, IssueResult, OutcomeClaims, OutcomeReport, OutcomeResult, RequestId,
+    RevokeResult, TokenIssueReq, TokenRevokeReq,
+};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims, Expectations, MemoryReplayCache, VerifyError};
+use zeroize::Zeroizing;
 
 use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
 use crate::net::{await_dom, connect_as, sleep};
@@ -129,6 +136,78 @@ fn issue<P: Platform>(
     issued_token(rid, link.call(&req, CALL_TIMEOUT)?)
 }
 
+/// A signed outcome of decision `cti` by `enforcer`, with `key`.
+pub fn signed_outcome(
+    key: &SigningKey,
+    enforcer: &str,
+    cti: &[u8],
+    outcome: Enforced,
+    reason: Option<&str>,
+    now: u64,
+) -> Result<Vec<u8>, AppError> {
+    let claims = OutcomeClaims {
+        decision: cti.into(),
+        enforcer: enforcer.into(),
+        outcome,
+        timestamp: now,
+        reason: reason.map(Into::into),
+    };
+    let payload = claims.to_cbor().map_err(|e| AppError::Protocol(alloc::format!("{e}")))?;
+    cose::sign(key, &kid_for(&key.verifying_key()), ContentType::Outcome, &payload)
+        .map_err(|e| AppError::Protocol(alloc::format!("{e}")))
+}
+
+/// Reports to cryptod what this enforcer did with decision `cti`: signed
+/// with a fresh key that a cryptod attestation binds to this domain (the
+/// attestation goes with the report); Ok once cryptod answers `recorded`
+/// (after the collector stored the record).
+fn report_outcome<P: Platform>(
+    p: &mut P,
+    link: &mut Link<P::Backend>,
+    enforcer: &str,
+    cti: &[u8],
+    outcome: Enforced,
+) -> Result<(), AppError> {
+    let seed: Zeroizing<[u8; 32]> = Zeroizing::new(random(p)?);
+    let key = SigningKey::from_bytes(&seed);
+    let rid = request_id(p)?;
+    let nonce: [u8; 16] = random(p)?;
+    let req = Message::AttestationReq(AttestationReq {
+        request_id: rid,
+        action: Scope::NetModify.as_str().into(),
+        subject_pubkey: key.verifying_key().to_bytes(),
+        nonce: nonce.to_vec(),
+        timestamp: p.now_unix(),
+    });
+    let attestation = match link.call(&req, CALL_TIMEOUT)? {
+        Message::Attestation(a) => a.signed,
+        other => {
+            return Err(AppError::Protocol(alloc::format!(
+                "attestation: unexpected {}",
+                other.kind().as_str()
+            )))
+        }
+    };
+    let signed = signed_outcome(&key, enforcer, cti, outcome, None, p.now_unix())?;
+    let rid = request_id(p)?;
+    let report = Message::OutcomeReport(OutcomeReport {
+        request_id: rid,
+        signed,
+        attestation: Some(attestation),
+    });
+    match link.call(&report, CALL_TIMEOUT)? {
+        Message::OutcomeResp(r) if r.request_id == rid && r.result == OutcomeResult::Recorded => {
+            Ok(())
+        }
+        Message::OutcomeResp(r) => Err(AppError::Protocol(alloc::format!(
+            "outcome {} ({})",
+            r.result.as_str(),
+            r.reason.as_deref().unwrap_or("")
+        ))),
+        other => Err(AppError::Protocol(alloc::format!("unexpected {}", other.kind().as_str()))),
+    }
+}
+
 fn refresh_revocations<P: Platform>(
     p: &mut P,
     link: &mut Link<P::Backend>,
@@ -170,6 +249,11 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
         claims.sub,
         claims.scope
     );
+    let audience = enf.audience.clone();
+    match report_outcome(p, &mut link, &audience, &claims.cti, Enforced::Applied) {
+        Ok(()) => say!(p, "policy_pd: outcome applied recorded"),
+        Err(e) => say!(p, "policy_pd: outcome not recorded: {e}"),
+    }
 
     if !s.flag("selftest")? {
         return Ok(0);

@@ -116,11 +116,12 @@ const fn specs<const N: usize>(knobs: &[Knob; N]) -> [Spec; N] {
 
 /// cryptod's knobs (every field of `portcullis_authority::Config` but its
 /// name, which is the domain's, plus its links).
-pub const CRYPTOD: [Knob; 22] = [
+pub const CRYPTOD: [Knob; 23] = [
     knob("clients", Kind::Names("unlocker,policy_pd,dom0"), "Domains served on the request port (each link is bound to that domain)."),
     knob("collector", Kind::Name(Some("dom0")), "Domain of the audit collector."),
     knob("entropy", Kind::Name(Some("entropyd")), "Domain whose entropy is taken (the only accepted `entropy_pub` sender)."),
     knob("unlock_audience", Kind::Name(Some("unlock_agent")), "Audience of `luks:unlock` tokens."),
+    knob("outcome_key", Kind::Text("none"), "The unlock agent's pinned outcome key: `DOMAIN=` and 64 hex digits (Ed25519 public key; outcomes of `unlock_audience` tokens from that domain), or `none`."),
     knob("answer_after_audit", Kind::Flag(true), "Hold each audited answer until the collector acknowledged its records (write-ahead audit)."),
     int("totp_window", 0, MAX_WINDOW, DEFAULT_WINDOW, "steps", "TOTP codes accepted this many 30 s steps before and after the current one."),
     int("totp_max_failures", 1, 100, 5, "failures", "Consecutive wrong codes (per operator, or per domain for unknown ids) before a lockout."),

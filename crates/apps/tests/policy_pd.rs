@@ -125,3 +125,51 @@ fn a_refused_or_mismatched_issue_answer_is_an_error() {
     let keyset = ask_as(&mut a, &pd(), &KeysetReq { request_id: rid }.into(), T0);
     assert!(matches!(issued_token(rid, keyset), Err(AppError::Protocol(_))));
 }
+
+/// Issue 13: after applying the rule, policy_pd's signed outcome (a fresh
+/// key, attested by cryptod for policy_pd) is recorded by cryptod; the same
+/// outcome without the attestation, or from another enforcer name than the
+/// token's audience, is refused.
+#[test]
+fn the_rule_outcome_signed_with_an_attested_key_is_recorded() {
+    use ed25519_dalek::SigningKey;
+    use portcullis_apps::policy_pd::signed_outcome;
+    use portcullis_proto::msg::{AttestationReq, Enforced, OutcomeReport, OutcomeResult};
+
+    let mut a = cryptod();
+    let mut enf = enforcer(&mut a);
+    let tok = token_for(&mut a, Scope::NetModify, "policy_pd", 60, 1);
+    let claims = enf.apply(&tok, RULE, T0).unwrap();
+    let key = SigningKey::from_bytes(&[0x44; 32]);
+    let req = AttestationReq {
+        request_id: RequestId([9; 16]),
+        action: "net:modify".into(),
+        subject_pubkey: key.verifying_key().to_bytes(),
+        nonce: vec![9; 16],
+        timestamp: T0,
+    };
+    let Message::Attestation(att) = ask_as(&mut a, &pd(), &req.into(), T0) else { panic!() };
+    let report = |a: &mut Authority, enforcer: &str, attestation: Option<Vec<u8>>| {
+        let signed =
+            signed_outcome(&key, enforcer, &claims.cti, Enforced::Applied, None, T0 + 1).unwrap();
+        let r = OutcomeReport { request_id: RequestId([3; 16]), signed, attestation };
+        match ask_as(a, &pd(), &r.into(), T0 + 1) {
+            Message::OutcomeResp(resp) => (resp.result, resp.reason),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        report(&mut a, "policy_pd", Some(att.signed.clone())),
+        (OutcomeResult::Recorded, None)
+    );
+    let (result, reason) = report(&mut a, "policy_pd", None);
+    assert_eq!(
+        (result, reason.as_deref()),
+        (OutcomeResult::Refused, Some("outcome: no key for this key id"))
+    );
+    let (result, reason) = report(&mut a, "fw0", Some(att.signed));
+    assert_eq!(
+        (result, reason.as_deref()),
+        (OutcomeResult::Refused, Some("outcome: the decision was not for this peer"))
+    );
+}

@@ -6,6 +6,7 @@ use portcullis_apps::settings::{
     Kind, Role, Settings, CRYPTOD_SPECS, MAX_NAME, MAX_NAMES, MAX_TEXT,
 };
 use portcullis_authority::keys::KeyConfig;
+use portcullis_authority::outcome::OutcomeKey;
 use portcullis_authority::ratelimit::{IssueRateConfig, RateLimitConfig};
 use portcullis_authority::Config;
 
@@ -22,6 +23,7 @@ clients=a,b
 collector=coll
 entropy=ent2
 unlock_audience=agent2
+outcome_key=dom0=0a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20212223242526272829
 answer_after_audit=0
 totp_window=3
 totp_max_failures=7
@@ -66,6 +68,11 @@ reseed_interval=1000
         max_held: 64,
         reseed_interval: 1000,
         audit_aggregate_window: 0,
+        outcome_keys: vec![OutcomeKey {
+            peer: "dom0".into(),
+            audience: "agent2".into(),
+            key: core::array::from_fn(|i| 0x0a + i as u8),
+        }],
     };
     let got = authority_config(&s, "crypt9").unwrap();
     assert_eq!(got, want);
@@ -86,6 +93,24 @@ fn settings_in_bounds_but_inconsistent_fail_the_authoritys_check() {
     assert!(check("key_rotation=600\nkey_overlap=600\n").is_err());
     assert!(check("totp_lockout=60\ntotp_max_lockout=30\n").is_err());
     assert!(check("totp_lockout=60\ntotp_max_lockout=60\n").is_ok());
+}
+
+#[test]
+fn a_malformed_outcome_key_is_refused() {
+    let config = |text: &str| {
+        let s = Settings::parse(text, &CRYPTOD_SPECS).unwrap();
+        authority_config(&s, "cryptod").map(|c| c.outcome_keys.len())
+    };
+    assert_eq!(config("outcome_key=none\n").unwrap(), 0);
+    assert_eq!(config(&format!("outcome_key=dom0={}\n", "ab".repeat(32))).unwrap(), 1);
+    for bad in [
+        format!("outcome_key={}\n", "ab".repeat(32)),
+        format!("outcome_key==={}\n", "ab".repeat(32)),
+        format!("outcome_key=dom0={}\n", "ab".repeat(31)),
+        format!("outcome_key=dom0={}zz\n", "ab".repeat(31)),
+    ] {
+        assert!(config(&bad).is_err(), "{bad}");
+    }
 }
 
 // ---- docs/settings.md agreement ----

@@ -227,6 +227,20 @@ impl Issued {
         Ok(())
     }
 
+    /// The key `bytes` binds, if it is a live attestation issued to
+    /// `peer` (used or not: it vouches for the key until it expires).
+    pub fn key_of(&self, bytes: &[u8], peer: &PeerId, now: u64) -> Result<[u8; 32], AttestError> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let e = self.entries.iter().find(|e| e.digest == digest).ok_or(AttestError::NotIssued)?;
+        if now > e.expires_at {
+            return Err(AttestError::Stale);
+        }
+        if e.domid != peer.domid || e.vm != peer.vm {
+            return Err(AttestError::WrongSubject);
+        }
+        Ok(e.pubkey)
+    }
+
     /// How many attestations are remembered.
     pub fn len(&self) -> usize {
         self.entries.len()

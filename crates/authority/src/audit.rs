@@ -60,12 +60,21 @@ pub struct Event {
     pub target: Option<String>,
     /// Extra detail (reasons, request id, operator, device).
     pub metadata: Metadata,
+    /// An `outcome` record's enforcer-signed outcome, as received.
+    pub evidence: Option<Vec<u8>>,
 }
 
 impl Event {
     /// An event without target or metadata.
     pub fn new(actor: &str, action: AuditAction, result: AuditResult) -> Event {
-        Event { actor: actor.into(), action, result, target: None, metadata: Metadata::new() }
+        Event {
+            actor: actor.into(),
+            action,
+            result,
+            target: None,
+            metadata: Metadata::new(),
+            evidence: None,
+        }
     }
 
     /// Sets the target.
@@ -223,6 +232,7 @@ impl AuditLog {
             timestamp: now,
             target: event.target,
             metadata: (!event.metadata.is_empty()).then_some(event.metadata),
+            evidence: event.evidence,
         };
         let bytes = record.to_cbor().map_err(|_| AuditError::Encoding)?;
         if bytes.len() > msg::MAX_AUDIT_RECORD_LEN {

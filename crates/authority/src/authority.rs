@@ -29,8 +29,8 @@ use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
     self, is_valid_recovery_code, AdminCommand, AdminReq, AdminResp, AdminResult,
     AttestationClaims, AttestationReq, AuditAction, AuditResult, ErrorCode, ErrorMsg, IssueResult,
-    RequestId, RevokeResult, TokenIssueReq, TokenIssueResp, TokenRevokeReq, TokenRevokeResp,
-    TotpResult, TotpValidateReq, TotpValidateResp,
+    OutcomeReport, OutcomeResp, OutcomeResult, RequestId, RevokeResult, TokenIssueReq,
+    TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpResult, TotpValidateReq, TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Claims};
@@ -45,6 +45,7 @@ use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
+use crate::outcome::{self, Decisions, OutcomeKey, Vouch, MAX_OUTCOME_KEYS};
 use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
     RateLimitConfig,
@@ -109,6 +110,9 @@ pub struct Config {
     /// Seconds over which repeated `rate_limited` refusals of one peer share
     /// one audit record (the first is recorded at once; 0: no aggregation).
     pub audit_aggregate_window: u64,
+    /// Pinned outcome keys (at most [`MAX_OUTCOME_KEYS`]): which client may
+    /// sign outcomes of which audience's tokens (see [`crate::outcome`]).
+    pub outcome_keys: Vec<OutcomeKey>,
 }
 
 impl Default for Config {
@@ -129,6 +133,7 @@ impl Default for Config {
             max_held: DEFAULT_MAX_HELD,
             reseed_interval: DEFAULT_RESEED_INTERVAL,
             audit_aggregate_window: DEFAULT_AGGREGATE_WINDOW,
+            outcome_keys: Vec::new(),
         }
     }
 }
@@ -152,6 +157,9 @@ impl Config {
         }
         if self.rate_limit.max_backoff < self.rate_limit.base_backoff {
             return Err(InitError::Config("the longest lockout is shorter than the first"));
+        }
+        if self.outcome_keys.len() > MAX_OUTCOME_KEYS {
+            return Err(InitError::Config("too many outcome keys"));
         }
         self.keys.check().map_err(InitError::Keys)
     }
@@ -255,6 +263,8 @@ pub enum Request<'a> {
     /// platform measured it (`None` when the platform does not know it:
     /// the attestation then has no `measurement`).
     Attestation(&'a AttestationReq, Option<[u8; 32]>),
+    /// `outcome_report`: an enforcer's signed outcome of a decision.
+    Outcome(&'a OutcomeReport),
 }
 
 impl<'a> Request<'a> {
@@ -269,6 +279,7 @@ impl<'a> Request<'a> {
             Message::RevocationListReq(r) => Request::RevocationList(r),
             Message::AdminReq(r) => Request::Admin(r),
             Message::AttestationReq(r) => Request::Attestation(r, None),
+            Message::OutcomeReport(r) => Request::Outcome(r),
             _ => return None,
         })
     }
@@ -299,6 +310,10 @@ pub struct Authority {
     revocations: RevocationList,
     /// The attestations issued, to check those requests carry.
     attested: Issued,
+    /// The last tokens minted, for outcome reports (see [`crate::outcome`]).
+    decisions: Decisions,
+    /// Outcome reports per peer (a token bucket like token issue's).
+    outcome_limit: IssueLimiter,
     audit: Option<AuditLog>,
     /// The head the previous boot sealed: this boot's chain continues from it.
     sealed_head: Option<Head>,
@@ -390,6 +405,8 @@ impl Authority {
             master: Zeroizing::new(state.master_secret),
             revocations,
             attested: Issued::default(),
+            decisions: Decisions::default(),
+            outcome_limit: IssueLimiter::new(config.issue_rate),
             audit: None,
             sealed_head,
             aggregate: None,
@@ -566,6 +583,7 @@ impl Authority {
             Request::Attestation(r, measurement) => {
                 self.attestation(peer, r, measurement, now, &mut out)
             }
+            Request::Outcome(r) => self.outcome(peer, r, now, &mut out).into(),
             Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {
@@ -1013,10 +1031,12 @@ impl Authority {
         };
         match self.unlock_grant(peer, r, volume, epk, now) {
             Ok(answer) => {
+                let cti = self.decisions.last_cti().map(hex).unwrap_or_default();
                 let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
                     .target(volume)
                     .meta("operator", &r.operator_id)
-                    .meta("request_id", &r.request_id.to_string());
+                    .meta("request_id", &r.request_id.to_string())
+                    .meta("cti", &cti);
                 self.record(ev, now, out);
                 answer
             }
@@ -1302,9 +1322,77 @@ impl Authority {
         })
     }
 
-    fn mint(&self, claims: &Claims, now: u64) -> Result<Vec<u8>, &'static str> {
+    fn mint(&mut self, claims: &Claims, now: u64) -> Result<Vec<u8>, &'static str> {
         let (key, kid) = self.keys.signer(now).ok_or("no signing key")?;
-        token::mint(key, kid, claims).map_err(|_| "token could not be minted")
+        let token = token::mint(key, kid, claims).map_err(|_| "token could not be minted")?;
+        self.decisions.push(&claims.cti, &claims.sub, &claims.aud);
+        Ok(token)
+    }
+
+    /// `outcome_report`: checks the enforcer's signed outcome
+    /// ([`outcome::check`]) and appends it as an `outcome` record carrying
+    /// the signed bytes; rate limited per peer; a refusal is audited.
+    fn outcome(
+        &mut self,
+        peer: &PeerId,
+        r: &OutcomeReport,
+        now: u64,
+        out: &mut Output,
+    ) -> OutcomeResp {
+        let resp = |result, reason: Option<String>| OutcomeResp {
+            request_id: r.request_id,
+            result,
+            reason,
+        };
+        if !self.can_audit(1) {
+            let reason = "audit not ready or the collector is behind";
+            return resp(OutcomeResult::Unavailable, Some(reason.into()));
+        }
+        let event = |result| {
+            Event::new(&peer.vm, AuditAction::Outcome, result)
+                .meta("request_id", &r.request_id.to_string())
+                .meta("domid", &peer.domid.to_string())
+        };
+        if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
+            self.refuse(
+                peer,
+                event(AuditResult::RateLimited),
+                "too many outcome reports",
+                now,
+                out,
+            );
+            return resp(OutcomeResult::Refused, Some("too many outcome reports".into()));
+        }
+        let attested = match r.attestation.as_deref() {
+            None => Ok(None),
+            Some(a) => self.attested.key_of(a, peer, now).map(Some),
+        };
+        let checked = attested.map_err(|e| e.to_string()).and_then(|key| {
+            outcome::check(&r.signed, peer, &self.config.outcome_keys, key, &self.decisions)
+                .map_err(|e| e.to_string())
+        });
+        match checked {
+            Ok(a) => {
+                let c = &a.claims;
+                let mut ev = event(outcome::result_of(c.outcome))
+                    .target(&hex(&c.decision))
+                    .meta("outcome", c.outcome.as_str())
+                    .meta("signer", &c.enforcer)
+                    .meta("key", if a.vouch == Vouch::Pinned { "pinned" } else { "attested" })
+                    .meta("decision", if a.known { "known" } else { "unknown" })
+                    .meta("signer_key", &hex(&a.key));
+                if let Some(why) = &c.reason {
+                    ev = ev.meta("reason", why);
+                }
+                ev.evidence = Some(r.signed.clone());
+                self.record(ev, now, out);
+                resp(OutcomeResult::Recorded, None)
+            }
+            Err(reason) => {
+                self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
+                resp(OutcomeResult::Refused, Some(reason))
+            }
+        }
     }
 
     fn token_issue(

@@ -30,8 +30,13 @@ use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::{connect, serve};
 use portcullis_apps::trust::Trust;
 use portcullis_hosted::{HostedBackend, HostedPlatform, World};
+use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{RequestId, UnlockOutcome, UnlockRequest, UnlockResult};
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::{
+    Enforced, OutcomeClaims, OutcomeReport, OutcomeResult, RequestId, UnlockOutcome, UnlockRequest,
+    UnlockResult, MAX_METADATA_VALUE_LEN,
+};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache};
 use portcullis_vchan::Vchan;
@@ -77,6 +82,13 @@ pub struct AgentArgs {
     /// Only check the passphrase (`cryptsetup open --test-passphrase`).
     #[arg(long)]
     dry_run: bool,
+    /// The agent's outcome key (a private key file from `portcullis
+    /// keygen`; its public half is pinned in cryptod's `outcome_key`
+    /// setting): after each unlock whose token verified, the agent signs
+    /// what happened (opened / failed) and reports it to cryptod, which
+    /// appends it to the audit log.
+    #[arg(long)]
+    outcome_key: Option<PathBuf>,
     /// Exit after the first volume is opened.
     #[arg(long)]
     once: bool,
@@ -128,6 +140,9 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a request waits for cryptod to be reachable again.
 const REQUEST_PATIENCE: Duration = Duration::from_secs(3);
+/// How long an outcome report waits for cryptod's answer (which waits
+/// for the collector).
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bounded exponential backoff between connection attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +285,27 @@ impl<D: Dial> Upstream<D> {
         }
     }
 
+    /// Sends `msg` to cryptod and waits for the answer (cryptod holds an
+    /// audited answer until the collector stored its record): over the
+    /// link, or over a new connection (a transient upstream's, closed after).
+    fn call(&mut self, msg: &Message) -> Result<Message, String> {
+        if let Some(link) = self.link.as_mut() {
+            match link.call(msg, OUTCOME_TIMEOUT) {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    println!("unlock-agent: cryptod link: {e}; connecting again");
+                    self.link = None;
+                }
+            }
+        }
+        let mut link = self.dial.dial(REQUEST_PATIENCE)?;
+        let answer = link.call(msg, OUTCOME_TIMEOUT).map_err(|e| e.to_string());
+        if !self.transient && answer.is_ok() {
+            self.link = Some(link);
+        }
+        answer
+    }
+
     /// For a request: fetches keyset and revocations over the link, or,
     /// if it is gone or fails, over a new one.
     fn refresh(&mut self, trust: &mut Trust) -> Result<(), RefreshError> {
@@ -336,6 +372,8 @@ pub(crate) struct Agent {
     pub(crate) trust: Trust,
     /// Token ids seen.
     pub(crate) replay: MemoryReplayCache,
+    /// The key outcomes are signed with (none: no outcome reports).
+    pub(crate) outcome_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Agent {
@@ -354,6 +392,7 @@ impl Agent {
             skew,
             trust: Trust::new(root.public, &root.kid),
             replay: MemoryReplayCache::new(1024),
+            outcome_key: None,
         }
     }
 }
@@ -368,6 +407,11 @@ pub fn run(args: AgentArgs) -> Result<(), Failure> {
     let mut agent = Agent::new(&root, volumes, args.dry_run, args.skew);
     agent.audience = args.audience.clone();
     agent.once = args.once;
+    if let Some(path) = &args.outcome_key {
+        let key = keyfile::load(path)?;
+        let secret = key.secret.ok_or_else(|| format!("{}: not a private key", path.display()))?;
+        agent.outcome_key = Some(secret);
+    }
     match (args.socket.clone(), args.cryptod_socket.clone()) {
         (Some(listen), Some(cryptod)) => run_sockets(&mut agent, &listen, &cryptod),
         _ => run_world(&mut agent, &args),
@@ -468,31 +512,85 @@ pub(crate) fn answer<L: Channel, D: Dial>(
         println!("unlock-agent: ignoring a {}", msg.kind().as_str());
         return false;
     };
-    let (result, reason) = handle(cryptod, agent, &req);
+    let (result, reason, cti) = handle(cryptod, agent, &req);
     println!("unlock-agent: volume {}: {} {reason}", req.volume_id, result.as_str());
     let answer = Message::UnlockResult(UnlockResult {
         request_id: req.request_id,
         result,
-        reason: Some(reason),
+        reason: Some(reason.clone()),
     });
     drop(req); // zeroizes the passphrase
     if let Err(e) = listen.send_blocking(&answer, Duration::from_secs(5)) {
         println!("unlock-agent: reply: {e}");
     }
+    // What was enforced goes to the audit log too, signed by the agent.
+    if let (Some(key), Some(cti)) = (&agent.outcome_key, cti) {
+        let outcome = if result == UnlockOutcome::Ok { Enforced::Opened } else { Enforced::Failed };
+        match report_outcome(cryptod, key, &agent.audience, cti, outcome, &reason) {
+            Ok(()) => println!("unlock-agent: outcome {} recorded", outcome.as_str()),
+            Err(e) => println!("unlock-agent: outcome not recorded: {e}"),
+        }
+    }
     agent.once && result == UnlockOutcome::Ok
 }
 
+/// Signs an outcome of the decision `cti` and reports it to cryptod; Ok
+/// once cryptod answers `recorded` (after the collector stored it).
+fn report_outcome<D: Dial>(
+    cryptod: &mut Upstream<D>,
+    key: &ed25519_dalek::SigningKey,
+    enforcer: &str,
+    cti: Vec<u8>,
+    outcome: Enforced,
+    reason: &str,
+) -> Result<(), String> {
+    // A reason is at most 256 bytes in the signed claims (cut at a char).
+    let mut cut = reason.len().min(MAX_METADATA_VALUE_LEN);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let claims = OutcomeClaims {
+        decision: cti,
+        enforcer: enforcer.into(),
+        outcome,
+        timestamp: now(),
+        reason: (outcome == Enforced::Failed).then(|| reason[..cut].to_string()),
+    };
+    let payload = claims.to_cbor().map_err(|e| e.to_string())?;
+    let kid = kid_for(&key.verifying_key());
+    let signed =
+        cose::sign(key, &kid, ContentType::Outcome, &payload).map_err(|e| e.to_string())?;
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| format!("OS random source: {e}"))?;
+    let msg = Message::OutcomeReport(OutcomeReport {
+        request_id: RequestId(id),
+        signed,
+        attestation: None,
+    });
+    match cryptod.call(&msg)? {
+        Message::OutcomeResp(r) if r.request_id.0 == id && r.result == OutcomeResult::Recorded => {
+            Ok(())
+        }
+        Message::OutcomeResp(r) => {
+            Err(format!("cryptod: {} ({})", r.result.as_str(), r.reason.as_deref().unwrap_or("")))
+        }
+        other => Err(format!("cryptod answered {}", other.kind().as_str())),
+    }
+}
+
+/// The unlock itself: the volume, the token, cryptsetup; with the token's
+/// id once it verified (the decision an outcome reports on).
 fn handle<D: Dial>(
     cryptod: &mut Upstream<D>,
     agent: &mut Agent,
     req: &UnlockRequest,
-) -> (UnlockOutcome, String) {
+) -> (UnlockOutcome, String, Option<Vec<u8>>) {
     let Agent { audience, volumes, dry_run, skew, trust, replay, .. } = agent;
     let Some(path) = volumes.get(&req.volume_id) else {
-        return (UnlockOutcome::Denied, "unknown volume".into());
+        return (UnlockOutcome::Denied, "unknown volume".into(), None);
     };
     if let Err(e) = cryptod.refresh(trust) {
-        return (UnlockOutcome::Denied, format!("cannot check the token: {e}"));
+        return (UnlockOutcome::Denied, format!("cannot check the token: {e}"), None);
     }
     let expect = Expectations {
         audience: audience.as_str(),
@@ -500,9 +598,12 @@ fn handle<D: Dial>(
         now: now(),
         skew: *skew,
     };
-    if let Err(e) = token::verify(&req.token, trust.keyset(), &expect, replay, trust.revoked()) {
-        return (UnlockOutcome::Denied, format!("token refused: {} ({})", e, e.code()));
-    }
+    let cti = match token::verify(&req.token, trust.keyset(), &expect, replay, trust.revoked()) {
+        Ok(claims) => claims.into_inner().cti,
+        Err(e) => {
+            return (UnlockOutcome::Denied, format!("token refused: {} ({})", e, e.code()), None)
+        }
+    };
     // The LUKS key text is the lowercase hex of the 32-byte secret.
     let key = Zeroizing::new(hex::encode(&req.passphrase[..]));
     let name = format!("portcullis-{}", req.volume_id);
@@ -511,7 +612,7 @@ fn handle<D: Dial>(
     } else {
         cryptsetup(&["open", "--type", "luks", "--key-file=-", path, &name], key.as_bytes())
     };
-    match run {
+    let (result, reason) = match run {
         Ok((true, _)) if *dry_run => (
             UnlockOutcome::Ok,
             "(passphrase verified with cryptsetup open --test-passphrase)".into(),
@@ -519,12 +620,61 @@ fn handle<D: Dial>(
         Ok((true, _)) => (UnlockOutcome::Ok, format!("(opened as /dev/mapper/{name})")),
         Ok((false, err)) => (UnlockOutcome::Fail, err),
         Err(e) => (UnlockOutcome::Fail, e),
-    }
+    };
+    (result, reason, Some(cti))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent's outcome report over a socket "cryptod": signed by the
+    /// agent's key for the token's cti, with a failure's reason cut to 256
+    /// bytes at a character boundary; `recorded` is Ok, `refused` an error.
+    #[test]
+    fn report_outcome_signs_what_happened_and_needs_recorded() {
+        use portcullis_proto::msg::OutcomeResp;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cryptod.sock");
+        let listener = socket::listen(&path).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[0x61; 32]);
+        let public = key.verifying_key();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in [OutcomeResult::Recorded, OutcomeResult::Refused] {
+                let (stream, _) = listener.accept().unwrap();
+                let mut link = SocketLink::new(socket::SocketChannel::new(stream));
+                let Message::OutcomeReport(r) = link.recv_blocking(Duration::from_secs(5)).unwrap()
+                else {
+                    panic!("not an outcome report")
+                };
+                let object = cose::verify(&r.signed, ContentType::Outcome, |kid| {
+                    (kid == kid_for(&public).as_slice()).then_some(public)
+                })
+                .unwrap()
+                .into_inner();
+                seen.push(OutcomeClaims::from_cbor(&object.payload).unwrap());
+                let resp = OutcomeResp { request_id: r.request_id, result: answer, reason: None };
+                link.send_blocking(&Message::OutcomeResp(resp), Duration::from_secs(5)).unwrap();
+            }
+            seen
+        });
+        // A transient upstream: one connection per report.
+        let mut up = Upstream::transient(SocketDial { path });
+        let long = "é".repeat(200); // 400 bytes
+        report_outcome(&mut up, &key, "unlock_agent", vec![7; 16], Enforced::Opened, "ok").unwrap();
+        let e = report_outcome(&mut up, &key, "unlock_agent", vec![8; 16], Enforced::Failed, &long)
+            .unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        let seen = server.join().unwrap();
+        assert_eq!(
+            (seen[0].decision.as_slice(), seen[0].outcome),
+            (&[7u8; 16][..], Enforced::Opened)
+        );
+        assert_eq!((seen[0].enforcer.as_str(), seen[0].reason.as_deref()), ("unlock_agent", None));
+        assert_eq!(seen[1].outcome, Enforced::Failed);
+        assert_eq!(seen[1].reason.as_deref(), Some("é".repeat(128).as_str()));
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_bound_and_resets() {

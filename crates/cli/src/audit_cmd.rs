@@ -14,14 +14,19 @@
 
 use crate::{keyfile, socket, Failure};
 use clap::{Args, Subcommand};
+use ed25519_dalek::VerifyingKey;
 use portcullis_apps::common::{port, resolve_dom};
 use portcullis_apps::link::{Channel, Framed, LinkError};
 use portcullis_apps::net::connect;
 use portcullis_authority::audit::{verify_log, ChainErrorKind, LogCheck, LogErrorKind};
 use portcullis_hosted::{HostedPlatform, World};
+use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
-use portcullis_proto::msg::{AuditAck, AuditLog, AuditRecord, AuditSeal};
+use portcullis_proto::key::kid_for;
+use portcullis_proto::msg::{
+    AuditAck, AuditAction, AuditLog, AuditRecord, AuditResult, AuditSeal, OutcomeClaims,
+};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -52,9 +57,16 @@ pub enum AuditCmd {
         #[arg(long)]
         allow_unsealed_tail: bool,
         /// Once it checks out, also print one line per record: seq, actor,
-        /// action, result, target.
+        /// action, result, target, metadata; a decision whose token has an
+        /// outcome record also shows `outcome=` and `signer=`.
         #[arg(long)]
         list: bool,
+        /// An enforcer's pinned outcome key: SIGNER=PUBFILE (e.g.
+        /// `unlock_agent=agent-outcome.pub`); may be repeated. Outcome
+        /// records of that signer must be signed by it. Every outcome
+        /// record's signature is verified in any case (with the key it names).
+        #[arg(long = "outcome-key")]
+        outcome_keys: Vec<String>,
         /// The log file.
         file: PathBuf,
     },
@@ -370,14 +382,27 @@ impl StoredLine {
 
 pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
     match cmd {
-        AuditCmd::Verify { root, expect_last, allow_unsealed_tail, list, file } => {
+        AuditCmd::Verify { root, expect_last, allow_unsealed_tail, list, outcome_keys, file } => {
             let check = LogCheck { expect_last, allow_unsealed_tail };
             let summary = verify_file_with(&root, check, &file)?;
             println!("{summary}");
+            let pinned = outcome_keys
+                .iter()
+                .map(|s| {
+                    let (name, path) = s
+                        .split_once('=')
+                        .ok_or_else(|| format!("--outcome-key {s:?}: not SIGNER=PUBFILE"))?;
+                    Ok((name.to_string(), keyfile::load(Path::new(path))?.public))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let (items, _) = read_log(&bytes).map_err(Failure::Invalid)?;
+            let records: Vec<AuditRecord> =
+                items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()).collect();
+            let outcomes = verify_outcomes(&records, &pinned).map_err(Failure::Invalid)?;
+            println!("ok: {} outcome record(s), enforcer signatures verify", outcomes.len());
             if list {
-                let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                let (items, _) = read_log(&bytes).map_err(Failure::Invalid)?;
-                for r in items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()) {
+                for r in &records {
                     // seq actor action result target, then the metadata as
                     // key=value words (values are text without spaces
                     // except reasons: those are quoted).
@@ -396,12 +421,84 @@ pub fn run(cmd: AuditCmd) -> Result<(), Failure> {
                             line.push_str(&format!(" {k}={v}"));
                         }
                     }
+                    // The decision's outcome(s), next to it.
+                    let cti = r.metadata.as_ref().and_then(|m| m.get("cti"));
+                    if r.action != AuditAction::Outcome {
+                        for o in outcomes.iter().filter(|o| cti == Some(&o.decision)) {
+                            line.push_str(&format!(" outcome={} signer={}", o.outcome, o.signer));
+                        }
+                    }
                     println!("{line}");
                 }
             }
             Ok(())
         }
     }
+}
+
+/// A verified outcome record: the decision (token id, hex) it reports on,
+/// what the enforcer did, and who signed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifiedOutcome {
+    pub seq: u64,
+    pub decision: String,
+    pub outcome: &'static str,
+    pub signer: String,
+}
+
+/// Checks every `outcome` record that carries evidence (those cryptod
+/// accepted): the enforcer's COSE_Sign1 verifies under the key the record
+/// names (`signer_key`), which must be the pinned key of its signer when
+/// `pinned` has one, and the signed claims are what the record says
+/// (decision = target, outcome, signer). Refused reports carry no evidence.
+pub fn verify_outcomes(
+    records: &[AuditRecord],
+    pinned: &[(String, VerifyingKey)],
+) -> Result<Vec<VerifiedOutcome>, String> {
+    let mut out = Vec::new();
+    for r in records.iter().filter(|r| r.action == AuditAction::Outcome) {
+        let meta = |k: &str| r.metadata.as_ref().and_then(|m| m.get(k)).map(String::as_str);
+        let accepted = matches!(r.result, AuditResult::Ok | AuditResult::Fail)
+            || (r.result == AuditResult::Denied && meta("outcome").is_some());
+        let fail = |what: String| format!("outcome record seq {}: {what}", r.seq);
+        let Some(evidence) = r.evidence.as_deref() else {
+            if accepted {
+                return Err(fail("no enforcer-signed evidence".into()));
+            }
+            continue;
+        };
+        let signer = meta("signer").ok_or_else(|| fail("no signer".into()))?;
+        let named = meta("signer_key")
+            .and_then(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?).ok())
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| fail("no signer_key".into()))?;
+        if let Some((_, want)) = pinned.iter().find(|(n, _)| n == signer) {
+            if *want != named {
+                return Err(fail(format!("signed by a key other than {signer}'s pinned key")));
+            }
+        }
+        let object = cose::verify(evidence, ContentType::Outcome, |kid| {
+            (kid == kid_for(&named).as_slice()).then_some(named)
+        })
+        .map_err(|e| fail(format!("enforcer signature: {e}")))?
+        .into_inner();
+        let c = OutcomeClaims::from_cbor(&object.payload)
+            .map_err(|e| fail(format!("enforcer claims: {e}")))?;
+        let decision = hex::encode(&c.decision);
+        if r.target.as_deref() != Some(decision.as_str())
+            || meta("outcome") != Some(c.outcome.as_str())
+            || signer != c.enforcer
+        {
+            return Err(fail("the record does not say what the enforcer signed".into()));
+        }
+        out.push(VerifiedOutcome {
+            seq: r.seq,
+            decision,
+            outcome: c.outcome.as_str(),
+            signer: c.enforcer,
+        });
+    }
+    Ok(out)
 }
 
 /// Verifies a collected log (no unsealed tail allowed); returns a summary,

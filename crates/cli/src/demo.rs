@@ -525,6 +525,20 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
         }
         _ => String::new(),
     };
+    // The unlock agent's outcome key, made as at provisioning; its public
+    // half is pinned in cryptod's settings (docs/authority.md, "Outcomes").
+    let agent_key = dir.join("agent-outcome.key");
+    let agent_pub = {
+        let sk = crate::keyfile::generate()?;
+        let pk = sk.verifying_key();
+        let kid = portcullis_proto::key::kid_for(&pk);
+        crate::keyfile::write_file(&agent_key, &crate::keyfile::encode_private(&sk, &kid)?, true)?;
+        pk
+    };
+    let cryptod_extra = format!(
+        "{cryptod_extra}outcome_key = \"unlock_agent={}\"\n",
+        hex::encode(agent_pub.to_bytes())
+    );
     let attempts = if args.scenario == Scenario::Full { 8 } else { 3 };
     let clients: Vec<String> = clients.iter().map(|c| format!("\"{c}\"")).collect();
     let clients = clients.join(", ");
@@ -568,8 +582,18 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     let world_dir = demo.world.dir().to_string_lossy().to_string();
     let root_path = prov.join("root.pub").to_string_lossy().to_string();
     let vol_arg = format!("data={}", vol.display());
-    let mut agent_args =
-        vec!["unlock-agent", "--world", &world_dir, "--root", &root_path, "--volume", &vol_arg];
+    let agent_key_arg = agent_key.to_string_lossy().to_string();
+    let mut agent_args = vec![
+        "unlock-agent",
+        "--world",
+        &world_dir,
+        "--root",
+        &root_path,
+        "--volume",
+        &vol_arg,
+        "--outcome-key",
+        &agent_key_arg,
+    ];
     if !args.real_open {
         agent_args.push("--dry-run");
     }
@@ -791,6 +815,14 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     checks.push((
         "the unlock carried a fresh attestation (audit: attest before unlock_secret)".into(),
         unlock_was_attested(&dir.join("audit.log")),
+    ));
+    checks.push((
+        "the collected audit log shows the unlock's outcome, signed by the agent".into(),
+        unlock_outcome_signed(&dir.join("audit.log"), &agent_pub),
+    ));
+    checks.push((
+        "the collected audit log shows policy_pd's rule outcome, signed by its attested key".into(),
+        rule_outcome_signed(&dir.join("audit.log")),
     ));
 
     println!();
@@ -1177,6 +1209,58 @@ fn unlock_was_attested(log: &Path) -> bool {
         }
     }
     false
+}
+
+/// Whether the log has an `outcome` record of the agent saying it opened
+/// the volume of an `unlock_secret` decision (same token id), whose
+/// evidence verifies under the agent's pinned key (`audit_cmd::verify_outcomes`).
+fn unlock_outcome_signed(log: &Path, agent: &ed25519_dalek::VerifyingKey) -> bool {
+    use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult};
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let Ok((items, _)) = crate::audit_cmd::read_log(&bytes) else { return false };
+    let records: Vec<AuditRecord> =
+        items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()).collect();
+    let pinned = [("unlock_agent".to_string(), *agent)];
+    let Ok(outcomes) = crate::audit_cmd::verify_outcomes(&records, &pinned) else { return false };
+    let cti_of = |r: &AuditRecord| r.metadata.as_ref().and_then(|m| m.get("cti")).cloned();
+    records
+        .iter()
+        .filter(|r| r.action == AuditAction::UnlockSecret && r.result == AuditResult::Ok)
+        .filter_map(cti_of)
+        .any(|cti| {
+            outcomes
+                .iter()
+                .any(|o| o.decision == cti && o.outcome == "opened" && o.signer == "unlock_agent")
+        })
+}
+
+/// Whether the log has an `outcome` record of policy_pd saying it applied
+/// the rule of a `token_issue` decision it asked for (same token id),
+/// signed by a key a cryptod attestation bound to policy_pd, whose evidence
+/// verifies (`audit_cmd::verify_outcomes`).
+fn rule_outcome_signed(log: &Path) -> bool {
+    use portcullis_proto::msg::{AuditAction, AuditRecord, AuditResult};
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let Ok((items, _)) = crate::audit_cmd::read_log(&bytes) else { return false };
+    let records: Vec<AuditRecord> =
+        items.iter().filter_map(|i| AuditRecord::from_cbor(i).ok()).collect();
+    let Ok(outcomes) = crate::audit_cmd::verify_outcomes(&records, &[]) else { return false };
+    let meta = |r: &AuditRecord, k: &str| r.metadata.as_ref().and_then(|m| m.get(k)).cloned();
+    records
+        .iter()
+        .filter(|r| r.actor == "policy_pd" && r.action == AuditAction::TokenIssue)
+        .filter(|r| r.result == AuditResult::Ok)
+        .filter_map(|r| meta(r, "cti"))
+        .any(|cti| {
+            outcomes.iter().any(|o| {
+                let rec = records.iter().find(|r| r.seq == o.seq);
+                o.decision == cti
+                    && o.outcome == "applied"
+                    && rec.is_some_and(|r| {
+                        r.actor == "policy_pd" && meta(r, "key").as_deref() == Some("attested")
+                    })
+            })
+        })
 }
 
 #[cfg(test)]

@@ -176,6 +176,7 @@ fn keygen(out: &std::path::Path, kid_hex: Option<&str>) -> Result<(), Failure> {
     keyfile::write_file(&key_path, &private, true)?;
     keyfile::write_file(&pub_path, &public, false)?;
     println!("kid {}", hex::encode(&kid));
+    println!("public {}", hex::encode(pk.to_bytes()));
     println!("wrote {} (private) and {}", key_path.display(), pub_path.display());
     Ok(())
 }

@@ -215,3 +215,139 @@ fn audit_verify_checks_seals_and_reports_an_unsealed_tail() {
 fn record_of_opt(bytes: &[u8]) -> Option<AuditRecord> {
     AuditRecord::from_cbor(bytes).ok()
 }
+
+/// Issue 13: outcome records carry the enforcer's signed outcome; `audit
+/// verify` checks that signature (under the key the record names, and the
+/// pinned key given with `--outcome-key`) and that the record says what the
+/// enforcer signed, and `--list` shows the outcome next to its decision.
+/// Each forged log below is correctly chained and sealed: only the outcome
+/// check can catch it.
+#[test]
+fn audit_verify_checks_outcome_signatures_and_lists_them_by_their_decision() {
+    use ed25519_dalek::SigningKey;
+    use portcullis_authority::audit::{AuditLog, Event};
+    use portcullis_proto::cose::{self, ContentType};
+    use portcullis_proto::key::{encode_public, kid_for};
+    use portcullis_proto::msg::{AuditAction, AuditResult, Enforced, OutcomeClaims};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = SigningKey::from_bytes(&[9; 32]);
+    let agent = SigningKey::from_bytes(&[0x61; 32]);
+    let other = SigningKey::from_bytes(&[0x62; 32]);
+    let write_pub = |name: &str, k: &SigningKey| {
+        let path = dir.path().join(name);
+        let vk = k.verifying_key();
+        std::fs::write(&path, encode_public(&vk, &kid_for(&vk)).unwrap()).unwrap();
+        path
+    };
+    let root_pub = write_pub("root.pub", &root);
+    let agent_pub = write_pub("agent.pub", &agent);
+    let cti = [0xc7u8; 16];
+    let cti_hex = hex::encode(cti);
+    let signed = |k: &SigningKey, outcome: Enforced| {
+        let c = OutcomeClaims {
+            decision: cti.to_vec(),
+            enforcer: "unlock_agent".into(),
+            outcome,
+            timestamp: T0,
+            reason: None,
+        };
+        let kid = kid_for(&k.verifying_key());
+        cose::sign(k, &kid, ContentType::Outcome, &c.to_cbor().unwrap()).unwrap()
+    };
+    // A log: the decision, then its outcome as `edit` makes it.
+    let log_with = |edit: &dyn Fn(&mut Event)| {
+        let mut log = AuditLog::new([1; 16], 16);
+        let decision = Event::new("unlocker", AuditAction::UnlockSecret, AuditResult::Ok)
+            .target("data")
+            .meta("cti", &cti_hex);
+        log.append(decision, T0).unwrap();
+        let mut ev = Event::new("dom0", AuditAction::Outcome, AuditResult::Ok)
+            .target(&cti_hex)
+            .meta("outcome", "opened")
+            .meta("signer", "unlock_agent")
+            .meta("signer_key", &hex::encode(agent.verifying_key().to_bytes()));
+        ev.evidence = Some(signed(&agent, Enforced::Opened));
+        edit(&mut ev);
+        log.append(ev, T0 + 1).unwrap();
+        log.seal(&root, &kid_for(&root.verifying_key()), T0 + 1).unwrap();
+        log.pending().flat_map(|b| b.items().map(<[u8]>::to_vec)).collect::<Vec<_>>()
+    };
+    let verify = |name: &str, items: &[Vec<u8>], extra: &[&str]| {
+        let file = dir.path().join(name);
+        write_log(&file, items);
+        let mut args = vec!["audit", "verify", "--root", root_pub.to_str().unwrap(), "--list"];
+        args.extend_from_slice(extra);
+        args.push(file.to_str().unwrap());
+        let o = portcullis(&args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.code(), out + &String::from_utf8_lossy(&o.stderr))
+    };
+    let pin = format!("unlock_agent={}", agent_pub.display());
+
+    let good = log_with(&|_| {});
+    let (code, out) = verify("good.log", &good, &["--outcome-key", &pin]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 outcome record(s), enforcer signatures verify"), "{out}");
+    let decision_line = out.lines().find(|l| l.starts_with("record 0 ")).unwrap();
+    assert!(decision_line.ends_with("outcome=opened signer=unlock_agent"), "{decision_line}");
+    assert!(out.contains(&format!("record 1 dom0 outcome ok {cti_hex}")), "{out}");
+
+    /// A forged log: its name, items, extra arguments and the expected error.
+    type Forged<'a> = (&'a str, Vec<Vec<u8>>, &'a [&'a str], &'a str);
+    let forged: [Forged; 5] = [
+        (
+            "other-key.log",
+            log_with(&|ev| ev.evidence = Some(signed(&other, Enforced::Opened))),
+            &[],
+            "enforcer signature",
+        ),
+        (
+            "other-named-key.log",
+            log_with(&|ev| {
+                ev.evidence = Some(signed(&other, Enforced::Opened));
+                ev.metadata
+                    .insert("signer_key".into(), hex::encode(other.verifying_key().to_bytes()));
+            }),
+            &["--outcome-key", &pin],
+            "other than unlock_agent's pinned key",
+        ),
+        (
+            "says-opened.log",
+            log_with(&|ev| ev.evidence = Some(signed(&agent, Enforced::Failed))),
+            &[],
+            "does not say what the enforcer signed",
+        ),
+        (
+            "flipped.log",
+            log_with(&|ev| {
+                if let Some(e) = ev.evidence.as_mut() {
+                    let last = e.len() - 1;
+                    e[last] ^= 1;
+                }
+            }),
+            &[],
+            "enforcer signature",
+        ),
+        ("no-evidence.log", log_with(&|ev| ev.evidence = None), &[], "no enforcer-signed evidence"),
+    ];
+    for (name, items, extra, why) in forged {
+        let (code, out) = verify(name, &items, extra);
+        assert_eq!(code, Some(1), "{name} passed: {out}");
+        assert!(out.contains(why), "{name}: {out}");
+    }
+    // The other key vouched only by itself passes without a pinned key:
+    // the record names it, cryptod checked it (that is what --outcome-key adds).
+    let self_named = log_with(&|ev| {
+        ev.evidence = Some(signed(&other, Enforced::Opened));
+        ev.metadata.insert("signer_key".into(), hex::encode(other.verifying_key().to_bytes()));
+    });
+    assert_eq!(verify("self-named.log", &self_named, &[]).0, Some(0));
+    // Editing the evidence of a stored log breaks the chain.
+    let mut edited = good.clone();
+    let mut r = record_of(&edited[1]);
+    r.evidence = Some(signed(&agent, Enforced::Failed));
+    edited[1] = r.to_cbor().unwrap();
+    let (code, out) = verify("edited.log", &edited, &[]);
+    assert_eq!(code, Some(1), "{out}");
+}

@@ -41,10 +41,14 @@ fn full_scenario_with_oathtool_codes() {
         "[ok] policy_pd from a modified image is denied its token",
         "[ok] the wrong image's refusal is audited with both digests",
         "[ok] the unlock carried a fresh attestation",
-        "demo: 16 passed, 0 failed",
+        "[ok] the collected audit log shows the unlock's outcome, signed by the agent",
+        "[ok] the collected audit log shows policy_pd's rule outcome",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
+    let passed = 16 /* before issue 13 */ + 2 /* unlock and rule outcomes */;
+    let verdict = format!("demo: {passed} passed, 0 failed");
+    assert!(stdout.contains(&verdict), "missing {verdict:?} in:\n{stdout}");
     // The collected log verifies on its own with the CLI, and breaks if cut.
     let log = work.path().join("audit.log");
     let root = work.path().join("provisioned/root.pub");

@@ -50,6 +50,8 @@ text_enum! {
         Attestation = "application/portcullis.attestation+cbor",
         /// An admin command, signed by the offline admin key.
         AdminCommand = "application/portcullis.admin-command+cbor",
+        /// An enforcer's signed outcome of a decision.
+        Outcome = "application/portcullis.outcome+cbor",
     }
 }
 

@@ -10,9 +10,9 @@ use crate::cbor::{set_once, text_enum, Field, Reader, Writer};
 pub use crate::cbor::{DecodeError, EncodeError, FieldError};
 use crate::msg::{
     AdminReq, AdminResp, Attestation, AttestationReq, AuditAck, AuditLog, EntropyPub, ErrorMsg,
-    Keyset, KeysetReq, RequestId, RevocationList, RevocationListReq, TokenIssueReq, TokenIssueResp,
-    TokenRevokeReq, TokenRevokeResp, TotpValidateReq, TotpValidateResp, UnlockRequest,
-    UnlockResult,
+    Keyset, KeysetReq, OutcomeReport, OutcomeResp, RequestId, RevocationList, RevocationListReq,
+    TokenIssueReq, TokenIssueResp, TokenRevokeReq, TokenRevokeResp, TotpValidateReq,
+    TotpValidateResp, UnlockRequest, UnlockResult,
 };
 
 /// The only protocol version this crate speaks (the envelope's `v`).
@@ -134,6 +134,10 @@ messages! {
     AdminReq(AdminReq) = "admin_req",
     /// cryptod's answer to [`AdminReq`].
     AdminResp(AdminResp) = "admin_resp",
+    /// An enforcer reports a signed outcome to cryptod.
+    OutcomeReport(OutcomeReport) = "outcome_report",
+    /// cryptod's answer to [`OutcomeReport`].
+    OutcomeResp(OutcomeResp) = "outcome_resp",
 }
 
 /// A set of message types (a bit per [`MsgType`], in declaration order).
@@ -347,6 +351,8 @@ impl Message {
             Message::Error(m) => m.request_id.as_ref(),
             Message::AdminReq(m) => Some(&m.request_id),
             Message::AdminResp(m) => Some(&m.request_id),
+            Message::OutcomeReport(m) => Some(&m.request_id),
+            Message::OutcomeResp(m) => Some(&m.request_id),
             Message::EntropyPub(_)
             | Message::Attestation(_)
             | Message::AuditLog(_)

@@ -61,6 +61,9 @@ pub const MAX_AUDIT_BATCH: usize = 256;
 /// Longest encoded audit record, in bytes (the largest a valid
 /// [`AuditRecord`] can encode to is about 5.6 KiB).
 pub const MAX_AUDIT_RECORD_LEN: usize = 8192;
+/// Longest signed outcome (a COSE_Sign1 over [`OutcomeClaims`]) an
+/// `outcome_report` or an audit record's `evidence` carries, in bytes.
+pub const MAX_OUTCOME_LEN: usize = 1024;
 
 /// Key-value annotations (console, source address…): at most
 /// [`MAX_METADATA_ENTRIES`] entries; informational only.
@@ -290,6 +293,9 @@ text_enum! {
         Admin = "admin",
         /// A recovery code was used in place of a TOTP code.
         RecoveryCodeUsed = "recovery_code_used",
+        /// An enforcer's signed report of what it did with a decision
+        /// (the record's `evidence` carries the enforcer's signed bytes).
+        Outcome = "outcome",
     }
 }
 
@@ -1041,6 +1047,9 @@ wire_struct! {
         target: String,
         /// Extra detail.
         metadata: Metadata,
+        /// An `outcome` record's enforcer-signed outcome (a COSE_Sign1 over
+        /// [`OutcomeClaims`], 1..=[`MAX_OUTCOME_LEN`] bytes), as received.
+        evidence: Vec<u8>,
     }
 }
 payload_codec!(AuditRecord, "audit_record");
@@ -1049,7 +1058,10 @@ impl Check for AuditRecord {
     fn check(&self) -> Result<(), FieldError> {
         check_id("actor", &self.actor)?;
         check_opt_id("target", &self.target)?;
-        check_metadata(&self.metadata)
+        check_metadata(&self.metadata)?;
+        self.evidence
+            .as_ref()
+            .map_or(Ok(()), |e| check_len("evidence", e.len(), 1, MAX_OUTCOME_LEN))
     }
 }
 
@@ -1167,5 +1179,110 @@ payload_codec!(RevocationBody, "revocation_body");
 impl Check for RevocationBody {
     fn check(&self) -> Result<(), FieldError> {
         check_len("entries", self.entries.len(), 0, MAX_REVOKED)
+    }
+}
+
+text_enum! {
+    /// What an enforcer did with a decision (an [`OutcomeClaims`]'s `outcome`).
+    pub enum Enforced {
+        /// The unlock agent opened the volume.
+        Opened = "opened",
+        /// The unlock agent could not open the volume (`reason` says why).
+        Failed = "failed",
+        /// policy_pd applied the rule.
+        Applied = "applied",
+        /// policy_pd refused the token or the rule (`reason` says why).
+        Refused = "refused",
+    }
+}
+
+text_enum! {
+    /// cryptod's verdict on an `outcome_report`.
+    pub enum OutcomeResult {
+        /// Appended to the audit chain (and stored by the collector).
+        Recorded = "recorded",
+        /// Not recorded as an outcome: bad signature, unknown key, or too
+        /// many reports (the refusal itself is audited).
+        Refused = "refused",
+        /// cryptod cannot record now (audit not ready); try again.
+        Unavailable = "unavailable",
+    }
+}
+
+wire_struct! {
+    /// The payload of a signed outcome: what enforcer `enforcer` did with
+    /// the decision whose token id is `decision`, at `timestamp` (the
+    /// enforcer's clock). Signed (COSE_Sign1, content type
+    /// `application/portcullis.outcome+cbor`) by the enforcer's outcome key.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct OutcomeClaims {
+        /// The `cti` of the token the enforcer was presented, 1..=[`MAX_CTI_LEN`] bytes.
+        decision: Vec<u8>,
+        /// The enforcer's name (its VM name, as cryptod knows its link's peer).
+        enforcer: String,
+        /// What happened.
+        outcome: Enforced,
+        /// When, in the enforcer's clock.
+        timestamp: u64,
+    }
+    optional {
+        /// Why, for `failed` and `refused`.
+        reason: String,
+    }
+}
+payload_codec!(OutcomeClaims, "outcome_claims");
+
+impl Check for OutcomeClaims {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("decision", self.decision.len(), 1, MAX_CTI_LEN)?;
+        check_id("enforcer", &self.enforcer)?;
+        self.reason
+            .as_deref()
+            .map_or(Ok(()), |r| check_len("reason", r.len(), 0, MAX_METADATA_VALUE_LEN))
+    }
+}
+
+wire_struct! {
+    /// An enforcer → cryptod: a signed outcome to append to the audit chain.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct OutcomeReport {
+        /// Request id, echoed in the answer.
+        request_id: RequestId,
+        /// COSE_Sign1 over [`OutcomeClaims`], 1..=[`MAX_OUTCOME_LEN`] bytes.
+        signed: Vec<u8>,
+    }
+    optional {
+        /// A live attestation cryptod issued to this peer whose
+        /// `subject_pubkey` is the key that signed `signed` (for an
+        /// enforcer without a pinned outcome key).
+        attestation: Vec<u8>,
+    }
+}
+
+impl Check for OutcomeReport {
+    fn check(&self) -> Result<(), FieldError> {
+        check_len("signed", self.signed.len(), 1, MAX_OUTCOME_LEN)?;
+        check_opt_attestation(&self.attestation)
+    }
+}
+
+wire_struct! {
+    /// cryptod's answer to an [`OutcomeReport`] (sent once the record is stored).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct OutcomeResp {
+        /// The report's id.
+        request_id: RequestId,
+        /// The verdict.
+        result: OutcomeResult,
+    }
+    optional {
+        /// Human-readable detail.
+        reason: String,
+    }
+}
+
+impl Check for OutcomeResp {
+    fn check(&self) -> Result<(), FieldError> {
+        check_opt_text("reason", &self.reason)
     }
 }

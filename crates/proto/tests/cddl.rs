@@ -122,9 +122,14 @@ fn every_message_type_validates() {
 #[test]
 fn every_payload_validates() {
     let payloads = msg_samples::payloads();
-    for root in
-        ["attestation-claims", "audit-record", "audit-seal", "keyset-body", "revocation-body"]
-    {
+    for root in [
+        "attestation-claims",
+        "audit-record",
+        "audit-seal",
+        "keyset-body",
+        "revocation-body",
+        "outcome-claims",
+    ] {
         assert!(payloads.iter().any(|(r, _)| *r == root), "no sample for {root}");
     }
     for (root, bytes) in &payloads {

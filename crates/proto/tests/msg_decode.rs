@@ -104,7 +104,7 @@ fn attestation_req_and_carried_attestation_bounds() {
 
 #[test]
 fn msg_type_names_round_trip() {
-    assert_eq!(MsgType::ALL.len(), 20);
+    assert_eq!(MsgType::ALL.len(), 22);
     for &kind in MsgType::ALL {
         assert_eq!(MsgType::parse(kind.as_str()), Some(kind));
         assert_eq!(kind.to_string(), kind.as_str());

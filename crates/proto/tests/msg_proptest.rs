@@ -155,6 +155,7 @@ fn audit_record() -> impl Strategy<Value = AuditRecord> {
                     timestamp,
                     target,
                     metadata,
+                    evidence: None,
                 }
             },
         )

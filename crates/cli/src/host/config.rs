@@ -67,6 +67,9 @@ pub struct Agent {
     pub skew: u64,
     /// Check tokens but do not run cryptsetup.
     pub dry_run: bool,
+    /// The agent's outcome key (private key file; its public half pinned in
+    /// cryptod's `outcome_key` setting): outcomes are reported when set.
+    pub outcome_key: Option<PathBuf>,
 }
 
 /// `[guests.<name>]`.
@@ -121,6 +124,8 @@ struct RawAgent {
     skew: u64,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    outcome_key: Option<PathBuf>,
 }
 
 fn default_skew() -> u64 {
@@ -305,7 +310,7 @@ pub fn parse(file: &Path, src: &str) -> Result<Config, ConfigError> {
                 }
                 volumes.push((id.into_inner(), path));
             }
-            Some(Agent { volumes, skew: a.skew, dry_run: a.dry_run })
+            Some(Agent { volumes, skew: a.skew, dry_run: a.dry_run, outcome_key: a.outcome_key })
         }
     };
     Ok(Config {
@@ -547,6 +552,7 @@ mod tests {
                 volumes: vec![("data".into(), "/dev/disk/by-partlabel/portcullis-data".into())],
                 skew: 30,
                 dry_run: false,
+                outcome_key: None,
             })
         );
         let names: Vec<&str> = c.guests.keys().map(String::as_str).collect();
@@ -584,6 +590,37 @@ mod tests {
         let edited = XEN_TEST.replace("skew = 600 # policy_pd", "skew = 3 # policy_pd");
         let c = parse(Path::new("tests/xen/host.toml"), &edited).unwrap();
         assert_eq!(c.guests["policy_pd"].settings.as_deref(), Some(&b"selftest=1\nskew=3\n"[..]));
+    }
+
+    #[test]
+    fn the_xen_tests_config_with_the_agents_outcome_key_parses() {
+        // What tests/xen/dom0-test.sh's "agent outcome key" stage does to
+        // host.toml (its awk): a line after `[agent]`, and cryptod's
+        // settings table gets `outcome_key`.
+        let hex = "ab".repeat(32);
+        let mut edited = String::new();
+        let mut in_cryptod = false;
+        for line in XEN_TEST.lines() {
+            if line == "[guests.cryptod]" {
+                in_cryptod = true;
+            }
+            if in_cryptod && line.starts_with("settings = {") {
+                let head = line.strip_suffix(" }").unwrap();
+                edited.push_str(&format!("{head}, outcome_key = \"dom0={hex}\" }}\n"));
+                in_cryptod = false;
+                continue;
+            }
+            edited.push_str(line);
+            edited.push('\n');
+            if line == "[agent]" {
+                edited.push_str("outcome_key = \"/var/lib/portcullis/agent-outcome.key\"\n");
+            }
+        }
+        let c = parse(Path::new("tests/xen/host.toml"), &edited).unwrap();
+        let agent = c.agent.unwrap();
+        assert_eq!(agent.outcome_key, Some("/var/lib/portcullis/agent-outcome.key".into()));
+        let settings = String::from_utf8(c.guests["cryptod"].settings.clone().unwrap()).unwrap();
+        assert!(settings.contains(&format!("outcome_key=dom0={hex}\n")), "{settings}");
     }
 
     #[test]

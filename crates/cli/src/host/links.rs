@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub skew: u64,
     /// Only check passphrases (`cryptsetup open --test-passphrase`).
     pub dry_run: bool,
+    /// The agent's outcome key file (none: no outcome reports).
+    pub outcome_key: Option<PathBuf>,
 }
 
 /// How often a waiting link looks at the stop flag and the peer map.
@@ -259,6 +261,10 @@ pub fn run_agent(peers: Peers, cfg: AgentConfig, stop: Arc<AtomicBool>) -> Resul
         volumes.insert(id.clone(), path.to_string());
     }
     let mut agent = Agent::new(&root, volumes, cfg.dry_run, cfg.skew);
+    if let Some(path) = &cfg.outcome_key {
+        let key = keyfile::load(path).map_err(|e| format!("agent: outcome key: {e}"))?;
+        agent.outcome_key = Some(key.secret.ok_or("agent: outcome key: not a private key")?);
+    }
     let mut cryptod =
         Upstream::transient(XenDial { peers: peers.clone(), name: cfg.cryptod.clone() });
     super::log::info(format_args!(

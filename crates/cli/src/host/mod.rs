@@ -194,6 +194,7 @@ fn start_links(cfg: &Config, peers: &Peers, stop: &Arc<AtomicBool>) {
                 volumes: a.volumes.clone(),
                 skew: a.skew,
                 dry_run: a.dry_run,
+                outcome_key: a.outcome_key.clone(),
             };
             links::run_agent(peers.clone(), cfg, flag.clone())
         });

@@ -199,6 +199,20 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
             AdminResp { request_id: RID, result: AdminResult::Ok, reason: None, admin_seq: None }
                 .into(),
         ],
+        MsgType::OutcomeReport => vec![
+            OutcomeReport { request_id: RID, signed: cose(180), attestation: None }.into(),
+            OutcomeReport { request_id: RID, signed: cose(180), attestation: Some(cose(300)) }
+                .into(),
+        ],
+        MsgType::OutcomeResp => vec![
+            OutcomeResp { request_id: RID, result: OutcomeResult::Recorded, reason: None }.into(),
+            OutcomeResp {
+                request_id: RID,
+                result: OutcomeResult::Refused,
+                reason: Some("outcome: bad signature".into()),
+            }
+            .into(),
+        ],
     }
 }
 
@@ -244,6 +258,7 @@ pub fn audit_records() -> Vec<AuditRecord> {
         timestamp: T0,
         target: Some("vault-home".into()),
         metadata: Some(metadata()),
+        evidence: Some(cose(160)),
     };
     let minimal = AuditRecord {
         seq: 0,
@@ -253,6 +268,7 @@ pub fn audit_records() -> Vec<AuditRecord> {
         result: AuditResult::Ok,
         target: None,
         metadata: None,
+        evidence: None,
         ..full.clone()
     };
     vec![full, minimal]
@@ -312,8 +328,19 @@ pub fn payloads() -> Vec<(&'static str, Vec<u8>)> {
         ("keyset-body", keyset_body().to_cbor().unwrap()),
         ("audit-seal", audit_seal().to_cbor().unwrap()),
         ("admin-command", admin_command().to_cbor().unwrap()),
+        ("outcome-claims", outcome_claims().to_cbor().unwrap()),
     ];
     out.extend(audit_records().iter().map(|r| ("audit-record", r.to_cbor().unwrap())));
     out.extend(revocation_bodies().iter().map(|r| ("revocation-body", r.to_cbor().unwrap())));
     out
+}
+
+pub fn outcome_claims() -> OutcomeClaims {
+    OutcomeClaims {
+        decision: vec![0x3c; 16],
+        enforcer: "unlock_agent".into(),
+        outcome: Enforced::Failed,
+        timestamp: T0 + 2,
+        reason: Some("cryptsetup: no key available with this passphrase".into()),
+    }
 }
