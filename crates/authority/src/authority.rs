@@ -357,6 +357,11 @@ impl Authority {
         }
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);
+        if let Some(body) = state.section(sealed::section::KEYS) {
+            let kids = crate::keys::decode_section(body)
+                .map_err(|_| InitError::Config("sealed keys section is malformed"))?;
+            keys.restore_revoked(kids);
+        }
         let mut failures =
             FailureLimiter::new(config.rate_limit, state.operators.iter().map(|o| o.id.clone()));
         for (id, count, locked_until) in &state.failures {
@@ -1079,13 +1084,18 @@ impl Authority {
             AdminResult::Unavailable => AuditResult::Error,
             _ => AuditResult::Denied,
         };
-        let mut ev = base(audit)
-            .target(c.operator_id.as_deref().unwrap_or(""))
-            .meta("command", c.command.as_str())
-            .meta("admin_seq", &c.admin_seq.to_string());
+        // A command about no operator has no target of that kind (an empty
+        // target is not a valid record; the key commands name theirs below).
+        let mut ev = base(audit);
+        if let Some(id) = c.operator_id.as_deref() {
+            ev = ev.target(id);
+        }
+        let mut ev =
+            ev.meta("command", c.command.as_str()).meta("admin_seq", &c.admin_seq.to_string());
         if !reason.is_empty() {
             ev = ev.meta("reason", reason);
         }
+        ev = key_meta(ev, &c, self.keys.signer(now).map(|(_, kid)| &kid[..]), result);
         if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
             if result == AdminResult::Ok {
                 ev = ev.meta("recovery_remaining", &codes.remaining().to_string());
@@ -1178,7 +1188,43 @@ impl Authority {
                 self.recovery.set(&id, codes);
                 Ok(())
             }
+            Command::KeyRotate | Command::KeyRevoke { .. } | Command::TokenRevoke { .. } => {
+                self.apply_keys(cmd, now)
+            }
         }
+    }
+
+    /// The key commands: rotate now, revoke a kid (it leaves the keyset at
+    /// once; the active key is rotated out first), revoke a token by cti.
+    /// Revoked kids are sealed in the `KEYS` section.
+    fn apply_keys(&mut self, cmd: Command, now: u64) -> Result<(), (AdminResult, &'static str)> {
+        let no_seed = (AdminResult::Unavailable, "no randomness for a new signing key");
+        match cmd {
+            Command::KeyRotate => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys.rotate(&seed, now);
+            }
+            Command::KeyRevoke { kid } => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys
+                    .revoke(&kid, &seed, now)
+                    .map_err(|_| (AdminResult::Denied, "no published signing key has this kid"))?;
+                let body = crate::keys::encode_section(self.keys.revoked());
+                let tag = sealed::section::KEYS;
+                self.sections.retain(|s| s.tag != tag);
+                let at = self.sections.iter().position(|s| s.tag > tag);
+                let at = at.unwrap_or(self.sections.len());
+                self.sections.insert(at, sealed::Section { tag, body });
+            }
+            Command::TokenRevoke { cti } => {
+                let exp = now.saturating_add(token::MAX_LIFETIME_SECS);
+                self.revocations
+                    .revoke(&cti, exp, now)
+                    .map_err(|_| (AdminResult::Unavailable, "revocation list is full"))?;
+            }
+            _ => return Err((AdminResult::Invalid, "not a key command")),
+        }
+        Ok(())
     }
 
     /// Seals `op`'s secret once `confirm` matches it (the confirming step
@@ -1521,6 +1567,22 @@ fn image_meta(ev: Event, why: &DenyReason) -> Event {
         DenyReason::Image { expected, actual, .. } => ev
             .meta("image_expected", &hex(expected))
             .meta("image_actual", &actual.as_ref().map_or_else(|| "none".into(), |a| hex(a))),
+        _ => ev,
+    }
+}
+
+/// A key command's record names the kid or cti it is about and, once
+/// applied, the kid that signs now.
+fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminResult) -> Event {
+    if let Some(kid) = &c.kid {
+        ev = ev.target(&hex(kid)).meta("kid", &hex(kid));
+    }
+    if let Some(cti) = &c.cti {
+        ev = ev.target(&hex(cti)).meta("cti", &hex(cti));
+    }
+    let key_op = matches!(c.command, msg::AdminOp::KeyRotate | msg::AdminOp::KeyRevoke);
+    match signing {
+        Some(kid) if key_op && r == AdminResult::Ok => ev.meta("signing_kid", &hex(kid)),
         _ => ev,
     }
 }

@@ -12,7 +12,12 @@
 //!   [`KeyRing::expire`] drops it;
 //! - a published key's `not_after` is `sign_until + overlap`: verifiers accept
 //!   its tokens until then and refuse them after;
-//! - `kid` = the first 8 bytes of SHA-256 of the 32-byte Ed25519 public key.
+//! - `kid` = the first 8 bytes of SHA-256 of the 32-byte Ed25519 public key;
+//! - an operator can rotate at any time ([`KeyRing::rotate`]) and revoke a
+//!   published key by kid ([`KeyRing::revoke`]): it leaves the keyset at
+//!   once (revoking the active key rotates first, so one key always signs)
+//!   and its kid is remembered (at most [`MAX_REVOKED_KIDS`], sealed in the
+//!   `KEYS` section, see [`encode_section`]).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -29,6 +34,56 @@ pub const DEFAULT_OVERLAP: u64 = 600;
 /// Key ids: the first [`KID_LEN`] bytes of SHA-256 of the public key (one
 /// definition, in `proto::key`, shared with the CLI's key files).
 pub use portcullis_proto::key::{kid_for, KID_LEN};
+
+/// Most revoked kids remembered (the oldest is forgotten first: its key
+/// seed is gone, so it can never be published again anyway).
+pub const MAX_REVOKED_KIDS: usize = 32;
+/// Format of the sealed `KEYS` section body.
+const SECTION_FORMAT: u8 = 1;
+
+/// Why a key could not be revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeKeyError {
+    /// No published key has this kid.
+    NotPublished,
+}
+
+/// Why the sealed `KEYS` section was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionError {
+    /// Empty, unknown format, wrong length or too many kids.
+    Malformed,
+}
+
+/// The sealed `KEYS` section: `u8 format (1) || u8 n || n x kid (8)`, the
+/// revoked kids oldest first, `n <= MAX_REVOKED_KIDS`.
+pub fn encode_section(revoked: &[[u8; KID_LEN]]) -> Vec<u8> {
+    let n = revoked.len().min(MAX_REVOKED_KIDS);
+    let mut out = Vec::with_capacity(2 + n * KID_LEN);
+    out.push(SECTION_FORMAT);
+    out.push(n as u8);
+    for kid in &revoked[revoked.len() - n..] {
+        out.extend_from_slice(kid);
+    }
+    out
+}
+
+/// Decodes [`encode_section`]'s output strictly: exact length, bounded count.
+pub fn decode_section(body: &[u8]) -> Result<Vec<[u8; KID_LEN]>, SectionError> {
+    let [SECTION_FORMAT, n, rest @ ..] = body else { return Err(SectionError::Malformed) };
+    let n = usize::from(*n);
+    if n > MAX_REVOKED_KIDS || rest.len() != n * KID_LEN {
+        return Err(SectionError::Malformed);
+    }
+    Ok(rest
+        .chunks_exact(KID_LEN)
+        .map(|c| {
+            let mut kid = [0u8; KID_LEN];
+            kid.copy_from_slice(c);
+            kid
+        })
+        .collect())
+}
 
 /// Rotation timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +158,7 @@ pub struct KeyRing {
     active: usize,
     config: KeyConfig,
     version: u64,
+    revoked: Vec<[u8; KID_LEN]>,
 }
 
 impl KeyRing {
@@ -111,7 +167,15 @@ impl KeyRing {
         config.check()?;
         let root = SigningKey::from_bytes(root_seed);
         let root_kid = kid_for(&root.verifying_key());
-        Ok(KeyRing { root, root_kid, slots: [None, None], active: 0, config, version: 0 })
+        Ok(KeyRing {
+            root,
+            root_kid,
+            slots: [None, None],
+            active: 0,
+            config,
+            version: 0,
+            revoked: Vec::new(),
+        })
     }
 
     /// Continues the keyset versions of an earlier boot: the next published
@@ -174,6 +238,45 @@ impl KeyRing {
             return self.slots[other].take().map(|s| s.kid);
         }
         None
+    }
+
+    /// Revokes the published key `kid` at `now`: it leaves the keyset (a
+    /// new version) and its kid joins [`KeyRing::revoked`]. If it is the
+    /// active key, a new key from `seed` is made active first, so a key
+    /// always signs. Returns whether a rotation was forced.
+    pub fn revoke(
+        &mut self,
+        kid: &[u8],
+        seed: &[u8; 32],
+        now: u64,
+    ) -> Result<bool, RevokeKeyError> {
+        let Some(i) = (0..2).find(|&i| self.slots[i].as_ref().is_some_and(|s| s.kid == kid)) else {
+            return Err(RevokeKeyError::NotPublished);
+        };
+        let forced = i == self.active;
+        if forced {
+            self.rotate(seed, now);
+        }
+        if let Some(s) = self.slots[i].take() {
+            if self.revoked.len() >= MAX_REVOKED_KIDS {
+                self.revoked.remove(0);
+            }
+            self.revoked.push(s.kid);
+        }
+        self.version = self.version.saturating_add(1);
+        Ok(forced)
+    }
+
+    /// Restores the revoked kids an earlier boot sealed (see
+    /// [`decode_section`]).
+    pub fn restore_revoked(&mut self, kids: Vec<[u8; KID_LEN]>) {
+        self.revoked = kids;
+        self.revoked.truncate(MAX_REVOKED_KIDS);
+    }
+
+    /// The revoked kids, oldest first.
+    pub fn revoked(&self) -> &[[u8; KID_LEN]] {
+        &self.revoked
     }
 
     /// The key that signs tokens at `now`, if any.
@@ -325,6 +428,46 @@ mod tests {
         assert!(check(&r, &token, 1200).is_ok());
         assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP), Err(VerifyError::Expired));
         assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP + 1), Err(VerifyError::UnknownKid));
+    }
+
+    #[test]
+    fn revoking_a_kid_drops_it_at_once_and_rotates_if_active() {
+        let mut r = ring();
+        let a = r.rotate(&[2; 32], 1000);
+        let (key, kid) = r.signer(1000).unwrap();
+        let old = token::mint(key, kid, &claims(1000)).unwrap();
+        let b = r.rotate(&[3; 32], 1010);
+        assert!(check(&r, &old, 1020).is_ok(), "within the overlap");
+        assert_eq!(r.revoke(&a, &[4; 32], 1020), Ok(false));
+        assert_eq!(check(&r, &old, 1020), Err(VerifyError::UnknownKid));
+        assert_eq!(r.revoke(&a, &[4; 32], 1020), Err(RevokeKeyError::NotPublished));
+        // The active key: a new one signs first, then b is gone.
+        let v = r.version();
+        assert_eq!(r.revoke(&b, &[5; 32], 1030), Ok(true));
+        assert!(r.version() > v);
+        let (_, now_kid) = r.signer(1030).unwrap();
+        assert_ne!(now_kid, &b);
+        assert_eq!(r.published().count(), 1);
+        assert_eq!(r.revoked(), &[a, b]);
+    }
+
+    #[test]
+    fn keys_section_round_trips_and_is_strict() {
+        let kids = [[1u8; KID_LEN], [2; KID_LEN]];
+        let body = encode_section(&kids);
+        assert_eq!(decode_section(&body), Ok(kids.to_vec()));
+        assert_eq!(decode_section(&encode_section(&[])), Ok(Vec::new()));
+        for bad in [
+            &[][..],
+            &body[..body.len() - 1],
+            &[2, 0][..],
+            &[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[1, 33][..],
+        ] {
+            assert_eq!(decode_section(bad), Err(SectionError::Malformed), "{bad:?}");
+        }
+        let many = [[7u8; KID_LEN]; MAX_REVOKED_KIDS + 3];
+        assert_eq!(decode_section(&encode_section(&many)).unwrap().len(), MAX_REVOKED_KIDS);
     }
 
     #[test]

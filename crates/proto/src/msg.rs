@@ -380,6 +380,14 @@ text_enum! {
         OperatorRemove = "operator_remove",
         /// Replace an operator's recovery codes.
         RecoveryRegenerate = "recovery_regenerate",
+        /// Rotate the token signing key now (the old one keeps verifying
+        /// for the overlap).
+        KeyRotate = "key_rotate",
+        /// Revoke a token signing key by `kid`: it leaves the keyset at once
+        /// (the current key is rotated out first).
+        KeyRevoke = "key_revoke",
+        /// Revoke one token by `cti` (added to the revocation list).
+        TokenRevoke = "token_revoke",
     }
 }
 
@@ -468,6 +476,10 @@ wire_struct! {
         /// Exactly [`RECOVERY_CODES`] salted hashes of the new recovery
         /// codes: regenerate (and optionally add, reset).
         code_hashes: Vec<[u8; RECOVERY_HASH_LEN]>,
+        /// A token signing key's id: key_revoke.
+        kid: Vec<u8>,
+        /// A token's id: token_revoke.
+        cti: Vec<u8>,
     }
 }
 
@@ -492,6 +504,12 @@ impl Check for AdminCommand {
         }
         if let Some(hashes) = &self.code_hashes {
             check_len("code_hashes", hashes.len(), RECOVERY_CODES, RECOVERY_CODES)?;
+        }
+        if let Some(kid) = &self.kid {
+            check_len("kid", kid.len(), 1, MAX_KID_LEN)?;
+        }
+        if let Some(cti) = &self.cti {
+            check_len("cti", cti.len(), 1, MAX_CTI_LEN)?;
         }
         Ok(())
     }
