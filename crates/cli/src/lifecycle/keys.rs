@@ -23,6 +23,13 @@ use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError
 
 const AUDIENCE: &str = "netd";
 
+/// A token, its kid and its cti (read, not verified).
+struct Issued {
+    token: Vec<u8>,
+    kid: Vec<u8>,
+    cti: Vec<u8>,
+}
+
 /// A client link to cryptod as the world's `policy_pd`, and a verifier.
 struct Client {
     _p: HostedPlatform,
@@ -52,7 +59,7 @@ impl Client {
     }
 
     /// A fresh `net:read` token for [`AUDIENCE`], and its kid and cti.
-    fn token(&mut self) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), Failure> {
+    fn token(&mut self) -> Result<Issued, Failure> {
         let rid = self.rid();
         let req = issue_request(
             "policy_pd",
@@ -66,7 +73,7 @@ impl Client {
         let answer = self.link.call(&req, CALL_TIMEOUT).map_err(|e| format!("cryptod: {e}"))?;
         let tok = issued_token(rid, answer).map_err(|e| format!("token: {e}"))?;
         let seen = danger::inspect(&tok).map_err(|e| format!("token: {e}"))?.into_unverified();
-        Ok((tok, seen.kid, seen.claims.cti))
+        Ok(Issued { token: tok, kid: seen.kid, cti: seen.claims.cti })
     }
 
     /// What a verifier decides now: it fetches cryptod's keyset and
@@ -97,13 +104,13 @@ fn admin(cx: &mut Ctx, rest: &[&str]) -> Result<bool, Failure> {
 
 pub(crate) fn steps(cx: &mut Ctx) -> Result<(), Failure> {
     let mut c = Client::connect(cx)?;
-    let (old, old_kid, _) = c.token()?;
+    let Issued { token: old, kid: old_kid, .. } = c.token()?;
 
     // 1. Rotate on demand: a new kid signs; the old key's token still
     // verifies (the overlap).
     let ok = admin(cx, &["key-rotate"])?;
     cx.check("key-rotate applied", ok);
-    let (new, new_kid, new_cti) = c.token()?;
+    let Issued { token: new, kid: new_kid, cti: new_cti } = c.token()?;
     cx.check("after key-rotate a new kid signs", new_kid != old_kid);
     let v = c.verify(&old)?;
     cx.check("the old key's token still verifies within the overlap", v.is_ok());
