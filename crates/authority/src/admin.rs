@@ -181,6 +181,8 @@ pub enum Command {
         /// Its kid.
         kid: Vec<u8>,
     },
+    /// Rotate the root key.
+    RootRotate,
     /// Revoke one token.
     TokenRevoke {
         /// Its cti.
@@ -236,9 +238,10 @@ impl Command {
                 let codes = c.code_hashes.clone().ok_or("code_hashes is required")?;
                 Ok(Command::RecoveryRegenerate { id: operator()?, codes })
             }
-            AdminOp::KeyRotate | AdminOp::KeyRevoke | AdminOp::TokenRevoke => {
-                Err("not an operator command")
-            }
+            AdminOp::KeyRotate
+            | AdminOp::KeyRevoke
+            | AdminOp::TokenRevoke
+            | AdminOp::RootRotate => Err("not an operator command"),
         }
     }
 
@@ -252,6 +255,10 @@ impl Command {
                 Err("key_rotate takes no fields")
             }
             AdminOp::KeyRotate => Ok(Command::KeyRotate),
+            AdminOp::RootRotate if extra || kid.is_some() || cti.is_some() => {
+                Err("root_rotate takes no fields")
+            }
+            AdminOp::RootRotate => Ok(Command::RootRotate),
             AdminOp::KeyRevoke => match kid {
                 Some(kid) if !extra && cti.is_none() => Ok(Command::KeyRevoke { kid }),
                 _ => Err("key_revoke takes only kid"),

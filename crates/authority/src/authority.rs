@@ -358,9 +358,11 @@ impl Authority {
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);
         if let Some(body) = state.section(sealed::section::KEYS) {
-            let kids = crate::keys::decode_section(body)
+            let section = crate::keys::decode_section(body)
                 .map_err(|_| InitError::Config("sealed keys section is malformed"))?;
-            keys.restore_revoked(kids);
+            keys.restore(section).map_err(|_| {
+                InitError::Config("sealed root chain does not end at the sealed root key")
+            })?;
         }
         let mut failures =
             FailureLimiter::new(config.rate_limit, state.operators.iter().map(|o| o.id.clone()));
@@ -1096,6 +1098,11 @@ impl Authority {
             ev = ev.meta("reason", reason);
         }
         ev = key_meta(ev, &c, self.keys.signer(now).map(|(_, kid)| &kid[..]), result);
+        if c.command == msg::AdminOp::RootRotate && result == AdminResult::Ok {
+            if let Some(statement) = self.keys.root_chain().last() {
+                ev = succession_meta(ev, statement);
+            }
+        }
         if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
             if result == AdminResult::Ok {
                 ev = ev.meta("recovery_remaining", &codes.remaining().to_string());
@@ -1123,7 +1130,7 @@ impl Authority {
         if c.request_id != r.request_id {
             return (AdminResult::Invalid, "request_id differs from the signed one");
         }
-        if c.state_id.as_slice() != self.keys.root().1 {
+        if !self.keys.is_root_kid(&c.state_id) {
             return (AdminResult::Replay, "command is for another cryptod (state_id)");
         }
         if c.admin_seq <= self.admin_seq {
@@ -1188,9 +1195,10 @@ impl Authority {
                 self.recovery.set(&id, codes);
                 Ok(())
             }
-            Command::KeyRotate | Command::KeyRevoke { .. } | Command::TokenRevoke { .. } => {
-                self.apply_keys(cmd, now)
-            }
+            Command::KeyRotate
+            | Command::KeyRevoke { .. }
+            | Command::TokenRevoke { .. }
+            | Command::RootRotate => self.apply_keys(cmd, now),
         }
     }
 
@@ -1209,12 +1217,21 @@ impl Authority {
                 self.keys
                     .revoke(&kid, &seed, now)
                     .map_err(|_| (AdminResult::Denied, "no published signing key has this kid"))?;
-                let body = crate::keys::encode_section(self.keys.revoked());
-                let tag = sealed::section::KEYS;
-                self.sections.retain(|s| s.tag != tag);
-                let at = self.sections.iter().position(|s| s.tag > tag);
-                let at = at.unwrap_or(self.sections.len());
-                self.sections.insert(at, sealed::Section { tag, body });
+                self.keep_keys_section();
+            }
+            Command::RootRotate => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys.rotate_root(&seed, now).map_err(|e| match e {
+                    crate::keys::RootRotateError::ChainFull => {
+                        (AdminResult::Denied, "root chain is full (re-provision)")
+                    }
+                    crate::keys::RootRotateError::Sign => {
+                        (AdminResult::Unavailable, "succession could not be signed")
+                    }
+                })?;
+                // The new root is what is sealed from now on.
+                *self.root_seed = *seed;
+                self.keep_keys_section();
             }
             Command::TokenRevoke { cti } => {
                 let exp = now.saturating_add(token::MAX_LIFETIME_SECS);
@@ -1225,6 +1242,14 @@ impl Authority {
             _ => return Err((AdminResult::Invalid, "not a key command")),
         }
         Ok(())
+    }
+
+    /// Puts the key ring's `KEYS` section into the sections to seal.
+    fn keep_keys_section(&mut self) {
+        let (tag, body) = (sealed::section::KEYS, self.keys.section());
+        self.sections.retain(|s| s.tag != tag);
+        let at = self.sections.iter().position(|s| s.tag > tag).unwrap_or(self.sections.len());
+        self.sections.insert(at, sealed::Section { tag, body });
     }
 
     /// Seals `op`'s secret once `confirm` matches it (the confirming step
@@ -1585,6 +1610,22 @@ fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminRes
         Some(kid) if key_op && r == AdminResult::Ok => ev.meta("signing_kid", &hex(kid)),
         _ => ev,
     }
+}
+
+/// A root rotation's record carries the succession statement as its
+/// fields and signature (`portcullis_proto::cose::rebuild` makes the
+/// statement again), so the audit log alone leads a verifier from the old
+/// root to the new one.
+fn succession_meta(ev: Event, statement: &[u8]) -> Event {
+    let Ok(seen) = portcullis_proto::danger::open_unverified(statement) else { return ev };
+    let Ok(body) = msg::RootSuccession::from_cbor(&seen.get_unverified().payload) else {
+        return ev;
+    };
+    let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
+    ev.meta("root_version", &body.version.to_string())
+        .meta("root_issued_at", &body.issued_at.to_string())
+        .meta("root_pubkey", &hex(&body.pubkey))
+        .meta("root_sig", &hex(sig))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -17,14 +17,21 @@
 //!   published key by kid ([`KeyRing::revoke`]): it leaves the keyset at
 //!   once (revoking the active key rotates first, so one key always signs)
 //!   and its kid is remembered (at most [`MAX_REVOKED_KIDS`], sealed in the
-//!   `KEYS` section, see [`encode_section`]).
+//!   `KEYS` section, see [`encode_section`]);
+//! - the root key can be rotated ([`KeyRing::rotate_root`]): the old root
+//!   signs a succession statement naming the new one; the statements (at
+//!   most `MAX_ROOT_CHAIN`) are sealed in the `KEYS` section and published
+//!   in every keyset, so a verifier pinned to an older root follows them.
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::msg::{KeyEntryWire, KeysetBody};
+use portcullis_proto::msg::{
+    KeyEntryWire, KeysetBody, RootSuccession, MAX_ROOT_CHAIN, MAX_SUCCESSION_LEN,
+};
+use portcullis_proto::succession;
 use portcullis_proto::token;
 
 /// Default time a signing key signs before it is rotated (one day).
@@ -51,38 +58,86 @@ pub enum RevokeKeyError {
 /// Why the sealed `KEYS` section was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SectionError {
-    /// Empty, unknown format, wrong length or too many kids.
+    /// Empty, unknown format, wrong length or too many kids or statements.
     Malformed,
+    /// The root chain does not end at the sealed root key.
+    ChainMismatch,
 }
 
-/// The sealed `KEYS` section: `u8 format (1) || u8 n || n x kid (8)`, the
-/// revoked kids oldest first, `n <= MAX_REVOKED_KIDS`.
-pub fn encode_section(revoked: &[[u8; KID_LEN]]) -> Vec<u8> {
+/// Why the root key could not be rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootRotateError {
+    /// Already [`MAX_ROOT_CHAIN`] rotations: re-provision.
+    ChainFull,
+    /// The statement could not be signed.
+    Sign,
+}
+
+/// What the sealed `KEYS` section keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysSection {
+    /// Revoked signing-key ids, oldest first.
+    pub revoked: Vec<[u8; KID_LEN]>,
+    /// Root succession statements, oldest first.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// The sealed `KEYS` section: `u8 format (1) || u8 n || n x kid (8) ||
+/// u8 m || m x (u16be len || statement)`, `n <= MAX_REVOKED_KIDS`,
+/// `m <= MAX_ROOT_CHAIN`, each statement 1 to `MAX_SUCCESSION_LEN` bytes.
+pub fn encode_section(revoked: &[[u8; KID_LEN]], chain: &[Vec<u8>]) -> Vec<u8> {
     let n = revoked.len().min(MAX_REVOKED_KIDS);
-    let mut out = Vec::with_capacity(2 + n * KID_LEN);
+    let mut out = Vec::with_capacity(3 + n * KID_LEN);
     out.push(SECTION_FORMAT);
     out.push(n as u8);
     for kid in &revoked[revoked.len() - n..] {
         out.extend_from_slice(kid);
     }
+    let chain = &chain[..chain.len().min(MAX_ROOT_CHAIN)];
+    out.push(chain.len() as u8);
+    for s in chain {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
     out
 }
 
-/// Decodes [`encode_section`]'s output strictly: exact length, bounded count.
-pub fn decode_section(body: &[u8]) -> Result<Vec<[u8; KID_LEN]>, SectionError> {
-    let [SECTION_FORMAT, n, rest @ ..] = body else { return Err(SectionError::Malformed) };
+/// Decodes [`encode_section`]'s output strictly: exact lengths, bounded counts.
+pub fn decode_section(body: &[u8]) -> Result<KeysSection, SectionError> {
+    let bad = SectionError::Malformed;
+    let [SECTION_FORMAT, n, rest @ ..] = body else { return Err(bad) };
     let n = usize::from(*n);
-    if n > MAX_REVOKED_KIDS || rest.len() != n * KID_LEN {
-        return Err(SectionError::Malformed);
+    if n > MAX_REVOKED_KIDS || rest.len() < n * KID_LEN {
+        return Err(bad);
     }
-    Ok(rest
+    let (kids, rest) = rest.split_at(n * KID_LEN);
+    let revoked = kids
         .chunks_exact(KID_LEN)
         .map(|c| {
             let mut kid = [0u8; KID_LEN];
             kid.copy_from_slice(c);
             kid
         })
-        .collect())
+        .collect();
+    let [m, tail @ ..] = rest else { return Err(bad) };
+    let mut rest: &[u8] = tail;
+    if usize::from(*m) > MAX_ROOT_CHAIN {
+        return Err(bad);
+    }
+    let mut chain = Vec::new();
+    for _ in 0..*m {
+        let &[a, b, ref tail @ ..] = rest else { return Err(bad) };
+        let len = usize::from(u16::from_be_bytes([a, b]));
+        if len == 0 || len > MAX_SUCCESSION_LEN || tail.len() < len {
+            return Err(bad);
+        }
+        chain.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(KeysSection { revoked, chain })
 }
 
 /// Rotation timing.
@@ -159,6 +214,9 @@ pub struct KeyRing {
     config: KeyConfig,
     version: u64,
     revoked: Vec<[u8; KID_LEN]>,
+    /// The root succession statements, oldest first (see
+    /// `portcullis_proto::succession`).
+    chain: Vec<Vec<u8>>,
 }
 
 impl KeyRing {
@@ -175,6 +233,7 @@ impl KeyRing {
             config,
             version: 0,
             revoked: Vec::new(),
+            chain: Vec::new(),
         })
     }
 
@@ -267,11 +326,78 @@ impl KeyRing {
         Ok(forced)
     }
 
-    /// Restores the revoked kids an earlier boot sealed (see
-    /// [`decode_section`]).
-    pub fn restore_revoked(&mut self, kids: Vec<[u8; KID_LEN]>) {
-        self.revoked = kids;
+    /// Restores what an earlier boot sealed in the `KEYS` section (see
+    /// [`decode_section`]): the revoked kids, and the root chain, which
+    /// must end at this ring's root (each statement signed by the root
+    /// before it, from the first statement's signer on).
+    pub fn restore(&mut self, section: KeysSection) -> Result<(), SectionError> {
+        if let Some(first) = section.chain.first() {
+            let seen = portcullis_proto::danger::open_unverified(first)
+                .map_err(|_| SectionError::Malformed)?
+                .into_unverified();
+            let body =
+                RootSuccession::from_cbor(&seen.payload).map_err(|_| SectionError::Malformed)?;
+            // The first root is the one the first statement's signer kid
+            // names; its key is not kept, so check the rest of the chain and
+            // that it ends here.
+            let start =
+                VerifyingKey::from_bytes(&body.pubkey).map_err(|_| SectionError::Malformed)?;
+            let (end, _) = succession::follow(start, body.version, &section.chain)
+                .map_err(|_| SectionError::ChainMismatch)?;
+            if end != self.root.verifying_key() {
+                return Err(SectionError::ChainMismatch);
+            }
+        }
+        self.revoked = section.revoked;
         self.revoked.truncate(MAX_REVOKED_KIDS);
+        self.chain = section.chain;
+        Ok(())
+    }
+
+    /// The `KEYS` section body for what this ring keeps.
+    pub fn section(&self) -> Vec<u8> {
+        encode_section(&self.revoked, &self.chain)
+    }
+
+    /// Replaces the root key with one from `seed`: the old root signs the
+    /// statement that the new one succeeds it (version = rotations so far
+    /// + 1, at most [`MAX_ROOT_CHAIN`]), and the keyset version goes up.
+    /// Returns the new root's kid.
+    pub fn rotate_root(
+        &mut self,
+        seed: &[u8; 32],
+        now: u64,
+    ) -> Result<[u8; KID_LEN], RootRotateError> {
+        if self.chain.len() >= MAX_ROOT_CHAIN {
+            return Err(RootRotateError::ChainFull);
+        }
+        let new = SigningKey::from_bytes(seed);
+        let body = RootSuccession {
+            version: self.chain.len() as u64 + 1,
+            issued_at: now,
+            pubkey: new.verifying_key().to_bytes(),
+        };
+        let statement = succession::sign(&self.root, &body).map_err(|_| RootRotateError::Sign)?;
+        self.chain.push(statement);
+        self.root_kid = kid_for(&new.verifying_key());
+        self.root = new;
+        self.version = self.version.saturating_add(1);
+        Ok(self.root_kid)
+    }
+
+    /// The root succession statements, oldest first.
+    pub fn root_chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// Whether `kid` names this ring's root key or one it succeeded (what
+    /// an admin command's `state_id` may be).
+    pub fn is_root_kid(&self, kid: &[u8]) -> bool {
+        kid == self.root_kid
+            || self.chain.iter().any(|s| {
+                portcullis_proto::danger::open_unverified(s)
+                    .is_ok_and(|o| o.get_unverified().kid == kid)
+            })
     }
 
     /// The revoked kids, oldest first.
@@ -326,6 +452,7 @@ impl KeyRing {
                     not_after: s.not_after,
                 })
                 .collect(),
+            root_chain: (!self.chain.is_empty()).then(|| self.chain.clone()),
         }
     }
 
@@ -454,20 +581,58 @@ mod tests {
     #[test]
     fn keys_section_round_trips_and_is_strict() {
         let kids = [[1u8; KID_LEN], [2; KID_LEN]];
-        let body = encode_section(&kids);
-        assert_eq!(decode_section(&body), Ok(kids.to_vec()));
-        assert_eq!(decode_section(&encode_section(&[])), Ok(Vec::new()));
+        let chain = alloc::vec![alloc::vec![9u8; 3]];
+        let body = encode_section(&kids, &chain);
+        let want = KeysSection { revoked: kids.to_vec(), chain: chain.clone() };
+        assert_eq!(decode_section(&body), Ok(want));
+        assert_eq!(decode_section(&encode_section(&[], &[])), Ok(KeysSection::default()));
         for bad in [
             &[][..],
             &body[..body.len() - 1],
-            &[2, 0][..],
-            &[1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[body.as_slice(), &[0]].concat()[..],
+            &[2, 0, 0][..],
+            &[1, 0][..],
+            &[1, 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
             &[1, 33][..],
+            &[1, 0, 9][..],
+            &[1, 0, 1, 0, 0][..],
         ] {
             assert_eq!(decode_section(bad), Err(SectionError::Malformed), "{bad:?}");
         }
         let many = [[7u8; KID_LEN]; MAX_REVOKED_KIDS + 3];
-        assert_eq!(decode_section(&encode_section(&many)).unwrap().len(), MAX_REVOKED_KIDS);
+        let back = decode_section(&encode_section(&many, &[])).unwrap();
+        assert_eq!(back.revoked.len(), MAX_REVOKED_KIDS);
+    }
+
+    #[test]
+    fn root_rotation_chains_from_the_old_root_and_is_bounded() {
+        let mut r = ring();
+        r.rotate(&[2; 32], 1000);
+        let first = r.root_public();
+        let first_kid = *r.root().1;
+        let v = r.version();
+        let kid = r.rotate_root(&[8; 32], 1100).unwrap();
+        assert_eq!(&kid, r.root().1);
+        assert!(r.version() > v);
+        assert!(r.is_root_kid(&first_kid) && r.is_root_kid(&kid) && !r.is_root_kid(b"other"));
+        assert_eq!(
+            succession::follow(first, 0, r.root_chain()),
+            Ok((r.root_public(), 1)),
+            "a verifier pinned to the first root reaches the new one"
+        );
+        assert_eq!(r.keyset_body(1100).root_chain.as_deref(), Some(r.root_chain()));
+        // The chain survives the section, and must end at the sealed root.
+        let section = decode_section(&r.section()).unwrap();
+        let mut again = KeyRing::new(&[8; 32], KeyConfig::default()).unwrap();
+        assert_eq!(again.restore(section.clone()), Ok(()));
+        assert_eq!(again.root_chain(), r.root_chain());
+        let mut other = ring();
+        assert_eq!(other.restore(section), Err(SectionError::ChainMismatch));
+        for i in 1..MAX_ROOT_CHAIN as u8 {
+            r.rotate_root(&[10 + i; 32], 1200).unwrap();
+        }
+        assert_eq!(r.rotate_root(&[99; 32], 1300), Err(RootRotateError::ChainFull));
+        assert_eq!(succession::follow(first, 0, r.root_chain()).unwrap().0, r.root_public());
     }
 
     #[test]

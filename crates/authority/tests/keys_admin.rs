@@ -240,16 +240,93 @@ fn revoked_kids_are_sealed_in_the_keys_section() {
     assert_eq!(admin(&mut a, &c, T0 + 1).0, AdminResult::Ok);
     let st = sealed::unseal(&a.export(&kek).unwrap(), &kek).unwrap();
     let body = st.section(sealed::section::KEYS).expect("a KEYS section");
-    assert_eq!(decode_section(body).unwrap(), vec![<[u8; 8]>::try_from(kid_of(&tok)).unwrap()]);
+    let want = vec![<[u8; 8]>::try_from(kid_of(&tok)).unwrap()];
+    assert_eq!(decode_section(body).unwrap().revoked, want);
     let mut b = seeded_from(st.clone());
     let tok2 = issue(&mut b, T0 + 2);
     let c = AdminCommand { kid: Some(kid_of(&tok2)), ..command(&b, 2, AdminOp::KeyRevoke) };
     assert_eq!(admin(&mut b, &c, T0 + 3).0, AdminResult::Ok);
     let st2 = sealed::unseal(&b.export(&kek).unwrap(), &kek).unwrap();
     let kids = decode_section(st2.section(sealed::section::KEYS).unwrap()).unwrap();
-    assert_eq!(kids.len(), 2, "the restored list grows, nothing is lost across a restart");
+    assert_eq!(kids.revoked.len(), 2, "the restored list grows, nothing is lost across a restart");
     // A malformed section is refused at start, never half-read.
     let mut broken = st;
     broken.set_section(sealed::section::KEYS, Some(vec![1, 2, 0]));
     assert!(Authority::new(Config::default(), broken, T0).is_err());
+}
+
+#[test]
+fn root_rotation_chains_seals_and_keeps_the_admin_channel() {
+    use portcullis_authority::audit::verify_chain;
+    use portcullis_proto::succession;
+    let kek = [7u8; 32];
+    let mut a = seeded();
+    let old_root = a.root_public();
+    let tok = issue(&mut a, T0);
+    let c = command(&a, 1, AdminOp::RootRotate);
+    let (r, rec) = admin(&mut a, &c, T0 + 1);
+    assert_eq!(r, AdminResult::Ok);
+    let new_root = a.root_public();
+    assert_ne!(new_root, old_root);
+    assert_eq!(meta(&rec, "command"), Some("root_rotate"));
+    assert_eq!(meta(&rec, "root_pubkey"), Some(hex::encode(new_root.to_bytes()).as_str()));
+    // The keyset is signed by the new root and carries the chain from the old one.
+    let req: Message = KeysetReq { request_id: RequestId([9; 16]) }.into();
+    let out = a.handle(&policy_pd(), &req, T0 + 2, b"");
+    let Some(Message::Keyset(k)) = out.response else { panic!("no keyset") };
+    let seen = danger::open_unverified(&k.signed).unwrap().into_unverified();
+    assert_eq!(seen.kid, kid_for(&new_root).to_vec());
+    let chain = KeysetBody::from_cbor(&seen.payload).unwrap().root_chain.unwrap();
+    assert_eq!(succession::follow(old_root, 0, &chain), Ok((new_root, 1)));
+    // The record's fields and signature rebuild the statement.
+    let sig: [u8; 64] = hex::decode(meta(&rec, "root_sig").unwrap()).unwrap().try_into().unwrap();
+    let rebuilt = cose::rebuild(
+        &kid_for(&old_root),
+        ContentType::RootSuccession,
+        &danger::open_unverified(&chain[0]).unwrap().into_unverified().payload,
+        &sig,
+    );
+    assert_eq!(rebuilt, chain[0]);
+    // Tokens of the signing key still verify: only the root changed.
+    assert_eq!(verify(&a, &tok, T0 + 2), Ok(()));
+    // Admin commands naming the old root (root.pub of provisioning) or the
+    // new one still apply; a replay does not.
+    let by_old = command(&a, 2, AdminOp::KeyRotate);
+    assert_eq!(by_old.state_id, kid_for(&new_root).to_vec());
+    let by_old = AdminCommand { state_id: kid_for(&old_root).to_vec(), ..by_old };
+    assert_eq!(admin(&mut a, &by_old, T0 + 3).0, AdminResult::Ok);
+    assert_eq!(admin(&mut a, &c, T0 + 4).0, AdminResult::Replay);
+    let other = AdminCommand { state_id: vec![1; 8], ..command(&a, 9, AdminOp::KeyRotate) };
+    assert_eq!(admin(&mut a, &other, T0 + 4).0, AdminResult::Replay);
+    // Seals after the rotation are by the new root, not the old one.
+    let req = TokenIssueReq {
+        request_id: RequestId([0x77; 16]),
+        vm_id: "policy_pd".into(),
+        requested_scope: ScopeSet::single(Scope::NetRead),
+        audience: "fw0".into(),
+        justification: "test".into(),
+        nonce: vec![3; 16],
+        timestamp: T0 + 4,
+        ttl: None,
+        attestation: None,
+        metadata: None,
+    };
+    a.handle(&policy_pd(), &req.into(), T0 + 4, b"");
+    let items = pending_items(&a);
+    assert_eq!(items.len(), 2, "one record, one seal");
+    assert!(verify_chain(&items, &[new_root]).is_ok());
+    assert!(verify_chain(&items, &[old_root]).is_err());
+    // Sealed: the new root and the chain; a restart continues from them.
+    let st = sealed::unseal(&a.export(&kek).unwrap(), &kek).unwrap();
+    let b = seeded_from(st);
+    assert_eq!(b.root_public(), new_root);
+    let mut b = b;
+    let c = command(&b, 10, AdminOp::RootRotate);
+    assert_eq!(admin(&mut b, &c, T0 + 5).0, AdminResult::Ok);
+    let req: Message = KeysetReq { request_id: RequestId([9; 16]) }.into();
+    let out = b.handle(&policy_pd(), &req, T0 + 6, b"");
+    let Some(Message::Keyset(k)) = out.response else { panic!("no keyset") };
+    let seen = danger::open_unverified(&k.signed).unwrap().into_unverified();
+    let chain = KeysetBody::from_cbor(&seen.payload).unwrap().root_chain.unwrap();
+    assert_eq!(succession::follow(old_root, 0, &chain), Ok((b.root_public(), 2)));
 }

@@ -290,6 +290,7 @@ pub fn keyset_body() -> KeysetBody {
                 not_after: T0 + 3600,
             },
         ],
+        root_chain: None,
     }
 }
 
