@@ -103,6 +103,10 @@ pub enum AdminCmd {
         #[arg(long)]
         kid: String,
     },
+    /// Rotate the root key: cryptod makes a new one, which the old one
+    /// vouches for in a succession statement published with every keyset
+    /// and recorded in the audit log; verifiers pinned to root.pub follow it.
+    RootRotate,
     /// Revoke one token by its id: it joins the revocation list.
     TokenRevoke {
         /// The token id (`cti`), hex (`portcullis token inspect` shows it).
@@ -275,9 +279,10 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             c.code_hashes = Some(hashes);
             shown = Some((codes, recovery_out.clone()));
         }
-        AdminCmd::KeyRotate | AdminCmd::KeyRevoke { .. } | AdminCmd::TokenRevoke { .. } => {
-            key_command(&args.command, &mut c)?
-        }
+        AdminCmd::KeyRotate
+        | AdminCmd::KeyRevoke { .. }
+        | AdminCmd::TokenRevoke { .. }
+        | AdminCmd::RootRotate => key_command(&args.command, &mut c)?,
     }
     let req = sign(&secret, &c)?;
     let timeout = Duration::from_secs(args.timeout);
@@ -327,6 +332,7 @@ fn key_command(cmd: &AdminCmd, c: &mut AdminCommand) -> Result<(), Failure> {
     };
     match cmd {
         AdminCmd::KeyRotate => c.command = AdminOp::KeyRotate,
+        AdminCmd::RootRotate => c.command = AdminOp::RootRotate,
         AdminCmd::KeyRevoke { kid } => {
             c.command = AdminOp::KeyRevoke;
             c.kid = Some(bytes("kid", kid, MAX_KID_LEN)?);

@@ -48,6 +48,11 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] revoking a kid no longer published is refused",
         "[ok] token-revoke applied",
         "[ok] the revoked token is refused by a verifier",
+        "[ok] root-rotate applied",
+        "[ok] a verifier pinned to the old root follows the chain to the new one",
+        "[ok] admin commands naming the old root.pub still apply",
+        "[ok] after root-rotate the unlocker still unlocks",
+        "root chain: followed 1 root rotation(s)",
         // Every area's checks: none failed (the total is the sum of the areas').
         " passed, 0 failed",
     ] {

@@ -2,8 +2,12 @@
 //! signing-key rotation on demand (the new kid signs, a token of the old
 //! key still verifies through the overlap), the old kid revoked (a verifier
 //! that fetches the keyset refuses that token at once, the new key's token
-//! still verifies), and one token revoked by its cti from dom0 (the same
-//! verifier refuses it after fetching the revocation list).
+//! still verifies), one token revoked by its cti from dom0 (the same
+//! verifier refuses it after fetching the revocation list), and a root
+//! rotation (the verifier, the unlocker and the unlock agent, all pinned
+//! to the provisioned root.pub, follow the chain; the unlocker still
+//! unlocks; the scenario's final audit check verifies the log with the
+//! provisioned root.pub).
 //!
 //! Tokens come from the world's `policy_pd` domain (the ACL grants it
 //! `net:read` for `netd`), asked from this process; the verifier is the
@@ -134,6 +138,34 @@ pub(crate) fn steps(cx: &mut Ctx) -> Result<(), Failure> {
     let v = c.verify(&new)?;
     cx.check("the revoked token is refused by a verifier", v == Err(VerifyError::Revoked));
 
-    cx.audited.extend(["key_rotate", "key_revoke", "token_revoke"]);
+    // 4. Rotate the root: the unlocker and the agent, pinned to the
+    // provisioned root.pub, follow the chain the keyset carries (the unlock
+    // works), and the audit log verifies with that root.pub at the end of
+    // the scenario (its root_rotate record leads to the new root).
+    let ok = admin(cx, &["root-rotate"])?;
+    cx.check("root-rotate applied", ok);
+    let fresh = c.token()?.token;
+    let v = c.verify(&fresh)?;
+    cx.check(
+        "a verifier pinned to the old root follows the chain to the new one",
+        v.is_ok() && c.trust.root().1 == 1,
+    );
+    let ok = admin(cx, &["key-rotate"])?;
+    cx.check("admin commands naming the old root.pub still apply", ok);
+    // A TOTP step the operator steps have not used: wait for the next step
+    // to begin, then use the one after it.
+    let wait = 30 - crate::demo::unix_now() % 30;
+    std::thread::sleep(std::time::Duration::from_secs(wait + 1));
+    let code = crate::demo::code_from_uri(&cx.uri, crate::demo::unix_now() + 30)?;
+    let mut unlocker = cx.demo.guest("unlocker")?;
+    unlocker.wait_for("unlocker: ready", 0, cx.demo.step)?;
+    let n = unlocker.count();
+    unlocker.type_line(&code)?;
+    let (_, _, l) = unlocker.wait_any(&["refused:", "unlocked"], n, cx.demo.step)?;
+    cx.check("after root-rotate the unlocker still unlocks", l.contains("unlocked"));
+    let _ = unlocker.wait_exit(cx.demo.step);
+    cx.demo.reap(&mut unlocker);
+
+    cx.audited.extend(["key_rotate", "key_revoke", "token_revoke", "root_rotate"]);
     Ok(())
 }
