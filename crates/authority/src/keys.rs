@@ -360,8 +360,9 @@ impl KeyRing {
     }
 
     /// Replaces the root key with one from `seed`: the old root signs the
-    /// statement that the new one succeeds it (version = rotations so far
-    /// + 1, at most [`MAX_ROOT_CHAIN`]), and the keyset version goes up.
+    /// statement that the new one succeeds it (its version is one more
+    /// than the rotations so far, at most [`MAX_ROOT_CHAIN`]), and the
+    /// keyset version goes up.
     /// Returns the new root's kid.
     pub fn rotate_root(
         &mut self,
