@@ -360,9 +360,7 @@ impl Authority {
         if let Some(body) = state.section(sealed::section::KEYS) {
             let section = crate::keys::decode_section(body)
                 .map_err(|_| InitError::Config("sealed keys section is malformed"))?;
-            keys.restore(section).map_err(|_| {
-                InitError::Config("sealed root chain does not end at the sealed root key")
-            })?;
+            keys.restore(section);
         }
         let mut failures =
             FailureLimiter::new(config.rate_limit, state.operators.iter().map(|o| o.id.clone()));
@@ -1099,8 +1097,9 @@ impl Authority {
         }
         ev = key_meta(ev, &c, self.keys.signer(now).map(|(_, kid)| &kid[..]), result);
         if c.command == msg::AdminOp::RootRotate && result == AdminResult::Ok {
-            if let Some(statement) = self.keys.root_chain().last() {
-                ev = succession_meta(ev, statement);
+            if let Some(statement) = self.keys.last_succession() {
+                let n = self.keys.root_version();
+                ev = succession_meta(ev, n, now, &self.keys.root_public(), statement);
             }
         }
         if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
@@ -1615,16 +1614,12 @@ fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminRes
 /// A root rotation's record carries the succession statement as its
 /// fields and signature (`portcullis_proto::cose::rebuild` makes the
 /// statement again), so the audit log alone leads a verifier from the old
-/// root to the new one.
-fn succession_meta(ev: Event, statement: &[u8]) -> Event {
-    let Ok(seen) = portcullis_proto::danger::open_unverified(statement) else { return ev };
-    let Ok(body) = msg::RootSuccession::from_cbor(&seen.get_unverified().payload) else {
-        return ev;
-    };
+/// root to the new one. The rotation happened at `now`, to version `n`.
+fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement: &[u8]) -> Event {
     let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
-    ev.meta("root_version", &body.version.to_string())
-        .meta("root_issued_at", &body.issued_at.to_string())
-        .meta("root_pubkey", &hex(&body.pubkey))
+    ev.meta("root_version", &n.to_string())
+        .meta("root_issued_at", &now.to_string())
+        .meta("root_pubkey", &hex(root.as_bytes()))
         .meta("root_sig", &hex(sig))
 }
 

@@ -60,8 +60,6 @@ pub enum RevokeKeyError {
 pub enum SectionError {
     /// Empty, unknown format, wrong length or too many kids or statements.
     Malformed,
-    /// The root chain does not end at the sealed root key.
-    ChainMismatch,
 }
 
 /// Why the root key could not be rotated.
@@ -78,14 +76,16 @@ pub enum RootRotateError {
 pub struct KeysSection {
     /// Revoked signing-key ids, oldest first.
     pub revoked: Vec<[u8; KID_LEN]>,
-    /// Root succession statements, oldest first.
-    pub chain: Vec<Vec<u8>>,
+    /// Root succession statements, oldest first, each with the kid of
+    /// the root that signed it.
+    pub chain: Vec<([u8; KID_LEN], Vec<u8>)>,
 }
 
 /// The sealed `KEYS` section: `u8 format (1) || u8 n || n x kid (8) ||
-/// u8 m || m x (u16be len || statement)`, `n <= MAX_REVOKED_KIDS`,
-/// `m <= MAX_ROOT_CHAIN`, each statement 1 to `MAX_SUCCESSION_LEN` bytes.
-pub fn encode_section(revoked: &[[u8; KID_LEN]], chain: &[Vec<u8>]) -> Vec<u8> {
+/// u8 m || m x (signer kid (8) || u16be len || statement)`,
+/// `n <= MAX_REVOKED_KIDS`, `m <= MAX_ROOT_CHAIN`, each statement 1 to
+/// `MAX_SUCCESSION_LEN` bytes.
+pub fn encode_section(revoked: &[[u8; KID_LEN]], chain: &[([u8; KID_LEN], Vec<u8>)]) -> Vec<u8> {
     let n = revoked.len().min(MAX_REVOKED_KIDS);
     let mut out = Vec::with_capacity(3 + n * KID_LEN);
     out.push(SECTION_FORMAT);
@@ -95,7 +95,8 @@ pub fn encode_section(revoked: &[[u8; KID_LEN]], chain: &[Vec<u8>]) -> Vec<u8> {
     }
     let chain = &chain[..chain.len().min(MAX_ROOT_CHAIN)];
     out.push(chain.len() as u8);
-    for s in chain {
+    for (kid, s) in chain {
+        out.extend_from_slice(kid);
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s);
     }
@@ -126,12 +127,18 @@ pub fn decode_section(body: &[u8]) -> Result<KeysSection, SectionError> {
     }
     let mut chain = Vec::new();
     for _ in 0..*m {
-        let &[a, b, ref tail @ ..] = rest else { return Err(bad) };
-        let len = usize::from(u16::from_be_bytes([a, b]));
+        if rest.len() < KID_LEN + 2 {
+            return Err(bad);
+        }
+        let (kid, tail) = rest.split_at(KID_LEN);
+        let (len, tail) = tail.split_at(2);
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
         if len == 0 || len > MAX_SUCCESSION_LEN || tail.len() < len {
             return Err(bad);
         }
-        chain.push(tail[..len].to_vec());
+        let mut signer = [0u8; KID_LEN];
+        signer.copy_from_slice(kid);
+        chain.push((signer, tail[..len].to_vec()));
         rest = &tail[len..];
     }
     if !rest.is_empty() {
@@ -214,9 +221,9 @@ pub struct KeyRing {
     config: KeyConfig,
     version: u64,
     revoked: Vec<[u8; KID_LEN]>,
-    /// The root succession statements, oldest first (see
-    /// `portcullis_proto::succession`).
-    chain: Vec<Vec<u8>>,
+    /// The root succession statements, oldest first, each with the kid of
+    /// the root that signed it (see `portcullis_proto::succession`).
+    chain: Vec<([u8; KID_LEN], Vec<u8>)>,
 }
 
 impl KeyRing {
@@ -327,31 +334,14 @@ impl KeyRing {
     }
 
     /// Restores what an earlier boot sealed in the `KEYS` section (see
-    /// [`decode_section`]): the revoked kids, and the root chain, which
-    /// must end at this ring's root (each statement signed by the root
-    /// before it, from the first statement's signer on).
-    pub fn restore(&mut self, section: KeysSection) -> Result<(), SectionError> {
-        if let Some(first) = section.chain.first() {
-            let seen = portcullis_proto::danger::open_unverified(first)
-                .map_err(|_| SectionError::Malformed)?
-                .into_unverified();
-            let body =
-                RootSuccession::from_cbor(&seen.payload).map_err(|_| SectionError::Malformed)?;
-            // The first root is the one the first statement's signer kid
-            // names; its key is not kept, so check the rest of the chain and
-            // that it ends here.
-            let start =
-                VerifyingKey::from_bytes(&body.pubkey).map_err(|_| SectionError::Malformed)?;
-            let (end, _) = succession::follow(start, body.version, &section.chain)
-                .map_err(|_| SectionError::ChainMismatch)?;
-            if end != self.root.verifying_key() {
-                return Err(SectionError::ChainMismatch);
-            }
-        }
+    /// [`decode_section`], which bounded it): the revoked kids and the root
+    /// chain. The section is authenticated with the rest of the sealed
+    /// state; cryptod does not parse the statements (verifiers check them).
+    pub fn restore(&mut self, section: KeysSection) {
         self.revoked = section.revoked;
         self.revoked.truncate(MAX_REVOKED_KIDS);
         self.chain = section.chain;
-        Ok(())
+        self.chain.truncate(MAX_ROOT_CHAIN);
     }
 
     /// The `KEYS` section body for what this ring keeps.
@@ -379,7 +369,7 @@ impl KeyRing {
             pubkey: new.verifying_key().to_bytes(),
         };
         let statement = succession::sign(&self.root, &body).map_err(|_| RootRotateError::Sign)?;
-        self.chain.push(statement);
+        self.chain.push((self.root_kid, statement));
         self.root_kid = kid_for(&new.verifying_key());
         self.root = new;
         self.version = self.version.saturating_add(1);
@@ -387,18 +377,24 @@ impl KeyRing {
     }
 
     /// The root succession statements, oldest first.
-    pub fn root_chain(&self) -> &[Vec<u8>] {
-        &self.chain
+    pub fn root_chain(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// How many times the root was rotated (the current root's version).
+    pub fn root_version(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// The newest succession statement, if the root was ever rotated.
+    pub fn last_succession(&self) -> Option<&[u8]> {
+        self.chain.last().map(|(_, s)| s.as_slice())
     }
 
     /// Whether `kid` names this ring's root key or one it succeeded (what
     /// an admin command's `state_id` may be).
     pub fn is_root_kid(&self, kid: &[u8]) -> bool {
-        kid == self.root_kid
-            || self.chain.iter().any(|s| {
-                portcullis_proto::danger::open_unverified(s)
-                    .is_ok_and(|o| o.get_unverified().kid == kid)
-            })
+        kid == self.root_kid || self.chain.iter().any(|(k, _)| k == kid)
     }
 
     /// The revoked kids, oldest first.
@@ -453,7 +449,7 @@ impl KeyRing {
                     not_after: s.not_after,
                 })
                 .collect(),
-            root_chain: (!self.chain.is_empty()).then(|| self.chain.clone()),
+            root_chain: (!self.chain.is_empty()).then(|| self.root_chain()),
         }
     }
 
@@ -582,7 +578,7 @@ mod tests {
     #[test]
     fn keys_section_round_trips_and_is_strict() {
         let kids = [[1u8; KID_LEN], [2; KID_LEN]];
-        let chain = alloc::vec![alloc::vec![9u8; 3]];
+        let chain = alloc::vec![([5u8; KID_LEN], alloc::vec![9u8; 3])];
         let body = encode_section(&kids, &chain);
         let want = KeysSection { revoked: kids.to_vec(), chain: chain.clone() };
         assert_eq!(decode_section(&body), Ok(want));
@@ -597,6 +593,7 @@ mod tests {
             &[1, 33][..],
             &[1, 0, 9][..],
             &[1, 0, 1, 0, 0][..],
+            &[1, 0, 1, 5, 5, 5, 5, 5, 5, 5, 5, 0, 0][..],
         ] {
             assert_eq!(decode_section(bad), Err(SectionError::Malformed), "{bad:?}");
         }
@@ -617,23 +614,22 @@ mod tests {
         assert!(r.version() > v);
         assert!(r.is_root_kid(&first_kid) && r.is_root_kid(&kid) && !r.is_root_kid(b"other"));
         assert_eq!(
-            succession::follow(first, 0, r.root_chain()),
+            succession::follow(first, 0, &r.root_chain()),
             Ok((r.root_public(), 1)),
             "a verifier pinned to the first root reaches the new one"
         );
-        assert_eq!(r.keyset_body(1100).root_chain.as_deref(), Some(r.root_chain()));
-        // The chain survives the section, and must end at the sealed root.
+        assert_eq!(r.keyset_body(1100).root_chain, Some(r.root_chain()));
+        // The chain survives the section, and so do the roots it names.
         let section = decode_section(&r.section()).unwrap();
         let mut again = KeyRing::new(&[8; 32], KeyConfig::default()).unwrap();
-        assert_eq!(again.restore(section.clone()), Ok(()));
+        again.restore(section);
         assert_eq!(again.root_chain(), r.root_chain());
-        let mut other = ring();
-        assert_eq!(other.restore(section), Err(SectionError::ChainMismatch));
+        assert!(again.is_root_kid(&first_kid));
         for i in 1..MAX_ROOT_CHAIN as u8 {
             r.rotate_root(&[10 + i; 32], 1200).unwrap();
         }
         assert_eq!(r.rotate_root(&[99; 32], 1300), Err(RootRotateError::ChainFull));
-        assert_eq!(succession::follow(first, 0, r.root_chain()).unwrap().0, r.root_public());
+        assert_eq!(succession::follow(first, 0, &r.root_chain()).unwrap().0, r.root_public());
     }
 
     #[test]
