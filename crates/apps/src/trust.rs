@@ -26,6 +26,8 @@ pub enum TrustError {
     Rollback,
     /// A key entry with an unusable public key or algorithm.
     BadKey,
+    /// The keyset's root chain does not lead from the pinned root.
+    Chain(portcullis_proto::succession::ChainError),
 }
 
 impl fmt::Display for TrustError {
@@ -35,6 +37,7 @@ impl fmt::Display for TrustError {
             TrustError::Malformed => f.write_str("malformed payload"),
             TrustError::Rollback => f.write_str("older than the one held"),
             TrustError::BadKey => f.write_str("unusable key entry"),
+            TrustError::Chain(e) => write!(f, "root chain: {e}"),
         }
     }
 }
@@ -49,10 +52,15 @@ impl core::error::Error for TrustError {
 }
 
 /// What a verifier trusts: the root key, and the newest keyset and
-/// revocation list it signed.
+/// revocation list it signed. The root is the pinned one until a keyset
+/// carries a root chain that leads from it to a newer root (see
+/// `portcullis_proto::succession`) and is signed by that newer root: then
+/// the newer root is pinned instead.
 pub struct Trust {
     root: VerifyingKey,
     root_kid: Vec<u8>,
+    /// The pinned root's succession version (0: the provisioned root).
+    root_version: u64,
     keyset: Keyset,
     keyset_version: Option<u64>,
     revoked: RevokedSet,
@@ -65,6 +73,7 @@ impl Trust {
         Trust {
             root,
             root_kid: root_kid.to_vec(),
+            root_version: 0,
             keyset: Keyset::default(),
             keyset_version: None,
             revoked: RevokedSet::default(),
@@ -82,8 +91,25 @@ impl Trust {
 
     /// Role a signed keyset (the `signed` field of a `keyset` message).
     pub fn accept_keyset(&mut self, signed: &[u8]) -> Result<(), TrustError> {
-        let body = KeysetBody::from_cbor(&self.open(signed, ContentType::Keyset)?)
-            .map_err(|_| TrustError::Malformed)?;
+        // The chain is read before the signature is checked: only to find
+        // the root to check it with, which the chain must lead to from the
+        // pinned one (each statement verified).
+        let seen = portcullis_proto::danger::open_unverified(signed)
+            .map_err(TrustError::Signature)?
+            .into_unverified();
+        let chain = KeysetBody::from_cbor(&seen.payload)
+            .map_err(|_| TrustError::Malformed)?
+            .root_chain
+            .unwrap_or_default();
+        let (root, root_version) =
+            portcullis_proto::succession::follow(self.root, self.root_version, &chain)
+                .map_err(TrustError::Chain)?;
+        let kid = portcullis_proto::key::kid_for(&root);
+        let payload = cose::verify(signed, ContentType::Keyset, |k| (k == kid).then_some(root))
+            .map_err(TrustError::Signature)?
+            .into_inner()
+            .payload;
+        let body = KeysetBody::from_cbor(&payload).map_err(|_| TrustError::Malformed)?;
         if self.keyset_version.is_some_and(|v| body.version < v) {
             return Err(TrustError::Rollback);
         }
@@ -94,6 +120,9 @@ impl Trust {
         }
         self.keyset = keys;
         self.keyset_version = Some(body.version);
+        if root_version > self.root_version {
+            (self.root, self.root_kid, self.root_version) = (root, kid.to_vec(), root_version);
+        }
         Ok(())
     }
 
@@ -154,6 +183,12 @@ impl Trust {
     /// The revoked token ids.
     pub fn revoked(&self) -> &RevokedSet {
         &self.revoked
+    }
+
+    /// The pinned root key and its succession version (0: the provisioned
+    /// root).
+    pub fn root(&self) -> (&VerifyingKey, u64) {
+        (&self.root, self.root_version)
     }
 
     /// Whether a keyset has been accepted.

@@ -174,6 +174,20 @@ pub enum Command {
         /// The new codes' hashes.
         codes: Vec<RecoveryHash>,
     },
+    /// Rotate the token signing key now.
+    KeyRotate,
+    /// Revoke a published token signing key.
+    KeyRevoke {
+        /// Its kid.
+        kid: Vec<u8>,
+    },
+    /// Rotate the root key.
+    RootRotate,
+    /// Revoke one token.
+    TokenRevoke {
+        /// Its cti.
+        cti: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -182,6 +196,12 @@ impl Command {
     pub fn from_wire(c: &AdminCommand) -> Result<Command, &'static str> {
         let enrol = c.secret.is_some() || c.algorithm.is_some() || c.digits.is_some();
         let operator = || c.operator_id.clone().ok_or("operator_id is required");
+        if let Some(keys) = Command::keys_from_wire(c, enrol) {
+            return keys;
+        }
+        if c.kid.is_some() || c.cti.is_some() {
+            return Err("kid and cti belong to the key commands");
+        }
         match c.command {
             AdminOp::OperatorAdd | AdminOp::OperatorReset => {
                 let (Some(secret), Some(alg), Some(digits), Some(confirm)) =
@@ -218,7 +238,37 @@ impl Command {
                 let codes = c.code_hashes.clone().ok_or("code_hashes is required")?;
                 Ok(Command::RecoveryRegenerate { id: operator()?, codes })
             }
+            AdminOp::KeyRotate
+            | AdminOp::KeyRevoke
+            | AdminOp::TokenRevoke
+            | AdminOp::RootRotate => Err("not an operator command"),
         }
+    }
+
+    /// The key commands (`None`: not one): each takes only its own field.
+    fn keys_from_wire(c: &AdminCommand, enrol: bool) -> Option<Result<Command, &'static str>> {
+        let extra =
+            enrol || c.operator_id.is_some() || c.confirm_code.is_some() || c.code_hashes.is_some();
+        let (kid, cti) = (c.kid.clone(), c.cti.clone());
+        Some(match c.command {
+            AdminOp::KeyRotate if extra || kid.is_some() || cti.is_some() => {
+                Err("key_rotate takes no fields")
+            }
+            AdminOp::KeyRotate => Ok(Command::KeyRotate),
+            AdminOp::RootRotate if extra || kid.is_some() || cti.is_some() => {
+                Err("root_rotate takes no fields")
+            }
+            AdminOp::RootRotate => Ok(Command::RootRotate),
+            AdminOp::KeyRevoke => match kid {
+                Some(kid) if !extra && cti.is_none() => Ok(Command::KeyRevoke { kid }),
+                _ => Err("key_revoke takes only kid"),
+            },
+            AdminOp::TokenRevoke => match cti {
+                Some(cti) if !extra && kid.is_none() => Ok(Command::TokenRevoke { cti }),
+                _ => Err("token_revoke takes only cti"),
+            },
+            _ => return None,
+        })
     }
 }
 

@@ -373,6 +373,11 @@ impl Authority {
         }
         let mut keys = KeyRing::new(&state.root_key, config.keys).map_err(InitError::Keys)?;
         keys.resume_version(state.keyset_version);
+        if let Some(body) = state.section(sealed::section::KEYS) {
+            let section = crate::keys::decode_section(body)
+                .map_err(|_| InitError::Config("sealed keys section is malformed"))?;
+            keys.restore(section);
+        }
         let mut failures =
             FailureLimiter::new(config.rate_limit, state.operators.iter().map(|o| o.id.clone()));
         for (id, count, locked_until) in &state.failures {
@@ -1127,12 +1132,23 @@ impl Authority {
             AdminResult::Unavailable => AuditResult::Error,
             _ => AuditResult::Denied,
         };
-        let mut ev = base(audit)
-            .target(c.operator_id.as_deref().unwrap_or(""))
-            .meta("command", c.command.as_str())
-            .meta("admin_seq", &c.admin_seq.to_string());
+        // A command about no operator has no target of that kind (an empty
+        // target is not a valid record; the key commands name theirs below).
+        let mut ev = base(audit);
+        if let Some(id) = c.operator_id.as_deref() {
+            ev = ev.target(id);
+        }
+        let mut ev =
+            ev.meta("command", c.command.as_str()).meta("admin_seq", &c.admin_seq.to_string());
         if !reason.is_empty() {
             ev = ev.meta("reason", reason);
+        }
+        ev = key_meta(ev, &c, self.keys.signer(now).map(|(_, kid)| &kid[..]), result);
+        if c.command == msg::AdminOp::RootRotate && result == AdminResult::Ok {
+            if let Some(statement) = self.keys.last_succession() {
+                let n = self.keys.root_version();
+                ev = succession_meta(ev, n, now, &self.keys.root_public(), statement);
+            }
         }
         if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
             if result == AdminResult::Ok {
@@ -1161,7 +1177,7 @@ impl Authority {
         if c.request_id != r.request_id {
             return (AdminResult::Invalid, "request_id differs from the signed one");
         }
-        if c.state_id.as_slice() != self.keys.root().1 {
+        if !self.keys.is_root_kid(&c.state_id) {
             return (AdminResult::Replay, "command is for another cryptod (state_id)");
         }
         if c.admin_seq <= self.admin_seq {
@@ -1226,7 +1242,61 @@ impl Authority {
                 self.recovery.set(&id, codes);
                 Ok(())
             }
+            Command::KeyRotate
+            | Command::KeyRevoke { .. }
+            | Command::TokenRevoke { .. }
+            | Command::RootRotate => self.apply_keys(cmd, now),
         }
+    }
+
+    /// The key commands: rotate now, revoke a kid (it leaves the keyset at
+    /// once; the active key is rotated out first), revoke a token by cti.
+    /// Revoked kids are sealed in the `KEYS` section.
+    fn apply_keys(&mut self, cmd: Command, now: u64) -> Result<(), (AdminResult, &'static str)> {
+        let no_seed = (AdminResult::Unavailable, "no randomness for a new signing key");
+        match cmd {
+            Command::KeyRotate => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys.rotate(&seed, now);
+            }
+            Command::KeyRevoke { kid } => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys
+                    .revoke(&kid, &seed, now)
+                    .map_err(|_| (AdminResult::Denied, "no published signing key has this kid"))?;
+                self.keep_keys_section();
+            }
+            Command::RootRotate => {
+                let seed = self.drbg.bytes::<32>().map_err(|_| no_seed)?;
+                self.keys.rotate_root(&seed, now).map_err(|e| match e {
+                    crate::keys::RootRotateError::ChainFull => {
+                        (AdminResult::Denied, "root chain is full (re-provision)")
+                    }
+                    crate::keys::RootRotateError::Sign => {
+                        (AdminResult::Unavailable, "succession could not be signed")
+                    }
+                })?;
+                // The new root is what is sealed from now on.
+                *self.root_seed = *seed;
+                self.keep_keys_section();
+            }
+            Command::TokenRevoke { cti } => {
+                let exp = now.saturating_add(token::MAX_LIFETIME_SECS);
+                self.revocations
+                    .revoke(&cti, exp, now)
+                    .map_err(|_| (AdminResult::Unavailable, "revocation list is full"))?;
+            }
+            _ => return Err((AdminResult::Invalid, "not a key command")),
+        }
+        Ok(())
+    }
+
+    /// Puts the key ring's `KEYS` section into the sections to seal.
+    fn keep_keys_section(&mut self) {
+        let (tag, body) = (sealed::section::KEYS, self.keys.section());
+        self.sections.retain(|s| s.tag != tag);
+        let at = self.sections.iter().position(|s| s.tag > tag).unwrap_or(self.sections.len());
+        self.sections.insert(at, sealed::Section { tag, body });
     }
 
     /// Seals `op`'s secret once `confirm` matches it (the confirming step
@@ -1639,6 +1709,34 @@ fn image_meta(ev: Event, why: &DenyReason) -> Event {
             .meta("image_actual", &actual.as_ref().map_or_else(|| "none".into(), |a| hex(a))),
         _ => ev,
     }
+}
+
+/// A key command's record names the kid or cti it is about and, once
+/// applied, the kid that signs now.
+fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminResult) -> Event {
+    if let Some(kid) = &c.kid {
+        ev = ev.target(&hex(kid)).meta("kid", &hex(kid));
+    }
+    if let Some(cti) = &c.cti {
+        ev = ev.target(&hex(cti)).meta("cti", &hex(cti));
+    }
+    let key_op = matches!(c.command, msg::AdminOp::KeyRotate | msg::AdminOp::KeyRevoke);
+    match signing {
+        Some(kid) if key_op && r == AdminResult::Ok => ev.meta("signing_kid", &hex(kid)),
+        _ => ev,
+    }
+}
+
+/// A root rotation's record carries the succession statement as its
+/// fields and signature (`portcullis_proto::cose::rebuild` makes the
+/// statement again), so the audit log alone leads a verifier from the old
+/// root to the new one. The rotation happened at `now`, to version `n`.
+fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement: &[u8]) -> Event {
+    let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
+    ev.meta("root_version", &n.to_string())
+        .meta("root_issued_at", &now.to_string())
+        .meta("root_pubkey", &hex(root.as_bytes()))
+        .meta("root_sig", &hex(sig))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -12,14 +12,26 @@
 //!   [`KeyRing::expire`] drops it;
 //! - a published key's `not_after` is `sign_until + overlap`: verifiers accept
 //!   its tokens until then and refuse them after;
-//! - `kid` = the first 8 bytes of SHA-256 of the 32-byte Ed25519 public key.
+//! - `kid` = the first 8 bytes of SHA-256 of the 32-byte Ed25519 public key;
+//! - an operator can rotate at any time ([`KeyRing::rotate`]) and revoke a
+//!   published key by kid ([`KeyRing::revoke`]): it leaves the keyset at
+//!   once (revoking the active key rotates first, so one key always signs)
+//!   and its kid is remembered (at most [`MAX_REVOKED_KIDS`], sealed in the
+//!   `KEYS` section, see [`encode_section`]);
+//! - the root key can be rotated ([`KeyRing::rotate_root`]): the old root
+//!   signs a succession statement naming the new one; the statements (at
+//!   most `MAX_ROOT_CHAIN`) are sealed in the `KEYS` section and published
+//!   in every keyset, so a verifier pinned to an older root follows them.
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_proto::cose::{self, ContentType, CoseError};
-use portcullis_proto::msg::{KeyEntryWire, KeysetBody};
+use portcullis_proto::msg::{
+    KeyEntryWire, KeysetBody, RootSuccession, MAX_ROOT_CHAIN, MAX_SUCCESSION_LEN,
+};
+use portcullis_proto::succession;
 use portcullis_proto::token;
 
 /// Default time a signing key signs before it is rotated (one day).
@@ -29,6 +41,111 @@ pub const DEFAULT_OVERLAP: u64 = 600;
 /// Key ids: the first [`KID_LEN`] bytes of SHA-256 of the public key (one
 /// definition, in `proto::key`, shared with the CLI's key files).
 pub use portcullis_proto::key::{kid_for, KID_LEN};
+
+/// Most revoked kids remembered (the oldest is forgotten first: its key
+/// seed is gone, so it can never be published again anyway).
+pub const MAX_REVOKED_KIDS: usize = 32;
+/// Format of the sealed `KEYS` section body.
+const SECTION_FORMAT: u8 = 1;
+
+/// Why a key could not be revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeKeyError {
+    /// No published key has this kid.
+    NotPublished,
+}
+
+/// Why the sealed `KEYS` section was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionError {
+    /// Empty, unknown format, wrong length or too many kids or statements.
+    Malformed,
+}
+
+/// Why the root key could not be rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootRotateError {
+    /// Already [`MAX_ROOT_CHAIN`] rotations: re-provision.
+    ChainFull,
+    /// The statement could not be signed.
+    Sign,
+}
+
+/// What the sealed `KEYS` section keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysSection {
+    /// Revoked signing-key ids, oldest first.
+    pub revoked: Vec<[u8; KID_LEN]>,
+    /// Root succession statements, oldest first, each with the kid of
+    /// the root that signed it.
+    pub chain: Vec<([u8; KID_LEN], Vec<u8>)>,
+}
+
+/// The sealed `KEYS` section: `u8 format (1) || u8 n || n x kid (8) ||
+/// u8 m || m x (signer kid (8) || u16be len || statement)`,
+/// `n <= MAX_REVOKED_KIDS`, `m <= MAX_ROOT_CHAIN`, each statement 1 to
+/// `MAX_SUCCESSION_LEN` bytes.
+pub fn encode_section(revoked: &[[u8; KID_LEN]], chain: &[([u8; KID_LEN], Vec<u8>)]) -> Vec<u8> {
+    let n = revoked.len().min(MAX_REVOKED_KIDS);
+    let mut out = Vec::with_capacity(3 + n * KID_LEN);
+    out.push(SECTION_FORMAT);
+    out.push(n as u8);
+    for kid in &revoked[revoked.len() - n..] {
+        out.extend_from_slice(kid);
+    }
+    let chain = &chain[..chain.len().min(MAX_ROOT_CHAIN)];
+    out.push(chain.len() as u8);
+    for (kid, s) in chain {
+        out.extend_from_slice(kid);
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+    out
+}
+
+/// Decodes [`encode_section`]'s output strictly: exact lengths, bounded counts.
+pub fn decode_section(body: &[u8]) -> Result<KeysSection, SectionError> {
+    let bad = SectionError::Malformed;
+    let [SECTION_FORMAT, n, rest @ ..] = body else { return Err(bad) };
+    let n = usize::from(*n);
+    if n > MAX_REVOKED_KIDS || rest.len() < n * KID_LEN {
+        return Err(bad);
+    }
+    let (kids, rest) = rest.split_at(n * KID_LEN);
+    let revoked = kids
+        .chunks_exact(KID_LEN)
+        .map(|c| {
+            let mut kid = [0u8; KID_LEN];
+            kid.copy_from_slice(c);
+            kid
+        })
+        .collect();
+    let [m, tail @ ..] = rest else { return Err(bad) };
+    let mut rest: &[u8] = tail;
+    if usize::from(*m) > MAX_ROOT_CHAIN {
+        return Err(bad);
+    }
+    let mut chain = Vec::new();
+    for _ in 0..*m {
+        if rest.len() < KID_LEN + 2 {
+            return Err(bad);
+        }
+        let (kid, tail) = rest.split_at(KID_LEN);
+        let (len, tail) = tail.split_at(2);
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len == 0 || len > MAX_SUCCESSION_LEN || tail.len() < len {
+            return Err(bad);
+        }
+        let mut signer = [0u8; KID_LEN];
+        signer.copy_from_slice(kid);
+        chain.push((signer, tail[..len].to_vec()));
+        rest = &tail[len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(KeysSection { revoked, chain })
+}
 
 /// Rotation timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +220,10 @@ pub struct KeyRing {
     active: usize,
     config: KeyConfig,
     version: u64,
+    revoked: Vec<[u8; KID_LEN]>,
+    /// The root succession statements, oldest first, each with the kid of
+    /// the root that signed it (see `portcullis_proto::succession`).
+    chain: Vec<([u8; KID_LEN], Vec<u8>)>,
 }
 
 impl KeyRing {
@@ -111,7 +232,16 @@ impl KeyRing {
         config.check()?;
         let root = SigningKey::from_bytes(root_seed);
         let root_kid = kid_for(&root.verifying_key());
-        Ok(KeyRing { root, root_kid, slots: [None, None], active: 0, config, version: 0 })
+        Ok(KeyRing {
+            root,
+            root_kid,
+            slots: [None, None],
+            active: 0,
+            config,
+            version: 0,
+            revoked: Vec::new(),
+            chain: Vec::new(),
+        })
     }
 
     /// Continues the keyset versions of an earlier boot: the next published
@@ -176,6 +306,102 @@ impl KeyRing {
         None
     }
 
+    /// Revokes the published key `kid` at `now`: it leaves the keyset (a
+    /// new version) and its kid joins [`KeyRing::revoked`]. If it is the
+    /// active key, a new key from `seed` is made active first, so a key
+    /// always signs. Returns whether a rotation was forced.
+    pub fn revoke(
+        &mut self,
+        kid: &[u8],
+        seed: &[u8; 32],
+        now: u64,
+    ) -> Result<bool, RevokeKeyError> {
+        let Some(i) = (0..2).find(|&i| self.slots[i].as_ref().is_some_and(|s| s.kid == kid)) else {
+            return Err(RevokeKeyError::NotPublished);
+        };
+        let forced = i == self.active;
+        if forced {
+            self.rotate(seed, now);
+        }
+        if let Some(s) = self.slots[i].take() {
+            if self.revoked.len() >= MAX_REVOKED_KIDS {
+                self.revoked.remove(0);
+            }
+            self.revoked.push(s.kid);
+        }
+        self.version = self.version.saturating_add(1);
+        Ok(forced)
+    }
+
+    /// Restores what an earlier boot sealed in the `KEYS` section (see
+    /// [`decode_section`], which bounded it): the revoked kids and the root
+    /// chain. The section is authenticated with the rest of the sealed
+    /// state; cryptod does not parse the statements (verifiers check them).
+    pub fn restore(&mut self, section: KeysSection) {
+        self.revoked = section.revoked;
+        self.revoked.truncate(MAX_REVOKED_KIDS);
+        self.chain = section.chain;
+        self.chain.truncate(MAX_ROOT_CHAIN);
+    }
+
+    /// The `KEYS` section body for what this ring keeps.
+    pub fn section(&self) -> Vec<u8> {
+        encode_section(&self.revoked, &self.chain)
+    }
+
+    /// Replaces the root key with one from `seed`: the old root signs the
+    /// statement that the new one succeeds it (its version is one more
+    /// than the rotations so far, at most [`MAX_ROOT_CHAIN`]), and the
+    /// keyset version goes up.
+    /// Returns the new root's kid.
+    pub fn rotate_root(
+        &mut self,
+        seed: &[u8; 32],
+        now: u64,
+    ) -> Result<[u8; KID_LEN], RootRotateError> {
+        if self.chain.len() >= MAX_ROOT_CHAIN {
+            return Err(RootRotateError::ChainFull);
+        }
+        let new = SigningKey::from_bytes(seed);
+        let body = RootSuccession {
+            version: self.chain.len() as u64 + 1,
+            issued_at: now,
+            pubkey: new.verifying_key().to_bytes(),
+        };
+        let statement = succession::sign(&self.root, &body).map_err(|_| RootRotateError::Sign)?;
+        self.chain.push((self.root_kid, statement));
+        self.root_kid = kid_for(&new.verifying_key());
+        self.root = new;
+        self.version = self.version.saturating_add(1);
+        Ok(self.root_kid)
+    }
+
+    /// The root succession statements, oldest first.
+    pub fn root_chain(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// How many times the root was rotated (the current root's version).
+    pub fn root_version(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// The newest succession statement, if the root was ever rotated.
+    pub fn last_succession(&self) -> Option<&[u8]> {
+        self.chain.last().map(|(_, s)| s.as_slice())
+    }
+
+    /// Whether `kid` names this ring's root key or one it succeeded (what
+    /// an admin command's `state_id` may be).
+    pub fn is_root_kid(&self, kid: &[u8]) -> bool {
+        kid == self.root_kid || self.chain.iter().any(|(k, _)| k == kid)
+    }
+
+    /// The revoked kids, oldest first.
+    pub fn revoked(&self) -> &[[u8; KID_LEN]] {
+        &self.revoked
+    }
+
     /// The key that signs tokens at `now`, if any.
     pub fn signer(&self, now: u64) -> Option<(&SigningKey, &[u8; KID_LEN])> {
         self.active_slot()
@@ -223,6 +449,7 @@ impl KeyRing {
                     not_after: s.not_after,
                 })
                 .collect(),
+            root_chain: (!self.chain.is_empty()).then(|| self.root_chain()),
         }
     }
 
@@ -325,6 +552,84 @@ mod tests {
         assert!(check(&r, &token, 1200).is_ok());
         assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP), Err(VerifyError::Expired));
         assert_eq!(check(&r, &token, 1001 + DEFAULT_OVERLAP + 1), Err(VerifyError::UnknownKid));
+    }
+
+    #[test]
+    fn revoking_a_kid_drops_it_at_once_and_rotates_if_active() {
+        let mut r = ring();
+        let a = r.rotate(&[2; 32], 1000);
+        let (key, kid) = r.signer(1000).unwrap();
+        let old = token::mint(key, kid, &claims(1000)).unwrap();
+        let b = r.rotate(&[3; 32], 1010);
+        assert!(check(&r, &old, 1020).is_ok(), "within the overlap");
+        assert_eq!(r.revoke(&a, &[4; 32], 1020), Ok(false));
+        assert_eq!(check(&r, &old, 1020), Err(VerifyError::UnknownKid));
+        assert_eq!(r.revoke(&a, &[4; 32], 1020), Err(RevokeKeyError::NotPublished));
+        // The active key: a new one signs first, then b is gone.
+        let v = r.version();
+        assert_eq!(r.revoke(&b, &[5; 32], 1030), Ok(true));
+        assert!(r.version() > v);
+        let (_, now_kid) = r.signer(1030).unwrap();
+        assert_ne!(now_kid, &b);
+        assert_eq!(r.published().count(), 1);
+        assert_eq!(r.revoked(), &[a, b]);
+    }
+
+    #[test]
+    fn keys_section_round_trips_and_is_strict() {
+        let kids = [[1u8; KID_LEN], [2; KID_LEN]];
+        let chain = alloc::vec![([5u8; KID_LEN], alloc::vec![9u8; 3])];
+        let body = encode_section(&kids, &chain);
+        let want = KeysSection { revoked: kids.to_vec(), chain: chain.clone() };
+        assert_eq!(decode_section(&body), Ok(want));
+        assert_eq!(decode_section(&encode_section(&[], &[])), Ok(KeysSection::default()));
+        for bad in [
+            &[][..],
+            &body[..body.len() - 1],
+            &[body.as_slice(), &[0]].concat()[..],
+            &[2, 0, 0][..],
+            &[1, 0][..],
+            &[1, 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
+            &[1, 33][..],
+            &[1, 0, 9][..],
+            &[1, 0, 1, 0, 0][..],
+            &[1, 0, 1, 5, 5, 5, 5, 5, 5, 5, 5, 0, 0][..],
+        ] {
+            assert_eq!(decode_section(bad), Err(SectionError::Malformed), "{bad:?}");
+        }
+        let many = [[7u8; KID_LEN]; MAX_REVOKED_KIDS + 3];
+        let back = decode_section(&encode_section(&many, &[])).unwrap();
+        assert_eq!(back.revoked.len(), MAX_REVOKED_KIDS);
+    }
+
+    #[test]
+    fn root_rotation_chains_from_the_old_root_and_is_bounded() {
+        let mut r = ring();
+        r.rotate(&[2; 32], 1000);
+        let first = r.root_public();
+        let first_kid = *r.root().1;
+        let v = r.version();
+        let kid = r.rotate_root(&[8; 32], 1100).unwrap();
+        assert_eq!(&kid, r.root().1);
+        assert!(r.version() > v);
+        assert!(r.is_root_kid(&first_kid) && r.is_root_kid(&kid) && !r.is_root_kid(b"other"));
+        assert_eq!(
+            succession::follow(first, 0, &r.root_chain()),
+            Ok((r.root_public(), 1)),
+            "a verifier pinned to the first root reaches the new one"
+        );
+        assert_eq!(r.keyset_body(1100).root_chain, Some(r.root_chain()));
+        // The chain survives the section, and so do the roots it names.
+        let section = decode_section(&r.section()).unwrap();
+        let mut again = KeyRing::new(&[8; 32], KeyConfig::default()).unwrap();
+        again.restore(section);
+        assert_eq!(again.root_chain(), r.root_chain());
+        assert!(again.is_root_kid(&first_kid));
+        for i in 1..MAX_ROOT_CHAIN as u8 {
+            r.rotate_root(&[10 + i; 32], 1200).unwrap();
+        }
+        assert_eq!(r.rotate_root(&[99; 32], 1300), Err(RootRotateError::ChainFull));
+        assert_eq!(succession::follow(first, 0, &r.root_chain()).unwrap().0, r.root_public());
     }
 
     #[test]

@@ -94,6 +94,8 @@ fn command(a: &Authority, seq: u64, op: AdminOp, id: &str) -> AdminCommand {
         digits: None,
         confirm_code: None,
         code_hashes: None,
+        kid: None,
+        cti: None,
     }
 }
 

@@ -29,7 +29,7 @@ use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
     AdminCommand, AdminOp, AdminReq, AdminResult, RequestId, TotpAlg, MAX_ADMIN_LIFETIME,
-    RECOVERY_CODES,
+    MAX_CTI_LEN, MAX_KID_LEN, RECOVERY_CODES,
 };
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -92,6 +92,26 @@ pub enum AdminCmd {
         /// Also write the codes to this new file (0600), one per line.
         #[arg(long)]
         recovery_out: Option<PathBuf>,
+    },
+    /// Rotate the token signing key now (the old key keeps verifying
+    /// tokens it signed for the overlap).
+    KeyRotate,
+    /// Revoke a token signing key: it leaves the keyset at once and its
+    /// tokens are refused (the active key is rotated out first).
+    KeyRevoke {
+        /// The key id, hex (`portcullis vchan-call keyset` lists them).
+        #[arg(long)]
+        kid: String,
+    },
+    /// Rotate the root key: cryptod makes a new one, which the old one
+    /// vouches for in a succession statement published with every keyset
+    /// and recorded in the audit log; verifiers pinned to root.pub follow it.
+    RootRotate,
+    /// Revoke one token by its id: it joins the revocation list.
+    TokenRevoke {
+        /// The token id (`cti`), hex (`portcullis token inspect` shows it).
+        #[arg(long)]
+        cti: String,
     },
 }
 
@@ -227,6 +247,8 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         digits: None,
         confirm_code: None,
         code_hashes: None,
+        kid: None,
+        cti: None,
     };
     // Recovery codes to show once cryptod has taken their hashes.
     let mut shown: Option<(Vec<Zeroizing<String>>, Option<PathBuf>)> = None;
@@ -257,6 +279,10 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             c.code_hashes = Some(hashes);
             shown = Some((codes, recovery_out.clone()));
         }
+        AdminCmd::KeyRotate
+        | AdminCmd::KeyRevoke { .. }
+        | AdminCmd::TokenRevoke { .. }
+        | AdminCmd::RootRotate => key_command(&args.command, &mut c)?,
     }
     let req = sign(&secret, &c)?;
     let timeout = Duration::from_secs(args.timeout);
@@ -287,10 +313,35 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             r.result.as_str()
         )));
     }
-    let about = c.operator_id.as_deref().unwrap_or("");
+    let hexed = c.kid.as_ref().or(c.cti.as_ref()).map(hex::encode);
+    let about = c.operator_id.as_deref().or(hexed.as_deref()).unwrap_or("");
     println!("admin: ok: {} {about} (admin_seq {seq})", c.command.as_str());
     if let Some((codes, out)) = shown {
         show_codes(about, &codes, out.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Fills in a key command: its op and its one field (hex on the command line).
+fn key_command(cmd: &AdminCmd, c: &mut AdminCommand) -> Result<(), Failure> {
+    let bytes = |what: &str, text: &str, max: usize| -> Result<Vec<u8>, Failure> {
+        match hex::decode(text) {
+            Ok(b) if !b.is_empty() && b.len() <= max => Ok(b),
+            _ => Err(Failure::Error(format!("--{what}: 1 to {max} bytes of hex"))),
+        }
+    };
+    match cmd {
+        AdminCmd::KeyRotate => c.command = AdminOp::KeyRotate,
+        AdminCmd::RootRotate => c.command = AdminOp::RootRotate,
+        AdminCmd::KeyRevoke { kid } => {
+            c.command = AdminOp::KeyRevoke;
+            c.kid = Some(bytes("kid", kid, MAX_KID_LEN)?);
+        }
+        AdminCmd::TokenRevoke { cti } => {
+            c.command = AdminOp::TokenRevoke;
+            c.cti = Some(bytes("cti", cti, MAX_CTI_LEN)?);
+        }
+        _ => return Err(Failure::Error("not a key command".into())),
     }
     Ok(())
 }

@@ -499,6 +499,58 @@ pub fn verify_outcomes(
         });
     }
     Ok(out)
+/// The root keys the log's seals may be signed by: `pinned` (root.pub),
+/// then each root a `root_rotate` record in the log names, in log order,
+/// each only if the root before it signed the succession (the record
+/// carries the statement's fields and signature; `cose::rebuild` makes the
+/// statement again and `succession::follow` checks it). A `root_rotate`
+/// record whose statement does not verify is refused.
+fn roots_from(
+    pinned: ed25519_dalek::VerifyingKey,
+    records: &[Vec<u8>],
+) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+    use portcullis_proto::cose::{self, ContentType};
+    use portcullis_proto::msg::{
+        AuditAction, AuditRecord, AuditResult, RootSuccession, MAX_ROOT_CHAIN,
+    };
+    let mut roots = vec![pinned];
+    for (i, item) in records.iter().enumerate() {
+        let Ok(r) = AuditRecord::from_cbor(item) else { continue };
+        let meta = |k: &str| r.metadata.as_ref().and_then(|m| m.get(k)).map(String::as_str);
+        if r.action != AuditAction::Admin
+            || r.result != AuditResult::Ok
+            || meta("command") != Some("root_rotate")
+        {
+            continue;
+        }
+        let bad = |what: &str| format!("item {i}: root_rotate record: {what}");
+        if roots.len() > MAX_ROOT_CHAIN {
+            return Err(bad("more root rotations than a chain may hold"));
+        }
+        let num = |k: &str| meta(k).and_then(|v| v.parse::<u64>().ok());
+        let bytes = |k: &str| meta(k).and_then(|v| hex::decode(v).ok());
+        let (Some(version), Some(issued_at), Some(pubkey), Some(sig)) = (
+            num("root_version"),
+            num("root_issued_at"),
+            bytes("root_pubkey").and_then(|b| <[u8; 32]>::try_from(b).ok()),
+            bytes("root_sig").and_then(|b| <[u8; 64]>::try_from(b).ok()),
+        ) else {
+            return Err(bad("succession fields missing or malformed"));
+        };
+        let payload = RootSuccession { version, issued_at, pubkey }
+            .to_cbor()
+            .map_err(|e| bad(&format!("succession: {e}")))?;
+        let current = roots[roots.len() - 1];
+        let kid = portcullis_proto::key::kid_for(&current);
+        let statement = cose::rebuild(&kid, ContentType::RootSuccession, &payload, &sig);
+        let held = roots.len() as u64 - 1;
+        match portcullis_proto::succession::follow(current, held, &[statement]) {
+            Ok((next, v)) if v == held + 1 => roots.push(next),
+            Ok(_) => return Err(bad("succession version is not the next one")),
+            Err(e) => return Err(bad(&e.to_string())),
+        }
+    }
+    Ok(roots)
 }
 
 /// Verifies a collected log (no unsealed tail allowed); returns a summary,
@@ -528,7 +580,16 @@ pub fn verify_file_with(root: &Path, check: LogCheck, file: &Path) -> Result<Str
     }
     // One chain per cryptod boot; each continues from the one before, so
     // the log is checked whole (and the anchor anchors all of it).
-    let summary = verify_log(&records, &[key], check).map_err(|e| {
+    let roots = roots_from(key, &records).map_err(Failure::Invalid)?;
+    if roots.len() > 1 {
+        println!(
+            "root chain: followed {} root rotation(s) from {} to {}",
+            roots.len() - 1,
+            hex::encode(portcullis_proto::key::kid_for(&key)),
+            hex::encode(portcullis_proto::key::kid_for(&roots[roots.len() - 1]))
+        );
+    }
+    let summary = verify_log(&records, &roots, check).map_err(|e| {
         let at = e.index;
         let what = match e.kind {
             LogErrorKind::Chain(ChainErrorKind::Gap { expected, found }) => {
@@ -692,5 +753,71 @@ mod tests {
         std::fs::write(&path, [0x43, 0x01, 0x02, 0x03]).unwrap();
         assert!(open_log(&path).is_err());
         assert_eq!(std::fs::read(&path).unwrap().len(), 4);
+    }
+
+    /// A log across a root rotation: a record sealed by the old root, the
+    /// `root_rotate` record (its batch sealed by the new root, as cryptod
+    /// does), and one more record under the new root; written as the
+    /// collector writes it. `sig` replaces the statement's signature.
+    fn rotated_log(dir: &Path, sig: Option<[u8; 64]>, with_rotate: bool) -> (PathBuf, PathBuf) {
+        use portcullis_proto::msg::RootSuccession;
+        let old = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let new = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let kid =
+            |k: &ed25519_dalek::SigningKey| portcullis_proto::key::kid_for(&k.verifying_key());
+        let body = RootSuccession {
+            version: 1,
+            issued_at: 1_900_000_001,
+            pubkey: new.verifying_key().to_bytes(),
+        };
+        let statement = portcullis_proto::succession::sign(&old, &body).unwrap();
+        let real: [u8; 64] = statement[statement.len() - 64..].try_into().unwrap();
+        let mut chain = Chain::new([3; 16], 16);
+        let mut batches = Vec::new();
+        chain
+            .append(Event::new("cryptod", AuditAction::ChainStart, AuditResult::Ok), 1_900_000_000)
+            .unwrap();
+        chain.seal(&old, &kid(&old), 1_900_000_000).unwrap();
+        if with_rotate {
+            let ev = Event::new("dom0", AuditAction::Admin, AuditResult::Ok)
+                .meta("command", "root_rotate")
+                .meta("root_version", "1")
+                .meta("root_issued_at", "1900000001")
+                .meta("root_pubkey", &hex::encode(body.pubkey))
+                .meta("root_sig", &hex::encode(sig.unwrap_or(real)));
+            chain.append(ev, 1_900_000_001).unwrap();
+        }
+        chain
+            .append(Event::new("dom0", AuditAction::TokenIssue, AuditResult::Ok), 1_900_000_002)
+            .unwrap();
+        chain.seal(&new, &kid(&new), 1_900_000_002).unwrap();
+        batches.extend(chain.pending().cloned());
+        let mut bytes = Vec::new();
+        for item in items(&batches) {
+            bytes.extend(bstr_header(item.len()));
+            bytes.extend(item);
+        }
+        let log = dir.join("audit.log");
+        std::fs::write(&log, bytes).unwrap();
+        let root = dir.join("root.pub");
+        std::fs::write(&root, keyfile::encode_public(&old.verifying_key(), &kid(&old)).unwrap())
+            .unwrap();
+        (root, log)
+    }
+
+    #[test]
+    fn audit_verify_follows_a_root_rotation_from_the_old_root_pub() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, log) = rotated_log(dir.path(), None, true);
+        let ok = verify_file(&root, None, &log);
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+        // A forged succession (not signed by the old root) is refused.
+        let (root, log) = rotated_log(dir.path(), Some([0x55; 64]), true);
+        let err = verify_file(&root, None, &log).unwrap_err().to_string();
+        assert!(err.contains("root_rotate record"), "{err}");
+        // Without the succession record the new root's seals do not verify.
+        let (root, log) = rotated_log(dir.path(), None, false);
+        let err = verify_file(&root, None, &log).unwrap_err().to_string();
+        assert!(err.contains("breaks at item"), "{err}");
     }
 }

@@ -48,6 +48,22 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] the restored cryptod starts with the new host's KEK",
         "[ok] the restored cryptod unlocks the same volume (same derived LUKS passphrase)",
         // Every check passed (each area's needles above say which ran).
+        // keys
+        "[ok] key-rotate applied",
+        "[ok] after key-rotate a new kid signs",
+        "[ok] the old key's token still verifies within the overlap",
+        "[ok] key-revoke of the old kid applied",
+        "[ok] a token signed by the revoked kid is refused by a verifier",
+        "[ok] the new key's token still verifies",
+        "[ok] revoking a kid no longer published is refused",
+        "[ok] token-revoke applied",
+        "[ok] the revoked token is refused by a verifier",
+        "[ok] root-rotate applied",
+        "[ok] a verifier pinned to the old root follows the chain to the new one",
+        "[ok] admin commands naming the old root.pub still apply",
+        "[ok] after root-rotate the unlocker still unlocks",
+        "root chain: followed 1 root rotation(s)",
+        // Every area's checks: none failed (the total is the sum of the areas').
         " passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}\n{stderr}");

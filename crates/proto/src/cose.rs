@@ -52,6 +52,8 @@ text_enum! {
         AdminCommand = "application/portcullis.admin-command+cbor",
         /// An enforcer's signed outcome of a decision.
         Outcome = "application/portcullis.outcome+cbor",
+        /// A root key's successor, signed by the root key it succeeds.
+        RootSuccession = "application/portcullis.root-succession+cbor",
     }
 }
 
@@ -367,12 +369,24 @@ pub(crate) fn protected_header(ct: Option<ContentType>, kid: &[u8]) -> Vec<u8> {
 /// own CBOR writer (no coset or serde code in an image that only signs).
 pub(crate) fn sign1(key: &SigningKey, protected: &[u8], payload: &[u8]) -> Vec<u8> {
     let signature = key.sign(&to_be_signed(protected, payload)).to_bytes();
+    assemble(protected, payload, &signature)
+}
+
+/// The signed object [`sign`] makes for `kid`, `ct` and `payload`, put
+/// together from its signature alone (Ed25519 and the encoding are
+/// deterministic, so this is byte for byte what the signer made): for a
+/// statement carried as its fields and signature. Verify it like any other.
+pub fn rebuild(kid: &[u8], ct: ContentType, payload: &[u8], signature: &[u8; 64]) -> Vec<u8> {
+    assemble(&protected_header(Some(ct), kid), payload, signature)
+}
+
+fn assemble(protected: &[u8], payload: &[u8], signature: &[u8; 64]) -> Vec<u8> {
     let mut w = Writer::default();
     w.tag(TAG_COSE_SIGN1);
     w.array(4);
     w.bytes(protected);
     w.map(0);
     w.bytes(payload);
-    w.bytes(&signature);
+    w.bytes(signature);
     w.into_bytes()
 }

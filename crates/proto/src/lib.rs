@@ -26,6 +26,8 @@ pub mod msg;
 pub mod scope;
 /// An ordered map kept as a sorted `Vec` (small bounded tables).
 pub mod sorted;
+/// Root key succession statements and the chain a verifier follows.
+pub mod succession;
 /// CWT capability tokens: minting and verification.
 pub mod token;
 /// One CBOR item into a generic value, for the COSE and CWT parsers.

@@ -386,6 +386,17 @@ text_enum! {
         OperatorRemove = "operator_remove",
         /// Replace an operator's recovery codes.
         RecoveryRegenerate = "recovery_regenerate",
+        /// Rotate the token signing key now (the old one keeps verifying
+        /// for the overlap).
+        KeyRotate = "key_rotate",
+        /// Revoke a token signing key by `kid`: it leaves the keyset at once
+        /// (the current key is rotated out first).
+        KeyRevoke = "key_revoke",
+        /// Revoke one token by `cti` (added to the revocation list).
+        TokenRevoke = "token_revoke",
+        /// Rotate the root key: a new root, succeeding the old one by a
+        /// statement the old one signs.
+        RootRotate = "root_rotate",
     }
 }
 
@@ -474,6 +485,10 @@ wire_struct! {
         /// Exactly [`RECOVERY_CODES`] salted hashes of the new recovery
         /// codes: regenerate (and optionally add, reset).
         code_hashes: Vec<[u8; RECOVERY_HASH_LEN]>,
+        /// A token signing key's id: key_revoke.
+        kid: Vec<u8>,
+        /// A token's id: token_revoke.
+        cti: Vec<u8>,
     }
 }
 
@@ -498,6 +513,12 @@ impl Check for AdminCommand {
         }
         if let Some(hashes) = &self.code_hashes {
             check_len("code_hashes", hashes.len(), RECOVERY_CODES, RECOVERY_CODES)?;
+        }
+        if let Some(kid) = &self.kid {
+            check_len("kid", kid.len(), 1, MAX_KID_LEN)?;
+        }
+        if let Some(cti) = &self.cti {
+            check_len("cti", cti.len(), 1, MAX_CTI_LEN)?;
         }
         Ok(())
     }
@@ -1135,12 +1156,54 @@ wire_struct! {
         /// 1..=[`MAX_KEYSET_KEYS`] keys.
         keys: Vec<KeyEntryWire>,
     }
+    optional {
+        /// The root keys' succession from the first root on: each a
+        /// COSE_Sign1 (content type `root_succession`, payload
+        /// [`RootSuccession`]) by the root before it; at most
+        /// [`MAX_ROOT_CHAIN`]. Absent while the first root signs.
+        root_chain: Vec<Vec<u8>>,
+    }
 }
 payload_codec!(KeysetBody, "keyset_body");
+
+/// Most root rotations a cryptod makes (the length of a root chain).
+pub const MAX_ROOT_CHAIN: usize = 8;
+/// Longest root succession statement.
+pub const MAX_SUCCESSION_LEN: usize = 512;
+
+wire_struct! {
+    /// The payload of a root succession statement: the root key that
+    /// signs it is succeeded by `pubkey` from `issued_at` on.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RootSuccession {
+        /// The new root's number: 1 for the first successor, each next one more.
+        version: u64,
+        /// When the old root signed it.
+        issued_at: u64,
+        /// The new root public key (Ed25519).
+        pubkey: [u8; 32],
+    }
+}
+payload_codec!(RootSuccession, "root_succession");
+
+impl Check for RootSuccession {
+    fn check(&self) -> Result<(), FieldError> {
+        if self.version == 0 || self.version > MAX_ROOT_CHAIN as u64 {
+            return Err(FieldError::new("version", "not 1 to MAX_ROOT_CHAIN"));
+        }
+        Ok(())
+    }
+}
 
 impl Check for KeysetBody {
     fn check(&self) -> Result<(), FieldError> {
         // Each key checked itself when it was encoded or decoded.
+        if let Some(chain) = &self.root_chain {
+            check_len("root_chain", chain.len(), 1, MAX_ROOT_CHAIN)?;
+            chain
+                .iter()
+                .try_for_each(|s| check_len("root_chain", s.len(), 1, MAX_SUCCESSION_LEN))?;
+        }
         check_len("keys", self.keys.len(), 1, MAX_KEYSET_KEYS)
     }
 }

@@ -230,6 +230,8 @@ pub fn admin_command() -> AdminCommand {
         digits: Some(6),
         confirm_code: Some(Zeroizing::new("123456".into())),
         code_hashes: Some(vec![[0x5c; RECOVERY_HASH_LEN]; RECOVERY_CODES]),
+        kid: Some(vec![0x4b; 8]),
+        cti: Some(vec![0xc7; 16]),
     }
 }
 
@@ -304,6 +306,7 @@ pub fn keyset_body() -> KeysetBody {
                 not_after: T0 + 3600,
             },
         ],
+        root_chain: None,
     }
 }
 
