@@ -174,6 +174,77 @@ pub enum Command {
         /// The new codes' hashes.
         codes: Vec<RecoveryHash>,
     },
+    /// Register a volume and seal its passphrase to `epk`.
+    VolumeAdd {
+        /// The volume id.
+        id: String,
+        /// The admin tool's ephemeral X25519 key.
+        epk: [u8; 32],
+    },
+    /// Unregister a volume.
+    VolumeRemove {
+        /// The volume id.
+        id: String,
+    },
+    /// Replace the ACL.
+    AclReplace {
+        /// The new text (linted by cryptod again).
+        text: String,
+        /// Its version, above the current one.
+        version: u64,
+    },
+    /// Revoke (`restore: false`) or restore a domain name.
+    Identity {
+        /// The domain name.
+        name: String,
+        /// Take it off the list instead.
+        restore: bool,
+    },
+}
+
+/// Whether `c` carries any field of the volume, ACL and identity commands.
+fn has_registry_fields(c: &AdminCommand) -> bool {
+    c.volume_id.is_some()
+        || c.ephemeral_pubkey.is_some()
+        || c.acl.is_some()
+        || c.acl_version.is_some()
+        || c.identity.is_some()
+}
+
+/// The volume, ACL and identity commands: each takes exactly its fields.
+fn registry_command(c: &AdminCommand) -> Result<Command, &'static str> {
+    let other = c.operator_id.is_some()
+        || c.secret.is_some()
+        || c.algorithm.is_some()
+        || c.digits.is_some()
+        || c.confirm_code.is_some()
+        || c.code_hashes.is_some();
+    let (vol, epk, acl, ver, ident) =
+        (&c.volume_id, c.ephemeral_pubkey, &c.acl, c.acl_version, &c.identity);
+    match (c.command, vol, epk, acl, ver, ident) {
+        _ if other => Err("an operator field on a volume, acl or identity command"),
+        (AdminOp::VolumeAdd, Some(id), Some(epk), None, None, None) => {
+            Ok(Command::VolumeAdd { id: id.clone(), epk })
+        }
+        (AdminOp::VolumeAdd, ..) => Err("volume_add takes exactly volume_id and ephemeral_pubkey"),
+        (AdminOp::VolumeRemove, Some(id), None, None, None, None) => {
+            Ok(Command::VolumeRemove { id: id.clone() })
+        }
+        (AdminOp::VolumeRemove, ..) => Err("volume_remove takes exactly volume_id"),
+        (AdminOp::AclReplace, None, None, Some(text), Some(version), None) => {
+            Ok(Command::AclReplace { text: text.clone(), version })
+        }
+        (AdminOp::AclReplace, ..) => Err("acl_replace takes exactly acl and acl_version"),
+        (
+            op @ (AdminOp::IdentityRevoke | AdminOp::IdentityRestore),
+            None,
+            None,
+            None,
+            None,
+            Some(n),
+        ) => Ok(Command::Identity { name: n.clone(), restore: op == AdminOp::IdentityRestore }),
+        _ => Err("identity_revoke and identity_restore take exactly identity"),
+    }
 }
 
 impl Command {
@@ -182,6 +253,16 @@ impl Command {
     pub fn from_wire(c: &AdminCommand) -> Result<Command, &'static str> {
         let enrol = c.secret.is_some() || c.algorithm.is_some() || c.digits.is_some();
         let operator = || c.operator_id.clone().ok_or("operator_id is required");
+        let operator_op = matches!(
+            c.command,
+            AdminOp::OperatorAdd
+                | AdminOp::OperatorReset
+                | AdminOp::OperatorRemove
+                | AdminOp::RecoveryRegenerate
+        );
+        if operator_op && has_registry_fields(c) {
+            return Err("a volume, acl or identity field on an operator command");
+        }
         match c.command {
             AdminOp::OperatorAdd | AdminOp::OperatorReset => {
                 let (Some(secret), Some(alg), Some(digits), Some(confirm)) =
@@ -218,6 +299,11 @@ impl Command {
                 let codes = c.code_hashes.clone().ok_or("code_hashes is required")?;
                 Ok(Command::RecoveryRegenerate { id: operator()?, codes })
             }
+            AdminOp::VolumeAdd
+            | AdminOp::VolumeRemove
+            | AdminOp::AclReplace
+            | AdminOp::IdentityRevoke
+            | AdminOp::IdentityRestore => registry_command(c),
         }
     }
 }

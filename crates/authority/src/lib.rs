@@ -18,6 +18,7 @@ pub mod authority;
 pub mod drbg;
 pub mod keys;
 pub mod ratelimit;
+pub mod registry;
 pub mod revocation;
 pub mod sealed;
 pub use portcullis_proto::sorted;

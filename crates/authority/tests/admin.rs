@@ -94,6 +94,11 @@ fn command(a: &Authority, seq: u64, op: AdminOp, id: &str) -> AdminCommand {
         digits: None,
         confirm_code: None,
         code_hashes: None,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        acl: None,
+        acl_version: None,
+        identity: None,
     }
 }
 

@@ -20,6 +20,8 @@ use crate::scope::{Scope, ScopeSet};
 
 /// Longest identifier-like text (operator, device, VM, volume, audience, actor…), in bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest ACL text an `acl_replace` command carries, in bytes.
+pub const MAX_ACL_TEXT_LEN: usize = 32 * 1024;
 /// Longest free text (`reason`, `justification`), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Shortest entropy chunk, in bytes.
@@ -380,6 +382,17 @@ text_enum! {
         OperatorRemove = "operator_remove",
         /// Replace an operator's recovery codes.
         RecoveryRegenerate = "recovery_regenerate",
+        /// Bind a volume: register it (a fresh generation) and send its
+        /// passphrase sealed to the admin tool's ephemeral key.
+        VolumeAdd = "volume_add",
+        /// Unbind a volume: its passphrase cannot be derived any more.
+        VolumeRemove = "volume_remove",
+        /// Replace the ACL with a linted text of a higher version.
+        AclReplace = "acl_replace",
+        /// Add a domain name to the identity revocation list.
+        IdentityRevoke = "identity_revoke",
+        /// Take a domain name off the identity revocation list.
+        IdentityRestore = "identity_restore",
     }
 }
 
@@ -427,12 +440,16 @@ wire_struct! {
         reason: String,
         /// The last accepted `admin_seq` (the next command must be above it).
         admin_seq: u64,
+        /// `volume_add`: the volume's passphrase, sealed to the command's
+        /// `ephemeral_pubkey` (transcript: `docs/authority.md`).
+        unlock_secret: SealedSecret,
     }
 }
 
 impl Check for AdminResp {
     fn check(&self) -> Result<(), FieldError> {
-        check_opt_text("reason", &self.reason)
+        check_opt_text("reason", &self.reason)?;
+        self.unlock_secret.as_ref().map_or(Ok(()), Check::check)
     }
 }
 
@@ -468,6 +485,16 @@ wire_struct! {
         /// Exactly [`RECOVERY_CODES`] salted hashes of the new recovery
         /// codes: regenerate (and optionally add, reset).
         code_hashes: Vec<[u8; RECOVERY_HASH_LEN]>,
+        /// The volume: `volume_add`, `volume_remove`.
+        volume_id: String,
+        /// The admin tool's ephemeral X25519 key: `volume_add`.
+        ephemeral_pubkey: [u8; 32],
+        /// The new ACL text, at most [`MAX_ACL_TEXT_LEN`] bytes: `acl_replace`.
+        acl: String,
+        /// The new ACL's version, above the current one: `acl_replace`.
+        acl_version: u64,
+        /// The domain name: `identity_revoke`, `identity_restore`.
+        identity: String,
     }
 }
 
@@ -492,6 +519,11 @@ impl Check for AdminCommand {
         }
         if let Some(hashes) = &self.code_hashes {
             check_len("code_hashes", hashes.len(), RECOVERY_CODES, RECOVERY_CODES)?;
+        }
+        check_opt_id("volume_id", &self.volume_id)?;
+        check_opt_id("identity", &self.identity)?;
+        if let Some(acl) = &self.acl {
+            check_len("acl", acl.len(), 1, MAX_ACL_TEXT_LEN)?;
         }
         Ok(())
     }

@@ -194,10 +194,30 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
                 result: AdminResult::Replay,
                 reason: Some("admin_seq is not above the last accepted one".into()),
                 admin_seq: Some(41),
+                unlock_secret: None,
             }
             .into(),
-            AdminResp { request_id: RID, result: AdminResult::Ok, reason: None, admin_seq: None }
-                .into(),
+            AdminResp {
+                request_id: RID,
+                result: AdminResult::Ok,
+                reason: None,
+                admin_seq: None,
+                unlock_secret: None,
+            }
+            .into(),
+            AdminResp {
+                request_id: RID,
+                result: AdminResult::Ok,
+                reason: None,
+                admin_seq: Some(43),
+                unlock_secret: Some(SealedSecret {
+                    volume_id: "vault-data".into(),
+                    alg: SealAlg::X25519HkdfSha256ChaCha20Poly1305,
+                    epk: [0x45; 32],
+                    ciphertext: vec![0x56; 48],
+                }),
+            }
+            .into(),
         ],
     }
 }
@@ -216,6 +236,11 @@ pub fn admin_command() -> AdminCommand {
         digits: Some(6),
         confirm_code: Some(Zeroizing::new("123456".into())),
         code_hashes: Some(vec![[0x5c; RECOVERY_HASH_LEN]; RECOVERY_CODES]),
+        volume_id: Some("vault-home".into()),
+        ephemeral_pubkey: Some([0x66; 32]),
+        acl: Some("allow vm=policy_pd scopes=net:modify aud=fw0\n".into()),
+        acl_version: Some(2),
+        identity: Some("policy_pd".into()),
     }
 }
 
