@@ -4,13 +4,15 @@
 //! admin` (a separate process, domain 0 of the world) against the running
 //! cryptod: an operator reset, after which the old secret's code is refused
 //! and the new one unlocks; regenerated recovery codes, one of which unlocks
-//! once and is refused the second time; a replayed admin command refused.
+//! once and is refused the second time; a replayed admin command refused;
+//! a second volume bound, listed, granted by a replaced ACL, opened and
+//! removed; policy_pd's name revoked and restored.
 
 use std::process::Command;
 
 mod common;
 
-const GUESTS: [&str; 3] = ["entropyd", "cryptod", "unlocker"];
+const GUESTS: [&str; 4] = ["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 #[test]
 fn lifecycle_against_a_running_cryptod() {
@@ -38,7 +40,19 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] an out-of-sequence admin command is refused",
         "[ok] audit log complete",
         "[ok] every admin command and its effect is audited",
-        "demo: 9 passed, 0 failed",
+        // volumes (issue 12)
+        "[ok] volume-add bound a second volume and enrolled its key slot",
+        "[ok] volumes list shows the volume and its key slot",
+        "[ok] acl-replace refuses an ACL that fails the lint, with its line",
+        "[ok] acl-replace installed ACL version 1",
+        "[ok] acl-replace refuses a version that is not higher",
+        "[ok] the unlock agent opens the second volume with the operator's code",
+        "[ok] volume-remove unbound the volume and wiped its key slot",
+        "[ok] a removed volume's unlock is refused",
+        "[ok] identity-revoke put policy_pd on the identity revocation list",
+        "[ok] a revoked name's token request is refused",
+        "[ok] identity-restore: policy_pd gets its token again",
+        " passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}\n{stderr}");
     }
