@@ -604,7 +604,9 @@ impl Authority {
             Request::RevocationList(r) => {
                 self.revocations.prune(now);
                 let (root, kid) = self.keys.root();
-                match self.revocations.signed(root, kid, now) {
+                let mut body = self.revocations.body(now);
+                self.identities.publish(&mut body);
+                match crate::revocation::sign_body(&body, root, kid) {
                     Ok(signed) => msg::RevocationList { signed }.into(),
                     Err(_) => error(
                         ErrorCode::Internal,

@@ -195,6 +195,15 @@ impl Identities {
         &self.names
     }
 
+    /// Adds the list to a revocation list's payload, once it has ever
+    /// changed (serial above 0): published with the token revocation list.
+    pub fn publish(&self, body: &mut portcullis_proto::msg::RevocationBody) {
+        if self.serial > 0 {
+            body.revoked_names = Some(self.names.clone());
+            body.identity_serial = Some(self.serial);
+        }
+    }
+
     /// Revokes `name`; refused if it is revoked already.
     pub fn revoke(&mut self, name: &str) -> Result<u64, &'static str> {
         if name.is_empty() || name.len() > MAX_ID_LEN {

@@ -15,9 +15,11 @@ use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
     AdminCommand, AdminOp, AdminReq, AdminResp, AdminResult, AuditAck, AuditAction, AuditRecord,
-    AuditResult, IssueResult, RequestId, TokenIssueReq, TokenIssueResp, TotpResult,
+    AuditResult, IssueResult, RequestId, RevocationBody, RevocationListReq, TokenIssueReq,
+    TokenIssueResp, TotpResult,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 mod common;
@@ -277,7 +279,9 @@ fn identity(a: &mut Authority, seq: u64, name: &str, restore: bool) -> (AdminRes
 #[test]
 fn a_revoked_name_is_refused_at_once_and_restored_versioned() {
     let mut a = seeded();
-    assert_eq!(issue(&mut a, &policy_pd(), "fw0", T0).result, IssueResult::Ok);
+    let first = issue(&mut a, &policy_pd(), "fw0", T0);
+    assert_eq!(first.result, IssueResult::Ok);
+    let before = first.token.unwrap();
     let (r, rec) = identity(&mut a, 1, "policy_pd", false);
     assert_eq!(r.result, AdminResult::Ok);
     assert_eq!(meta(&rec, "command"), Some("identity_revoke"));
@@ -292,6 +296,37 @@ fn a_revoked_name_is_refused_at_once_and_restored_versioned() {
     assert_eq!(a.identities().serial(), 3);
     assert_eq!(issue(&mut a, &policy_pd(), "fw0", T0 + 2).result, IssueResult::Denied);
     assert_eq!(issue(&mut a, &policy_pd(), "cryptod", T0 + 3).result, IssueResult::Ok);
+    // Published with the revocation list: a verifier refuses a token
+    // issued to policy_pd before, and one for fw0.
+    let t = T0 + 4;
+    let req: Message = RevocationListReq { request_id: RequestId([0x55; 16]) }.into();
+    let (out, _) = call(&mut a, &policy_pd(), &req, t);
+    let Some(Message::RevocationList(l)) = out.response else { panic!("no revocation list") };
+    let root = a.root_public();
+    let kid = kid_for(&root);
+    let payload = cose::verify(&l.signed, ContentType::RevocationList, |k| {
+        (k == kid.as_slice()).then_some(root)
+    })
+    .unwrap()
+    .into_inner()
+    .payload;
+    let body = RevocationBody::from_cbor(&payload).unwrap();
+    assert_eq!(body.revoked_names.as_deref(), Some(&["fw0".to_string()][..]));
+    assert_eq!(body.identity_serial, Some(3));
+    let mut set = RevokedSet::from_ids(vec![]).with_names(vec!["policy_pd".into()]);
+    let exp = Expectations {
+        audience: "fw0",
+        scope: ScopeSet::single(Scope::NetModify),
+        now: T0,
+        skew: 0,
+    };
+    let verify = |set: &RevokedSet| {
+        token::verify(&before, &a.verifier_keyset(), &exp, &mut MemoryReplayCache::new(4), set)
+    };
+    assert_eq!(verify(&set).unwrap_err(), VerifyError::Revoked, "subject revoked");
+    set = RevokedSet::from_ids(vec![]).with_names(body.revoked_names.unwrap());
+    assert_eq!(verify(&set).unwrap_err(), VerifyError::Revoked, "audience revoked");
+    assert!(verify(&RevokedSet::new()).is_ok());
     // The unlocker's name revoked: no unlock either.
     identity(&mut a, 5, "unlocker", false);
     assert_eq!(unlock_secret(&mut a, "vol0", T0), Err(TotpResult::Denied));

@@ -52,6 +52,8 @@ pub const MAX_KID_LEN: usize = 64;
 pub const MAX_KEYSET_KEYS: usize = 16;
 /// Most entries in a revocation list.
 pub const MAX_REVOKED: usize = 1024;
+/// Most names on the identity revocation list.
+pub const MAX_REVOKED_NAMES: usize = 64;
 /// Longest unlock passphrase, in bytes.
 pub const MAX_PASSPHRASE_LEN: usize = 512;
 /// Shortest sealed-secret ciphertext (the 16-byte AEAD tag), in bytes.
@@ -1193,11 +1195,30 @@ wire_struct! {
         /// At most [`MAX_REVOKED`] entries.
         entries: Vec<RevokedEntry>,
     }
+    optional {
+        /// The identity revocation list: domain names no token may be
+        /// issued to (`sub`) or for (`aud`), at most
+        /// [`MAX_REVOKED_NAMES`]; absent while it was never changed.
+        revoked_names: Vec<String>,
+        /// Its serial (with `revoked_names`): a verifier refuses one older
+        /// than its current one.
+        identity_serial: u64,
+    }
 }
 payload_codec!(RevocationBody, "revocation_body");
 
 impl Check for RevocationBody {
     fn check(&self) -> Result<(), FieldError> {
-        check_len("entries", self.entries.len(), 0, MAX_REVOKED)
+        check_len("entries", self.entries.len(), 0, MAX_REVOKED)?;
+        if let Some(names) = &self.revoked_names {
+            check_len("revoked_names", names.len(), 0, MAX_REVOKED_NAMES)?;
+            for n in names {
+                check_id("revoked_names", n)?;
+            }
+        }
+        if self.revoked_names.is_some() != self.identity_serial.is_some() {
+            return Err(FieldError::new("identity_serial", "goes with revoked_names"));
+        }
+        Ok(())
     }
 }

@@ -325,8 +325,23 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
                 RevokedEntry { cti: vec![0x77; 16], exp: T0 + 60 },
                 RevokedEntry { cti: vec![0x78; 16], exp: T0 + 90 },
             ],
+            revoked_names: None,
+            identity_serial: None,
         },
-        RevocationBody { serial: 0, issued_at: T0, entries: vec![] },
+        RevocationBody {
+            serial: 0,
+            issued_at: T0,
+            entries: vec![],
+            revoked_names: None,
+            identity_serial: None,
+        },
+        RevocationBody {
+            serial: 3,
+            issued_at: T0,
+            entries: vec![],
+            revoked_names: Some(vec!["policy_pd".into()]),
+            identity_serial: Some(2),
+        },
     ]
 }
 
