@@ -910,25 +910,23 @@ impl Authority {
         };
         if let Some((volume, epk)) = grant {
             let decided = self.acl.decide_unlock(peer, &self.config.unlock_audience, volume);
-            let line = match decided.map_err(|e| e.to_string()).and_then(|line| {
-                match self.volumes.generation(volume) {
-                    Some(_) => Ok(line),
-                    None => Err("volume removed from the registry".to_string()),
-                }
-            }) {
-                Ok(line) => line,
-                Err(reason) => {
-                    self.record(
-                        Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
-                            .target("luks:unlock")
-                            .meta("volume", volume)
-                            .meta("reason", &reason),
-                        now,
-                        out,
-                    );
-                    return resp(TotpResult::Denied, &reason);
-                }
-            };
+            let bound = self.volumes.generation(volume).is_some();
+            let line =
+                match decided.and_then(|l| if bound { Ok(l) } else { Err(DenyReason::Unbound) }) {
+                    Ok(line) => line,
+                    Err(why) => {
+                        let reason = why.to_string();
+                        self.record(
+                            Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                                .target("luks:unlock")
+                                .meta("volume", volume)
+                                .meta("reason", &reason),
+                            now,
+                            out,
+                        );
+                        return resp(TotpResult::Denied, &reason);
+                    }
+                };
             let need = self.acl.requires_attestation(line);
             let action = Scope::LuksUnlock.as_str();
             if let Err(reason) = self.check_attestation(
@@ -1587,8 +1585,7 @@ impl Authority {
         let denied = |reason| (AdminResult::Denied, reason);
         match cmd {
             Command::VolumeAdd { id, epk } => {
-                let mut volumes = self.volumes.clone();
-                let generation = volumes.add(&id, now).map_err(denied)?;
+                let generation = self.volumes.next_generation(&id).map_err(denied)?;
                 let esk: Zeroizing<[u8; 32]> =
                     self.drbg.bytes().map_err(|_| (AdminResult::Unavailable, "no randomness"))?;
                 let passphrase = unlock::luks_passphrase_gen(&self.master, &id, generation)
@@ -1603,7 +1600,7 @@ impl Authority {
                     .map_err(|_| {
                     (AdminResult::Invalid, "ephemeral_pubkey is a low-order point")
                 })?;
-                self.volumes = volumes;
+                self.volumes.add(&id, now).map_err(denied)?;
                 self.admin_extra.sealed = Some(sealed);
                 self.admin_extra.meta.push(("volume", id));
                 self.admin_extra.meta.push(("generation", generation.to_string()));
@@ -1630,7 +1627,11 @@ impl Authority {
                 let acl = match Acl::parse(&text) {
                     Ok(acl) => acl,
                     Err(e) => {
-                        self.admin_extra.reason = Some(e.to_string());
+                        // The line only (the tool lints first and shows the
+                        // whole message): no Display of every lint error here.
+                        let mut why = String::from("acl lint failed at line ");
+                        why.push_str(&e.line.to_string());
+                        self.admin_extra.reason = Some(why);
                         return Err((AdminResult::Invalid, "acl lint failed"));
                     }
                 };

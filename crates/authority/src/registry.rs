@@ -89,26 +89,33 @@ impl Volumes {
         &self.0
     }
 
-    /// Binds `id` at the next generation (1 for a new id).
-    pub fn add(&mut self, id: &str, now: u64) -> Result<u32, &'static str> {
+    /// The generation [`Volumes::add`] would bind `id` at, or why not.
+    pub fn next_generation(&self, id: &str) -> Result<u32, &'static str> {
         if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err("volume id empty or too long");
         }
-        let full = self.0.len() >= MAX_VOLUMES;
-        match self.0.iter_mut().find(|v| v.id == id) {
+        match self.get(id) {
             Some(v) if !v.removed => Err("volume is bound already (remove it first)"),
+            Some(v) => v.generation.checked_add(1).ok_or("volume generation exhausted"),
+            None if self.0.len() >= MAX_VOLUMES => Err("volume registry is full"),
+            None => Ok(1),
+        }
+    }
+
+    /// Binds `id` at the next generation (1 for a new id).
+    pub fn add(&mut self, id: &str, now: u64) -> Result<u32, &'static str> {
+        let generation = self.next_generation(id)?;
+        match self.0.iter_mut().find(|v| v.id == id) {
             Some(v) => {
-                v.generation = v.generation.checked_add(1).ok_or("volume generation exhausted")?;
+                v.generation = generation;
                 v.removed = false;
                 v.added_at = now;
-                Ok(v.generation)
             }
-            None if full => Err("volume registry is full"),
             None => {
-                self.0.push(Volume { id: id.into(), generation: 1, added_at: now, removed: false });
-                Ok(1)
+                self.0.push(Volume { id: id.into(), generation, added_at: now, removed: false })
             }
         }
+        Ok(generation)
     }
 
     /// Unbinds `id` (kept as removed, so its generation is not reused).

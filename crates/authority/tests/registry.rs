@@ -249,7 +249,7 @@ fn acl_replace_lints_requires_a_higher_version_and_is_audited() {
     let bad = "allow vm=policy_pd scopes=net:modify aud=fw0\nallow vm=x scopes=bogus aud=y\n";
     let (r, rec) = acl_replace(&mut a, 1, bad, 1);
     assert_eq!(r.result, AdminResult::Invalid);
-    assert!(r.reason.as_deref().unwrap().starts_with("acl line 2:"), "{:?}", r.reason);
+    assert_eq!(r.reason.as_deref(), Some("acl lint failed at line 2"));
     assert_eq!(rec.result, AuditResult::Denied);
     // fw0 no longer granted, fw1 is.
     let new = "allow vm=policy_pd domid=7 scopes=net:modify aud=fw1\n";
