@@ -65,6 +65,8 @@ pub struct Trust {
     keyset_version: Option<u64>,
     revoked: RevokedSet,
     revocation_serial: Option<u64>,
+    /// The identity revocation list's serial last accepted.
+    identity_serial: Option<u64>,
 }
 
 impl Trust {
@@ -78,6 +80,7 @@ impl Trust {
             keyset_version: None,
             revoked: RevokedSet::default(),
             revocation_serial: None,
+            identity_serial: None,
         }
     }
 
@@ -134,8 +137,15 @@ impl Trust {
         if self.revocation_serial.is_some_and(|s| body.serial < s) {
             return Err(TrustError::Rollback);
         }
-        self.revoked = RevokedSet::from_ids(body.entries.iter().map(|e| e.cti.clone()).collect());
+        // The identity list has its own serial: a list without it, or with
+        // an older one, is a rollback once one has been seen.
+        if self.identity_serial.is_some_and(|s| body.identity_serial.is_none_or(|n| n < s)) {
+            return Err(TrustError::Rollback);
+        }
+        let ids = body.entries.iter().map(|e| e.cti.clone()).collect();
+        self.revoked = RevokedSet::from_ids(ids).with_names(body.revoked_names.unwrap_or_default());
         self.revocation_serial = Some(body.serial);
+        self.identity_serial = body.identity_serial;
         Ok(())
     }
 
@@ -203,4 +213,46 @@ impl Trust {
 pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
     let key = portcullis_proto::key::decode(bytes).ok()?;
     Some((key.public, key.kid?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+    use alloc::vec;
+    use ed25519_dalek::SigningKey;
+    use portcullis_proto::key::kid_for;
+    use portcullis_proto::token::Revocations;
+
+    fn list(root: &SigningKey, serial: u64, names: Option<(u64, &[&str])>) -> Vec<u8> {
+        let body = RevocationBody {
+            serial,
+            issued_at: 1,
+            entries: vec![],
+            revoked_names: names.map(|(_, n)| n.iter().map(|s| String::from(*s)).collect()),
+            identity_serial: names.map(|(s, _)| s),
+        };
+        let kid = kid_for(&root.verifying_key());
+        cose::sign(root, &kid, ContentType::RevocationList, &body.to_cbor().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn revoked_names_are_taken_and_cannot_roll_back() {
+        let root = SigningKey::from_bytes(&[3; 32]);
+        let mut t = Trust::new(root.verifying_key(), &kid_for(&root.verifying_key()));
+        t.accept_revocations(&list(&root, 1, None)).unwrap();
+        assert!(!t.revoked().is_name_revoked("policy_pd"));
+        t.accept_revocations(&list(&root, 1, Some((1, &["policy_pd"])))).unwrap();
+        assert!(t.revoked().is_name_revoked("policy_pd"));
+        // The same token serial without the names, or with an older
+        // identity serial, is a rollback.
+        assert_eq!(t.accept_revocations(&list(&root, 2, None)), Err(TrustError::Rollback));
+        assert_eq!(
+            t.accept_revocations(&list(&root, 2, Some((0, &[])))),
+            Err(TrustError::Rollback)
+        );
+        assert!(t.revoked().is_name_revoked("policy_pd"));
+        t.accept_revocations(&list(&root, 2, Some((2, &[])))).unwrap();
+        assert!(!t.revoked().is_name_revoked("policy_pd"));
+    }
 }

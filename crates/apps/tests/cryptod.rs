@@ -932,6 +932,11 @@ fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {
         code_hashes: Some(vec![recovery_hash(&[1; 16], b"AAAAABBBBB"); 8]),
         kid: None,
         cti: None,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        acl: None,
+        acl_version: None,
+        identity: None,
     };
     let kid = kid_for(&key.verifying_key());
     let signed = cose::sign(key, &kid, ContentType::AdminCommand, &c.to_cbor().unwrap()).unwrap();

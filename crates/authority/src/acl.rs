@@ -215,6 +215,12 @@ pub enum DenyReason {
     Audience(usize),
     /// The rule on this line does not list the volume.
     Volume(usize),
+    /// The volume is not bound in the volume registry
+    /// (`crate::registry::Volumes`): never added, or removed.
+    Unbound,
+    /// The peer or the audience is on the identity revocation list
+    /// (`crate::registry::Identities`); no rule is consulted.
+    Revoked,
     /// The rule on this line requires an image the peer was not measured
     /// to have: `actual` is dom0's measurement, `None` if it published none.
     Image {
@@ -235,6 +241,8 @@ impl fmt::Display for DenyReason {
             DenyReason::Scope(l) => write!(f, "scope not granted by acl line {l}"),
             DenyReason::Audience(l) => write!(f, "audience not granted by acl line {l}"),
             DenyReason::Volume(l) => write!(f, "volume not granted by acl line {l}"),
+            DenyReason::Revoked => f.write_str("identity revoked (peer or audience)"),
+            DenyReason::Unbound => f.write_str("volume not bound (removed or never added)"),
             DenyReason::Image { line, actual: None, .. } => {
                 write!(f, "no image measurement for acl line {line}")
             }

@@ -188,6 +188,77 @@ pub enum Command {
         /// Its cti.
         cti: Vec<u8>,
     },
+    /// Register a volume and seal its passphrase to `epk`.
+    VolumeAdd {
+        /// The volume id.
+        id: String,
+        /// The admin tool's ephemeral X25519 key.
+        epk: [u8; 32],
+    },
+    /// Unregister a volume.
+    VolumeRemove {
+        /// The volume id.
+        id: String,
+    },
+    /// Replace the ACL.
+    AclReplace {
+        /// The new text (linted by cryptod again).
+        text: String,
+        /// Its version, above the current one.
+        version: u64,
+    },
+    /// Revoke (`restore: false`) or restore a domain name.
+    Identity {
+        /// The domain name.
+        name: String,
+        /// Take it off the list instead.
+        restore: bool,
+    },
+}
+
+/// Whether `c` carries any field of the volume, ACL and identity commands.
+fn has_registry_fields(c: &AdminCommand) -> bool {
+    c.volume_id.is_some()
+        || c.ephemeral_pubkey.is_some()
+        || c.acl.is_some()
+        || c.acl_version.is_some()
+        || c.identity.is_some()
+}
+
+/// The volume, ACL and identity commands: each takes exactly its fields.
+fn registry_command(c: &AdminCommand) -> Result<Command, &'static str> {
+    let other = c.operator_id.is_some()
+        || c.secret.is_some()
+        || c.algorithm.is_some()
+        || c.digits.is_some()
+        || c.confirm_code.is_some()
+        || c.code_hashes.is_some();
+    let (vol, epk, acl, ver, ident) =
+        (&c.volume_id, c.ephemeral_pubkey, &c.acl, c.acl_version, &c.identity);
+    match (c.command, vol, epk, acl, ver, ident) {
+        _ if other => Err("an operator field on a volume, acl or identity command"),
+        (AdminOp::VolumeAdd, Some(id), Some(epk), None, None, None) => {
+            Ok(Command::VolumeAdd { id: id.clone(), epk })
+        }
+        (AdminOp::VolumeAdd, ..) => Err("volume_add takes exactly volume_id and ephemeral_pubkey"),
+        (AdminOp::VolumeRemove, Some(id), None, None, None, None) => {
+            Ok(Command::VolumeRemove { id: id.clone() })
+        }
+        (AdminOp::VolumeRemove, ..) => Err("volume_remove takes exactly volume_id"),
+        (AdminOp::AclReplace, None, None, Some(text), Some(version), None) => {
+            Ok(Command::AclReplace { text: text.clone(), version })
+        }
+        (AdminOp::AclReplace, ..) => Err("acl_replace takes exactly acl and acl_version"),
+        (
+            op @ (AdminOp::IdentityRevoke | AdminOp::IdentityRestore),
+            None,
+            None,
+            None,
+            None,
+            Some(n),
+        ) => Ok(Command::Identity { name: n.clone(), restore: op == AdminOp::IdentityRestore }),
+        _ => Err("identity_revoke and identity_restore take exactly identity"),
+    }
 }
 
 impl Command {
@@ -201,6 +272,16 @@ impl Command {
         }
         if c.kid.is_some() || c.cti.is_some() {
             return Err("kid and cti belong to the key commands");
+        }
+        let operator_op = matches!(
+            c.command,
+            AdminOp::OperatorAdd
+                | AdminOp::OperatorReset
+                | AdminOp::OperatorRemove
+                | AdminOp::RecoveryRegenerate
+        );
+        if operator_op && has_registry_fields(c) {
+            return Err("a volume, acl or identity field on an operator command");
         }
         match c.command {
             AdminOp::OperatorAdd | AdminOp::OperatorReset => {
@@ -242,13 +323,21 @@ impl Command {
             | AdminOp::KeyRevoke
             | AdminOp::TokenRevoke
             | AdminOp::RootRotate => Err("not an operator command"),
+            AdminOp::VolumeAdd
+            | AdminOp::VolumeRemove
+            | AdminOp::AclReplace
+            | AdminOp::IdentityRevoke
+            | AdminOp::IdentityRestore => registry_command(c),
         }
     }
 
     /// The key commands (`None`: not one): each takes only its own field.
     fn keys_from_wire(c: &AdminCommand, enrol: bool) -> Option<Result<Command, &'static str>> {
-        let extra =
-            enrol || c.operator_id.is_some() || c.confirm_code.is_some() || c.code_hashes.is_some();
+        let extra = enrol
+            || c.operator_id.is_some()
+            || c.confirm_code.is_some()
+            || c.code_hashes.is_some()
+            || has_registry_fields(c);
         let (kid, cti) = (c.kid.clone(), c.cti.clone());
         Some(match c.command {
             AdminOp::KeyRotate if extra || kid.is_some() || cti.is_some() => {

@@ -50,6 +50,7 @@ use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
     RateLimitConfig,
 };
+use crate::registry::{self, Identities, Volumes};
 use crate::revocation::RevocationList;
 use crate::sealed::{self, SealError, SealedHead, SealedState};
 use crate::totp::{matching_step, CodeCheck, Totp, DEFAULT_WINDOW, MAX_WINDOW, STEP_SECONDS};
@@ -329,6 +330,26 @@ pub struct Authority {
     /// The sealed state's format-4 sections (see [`sealed::section`]), as
     /// the areas that own them last set them; written back at export.
     sections: Vec<sealed::Section>,
+    /// The volume registry (section VOLUMES).
+    volumes: Volumes,
+    /// The ACL's version (section ACL).
+    acl_version: u64,
+    /// The identity revocation list (section IDENTITIES).
+    identities: Identities,
+    /// What the command being applied adds to its audit record, and the
+    /// sealed passphrase `volume_add` answers with.
+    admin_extra: AdminExtra,
+}
+
+/// Detail of one admin command beyond its verdict.
+#[derive(Default)]
+struct AdminExtra {
+    /// A refusal reason with detail (replaces the static one).
+    reason: Option<String>,
+    /// Audit metadata.
+    meta: Vec<(&'static str, String)>,
+    /// `volume_add`'s sealed passphrase.
+    sealed: Option<msg::SealedSecret>,
 }
 
 /// Refusals of one peer for one reason, counted instead of recorded one by
@@ -394,6 +415,15 @@ impl Authority {
         if !state.section(sealed::section::BACKUP).is_none_or(backup::Restored::valid) {
             return Err(InitError::Config("sealed backup section is malformed"));
         }
+        let acl_volumes = acl.rules().iter().flat_map(|r| r.volumes.iter().map(String::as_str));
+        let (volumes, acl_version, identities) = registry::decode_all(&state.sections, acl_volumes)
+            .map_err(|e| InitError::Config(e.0))?;
+        let mut sections = state.sections.clone();
+        if registry::get_section(&sections, sealed::section::VOLUMES).is_none() {
+            // The provisioned volumes, fixed now: a later ACL naming a new
+            // volume does not bind it (volume_add does).
+            registry::set_section(&mut sections, sealed::section::VOLUMES, volumes.encode());
+        }
         Ok(Authority {
             drbg: Drbg::new(config.reseed_interval),
             acl,
@@ -419,7 +449,11 @@ impl Authority {
             admin_key,
             admin_seq: state.admin_seq,
             recovery,
-            sections: state.sections.clone(),
+            sections,
+            volumes,
+            acl_version,
+            identities,
+            admin_extra: AdminExtra::default(),
             config,
         })
     }
@@ -598,7 +632,9 @@ impl Authority {
             Request::RevocationList(r) => {
                 self.revocations.prune(now);
                 let (root, kid) = self.keys.root();
-                match self.revocations.signed(root, kid, now) {
+                let mut body = self.revocations.body(now);
+                self.identities.publish(&mut body);
+                match crate::revocation::sign_body(&body, root, kid) {
                     Ok(signed) => msg::RevocationList { signed }.into(),
                     Err(_) => error(
                         ErrorCode::Internal,
@@ -865,6 +901,9 @@ impl Authority {
         scopes: ScopeSet,
         audience: &str,
     ) -> Result<usize, DenyReason> {
+        if self.identities.is_revoked(&peer.vm) || self.identities.is_revoked(audience) {
+            return Err(DenyReason::Revoked);
+        }
         let line = self.acl.decide(peer, scopes, audience)?;
         self.acl.check_image(line, image)?;
         Ok(line)
@@ -921,21 +960,24 @@ impl Authority {
             }
         };
         if let Some((volume, epk)) = grant {
-            let line = match self.acl.decide_unlock(peer, &self.config.unlock_audience, volume) {
-                Ok(line) => line,
-                Err(why) => {
-                    let reason = why.to_string();
-                    self.record(
-                        Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
-                            .target("luks:unlock")
-                            .meta("volume", volume)
-                            .meta("reason", &reason),
-                        now,
-                        out,
-                    );
-                    return resp(TotpResult::Denied, &reason);
-                }
-            };
+            let decided = self.acl.decide_unlock(peer, &self.config.unlock_audience, volume);
+            let bound = self.volumes.generation(volume).is_some();
+            let line =
+                match decided.and_then(|l| if bound { Ok(l) } else { Err(DenyReason::Unbound) }) {
+                    Ok(line) => line,
+                    Err(why) => {
+                        let reason = why.to_string();
+                        self.record(
+                            Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
+                                .target("luks:unlock")
+                                .meta("volume", volume)
+                                .meta("reason", &reason),
+                            now,
+                            out,
+                        );
+                        return resp(TotpResult::Denied, &reason);
+                    }
+                };
             let need = self.acl.requires_attestation(line);
             let action = Scope::LuksUnlock.as_str();
             if let Err(reason) = self.check_attestation(
@@ -1082,6 +1124,7 @@ impl Authority {
             result,
             reason: Some(reason.into()),
             admin_seq: Some(last),
+            unlock_secret: None,
         };
         if !self.can_audit(1) {
             return resp(AdminResult::Unavailable, "audit not ready or the collector is behind");
@@ -1124,7 +1167,10 @@ impl Authority {
                 return refuse(self, out, AdminResult::Invalid, &reason);
             }
         };
+        self.admin_extra = AdminExtra::default();
         let (result, reason) = self.admin_checked(&c, r, now);
+        let extra = core::mem::take(&mut self.admin_extra);
+        let reason = extra.reason.as_deref().unwrap_or(reason);
         let audit = match result {
             AdminResult::Ok => AuditResult::Ok,
             AdminResult::Replay => AuditResult::Replay,
@@ -1132,16 +1178,18 @@ impl Authority {
             AdminResult::Unavailable => AuditResult::Error,
             _ => AuditResult::Denied,
         };
-        // A command about no operator has no target of that kind (an empty
-        // target is not a valid record; the key commands name theirs below).
-        let mut ev = base(audit);
-        if let Some(id) = c.operator_id.as_deref() {
-            ev = ev.target(id);
-        }
-        let mut ev =
-            ev.meta("command", c.command.as_str()).meta("admin_seq", &c.admin_seq.to_string());
+        // The record names what the command is about (never empty: an
+        // empty target is not a valid record); the key commands name their
+        // kid or cti in key_meta.
+        let mut ev = base(audit)
+            .target(admin_target(&c))
+            .meta("command", c.command.as_str())
+            .meta("admin_seq", &c.admin_seq.to_string());
         if !reason.is_empty() {
             ev = ev.meta("reason", reason);
+        }
+        for (k, v) in &extra.meta {
+            ev = ev.meta(k, v);
         }
         ev = key_meta(ev, &c, self.keys.signer(now).map(|(_, kid)| &kid[..]), result);
         if c.command == msg::AdminOp::RootRotate && result == AdminResult::Ok {
@@ -1164,6 +1212,7 @@ impl Authority {
             result,
             reason: (!reason.is_empty()).then(|| reason.into()),
             admin_seq: Some(self.admin_seq),
+            unlock_secret: extra.sealed,
         }
     }
 
@@ -1193,7 +1242,14 @@ impl Authority {
         // Authentic, for us, fresh and well-formed: its number is used now,
         // whatever a rule below decides.
         self.admin_seq = c.admin_seq;
-        match self.apply(cmd, now) {
+        let applied = match cmd {
+            Command::VolumeAdd { .. }
+            | Command::VolumeRemove { .. }
+            | Command::AclReplace { .. }
+            | Command::Identity { .. } => self.apply_registry(cmd, r, now),
+            cmd => self.apply(cmd, now),
+        };
+        match applied {
             Ok(()) => (AdminResult::Ok, ""),
             Err(refusal) => refusal,
         }
@@ -1246,6 +1302,10 @@ impl Authority {
             | Command::KeyRevoke { .. }
             | Command::TokenRevoke { .. }
             | Command::RootRotate => self.apply_keys(cmd, now),
+            Command::VolumeAdd { .. }
+            | Command::VolumeRemove { .. }
+            | Command::AclReplace { .. }
+            | Command::Identity { .. } => Err((AdminResult::Invalid, "not an operator command")),
         }
     }
 
@@ -1293,10 +1353,7 @@ impl Authority {
 
     /// Puts the key ring's `KEYS` section into the sections to seal.
     fn keep_keys_section(&mut self) {
-        let (tag, body) = (sealed::section::KEYS, self.keys.section());
-        self.sections.retain(|s| s.tag != tag);
-        let at = self.sections.iter().position(|s| s.tag > tag).unwrap_or(self.sections.len());
-        self.sections.insert(at, sealed::Section { tag, body });
+        sealed::set_section(&mut self.sections, sealed::section::KEYS, self.keys.section());
     }
 
     /// Seals `op`'s secret once `confirm` matches it (the confirming step
@@ -1343,8 +1400,9 @@ impl Authority {
         )?;
         let token = self.mint(&claims, now)?;
         let esk: Zeroizing<[u8; 32]> = self.drbg.bytes().map_err(|_| "no randomness")?;
-        let passphrase =
-            unlock::luks_passphrase(&self.master, volume).map_err(|_| "bad volume id")?;
+        let generation = self.volumes.generation(volume).ok_or("volume removed")?;
+        let passphrase = unlock::luks_passphrase_gen(&self.master, volume, generation)
+            .map_err(|_| "bad volume id")?;
         let transcript = Transcript {
             request_id: &r.request_id,
             operator: &r.operator_id,
@@ -1694,6 +1752,136 @@ impl Authority {
             }
         }
     }
+}
+
+/// The volume, ACL and identity commands (issue 12; `crate::registry`).
+impl Authority {
+    /// Applies one of them; every change updates its sealed section, so
+    /// the answer waits for the state to be persisted like any admin change.
+    fn apply_registry(
+        &mut self,
+        cmd: Command,
+        r: &AdminReq,
+        now: u64,
+    ) -> Result<(), (AdminResult, &'static str)> {
+        let denied = |reason| (AdminResult::Denied, reason);
+        match cmd {
+            Command::VolumeAdd { id, epk } => {
+                let generation = self.volumes.next_generation(&id).map_err(denied)?;
+                let esk: Zeroizing<[u8; 32]> =
+                    self.drbg.bytes().map_err(|_| (AdminResult::Unavailable, "no randomness"))?;
+                let passphrase = unlock::luks_passphrase_gen(&self.master, &id, generation)
+                    .map_err(|_| (AdminResult::Invalid, "bad volume id"))?;
+                let transcript = Transcript {
+                    request_id: &r.request_id,
+                    operator: ADMIN_TRANSCRIPT_ID,
+                    volume_id: &id,
+                    token: &r.signed,
+                };
+                let sealed = unlock::seal_unlock_secret(&esk, &epk, &transcript, &passphrase[..])
+                    .map_err(|_| {
+                    (AdminResult::Invalid, "ephemeral_pubkey is a low-order point")
+                })?;
+                self.volumes.add(&id, now).map_err(denied)?;
+                self.admin_extra.sealed = Some(sealed);
+                self.admin_extra.meta.push(("volume", id));
+                self.admin_extra.meta.push(("generation", generation.to_string()));
+                registry::set_section(
+                    &mut self.sections,
+                    sealed::section::VOLUMES,
+                    self.volumes.encode(),
+                );
+            }
+            Command::VolumeRemove { id } => {
+                let generation = self.volumes.remove(&id).map_err(denied)?;
+                self.admin_extra.meta.push(("volume", id));
+                self.admin_extra.meta.push(("generation", generation.to_string()));
+                registry::set_section(
+                    &mut self.sections,
+                    sealed::section::VOLUMES,
+                    self.volumes.encode(),
+                );
+            }
+            Command::AclReplace { text, version } => {
+                if version <= self.acl_version {
+                    return Err(denied("acl_version is not above the current version"));
+                }
+                let acl = match Acl::parse(&text) {
+                    Ok(acl) => acl,
+                    Err(e) => {
+                        // The line only (the tool lints first and shows the
+                        // whole message): no Display of every lint error here.
+                        let mut why = String::from("acl lint failed at line ");
+                        why.push_str(&e.line.to_string());
+                        self.admin_extra.reason = Some(why);
+                        return Err((AdminResult::Invalid, "acl lint failed"));
+                    }
+                };
+                let meta = &mut self.admin_extra.meta;
+                meta.push(("acl_old_version", self.acl_version.to_string()));
+                meta.push(("acl_new_version", version.to_string()));
+                meta.push(("acl_old_sha256", hex(&sha256(self.acl_text.as_bytes()))));
+                meta.push(("acl_new_sha256", hex(&sha256(text.as_bytes()))));
+                self.acl = acl;
+                self.acl_text = text;
+                self.acl_version = version;
+                registry::set_section(
+                    &mut self.sections,
+                    sealed::section::ACL,
+                    version.to_be_bytes().to_vec(),
+                );
+            }
+            Command::Identity { name, restore } => {
+                let serial = if restore {
+                    self.identities.restore(&name)
+                } else {
+                    self.identities.revoke(&name)
+                }
+                .map_err(denied)?;
+                self.admin_extra.meta.push(("identity", name));
+                self.admin_extra.meta.push(("identity_serial", serial.to_string()));
+                registry::set_section(
+                    &mut self.sections,
+                    sealed::section::IDENTITIES,
+                    self.identities.encode(),
+                );
+            }
+            _ => return Err((AdminResult::Invalid, "not a volume, acl or identity command")),
+        }
+        Ok(())
+    }
+
+    /// The volume registry.
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
+    }
+
+    /// The ACL's version (0: never replaced).
+    pub fn acl_version(&self) -> u64 {
+        self.acl_version
+    }
+
+    /// The identity revocation list.
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+}
+
+/// What an admin command is about, for its audit record's target (never
+/// empty: the record's target is an id).
+fn admin_target(c: &AdminCommand) -> &str {
+    let about = c.operator_id.as_deref().or(c.volume_id.as_deref()).or(c.identity.as_deref());
+    about.unwrap_or(if c.acl.is_some() { "acl" } else { c.command.as_str() })
+}
+
+/// The `operator` of a `volume_add` seal's transcript (the admin tool
+/// opens it with the same): the command's request id, this text, the
+/// volume id, and SHA-256 of the command's COSE_Sign1 bytes.
+pub const ADMIN_TRANSCRIPT_ID: &str = "admin";
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Message {

@@ -20,6 +20,7 @@ pub mod drbg;
 pub mod keys;
 pub mod outcome;
 pub mod ratelimit;
+pub mod registry;
 pub mod revocation;
 pub mod sealed;
 pub use portcullis_proto::sorted;

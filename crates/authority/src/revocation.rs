@@ -136,15 +136,29 @@ impl RevocationList {
                 .iter()
                 .map(|(cti, exp)| RevokedEntry { cti: cti.clone(), exp: *exp })
                 .collect(),
+            revoked_names: None,
+            identity_serial: None,
         }
     }
 
     /// The list signed with `key` (the root key) under `kid`.
     pub fn signed(&self, key: &SigningKey, kid: &[u8], now: u64) -> Result<Vec<u8>, CoseError> {
-        let payload = self.body(now).to_cbor().map_err(|_| CoseError::Encoding)?;
-        cose::sign(key, kid, ContentType::RevocationList, &payload)
+        sign_body(&self.body(now), key, kid)
     }
 }
+
+/// `body` signed with `key` (the root key) under `kid`, content type
+/// `revocation_list`.
+pub fn sign_body(
+    body: &RevocationBody,
+    key: &SigningKey,
+    kid: &[u8],
+) -> Result<Vec<u8>, CoseError> {
+    let payload = body.to_cbor().map_err(|_| CoseError::Encoding)?;
+    cose::sign(key, kid, ContentType::RevocationList, &payload)
+}
+
+impl RevocationList {}
 
 #[cfg(test)]
 mod tests {

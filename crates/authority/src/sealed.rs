@@ -137,18 +137,29 @@ pub struct SealedState {
 impl SealedState {
     /// The body of section `tag`, if present.
     pub fn section(&self, tag: u16) -> Option<&[u8]> {
-        self.sections.iter().find(|s| s.tag == tag).map(|s| s.body.as_slice())
+        get_section(&self.sections, tag)
     }
 
     /// Sets section `tag` to `body` (`None` removes it), keeping the tags
     /// ascending.
     pub fn set_section(&mut self, tag: u16, body: Option<Vec<u8>>) {
-        self.sections.retain(|s| s.tag != tag);
-        if let Some(body) = body {
-            let at = self.sections.iter().position(|s| s.tag > tag).unwrap_or(self.sections.len());
-            self.sections.insert(at, Section { tag, body });
+        match body {
+            Some(body) => set_section(&mut self.sections, tag, body),
+            None => self.sections.retain(|s| s.tag != tag),
         }
     }
+}
+
+/// Section `tag`'s body in `sections`, if any.
+pub fn get_section(sections: &[Section], tag: u16) -> Option<&[u8]> {
+    sections.iter().find(|s| s.tag == tag).map(|s| s.body.as_slice())
+}
+
+/// Sets section `tag` of `sections` to `body`, keeping the tags ascending.
+pub fn set_section(sections: &mut Vec<Section>, tag: u16, body: Vec<u8>) {
+    sections.retain(|s| s.tag != tag);
+    let at = sections.iter().position(|s| s.tag > tag).unwrap_or(sections.len());
+    sections.insert(at, Section { tag, body });
 }
 
 /// An audit record the collector has stored: the chain, its `seq`, and

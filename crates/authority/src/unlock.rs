@@ -76,6 +76,34 @@ pub fn luks_passphrase(
     Ok(out)
 }
 
+/// HKDF info prefix for the passphrase of a registered volume generation
+/// (followed by `u32be(generation) || volume id`).
+pub const LUKS_INFO_GEN: &[u8] = b"portcullis luks v2";
+
+/// The passphrase of `volume_id` at `generation`: generation 0 (a volume
+/// provisioned before the registry) is [`luks_passphrase`]; any other is
+/// `HKDF-SHA256(salt = none, ikm = master, info = "portcullis luks v2" ||
+/// u32be(generation) || volume id)`, so a removed-then-added volume never
+/// gets an earlier generation's secret back.
+pub fn luks_passphrase_gen(
+    master: &[u8; 32],
+    volume_id: &str,
+    generation: u32,
+) -> Result<Zeroizing<[u8; PASSPHRASE_LEN]>, UnlockError> {
+    if generation == 0 {
+        return luks_passphrase(master, volume_id);
+    }
+    check_id(volume_id)?;
+    let hk = Hkdf::<Sha256>::new(None, master);
+    let mut out = Zeroizing::new([0u8; PASSPHRASE_LEN]);
+    hk.expand_multi_info(
+        &[LUKS_INFO_GEN, &generation.to_be_bytes(), volume_id.as_bytes()],
+        &mut out[..],
+    )
+    .map_err(|_| UnlockError::BadLength)?;
+    Ok(out)
+}
+
 /// The request an unlock secret is bound to (the AEAD associated data).
 #[derive(Clone, Copy, Debug)]
 pub struct Transcript<'a> {

@@ -96,6 +96,11 @@ fn command(a: &Authority, seq: u64, op: AdminOp, id: &str) -> AdminCommand {
         code_hashes: None,
         kid: None,
         cti: None,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        acl: None,
+        acl_version: None,
+        identity: None,
     }
 }
 

@@ -68,6 +68,11 @@ fn command(a: &Authority, seq: u64, op: AdminOp) -> AdminCommand {
         code_hashes: None,
         kid: None,
         cti: None,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        acl: None,
+        acl_version: None,
+        identity: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! See docs/authority.md ("Admin channel") and docs/operations.md.
 
 use crate::provision::{base32, otpauth_uri, qr, secret_len, totp_algorithm};
+use crate::volumes_cmd::{self, Existing, VolumeKey};
 use crate::{keyfile, socket, xenlink, Failure};
 use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -113,6 +114,79 @@ pub enum AdminCmd {
         #[arg(long)]
         cti: String,
     },
+    /// Bind a new volume: cryptod derives its passphrase (a fresh
+    /// generation), sealed to a one-use key of this tool, which enrols it
+    /// with `cryptsetup luksAddKey` and records the slot in a LUKS2 token.
+    VolumeAdd(VolumeAdd),
+    /// Unbind a volume: cryptod stops deriving its passphrase; with
+    /// --device its token is removed, with --kill-slot its key slot too.
+    VolumeRemove(VolumeRemove),
+    /// Replace the ACL with a new, linted, higher-versioned one.
+    AclReplace {
+        /// The new ACL text.
+        #[arg(long)]
+        file: PathBuf,
+        /// Its version: above the current one.
+        #[arg(long)]
+        version: u64,
+    },
+    /// Put a domain name on the identity revocation list: cryptod issues
+    /// it no token, and no token for it as audience.
+    IdentityRevoke {
+        /// The domain name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Take a domain name off the identity revocation list.
+    IdentityRestore {
+        /// The domain name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct VolumeAdd {
+    /// The volume id (the unlock agent's `--volume NAME=PATH`).
+    #[arg(long)]
+    name: String,
+    /// The LUKS device (or file volume) to enrol the passphrase into;
+    /// without it the passphrase is printed once instead.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// A key file that opens --device today (otherwise an existing
+    /// passphrase is read from standard input).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct VolumeRemove {
+    /// The volume id.
+    #[arg(long)]
+    name: String,
+    /// The LUKS device: remove the volume's `portcullis` token.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Also wipe the key slot the token names (`luksKillSlot`).
+    #[arg(long, requires = "device")]
+    kill_slot: bool,
+    /// A key file that opens --device (for --kill-slot; otherwise a
+    /// passphrase is read from standard input).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+/// The device's existing key: `file`, or a passphrase line from stdin.
+fn existing_key(file: &Option<PathBuf>, device: &Path) -> Result<Existing, Failure> {
+    if let Some(f) = file {
+        return Ok(Existing::KeyFile(f.clone()));
+    }
+    print!("a passphrase that opens {} today: ", device.display());
+    std::io::stdout().flush().map_err(|err| format!("stdout: {err}"))?;
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin().lock().read_line(&mut line).map_err(|err| format!("stdin: {err}"))?;
+    Ok(Existing::Passphrase(Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string())))
 }
 
 #[derive(Args)]
@@ -249,7 +323,16 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         code_hashes: None,
         kid: None,
         cti: None,
+        volume_id: None,
+        ephemeral_pubkey: None,
+        acl: None,
+        acl_version: None,
+        identity: None,
     };
+    // volume-add: the one-use key cryptod seals the passphrase to; and the
+    // device's existing key, asked before anything is sent.
+    let mut volume_key = None;
+    let mut existing = None;
     // Recovery codes to show once cryptod has taken their hashes.
     let mut shown: Option<(Vec<Zeroizing<String>>, Option<PathBuf>)> = None;
     match &args.command {
@@ -283,6 +366,36 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         | AdminCmd::KeyRevoke { .. }
         | AdminCmd::TokenRevoke { .. }
         | AdminCmd::RootRotate => key_command(&args.command, &mut c)?,
+        AdminCmd::VolumeAdd(v) => {
+            c.command = AdminOp::VolumeAdd;
+            c.volume_id = Some(v.name.clone());
+            let key = VolumeKey::new()?;
+            c.ephemeral_pubkey = Some(key.public());
+            volume_key = Some(key);
+            if let Some(dev) = &v.device {
+                existing = Some(existing_key(&v.key_file, dev)?);
+            }
+        }
+        AdminCmd::VolumeRemove(v) => {
+            c.command = AdminOp::VolumeRemove;
+            c.volume_id = Some(v.name.clone());
+            if let (true, Some(dev)) = (v.kill_slot, &v.device) {
+                existing = Some(existing_key(&v.key_file, dev)?);
+            }
+        }
+        AdminCmd::AclReplace { file, version } => {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            volumes_cmd::lint_acl(file, &text)?;
+            c.command = AdminOp::AclReplace;
+            c.acl = Some(text);
+            c.acl_version = Some(*version);
+        }
+        AdminCmd::IdentityRevoke { name } | AdminCmd::IdentityRestore { name } => {
+            let revoke = matches!(args.command, AdminCmd::IdentityRevoke { .. });
+            c.command = if revoke { AdminOp::IdentityRevoke } else { AdminOp::IdentityRestore };
+            c.identity = Some(name.clone());
+        }
     }
     let req = sign(&secret, &c)?;
     let timeout = Duration::from_secs(args.timeout);
@@ -314,10 +427,45 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
         )));
     }
     let hexed = c.kid.as_ref().or(c.cti.as_ref()).map(hex::encode);
-    let about = c.operator_id.as_deref().or(hexed.as_deref()).unwrap_or("");
+    let about = c.operator_id.as_deref().or(c.volume_id.as_deref()).or(c.identity.as_deref());
+    let about = about.or(hexed.as_deref()).unwrap_or("");
     println!("admin: ok: {} {about} (admin_seq {seq})", c.command.as_str());
     if let Some((codes, out)) = shown {
         show_codes(about, &codes, out.as_deref())?;
+    }
+    match &args.command {
+        AdminCmd::VolumeAdd(v) => {
+            let (Some(key), Some(sealed)) = (volume_key, r.unlock_secret.as_ref()) else {
+                return Err(Failure::Error("cryptod sent no sealed passphrase".into()));
+            };
+            let text = key.open(&req, &v.name, sealed)?;
+            match (&v.device, &existing) {
+                (Some(dev), Some(existing)) => {
+                    let slot = volumes_cmd::enrol(dev, &v.name, &text, existing)?;
+                    println!(
+                        "enrolled volume {:?} into {} (key slot {slot})",
+                        v.name,
+                        dev.display()
+                    );
+                }
+                _ => {
+                    println!("LUKS passphrase of volume {:?} (shown once; add it with `cryptsetup luksAddKey`):", v.name);
+                    println!("  {}", text.as_str());
+                }
+            }
+        }
+        AdminCmd::VolumeRemove(v) => {
+            if let Some(dev) = &v.device {
+                let killed = volumes_cmd::unbind(dev, &v.name, existing.as_ref())?;
+                println!(
+                    "unbound volume {:?} from {} (key slots wiped: {})",
+                    v.name,
+                    dev.display(),
+                    if killed.is_empty() { "none".into() } else { killed.join(",") }
+                );
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -499,6 +499,8 @@ pub fn verify_outcomes(
         });
     }
     Ok(out)
+}
+
 /// The root keys the log's seals may be signed by: `pinned` (root.pub),
 /// then each root a `root_rotate` record in the log names, in log order,
 /// each only if the root before it signed the succession (the record

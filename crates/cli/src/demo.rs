@@ -358,7 +358,7 @@ impl Demo {
         &self.exe
     }
 
-    fn tool(&self, name: &str, args: &[&str]) -> Result<Proc, Failure> {
+    pub(crate) fn tool(&self, name: &str, args: &[&str]) -> Result<Proc, Failure> {
         let dom = self.world.resolve(name).map_err(|e| format!("{e}"))?.ok_or("no such domain")?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(args);

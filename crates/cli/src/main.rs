@@ -19,6 +19,7 @@ mod provision;
 mod socket;
 mod token_cmd;
 mod vchan_call;
+mod volumes_cmd;
 mod xenlink;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,10 @@ enum Command {
     /// Send cryptod an admin command signed by the offline admin key
     /// (operators, recovery codes; docs/authority.md).
     Admin(admin::AdminArgs),
+    /// Volumes bound to Portcullis in LUKS2 headers, read-only (like
+    /// `clevis luks list`).
+    #[command(subcommand)]
+    Volumes(VolumesCmd),
     /// Check collected audit logs.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCmd),
@@ -81,6 +86,13 @@ enum Command {
     /// cryptod's sealed state durably, runs the audit collector and the
     /// unlock agent (docs/host.md).
     Host(host::HostArgs),
+}
+
+#[derive(Subcommand)]
+enum VolumesCmd {
+    /// Which volumes and key slots each device binds to Portcullis (its
+    /// `portcullis` LUKS2 tokens).
+    List(volumes_cmd::ListArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -122,6 +134,7 @@ fn main() -> ExitCode {
         Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Provision(args) => provision::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Volumes(VolumesCmd::List(args)) => volumes_cmd::list(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Backup(cmd) => backup::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),

@@ -5,15 +5,19 @@
 //! cryptod: an operator reset, after which the old secret's code is refused
 //! and the new one unlocks; regenerated recovery codes, one of which unlocks
 //! once and is refused the second time; a replayed admin command refused;
-//! a backup of the running cryptod's state restored on a "new host" (a new
-//! KEK under another passphrase), a wrong recovery key refused, and cryptod
-//! started from the restored directory unlocking the same volume.
+//! signing keys rotated and revoked, a token revoked, the root rotated
+//! (verifiers follow the chain); a second volume bound, listed, granted by
+//! a replaced ACL, opened and removed; policy_pd's name revoked and
+//! restored; a backup of the running cryptod's state restored on a "new
+//! host" (a new KEK under another passphrase), a wrong recovery key
+//! refused, and cryptod started from the restored directory unlocking the
+//! same volume.
 
 use std::process::Command;
 
 mod common;
 
-const GUESTS: [&str; 3] = ["entropyd", "cryptod", "unlocker"];
+const GUESTS: [&str; 4] = ["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 #[test]
 fn lifecycle_against_a_running_cryptod() {
@@ -47,7 +51,6 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] backup restore on a new host (a new KEK, another passphrase)",
         "[ok] the restored cryptod starts with the new host's KEK",
         "[ok] the restored cryptod unlocks the same volume (same derived LUKS passphrase)",
-        // Every check passed (each area's needles above say which ran).
         // keys
         "[ok] key-rotate applied",
         "[ok] after key-rotate a new kid signs",
@@ -63,7 +66,19 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] admin commands naming the old root.pub still apply",
         "[ok] after root-rotate the unlocker still unlocks",
         "root chain: followed 1 root rotation(s)",
-        // Every area's checks: none failed (the total is the sum of the areas').
+        // volumes (issue 12)
+        "[ok] volume-add bound a second volume and enrolled its key slot",
+        "[ok] volumes list shows the volume and its key slot",
+        "[ok] acl-replace refuses an ACL that fails the lint, with its line",
+        "[ok] acl-replace installed ACL version 1",
+        "[ok] acl-replace refuses a version that is not higher",
+        "[ok] the unlock agent opens the second volume with the operator's code",
+        "[ok] volume-remove unbound the volume and wiped its key slot",
+        "[ok] a removed volume's unlock is refused",
+        "[ok] identity-revoke put policy_pd on the identity revocation list",
+        "[ok] a revoked name's token request is refused",
+        "[ok] identity-restore: policy_pd gets its token again",
+        // Every area's checks: none failed.
         " passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}\n{stderr}");

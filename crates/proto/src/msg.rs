@@ -20,6 +20,8 @@ use crate::scope::{Scope, ScopeSet};
 
 /// Longest identifier-like text (operator, device, VM, volume, audience, actor…), in bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest ACL text an `acl_replace` command carries, in bytes.
+pub const MAX_ACL_TEXT_LEN: usize = 32 * 1024;
 /// Longest free text (`reason`, `justification`), in bytes.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Shortest entropy chunk, in bytes.
@@ -50,6 +52,8 @@ pub const MAX_KID_LEN: usize = 64;
 pub const MAX_KEYSET_KEYS: usize = 16;
 /// Most entries in a revocation list.
 pub const MAX_REVOKED: usize = 1024;
+/// Most names on the identity revocation list.
+pub const MAX_REVOKED_NAMES: usize = 64;
 /// Longest unlock passphrase, in bytes.
 pub const MAX_PASSPHRASE_LEN: usize = 512;
 /// Shortest sealed-secret ciphertext (the 16-byte AEAD tag), in bytes.
@@ -397,6 +401,17 @@ text_enum! {
         /// Rotate the root key: a new root, succeeding the old one by a
         /// statement the old one signs.
         RootRotate = "root_rotate",
+        /// Bind a volume: register it (a fresh generation) and send its
+        /// passphrase sealed to the admin tool's ephemeral key.
+        VolumeAdd = "volume_add",
+        /// Unbind a volume: its passphrase cannot be derived any more.
+        VolumeRemove = "volume_remove",
+        /// Replace the ACL with a linted text of a higher version.
+        AclReplace = "acl_replace",
+        /// Add a domain name to the identity revocation list.
+        IdentityRevoke = "identity_revoke",
+        /// Take a domain name off the identity revocation list.
+        IdentityRestore = "identity_restore",
     }
 }
 
@@ -444,12 +459,16 @@ wire_struct! {
         reason: String,
         /// The last accepted `admin_seq` (the next command must be above it).
         admin_seq: u64,
+        /// `volume_add`: the volume's passphrase, sealed to the command's
+        /// `ephemeral_pubkey` (transcript: `docs/authority.md`).
+        unlock_secret: SealedSecret,
     }
 }
 
 impl Check for AdminResp {
     fn check(&self) -> Result<(), FieldError> {
-        check_opt_text("reason", &self.reason)
+        check_opt_text("reason", &self.reason)?;
+        self.unlock_secret.as_ref().map_or(Ok(()), Check::check)
     }
 }
 
@@ -489,6 +508,16 @@ wire_struct! {
         kid: Vec<u8>,
         /// A token's id: token_revoke.
         cti: Vec<u8>,
+        /// The volume: `volume_add`, `volume_remove`.
+        volume_id: String,
+        /// The admin tool's ephemeral X25519 key: `volume_add`.
+        ephemeral_pubkey: [u8; 32],
+        /// The new ACL text, at most [`MAX_ACL_TEXT_LEN`] bytes: `acl_replace`.
+        acl: String,
+        /// The new ACL's version, above the current one: `acl_replace`.
+        acl_version: u64,
+        /// The domain name: `identity_revoke`, `identity_restore`.
+        identity: String,
     }
 }
 
@@ -519,6 +548,11 @@ impl Check for AdminCommand {
         }
         if let Some(cti) = &self.cti {
             check_len("cti", cti.len(), 1, MAX_CTI_LEN)?;
+        }
+        check_opt_id("volume_id", &self.volume_id)?;
+        check_opt_id("identity", &self.identity)?;
+        if let Some(acl) = &self.acl {
+            check_len("acl", acl.len(), 1, MAX_ACL_TEXT_LEN)?;
         }
         Ok(())
     }
@@ -1236,12 +1270,31 @@ wire_struct! {
         /// At most [`MAX_REVOKED`] entries.
         entries: Vec<RevokedEntry>,
     }
+    optional {
+        /// The identity revocation list: domain names no token may be
+        /// issued to (`sub`) or for (`aud`), at most
+        /// [`MAX_REVOKED_NAMES`]; absent while it was never changed.
+        revoked_names: Vec<String>,
+        /// Its serial (with `revoked_names`): a verifier refuses one older
+        /// than its current one.
+        identity_serial: u64,
+    }
 }
 payload_codec!(RevocationBody, "revocation_body");
 
 impl Check for RevocationBody {
     fn check(&self) -> Result<(), FieldError> {
-        check_len("entries", self.entries.len(), 0, MAX_REVOKED)
+        check_len("entries", self.entries.len(), 0, MAX_REVOKED)?;
+        if let Some(names) = &self.revoked_names {
+            check_len("revoked_names", names.len(), 0, MAX_REVOKED_NAMES)?;
+            for n in names {
+                check_id("revoked_names", n)?;
+            }
+        }
+        if self.revoked_names.is_some() != self.identity_serial.is_some() {
+            return Err(FieldError::new("identity_serial", "goes with revoked_names"));
+        }
+        Ok(())
     }
 }
 

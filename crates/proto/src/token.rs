@@ -331,25 +331,45 @@ impl ReplayCache for MemoryReplayCache {
 pub trait Revocations {
     /// Whether the token with id `cti` is revoked.
     fn is_revoked(&self, cti: &[u8]) -> bool;
+
+    /// Whether domain name `name` is on the identity revocation list (a
+    /// token whose `sub` or `aud` it is, is refused).
+    fn is_name_revoked(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// Revoked token ids, kept sorted for binary search.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RevokedSet {
     ids: Vec<Vec<u8>>,
+    /// Revoked domain names (the identity revocation list).
+    names: Vec<String>,
 }
 
 impl RevokedSet {
     /// An empty set.
     pub const fn new() -> RevokedSet {
-        RevokedSet { ids: Vec::new() }
+        RevokedSet { ids: Vec::new(), names: Vec::new() }
     }
 
     /// A set holding `ids` (sorted and deduplicated here).
     pub fn from_ids(mut ids: Vec<Vec<u8>>) -> RevokedSet {
         ids.sort_unstable();
         ids.dedup();
-        RevokedSet { ids }
+        RevokedSet { ids, names: Vec::new() }
+    }
+
+    /// This set, with the revoked domain names `names`.
+    pub fn with_names(mut self, names: Vec<String>) -> RevokedSet {
+        self.names = names;
+        self
+    }
+
+    /// The revoked domain names.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Adds `cti`; returns false if it was already present.
@@ -382,6 +402,10 @@ impl RevokedSet {
 impl Revocations for RevokedSet {
     fn is_revoked(&self, cti: &[u8]) -> bool {
         self.ids.binary_search_by(|id| id.as_slice().cmp(cti)).is_ok()
+    }
+
+    fn is_name_revoked(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
     }
 }
 
@@ -493,7 +517,10 @@ pub fn verify(
     if exp.scope.is_empty() || !claims.scope.is_superset(exp.scope) {
         return Err(VerifyError::MissingScope);
     }
-    if revoked.is_revoked(&claims.cti) {
+    if revoked.is_revoked(&claims.cti)
+        || revoked.is_name_revoked(&claims.sub)
+        || audiences.iter().any(|a| revoked.is_name_revoked(a))
+    {
         return Err(VerifyError::Revoked);
     }
     replay.check_and_insert(&claims.cti, claims.exp.saturating_add(exp.skew), exp.now).map_err(

@@ -194,10 +194,30 @@ pub fn samples(kind: MsgType) -> Vec<Message> {
                 result: AdminResult::Replay,
                 reason: Some("admin_seq is not above the last accepted one".into()),
                 admin_seq: Some(41),
+                unlock_secret: None,
             }
             .into(),
-            AdminResp { request_id: RID, result: AdminResult::Ok, reason: None, admin_seq: None }
-                .into(),
+            AdminResp {
+                request_id: RID,
+                result: AdminResult::Ok,
+                reason: None,
+                admin_seq: None,
+                unlock_secret: None,
+            }
+            .into(),
+            AdminResp {
+                request_id: RID,
+                result: AdminResult::Ok,
+                reason: None,
+                admin_seq: Some(43),
+                unlock_secret: Some(SealedSecret {
+                    volume_id: "vault-data".into(),
+                    alg: SealAlg::X25519HkdfSha256ChaCha20Poly1305,
+                    epk: [0x45; 32],
+                    ciphertext: vec![0x56; 48],
+                }),
+            }
+            .into(),
         ],
         MsgType::OutcomeReport => vec![
             OutcomeReport { request_id: RID, signed: cose(180), attestation: None }.into(),
@@ -232,6 +252,11 @@ pub fn admin_command() -> AdminCommand {
         code_hashes: Some(vec![[0x5c; RECOVERY_HASH_LEN]; RECOVERY_CODES]),
         kid: Some(vec![0x4b; 8]),
         cti: Some(vec![0xc7; 16]),
+        volume_id: Some("vault-home".into()),
+        ephemeral_pubkey: Some([0x66; 32]),
+        acl: Some("allow vm=policy_pd scopes=net:modify aud=fw0\n".into()),
+        acl_version: Some(2),
+        identity: Some("policy_pd".into()),
     }
 }
 
@@ -319,8 +344,23 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
                 RevokedEntry { cti: vec![0x77; 16], exp: T0 + 60 },
                 RevokedEntry { cti: vec![0x78; 16], exp: T0 + 90 },
             ],
+            revoked_names: None,
+            identity_serial: None,
         },
-        RevocationBody { serial: 0, issued_at: T0, entries: vec![] },
+        RevocationBody {
+            serial: 0,
+            issued_at: T0,
+            entries: vec![],
+            revoked_names: None,
+            identity_serial: None,
+        },
+        RevocationBody {
+            serial: 3,
+            issued_at: T0,
+            entries: vec![],
+            revoked_names: Some(vec!["policy_pd".into()]),
+            identity_serial: Some(2),
+        },
     ]
 }
 
