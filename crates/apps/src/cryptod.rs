@@ -20,10 +20,14 @@
 //! when the client leaves, its unsent and held answers are dropped (the
 //! drop is audited) and a fresh ring is published.
 //!
-//! Audit: the records a wake-up made are sealed at its end into one batch
-//! with one signature ([`Authority::seal_audit`]) and shipped as one
-//! `audit_log` message; the collector stores a batch with one fsync and
-//! acks its last `seq`, which releases every answer the batch covers.
+//! Audit (group commit): at the end of a wake-up the records made since the
+//! last seal are sealed into one batch with one signature and shipped as
+//! one `audit_log` message, unless a sealed batch is still waiting for the
+//! collector's ack: then they wait for it (at most 64 records or 1 s,
+//! [`Authority::seal_audit_due`]), so the requests that arrive during a
+//! collector write share the next seal and the next write. The collector
+//! stores a batch with one fsync and acks its last `seq`, which releases
+//! every answer the batch covers.
 //! Requests draw their randomness from the authority's DRBG; hardware
 //! entropy goes in with every `entropy_pub` reseed, not per request. No
 //! console line is printed per request on the success path.
@@ -327,12 +331,15 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             let answers = core::mem::take(&mut self.unsent);
             self.deliver(p, answers);
         }
-        // One seal (one signature) over every record this wake-up made,
-        // shipped after the answers that need not wait for it (answers that
+        // Group commit: one seal (one signature) over the records made
+        // since the last one, once no sealed batch waits for the collector
+        // (or enough records or time have gathered), so the requests that
+        // arrive while the collector writes share the next seal and write.
+        // Shipped after the answers that need not wait for it (answers that
         // wait for their records are held by the authority until the
         // collector acks the batch), so the seal is not on their path.
-        self.auth.seal_audit(now);
-        self.ship_batches(p, changed)?;
+        let sealed = self.auth.seal_audit_due(now);
+        self.ship_batches(p, changed || sealed > 0)?;
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {
             self.empty_report_due = true;
