@@ -43,9 +43,9 @@
 //! platform without durable storage ([`PlatformError::Unsupported`]) sends
 //! them, saying once that replay state lasts only until restart. The one
 //! change no answer depends on, the sealed audit head moved by the
-//! collector's acks, is persisted after the answers leave: at once when
-//! the outbox is empty, else at most every [`HEAD_PERSIST_EVERY_NS`], so
-//! an answer waits for one durable write (the collector's), not two.
+//! collector's acks, is persisted after the answers leave, at most once
+//! per [`HEAD_PERSIST_EVERY_NS`], so an answer waits for one durable write
+//! (the collector's), not two.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -79,10 +79,9 @@ type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
 /// `keyset` answers), since each flood request costs a signature.
 pub const CLIENT_BUDGET: usize = 8;
 
-/// Longest time the sealed audit head may lag the collector's acks while
-/// batches keep coming (nanoseconds): under load the head is persisted at
-/// most this often, not once per ack; when the outbox empties it is
-/// persisted at once.
+/// Shortest time between two persists of the sealed audit head alone
+/// (nanoseconds): the head lags the collector's acks by at most this (and
+/// one [`STEP`]), and is persisted this often at most, not once per ack.
 pub const HEAD_PERSIST_EVERY_NS: u64 = 1_000_000_000;
 
 /// Shortest time between two "audit outbox empty" console lines, in
@@ -370,8 +369,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// The sealed audit head moved (collector acks) and nothing else did:
     /// persisted after the answers the acks released have left (they need
     /// their records on the collector's disk, which the acks say, not the
-    /// head in cryptod's state), once the outbox is empty or at most
-    /// [`HEAD_PERSIST_EVERY_NS`] after the last persist. A crash before
+    /// head in cryptod's state), at most once per [`HEAD_PERSIST_EVERY_NS`]
+    /// (a wake-up comes at least every [`STEP`], so it is at most that
+    /// much later): a client asking again at once does not wait for it. A crash before
     /// then loses no record: the next boot's chain continues from the older
     /// head and the records after it stay in the log, verified by their
     /// seals and counted as superseded (`docs/authority.md`, Audit).
@@ -380,9 +380,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             return;
         }
         let now = p.monotonic_ns();
-        if self.auth.pending_audit_len() > 0
-            && now.saturating_sub(self.persisted_at) < HEAD_PERSIST_EVERY_NS
-        {
+        if now.saturating_sub(self.persisted_at) < HEAD_PERSIST_EVERY_NS {
             return;
         }
         self.persist(p);
