@@ -20,24 +20,32 @@
 //! when the client leaves, its unsent and held answers are dropped (the
 //! drop is audited) and a fresh ring is published.
 //!
-//! Audit: the records a wake-up made are sealed at its end into one batch
-//! with one signature ([`Authority::seal_audit`]) and shipped as one
-//! `audit_log` message; the collector stores a batch with one fsync and
-//! acks its last `seq`, which releases every answer the batch covers.
+//! Audit (group commit): at the end of a wake-up the records made since the
+//! last seal are sealed into one batch with one signature and shipped as
+//! one `audit_log` message, unless a sealed batch is still waiting for the
+//! collector's ack: then they wait for it (at most 64 records or 1 s,
+//! [`Authority::seal_audit_due`]), so the requests that arrive during a
+//! collector write share the next seal and the next write. The collector
+//! stores a batch with one fsync and acks its last `seq`, which releases
+//! every answer the batch covers.
 //! Requests draw their randomness from the authority's DRBG; hardware
 //! entropy goes in with every `entropy_pub` reseed, not per request. No
 //! console line is printed per request on the success path.
 //!
 //! Write-ahead persistence: no answer leaves while the sealed state has
 //! changed and is not yet durable. Each wake-up collects its answers (and
-//! those the collector's acks released), persists the state if it changed,
-//! and sends them only once [`Platform::persist`] returned `Ok`, so an
-//! accepted TOTP step is on dom0's disk before the operator learns it was
+//! those the collector's acks released), persists the state if a decision
+//! changed it, and sends them only once [`Platform::persist`] returned
+//! `Ok`, so an accepted TOTP step is on dom0's disk before the operator learns it was
 //! accepted, with or without `answer_after_audit`. When persisting fails
 //! the answers stay held (a client with answers held is not read, so they
 //! stay bounded), the state stays dirty and the next wake-up tries again; a
 //! platform without durable storage ([`PlatformError::Unsupported`]) sends
-//! them, saying once that replay state lasts only until restart.
+//! them, saying once that replay state lasts only until restart. The one
+//! change no answer depends on, the sealed audit head moved by the
+//! collector's acks, is persisted after the answers leave, at most once
+//! per [`HEAD_PERSIST_EVERY_NS`], so an answer waits for one durable write
+//! (the collector's), not two.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -71,6 +79,11 @@ type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
 /// the fairness bound (a lone client's p99 under a flood of signed
 /// `keyset` answers), since each flood request costs a signature.
 pub const CLIENT_BUDGET: usize = 8;
+
+/// Shortest time between two persists of the sealed audit head alone
+/// (nanoseconds): the head lags the collector's acks by at most this (and
+/// one [`STEP`]), and is persisted this often at most, not once per ack.
+pub const HEAD_PERSIST_EVERY_NS: u64 = 1_000_000_000;
 
 /// Shortest time between two "audit outbox empty" console lines, in
 /// nanoseconds: under steady load the outbox empties at every ack, and the
@@ -134,9 +147,14 @@ pub struct CryptodDriver<B: Backend> {
     /// The last persist failed (answers are held until one succeeds).
     persist_failing: bool,
     /// The sealed state changed (a client request, seeding, a key
-    /// rotation, a collector ack moving the sealed audit head) and is not
-    /// durable yet: no answer leaves until it is.
+    /// rotation) and is not durable yet: no answer leaves until it is.
     state_dirty: bool,
+    /// Only the sealed audit head moved (collector acks) since the state
+    /// was last persisted: persisted after the answers leave, not before
+    /// ([`HEAD_PERSIST_EVERY_NS`]).
+    head_dirty: bool,
+    /// When the state was last persisted (monotonic ns).
+    persisted_at: u64,
     /// Answers decided or released and not yet sent, because the state
     /// they may depend on is not durable yet; in order.
     unsent: Vec<(PeerId, Message)>,
@@ -234,6 +252,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             persist_warned: false,
             persist_failing: false,
             state_dirty: false,
+            head_dirty: false,
+            persisted_at: 0,
             unsent: Vec::new(),
             last_tick: 0,
             outbox_empty: true,
@@ -328,12 +348,16 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             let answers = core::mem::take(&mut self.unsent);
             self.deliver(p, answers);
         }
-        // One seal (one signature) over every record this wake-up made,
-        // shipped after the answers that need not wait for it (answers that
+        // Group commit: one seal (one signature) over the records made
+        // since the last one, once no sealed batch waits for the collector
+        // (or enough records or time have gathered), so the requests that
+        // arrive while the collector writes share the next seal and write.
+        // Shipped after the answers that need not wait for it (answers that
         // wait for their records are held by the authority until the
         // collector acks the batch), so the seal is not on their path.
-        self.auth.seal_audit(now);
-        self.ship_batches(p, changed)?;
+        let sealed = self.auth.seal_audit_due(now);
+        self.ship_batches(p, changed || sealed > 0)?;
+        self.persist_head(p);
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {
             self.empty_report_due = true;
@@ -341,6 +365,26 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         self.outbox_empty = empty;
         self.report_empty_outbox(p);
         Ok(())
+    }
+
+    /// The sealed audit head moved (collector acks) and nothing else did:
+    /// persisted after the answers the acks released have left (they need
+    /// their records on the collector's disk, which the acks say, not the
+    /// head in cryptod's state), at most once per [`HEAD_PERSIST_EVERY_NS`]
+    /// (a wake-up comes at least every [`STEP`], so it is at most that
+    /// much later): a client asking again at once does not wait for it. A crash before
+    /// then loses no record: the next boot's chain continues from the older
+    /// head and the records after it stay in the log, verified by their
+    /// seals and counted as superseded (`docs/authority.md`, Audit).
+    fn persist_head<P: Platform>(&mut self, p: &mut P) {
+        if !self.head_dirty || self.state_dirty {
+            return;
+        }
+        let now = p.monotonic_ns();
+        if now.saturating_sub(self.persisted_at) < HEAD_PERSIST_EVERY_NS {
+            return;
+        }
+        self.persist(p);
     }
 
     /// Says that the audit outbox is empty and what the collector
@@ -683,6 +727,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         };
         match result {
             Ok(()) => {
+                self.head_dirty = false;
+                self.persisted_at = p.monotonic_ns();
                 if core::mem::take(&mut self.persist_failing) {
                     say!(
                         p,
@@ -693,6 +739,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 true
             }
             Err(None) => {
+                self.head_dirty = false;
                 if !self.persist_warned {
                     say!(
                         p,
@@ -759,7 +806,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                     // sealed audit head (the next boot's chain continues
                     // from it).
                     let out = self.auth.collector_ack(&a);
-                    self.state_dirty |= out.state_changed;
+                    self.head_dirty |= out.state_changed;
                     released.extend(out.released);
                 }
                 Ok(Some(other)) => {

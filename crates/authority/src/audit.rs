@@ -47,6 +47,13 @@ pub const DEFAULT_OUTBOX: usize = 256;
 /// seal, framing) stays well under the 64 KiB message limit.
 pub const MAX_BATCH_BYTES: usize = 48 * 1024;
 
+/// Group commit: unsealed records are sealed without waiting for the
+/// batch in flight once they are this many ([`AuditLog::seal_due`]).
+pub const GROUP_RECORDS: usize = 64;
+/// Group commit: unsealed records are sealed without waiting for the batch
+/// in flight once the oldest is this old (seconds).
+pub const GROUP_WAIT_SECS: u64 = 1;
+
 /// What happened, for one audit record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -173,6 +180,8 @@ pub struct AuditLog {
     sealed_records: usize,
     capacity: usize,
     acked: Option<Head>,
+    /// When the oldest unsealed record was appended (unix seconds).
+    unsealed_since: u64,
 }
 
 impl AuditLog {
@@ -194,6 +203,7 @@ impl AuditLog {
             sealed_records: 0,
             capacity: capacity.max(1),
             acked: after,
+            unsealed_since: 0,
         }
     }
 
@@ -240,6 +250,9 @@ impl AuditLog {
         }
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         self.prev_hash = hash;
+        if self.unsealed.is_empty() {
+            self.unsealed_since = now;
+        }
         self.unsealed.push(Unsealed { seq: self.next_seq, bytes, hash });
         self.next_seq = after;
         Ok(self.unsealed.last().map_or(&[][..], |u| u.bytes.as_slice()))
@@ -287,6 +300,21 @@ impl AuditLog {
             self.sealed.push_back(Batch { first_seq, last_seq, records: batch, seal, head_hash });
         }
         Ok(count)
+    }
+
+    /// Group commit: whether the unsealed records should be sealed now.
+    /// Yes when there are some and no sealed batch is waiting for the
+    /// collector's ack (nothing in flight: a lone request is sealed at
+    /// once), or when they already fill a batch ([`GROUP_RECORDS`]), or
+    /// when the oldest waited [`GROUP_WAIT_SECS`] (the collector is slow or
+    /// gone). Otherwise they wait for the batch in flight to be acked and
+    /// then share one seal and one collector write: the requests that
+    /// arrive during a collector write are committed together.
+    pub fn seal_due(&self, now: u64) -> bool {
+        !self.unsealed.is_empty()
+            && (self.sealed.is_empty()
+                || self.unsealed.len() >= GROUP_RECORDS
+                || now.saturating_sub(self.unsealed_since) >= GROUP_WAIT_SECS)
     }
 
     /// The collector stored everything up to `seq` of chain `chain_id`:
@@ -1224,5 +1252,33 @@ mod tests {
         for b in log.pending() {
             assert!(portcullis_proto::envelope::Message::AuditLog(b.to_message()).encode().is_ok());
         }
+    }
+
+    #[test]
+    fn group_commit_seals_when_nothing_is_in_flight_or_enough_has_gathered() {
+        let mut log = AuditLog::new([1; 16], 1000);
+        assert!(!log.seal_due(0), "nothing to seal");
+        log.append(event(), 10).unwrap();
+        assert!(log.seal_due(10), "nothing in flight: a lone record is sealed at once");
+        log.seal(&key(), &kid(), 10).unwrap();
+        // Behind the batch in flight, records wait...
+        for _ in 0..GROUP_RECORDS - 1 {
+            log.append(event(), 11).unwrap();
+            assert!(!log.seal_due(11));
+        }
+        // ...until their wait is over (timed from the oldest of them),
+        assert!(!log.seal_due(11 + GROUP_WAIT_SECS - 1));
+        assert!(log.seal_due(11 + GROUP_WAIT_SECS));
+        // or they fill a group,
+        log.append(event(), 11).unwrap();
+        assert!(log.seal_due(11));
+        // or the batch in flight is acknowledged.
+        log.append(event(), 11).unwrap();
+        assert_eq!(log.ack(&[1; 16], 0), 1);
+        assert!(log.seal_due(11));
+        // An ack that leaves a batch in flight keeps them waiting.
+        log.seal(&key(), &kid(), 11).unwrap();
+        log.append(event(), 12).unwrap();
+        assert!(!log.seal_due(12));
     }
 }

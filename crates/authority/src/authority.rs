@@ -484,6 +484,20 @@ impl Authority {
         self.audit.as_mut().and_then(|a| a.seal(key, kid, now).ok()).unwrap_or(0)
     }
 
+    /// Group commit: [`Authority::seal_audit`] only when
+    /// [`crate::audit::AuditLog::seal_due`] says so (nothing sealed is
+    /// waiting for the collector, or enough records or time have gathered);
+    /// otherwise the records wait and the next wake-up asks again. cryptod
+    /// calls it once per wake-up, so the requests that arrive while a batch
+    /// is being written share the next seal and the next collector write.
+    pub fn seal_audit_due(&mut self, now: u64) -> usize {
+        if self.audit.as_ref().is_some_and(|a| a.seal_due(now)) {
+            self.seal_audit(now)
+        } else {
+            0
+        }
+    }
+
     /// Sealed audit batches not yet acked, as `audit_log` messages, oldest
     /// first (to resend after a reconnect).
     pub fn pending_audit(&self) -> Vec<Message> {

@@ -782,3 +782,77 @@ fn an_image_bound_unlock_rule_refuses_another_image_before_the_code() {
     let out = call_measured(&mut a, &unlocker(), Some(&GOOD_IMAGE), &msg);
     assert_eq!(totp_resp(&out).result, TotpResult::Ok);
 }
+
+/// The collector's ack alone (the `Route` shim's `handle` also seals).
+fn ack_only(a: &mut Authority, rec: &[u8]) -> Output {
+    let r = audit_record(rec);
+    a.collector_ack(&AuditAck { chain_id: r.chain_id, seq: r.seq })
+}
+
+/// Group commit: while a sealed batch waits for the collector, the
+/// requests of later wake-ups are not sealed one by one; once the batch is
+/// acknowledged they all share one seal (one signature) and one collector
+/// write, and the ack of that one batch releases every caller's answer.
+#[test]
+fn group_commit_many_callers_share_one_seal_while_a_batch_is_in_flight() {
+    let (mut a, start) = seeded();
+    // The whole log as the collector stores it, batch by batch.
+    let mut log = pending_items(&a);
+    assert!(ack_only(&mut a, start.last().unwrap()).released.is_empty());
+    assert_eq!(a.pending_audit_batches().count(), 0);
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    let issue = |a: &mut Authority| {
+        let out = a.handle_request(&policy_pd(), Request::from_message(&req).unwrap(), T0, b"");
+        assert!(out.response.is_none(), "held until its record is stored");
+        records(&out)
+    };
+    // A lone request, nothing in flight: sealed at once.
+    let first = issue(&mut a);
+    assert_eq!(a.seal_audit_due(T0), 1);
+    log.extend(pending_items(&a));
+    // Eight more callers (wake-ups) while that batch is being written.
+    let mut later = Vec::new();
+    for _ in 0..8 {
+        later.extend(issue(&mut a));
+        assert_eq!(a.seal_audit_due(T0), 0, "waits for the batch in flight");
+    }
+    assert_eq!(a.unsealed_audit_len(), 8);
+    assert_eq!(a.pending_audit_batches().count(), 1);
+    // The collector stores the first batch: one answer out, then the eight
+    // records are sealed together.
+    assert_eq!(ack_only(&mut a, first.last().unwrap()).released.len(), 1);
+    assert_eq!(a.seal_audit_due(T0), 1);
+    let batches: Vec<_> = a.pending_audit_batches().cloned().collect();
+    assert_eq!(batches.len(), 1, "one seal for the eight");
+    assert_eq!(batches[0].records, later);
+    log.extend(pending_items(&a));
+    // The log verifies whole: one seal per batch (three), no unsealed tail.
+    let s = verify_chain(&log, &[a.root_public()]).unwrap();
+    assert_eq!((s.records, s.seals, s.unsealed), (start.len() + 9, 3, 0));
+    // One ack releases all eight answers, in order.
+    let out = ack_only(&mut a, later.last().unwrap());
+    assert_eq!(out.released.len(), 8);
+    assert!(out.released.iter().all(|(to, _)| to == &policy_pd()));
+    assert_eq!(a.held_len(), 0);
+}
+
+/// Group commit is bounded in time: records waiting behind a batch the
+/// collector does not acknowledge are sealed (and shipped) after
+/// `GROUP_WAIT_SECS` anyway, so nothing waits forever for a slow collector.
+#[test]
+fn group_commit_seals_after_its_wait_when_the_collector_is_slow() {
+    use portcullis_authority::audit::GROUP_WAIT_SECS;
+    let (mut a, start) = seeded();
+    assert!(ack_only(&mut a, start.last().unwrap()).released.is_empty());
+    let req: Message = issue_req(ScopeSet::single(Scope::NetRead), "fw0", None).into();
+    let issue = |a: &mut Authority| {
+        a.handle_request(&policy_pd(), Request::from_message(&req).unwrap(), T0, b"");
+    };
+    issue(&mut a);
+    issue(&mut a);
+    assert_eq!(a.seal_audit_due(T0), 1);
+    issue(&mut a);
+    assert_eq!(a.seal_audit_due(T0 + GROUP_WAIT_SECS - 1), 0);
+    assert_eq!(a.seal_audit_due(T0 + GROUP_WAIT_SECS), 1);
+    assert_eq!(a.pending_audit_batches().count(), 2);
+}

@@ -623,7 +623,10 @@ pub fn verify_file_with(root: &Path, check: LogCheck, file: &Path) -> Result<Str
     }
     let superseded = match summary.superseded {
         0 => String::new(),
-        n => format!("; {n} record(s) stored but not acknowledged before a restart"),
+        n => format!(
+            "; {n} record(s) stored after the audit head cryptod had persisted before a \
+             restart (superseded: sealed, but not anchored by the next chain)"
+        ),
     };
     let tail = match summary.unsealed_tail {
         0 => String::new(),
