@@ -32,7 +32,8 @@ commands:
   build [--release] [--target hosted]
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
-                     sizes printed; fails if one is over 256 KiB
+                     sizes and each guest's `memory =` printed; fails if one is over its
+                     limit (256 KiB; cryptod 272 KiB for now) or a xen/*.cfg over 4 MiB
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
