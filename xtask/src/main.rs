@@ -32,7 +32,8 @@ commands:
   build [--release] [--target hosted]
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
-                     sizes printed; fails if one is over 256 KiB
+                     sizes and each guest's `memory =` printed; fails if one is over its
+                     limit (256 KiB; cryptod 272 KiB for now) or a xen/*.cfg over 4 MiB
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
@@ -287,14 +288,27 @@ fn build_xen() -> Result<Vec<Image>, String> {
     }
     let dir = root().join("target").join(GUEST_TARGET).join("guest");
     let mut images = Vec::new();
-    println!("{:<10} {:>10} {:>10}  PVH entry", "image", "bytes", "limit");
+    println!(
+        "{:<10} {:>10} {:>10}  {:<9} memory (xen/*.cfg)",
+        "image", "bytes", "limit", "PVH entry"
+    );
     for g in XEN_IMAGES {
         let path = dir.join(g);
         let size = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
         let entry = pvh_entry(&path)?;
         let limit = image_limit(g);
         let mark = if size > limit { "  OVER" } else { "" };
-        println!("{g:<10} {size:>10} {limit:>10}  {entry:#x}{mark}");
+        let memory = match shipped_memory_mib(g) {
+            Some(Ok(mib)) if mib > GUEST_MEMORY_LIMIT_MIB => {
+                return Err(format!(
+                    "xen/{g}.cfg: memory = {mib} MiB, over the {GUEST_MEMORY_LIMIT_MIB} MiB limit"
+                ))
+            }
+            Some(Ok(mib)) => format!("{mib} MiB"),
+            Some(Err(e)) => return Err(e),
+            None => "-".to_string(),
+        };
+        println!("{g:<10} {size:>10} {limit:>10}  {:<9} {memory}{mark}", format!("{entry:#x}"));
         images.push(Image { name: g, size });
     }
     Ok(images)
@@ -403,6 +417,46 @@ fn images_over_limit(sizes: &[(&str, u64, u64)]) -> Option<String> {
         })
         .collect();
     (!over.is_empty()).then(|| format!("guest images too large: {}", over.join(", ")))
+}
+
+/// Most memory a shipped guest config may give its domain, in MiB (issue 14):
+/// the heap is the RAM the memory map leaves above the image, and every
+/// guest passes the Xen boot's stages at this size or less.
+const GUEST_MEMORY_LIMIT_MIB: u64 = 4;
+
+/// The `memory =` (MiB) of guest `name`'s shipped config `xen/<name>.cfg`:
+/// `None` for an image without one (`hello`), an error if the file cannot
+/// be read or has no single valid `memory =` line.
+fn shipped_memory_mib(name: &str) -> Option<Result<u64, String>> {
+    if !GUESTS.contains(&name) {
+        return None;
+    }
+    let path = root().join("xen").join(format!("{name}.cfg"));
+    Some(
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|text| cfg_memory_mib(&text).map_err(|e| format!("{}: {e}", path.display()))),
+    )
+}
+
+/// The value of the one `memory = N` line of an `xl` config (MiB).
+fn cfg_memory_mib(text: &str) -> Result<u64, String> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        let Some((key, value)) = line.split_once('=') else { continue };
+        if key.trim() != "memory" {
+            continue;
+        }
+        let value = value.trim();
+        let mib = value
+            .parse::<u64>()
+            .map_err(|_| format!("memory = `{value}` is not a whole number of MiB"))?;
+        if found.replace(mib).is_some() {
+            return Err("more than one `memory =` line".to_string());
+        }
+    }
+    found.ok_or_else(|| "no `memory =` line".to_string())
 }
 
 /// The XEN_ELFNOTE_PHYS32_ENTRY (type 18) address of an image.
@@ -1281,6 +1335,31 @@ mod tests {
         assert_eq!(image_limit("cryptod"), 278_528);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
+    }
+
+    #[test]
+    fn cfg_memory_is_read_strictly() {
+        assert_eq!(cfg_memory_mib("name = \"x\"\nmemory = 4\nvcpus = 1\n"), Ok(4));
+        assert_eq!(cfg_memory_mib("memory=2 # MiB\n# memory = 64\n"), Ok(2));
+        assert!(cfg_memory_mib("maxmem = 4\n").unwrap_err().contains("no `memory =`"));
+        assert!(cfg_memory_mib("memory = 4\nmemory = 2\n").unwrap_err().contains("more than one"));
+        assert!(cfg_memory_mib("memory = \"4\"\n").unwrap_err().contains("not a whole number"));
+        assert!(cfg_memory_mib("memory = -1\n").is_err());
+    }
+
+    /// Issue 14: every shipped guest config gives its domain 4 MiB or
+    /// less, and the guests whose peak heap is a few hundred KiB 2 MiB;
+    /// the Xen boot (`guest-memory` stage) runs them at these sizes.
+    #[test]
+    fn shipped_guest_configs_are_small() {
+        for g in GUESTS {
+            let mib = shipped_memory_mib(g).expect("a guest has a config").unwrap();
+            assert!(mib <= GUEST_MEMORY_LIMIT_MIB, "{g}: memory = {mib}");
+            if *g != "cryptod" {
+                assert!(mib <= 2, "{g}: memory = {mib}, its peak heap is a few hundred KiB");
+            }
+        }
+        assert!(shipped_memory_mib("hello").is_none());
     }
 
     #[test]
