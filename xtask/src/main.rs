@@ -33,7 +33,7 @@ commands:
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
                      sizes and each guest's `memory =` printed; fails if one is over its
-                     limit (256 KiB; cryptod 272 KiB for now) or a xen/*.cfg over 4 MiB
+                     limit (256 KiB; cryptod 308 KiB for now) or a xen/*.cfg over 4 MiB
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
@@ -252,11 +252,12 @@ fn main() -> ExitCode {
 const IMAGE_LIMIT: u64 = 256 * 1024;
 
 /// cryptod's own, larger limit while it misses [`IMAGE_LIMIT`]: the admin
-/// channel's Ed25519 verification and commands, attestations and measured
-/// launch took it to 272,200 bytes (docs/benchmarks.md, "Guest images").
+/// channel, attestations and measured launch took it to 272,200 bytes, the
+/// lifecycle commands (keys, volumes, ACL, identities, backup) and the
+/// outcome records to 310,472 (docs/benchmarks.md, "Guest images").
 /// Issue 14's goal stays 256 KiB for every image; this keeps the gate
-/// biting at today's size instead of switching it off.
-const CRYPTOD_IMAGE_LIMIT: u64 = 272 * 1024;
+/// biting just above today's size instead of switching it off.
+const CRYPTOD_IMAGE_LIMIT: u64 = 308 * 1024;
 
 /// The limit of image `name`.
 fn image_limit(name: &str) -> u64 {
