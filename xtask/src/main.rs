@@ -1333,7 +1333,7 @@ mod tests {
         );
         assert_eq!(IMAGE_LIMIT, 262_144);
         assert_eq!(image_limit("unlocker"), 262_144);
-        assert_eq!(image_limit("cryptod"), 278_528);
+        assert_eq!(image_limit("cryptod"), 315_392);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
     }
