@@ -19,7 +19,7 @@
 //! docs/provisioning.md has the formats.
 
 use crate::kek::{self, Unlock};
-use crate::provision::{self, KekChoice, KekPlan};
+use crate::provision::{self, KekArgs, KekPlan};
 use crate::{keyfile, Failure};
 use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -82,20 +82,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     recovery_key_file: Option<PathBuf>,
     /// How the new KEK is protected on this host (as `provision --kek`).
-    #[arg(long, default_value = "tpm", value_parser = ["tpm", "passphrase", "credential"])]
-    kek: String,
-    /// The PCR policy of the tpm protector: BANK:PCR[,PCR...].
-    #[arg(long, default_value = kek::DEFAULT_PCRS)]
-    tpm_pcrs: String,
-    /// The passphrase protector's new passphrase, from this file (else asked twice).
-    #[arg(long)]
-    kek_passphrase_file: Option<PathBuf>,
-    /// Argon2id cost m=KIB,t=N,p=N. For tests.
-    #[arg(long, hide = true)]
-    kek_argon2: Option<String>,
-    /// systemd-creds' --with-key for the credential protector.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "host", "tpm2", "host+tpm2"])]
-    kek_credential_key: String,
+    #[command(flatten)]
+    kek: KekArgs,
     /// Seal a new admin key (written to DIR/admin.key: move it offline)
     /// in place of the backup's: for a state with none (migrated from
     /// sealed format 2) or a lost admin key.
@@ -246,15 +234,7 @@ fn restore(a: &RestoreArgs) -> Result<(), Failure> {
     } else {
         None
     };
-    let choice = KekChoice {
-        kek: &a.kek,
-        tpm_pcrs: &a.tpm_pcrs,
-        passphrase_file: a.kek_passphrase_file.as_ref(),
-        argon2: a.kek_argon2.as_ref(),
-        credential_key: &a.kek_credential_key,
-        fixed: None,
-    };
-    let plan = provision::kek_plan(&choice)?;
+    let plan = provision::kek_plan(&a.kek)?;
     let kek = provision::os_random::<32>()?;
     let sealed = sealed::seal(&state, &kek, &os_random::<12>()?).map_err(|e| e.to_string())?;
     sealed::unseal(&sealed, &kek).map_err(|e| format!("sealed state does not reopen: {e}"))?;

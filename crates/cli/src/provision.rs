@@ -167,6 +167,15 @@ pub struct ProvisionArgs {
     /// A key file that opens --luks-device today.
     #[arg(long)]
     luks_key_file: Option<PathBuf>,
+    /// How the key-encryption key is protected at rest.
+    #[command(flatten)]
+    kek: KekArgs,
+}
+
+/// How a new key-encryption key is protected at rest: `provision` and
+/// `backup restore` take the same options.
+#[derive(Args)]
+pub struct KekArgs {
     /// How the key-encryption key is protected at rest: tpm (sealed to
     /// dom0's TPM 2.0 under --tpm-pcrs), passphrase (Argon2id) or
     /// credential (a systemd credential). It is never stored in plaintext.
@@ -212,12 +221,14 @@ impl ProvisionArgs {
             luks_size_mib: 32,
             luks_device: None,
             luks_key_file: None,
-            kek: "passphrase".into(),
-            tpm_pcrs: kek::DEFAULT_PCRS.into(),
-            kek_passphrase_file: None,
-            kek_argon2: None,
-            kek_credential_key: "auto".into(),
-            kek_fixed_passphrase: Some(Zeroizing::new(DEMO_PASSPHRASE.as_bytes().to_vec())),
+            kek: KekArgs {
+                kek: "passphrase".into(),
+                tpm_pcrs: kek::DEFAULT_PCRS.into(),
+                kek_passphrase_file: None,
+                kek_argon2: None,
+                kek_credential_key: "auto".into(),
+                kek_fixed_passphrase: Some(Zeroizing::new(DEMO_PASSPHRASE.as_bytes().to_vec())),
+            },
         }
     }
 }
@@ -234,52 +245,28 @@ pub(crate) enum KekPlan {
     Credential(String),
 }
 
-/// The KEK options of a command that protects a new KEK (`provision`,
-/// `backup restore`).
-pub(crate) struct KekChoice<'a> {
-    pub(crate) kek: &'a str,
-    pub(crate) tpm_pcrs: &'a str,
-    pub(crate) passphrase_file: Option<&'a PathBuf>,
-    pub(crate) argon2: Option<&'a String>,
-    pub(crate) credential_key: &'a str,
-    pub(crate) fixed: Option<&'a Zeroizing<Vec<u8>>>,
-}
-
-impl ProvisionArgs {
-    fn kek_choice(&self) -> KekChoice<'_> {
-        KekChoice {
-            kek: &self.kek,
-            tpm_pcrs: &self.tpm_pcrs,
-            passphrase_file: self.kek_passphrase_file.as_ref(),
-            argon2: self.kek_argon2.as_ref(),
-            credential_key: &self.kek_credential_key,
-            fixed: self.kek_fixed_passphrase.as_ref(),
-        }
-    }
-}
-
-pub(crate) fn kek_plan(args: &KekChoice) -> Result<KekPlan, Failure> {
-    let protector = Protector::parse(args.kek).ok_or_else(|| {
+pub(crate) fn kek_plan(args: &KekArgs) -> Result<KekPlan, Failure> {
+    let protector = Protector::parse(&args.kek).ok_or_else(|| {
         Failure::Error(format!("--kek {}: use tpm, passphrase or credential", args.kek))
     })?;
-    if args.argon2.is_some() && protector != Protector::Passphrase {
+    if args.kek_argon2.is_some() && protector != Protector::Passphrase {
         return Err(Failure::Error("--kek-argon2 is for --kek passphrase".into()));
     }
-    if args.passphrase_file.is_some() && protector != Protector::Passphrase {
+    if args.kek_passphrase_file.is_some() && protector != Protector::Passphrase {
         return Err(Failure::Error("--kek-passphrase-file is for --kek passphrase".into()));
     }
     Ok(match protector {
         Protector::Tpm => {
-            let pcrs = Pcrs::parse(args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
+            let pcrs = Pcrs::parse(&args.tpm_pcrs).map_err(|e| format!("--tpm-pcrs {e}"))?;
             kek::tpm::probe(None).map_err(|e| e.to_string())?;
             KekPlan::Tpm(pcrs)
         }
         Protector::Passphrase => {
-            let cost = match args.argon2 {
+            let cost = match &args.kek_argon2 {
                 Some(s) => Cost::parse_arg(s).map_err(|e| format!("--kek-argon2: {e}"))?,
                 None => Cost::DEFAULT,
             };
-            let source = match (args.fixed, args.passphrase_file) {
+            let source = match (&args.kek_fixed_passphrase, &args.kek_passphrase_file) {
                 (Some(p), _) => PassphraseSource::Fixed(p.clone()),
                 (None, Some(f)) => PassphraseSource::File(f.clone()),
                 (None, None) => PassphraseSource::Ask,
@@ -302,7 +289,7 @@ pub(crate) fn kek_plan(args: &KekChoice) -> Result<KekPlan, Failure> {
                     ))
                 }
             }
-            KekPlan::Credential(args.credential_key.to_string())
+            KekPlan::Credential(args.kek_credential_key.clone())
         }
     })
 }
@@ -542,7 +529,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
             return Err(Failure::Error(format!("operator {id:?} given twice")));
         }
     }
-    let plan = kek_plan(&args.kek_choice())?;
+    let plan = kek_plan(&args.kek)?;
     prepare_dir(&args.out)?;
 
     let mut operators = Vec::new();
@@ -598,7 +585,7 @@ pub fn run(args: ProvisionArgs) -> Result<(), Failure> {
             kek::tpm::tcti(),
             kek::FILE
         ),
-        KekPlan::Passphrase(_, cost) if args.kek_fixed_passphrase.is_some() => println!(
+        KekPlan::Passphrase(_, cost) if args.kek.kek_fixed_passphrase.is_some() => println!(
             "KEK protected by the demo's PUBLIC test passphrase {DEMO_PASSPHRASE:?} \
              (Argon2id {cost}): {}; demo only, never for real secrets",
             kek::FILE
