@@ -970,25 +970,16 @@ fn admin_req(key: &ed25519_dalek::SigningKey, seq: u64) -> Message {
     use portcullis_proto::msg::{AdminCommand, AdminOp, AdminReq};
     let root = ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]).verifying_key();
     let c = AdminCommand {
-        request_id: RequestId([seq as u8; 16]),
-        state_id: kid_for(&root).to_vec(),
-        admin_seq: seq,
-        issued_at: T0,
-        expires_at: T0 + 300,
-        command: AdminOp::RecoveryRegenerate,
         operator_id: Some("alice".into()),
-        secret: None,
-        algorithm: None,
-        digits: None,
-        confirm_code: None,
         code_hashes: Some(vec![recovery_hash(&[1; 16], b"AAAAABBBBB"); 8]),
-        kid: None,
-        cti: None,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        acl: None,
-        acl_version: None,
-        identity: None,
+        ..AdminCommand::new(
+            RequestId([seq as u8; 16]),
+            kid_for(&root).to_vec(),
+            seq,
+            T0,
+            T0 + 300,
+            AdminOp::RecoveryRegenerate,
+        )
     };
     let kid = kid_for(&key.verifying_key());
     let signed = cose::sign(key, &kid, ContentType::AdminCommand, &c.to_cbor().unwrap()).unwrap();

@@ -81,27 +81,7 @@ fn hashes() -> Vec<[u8; RECOVERY_HASH_LEN]> {
 }
 
 fn command(a: &Authority, seq: u64, op: AdminOp, id: &str) -> AdminCommand {
-    AdminCommand {
-        request_id: RequestId([seq as u8; 16]),
-        state_id: kid_for(&a.root_public()).to_vec(),
-        admin_seq: seq,
-        issued_at: T0,
-        expires_at: T0 + 300,
-        command: op,
-        operator_id: Some(id.into()),
-        secret: None,
-        algorithm: None,
-        digits: None,
-        confirm_code: None,
-        code_hashes: None,
-        kid: None,
-        cti: None,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        acl: None,
-        acl_version: None,
-        identity: None,
-    }
+    AdminCommand { operator_id: Some(id.into()), ..common::admin_command(a, seq, op) }
 }
 
 fn enrol(mut c: AdminCommand, secret: &[u8], confirm: &str) -> AdminCommand {

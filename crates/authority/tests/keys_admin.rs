@@ -53,27 +53,7 @@ fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64) -> (Output, V
 }
 
 fn command(a: &Authority, seq: u64, op: AdminOp) -> AdminCommand {
-    AdminCommand {
-        request_id: RequestId([seq as u8; 16]),
-        state_id: kid_for(&a.root_public()).to_vec(),
-        admin_seq: seq,
-        issued_at: T0,
-        expires_at: T0 + 300,
-        command: op,
-        operator_id: None,
-        secret: None,
-        algorithm: None,
-        digits: None,
-        confirm_code: None,
-        code_hashes: None,
-        kid: None,
-        cti: None,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        acl: None,
-        acl_version: None,
-        identity: None,
-    }
+    common::admin_command(a, seq, op)
 }
 
 /// Signs and sends `c` from dom0; the verdict and the admin record.

@@ -308,27 +308,14 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
     };
     let mut rid = [0u8; 16];
     os_random(&mut rid)?;
-    let mut c = AdminCommand {
-        request_id: RequestId(rid),
-        state_id: kid_for(&root.public).to_vec(),
-        admin_seq: seq,
-        issued_at: now,
-        expires_at: now.saturating_add(args.ttl),
-        command: AdminOp::OperatorRemove,
-        operator_id: None,
-        secret: None,
-        algorithm: None,
-        digits: None,
-        confirm_code: None,
-        code_hashes: None,
-        kid: None,
-        cti: None,
-        volume_id: None,
-        ephemeral_pubkey: None,
-        acl: None,
-        acl_version: None,
-        identity: None,
-    };
+    let mut c = AdminCommand::new(
+        RequestId(rid),
+        kid_for(&root.public).to_vec(),
+        seq,
+        now,
+        now.saturating_add(args.ttl),
+        AdminOp::OperatorRemove,
+    );
     // volume-add: the one-use key cryptod seals the passphrase to; and the
     // device's existing key, asked before anything is sent.
     let mut volume_key = None;

@@ -521,6 +521,41 @@ wire_struct! {
     }
 }
 
+impl AdminCommand {
+    /// A command `command` with its required fields and none of the
+    /// optional ones (each command then sets its own).
+    pub fn new(
+        request_id: RequestId,
+        state_id: Vec<u8>,
+        admin_seq: u64,
+        issued_at: u64,
+        expires_at: u64,
+        command: AdminOp,
+    ) -> AdminCommand {
+        AdminCommand {
+            request_id,
+            state_id,
+            admin_seq,
+            issued_at,
+            expires_at,
+            command,
+            operator_id: None,
+            secret: None,
+            algorithm: None,
+            digits: None,
+            confirm_code: None,
+            code_hashes: None,
+            kid: None,
+            cti: None,
+            volume_id: None,
+            ephemeral_pubkey: None,
+            acl: None,
+            acl_version: None,
+            identity: None,
+        }
+    }
+}
+
 impl Check for AdminCommand {
     fn check(&self) -> Result<(), FieldError> {
         check_len("state_id", self.state_id.len(), 1, MAX_KID_LEN)?;

@@ -1,6 +1,6 @@
 //! What the authority's end-to-end test crates share: one sealed state (one
 //! operator, alice), the two client peers its ACL names, entropy chunks,
-//! the test-only [`Route`] shim, and readers for the audit records an
+//! the test-only [`Route`] shim, admin commands, and readers for the audit records an
 //! [`Output`] carries. Each test crate uses a part of it.
 #![allow(dead_code)]
 
@@ -152,4 +152,21 @@ pub fn attestation_of(out: &Output) -> Vec<u8> {
         Some(Message::Attestation(a)) => a.signed.clone(),
         other => panic!("expected attestation, got {other:?}"),
     }
+}
+
+/// An admin command `op` for `a` (its root kid), sequence `seq`, issued at
+/// [`T0`] for 300 s, request id `[seq; 16]`, no optional fields.
+pub fn admin_command(
+    a: &Authority,
+    seq: u64,
+    op: portcullis_proto::msg::AdminOp,
+) -> portcullis_proto::msg::AdminCommand {
+    portcullis_proto::msg::AdminCommand::new(
+        RequestId([seq as u8; 16]),
+        portcullis_proto::key::kid_for(&a.root_public()).to_vec(),
+        seq,
+        T0,
+        T0 + 300,
+        op,
+    )
 }
