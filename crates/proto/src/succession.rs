@@ -1,13 +1,15 @@
 //! Root key succession: a root key names its successor in a statement it
 //! signs (COSE_Sign1, content type `root_succession`, payload
-//! [`RootSuccession`]); a verifier pinned to an older root follows the
+//! [`RootSuccession`](crate::msg::RootSuccession)); a verifier pinned to an older root follows the
 //! chain of statements to the current root, and only so.
 //!
-//! Rules ([`follow`]): at most [`MAX_ROOT_CHAIN`] statements; each is
+//! Rules ([`follow`](crate::succession::follow)): at most
+//! [`MAX_ROOT_CHAIN`](crate::msg::MAX_ROOT_CHAIN) statements; each is
 //! verified under the root before it (kid and signature); only a version
 //! above the one held moves on, so versions strictly increase: statements
-//! at or below the version already held are skipped (a verifier that followed part of the chain before no longer
-//! holds the roots that signed them).
+//! at or below the version already held are skipped (a verifier that
+//! followed part of the chain before no longer holds the roots that signed
+//! them).
 
 use alloc::vec::Vec;
 use core::fmt;
