@@ -4,7 +4,7 @@
 
 use ed25519_dalek::SigningKey;
 use portcullis_authority::admin::{recovery_hash, MAX_OPERATORS};
-use portcullis_authority::authority::{Config, Output, CODE_NOT_ACCEPTED};
+use portcullis_authority::authority::{Output, CODE_NOT_ACCEPTED};
 use portcullis_authority::sealed::{self, SealedState};
 use portcullis_authority::totp::{totp, Algorithm};
 use portcullis_authority::{Authority, PeerId};
@@ -12,8 +12,8 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
-    normalize_recovery_code, AdminCommand, AdminOp, AdminReq, AdminResp, AdminResult, AuditAck,
-    AuditAction, AuditRecord, AuditResult, RequestId, TotpAlg, TotpResult, RECOVERY_HASH_LEN,
+    normalize_recovery_code, AdminCommand, AdminOp, AdminReq, AdminResp, AdminResult, AuditAction,
+    AuditRecord, AuditResult, RequestId, TotpAlg, TotpResult, RECOVERY_HASH_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -45,27 +45,6 @@ fn admin_state() -> SealedState {
 
 fn dom0() -> PeerId {
     PeerId::new(0, "dom0")
-}
-
-fn seeded_from(st: SealedState) -> Authority {
-    let mut a = Authority::new(Config::default(), st, T0).unwrap();
-    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"hw");
-    assert!(a.is_ready());
-    a
-}
-
-/// Sends `msg` and acks its records, so a held answer is released.
-fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64) -> (Output, Vec<AuditRecord>) {
-    let mut out = a.handle(peer, msg, now, b"");
-    let recs: Vec<AuditRecord> = records(&out).iter().map(|r| audit_record(r)).collect();
-    if let Some(last) = recs.last() {
-        let ack: Message = AuditAck { chain_id: last.chain_id, seq: last.seq }.into();
-        let acked = a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
-        if let Some((_, answer)) = acked.released.into_iter().next() {
-            out.response = Some(answer);
-        }
-    }
-    (out, recs)
 }
 
 fn code(secret: &[u8], digits: u8, t: u64) -> String {

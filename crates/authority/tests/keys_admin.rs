@@ -5,17 +5,17 @@
 //! refused, and the revoked kids sealed in the `KEYS` section.
 
 use ed25519_dalek::SigningKey;
-use portcullis_authority::authority::{Config, Output};
+use portcullis_authority::authority::Config;
 use portcullis_authority::keys::decode_section;
-use portcullis_authority::sealed::{self, SealedState};
+use portcullis_authority::sealed::{self};
 use portcullis_authority::{Authority, PeerId};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
-    AdminCommand, AdminOp, AdminReq, AdminResult, AuditAck, AuditRecord, KeysetBody, KeysetReq,
-    RequestId, TokenIssueReq,
+    AdminCommand, AdminOp, AdminReq, AdminResult, AuditRecord, KeysetBody, KeysetReq, RequestId,
+    TokenIssueReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
@@ -29,27 +29,6 @@ fn seeded() -> Authority {
     let mut st = state();
     st.admin_key = Some(SigningKey::from_bytes(&ADMIN_SEED).verifying_key().to_bytes());
     seeded_from(st)
-}
-
-fn seeded_from(st: SealedState) -> Authority {
-    let mut a = Authority::new(Config::default(), st, T0).unwrap();
-    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"hw");
-    assert!(a.is_ready());
-    a
-}
-
-/// Sends `msg` and acks its records, so a held answer is released.
-fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64) -> (Output, Vec<AuditRecord>) {
-    let mut out = a.handle(peer, msg, now, b"");
-    let recs: Vec<AuditRecord> = records(&out).iter().map(|r| audit_record(r)).collect();
-    if let Some(last) = recs.last() {
-        let ack: Message = AuditAck { chain_id: last.chain_id, seq: last.seq }.into();
-        let acked = a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
-        if let Some((_, answer)) = acked.released.into_iter().next() {
-            out.response = Some(answer);
-        }
-    }
-    (out, recs)
 }
 
 fn command(a: &Authority, seq: u64, op: AdminOp) -> AdminCommand {

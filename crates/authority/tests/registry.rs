@@ -14,9 +14,9 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
 use portcullis_proto::msg::{
-    AdminCommand, AdminOp, AdminReq, AdminResp, AdminResult, AuditAck, AuditAction, AuditRecord,
-    AuditResult, IssueResult, RequestId, RevocationBody, RevocationListReq, TokenIssueReq,
-    TokenIssueResp, TotpResult,
+    AdminCommand, AdminOp, AdminReq, AdminResp, AdminResult, AuditAction, AuditRecord, AuditResult,
+    IssueResult, RequestId, RevocationBody, RevocationListReq, TokenIssueReq, TokenIssueResp,
+    TotpResult,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
@@ -53,19 +53,6 @@ fn seeded() -> Authority {
     st.set_section(sealed::section::VOLUMES, Some(provisioned.encode()));
     st.acl = OPEN_ACL.into();
     seeded_from(st)
-}
-
-fn call(a: &mut Authority, peer: &PeerId, msg: &Message, now: u64) -> (Output, Vec<AuditRecord>) {
-    let mut out = a.handle(peer, msg, now, b"");
-    let recs: Vec<AuditRecord> = records(&out).iter().map(|r| audit_record(r)).collect();
-    if let Some(last) = recs.last() {
-        let ack: Message = AuditAck { chain_id: last.chain_id, seq: last.seq }.into();
-        let acked = a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
-        if let Some((_, answer)) = acked.released.into_iter().next() {
-            out.response = Some(answer);
-        }
-    }
-    (out, recs)
 }
 
 fn command(a: &Authority, seq: u64, op: AdminOp) -> AdminCommand {

@@ -170,3 +170,32 @@ pub fn admin_command(
         op,
     )
 }
+
+/// An authority started from `st` at [`T0`] and seeded by entropyd, ready.
+pub fn seeded_from(st: SealedState) -> Authority {
+    let mut a = Authority::new(portcullis_authority::authority::Config::default(), st, T0).unwrap();
+    a.handle(&PeerId::new(2, "entropyd"), &entropy(1), T0, b"hw");
+    assert!(a.is_ready());
+    a
+}
+
+/// Sends `msg` from `peer` and acks its records as the collector, so a
+/// held answer is released: the output (with the answer) and the records.
+pub fn call(
+    a: &mut Authority,
+    peer: &PeerId,
+    msg: &Message,
+    now: u64,
+) -> (Output, Vec<AuditRecord>) {
+    let mut out = a.handle(peer, msg, now, b"");
+    let recs: Vec<AuditRecord> = records(&out).iter().map(|r| audit_record(r)).collect();
+    if let Some(last) = recs.last() {
+        let ack: Message =
+            portcullis_proto::msg::AuditAck { chain_id: last.chain_id, seq: last.seq }.into();
+        let acked = a.handle(&PeerId::new(0, "collector"), &ack, now, b"");
+        if let Some((_, answer)) = acked.released.into_iter().next() {
+            out.response = Some(answer);
+        }
+    }
+    (out, recs)
+}
