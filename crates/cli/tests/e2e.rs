@@ -14,16 +14,9 @@ const GUESTS: [&str; 4] = ["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 #[test]
 fn full_scenario_with_oathtool_codes() {
-    let guests = common::guests_dir(&GUESTS);
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--oathtool", "--no-qr", "--scenario", "full", "--step-timeout", "60"])
-        .arg("--dir")
-        .arg(work.path())
-        .arg("--guests")
-        .arg(&guests)
-        .output()
-        .expect("run portcullis demo");
+    let args = ["--oathtool", "--no-qr", "--scenario", "full", "--step-timeout", "60"];
+    let out = common::demo(work.path(), &GUESTS, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");

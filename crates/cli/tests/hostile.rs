@@ -7,25 +7,15 @@
 //! audit and console volume under a flood, roles by link and wire errors;
 //! the collected log must verify at the end. See docs/demo.md.
 
-use std::process::Command;
-
 mod common;
 
 const GUESTS: [&str; 2] = ["entropyd", "cryptod"];
 
 #[test]
 fn hostile_clients_against_cryptod() {
-    let guests = common::guests_dir(&GUESTS);
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--totp-from-secret", "--no-qr", "--scenario", "hostile"])
-        .args(["--step-timeout", "60"])
-        .arg("--dir")
-        .arg(work.path())
-        .arg("--guests")
-        .arg(&guests)
-        .output()
-        .expect("run portcullis demo");
+    let args = ["--totp-from-secret", "--no-qr", "--scenario", "hostile", "--step-timeout", "60"];
+    let out = common::demo(work.path(), &GUESTS, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let results: Vec<&str> =

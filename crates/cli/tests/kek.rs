@@ -135,14 +135,11 @@ fn no_file_of_a_provisioned_directory_is_the_plaintext_kek() {
 
 #[test]
 fn the_demo_directory_holds_no_plaintext_kek() {
-    let guests = common::guests_dir(&["entropyd", "cryptod", "unlocker", "policy_pd"]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("demo");
-    let out = portcullis()
-        .args(["demo", "--dir", d.to_str().unwrap(), "--guests", guests.to_str().unwrap()])
-        .args(["--totp-from-secret", "--no-qr", "--scenario", "happy", "--step-timeout", "60"])
-        .output()
-        .unwrap();
+    let guests = ["entropyd", "cryptod", "unlocker", "policy_pd"];
+    let args = ["--totp-from-secret", "--no-qr", "--scenario", "happy", "--step-timeout", "60"];
+    let out = common::demo(&d, &guests, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("PUBLIC test passphrase"), "{stdout}");

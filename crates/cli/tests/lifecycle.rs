@@ -13,25 +13,15 @@
 //! refused, and cryptod started from the restored directory unlocking the
 //! same volume.
 
-use std::process::Command;
-
 mod common;
 
 const GUESTS: [&str; 4] = ["entropyd", "cryptod", "unlocker", "policy_pd"];
 
 #[test]
 fn lifecycle_against_a_running_cryptod() {
-    let guests = common::guests_dir(&GUESTS);
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--totp-from-secret", "--no-qr", "--scenario", "lifecycle"])
-        .args(["--step-timeout", "60"])
-        .arg("--dir")
-        .arg(work.path())
-        .arg("--guests")
-        .arg(&guests)
-        .output()
-        .expect("run portcullis demo");
+    let args = ["--totp-from-secret", "--no-qr", "--scenario", "lifecycle", "--step-timeout", "60"];
+    let out = common::demo(work.path(), &GUESTS, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");

@@ -72,3 +72,18 @@ pub fn guests_dir(guests: &[&str]) -> PathBuf {
     }
     dir
 }
+
+/// Runs `portcullis demo ARGS --dir WORK --guests DIR` to its end, with
+/// `guests` built first (see [`guests_dir`]).
+pub fn demo(work: &std::path::Path, guests: &[&str], args: &[&str]) -> std::process::Output {
+    let guests = guests_dir(guests);
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("demo")
+        .args(args)
+        .arg("--dir")
+        .arg(work)
+        .arg("--guests")
+        .arg(&guests)
+        .output()
+        .expect("run portcullis demo")
+}
