@@ -231,6 +231,7 @@ mod tests {
             entries: vec![],
             revoked_names: names.map(|(_, n)| n.iter().map(|s| String::from(*s)).collect()),
             identity_serial: names.map(|(s, _)| s),
+            revoked_devices: None,
         };
         let kid = kid_for(&root.verifying_key());
         cose::sign(root, &kid, ContentType::RevocationList, &body.to_cbor().unwrap()).unwrap()

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::registry::IdentityKind;
 use crate::totp::{Algorithm, OperatorSecret};
 
 /// The only peer domain whose admin commands are considered: dom0.
@@ -207,9 +208,11 @@ pub enum Command {
         /// Its version, above the current one.
         version: u64,
     },
-    /// Revoke (`restore: false`) or restore a domain name.
+    /// Revoke (`restore: false`) or restore a domain name or device id.
     Identity {
-        /// The domain name.
+        /// What `name` names.
+        kind: IdentityKind,
+        /// The domain name or device id.
         name: String,
         /// Take it off the list instead.
         restore: bool,
@@ -250,14 +253,25 @@ fn registry_command(c: &AdminCommand) -> Result<Command, &'static str> {
         }
         (AdminOp::AclReplace, ..) => Err("acl_replace takes exactly acl and acl_version"),
         (
-            op @ (AdminOp::IdentityRevoke | AdminOp::IdentityRestore),
+            op @ (AdminOp::IdentityRevoke
+            | AdminOp::IdentityRestore
+            | AdminOp::DeviceRevoke
+            | AdminOp::DeviceRestore),
             None,
             None,
             None,
             None,
             Some(n),
-        ) => Ok(Command::Identity { name: n.clone(), restore: op == AdminOp::IdentityRestore }),
-        _ => Err("identity_revoke and identity_restore take exactly identity"),
+        ) => Ok(Command::Identity {
+            kind: if matches!(op, AdminOp::DeviceRevoke | AdminOp::DeviceRestore) {
+                IdentityKind::Device
+            } else {
+                IdentityKind::Domain
+            },
+            name: n.clone(),
+            restore: matches!(op, AdminOp::IdentityRestore | AdminOp::DeviceRestore),
+        }),
+        _ => Err("identity_revoke, identity_restore, device_revoke and device_restore take exactly identity"),
     }
 }
 
@@ -327,7 +341,9 @@ impl Command {
             | AdminOp::VolumeRemove
             | AdminOp::AclReplace
             | AdminOp::IdentityRevoke
-            | AdminOp::IdentityRestore => registry_command(c),
+            | AdminOp::IdentityRestore
+            | AdminOp::DeviceRevoke
+            | AdminOp::DeviceRestore => registry_command(c),
         }
     }
 

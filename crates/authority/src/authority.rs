@@ -949,6 +949,14 @@ impl Authority {
         if !self.can_audit(2) {
             return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
         }
+        if self.identities.is_device_revoked(&r.device_id) {
+            // Before the code is looked at: no step is used, no failure
+            // counted (the device id is the peer's claim; it retires an
+            // honest console's device, see docs/authority.md).
+            let reason = "device revoked";
+            self.record(base(AuditResult::Denied).meta("reason", reason), now, out);
+            return resp(TotpResult::Denied, reason);
+        }
         let unlock = ScopeSet::single(Scope::LuksUnlock);
         if let Err(why) = self.acl_decide(peer, image, unlock, &self.config.unlock_audience) {
             let reason = why.to_string();
@@ -1845,14 +1853,14 @@ impl Authority {
                     version.to_be_bytes().to_vec(),
                 );
             }
-            Command::Identity { name, restore } => {
+            Command::Identity { kind, name, restore } => {
                 let serial = if restore {
-                    self.identities.restore(&name)
+                    self.identities.restore_kind(kind, &name)
                 } else {
-                    self.identities.revoke(&name)
+                    self.identities.revoke_kind(kind, &name)
                 }
                 .map_err(denied)?;
-                self.admin_extra.meta.push(("identity", name));
+                self.admin_extra.meta.push((kind.as_str(), name));
                 self.admin_extra.meta.push(("identity_serial", serial.to_string()));
                 registry::set_section(
                     &mut self.sections,

@@ -11,7 +11,8 @@
 //!   generation and never gets the old secret back.
 //! - The ACL's version only goes up; the text itself is the sealed ACL.
 //! - The identity revocation list names domains cryptod serves no token
-//!   to and issues no token for; its serial goes up with every change.
+//!   to and issues no token for, and device ids it checks no TOTP code
+//!   for; its serial goes up with every change.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -178,18 +179,44 @@ pub fn decode_acl_version(body: &[u8]) -> Result<u64, SectionError> {
     Ok(v)
 }
 
-/// The identity revocation list: domain names, and a serial that goes up
-/// with every change.
+/// What an identity revocation list entry names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// A domain name (what Xen says a peer is): no token to or for it.
+    Domain,
+    /// A device id (a TOTP request's `device_id`, the peer's claim): no
+    /// code is checked for it.
+    Device,
+}
+
+impl IdentityKind {
+    /// The audit record's key for an entry of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Domain => "identity",
+            IdentityKind::Device => "device",
+        }
+    }
+}
+
+/// The identity revocation list: domain names and device ids, and one
+/// serial that goes up with every change to either.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identities {
     serial: u64,
     names: Vec<String>,
+    devices: Vec<String>,
 }
 
 impl Identities {
-    /// Whether `name` is revoked.
+    /// Whether domain name `name` is revoked.
     pub fn is_revoked(&self, name: &str) -> bool {
         self.names.iter().any(|n| n == name)
+    }
+
+    /// Whether device id `device` is revoked.
+    pub fn is_device_revoked(&self, device: &str) -> bool {
+        self.devices.iter().any(|d| d == device)
     }
 
     /// The list's serial (0: never changed).
@@ -202,50 +229,81 @@ impl Identities {
         &self.names
     }
 
+    /// The revoked device ids, in the order they were revoked.
+    pub fn devices(&self) -> &[String] {
+        &self.devices
+    }
+
     /// Adds the list to a revocation list's payload, once it has ever
     /// changed (serial above 0): published with the token revocation list.
     pub fn publish(&self, body: &mut portcullis_proto::msg::RevocationBody) {
         if self.serial > 0 {
             body.revoked_names = Some(self.names.clone());
             body.identity_serial = Some(self.serial);
+            if !self.devices.is_empty() {
+                body.revoked_devices = Some(self.devices.clone());
+            }
         }
     }
 
-    /// Revokes `name`; refused if it is revoked already.
+    fn list(&mut self, kind: IdentityKind) -> &mut Vec<String> {
+        match kind {
+            IdentityKind::Domain => &mut self.names,
+            IdentityKind::Device => &mut self.devices,
+        }
+    }
+
+    /// Revokes domain name `name`; refused if it is revoked already.
     pub fn revoke(&mut self, name: &str) -> Result<u64, &'static str> {
-        if name.is_empty() || name.len() > MAX_ID_LEN {
+        self.revoke_kind(IdentityKind::Domain, name)
+    }
+
+    /// Takes domain name `name` off the list; refused if it is not on it.
+    pub fn restore(&mut self, name: &str) -> Result<u64, &'static str> {
+        self.restore_kind(IdentityKind::Domain, name)
+    }
+
+    /// Revokes `id` of `kind`; refused if it is revoked already, or the
+    /// list (at most [`MAX_IDENTITIES`] of each kind) is full.
+    pub fn revoke_kind(&mut self, kind: IdentityKind, id: &str) -> Result<u64, &'static str> {
+        if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err("identity empty or too long");
         }
-        if self.is_revoked(name) {
+        let serial = self.serial.checked_add(1).ok_or("identity serial exhausted")?;
+        let list = self.list(kind);
+        if list.iter().any(|n| n == id) {
             return Err("identity is revoked already");
         }
-        if self.names.len() >= MAX_IDENTITIES {
+        if list.len() >= MAX_IDENTITIES {
             return Err("identity revocation list is full");
         }
-        let serial = self.serial.checked_add(1).ok_or("identity serial exhausted")?;
-        self.names.push(name.into());
+        list.push(id.into());
         self.serial = serial;
         Ok(serial)
     }
 
-    /// Takes `name` off the list; refused if it is not on it.
-    pub fn restore(&mut self, name: &str) -> Result<u64, &'static str> {
-        if !self.is_revoked(name) {
+    /// Takes `id` of `kind` off the list; refused if it is not on it.
+    pub fn restore_kind(&mut self, kind: IdentityKind, id: &str) -> Result<u64, &'static str> {
+        let serial = self.serial.checked_add(1).ok_or("identity serial exhausted")?;
+        let list = self.list(kind);
+        if !list.iter().any(|n| n == id) {
             return Err("identity is not revoked");
         }
-        let serial = self.serial.checked_add(1).ok_or("identity serial exhausted")?;
-        self.names.retain(|n| n != name);
+        list.retain(|n| n != id);
         self.serial = serial;
         Ok(serial)
     }
 
-    /// The section body: `u64 serial || u16 n || n x (u8 len || name)`.
+    /// The section body: `u64 serial || u16 n || n x (u8 len || name)`,
+    /// then, once a device was ever listed, `u16 m || m x (u8 len ||
+    /// device)` (a body without it, as written before device ids, lists
+    /// none).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.serial.to_be_bytes());
-        out.extend_from_slice(&(self.names.len() as u16).to_be_bytes());
-        for n in &self.names {
-            put_text(&mut out, n);
+        put_list(&mut out, &self.names);
+        if !self.devices.is_empty() {
+            put_list(&mut out, &self.devices);
         }
         out
     }
@@ -254,20 +312,30 @@ impl Identities {
     pub fn decode(body: &[u8]) -> Result<Identities, SectionError> {
         let mut r = Reader(body);
         let serial = u64::from_be_bytes(r.array()?);
-        let n = usize::from(r.u16()?);
-        if n > MAX_IDENTITIES {
-            return Err(SectionError("identities: too many entries"));
-        }
-        let mut names: Vec<String> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let name = r.text()?;
-            if names.contains(&name) {
-                return Err(SectionError("identities: duplicate name"));
-            }
-            names.push(name);
+        let names = r.list()?;
+        let devices = if r.0.is_empty() { Vec::new() } else { r.list()? };
+        if devices.is_empty() && body.len() > IDENTITIES_HEAD + text_list_len(&names) {
+            // encode writes no device list rather than an empty one
+            return Err(SectionError("identities: empty device list"));
         }
         r.end()?;
-        Ok(Identities { serial, names })
+        Ok(Identities { serial, names, devices })
+    }
+}
+
+/// The bytes before the name list: the serial.
+const IDENTITIES_HEAD: usize = 8;
+
+/// The encoded length of a `u16 n || n x (u8 len || text)` list.
+fn text_list_len(list: &[String]) -> usize {
+    list.iter().fold(2, |n, t| n.saturating_add(1).saturating_add(t.len()))
+}
+
+fn put_list(out: &mut Vec<u8>, list: &[String]) {
+    // At most MAX_IDENTITIES entries: checked on the way in.
+    out.extend_from_slice(&(list.len().min(MAX_IDENTITIES) as u16).to_be_bytes());
+    for n in list.iter().take(MAX_IDENTITIES) {
+        put_text(out, n);
     }
 }
 
@@ -326,6 +394,23 @@ impl Reader<'_> {
         core::str::from_utf8(bytes)
             .map(String::from)
             .map_err(|_| SectionError("section text is not UTF-8"))
+    }
+
+    /// `u16 n || n x text`: at most [`MAX_IDENTITIES`], no duplicates.
+    fn list(&mut self) -> Result<Vec<String>, SectionError> {
+        let n = usize::from(self.u16()?);
+        if n > MAX_IDENTITIES {
+            return Err(SectionError("identities: too many entries"));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let text = self.text()?;
+            if out.contains(&text) {
+                return Err(SectionError("identities: duplicate entry"));
+            }
+            out.push(text);
+        }
+        Ok(out)
     }
 
     fn end(&self) -> Result<(), SectionError> {
@@ -395,5 +480,34 @@ mod tests {
         assert_eq!(ids.restore("policy_pd"), Err("identity is not revoked"));
         assert!(!ids.is_revoked("policy_pd"));
         assert_eq!(Identities::decode(&ids.encode()).unwrap(), ids);
+    }
+
+    #[test]
+    fn device_ids_are_a_second_list_after_the_names() {
+        let mut ids = Identities::default();
+        ids.revoke("policy_pd").unwrap();
+        // A body written before device ids (no second list) lists none.
+        let old = ids.encode();
+        assert_eq!(Identities::decode(&old).unwrap(), ids);
+        assert_eq!(ids.revoke_kind(IdentityKind::Device, "yubi1"), Ok(2));
+        assert!(ids.is_device_revoked("yubi1") && !ids.is_revoked("yubi1"));
+        let body = ids.encode();
+        assert_eq!(body.len(), old.len() + 2 + 1 + 5);
+        assert_eq!(Identities::decode(&body).unwrap(), ids);
+        for cut in old.len() + 1..body.len() {
+            assert!(Identities::decode(&body[..cut]).is_err(), "{cut}");
+        }
+        // An empty second list is not what encode writes: refused.
+        let mut empty = old.clone();
+        empty.extend_from_slice(&[0, 0]);
+        assert!(Identities::decode(&empty).is_err());
+        // A duplicate device is refused.
+        let mut dup = body.clone();
+        dup[old.len() + 1] = 2;
+        dup.extend_from_slice(&[5, b'y', b'u', b'b', b'i', b'1']);
+        assert_eq!(Identities::decode(&dup), Err(SectionError("identities: duplicate entry")));
+        assert_eq!(ids.restore_kind(IdentityKind::Device, "yubi1"), Ok(3));
+        assert_eq!(ids.restore_kind(IdentityKind::Device, "yubi1"), Err("identity is not revoked"));
+        assert_eq!(ids.encode(), [&3u64.to_be_bytes()[..], &old[8..]].concat());
     }
 }

@@ -138,6 +138,7 @@ impl RevocationList {
                 .collect(),
             revoked_names: None,
             identity_serial: None,
+            revoked_devices: None,
         }
     }
 

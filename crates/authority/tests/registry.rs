@@ -322,3 +322,62 @@ fn registry_acl_and_identities_survive_a_restart() {
     st.set_section(sealed::section::VOLUMES, Some(vec![0, 1, 0]));
     assert!(Authority::new(Config::default(), st, T0).is_err());
 }
+
+fn device(a: &mut Authority, seq: u64, id: &str, restore: bool) -> (AdminResp, AuditRecord) {
+    let op = if restore { AdminOp::DeviceRestore } else { AdminOp::DeviceRevoke };
+    let c = AdminCommand { identity: Some(id.into()), ..command(a, seq, op) };
+    admin(a, &c)
+}
+
+#[test]
+fn a_revoked_device_is_refused_before_its_code_is_checked() {
+    let kek = [7u8; 32];
+    let mut a = seeded();
+    let (r, rec) = device(&mut a, 1, "yubi1", false);
+    assert_eq!(r.result, AdminResult::Ok);
+    assert_eq!(meta(&rec, "command"), Some("device_revoke"));
+    assert_eq!(meta(&rec, "device"), Some("yubi1"));
+    assert_eq!(meta(&rec, "identity_serial"), Some("1"));
+    assert!(a.identities().is_device_revoked("yubi1"));
+    // A domain of the same name is not revoked: the kinds are apart.
+    assert!(!a.identities().is_revoked("yubi1"));
+    assert_eq!(device(&mut a, 2, "yubi1", false).0.result, AdminResult::Denied);
+    // The code is refused, audited with the reason, and its step is not
+    // used: restored, the same code is accepted.
+    assert_eq!(unlock_secret(&mut a, "vol0", T0), Err(TotpResult::Denied));
+    let (out, recs) = call(&mut a, &unlocker(), &totp_req(&code_at(T0), "yubi1").into(), T0);
+    let r = totp_resp(&out);
+    assert_eq!((r.result, r.reason.as_deref()), (TotpResult::Denied, Some("device revoked")));
+    assert!(recs.iter().any(|rec| {
+        rec.action == AuditAction::TotpValidate
+            && rec.result == AuditResult::Denied
+            && meta(rec, "reason") == Some("device revoked")
+            && meta(rec, "device") == Some("yubi1")
+    }));
+    // Another device's code is still checked.
+    let (out, _) = call(&mut a, &unlocker(), &totp_req("000000", "yubi2").into(), T0);
+    assert_eq!(totp_resp(&out).result, TotpResult::Fail);
+    // Sealed and published; survives a restart.
+    let st = sealed::unseal(&a.export(&kek).unwrap(), &kek).unwrap();
+    let mut b = seeded_from(st);
+    assert!(b.identities().is_device_revoked("yubi1"));
+    let req: Message = RevocationListReq { request_id: RequestId([0x56; 16]) }.into();
+    let (out, _) = call(&mut b, &policy_pd(), &req, T0 + 1);
+    let Some(Message::RevocationList(l)) = out.response else { panic!("no revocation list") };
+    let root = b.root_public();
+    let kid = kid_for(&root);
+    let payload = cose::verify(&l.signed, ContentType::RevocationList, |k| {
+        (k == kid.as_slice()).then_some(root)
+    })
+    .unwrap()
+    .into_inner()
+    .payload;
+    let body = RevocationBody::from_cbor(&payload).unwrap();
+    assert_eq!(body.revoked_devices.as_deref(), Some(&["yubi1".to_string()][..]));
+    assert_eq!(body.revoked_names.as_deref(), Some(&[][..]));
+    let (r, _) = device(&mut b, 3, "yubi1", true);
+    assert_eq!(r.result, AdminResult::Ok);
+    assert_eq!(b.identities().serial(), 2);
+    assert!(unlock_secret(&mut b, "vol0", T0).is_ok(), "the step was not used");
+    assert_eq!(device(&mut b, 4, "yubi1", true).0.result, AdminResult::Denied);
+}

@@ -130,19 +130,24 @@ pub enum AdminCmd {
         #[arg(long)]
         version: u64,
     },
-    /// Put a domain name on the identity revocation list: cryptod issues
-    /// it no token, and no token for it as audience.
-    IdentityRevoke {
-        /// The domain name.
-        #[arg(long)]
-        name: String,
-    },
-    /// Take a domain name off the identity revocation list.
-    IdentityRestore {
-        /// The domain name.
-        #[arg(long)]
-        name: String,
-    },
+    /// Put a domain name (cryptod issues it no token, and no token for it
+    /// as audience) or a device id (cryptod checks no TOTP code sent for
+    /// it) on the identity revocation list.
+    IdentityRevoke(Identity),
+    /// Take a domain name or a device id off the identity revocation list.
+    IdentityRestore(Identity),
+}
+
+/// A domain name or a device id, exactly one.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct Identity {
+    /// The domain name.
+    #[arg(long)]
+    name: Option<String>,
+    /// The device id (the unlocker's `device` setting, sent with each code).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Args)]
@@ -378,10 +383,17 @@ pub fn run(args: AdminArgs) -> Result<(), Failure> {
             c.acl = Some(text);
             c.acl_version = Some(*version);
         }
-        AdminCmd::IdentityRevoke { name } | AdminCmd::IdentityRestore { name } => {
-            let revoke = matches!(args.command, AdminCmd::IdentityRevoke { .. });
-            c.command = if revoke { AdminOp::IdentityRevoke } else { AdminOp::IdentityRestore };
-            c.identity = Some(name.clone());
+        AdminCmd::IdentityRevoke(id) | AdminCmd::IdentityRestore(id) => {
+            let revoke = matches!(args.command, AdminCmd::IdentityRevoke(_));
+            let (op, text) = match (&id.name, &id.device, revoke) {
+                (Some(name), _, true) => (AdminOp::IdentityRevoke, name),
+                (Some(name), _, false) => (AdminOp::IdentityRestore, name),
+                (None, Some(device), true) => (AdminOp::DeviceRevoke, device),
+                (None, Some(device), false) => (AdminOp::DeviceRestore, device),
+                (None, None, _) => return Err("give --name or --device".into()),
+            };
+            c.command = op;
+            c.identity = Some(text.clone());
         }
     }
     let req = sign(&secret, &c)?;

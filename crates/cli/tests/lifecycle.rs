@@ -68,6 +68,9 @@ fn lifecycle_against_a_running_cryptod() {
         "[ok] identity-revoke put policy_pd on the identity revocation list",
         "[ok] a revoked name's token request is refused",
         "[ok] identity-restore: policy_pd gets its token again",
+        "[ok] identity-revoke --device put the unlocker's device on the list",
+        "[ok] a revoked device's code is refused",
+        "[ok] identity-restore --device: the same step's code then unlocks (none was used)",
         // Every area's checks: none failed.
         " passed, 0 failed",
     ] {

@@ -412,6 +412,11 @@ text_enum! {
         IdentityRevoke = "identity_revoke",
         /// Take a domain name off the identity revocation list.
         IdentityRestore = "identity_restore",
+        /// Add a device id (a [`TotpValidateReq`]'s `device_id`) to the
+        /// identity revocation list.
+        DeviceRevoke = "device_revoke",
+        /// Take a device id off the identity revocation list.
+        DeviceRestore = "device_restore",
     }
 }
 
@@ -516,7 +521,8 @@ wire_struct! {
         acl: String,
         /// The new ACL's version, above the current one: `acl_replace`.
         acl_version: u64,
-        /// The domain name: `identity_revoke`, `identity_restore`.
+        /// The domain name (`identity_revoke`, `identity_restore`) or the
+        /// device id (`device_revoke`, `device_restore`).
         identity: String,
     }
 }
@@ -1313,6 +1319,10 @@ wire_struct! {
         /// Its serial (with `revoked_names`): a verifier refuses one older
         /// than its current one.
         identity_serial: u64,
+        /// Revoked device ids (a TOTP request's `device_id`), at most
+        /// [`MAX_REVOKED_NAMES`]; only with `revoked_names`, absent while
+        /// no device was ever revoked.
+        revoked_devices: Vec<String>,
     }
 }
 payload_codec!(RevocationBody, "revocation_body");
@@ -1328,6 +1338,15 @@ impl Check for RevocationBody {
         }
         if self.revoked_names.is_some() != self.identity_serial.is_some() {
             return Err(FieldError::new("identity_serial", "goes with revoked_names"));
+        }
+        if let Some(devices) = &self.revoked_devices {
+            if self.revoked_names.is_none() {
+                return Err(FieldError::new("revoked_devices", "goes with revoked_names"));
+            }
+            check_len("revoked_devices", devices.len(), 0, MAX_REVOKED_NAMES)?;
+            for d in devices {
+                check_id("revoked_devices", d)?;
+            }
         }
         Ok(())
     }

@@ -143,8 +143,25 @@ pub(crate) fn steps(cx: &mut Ctx) -> Result<(), Failure> {
     cx.demo.reap(&mut policy);
     cx.check("identity-restore: policy_pd gets its token again", status == 0 && said && applied);
 
+    // 6. The unlocker's device id revoked: its code is refused before it is
+    // checked (the step stays unused); restored, the same code unlocks.
+    let (status, said) = admin(cx, &["identity-revoke", "--device", "unlocker"], "admin: ok")?;
+    cx.check("identity-revoke --device put the unlocker's device on the list", status == 0 && said);
+    next_step();
+    let line = unlock_line(cx)?;
+    cx.check(
+        "a revoked device's code is refused",
+        line.contains("refused: denied (device revoked)"),
+    );
+    let (status, said) = admin(cx, &["identity-restore", "--device", "unlocker"], "admin: ok")?;
+    let opened = unlock_line(cx)?.contains("unlocked");
+    cx.check(
+        "identity-restore --device: the same step's code then unlocks (none was used)",
+        status == 0 && said && opened,
+    );
+
     cx.audited.extend(["volume_add", "volume_remove", "acl_replace", "identity_revoke"]);
-    cx.audited.push("identity_restore");
+    cx.audited.extend(["identity_restore", "device_revoke", "device_restore"]);
     Ok(())
 }
 
@@ -168,11 +185,16 @@ fn set_unlocker_volume(cx: &mut Ctx, volume: &str) -> Result<(), Failure> {
 /// The unlocker with a fresh code: whether it said "unlocked".
 fn unlock(cx: &mut Ctx) -> Result<bool, Failure> {
     next_step();
+    Ok(unlock_line(cx)?.contains("unlocked"))
+}
+
+/// The unlocker with the current step's code: the line that answered it.
+fn unlock_line(cx: &mut Ctx) -> Result<String, Failure> {
     let mut unlocker: Proc = cx.demo.guest("unlocker")?;
     unlocker.wait_for("unlocker: ready", 0, cx.demo.step)?;
     let n = unlocker.count();
     unlocker.type_line(&code_from_uri(&cx.uri, unix_now() + 30)?)?;
     let (_, _, l) = unlocker.wait_any(&["refused:", "unlocked"], n, cx.demo.step)?;
     cx.demo.reap(&mut unlocker);
-    Ok(l.contains("unlocked"))
+    Ok(l)
 }

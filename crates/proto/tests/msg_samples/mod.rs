@@ -346,6 +346,7 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
             ],
             revoked_names: None,
             identity_serial: None,
+            revoked_devices: None,
         },
         RevocationBody {
             serial: 0,
@@ -353,6 +354,7 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
             entries: vec![],
             revoked_names: None,
             identity_serial: None,
+            revoked_devices: None,
         },
         RevocationBody {
             serial: 3,
@@ -360,6 +362,7 @@ pub fn revocation_bodies() -> Vec<RevocationBody> {
             entries: vec![],
             revoked_names: Some(vec!["policy_pd".into()]),
             identity_serial: Some(2),
+            revoked_devices: Some(vec!["yubikey-7731".into()]),
         },
     ]
 }
