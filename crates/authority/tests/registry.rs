@@ -267,19 +267,7 @@ fn a_revoked_name_is_refused_at_once_and_restored_versioned() {
     assert_eq!(issue(&mut a, &policy_pd(), "cryptod", T0 + 3).result, IssueResult::Ok);
     // Published with the revocation list: a verifier refuses a token
     // issued to policy_pd before, and one for fw0.
-    let t = T0 + 4;
-    let req: Message = RevocationListReq { request_id: RequestId([0x55; 16]) }.into();
-    let (out, _) = call(&mut a, &policy_pd(), &req, t);
-    let Some(Message::RevocationList(l)) = out.response else { panic!("no revocation list") };
-    let root = a.root_public();
-    let kid = kid_for(&root);
-    let payload = cose::verify(&l.signed, ContentType::RevocationList, |k| {
-        (k == kid.as_slice()).then_some(root)
-    })
-    .unwrap()
-    .into_inner()
-    .payload;
-    let body = RevocationBody::from_cbor(&payload).unwrap();
+    let body = published(&mut a, T0 + 4);
     assert_eq!(body.revoked_names.as_deref(), Some(&["fw0".to_string()][..]));
     assert_eq!(body.identity_serial, Some(3));
     let mut set = RevokedSet::from_ids(vec![]).with_names(vec!["policy_pd".into()]);
@@ -323,6 +311,22 @@ fn registry_acl_and_identities_survive_a_restart() {
     assert!(Authority::new(Config::default(), st, T0).is_err());
 }
 
+/// The revocation list `a` publishes at `t`, its root signature checked.
+fn published(a: &mut Authority, t: u64) -> RevocationBody {
+    let req: Message = RevocationListReq { request_id: RequestId([0x55; 16]) }.into();
+    let (out, _) = call(a, &policy_pd(), &req, t);
+    let Some(Message::RevocationList(l)) = out.response else { panic!("no revocation list") };
+    let root = a.root_public();
+    let kid = kid_for(&root);
+    let payload = cose::verify(&l.signed, ContentType::RevocationList, |k| {
+        (k == kid.as_slice()).then_some(root)
+    })
+    .unwrap()
+    .into_inner()
+    .payload;
+    RevocationBody::from_cbor(&payload).unwrap()
+}
+
 fn device(a: &mut Authority, seq: u64, id: &str, restore: bool) -> (AdminResp, AuditRecord) {
     let op = if restore { AdminOp::DeviceRestore } else { AdminOp::DeviceRevoke };
     let c = AdminCommand { identity: Some(id.into()), ..command(a, seq, op) };
@@ -361,18 +365,7 @@ fn a_revoked_device_is_refused_before_its_code_is_checked() {
     let st = sealed::unseal(&a.export(&kek).unwrap(), &kek).unwrap();
     let mut b = seeded_from(st);
     assert!(b.identities().is_device_revoked("yubi1"));
-    let req: Message = RevocationListReq { request_id: RequestId([0x56; 16]) }.into();
-    let (out, _) = call(&mut b, &policy_pd(), &req, T0 + 1);
-    let Some(Message::RevocationList(l)) = out.response else { panic!("no revocation list") };
-    let root = b.root_public();
-    let kid = kid_for(&root);
-    let payload = cose::verify(&l.signed, ContentType::RevocationList, |k| {
-        (k == kid.as_slice()).then_some(root)
-    })
-    .unwrap()
-    .into_inner()
-    .payload;
-    let body = RevocationBody::from_cbor(&payload).unwrap();
+    let body = published(&mut b, T0 + 1);
     assert_eq!(body.revoked_devices.as_deref(), Some(&["yubi1".to_string()][..]));
     assert_eq!(body.revoked_names.as_deref(), Some(&[][..]));
     let (r, _) = device(&mut b, 3, "yubi1", true);
