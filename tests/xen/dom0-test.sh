@@ -593,17 +593,113 @@ else
     result recovery-code-no-echo PASS "(the typed recovery code is on no console and not in the service's log)"
 fi
 
-# 10. The audit trail, collected by the service over vchan, verified in dom0.
+# 10. A TPM added after provisioning (issue 12): the operator moves the
+#     running installation's KEK from the passphrase to dom0's TPM (QEMU's
+#     tpm-tis, swtpm on the host; SeaBIOS extended the boot PCRs) under the
+#     product's default policy, PCR 7, with `portcullis kek reseal`, drops
+#     kek_passphrase_file from host.toml, deletes the passphrase file and
+#     restarts the service, which must unseal from the TPM. A new cryptod,
+#     configured by it, then opens its sealed state with that KEK: a fresh
+#     code unlocks the volume. tpm2-tools find the TPM as the service's
+#     default says (no TPM2TOOLS_TCTI: the kernel's /dev/tpmrm0).
+echo "STAGE kek: resealed to dom0's TPM, the service restarted without a passphrase"
+TPM_PCRS=sha256:7
+TPM_UNSEALED="KEK unsealed (cryptod/kek.sealed, protector tpm)"
+unset TPM2TOOLS_TCTI
+ls -l /dev/tpm0 /dev/tpmrm0 2>&1
+tpm2_pcrread $TPM_PCRS 2>&1 | tr -s ' ' | tr '\n' ' '; echo
+resealed=""
+t=$(up)
+if portcullis kek reseal --dir $STATE --kek tpm --tpm-pcrs $TPM_PCRS \
+        --old-kek-passphrase-file /portcullis/kek-pass > $RUN/reseal.out 2>&1 \
+    && [ "$(sed -n 2p $STATE/cryptod/kek.sealed)" = "protector tpm" ]; then
+    echo "TIME kek reseal (passphrase -> tpm): $(since "$t") s"
+    resealed=1
+fi
+cat $RUN/reseal.out
+kek_tpm=""
+if [ -n "$resealed" ]; then
+    sed -i '/^kek_passphrase_file *=/d' /etc/portcullis/host.toml
+    rm -f /portcullis/kek-pass
+    portcullis host --config /etc/portcullis/host.toml --check > $RUN/check-tpm.out 2>&1
+    starts=$(grep -c "watching for domains" $HOSTLOG)
+    t=$(up)
+    /portcullis/service restart
+    if wait_file $HOSTLOG "watching for domains" 60 $((starts + 1)) \
+        && grep -qF "$TPM_UNSEALED" $HOSTLOG \
+        && ! grep -q "kek_passphrase_file" /etc/portcullis/host.toml && [ ! -e /portcullis/kek-pass ] \
+        && grep -q "^kek protector tpm$" $RUN/check-tpm.out; then
+        echo "TIME service restart, KEK from the TPM: $(since "$t") s"
+        destroy unlocker
+        cryptsetup close portcullis-data 2>/dev/null
+        destroy cryptod
+        create cryptod
+        t_kek=$(up)   # (wait_new sets t)
+        if wait_new cryptod "cryptod: ready" 90 && new_unlocker \
+            && fresh_code && LAST_STEP=$FRESH_STEP \
+            && type_code 1 "$FRESH" && wait_new unlocker "unlocker: volume data unlocked" 90 \
+            && [ -b /dev/mapper/portcullis-data ]; then
+            echo "TIME new cryptod to volume unlocked, KEK from the TPM: $(since "$t_kek") s"
+            kek_tpm=1
+        fi
+    fi
+fi
+if [ -n "$kek_tpm" ]; then
+    result kek-tpm PASS "($(grep -m1 "KEK resealed" $RUN/reseal.out); no kek_passphrase_file, no passphrase file; the restarted service: $(grep -F "$TPM_UNSEALED" $HOSTLOG | tail -1 | cut -c1-120); a new cryptod (dom$(xl domid cryptod)) opened its state, a fresh code unlocked the volume)"
+else
+    result kek-tpm FAIL "($(tail -2 $RUN/reseal.out | tr '\n' ' '); $(tail -3 $HOSTLOG | tr '\n' ' '); $(log_since unlocker | tail -1))"
+fi
+
+# 11. The audit trail, collected by the service over vchan, verified in dom0.
 echo "STAGE audit: verify in dom0"
 wait_new cryptod "audit outbox empty; collector acknowledged" 30
 acked=$(log_since cryptod | grep "collector acknowledged seq" | tail -1 | tr -d '\r' | sed 's/.*seq //')
 sleep 0.5
 if portcullis audit verify --root $ROOT ${acked:+--expect-last $acked} $AUDIT > $RUN/verify.out 2>&1; then
-    result audit PASS "($(tail -1 $RUN/verify.out); acknowledged up to seq $acked, across two service starts and three cryptod lives)"
+    result audit PASS "($(tail -1 $RUN/verify.out); acknowledged up to seq $acked, across the service's starts and cryptod's lives)"
 else
     result audit FAIL "($(cat $RUN/verify.out))"
 fi
 cat $RUN/verify.out
+
+# 12. The PCR policy holds: once PCR 7 is extended (what a changed Secure
+#     Boot state does), the TPM refuses to unseal, the service refuses to
+#     start with the PCR-policy error (each Restart=on-failure try too), and
+#     a new cryptod gets nothing: it never becomes ready. Last, since the
+#     KEK then stays sealed until the next boot.
+echo "STAGE kek: PCR 7 extended, the service refuses to start"
+destroy unlocker
+cryptsetup close portcullis-data 2>/dev/null
+destroy cryptod
+PCR_ERR="PCR policy $TPM_PCRS does not match"
+refused=$(grep -c "$PCR_ERR" $HOSTLOG)
+starts=$(grep -c "watching for domains" $HOSTLOG)
+unsealed=$(grep -c "KEK unsealed" $HOSTLOG)
+digest=$(echo "portcullis test: firmware changed" | sha256sum | cut -d' ' -f1)
+if [ -n "$kek_tpm" ] && tpm2_pcrextend "7:sha256=$digest" > $RUN/pcrextend.out 2>&1; then
+    t=$(up)
+    /portcullis/service restart
+    if wait_file $HOSTLOG "$PCR_ERR" 60 $((refused + 1)); then
+        echo "TIME service refused to start (PCR policy): $(since "$t") s"
+        create cryptod
+        sleep 10
+        if [ "$(grep -c "watching for domains" $HOSTLOG)" = "$starts" ] \
+            && [ "$(grep -c "KEK unsealed" $HOSTLOG)" = "$unsealed" ] \
+            && ! log_since cryptod | grep -q "cryptod: ready"; then
+            result kek-tpm-pcr PASS "($(grep -F "$PCR_ERR" $HOSTLOG | tail -1 | sed 's/: ERROR: .*//; s/^error: //'); $(($(grep -c "$PCR_ERR" $HOSTLOG) - refused)) refused starts, none unsealed; the new cryptod was not configured)"
+        else
+            result kek-tpm-pcr FAIL "(the service started or cryptod became ready: $(tail -3 $HOSTLOG | tr '\n' ' '))"
+        fi
+    else
+        result kek-tpm-pcr FAIL "(no PCR-policy refusal: $(tail -3 $HOSTLOG | tr '\n' ' '))"
+    fi
+else
+    result kek-tpm-pcr FAIL "(${kek_tpm:-kek-tpm failed}; $(cat $RUN/pcrextend.out 2>/dev/null | tr '\n' ' '))"
+fi
+/portcullis/service stop
+# An orderly TPM shutdown before QEMU exits (no dictionary-attack count;
+# the KEK object is noda anyway and swtpm's state is fresh each boot).
+tpm2_shutdown -c > /dev/null 2>&1 || echo "dom0: tpm2_shutdown -c failed"
 
 echo "STAGE checks done"
 for g in $SUITE; do show_log $g; done

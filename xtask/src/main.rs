@@ -564,11 +564,11 @@ const PYTHON_VENV: Tool = Tool {
 
 /// The TPM 2.0 emulator the KEK's tpm protector is tested against
 /// (crates/cli/tests/kek.rs; `swtpm socket` only, so not swtpm-tools).
-const SWTPM: Tool =
+pub(crate) const SWTPM: Tool =
     Tool { probe: &["swtpm", "--version"], package: "swtpm", same_version_as: None };
 /// tpm2_createprimary, tpm2_create, tpm2_unseal, ...: what the tpm
 /// protector runs.
-const TPM2_TOOLS: Tool =
+pub(crate) const TPM2_TOOLS: Tool =
     Tool { probe: &["tpm2_getrandom", "--version"], package: "tpm2-tools", same_version_as: None };
 
 /// Debian packages `cargo xtask test` runs.

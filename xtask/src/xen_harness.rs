@@ -168,11 +168,26 @@ static XEN_4_17: Release = Release {
         "libpopt0",
         "oathtool",
         "liboath0",
+        // dom0's TPM: tpm2-tools (the `tpm` KEK protector), the TSS and the
+        // device TCTI it loads with dlopen; the rest of libcurl's chain is
+        // the host's (same release)
+        "tpm2-tools",
+        "libtss2-esys-3.0.2-0",
+        "libtss2-mu0",
+        "libtss2-rc0",
+        "libtss2-sys1",
+        "libtss2-tctildr0",
+        "libtss2-tcti-device0",
+        "libcurl3-gnutls",
     ],
     hypervisor: "boot/xen-4.17-amd64.gz",
     tool_dir: "usr/lib/xen-4.17/bin",
     busybox: "bin/busybox",
-    programs: &[("sbin/cryptsetup", "sbin/cryptsetup"), ("usr/bin/oathtool", "usr/bin/oathtool")],
+    programs: &[
+        ("sbin/cryptsetup", "sbin/cryptsetup"),
+        ("usr/bin/oathtool", "usr/bin/oathtool"),
+        ("usr/bin/tpm2", "usr/bin/tpm2"),
+    ],
     module_dir: "lib/modules",
     module_compression: Compression::None,
     libxenvchan: "libxenvchan.so.4.17",
@@ -228,6 +243,42 @@ static XEN_4_20: Release = Release {
         "libpcre2-8-0",
         "libudev1",
         "libcap2",
+        // dom0's TPM: tpm2-tools, the TSS, the device TCTI (dlopen), and
+        // every library of tpm2's libcurl chain (all from Debian 13: the
+        // tree's loader may take none from the host)
+        "tpm2-tools",
+        "libtss2-esys-3.0.2-0t64",
+        "libtss2-mu-4.0.1-0t64",
+        "libtss2-rc0t64",
+        "libtss2-sys1t64",
+        "libtss2-tctildr0t64",
+        "libtss2-tcti-device0t64",
+        "libcurl3t64-gnutls",
+        "libbrotli1",
+        "libcom-err2",
+        "libffi8",
+        "libgmp10",
+        "libgnutls30t64",
+        "libgssapi-krb5-2",
+        "libhogweed6t64",
+        "libidn2-0",
+        "libk5crypto3",
+        "libkeyutils1",
+        "libkrb5-3",
+        "libkrb5support0",
+        "libldap2",
+        "libnettle8t64",
+        "libnghttp2-14",
+        "libnghttp3-9",
+        "libngtcp2-16",
+        "libngtcp2-crypto-gnutls8",
+        "libp11-kit0",
+        "libpsl5t64",
+        "librtmp1",
+        "libsasl2-2",
+        "libssh2-1t64",
+        "libtasn1-6",
+        "libunistring5",
     ],
     hypervisor: "boot/xen-4.20-amd64.gz",
     tool_dir: "usr/lib/xen-4.20/bin",
@@ -235,6 +286,7 @@ static XEN_4_20: Release = Release {
     programs: &[
         ("sbin/cryptsetup", "usr/sbin/cryptsetup"),
         ("usr/bin/oathtool", "usr/bin/oathtool"),
+        ("usr/bin/tpm2", "usr/bin/tpm2"),
     ],
     module_dir: "usr/lib/modules",
     module_compression: Compression::Xz,
@@ -247,8 +299,26 @@ const XEN_TOOLS: &[&str] = &["xl", "xenstored", "xenconsoled", "xen-init-dom0", 
 /// Where the libraries of the unpacked trees live (split and merged /usr).
 const TREE_LIB_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
 /// Libraries loaded with dlopen, which neither ldd nor the loader lists:
-/// `xl` aborts (pthread_cancel) without libgcc_s.
-const DLOPENED: &[&str] = &["libgcc_s.so.1"];
+/// `xl` aborts (pthread_cancel) without libgcc_s; tpm2-tools' TCTI loader
+/// opens the kernel device's TCTI (`/dev/tpmrm0`, else `/dev/tpm0`).
+const DLOPENED: &[&str] = &["libgcc_s.so.1", "libtss2-tcti-device.so.0"];
+/// `tpm2_*` commands: all one multi-call binary, `/usr/bin/tpm2` (as
+/// Debian's tpm2-tools links them). The `tpm` KEK protector's (crate
+/// portcullis-cli, kek.rs) and the test's (`tpm2_pcrread`, `tpm2_pcrextend`,
+/// `tpm2_shutdown`).
+const TPM2_CMDS: &[&str] = &[
+    "getrandom",
+    "flushcontext",
+    "createprimary",
+    "createpolicy",
+    "create",
+    "load",
+    "unseal",
+    "pcrread",
+    "pcrextend",
+    "shutdown",
+    "getcap",
+];
 /// The host's library directories (Debian 12), for [`Libraries::HostLdd`].
 const HOST_LIB_DIRS: &[&str] = &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
 /// `xenstore-*` commands: all one multi-call binary, `/usr/bin/xenstore`.
@@ -1005,6 +1075,9 @@ fn dom0_tree(
         t.copy(at, &p, true)?;
         bins.push(p);
     }
+    for c in TPM2_CMDS {
+        t.link(&format!("usr/bin/tpm2_{c}"), "tpm2");
+    }
     // our package, as dpkg installed it (binary, images, cfgs, unit, config)
     add_tree(&mut t, installed, "")?;
     bins.push(installed.join("usr/bin/portcullis"));
@@ -1142,12 +1215,82 @@ fn qemu_needs_smap_off() -> Result<bool, String> {
     Ok(major < 8)
 }
 
+/// dom0's TPM 2.0 for one boot: `swtpm socket --tpm2` with a fresh state
+/// directory under the boot's work dir, which QEMU reaches through a UNIX
+/// control socket (`-tpmdev emulator`) and shows dom0 as a TIS TPM.
+/// SeaBIOS starts it and extends the boot PCRs (0 to 7). Stopped on drop,
+/// whatever ended the boot (`--terminate` also ends it when QEMU's
+/// connection closes).
+struct Swtpm {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Swtpm {
+    fn start(work: &Path) -> Result<Swtpm, String> {
+        let dir = work.join("tpm");
+        let _ = fs::remove_dir_all(&dir);
+        let state = dir.join("state");
+        fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let socket = dir.join("swtpm.sock");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--terminate", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!("file={},level=1", dir.join("swtpm.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("swtpm: {e} (apt-get install swtpm)"))?;
+        let mut tpm = Swtpm { child, socket };
+        let t = Instant::now();
+        while !tpm.socket.exists() {
+            if let Ok(Some(status)) = tpm.child.try_wait() {
+                return Err(format!(
+                    "swtpm exited at start ({status}); see {}",
+                    dir.join("swtpm.log").display()
+                ));
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(format!("swtpm made no socket {} in 10 s", tpm.socket.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+
+    /// QEMU's arguments for it.
+    fn qemu_args(&self) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", self.socket.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ]
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// `cargo xtask boot [--xen 4.17|4.20] [-- DOM0-ARGS]`: boots the image of
 /// `release`, returns Ok only when dom0 reported success. `dom0_extra` is
 /// added to dom0's command line.
 pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
-    crate::ensure_tools(&[crate::QEMU])?;
+    // QEMU, dom0's TPM (swtpm) and, for the 4.17 image, the host's
+    // libraries of tpm2-tools (Libraries::HostLdd).
+    crate::ensure_tools(&[crate::QEMU, crate::SWTPM, crate::TPM2_TOOLS])?;
     let image = xen_image(release)?;
     let image_secs = t0.elapsed().as_secs_f64();
     let mut xen_args = XEN_ARGS.to_string();
@@ -1158,6 +1301,8 @@ pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
     let log_path = work_dir(release).join("boot.log");
     let mut log =
         fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    // One swtpm per boot, stopped when this function returns (drop).
+    let tpm = Swtpm::start(&work_dir(release))?;
     let mut qemu = Command::new("qemu-system-x86_64");
     let cpu = qemu_cpu();
     qemu.args(["-accel", "tcg", "-cpu", &cpu, "-m", "2048", "-smp", "2"])
@@ -1169,11 +1314,13 @@ pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
         .arg(&xen_args)
         .arg("-initrd")
         .arg(format!("{} {dom0_args},{}", image.kernel.display(), image.initrd.display()))
+        .args(tpm.qemu_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     println!(
-        "==> boot: Xen {} ({}): qemu-system-x86_64 -accel tcg -cpu {cpu} ... (Xen: {xen_args})",
+        "==> boot: Xen {} ({}): qemu-system-x86_64 -accel tcg -cpu {cpu} ... -device tpm-tis \
+         (swtpm); Xen: {xen_args}",
         release.version(),
         release.describe().debian
     );
@@ -1236,6 +1383,7 @@ pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
     }
     let status = child.wait().map_err(|e| format!("qemu: {e}"))?;
     let run_secs = boot_start.elapsed().as_secs_f64();
+    drop(tpm);
     println!(
         "\n== stage times, Xen {} (s since QEMU start; image step took {image_secs:.1} s)",
         release.version()
@@ -1304,7 +1452,9 @@ mod tests {
         for rel in XenRelease::ALL {
             let r = rel.describe();
             assert_eq!(XenRelease::parse(r.version), Ok(rel));
-            for p in ["cryptsetup-bin", "oathtool", "busybox-static", "xenstore-utils"] {
+            for p in
+                ["cryptsetup-bin", "oathtool", "busybox-static", "xenstore-utils", "tpm2-tools"]
+            {
                 assert!(r.packages.contains(&p), "{}: {p} missing", r.version);
             }
             // the versioned Xen packages, files and soname are this release's
@@ -1327,7 +1477,9 @@ mod tests {
             }
             // dom0 finds the programs at the same place whatever the release
             let at: Vec<&str> = r.programs.iter().map(|(at, _)| *at).collect();
-            assert_eq!(at, ["sbin/cryptsetup", "usr/bin/oathtool"]);
+            assert_eq!(at, ["sbin/cryptsetup", "usr/bin/oathtool", "usr/bin/tpm2"]);
+            // and the TCTI tpm2-tools load with dlopen for /dev/tpmrm0
+            assert!(r.packages.iter().any(|p| p.starts_with("libtss2-tcti-device0")));
         }
         // Debian 13's tools need its glibc: the tree brings it and its loader.
         let r = XenRelease::Xen420.describe();
@@ -1336,6 +1488,22 @@ mod tests {
         assert_eq!(r.module_compression, Compression::Xz);
         assert_ne!(work_dir(XenRelease::Xen417), work_dir(XenRelease::Xen420));
         assert!(work_dir(XenRelease::Xen420).ends_with("target/xen-image/4.20"));
+    }
+
+    #[test]
+    fn dom0_has_every_tpm2_tool_the_kek_protector_runs() {
+        let src = fs::read_to_string(root().join("crates/cli/src/kek.rs")).unwrap();
+        let mut used: Vec<&str> = src
+            .split('"')
+            .filter_map(|w| w.strip_prefix("tpm2_"))
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() >= 7, "{used:?}");
+        for t in used {
+            assert!(TPM2_CMDS.contains(&t), "tpm2_{t} (crates/cli/src/kek.rs) is not in dom0");
+        }
     }
 
     #[test]

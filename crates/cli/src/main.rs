@@ -13,6 +13,7 @@ mod demo;
 mod host;
 mod hostile;
 mod kek;
+mod kek_cmd;
 mod keyfile;
 mod lifecycle;
 mod provision;
@@ -73,6 +74,10 @@ enum Command {
     /// Back up cryptod's state to a recovery key; restore it on a new host.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// The protected key-encryption key: move it to another protector
+    /// (e.g. a TPM added later) without re-provisioning.
+    #[command(subcommand)]
+    Kek(kek_cmd::KekCmd),
     /// Collect cryptod's audit records over vchan into a file (fsync before ack).
     AuditCollect(audit_cmd::CollectArgs),
     /// The dom0 unlock agent: verify the unlock token, then cryptsetup.
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         Command::Volumes(VolumesCmd::List(args)) => volumes_cmd::list(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Backup(cmd) => backup::run(cmd),
+        Command::Kek(cmd) => kek_cmd::run(cmd),
         Command::AuditCollect(args) => audit_cmd::collect(args),
         Command::UnlockAgent(args) => agent::run(args),
         Command::VchanCall(args) => vchan_call::run(args),

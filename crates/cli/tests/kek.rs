@@ -339,3 +339,125 @@ fn tpm_protector_seals_to_swtpm_and_a_changed_pcr_refuses() {
     assert!(tpm.tool(&["tpm2_pcrreset", "16"]).status.success());
     assert_eq!(*kek::tpm::unseal(pcrs, public, private, tcti).unwrap(), *key);
 }
+
+/// `portcullis kek reseal` (issue 12: a TPM added after provisioning): a
+/// passphrase-protected installation moves to the TPM with the SAME KEK
+/// (cryptod's sealed state still opens, the service unseals with no
+/// passphrase); a wrong or missing passphrase, or no TPM, leaves the old
+/// file as it was; the PCR policy then holds as for `provision --kek tpm`.
+#[test]
+fn kek_reseal_moves_a_passphrase_installation_to_the_tpm() {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    common::provision(&p, &[]);
+    let kek_before = common::kek_of(&p);
+    let old_file = std::fs::read(p.join(kek::FILE)).unwrap();
+    let reseal = |pass: &Path, tcti: &str| {
+        portcullis()
+            .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "tpm"])
+            .args(["--tpm-pcrs", "sha256:16", "--old-kek-passphrase-file"])
+            .arg(pass)
+            .env("TPM2TOOLS_TCTI", tcti)
+            .output()
+            .unwrap()
+    };
+    let untouched = || {
+        assert_eq!(std::fs::read(p.join(kek::FILE)).unwrap(), old_file, "kek.sealed changed");
+        let names: Vec<_> = std::fs::read_dir(p.join("cryptod"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp")), "temporary file left: {names:?}");
+    };
+
+    // A wrong passphrase: refused, nothing written.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not the passphrase\n").unwrap();
+    let o = reseal(&wrong, &tpm.tcti);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("cannot unseal the current KEK (passphrase)"), "{e}");
+    assert!(e.contains("the passphrase does not open the KEK"), "{e}");
+    untouched();
+    // No passphrase at all (no terminal): refused, nothing written.
+    let o = portcullis()
+        .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "tpm"])
+        .env("TPM2TOOLS_TCTI", &tpm.tcti)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("no KEK passphrase"), "{e}");
+    untouched();
+    // No TPM behind the TCTI: refused before the KEK is unsealed.
+    let pass = dir.path().join("kek-pass");
+    let nowhere = format!("swtpm:host=127.0.0.1,port={}", free_port_pair());
+    let o = reseal(&pass, &nowhere);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("no TPM 2.0 reachable"), "{e}");
+    untouched();
+
+    // The right passphrase: the same KEK, now sealed to the TPM.
+    let o = reseal(&pass, &tpm.tcti);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("KEK resealed: passphrase (Argon2id m=256 t=1 p=1) -> tpm"), "{out}");
+    assert!(out.contains("remove kek_passphrase_file"), "{out}");
+    let sealed = kek::read(&p).unwrap();
+    let Sealed::Tpm { pcrs, public, private } = &sealed else { panic!("{sealed:?}") };
+    assert_eq!(pcrs.to_string(), "sha256:16");
+    let tcti = Some(tpm.tcti.as_str());
+    let key = kek::tpm::unseal(pcrs, public, private, tcti).unwrap();
+    assert_eq!(*key, kek_before, "a different KEK was sealed");
+    sealed::unseal(&std::fs::read(p.join("cryptod/sealed-state")).unwrap(), &key).unwrap();
+    assert_no_plaintext_kek(&p, &key);
+    assert!(!p
+        .join("cryptod")
+        .read_dir()
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().contains(".tmp") }));
+    // The passphrase no longer matters: the service unseals from the TPM.
+    let cfg = host_config(dir.path(), &p, "");
+    let (code, err) = host(&cfg, &[("TPM2TOOLS_TCTI", &tpm.tcti)]);
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("KEK unsealed"), "{err}");
+    // Resealing again needs the TPM, not a passphrase; back to a new
+    // passphrase (a passphrase change works the same way).
+    let tpm_file = std::fs::read(p.join(kek::FILE)).unwrap();
+    let new_pass = dir.path().join("new-pass");
+    std::fs::write(&new_pass, "another long passphrase\n").unwrap();
+    let o = portcullis()
+        .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "passphrase"])
+        .args(["--kek-argon2", "m=256,t=1,p=1", "--kek-passphrase-file"])
+        .arg(&new_pass)
+        .env("TPM2TOOLS_TCTI", &tpm.tcti)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = kek::read(&p).unwrap();
+    let how = kek::Unlock {
+        passphrase: kek::PassphraseSource::File(new_pass.clone()),
+        credentials: None,
+    };
+    assert_eq!(*kek::unseal(&back, &how).unwrap(), kek_before);
+    std::fs::write(p.join(kek::FILE), &tpm_file).unwrap();
+
+    // A changed PCR: the TPM refuses to unseal the current KEK, and the
+    // reseal says so and leaves the file alone.
+    let digest = hex::encode([0x5a; 32]);
+    assert!(tpm.tool(&["tpm2_pcrextend", &format!("16:sha256={digest}")]).status.success());
+    let o = portcullis()
+        .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "passphrase"])
+        .args(["--kek-argon2", "m=256,t=1,p=1", "--kek-passphrase-file"])
+        .arg(&new_pass)
+        .env("TPM2TOOLS_TCTI", &tpm.tcti)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("cannot unseal the current KEK (tpm)"), "{e}");
+    assert!(e.contains("PCR policy sha256:16 does not match"), "{e}");
+    assert_eq!(std::fs::read(p.join(kek::FILE)).unwrap(), tpm_file);
+}

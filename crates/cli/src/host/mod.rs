@@ -78,11 +78,19 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     Ok(cfg)
 }
 
+/// The KEK as the service unseals it at start (`unseal_kek_with`), for
+/// the tests.
+#[cfg(test)]
+pub fn unseal_kek(cfg: &Config) -> Result<Option<Kek>, Failure> {
+    Ok(unseal_kek_with(cfg)?.map(|(key, _)| key))
+}
+
 /// Unseals the KEK when a guest is cryptod (its `kek` item): with the
 /// protector `cryptod/kek.sealed` names, the passphrase file of the config
-/// (else one asked at start) or the systemd credential. The KEK stays in
-/// memory only. Any failure is an error: the service does not start.
-pub fn unseal_kek(cfg: &Config) -> Result<Option<Kek>, Failure> {
+/// (else one asked at start) or the systemd credential; returns it with
+/// that protector (for the log). The KEK stays in memory only. Any failure
+/// is an error: the service does not start.
+fn unseal_kek_with(cfg: &Config) -> Result<Option<(Kek, kek::Protector)>, Failure> {
     let needs = cfg
         .guests
         .values()
@@ -93,7 +101,7 @@ pub fn unseal_kek(cfg: &Config) -> Result<Option<Kek>, Failure> {
     let sealed = kek::read(&cfg.state_dir).map_err(|e| kek_failure(cfg, &e))?;
     let how = kek::Unlock::from_env(cfg.kek_passphrase_file.as_deref());
     let key = kek::unseal(&sealed, &how).map_err(|e| kek_failure(cfg, &e))?;
-    Ok(Some(key))
+    Ok(Some((key, sealed.protector())))
 }
 
 fn kek_failure(cfg: &Config, e: &kek::KekError) -> Failure {
@@ -122,10 +130,14 @@ pub fn run(args: HostArgs) -> Result<(), Failure> {
         return Ok(());
     }
     log::init(cfg.log_level);
-    let kek = unseal_kek(&cfg)?;
-    if kek.is_some() {
-        log::info(format_args!("KEK unsealed ({}); kept in memory only", kek::FILE));
-    }
+    let kek = unseal_kek_with(&cfg)?.map(|(key, protector)| {
+        log::info(format_args!(
+            "KEK unsealed ({}, protector {}); kept in memory only",
+            kek::FILE,
+            protector.name()
+        ));
+        key
+    });
     log::info(format_args!(
         "portcullis host {} starting: config {}, guests {}",
         env!("CARGO_PKG_VERSION"),
@@ -237,7 +249,7 @@ pub fn watch(
 }
 
 /// [`watch`] on an open connection. `kek` is the unsealed KEK
-/// ([`unseal_kek`]); a cryptod guest is not configured without it.
+/// (`unseal_kek_with`); a cryptod guest is not configured without it.
 pub fn serve(
     c: &mut Store,
     cfg: &Config,
