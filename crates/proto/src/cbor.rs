@@ -550,6 +550,20 @@ pub(crate) fn set_once<T>(
     }
 }
 
+/// Decodes a map entry's value and stores it, refusing a key seen before
+/// (after decoding the value, as [`set_once`] after `T::decode`). Out of
+/// line: one copy per field type, shared by every [`wire_struct!`] decoder
+/// (image size, issue 14).
+#[inline(never)]
+pub(crate) fn decode_once<T: Field>(
+    r: &mut Reader<'_>,
+    slot: &mut Option<T>,
+    key: &'static str,
+) -> Result<(), DecodeError> {
+    let value = T::decode(r, key)?;
+    set_once(slot, key, value)
+}
+
 /// Encodes one value as a whole CBOR item (used for signed payloads).
 pub(crate) fn to_cbor<T: Field>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer::default();
@@ -688,14 +702,12 @@ macro_rules! wire_struct {
                     match r.key()? {
                         $(
                             stringify!($field) => {
-                                let value = <$ty>::decode(r, stringify!($field))?;
-                                $crate::cbor::set_once(&mut $field, stringify!($field), value)?;
+                                $crate::cbor::decode_once(r, &mut $field, stringify!($field))?;
                             }
                         )*
                         $($(
                             stringify!($ofield) => {
-                                let value = <$oty>::decode(r, stringify!($ofield))?;
-                                $crate::cbor::set_once(&mut $ofield, stringify!($ofield), value)?;
+                                $crate::cbor::decode_once(r, &mut $ofield, stringify!($ofield))?;
                             }
                         )*)?
                         _ => return Err(DecodeError::UnknownField),
