@@ -591,6 +591,13 @@ pub(crate) const fn const_position(names: &[&str], name: &str) -> usize {
     names.len()
 }
 
+/// The name of the first field not `present` (`names[i]` for the first
+/// `present[i]` that is false; "" if every one is there).
+#[inline(never)]
+pub(crate) fn first_missing(present: &[bool], names: &[&'static str]) -> &'static str {
+    present.iter().zip(names).find(|(&here, _)| !here).map_or("", |(_, &name)| name)
+}
+
 /// Encodes one value as a whole CBOR item (used for signed payloads).
 pub(crate) fn to_cbor<T: Field>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer::default();
@@ -747,8 +754,20 @@ macro_rules! wire_struct {
                         _ => return Err(DecodeError::UnknownField),
                     }
                 }
+                // Every required field, or the first one missing (one
+                // check for all of them: image size, issue 14).
+                #[allow(unreachable_patterns)]
+                let ($($field,)*) = match ($($field,)*) {
+                    ($(Some($field),)*) => ($($field,)*),
+                    ($($field,)*) => {
+                        return Err(DecodeError::MissingField($crate::cbor::first_missing(
+                            &[$($field.is_some()),*],
+                            &[$(stringify!($field)),*],
+                        )));
+                    }
+                };
                 let value = $name {
-                    $( $field: $field.ok_or(DecodeError::MissingField(stringify!($field)))?, )*
+                    $( $field, )*
                     $($( $ofield, )*)?
                 };
                 $crate::cbor::Check::check(&value)?;
