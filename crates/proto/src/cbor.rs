@@ -550,6 +550,54 @@ pub(crate) fn set_once<T>(
     }
 }
 
+/// Decodes a map entry's value and stores it, refusing a key seen before
+/// (after decoding the value, as [`set_once`] after `T::decode`). Out of
+/// line: one copy per field type, shared by every [`wire_struct!`] decoder
+/// (image size, issue 14).
+#[inline(never)]
+pub(crate) fn decode_once<T: Field>(
+    r: &mut Reader<'_>,
+    slot: &mut Option<T>,
+    key: &'static str,
+) -> Result<(), DecodeError> {
+    let value = T::decode(r, key)?;
+    set_once(slot, key, value)
+}
+
+/// Where `key` is in `names`, if it is there. Out of line: the map-key
+/// lookup of every [`wire_struct!`] decoder (image size, issue 14).
+#[inline(never)]
+pub(crate) fn position(names: &[&str], key: &str) -> Option<usize> {
+    names.iter().position(|&name| name == key)
+}
+
+/// Where `name` is in `names` (`names.len()` if it is not there), for
+/// constant evaluation: each [`wire_struct!`] field's index in its table.
+pub(crate) const fn const_position(names: &[&str], name: &str) -> usize {
+    let mut i = 0;
+    while i < names.len() {
+        let (a, b) = (names[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    names.len()
+}
+
+/// The name of the first field not `present` (`names[i]` for the first
+/// `present[i]` that is false; "" if every one is there).
+#[inline(never)]
+pub(crate) fn first_missing(present: &[bool], names: &[&'static str]) -> &'static str {
+    present.iter().zip(names).find(|(&here, _)| !here).map_or("", |(_, &name)| name)
+}
+
 /// Encodes one value as a whole CBOR item (used for signed payloads).
 pub(crate) fn to_cbor<T: Field>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer::default();
@@ -599,10 +647,9 @@ macro_rules! text_enum {
 
             /// Parses a wire name; `None` if it is not in the set.
             pub fn parse(name: &str) -> Option<$name> {
-                match name {
-                    $( $text => Some($name::$variant), )+
-                    _ => None,
-                }
+                // One table lookup (image size, issue 14).
+                let i = $crate::cbor::position(&[$($text),+], name)?;
+                $name::ALL.get(i).copied()
             }
         }
 
@@ -683,26 +730,44 @@ macro_rules! wire_struct {
                 use $crate::cbor::DecodeError;
                 $( let mut $field: Option<$ty> = None; )*
                 $($( let mut $ofield: Option<$oty> = None; )*)?
+                // The keys, looked up in one table (image size, issue 14).
+                const NAMES: &[&str] =
+                    &[$(stringify!($field),)* $($(stringify!($ofield),)*)?];
                 let len = r.map(field)?;
                 for _ in 0..len {
-                    match r.key()? {
+                    let key = r.key()?;
+                    match $crate::cbor::position(NAMES, key) {
                         $(
-                            stringify!($field) => {
-                                let value = <$ty>::decode(r, stringify!($field))?;
-                                $crate::cbor::set_once(&mut $field, stringify!($field), value)?;
+                            Some(i) if i == const {
+                                $crate::cbor::const_position(NAMES, stringify!($field))
+                            } => {
+                                $crate::cbor::decode_once(r, &mut $field, stringify!($field))?;
                             }
                         )*
                         $($(
-                            stringify!($ofield) => {
-                                let value = <$oty>::decode(r, stringify!($ofield))?;
-                                $crate::cbor::set_once(&mut $ofield, stringify!($ofield), value)?;
+                            Some(i) if i == const {
+                                $crate::cbor::const_position(NAMES, stringify!($ofield))
+                            } => {
+                                $crate::cbor::decode_once(r, &mut $ofield, stringify!($ofield))?;
                             }
                         )*)?
                         _ => return Err(DecodeError::UnknownField),
                     }
                 }
+                // Every required field, or the first one missing (one
+                // check for all of them: image size, issue 14).
+                #[allow(unreachable_patterns)]
+                let ($($field,)*) = match ($($field,)*) {
+                    ($(Some($field),)*) => ($($field,)*),
+                    ($($field,)*) => {
+                        return Err(DecodeError::MissingField($crate::cbor::first_missing(
+                            &[$($field.is_some()),*],
+                            &[$(stringify!($field)),*],
+                        )));
+                    }
+                };
                 let value = $name {
-                    $( $field: $field.ok_or(DecodeError::MissingField(stringify!($field)))?, )*
+                    $( $field, )*
                     $($( $ofield, )*)?
                 };
                 $crate::cbor::Check::check(&value)?;

@@ -297,6 +297,49 @@ fn unknown_duplicate_and_missing_keys_are_refused() {
     assert!(matches!(Message::decode(&keyset_req_with(int_key)), Err(DecodeError::Malformed(_))));
 }
 
+/// Every body field of every sample, left out: an optional field's absence
+/// decodes; a required one's is `MissingField` naming it. With it and
+/// every field after it left out, the first missing required field (in
+/// declaration order, which is the encoder's) is the one named.
+#[test]
+fn missing_body_fields_name_the_first_required_one() {
+    for msg in all_samples() {
+        let mut full: Value = ciborium::de::from_reader(&msg.encode().unwrap()[..]).unwrap();
+        let keys: Vec<Value> = body_of(&mut full).iter().map(|(k, _)| k.clone()).collect();
+        let mut required = 0;
+        for (j, key) in keys.iter().enumerate() {
+            let name = key.as_text().unwrap();
+            let mut one_out = full.clone();
+            body_of(&mut one_out).retain(|(k, _)| k != key);
+            match Message::decode(&to_bytes(&one_out)) {
+                Ok(_) => continue,
+                Err(e) => assert!(
+                    matches!(e, DecodeError::MissingField(n) if n == name),
+                    "{:?} without {name}: {e:?}",
+                    msg.kind()
+                ),
+            }
+            required += 1;
+            let mut rest_out = full.clone();
+            body_of(&mut rest_out).truncate(j);
+            let e = Message::decode(&to_bytes(&rest_out)).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::MissingField(n) if n == name),
+                "{:?} without {name} and what follows: {e:?}",
+                msg.kind()
+            );
+        }
+        // The fields the encoder writes first are the required ones.
+        let mut none = full.clone();
+        body_of(&mut none).clear();
+        if required > 0 {
+            let first = keys[0].as_text().unwrap();
+            let e = Message::decode(&to_bytes(&none)).unwrap_err();
+            assert!(matches!(e, DecodeError::MissingField(n) if n == first), "{e:?}");
+        }
+    }
+}
+
 #[test]
 fn duplicate_metadata_keys_are_refused() {
     let msg = &msg_samples::samples(MsgType::TotpValidateReq)[0];
