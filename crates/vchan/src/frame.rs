@@ -232,12 +232,21 @@ pub struct FrameWriter<Buf> {
     /// Bytes of header + payload sent so far.
     sent: usize,
     pending: bool,
+    /// The pending frame's header is in `buf` just before its payload, so
+    /// the whole frame goes out in one write (one event for the peer, not
+    /// one for the header and one for the payload); otherwise (a payload
+    /// within [`HEADER_LEN`] of the buffer's length) the header is in
+    /// `header` and goes out first.
+    inline: bool,
 }
 
 impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
-    /// A writer accepting payloads up to `buf`'s length.
+    /// A writer accepting payloads up to `buf`'s length. A payload at
+    /// least [`HEADER_LEN`] bytes shorter than `buf` goes out with its
+    /// header in one write, so the peer gets one event per frame: give the
+    /// buffer [`HEADER_LEN`] bytes more than the largest payload.
     pub fn new(buf: Buf) -> Self {
-        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false }
+        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false, inline: false }
     }
 
     /// Largest payload accepted.
@@ -260,9 +269,22 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
             return Err(FrameError::TooLarge);
         }
         let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge)?;
-        let dst = self.buf.as_mut().get_mut(..payload.len()).ok_or(FrameError::TooLarge)?;
-        dst.copy_from_slice(payload);
         self.header = len.to_be_bytes();
+        let end = payload.len().checked_add(HEADER_LEN).ok_or(FrameError::TooLarge)?;
+        match self.buf.as_mut().get_mut(..end) {
+            // Header and payload side by side: one write sends both.
+            Some(frame) => {
+                let (head, body) = frame.split_at_mut(HEADER_LEN);
+                head.copy_from_slice(&self.header);
+                body.copy_from_slice(payload);
+                self.inline = true;
+            }
+            None => {
+                let dst = self.buf.as_mut().get_mut(..payload.len()).ok_or(FrameError::TooLarge)?;
+                dst.copy_from_slice(payload);
+                self.inline = false;
+            }
+        }
         self.len = payload.len();
         self.sent = 0;
         self.pending = true;
@@ -274,7 +296,9 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
     /// frame was sent, fails with [`FrameError::TruncatedFrame`].
     pub fn flush<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<bool, FrameError> {
         while self.pending {
-            let chunk = if self.sent < HEADER_LEN {
+            let chunk = if self.inline {
+                self.buf.as_ref().get(self.sent..HEADER_LEN + self.len).unwrap_or_default()
+            } else if self.sent < HEADER_LEN {
                 self.header.get(self.sent..).unwrap_or_default()
             } else {
                 let from = self.sent - HEADER_LEN;
