@@ -232,12 +232,12 @@ pub struct FrameWriter<Buf> {
     /// Bytes of header + payload sent so far.
     sent: usize,
     pending: bool,
-    /// The pending frame's header is in `buf` just before its payload, so
-    /// the whole frame goes out in one write (one event for the peer, not
-    /// one for the header and one for the payload); otherwise (a payload
-    /// within [`HEADER_LEN`] of the buffer's length) the header is in
-    /// `header` and goes out first.
-    inline: bool,
+    /// Where the pending payload starts in `buf`: [`HEADER_LEN`] when the
+    /// header is in `buf` just before it, so the whole frame goes out in
+    /// one write (one event for the peer, not one for the header and one
+    /// for the payload); 0 for a payload within [`HEADER_LEN`] of the
+    /// buffer's length, whose header goes out first, from `header`.
+    at: usize,
 }
 
 impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
@@ -246,7 +246,7 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
     /// header in one write, so the peer gets one event per frame: give the
     /// buffer [`HEADER_LEN`] bytes more than the largest payload.
     pub fn new(buf: Buf) -> Self {
-        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false, inline: false }
+        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false, at: 0 }
     }
 
     /// Largest payload accepted.
@@ -270,21 +270,13 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
         }
         let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge)?;
         self.header = len.to_be_bytes();
-        let end = payload.len().checked_add(HEADER_LEN).ok_or(FrameError::TooLarge)?;
-        match self.buf.as_mut().get_mut(..end) {
-            // Header and payload side by side: one write sends both.
-            Some(frame) => {
-                let (head, body) = frame.split_at_mut(HEADER_LEN);
-                head.copy_from_slice(&self.header);
-                body.copy_from_slice(payload);
-                self.inline = true;
-            }
-            None => {
-                let dst = self.buf.as_mut().get_mut(..payload.len()).ok_or(FrameError::TooLarge)?;
-                dst.copy_from_slice(payload);
-                self.inline = false;
-            }
-        }
+        let buf = self.buf.as_mut();
+        // Header and payload side by side when there is room.
+        self.at = if buf.len() - payload.len() >= HEADER_LEN { HEADER_LEN } else { 0 };
+        let dst = buf.get_mut(self.at..self.at + payload.len()).ok_or(FrameError::TooLarge)?;
+        dst.copy_from_slice(payload);
+        let head = self.header.get(..self.at).unwrap_or_default();
+        buf.get_mut(..self.at).unwrap_or_default().copy_from_slice(head);
         self.len = payload.len();
         self.sent = 0;
         self.pending = true;
@@ -296,13 +288,12 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
     /// frame was sent, fails with [`FrameError::TruncatedFrame`].
     pub fn flush<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<bool, FrameError> {
         while self.pending {
-            let chunk = if self.inline {
-                self.buf.as_ref().get(self.sent..HEADER_LEN + self.len).unwrap_or_default()
-            } else if self.sent < HEADER_LEN {
+            let chunk = if self.sent < HEADER_LEN - self.at {
                 self.header.get(self.sent..).unwrap_or_default()
             } else {
-                let from = self.sent - HEADER_LEN;
-                self.buf.as_ref().get(from..self.len).unwrap_or_default()
+                // Frame byte `sent` is at `sent - HEADER_LEN + at` in `buf`.
+                let from = self.sent + self.at - HEADER_LEN;
+                self.buf.as_ref().get(from..self.at + self.len).unwrap_or_default()
             };
             let n = match t.send(chunk) {
                 Ok(n) => n,
