@@ -7,7 +7,10 @@
 //! cryptod's CPU per token under four concurrent clients) and the hosted
 //! crate's `vchan_throughput` example (vchan bulk rate per ring order, and
 //! a pipe). A miss does not fail the command: a benchmark is not a timed
-//! test, and the machine's load (printed) moves the figures.
+//! test, and the machine's load (printed) moves the figures. One figure
+//! does not move with the load: cryptod's instructions per audited token on
+//! its sans-IO driver path (the apps crate's `cryptod_cost` example under
+//! callgrind), next to one Ed25519 signature's.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -166,6 +169,71 @@ pub(crate) fn verdicts(figs: &[Figure]) -> Vec<Verdict> {
     out
 }
 
+/// Token counts of the two `cryptod_cost` runs whose difference gives the
+/// driver's instructions per token (the boot and the seeding cancel out).
+const DRIVER_TOKENS: [u64; 2] = [200, 1200];
+/// Signatures of the reference run.
+const SIGNATURES: u64 = 500;
+
+/// The instruction count callgrind prints at exit (`==PID== Collected : N`).
+pub(crate) fn collected(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| {
+        let (_, rest) = l.split_once("Collected :")?;
+        rest.trim().parse().ok()
+    })
+}
+
+/// Instructions counted by callgrind in the functions matching `toggle`
+/// (only while inside them) for one run of `program ARGS`.
+fn instructions(program: &std::path::Path, toggle: &str, args: &[String]) -> Result<u64, String> {
+    let out = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(format!("--toggle-collect={toggle}"))
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("valgrind: cannot start: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("valgrind {}: {}\n{stderr}", program.display(), out.status));
+    }
+    collected(&stderr).ok_or_else(|| format!("valgrind printed no instruction count:\n{stderr}"))
+}
+
+/// cryptod's instructions per audited token on its driver path
+/// (`crates/apps/examples/cryptod_cost.rs`: the sans-IO driver over the
+/// vchan simulator, four clients, audit wait on), counted by callgrind in
+/// `CryptodDriver::poll` alone, next to one Ed25519 signature of the same
+/// build: figures that do not move with the machine's load.
+fn driver_figures(example: &std::path::Path) -> Result<String, String> {
+    println!("==> cryptod's driver path under callgrind (instructions, not time)");
+    let [n0, n1] = DRIVER_TOKENS;
+    let c0 = instructions(example, "*CryptodDriver*poll*", &[n0.to_string()])?;
+    let c1 = instructions(example, "*CryptodDriver*poll*", &[n1.to_string()])?;
+    let per_token = c1.saturating_sub(c0) / (n1 - n0);
+    let sign =
+        instructions(example, "*sign_reference*", &["--sign".into(), SIGNATURES.to_string()])?
+            / SIGNATURES;
+    let line = format!(
+        "figure: driver instructions_per_token={per_token} sign_instructions={sign} tokens={n0},{n1}"
+    );
+    println!("{line}");
+    Ok(line + "\n")
+}
+
+/// The driver figure's report lines (no goal: the 50 us goal is judged on
+/// the demo's CPU time; this says where it goes).
+pub(crate) fn driver_report(figs: &[Figure]) -> Option<String> {
+    let f = figs.iter().find(|f| f.kind == "driver")?;
+    let (per, sign) = (f.num("instructions_per_token")?, f.num("sign_instructions")?);
+    Some(format!(
+        "cryptod driver path (sans-IO, callgrind): {per:.0} instructions per audited token \
+         = {:.2} x one Ed25519 signature ({sign:.0} instructions)",
+        per / sign.max(1.0)
+    ))
+}
+
 /// The load average, as `/proc/loadavg` has it.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -199,7 +267,7 @@ fn capture(step: &str, cmd: &mut Command) -> Result<String, String> {
 
 /// `cargo xtask bench [--goals-only]`.
 pub(crate) fn bench(criterion: bool) -> Result<(), String> {
-    crate::ensure_tools(&[crate::CRYPTSETUP])?;
+    crate::ensure_tools(&[crate::CRYPTSETUP, crate::VALGRIND])?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load_before = loadavg();
     let mut c = crate::cargo();
@@ -209,7 +277,7 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
     }
     crate::run("build the guests and the portcullis tool (release)", &mut c)?;
     crate::run(
-        "build the vchan throughput example (release)",
+        "build the vchan throughput and cryptod cost examples (release)",
         crate::cargo().args([
             "build",
             "--release",
@@ -217,6 +285,10 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
             "portcullis-hosted",
             "--example",
             "vchan_throughput",
+            "-p",
+            "portcullis-apps",
+            "--example",
+            "cryptod_cost",
         ]),
     )?;
     let release = crate::root().join("target/release");
@@ -225,6 +297,7 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         "vchan between two processes vs a pipe",
         &mut Command::new(release.join("examples/vchan_throughput")),
     )?;
+    out += &driver_figures(&release.join("examples/cryptod_cost"))?;
     for wal in ["on", "off"] {
         out += &capture(
             &format!("token round trips and concurrent clients, audit wait {wal}"),
@@ -240,7 +313,8 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         )?;
     }
     let load_after = loadavg();
-    let results = verdicts(&parse_figures(&out));
+    let figs = parse_figures(&out);
+    let results = verdicts(&figs);
     println!();
     println!("== issue 14 goals (release build, hosted platform; each reference from this run)");
     println!("   {cpus} CPUs; load average before {load_before}, after {load_after}");
@@ -248,6 +322,9 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         println!("{:<13} {}", v.word(), v.goal);
         println!("              measured: {}", v.figure);
         println!("              against:  {}", v.reference);
+    }
+    if let Some(line) = driver_report(&figs) {
+        println!("{line}");
     }
     let met = results.iter().filter(|v| v.pass == Some(true)).count();
     println!("{met} of {} goals met (a miss is reported, not a failure)", results.len());
@@ -310,6 +387,19 @@ figure: raw wal=off p50_us=60 p99_us=90
         assert_eq!(by_goal(&v, "round trip, audit wait on").pass, Some(true));
         assert_eq!(by_goal(&v, "round trip, audit wait off").pass, Some(true));
         assert_eq!(by_goal(&v, "cryptod CPU").pass, Some(false));
+    }
+
+    #[test]
+    fn callgrind_counts_and_the_driver_figure_parse() {
+        let stderr = "==12== Events    : Ir\n==12== Collected : 370092314\n==12==\n";
+        assert_eq!(collected(stderr), Some(370_092_314));
+        assert_eq!(collected("==12== Collected : \n"), None);
+        let figs = parse_figures(
+            "figure: driver instructions_per_token=300000 sign_instructions=200000 tokens=200,1200\n",
+        );
+        let line = driver_report(&figs).unwrap();
+        assert!(line.contains("300000 instructions per audited token = 1.50 x"), "{line}");
+        assert_eq!(driver_report(&parse_figures(RUN)), None);
     }
 
     #[test]

@@ -549,6 +549,8 @@ pub(crate) struct Tool {
 
 pub(crate) const CRYPTSETUP: Tool =
     Tool { probe: &["cryptsetup", "--version"], package: "cryptsetup-bin", same_version_as: None };
+pub(crate) const VALGRIND: Tool =
+    Tool { probe: &["valgrind", "--version"], package: "valgrind", same_version_as: None };
 pub(crate) const OATHTOOL: Tool =
     Tool { probe: &["oathtool", "--version"], package: "oathtool", same_version_as: None };
 pub(crate) const QEMU: Tool = Tool {

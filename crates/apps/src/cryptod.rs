@@ -30,7 +30,11 @@
 //! every answer the batch covers.
 //! Requests draw their randomness from the authority's DRBG; hardware
 //! entropy goes in with every `entropy_pub` reseed, not per request. No
-//! console line is printed per request on the success path.
+//! console line is printed per request on the success path. dom0's
+//! measurement of a client's image is read once per connection, at its
+//! first request (a connection never outlives its peer domain), and an
+//! unmeasured client is looked up again at most once per
+//! [`MEASUREMENT_RECHECK_NS`], not at every request.
 //!
 //! Write-ahead persistence: no answer leaves while the sealed state has
 //! changed and is not yet durable. Each wake-up collects its answers (and
@@ -85,6 +89,14 @@ pub const CLIENT_BUDGET: usize = 8;
 /// one [`STEP`]), and is persisted this often at most, not once per ack.
 pub const HEAD_PERSIST_EVERY_NS: u64 = 1_000_000_000;
 
+/// How long a client found unmeasured (dom0 published no measurement of
+/// its image, or it could not be read) is taken as unmeasured before the
+/// platform is asked again, in nanoseconds: a measurement published after
+/// a domain's first request counts within this time, and an unmeasured
+/// client costs one platform read (a file or a xenstore round trip) per
+/// this time, not one per request.
+pub const MEASUREMENT_RECHECK_NS: u64 = 1_000_000_000;
+
 /// Shortest time between two "audit outbox empty" console lines, in
 /// nanoseconds: under steady load the outbox empties at every ack, and the
 /// line must not become one per request. The last one is always printed
@@ -101,6 +113,39 @@ struct Client<B: Backend> {
     link: Option<Link<B>>,
     /// The current ring's store entries are removed (the client is there).
     unpublished: bool,
+    /// dom0's measurement of the domain on the current connection, read at
+    /// its first request and kept until the connection ends: the image a
+    /// domain was launched with does not change while it runs, and a
+    /// connection never outlives its peer domain (a domain that dies, or a
+    /// name that moves to another domain, ends it). Cleared with every new
+    /// connection ([`Client::new_connection`]), so a later domain, even one
+    /// with the same id, is measured afresh.
+    image: Option<[u8; 32]>,
+    /// When the current connection's peer was last found unmeasured
+    /// (monotonic ns): looked up again [`MEASUREMENT_RECHECK_NS`] later.
+    unmeasured_at: Option<u64>,
+}
+
+impl<B: Backend> Client<B> {
+    /// A client served under `peer` (on `link`, if its domain exists).
+    fn new(name: &str, peer: PeerId, link: Option<Link<B>>) -> Self {
+        Client {
+            name: name.into(),
+            peer,
+            link,
+            unpublished: false,
+            image: None,
+            unmeasured_at: None,
+        }
+    }
+
+    /// The link now serves a new connection (a fresh ring, or a new
+    /// domain's): nothing learned about the previous peer carries over.
+    fn new_connection(&mut self) {
+        self.unpublished = false;
+        self.image = None;
+        self.unmeasured_at = None;
+    }
 }
 
 /// The audit collector's link: records out, acks in.
@@ -194,18 +239,17 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             // A client that does not exist now (not created yet, or powered
             // off) is served as soon as a domain gets its name.
             let client = match resolve_dom(p, name) {
-                Ok(dom) => Client {
-                    name: name.into(),
-                    peer: PeerId::new(u32::from(dom.0), name),
-                    link: Some(serve(p, dom, port::CRYPTOD)?),
-                    unpublished: false,
-                },
+                Ok(dom) => Client::new(
+                    name,
+                    PeerId::new(u32::from(dom.0), name),
+                    Some(serve(p, dom, port::CRYPTOD)?),
+                ),
                 Err(e) => {
                     say!(
                         p,
                         "cryptod: client {name} not there yet ({e}); serving it when it appears"
                     );
-                    Client { name: name.into(), peer: absent(name), link: None, unpublished: false }
+                    Client::new(name, absent(name), None)
                 }
             };
             clients.push(client);
@@ -513,7 +557,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 if let Some(c) = self.clients.get_mut(idx) {
                     c.link = Some(link);
                     c.peer = PeerId::new(u32::from(dom.0), &name);
-                    c.unpublished = false;
+                    c.new_connection();
                 }
             }
             Ok(None) => {}
@@ -554,7 +598,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         let Some(peer) = self.clients.get(idx).map(|c| c.peer.clone()) else { return Ok(()) };
         self.forget_answers(p, &peer, why, now);
         if let Some(c) = self.clients.get_mut(idx) {
-            c.unpublished = false;
+            c.new_connection();
             if let Some(link) = c.link.as_mut() {
                 link.reinit()?;
             }
@@ -630,16 +674,14 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 Ok(None) => return Ok(audited),
                 Ok(Some(msg)) => match Request::from_message(&msg) {
                     Some(mut req) => {
-                        // dom0's measurement of the peer's image, read
-                        // again for every request (one published late
-                        // counts from the next); none, or one that cannot
-                        // be read, is no measurement: an image-bound rule
-                        // denies, and an attestation leaves it out.
-                        // Randomness from the DRBG alone (reseeded with
-                        // hardware entropy at every entropy_pub).
-                        let image = u16::try_from(peer.domid)
-                            .ok()
-                            .and_then(|d| p.measurement(DomId(d)).ok());
+                        // dom0's measurement of the peer's image, read once
+                        // per connection ([`Client::image`]); none, or one
+                        // that cannot be read, is no measurement: an
+                        // image-bound rule denies, and an attestation
+                        // leaves it out. Randomness from the DRBG alone
+                        // (reseeded with hardware entropy at every
+                        // entropy_pub).
+                        let image = self.image_of(p, idx);
                         if let Request::Attestation(r, _) = req {
                             req = Request::Attestation(r, image);
                         }
@@ -698,6 +740,33 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         // Budget spent: the others' turn; come back at once.
         self.backlog = true;
         Ok(audited)
+    }
+
+    /// dom0's measurement of the peer on client `idx`'s current connection
+    /// ([`Platform::measurement`] for the link's peer domain): read at its
+    /// first request and kept for the connection; while there is none, read
+    /// again at most once per [`MEASUREMENT_RECHECK_NS`].
+    fn image_of<P: Platform>(&mut self, p: &mut P, idx: usize) -> Option<[u8; 32]> {
+        let c = self.clients.get_mut(idx)?;
+        if let Some(image) = c.image {
+            return Some(image);
+        }
+        let now = p.monotonic_ns();
+        if c.unmeasured_at.is_some_and(|t| now.saturating_sub(t) < MEASUREMENT_RECHECK_NS) {
+            return None;
+        }
+        let dom = u16::try_from(c.peer.domid).ok().map(DomId)?;
+        match p.measurement(dom) {
+            Ok(image) => {
+                c.image = Some(image);
+                c.unmeasured_at = None;
+                Some(image)
+            }
+            Err(_) => {
+                c.unmeasured_at = Some(now);
+                None
+            }
+        }
     }
 
     /// Sends one answer to client `idx`, saying (rate-limited) if it fails.

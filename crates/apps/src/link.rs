@@ -16,6 +16,7 @@ use core::marker::PhantomData;
 use core::time::Duration;
 
 use portcullis_proto::envelope::{AnyRole, DecodeError, Message, Role, MAX_MESSAGE_LEN};
+use portcullis_vchan::frame::HEADER_LEN;
 use portcullis_vchan::{
     Backend, FrameError, FrameReader, FrameWriter, Port, Transport, Vchan, VchanError,
 };
@@ -111,7 +112,7 @@ impl<C: Channel, A: Role> Framed<C, A> {
         Framed {
             chan,
             rx: FrameReader::new(vec![0; MAX_MESSAGE_LEN]),
-            tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN]),
+            tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN + HEADER_LEN]),
             queue: VecDeque::new(),
             accepts: PhantomData,
         }
@@ -144,7 +145,7 @@ impl<B: Backend, A: Role> Framed<Vchan<B>, A> {
     pub fn reinit(&mut self) -> Result<(), LinkError> {
         self.chan.reinit()?;
         self.rx = FrameReader::new(vec![0; MAX_MESSAGE_LEN]);
-        self.tx = FrameWriter::new(vec![0; MAX_MESSAGE_LEN]);
+        self.tx = FrameWriter::new(vec![0; MAX_MESSAGE_LEN + HEADER_LEN]);
         self.queue.clear();
         Ok(())
     }

@@ -944,7 +944,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::TotpValidate, result)
                 .target(&r.operator_id)
                 .meta("device", &r.device_id)
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
         };
         if !self.can_audit(2) {
             return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
@@ -1087,7 +1087,7 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::RecoveryCodeUsed, AuditResult::Ok)
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
-                    .meta("request_id", &r.request_id.to_string())
+                    .meta("request_id", &hex(&r.request_id.0))
                     .meta("remaining", &left.to_string());
                 self.record(ev, now, out);
             }
@@ -1104,7 +1104,7 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
                     .target(volume)
                     .meta("operator", &r.operator_id)
-                    .meta("request_id", &r.request_id.to_string())
+                    .meta("request_id", &hex(&r.request_id.0))
                     .meta("cti", &cti);
                 self.record(ev, now, out);
                 answer
@@ -1154,7 +1154,7 @@ impl Authority {
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
                 .meta("domid", &peer.domid.to_string())
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
             this.record(base(AuditResult::Denied).meta("reason", reason), now, out);
@@ -1500,7 +1500,7 @@ impl Authority {
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
                 .meta("domid", &peer.domid.to_string())
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
@@ -1567,7 +1567,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::TokenIssue, result)
                 .target(&r.audience)
                 .meta("scope", &r.requested_scope.to_string())
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1679,7 +1679,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
                 .meta("domid", &peer.domid.to_string())
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1747,7 +1747,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenRevoke, result)
                 .target(&hex(&r.cti))
-                .meta("request_id", &r.request_id.to_string())
+                .meta("request_id", &hex(&r.request_id.0))
         };
         if let Err(why) =
             self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
@@ -1949,6 +1949,33 @@ fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement
         .meta("root_sig", &hex(sig))
 }
 
+/// Lowercase hex, two digits a byte: one allocation, no formatting
+/// machinery (it runs for several fields of every audit record).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digit = |n: u8| char::from(DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
+    for b in bytes {
+        s.push(digit(b >> 4));
+        s.push(digit(*b));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex;
+    use alloc::format;
+    use alloc::string::{String, ToString};
+    use alloc::vec::Vec;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), want);
+        assert_eq!(hex(&[]), "");
+        let id = portcullis_proto::msg::RequestId([0xa5; 16]);
+        assert_eq!(hex(&id.0), id.to_string());
+    }
 }

@@ -27,6 +27,7 @@ use portcullis_proto::msg::{
     TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_vchan::frame::HEADER_LEN;
 use portcullis_vchan::{FrameReader, FrameWriter};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -162,7 +163,7 @@ fn sane_retry(retry: Option<u64>, max: u64) -> bool {
 
 /// Sends one frame as is (bytes that are not a valid envelope).
 fn send_raw(link: &mut HLink, bytes: &[u8]) -> Result<(), Failure> {
-    let mut w = FrameWriter::new(vec![0u8; MAX_MESSAGE_LEN]);
+    let mut w = FrameWriter::new(vec![0u8; MAX_MESSAGE_LEN + HEADER_LEN]);
     w.push(bytes).map_err(|e| format!("frame: {e}"))?;
     let deadline = Instant::now() + CALL;
     while !w.flush(link.chan()).map_err(|e| format!("send: {e}"))? {
@@ -671,7 +672,7 @@ impl Hostile<'_> {
                 // into the ring whenever there is room; answers counted as
                 // frames, not decoded (the CPU it saves goes to cryptod).
                 let req = keyset_req(rid(0x50, 0)).encode().map_err(|e| format!("encode: {e}"))?;
-                let mut tx = FrameWriter::new(vec![0u8; req.len()]);
+                let mut tx = FrameWriter::new(vec![0u8; req.len() + HEADER_LEN]);
                 let mut rx = FrameReader::new(vec![0u8; MAX_MESSAGE_LEN]);
                 let chan = link.chan();
                 while !stop.load(Ordering::Relaxed) {

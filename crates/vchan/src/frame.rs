@@ -232,12 +232,21 @@ pub struct FrameWriter<Buf> {
     /// Bytes of header + payload sent so far.
     sent: usize,
     pending: bool,
+    /// Where the pending payload starts in `buf`: [`HEADER_LEN`] when the
+    /// header is in `buf` just before it, so the whole frame goes out in
+    /// one write (one event for the peer, not one for the header and one
+    /// for the payload); 0 for a payload within [`HEADER_LEN`] of the
+    /// buffer's length, whose header goes out first, from `header`.
+    at: usize,
 }
 
 impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
-    /// A writer accepting payloads up to `buf`'s length.
+    /// A writer accepting payloads up to `buf`'s length. A payload at
+    /// least [`HEADER_LEN`] bytes shorter than `buf` goes out with its
+    /// header in one write, so the peer gets one event per frame: give the
+    /// buffer [`HEADER_LEN`] bytes more than the largest payload.
     pub fn new(buf: Buf) -> Self {
-        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false }
+        FrameWriter { buf, header: [0; HEADER_LEN], len: 0, sent: 0, pending: false, at: 0 }
     }
 
     /// Largest payload accepted.
@@ -260,9 +269,14 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
             return Err(FrameError::TooLarge);
         }
         let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge)?;
-        let dst = self.buf.as_mut().get_mut(..payload.len()).ok_or(FrameError::TooLarge)?;
-        dst.copy_from_slice(payload);
         self.header = len.to_be_bytes();
+        let buf = self.buf.as_mut();
+        // Header and payload side by side when there is room.
+        self.at = if buf.len() - payload.len() >= HEADER_LEN { HEADER_LEN } else { 0 };
+        let dst = buf.get_mut(self.at..self.at + payload.len()).ok_or(FrameError::TooLarge)?;
+        dst.copy_from_slice(payload);
+        let head = self.header.get(..self.at).unwrap_or_default();
+        buf.get_mut(..self.at).unwrap_or_default().copy_from_slice(head);
         self.len = payload.len();
         self.sent = 0;
         self.pending = true;
@@ -274,11 +288,12 @@ impl<Buf: AsRef<[u8]> + AsMut<[u8]>> FrameWriter<Buf> {
     /// frame was sent, fails with [`FrameError::TruncatedFrame`].
     pub fn flush<T: Transport + ?Sized>(&mut self, t: &mut T) -> Result<bool, FrameError> {
         while self.pending {
-            let chunk = if self.sent < HEADER_LEN {
+            let chunk = if self.sent < HEADER_LEN - self.at {
                 self.header.get(self.sent..).unwrap_or_default()
             } else {
-                let from = self.sent - HEADER_LEN;
-                self.buf.as_ref().get(from..self.len).unwrap_or_default()
+                // Frame byte `sent` is at `sent - HEADER_LEN + at` in `buf`.
+                let from = self.sent + self.at - HEADER_LEN;
+                self.buf.as_ref().get(from..self.at + self.len).unwrap_or_default()
             };
             let n = match t.send(chunk) {
                 Ok(n) => n,

@@ -129,6 +129,43 @@ fn header_is_big_endian() {
     assert_eq!(t.output.len(), HEADER_LEN + 258);
 }
 
+/// A stream with unlimited room that records each write.
+#[derive(Default)]
+struct Writes(Vec<Vec<u8>>);
+
+impl Transport for Writes {
+    fn recv(&mut self, _: &mut [u8]) -> Result<usize, VchanError> {
+        Ok(0)
+    }
+    fn send(&mut self, data: &[u8]) -> Result<usize, VchanError> {
+        self.0.push(data.to_vec());
+        Ok(data.len())
+    }
+    fn abort(&mut self) {}
+}
+
+#[test]
+fn a_frame_goes_out_in_one_write() {
+    // Header and payload in one write: a waiting peer gets one event per
+    // frame. Two writes would wake it for the header, and again for the
+    // payload once it had asked to hear about the next write.
+    let mut w = FrameWriter::new(vec![0u8; 100 + HEADER_LEN]);
+    let mut t = Writes::default();
+    for payload in [&[9u8; 100][..], b"", b"abc"] {
+        w.push(payload).unwrap();
+        assert!(w.flush(&mut t).unwrap());
+        assert_eq!(t.0.pop(), Some(framed(&[payload])));
+        assert!(t.0.is_empty());
+    }
+    // A payload within HEADER_LEN of the buffer's length still goes out
+    // whole, its header first.
+    let mut w = FrameWriter::new(vec![0u8; 100]);
+    w.push(&[7u8; 100]).unwrap();
+    assert!(w.flush(&mut t).unwrap());
+    assert_eq!(t.0.concat(), framed(&[&[7u8; 100]]));
+    assert_eq!(t.0.len(), 2);
+}
+
 #[test]
 fn oversize_length_aborts() {
     let mut t = Trickle::new(&framed(&[&[1u8; 11]]), 3);

@@ -70,6 +70,8 @@ pub struct FakePlatform {
     pub names_at: Vec<(u64, String, DomId)>,
     /// dom0's measurements of other domains' images.
     pub measurements: HashMap<DomId, [u8; 32]>,
+    /// How many times the guest asked for a measurement.
+    pub measurement_reads: usize,
 }
 
 impl FakePlatform {
@@ -93,6 +95,7 @@ impl FakePlatform {
             names: HashMap::new(),
             names_at: Vec::new(),
             measurements: HashMap::new(),
+            measurement_reads: 0,
         }
     }
 
@@ -200,6 +203,7 @@ impl Platform for FakePlatform {
         Ok(())
     }
     fn measurement(&mut self, dom: DomId) -> Result<[u8; 32], PlatformError> {
+        self.measurement_reads += 1;
         self.measurements.get(&dom).copied().ok_or(PlatformError::MissingConfig)
     }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
