@@ -1089,7 +1089,7 @@ impl Authority {
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
                     .meta("request_id", &r.request_id.to_string())
-                    .num("remaining", u64::from(left));
+                    .meta("remaining", &left.to_string());
                 self.record(ev, now, out);
             }
             None => {
@@ -1154,7 +1154,7 @@ impl Authority {
         }
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
-                .num("domid", u64::from(peer.domid))
+                .meta("domid", &peer.domid.to_string())
                 .meta("request_id", &r.request_id.to_string())
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
@@ -1502,7 +1502,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
                 .meta("request_id", &r.request_id.to_string())
-                .num("domid", u64::from(peer.domid))
+                .meta("domid", &peer.domid.to_string())
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
             self.refuse(
@@ -1679,7 +1679,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
-                .num("domid", u64::from(peer.domid))
+                .meta("domid", &peer.domid.to_string())
                 .meta("request_id", &r.request_id.to_string())
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
