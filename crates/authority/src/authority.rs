@@ -45,6 +45,7 @@ use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
+use crate::meta::Num;
 use crate::outcome::{self, Decisions, OutcomeKey, Vouch, MAX_OUTCOME_KEYS};
 use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
@@ -704,8 +705,8 @@ impl Authority {
         let n = self.drop_held(peer);
         if n > 0 {
             let ev = Event::new(&peer.vm, AuditAction::AnswerDrop, AuditResult::Error)
-                .meta("count", &n.to_string())
-                .meta("domid", &peer.domid.to_string())
+                .num("count", u64::try_from(n).unwrap_or(u64::MAX))
+                .num("domid", u64::from(peer.domid))
                 .meta("reason", reason);
             self.record(ev, now, &mut out);
         }
@@ -888,10 +889,10 @@ impl Authority {
         }
         let ev = Event::new(&a.actor, a.action, AuditResult::RateLimited)
             .meta("reason", a.reason)
-            .meta("repeated", &a.count.to_string())
-            .meta("domid", &a.domid.to_string())
-            .meta("first_at", &a.first_at.to_string())
-            .meta("last_at", &a.last_at.to_string());
+            .num("repeated", a.count)
+            .num("domid", u64::from(a.domid))
+            .num("first_at", a.first_at)
+            .num("last_at", a.last_at);
         if !self.append(ev, now, out) {
             self.aggregate = Some(a);
         }
@@ -1206,7 +1207,7 @@ impl Authority {
         let mut ev = base(audit)
             .target(admin_target(&c))
             .meta("command", c.command.as_str())
-            .meta("admin_seq", &c.admin_seq.to_string());
+            .num("admin_seq", c.admin_seq);
         if !reason.is_empty() {
             ev = ev.meta("reason", reason);
         }
@@ -1222,7 +1223,7 @@ impl Authority {
         }
         if let Some(codes) = c.operator_id.as_deref().and_then(|id| self.recovery.get(id)) {
             if result == AdminResult::Ok {
-                ev = ev.meta("recovery_remaining", &codes.remaining().to_string());
+                ev = ev.num("recovery_remaining", u64::from(codes.remaining()));
             }
         }
         if self.admin_seq != last {
@@ -1647,7 +1648,7 @@ impl Authority {
             let ev = Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
                 .target(action)
                 .meta("reason", &reason)
-                .meta("domid", &peer.domid.to_string());
+                .num("domid", u64::from(peer.domid));
             self.record(ev, now, out);
             reason
         })
@@ -1713,7 +1714,7 @@ impl Authority {
         match signed {
             Ok(signed) => {
                 let ev = event(AuditResult::Ok)
-                    .meta("expires_at", &claims.expires_at.to_string())
+                    .num("expires_at", claims.expires_at)
                     .meta("measured", if measurement.is_some() { "yes" } else { "no" });
                 self.record(ev, now, out);
                 msg::Attestation { signed }.into()
@@ -1943,8 +1944,8 @@ fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminRes
 /// root to the new one. The rotation happened at `now`, to version `n`.
 fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement: &[u8]) -> Event {
     let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
-    ev.meta("root_version", &n.to_string())
-        .meta("root_issued_at", &now.to_string())
+    ev.num("root_version", u64::try_from(n).unwrap_or(u64::MAX))
+        .num("root_issued_at", now)
         .meta("root_pubkey", &hex(root.as_bytes()))
         .meta("root_sig", &hex(sig))
 }

@@ -18,6 +18,7 @@ pub mod authority;
 pub mod backup;
 pub mod drbg;
 pub mod keys;
+mod meta;
 pub mod outcome;
 pub mod ratelimit;
 pub mod registry;

@@ -466,11 +466,19 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
     let mut c = Cursor(plain);
     let root_key = c.array::<32>()?;
     let master_secret = c.array::<32>()?;
+    let mut state = SealedState::new(root_key, master_secret, Vec::new(), String::new());
+    decode_into(&mut c, version, &mut state)?;
+    Ok(state)
+}
+
+/// Reads everything after the two keys into `s` (filled in place: an
+/// error drops, and zeroizes, one partial state; image size, issue 14).
+#[inline(never)]
+fn decode_into(c: &mut Cursor<'_>, version: u16, s: &mut SealedState) -> Result<(), SealError> {
     let n_ops = u16::from_be_bytes(c.array()?);
     if usize::from(n_ops) > MAX_OPERATORS {
         return Err(SealError::Malformed("too many operators"));
     }
-    let mut operators = Vec::new();
     for _ in 0..n_ops {
         let id_len = usize::from(c.byte()?);
         let id = c.text(id_len)?;
@@ -480,59 +488,56 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
         let secret = Zeroizing::new(c.short()?.to_vec());
         let op = OperatorSecret::new(&id, &secret, algorithm, digits)
             .map_err(|_| SealError::Malformed("invalid operator record"))?;
-        if operators.iter().any(|o: &OperatorSecret| o.id == op.id) {
+        if s.operators.iter().any(|o: &OperatorSecret| o.id == op.id) {
             return Err(SealError::Malformed("operator listed twice"));
         }
-        operators.push(op);
+        s.operators.push(op);
     }
     let acl_len =
         usize::try_from(u32::from_be_bytes(c.array()?)).map_err(|_| SealError::TooLarge)?;
-    let acl = c.text(acl_len)?;
+    s.acl = c.text(acl_len)?;
     let n_steps = u16::from_be_bytes(c.array()?);
-    let mut last_steps = Vec::new();
     for _ in 0..n_steps {
         let id_len = usize::from(c.byte()?);
         let id = c.text(id_len)?;
         let step = u64::from_be_bytes(c.array()?);
-        if last_steps.iter().any(|(other, _)| *other == id) {
+        if s.last_steps.iter().any(|(other, _)| *other == id) {
             return Err(SealError::Malformed("last step listed twice"));
         }
-        last_steps.push((id, step));
+        s.last_steps.push((id, step));
     }
     let n_fail = u16::from_be_bytes(c.array()?);
-    let mut failures: Vec<(String, u32, u64)> = Vec::new();
     for _ in 0..n_fail {
         let id_len = usize::from(c.byte()?);
         let id = c.text(id_len)?;
         let count = u32::from_be_bytes(c.array()?);
         let locked_until = u64::from_be_bytes(c.array()?);
-        if !operators.iter().any(|o| o.id == id) {
+        if !s.operators.iter().any(|o| o.id == id) {
             return Err(SealError::Malformed("failure counter for an unknown operator"));
         }
-        if failures.iter().any(|(other, _, _)| *other == id) {
+        if s.failures.iter().any(|(other, _, _)| *other == id) {
             return Err(SealError::Malformed("failure counter listed twice"));
         }
-        failures.push((id, count, locked_until));
+        s.failures.push((id, count, locked_until));
     }
-    let keyset_version = u64::from_be_bytes(c.array()?);
-    let revocation_serial = u64::from_be_bytes(c.array()?);
+    s.keyset_version = u64::from_be_bytes(c.array()?);
+    s.revocation_serial = u64::from_be_bytes(c.array()?);
     let n_revoked = usize::from(u16::from_be_bytes(c.array()?));
     if n_revoked > MAX_REVOKED {
         return Err(SealError::Malformed("too many revoked ids"));
     }
-    let mut revoked: Vec<(Vec<u8>, u64)> = Vec::new();
     for _ in 0..n_revoked {
         let cti = c.short()?;
         if cti.is_empty() || cti.len() > MAX_CTI_LEN {
             return Err(SealError::Malformed("revoked id empty or too long"));
         }
         let exp = u64::from_be_bytes(c.array()?);
-        if revoked.iter().any(|(other, _)| other.as_slice() == cti) {
+        if s.revoked.iter().any(|(other, _)| other.as_slice() == cti) {
             return Err(SealError::Malformed("revoked id listed twice"));
         }
-        revoked.push((cti.to_vec(), exp));
+        s.revoked.push((cti.to_vec(), exp));
     }
-    let audit_head = match c.byte()? {
+    s.audit_head = match c.byte()? {
         0 => None,
         1 => Some(SealedHead {
             chain_id: c.array()?,
@@ -541,16 +546,15 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
         }),
         _ => return Err(SealError::Malformed("audit head flag is not 0 or 1")),
     };
-    let (mut admin_key, mut admin_seq, mut recovery) = (None, 0, Vec::new());
     if version >= 3 {
-        admin_key = match c.byte()? {
+        s.admin_key = match c.byte()? {
             0 => None,
             1 => Some(c.array::<32>()?),
             _ => return Err(SealError::Malformed("admin key flag is not 0 or 1")),
         };
-        admin_seq = u64::from_be_bytes(c.array()?);
+        s.admin_seq = u64::from_be_bytes(c.array()?);
         let n_rec = usize::from(u16::from_be_bytes(c.array()?));
-        if n_rec > operators.len() {
+        if n_rec > s.operators.len() {
             return Err(SealError::Malformed("more recovery code sets than operators"));
         }
         for _ in 0..n_rec {
@@ -561,16 +565,15 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
             for _ in 0..RECOVERY_CODES {
                 hashes.push(c.array::<RECOVERY_HASH_LEN>()?);
             }
-            if !operators.iter().any(|o| o.id == id) {
+            if !s.operators.iter().any(|o| o.id == id) {
                 return Err(SealError::Malformed("recovery codes for an unknown operator"));
             }
-            if recovery.iter().any(|(other, _, _): &(String, _, _)| *other == id) {
+            if s.recovery.iter().any(|(other, _, _): &(String, _, _)| *other == id) {
                 return Err(SealError::Malformed("recovery codes listed twice"));
             }
-            recovery.push((id, hashes, used));
+            s.recovery.push((id, hashes, used));
         }
     }
-    let mut sections: Vec<Section> = Vec::new();
     if version >= 4 {
         let n_sec = usize::from(u16::from_be_bytes(c.array()?));
         if n_sec > section::KNOWN.len() {
@@ -581,7 +584,7 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
             if !section::KNOWN.contains(&tag) {
                 return Err(SealError::Malformed("unknown section tag"));
             }
-            if sections.last().is_some_and(|l| l.tag >= tag) {
+            if s.sections.last().is_some_and(|l| l.tag >= tag) {
                 return Err(SealError::Malformed("section tags not ascending"));
             }
             let len =
@@ -589,28 +592,13 @@ fn decode(plain: &[u8], version: u16) -> Result<SealedState, SealError> {
             if len > MAX_SECTION_LEN {
                 return Err(SealError::Malformed("section too long"));
             }
-            sections.push(Section { tag, body: c.take(len)?.to_vec() });
+            s.sections.push(Section { tag, body: c.take(len)?.to_vec() });
         }
     }
     if !c.0.is_empty() {
         return Err(SealError::Malformed("trailing plaintext"));
     }
-    Ok(SealedState {
-        root_key,
-        master_secret,
-        operators,
-        acl,
-        last_steps,
-        failures,
-        keyset_version,
-        revocation_serial,
-        revoked,
-        audit_head,
-        admin_key,
-        admin_seq,
-        recovery,
-        sections,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

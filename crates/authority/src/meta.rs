@@ -1,0 +1,41 @@
+//! Numbers in audit metadata, written by one out-of-line function.
+//!
+//! Image size (issue 14, `docs/benchmarks.md` "Guest images"): each
+//! `.meta(key, &n.to_string())` inlined its own string building, formatting
+//! call and drop; [`Num::num`] writes the same decimal text once.
+
+use alloc::string::ToString;
+
+use crate::audit::Event;
+
+/// [`Event::meta`] with a number's decimal text as the value.
+pub(crate) trait Num {
+    /// Adds the metadata entry `key` = `n` in decimal (the text
+    /// `n.to_string()` gives for any unsigned integer type).
+    fn num(self, key: &str, n: u64) -> Event;
+}
+
+impl Num for Event {
+    #[inline(never)]
+    fn num(self, key: &str, n: u64) -> Event {
+        self.meta(key, &n.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_proto::msg::{AuditAction, AuditResult};
+
+    #[test]
+    fn num_writes_what_to_string_wrote() {
+        let ev = Event::new("vm", AuditAction::Admin, AuditResult::Ok)
+            .num("zero", 0)
+            .num("domid", u64::from(u32::MAX))
+            .num("seq", u64::MAX);
+        let want = [("domid", "4294967295"), ("seq", "18446744073709551615"), ("zero", "0")];
+        let got: alloc::vec::Vec<_> =
+            ev.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+    }
+}
