@@ -69,6 +69,7 @@ use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 use crate::settings::{Problem, Settings, SettingsError, CRYPTOD_SPECS};
+use crate::startup::Startup;
 
 /// cryptod's links: they decode its message types only ([`crate::inbox::Cryptod`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
@@ -167,12 +168,15 @@ pub struct CryptodDriver<B: Backend> {
     /// Audit records were made outside a request (an answer drop).
     fresh_audit: bool,
     console: LineLimiter,
+    /// The start-up timing, until the ready line has reported it.
+    startup: Option<Startup>,
 }
 
 impl<B: Backend + Clone> CryptodDriver<B> {
     /// Boots: reads the settings, key-encryption key and sealed state,
     /// starts the authority and publishes the client and collector links.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let mut startup = Startup::new(p.boot_marks());
         let s = Settings::load(p, &CRYPTOD_SPECS)?;
         let mut kek = Zeroizing::new([0u8; 32]);
         let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
@@ -240,6 +244,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             clients.len(),
             collector_dom.0
         );
+        startup.mark("unseal", p.monotonic_ns());
         Ok(CryptodDriver {
             auth,
             kek,
@@ -261,6 +266,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             empty_report_due: false,
             fresh_audit: false,
             console: LineLimiter::default(),
+            startup: Some(startup),
         })
     }
 
@@ -303,6 +309,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         if !self.ready && self.auth.is_ready() {
             self.ready = true;
             say!(p, "cryptod: ready");
+            if let Some(mut t) = self.startup.take() {
+                t.mark("seed", p.monotonic_ns());
+                say!(p, "{}", t.report("cryptod"));
+            }
         }
         let mut dirty = false;
         self.backlog = false;

@@ -22,6 +22,7 @@ use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 use crate::settings::{Settings, ENTROPYD_SPECS};
+use crate::startup::Startup;
 
 /// entropyd's links: they decode its message types only ([`crate::inbox::Entropyd`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Entropyd>;
@@ -59,12 +60,14 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
     /// (failing closed without one) and publishes a channel to each
     /// allow-listed subscriber that exists.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let mut startup = Startup::new(p.boot_marks());
         let s = Settings::load(p, &ENTROPYD_SPECS)?;
         let interval = Duration::from_millis(s.num("interval_ms")?);
         let chunk_len = s.num_usize("chunk")?;
         // The schema bounds it to the protocol's MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK.
         let mut drbg = Drbg::new(DEFAULT_RESEED_INTERVAL);
         reseed(p, &mut drbg)?;
+        startup.mark("seed", p.monotonic_ns());
 
         let mut subs = Vec::new();
         for name in s.list("allow")? {
@@ -93,7 +96,9 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
                 }
             }
         }
+        startup.mark("publish", p.monotonic_ns());
         say!(p, "entropyd: ready");
+        say!(p, "{}", startup.report("entropyd"));
         let last_resolve = p.now_unix();
         Ok(EntropydDriver { drbg, subs, seq: 0, last_resolve, chunk_len, interval })
     }

@@ -253,6 +253,19 @@ impl ConfigItem {
     }
 }
 
+/// When a guest started and when its platform had it configured, on the
+/// clock of [`Platform::monotonic_ns`]: for the one start-up report a
+/// guest prints after it is ready (`docs/xen-boot.md`, "Boot-to-ready").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootMarks {
+    /// The guest's first instruction (Xen: the TSC read on entry, on Xen's
+    /// system time); a process's start on the hosted platform.
+    pub started_ns: u64,
+    /// When the platform had the guest's configuration (Xen: dom0's host
+    /// service wrote `ready`); not before `started_ns`.
+    pub configured_ns: u64,
+}
+
 /// The platform services a guest uses. One value per guest, owned by its
 /// main loop.
 pub trait Platform {
@@ -334,6 +347,13 @@ pub trait Platform {
     /// stops. `None` if there was none, or the platform does not keep it.
     fn last_io_error(&self) -> Option<IoDetail> {
         None
+    }
+
+    /// When this guest started and was configured ([`BootMarks`]). The
+    /// default, both zero, is right for a platform whose monotonic clock
+    /// starts with the guest and whose configuration needs no wait.
+    fn boot_marks(&self) -> BootMarks {
+        BootMarks::default()
     }
 
     /// Ends the domain: exit code 0 is a clean poweroff, anything else a crash.

@@ -82,6 +82,9 @@ mod runtime {
         pub xen: Option<XenCpuid>,
         /// The RAM the heap was given (`crate::heap`).
         pub heap: Span,
+        /// Xen system time (ns) at the guest's first instruction (0 off
+        /// Xen): where its boot-to-ready report starts.
+        pub started_ns: u64,
     }
 
     impl Boot {
@@ -90,9 +93,12 @@ mod runtime {
         /// console. Called once by the entry code, before anything
         /// allocates.
         ///
+        /// `entry_tsc` is the TSC read at the entry, turned into system
+        /// time here ([`Boot::started_ns`]).
+        ///
         /// Failures here are fatal: they are printed on the debug port and
         /// the domain crashes.
-        pub fn init(start_info_paddr: u64) -> Boot {
+        pub fn init(start_info_paddr: u64, entry_tsc: u64) -> Boot {
             // SAFETY: called once from the entry code with the address the
             // loader passed in ebx, after the low 4 GiB were identity-mapped.
             let start_info = match unsafe { StartInfo::read(start_info_paddr) } {
@@ -105,6 +111,7 @@ mod runtime {
                     fatal(format_args!("boot: {e}"));
                 }
             }
+            let started_ns = xen::system_time_at_tsc(entry_tsc).unwrap_or(0);
             let heap = match heap::for_domain(&start_info, image_span(), &shared_pages()) {
                 Ok(heap) => heap,
                 Err(e) => fatal(format_args!("boot: {e}")),
@@ -123,7 +130,7 @@ mod runtime {
                     console::install(c);
                 }
             }
-            Boot { start_info, xen, heap }
+            Boot { start_info, xen, heap, started_ns }
         }
     }
 

@@ -8,7 +8,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use portcullis_platform::{ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError};
+use portcullis_platform::{
+    BootMarks, ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError,
+};
 use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use spin::mutex::SpinMutex;
@@ -425,6 +427,7 @@ pub struct XenPlatform {
     domid: DomId,
     name: String,
     entropy: HwEntropy,
+    marks: BootMarks,
 }
 
 impl XenPlatform {
@@ -444,7 +447,8 @@ impl XenPlatform {
             Ok((DomId(id), String::from_utf8(name).map_err(|_| XsError::Protocol)?))
         })
         .map_err(PlatformSetupError::Store)?;
-        Ok(XenPlatform { domid, name, entropy: HwEntropy::new() })
+        let marks = BootMarks { started_ns: boot.started_ns, configured_ns: boot.started_ns };
+        Ok(XenPlatform { domid, name, entropy: HwEntropy::new(), marks })
     }
 
     /// Where dom0's host service leaves a configuration item:
@@ -474,7 +478,9 @@ impl XenPlatform {
                 crate::println!("{name}: waiting for dom0's portcullis host service");
             })
         })
-        .map_err(noted)
+        .map_err(noted)?;
+        self.marks.configured_ns = self.monotonic_ns().max(self.marks.started_ns);
+        Ok(())
     }
 }
 
@@ -575,6 +581,10 @@ impl Platform for XenPlatform {
 
     fn last_io_error(&self) -> Option<IoDetail> {
         *LAST_IO.lock()
+    }
+
+    fn boot_marks(&self) -> BootMarks {
+        self.marks
     }
 
     fn shutdown(&mut self, code: u8) -> ! {
