@@ -146,7 +146,9 @@ boot_to_ready() {
         r=$(cat $RUN/ready-$g 2>/dev/null)
         own=$(log_since $g | tr -d '\r' | grep -o "$g: boot-to-ready [^)]*)" | tail -1)
         if [ -n "$c0" ] && [ -n "$c1" ] && [ -n "$r" ]; then
-            echo "TIME boot-to-ready $g: $(awk -v a="$c0" -v b="$r" 'BEGIN { printf "%.2f", b - a }') s from xl create to the ready line (xl create $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }') s, then $(awk -v a="$c1" -v b="$r" 'BEGIN { printf "%.2f", b - a }') s); guest: ${own#$g: }"
+            split=$(awk -v a="$c0" -v b="$c1" -v r="$r" 'BEGIN {
+                printf "xl create %.2f s, the ready line %.2f s %s it returned", b - a, (r > b ? r - b : b - r), (r >= b ? "after" : "before") }')
+            echo "TIME boot-to-ready $g: $(awk -v a="$c0" -v b="$r" 'BEGIN { printf "%.2f", b - a }') s from xl create to the ready line ($split); guest: ${own#$g: }"
         else
             echo "TIME boot-to-ready $g: not measured (create ${c0:-?}..${c1:-?}, ready ${r:-not seen}); guest: ${own#$g: }"
         fi

@@ -82,9 +82,12 @@ mod runtime {
         pub xen: Option<XenCpuid>,
         /// The RAM the heap was given (`crate::heap`).
         pub heap: Span,
-        /// Xen system time (ns) at the guest's first instruction (0 off
-        /// Xen): where its boot-to-ready report starts.
-        pub started_ns: u64,
+        /// The TSC at the guest's first instruction: where its
+        /// boot-to-ready report starts (turned into Xen's system time by
+        /// `XenPlatform::wait_configured`, once Xen has surely filled in
+        /// the clock parameters: before the vCPU first blocks they can
+        /// still be zero).
+        pub entry_tsc: u64,
     }
 
     impl Boot {
@@ -93,8 +96,7 @@ mod runtime {
         /// console. Called once by the entry code, before anything
         /// allocates.
         ///
-        /// `entry_tsc` is the TSC read at the entry, turned into system
-        /// time here ([`Boot::started_ns`]).
+        /// `entry_tsc` is the TSC read at the entry ([`Boot::entry_tsc`]).
         ///
         /// Failures here are fatal: they are printed on the debug port and
         /// the domain crashes.
@@ -111,7 +113,6 @@ mod runtime {
                     fatal(format_args!("boot: {e}"));
                 }
             }
-            let started_ns = xen::system_time_at_tsc(entry_tsc).unwrap_or(0);
             let heap = match heap::for_domain(&start_info, image_span(), &shared_pages()) {
                 Ok(heap) => heap,
                 Err(e) => fatal(format_args!("boot: {e}")),
@@ -130,7 +131,7 @@ mod runtime {
                     console::install(c);
                 }
             }
-            Boot { start_info, xen, heap, started_ns }
+            Boot { start_info, xen, heap, entry_tsc }
         }
     }
 

@@ -427,6 +427,7 @@ pub struct XenPlatform {
     domid: DomId,
     name: String,
     entropy: HwEntropy,
+    entry_tsc: u64,
     marks: BootMarks,
 }
 
@@ -447,8 +448,13 @@ impl XenPlatform {
             Ok((DomId(id), String::from_utf8(name).map_err(|_| XsError::Protocol)?))
         })
         .map_err(PlatformSetupError::Store)?;
-        let marks = BootMarks { started_ns: boot.started_ns, configured_ns: boot.started_ns };
-        Ok(XenPlatform { domid, name, entropy: HwEntropy::new(), marks })
+        Ok(XenPlatform {
+            domid,
+            name,
+            entropy: HwEntropy::new(),
+            entry_tsc: boot.entry_tsc,
+            marks: BootMarks::default(),
+        })
     }
 
     /// Where dom0's host service leaves a configuration item:
@@ -479,7 +485,13 @@ impl XenPlatform {
             })
         })
         .map_err(noted)?;
-        self.marks.configured_ns = self.monotonic_ns().max(self.marks.started_ns);
+        // The vCPU has blocked by now, so Xen has filled in the clock
+        // parameters the entry's TSC is converted with.
+        let configured_ns = self.monotonic_ns();
+        let started_ns = xen::system_time_at_tsc(self.entry_tsc)
+            .filter(|&t| t > 0 && t <= configured_ns)
+            .unwrap_or(configured_ns);
+        self.marks = BootMarks { started_ns, configured_ns };
         Ok(())
     }
 }
