@@ -325,13 +325,17 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             self.next = (self.next + 1) % n;
         }
         self.state_dirty |= dirty;
-        if now != self.last_tick {
-            if now.is_multiple_of(RESOLVE_EVERY) {
-                for idx in 0..n {
-                    self.follow_domain(p, idx, now);
-                }
-                self.follow_entropy(p);
+        // Names are looked up again when the platform says they changed
+        // (a client or entropyd created), and every RESOLVE_EVERY s all the
+        // same.
+        let tick = now != self.last_tick;
+        if p.names_changed() || (tick && now.is_multiple_of(RESOLVE_EVERY)) {
+            for idx in 0..n {
+                self.follow_domain(p, idx, now);
             }
+            self.follow_entropy(p);
+        }
+        if tick {
             self.last_tick = now;
             let out = self.auth.tick(now);
             changed |= !out.audit.is_empty();

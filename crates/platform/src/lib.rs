@@ -333,6 +333,16 @@ pub trait Platform {
     /// `/local/domain/<id>/name`, which only the toolstack can write).
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError>;
 
+    /// Whether the names [`Platform::resolve`] reads may have changed
+    /// since the last call (a peer created, destroyed, created again): a
+    /// guest that follows its peers looks their names up at once when this
+    /// says so, and on its own schedule all the same (a change can be
+    /// missed; this is a hint, never a name). The default, `false`, leaves
+    /// a platform to that schedule.
+    fn names_changed(&mut self) -> bool {
+        false
+    }
+
     /// Blocks until one of `ports` has a pending event (consuming it) or the
     /// timeout passes. Returns the port, or `None` on timeout.
     fn wait_any(

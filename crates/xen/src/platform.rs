@@ -577,6 +577,14 @@ impl Platform for XenPlatform {
         store_session(|s| dom0::measurement(s, me, dom)).map_err(noted)
     }
 
+    /// A watch on this domain's `names/` (see [`dom0::names_changed`]);
+    /// a store failure answers yes (look again: the look-up says what
+    /// failed).
+    fn names_changed(&mut self) -> bool {
+        let names = dom0::names_dir(self.domid);
+        store_session(|s| dom0::names_changed(s, &names, 0)).map_err(noted).unwrap_or(true)
+    }
+
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         let me = self.domid;
         store_session(|s| dom0::resolve(s, me, name)).map_err(noted)
