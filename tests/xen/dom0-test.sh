@@ -588,6 +588,7 @@ if wait_new entropyd "entropyd: ready" 90 && wait_new cryptod "cryptod: ready" 9
 else
     result reverse-order FAIL ""
     for g in $SUITE; do show_log $g; done
+    echo "--- $HOSTLOG (last 60 lines):"; tail -60 $HOSTLOG | sed 's/^/    | /'
 fi
 
 # 9. Operators (issue 12): a lost phone, then a recovery code. The operator

@@ -177,10 +177,7 @@ extern "Rust" {
 
 /// Called by the assembly entry with the start info address in rdi.
 extern "C" fn kmain(start_info: u64) -> ! {
-    // The guest's start, for its boot-to-ready report: the TSC now, turned
-    // into Xen's system time once the shared info page is mapped.
-    let entry_tsc = crate::arch::rdtsc();
-    let boot = crate::Boot::init(start_info, entry_tsc);
+    let boot = crate::Boot::init(start_info);
     // SAFETY: `entry!` defines this symbol with exactly this signature; a
     // guest without `entry!` fails to link rather than reaching here.
     let code = unsafe { __portcullis_xen_main(boot) };

@@ -82,12 +82,13 @@ mod runtime {
         pub xen: Option<XenCpuid>,
         /// The RAM the heap was given (`crate::heap`).
         pub heap: Span,
-        /// The TSC at the guest's first instruction: where its
-        /// boot-to-ready report starts (turned into Xen's system time by
-        /// `XenPlatform::wait_configured`, once Xen has surely filled in
-        /// the clock parameters: before the vCPU first blocks they can
-        /// still be zero).
-        pub entry_tsc: u64,
+        /// Xen's system time at the first clock reading, in `init` (a
+        /// few hundred instructions after the entry): where the guest's
+        /// boot-to-ready report starts. 0 when the clock could not be read
+        /// yet (seen under Xen in QEMU: the clock parameters of a new
+        /// vCPU are not always filled in before it first blocks);
+        /// `XenPlatform` then starts the report at the configuration.
+        pub started_ns: u64,
     }
 
     impl Boot {
@@ -96,11 +97,10 @@ mod runtime {
         /// console. Called once by the entry code, before anything
         /// allocates.
         ///
-        /// `entry_tsc` is the TSC read at the entry ([`Boot::entry_tsc`]).
         ///
         /// Failures here are fatal: they are printed on the debug port and
         /// the domain crashes.
-        pub fn init(start_info_paddr: u64, entry_tsc: u64) -> Boot {
+        pub fn init(start_info_paddr: u64) -> Boot {
             // SAFETY: called once from the entry code with the address the
             // loader passed in ebx, after the low 4 GiB were identity-mapped.
             let start_info = match unsafe { StartInfo::read(start_info_paddr) } {
@@ -113,6 +113,7 @@ mod runtime {
                     fatal(format_args!("boot: {e}"));
                 }
             }
+            let started_ns = xen::system_time_ns().unwrap_or(0);
             let heap = match heap::for_domain(&start_info, image_span(), &shared_pages()) {
                 Ok(heap) => heap,
                 Err(e) => fatal(format_args!("boot: {e}")),
@@ -131,7 +132,7 @@ mod runtime {
                     console::install(c);
                 }
             }
-            Boot { start_info, xen, heap, entry_tsc }
+            Boot { start_info, xen, heap, started_ns }
         }
     }
 

@@ -427,7 +427,6 @@ pub struct XenPlatform {
     domid: DomId,
     name: String,
     entropy: HwEntropy,
-    entry_tsc: u64,
     marks: BootMarks,
 }
 
@@ -452,8 +451,7 @@ impl XenPlatform {
             domid,
             name,
             entropy: HwEntropy::new(),
-            entry_tsc: boot.entry_tsc,
-            marks: BootMarks::default(),
+            marks: BootMarks { started_ns: boot.started_ns, configured_ns: 0 },
         })
     }
 
@@ -485,12 +483,13 @@ impl XenPlatform {
             })
         })
         .map_err(noted)?;
-        // The vCPU has blocked by now, so Xen has filled in the clock
-        // parameters the entry's TSC is converted with.
+        // A start the clock could not give (0), or one after this (a
+        // clock not set up then), counts as now: the report then starts
+        // at the configuration, and says so (config 0 ms).
         let configured_ns = self.monotonic_ns();
-        let started_ns = xen::system_time_at_tsc(self.entry_tsc)
-            .filter(|&t| t > 0 && t <= configured_ns)
-            .unwrap_or(configured_ns);
+        let started = self.marks.started_ns;
+        let started_ns =
+            if started > 0 && started <= configured_ns { started } else { configured_ns };
         self.marks = BootMarks { started_ns, configured_ns };
         Ok(())
     }

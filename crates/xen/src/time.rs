@@ -34,24 +34,6 @@ impl TimeInfo {
         let delta = tsc.saturating_sub(self.tsc_timestamp);
         self.system_time.saturating_add(scale_delta(delta, self.tsc_to_system_mul, self.tsc_shift))
     }
-
-    /// System time in nanoseconds at a TSC value read earlier, possibly
-    /// before this snapshot was taken (a guest's first instruction, whose
-    /// clock parameters are read only later): counted back from the
-    /// snapshot then, saturating at zero.
-    pub fn system_time_back_at(&self, tsc: u64) -> u64 {
-        match tsc.checked_sub(self.tsc_timestamp) {
-            Some(_) => self.system_time_at(tsc),
-            None => {
-                let back = self.tsc_timestamp - tsc;
-                self.system_time.saturating_sub(scale_delta(
-                    back,
-                    self.tsc_to_system_mul,
-                    self.tsc_shift,
-                ))
-            }
-        }
-    }
 }
 
 /// The wall clock at system time zero, as Xen publishes it.
@@ -125,22 +107,6 @@ mod tests {
         assert_eq!(t.system_time_at(1000), 5_000);
         assert_eq!(t.system_time_at(3000), 6_000);
         assert_eq!(t.system_time_at(10), 5_000);
-    }
-
-    #[test]
-    fn an_earlier_tsc_counts_back_from_the_snapshot() {
-        let t = TimeInfo {
-            tsc_timestamp: 1000,
-            system_time: 5_000,
-            tsc_to_system_mul: 1 << 31,
-            tsc_shift: 0,
-        };
-        assert_eq!(t.system_time_back_at(3000), 6_000);
-        assert_eq!(t.system_time_back_at(1000), 5_000);
-        assert_eq!(t.system_time_back_at(0), 4_500);
-        // Further back than system time zero (a hostile snapshot) saturates.
-        let t = TimeInfo { system_time: 10, ..t };
-        assert_eq!(t.system_time_back_at(0), 0);
     }
 
     #[test]

@@ -124,12 +124,6 @@ pub fn system_time_ns() -> Option<u64> {
     time_info().map(|t| t.system_time_at(arch::rdtsc()))
 }
 
-/// Xen system time (ns) at TSC value `tsc`, read earlier (see
-/// [`TimeInfo::system_time_back_at`]), or `None` off Xen.
-pub fn system_time_at_tsc(tsc: u64) -> Option<u64> {
-    time_info().map(|t| t.system_time_back_at(tsc))
-}
-
 /// The wall clock at system time zero.
 pub fn wall_clock() -> Option<WallClock> {
     let si = shared_info()?;
