@@ -337,8 +337,11 @@ pub trait Platform {
     /// since the last call (a peer created, destroyed, created again): a
     /// guest that follows its peers looks their names up at once when this
     /// says so, and on its own schedule all the same (a change can be
-    /// missed; this is a hint, never a name). The default, `false`, leaves
-    /// a platform to that schedule.
+    /// missed; this is a hint, never a name). The first call may start
+    /// watching (Xen: a xenstore watch whose events queue until the next
+    /// call), so only a guest that keeps asking for its whole life should
+    /// ask at all. The default, `false`, leaves a platform to that
+    /// schedule.
     fn names_changed(&mut self) -> bool {
         false
     }
