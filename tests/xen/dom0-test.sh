@@ -103,8 +103,8 @@ create() {
 # Boot-to-ready (issue 14). ready_watch NAME...: in the background, writes
 # $RUN/ready-NAME with dom0's uptime when NAME's console log first has one
 # more ": ready" line than it has now (one grep a 0.1 s tick for all of
-# them, and no other process: light on this one-vCPU dom0, where the
-# creates run meanwhile). Gives up after 120 s. Started before the creates.
+# them, not one per guest: light on this one-vCPU dom0, where the creates
+# run meanwhile). Gives up after 120 s. Started before the creates.
 ready_watch() {
     rm -f $RUN/ready-*
     base=""
