@@ -79,10 +79,14 @@ show_log() {
     sed 's/^/    | /' "$LOGS/guest-$1.log" 2>/dev/null
 }
 # create NAME: what the operator types: xl create from the installed cfg.
+# Keeps dom0's uptime just before it (C0_NAME) and when xl returned
+# (C1_NAME), for boot_to_ready.
 create() {
     mark "$1"
     t=$(up)
+    eval "C0_$1=$t"
     if xl create "$CFG/$1.cfg" > "$RUN/create-$1.log" 2>&1; then
+        eval "C1_$1=$(up)"
         echo "dom0: xl create $CFG/$1.cfg: dom$(xl domid "$1") in $(since "$t") s"
     elif xl domid "$1" >/dev/null 2>&1; then
         # Seen in this nested dom0 (docs/xen-boot.md): xl's monitoring child
@@ -95,6 +99,60 @@ create() {
         result "create-$1" FAIL "(xl create failed)"
         return 1
     fi
+}
+# Boot-to-ready (issue 14). ready_watch NAME...: in the background, writes
+# $RUN/ready-NAME with dom0's uptime when NAME's console log first has one
+# more ": ready" line than it has now (one grep a 0.1 s tick for all of
+# them, not one per guest: light on this one-vCPU dom0, where the creates
+# run meanwhile). Gives up after 120 s. Started before the creates.
+ready_watch() {
+    rm -f $RUN/ready-*
+    base=""
+    for g in "$@"; do
+        c=$(grep -cF ': ready' "$LOGS/guest-$g.log" 2>/dev/null)
+        base="$base $g=${c:-0}"
+    done
+    (
+        n=0
+        while [ $n -lt 1200 ]; do
+            files=""
+            for g in "$@"; do [ -e $RUN/ready-$g ] || files="$files $LOGS/guest-$g.log"; done
+            [ -z "$files" ] && break
+            read -r now _ < /proc/uptime
+            grep -HcF ': ready' $files 2>/dev/null | while IFS=: read -r f c; do
+                g=${f#$LOGS/guest-}
+                g=${g%.log}
+                for b in $base; do
+                    [ "${b%=*}" = "$g" ] && [ "$c" -gt "${b#*=}" ] && echo "$now" > $RUN/ready-$g
+                done
+            done
+            sleep 0.1
+            n=$((n + 1))
+        done
+    ) &
+    READY_WATCH=$!
+}
+# boot_to_ready NAME...: after the waits have seen every ready line, one
+# TIME line each: from just before `xl create` to the ready line in the
+# console log, split into xl create (the toolstack: domain build, image
+# load, memory) and the rest, with the guest's own report (its first
+# instruction to ready, and the waits in it, on Xen's clock).
+boot_to_ready() {
+    sleep 0.3
+    kill $READY_WATCH 2>/dev/null
+    wait $READY_WATCH 2>/dev/null
+    for g in "$@"; do
+        eval "c0=\${C0_$g:-} c1=\${C1_$g:-}"
+        r=$(cat $RUN/ready-$g 2>/dev/null)
+        own=$(log_since $g | tr -d '\r' | grep -o "$g: boot-to-ready [^)]*)" | tail -1)
+        if [ -n "$c0" ] && [ -n "$c1" ] && [ -n "$r" ]; then
+            split=$(awk -v a="$c0" -v b="$c1" -v r="$r" 'BEGIN {
+                printf "xl create %.2f s, the ready line %.2f s %s it returned", b - a, (r > b ? r - b : b - r), (r >= b ? "after" : "before") }')
+            echo "TIME boot-to-ready $g: $(awk -v a="$c0" -v b="$r" 'BEGIN { printf "%.2f", b - a }') s from xl create to the ready line ($split); guest: ${own#$g: }"
+        else
+            echo "TIME boot-to-ready $g: not measured (create ${c0:-?}..${c1:-?}, ready ${r:-not seen}); guest: ${own#$g: }"
+        fi
+    done
 }
 gone() { # NAME: waits until no domain has the name (up to 20 s)
     n=0
@@ -169,6 +227,7 @@ echo "dom0: agent outcome key: ${pub:-none}${outkey:+ (pinned; service restarted
 #    configures each one as it appears.
 SUITE="entropyd cryptod policy_pd unlocker"
 echo "STAGE suite: xl create"
+ready_watch $SUITE
 for g in $SUITE; do create $g; done
 wait_new entropyd "entropyd: ready" 60 && result entropyd PASS "(ready)" || result entropyd FAIL ""
 wait_new cryptod "cryptod: ready" 90 \
@@ -188,6 +247,8 @@ for g in $SUITE; do
     [ -n "$cfg_mib" ] && [ "$xl_mib" -le "$cfg_mib" ] && [ -n "$heap" ] || mem_bad=1
 done
 [ -z "$mem_bad" ] && result guest-memory PASS "($mem)" || result guest-memory FAIL "($mem)"
+wait_new unlocker "unlocker: ready" 90 >/dev/null
+boot_to_ready $SUITE
 CRYPTOD=$(xl domid cryptod)
 UNLOCKER=$(xl domid unlocker)
 if [ $failed != 0 ]; then
@@ -518,13 +579,16 @@ fi
 #    the service, and names resolve whatever the order.
 echo "STAGE reverse order: xl create unlocker, policy_pd, cryptod, entropyd"
 for g in unlocker policy_pd cryptod entropyd; do destroy $g; done
+ready_watch unlocker policy_pd cryptod entropyd
 for g in unlocker policy_pd cryptod entropyd; do create $g; done
 if wait_new entropyd "entropyd: ready" 90 && wait_new cryptod "cryptod: ready" 90 \
     && wait_new policy_pd "policy_pd: applied rule" 90 && wait_new unlocker "unlocker: ready" 90; then
+    boot_to_ready unlocker policy_pd cryptod entropyd
     result reverse-order PASS "(created unlocker, policy_pd, cryptod, entropyd in that order: all ready)"
 else
     result reverse-order FAIL ""
     for g in $SUITE; do show_log $g; done
+    echo "--- $HOSTLOG (last 60 lines):"; tail -60 $HOSTLOG | sed 's/^/    | /'
 fi
 
 # 9. Operators (issue 12): a lost phone, then a recovery code. The operator

@@ -73,6 +73,7 @@ use crate::link::LinkError;
 use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
 use crate::say;
 use crate::settings::{Problem, Settings, SettingsError, CRYPTOD_SPECS};
+use crate::startup::Startup;
 
 /// cryptod's links: they decode its message types only ([`crate::inbox::Cryptod`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
@@ -212,12 +213,15 @@ pub struct CryptodDriver<B: Backend> {
     /// Audit records were made outside a request (an answer drop).
     fresh_audit: bool,
     console: LineLimiter,
+    /// The start-up timing, until the ready line has reported it.
+    startup: Option<Startup>,
 }
 
 impl<B: Backend + Clone> CryptodDriver<B> {
     /// Boots: reads the settings, key-encryption key and sealed state,
     /// starts the authority and publishes the client and collector links.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let mut startup = Startup::new(p.boot_marks());
         let s = Settings::load(p, &CRYPTOD_SPECS)?;
         let mut kek = Zeroizing::new([0u8; 32]);
         let n = p.config(ConfigItem::KeyEncryptionKey, &mut kek[..])?;
@@ -284,6 +288,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             clients.len(),
             collector_dom.0
         );
+        startup.mark("unseal", p.monotonic_ns());
         Ok(CryptodDriver {
             auth,
             kek,
@@ -305,6 +310,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             empty_report_due: false,
             fresh_audit: false,
             console: LineLimiter::default(),
+            startup: Some(startup),
         })
     }
 
@@ -347,6 +353,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         if !self.ready && self.auth.is_ready() {
             self.ready = true;
             say!(p, "cryptod: ready");
+            if let Some(mut t) = self.startup.take() {
+                t.mark("seed", p.monotonic_ns());
+                say!(p, "{}", t.report("cryptod"));
+            }
         }
         let mut dirty = false;
         self.backlog = false;
@@ -359,13 +369,17 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             self.next = (self.next + 1) % n;
         }
         self.state_dirty |= dirty;
-        if now != self.last_tick {
-            if now.is_multiple_of(RESOLVE_EVERY) {
-                for idx in 0..n {
-                    self.follow_domain(p, idx, now);
-                }
-                self.follow_entropy(p);
+        // Names are looked up again when the platform says they changed
+        // (a client or entropyd created), and every RESOLVE_EVERY s all the
+        // same.
+        let tick = now != self.last_tick;
+        if p.names_changed() || (tick && now.is_multiple_of(RESOLVE_EVERY)) {
+            for idx in 0..n {
+                self.follow_domain(p, idx, now);
             }
+            self.follow_entropy(p);
+        }
+        if tick {
             self.last_tick = now;
             let out = self.auth.tick(now);
             changed |= !out.audit.is_empty();

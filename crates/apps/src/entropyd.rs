@@ -19,9 +19,10 @@ use zeroize::Zeroizing;
 
 use crate::common::{port, random, AppError};
 use crate::link::LinkError;
-use crate::net::{follow, serve, NOBODY, RESOLVE_EVERY};
+use crate::net::{follow, serve, sleep_or_names, NOBODY, RESOLVE_EVERY};
 use crate::say;
 use crate::settings::{Settings, ENTROPYD_SPECS};
+use crate::startup::Startup;
 
 /// entropyd's links: they decode its message types only ([`crate::inbox::Entropyd`]).
 type Link<B> = crate::link::Link<B, crate::inbox::Entropyd>;
@@ -52,6 +53,8 @@ pub struct EntropydDriver<B: portcullis_vchan::Backend> {
     last_resolve: u64,
     chunk_len: usize,
     interval: Duration,
+    /// The platform said the names changed: look them up in the next round.
+    names_changed: bool,
 }
 
 impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
@@ -59,12 +62,14 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
     /// (failing closed without one) and publishes a channel to each
     /// allow-listed subscriber that exists.
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
+        let mut startup = Startup::new(p.boot_marks());
         let s = Settings::load(p, &ENTROPYD_SPECS)?;
         let interval = Duration::from_millis(s.num("interval_ms")?);
         let chunk_len = s.num_usize("chunk")?;
         // The schema bounds it to the protocol's MIN_ENTROPY_CHUNK..=MAX_ENTROPY_CHUNK.
         let mut drbg = Drbg::new(DEFAULT_RESEED_INTERVAL);
         reseed(p, &mut drbg)?;
+        startup.mark("seed", p.monotonic_ns());
 
         let mut subs = Vec::new();
         for name in s.list("allow")? {
@@ -93,14 +98,34 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
                 }
             }
         }
+        startup.mark("publish", p.monotonic_ns());
         say!(p, "entropyd: ready");
+        say!(p, "{}", startup.report("entropyd"));
         let last_resolve = p.now_unix();
-        Ok(EntropydDriver { drbg, subs, seq: 0, last_resolve, chunk_len, interval })
+        Ok(EntropydDriver {
+            drbg,
+            subs,
+            seq: 0,
+            last_resolve,
+            chunk_len,
+            interval,
+            names_changed: false,
+        })
     }
 
     /// The time between rounds.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// The wait between rounds: [`EntropydDriver::interval`], cut short
+    /// when the platform says the names changed (a subscriber appeared or
+    /// was created again), so the next round, at once, publishes to it.
+    /// Returns whether it was cut short.
+    pub fn rest<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<bool, AppError> {
+        let changed = sleep_or_names(p, self.interval)?;
+        self.names_changed |= changed;
+        Ok(changed)
     }
 
     /// The sequence number of the next round's chunks.
@@ -113,7 +138,8 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
     pub fn publish<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<(), AppError> {
         reseed(p, &mut self.drbg)?;
         let now = p.now_unix();
-        let resolve = now.saturating_sub(self.last_resolve) >= RESOLVE_EVERY;
+        let resolve = core::mem::take(&mut self.names_changed)
+            || now.saturating_sub(self.last_resolve) >= RESOLVE_EVERY;
         if resolve {
             self.last_resolve = now;
         }
@@ -191,7 +217,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<(), AppError> {
     let mut d = EntropydDriver::new(p)?;
     loop {
         d.publish(p)?;
-        crate::net::sleep(p, d.interval())?;
+        d.rest(p)?;
     }
 }
 

@@ -15,5 +15,6 @@ pub mod link;
 pub mod net;
 pub mod policy_pd;
 pub mod settings;
+pub mod startup;
 pub mod trust;
 pub mod unlocker;

@@ -35,6 +35,10 @@ pub fn await_dom<P: Platform>(p: &mut P, me: &str, name: &str) -> Result<DomId, 
             say!(p, "{me}: waiting for {name} (no domain has the name yet)");
             next_notice = now.saturating_add(AWAIT_NOTICE_EVERY.saturating_mul(1_000_000_000));
         }
+        // A plain sleep, not `sleep_or_names`: a guest that asks about
+        // names changes only while it starts would leave the platform's
+        // watch (on Xen) queueing events nobody takes, crowding out its
+        // other watches' events.
         sleep(p, Duration::from_secs(1))?;
     }
 }
@@ -89,6 +93,27 @@ pub fn sleep<P: Platform>(p: &mut P, d: Duration) -> Result<(), AppError> {
             return Ok(());
         }
         p.wait_any(&[], Some(Duration::from_nanos(deadline - now)))?;
+    }
+}
+
+/// Sleeps for `d`, asking the platform every [`STEP`] whether the names
+/// changed ([`Platform::names_changed`]); returns `true` at once if they
+/// did (a peer appeared or was created again: look it up now, not at the
+/// next periodic look-up), `false` when `d` has passed. For a guest that
+/// keeps asking for its whole life (entropyd): the first call starts the
+/// platform's watch.
+pub fn sleep_or_names<P: Platform>(p: &mut P, d: Duration) -> Result<bool, AppError> {
+    let deadline = p.monotonic_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let step = u64::try_from(STEP.as_nanos()).unwrap_or(u64::MAX);
+    loop {
+        if p.names_changed() {
+            return Ok(true);
+        }
+        let now = p.monotonic_ns();
+        if now >= deadline {
+            return Ok(false);
+        }
+        p.wait_any(&[], Some(Duration::from_nanos((deadline - now).min(step))))?;
     }
 }
 

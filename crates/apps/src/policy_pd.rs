@@ -31,6 +31,7 @@ use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
 use crate::net::{await_dom, connect_as, sleep};
 use crate::say;
 use crate::settings::{Settings, POLICY_PD_SPECS};
+use crate::startup::Startup;
 use crate::trust::Trust;
 use crate::unlocker::{load_trust, refresh_keyset};
 
@@ -219,6 +220,7 @@ fn refresh_revocations<P: Platform>(
 /// Runs policy_pd: one rule change (setting `rule`), plus the self-test.
 /// Returns the number of self-test checks that did not hold (0 is success).
 pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
+    let mut startup = Startup::new(p.boot_marks());
     let s = Settings::load(p, &POLICY_PD_SPECS)?;
     let rule = String::from(s.text("rule", "")?);
     let cryptod_dom = await_dom(p, "policy_pd", s.text("cryptod", "")?)?;
@@ -226,6 +228,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let trust = load_trust(p)?;
     let mut enf = Enforcer::new(&audience, s.num("skew")?, trust);
     let mut link = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
+    startup.mark("cryptod", p.monotonic_ns());
     // cryptod answers `unavailable` until entropyd has seeded it.
     let tok = loop {
         match issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60) {
@@ -236,9 +239,12 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
             Err(e) => return Err(e),
         }
     };
+    startup.mark("token", p.monotonic_ns());
     refresh_keyset(p, &mut link, &mut enf.trust)?;
     refresh_revocations(p, &mut link, &mut enf.trust)?;
+    startup.mark("trust", p.monotonic_ns());
     say!(p, "policy_pd: ready");
+    say!(p, "{}", startup.report("policy_pd"));
     let claims = enf
         .apply(&tok, &rule, p.now_unix())
         .map_err(|e| AppError::Protocol(alloc::format!("fresh token refused: {e}")))?;

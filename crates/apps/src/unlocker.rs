@@ -33,6 +33,7 @@ use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
 use crate::net::{await_dom, connect_as};
 use crate::say;
 use crate::settings::{Settings, UNLOCKER_SPECS};
+use crate::startup::Startup;
 use crate::trust::{root_from_cose_key, Trust};
 
 /// unlocker's links: they decode its message types only ([`crate::inbox::Unlocker`]).
@@ -340,6 +341,7 @@ impl Attempt {
 
 /// Runs the unlocker: up to `attempts` prompts (setting, default 3).
 pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
+    let mut startup = Startup::new(p.boot_marks());
     let s = Settings::load(p, &UNLOCKER_SPECS)?;
     let target = UnlockTarget {
         operator: String::from(s.text("operator", "")?),
@@ -351,10 +353,14 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
     let agent = await_dom(p, "unlocker", s.text("agent", "")?)?;
     let cryptod_dom = await_dom(p, "unlocker", s.text("cryptod", "")?)?;
     let mut trust = load_trust(p)?;
+    startup.mark("peers", p.monotonic_ns());
 
     let mut cryptod: Link<_> = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
+    startup.mark("cryptod", p.monotonic_ns());
     refresh_keyset(p, &mut cryptod, &mut trust)?;
+    startup.mark("keyset", p.monotonic_ns());
     say!(p, "unlocker: ready");
+    say!(p, "{}", startup.report("unlocker"));
 
     for _ in 0..attempts {
         let mut code = Zeroizing::new(vec![0u8; 16]);

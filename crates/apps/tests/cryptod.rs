@@ -1237,3 +1237,37 @@ fn the_acked_head_is_persisted_at_most_once_a_second() {
     w.poll();
     assert_eq!(w.p.persisted.len(), persists + 1, "nothing moved since");
 }
+
+/// With a platform that tells of names changes, a client created after
+/// cryptod is served in the next wake-up (at most a STEP later), not at the
+/// next periodic look-up (up to RESOLVE_EVERY s); without, it waits for it.
+fn served_in_the_same_second(watch_names: bool) -> bool {
+    let mut w = boot_with(SETTINGS, &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)]);
+    w.p.watch_names = watch_names;
+    w.seed();
+    w.poll();
+    // Stay within the current second, so no periodic look-up is due.
+    let second = w.p.mono_ns / 1_000_000_000;
+    w.p.names_at.push((w.p.mono_ns + 1_000_000, "policy_pd".into(), POLICY_PD));
+    w.p.advance(Duration::from_millis(1));
+    assert_eq!(w.p.mono_ns / 1_000_000_000, second, "the test crossed a second");
+    w.poll();
+    match try_client(&w.hv, POLICY_PD, CRYPTOD, port::CRYPTOD) {
+        Ok(mut pd) => {
+            pd.send(&keyset_req(1)).unwrap();
+            w.poll();
+            assert!(matches!(drain(&mut pd).as_slice(), [Message::Keyset(_)]));
+            true
+        }
+        Err(e) => {
+            assert_eq!(e, VchanError::NotPublished);
+            false
+        }
+    }
+}
+
+#[test]
+fn a_client_is_served_as_soon_as_the_platform_says_its_name_appeared() {
+    assert!(served_in_the_same_second(true));
+    assert!(!served_in_the_same_second(false));
+}

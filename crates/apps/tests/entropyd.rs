@@ -116,6 +116,34 @@ fn a_subscriber_not_there_at_boot_is_served_when_it_appears() {
     assert_eq!(chunks(&mut c).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
 
+/// A subscriber created after entropyd: with a platform that tells of
+/// names changes, its ring and first chunk are there within one STEP of its
+/// name appearing; without, at the periodic look-up (RESOLVE_EVERY s).
+fn first_chunk_after_the_name_appears(watch_names: bool) -> Duration {
+    let (hv, mut p, mut d) = boot("interval_ms=1000\n", &[]);
+    p.watch_names = watch_names;
+    d.publish(&mut p).unwrap();
+    let appears = p.mono_ns + 300_000_000;
+    p.names_at.push((appears, "cryptod".into(), CRYPTOD));
+    for _ in 0..10 {
+        d.rest(&mut p).unwrap();
+        d.publish(&mut p).unwrap();
+        if let Ok(mut c) = try_client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY) {
+            assert_eq!(chunks(&mut c).len(), 1, "the round that published the ring sent a chunk");
+            return Duration::from_nanos(p.mono_ns - appears);
+        }
+    }
+    panic!("cryptod never served");
+}
+
+#[test]
+fn a_subscriber_is_served_as_soon_as_its_name_appears() {
+    let watched = first_chunk_after_the_name_appears(true);
+    assert!(watched <= Duration::from_millis(200), "{watched:?}");
+    let polled = first_chunk_after_the_name_appears(false);
+    assert!(polled >= Duration::from_millis(700), "{polled:?}");
+}
+
 #[test]
 fn without_hardware_entropy_it_fails_closed() {
     let hv = Hypervisor::new();

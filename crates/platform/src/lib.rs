@@ -253,6 +253,19 @@ impl ConfigItem {
     }
 }
 
+/// When a guest started and when its platform had it configured, on the
+/// clock of [`Platform::monotonic_ns`]: for the one start-up report a
+/// guest prints after it is ready (`docs/xen-boot.md`, "Boot-to-ready").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootMarks {
+    /// The guest's first instruction (Xen: the TSC read on entry, on Xen's
+    /// system time); a process's start on the hosted platform.
+    pub started_ns: u64,
+    /// When the platform had the guest's configuration (Xen: dom0's host
+    /// service wrote `ready`); not before `started_ns`.
+    pub configured_ns: u64,
+}
+
 /// The platform services a guest uses. One value per guest, owned by its
 /// main loop.
 pub trait Platform {
@@ -320,6 +333,19 @@ pub trait Platform {
     /// `/local/domain/<id>/name`, which only the toolstack can write).
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError>;
 
+    /// Whether the names [`Platform::resolve`] reads may have changed
+    /// since the last call (a peer created, destroyed, created again): a
+    /// guest that follows its peers looks their names up at once when this
+    /// says so, and on its own schedule all the same (a change can be
+    /// missed; this is a hint, never a name). The first call may start
+    /// watching (Xen: a xenstore watch whose events queue until the next
+    /// call), so only a guest that keeps asking for its whole life should
+    /// ask at all. The default, `false`, leaves a platform to that
+    /// schedule.
+    fn names_changed(&mut self) -> bool {
+        false
+    }
+
     /// Blocks until one of `ports` has a pending event (consuming it) or the
     /// timeout passes. Returns the port, or `None` on timeout.
     fn wait_any(
@@ -334,6 +360,13 @@ pub trait Platform {
     /// stops. `None` if there was none, or the platform does not keep it.
     fn last_io_error(&self) -> Option<IoDetail> {
         None
+    }
+
+    /// When this guest started and was configured ([`BootMarks`]). The
+    /// default, both zero, is right for a platform whose monotonic clock
+    /// starts with the guest and whose configuration needs no wait.
+    fn boot_marks(&self) -> BootMarks {
+        BootMarks::default()
     }
 
     /// Ends the domain: exit code 0 is a clean poweroff, anything else a crash.

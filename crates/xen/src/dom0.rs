@@ -239,6 +239,42 @@ fn write_and_wait<R: StoreRing>(
     }
 }
 
+/// The directory of the names dom0 gave domain `domid` (`names/`).
+pub fn names_dir(domid: DomId) -> String {
+    format!("{}/names", base(domid))
+}
+
+/// The watch token of a domain's own `names/` directory.
+pub const NAMES_TOKEN: &str = "portcullis-names";
+
+/// Whether `names` (this domain's `names/` directory) changed since the
+/// last call: a watch on it, registered on the first call (xenstored fires
+/// it once then, so the first answer after registering is yes), and every
+/// event queued for it taken, waiting at most `wait_ns` for one (0: only
+/// what has arrived). A hint to look names up again, never a name itself.
+pub fn names_changed<R: StoreRing>(
+    c: &mut Client<R>,
+    names: &str,
+    wait_ns: u64,
+) -> Result<bool, PlatformError> {
+    if !c.is_watched(names, NAMES_TOKEN) {
+        c.watch(names, NAMES_TOKEN).map_err(|e| store_error(IoOp::StoreWatch, names, e))?;
+    }
+    let mut changed = false;
+    // Bounded: the client queues at most MAX_QUEUED_EVENTS events.
+    for _ in 0..=crate::xenstore::client::MAX_QUEUED_EVENTS {
+        let wait = if changed { 0 } else { wait_ns };
+        if !c
+            .wait_watch(NAMES_TOKEN, Some(wait))
+            .map_err(|e| store_error(IoOp::StoreWatch, names, e))?
+        {
+            break;
+        }
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// Blocks until the node `ready` exists (dom0 wrote it after everything
 /// else), with a watch on it (and a read every [`RECHECK_EVERY_NS`] without
 /// an event). `waiting` is called once if it does not exist
@@ -290,6 +326,33 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> Vec<u8> {
         hex_sha256(bytes).to_vec()
+    }
+
+    #[test]
+    fn a_names_change_is_seen_once_and_only_after_it_happens() {
+        let mut c = client();
+        let dir = names_dir(ME);
+        assert_eq!(dir, "/local/domain/5/portcullis/names");
+        // The first call registers the watch; xenstored fires it once.
+        assert!(names_changed(&mut c, &dir, 10 * MS).unwrap());
+        assert!(!names_changed(&mut c, &dir, 10 * MS).unwrap());
+        // dom0 writes two names at once: one answer covers both events.
+        let now = c.ring().now;
+        c.ring().write_at(now + 20 * MS, &name_path(ME, "cryptod"), b"3");
+        c.ring().write_at(now + 20 * MS, &name_path(ME, "entropyd"), b"2");
+        assert!(!names_changed(&mut c, &dir, 5 * MS).unwrap());
+        assert!(names_changed(&mut c, &dir, 100 * MS).unwrap());
+        assert!(!names_changed(&mut c, &dir, 10 * MS).unwrap());
+        // One a while later is a change of its own.
+        let now = c.ring().now;
+        c.ring().write_at(now + 30 * MS, &name_path(ME, "unlocker"), b"4");
+        assert!(names_changed(&mut c, &dir, 100 * MS).unwrap());
+        // A write elsewhere is no names change; the watch was registered once.
+        let now = c.ring().now;
+        c.ring().write_at(now + MS, "/local/domain/5/portcullis/ready", b"1");
+        assert!(!names_changed(&mut c, &dir, 50 * MS).unwrap());
+        let watches = c.ring().seen.iter().filter(|m| m.op() == Some(Op::Watch)).count();
+        assert_eq!(watches, 1);
     }
 
     #[test]

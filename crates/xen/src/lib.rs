@@ -82,6 +82,13 @@ mod runtime {
         pub xen: Option<XenCpuid>,
         /// The RAM the heap was given (`crate::heap`).
         pub heap: Span,
+        /// Xen's system time at the first clock reading, in `init` (a
+        /// few hundred instructions after the entry): where the guest's
+        /// boot-to-ready report starts. 0 when the clock could not be read
+        /// yet (seen under Xen in QEMU: the clock parameters of a new
+        /// vCPU are not always filled in before it first blocks);
+        /// `XenPlatform` then starts the report at the configuration.
+        pub started_ns: u64,
     }
 
     impl Boot {
@@ -89,6 +96,7 @@ mod runtime {
         /// heap the free RAM the memory map leaves, and sets up the
         /// console. Called once by the entry code, before anything
         /// allocates.
+        ///
         ///
         /// Failures here are fatal: they are printed on the debug port and
         /// the domain crashes.
@@ -105,6 +113,7 @@ mod runtime {
                     fatal(format_args!("boot: {e}"));
                 }
             }
+            let started_ns = xen::system_time_ns().unwrap_or(0);
             let heap = match heap::for_domain(&start_info, image_span(), &shared_pages()) {
                 Ok(heap) => heap,
                 Err(e) => fatal(format_args!("boot: {e}")),
@@ -123,7 +132,7 @@ mod runtime {
                     console::install(c);
                 }
             }
-            Boot { start_info, xen, heap }
+            Boot { start_info, xen, heap, started_ns }
         }
     }
 

@@ -8,7 +8,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use portcullis_platform::{ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError};
+use portcullis_platform::{
+    BootMarks, ConfigItem, IoCause, IoDetail, IoOp, Platform, PlatformError,
+};
 use portcullis_vchan::backend::UnmapNotify;
 use portcullis_vchan::{Backend, BackendError, DomId, GrantRef, Port, SharedMem, Wait};
 use spin::mutex::SpinMutex;
@@ -425,6 +427,7 @@ pub struct XenPlatform {
     domid: DomId,
     name: String,
     entropy: HwEntropy,
+    marks: BootMarks,
 }
 
 impl XenPlatform {
@@ -444,7 +447,12 @@ impl XenPlatform {
             Ok((DomId(id), String::from_utf8(name).map_err(|_| XsError::Protocol)?))
         })
         .map_err(PlatformSetupError::Store)?;
-        Ok(XenPlatform { domid, name, entropy: HwEntropy::new() })
+        Ok(XenPlatform {
+            domid,
+            name,
+            entropy: HwEntropy::new(),
+            marks: BootMarks { started_ns: boot.started_ns, configured_ns: 0 },
+        })
     }
 
     /// Where dom0's host service leaves a configuration item:
@@ -474,7 +482,16 @@ impl XenPlatform {
                 crate::println!("{name}: waiting for dom0's portcullis host service");
             })
         })
-        .map_err(noted)
+        .map_err(noted)?;
+        // A start the clock could not give (0), or one after this (a
+        // clock not set up then), counts as now: the report then starts
+        // at the configuration, and says so (config 0 ms).
+        let configured_ns = self.monotonic_ns();
+        let started = self.marks.started_ns;
+        let started_ns =
+            if started > 0 && started <= configured_ns { started } else { configured_ns };
+        self.marks = BootMarks { started_ns, configured_ns };
+        Ok(())
     }
 }
 
@@ -559,6 +576,14 @@ impl Platform for XenPlatform {
         store_session(|s| dom0::measurement(s, me, dom)).map_err(noted)
     }
 
+    /// A watch on this domain's `names/` (see [`dom0::names_changed`]);
+    /// a store failure answers yes (look again: the look-up says what
+    /// failed).
+    fn names_changed(&mut self) -> bool {
+        let names = dom0::names_dir(self.domid);
+        store_session(|s| dom0::names_changed(s, &names, 0)).map_err(noted).unwrap_or(true)
+    }
+
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
         let me = self.domid;
         store_session(|s| dom0::resolve(s, me, name)).map_err(noted)
@@ -575,6 +600,10 @@ impl Platform for XenPlatform {
 
     fn last_io_error(&self) -> Option<IoDetail> {
         *LAST_IO.lock()
+    }
+
+    fn boot_marks(&self) -> BootMarks {
+        self.marks
     }
 
     fn shutdown(&mut self, code: u8) -> ! {

@@ -72,6 +72,11 @@ pub struct FakePlatform {
     pub measurements: HashMap<DomId, [u8; 32]>,
     /// How many times the guest asked for a measurement.
     pub measurement_reads: usize,
+    /// The platform tells of names changes (as Xen's names watch does):
+    /// `names_changed` is true once `names_at` entries came due.
+    pub watch_names: bool,
+    /// How many times the guest asked whether the names changed.
+    pub names_asked: usize,
 }
 
 impl FakePlatform {
@@ -96,6 +101,8 @@ impl FakePlatform {
             names_at: Vec::new(),
             measurements: HashMap::new(),
             measurement_reads: 0,
+            watch_names: false,
+            names_asked: 0,
         }
     }
 
@@ -124,6 +131,17 @@ impl FakePlatform {
 
     pub fn advance(&mut self, d: Duration) {
         self.mono_ns = self.mono_ns.saturating_add(d.as_nanos() as u64);
+    }
+
+    /// Moves the `names_at` entries due by now into `names`; how many.
+    fn names_due(&mut self) -> usize {
+        let now = self.mono_ns;
+        let before = self.names_at.len();
+        for (_, n, d) in self.names_at.iter().filter(|(at, ..)| *at <= now) {
+            self.names.insert(n.clone(), *d);
+        }
+        self.names_at.retain(|(at, ..)| *at > now);
+        before - self.names_at.len()
     }
 
     /// Console lines containing `needle`.
@@ -207,12 +225,12 @@ impl Platform for FakePlatform {
         self.measurements.get(&dom).copied().ok_or(PlatformError::MissingConfig)
     }
     fn resolve(&mut self, name: &str) -> Result<DomId, PlatformError> {
-        let now = self.mono_ns;
-        for (_, n, d) in self.names_at.iter().filter(|(at, ..)| *at <= now) {
-            self.names.insert(n.clone(), *d);
-        }
-        self.names_at.retain(|(at, ..)| *at > now);
+        self.names_due();
         self.names.get(name).copied().ok_or(PlatformError::UnknownDomain)
+    }
+    fn names_changed(&mut self) -> bool {
+        self.names_asked += 1;
+        self.watch_names && self.names_due() > 0
     }
     fn wait_any(
         &mut self,

@@ -44,10 +44,24 @@ const EVENT_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// At most one log line per this long about one domain's refused persists.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Rescan this often while one of our guests is not measured yet (libxl
-/// writes a domain's name before its record, so the first look often
-/// misses the record).
+/// Rescan at most this often while one of our guests is not measured yet
+/// (libxl writes a domain's name before its record, so the first look
+/// often misses the record, which follows tens of milliseconds later).
+/// cryptod serves a guest only once it is measured, so this is on every
+/// client's boot-to-ready (issue 14); see [`measure_retry`].
 const MEASURE_RETRY: Duration = Duration::from_millis(500);
+/// The first retry of a measurement, growing to [`MEASURE_RETRY`].
+const MEASURE_RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// How long to wait before looking again for the record of a guest that
+/// has waited `waited` to be measured: half of that, between
+/// [`MEASURE_RETRY_FIRST`] and [`MEASURE_RETRY`], so the record that comes
+/// tens of milliseconds late is found about 0.1 s after the domain, and a
+/// toolstack that is slow to write it (dom0 busy) is not met with ten
+/// scans a second for the whole [`MEASURE_GRACE`].
+pub fn measure_retry(waited: Duration) -> Duration {
+    (waited / 2).clamp(MEASURE_RETRY_FIRST, MEASURE_RETRY)
+}
 /// A guest still not measured after this long is logged as an error.
 const MEASURE_GRACE: Duration = Duration::from_secs(10);
 /// The watch token of `@introduceDomain` and `@releaseDomain`.
@@ -278,13 +292,13 @@ pub fn serve_measuring(
     let mut last_scan: Option<Instant> = None;
     let mut rescan = true;
     while !stop.load(Ordering::Relaxed) {
-        let every = if shell.measuring() { MEASURE_RETRY } else { RESCAN_EVERY };
+        let every = shell.measuring().unwrap_or(RESCAN_EVERY);
         if rescan || last_scan.is_none_or(|t| t.elapsed() >= every) {
             shell.scan(c)?;
             last_scan = Some(Instant::now());
             rescan = false;
         }
-        let wait = if shell.measuring() { MEASURE_RETRY } else { EVENT_WAIT };
+        let wait = shell.measuring().unwrap_or(EVENT_WAIT);
         let timeout = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         match c.next_event(Some(timeout)) {
             Ok(None) => {}
@@ -348,9 +362,14 @@ impl<'a> Shell<'a> {
         }
     }
 
-    /// Whether a guest is waiting to be measured (within its grace time).
-    fn measuring(&self) -> bool {
-        self.unmeasured.values().any(|(_, logged)| !logged)
+    /// While a guest is waiting to be measured (within its grace time):
+    /// how soon to look again ([`measure_retry`] of the newest wait).
+    fn measuring(&self) -> Option<Duration> {
+        self.unmeasured
+            .values()
+            .filter(|(_, logged)| !logged)
+            .map(|(since, _)| measure_retry(since.elapsed()))
+            .min()
     }
 
     fn scan(&mut self, c: &mut Store) -> Result<(), String> {
@@ -439,7 +458,7 @@ impl<'a> Shell<'a> {
 
     /// Measures domain `domid` (the kernel xl recorded for it). A failure
     /// reads as not measured (cryptod is not given the name yet; tried
-    /// again every [`MEASURE_RETRY`]); it is logged at `debug`, and once
+    /// again after [`measure_retry`]); it is logged at `debug`, and once
     /// at `error` if it lasts [`MEASURE_GRACE`].
     fn measure(&mut self, domid: u16, name: Option<&[u8]>) -> Option<[u8; 32]> {
         let name = String::from_utf8_lossy(name.unwrap_or_default()).into_owned();

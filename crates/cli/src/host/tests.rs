@@ -467,3 +467,14 @@ fn the_socket_path_is_used_and_a_lost_connection_is_reported() {
     }
     assert_eq!(xs::describe(&missing), xs::XENBUS_DEVICE);
 }
+
+#[test]
+fn a_missing_measurement_is_looked_for_again_soon_then_less_often() {
+    use super::measure_retry;
+    let ms = Duration::from_millis;
+    assert_eq!(measure_retry(Duration::ZERO), ms(100));
+    assert_eq!(measure_retry(ms(150)), ms(100));
+    assert_eq!(measure_retry(ms(400)), ms(200));
+    assert_eq!(measure_retry(ms(1000)), ms(500));
+    assert_eq!(measure_retry(Duration::from_secs(9)), ms(500));
+}
