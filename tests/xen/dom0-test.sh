@@ -530,8 +530,9 @@ replay_refused() {
 }
 
 # 6. cryptod crashes right after accepting a code, and xl brings it back
-#    (on_reboot/on_crash = "restart" in the packaged cfg): an NMI with no
-#    handler is a triple fault. The restarted cryptod (new domid) gets the
+#    (on_reboot/on_crash = "restart" in the packaged cfg): the guest's
+#    exception handler reports the NMI on its console and crashes the
+#    domain (crates/xen/src/trap.rs). The restarted cryptod (new domid) gets the
 #    state the service made durable before the code's answer left.
 echo "STAGE failure: cryptod crashes after accepting a code; xl restarts it"
 crash() {
@@ -551,7 +552,9 @@ crash() {
         create cryptod
         CRASH="xl trigger cryptod nmi had no effect ($(tr '\n' ' ' < $RUN/trigger.log)); xl destroy + create stood in: dom$old_c -> dom$(xl domid cryptod 2>/dev/null)"
     else
-        CRASH="xl trigger cryptod nmi: dom$old_c crashed, xl restarted it as dom$(xl domid cryptod 2>/dev/null)"
+        sleep 0.5
+        said=$(log_since cryptod | grep -m1 -o "exception 2 (NMI)[^;]*" | head -c 120)
+        CRASH="xl trigger cryptod nmi: dom$old_c crashed (its console: ${said:-nothing logged}), xl restarted it as dom$(xl domid cryptod 2>/dev/null)"
     fi
     echo "dom0: $CRASH"
 }

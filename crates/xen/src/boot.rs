@@ -177,6 +177,8 @@ extern "Rust" {
 
 /// Called by the assembly entry with the start info address in rdi.
 extern "C" fn kmain(start_info: u64) -> ! {
+    // First: an exception from here on is reported, not a silent triple fault.
+    crate::trap::install();
     let boot = crate::Boot::init(start_info);
     // SAFETY: `entry!` defines this symbol with exactly this signature; a
     // guest without `entry!` fails to link rather than reaching here.

@@ -48,6 +48,8 @@ pub mod reclaim;
 pub mod start_info;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
+mod trap;
+#[cfg(target_arch = "x86_64")]
 pub mod xen;
 pub mod xenstore;
 
