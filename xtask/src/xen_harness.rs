@@ -1286,23 +1286,28 @@ impl Drop for Swtpm {
 /// `cargo xtask boot [--xen 4.17|4.20] [-- DOM0-ARGS]`: boots the image of
 /// `release`, returns Ok only when dom0 reported success. `dom0_extra` is
 /// added to dom0's command line.
-pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
+pub fn boot(release: XenRelease, tpm: bool, dom0_extra: &[String]) -> Result<(), String> {
     let t0 = Instant::now();
-    // QEMU, dom0's TPM (swtpm) and, for the 4.17 image, the host's
-    // libraries of tpm2-tools (Libraries::HostLdd).
-    crate::ensure_tools(&[crate::QEMU, crate::SWTPM, crate::TPM2_TOOLS])?;
+    // QEMU, for the 4.17 image the host's libraries of tpm2-tools
+    // (Libraries::HostLdd), and with --tpm dom0's TPM (swtpm).
+    crate::ensure_tools(&[crate::QEMU, crate::TPM2_TOOLS])?;
+    if tpm {
+        crate::ensure_tools(&[crate::SWTPM])?;
+    }
     let image = xen_image(release)?;
     let image_secs = t0.elapsed().as_secs_f64();
     let mut xen_args = XEN_ARGS.to_string();
     if qemu_needs_smap_off()? {
         xen_args.push_str(" smap=0");
     }
-    let dom0_args = format!("console=hvc0 rdinit=/init quiet {}", dom0_extra.join(" "));
+    let tpm_arg = if tpm { " portcullis.tpm" } else { "" };
+    let dom0_args = format!("console=hvc0 rdinit=/init quiet{tpm_arg} {}", dom0_extra.join(" "));
     let log_path = work_dir(release).join("boot.log");
     let mut log =
         fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    // One swtpm per boot, stopped when this function returns (drop).
-    let tpm = Swtpm::start(&work_dir(release))?;
+    // With --tpm, one swtpm per boot, stopped when this function returns
+    // (drop).
+    let tpm = if tpm { Some(Swtpm::start(&work_dir(release))?) } else { None };
     let mut qemu = Command::new("qemu-system-x86_64");
     let cpu = qemu_cpu();
     qemu.args(["-accel", "tcg", "-cpu", &cpu, "-m", "2048", "-smp", "2"])
@@ -1314,15 +1319,15 @@ pub fn boot(release: XenRelease, dom0_extra: &[String]) -> Result<(), String> {
         .arg(&xen_args)
         .arg("-initrd")
         .arg(format!("{} {dom0_args},{}", image.kernel.display(), image.initrd.display()))
-        .args(tpm.qemu_args())
+        .args(tpm.as_ref().map(Swtpm::qemu_args).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     println!(
-        "==> boot: Xen {} ({}): qemu-system-x86_64 -accel tcg -cpu {cpu} ... -device tpm-tis \
-         (swtpm); Xen: {xen_args}",
+        "==> boot: Xen {} ({}): qemu-system-x86_64 -accel tcg -cpu {cpu} ...{}; Xen: {xen_args}",
         release.version(),
-        release.describe().debian
+        release.describe().debian,
+        if tpm.is_some() { " -device tpm-tis (swtpm)" } else { " (no TPM: --tpm adds one)" }
     );
     let boot_start = Instant::now();
     let mut child = qemu.spawn().map_err(|e| format!("qemu-system-x86_64: {e}"))?;

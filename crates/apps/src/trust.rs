@@ -160,10 +160,7 @@ impl Trust {
             Message::Keyset(k) => self
                 .accept_keyset(&k.signed)
                 .map_err(|e| AppError::Protocol(alloc::format!("keyset refused: {e}"))),
-            other => Err(AppError::Protocol(alloc::format!(
-                "expected keyset, got {}",
-                other.kind().as_str()
-            ))),
+            other => Err(unexpected("keyset", &other)),
         }
     }
 
@@ -178,10 +175,7 @@ impl Trust {
             Message::RevocationList(l) => self
                 .accept_revocations(&l.signed)
                 .map_err(|e| AppError::Protocol(alloc::format!("revocation list refused: {e}"))),
-            other => Err(AppError::Protocol(alloc::format!(
-                "expected revocation list, got {}",
-                other.kind().as_str()
-            ))),
+            other => Err(unexpected("revocation list", &other)),
         }
     }
 
@@ -213,6 +207,19 @@ impl Trust {
 pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
     let key = portcullis_proto::key::decode(bytes).ok()?;
     Some((key.public, key.kid?))
+}
+
+/// Why an answer is not the `what` asked for: its kind, and an error's
+/// code and reason in full (a `busy` cryptod is not a broken one).
+fn unexpected(what: &str, other: &Message) -> AppError {
+    match other {
+        Message::Error(e) => AppError::Protocol(alloc::format!(
+            "expected {what}, got error {} ({})",
+            e.code.as_str(),
+            e.reason
+        )),
+        _ => AppError::Protocol(alloc::format!("expected {what}, got {}", other.kind().as_str())),
+    }
 }
 
 #[cfg(test)]

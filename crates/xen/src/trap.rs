@@ -4,8 +4,8 @@
 //! about where it happened (Xen's dump of a triple-faulted HVM vCPU shows
 //! Xen's own registers). The entry code loads, before anything else, an
 //! IDT whose 32 exception vectors (the NMI included) land in
-//! [`trap_report`]: it writes `exception <vector> error <code> at rip
-//! <rip> rsp <rsp> cr2 <cr2>` to the console (its ring once set up, else
+//! `trap_report`: it writes `exception <vector> error <code> at rip
+//! <rip> rsp <rsp> cr2 <cr2>` (hex) to the console (its ring once set up, else
 //! port 0xe9), then crashes the domain as the triple fault did
 //! (`crate::shutdown` with a non-zero code: `SCHEDOP_shutdown`, reason
 //! crash, so xl's `on_crash` still applies). An exception inside the
@@ -31,10 +31,9 @@ const fn gate(handler: u64) -> (u64, u64) {
 #[cfg(target_os = "none")]
 mod guest {
     use core::arch::{asm, global_asm};
-    use core::fmt::Write;
     use core::sync::atomic::{AtomicBool, Ordering};
 
-    use super::{gate, name};
+    use super::{gate, report_line};
 
     // 32 stubs: each pushes a zero error code where the CPU pushes none (all
     // but 8, 10-14, 17, 21, 29, 30), then its vector, and jumps to the common
@@ -109,23 +108,6 @@ mod guest {
         };
     }
 
-    /// A fixed-size line, so the report needs no allocator.
-    struct Line {
-        buf: [u8; 160],
-        len: usize,
-    }
-
-    impl Write for Line {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            for &b in s.as_bytes() {
-                let slot = self.buf.get_mut(self.len).ok_or(core::fmt::Error)?;
-                *slot = b;
-                self.len += 1;
-            }
-            Ok(())
-        }
-    }
-
     /// The common handler: `frame` is vector, error code, rip, cs, rflags,
     /// rsp, ss.
     extern "C" fn trap_report(frame: *const [u64; 7]) -> ! {
@@ -138,13 +120,9 @@ mod guest {
         let cr2: u64;
         // SAFETY: reading cr2 has no side effect.
         unsafe { asm!("mov %cr2, {0}", out(reg) cr2, options(att_syntax, nomem, nostack)) };
-        let mut line = Line { buf: [0; 160], len: 0 };
-        let _ = writeln!(
-            line,
-            "exception {vector} ({}) error {error:#x} at rip {rip:#x} rsp {rsp:#x} cr2 {cr2:#x}",
-            name(vector)
-        );
-        if let Ok(text) = core::str::from_utf8(line.buf.get(..line.len).unwrap_or_default()) {
+        let mut buf = [0u8; 128];
+        let n = report_line([vector, error, rip, rsp, cr2], &mut buf);
+        if let Ok(text) = core::str::from_utf8(buf.get(..n).unwrap_or_default()) {
             crate::console::emergency_write(text);
         }
         crate::shutdown(crate::PANIC_EXIT_CODE)
@@ -162,17 +140,43 @@ mod guest {
 }
 
 #[cfg_attr(not(target_os = "none"), allow(dead_code))]
-/// The exception's mnemonic.
-fn name(vector: u64) -> &'static str {
-    const NAMES: [&str; 22] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "-", "#TS", "#NP", "#SS",
-        "#GP", "#PF", "-", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
-    ];
-    usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("reserved")
+/// Writes `exception V error E at rip R rsp S cr2 C` (each in hex) and a
+/// newline into `out`, without `core::fmt` (a few hundred bytes less in
+/// every image); returns its length.
+fn report_line(values: [u64; 5], out: &mut [u8; 128]) -> usize {
+    const LABELS: [&[u8]; 5] = [b"exception ", b" error ", b" at rip ", b" rsp ", b" cr2 "];
+    let mut n = 0;
+    let mut put = |b: u8| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = b;
+            n += 1;
+        }
+    };
+    for (label, value) in LABELS.iter().zip(values) {
+        label.iter().for_each(|&b| put(b));
+        put(b'0');
+        put(b'x');
+        let digits = (64 - value.leading_zeros()).div_ceil(4).max(1);
+        for i in (0..digits).rev() {
+            put(b"0123456789abcdef"[((value >> (4 * i)) & 0xf) as usize]);
+        }
+    }
+    put(b'\n');
+    n
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_report_line_is_hex() {
+        let mut buf = [0u8; 128];
+        let n = super::report_line([2, 0, 0x1603a8, 0x15aaf8, u64::MAX], &mut buf);
+        assert_eq!(
+            core::str::from_utf8(&buf[..n]).unwrap(),
+            "exception 0x2 error 0x0 at rip 0x1603a8 rsp 0x15aaf8 cr2 0xffffffffffffffff\n"
+        );
+    }
+
     #[test]
     fn a_gate_splits_the_address() {
         let (low, high) = super::gate(0x1234_5678_9abc_def0);
