@@ -437,30 +437,26 @@ fn a_new_domain_with_the_same_id_is_not_given_the_old_measurement() {
     let mut w = boot();
     w.p.measurements.insert(UNLOCKER, [0x5e; 32]);
     w.seed();
-    let mut un = w.client(UNLOCKER);
-    un.send(&attestation_req(1)).unwrap();
-    w.poll();
-    w.ack();
-    assert_eq!(attested_claims(&drain(&mut un)[0]).measurement, Some([0x5e; 32]));
+    // A fresh connection from the unlocker's id: the measurement attested.
+    let attest = |w: &mut World, n: u8| {
+        let mut un = w.client(UNLOCKER);
+        un.send(&attestation_req(n)).unwrap();
+        w.poll();
+        w.ack();
+        let got = attested_claims(&drain(&mut un)[0]).measurement;
+        un.chan().shutdown();
+        got
+    };
+    assert_eq!(attest(&mut w, 1), Some([0x5e; 32]));
     // The domain goes; dom0 publishes the new one's image under the same
     // id before cryptod runs again.
-    un.chan().shutdown();
     w.p.measurements.insert(UNLOCKER, [0x77; 32]);
     w.poll();
-    let mut un = w.client(UNLOCKER);
-    un.send(&attestation_req(2)).unwrap();
-    w.poll();
-    w.ack();
-    assert_eq!(attested_claims(&drain(&mut un)[0]).measurement, Some([0x77; 32]));
+    assert_eq!(attest(&mut w, 2), Some([0x77; 32]));
     // And one that is not measured gets no measurement at all.
-    un.chan().shutdown();
     w.p.measurements.clear();
     w.poll();
-    let mut un = w.client(UNLOCKER);
-    un.send(&attestation_req(3)).unwrap();
-    w.poll();
-    w.ack();
-    assert_eq!(attested_claims(&drain(&mut un)[0]).measurement, None);
+    assert_eq!(attest(&mut w, 3), None);
 }
 
 #[test]
