@@ -258,8 +258,9 @@ impl ConfigItem {
 /// guest prints after it is ready (`docs/xen-boot.md`, "Boot-to-ready").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootMarks {
-    /// The guest's first instruction (Xen: the TSC read on entry, on Xen's
-    /// system time); a process's start on the hosted platform.
+    /// The guest's first clock reading (Xen: Xen's system time in
+    /// `Boot::init`, 0 when it could not be read yet); a process's start on
+    /// the hosted platform.
     pub started_ns: u64,
     /// When the platform had the guest's configuration (Xen: dom0's host
     /// service wrote `ready`); not before `started_ns`.
