@@ -1807,23 +1807,11 @@ impl Authority {
                 })?;
                 self.volumes.add(&id, now).map_err(denied)?;
                 self.admin_extra.sealed = Some(sealed);
-                self.admin_extra.meta.push(("volume", id));
-                self.admin_extra.meta.push(("generation", generation.to_string()));
-                registry::set_section(
-                    &mut self.sections,
-                    sealed::section::VOLUMES,
-                    self.volumes.encode(),
-                );
+                self.volume_changed(id, generation);
             }
             Command::VolumeRemove { id } => {
                 let generation = self.volumes.remove(&id).map_err(denied)?;
-                self.admin_extra.meta.push(("volume", id));
-                self.admin_extra.meta.push(("generation", generation.to_string()));
-                registry::set_section(
-                    &mut self.sections,
-                    sealed::section::VOLUMES,
-                    self.volumes.encode(),
-                );
+                self.volume_changed(id, generation);
             }
             Command::AclReplace { text, version } => {
                 if version <= self.acl_version {
@@ -1872,6 +1860,14 @@ impl Authority {
             _ => return Err((AdminResult::Invalid, "not a volume, acl or identity command")),
         }
         Ok(())
+    }
+
+    /// After a volume command: its record names the volume and generation,
+    /// and the registry's section is sealed anew.
+    fn volume_changed(&mut self, id: String, generation: u32) {
+        self.admin_extra.meta.push(("volume", id));
+        self.admin_extra.meta.push(("generation", generation.to_string()));
+        registry::set_section(&mut self.sections, sealed::section::VOLUMES, self.volumes.encode());
     }
 
     /// The volume registry.

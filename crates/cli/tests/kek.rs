@@ -428,13 +428,17 @@ fn kek_reseal_moves_a_passphrase_installation_to_the_tpm() {
     let tpm_file = std::fs::read(p.join(kek::FILE)).unwrap();
     let new_pass = dir.path().join("new-pass");
     std::fs::write(&new_pass, "another long passphrase\n").unwrap();
-    let o = portcullis()
-        .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "passphrase"])
-        .args(["--kek-argon2", "m=256,t=1,p=1", "--kek-passphrase-file"])
-        .arg(&new_pass)
-        .env("TPM2TOOLS_TCTI", &tpm.tcti)
-        .output()
-        .unwrap();
+    // From the TPM to `new_pass` (the TPM unseals; no old passphrase).
+    let reseal_to_new_pass = || {
+        portcullis()
+            .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "passphrase"])
+            .args(["--kek-argon2", "m=256,t=1,p=1", "--kek-passphrase-file"])
+            .arg(&new_pass)
+            .env("TPM2TOOLS_TCTI", &tpm.tcti)
+            .output()
+            .unwrap()
+    };
+    let o = reseal_to_new_pass();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let back = kek::read(&p).unwrap();
     let how = kek::Unlock {
@@ -448,13 +452,7 @@ fn kek_reseal_moves_a_passphrase_installation_to_the_tpm() {
     // reseal says so and leaves the file alone.
     let digest = hex::encode([0x5a; 32]);
     assert!(tpm.tool(&["tpm2_pcrextend", &format!("16:sha256={digest}")]).status.success());
-    let o = portcullis()
-        .args(["kek", "reseal", "--dir", p.to_str().unwrap(), "--kek", "passphrase"])
-        .args(["--kek-argon2", "m=256,t=1,p=1", "--kek-passphrase-file"])
-        .arg(&new_pass)
-        .env("TPM2TOOLS_TCTI", &tpm.tcti)
-        .output()
-        .unwrap();
+    let o = reseal_to_new_pass();
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("cannot unseal the current KEK (tpm)"), "{e}");
