@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use portcullis_xen::xenstore::client::{Client, Perm, StoreRing, Tx};
-use portcullis_xen::xenstore::wire::{Errno, XsError};
+use portcullis_xen::xenstore::wire::{Errno, Op, XsError};
 
 /// The kernel's xenstore device, used when xenstored's socket is absent.
 pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
@@ -166,6 +166,12 @@ impl StoreRing for StreamRing {
 
     fn now_ns(&mut self) -> Result<u64, XsError> {
         Ok(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn slow(&mut self, op: Op) {
+        super::log::warn(format_args!(
+            "xenstore: no reply to {op:?} after 5 s; still waiting (up to 60 s)"
+        ));
     }
 
     fn wait(&mut self, deadline_ns: u64) -> Result<(), XsError> {

@@ -24,8 +24,15 @@ pub const MAX_QUEUED_EVENTS: usize = 16;
 /// past that the oldest is forgotten, and its reply, should it still come,
 /// is a protocol error.
 pub const MAX_ABANDONED: usize = 32;
-/// How long one request may take, nanoseconds.
-pub const REQUEST_TIMEOUT_NS: u64 = 10_000_000_000;
+/// How long one request may take, nanoseconds. xenstored is dom0's single
+/// daemon: when dom0 is busy (seen under nested emulation: `xl create`
+/// taking 20 s) a reply can take more than 10 s, and a guest that gave up
+/// then stopped or was restarted, which loaded dom0 further. So the wait
+/// is long, and said on the console once it passes [`SLOW_REPLY_NS`].
+pub const REQUEST_TIMEOUT_NS: u64 = 60_000_000_000;
+/// After how long without a reply a request is reported as slow
+/// ([`StoreRing::slow`]; the wait goes on), nanoseconds.
+pub const SLOW_REPLY_NS: u64 = 5_000_000_000;
 
 /// The byte rings to the daemon and its doorbell, as the client needs them.
 pub trait StoreRing {
@@ -42,6 +49,10 @@ pub trait StoreRing {
     /// Waits for the daemon's signal (a spurious return is allowed) until
     /// `deadline_ns`; [`XsError::Timeout`] once the deadline has passed.
     fn wait(&mut self, deadline_ns: u64) -> Result<(), XsError>;
+    /// Called once for a request that has waited [`SLOW_REPLY_NS`] with no
+    /// reply (it goes on waiting until [`REQUEST_TIMEOUT_NS`]): a notice
+    /// for the console. By default nothing.
+    fn slow(&mut self, _op: Op) {}
 }
 
 /// A transaction id (0 is "no transaction").
@@ -80,6 +91,19 @@ pub struct Client<R> {
     abandoned: VecDeque<u32>,
     /// Late replies skipped so far.
     late_replies: u64,
+    /// The request in flight was reported slow ([`StoreRing::slow`]).
+    slow_noticed: bool,
+}
+
+/// A request's time limits (monotonic ns).
+#[derive(Clone, Copy)]
+struct Deadline {
+    /// The request's operation, for the slow notice.
+    op: Op,
+    /// When it is reported slow.
+    slow: u64,
+    /// When it is given up.
+    end: u64,
 }
 
 impl<R: StoreRing> Client<R> {
@@ -94,6 +118,7 @@ impl<R: StoreRing> Client<R> {
             unsent: Vec::new(),
             abandoned: VecDeque::new(),
             late_replies: 0,
+            slow_noticed: false,
         }
     }
 
@@ -112,7 +137,7 @@ impl<R: StoreRing> Client<R> {
     }
 
     /// Pushes `self.unsent` into the ring until it is empty or `deadline`.
-    fn flush(&mut self, deadline: u64) -> Result<(), XsError> {
+    fn flush(&mut self, deadline: Deadline) -> Result<(), XsError> {
         while !self.unsent.is_empty() {
             let n = self.ring.write(&self.unsent)?;
             if n > 0 {
@@ -120,10 +145,30 @@ impl<R: StoreRing> Client<R> {
                 self.ring.notify()?;
             } else {
                 self.ring.notify()?;
-                self.ring.wait(deadline)?;
+                self.wait_slow(deadline)?;
             }
         }
         Ok(())
+    }
+
+    /// One wait of a request's: until its deadline, or until its slow mark
+    /// if that comes first and was not reported yet (then reported).
+    fn wait_slow(&mut self, mut deadline: Deadline) -> Result<(), XsError> {
+        if self.slow_noticed {
+            return self.ring.wait(deadline.end);
+        }
+        if self.ring.now_ns()? >= deadline.slow {
+            self.slow_noticed = true;
+            self.ring.slow(deadline.op);
+            return self.ring.wait(deadline.end);
+        }
+        deadline.end = deadline.end.min(deadline.slow);
+        match self.ring.wait(deadline.end) {
+            // The slow mark, not the request's deadline: report on the next
+            // look.
+            Err(XsError::Timeout) if deadline.end == deadline.slow => Ok(()),
+            r => r,
+        }
     }
 
     /// Reads whatever the response ring holds; returns a complete message
@@ -177,7 +222,13 @@ impl<R: StoreRing> Client<R> {
     /// Sends one request and returns the payload of its reply.
     pub fn request(&mut self, op: Op, tx: Tx, parts: &[Part<'_>]) -> Result<Vec<u8>, XsError> {
         let bytes = wire::encode(op, self.next_req, tx.0, parts)?;
-        let deadline = self.deadline(REQUEST_TIMEOUT_NS)?;
+        let now = self.ring.now_ns()?;
+        let deadline = Deadline {
+            op,
+            slow: now.saturating_add(SLOW_REPLY_NS),
+            end: now.saturating_add(REQUEST_TIMEOUT_NS),
+        };
+        self.slow_noticed = false;
         // The tail of an earlier, timed-out request goes first; if even that
         // does not fit in time, this request is not sent at all.
         self.flush(deadline)?;
@@ -191,13 +242,13 @@ impl<R: StoreRing> Client<R> {
         result
     }
 
-    fn await_reply(&mut self, op: Op, req_id: u32, deadline: u64) -> Result<Vec<u8>, XsError> {
+    fn await_reply(&mut self, op: Op, req_id: u32, deadline: Deadline) -> Result<Vec<u8>, XsError> {
         loop {
             match self.poll_message()? {
                 Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
                 Some(msg) if msg.header.req_id == req_id => return msg.into_reply(op),
                 Some(msg) => self.stray(&msg)?,
-                None => self.ring.wait(deadline)?,
+                None => self.wait_slow(deadline)?,
             }
         }
     }
@@ -358,7 +409,7 @@ mod tests {
     #[test]
     fn a_late_reply_is_skipped_not_taken_for_the_next_one() {
         let mut c = client();
-        c.ring().delays = VecDeque::from(vec![15 * S]);
+        c.ring().delays = VecDeque::from(vec![REQUEST_TIMEOUT_NS + 5 * S]);
         assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
         assert_eq!(c.ring().now, REQUEST_TIMEOUT_NS);
         // The reply to the abandoned request arrives first, then ours.
@@ -374,11 +425,36 @@ mod tests {
     #[test]
     fn a_late_reply_while_waiting_for_a_watch_is_skipped() {
         let mut c = client();
-        c.ring().delays = VecDeque::from(vec![12 * S]);
+        c.ring().delays = VecDeque::from(vec![REQUEST_TIMEOUT_NS + 2 * S]);
         assert_eq!(c.write(Tx::NONE, "x", b"1"), Err(XsError::Timeout));
         assert_eq!(c.wait_watch("tok", Some(5 * S)), Ok(false));
         assert_eq!(c.late_replies(), 1);
         assert_eq!(c.read(Tx::NONE, "x"), Ok(Some(b"1".to_vec())));
+    }
+
+    #[test]
+    fn a_slow_reply_is_reported_once_and_still_taken() {
+        let mut c = client();
+        // dom0 busy: the reply takes 12 s (more than the old 10 s limit).
+        c.ring().delays = VecDeque::from(vec![12 * S, MS]);
+        assert_eq!(c.read(Tx::NONE, "a"), Ok(Some(b"A".to_vec())));
+        assert_eq!(c.ring().slow, [Op::Read]);
+        assert_eq!(c.ring().now, 12 * S);
+        // A quick one is not reported, and the next slow one is again.
+        assert_eq!(c.read(Tx::NONE, "b"), Ok(Some(b"B".to_vec())));
+        c.ring().delays = VecDeque::from(vec![SLOW_REPLY_NS + S]);
+        assert_eq!(c.write(Tx::NONE, "c", b"C"), Ok(()));
+        assert_eq!(c.ring().slow, [Op::Read, Op::Write]);
+        assert_eq!(c.late_replies(), 0);
+    }
+
+    #[test]
+    fn a_request_is_given_up_only_at_its_deadline() {
+        let mut c = client();
+        c.ring().delays = VecDeque::from(vec![1_000 * S]);
+        assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
+        assert_eq!(c.ring().now, REQUEST_TIMEOUT_NS);
+        assert_eq!(c.ring().slow, [Op::Read]);
     }
 
     #[test]
@@ -397,7 +473,7 @@ mod tests {
         {
             let d = c.ring();
             d.room = 20;
-            d.stall_until = 13 * S;
+            d.stall_until = REQUEST_TIMEOUT_NS + 3 * S;
         }
         assert_eq!(c.write(Tx::NONE, "big", &value), Err(XsError::Timeout));
         assert!(c.ring().seen.is_empty(), "only part of the request reached the daemon");
@@ -411,7 +487,7 @@ mod tests {
     #[test]
     fn abandoned_ids_are_bounded() {
         let mut c = client();
-        c.ring().delays = (0..MAX_ABANDONED as u64 + 5).map(|_| 1_000 * S).collect();
+        c.ring().delays = (0..MAX_ABANDONED as u64 + 5).map(|_| 100_000 * S).collect();
         for _ in 0..MAX_ABANDONED + 5 {
             assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
         }

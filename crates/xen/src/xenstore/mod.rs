@@ -24,7 +24,7 @@ mod xen_ring {
     use portcullis_vchan::Port;
 
     use super::client::{Client, StoreRing};
-    use super::wire::XsError;
+    use super::wire::{Op, XsError};
     use crate::page::SharedPages;
     use crate::{evtchn, hypercall, xen};
 
@@ -63,6 +63,19 @@ mod xen_ring {
             evtchn::wait_any(&[self.port], Some(deadline_ns - now))
                 .map_err(|_| XsError::Transport)?;
             Ok(())
+        }
+
+        fn slow(&mut self, _op: Op) {
+            const _: () = assert!(
+                super::client::SLOW_REPLY_NS == 5_000_000_000
+                    && super::client::REQUEST_TIMEOUT_NS == 60_000_000_000
+            );
+            // Not `println!`: the console's lock may be held by whoever
+            // made this request. Without the operation's name (a table of
+            // names costs cryptod's image 560 bytes).
+            crate::console::emergency_write(
+                "xenstore: no reply after 5 s; still waiting (up to 60 s)\n",
+            );
         }
     }
 

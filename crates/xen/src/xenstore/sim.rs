@@ -38,6 +38,8 @@ pub struct SimDaemon {
     /// Send no watch events at all (as xenstored withholds those the
     /// watcher may not read).
     pub drop_events: bool,
+    /// The requests the client reported slow ([`StoreRing::slow`]).
+    pub slow: Vec<Op>,
 }
 
 impl SimDaemon {
@@ -166,6 +168,10 @@ impl StoreRing for SimDaemon {
 
     fn now_ns(&mut self) -> Result<u64, XsError> {
         Ok(self.now)
+    }
+
+    fn slow(&mut self, op: Op) {
+        self.slow.push(op);
     }
 
     fn wait(&mut self, deadline_ns: u64) -> Result<(), XsError> {
