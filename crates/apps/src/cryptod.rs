@@ -242,16 +242,19 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         for name in s.list("clients")? {
             // A client that does not exist now (not created yet, or powered
             // off) is served as soon as a domain gets its name.
-            let client = match resolve_dom(p, name) {
-                Ok(dom) => Client::new(
-                    name,
-                    PeerId::new(u32::from(dom.0), name),
-                    Some(serve(p, dom, port::CRYPTOD)?),
-                ),
+            // Publishing its channel may fail too (xenstore busy): one
+            // client's trouble, not cryptod's; tried again at the next
+            // look-up, as for a client not created yet.
+            let served = resolve_dom(p, name)
+                .and_then(|dom| serve(p, dom, port::CRYPTOD).map(|link| (dom, link)));
+            let client = match served {
+                Ok((dom, link)) => {
+                    Client::new(name, PeerId::new(u32::from(dom.0), name), Some(link))
+                }
                 Err(e) => {
                     say!(
                         p,
-                        "cryptod: client {name} not there yet ({e}); serving it when it appears"
+                        "cryptod: client {name} not served yet ({e}); serving it when it appears"
                     );
                     Client::new(name, absent(name), None)
                 }
@@ -611,12 +614,19 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     ) -> Result<(), AppError> {
         let Some(peer) = self.clients.get(idx).map(|c| c.peer.clone()) else { return Ok(()) };
         self.forget_answers(p, &peer, why, now);
-        if let Some(c) = self.clients.get_mut(idx) {
-            c.new_connection();
-            if let Some(link) = c.link.as_mut() {
-                link.reinit()?;
-            }
-        }
+        let Some(c) = self.clients.get_mut(idx) else { return Ok(()) };
+        c.new_connection();
+        let Some(Err(e)) = c.link.as_mut().map(|l| l.reinit()) else { return Ok(()) };
+        // A fresh ring could not be published (xenstore busy): the client
+        // is served again from scratch at the next look-up of its name.
+        c.link = None;
+        c.peer = absent(&c.name);
+        self.warn(
+            p,
+            "republish",
+            peer.domid,
+            format_args!("cryptod: {} (dom{}): {e}; publishing again later", peer.vm, peer.domid),
+        );
         Ok(())
     }
 

@@ -74,15 +74,30 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
         let mut subs = Vec::new();
         for name in s.list("allow")? {
             // A subscriber not created yet is served once a domain has its name.
-            match p.resolve(name) {
-                Ok(dom) => {
+            match p.resolve(name).map(|dom| (dom, serve(p, dom, port::ENTROPY))) {
+                Ok((dom, Ok(link))) => {
                     subs.push(Subscriber {
                         name: name.into(),
                         dom,
-                        link: Some(serve(p, dom, port::ENTROPY)?),
+                        link: Some(link),
                         unpublished: false,
                     });
                     say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
+                }
+                // Publishing failed (xenstore busy): tried again at the next
+                // look-up, as for a subscriber not created yet.
+                Ok((dom, Err(e))) => {
+                    subs.push(Subscriber {
+                        name: name.into(),
+                        dom: NOBODY,
+                        link: None,
+                        unpublished: false,
+                    });
+                    say!(
+                        p,
+                        "entropyd: {name} (dom{}) not published to yet ({e}); trying again",
+                        dom.0
+                    );
                 }
                 Err(e) => {
                     subs.push(Subscriber {
@@ -176,8 +191,13 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
             let Some(link) = sub.link.as_mut() else { continue };
             if !link.is_open() {
                 say!(p, "entropyd: {} left; listening again", sub.name);
-                link.reinit()?;
                 sub.unpublished = false;
+                if let Err(e) = link.reinit() {
+                    // Published again from scratch at the next look-up.
+                    say!(p, "entropyd: {}: {e}; publishing again later", sub.name);
+                    sub.link = None;
+                    sub.dom = NOBODY;
+                }
                 continue;
             }
             // Once connected, no later connection may find this ring.
