@@ -51,6 +51,9 @@ pub enum AppError {
     Settings(Box<SettingsError>),
     /// The peer answered with something unexpected.
     Protocol(String),
+    /// The peer answered `busy`: it cannot answer yet (cryptod before its
+    /// first seed); ask again later. The reason it gave.
+    Busy(String),
 }
 
 impl fmt::Display for AppError {
@@ -61,6 +64,7 @@ impl fmt::Display for AppError {
             AppError::Config(e) => write!(f, "configuration: {e}"),
             AppError::Settings(e) => write!(f, "settings: {e}"),
             AppError::Protocol(e) => write!(f, "protocol: {e}"),
+            AppError::Busy(e) => write!(f, "busy: {e}"),
         }
     }
 }

@@ -9,7 +9,9 @@ use core::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use portcullis_proto::cose::{self, ContentType, CoseError};
 use portcullis_proto::envelope::{Message, Role};
-use portcullis_proto::msg::{KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq};
+use portcullis_proto::msg::{
+    ErrorCode, KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq,
+};
 use portcullis_proto::token::{KeyEntry, Keyset, RevokedSet};
 
 use crate::common::AppError;
@@ -213,6 +215,7 @@ pub fn root_from_cose_key(bytes: &[u8]) -> Option<(VerifyingKey, Vec<u8>)> {
 /// code and reason in full (a `busy` cryptod is not a broken one).
 fn unexpected(what: &str, other: &Message) -> AppError {
     match other {
+        Message::Error(e) if e.code == ErrorCode::Busy => AppError::Busy(e.reason.clone()),
         Message::Error(e) => AppError::Protocol(alloc::format!(
             "expected {what}, got error {} ({})",
             e.code.as_str(),

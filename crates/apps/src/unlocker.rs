@@ -30,7 +30,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::common::{port, random, request_id, AppError, CALL_TIMEOUT};
-use crate::net::{await_dom, connect_as};
+use crate::net::{await_dom, connect_as, sleep};
 use crate::say;
 use crate::settings::{Settings, UNLOCKER_SPECS};
 use crate::startup::Startup;
@@ -357,7 +357,14 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
 
     let mut cryptod: Link<_> = connect_as(p, cryptod_dom, port::CRYPTOD, Duration::from_secs(60))?;
     startup.mark("cryptod", p.monotonic_ns());
-    refresh_keyset(p, &mut cryptod, &mut trust)?;
+    // A cryptod created before entropyd has no signing key, and answers
+    // `busy`, until entropyd has seeded it.
+    loop {
+        match refresh_keyset(p, &mut cryptod, &mut trust) {
+            Err(AppError::Busy(_)) => sleep(p, Duration::from_millis(500))?,
+            r => break r?,
+        }
+    }
     startup.mark("keyset", p.monotonic_ns());
     say!(p, "unlocker: ready");
     say!(p, "{}", startup.report("unlocker"));

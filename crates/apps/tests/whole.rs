@@ -118,6 +118,39 @@ fn the_unlocker_run_refuses_bad_codes_then_unlocks_with_the_right_one() {
 }
 
 #[test]
+fn an_unlocker_started_before_cryptod_is_seeded_asks_again_for_the_keyset() {
+    // Reverse creation order: cryptod has no signing key until entropyd
+    // seeds it and answers a keyset request `busy` until then (the
+    // authority's own answer, unseeded then seeded); the unlocker asks
+    // again rather than stopping, then waits for a code.
+    use portcullis_authority::{Authority, Config, PeerId};
+    let hv = Hypervisor::new();
+    let hv2 = hv.clone();
+    let stand_in = thread::spawn(move || {
+        let mut link = server(&hv2, CRYPTOD, UNLOCKER, port::CRYPTOD);
+        let mut unseeded = Authority::new(Config::default(), sealed_state(), T0).unwrap();
+        let mut seeded = cryptod();
+        let peer = PeerId::new(u32::from(UNLOCKER.0), "unlocker");
+        let mut answers = Vec::new();
+        for a in [&mut unseeded, &mut seeded] {
+            let req = link.recv_blocking(Duration::from_secs(30)).unwrap();
+            let answer = ask_as(a, &peer, &req, T0);
+            answers.push(answer.kind().as_str().to_string());
+            link.send_blocking(&answer, Duration::from_secs(30)).unwrap();
+        }
+        answers
+    });
+    let mut p = unlocker_platform(&hv);
+    for _ in 0..3 {
+        p.console_in.push_back(Err(portcullis_platform::PlatformError::Timeout));
+    }
+    let outcome = unlocker::run(&mut p);
+    assert_eq!(stand_in.join().unwrap(), ["error", "keyset"]);
+    assert!(matches!(outcome, Ok(Outcome::GaveUp)), "{outcome:?}\n{}", p.console_out);
+    assert_eq!(p.lines_with("unlocker: ready"), 1, "{}", p.console_out);
+}
+
+#[test]
 fn the_unlocker_gives_up_after_its_attempts_time_out_and_sends_no_code() {
     use portcullis_platform::PlatformError;
     let hv = Hypervisor::new();

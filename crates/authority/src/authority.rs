@@ -638,6 +638,11 @@ impl Authority {
                 self.attestation(peer, r, measurement, now, &mut out)
             }
             Request::Outcome(r) => self.outcome(peer, r, now, &mut out).into(),
+            // Before entropyd's first seed there is no signing key to
+            // publish: `busy` (ask again), not a failure.
+            Request::Keyset(r) if self.keys.published().next().is_none() => {
+                error(ErrorCode::Busy, "no signing key yet (not seeded)", Some(r.request_id))
+            }
             Request::Keyset(r) => match self.keys.signed_keyset(now) {
                 Ok(signed) => msg::Keyset { signed }.into(),
                 Err(_) => {

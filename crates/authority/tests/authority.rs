@@ -12,8 +12,9 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger;
 use portcullis_proto::envelope::Message;
 use portcullis_proto::msg::{
-    AuditAck, AuditResult, IssueResult, KeysetBody, KeysetReq, RequestId, RevocationBody,
-    RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateResp,
+    AuditAck, AuditResult, ErrorCode, IssueResult, KeysetBody, KeysetReq, RequestId,
+    RevocationBody, RevocationListReq, RevokeResult, TokenIssueReq, TokenRevokeReq, TotpResult,
+    TotpValidateResp,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, RevokedSet, VerifyError};
@@ -92,6 +93,30 @@ fn unseeded_authority_refuses_with_unavailable() {
     assert!(
         matches!(out.response, Some(Message::TokenIssueResp(ref r)) if r.result == IssueResult::Unavailable)
     );
+}
+
+#[test]
+fn unseeded_authority_answers_busy_for_its_keyset_then_the_keyset() {
+    // Created before entropyd (any creation order works): no signing key
+    // yet, so a client asking for the keyset is told to ask again, not
+    // that cryptod failed.
+    let mut a = Authority::new(Config::default(), state(), T0).unwrap();
+    let ask = |a: &mut Authority| {
+        a.handle(&unlocker(), &KeysetReq { request_id: RequestId([1; 16]) }.into(), T0, b"")
+            .response
+    };
+    match ask(&mut a) {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::Busy);
+            assert_eq!(e.request_id, Some(RequestId([1; 16])));
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    for i in 0..4 {
+        call(&mut a, &PeerId::new(2, "entropyd"), &entropy(i), T0, b"");
+    }
+    assert!(a.is_ready());
+    assert!(matches!(ask(&mut a), Some(Message::Keyset(_))));
 }
 
 #[test]
