@@ -787,4 +787,8 @@ echo "--- $HOSTLOG:"; sed 's/^/    | /' $HOSTLOG
 xl list
 echo "--- xl dmesg (guest lines):"
 xl dmesg | grep -E '\(d[1-9]' | tail -40
+# Xen's dump of each crashed or triple-faulted guest vCPU (its registers:
+# where it was), so a crash at start says where.
+echo "--- xl dmesg (guest crashes and their register dumps):"
+xl dmesg | grep -E -A 22 'Triple fault|crashed|Dumping Dom[1-9]' | head -400
 exit $failed

@@ -37,9 +37,11 @@ commands:
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
-  boot [--xen 4.17|4.20] [--tpm] [-- ARGS]
+  boot [--xen 4.17|4.20] [--tpm] [--no-retry] [-- ARGS]
                      boot them under real Xen in QEMU (TCG); dom0 starts the guests; exit = verdict
                      (--tpm: dom0 gets a TPM from swtpm and the KEK's TPM stages run)
+                     (a failed boot in which Xen reported a guest triple fault is run once
+                     more, said with the faults and failed checks; --no-retry: never)
                      (ARGS are added to dom0's kernel command line)
   bench [--goals-only]
                      measure each performance goal next to its reference from the same run
@@ -76,6 +78,9 @@ enum Cmd {
         /// Give dom0 a TPM (swtpm through QEMU's tpm-tis) and run the TPM
         /// stages.
         tpm: bool,
+        /// Run a failed boot with guest triple faults once more (not with
+        /// `--no-retry`).
+        retry: bool,
         /// Kernel arguments for dom0 (after `--`).
         dom0_args: Vec<String>,
     },
@@ -127,8 +132,9 @@ fn parse(args: &[String]) -> Result<Cmd, String> {
             let mut flags = Flags { cmd, rest: ours, at: 0 };
             let xen = xen_release(&mut flags)?;
             let tpm = flags.switch("--tpm")?;
+            let retry = !flags.switch("--no-retry")?;
             flags.finish().map_err(|e| format!("{e} (dom0 kernel arguments go after `--`)"))?;
-            return Ok(Cmd::Boot { xen, tpm, dom0_args });
+            return Ok(Cmd::Boot { xen, tpm, retry, dom0_args });
         }
         "bench" => Cmd::Bench { criterion: !flags.switch("--goals-only")? },
         "fuzz" => {
@@ -230,7 +236,7 @@ fn main() -> ExitCode {
         Cmd::Build { release } => build(release),
         Cmd::BuildXen => build_xen_within_limit(),
         Cmd::XenImage { xen } => xen_harness::xen_image(xen).map(|_| ()),
-        Cmd::Boot { xen, tpm, dom0_args } => xen_harness::boot(xen, tpm, &dom0_args),
+        Cmd::Boot { xen, tpm, retry, dom0_args } => xen_harness::boot(xen, tpm, retry, &dom0_args),
         Cmd::Bench { criterion } => bench::bench(criterion),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Interop => interop(),
@@ -1205,32 +1211,41 @@ mod tests {
         assert_eq!(parse_str("fuzz"), Ok(Cmd::Fuzz { seconds: 60 }));
         assert_eq!(parse_str("fuzz --seconds 5"), Ok(Cmd::Fuzz { seconds: 5 }));
         let (x417, x420) = (XenRelease::Xen417, XenRelease::Xen420);
-        assert_eq!(parse_str("boot"), Ok(Cmd::Boot { xen: x417, tpm: false, dom0_args: vec![] }));
+        assert_eq!(
+            parse_str("boot"),
+            Ok(Cmd::Boot { xen: x417, tpm: false, retry: true, dom0_args: vec![] })
+        );
         assert_eq!(
             parse_str("boot -- a=1 --b"),
             Ok(Cmd::Boot {
                 xen: x417,
                 tpm: false,
+                retry: true,
                 dom0_args: vec!["a=1".to_string(), "--b".to_string()]
             })
         );
         assert_eq!(
             parse_str("boot --xen 4.20"),
-            Ok(Cmd::Boot { xen: x420, tpm: false, dom0_args: vec![] })
+            Ok(Cmd::Boot { xen: x420, tpm: false, retry: true, dom0_args: vec![] })
         );
         assert_eq!(
             parse_str("boot --xen 4.17"),
-            Ok(Cmd::Boot { xen: x417, tpm: false, dom0_args: vec![] })
+            Ok(Cmd::Boot { xen: x417, tpm: false, retry: true, dom0_args: vec![] })
+        );
+        assert_eq!(
+            parse_str("boot --no-retry"),
+            Ok(Cmd::Boot { xen: x417, tpm: false, retry: false, dom0_args: vec![] })
         );
         assert_eq!(
             parse_str("boot --xen 4.20 --tpm"),
-            Ok(Cmd::Boot { xen: x420, tpm: true, dom0_args: vec![] })
+            Ok(Cmd::Boot { xen: x420, tpm: true, retry: true, dom0_args: vec![] })
         );
         assert_eq!(
             parse_str("boot --xen 4.20 -- portcullis.shell"),
             Ok(Cmd::Boot {
                 xen: x420,
                 tpm: false,
+                retry: true,
                 dom0_args: vec!["portcullis.shell".to_string()]
             })
         );
@@ -1240,6 +1255,7 @@ mod tests {
             Ok(Cmd::Boot {
                 xen: x417,
                 tpm: false,
+                retry: true,
                 dom0_args: vec!["--xen".to_string(), "4.20".to_string()]
             })
         );
