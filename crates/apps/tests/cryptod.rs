@@ -777,6 +777,33 @@ fn a_client_reconnecting_in_a_loop_gets_a_fresh_ring_each_time_and_few_console_l
     assert_eq!(w.p.lines_with("policy_pd (dom7) left; listening again"), per_window);
 }
 
+#[test]
+fn a_client_whose_fresh_ring_cannot_be_published_is_served_again_later() {
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.chan().shutdown();
+    // Publishing the fresh ring fails (xenstored busy): cryptod goes on.
+    w.hv.fail_store_writes(CRYPTOD, 1);
+    w.poll();
+    assert_eq!(
+        w.p.lines_with("cryptod: policy_pd (dom7): transport: backend: store operation failed; publishing again later"),
+        1,
+        "{}",
+        w.p.console_out
+    );
+    let mut un = w.client(UNLOCKER);
+    un.send(&keyset_req(1)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut un)[0], Message::Keyset(_)), "the other client is served");
+    w.p.advance(Duration::from_secs(2));
+    w.poll(); // looks the names up again, publishes afresh
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&keyset_req(2)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut pd)[0], Message::Keyset(_)));
+}
+
 /// Whether a sealed state holds alice's used TOTP step.
 fn has_alice_step(blob: &[u8]) -> bool {
     sealed::unseal(blob, &KEK).unwrap().last_steps.iter().any(|(op, _)| op == "alice")
@@ -940,6 +967,43 @@ fn cryptod_created_before_entropyd_takes_its_entropy_once_it_appears() {
     w.p.advance(Duration::from_secs(2));
     w.seed();
     assert_eq!(w.p.lines_with("entropyd is dom2; taking entropy from it"), 1);
+}
+
+#[test]
+fn a_client_whose_channel_cannot_be_published_at_start_is_served_at_the_next_look_up() {
+    // xenstored busy: the first store write (the unlocker's ring, the
+    // first client) fails. cryptod starts all the same and publishes the
+    // unlocker's channel again when it next looks the names up.
+    let hv = Hypervisor::new();
+    let entropyd = server(&hv, ENTROPYD, CRYPTOD, port::ENTROPY);
+    hv.fail_store_writes(CRYPTOD, 1);
+    let mut p = FakePlatform::new(&hv, CRYPTOD, "cryptod")
+        .with_names(&[("entropyd", ENTROPYD), ("unlocker", UNLOCKER), ("policy_pd", POLICY_PD)])
+        .with_config(ConfigItem::KeyEncryptionKey, &KEK)
+        .with_config(ConfigItem::SealedState, &sealed_blob())
+        .settings(SETTINGS);
+    let d = CryptodDriver::new(&mut p).unwrap();
+    let collector = client(&hv, DOM0, CRYPTOD, port::AUDIT);
+    let mut w = World { hv, p, d, entropyd, collector };
+    assert_eq!(
+        w.p.lines_with("cryptod: client unlocker not served yet (link: transport: backend: store operation failed)"),
+        1,
+        "{}",
+        w.p.console_out
+    );
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    pd.send(&keyset_req(1)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut pd)[0], Message::Keyset(_)), "the other client is served");
+    // Names are looked up again every RESOLVE_EVERY seconds.
+    w.p.advance(Duration::from_secs(2));
+    w.poll();
+    assert_eq!(w.p.lines_with("cryptod: unlocker is dom"), 1, "{}", w.p.console_out);
+    let mut un = w.client(UNLOCKER);
+    un.send(&keyset_req(2)).unwrap();
+    w.poll();
+    assert!(matches!(drain(&mut un)[0], Message::Keyset(_)));
 }
 
 #[test]

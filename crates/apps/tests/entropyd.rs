@@ -182,3 +182,34 @@ fn a_chunk_size_out_of_range_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_subscriber_whose_channel_cannot_be_published_at_start_gets_one_later() {
+    // xenstored busy at start: the first store write fails. entropyd starts
+    // all the same and publishes to cryptod once it looks the name up again.
+    let hv = Hypervisor::new();
+    hv.fail_store_writes(ENTROPYD, 1);
+    let mut p = FakePlatform::new(&hv, ENTROPYD, "entropyd")
+        .with_names(&[("cryptod", CRYPTOD)])
+        .settings("allow=cryptod\n");
+    let mut d = EntropydDriver::new(&mut p).unwrap();
+    assert_eq!(
+        p.lines_with(
+            "entropyd: cryptod (dom1) not published to yet (link: transport: backend: store operation failed)"
+        ),
+        1,
+        "{}",
+        p.console_out
+    );
+    assert_eq!(
+        try_client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY).err(),
+        Some(VchanError::NotPublished)
+    );
+    // Names are looked up again every RESOLVE_EVERY seconds.
+    p.advance(Duration::from_secs(2));
+    d.publish(&mut p).unwrap();
+    let mut c = client(&hv, CRYPTOD, ENTROPYD, port::ENTROPY);
+    d.publish(&mut p).unwrap();
+    assert!(!chunks(&mut c).is_empty(), "{}", p.console_out);
+    assert_eq!(p.lines_with("entropyd: cryptod is dom1; publishing to it"), 1);
+}

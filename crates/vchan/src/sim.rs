@@ -74,6 +74,8 @@ struct State {
     store: BTreeMap<String, StoreEntry>,
     store_gen: u64,
     notifiers: Vec<Notifier>,
+    /// Store writes still to fail, per domain (a busy xenstored).
+    failing_writes: HashMap<DomId, u32>,
 }
 
 impl State {
@@ -107,6 +109,12 @@ impl Hypervisor {
     /// The backend of domain `dom`.
     pub fn domain(&self, dom: DomId) -> SimBackend {
         SimBackend { hv: self.clone(), dom, seen_gen: 0 }
+    }
+
+    /// Makes the next `n` store writes of domain `dom` fail with
+    /// [`BackendError::Store`], as writes to a xenstored that timed out.
+    pub fn fail_store_writes(&self, dom: DomId, n: u32) {
+        self.lock().failing_writes.insert(dom, n);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -449,6 +457,10 @@ impl Backend for SimBackend {
         let own = std::format!("/local/domain/{}/", self.dom.0);
         if !path.starts_with(&own) {
             return Err(BackendError::Denied);
+        }
+        if let Some(n) = self.hv.lock().failing_writes.get_mut(&self.dom).filter(|n| **n > 0) {
+            *n -= 1;
+            return Err(BackendError::Store);
         }
         self.hv.store_poke(path, value, self.dom, reader);
         Ok(())
