@@ -673,7 +673,7 @@ fn console_lines_about_one_peer_are_rate_limited_with_a_count() {
 #[test]
 fn a_client_that_appears_later_is_served_once_its_name_resolves() {
     let mut w = boot_with(SETTINGS, &[("entropyd", ENTROPYD), ("unlocker", UNLOCKER)]);
-    assert!(w.p.console_out.contains("policy_pd not there yet"));
+    assert!(w.p.console_out.contains("policy_pd not served yet"));
     w.seed();
     assert_eq!(
         try_client(&w.hv, POLICY_PD, CRYPTOD, port::CRYPTOD).err(),
