@@ -13,7 +13,15 @@
 //! receiver's side mirrors them).
 //!
 //! The last lines, `figure: ...`, are for `cargo xtask bench`.
+//!
+//! Whether the two processes share a CPU decides most of the figure, and
+//! the scheduler picks differently from run to run on a small busy host.
+//! To measure one case at a time, pin them: `taskset -c 0` on this program
+//! pins the sender (and, inherited, the receivers); with
+//! `THROUGHPUT_RECEIVER_CPUS=1` the receivers (vchan and pipe) are started
+//! under `taskset -c 1` instead.
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +37,8 @@ const CHUNK: usize = 64 * 1024;
 const PORT: u32 = 1;
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 const RUNS: usize = 3;
+/// CPU list for `taskset -c` to start the receivers on (optional).
+const RECEIVER_CPUS: &str = "THROUGHPUT_RECEIVER_CPUS";
 
 /// Any failure, as text (the no_std error types implement `Display` only).
 #[derive(Debug)]
@@ -54,6 +64,16 @@ fn spin(v: &mut Vchan<impl portcullis_vchan::Backend>) -> Result<(), Error> {
         v.set_spin(n.parse()?);
     }
     Ok(())
+}
+
+/// How to start a receiver: this program, or `taskset -c CPUS` running
+/// it when [`RECEIVER_CPUS`] is set.
+fn receiver_program() -> Result<(OsString, Vec<OsString>), Error> {
+    let exe = std::env::current_exe()?.into_os_string();
+    Ok(match std::env::var(RECEIVER_CPUS) {
+        Ok(cpus) => ("taskset".into(), vec!["-c".into(), cpus.into(), exe]),
+        Err(_) => (exe, Vec::new()),
+    })
 }
 
 fn total_bytes() -> Result<usize, Error> {
@@ -121,8 +141,10 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64, u64, u64), Error> {
     let mut v = Vchan::server(world.backend(sender)?, cfg)?;
     spin(&mut v)?;
     let order = v.geometry().map_or(0, |g| g.order(Dir::Right));
+    let (program, args) = receiver_program()?;
     let mut child = world
-        .command_for(receiver, std::env::current_exe()?)
+        .command_for(receiver, program)
+        .args(args)
         .env(ROLE, "vchan")
         .env(TOTAL, bytes.to_string())
         .spawn()?;
@@ -149,7 +171,9 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64, u64, u64), Error> {
 }
 
 fn pipe_run(bytes: usize) -> Result<f64, Error> {
-    let mut child = Command::new(std::env::current_exe()?)
+    let (program, args) = receiver_program()?;
+    let mut child = Command::new(program)
+        .args(args)
         .env(ROLE, "pipe")
         .env(TOTAL, bytes.to_string())
         .stdin(Stdio::piped())

@@ -35,7 +35,7 @@ use core::fmt;
 pub use backend::{Backend, BackendError, DomId, GrantRef, Port, Wait};
 pub use frame::{FrameError, FrameReader, FrameWriter, Transport};
 pub use layout::{Geometry, LayoutError};
-pub use ring::{Channel, PeerState, Role};
+pub use ring::{Channel, PeerState, Role, WRITE_PIECES, WRITE_PIECE_MIN};
 pub use shm::{AtomicMem, SharedMem};
 pub use vchan::{
     ClientConfig, ServerConfig, Vchan, DEFAULT_SPIN, EVENT_CHANNEL_KEY, REKICK_FIRST, REKICK_MAX,
