@@ -621,12 +621,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         // is served again from scratch at the next look-up of its name.
         c.link = None;
         c.peer = absent(&c.name);
-        self.warn(
-            p,
-            "republish",
-            peer.domid,
-            format_args!("cryptod: {} (dom{}): {e}; publishing again later", peer.vm, peer.domid),
-        );
+        say!(p, "cryptod: {} (dom{}): {e}; publishing again later", peer.vm, peer.domid);
         Ok(())
     }
 

@@ -423,21 +423,22 @@ impl<M: SharedMem> Channel<M> {
         // The index is published after each piece, so that a reader on
         // another CPU copies the first piece out while we copy the next in.
         let mut notify = false;
-        let mut pieces = src.chunks(self.write_piece()).peekable();
-        let mut first = true;
-        while let Some(piece) = pieces.next() {
-            self.copy_in(piece);
+        let piece = self.write_piece();
+        let mut done = 0;
+        while let Some(chunk) = src.get(done..).filter(|rest| !rest.is_empty()) {
+            let n = chunk.len().min(piece);
+            self.copy_in(chunk.get(..n).unwrap_or_default());
             // The data must be visible before the index that publishes it.
             fence(Ordering::Release);
-            self.write_prod = self.write_prod.wrapping_add(piece.len() as u32);
+            self.write_prod = self.write_prod.wrapping_add(n as u32);
             self.page.store_u32(self.role.write_dir().prod_offset(), self.write_prod);
             // A sleeping peer is woken by the first piece. The check after
             // the last one is the one no request may slip past: a peer that
             // asks later sees the final index when it looks again.
-            if first || pieces.peek().is_none() {
+            if done == 0 || n == chunk.len() {
                 notify |= self.send_notify(NOTIFY_WRITE);
             }
-            first = false;
+            done += n;
         }
         Ok(Io { len, notify })
     }
@@ -538,6 +539,7 @@ impl<M: SharedMem> Channel<M> {
     }
 
     /// Copies `src` (at most the ring size) into the write ring.
+    #[inline(never)]
     fn copy_in(&self, src: &[u8]) {
         let size = self.write_ring_size();
         let start = self.write_prod as usize & (size - 1);

@@ -73,9 +73,7 @@ mod xen_ring {
             // Not `println!`: the console's lock may be held by whoever
             // made this request. Without the operation's name (a table of
             // names costs cryptod's image 560 bytes).
-            crate::console::emergency_write(
-                "xenstore: no reply after 5 s; still waiting (up to 60 s)\n",
-            );
+            crate::console::emergency_write("xenstore: no reply in 5 s (waits 60 s)\n");
         }
     }
 
