@@ -74,44 +74,30 @@ impl<B: portcullis_vchan::Backend + Clone> EntropydDriver<B> {
         let mut subs = Vec::new();
         for name in s.list("allow")? {
             // A subscriber not created yet is served once a domain has its name.
-            match p.resolve(name).map(|dom| (dom, serve(p, dom, port::ENTROPY))) {
+            let (dom, link) = match p.resolve(name).map(|dom| (dom, serve(p, dom, port::ENTROPY))) {
                 Ok((dom, Ok(link))) => {
-                    subs.push(Subscriber {
-                        name: name.into(),
-                        dom,
-                        link: Some(link),
-                        unpublished: false,
-                    });
                     say!(p, "entropyd: publishing to {name} (dom{})", dom.0);
+                    (dom, Some(link))
                 }
                 // Publishing failed (xenstore busy): tried again at the next
                 // look-up, as for a subscriber not created yet.
                 Ok((dom, Err(e))) => {
-                    subs.push(Subscriber {
-                        name: name.into(),
-                        dom: NOBODY,
-                        link: None,
-                        unpublished: false,
-                    });
                     say!(
                         p,
                         "entropyd: {name} (dom{}) not published to yet ({e}); trying again",
                         dom.0
                     );
+                    (NOBODY, None)
                 }
                 Err(e) => {
-                    subs.push(Subscriber {
-                        name: name.into(),
-                        dom: NOBODY,
-                        link: None,
-                        unpublished: false,
-                    });
                     say!(
                         p,
                         "entropyd: {name} not there yet ({e}); publishing to it when it appears"
                     );
+                    (NOBODY, None)
                 }
-            }
+            };
+            subs.push(Subscriber { name: name.into(), dom, link, unpublished: false });
         }
         startup.mark("publish", p.monotonic_ns());
         say!(p, "entropyd: ready");
