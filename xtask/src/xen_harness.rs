@@ -1298,8 +1298,8 @@ pub fn boot(
         return Err(failure);
     }
     // Guests under Xen under QEMU's TCG sometimes triple-fault at start with
-    // no exception reaching their IDT (docs/xen-boot.md, "Guest triple
-    // faults"). Such a boot is run once more, and said: the second run
+    // no exception reaching their IDT (docs/xen-boot.md, "Under load").
+    // Such a boot is run once more, and said: the second run
     // decides, and fails on its own failures whatever their cause.
     println!(
         "\n== RETRY: Xen {} failed ({failure}), and Xen reported guest triple faults:",
@@ -1449,7 +1449,12 @@ fn boot_once(release: XenRelease, tpm: bool, dom0_extra: &[String]) -> Result<Bo
         println!("   {r}");
     }
     if !triple_faults.is_empty() {
-        println!("== guest triple faults reported by Xen: {}", triple_faults.len());
+        // Each fault appears twice when dom0's end-of-run copy of `xl dmesg`
+        // has it too.
+        println!(
+            "== Xen's guest triple-fault lines (serial and dom0's xl dmesg): {}",
+            triple_faults.len()
+        );
         for line in &triple_faults {
             println!("   {line}");
         }
