@@ -51,8 +51,9 @@ pub enum AppError {
     Settings(Box<SettingsError>),
     /// The peer answered with something unexpected.
     Protocol(String),
-    /// The peer answered `busy`: it cannot answer yet (cryptod before its
-    /// first seed); ask again later. The reason it gave.
+    /// The peer cannot answer yet: cryptod's `busy` error or an
+    /// `unavailable` result (before its first seed, or its audit outbox
+    /// full); ask again later. The reason it gave.
     Busy(String),
 }
 

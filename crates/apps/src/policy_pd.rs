@@ -109,11 +109,16 @@ pub fn issue_request(
 }
 
 /// The token in cryptod's answer to request `request_id`; a refusal (with
-/// its result and reason) or any other answer is an error.
+/// its result and reason) or any other answer is an error, `unavailable`
+/// (not seeded yet, or the audit outbox full) [`AppError::Busy`].
 pub fn issued_token(request_id: RequestId, answer: Message) -> Result<Vec<u8>, AppError> {
     match answer {
         Message::TokenIssueResp(r) if r.request_id == request_id => match (r.result, r.token) {
             (IssueResult::Ok, Some(t)) => Ok(t),
+            (IssueResult::Unavailable, _) => Err(AppError::Busy(alloc::format!(
+                "token refused: unavailable ({})",
+                r.reason.as_deref().unwrap_or("")
+            ))),
             (res, _) => Err(AppError::Protocol(alloc::format!(
                 "token refused: {} ({})",
                 res.as_str(),
@@ -233,9 +238,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     let tok = loop {
         match issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60) {
             Ok(t) => break t,
-            Err(AppError::Protocol(e)) if e.contains("unavailable") => {
-                sleep(p, Duration::from_millis(500))?
-            }
+            Err(AppError::Busy(_)) => sleep(p, Duration::from_millis(500))?,
             Err(e) => return Err(e),
         }
     };

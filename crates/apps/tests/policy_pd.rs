@@ -124,6 +124,14 @@ fn a_refused_or_mismatched_issue_answer_is_an_error() {
     assert!(matches!(issued_token(RequestId([9; 16]), answer), Err(AppError::Protocol(_))));
     let keyset = ask_as(&mut a, &pd(), &KeysetReq { request_id: rid }.into(), T0);
     assert!(matches!(issued_token(rid, keyset), Err(AppError::Protocol(_))));
+    // Before its first seed cryptod cannot issue: ask again (policy_pd's
+    // start waits on this), not a refusal.
+    let mut unseeded =
+        portcullis_authority::Authority::new(Default::default(), sealed_state(), T0).unwrap();
+    match issued_token(rid, ask_as(&mut unseeded, &pd(), &req, T0)) {
+        Err(AppError::Busy(e)) => assert!(e.starts_with("token refused: unavailable"), "{e}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Issue 13: after applying the rule, policy_pd's signed outcome (a fresh
