@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use portcullis_xen::xenstore::client::{Client, Perm, StoreRing, Tx};
+use portcullis_xen::xenstore::client::{
+    Client, Perm, StoreRing, Tx, REQUEST_TIMEOUT_NS, SLOW_REPLY_NS,
+};
 use portcullis_xen::xenstore::wire::{Errno, Op, XsError};
 
 /// The kernel's xenstore device, used when xenstored's socket is absent.
@@ -170,7 +172,9 @@ impl StoreRing for StreamRing {
 
     fn slow(&mut self, op: Op) {
         super::log::warn(format_args!(
-            "xenstore: no reply to {op:?} after 5 s; still waiting (up to 60 s)"
+            "xenstore: no reply to {op:?} after {} s; still waiting (up to {} s)",
+            SLOW_REPLY_NS / 1_000_000_000,
+            REQUEST_TIMEOUT_NS / 1_000_000_000
         ));
     }
 
