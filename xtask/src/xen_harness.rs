@@ -350,7 +350,7 @@ const HELLO: &str = "portcullis/hello";
 
 /// Xen's command line (measured in shared/notes/xen-in-qemu.md).
 const XEN_ARGS: &str = "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=1 \
-                        bootscrub=0 loglvl=all guest_loglvl=all";
+                        bootscrub=0 loglvl=all guest_loglvl=all conring_size=1M";
 
 /// QEMU's CPU model for the boot: [`QEMU_CPU`], or `PORTCULLIS_QEMU_CPU`
 /// when set. TCG emulates no VMX, so Xen runs its PVH guests on the
@@ -1409,7 +1409,10 @@ fn boot_once(release: XenRelease, tpm: bool, dom0_extra: &[String]) -> Result<Bo
                         marks.push((label.to_string(), t));
                     }
                 }
-                if line.contains("RESULT ") || line.contains("TIME ") {
+                if line.contains("RESULT ")
+                    || line.contains("TIME ")
+                    || line.trim_start().starts_with("NOTE ")
+                {
                     results.push(line.trim().to_string());
                 }
                 // Xen: "(XEN) d7v0 Triple fault - invoking HVM shutdown action 1"
