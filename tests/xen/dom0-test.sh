@@ -484,7 +484,13 @@ want=$(sha256sum /usr/lib/portcullis/policy_pd | cut -d' ' -f1)
 got=$(sha256sum $RUN/policy_pd.modified | cut -d' ' -f1)
 mark policy_pd
 xl create $RUN/policy_pd-modified.cfg > $RUN/create-modified.log 2>&1
+# Refused at once, the guest stops and is destroyed (on_crash above),
+# possibly before `xl domid` runs: then the service's log names it.
 wid=$(xl domid policy_pd 2>/dev/null)
+modified_wid() {
+    [ -n "$wid" ] || wid=$(sed -n "s|.*policy_pd (dom\([0-9]*\)): image $RUN/policy_pd.modified sha256 .*|\1|p" $HOSTLOG | tail -1)
+    [ -n "$wid" ]
+}
 # image_refusal: the verified audit log has cryptod's refusal of policy_pd's
 # token with both hashes.
 image_refusal() {
@@ -492,7 +498,7 @@ image_refusal() {
     && grep "^record [0-9]* policy_pd token_issue denied " $RUN/list-image.out \
         | grep -F "image_actual=$got" | grep -qF "image_expected=$want"
 }
-if wait_new policy_pd "token refused: denied" 90 \
+if wait_new policy_pd "token refused: denied" 90 && modified_wid \
     && grep -qF "policy_pd (dom$wid): image $RUN/policy_pd.modified sha256 $got" $HOSTLOG \
     && { n=0; until image_refusal || [ $n -ge 10 ]; do sleep 1; n=$((n + 1)); done; image_refusal; }; then
     result measurement-wrong-image PASS "(dom$wid from $RUN/policy_pd.modified, sha256 $got: $(log_since policy_pd | grep -o 'token refused: denied.*' | head -1 | tr -d '\r'); audited with expected $want)"
@@ -822,6 +828,12 @@ echo "--- xl dmesg (guest lines):"
 xl dmesg | grep -E '\(d[1-9]' | tail -40
 # Xen's dump of each crashed or triple-faulted guest vCPU (its registers:
 # where it was), so a crash at start says where.
+# Xen's TSC statistics ('s'): whether Xen trusts the TSC, and each live
+# domU's tsc_mode (2: native, what the packaged configs ask for).
+xl debug-keys s
+echo "--- xl dmesg (TSC statistics):"
+sleep 0.2
+xl dmesg | grep -E 'TSC (marked|not marked)|^\(XEN\) dom[0-9]+(\(hvm\))?: mode=|emulated TSC' | tail -12
 echo "--- xl dmesg (guest crashes and their register dumps):"
 xl dmesg | grep -E -A 22 'Triple fault|crashed|Dumping Dom[1-9]' | head -400
 exit $failed

@@ -267,9 +267,11 @@ const IMAGE_LIMIT: u64 = 256 * 1024;
 /// lifecycle commands (keys, volumes, ACL, identities, backup) and the
 /// outcome records to 310,472; the decoder and linker cuts of issue 14
 /// brought it back to 296,120 (docs/benchmarks.md, "Guest images").
+/// The monotonic clock (`tsc_mode = "native"`) added 32 bytes, over the
+/// 292 KiB of then.
 /// Issue 14's goal stays 256 KiB for every image; this keeps the gate
 /// biting just above today's size instead of switching it off.
-const CRYPTOD_IMAGE_LIMIT: u64 = 292 * 1024;
+const CRYPTOD_IMAGE_LIMIT: u64 = 293 * 1024;
 
 /// The limit of image `name`.
 fn image_limit(name: &str) -> u64 {
@@ -1379,7 +1381,7 @@ mod tests {
         );
         assert_eq!(IMAGE_LIMIT, 262_144);
         assert_eq!(image_limit("unlocker"), 262_144);
-        assert_eq!(image_limit("cryptod"), 299_008);
+        assert_eq!(image_limit("cryptod"), 300_032);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
     }

@@ -2,7 +2,7 @@
 //! shared-info page, the free guest-physical window, and the clocks built
 //! on them.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spin::mutex::SpinMutex;
 
@@ -118,10 +118,19 @@ pub fn time_info() -> Option<TimeInfo> {
     )
 }
 
+/// The latest system time [`system_time_ns`] returned.
+static LAST_SYSTEM_NS: AtomicU64 = AtomicU64::new(0);
+
 /// Xen system time (ns since the hypervisor booted), or `None` off Xen.
+///
+/// Never earlier than a value it returned before: the guests run with
+/// the native TSC (`tsc_mode = "native"` in xen/*.cfg, no VM exit per
+/// read), and a vCPU moved to a physical CPU whose TSC lags can read a
+/// time a little behind the last one until Xen refreshes the parameters.
 pub fn system_time_ns() -> Option<u64> {
     // Read the TSC after the snapshot so the delta is never negative.
-    time_info().map(|t| t.system_time_at(arch::rdtsc()))
+    let now = time_info().map(|t| t.system_time_at(arch::rdtsc()))?;
+    Some(LAST_SYSTEM_NS.fetch_max(now, Ordering::Relaxed).max(now))
 }
 
 /// The wall clock at system time zero.
