@@ -77,6 +77,12 @@ pub fn read_consistent<T>(
     None
 }
 
+/// `now`, or the latest value returned through `last` if that is later:
+/// a clock built on this never goes back.
+pub fn not_before(last: &core::sync::atomic::AtomicU64, now: u64) -> u64 {
+    last.fetch_max(now, core::sync::atomic::Ordering::Relaxed).max(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +100,16 @@ mod tests {
         assert_eq!(scale_delta(500, u32::MAX, 1), 999);
         // Huge deltas saturate instead of wrapping.
         assert_eq!(scale_delta(u64::MAX, u32::MAX, 63), u64::MAX);
+    }
+
+    #[test]
+    fn a_reading_behind_the_last_gives_the_last() {
+        let last = core::sync::atomic::AtomicU64::new(0);
+        assert_eq!(not_before(&last, 5_000), 5_000);
+        // A vCPU moved to a physical CPU whose TSC lags.
+        assert_eq!(not_before(&last, 4_200), 5_000);
+        assert_eq!(not_before(&last, 7_000), 7_000);
+        assert_eq!(not_before(&last, 6_999), 7_000);
     }
 
     #[test]

@@ -130,7 +130,7 @@ static LAST_SYSTEM_NS: AtomicU64 = AtomicU64::new(0);
 pub fn system_time_ns() -> Option<u64> {
     // Read the TSC after the snapshot so the delta is never negative.
     let now = time_info().map(|t| t.system_time_at(arch::rdtsc()))?;
-    Some(LAST_SYSTEM_NS.fetch_max(now, Ordering::Relaxed).max(now))
+    Some(crate::time::not_before(&LAST_SYSTEM_NS, now))
 }
 
 /// The wall clock at system time zero.
