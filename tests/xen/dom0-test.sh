@@ -826,14 +826,14 @@ echo "--- $HOSTLOG:"; sed 's/^/    | /' $HOSTLOG
 xl list
 echo "--- xl dmesg (guest lines):"
 xl dmesg | grep -E '\(d[1-9]' | tail -40
-# Xen's dump of each crashed or triple-faulted guest vCPU (its registers:
-# where it was), so a crash at start says where.
 # Xen's TSC statistics ('s'): whether Xen trusts the TSC, and each live
 # domU's tsc_mode (2: native, what the packaged configs ask for).
 xl debug-keys s
 echo "--- xl dmesg (TSC statistics):"
 sleep 0.2
 xl dmesg | grep -E 'TSC (marked|not marked)|^\(XEN\) dom[0-9]+(\(hvm\))?: mode=|emulated TSC' | tail -12
+# Xen's dump of each crashed or triple-faulted guest vCPU (its registers:
+# where it was), so a crash at start says where.
 echo "--- xl dmesg (guest crashes and their register dumps):"
 xl dmesg | grep -E -A 22 'Triple fault|crashed|Dumping Dom[1-9]' | head -400
 exit $failed
