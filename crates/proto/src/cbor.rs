@@ -760,9 +760,13 @@ macro_rules! wire_struct {
                 let ($($field,)*) = match ($($field,)*) {
                     ($(Some($field),)*) => ($($field,)*),
                     ($($field,)*) => {
+                        // The required names are the first of `NAMES`
+                        // (no second table of them: image size, issue 14).
+                        const REQUIRED: &[&str] =
+                            NAMES.split_at([$(stringify!($field)),*].len()).0;
                         return Err(DecodeError::MissingField($crate::cbor::first_missing(
                             &[$($field.is_some()),*],
-                            &[$(stringify!($field)),*],
+                            REQUIRED,
                         )));
                     }
                 };
