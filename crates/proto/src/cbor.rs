@@ -638,17 +638,19 @@ macro_rules! text_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The wire names, in declaration order: one table for
+            /// [`Self::as_str`] and [`Self::parse`] (image size, issue 14).
+            const NAMES: &'static [&'static str] = &[$($text),+];
+
             /// The wire name.
             pub const fn as_str(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
+                $name::NAMES[self as usize]
             }
 
             /// Parses a wire name; `None` if it is not in the set.
             pub fn parse(name: &str) -> Option<$name> {
                 // One table lookup (image size, issue 14).
-                let i = $crate::cbor::position(&[$($text),+], name)?;
+                let i = $crate::cbor::position($name::NAMES, name)?;
                 $name::ALL.get(i).copied()
             }
         }
