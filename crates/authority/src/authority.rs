@@ -45,7 +45,7 @@ use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
-use crate::meta::Num;
+use crate::meta::{text_of, Num};
 use crate::outcome::{self, Decisions, OutcomeKey, Vouch, MAX_OUTCOME_KEYS};
 use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
@@ -965,7 +965,7 @@ impl Authority {
         }
         let unlock = ScopeSet::single(Scope::LuksUnlock);
         if let Err(why) = self.acl_decide(peer, image, unlock, &self.config.unlock_audience) {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(
                 image_meta(
                     Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
@@ -994,7 +994,7 @@ impl Authority {
                 match decided.and_then(|l| if bound { Ok(l) } else { Err(DenyReason::Unbound) }) {
                     Ok(line) => line,
                     Err(why) => {
-                        let reason = why.to_string();
+                        let reason = text_of(&why);
                         self.record(
                             Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
                                 .target("luks:unlock")
@@ -1094,7 +1094,7 @@ impl Authority {
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
                     .meta("request_id", &hex(&r.request_id.0))
-                    .meta("remaining", &left.to_string());
+                    .meta("remaining", &text_of(&left));
                 self.record(ev, now, out);
             }
             None => {
@@ -1159,7 +1159,7 @@ impl Authority {
         }
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
-                .meta("domid", &peer.domid.to_string())
+                .meta("domid", &text_of(&peer.domid))
                 .meta("request_id", &hex(&r.request_id.0))
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
@@ -1507,7 +1507,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
                 .meta("request_id", &hex(&r.request_id.0))
-                .meta("domid", &peer.domid.to_string())
+                .meta("domid", &text_of(&peer.domid))
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
             self.refuse(
@@ -1523,9 +1523,9 @@ impl Authority {
             None => Ok(None),
             Some(a) => self.attested.key_of(a, peer, now).map(Some),
         };
-        let checked = attested.map_err(|e| e.to_string()).and_then(|key| {
+        let checked = attested.map_err(|e| text_of(&e)).and_then(|key| {
             outcome::check(&r.signed, peer, &self.config.outcome_keys, key, &self.decisions)
-                .map_err(|e| e.to_string())
+                .map_err(|e| text_of(&e))
         });
         match checked {
             Ok(a) => {
@@ -1572,7 +1572,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenIssue, result)
                 .target(&r.audience)
-                .meta("scope", &r.requested_scope.to_string())
+                .meta("scope", &text_of(&r.requested_scope))
                 .meta("request_id", &hex(&r.request_id.0))
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
@@ -1584,7 +1584,7 @@ impl Authority {
             Err(("luks:unlock is granted only with a TOTP validation".to_string(), None))
         } else {
             self.acl_decide(peer, image, r.requested_scope, &r.audience)
-                .map_err(|why| (why.to_string(), Some(why)))
+                .map_err(|why| (text_of(&why), Some(why)))
         };
         let line = match decision {
             Ok(line) => line,
@@ -1598,7 +1598,7 @@ impl Authority {
             }
         };
         let need = self.acl.requires_attestation(line);
-        let action = r.requested_scope.to_string();
+        let action = text_of(&r.requested_scope);
         if let Err(reason) =
             self.check_attestation(peer, r.attestation.as_deref(), need, &action, None, now, out)
         {
@@ -1649,7 +1649,7 @@ impl Authority {
             }
         };
         result.map_err(|e| {
-            let reason = e.to_string();
+            let reason = text_of(&e);
             let ev = Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
                 .target(action)
                 .meta("reason", &reason)
@@ -1675,7 +1675,7 @@ impl Authority {
             return error(ErrorCode::Busy, "audit not ready or the collector is behind", id);
         }
         let scopes = match ScopeSet::parse_list(&r.action) {
-            Ok(s) if s.to_string() == r.action => s,
+            Ok(s) if text_of(&s) == r.action => s,
             _ => {
                 let reason = "action is not a canonical scope list";
                 return error(ErrorCode::Malformed, reason, id);
@@ -1684,7 +1684,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
-                .meta("domid", &peer.domid.to_string())
+                .meta("domid", &text_of(&peer.domid))
                 .meta("request_id", &hex(&r.request_id.0))
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
@@ -1693,7 +1693,7 @@ impl Authority {
             return error(ErrorCode::Busy, &reason, id);
         }
         if let Err(why) = self.acl.decide_scopes(peer, scopes) {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
             return error(ErrorCode::Denied, &reason, id);
         }
@@ -1710,10 +1710,10 @@ impl Authority {
         let signed = self
             .keys
             .signer(now)
-            .ok_or(AttestError::NoSigningKey.to_string())
-            .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| e.to_string()));
+            .ok_or(text_of(&AttestError::NoSigningKey))
+            .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| text_of(&e)));
         let signed = signed.and_then(|signed| {
-            self.attested.record(peer, &signed, &claims, now).map_err(|e| e.to_string())?;
+            self.attested.record(peer, &signed, &claims, now).map_err(|e| text_of(&e))?;
             Ok(signed)
         });
         match signed {
@@ -1758,7 +1758,7 @@ impl Authority {
         if let Err(why) =
             self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
         {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(
                 image_meta(event(AuditResult::Denied).meta("reason", &reason), &why),
                 now,
@@ -1774,7 +1774,7 @@ impl Authority {
                 resp(RevokeResult::Ok, None)
             }
             Err(e) => {
-                let reason = e.to_string();
+                let reason = text_of(&e);
                 self.record(event(AuditResult::Error).meta("reason", &reason), now, out);
                 resp(RevokeResult::Unavailable, Some(&reason))
             }
@@ -1828,14 +1828,14 @@ impl Authority {
                         // The line only (the tool lints first and shows the
                         // whole message): no Display of every lint error here.
                         let mut why = String::from("acl lint failed at line ");
-                        why.push_str(&e.line.to_string());
+                        why.push_str(&text_of(&e.line));
                         self.admin_extra.reason = Some(why);
                         return Err((AdminResult::Invalid, "acl lint failed"));
                     }
                 };
                 let meta = &mut self.admin_extra.meta;
-                meta.push(("acl_old_version", self.acl_version.to_string()));
-                meta.push(("acl_new_version", version.to_string()));
+                meta.push(("acl_old_version", text_of(&self.acl_version)));
+                meta.push(("acl_new_version", text_of(&version)));
                 meta.push(("acl_old_sha256", hex(&sha256(self.acl_text.as_bytes()))));
                 meta.push(("acl_new_sha256", hex(&sha256(text.as_bytes()))));
                 self.acl = acl;
@@ -1855,7 +1855,7 @@ impl Authority {
                 }
                 .map_err(denied)?;
                 self.admin_extra.meta.push((kind.as_str(), name));
-                self.admin_extra.meta.push(("identity_serial", serial.to_string()));
+                self.admin_extra.meta.push(("identity_serial", text_of(&serial)));
                 registry::set_section(
                     &mut self.sections,
                     sealed::section::IDENTITIES,
@@ -1871,7 +1871,7 @@ impl Authority {
     /// and the registry's section is sealed anew.
     fn volume_changed(&mut self, id: String, generation: u32) {
         self.admin_extra.meta.push(("volume", id));
-        self.admin_extra.meta.push(("generation", generation.to_string()));
+        self.admin_extra.meta.push(("generation", text_of(&generation)));
         registry::set_section(&mut self.sections, sealed::section::VOLUMES, self.volumes.encode());
     }
 

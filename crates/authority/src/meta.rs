@@ -1,12 +1,24 @@
-//! Numbers in audit metadata, written by one out-of-line function.
+//! Numbers in audit metadata, and any value's text, written by one
+//! out-of-line function each.
 //!
 //! Image size (issue 14, `docs/benchmarks.md` "Guest images"): each
 //! `.meta(key, &n.to_string())` inlined its own string building, formatting
-//! call and drop; [`Num::num`] writes the same decimal text once.
+//! call and drop; [`Num::num`] writes the same decimal text once. Each
+//! `x.to_string()` of a type with its own `Display` was a copy of
+//! `to_string` per type (and one per integer type); [`text_of`] is one copy
+//! for all of them, through the value's `Display`.
 
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
+use core::fmt::Display;
 
 use crate::audit::Event;
+
+/// `value.to_string()`: the same text (`Display`, as `format!("{value}")`
+/// writes it), from one out-of-line function for every type.
+#[inline(never)]
+pub(crate) fn text_of(value: &dyn Display) -> String {
+    value.to_string()
+}
 
 /// [`Event::meta`] with a number's decimal text as the value.
 pub(crate) trait Num {
@@ -18,7 +30,7 @@ pub(crate) trait Num {
 impl Num for Event {
     #[inline(never)]
     fn num(self, key: &str, n: u64) -> Event {
-        self.meta(key, &n.to_string())
+        self.meta(key, &text_of(&n))
     }
 }
 
