@@ -332,6 +332,12 @@ fn build_xen() -> Result<Vec<Image>, String> {
 /// the directory it was built in (`docs/packaging.md`, "Reproducibility").
 const REMAP_ROOT: &str = "/build/portcullis";
 const REMAP_CARGO_HOME: &str = "/build/cargo";
+/// Where each registry's unpacked sources (`CARGO_HOME/registry/src/<index
+/// dir>`, e.g. `index.crates.io-1949cf8c6b5b557f`) appear to be: a panic
+/// location in a dependency names `/build/crates/<crate>-<version>/src/...`
+/// instead of the 59-byte `/build/cargo/registry/src/<index dir>/` prefix
+/// (about 800 bytes less in cryptod: issue 14, docs/benchmarks.md).
+const REMAP_REGISTRY_SRC: &str = "/build/crates";
 
 /// cargo's home: `CARGO_HOME`, else `~/.cargo` (where the registry sources live).
 fn cargo_home() -> Result<PathBuf, String> {
@@ -361,8 +367,9 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The `--config` arguments that add `--remap-path-prefix` for the workspace
-/// root and CARGO_HOME (each also in its canonical form when that differs)
-/// to the guest target's rustflags. cargo merges a `--config` array with the
+/// root, CARGO_HOME and each registry's source directory in it
+/// ([`REMAP_REGISTRY_SRC`]), each also in its canonical form when that
+/// differs, to the guest target's rustflags. cargo merges a `--config` array with the
 /// one in `.cargo/config.toml` (the target's `--cfg` and link flags), where
 /// `RUSTFLAGS` would replace it. cargo keeps `--remap-path-prefix` out of
 /// `-C metadata`, so symbol names do not change with the paths. When several
@@ -370,7 +377,11 @@ fn toml_string(s: &str) -> String {
 /// prefixes come last.
 fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, String> {
     let mut maps: Vec<(String, &str)> = Vec::new();
-    for (path, to) in [(root, REMAP_ROOT), (cargo_home, REMAP_CARGO_HOME)] {
+    let mut targets =
+        vec![(root.to_path_buf(), REMAP_ROOT), (cargo_home.to_path_buf(), REMAP_CARGO_HOME)];
+    targets.extend(registry_sources(cargo_home).into_iter().map(|dir| (dir, REMAP_REGISTRY_SRC)));
+    for (path, to) in targets {
+        let path = path.as_path();
         let mut forms = vec![path.to_path_buf()];
         if let Ok(canonical) = path.canonicalize() {
             if canonical != path {
@@ -396,6 +407,18 @@ fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, Str
         .map(|(from, to)| toml_string(&format!("--remap-path-prefix={from}={to}")))
         .collect();
     Ok(vec!["--config".into(), format!("target.{GUEST_TARGET}.rustflags=[{}]", flags.join(", "))])
+}
+
+/// The registries' source directories under `cargo_home`
+/// (`registry/src/*`), sorted by name; none if there are none yet.
+fn registry_sources(cargo_home: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> =
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
 }
 
 /// A built guest image.
@@ -1317,6 +1340,26 @@ mod tests {
              \"--remap-path-prefix=/nonexistent/ws=/build/portcullis\", \
              \"--remap-path-prefix=/nonexistent/ws/.cargo-home=/build/cargo\"]"
         );
+    }
+
+    #[test]
+    fn each_registry_source_directory_is_remapped_to_the_short_prefix_last() {
+        // Canonical already, so that no second (canonical) form is added.
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        let home = tmp.join(format!("xtask-remap-{}", std::process::id()));
+        let index = home.join("registry").join("src").join("index.example-0123456789abcdef");
+        std::fs::create_dir_all(&index).unwrap();
+        let ws = Path::new("/nonexistent/ws");
+        let args = guest_remap_config(ws, &home).unwrap();
+        std::fs::remove_dir_all(&home).unwrap();
+        let (home, index) = (home.to_str().unwrap(), index.to_str().unwrap());
+        let want = format!(
+            "target.x86_64-unknown-none.rustflags=[\
+             \"--remap-path-prefix=/nonexistent/ws=/build/portcullis\", \
+             \"--remap-path-prefix={home}=/build/cargo\", \
+             \"--remap-path-prefix={index}=/build/crates\"]"
+        );
+        assert_eq!(args[1], want);
     }
 
     #[test]
