@@ -45,7 +45,7 @@ use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
-use crate::meta::{text_of, Num};
+use crate::meta::{text_of, Hex, Num};
 use crate::outcome::{self, Decisions, OutcomeKey, Vouch, MAX_OUTCOME_KEYS};
 use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
@@ -775,12 +775,12 @@ impl Authority {
         let Ok(chain_id) = self.drbg.bytes::<16>() else { return };
         self.audit = Some(AuditLog::resume(*chain_id, self.config.audit_outbox, self.sealed_head));
         let mut ev = Event::new(&self.config.name, AuditAction::ChainStart, AuditResult::Ok)
-            .meta("root_kid", &hex(self.keys.root().1));
+            .meta_hex("root_kid", self.keys.root().1);
         if let Some(h) = self.sealed_head {
             ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
         }
         if let Some(id) = self.restore_pending().and_then(|b| b.get(backup::ID_AT)) {
-            ev = ev.meta("restored_from", &hex(id));
+            ev = ev.meta_hex("restored_from", id);
         }
         self.record(ev, now, out);
     }
@@ -812,7 +812,7 @@ impl Authority {
         self.revocations.prune(now);
         if let Some(kid) = self.keys.expire(now) {
             let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
-                .target(&hex(&kid))
+                .target_hex(&kid)
                 .meta("event", "retired");
             self.record(ev, now, out);
         }
@@ -820,7 +820,7 @@ impl Authority {
             let Ok(seed) = self.drbg.bytes::<32>() else { return };
             let kid = self.keys.rotate(&seed, now);
             let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
-                .target(&hex(&kid))
+                .target_hex(&kid)
                 .meta("event", "rotated");
             self.record(ev, now, out);
         }
@@ -950,7 +950,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::TotpValidate, result)
                 .target(&r.operator_id)
                 .meta("device", &r.device_id)
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if !self.can_audit(2) {
             return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
@@ -1093,7 +1093,7 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::RecoveryCodeUsed, AuditResult::Ok)
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
-                    .meta("request_id", &hex(&r.request_id.0))
+                    .meta_hex("request_id", &r.request_id.0)
                     .meta("remaining", &text_of(&left));
                 self.record(ev, now, out);
             }
@@ -1110,7 +1110,7 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
                     .target(volume)
                     .meta("operator", &r.operator_id)
-                    .meta("request_id", &hex(&r.request_id.0))
+                    .meta_hex("request_id", &r.request_id.0)
                     .meta("cti", &cti);
                 self.record(ev, now, out);
                 answer
@@ -1160,7 +1160,7 @@ impl Authority {
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
                 .meta("domid", &text_of(&peer.domid))
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
             this.record(base(AuditResult::Denied).meta("reason", reason), now, out);
@@ -1506,7 +1506,7 @@ impl Authority {
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
                 .meta("domid", &text_of(&peer.domid))
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
@@ -1531,12 +1531,12 @@ impl Authority {
             Ok(a) => {
                 let c = &a.claims;
                 let mut ev = event(outcome::result_of(c.outcome))
-                    .target(&hex(&c.decision))
+                    .target_hex(&c.decision)
                     .meta("outcome", c.outcome.as_str())
                     .meta("signer", &c.enforcer)
                     .meta("key", if a.vouch == Vouch::Pinned { "pinned" } else { "attested" })
                     .meta("decision", if a.known { "known" } else { "unknown" })
-                    .meta("signer_key", &hex(&a.key));
+                    .meta_hex("signer_key", &a.key);
                 if let Some(why) = &c.reason {
                     ev = ev.meta("reason", why);
                 }
@@ -1573,7 +1573,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::TokenIssue, result)
                 .target(&r.audience)
                 .meta("scope", &text_of(&r.requested_scope))
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1610,7 +1610,7 @@ impl Authority {
             .and_then(|c| Ok((self.mint(&c, now)?, c)));
         match issued {
             Ok((token, claims)) => {
-                self.record(event(AuditResult::Ok).meta("cti", &hex(&claims.cti)), now, out);
+                self.record(event(AuditResult::Ok).meta_hex("cti", &claims.cti), now, out);
                 TokenIssueResp {
                     request_id: r.request_id,
                     result: IssueResult::Ok,
@@ -1685,7 +1685,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
                 .meta("domid", &text_of(&peer.domid))
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1752,8 +1752,8 @@ impl Authority {
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenRevoke, result)
-                .target(&hex(&r.cti))
-                .meta("request_id", &hex(&r.request_id.0))
+                .target_hex(&r.cti)
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(why) =
             self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
@@ -1917,7 +1917,7 @@ fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Messag
 fn image_meta(ev: Event, why: &DenyReason) -> Event {
     match why {
         DenyReason::Image { expected, actual, .. } => ev
-            .meta("image_expected", &hex(expected))
+            .meta_hex("image_expected", expected)
             .meta("image_actual", &actual.as_ref().map_or_else(|| "none".into(), |a| hex(a))),
         _ => ev,
     }
@@ -1927,14 +1927,14 @@ fn image_meta(ev: Event, why: &DenyReason) -> Event {
 /// applied, the kid that signs now.
 fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminResult) -> Event {
     if let Some(kid) = &c.kid {
-        ev = ev.target(&hex(kid)).meta("kid", &hex(kid));
+        ev = ev.target_hex(kid).meta_hex("kid", kid);
     }
     if let Some(cti) = &c.cti {
-        ev = ev.target(&hex(cti)).meta("cti", &hex(cti));
+        ev = ev.target_hex(cti).meta_hex("cti", cti);
     }
     let key_op = matches!(c.command, msg::AdminOp::KeyRotate | msg::AdminOp::KeyRevoke);
     match signing {
-        Some(kid) if key_op && r == AdminResult::Ok => ev.meta("signing_kid", &hex(kid)),
+        Some(kid) if key_op && r == AdminResult::Ok => ev.meta_hex("signing_kid", kid),
         _ => ev,
     }
 }
@@ -1947,13 +1947,13 @@ fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement
     let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
     ev.num("root_version", u64::try_from(n).unwrap_or(u64::MAX))
         .num("root_issued_at", now)
-        .meta("root_pubkey", &hex(root.as_bytes()))
-        .meta("root_sig", &hex(sig))
+        .meta_hex("root_pubkey", root.as_bytes())
+        .meta_hex("root_sig", sig)
 }
 
 /// Lowercase hex, two digits a byte: one allocation, no formatting
 /// machinery (it runs for several fields of every audit record).
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digit = |n: u8| char::from(DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
     let mut s = String::with_capacity(bytes.len().saturating_mul(2));

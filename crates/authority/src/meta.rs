@@ -12,12 +12,35 @@ use alloc::string::{String, ToString};
 use core::fmt::Display;
 
 use crate::audit::Event;
+use crate::authority::hex;
 
 /// `value.to_string()`: the same text (`Display`, as `format!("{value}")`
 /// writes it), from one out-of-line function for every type.
 #[inline(never)]
 pub(crate) fn text_of(value: &dyn Display) -> String {
     value.to_string()
+}
+
+/// [`Event::meta`] and [`Event::target`] with bytes as their lowercase hex
+/// text (`hex`, two digits a byte): one out-of-line copy of the hex
+/// string's building and drop instead of one per call.
+pub(crate) trait Hex {
+    /// Adds the metadata entry `key` = `bytes` in lowercase hex.
+    fn meta_hex(self, key: &str, bytes: &[u8]) -> Event;
+    /// Sets the target to `bytes` in lowercase hex.
+    fn target_hex(self, bytes: &[u8]) -> Event;
+}
+
+impl Hex for Event {
+    #[inline(never)]
+    fn meta_hex(self, key: &str, bytes: &[u8]) -> Event {
+        self.meta(key, &hex(bytes))
+    }
+
+    #[inline(never)]
+    fn target_hex(self, bytes: &[u8]) -> Event {
+        self.target(&hex(bytes))
+    }
 }
 
 /// [`Event::meta`] with a number's decimal text as the value.
