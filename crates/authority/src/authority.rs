@@ -1094,7 +1094,7 @@ impl Authority {
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
                     .meta_hex("request_id", &r.request_id.0)
-                    .meta("remaining", &text_of(&left));
+                    .num("remaining", u64::from(left));
                 self.record(ev, now, out);
             }
             None => {
@@ -1159,7 +1159,7 @@ impl Authority {
         }
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
-                .meta("domid", &text_of(&peer.domid))
+                .num("domid", u64::from(peer.domid))
                 .meta_hex("request_id", &r.request_id.0)
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
@@ -1507,7 +1507,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
                 .meta_hex("request_id", &r.request_id.0)
-                .meta("domid", &text_of(&peer.domid))
+                .num("domid", u64::from(peer.domid))
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
             self.refuse(
@@ -1684,7 +1684,7 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
-                .meta("domid", &text_of(&peer.domid))
+                .num("domid", u64::from(peer.domid))
                 .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
