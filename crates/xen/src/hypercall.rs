@@ -24,7 +24,12 @@ impl XenError {
 
 impl fmt::Display for XenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "hypercall failed with errno {}", -self.0)
+        // The number as `{}` of an `i64` writes it, through the `u64`
+        // formatting every guest links anyway (no `i64` copy: image size,
+        // issue 14).
+        let n = self.0.wrapping_neg();
+        let sign = if n < 0 { "-" } else { "" };
+        write!(f, "hypercall failed with errno {sign}{}", n.unsigned_abs())
     }
 }
 
@@ -279,4 +284,18 @@ pub fn sched_shutdown(reason: ShutdownReason) -> XenError {
 pub fn sched_yield() {
     // SAFETY: SCHEDOP_yield takes no pointer argument.
     let _ = unsafe { hypercall2(abi::hypercall::SCHED_OP, abi::sched::YIELD, 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    #[test]
+    fn the_errno_reads_as_the_negated_i64_did() {
+        for raw in [-38, -1, 0, 5, i64::MIN, i64::MAX, i64::MIN + 1] {
+            let want = format!("hypercall failed with errno {}", raw.wrapping_neg());
+            assert_eq!(format!("{}", XenError(raw)), want, "{raw}");
+        }
+    }
 }
