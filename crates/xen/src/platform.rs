@@ -176,14 +176,22 @@ fn store_session<T>(
     f: impl FnOnce(&mut Xenstore) -> Result<T, PlatformError>,
 ) -> Result<T, PlatformError> {
     let mut guard = STORE.lock();
-    if guard.is_none() {
+    f(connected(&mut guard)?)
+}
+
+/// The xenstore connection in `slot`, connecting first if there is none
+/// yet. Out of line: one copy for every [`store_session`] (image size,
+/// issue 14).
+#[inline(never)]
+fn connected(slot: &mut Option<Xenstore>) -> Result<&mut Xenstore, PlatformError> {
+    if slot.is_none() {
         let store = Xenstore::connect().map_err(|e| {
             PlatformError::Io(note(IoDetail::new(IoOp::StoreConnect, store_cause(e))))
         })?;
-        *guard = Some(store);
+        *slot = Some(store);
     }
-    match guard.as_mut() {
-        Some(store) => f(store),
+    match slot.as_mut() {
+        Some(store) => Ok(store),
         None => Err(PlatformError::Io(IoDetail::new(IoOp::StoreConnect, IoCause::Transport))),
     }
 }
