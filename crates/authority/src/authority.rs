@@ -16,7 +16,6 @@
 //!   version, revocation list, acknowledged audit head) is flagged in
 //!   [`Output::state_changed`] whenever it changes.
 
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -321,7 +320,9 @@ pub struct Authority {
     sealed_head: Option<Head>,
     /// Repeated refusals not yet written (see [`Config::audit_aggregate_window`]).
     aggregate: Option<Aggregate>,
-    held: VecDeque<Held>,
+    /// Oldest first; a `Vec`, not a `VecDeque` (released from the front
+    /// in one `drain`: image size, issue 14).
+    held: Vec<Held>,
     /// The admin public key (none: no admin command is accepted).
     admin_key: Option<VerifyingKey>,
     /// The last accepted `admin_seq`.
@@ -446,7 +447,7 @@ impl Authority {
             audit: None,
             sealed_head,
             aggregate: None,
-            held: VecDeque::new(),
+            held: Vec::new(),
             admin_key,
             admin_seq: state.admin_seq,
             recovery,
@@ -731,7 +732,7 @@ impl Authority {
             return;
         };
         if let Some(response) = out.response.take() {
-            self.held.push_back(Held { need, peer: peer.clone(), response });
+            self.held.push(Held { need, peer: peer.clone(), response });
         }
     }
 
@@ -739,13 +740,13 @@ impl Authority {
     /// in the order they were decided.
     fn release(&mut self, out: &mut Output) {
         let oldest_unacked = self.audit.as_ref().and_then(AuditLog::oldest_pending);
-        while let Some(h) = self.held.front() {
-            if oldest_unacked.is_some_and(|oldest| oldest <= h.need) {
-                break;
-            }
-            if let Some(h) = self.held.pop_front() {
-                out.released.push((h.peer, h.response));
-            }
+        let n = self
+            .held
+            .iter()
+            .take_while(|h| !oldest_unacked.is_some_and(|oldest| oldest <= h.need))
+            .count();
+        for h in self.held.drain(..n) {
+            out.released.push((h.peer, h.response));
         }
     }
 
