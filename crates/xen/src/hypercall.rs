@@ -24,12 +24,9 @@ impl XenError {
 
 impl fmt::Display for XenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The number as `{}` of an `i64` writes it, through the `u64`
-        // formatting every guest links anyway (no `i64` copy: image size,
-        // issue 14).
-        let n = self.0.wrapping_neg();
-        let sign = if n < 0 { "-" } else { "" };
-        write!(f, "hypercall failed with errno {sign}{}", n.unsigned_abs())
+        // `Signed`: no `i64` formatting linked (image size, issue 14).
+        let errno = portcullis_platform::Signed(self.0.wrapping_neg());
+        write!(f, "hypercall failed with errno {errno}")
     }
 }
 
