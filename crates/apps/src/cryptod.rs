@@ -296,7 +296,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             p,
             "cryptod: serving {} clients; audit to dom{}; entropy from {entropy_name}",
             clients.len(),
-            collector_dom.0
+            u32::from(collector_dom.0)
         );
         startup.mark("unseal", p.monotonic_ns());
         Ok(CryptodDriver {
@@ -547,7 +547,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
         let Ok(dom) = p.resolve(&self.entropy.name) else { return };
         if dom != self.entropy.dom {
-            say!(p, "cryptod: {} is dom{}; taking entropy from it", self.entropy.name, dom.0);
+            say!(
+                p,
+                "cryptod: {} is dom{}; taking entropy from it",
+                self.entropy.name,
+                u32::from(dom.0)
+            );
             self.entropy.dom = dom;
             self.entropy.peer = PeerId::new(u32::from(dom.0), &self.entropy.name);
             self.entropy.link = None;
@@ -571,12 +576,12 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                     say!(
                         p,
                         "cryptod: {name} is now dom{} (was dom{}); serving the new domain",
-                        dom.0,
+                        u32::from(dom.0),
                         old_peer.domid
                     );
                     self.forget_answers(p, &old_peer, "domain replaced", now);
                 } else {
-                    say!(p, "cryptod: {name} is dom{}; serving it", dom.0);
+                    say!(p, "cryptod: {name} is dom{}; serving it", u32::from(dom.0));
                 }
                 if let Some(c) = self.clients.get_mut(idx) {
                     c.link = Some(link);

@@ -247,13 +247,20 @@ impl fmt::Display for SealError {
             SealError::Truncated => f.write_str("sealed state is truncated"),
             SealError::TrailingBytes => f.write_str("sealed state has trailing bytes"),
             SealError::BadMagic => f.write_str("not a sealed state (bad magic)"),
-            SealError::UnsupportedVersion(v) => {
-                write!(f, "sealed state version {v} is not supported (this build reads {VERSION})")
-            }
+            // The versions as `u32`s: no `u16` formatting linked (image
+            // size, issue 14).
+            SealError::UnsupportedVersion(v) => write!(
+                f,
+                "sealed state version {} is not supported (this build reads {})",
+                u32::from(*v),
+                u32::from(VERSION)
+            ),
             SealError::OldVersion(v) => write!(
                 f,
-                "sealed state version {v} predates version {VERSION} (failure counters, keyset \
-                 version, revocation serial and audit head are sealed since): re-provision"
+                "sealed state version {} predates version {} (failure counters, keyset \
+                 version, revocation serial and audit head are sealed since): re-provision",
+                u32::from(*v),
+                u32::from(VERSION)
             ),
             SealError::TooLarge => f.write_str("sealed state too large"),
             SealError::Authentication => {

@@ -295,14 +295,16 @@ impl<R: StoreRing> Client<R> {
         wire::check_name(path)?;
         let mut texts: Vec<String> = Vec::with_capacity(perms.len());
         for p in perms {
-            let mut s = String::new();
+            // The letter as a `str` and the domain id as a `u32`: no
+            // `char` or `u16` formatting linked (image size, issue 14).
             let (c, d) = match p {
-                Perm::None(d) => ('n', d),
-                Perm::Read(d) => ('r', d),
-                Perm::Write(d) => ('w', d),
-                Perm::Both(d) => ('b', d),
+                Perm::None(d) => ("n", d),
+                Perm::Read(d) => ("r", d),
+                Perm::Write(d) => ("w", d),
+                Perm::Both(d) => ("b", d),
             };
-            let _ = write!(s, "{c}{}", d.0);
+            let mut s = String::from(c);
+            let _ = write!(s, "{}", u32::from(d.0));
             texts.push(s);
         }
         let mut parts = Vec::with_capacity(perms.len() + 1);
