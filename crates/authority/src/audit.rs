@@ -278,7 +278,7 @@ impl AuditLog {
                 bytes = bytes.saturating_add(u.bytes.len());
                 n += 1;
             }
-            let (batch, tail) = rest.split_at(n);
+            let Some((batch, tail)) = rest.split_at_checked(n) else { break };
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else { break };
             let seal = AuditSeal {
                 chain_id: self.chain_id,
