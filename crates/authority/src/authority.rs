@@ -743,7 +743,7 @@ impl Authority {
         let n = self
             .held
             .iter()
-            .take_while(|h| !oldest_unacked.is_some_and(|oldest| oldest <= h.need))
+            .take_while(|h| oldest_unacked.is_none_or(|oldest| oldest > h.need))
             .count();
         for h in self.held.drain(..n) {
             out.released.push((h.peer, h.response));
