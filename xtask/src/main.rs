@@ -33,7 +33,7 @@ commands:
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
                      sizes and each guest's `memory =` printed; fails if one is over its
-                     limit (256 KiB; cryptod 292 KiB for now) or a xen/*.cfg over 4 MiB
+                     limit (256 KiB; cryptod 278 KiB for now) or a xen/*.cfg over 4 MiB
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
@@ -266,12 +266,13 @@ const IMAGE_LIMIT: u64 = 256 * 1024;
 /// channel, attestations and measured launch took it to 272,200 bytes, the
 /// lifecycle commands (keys, volumes, ACL, identities, backup) and the
 /// outcome records to 310,472; the decoder and linker cuts of issue 14
-/// brought it back to 296,120 (docs/benchmarks.md, "Guest images").
-/// The monotonic clock (`tsc_mode = "native"`) added 32 bytes, over the
-/// 292 KiB of then.
-/// Issue 14's goal stays 256 KiB for every image; this keeps the gate
-/// biting just above today's size instead of switching it off.
-const CRYPTOD_IMAGE_LIMIT: u64 = 293 * 1024;
+/// brought it back to 296,120, the third pass (no `VecDeque`, packed name
+/// tables, fewer formatting and panic paths, among others) from 299,000
+/// to 283,224, and the never-going-back clock added 32 bytes
+/// (docs/benchmarks.md, "Guest images"). Issue 14's goal stays 256 KiB for
+/// every image; this keeps the gate biting just above today's size (about
+/// 1 KiB over it) instead of switching it off.
+const CRYPTOD_IMAGE_LIMIT: u64 = 278 * 1024;
 
 /// The limit of image `name`.
 fn image_limit(name: &str) -> u64 {
@@ -334,6 +335,12 @@ fn build_xen() -> Result<Vec<Image>, String> {
 /// the directory it was built in (`docs/packaging.md`, "Reproducibility").
 const REMAP_ROOT: &str = "/build/portcullis";
 const REMAP_CARGO_HOME: &str = "/build/cargo";
+/// Where each registry's unpacked sources (`CARGO_HOME/registry/src/<index
+/// dir>`, e.g. `index.crates.io-1949cf8c6b5b557f`) appear to be: a panic
+/// location in a dependency names `/build/crates/<crate>-<version>/src/...`
+/// instead of the 59-byte `/build/cargo/registry/src/<index dir>/` prefix
+/// (about 800 bytes less in cryptod: issue 14, docs/benchmarks.md).
+const REMAP_REGISTRY_SRC: &str = "/build/crates";
 
 /// cargo's home: `CARGO_HOME`, else `~/.cargo` (where the registry sources live).
 fn cargo_home() -> Result<PathBuf, String> {
@@ -363,8 +370,9 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The `--config` arguments that add `--remap-path-prefix` for the workspace
-/// root and CARGO_HOME (each also in its canonical form when that differs)
-/// to the guest target's rustflags. cargo merges a `--config` array with the
+/// root, CARGO_HOME and each registry's source directory in it
+/// ([`REMAP_REGISTRY_SRC`]), each also in its canonical form when that
+/// differs, to the guest target's rustflags. cargo merges a `--config` array with the
 /// one in `.cargo/config.toml` (the target's `--cfg` and link flags), where
 /// `RUSTFLAGS` would replace it. cargo keeps `--remap-path-prefix` out of
 /// `-C metadata`, so symbol names do not change with the paths. When several
@@ -372,7 +380,11 @@ fn toml_string(s: &str) -> String {
 /// prefixes come last.
 fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, String> {
     let mut maps: Vec<(String, &str)> = Vec::new();
-    for (path, to) in [(root, REMAP_ROOT), (cargo_home, REMAP_CARGO_HOME)] {
+    let mut targets =
+        vec![(root.to_path_buf(), REMAP_ROOT), (cargo_home.to_path_buf(), REMAP_CARGO_HOME)];
+    targets.extend(registry_sources(cargo_home).into_iter().map(|dir| (dir, REMAP_REGISTRY_SRC)));
+    for (path, to) in targets {
+        let path = path.as_path();
         let mut forms = vec![path.to_path_buf()];
         if let Ok(canonical) = path.canonicalize() {
             if canonical != path {
@@ -398,6 +410,18 @@ fn guest_remap_config(root: &Path, cargo_home: &Path) -> Result<Vec<String>, Str
         .map(|(from, to)| toml_string(&format!("--remap-path-prefix={from}={to}")))
         .collect();
     Ok(vec!["--config".into(), format!("target.{GUEST_TARGET}.rustflags=[{}]", flags.join(", "))])
+}
+
+/// The registries' source directories under `cargo_home`
+/// (`registry/src/*`), sorted by name; none if there are none yet.
+fn registry_sources(cargo_home: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> =
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
 }
 
 /// A built guest image.
@@ -1322,6 +1346,26 @@ mod tests {
     }
 
     #[test]
+    fn each_registry_source_directory_is_remapped_to_the_short_prefix_last() {
+        // Canonical already, so that no second (canonical) form is added.
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        let home = tmp.join(format!("xtask-remap-{}", std::process::id()));
+        let index = home.join("registry").join("src").join("index.example-0123456789abcdef");
+        std::fs::create_dir_all(&index).unwrap();
+        let ws = Path::new("/nonexistent/ws");
+        let args = guest_remap_config(ws, &home).unwrap();
+        std::fs::remove_dir_all(&home).unwrap();
+        let (home, index) = (home.to_str().unwrap(), index.to_str().unwrap());
+        let want = format!(
+            "target.x86_64-unknown-none.rustflags=[\
+             \"--remap-path-prefix=/nonexistent/ws=/build/portcullis\", \
+             \"--remap-path-prefix={home}=/build/cargo\", \
+             \"--remap-path-prefix={index}=/build/crates\"]"
+        );
+        assert_eq!(args[1], want);
+    }
+
+    #[test]
     fn remapped_paths_are_quoted_for_toml_and_refuse_what_rustc_cannot_parse() {
         let args =
             guest_remap_config(Path::new("/x/a\"b\\c"), Path::new("/nonexistent/h")).unwrap();
@@ -1381,7 +1425,7 @@ mod tests {
         );
         assert_eq!(IMAGE_LIMIT, 262_144);
         assert_eq!(image_limit("unlocker"), 262_144);
-        assert_eq!(image_limit("cryptod"), 300_032);
+        assert_eq!(image_limit("cryptod"), 284_672);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
     }

@@ -8,7 +8,6 @@
 //! [`Channel`] (on the host: a UNIX socket to Xen's `vchan-socket-proxy`)
 //! carries the same frames through the same code.
 
-use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -98,7 +97,10 @@ pub struct Framed<C: Channel, A: Role = AnyRole> {
     chan: C,
     rx: FrameReader<Vec<u8>>,
     tx: FrameWriter<Vec<u8>>,
-    queue: VecDeque<Vec<u8>>,
+    /// Encoded messages waiting to be sent, oldest first (at most
+    /// [`MAX_QUEUED`]; a `Vec`, not a `VecDeque`, for these few: image
+    /// size, issue 14).
+    queue: Vec<Vec<u8>>,
     accepts: PhantomData<fn() -> A>,
 }
 
@@ -113,7 +115,7 @@ impl<C: Channel, A: Role> Framed<C, A> {
             chan,
             rx: FrameReader::new(vec![0; MAX_MESSAGE_LEN]),
             tx: FrameWriter::new(vec![0; MAX_MESSAGE_LEN + HEADER_LEN]),
-            queue: VecDeque::new(),
+            queue: Vec::new(),
             accepts: PhantomData,
         }
     }
@@ -176,7 +178,7 @@ impl<C: Channel, A: Role> Framed<C, A> {
         if self.queue.len() >= MAX_QUEUED {
             return Err(LinkError::QueueFull);
         }
-        self.queue.push_back(bytes);
+        self.queue.push(bytes);
         self.pump()
     }
 
@@ -186,10 +188,11 @@ impl<C: Channel, A: Role> Framed<C, A> {
             if !self.tx.flush(&mut self.chan)? {
                 return Ok(());
             }
-            match self.queue.pop_front() {
-                None => return Ok(()),
-                Some(next) => self.tx.push(&next)?,
+            if self.queue.is_empty() {
+                return Ok(());
             }
+            let next = self.queue.remove(0);
+            self.tx.push(&next)?;
         }
     }
 

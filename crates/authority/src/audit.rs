@@ -27,7 +27,6 @@
 //! A stored log is the sequence of records and seals in the order cryptod
 //! made them: each batch's records, then its seal ([`Batch::items`]).
 
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -175,7 +174,9 @@ pub struct AuditLog {
     next_seq: u64,
     prev_hash: [u8; 32],
     unsealed: Vec<Unsealed>,
-    sealed: VecDeque<Batch>,
+    /// Oldest first; a `Vec`, not a `VecDeque` (acks take batches off the
+    /// front in one `drain`: image size, issue 14).
+    sealed: Vec<Batch>,
     /// Records in `sealed`.
     sealed_records: usize,
     capacity: usize,
@@ -199,7 +200,7 @@ impl AuditLog {
             next_seq: after.map_or(0, |h| h.seq.saturating_add(1)),
             prev_hash: after.map_or([0; 32], |h| h.hash),
             unsealed: Vec::new(),
-            sealed: VecDeque::new(),
+            sealed: Vec::new(),
             sealed_records: 0,
             capacity: capacity.max(1),
             acked: after,
@@ -277,7 +278,7 @@ impl AuditLog {
                 bytes = bytes.saturating_add(u.bytes.len());
                 n += 1;
             }
-            let (batch, tail) = rest.split_at(n);
+            let Some((batch, tail)) = rest.split_at_checked(n) else { break };
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else { break };
             let seal = AuditSeal {
                 chain_id: self.chain_id,
@@ -297,7 +298,7 @@ impl AuditLog {
         for (n, first_seq, last_seq, head_hash, seal) in made {
             let batch: Vec<Vec<u8>> = records.by_ref().take(n).map(|u| u.bytes).collect();
             self.sealed_records = self.sealed_records.saturating_add(batch.len());
-            self.sealed.push_back(Batch { first_seq, last_seq, records: batch, seal, head_hash });
+            self.sealed.push(Batch { first_seq, last_seq, records: batch, seal, head_hash });
         }
         Ok(count)
     }
@@ -326,13 +327,11 @@ impl AuditLog {
             return 0;
         }
         let mut dropped = 0;
-        while self.sealed.front().is_some_and(|b| b.last_seq <= seq) {
-            if let Some(b) = self.sealed.pop_front() {
-                dropped += b.records.len();
-                self.sealed_records = self.sealed_records.saturating_sub(b.records.len());
-                self.acked =
-                    Some(Head { chain_id: self.chain_id, seq: b.last_seq, hash: b.head_hash });
-            }
+        let n = self.sealed.iter().take_while(|b| b.last_seq <= seq).count();
+        for b in self.sealed.drain(..n) {
+            dropped += b.records.len();
+            self.sealed_records = self.sealed_records.saturating_sub(b.records.len());
+            self.acked = Some(Head { chain_id: self.chain_id, seq: b.last_seq, hash: b.head_hash });
         }
         dropped
     }
@@ -345,7 +344,7 @@ impl AuditLog {
 
     /// The `seq` of the oldest record not yet acked (sealed or not).
     pub fn oldest_pending(&self) -> Option<u64> {
-        self.sealed.front().map(|b| b.first_seq).or(self.unsealed.first().map(|u| u.seq))
+        self.sealed.first().map(|b| b.first_seq).or(self.unsealed.first().map(|u| u.seq))
     }
 
     /// How many records wait for an ack (sealed or not).

@@ -16,7 +16,6 @@
 //!   version, revocation list, acknowledged audit head) is flagged in
 //!   [`Output::state_changed`] whenever it changes.
 
-use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -45,7 +44,7 @@ use crate::audit::{AuditLog, Batch, Event, Head, DEFAULT_OUTBOX};
 use crate::backup;
 use crate::drbg::{Drbg, DEFAULT_RESEED_INTERVAL};
 use crate::keys::{KeyConfig, KeyError, KeyRing};
-use crate::meta::Num;
+use crate::meta::{text_of, Hex, Num};
 use crate::outcome::{self, Decisions, OutcomeKey, Vouch, MAX_OUTCOME_KEYS};
 use crate::ratelimit::{
     Admission, Counted, FailureCount, FailureLimiter, IssueLimiter, IssueRateConfig,
@@ -321,7 +320,9 @@ pub struct Authority {
     sealed_head: Option<Head>,
     /// Repeated refusals not yet written (see [`Config::audit_aggregate_window`]).
     aggregate: Option<Aggregate>,
-    held: VecDeque<Held>,
+    /// Oldest first; a `Vec`, not a `VecDeque` (released from the front
+    /// in one `drain`: image size, issue 14).
+    held: Vec<Held>,
     /// The admin public key (none: no admin command is accepted).
     admin_key: Option<VerifyingKey>,
     /// The last accepted `admin_seq`.
@@ -446,7 +447,7 @@ impl Authority {
             audit: None,
             sealed_head,
             aggregate: None,
-            held: VecDeque::new(),
+            held: Vec::new(),
             admin_key,
             admin_seq: state.admin_seq,
             recovery,
@@ -586,7 +587,10 @@ impl Authority {
     }
 
     /// What changes the sealed state outside the TOTP paths: the keyset
-    /// version, the revocation serial and the acknowledged audit head.
+    /// version, the revocation serial and the acknowledged audit head. Out
+    /// of line: read before and after each of four entry points (image
+    /// size, issue 14).
+    #[inline(never)]
     fn sealed_marker(&self) -> (u64, u64, Option<u64>) {
         let acked = self.audit.as_ref().and_then(AuditLog::acked_head).map(|h| h.seq);
         (self.keys.version(), self.revocations.serial(), acked)
@@ -728,7 +732,7 @@ impl Authority {
             return;
         };
         if let Some(response) = out.response.take() {
-            self.held.push_back(Held { need, peer: peer.clone(), response });
+            self.held.push(Held { need, peer: peer.clone(), response });
         }
     }
 
@@ -736,13 +740,13 @@ impl Authority {
     /// in the order they were decided.
     fn release(&mut self, out: &mut Output) {
         let oldest_unacked = self.audit.as_ref().and_then(AuditLog::oldest_pending);
-        while let Some(h) = self.held.front() {
-            if oldest_unacked.is_some_and(|oldest| oldest <= h.need) {
-                break;
-            }
-            if let Some(h) = self.held.pop_front() {
-                out.released.push((h.peer, h.response));
-            }
+        let n = self
+            .held
+            .iter()
+            .take_while(|h| oldest_unacked.is_none_or(|oldest| oldest > h.need))
+            .count();
+        for h in self.held.drain(..n) {
+            out.released.push((h.peer, h.response));
         }
     }
 
@@ -775,12 +779,12 @@ impl Authority {
         let Ok(chain_id) = self.drbg.bytes::<16>() else { return };
         self.audit = Some(AuditLog::resume(*chain_id, self.config.audit_outbox, self.sealed_head));
         let mut ev = Event::new(&self.config.name, AuditAction::ChainStart, AuditResult::Ok)
-            .meta("root_kid", &hex(self.keys.root().1));
+            .meta_hex("root_kid", self.keys.root().1);
         if let Some(h) = self.sealed_head {
             ev = ev.meta("continues", &format!("{}:{}", hex(&h.chain_id), h.seq));
         }
         if let Some(id) = self.restore_pending().and_then(|b| b.get(backup::ID_AT)) {
-            ev = ev.meta("restored_from", &hex(id));
+            ev = ev.meta_hex("restored_from", id);
         }
         self.record(ev, now, out);
     }
@@ -812,7 +816,7 @@ impl Authority {
         self.revocations.prune(now);
         if let Some(kid) = self.keys.expire(now) {
             let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
-                .target(&hex(&kid))
+                .target_hex(&kid)
                 .meta("event", "retired");
             self.record(ev, now, out);
         }
@@ -820,7 +824,7 @@ impl Authority {
             let Ok(seed) = self.drbg.bytes::<32>() else { return };
             let kid = self.keys.rotate(&seed, now);
             let ev = Event::new(&self.config.name, AuditAction::KeyRotate, AuditResult::Ok)
-                .target(&hex(&kid))
+                .target_hex(&kid)
                 .meta("event", "rotated");
             self.record(ev, now, out);
         }
@@ -950,7 +954,7 @@ impl Authority {
             Event::new(&peer.vm, AuditAction::TotpValidate, result)
                 .target(&r.operator_id)
                 .meta("device", &r.device_id)
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if !self.can_audit(2) {
             return resp(TotpResult::Unavailable, "audit not ready or the collector is behind");
@@ -965,7 +969,7 @@ impl Authority {
         }
         let unlock = ScopeSet::single(Scope::LuksUnlock);
         if let Err(why) = self.acl_decide(peer, image, unlock, &self.config.unlock_audience) {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(
                 image_meta(
                     Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
@@ -994,7 +998,7 @@ impl Authority {
                 match decided.and_then(|l| if bound { Ok(l) } else { Err(DenyReason::Unbound) }) {
                     Ok(line) => line,
                     Err(why) => {
-                        let reason = why.to_string();
+                        let reason = text_of(&why);
                         self.record(
                             Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
                                 .target("luks:unlock")
@@ -1093,8 +1097,8 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::RecoveryCodeUsed, AuditResult::Ok)
                     .target(&r.operator_id)
                     .meta("device", &r.device_id)
-                    .meta("request_id", &hex(&r.request_id.0))
-                    .meta("remaining", &left.to_string());
+                    .meta_hex("request_id", &r.request_id.0)
+                    .num("remaining", u64::from(left));
                 self.record(ev, now, out);
             }
             None => {
@@ -1110,7 +1114,7 @@ impl Authority {
                 let ev = Event::new(&peer.vm, AuditAction::UnlockSecret, AuditResult::Ok)
                     .target(volume)
                     .meta("operator", &r.operator_id)
-                    .meta("request_id", &hex(&r.request_id.0))
+                    .meta_hex("request_id", &r.request_id.0)
                     .meta("cti", &cti);
                 self.record(ev, now, out);
                 answer
@@ -1159,8 +1163,8 @@ impl Authority {
         }
         let base = |result| {
             Event::new(&peer.vm, AuditAction::Admin, result)
-                .meta("domid", &peer.domid.to_string())
-                .meta("request_id", &hex(&r.request_id.0))
+                .num("domid", u64::from(peer.domid))
+                .meta_hex("request_id", &r.request_id.0)
         };
         let refuse = |this: &mut Self, out: &mut Output, result, reason: &str| {
             this.record(base(AuditResult::Denied).meta("reason", reason), now, out);
@@ -1506,8 +1510,8 @@ impl Authority {
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Outcome, result)
-                .meta("request_id", &hex(&r.request_id.0))
-                .meta("domid", &peer.domid.to_string())
+                .meta_hex("request_id", &r.request_id.0)
+                .num("domid", u64::from(peer.domid))
         };
         if self.outcome_limit.take(peer.domid, &peer.vm, now).is_err() {
             self.refuse(
@@ -1523,20 +1527,20 @@ impl Authority {
             None => Ok(None),
             Some(a) => self.attested.key_of(a, peer, now).map(Some),
         };
-        let checked = attested.map_err(|e| e.to_string()).and_then(|key| {
+        let checked = attested.map_err(|e| text_of(&e)).and_then(|key| {
             outcome::check(&r.signed, peer, &self.config.outcome_keys, key, &self.decisions)
-                .map_err(|e| e.to_string())
+                .map_err(|e| text_of(&e))
         });
         match checked {
             Ok(a) => {
                 let c = &a.claims;
                 let mut ev = event(outcome::result_of(c.outcome))
-                    .target(&hex(&c.decision))
+                    .target_hex(&c.decision)
                     .meta("outcome", c.outcome.as_str())
                     .meta("signer", &c.enforcer)
                     .meta("key", if a.vouch == Vouch::Pinned { "pinned" } else { "attested" })
                     .meta("decision", if a.known { "known" } else { "unknown" })
-                    .meta("signer_key", &hex(&a.key));
+                    .meta_hex("signer_key", &a.key);
                 if let Some(why) = &c.reason {
                     ev = ev.meta("reason", why);
                 }
@@ -1572,8 +1576,8 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenIssue, result)
                 .target(&r.audience)
-                .meta("scope", &r.requested_scope.to_string())
-                .meta("request_id", &hex(&r.request_id.0))
+                .meta("scope", &text_of(&r.requested_scope))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1584,7 +1588,7 @@ impl Authority {
             Err(("luks:unlock is granted only with a TOTP validation".to_string(), None))
         } else {
             self.acl_decide(peer, image, r.requested_scope, &r.audience)
-                .map_err(|why| (why.to_string(), Some(why)))
+                .map_err(|why| (text_of(&why), Some(why)))
         };
         let line = match decision {
             Ok(line) => line,
@@ -1598,7 +1602,7 @@ impl Authority {
             }
         };
         let need = self.acl.requires_attestation(line);
-        let action = r.requested_scope.to_string();
+        let action = text_of(&r.requested_scope);
         if let Err(reason) =
             self.check_attestation(peer, r.attestation.as_deref(), need, &action, None, now, out)
         {
@@ -1610,7 +1614,7 @@ impl Authority {
             .and_then(|c| Ok((self.mint(&c, now)?, c)));
         match issued {
             Ok((token, claims)) => {
-                self.record(event(AuditResult::Ok).meta("cti", &hex(&claims.cti)), now, out);
+                self.record(event(AuditResult::Ok).meta_hex("cti", &claims.cti), now, out);
                 TokenIssueResp {
                     request_id: r.request_id,
                     result: IssueResult::Ok,
@@ -1649,7 +1653,7 @@ impl Authority {
             }
         };
         result.map_err(|e| {
-            let reason = e.to_string();
+            let reason = text_of(&e);
             let ev = Event::new(&peer.vm, AuditAction::AclDeny, AuditResult::Denied)
                 .target(action)
                 .meta("reason", &reason)
@@ -1675,7 +1679,7 @@ impl Authority {
             return error(ErrorCode::Busy, "audit not ready or the collector is behind", id);
         }
         let scopes = match ScopeSet::parse_list(&r.action) {
-            Ok(s) if s.to_string() == r.action => s,
+            Ok(s) if text_of(&s) == r.action => s,
             _ => {
                 let reason = "action is not a canonical scope list";
                 return error(ErrorCode::Malformed, reason, id);
@@ -1684,8 +1688,8 @@ impl Authority {
         let event = |result| {
             Event::new(&peer.vm, AuditAction::Attest, result)
                 .target(&r.action)
-                .meta("domid", &peer.domid.to_string())
-                .meta("request_id", &hex(&r.request_id.0))
+                .num("domid", u64::from(peer.domid))
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(wait) = self.issue_limit.take(peer.domid, &peer.vm, now) {
             self.refuse(peer, event(AuditResult::RateLimited), "too many token requests", now, out);
@@ -1693,7 +1697,7 @@ impl Authority {
             return error(ErrorCode::Busy, &reason, id);
         }
         if let Err(why) = self.acl.decide_scopes(peer, scopes) {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(event(AuditResult::Denied).meta("reason", &reason), now, out);
             return error(ErrorCode::Denied, &reason, id);
         }
@@ -1710,10 +1714,10 @@ impl Authority {
         let signed = self
             .keys
             .signer(now)
-            .ok_or(AttestError::NoSigningKey.to_string())
-            .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| e.to_string()));
+            .ok_or(text_of(&AttestError::NoSigningKey))
+            .and_then(|(key, kid)| attest::sign(key, kid, &claims).map_err(|e| text_of(&e)));
         let signed = signed.and_then(|signed| {
-            self.attested.record(peer, &signed, &claims, now).map_err(|e| e.to_string())?;
+            self.attested.record(peer, &signed, &claims, now).map_err(|e| text_of(&e))?;
             Ok(signed)
         });
         match signed {
@@ -1752,13 +1756,13 @@ impl Authority {
         }
         let event = |result| {
             Event::new(&peer.vm, AuditAction::TokenRevoke, result)
-                .target(&hex(&r.cti))
-                .meta("request_id", &hex(&r.request_id.0))
+                .target_hex(&r.cti)
+                .meta_hex("request_id", &r.request_id.0)
         };
         if let Err(why) =
             self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
         {
-            let reason = why.to_string();
+            let reason = text_of(&why);
             self.record(
                 image_meta(event(AuditResult::Denied).meta("reason", &reason), &why),
                 now,
@@ -1774,7 +1778,7 @@ impl Authority {
                 resp(RevokeResult::Ok, None)
             }
             Err(e) => {
-                let reason = e.to_string();
+                let reason = text_of(&e);
                 self.record(event(AuditResult::Error).meta("reason", &reason), now, out);
                 resp(RevokeResult::Unavailable, Some(&reason))
             }
@@ -1828,14 +1832,14 @@ impl Authority {
                         // The line only (the tool lints first and shows the
                         // whole message): no Display of every lint error here.
                         let mut why = String::from("acl lint failed at line ");
-                        why.push_str(&e.line.to_string());
+                        why.push_str(&text_of(&e.line));
                         self.admin_extra.reason = Some(why);
                         return Err((AdminResult::Invalid, "acl lint failed"));
                     }
                 };
                 let meta = &mut self.admin_extra.meta;
-                meta.push(("acl_old_version", self.acl_version.to_string()));
-                meta.push(("acl_new_version", version.to_string()));
+                meta.push(("acl_old_version", text_of(&self.acl_version)));
+                meta.push(("acl_new_version", text_of(&version)));
                 meta.push(("acl_old_sha256", hex(&sha256(self.acl_text.as_bytes()))));
                 meta.push(("acl_new_sha256", hex(&sha256(text.as_bytes()))));
                 self.acl = acl;
@@ -1855,7 +1859,7 @@ impl Authority {
                 }
                 .map_err(denied)?;
                 self.admin_extra.meta.push((kind.as_str(), name));
-                self.admin_extra.meta.push(("identity_serial", serial.to_string()));
+                self.admin_extra.meta.push(("identity_serial", text_of(&serial)));
                 registry::set_section(
                     &mut self.sections,
                     sealed::section::IDENTITIES,
@@ -1871,7 +1875,7 @@ impl Authority {
     /// and the registry's section is sealed anew.
     fn volume_changed(&mut self, id: String, generation: u32) {
         self.admin_extra.meta.push(("volume", id));
-        self.admin_extra.meta.push(("generation", generation.to_string()));
+        self.admin_extra.meta.push(("generation", text_of(&generation)));
         registry::set_section(&mut self.sections, sealed::section::VOLUMES, self.volumes.encode());
     }
 
@@ -1917,7 +1921,7 @@ fn error(code: ErrorCode, reason: &str, request_id: Option<RequestId>) -> Messag
 fn image_meta(ev: Event, why: &DenyReason) -> Event {
     match why {
         DenyReason::Image { expected, actual, .. } => ev
-            .meta("image_expected", &hex(expected))
+            .meta_hex("image_expected", expected)
             .meta("image_actual", &actual.as_ref().map_or_else(|| "none".into(), |a| hex(a))),
         _ => ev,
     }
@@ -1927,14 +1931,14 @@ fn image_meta(ev: Event, why: &DenyReason) -> Event {
 /// applied, the kid that signs now.
 fn key_meta(mut ev: Event, c: &AdminCommand, signing: Option<&[u8]>, r: AdminResult) -> Event {
     if let Some(kid) = &c.kid {
-        ev = ev.target(&hex(kid)).meta("kid", &hex(kid));
+        ev = ev.target_hex(kid).meta_hex("kid", kid);
     }
     if let Some(cti) = &c.cti {
-        ev = ev.target(&hex(cti)).meta("cti", &hex(cti));
+        ev = ev.target_hex(cti).meta_hex("cti", cti);
     }
     let key_op = matches!(c.command, msg::AdminOp::KeyRotate | msg::AdminOp::KeyRevoke);
     match signing {
-        Some(kid) if key_op && r == AdminResult::Ok => ev.meta("signing_kid", &hex(kid)),
+        Some(kid) if key_op && r == AdminResult::Ok => ev.meta_hex("signing_kid", kid),
         _ => ev,
     }
 }
@@ -1947,13 +1951,13 @@ fn succession_meta(ev: Event, n: usize, now: u64, root: &VerifyingKey, statement
     let sig = statement.get(statement.len().saturating_sub(64)..).unwrap_or(&[]);
     ev.num("root_version", u64::try_from(n).unwrap_or(u64::MAX))
         .num("root_issued_at", now)
-        .meta("root_pubkey", &hex(root.as_bytes()))
-        .meta("root_sig", &hex(sig))
+        .meta_hex("root_pubkey", root.as_bytes())
+        .meta_hex("root_sig", sig)
 }
 
 /// Lowercase hex, two digits a byte: one allocation, no formatting
 /// machinery (it runs for several fields of every audit record).
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digit = |n: u8| char::from(DIGITS.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
     let mut s = String::with_capacity(bytes.len().saturating_mul(2));

@@ -108,18 +108,14 @@ pub fn decode_section(body: &[u8]) -> Result<KeysSection, SectionError> {
     let bad = SectionError::Malformed;
     let [SECTION_FORMAT, n, rest @ ..] = body else { return Err(bad) };
     let n = usize::from(*n);
-    if n > MAX_REVOKED_KIDS || rest.len() < n * KID_LEN {
+    // Checked reads throughout: a short body is `bad`, never a panic (and
+    // no panic location per read: image size, issue 14).
+    let Some((kids, rest)) = rest.split_at_checked(n * KID_LEN).filter(|_| n <= MAX_REVOKED_KIDS)
+    else {
         return Err(bad);
-    }
-    let (kids, rest) = rest.split_at(n * KID_LEN);
-    let revoked = kids
-        .chunks_exact(KID_LEN)
-        .map(|c| {
-            let mut kid = [0u8; KID_LEN];
-            kid.copy_from_slice(c);
-            kid
-        })
-        .collect();
+    };
+    let revoked =
+        kids.chunks_exact(KID_LEN).filter_map(|c| <[u8; KID_LEN]>::try_from(c).ok()).collect();
     let [m, tail @ ..] = rest else { return Err(bad) };
     let mut rest: &[u8] = tail;
     if usize::from(*m) > MAX_ROOT_CHAIN {
@@ -127,19 +123,15 @@ pub fn decode_section(body: &[u8]) -> Result<KeysSection, SectionError> {
     }
     let mut chain = Vec::new();
     for _ in 0..*m {
-        if rest.len() < KID_LEN + 2 {
+        let Some((signer, tail)) = rest.split_first_chunk::<KID_LEN>() else { return Err(bad) };
+        let Some((len, tail)) = tail.split_first_chunk::<2>() else { return Err(bad) };
+        let len = usize::from(u16::from_be_bytes(*len));
+        if len == 0 || len > MAX_SUCCESSION_LEN {
             return Err(bad);
         }
-        let (kid, tail) = rest.split_at(KID_LEN);
-        let (len, tail) = tail.split_at(2);
-        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        if len == 0 || len > MAX_SUCCESSION_LEN || tail.len() < len {
-            return Err(bad);
-        }
-        let mut signer = [0u8; KID_LEN];
-        signer.copy_from_slice(kid);
-        chain.push((signer, tail[..len].to_vec()));
-        rest = &tail[len..];
+        let Some((statement, after)) = tail.split_at_checked(len) else { return Err(bad) };
+        chain.push((*signer, statement.to_vec()));
+        rest = after;
     }
     if !rest.is_empty() {
         return Err(bad);

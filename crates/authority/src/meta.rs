@@ -1,12 +1,47 @@
-//! Numbers in audit metadata, written by one out-of-line function.
+//! Numbers in audit metadata, and any value's text, written by one
+//! out-of-line function each.
 //!
 //! Image size (issue 14, `docs/benchmarks.md` "Guest images"): each
 //! `.meta(key, &n.to_string())` inlined its own string building, formatting
-//! call and drop; [`Num::num`] writes the same decimal text once.
+//! call and drop; [`Num::num`] writes the same decimal text once. Each
+//! `x.to_string()` of a type with its own `Display` was a copy of
+//! `to_string` per type (and one per integer type); [`text_of`] is one copy
+//! for all of them, through the value's `Display`.
 
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
+use core::fmt::Display;
 
 use crate::audit::Event;
+use crate::authority::hex;
+
+/// `value.to_string()`: the same text (`Display`, as `format!("{value}")`
+/// writes it), from one out-of-line function for every type.
+#[inline(never)]
+pub(crate) fn text_of(value: &dyn Display) -> String {
+    value.to_string()
+}
+
+/// [`Event::meta`] and [`Event::target`] with bytes as their lowercase hex
+/// text (`hex`, two digits a byte): one out-of-line copy of the hex
+/// string's building and drop instead of one per call.
+pub(crate) trait Hex {
+    /// Adds the metadata entry `key` = `bytes` in lowercase hex.
+    fn meta_hex(self, key: &str, bytes: &[u8]) -> Event;
+    /// Sets the target to `bytes` in lowercase hex.
+    fn target_hex(self, bytes: &[u8]) -> Event;
+}
+
+impl Hex for Event {
+    #[inline(never)]
+    fn meta_hex(self, key: &str, bytes: &[u8]) -> Event {
+        self.meta(key, &hex(bytes))
+    }
+
+    #[inline(never)]
+    fn target_hex(self, bytes: &[u8]) -> Event {
+        self.target(&hex(bytes))
+    }
+}
 
 /// [`Event::meta`] with a number's decimal text as the value.
 pub(crate) trait Num {
@@ -18,7 +53,7 @@ pub(crate) trait Num {
 impl Num for Event {
     #[inline(never)]
     fn num(self, key: &str, n: u64) -> Event {
-        self.meta(key, &n.to_string())
+        self.meta(key, &text_of(&n))
     }
 }
 

@@ -247,13 +247,20 @@ impl fmt::Display for SealError {
             SealError::Truncated => f.write_str("sealed state is truncated"),
             SealError::TrailingBytes => f.write_str("sealed state has trailing bytes"),
             SealError::BadMagic => f.write_str("not a sealed state (bad magic)"),
-            SealError::UnsupportedVersion(v) => {
-                write!(f, "sealed state version {v} is not supported (this build reads {VERSION})")
-            }
+            // The versions as `u32`s: no `u16` formatting linked (image
+            // size, issue 14).
+            SealError::UnsupportedVersion(v) => write!(
+                f,
+                "sealed state version {} is not supported (this build reads {})",
+                u32::from(*v),
+                u32::from(VERSION)
+            ),
             SealError::OldVersion(v) => write!(
                 f,
-                "sealed state version {v} predates version {VERSION} (failure counters, keyset \
-                 version, revocation serial and audit head are sealed since): re-provision"
+                "sealed state version {} predates version {} (failure counters, keyset \
+                 version, revocation serial and audit head are sealed since): re-provision",
+                u32::from(*v),
+                u32::from(VERSION)
             ),
             SealError::TooLarge => f.write_str("sealed state too large"),
             SealError::Authentication => {
@@ -273,18 +280,19 @@ pub fn seal(state: &SealedState, kek: &[u8; 32], nonce: &[u8; 12]) -> Result<Vec
     if HEADER_LEN + body_len > MAX_SEALED_LEN {
         return Err(SealError::TooLarge);
     }
-    let mut header = [0u8; HEADER_LEN];
-    header[..6].copy_from_slice(MAGIC);
-    header[6..8].copy_from_slice(&VERSION.to_be_bytes());
-    header[8..20].copy_from_slice(nonce);
-    header[20..24]
-        .copy_from_slice(&u32::try_from(body_len).map_err(|_| SealError::TooLarge)?.to_be_bytes());
+    let body_len32 = u32::try_from(body_len).map_err(|_| SealError::TooLarge)?;
+    // The header, written straight into the output (appends: no slice
+    // bounds to check, no panic location each; image size, issue 14).
+    const _: () = assert!(MAGIC.len() + 2 + 12 + 4 == HEADER_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&body_len32.to_be_bytes());
     let cipher = ChaCha20Poly1305::new_from_slice(kek).map_err(|_| SealError::Authentication)?;
     let body = cipher
-        .encrypt(&Nonce::from(*nonce), Payload { msg: &plain, aad: &header })
+        .encrypt(&Nonce::from(*nonce), Payload { msg: &plain, aad: &out })
         .map_err(|_| SealError::TooLarge)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&header);
     out.extend_from_slice(&body);
     Ok(out)
 }

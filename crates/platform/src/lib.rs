@@ -122,6 +122,19 @@ pub enum IoCause {
     Other(&'static str),
 }
 
+/// A signed number written as `{}` writes an `i64` (a `-` and the
+/// magnitude), through the `u64` formatting every guest links: no copy of
+/// the signed formatting per integer type (image size, issue 14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signed(pub i64);
+
+impl fmt::Display for Signed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        write!(f, "{sign}{}", self.0.unsigned_abs())
+    }
+}
+
 impl fmt::Display for IoCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -130,7 +143,7 @@ impl fmt::Display for IoCause {
             IoCause::Transport => f.write_str("channel unavailable"),
             IoCause::Invalid => f.write_str("invalid request"),
             IoCause::Store(name) => write!(f, "store error {name}"),
-            IoCause::Errno(n) => write!(f, "errno {n}"),
+            IoCause::Errno(n) => write!(f, "errno {}", Signed(i64::from(*n))),
             IoCause::Other(text) => f.write_str(text),
         }
     }
@@ -378,7 +391,18 @@ pub trait Platform {
 mod tests {
     extern crate std;
     use super::*;
+    use std::format;
     use std::string::ToString;
+
+    #[test]
+    fn signed_reads_as_the_integer_does() {
+        for n in [0, 1, -1, 22, -22, i64::MAX, i64::MIN, i64::MIN + 1] {
+            assert_eq!(format!("{}", Signed(n)), format!("{n}"));
+        }
+        for n in [i32::MIN, i32::MAX] {
+            assert_eq!(format!("{}", Signed(i64::from(n))), format!("{n}"));
+        }
+    }
 
     #[test]
     fn io_errors_say_what_failed_on_what_and_why() {

@@ -564,38 +564,53 @@ pub(crate) fn decode_once<T: Field>(
     set_once(slot, key, value)
 }
 
-/// Where `key` is in `names`, if it is there. Out of line: the map-key
-/// lookup of every [`wire_struct!`] decoder (image size, issue 14).
+/// Where `key` is among `names`, if it is there. `names` holds each name
+/// followed by a NUL (`"a\0b\0"`): one string per table instead of a
+/// slice of `&str`s, 16 bytes an entry (image size, issue 14). Out of line:
+/// the lookup of every [`wire_struct!`] decoder and [`text_enum!`] parser.
 #[inline(never)]
-pub(crate) fn position(names: &[&str], key: &str) -> Option<usize> {
-    names.iter().position(|&name| name == key)
+pub(crate) fn position(names: &str, key: &str) -> Option<usize> {
+    names.split_terminator('\0').position(|name| name == key)
 }
 
-/// Where `name` is in `names` (`names.len()` if it is not there), for
-/// constant evaluation: each [`wire_struct!`] field's index in its table.
-pub(crate) const fn const_position(names: &[&str], name: &str) -> usize {
-    let mut i = 0;
-    while i < names.len() {
-        let (a, b) = (names[i].as_bytes(), name.as_bytes());
-        if a.len() == b.len() {
-            let mut j = 0;
-            while j < a.len() && a[j] == b[j] {
-                j += 1;
+/// Name `i` of `names` (NUL-terminated names, as in [`position`]); ""
+/// if there are not that many.
+#[inline(never)]
+pub(crate) fn nth_name(names: &'static str, i: usize) -> &'static str {
+    names.split_terminator('\0').nth(i).unwrap_or_default()
+}
+
+/// Where `name` is among `names` (NUL-terminated names, as in
+/// [`position`]; the number of names if it is not there), for constant
+/// evaluation: each [`wire_struct!`] field's index in its table.
+pub(crate) const fn const_position(names: &str, name: &str) -> usize {
+    let (names, name) = (names.as_bytes(), name.as_bytes());
+    let (mut i, mut start, mut at) = (0, 0, 0);
+    while at < names.len() {
+        if names[at] == 0 {
+            if at - start == name.len() {
+                let mut j = 0;
+                while j < name.len() && names[start + j] == name[j] {
+                    j += 1;
+                }
+                if j == name.len() {
+                    return i;
+                }
             }
-            if j == a.len() {
-                return i;
-            }
+            i += 1;
+            start = at + 1;
         }
-        i += 1;
+        at += 1;
     }
-    names.len()
+    i
 }
 
-/// The name of the first field not `present` (`names[i]` for the first
-/// `present[i]` that is false; "" if every one is there).
+/// The name of the first field not `present` (name `i` of `names`, which
+/// are NUL-terminated as in [`position`], for the first `present[i]` that
+/// is false; "" if every one is there).
 #[inline(never)]
-pub(crate) fn first_missing(present: &[bool], names: &[&'static str]) -> &'static str {
-    present.iter().zip(names).find(|(&here, _)| !here).map_or("", |(_, &name)| name)
+pub(crate) fn first_missing(present: &[bool], names: &'static str) -> &'static str {
+    names.split_terminator('\0').zip(present).find(|(_, &here)| !here).map_or("", |(name, _)| name)
 }
 
 /// Encodes one value as a whole CBOR item (used for signed payloads).
@@ -638,17 +653,20 @@ macro_rules! text_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The wire names, in declaration order, each followed by a
+            /// NUL: one table for [`Self::as_str`] and [`Self::parse`]
+            /// (image size, issue 14).
+            const NAMES: &'static str = concat!($($text, "\0"),+);
+
             /// The wire name.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
+            pub fn as_str(self) -> &'static str {
+                $crate::cbor::nth_name($name::NAMES, self as usize)
             }
 
             /// Parses a wire name; `None` if it is not in the set.
             pub fn parse(name: &str) -> Option<$name> {
                 // One table lookup (image size, issue 14).
-                let i = $crate::cbor::position(&[$($text),+], name)?;
+                let i = $crate::cbor::position($name::NAMES, name)?;
                 $name::ALL.get(i).copied()
             }
         }
@@ -730,9 +748,10 @@ macro_rules! wire_struct {
                 use $crate::cbor::DecodeError;
                 $( let mut $field: Option<$ty> = None; )*
                 $($( let mut $ofield: Option<$oty> = None; )*)?
-                // The keys, looked up in one table (image size, issue 14).
-                const NAMES: &[&str] =
-                    &[$(stringify!($field),)* $($(stringify!($ofield),)*)?];
+                // The keys, looked up in one table of NUL-terminated
+                // names (image size, issue 14).
+                const NAMES: &str =
+                    concat!($(stringify!($field), "\0",)* $($(stringify!($ofield), "\0",)*)?);
                 let len = r.map(field)?;
                 for _ in 0..len {
                     let key = r.key()?;
@@ -760,9 +779,11 @@ macro_rules! wire_struct {
                 let ($($field,)*) = match ($($field,)*) {
                     ($(Some($field),)*) => ($($field,)*),
                     ($($field,)*) => {
+                        // The required names are the first of `NAMES`
+                        // (no second table of them: image size, issue 14).
                         return Err(DecodeError::MissingField($crate::cbor::first_missing(
                             &[$($field.is_some()),*],
-                            &[$(stringify!($field)),*],
+                            NAMES,
                         )));
                     }
                 };

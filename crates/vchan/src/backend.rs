@@ -170,7 +170,13 @@ impl StorePath {
     pub fn vchan_base(server: DomId, client: DomId, port: u32) -> Self {
         let mut p = StorePath { buf: [0; PATH_CAP], len: 0 };
         // Cannot overflow: at most 14 + 5 + 12 + 5 + 1 + 10 bytes.
-        let _ = write!(p, "/local/domain/{}/data/vchan/{}/{}", server.0, client.0, port);
+        let _ = write!(
+            p,
+            "/local/domain/{}/data/vchan/{}/{}",
+            u32::from(server.0),
+            u32::from(client.0),
+            port
+        );
         p
     }
 

@@ -44,7 +44,7 @@ pub fn store_key(item: ConfigItem) -> String {
 
 /// `/local/domain/<id>/portcullis`: the directory dom0 configures.
 pub fn base(domid: DomId) -> String {
-    format!("/local/domain/{}/portcullis", domid.0)
+    format!("/local/domain/{}/portcullis", u32::from(domid.0))
 }
 
 /// Where dom0 leaves configuration item `item`.
@@ -65,7 +65,7 @@ pub fn ready_path(domid: DomId) -> String {
 /// Where the domain hands a persisted item to dom0 (its own `data`
 /// directory, the only place under its `/local/domain/<id>` it may write).
 pub fn persist_path(domid: DomId, item: ConfigItem) -> String {
-    format!("/local/domain/{}/data/portcullis-persist/{}", domid.0, store_key(item))
+    format!("/local/domain/{}/data/portcullis-persist/{}", u32::from(domid.0), store_key(item))
 }
 
 /// Where dom0 acknowledges a persisted item once it is durable.
@@ -78,7 +78,7 @@ pub fn ack_path(domid: DomId, item: ConfigItem) -> String {
 /// `/local/domain/<reader>/portcullis/measurements/<dom>`, 64 lowercase
 /// hex digits of the SHA-256 of the kernel file the toolstack loaded.
 pub fn measurement_path(reader: DomId, dom: DomId) -> String {
-    format!("{}/measurements/{}", base(reader), dom.0)
+    format!("{}/measurements/{}", base(reader), u32::from(dom.0))
 }
 
 /// Parses a measurement dom0 left at `node`: exactly 64 lowercase hex

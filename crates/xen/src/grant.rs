@@ -39,7 +39,9 @@ impl core::fmt::Display for GrantError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             GrantError::Xen(e) => write!(f, "grant table: {e}"),
-            GrantError::Status(s) => write!(f, "grant operation status {s}"),
+            GrantError::Status(s) => {
+                write!(f, "grant operation status {}", portcullis_platform::Signed(i64::from(*s)))
+            }
             GrantError::Exhausted => f.write_str("no free grant entries"),
             GrantError::NotReady => f.write_str("grant table not set up"),
             GrantError::InUse => f.write_str("grant still in use by the peer"),

@@ -24,7 +24,9 @@ impl XenError {
 
 impl fmt::Display for XenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "hypercall failed with errno {}", -self.0)
+        // `Signed`: no `i64` formatting linked (image size, issue 14).
+        let errno = portcullis_platform::Signed(self.0.wrapping_neg());
+        write!(f, "hypercall failed with errno {errno}")
     }
 }
 
@@ -279,4 +281,18 @@ pub fn sched_shutdown(reason: ShutdownReason) -> XenError {
 pub fn sched_yield() {
     // SAFETY: SCHEDOP_yield takes no pointer argument.
     let _ = unsafe { hypercall2(abi::hypercall::SCHED_OP, abi::sched::YIELD, 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    #[test]
+    fn the_errno_reads_as_the_negated_i64_did() {
+        for raw in [-38, -1, 0, 5, i64::MIN, i64::MAX, i64::MIN + 1] {
+            let want = format!("hypercall failed with errno {}", raw.wrapping_neg());
+            assert_eq!(format!("{}", XenError(raw)), want, "{raw}");
+        }
+    }
 }

@@ -14,7 +14,6 @@
 //! Pure bookkeeping over an "end this grant" function, tested on the host.
 
 use alloc::alloc::Layout;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use portcullis_vchan::GrantRef;
@@ -47,7 +46,8 @@ impl Granted {
 /// Allocations whose grants could not all be ended yet.
 #[derive(Debug, Default)]
 pub struct Reclaimer {
-    pending: VecDeque<Granted>,
+    /// Oldest first; a `Vec`, not a `VecDeque` (image size, issue 14).
+    pending: Vec<Granted>,
     pages: usize,
     freed_late: u64,
 }
@@ -55,7 +55,7 @@ pub struct Reclaimer {
 impl Reclaimer {
     /// Nothing pending.
     pub const fn new() -> Self {
-        Reclaimer { pending: VecDeque::new(), pages: 0, freed_late: 0 }
+        Reclaimer { pending: Vec::new(), pages: 0, freed_late: 0 }
     }
 
     /// Ends every grant of `g` that `end` can end (`end` returns whether
@@ -71,7 +71,7 @@ impl Reclaimer {
             return Some(g);
         }
         self.pages = self.pages.saturating_add(g.pages());
-        self.pending.push_back(g);
+        self.pending.push(g);
         None
     }
 
@@ -87,13 +87,12 @@ impl Reclaimer {
         while let Some(g) = self.pending.get_mut(i) {
             g.refs.retain(|&r| !end(r));
             if g.refs.is_empty() {
-                if let Some(g) = self.pending.remove(i) {
-                    let n = g.pages();
-                    self.pages = self.pages.saturating_sub(n);
-                    freed += n;
-                    self.freed_late = self.freed_late.saturating_add(1);
-                    free(g);
-                }
+                let g = self.pending.remove(i);
+                let n = g.pages();
+                self.pages = self.pages.saturating_sub(n);
+                freed += n;
+                self.freed_late = self.freed_late.saturating_add(1);
+                free(g);
             } else {
                 i += 1;
             }

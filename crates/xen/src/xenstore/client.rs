@@ -9,7 +9,6 @@
 //! of a request that did not fit the ring before its deadline are kept and
 //! sent ahead of the next request, so the daemon never sees half a message.
 
-use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
@@ -83,12 +82,16 @@ pub struct Client<R> {
     ring: R,
     next_req: u32,
     rx: Reassembler,
-    events: VecDeque<(String, String)>,
+    /// Watch events that arrived during requests, oldest first (at most
+    /// [`MAX_QUEUED_EVENTS`]; a `Vec`, not a `VecDeque`, for these few:
+    /// image size, issue 14).
+    events: Vec<(String, String)>,
     watches: Vec<(String, String)>,
     /// Request bytes not yet in the ring (the tail of a timed-out request).
     unsent: Vec<u8>,
-    /// Ids of timed-out requests whose replies may still come.
-    abandoned: VecDeque<u32>,
+    /// Ids of timed-out requests whose replies may still come, oldest
+    /// first (at most [`MAX_ABANDONED`]; a `Vec` as `events`).
+    abandoned: Vec<u32>,
     /// Late replies skipped so far.
     late_replies: u64,
     /// The request in flight was reported slow ([`StoreRing::slow`]).
@@ -113,10 +116,10 @@ impl<R: StoreRing> Client<R> {
             ring,
             next_req: 1,
             rx: Reassembler::default(),
-            events: VecDeque::new(),
+            events: Vec::new(),
             watches: Vec::new(),
             unsent: Vec::new(),
-            abandoned: VecDeque::new(),
+            abandoned: Vec::new(),
             late_replies: 0,
             slow_noticed: false,
         }
@@ -192,16 +195,16 @@ impl<R: StoreRing> Client<R> {
     fn queue_event(&mut self, msg: &Message) {
         if let Some((path, token)) = msg.watch_event() {
             if self.events.len() < MAX_QUEUED_EVENTS {
-                self.events.push_back((path.into(), token.into()));
+                self.events.push((path.into(), token.into()));
             }
         }
     }
 
     fn abandon(&mut self, req_id: u32) {
         if self.abandoned.len() >= MAX_ABANDONED {
-            self.abandoned.pop_front();
+            self.abandoned.remove(0);
         }
-        self.abandoned.push_back(req_id);
+        self.abandoned.push(req_id);
     }
 
     /// A message that is neither a watch event nor the awaited reply: the
@@ -292,14 +295,16 @@ impl<R: StoreRing> Client<R> {
         wire::check_name(path)?;
         let mut texts: Vec<String> = Vec::with_capacity(perms.len());
         for p in perms {
-            let mut s = String::new();
+            // The letter as a `str` and the domain id as a `u32`: no
+            // `char` or `u16` formatting linked (image size, issue 14).
             let (c, d) = match p {
-                Perm::None(d) => ('n', d),
-                Perm::Read(d) => ('r', d),
-                Perm::Write(d) => ('w', d),
-                Perm::Both(d) => ('b', d),
+                Perm::None(d) => ("n", d),
+                Perm::Read(d) => ("r", d),
+                Perm::Write(d) => ("w", d),
+                Perm::Both(d) => ("b", d),
             };
-            let _ = write!(s, "{c}{}", d.0);
+            let mut s = String::from(c);
+            let _ = write!(s, "{}", u32::from(d.0));
             texts.push(s);
         }
         let mut parts = Vec::with_capacity(perms.len() + 1);
@@ -378,7 +383,7 @@ impl<R: StoreRing> Client<R> {
         };
         loop {
             if let Some(i) = self.events.iter().position(&wanted) {
-                return Ok(self.events.remove(i));
+                return Ok(Some(self.events.remove(i)));
             }
             match self.poll_message()? {
                 Some(msg) if msg.op() == Some(Op::WatchEvent) => self.queue_event(&msg),
@@ -397,6 +402,7 @@ impl<R: StoreRing> Client<R> {
 mod tests {
     use super::super::sim::{SimDaemon, MS, S};
     use super::*;
+    use alloc::collections::VecDeque;
     use std::vec;
 
     fn client() -> Client<SimDaemon> {
@@ -492,7 +498,7 @@ mod tests {
             assert_eq!(c.read(Tx::NONE, "a"), Err(XsError::Timeout));
         }
         assert_eq!(c.abandoned.len(), MAX_ABANDONED);
-        assert_eq!(c.abandoned.front(), Some(&6));
+        assert_eq!(c.abandoned.first(), Some(&6));
     }
 
     #[test]
