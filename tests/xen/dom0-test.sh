@@ -79,18 +79,23 @@ wait_new() {
 # so, adds it to TF_RESTARTS (printed with the results) and succeeds: the
 # wait goes on with the new domain. Any other stop (a panic, an exception
 # the guest reported, a power-off) fails as before.
+# other_domid NAME OLD TENTHS: waits up to TENTHS tenths of a second for a
+# domain named NAME with an id other than OLD (xl's restart); prints its id.
+other_domid() {
+    k=0
+    while d=$(xl domid "$1" 2>/dev/null); { [ -z "$d" ] || [ "$d" = "$2" ]; } && [ $k -lt "$3" ]; do
+        sleep 0.1
+        k=$((k + 1))
+    done
+    [ -n "$d" ] && [ "$d" != "$2" ] && echo "$d"
+}
 TF_RESTARTS=""
 restarted_after_triple_fault() {
     old=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $2 }')
     old=${old:-$2}
     [ -n "$old" ] && xl dmesg | grep -q "d${old}v0 Triple fault" || return 1
     log_since "$1" | grep -qE 'exception 0x|panic:' && return 1
-    k=0
-    while new=$(xl domid "$1" 2>/dev/null); { [ -z "$new" ] || [ "$new" = "$old" ]; } && [ $k -lt 200 ]; do
-        sleep 0.1
-        k=$((k + 1))
-    done
-    [ -n "$new" ] && [ "$new" != "$old" ] || return 1
+    new=$(other_domid "$1" "$old" 200) || return 1
     echo "dom0: $1 (dom$old) triple-faulted (Xen's log; nothing on its console); xl restarted it as dom$new: waiting on"
     TF_RESTARTS="$TF_RESTARTS $1:dom$old->dom$new"
     return 0
@@ -577,12 +582,8 @@ crash() {
     old_c=$(xl domid cryptod)
     mark cryptod
     xl trigger cryptod nmi > $RUN/trigger.log 2>&1
-    n=0
     # until a cryptod with another id exists (xl restarts it)
-    while d=$(xl domid cryptod 2>/dev/null); { [ -z "$d" ] || [ "$d" = "$old_c" ]; } && [ $n -lt 300 ]; do
-        sleep 0.1
-        n=$((n + 1))
-    done
+    other_domid cryptod "$old_c" 300 >/dev/null
     if [ "$(xl domid cryptod 2>/dev/null)" = "$old_c" ]; then
         # No restart: the NMI did not bring the domain down. `xl destroy`
         # and create stand in (said in the result).

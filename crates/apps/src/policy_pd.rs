@@ -222,6 +222,14 @@ fn refresh_revocations<P: Platform>(
     trust.fetch_revocations(link, request_id(p)?, CALL_TIMEOUT)
 }
 
+/// The claims of a token the self-test was just issued, read without
+/// verifying it (only its `exp` or id are used, to wait or to revoke).
+fn own_claims(token: &[u8]) -> Result<Claims, AppError> {
+    portcullis_proto::danger::inspect(token)
+        .map(|t| t.into_unverified().claims)
+        .map_err(|e| AppError::Protocol(alloc::format!("{e}")))
+}
+
 /// Most seconds the self-test waits beyond its computed wait for this
 /// domain's clock to pass a short token's expiry.
 const EXPIRY_GRACE_SECS: u32 = 30;
@@ -293,11 +301,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
     // Expired by this domain's clock: past the token's `exp` plus the skew,
     // not a fixed wait (cryptod's clock and this one can differ by a second
     // under Xen). Its own token, just issued: only `exp` is read.
-    let exp = portcullis_proto::danger::inspect(&short)
-        .map_err(|e| AppError::Protocol(alloc::format!("{e}")))?
-        .into_unverified()
-        .claims
-        .exp;
+    let exp = own_claims(&short)?.exp;
     let until = exp.saturating_add(enf.skew).saturating_add(1);
     let wait = until.saturating_sub(p.now_unix()).max(1);
     say!(p, "policy_pd: selftest: waiting {wait} s for a 1 s token to expire");
@@ -314,10 +318,7 @@ pub fn run<P: Platform>(p: &mut P) -> Result<u32, AppError> {
 
     let doomed = issue(p, &mut link, Scope::NetModify, &enf.audience.clone(), 60)?;
     // Its own token, just issued: only its id is read, to revoke it.
-    let c = portcullis_proto::danger::inspect(&doomed)
-        .map_err(|e| AppError::Protocol(alloc::format!("{e}")))?
-        .into_unverified()
-        .claims;
+    let c = own_claims(&doomed)?;
     let rid = request_id(p)?;
     let req = Message::TokenRevokeReq(TokenRevokeReq {
         request_id: rid,
