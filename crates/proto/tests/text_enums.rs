@@ -6,11 +6,13 @@
 use std::collections::HashSet;
 use std::fmt::Debug;
 
+use portcullis_proto::cose::ContentType;
 use portcullis_proto::envelope::MsgType;
 use portcullis_proto::msg::{
     AdminOp, AdminResult, AuditAction, AuditResult, Enforced, ErrorCode, IssueResult,
     OutcomeResult, RevokeResult, SealAlg, TotpAlg, TotpResult, UnlockOutcome,
 };
+use portcullis_proto::scope::Scope;
 
 fn round_trips<T: Copy + PartialEq + Debug>(
     all: &[T],
@@ -50,6 +52,8 @@ fn every_text_set_names_each_value_once_and_parses_back() {
         TotpAlg,
         Enforced,
         OutcomeResult,
-        MsgType
+        MsgType,
+        Scope,
+        ContentType
     );
 }
