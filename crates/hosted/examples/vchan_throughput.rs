@@ -12,6 +12,12 @@
 //! events the sender sent and the times it slept, per MiB moved (the
 //! receiver's side mirrors them).
 //!
+//! Then the latency of one hand-off each way: a 64-byte message sent and
+//! echoed back, [`PINGS`] times, over a vchan (both ends sleeping on their
+//! event channel as soon as the ring is empty, as the guests' loops do) and
+//! over a pair of pipes: the floor under any request and answer between two
+//! processes on this machine, with no work done on either side.
+//!
 //! The last lines, `figure: ...`, are for `cargo xtask bench`.
 //!
 //! Whether the two processes share a CPU decides most of the figure, and
@@ -37,6 +43,10 @@ const CHUNK: usize = 64 * 1024;
 const PORT: u32 = 1;
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 const RUNS: usize = 3;
+/// Round trips measured by the ping-pong (after [`PING_WARM_UP`] unmeasured).
+const PINGS: usize = 2000;
+const PING_WARM_UP: usize = 100;
+const PING_LEN: usize = 64;
 /// CPU list for `taskset -c` to start the receivers on (optional).
 const RECEIVER_CPUS: &str = "THROUGHPUT_RECEIVER_CPUS";
 
@@ -54,6 +64,8 @@ fn main() -> Result<(), Error> {
     match std::env::var(ROLE).ok().as_deref() {
         Some("vchan") => vchan_receiver(),
         Some("pipe") => pipe_receiver(),
+        Some("vchan-echo") => vchan_echo(),
+        Some("pipe-echo") => pipe_echo(),
         _ => launcher(),
     }
 }
@@ -117,6 +129,108 @@ fn pipe_receiver() -> Result<(), Error> {
     out.write_all(b"!")?;
     out.flush()?;
     Ok(())
+}
+
+/// Echoes every message back until the sender closes the vchan; never
+/// spins (sleeps on its event channel as soon as the ring is empty).
+fn vchan_echo() -> Result<(), Error> {
+    let mut p = HostedPlatform::from_env()?;
+    let server = p.resolve("sender")?;
+    let cfg = ClientConfig { server, port: PORT };
+    let mut v = Vchan::client_wait(p.backend(), cfg, TIMEOUT)?;
+    v.set_spin(0);
+    let mut buf = [0u8; PING_LEN];
+    for _ in 0..PINGS + PING_WARM_UP {
+        v.read_exact(&mut buf, TIMEOUT)?;
+        v.write_all(&buf, TIMEOUT)?;
+    }
+    // Stay until the sender has read the last echo.
+    let _ = v.read_blocking(&mut buf[..1], TIMEOUT);
+    Ok(())
+}
+
+/// Echoes every message from stdin to stdout.
+fn pipe_echo() -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let mut input = std::io::stdin().lock();
+    let mut buf = [0u8; PING_LEN];
+    for _ in 0..PINGS + PING_WARM_UP {
+        input.read_exact(&mut buf)?;
+        out.write_all(&buf)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Median and 99th percentile, in microseconds.
+fn p50_p99(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: usize| samples.get(samples.len() * q / 100).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    (at(50), at(99))
+}
+
+/// Round trips of a 64-byte message over a vchan (order 10 rings) to an
+/// echoing process; neither end spins.
+fn vchan_pingpong() -> Result<Vec<Duration>, Error> {
+    let dir = std::env::temp_dir().join(format!("portcullis-ping-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let world = World::create(&dir)?;
+    let sender = world.add_domain("sender")?;
+    let receiver = world.add_domain("receiver")?;
+    let cfg = ServerConfig { client: receiver, port: PORT, read_min: 1024, write_min: 1024 };
+    let mut v = Vchan::server(world.backend(sender)?, cfg)?;
+    v.set_spin(0);
+    let (program, args) = receiver_program()?;
+    let mut child =
+        world.command_for(receiver, program).args(args).env(ROLE, "vchan-echo").spawn()?;
+    v.wait_connected(TIMEOUT)?;
+    let mut samples = Vec::with_capacity(PINGS);
+    let mut buf = [0x5au8; PING_LEN];
+    for i in 0..PINGS + PING_WARM_UP {
+        let t = Instant::now();
+        v.write_all(&buf, TIMEOUT)?;
+        v.read_exact(&mut buf, TIMEOUT)?;
+        if i >= PING_WARM_UP {
+            samples.push(t.elapsed());
+        }
+    }
+    v.close();
+    let status = child.wait()?;
+    world.remove()?;
+    if !status.success() || buf != [0x5au8; PING_LEN] {
+        return Err("echo failed".into());
+    }
+    Ok(samples)
+}
+
+/// The same over a pair of pipes.
+fn pipe_pingpong() -> Result<Vec<Duration>, Error> {
+    let (program, args) = receiver_program()?;
+    let mut child = Command::new(program)
+        .args(args)
+        .env(ROLE, "pipe-echo")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (mut input, mut output) = match (child.stdin.take(), child.stdout.take()) {
+        (Some(i), Some(o)) => (i, o),
+        _ => return Err("no pipes".into()),
+    };
+    let mut samples = Vec::with_capacity(PINGS);
+    let mut buf = [0x5au8; PING_LEN];
+    for i in 0..PINGS + PING_WARM_UP {
+        let t = Instant::now();
+        input.write_all(&buf)?;
+        output.read_exact(&mut buf)?;
+        if i >= PING_WARM_UP {
+            samples.push(t.elapsed());
+        }
+    }
+    drop(input);
+    if !child.wait()?.success() || buf != [0x5au8; PING_LEN] {
+        return Err("echo failed".into());
+    }
+    Ok(samples)
 }
 
 fn median(mut runs: Vec<f64>) -> f64 {
@@ -239,5 +353,13 @@ fn launcher() -> Result<(), Error> {
         println!("{f}");
     }
     println!("figure: pipe mbps={pipe:.0}");
+    let (v50, v99) = p50_p99(vchan_pingpong()?);
+    let (p50, p99) = p50_p99(pipe_pingpong()?);
+    println!(
+        "ping-pong, {PING_LEN} B each way, {PINGS} round trips: vchan p50 {v50:.1} us (p99 {v99:.1}), \
+         pipes p50 {p50:.1} us (p99 {p99:.1})"
+    );
+    println!("figure: pingpong via=vchan p50_us={v50:.1} p99_us={v99:.1}");
+    println!("figure: pingpong via=pipes p50_us={p50:.1} p99_us={p99:.1}");
     Ok(())
 }
