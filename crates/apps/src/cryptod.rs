@@ -27,7 +27,9 @@
 //! [`Authority::seal_audit_due`]), so the requests that arrive during a
 //! collector write share the next seal and the next write. The collector
 //! stores a batch with one fsync and acks its last `seq`, which releases
-//! every answer the batch covers.
+//! every answer the batch covers. The tokens of the answers held for that
+//! ack are signed after the batch is shipped, while the collector writes
+//! ([`Authority::sign_held`]).
 //! Requests draw their randomness from the authority's DRBG; hardware
 //! entropy goes in with every `entropy_pub` reseed, not per request. No
 //! console line is printed per request on the success path. dom0's
@@ -425,6 +427,10 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         // collector acks the batch), so the seal is not on their path.
         let sealed = self.auth.seal_audit_due(now);
         self.ship_batches(p, changed || sealed > 0)?;
+        // The held answers' tokens are signed now, while the collector
+        // writes their records (they leave only on its ack): an answer
+        // waits for the seal's signature, not for its token's too.
+        self.auth.sign_held();
         self.persist_head(p);
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {

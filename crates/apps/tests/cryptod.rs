@@ -206,6 +206,9 @@ fn the_requests_of_a_wake_up_share_one_sealed_batch() {
     let _ = pd.pump();
     w.poll();
     assert!(drain(&mut pd).is_empty(), "no answer before the batch is stored");
+    // Their tokens were signed once the batch was shipped, before the ack.
+    assert_eq!(w.d.authority().held_len(), CLIENT_BUDGET);
+    assert_eq!(w.d.authority().unsigned_held(), 0);
     let batches = drain(&mut w.collector);
     let [Message::AuditLog(batch)] = batches.as_slice() else { panic!("{batches:?}") };
     assert_eq!(batch.records.len(), CLIENT_BUDGET, "one batch for the wake-up's records");

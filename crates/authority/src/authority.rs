@@ -21,7 +21,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::envelope::Message;
 use portcullis_proto::key::kid_for;
@@ -323,6 +323,9 @@ pub struct Authority {
     /// Oldest first; a `Vec`, not a `VecDeque` (released from the front
     /// in one `drain`: image size, issue 14).
     held: Vec<Held>,
+    /// The token of the request being handled, when its signing waits
+    /// for its answer to be held ([`Authority::hold`]).
+    deferred: Option<Deferred>,
     /// The admin public key (none: no admin command is accepted).
     admin_key: Option<VerifyingKey>,
     /// The last accepted `admin_seq`.
@@ -372,6 +375,28 @@ struct Held {
     need: u64,
     peer: PeerId,
     response: Message,
+    /// The answer's token, decided and recorded but not signed yet
+    /// ([`Authority::sign_held`]); the answer carries no token until then.
+    sign: Option<Deferred>,
+}
+
+/// A token to sign for a held `token_issue` answer: signed while the
+/// collector writes the decision's record, not before the record is sealed,
+/// so the answer waits for one signature (the seal's), not two. The key is
+/// a copy of the signer decided with (zeroized when dropped), so a key
+/// rotation in between changes nothing.
+struct Deferred {
+    key: SigningKey,
+    token: portcullis_proto::cose::Unsigned,
+}
+
+impl Deferred {
+    /// Signs the token into `response`.
+    fn finish(self, response: &mut Message) {
+        if let Message::TokenIssueResp(r) = response {
+            r.token = Some(self.token.sign(&self.key));
+        }
+    }
 }
 
 impl Authority {
@@ -448,6 +473,7 @@ impl Authority {
             sealed_head,
             aggregate: None,
             held: Vec::new(),
+            deferred: None,
             admin_key,
             admin_seq: state.admin_seq,
             recovery,
@@ -525,6 +551,12 @@ impl Authority {
     /// How many answers wait for the collector's ack.
     pub fn held_len(&self) -> usize {
         self.held.len()
+    }
+
+    /// How many held answers still wait for their token's signature
+    /// ([`Authority::sign_held`]).
+    pub fn unsigned_held(&self) -> usize {
+        self.held.iter().rev().take_while(|h| h.sign.is_some()).count()
     }
 
     /// Drops the held answers for `peer` (its connection went away; the
@@ -724,16 +756,43 @@ impl Authority {
 
     /// Write-ahead audit: an answer to a decision that made audit records
     /// waits until the collector has acknowledged the last of them.
+    /// A token whose signing was deferred ([`Authority::sign_held`]) is
+    /// signed here when its answer is not held after all.
     fn hold(&mut self, peer: &PeerId, out: &mut Output) {
-        if !self.config.answer_after_audit || out.audit.is_empty() {
-            return;
-        }
-        let Some(need) = self.audit.as_ref().and_then(|a| a.next_seq().checked_sub(1)) else {
-            return;
+        let sign = self.deferred.take();
+        let need = match self.audit.as_ref() {
+            Some(a) if self.config.answer_after_audit && !out.audit.is_empty() => {
+                a.next_seq().checked_sub(1)
+            }
+            _ => None,
         };
-        if let Some(response) = out.response.take() {
-            self.held.push(Held { need, peer: peer.clone(), response });
+        match (need, out.response.take()) {
+            (Some(need), Some(response)) => {
+                self.held.push(Held { need, peer: peer.clone(), response, sign });
+            }
+            (_, mut response) => {
+                if let (Some(d), Some(r)) = (sign, response.as_mut()) {
+                    d.finish(r);
+                }
+                out.response = response;
+            }
         }
+    }
+
+    /// Signs the tokens of held answers that wait for their signature
+    /// (`token_issue` with [`Config::answer_after_audit`]); returns how many.
+    /// The driver calls this once the batch with their records has gone to
+    /// the collector, so the signing overlaps the collector's write; an
+    /// answer released before that is signed on release.
+    pub fn sign_held(&mut self) -> usize {
+        // Unsigned ones are the newest: they are signed in one pass each.
+        let mut n = 0;
+        for h in self.held.iter_mut().rev() {
+            let Some(d) = h.sign.take() else { break };
+            d.finish(&mut h.response);
+            n += 1;
+        }
+        n
     }
 
     /// Moves the held answers whose records are all acknowledged to `out`,
@@ -745,7 +804,10 @@ impl Authority {
             .iter()
             .take_while(|h| oldest_unacked.is_none_or(|oldest| oldest > h.need))
             .count();
-        for h in self.held.drain(..n) {
+        for mut h in self.held.drain(..n) {
+            if let Some(d) = h.sign.take() {
+                d.finish(&mut h.response);
+            }
             out.released.push((h.peer, h.response));
         }
     }
@@ -1482,6 +1544,21 @@ impl Authority {
         })
     }
 
+    /// The token of a `token_issue` answer: signed now, or (when the answer
+    /// will wait for the collector's ack) encoded now and signed once its
+    /// record is on its way ([`Authority::sign_held`]): `None` then.
+    fn mint_answer(&mut self, claims: &Claims, now: u64) -> Result<Option<Vec<u8>>, &'static str> {
+        if !self.config.answer_after_audit {
+            return self.mint(claims, now).map(Some);
+        }
+        let (key, kid) = self.keys.signer(now).ok_or("no signing key")?;
+        let key = key.clone();
+        let token = token::mint_unsigned(kid, claims).map_err(|_| "token could not be minted")?;
+        self.decisions.push(&claims.cti, &claims.sub, &claims.aud);
+        self.deferred = Some(Deferred { key, token });
+        Ok(None)
+    }
+
     fn mint(&mut self, claims: &Claims, now: u64) -> Result<Vec<u8>, &'static str> {
         let (key, kid) = self.keys.signer(now).ok_or("no signing key")?;
         let token = token::mint(key, kid, claims).map_err(|_| "token could not be minted")?;
@@ -1611,7 +1688,7 @@ impl Authority {
         let ttl = r.ttl.unwrap_or(self.config.policy_ttl).clamp(1, self.config.max_policy_ttl);
         let issued = self
             .claims(peer, &r.audience, r.requested_scope, &r.nonce, now, ttl)
-            .and_then(|c| Ok((self.mint(&c, now)?, c)));
+            .and_then(|c| Ok((self.mint_answer(&c, now)?, c)));
         match issued {
             Ok((token, claims)) => {
                 self.record(event(AuditResult::Ok).meta_hex("cti", &claims.cti), now, out);
@@ -1619,7 +1696,7 @@ impl Authority {
                     request_id: r.request_id,
                     result: IssueResult::Ok,
                     reason: None,
-                    token: Some(token),
+                    token,
                     expires_at: Some(claims.exp),
                 }
             }

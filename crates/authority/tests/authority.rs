@@ -247,6 +247,40 @@ fn full_outbox_refuses_until_acked() {
 }
 
 #[test]
+fn a_held_token_is_signed_after_its_record_and_is_the_token_an_unheld_answer_gets() {
+    // The same state, entropy and requests: one authority answers at once,
+    // the other holds the answers until the collector's ack and signs
+    // their tokens in between (`sign_held`) or, failing that, on release.
+    let (mut now, _) = seeded_with(Config { answer_after_audit: false, ..Config::default() });
+    let (mut held, _) = seeded();
+    let req = issue_req(ScopeSet::single(Scope::NetModify), "fw0", Some(10_000)).into();
+    let token_of = |m: Option<&Message>| match m {
+        Some(Message::TokenIssueResp(r)) if r.result == IssueResult::Ok => r.token.clone(),
+        other => panic!("expected a token answer, got {other:?}"),
+    };
+    for signed_early in [true, false] {
+        let at_once = token_of(now.handle(&policy_pd(), &req, T0, b"").response.as_ref());
+        let out = held.handle(&policy_pd(), &req, T0, b"");
+        assert!(out.response.is_none(), "held until the collector has the record");
+        held.seal_audit(T0);
+        assert_eq!(held.unsigned_held(), 1);
+        if signed_early {
+            assert_eq!(held.sign_held(), 1);
+            assert_eq!(held.unsigned_held(), 0);
+            assert_eq!(held.sign_held(), 0, "each token is signed once");
+        }
+        let rec = records(&out).pop().unwrap();
+        let released = ack(&mut held, &rec).released;
+        assert_eq!(released.len(), 1);
+        let later = token_of(Some(&released[0].1));
+        assert!(later.is_some());
+        assert_eq!(later, at_once, "signed early: {signed_early}");
+    }
+    assert_eq!(held.held_len(), 0);
+    assert_eq!(held.sign_held(), 0);
+}
+
+#[test]
 fn issued_token_verifies_and_carries_the_rules() {
     let (mut a, _) = seeded();
     let out = call(

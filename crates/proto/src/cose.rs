@@ -368,8 +368,45 @@ pub(crate) fn protected_header(ct: Option<ContentType>, kid: &[u8]) -> Vec<u8> {
 /// header bytes and an empty unprotected header, written with the crate's
 /// own CBOR writer (no coset or serde code in an image that only signs).
 pub(crate) fn sign1(key: &SigningKey, protected: &[u8], payload: &[u8]) -> Vec<u8> {
-    let signature = key.sign(&to_be_signed(protected, payload)).to_bytes();
-    assemble(protected, payload, &signature)
+    Unsigned::new(protected, payload).sign(key)
+}
+
+/// A COSE_Sign1 [`sign1`] makes, before its signature: the bytes to sign
+/// and the object with room for the signature as its last 64 bytes. Signing
+/// it later gives byte for byte what signing at once gives (Ed25519 is
+/// deterministic); it never leaves this type unsigned.
+pub struct Unsigned {
+    tbs: Vec<u8>,
+    object: Vec<u8>,
+}
+
+impl Unsigned {
+    pub(crate) fn new(protected: &[u8], payload: &[u8]) -> Self {
+        Unsigned {
+            tbs: to_be_signed(protected, payload),
+            object: assemble(protected, payload, &[0; 64]),
+        }
+    }
+
+    /// Length of the signed object.
+    pub fn len(&self) -> usize {
+        self.object.len()
+    }
+
+    /// Never: a COSE_Sign1 has at least its signature.
+    pub fn is_empty(&self) -> bool {
+        self.object.is_empty()
+    }
+
+    /// Signs with `key`: the tagged COSE_Sign1.
+    pub fn sign(mut self, key: &SigningKey) -> Vec<u8> {
+        let signature = key.sign(&self.tbs).to_bytes();
+        // The signature is the array's last item: a 64-byte string ends it.
+        if let Some(last) = self.object.last_chunk_mut::<64>() {
+            *last = signature;
+        }
+        self.object
+    }
 }
 
 /// The signed object [`sign`] makes for `kid`, `ct` and `payload`, put

@@ -117,6 +117,13 @@ impl core::error::Error for TokenError {}
 /// an empty unprotected header, and the claims as a deterministically encoded
 /// CBOR map (keys 1, 2, 3, 4, 5, 6, 7, 9, 10).
 pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, TokenError> {
+    Ok(mint_unsigned(kid, claims)?.sign(key))
+}
+
+/// The token [`mint`] makes, checked and encoded but not signed yet: its
+/// [`cose::Unsigned::sign`] gives the same bytes as [`mint`] (so a signer
+/// can decide and record first, and sign while the record is written).
+pub fn mint_unsigned(kid: &[u8], claims: &Claims) -> Result<cose::Unsigned, TokenError> {
     if kid.is_empty() || kid.len() > cose::MAX_KID_LEN {
         return Err(TokenError::InvalidKid);
     }
@@ -124,7 +131,7 @@ pub fn mint(key: &SigningKey, kid: &[u8], claims: &Claims) -> Result<Vec<u8>, To
         return Err(TokenError::InvalidClaims);
     }
     let payload = claims_cbor(claims);
-    let token = cose::sign1(key, &cose::protected_header(None, kid), &payload);
+    let token = cose::Unsigned::new(&cose::protected_header(None, kid), &payload);
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLarge);
     }

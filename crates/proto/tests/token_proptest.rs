@@ -8,8 +8,8 @@ use portcullis_proto::cose::{self, ContentType};
 use portcullis_proto::danger::{self, inspect, TokenContents};
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_proto::token::{
-    mint, verify, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache, RevokedSet,
-    MAX_CTI_LEN, MAX_LIFETIME_SECS, MAX_NONCE_LEN,
+    mint, mint_unsigned, verify, Claims, Expectations, KeyEntry, Keyset, MemoryReplayCache,
+    RevokedSet, MAX_CTI_LEN, MAX_LIFETIME_SECS, MAX_NONCE_LEN,
 };
 use proptest::prelude::*;
 
@@ -83,6 +83,21 @@ proptest! {
         prop_assert_eq!(got.map(|v| v.into_inner()), Ok(c.clone()));
         let seen = inspect(&token).map(|u| u.into_unverified());
         prop_assert_eq!(seen, Ok(TokenContents { kid: KID.to_vec(), alg: -19, claims: c }));
+    }
+
+    #[test]
+    fn a_token_signed_later_is_the_token_signed_at_once(c in claims()) {
+        let now = mint(key(), KID, &c).unwrap();
+        let unsigned = mint_unsigned(KID, &c).unwrap();
+        prop_assert_eq!(unsigned.len(), now.len());
+        let later = unsigned.sign(key());
+        prop_assert_eq!(&later, &now);
+        let got = verify(&later, keys(), &expect_for(&c), &mut MemoryReplayCache::new(1), &RevokedSet::new());
+        prop_assert_eq!(got.map(|v| v.into_inner()), Ok(c.clone()));
+        // Another key's signature in the same place does not verify.
+        let other = mint_unsigned(KID, &c).unwrap().sign(&SigningKey::from_bytes(&[0x67; 32]));
+        prop_assert_eq!(other.len(), now.len());
+        prop_assert!(verify(&other, keys(), &expect_for(&c), &mut MemoryReplayCache::new(1), &RevokedSet::new()).is_err());
     }
 
     #[test]
