@@ -550,18 +550,53 @@ pub(crate) fn set_once<T>(
     }
 }
 
-/// Decodes a map entry's value and stores it, refusing a key seen before
-/// (after decoding the value, as [`set_once`] after `T::decode`). Out of
-/// line: one copy per field type, shared by every [`wire_struct!`] decoder
-/// (image size, issue 14).
+/// Where a [`wire_struct!`] decoder keeps one field's value while it reads
+/// the map: an `Option` of the field's type, `None` until its key comes.
+pub(crate) trait Slot {
+    /// Decodes the entry's value and stores it, refusing a key seen before
+    /// (after decoding the value, as [`set_once`] after `T::decode`).
+    fn fill(&mut self, r: &mut Reader<'_>, key: &'static str) -> Result<(), DecodeError>;
+    /// Whether a value has been stored.
+    fn is_set(&self) -> bool;
+}
+
+impl<T: Field> Slot for Option<T> {
+    fn fill(&mut self, r: &mut Reader<'_>, key: &'static str) -> Result<(), DecodeError> {
+        let value = T::decode(r, key)?;
+        set_once(self, key, value)
+    }
+
+    fn is_set(&self) -> bool {
+        self.is_some()
+    }
+}
+
+/// Reads a map (named `field` in errors) whose keys are `names`
+/// (NUL-terminated, as in [`position`]) into `slots`, one per name in the
+/// same order: an unknown key is refused when it is read, a repeated one
+/// after its value is decoded, and then a missing required one (the first
+/// `required` slots), naming the first. One loop for every
+/// [`wire_struct!`] decoder instead of one inlined per struct (image size,
+/// issue 14).
 #[inline(never)]
-pub(crate) fn decode_once<T: Field>(
+pub(crate) fn decode_map(
     r: &mut Reader<'_>,
-    slot: &mut Option<T>,
-    key: &'static str,
+    field: &'static str,
+    names: &'static str,
+    slots: &mut [&mut dyn Slot],
+    required: usize,
 ) -> Result<(), DecodeError> {
-    let value = T::decode(r, key)?;
-    set_once(slot, key, value)
+    let len = r.map(field)?;
+    for _ in 0..len {
+        let key = r.key()?;
+        let i = position(names, key).ok_or(DecodeError::UnknownField)?;
+        let slot = slots.get_mut(i).ok_or(DecodeError::UnknownField)?;
+        slot.fill(r, nth_name(names, i))?;
+    }
+    match slots.iter().take(required).position(|slot| !slot.is_set()) {
+        Some(i) => Err(DecodeError::MissingField(nth_name(names, i))),
+        None => Ok(()),
+    }
 }
 
 /// Where `key` is among `names`, if it is there. `names` holds each name
@@ -578,39 +613,6 @@ pub(crate) fn position(names: &str, key: &str) -> Option<usize> {
 #[inline(never)]
 pub(crate) fn nth_name(names: &'static str, i: usize) -> &'static str {
     names.split_terminator('\0').nth(i).unwrap_or_default()
-}
-
-/// Where `name` is among `names` (NUL-terminated names, as in
-/// [`position`]; the number of names if it is not there), for constant
-/// evaluation: each [`wire_struct!`] field's index in its table.
-pub(crate) const fn const_position(names: &str, name: &str) -> usize {
-    let (names, name) = (names.as_bytes(), name.as_bytes());
-    let (mut i, mut start, mut at) = (0, 0, 0);
-    while at < names.len() {
-        if names[at] == 0 {
-            if at - start == name.len() {
-                let mut j = 0;
-                while j < name.len() && names[start + j] == name[j] {
-                    j += 1;
-                }
-                if j == name.len() {
-                    return i;
-                }
-            }
-            i += 1;
-            start = at + 1;
-        }
-        at += 1;
-    }
-    i
-}
-
-/// The name of the first field not `present` (name `i` of `names`, which
-/// are NUL-terminated as in [`position`], for the first `present[i]` that
-/// is false; "" if every one is there).
-#[inline(never)]
-pub(crate) fn first_missing(present: &[bool], names: &'static str) -> &'static str {
-    names.split_terminator('\0').zip(present).find(|(_, &here)| !here).map_or("", |(name, _)| name)
 }
 
 /// Encodes one value as a whole CBOR item (used for signed payloads).
@@ -748,44 +750,28 @@ macro_rules! wire_struct {
                 use $crate::cbor::DecodeError;
                 $( let mut $field: Option<$ty> = None; )*
                 $($( let mut $ofield: Option<$oty> = None; )*)?
-                // The keys, looked up in one table of NUL-terminated
-                // names (image size, issue 14).
+                // The keys, one NUL-terminated name each, in the order of
+                // the slots below (image size, issue 14).
                 const NAMES: &str =
                     concat!($(stringify!($field), "\0",)* $($(stringify!($ofield), "\0",)*)?);
-                let len = r.map(field)?;
-                for _ in 0..len {
-                    let key = r.key()?;
-                    match $crate::cbor::position(NAMES, key) {
-                        $(
-                            Some(i) if i == const {
-                                $crate::cbor::const_position(NAMES, stringify!($field))
-                            } => {
-                                $crate::cbor::decode_once(r, &mut $field, stringify!($field))?;
-                            }
-                        )*
-                        $($(
-                            Some(i) if i == const {
-                                $crate::cbor::const_position(NAMES, stringify!($ofield))
-                            } => {
-                                $crate::cbor::decode_once(r, &mut $ofield, stringify!($ofield))?;
-                            }
-                        )*)?
-                        _ => return Err(DecodeError::UnknownField),
-                    }
-                }
-                // Every required field, or the first one missing (one
-                // check for all of them: image size, issue 14).
+                // The map read by one loop over this table of slots, the
+                // required fields first (image size, issue 14).
+                $crate::cbor::decode_map(
+                    r,
+                    field,
+                    NAMES,
+                    &mut [
+                        $( &mut $field as &mut dyn $crate::cbor::Slot, )*
+                        $($( &mut $ofield as &mut dyn $crate::cbor::Slot, )*)?
+                    ],
+                    [$(stringify!($field)),*].len(),
+                )?;
                 #[allow(unreachable_patterns)]
                 let ($($field,)*) = match ($($field,)*) {
                     ($(Some($field),)*) => ($($field,)*),
-                    ($($field,)*) => {
-                        // The required names are the first of `NAMES`
-                        // (no second table of them: image size, issue 14).
-                        return Err(DecodeError::MissingField($crate::cbor::first_missing(
-                            &[$($field.is_some()),*],
-                            NAMES,
-                        )));
-                    }
+                    // Unreachable: `decode_map` refused a missing required
+                    // field, naming the first one.
+                    _ => return Err(DecodeError::MissingField("")),
                 };
                 let value = $name {
                     $( $field, )*
