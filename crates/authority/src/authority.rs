@@ -401,6 +401,8 @@ impl Deferred {
 
 impl Authority {
     /// Starts from the unsealed state at time `now`. The DRBG starts unseeded.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn new(config: Config, state: SealedState, now: u64) -> Result<Authority, InitError> {
         let _ = now;
         config.check()?;
@@ -573,6 +575,8 @@ impl Authority {
     }
 
     /// The sealed state as it is now, sealed under `kek` with a DRBG nonce.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn export(&mut self, kek: &[u8; 32]) -> Result<Vec<u8>, ExportError> {
         self.settle_restore();
         let nonce: Zeroizing<[u8; 12]> = self.drbg.bytes().map_err(ExportError::Drbg)?;
@@ -722,6 +726,8 @@ impl Authority {
     /// An `entropy_pub` chunk arrived from `peer` on the entropy link;
     /// accepted only from the configured entropy VM (anything else is
     /// audited as denied). `hw_entropy` is mixed in with it.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn entropy(
         &mut self,
         peer: &PeerId,
@@ -995,6 +1001,8 @@ impl Authority {
         Ok(line)
     }
 
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn totp_validate(
         &mut self,
         peer: &PeerId,
@@ -1211,6 +1219,8 @@ impl Authority {
     /// signature, payload, cryptod, sequence, time, shape; applied; the
     /// sequence number is consumed by every authentic, fresh command, even
     /// one a rule refuses, so a refused command cannot be replayed later.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn admin(&mut self, peer: &PeerId, r: &AdminReq, now: u64, out: &mut Output) -> AdminResp {
         let last = self.admin_seq;
         let resp = |result, reason: &str| AdminResp {
@@ -1311,6 +1321,8 @@ impl Authority {
     }
 
     /// The checks after the signature, and the change itself.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn admin_checked(
         &mut self,
         c: &AdminCommand,
@@ -1349,6 +1361,8 @@ impl Authority {
         }
     }
 
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn apply(&mut self, cmd: Command, now: u64) -> Result<(), (AdminResult, &'static str)> {
         let denied = |reason| Err((AdminResult::Denied, reason));
         match cmd {
@@ -1743,6 +1757,8 @@ impl Authority {
     /// `attestation_req`: signs an attestation of `peer` for the request's
     /// action, if the ACL grants the peer that action; rate limited with
     /// token issue (one bucket per peer) and audited (`attest`).
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn attestation(
         &mut self,
         peer: &PeerId,
