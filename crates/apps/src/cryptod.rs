@@ -222,6 +222,8 @@ pub struct CryptodDriver<B: Backend> {
 impl<B: Backend + Clone> CryptodDriver<B> {
     /// Boots: reads the settings, key-encryption key and sealed state,
     /// starts the authority and publishes the client and collector links.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn new<P: Platform<Backend = B>>(p: &mut P) -> Result<Self, AppError> {
         let mut startup = Startup::new(p.boot_marks());
         let s = Settings::load(p, &CRYPTOD_SPECS)?;
@@ -359,6 +361,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// One wake-up: entropy in, each client's requests (round-robin, within
     /// budget), timers, audit shipping and acks, the sealed state persisted
     /// if it changed, and then (only if that succeeded) the answers out.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn poll<P: Platform<Backend = B>>(&mut self, p: &mut P) -> Result<(), AppError> {
         let now = p.now_unix();
         let mut changed = self.poll_entropy(p, now)?;
@@ -547,6 +551,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
 
     /// While the entropy link is down, looks the entropy domain's name up
     /// again: it may have appeared, or been created again under a new id.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
         if self.entropy.link.as_ref().is_some_and(|l| l.is_open()) {
             return;
@@ -570,6 +576,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// created again), the old channel is dropped and a fresh one published
     /// for the new id. A name that does not resolve (the domain is gone for
     /// now) changes nothing.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn follow_domain<P: Platform<Backend = B>>(&mut self, p: &mut P, idx: usize, now: u64) {
         let Some(c) = self.clients.get(idx) else { return };
         let old = u16::try_from(c.peer.domid).map_or(NOBODY, DomId);
@@ -663,6 +671,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
 
     /// Handles up to [`CLIENT_BUDGET`] messages from client `idx`; returns
     /// whether audit records were made.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn serve_client<P: Platform<Backend = B>>(
         &mut self,
         p: &mut P,
@@ -783,6 +793,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// ([`Platform::measurement`] for the link's peer domain): read at its
     /// first request and kept for the connection; while there is none, read
     /// again at most once per [`MEASUREMENT_RECHECK_NS`].
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn image_of<P: Platform>(&mut self, p: &mut P, idx: usize) -> Option<[u8; 32]> {
         let c = self.clients.get_mut(idx)?;
         if let Some(image) = c.image {
@@ -807,6 +819,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     }
 
     /// Sends one answer to client `idx`, saying (rate-limited) if it fails.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     fn send_to<P: Platform>(&mut self, p: &mut P, idx: usize, answer: &Message) {
         let Some(c) = self.clients.get_mut(idx) else { return };
         let Some(link) = c.link.as_mut() else { return };
