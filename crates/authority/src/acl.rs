@@ -393,6 +393,8 @@ fn parse_all(text: &str) -> (Vec<Rule>, Vec<AclError>) {
     (rules, errors)
 }
 
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 fn parse_rule(line: usize, content: &str) -> Result<Rule, AclErrorKind> {
     let mut words = content.split_ascii_whitespace();
     let effect = match words.next() {

@@ -278,6 +278,8 @@ fn registry_command(c: &AdminCommand) -> Result<Command, &'static str> {
 impl Command {
     /// The command a verified payload describes, or why it is not one:
     /// every kind takes exactly its own fields.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn from_wire(c: &AdminCommand) -> Result<Command, &'static str> {
         let enrol = c.secret.is_some() || c.algorithm.is_some() || c.digits.is_some();
         let operator = || c.operator_id.clone().ok_or("operator_id is required");

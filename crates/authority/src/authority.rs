@@ -520,6 +520,8 @@ impl Authority {
     /// otherwise the records wait and the next wake-up asks again. cryptod
     /// calls it once per wake-up, so the requests that arrive while a batch
     /// is being written share the next seal and the next collector write.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn seal_audit_due(&mut self, now: u64) -> usize {
         if self.audit.as_ref().is_some_and(|a| a.seal_due(now)) {
             self.seal_audit(now)

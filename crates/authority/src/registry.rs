@@ -343,6 +343,8 @@ pub use crate::sealed::{get_section, set_section};
 
 /// The three sections of `sections`, decoded (absent: the provisioned
 /// volumes `acl_volumes`, version 0, nothing revoked).
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 pub fn decode_all<'a>(
     sections: &[Section],
     acl_volumes: impl Iterator<Item = &'a str>,

@@ -134,6 +134,8 @@ impl fmt::Debug for OperatorSecret {
 }
 
 /// RFC 4226 HOTP value for `counter`, reduced to `digits` decimal digits.
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 pub fn hotp(secret: &[u8], algorithm: Algorithm, counter: u64, digits: u8) -> u32 {
     let msg = counter.to_be_bytes();
     let mac: Zeroizing<Vec<u8>> = Zeroizing::new(match algorithm {
@@ -151,6 +153,8 @@ pub fn hotp(secret: &[u8], algorithm: Algorithm, counter: u64, digits: u8) -> u3
     word % 10u32.pow(u32::from(digits.min(9)))
 }
 
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 fn hmac_bytes<M: Mac + KeyInit>(key: &[u8], msg: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length.
     let mut mac = match <M as KeyInit>::new_from_slice(key) {
