@@ -418,6 +418,8 @@ impl Settings {
 
     /// Reads the platform's settings item and parses it against `specs`;
     /// absent settings are all defaults.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn load<P: Platform>(p: &mut P, specs: &'static [Spec]) -> Result<Settings, AppError> {
         let mut buf = vec![0u8; MAX_SETTINGS];
         match p.config(ConfigItem::Settings, &mut buf) {
