@@ -95,6 +95,8 @@ pub fn parse_measurement(node: &str, value: &[u8]) -> Result<[u8; 32], PlatformE
 /// Reads dom0's measurement of `dom` in this domain's (`me`)
 /// `measurements/`: absent is [`PlatformError::MissingConfig`], a
 /// malformed value an error naming the node.
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 pub fn measurement<R: StoreRing>(
     c: &mut Client<R>,
     me: DomId,
@@ -279,6 +281,8 @@ pub fn names_changed<R: StoreRing>(
 /// else), with a watch on it (and a read every [`RECHECK_EVERY_NS`] without
 /// an event). `waiting` is called once if it does not exist
 /// yet, and again every `notice_every_ns` while it still does not.
+// Out of line: a smaller image (issue 14, docs/benchmarks.md).
+#[inline(never)]
 pub fn wait_ready<R: StoreRing>(
     c: &mut Client<R>,
     ready: &str,

@@ -297,6 +297,8 @@ impl Message {
 
     /// The reply as a result: an `XS_ERROR` becomes [`XsError::Daemon`], a
     /// reply of another type than `expected` is a protocol error.
+    // Out of line: a smaller image (issue 14, docs/benchmarks.md).
+    #[inline(never)]
     pub fn into_reply(self, expected: Op) -> Result<Vec<u8>, XsError> {
         match self.op() {
             Some(Op::Error) => Err(XsError::Daemon(Errno::parse(&self.payload))),
