@@ -29,7 +29,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portcullis_hosted::{HostedPlatform, World};
@@ -205,17 +205,7 @@ fn vchan_pingpong() -> Result<Vec<Duration>, Error> {
 
 /// The same over a pair of pipes.
 fn pipe_pingpong() -> Result<Vec<Duration>, Error> {
-    let (program, args) = receiver_program()?;
-    let mut child = Command::new(program)
-        .args(args)
-        .env(ROLE, "pipe-echo")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let (mut input, mut output) = match (child.stdin.take(), child.stdout.take()) {
-        (Some(i), Some(o)) => (i, o),
-        _ => return Err("no pipes".into()),
-    };
+    let (mut child, mut input, mut output) = pipe_child("pipe-echo", None)?;
     let mut samples = Vec::with_capacity(PINGS);
     let mut buf = [0x5au8; PING_LEN];
     for i in 0..PINGS + PING_WARM_UP {
@@ -284,19 +274,24 @@ fn vchan_run(ring: usize, bytes: usize) -> Result<(u8, f64, u64, u64), Error> {
     Ok((order, mb_per_s(bytes, elapsed), signals, sleeps))
 }
 
-fn pipe_run(bytes: usize) -> Result<f64, Error> {
+/// The receiver in `role`, with its stdin and stdout as pipes (and the
+/// byte count to expect, when it counts).
+fn pipe_child(role: &str, total: Option<usize>) -> Result<(Child, ChildStdin, ChildStdout), Error> {
     let (program, args) = receiver_program()?;
-    let mut child = Command::new(program)
-        .args(args)
-        .env(ROLE, "pipe")
-        .env(TOTAL, bytes.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let (mut input, mut output) = match (child.stdin.take(), child.stdout.take()) {
-        (Some(i), Some(o)) => (i, o),
-        _ => return Err("no pipes".into()),
-    };
+    let mut command = Command::new(program);
+    command.args(args).env(ROLE, role).stdin(Stdio::piped()).stdout(Stdio::piped());
+    if let Some(total) = total {
+        command.env(TOTAL, total.to_string());
+    }
+    let mut child = command.spawn()?;
+    match (child.stdin.take(), child.stdout.take()) {
+        (Some(i), Some(o)) => Ok((child, i, o)),
+        _ => Err("no pipes".into()),
+    }
+}
+
+fn pipe_run(bytes: usize) -> Result<f64, Error> {
+    let (mut child, mut input, mut output) = pipe_child("pipe", Some(bytes))?;
     let mut ready = [0u8; 1];
     output.read_exact(&mut ready)?;
     let data = vec![0x5au8; CHUNK];
