@@ -1006,8 +1006,6 @@ impl TokenClient {
     }
 }
 
-/// CPU time (user + system) the OS has charged to process `pid`, from
-/// `/proc/<pid>/stat`.
 /// How a process's CPU time was read: the scheduler's nanosecond count
 /// of every thread, or (without schedstats) utime + stime in clock ticks.
 #[derive(Clone, Copy, Debug, PartialEq)]
