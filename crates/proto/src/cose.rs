@@ -373,7 +373,7 @@ pub(crate) fn sign1(key: &SigningKey, protected: &[u8], payload: &[u8]) -> Vec<u
     Unsigned::new(protected, payload).sign(key)
 }
 
-/// A COSE_Sign1 [`sign1`] makes, before its signature: the bytes to sign
+/// A COSE_Sign1 as `sign1` makes it, before its signature: the bytes to sign
 /// and the object with room for the signature as its last 64 bytes. Signing
 /// it later gives byte for byte what signing at once gives (Ed25519 is
 /// deterministic); it never leaves this type unsigned.
