@@ -304,7 +304,7 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
             "cryptod_cost",
         ]),
     )?;
-    let release = crate::root().join("target/release");
+    let release = crate::target_dir().join("release");
     let mut out = String::new();
     out += &capture(
         "vchan between two processes vs a pipe",

@@ -67,14 +67,14 @@ const EMPTY_DIRS: &[(&str, u32)] = &[("var/lib/portcullis", 0o700)];
 fn items() -> Vec<Item> {
     let mut items = vec![Item {
         to: "usr/bin/portcullis".into(),
-        from: PathBuf::from("target/release/portcullis"),
+        from: crate::target_dir().join("release/portcullis"),
         mode: 0o755,
         gzip: false,
     }];
     for g in sorted_guests() {
         items.push(Item {
             to: format!("usr/lib/portcullis/{g}"),
-            from: Path::new("target").join(crate::GUEST_TARGET).join("guest").join(g),
+            from: crate::target_dir().join(crate::GUEST_TARGET).join("guest").join(g),
             mode: 0o644,
             gzip: false,
         });
@@ -300,7 +300,7 @@ pub fn dist() -> Result<PathBuf, String> {
         cargo().args(["build", "--release", "-p", "portcullis-cli", "--bin", "portcullis"]),
     )?;
 
-    let binary = root.join("target/release/portcullis");
+    let binary = crate::target_dir().join("release/portcullis");
     let help = output("portcullis --help", Command::new(&binary).arg("--help"))?;
     let man = io(
         &root.join("packaging/portcullis.1"),
@@ -312,7 +312,7 @@ pub fn dist() -> Result<PathBuf, String> {
     }
 
     // The images' sums, shipped in the package (bare names, as provision reads them).
-    let guest_dir = root.join("target").join(crate::GUEST_TARGET).join("guest");
+    let guest_dir = crate::target_dir().join(crate::GUEST_TARGET).join("guest");
     let image_sums = output(
         "sha256sum (images)",
         Command::new("sha256sum").current_dir(&guest_dir).args(sorted_guests()),
@@ -404,7 +404,7 @@ pub fn dist() -> Result<PathBuf, String> {
     // SHA256SUMS over copies next to the package, so `sha256sum -c` runs there.
     let mut sums = Vec::new();
     for g in sorted_guests() {
-        let from = root.join("target").join(crate::GUEST_TARGET).join("guest").join(g);
+        let from = crate::target_dir().join(crate::GUEST_TARGET).join("guest").join(g);
         io(&from, fs::copy(&from, out_dir.join(g)))?;
         sums.push(g.to_string());
     }

@@ -303,7 +303,7 @@ fn build_xen() -> Result<Vec<Image>, String> {
         c.args(&remap);
         run(&format!("build the {g} image (x86_64-unknown-none, profile guest)"), &mut c)?;
     }
-    let dir = root().join("target").join(GUEST_TARGET).join("guest");
+    let dir = target_dir().join(GUEST_TARGET).join("guest");
     let mut images = Vec::new();
     println!(
         "{:<10} {:>10} {:>10}  {:<9} memory (xen/*.cfg)",
@@ -513,6 +513,27 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask has a parent directory")
         .to_path_buf()
+}
+
+/// Where the cargo commands xtask runs put what they build: `CARGO_TARGET_DIR`
+/// when it is set (relative to the directory xtask was started in, as cargo
+/// reads it), else `<root>/target`. xtask's own scratch directories (the
+/// Python venv, the Xen image, the package) stay under `<root>/target`.
+fn target_dir() -> PathBuf {
+    target_dir_from(std::env::var_os("CARGO_TARGET_DIR"), &root())
+}
+
+fn target_dir_from(var: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
+    match var.filter(|v| !v.is_empty()) {
+        Some(v) => {
+            let dir = PathBuf::from(v);
+            match std::env::current_dir() {
+                Ok(cwd) if dir.is_relative() => cwd.join(dir),
+                _ => dir,
+            }
+        }
+        None => root.join("target"),
+    }
 }
 
 fn cargo() -> Command {
@@ -1117,7 +1138,7 @@ fn interop() -> Result<(), String> {
         "build portcullis CLI",
         cargo().args(["build", "-p", "portcullis-cli", "--bin", "portcullis"]),
     )?;
-    let cli = root().join("target/debug/portcullis");
+    let cli = target_dir().join("debug/portcullis");
     run(
         "pycose interop (tests/interop/pycose_check.py)",
         Command::new(py)
@@ -1141,7 +1162,7 @@ fn demo(args: &[String]) -> Result<(), String> {
         c.args(["-p", g]);
     }
     run("build the guests and the portcullis tool (release)", &mut c)?;
-    let mut demo = Command::new(root().join("target/release/portcullis"));
+    let mut demo = Command::new(target_dir().join("release/portcullis"));
     demo.arg("demo").args(args);
     // Without a terminal nobody can type a code: compute it from the secret.
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
@@ -1225,6 +1246,16 @@ mod tests {
 
     fn parse_str(line: &str) -> Result<Cmd, String> {
         parse(&line.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn build_outputs_follow_cargo_target_dir() {
+        let root = Path::new("/src/portcullis");
+        assert_eq!(target_dir_from(None, root), root.join("target"));
+        assert_eq!(target_dir_from(Some("".into()), root), root.join("target"));
+        assert_eq!(target_dir_from(Some("/tmp/t".into()), root), PathBuf::from("/tmp/t"));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(target_dir_from(Some("t2".into()), root), cwd.join("t2"));
     }
 
     #[test]
