@@ -589,9 +589,9 @@ pub(crate) fn decode_map(
     let len = r.map(field)?;
     for _ in 0..len {
         let key = r.key()?;
-        let i = position(names, key).ok_or(DecodeError::UnknownField)?;
+        let (i, name) = lookup(names, key).ok_or(DecodeError::UnknownField)?;
         let slot = slots.get_mut(i).ok_or(DecodeError::UnknownField)?;
-        slot.fill(r, nth_name(names, i))?;
+        slot.fill(r, name)?;
     }
     match slots.iter().take(required).position(|slot| !slot.is_set()) {
         Some(i) => Err(DecodeError::MissingField(nth_name(names, i))),
@@ -605,14 +605,47 @@ pub(crate) fn decode_map(
 /// the lookup of every [`wire_struct!`] decoder and [`text_enum!`] parser.
 #[inline(never)]
 pub(crate) fn position(names: &str, key: &str) -> Option<usize> {
-    names.split_terminator('\0').position(|name| name == key)
+    lookup(names, key).map(|(i, _)| i)
+}
+
+/// Where `key` is among `names` (as in [`position`]), with the name as
+/// `names` holds it. A plain byte walk: no `str` searcher, and one pass
+/// where a position and then the name would take two (each decoded field
+/// of every message goes through it).
+#[inline(never)]
+pub(crate) fn lookup<'n>(names: &'n str, key: &str) -> Option<(usize, &'n str)> {
+    let mut at = 0;
+    let mut i = 0;
+    while let Some(name) = name_at(names, at) {
+        if name == key {
+            return Some((i, name));
+        }
+        at += name.len() + 1;
+        i += 1;
+    }
+    None
 }
 
 /// Name `i` of `names` (NUL-terminated names, as in [`position`]); ""
 /// if there are not that many.
 #[inline(never)]
 pub(crate) fn nth_name(names: &'static str, i: usize) -> &'static str {
-    names.split_terminator('\0').nth(i).unwrap_or_default()
+    let mut at = 0;
+    for _ in 0..i {
+        match name_at(names, at) {
+            Some(name) => at += name.len() + 1,
+            None => return "",
+        }
+    }
+    name_at(names, at).unwrap_or_default()
+}
+
+/// The name starting at byte `at` of `names`, up to its NUL or the end;
+/// None at or past the end (as `split_terminator` ends: no empty last name).
+fn name_at(names: &str, at: usize) -> Option<&str> {
+    let rest = names.get(at..).filter(|r| !r.is_empty())?;
+    let len = rest.bytes().position(|b| b == 0).unwrap_or(rest.len());
+    rest.get(..len)
 }
 
 /// Encodes one value as a whole CBOR item (used for signed payloads).
@@ -789,4 +822,46 @@ pub(crate) use wire_struct;
 pub(crate) trait Check {
     /// Returns the first field that breaks a rule.
     fn check(&self) -> Result<(), FieldError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lookup, nth_name, position};
+    use alloc::boxed::Box;
+    use alloc::format;
+    use alloc::string::String;
+    use proptest::prelude::*;
+
+    fn table(names: &[String]) -> &'static str {
+        Box::leak(names.iter().map(|n| format!("{n}\0")).collect::<String>().into_boxed_str())
+    }
+
+    #[test]
+    fn names_are_found_by_position_and_index() {
+        let names = "kid\0alg\0\0exp\0";
+        assert_eq!(lookup(names, "kid"), Some((0, "kid")));
+        assert_eq!(lookup(names, "exp"), Some((3, "exp")));
+        assert_eq!(lookup(names, ""), Some((2, "")));
+        assert_eq!(position(names, "ex"), None);
+        assert_eq!(position(names, "exp\0"), None);
+        assert_eq!(position("", ""), None);
+        assert_eq!(
+            (nth_name(names, 1), nth_name(names, 3), nth_name(names, 4)),
+            ("alg", "exp", "")
+        );
+        assert_eq!(position("a\0last", "last"), Some(1));
+    }
+
+    proptest! {
+        /// The byte walk agrees with `split_terminator` on any table and key.
+        #[test]
+        fn lookup_agrees_with_split(names in proptest::collection::vec("[a-c_\u{e9}]{0,3}", 0..6),
+                                    key in "[a-c_\u{e9}]{0,3}", i in 0usize..8) {
+            let t = table(&names);
+            let split = || t.split_terminator('\0');
+            prop_assert_eq!(position(t, &key), split().position(|n| n == key));
+            prop_assert_eq!(lookup(t, &key).map(|(_, n)| n), split().find(|n| *n == key));
+            prop_assert_eq!(nth_name(t, i), split().nth(i).unwrap_or_default());
+        }
+    }
 }
