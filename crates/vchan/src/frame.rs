@@ -35,7 +35,8 @@ pub trait Transport {
 
 impl<B: Backend> Transport for Vchan<B> {
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
-        self.read(buf)
+        let arm = !self.is_quiet();
+        self.read_with(buf, arm)
     }
     fn send(&mut self, data: &[u8]) -> Result<usize, VchanError> {
         self.write(data)

@@ -316,6 +316,15 @@ impl<M: SharedMem> Channel<M> {
         self.ready()
     }
 
+    /// Withdraws our "notify me on write" request: the peer's writes send
+    /// no event until [`Channel::data_ready`] or [`Channel::read`] asks
+    /// again. The peer may already have taken the request (an event on its
+    /// way), so one more event can still come. Only the bit the peer
+    /// consumes (`libxenvchan`'s `send_notify`) is cleared: no new state.
+    pub fn disarm_read(&mut self) {
+        self.page.fetch_and_u8(self.role.peer_notify(), !NOTIFY_WRITE);
+    }
+
     /// Free space in the write ring, arming a "notify me on read" request
     /// (`libxenvchan_buffer_space`).
     pub fn buffer_space(&mut self) -> Result<usize, VchanError> {
@@ -347,7 +356,7 @@ impl<M: SharedMem> Channel<M> {
         self.read_with(buf, false)
     }
 
-    fn read_with(&mut self, buf: &mut [u8], arm: bool) -> Result<Io, VchanError> {
+    pub(crate) fn read_with(&mut self, buf: &mut [u8], arm: bool) -> Result<Io, VchanError> {
         self.live()?;
         if buf.is_empty() {
             return Ok(Io { len: 0, notify: false });

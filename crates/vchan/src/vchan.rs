@@ -72,6 +72,8 @@ pub struct Vchan<B: Backend> {
     signals: u64,
     /// Waits on the event channel that blocked (or timed out).
     sleeps: u64,
+    /// Reads do not ask the peer for an event ([`Vchan::set_quiet`]).
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +104,7 @@ impl<B: Backend> Vchan<B> {
             spin: DEFAULT_SPIN,
             signals: 0,
             sleeps: 0,
+            quiet: false,
         };
         v.server_setup(geometry)?;
         Ok(v)
@@ -122,6 +125,7 @@ impl<B: Backend> Vchan<B> {
             spin: DEFAULT_SPIN,
             signals: 0,
             sleeps: 0,
+            quiet: false,
         };
         v.client_setup()?;
         Ok(v)
@@ -145,6 +149,7 @@ impl<B: Backend> Vchan<B> {
             spin: DEFAULT_SPIN,
             signals: 0,
             sleeps: 0,
+            quiet: false,
         };
         loop {
             match v.client_setup() {
@@ -468,6 +473,38 @@ impl<B: Backend> Vchan<B> {
         self.spin = polls;
     }
 
+    /// Quiet: the peer's writes stop waking us. The standing request for
+    /// an event is withdrawn ([`Channel::disarm_read`]) and reads
+    /// ([`Transport::recv`] included) no longer make one, so the peer sends
+    /// no event for what it writes (at most one already on its way); the
+    /// caller must look at the ring again on its own (a time-out, or a
+    /// wake-up from another channel). Not quiet again: the request is made
+    /// at once, so a write from then on sends an event, and what was written
+    /// before is there for the next read. A closed endpoint is left as it is.
+    ///
+    /// [`Channel::disarm_read`]: crate::ring::Channel::disarm_read
+    /// [`Transport::recv`]: crate::frame::Transport::recv
+    pub fn set_quiet(&mut self, quiet: bool) {
+        if self.quiet == quiet {
+            return;
+        }
+        self.quiet = quiet;
+        if let Some(conn) = self.conn.as_mut() {
+            if quiet {
+                conn.chan.disarm_read();
+            } else {
+                // Only the request matters here; the count is read again
+                // by the caller's next read, and a broken peer shows there.
+                let _ = conn.chan.data_ready();
+            }
+        }
+    }
+
+    /// Whether reads ask the peer for an event ([`Vchan::set_quiet`]).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// The peer domain.
     pub fn peer(&self) -> DomId {
         self.peer
@@ -532,7 +569,12 @@ impl<B: Backend> Vchan<B> {
     /// `Ok(0)` means nothing yet; [`VchanError::PeerClosed`] means nothing
     /// and never will be.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
-        let io = self.op(|c| c.read(buf))?;
+        self.read_with(buf, true)
+    }
+
+    /// [`Vchan::read`] (`arm`) or [`Vchan::read_unarmed`].
+    pub(crate) fn read_with(&mut self, buf: &mut [u8], arm: bool) -> Result<usize, VchanError> {
+        let io = self.op(|c| c.read_with(buf, arm))?;
         self.signal(io.notify)?;
         Ok(io.len)
     }
@@ -597,9 +639,7 @@ impl<B: Backend> Vchan<B> {
     /// ([`Channel::read_unarmed`]); call [`Vchan::data_ready`] before
     /// sleeping on the event channel.
     pub fn read_unarmed(&mut self, buf: &mut [u8]) -> Result<usize, VchanError> {
-        let io = self.op(|c| c.read_unarmed(buf))?;
-        self.signal(io.notify)?;
-        Ok(io.len)
+        self.read_with(buf, false)
     }
 
     /// Like [`Vchan::write`], but without asking the peer for an event

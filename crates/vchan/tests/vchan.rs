@@ -251,6 +251,49 @@ fn notify_bits_gate_events() {
     assert_eq!(page.load_u8(layout::SRV_NOTIFY), layout::NOTIFY_READ | layout::NOTIFY_WRITE);
 }
 
+/// A quiet reader is not woken by writes, and reads all of them later;
+/// back from quiet, the next write wakes it again.
+#[test]
+fn a_quiet_reader_gets_no_events_and_loses_no_data() {
+    use portcullis_vchan::frame::Transport;
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 1024);
+    let page = raw_page(&hv);
+    server.wait(NOW).unwrap(); // the client's connect
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), layout::NOTIFY_WRITE);
+
+    server.set_quiet(true);
+    assert!(server.is_quiet());
+    // The standing request is withdrawn: the write sends nothing.
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), 0);
+    client.write(b"ab").unwrap();
+    assert_eq!(server.wait(NOW), Err(VchanError::Timeout));
+    // Reading (through the framing's transport too) makes no new request,
+    // even when it drains the ring.
+    let mut buf = [0u8; 8];
+    assert_eq!(Transport::recv(&mut server, &mut buf[..1]).unwrap(), 1);
+    assert_eq!(Transport::recv(&mut server, &mut buf).unwrap(), 1);
+    assert_eq!(&buf[..1], b"b");
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), 0);
+    client.write(b"c").unwrap();
+    assert_eq!(server.wait(NOW), Err(VchanError::Timeout));
+
+    // Not quiet: the request is made at once; nothing written while quiet
+    // is lost, and the next write wakes the reader.
+    server.set_quiet(false);
+    assert_eq!(page.load_u8(layout::CLI_NOTIFY), layout::NOTIFY_WRITE);
+    assert_eq!(Transport::recv(&mut server, &mut buf).unwrap(), 1);
+    assert_eq!(&buf[..1], b"c");
+    client.write(b"d").unwrap();
+    server.wait(NOW).unwrap();
+    // A request the writer already took still delivers its one event.
+    assert_eq!(Transport::recv(&mut server, &mut buf).unwrap(), 1);
+    client.write(b"e").unwrap(); // takes the request made by the drain
+    server.set_quiet(true);
+    server.wait(NOW).unwrap();
+    assert_eq!(server.read(&mut buf).unwrap(), 1);
+}
+
 #[test]
 fn close_is_seen_and_releases_everything() {
     let hv = Hypervisor::new();
