@@ -141,8 +141,11 @@ pub(crate) fn verdicts(figs: &[Figure]) -> Vec<Verdict> {
             (Some(cpu), Some(rate)) => Verdict {
                 goal: goal.into(),
                 figure: format!(
-                    "{cpu:.0} us ({:.0} tokens/s per vCPU); end to end {rate:.0} tokens/s",
-                    1e6 / cpu.max(f64::MIN_POSITIVE)
+                    "{cpu:.0} us ({:.0} tokens/s per vCPU); end to end {rate:.0} tokens/s{}",
+                    1e6 / cpu.max(f64::MIN_POSITIVE),
+                    c.num("sleeps_per_token")
+                        .map(|s| format!("; cryptod slept {s:.2} times per token"))
+                        .unwrap_or_default()
                 ),
                 reference: "50 us (20,000 tokens/s per vCPU)".into(),
                 pass: Some(cpu <= 50.0),

@@ -87,6 +87,15 @@ type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
 /// `keyset` answers), since each flood request costs a signature.
 pub const CLIENT_BUDGET: usize = 8;
 
+/// How long the client links stay quiet after a batch is shipped, in
+/// nanoseconds ([`CryptodDriver::poll_delay`]): while the collector writes
+/// it and answers wait for its ack, the clients' writes send no events,
+/// and the ack's wake-up reads what came meanwhile. A request whose answer
+/// need not wait for the collector (a keyset, a `busy`) waits this much
+/// longer at most, and a collector that does not ack costs one wake-up
+/// per batch, not one per millisecond.
+pub const QUIET_FOR_NS: u64 = 2_000_000;
+
 /// Shortest time between two persists of the sealed audit head alone
 /// (nanoseconds): the head lags the collector's acks by at most this (and
 /// one [`STEP`]), and is persisted this often at most, not once per ack.
@@ -189,6 +198,13 @@ pub struct CryptodDriver<B: Backend> {
     next: usize,
     /// A client still had messages when its budget ran out.
     backlog: bool,
+    /// The client links are quiet ([`CryptodDriver::poll_delay`]).
+    quiet: bool,
+    /// Until when (monotonic ns) they may stay quiet: [`QUIET_FOR_NS`]
+    /// after the last batch shipped.
+    quiet_until: u64,
+    /// The time left until then, at the end of the last wake-up.
+    quiet_left: Duration,
     ready: bool,
     /// Said once that the platform cannot persist.
     persist_warned: bool,
@@ -311,6 +327,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             entropy,
             next: 0,
             backlog: false,
+            quiet: false,
+            quiet_until: 0,
+            quiet_left: Duration::ZERO,
             ready: false,
             persist_warned: false,
             persist_failing: false,
@@ -349,12 +368,33 @@ impl<B: Backend + Clone> CryptodDriver<B> {
 
     /// How long the shell may wait for an event before the next
     /// [`CryptodDriver::poll`]: zero while a client has unread messages
-    /// left over from its budget, else [`STEP`] (timers, name lookups).
+    /// left over from its budget; while the client links are quiet, until
+    /// they stop being so; else [`STEP`] (timers, name lookups).
+    ///
+    /// Quiet: with answers held for the collector's ack and a sealed batch
+    /// being written, a request that comes now is answered after that ack
+    /// at the earliest (its record goes in the next batch), so for
+    /// [`QUIET_FOR_NS`] after a batch is shipped the clients' writes do not
+    /// wake cryptod ([`Vchan::set_quiet`]): the ack's wake-up serves every
+    /// request that came during the write at once, instead of one wake-up
+    /// each (issue 14).
     pub fn poll_delay(&self) -> Duration {
         if self.backlog {
             Duration::ZERO
+        } else if self.quiet {
+            self.quiet_left
         } else {
             STEP
+        }
+    }
+
+    /// Makes every client link quiet or not ([`CryptodDriver::poll_delay`]).
+    fn quiet_clients(&mut self, quiet: bool) {
+        if self.quiet != quiet {
+            self.quiet = quiet;
+            for link in self.clients.iter_mut().filter_map(|c| c.link.as_mut()) {
+                link.chan().set_quiet(quiet);
+            }
         }
     }
 
@@ -376,6 +416,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         }
         let mut dirty = false;
         self.backlog = false;
+        self.quiet_clients(false);
         let n = self.clients.len();
         for i in 0..n {
             let idx = (self.next + i) % n;
@@ -435,6 +476,17 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         // writes their records (they leave only on its ack): an answer
         // waits for the seal's signature, not for its token's too.
         self.auth.sign_held();
+        // Answers held, and some of their records sealed and shipped.
+        let mono = p.monotonic_ns();
+        if sealed > 0 {
+            self.quiet_until = mono.saturating_add(QUIET_FOR_NS);
+        }
+        self.quiet_left = Duration::from_nanos(self.quiet_until.saturating_sub(mono));
+        let quiet = !self.backlog
+            && !self.quiet_left.is_zero()
+            && self.auth.held_len() > 0
+            && self.auth.pending_audit_len() > self.auth.unsealed_audit_len();
+        self.quiet_clients(quiet);
         self.persist_head(p);
         let empty = self.auth.pending_audit_len() == 0;
         if empty && !self.outbox_empty {

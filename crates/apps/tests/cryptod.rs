@@ -285,6 +285,110 @@ fn requests_during_a_collector_write_share_the_next_batch() {
     assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
 }
 
+impl World {
+    /// Consumes every pending event on cryptod's ports; how many there were.
+    fn events(&mut self) -> usize {
+        let ports = self.d.ports();
+        let mut n = 0;
+        while self.p_wait(&ports).is_some() {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Issue 14: while answers wait for a batch the collector is writing, the
+/// clients' requests send cryptod no events (their answers could not leave
+/// before that ack anyway); the ack's wake-up reads them all, and they
+/// share the next batch. With nothing in flight a request wakes cryptod.
+#[test]
+fn requests_during_a_collector_write_do_not_wake_cryptod() {
+    use portcullis_apps::cryptod::QUIET_FOR_NS;
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    let mut un = w.client(UNLOCKER);
+    w.events();
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    assert_eq!(w.events(), 1, "nothing in flight: the request wakes cryptod");
+    w.poll();
+    let first = drain(&mut w.collector);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        w.d.poll_delay(),
+        Duration::from_nanos(QUIET_FOR_NS),
+        "it looks at the quiet rings on its own"
+    );
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    un.send(&totp_req(&code_at(T0))).unwrap();
+    assert_eq!(w.events(), 0, "no event while the batch is written");
+    // The ack wakes cryptod; that wake-up releases the first answer and
+    // reads both requests, which go as the next batch.
+    let last = records_of(&first[0]).pop().unwrap();
+    w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    assert_eq!(w.events(), 1);
+    w.poll();
+    assert_eq!(drain(&mut pd).len(), 1);
+    let next = drain(&mut w.collector);
+    assert_eq!(next.len(), 1);
+    let records = records_of(&next[0]);
+    assert_eq!(records.len(), 2, "both requests in one batch");
+    // Its ack releases both answers; with nothing in flight and nothing
+    // held, the links wake cryptod again.
+    let last = records.last().unwrap();
+    w.collector.send(&AuditAck { chain_id: last.chain_id, seq: last.seq }.into()).unwrap();
+    w.poll();
+    assert_eq!(drain(&mut pd).len(), 1);
+    assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
+    assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
+    w.events();
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    assert_eq!(w.events(), 1);
+}
+
+/// A collector that does not ack keeps the links quiet for
+/// [`QUIET_FOR_NS`] only: then a request wakes cryptod again (and is
+/// answered, if its answer need not wait for the collector).
+#[test]
+fn a_silent_collector_keeps_the_links_quiet_for_a_while_only() {
+    use portcullis_apps::cryptod::QUIET_FOR_NS;
+    let mut w = boot();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    w.events();
+    pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+    assert_eq!(w.events(), 1);
+    w.poll();
+    assert_eq!(drain(&mut w.collector).len(), 1);
+    w.p.advance(Duration::from_nanos(QUIET_FOR_NS / 2));
+    w.poll();
+    assert_eq!(w.d.poll_delay(), Duration::from_nanos(QUIET_FOR_NS / 2));
+    pd.send(&keyset_req(1)).unwrap();
+    assert_eq!(w.events(), 0);
+    w.p.advance(Duration::from_nanos(QUIET_FOR_NS / 2));
+    w.poll(); // the time-out's wake-up: reads the keyset request, answers it
+    assert_eq!(drain(&mut pd).len(), 1, "the keyset need not wait for the collector");
+    assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
+    pd.send(&keyset_req(2)).unwrap();
+    assert_eq!(w.events(), 1, "no longer quiet");
+}
+
+/// Without the audit wait nothing is held, so the links never go quiet.
+#[test]
+fn without_answer_after_audit_every_request_wakes_cryptod() {
+    let mut w = boot_no_audit_wait();
+    w.seed();
+    let mut pd = w.client(POLICY_PD);
+    w.events();
+    for _ in 0..2 {
+        pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
+        assert_eq!(w.events(), 1);
+        w.poll();
+        assert_eq!(drain(&mut pd).len(), 1);
+        assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
+    }
+}
+
 /// The newest sealed state cryptod handed to the platform.
 fn last_persisted(w: &World) -> sealed::SealedState {
     let (item, blob) = w.p.persisted.last().expect("cryptod persisted its state");

@@ -1069,6 +1069,23 @@ fn schedstat_first(text: &str) -> Option<u64> {
     (fields.count() == 2).then_some(ns)
 }
 
+/// How many times the threads of `pid` blocked so far: the sum of the
+/// `voluntary_ctxt_switches` lines of `/proc/<pid>/task/*/status`.
+fn voluntary_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total: u64 = 0;
+    for task in tasks {
+        let text = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        total = total.checked_add(status_voluntary(&text)?)?;
+    }
+    Some(total)
+}
+
+/// The `voluntary_ctxt_switches` count of a `/proc/<pid>/status` text.
+fn status_voluntary(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?.trim().parse().ok()
+}
+
 /// utime + stime (fields 14 and 15, in clock ticks) of a `/proc/<pid>/stat`
 /// line. The command name (field 2) may hold spaces and parentheses, so
 /// fields are counted from after its last ')', where field 3 begins.
@@ -1187,7 +1204,7 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
     let pid = cryptod.child.id();
     let source = CpuSource::of(pid);
     let barrier = std::sync::Barrier::new(clients.len() + 1);
-    let (cpu, wall, backoffs) = std::thread::scope(|s| -> Result<_, Failure> {
+    let (cpu, wall, backoffs, sleeps) = std::thread::scope(|s| -> Result<_, Failure> {
         let handles: Vec<_> = clients
             .into_iter()
             .map(|mut c| {
@@ -1202,6 +1219,7 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
             })
             .collect();
         let cpu0 = process_cpu(pid, source)?;
+        let sleeps0 = voluntary_switches(pid);
         let t0 = Instant::now();
         barrier.wait();
         let mut backoffs = 0;
@@ -1209,7 +1227,8 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
             backoffs += h.join().map_err(|_| "client thread panicked")??;
         }
         let wall = t0.elapsed();
-        Ok((process_cpu(pid, source)?.saturating_sub(cpu0), wall, backoffs))
+        let sleeps = voluntary_switches(pid).zip(sleeps0).map(|(b, a)| b.saturating_sub(a));
+        Ok((process_cpu(pid, source)?.saturating_sub(cpu0), wall, backoffs, sleeps))
     })?;
     let tokens = per * BENCH_CLIENTS.len();
     let cpu_us = cpu.as_secs_f64() * 1e6 / tokens as f64;
@@ -1224,12 +1243,22 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
         cpu.as_secs_f64(),
         source.describe(pid)
     );
+    // How often cryptod went to sleep (each sleep is a wake-up and two
+    // context switches): a count the machine's load does not scale.
+    let sleeps_per_token = sleeps.map(|n| n as f64 / tokens as f64);
+    if let (Some(n), Some(per)) = (sleeps, sleeps_per_token) {
+        println!(
+            "cryptod slept {n} times (/proc/{pid}/task/*/status voluntary_ctxt_switches) \
+             = {per:.2} per token"
+        );
+    }
     println!("figure: roundtrip wal={wal_name} p50_us={rt50:.1} p99_us={rt99:.1}");
     println!("figure: raw wal={wal_name} p50_us={raw50:.1} p99_us={raw99:.1}");
     println!("figure: durable wal={wal_name} p50_us={dw50:.1} p99_us={dw99:.1}");
     println!(
-        "figure: concurrent wal={wal_name} clients={} tokens={tokens} cpu_us_per_token={cpu_us:.1} tokens_per_s={rate:.0}",
-        BENCH_CLIENTS.len()
+        "figure: concurrent wal={wal_name} clients={} tokens={tokens} cpu_us_per_token={cpu_us:.1} tokens_per_s={rate:.0}{}",
+        BENCH_CLIENTS.len(),
+        sleeps_per_token.map(|p| format!(" sleeps_per_token={p:.2}")).unwrap_or_default()
     );
     Ok(())
 }
@@ -1318,7 +1347,7 @@ fn rule_outcome_signed(log: &Path) -> bool {
 
 #[cfg(test)]
 mod bench_tests {
-    use super::{schedstat_first, stat_cpu_ticks};
+    use super::{schedstat_first, stat_cpu_ticks, status_voluntary};
 
     #[test]
     fn schedstat_first_reads_the_time_on_cpu() {
@@ -1327,6 +1356,15 @@ mod bench_tests {
         for bad in ["", "26198495", "1 2", "1 2 3 4", "x 2 3", "-1 2 3"] {
             assert_eq!(schedstat_first(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn status_voluntary_reads_its_line_only() {
+        let text = "Name:\tcryptod\nvoluntary_ctxt_switches:\t1234\n\
+                    nonvoluntary_ctxt_switches:\t56\n";
+        assert_eq!(status_voluntary(text), Some(1234));
+        assert_eq!(status_voluntary("nonvoluntary_ctxt_switches:\t56\n"), None);
+        assert_eq!(status_voluntary("voluntary_ctxt_switches:\tx\n"), None);
     }
 
     #[test]
