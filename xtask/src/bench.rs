@@ -250,6 +250,81 @@ pub(crate) fn driver_report(figs: &[Figure]) -> Option<String> {
     ))
 }
 
+/// The guests' crypto configuration for a host build: the cfgs of
+/// `.cargo/config.toml`'s `x86_64-unknown-none` rustflags (the serial curve
+/// backend, the compact soft SHA-2), without the PVH link arguments.
+const GUEST_CRYPTO_CFGS: &str = "--cfg curve25519_dalek_backend=\"serial\" \
+    --cfg sha2_backend=\"soft\" --cfg sha2_backend_soft=\"compact\"";
+
+/// The builds `ed25519_speed` is timed as: label, `fast` tables, and the
+/// guest configuration at this opt-level (None: the hosted release build).
+const ED25519_BUILDS: [(&str, bool, Option<&str>); 4] = [
+    ("hosted", true, None),
+    ("guest", false, Some("z")),
+    ("guest-fast", true, Some("z")),
+    ("guest-s", false, Some("s")),
+];
+
+/// Ed25519 sign and verify as the guests build them (as shipped, with the
+/// `fast` tables cryptod leaves out for its image size, at opt-level "s")
+/// next to the hosted programs' build, each timed by `ed25519_speed`.
+fn ed25519_figures() -> Result<String, String> {
+    let mut out = String::new();
+    for (label, fast, opt) in ED25519_BUILDS {
+        let mut c = crate::cargo();
+        c.args(["build", "--release", "-p", "portcullis-proto", "--example", "ed25519_speed"]);
+        if fast {
+            c.args(["--features", "fast"]);
+        }
+        let dir = match opt {
+            None => crate::target_dir(),
+            Some(opt) => {
+                let dir = crate::target_dir().join("guest-crypto");
+                c.env("CARGO_TARGET_DIR", &dir)
+                    .env("RUSTFLAGS", GUEST_CRYPTO_CFGS)
+                    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                    .args(["--config", &format!("profile.release.opt-level=\"{opt}\"")])
+                    .args(["--config", "profile.release.lto=\"fat\""]);
+                dir
+            }
+        };
+        crate::run(&format!("build ed25519_speed as the {label} build"), &mut c)?;
+        out += &capture(
+            &format!("Ed25519 sign and verify_strict, {label} build"),
+            Command::new(dir.join("release/examples/ed25519_speed")).arg(label),
+        )?;
+    }
+    Ok(out)
+}
+
+/// The Ed25519 figures' report lines (no goal: what the guests' build
+/// costs against the hosted one, and what `fast` would buy cryptod).
+pub(crate) fn ed25519_report(figs: &[Figure]) -> Option<String> {
+    let of = |label: &str| {
+        let f = figs.iter().find(|f| f.kind == "ed25519" && f.get("build") == Some(label))?;
+        Some((f.num("sign_us")?, f.num("verify_us")?))
+    };
+    let (hs, hv) = of("hosted")?;
+    let mut lines = format!(
+        "Ed25519, 200 B, medians: hosted build (release, `fast`, default backend) sign {hs:.1} us, \
+         verify_strict {hv:.1} us"
+    );
+    for (label, what) in [
+        ("guest", "guest build as shipped (serial, compact SHA-2, opt \"z\", no `fast`)"),
+        ("guest-fast", "guest build with `fast`"),
+        ("guest-s", "guest build at opt \"s\""),
+    ] {
+        if let Some((gs, gv)) = of(label) {
+            lines += &format!(
+                "\n  {what}: sign {gs:.1} us ({:.2} x hosted), verify_strict {gv:.1} us ({:.2} x)",
+                gs / hs.max(f64::MIN_POSITIVE),
+                gv / hv.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    Some(lines)
+}
+
 /// The load average, as `/proc/loadavg` has it.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -314,6 +389,7 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         &mut Command::new(release.join("examples/vchan_throughput")),
     )?;
     out += &driver_figures(&release.join("examples/cryptod_cost"))?;
+    out += &ed25519_figures()?;
     for wal in ["on", "off"] {
         out += &capture(
             &format!("token round trips and concurrent clients, audit wait {wal}"),
@@ -341,6 +417,9 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
     }
     if let Some(line) = driver_report(&figs) {
         println!("{line}");
+    }
+    if let Some(lines) = ed25519_report(&figs) {
+        println!("{lines}");
     }
     let met = results.iter().filter(|v| v.pass == Some(true)).count();
     println!("{met} of {} goals met (a miss is reported, not a failure)", results.len());
@@ -439,6 +518,21 @@ figure: raw wal=off p50_us=60 p99_us=90
         let line = driver_report(&figs).unwrap();
         assert!(line.contains("300000 instructions per audited token = 1.50 x"), "{line}");
         assert_eq!(driver_report(&parse_figures(RUN)), None);
+    }
+
+    #[test]
+    fn the_ed25519_builds_are_reported_against_the_hosted_one() {
+        let figs = parse_figures(
+            "figure: ed25519 build=hosted sign_us=16.0 verify_us=40.0\n\
+             figure: ed25519 build=guest sign_us=48.0 verify_us=50.0\n\
+             figure: ed25519 build=guest-fast sign_us=20.0 verify_us=44.0\n",
+        );
+        let lines = ed25519_report(&figs).unwrap();
+        assert!(lines.contains("sign 16.0 us, verify_strict 40.0 us"), "{lines}");
+        assert!(lines.contains("as shipped (serial, compact SHA-2, opt \"z\", no `fast`): sign 48.0 us (3.00 x hosted), verify_strict 50.0 us (1.25 x)"), "{lines}");
+        assert!(lines.contains("with `fast`: sign 20.0 us (1.25 x hosted)"), "{lines}");
+        assert!(!lines.contains("opt \"s\""), "no guest-s figure: no line");
+        assert_eq!(ed25519_report(&parse_figures(RUN)), None, "no hosted figure: no report");
     }
 
     #[test]
