@@ -93,6 +93,16 @@ impl World {
         self.p.wait_any(ports, Some(Duration::ZERO)).unwrap()
     }
 
+    /// Consumes every pending event on cryptod's ports; how many there were.
+    fn events(&mut self) -> usize {
+        let ports = self.d.ports();
+        let mut n = 0;
+        while self.p_wait(&ports).is_some() {
+            n += 1;
+        }
+        n
+    }
+
     fn client(&mut self, dom: DomId) -> Link<SimBackend> {
         let c = client(&self.hv, dom, CRYPTOD, port::CRYPTOD);
         self.poll(); // sees it connected
@@ -283,18 +293,6 @@ fn requests_during_a_collector_write_share_the_next_batch() {
     w.poll();
     assert_eq!(drain(&mut pd).len(), 2);
     assert_eq!(totp_result(&drain(&mut un)[0]), TotpResult::Ok);
-}
-
-impl World {
-    /// Consumes every pending event on cryptod's ports; how many there were.
-    fn events(&mut self) -> usize {
-        let ports = self.d.ports();
-        let mut n = 0;
-        while self.p_wait(&ports).is_some() {
-            n += 1;
-        }
-        n
-    }
 }
 
 /// Issue 14: while answers wait for a batch the collector is writing, the

@@ -1052,13 +1052,7 @@ fn process_cpu(pid: u32, source: CpuSource) -> Result<Duration, Failure> {
 /// each `/proc/<pid>/task/<tid>/schedstat` (the scheduler's own count,
 /// user and kernel time together, not sampled at clock ticks).
 fn schedstat_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total: u64 = 0;
-    for task in tasks {
-        let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        total = total.checked_add(schedstat_first(&text)?)?;
-    }
-    Some(total)
+    sum_over_threads(pid, "schedstat", schedstat_first)
 }
 
 /// The first number of a schedstat line (`<ns on CPU> <ns waiting> <slices>`).
@@ -1072,11 +1066,17 @@ fn schedstat_first(text: &str) -> Option<u64> {
 /// How many times the threads of `pid` blocked so far: the sum of the
 /// `voluntary_ctxt_switches` lines of `/proc/<pid>/task/*/status`.
 fn voluntary_switches(pid: u32) -> Option<u64> {
+    sum_over_threads(pid, "status", status_voluntary)
+}
+
+/// `read` of `/proc/<pid>/task/<tid>/<file>`, summed over the threads of
+/// `pid`; None if a file cannot be read or a count is unreadable.
+fn sum_over_threads(pid: u32, file: &str, read: fn(&str) -> Option<u64>) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total: u64 = 0;
     for task in tasks {
-        let text = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
-        total = total.checked_add(status_voluntary(&text)?)?;
+        let text = std::fs::read_to_string(task.ok()?.path().join(file)).ok()?;
+        total = total.checked_add(read(&text)?)?;
     }
     Some(total)
 }
