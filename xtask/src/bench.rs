@@ -141,7 +141,13 @@ pub(crate) fn verdicts(figs: &[Figure]) -> Vec<Verdict> {
             (Some(cpu), Some(rate)) => Verdict {
                 goal: goal.into(),
                 figure: format!(
-                    "{cpu:.0} us ({:.0} tokens/s per vCPU); end to end {rate:.0} tokens/s{}",
+                    "{cpu:.0} us{} ({:.0} tokens/s per vCPU); end to end {rate:.0} tokens/s{}",
+                    match (c.num("cpu_us_min"), c.num("cpu_us_max"), c.get("rounds")) {
+                        (Some(lo), Some(hi), Some(n)) => {
+                            format!(", the median of {n} rounds ({lo:.0} to {hi:.0})")
+                        }
+                        _ => String::new(),
+                    },
                     1e6 / cpu.max(f64::MIN_POSITIVE),
                     c.num("sleeps_per_token")
                         .map(|s| format!("; cryptod slept {s:.2} times per token"))
@@ -500,6 +506,23 @@ figure: raw wal=off p50_us=60 p99_us=90
         assert_eq!(by_goal(&v, "vchan order 12").pass, Some(false));
         assert_eq!(by_goal(&v, "vchan order 16").pass, Some(true));
         assert_eq!(v.len(), 6);
+        assert!(!by_goal(&v, "cryptod CPU").figure.contains("rounds"));
+    }
+
+    #[test]
+    fn the_cpu_figure_names_its_rounds_and_their_range() {
+        let text = RUN.replace(
+            "tokens=2000 cpu_us_per_token=49.5",
+            "tokens=2000 rounds=3 cpu_us_per_token=49.5 cpu_us_min=47.0 cpu_us_max=61.2",
+        );
+        let v = verdicts(&parse_figures(&text));
+        let cpu = by_goal(&v, "cryptod CPU");
+        assert_eq!(cpu.pass, Some(true), "judged on the median");
+        assert!(
+            cpu.figure.starts_with("50 us, the median of 3 rounds (47 to 61)"),
+            "{}",
+            cpu.figure
+        );
     }
 
     #[test]

@@ -1196,25 +1196,105 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
     report(&format!("write + fdatasync of {RECORD_BLOCK} B (durable write)"), durable.clone(), t);
     let (dw50, dw99) = p50_p99(&mut durable);
 
-    // Several policy domains at once: cryptod's CPU per audited token.
+    // Several policy domains at once: cryptod's CPU per audited token, in
+    // rounds (the same clients), judged on the median round: one round on
+    // a shared VM can be a third slower than the next.
     let per = n.max(BENCH_CLIENTS.len()) / BENCH_CLIENTS.len();
-    let clients = (0..BENCH_CLIENTS.len() as u8)
-        .map(|i| TokenClient::connect(demo, i, root, per + 64))
+    let mut clients = (0..BENCH_CLIENTS.len() as u8)
+        .map(|i| TokenClient::connect(demo, i, root, per * CONCURRENT_ROUNDS + 64))
         .collect::<Result<Vec<_>, _>>()?;
     let pid = cryptod.child.id();
     let source = CpuSource::of(pid);
+    let tokens = per * BENCH_CLIENTS.len();
+    println!();
+    println!(
+        "== {} policy domains at once, answer_after_audit={wal_name}, {CONCURRENT_ROUNDS} rounds",
+        BENCH_CLIENTS.len()
+    );
+    let mut rounds = Vec::with_capacity(CONCURRENT_ROUNDS);
+    for round in 0..CONCURRENT_ROUNDS {
+        let r = concurrent_round(&mut clients, per, round, pid, source)?;
+        let sleeps = r.sleeps.map(|n| format!("; cryptod slept {n} times")).unwrap_or_default();
+        println!(
+            "round {}: {tokens} tokens in {:.2} s: {:.0} tokens/s end to end (clients verifying); \
+             cryptod CPU {:.3} s = {:.1} us per token{sleeps}",
+            round + 1,
+            r.wall.as_secs_f64(),
+            tokens as f64 / r.wall.as_secs_f64(),
+            r.cpu.as_secs_f64(),
+            r.cpu.as_secs_f64() * 1e6 / tokens as f64,
+        );
+        rounds.push(r);
+    }
+    let backoffs: u64 = clients.iter().map(|c| c.backoffs).sum();
+    rounds.sort_by_key(|r| r.cpu);
+    let (low, high) = (rounds[0].cpu, rounds[rounds.len() - 1].cpu);
+    let median = &rounds[rounds.len() / 2];
+    let per_token = |d: Duration| d.as_secs_f64() * 1e6 / tokens as f64;
+    let cpu_us = per_token(median.cpu);
+    let rate = tokens as f64 / median.wall.as_secs_f64();
+    println!(
+        "median round: {rate:.0} tokens/s end to end; cryptod CPU {cpu_us:.1} us per token \
+         ({:.1} to {:.1} over the rounds; {}); {backoffs} back-off(s)",
+        per_token(low),
+        per_token(high),
+        source.describe(pid)
+    );
+    // How often cryptod went to sleep (each sleep is a wake-up and two
+    // context switches): a count the machine's load does not scale.
+    let sleeps_per_token = median.sleeps.map(|n| n as f64 / tokens as f64);
+    if let (Some(n), Some(per)) = (median.sleeps, sleeps_per_token) {
+        println!(
+            "cryptod slept {n} times in that round (/proc/{pid}/task/*/status \
+             voluntary_ctxt_switches) = {per:.2} per token"
+        );
+    }
+    println!("figure: roundtrip wal={wal_name} p50_us={rt50:.1} p99_us={rt99:.1}");
+    println!("figure: raw wal={wal_name} p50_us={raw50:.1} p99_us={raw99:.1}");
+    println!("figure: durable wal={wal_name} p50_us={dw50:.1} p99_us={dw99:.1}");
+    println!(
+        "figure: concurrent wal={wal_name} clients={} tokens={tokens} rounds={CONCURRENT_ROUNDS} \
+         cpu_us_per_token={cpu_us:.1} cpu_us_min={:.1} cpu_us_max={:.1} tokens_per_s={rate:.0}{}",
+        BENCH_CLIENTS.len(),
+        per_token(low),
+        per_token(high),
+        sleeps_per_token.map(|p| format!(" sleeps_per_token={p:.2}")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Rounds of the concurrent phase of the bench (median judged).
+const CONCURRENT_ROUNDS: usize = 3;
+
+/// One round of the concurrent phase: what cryptod spent and how long it took.
+struct Round {
+    cpu: Duration,
+    wall: Duration,
+    /// cryptod's sleeps (voluntary context switches), where readable.
+    sleeps: Option<u64>,
+}
+
+/// Every client asks for `per` tokens at once (released together by a
+/// barrier); cryptod's CPU time and sleeps are read around it.
+fn concurrent_round(
+    clients: &mut [TokenClient],
+    per: usize,
+    round: usize,
+    pid: u32,
+    source: CpuSource,
+) -> Result<Round, Failure> {
     let barrier = std::sync::Barrier::new(clients.len() + 1);
-    let (cpu, wall, backoffs, sleeps) = std::thread::scope(|s| -> Result<_, Failure> {
+    std::thread::scope(|s| -> Result<Round, Failure> {
         let handles: Vec<_> = clients
-            .into_iter()
-            .map(|mut c| {
+            .iter_mut()
+            .map(|c| {
                 let barrier = &barrier;
-                s.spawn(move || -> Result<u64, Failure> {
+                s.spawn(move || -> Result<(), Failure> {
                     barrier.wait();
                     for i in 0..per {
-                        c.token(1_000_000 + i)?;
+                        c.token(1_000_000 + round * per + i)?;
                     }
-                    Ok(c.backoffs)
+                    Ok(())
                 })
             })
             .collect();
@@ -1222,45 +1302,13 @@ fn bench(demo: &Demo, cryptod: &Proc, root: &Path, n: usize, wal: bool) -> Resul
         let sleeps0 = voluntary_switches(pid);
         let t0 = Instant::now();
         barrier.wait();
-        let mut backoffs = 0;
         for h in handles {
-            backoffs += h.join().map_err(|_| "client thread panicked")??;
+            h.join().map_err(|_| "client thread panicked")??;
         }
         let wall = t0.elapsed();
         let sleeps = voluntary_switches(pid).zip(sleeps0).map(|(b, a)| b.saturating_sub(a));
-        Ok((process_cpu(pid, source)?.saturating_sub(cpu0), wall, backoffs, sleeps))
-    })?;
-    let tokens = per * BENCH_CLIENTS.len();
-    let cpu_us = cpu.as_secs_f64() * 1e6 / tokens as f64;
-    let rate = tokens as f64 / wall.as_secs_f64();
-    println!();
-    println!("== {} policy domains at once, answer_after_audit={wal_name}", BENCH_CLIENTS.len());
-    println!(
-        "{tokens} tokens in {:.2} s: {rate:.0} tokens/s end to end (clients verifying); \
-         cryptod CPU {:.3} s ({}) = {cpu_us:.1} us per token; \
-         {backoffs} back-off(s)",
-        wall.as_secs_f64(),
-        cpu.as_secs_f64(),
-        source.describe(pid)
-    );
-    // How often cryptod went to sleep (each sleep is a wake-up and two
-    // context switches): a count the machine's load does not scale.
-    let sleeps_per_token = sleeps.map(|n| n as f64 / tokens as f64);
-    if let (Some(n), Some(per)) = (sleeps, sleeps_per_token) {
-        println!(
-            "cryptod slept {n} times (/proc/{pid}/task/*/status voluntary_ctxt_switches) \
-             = {per:.2} per token"
-        );
-    }
-    println!("figure: roundtrip wal={wal_name} p50_us={rt50:.1} p99_us={rt99:.1}");
-    println!("figure: raw wal={wal_name} p50_us={raw50:.1} p99_us={raw99:.1}");
-    println!("figure: durable wal={wal_name} p50_us={dw50:.1} p99_us={dw99:.1}");
-    println!(
-        "figure: concurrent wal={wal_name} clients={} tokens={tokens} cpu_us_per_token={cpu_us:.1} tokens_per_s={rate:.0}{}",
-        BENCH_CLIENTS.len(),
-        sleeps_per_token.map(|p| format!(" sleeps_per_token={p:.2}")).unwrap_or_default()
-    );
-    Ok(())
+        Ok(Round { cpu: process_cpu(pid, source)?.saturating_sub(cpu0), wall, sleeps })
+    })
 }
 
 /// The number ending the last line of `p` that contains `pat`.
