@@ -305,7 +305,9 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
     assert_eq!(node(&fake, "/local/domain/6/portcullis/root-pub"), Some(b"root key".to_vec()));
     assert_eq!(node(&fake, "/local/domain/6/portcullis/settings"), None);
     assert_eq!(node(&fake, "/local/domain/6/portcullis/names/cryptod"), Some(b"5".to_vec()));
-    wait_for("cryptod's map", || node(&fake, &format!("{base}/names/unlocker")).is_some());
+    // (Written, then given its permissions: the fake applies each request
+    // of a transaction at once, so wait for both.)
+    wait_for("cryptod's map", || !perms(&fake, &format!("{base}/names/unlocker")).is_empty());
     assert_eq!(perms(&fake, &format!("{base}/names/unlocker")), ["n0", "r5"]);
 
     // cryptod persists: on disk first, then the ack.
@@ -313,7 +315,7 @@ fn the_watcher_configures_guests_keeps_persists_and_survives_a_restart() {
     let ack = "/local/domain/5/portcullis/persist-ack/sealed-state";
     fake.lock().unwrap().set("/local/domain/5/data/portcullis-persist/sealed-state", b"resealed");
     let want = hex::encode(core::digest(b"resealed"));
-    wait_for("the ack", || node(&fake, ack).is_some());
+    wait_for("the ack and its permissions", || !perms(&fake, ack).is_empty());
     assert_eq!(std::fs::read(&state).unwrap(), b"resealed", "durable before the ack");
     assert_eq!(node(&fake, ack), Some(want.into_bytes()));
     assert_eq!(perms(&fake, ack), ["n0", "r5"]);
@@ -427,8 +429,12 @@ fn cryptod_gets_each_guests_measurement_before_its_name() {
 
     // The unlocker goes: its measurement goes with its name.
     fake.lock().unwrap().release(6);
-    wait_for("measurement removed", || node(&fake, &format!("{m}/6")).is_none());
-    assert_eq!(node(&fake, "/local/domain/5/portcullis/names/unlocker"), None);
+    // (One transaction removes both, the measurement first; the fake
+    // applies each request at once, so wait for both.)
+    wait_for("measurement and name removed", || {
+        node(&fake, &format!("{m}/6")).is_none()
+            && node(&fake, "/local/domain/5/portcullis/names/unlocker").is_none()
+    });
     // Started again from a modified image under the same name: measured anew.
     fake.lock().unwrap().introduce(8, "unlocker");
     wait_for("the new measurement", || node(&fake, &format!("{m}/8")).is_some());
