@@ -87,14 +87,14 @@ type Link<B> = crate::link::Link<B, crate::inbox::Cryptod>;
 /// `keyset` answers), since each flood request costs a signature.
 pub const CLIENT_BUDGET: usize = 8;
 
-/// How long the client links stay quiet after a batch is shipped, in
-/// nanoseconds ([`CryptodDriver::poll_delay`]): while the collector writes
-/// it and answers wait for its ack, the clients' writes send no events,
-/// and the ack's wake-up reads what came meanwhile. A request whose answer
-/// need not wait for the collector (a keyset, a `busy`) waits this much
-/// longer at most, and a collector that does not ack costs one wake-up
-/// per batch, not one per millisecond.
-pub const QUIET_FOR_NS: u64 = 2_000_000;
+/// How long the client links stay quiet after a batch is shipped
+/// ([`CryptodDriver::poll_delay`]): while the collector writes it and
+/// answers wait for its ack, the clients' writes send no events, and the
+/// ack's wake-up (or this time-out) reads what came meanwhile. A request
+/// whose answer need not wait for the collector (a keyset, a `busy`)
+/// waits this much longer at most, and a collector that does not ack
+/// costs one wake-up per batch.
+pub const QUIET_FOR: Duration = Duration::from_millis(2);
 
 /// Shortest time between two persists of the sealed audit head alone
 /// (nanoseconds): the head lags the collector's acks by at most this (and
@@ -200,11 +200,6 @@ pub struct CryptodDriver<B: Backend> {
     backlog: bool,
     /// The client links are quiet ([`CryptodDriver::poll_delay`]).
     quiet: bool,
-    /// Until when (monotonic ns) they may stay quiet: [`QUIET_FOR_NS`]
-    /// after the last batch shipped.
-    quiet_until: u64,
-    /// The time left until then, at the end of the last wake-up.
-    quiet_left: Duration,
     ready: bool,
     /// Said once that the platform cannot persist.
     persist_warned: bool,
@@ -328,8 +323,6 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             next: 0,
             backlog: false,
             quiet: false,
-            quiet_until: 0,
-            quiet_left: Duration::ZERO,
             ready: false,
             persist_warned: false,
             persist_failing: false,
@@ -368,21 +361,21 @@ impl<B: Backend + Clone> CryptodDriver<B> {
 
     /// How long the shell may wait for an event before the next
     /// [`CryptodDriver::poll`]: zero while a client has unread messages
-    /// left over from its budget; while the client links are quiet, until
-    /// they stop being so; else [`STEP`] (timers, name lookups).
+    /// left over from its budget; [`QUIET_FOR`] while the client links are
+    /// quiet; else [`STEP`] (timers, name lookups).
     ///
-    /// Quiet: with answers held for the collector's ack and a sealed batch
-    /// being written, a request that comes now is answered after that ack
-    /// at the earliest (its record goes in the next batch), so for
-    /// [`QUIET_FOR_NS`] after a batch is shipped the clients' writes do not
-    /// wake cryptod ([`Vchan::set_quiet`]): the ack's wake-up serves every
-    /// request that came during the write at once, instead of one wake-up
-    /// each (issue 14).
+    /// Quiet: with answers held for the collector's ack and a batch just
+    /// sealed for it to write, a request that comes now is answered after
+    /// that ack at the earliest (its record goes in the next batch), so
+    /// until the next wake-up (the ack, or [`QUIET_FOR`]) the clients'
+    /// writes do not wake cryptod ([`Vchan::set_quiet`]): the ack's wake-up
+    /// serves every request that came during the write at once, instead of
+    /// one wake-up each (issue 14).
     pub fn poll_delay(&self) -> Duration {
         if self.backlog {
             Duration::ZERO
         } else if self.quiet {
-            self.quiet_left
+            QUIET_FOR
         } else {
             STEP
         }
@@ -476,16 +469,8 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         // writes their records (they leave only on its ack): an answer
         // waits for the seal's signature, not for its token's too.
         self.auth.sign_held();
-        // Answers held, and some of their records sealed and shipped.
-        let mono = p.monotonic_ns();
-        if sealed > 0 {
-            self.quiet_until = mono.saturating_add(QUIET_FOR_NS);
-        }
-        self.quiet_left = Duration::from_nanos(self.quiet_until.saturating_sub(mono));
-        let quiet = !self.backlog
-            && !self.quiet_left.is_zero()
-            && self.auth.held_len() > 0
-            && self.auth.pending_audit_len() > self.auth.unsealed_audit_len();
+        // A batch sealed for the collector now, and answers held for acks.
+        let quiet = !self.backlog && sealed > 0 && self.auth.held_len() > 0;
         self.quiet_clients(quiet);
         self.persist_head(p);
         let empty = self.auth.pending_audit_len() == 0;

@@ -301,7 +301,7 @@ fn requests_during_a_collector_write_share_the_next_batch() {
 /// share the next batch. With nothing in flight a request wakes cryptod.
 #[test]
 fn requests_during_a_collector_write_do_not_wake_cryptod() {
-    use portcullis_apps::cryptod::QUIET_FOR_NS;
+    use portcullis_apps::cryptod::QUIET_FOR;
     let mut w = boot();
     w.seed();
     let mut pd = w.client(POLICY_PD);
@@ -312,11 +312,7 @@ fn requests_during_a_collector_write_do_not_wake_cryptod() {
     w.poll();
     let first = drain(&mut w.collector);
     assert_eq!(first.len(), 1);
-    assert_eq!(
-        w.d.poll_delay(),
-        Duration::from_nanos(QUIET_FOR_NS),
-        "it looks at the quiet rings on its own"
-    );
+    assert_eq!(w.d.poll_delay(), QUIET_FOR, "it looks at the quiet rings on its own");
     pd.send(&issue_req(Scope::NetRead, "fw0")).unwrap();
     un.send(&totp_req(&code_at(T0))).unwrap();
     assert_eq!(w.events(), 0, "no event while the batch is written");
@@ -344,12 +340,14 @@ fn requests_during_a_collector_write_do_not_wake_cryptod() {
     assert_eq!(w.events(), 1);
 }
 
-/// A collector that does not ack keeps the links quiet for
-/// [`QUIET_FOR_NS`] only: then a request wakes cryptod again (and is
-/// answered, if its answer need not wait for the collector).
+/// A collector that does not ack keeps the links quiet until the next
+/// wake-up only ([`QUIET_FOR`] at most): then a request wakes cryptod again
+/// (and is answered, if its answer need not wait for the collector).
+///
+/// [`QUIET_FOR`]: portcullis_apps::cryptod::QUIET_FOR
 #[test]
 fn a_silent_collector_keeps_the_links_quiet_for_a_while_only() {
-    use portcullis_apps::cryptod::QUIET_FOR_NS;
+    use portcullis_apps::cryptod::QUIET_FOR;
     let mut w = boot();
     w.seed();
     let mut pd = w.client(POLICY_PD);
@@ -358,12 +356,10 @@ fn a_silent_collector_keeps_the_links_quiet_for_a_while_only() {
     assert_eq!(w.events(), 1);
     w.poll();
     assert_eq!(drain(&mut w.collector).len(), 1);
-    w.p.advance(Duration::from_nanos(QUIET_FOR_NS / 2));
-    w.poll();
-    assert_eq!(w.d.poll_delay(), Duration::from_nanos(QUIET_FOR_NS / 2));
+    assert_eq!(w.d.poll_delay(), QUIET_FOR);
     pd.send(&keyset_req(1)).unwrap();
     assert_eq!(w.events(), 0);
-    w.p.advance(Duration::from_nanos(QUIET_FOR_NS / 2));
+    w.p.advance(QUIET_FOR);
     w.poll(); // the time-out's wake-up: reads the keyset request, answers it
     assert_eq!(drain(&mut pd).len(), 1, "the keyset need not wait for the collector");
     assert_eq!(w.d.poll_delay(), portcullis_apps::common::STEP);
