@@ -74,7 +74,7 @@ fn items() -> Vec<Item> {
     for g in sorted_guests() {
         items.push(Item {
             to: format!("usr/lib/portcullis/{g}"),
-            from: crate::target_dir().join(crate::GUEST_TARGET).join("guest").join(g),
+            from: crate::guest_images().join(g),
             mode: 0o644,
             gzip: false,
         });
@@ -312,7 +312,7 @@ pub fn dist() -> Result<PathBuf, String> {
     }
 
     // The images' sums, shipped in the package (bare names, as provision reads them).
-    let guest_dir = crate::target_dir().join(crate::GUEST_TARGET).join("guest");
+    let guest_dir = crate::guest_images();
     let image_sums = output(
         "sha256sum (images)",
         Command::new("sha256sum").current_dir(&guest_dir).args(sorted_guests()),
@@ -404,7 +404,7 @@ pub fn dist() -> Result<PathBuf, String> {
     // SHA256SUMS over copies next to the package, so `sha256sum -c` runs there.
     let mut sums = Vec::new();
     for g in sorted_guests() {
-        let from = crate::target_dir().join(crate::GUEST_TARGET).join("guest").join(g);
+        let from = crate::guest_images().join(g);
         io(&from, fs::copy(&from, out_dir.join(g)))?;
         sums.push(g.to_string());
     }

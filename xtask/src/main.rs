@@ -303,7 +303,7 @@ fn build_xen() -> Result<Vec<Image>, String> {
         c.args(&remap);
         run(&format!("build the {g} image (x86_64-unknown-none, profile guest)"), &mut c)?;
     }
-    let dir = target_dir().join(GUEST_TARGET).join("guest");
+    let dir = guest_images();
     let mut images = Vec::new();
     println!(
         "{:<10} {:>10} {:>10}  {:<9} memory (xen/*.cfg)",
@@ -516,8 +516,9 @@ fn root() -> PathBuf {
 }
 
 /// Where the cargo commands xtask runs put what they build: `CARGO_TARGET_DIR`
-/// when it is set (relative to the directory xtask was started in, as cargo
-/// reads it), else `<root>/target`. xtask's own scratch directories (the
+/// when it is set, else `<root>/target`. A relative `CARGO_TARGET_DIR` is
+/// taken from `<root>`, where [`cargo`] runs every one of them (cargo reads
+/// it from its own working directory). xtask's own scratch directories (the
 /// Python venv, the Xen image, the package) stay under `<root>/target`.
 fn target_dir() -> PathBuf {
     target_dir_from(std::env::var_os("CARGO_TARGET_DIR"), &root())
@@ -525,15 +526,15 @@ fn target_dir() -> PathBuf {
 
 fn target_dir_from(var: Option<std::ffi::OsString>, root: &Path) -> PathBuf {
     match var.filter(|v| !v.is_empty()) {
-        Some(v) => {
-            let dir = PathBuf::from(v);
-            match std::env::current_dir() {
-                Ok(cwd) if dir.is_relative() => cwd.join(dir),
-                _ => dir,
-            }
-        }
+        // `join` keeps an absolute path as it is.
+        Some(v) => root.join(v),
         None => root.join("target"),
     }
+}
+
+/// The PVH images `cargo xtask build --target xen` makes.
+fn guest_images() -> PathBuf {
+    target_dir().join(GUEST_TARGET).join("guest")
 }
 
 fn cargo() -> Command {
@@ -1254,8 +1255,7 @@ mod tests {
         assert_eq!(target_dir_from(None, root), root.join("target"));
         assert_eq!(target_dir_from(Some("".into()), root), root.join("target"));
         assert_eq!(target_dir_from(Some("/tmp/t".into()), root), PathBuf::from("/tmp/t"));
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(target_dir_from(Some("t2".into()), root), cwd.join("t2"));
+        assert_eq!(target_dir_from(Some("t2".into()), root), root.join("t2"));
     }
 
     #[test]

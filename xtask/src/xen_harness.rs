@@ -1114,7 +1114,7 @@ fn dom0_tree(
     t.copy("portcullis/bad-host.toml", &tests.join("bad-host.toml"), false)?;
     // the operator's edits of the package's conffile
     t.copy("etc/portcullis/host.toml", &tests.join("host.toml"), false)?;
-    let guests = crate::target_dir().join(crate::GUEST_TARGET).join("guest");
+    let guests = crate::guest_images();
     t.copy(HELLO, &guests.join("hello"), false)?;
     t.copy("portcullis/hello.cfg", &tests.join("hello.cfg"), false)?;
     // the first provisioning (`portcullis provision --out /var/lib/portcullis`,
