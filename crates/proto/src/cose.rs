@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use coset::cbor::value::Value;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
 use crate::cbor::{text_enum, Writer};
 use crate::Verified;
@@ -402,7 +402,7 @@ impl Unsigned {
 
     /// Signs with `key`: the tagged COSE_Sign1.
     pub fn sign(mut self, key: &SigningKey) -> Vec<u8> {
-        let signature = key.sign(&self.tbs).to_bytes();
+        let signature = crate::ed25519::sign(key, &self.tbs);
         // The signature is the array's last item: a 64-byte string ends it.
         if let Some(last) = self.object.last_chunk_mut::<64>() {
             *last = signature;

@@ -16,6 +16,8 @@ mod cbor;
 pub mod cose;
 /// Parsing signed things without verifying them, for tools.
 pub mod danger;
+/// Ed25519 signing, with a basepoint table computed at run time.
+pub mod ed25519;
 /// The versioned `{v, type, body}` envelope.
 pub mod envelope;
 /// Ed25519 keys: key ids, COSE_Key files, the verifier's key entry.
