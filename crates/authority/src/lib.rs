@@ -24,6 +24,8 @@ pub mod ratelimit;
 pub mod registry;
 pub mod revocation;
 pub mod sealed;
+/// HMAC-SHA1 for TOTP, compact.
+mod sha1;
 pub use portcullis_proto::sorted;
 pub mod totp;
 pub mod unlock;

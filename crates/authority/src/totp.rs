@@ -17,7 +17,6 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -139,7 +138,7 @@ impl fmt::Debug for OperatorSecret {
 pub fn hotp(secret: &[u8], algorithm: Algorithm, counter: u64, digits: u8) -> u32 {
     let msg = counter.to_be_bytes();
     let mac: Zeroizing<Vec<u8>> = Zeroizing::new(match algorithm {
-        Algorithm::Sha1 => hmac_bytes::<Hmac<Sha1>>(secret, &msg),
+        Algorithm::Sha1 => crate::sha1::hmac_sha1(secret, &msg).to_vec(),
         Algorithm::Sha256 => hmac_bytes::<Hmac<Sha256>>(secret, &msg),
         Algorithm::Sha512 => hmac_bytes::<Hmac<Sha512>>(secret, &msg),
     });
