@@ -6,9 +6,10 @@
 //! variable-base multiplication (2.6 times slower in the guest build,
 //! docs/benchmarks.md) when it is off. cryptod's image cannot carry the
 //! tables (issue 14's 256 KiB), so with this crate's `runtime-table`
-//! feature [`sign`] computes the same kind of table once, in the heap, at
-//! its first signature (40 KiB; 384 point additions) and signs with
-//! it. Without the feature [`sign`] is ed25519-dalek's own.
+//! feature [`sign`](crate::ed25519::sign) computes the same kind of table
+//! once, in the heap, at its first signature (40 KiB; 384 point additions)
+//! and signs with it. Without the feature
+//! [`sign`](crate::ed25519::sign) is ed25519-dalek's own.
 //!
 //! The signature is RFC 8032's, byte for byte the one ed25519-dalek makes
 //! (Ed25519 is deterministic; the tests compare the two over many keys and
