@@ -912,6 +912,26 @@ const TEST_STAGES: &[Stage] = &[
         },
     },
     Stage {
+        name: "cargo test -p portcullis-proto --features runtime-table (cryptod's guest signing)",
+        needs: &[],
+        gives: &[],
+        // The workspace builds proto without the feature (only cryptod's
+        // guest build turns it on): its signing path is tested here.
+        run: || {
+            run(
+                "cargo test -p portcullis-proto --features runtime-table",
+                cargo().args([
+                    "test",
+                    "-p",
+                    "portcullis-proto",
+                    "--features",
+                    "runtime-table",
+                    "--lib",
+                ]),
+            )
+        },
+    },
+    Stage {
         name: "cargo test --workspace --doc",
         needs: &[],
         gives: &[],
