@@ -149,7 +149,8 @@ pub fn hotp(secret: &[u8], algorithm: Algorithm, counter: u64, digits: u8) -> u3
         Some(&[a, b, c, d]) => u32::from_be_bytes([a & 0x7f, b, c, d]),
         _ => 0,
     };
-    word % 10u32.pow(u32::from(digits.min(9)))
+    // checked: no panic path for the divisor the compiler cannot see is not 0.
+    word.checked_rem(10u32.pow(u32::from(digits.min(9)))).unwrap_or(0)
 }
 
 // Out of line: a smaller image (issue 14, docs/benchmarks.md).
