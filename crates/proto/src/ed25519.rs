@@ -198,8 +198,9 @@ mod tests {
     #[test]
     fn multiples_match_curve25519_dalek() {
         let mut edge = alloc::vec![Scalar::ZERO, Scalar::ONE, -Scalar::ONE, Scalar::from(8u8)];
-        // Every digit 8 before the carry pass (0x88...), every digit 15
-        // (the largest reduced scalar's neighbours), powers of 16.
+        // 0x88...: every nibble 8, which the carry pass turns into -8 and
+        // a carry; 0xff... and 0x77... reduced; ±16^i: one digit set in
+        // each position, and its negation (l - 16^i).
         edge.push(Scalar::from_bytes_mod_order([0x88; 32]));
         edge.push(Scalar::from_bytes_mod_order([0xff; 32]));
         edge.push(Scalar::from_bytes_mod_order([0x77; 32]));
