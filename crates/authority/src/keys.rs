@@ -209,7 +209,9 @@ pub struct KeyRing {
     root: SigningKey,
     root_kid: [u8; KID_LEN],
     slots: [Option<Slot>; 2],
-    active: usize,
+    /// Which slot signs: `false` the first, `true` the second (a `bool`
+    /// indexes the two slots with no out-of-range case).
+    active: bool,
     config: KeyConfig,
     version: u64,
     revoked: Vec<[u8; KID_LEN]>,
@@ -228,7 +230,7 @@ impl KeyRing {
             root,
             root_kid,
             slots: [None, None],
-            active: 0,
+            active: false,
             config,
             version: 0,
             revoked: Vec::new(),
@@ -268,15 +270,15 @@ impl KeyRing {
     /// Returns the new kid.
     pub fn rotate(&mut self, seed: &[u8; 32], now: u64) -> [u8; KID_LEN] {
         let overlap = self.config.overlap;
-        if let Some(old) = self.slots[self.active].as_mut() {
+        if let Some(old) = self.slot_mut(self.active).as_mut() {
             old.sign_until = old.sign_until.min(now);
             old.not_after = old.sign_until.saturating_add(overlap);
         }
         let key = SigningKey::from_bytes(seed);
         let kid = kid_for(&key.verifying_key());
         let sign_until = now.saturating_add(self.config.rotation_period);
-        let next = 1 - self.active;
-        self.slots[next] = Some(Slot {
+        let next = !self.active;
+        *self.slot_mut(next) = Some(Slot {
             key,
             kid,
             not_before: now,
@@ -290,10 +292,10 @@ impl KeyRing {
 
     /// Drops a rotated-out key whose overlap has ended; returns its kid.
     pub fn expire(&mut self, now: u64) -> Option<[u8; KID_LEN]> {
-        let other = 1 - self.active;
-        if self.slots[other].as_ref().is_some_and(|s| now > s.not_after) {
+        let other = !self.active;
+        if self.slot(other).as_ref().is_some_and(|s| now > s.not_after) {
             self.version = self.version.saturating_add(1);
-            return self.slots[other].take().map(|s| s.kid);
+            return self.slot_mut(other).take().map(|s| s.kid);
         }
         None
     }
@@ -308,14 +310,15 @@ impl KeyRing {
         seed: &[u8; 32],
         now: u64,
     ) -> Result<bool, RevokeKeyError> {
-        let Some(i) = (0..2).find(|&i| self.slots[i].as_ref().is_some_and(|s| s.kid == kid)) else {
+        let holds = |ring: &Self, i| ring.slot(i).as_ref().is_some_and(|s| s.kid == kid);
+        let Some(i) = [false, true].into_iter().find(|&i| holds(self, i)) else {
             return Err(RevokeKeyError::NotPublished);
         };
         let forced = i == self.active;
         if forced {
             self.rotate(seed, now);
         }
-        if let Some(s) = self.slots[i].take() {
+        if let Some(s) = self.slot_mut(i).take() {
             if self.revoked.len() >= MAX_REVOKED_KIDS {
                 self.revoked.remove(0);
             }
@@ -402,12 +405,21 @@ impl KeyRing {
     }
 
     fn active_slot(&self) -> Option<&Slot> {
-        self.slots[self.active].as_ref()
+        self.slot(self.active).as_ref()
+    }
+
+    /// Slot `second` (`false`: the first).
+    fn slot(&self, second: bool) -> &Option<Slot> {
+        &self.slots[usize::from(second)]
+    }
+
+    fn slot_mut(&mut self, second: bool) -> &mut Option<Slot> {
+        &mut self.slots[usize::from(second)]
     }
 
     /// The published keys (active first).
     pub fn published(&self) -> impl Iterator<Item = &Slot> {
-        [self.active, 1 - self.active].into_iter().filter_map(|i| self.slots[i].as_ref())
+        [self.active, !self.active].into_iter().filter_map(|i| self.slot(i).as_ref())
     }
 
     /// The keys as a verifier's [`token::Keyset`].
