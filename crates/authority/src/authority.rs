@@ -1701,7 +1701,10 @@ impl Authority {
         {
             return resp(IssueResult::Denied, &reason);
         }
-        let ttl = r.ttl.unwrap_or(self.config.policy_ttl).clamp(1, self.config.max_policy_ttl);
+        // 1 to max_policy_ttl (at least 1, `check`): `min` and `max` rather
+        // than `clamp`, which has a panic path for bounds the compiler
+        // cannot see are ordered.
+        let ttl = r.ttl.unwrap_or(self.config.policy_ttl).min(self.config.max_policy_ttl).max(1);
         let issued = self
             .claims(peer, &r.audience, r.requested_scope, &r.nonce, now, ttl)
             .and_then(|c| Ok((self.mint_answer(&c, now)?, c)));
