@@ -310,8 +310,8 @@ impl KeyRing {
         seed: &[u8; 32],
         now: u64,
     ) -> Result<bool, RevokeKeyError> {
-        let holds = |ring: &Self, i| ring.slot(i).as_ref().is_some_and(|s| s.kid == kid);
-        let Some(i) = [false, true].into_iter().find(|&i| holds(self, i)) else {
+        let published = |i: &bool| self.slot(*i).as_ref().is_some_and(|s| s.kid == kid);
+        let Some(i) = [false, true].into_iter().find(published) else {
             return Err(RevokeKeyError::NotPublished);
         };
         let forced = i == self.active;
