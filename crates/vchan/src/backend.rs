@@ -129,6 +129,20 @@ pub trait Backend {
     /// passes; `None` waits forever.
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError>;
 
+    /// Whether the other end of `port` is still bound. Xen sends no event
+    /// when a domain is destroyed: it closes the domain's ports, which
+    /// leaves our end of each interdomain channel unbound, and nothing in
+    /// a destroyed unikernel clears its live byte in the ring. So a
+    /// [`crate::Vchan`] waiting on a live-looking peer asks this now and
+    /// then ([`crate::PEER_CHECK`]). `Ok(false)` once the peer has closed
+    /// its end or its domain is gone. A backend that cannot tell answers
+    /// `Ok(true)` (the default): its peers are noticed only by their live
+    /// byte.
+    fn peer_bound(&mut self, port: Port) -> Result<bool, BackendError> {
+        let _ = port;
+        Ok(true)
+    }
+
     /// Gives the CPU a moment between two looks at a ring, while a blocking
     /// helper polls before it sleeps ([`crate::Vchan::set_spin`]). The
     /// default is a CPU spin hint; a platform whose peers may share this

@@ -38,8 +38,8 @@ pub use layout::{Geometry, LayoutError};
 pub use ring::{Channel, PeerState, Role, WRITE_PIECES, WRITE_PIECE_MIN};
 pub use shm::{AtomicMem, SharedMem};
 pub use vchan::{
-    ClientConfig, ServerConfig, Vchan, DEFAULT_SPIN, EVENT_CHANNEL_KEY, REKICK_FIRST, REKICK_MAX,
-    RING_REF_KEY,
+    ClientConfig, ServerConfig, Vchan, DEFAULT_SPIN, EVENT_CHANNEL_KEY, PEER_CHECK, REKICK_FIRST,
+    REKICK_MAX, RING_REF_KEY,
 };
 
 /// Why a vchan operation failed.

@@ -121,16 +121,29 @@ impl Hypervisor {
         self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Destroys domain `dom` as if it crashed: performs its unmap
-    /// notifications (clearing the live byte and signalling the peer), closes
-    /// its ports and drops its store directory. Pages it granted stay alive
-    /// while others map them.
+    /// Destroys domain `dom` as a Linux domain's vchan process dies: its
+    /// kernel performs its unmap notifications (clearing the live byte
+    /// and signalling the peer); then its ports close and its store
+    /// directory goes. Pages it granted stay alive while others map them.
     pub fn destroy(&self, dom: DomId) {
+        self.end(dom, true);
+    }
+
+    /// Destroys domain `dom` as `xl destroy` destroys a unikernel: nothing
+    /// runs in it any more, so no unmap notification clears its live byte
+    /// and no event reaches its peers. Its ports close (each peer's end is
+    /// left unbound, as Xen leaves it), its grants and store directory go;
+    /// pages it granted stay alive while others map them.
+    pub fn kill(&self, dom: DomId) {
+        self.end(dom, false);
+    }
+
+    fn end(&self, dom: DomId, notify: bool) {
         let mut st = self.lock();
         let notifiers: Vec<Notifier> = st
             .notifiers
             .iter()
-            .filter(|n| n.dom == dom)
+            .filter(|n| notify && n.dom == dom)
             .map(|n| Notifier { dom: n.dom, page: n.page.clone(), offset: n.offset, port: n.port })
             .collect();
         for n in notifiers {
@@ -397,6 +410,11 @@ impl Backend for SimBackend {
         *next = next.checked_add(1).ok_or(BackendError::Exhausted)?;
         st.ports.insert((self.dom, port), PortEntry { peer, remote: None, pending: false });
         Ok(Port(port))
+    }
+
+    fn peer_bound(&mut self, port: Port) -> Result<bool, BackendError> {
+        let st = self.hv.lock();
+        Ok(st.ports.get(&(self.dom, port.0)).is_some_and(|e| e.remote.is_some()))
     }
 
     fn bind_interdomain(&mut self, peer: DomId, remote: Port) -> Result<Port, BackendError> {

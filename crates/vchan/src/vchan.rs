@@ -23,6 +23,11 @@ pub const EVENT_CHANNEL_KEY: &str = "event-channel";
 pub const REKICK_FIRST: Duration = Duration::from_millis(50);
 /// The longest interval between repeated signals in [`Vchan::wait`].
 pub const REKICK_MAX: Duration = Duration::from_secs(1);
+/// The longest [`Vchan::wait`] sleeps before it asks the backend whether
+/// a peer whose live byte says "connected" still holds its end of the
+/// event channel ([`Backend::peer_bound`]): how late a destroyed peer
+/// domain is noticed.
+pub const PEER_CHECK: Duration = Duration::from_secs(1);
 
 /// How many times the blocking helpers ([`Vchan::read_blocking`],
 /// [`Vchan::write_all`]) look at the ring again before they ask the peer
@@ -606,25 +611,35 @@ impl<B: Backend> Vchan<B> {
     /// its event coalesces with the "connected" one) would otherwise never
     /// read them; a spurious event costs a libxenvchan peer one look at the
     /// ring.
+    ///
+    /// At least every [`PEER_CHECK`] it asks the backend whether a peer
+    /// that looks connected still holds its end of the event channel: a
+    /// destroyed domain leaves no other trace (its live byte still says
+    /// "connected", and no event comes). Once it does not,
+    /// [`VchanError::PeerClosed`], or `Ok` while the ring still has bytes
+    /// from it to read (the next wait, once they are read, fails).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), VchanError> {
         let port = self.conn()?.port;
         let mut left = timeout;
         let mut interval = REKICK_FIRST;
         loop {
             let pending = self.op(|c| c.unconsumed())? > 0;
-            let slice = match (pending, left) {
-                (false, left) => left,
-                (true, None) => Some(interval),
-                (true, Some(left)) => Some(left.min(interval)),
-            };
+            let most = if pending { interval } else { PEER_CHECK };
+            let slice = left.map_or(most, |l| l.min(most));
             self.sleeps = self.sleeps.saturating_add(1);
-            if self.backend.wait(port, slice)? == Wait::Event {
+            if self.backend.wait(port, Some(slice))? == Wait::Event {
                 return Ok(());
             }
-            match (left, slice) {
-                (Some(l), Some(s)) if s < l => left = Some(l - s),
-                (Some(_), _) => return Err(VchanError::Timeout),
-                (None, _) => {}
+            if self.peer_vanished()? {
+                return match self.data_ready()? {
+                    0 => Err(VchanError::PeerClosed),
+                    _ => Ok(()),
+                };
+            }
+            match left {
+                Some(l) if slice >= l => return Err(VchanError::Timeout),
+                Some(l) => left = Some(l - slice),
+                None => {}
             }
             if pending {
                 self.signals = self.signals.saturating_add(1);
@@ -633,6 +648,19 @@ impl<B: Backend> Vchan<B> {
                 interval = (interval * 2).min(REKICK_MAX);
             }
         }
+    }
+
+    /// Whether the peer looks connected (its live byte) but no longer
+    /// holds its end of our event channel: its domain was destroyed, or
+    /// it closed the port without clearing its live byte. A backend error
+    /// counts as "cannot tell", not as gone.
+    fn peer_vanished(&mut self) -> Result<bool, VchanError> {
+        let conn = self.conn()?;
+        if conn.chan.peer_state() != PeerState::Connected {
+            return Ok(false);
+        }
+        let port = conn.port;
+        Ok(matches!(self.backend.peer_bound(port), Ok(false)))
     }
 
     /// Like [`Vchan::read`], but without asking the peer for an event

@@ -1,11 +1,12 @@
 //! Two endpoints in one process over the simulator.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_vchan::layout::{self, Dir};
 use portcullis_vchan::sim::{Hypervisor, SimBackend, SimMem};
 use portcullis_vchan::{
-    Backend, ClientConfig, DomId, GrantRef, LayoutError, ServerConfig, SharedMem, Vchan, VchanError,
+    Backend, ClientConfig, DomId, GrantRef, LayoutError, PeerState, ServerConfig, SharedMem, Vchan,
+    VchanError, PEER_CHECK,
 };
 
 const SERVER: DomId = DomId(3);
@@ -343,6 +344,91 @@ fn crashed_peer_is_seen_through_unmap_notify() {
     server.wait(NOW).unwrap();
     assert!(!server.is_open());
     assert_eq!(server.read(&mut [0u8; 4]), Err(VchanError::PeerClosed));
+}
+
+/// A wait that must end by noticing a destroyed peer: within a few
+/// [`PEER_CHECK`]s, far before its timeout.
+fn noticed_soon(started: Instant) {
+    let took = started.elapsed();
+    assert!(took < PEER_CHECK * 5, "noticed after {took:?}");
+}
+
+#[test]
+fn destroyed_server_is_noticed_by_a_waiting_client() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 1024);
+    client.write(b"request").unwrap();
+    server.wait(NOW).unwrap();
+    assert_eq!(server.read(&mut [0u8; 16]).unwrap(), 7);
+    // A live peer that says nothing: the checks find it bound; a timeout.
+    let started = Instant::now();
+    assert_eq!(client.wait(Some(PEER_CHECK + PEER_CHECK / 4)), Err(VchanError::Timeout));
+    assert!(started.elapsed() >= PEER_CHECK);
+    // `xl destroy` of a unikernel: no unmap notification, no event; its
+    // live byte still says connected.
+    std::mem::forget(server);
+    hv.kill(SERVER);
+    assert_eq!(client.peer_state(), Some(PeerState::Connected));
+    let started = Instant::now();
+    assert_eq!(client.wait(SAFETY), Err(VchanError::PeerClosed));
+    noticed_soon(started);
+}
+
+#[test]
+fn destroyed_client_is_noticed_by_a_waiting_server() {
+    let hv = Hypervisor::new();
+    let (mut server, client) = pair(&hv, 1024, 1024);
+    server.wait(NOW).unwrap();
+    std::mem::forget(client);
+    hv.kill(CLIENT);
+    // Waiting without a timeout ends too (in a thread, so that a
+    // regression fails here rather than hanging the test run).
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(server.wait(None)));
+    assert_eq!(rx.recv_timeout(SAFETY.unwrap()), Ok(Err(VchanError::PeerClosed)));
+    noticed_soon(started);
+}
+
+#[test]
+fn destroyed_peer_bytes_still_in_the_ring_are_read_first() {
+    let hv = Hypervisor::new();
+    let (mut server, mut client) = pair(&hv, 1024, 1024);
+    server.write(b"answer").unwrap();
+    client.wait(NOW).unwrap();
+    std::mem::forget(server);
+    hv.kill(SERVER);
+    // The answer's event was consumed and the bytes not read yet: the
+    // wait that notices the peer gone returns them first.
+    assert_eq!(client.wait(SAFETY), Ok(()));
+    let mut buf = [0u8; 16];
+    assert_eq!(client.read(&mut buf).unwrap(), 6);
+    assert_eq!(&buf[..6], b"answer");
+    assert_eq!(client.wait(SAFETY), Err(VchanError::PeerClosed));
+}
+
+#[test]
+fn destroyed_peer_is_noticed_while_our_bytes_wait_unread() {
+    // The peer never read (it was paused, then destroyed): the wait, in
+    // its short slices between repeated signals, checks after each.
+    let hv = Hypervisor::new();
+    let (server, mut client) = pair(&hv, 1024, 1024);
+    client.write(b"request").unwrap();
+    std::mem::forget(server);
+    hv.kill(SERVER);
+    let started = Instant::now();
+    assert_eq!(client.wait(SAFETY), Err(VchanError::PeerClosed));
+    noticed_soon(started);
+}
+
+#[test]
+fn a_server_waiting_for_its_client_is_not_taken_for_a_dead_peer() {
+    // Before a client binds, the server's port is unbound by design.
+    let hv = Hypervisor::new();
+    let mut server = Vchan::server(hv.domain(SERVER), server_cfg(1024, 1024)).unwrap();
+    let started = Instant::now();
+    assert_eq!(server.wait_connected(Some(PEER_CHECK + PEER_CHECK / 4)), Err(VchanError::Timeout));
+    assert!(started.elapsed() >= PEER_CHECK);
 }
 
 #[test]
