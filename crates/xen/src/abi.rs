@@ -108,8 +108,14 @@ pub mod evtchn {
     pub const CLOSE: u64 = 3;
     /// `EVTCHNOP_send`.
     pub const SEND: u64 = 4;
+    /// `EVTCHNOP_status`.
+    pub const STATUS: u64 = 5;
     /// `EVTCHNOP_alloc_unbound`.
     pub const ALLOC_UNBOUND: u64 = 6;
+    /// `EVTCHNSTAT_interdomain`: the port is bound to a remote domain's
+    /// port (`EVTCHNSTAT_unbound`, 1, once that end closed or its domain
+    /// was destroyed).
+    pub const STAT_INTERDOMAIN: u32 = 2;
 }
 
 /// `memory.h`.

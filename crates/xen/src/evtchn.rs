@@ -1,5 +1,5 @@
-//! Event channels: allocating, binding, signalling, closing, and waiting
-//! with `SCHEDOP_poll`.
+//! Event channels: allocating, binding, signalling, asking their state,
+//! closing, and waiting with `SCHEDOP_poll`.
 //!
 //! This platform takes no interrupts. A guest waits for events by polling
 //! the ports it cares about; Xen blocks the vCPU until one is pending or the
@@ -57,6 +57,32 @@ pub fn bind_interdomain(remote: DomId, remote_port: Port) -> XenResult<Port> {
     };
     hypercall::op(&mut b)?;
     Ok(Port(b.local_port))
+}
+
+/// `EVTCHNOP_status` of our `port`: its `EVTCHNSTAT_*` state.
+pub fn status(port: Port) -> XenResult<u32> {
+    #[repr(C)]
+    struct Status {
+        dom: u16,
+        _pad: u16,
+        port: u32,
+        status: u32,
+        vcpu: u32,
+        detail: [u32; 2],
+    }
+    // SAFETY: `struct evtchn_status` (event_channel.h): domid_t dom, 2
+    // bytes of padding, evtchn_port_t port (in), uint32_t status, uint32_t
+    // vcpu, and an 8-byte union of the binding's details aligned to 4 (out;
+    // 24 bytes). Xen writes only within the struct.
+    unsafe impl HypercallArg for Status {
+        const NR: u32 = abi::hypercall::EVENT_CHANNEL_OP;
+        const CMD: u64 = op::STATUS;
+    }
+    const _: () = assert!(core::mem::size_of::<Status>() == 24);
+    let mut s =
+        Status { dom: abi::DOMID_SELF, _pad: 0, port: port.0, status: 0, vcpu: 0, detail: [0; 2] };
+    hypercall::op(&mut s)?;
+    Ok(s.status)
 }
 
 /// `struct evtchn_send`: one port.

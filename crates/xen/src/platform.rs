@@ -349,6 +349,13 @@ impl Backend for XenBackend {
         evtchn::send(port).map_err(|_| BackendError::EventChannel)
     }
 
+    fn peer_bound(&mut self, port: Port) -> Result<bool, BackendError> {
+        // Xen closes a destroyed domain's ports, leaving ours unbound.
+        evtchn::status(port)
+            .map(|s| s == abi::evtchn::STAT_INTERDOMAIN)
+            .map_err(|_| BackendError::EventChannel)
+    }
+
     fn wait(&mut self, port: Port, timeout: Option<Duration>) -> Result<Wait, BackendError> {
         reclaim_pending();
         match evtchn::wait_any(&[port], timeout.map(nanos)) {
