@@ -586,14 +586,14 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         Ok(changed)
     }
 
-    /// While the entropy link is down, looks the entropy domain's name up
-    /// again: it may have appeared, or been created again under a new id.
+    /// Looks the entropy domain's name up again: it may have appeared, or
+    /// been created again under a new id. An open link does not mean the
+    /// old domain lives: a destroyed unikernel leaves its ring looking
+    /// connected (nothing runs in it to say otherwise, and Xen sends no
+    /// event), so the name decides, as it does for clients.
     // Out of line: a smaller image (issue 14, docs/benchmarks.md).
     #[inline(never)]
     fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
-        if self.entropy.link.as_ref().is_some_and(|l| l.is_open()) {
-            return;
-        }
         let Ok(dom) = p.resolve(&self.entropy.name) else { return };
         if dom != self.entropy.dom {
             say!(

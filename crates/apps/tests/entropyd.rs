@@ -92,7 +92,7 @@ fn a_subscriber_that_leaves_gets_a_fresh_ring_when_it_returns() {
 #[test]
 fn a_subscriber_created_again_is_followed_to_its_new_id() {
     let (hv, mut p, mut d) = boot("", &[("cryptod", CRYPTOD)]);
-    hv.destroy(CRYPTOD);
+    hv.kill(CRYPTOD);
     p.names.insert("cryptod".into(), DomId(11));
     p.advance(Duration::from_secs(2));
     d.publish(&mut p).unwrap();
