@@ -33,3 +33,37 @@ fn a_peer_that_is_there_and_dom0_need_no_wait() {
     assert_eq!(p.mono_ns, 0);
     assert!(p.console_out.is_empty());
 }
+
+#[test]
+fn a_call_to_a_cryptod_destroyed_meanwhile_fails_within_seconds_not_at_its_timeout() {
+    use std::time::{Duration, Instant};
+
+    use portcullis_apps::common::{port, CALL_TIMEOUT};
+    use portcullis_apps::link::LinkError;
+    use portcullis_proto::msg::{KeysetReq, RequestId};
+    use portcullis_vchan::{FrameError, VchanError, PEER_CHECK};
+
+    let hv = Hypervisor::new();
+    let mut cryptod = server(&hv, CRYPTOD, UNLOCKER, port::CRYPTOD);
+    let mut unlocker = client(&hv, UNLOCKER, CRYPTOD, port::CRYPTOD);
+    let started = Instant::now();
+    let caller = std::thread::spawn(move || {
+        let req = KeysetReq { request_id: RequestId([1; 16]) }.into();
+        (unlocker.call(&req, CALL_TIMEOUT), started.elapsed())
+    });
+    // cryptod takes the request, then is destroyed before it answers:
+    // `xl destroy` of a unikernel, no unmap notification, no event.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while drain(&mut cryptod).is_empty() {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::mem::forget(cryptod);
+    hv.kill(CRYPTOD);
+    let (answer, took) = caller.join().unwrap();
+    assert!(
+        matches!(answer, Err(LinkError::Frame(FrameError::Vchan(VchanError::PeerClosed)))),
+        "{answer:?}"
+    );
+    assert!(took < PEER_CHECK * 5 && took < CALL_TIMEOUT, "noticed after {took:?}");
+}
