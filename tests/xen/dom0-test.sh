@@ -617,6 +617,58 @@ else
     result cryptod-destroy-replay FAIL "(the fresh code was not accepted)"
 fi
 
+# 7a. entropyd destroyed and created again: Xen sends cryptod no event,
+#     and nothing runs in the old entropyd to mark its ring closed, so the
+#     ring still looks connected; the name (new domid) must decide, and
+#     cryptod takes entropy from the new domain.
+echo "STAGE failure: xl destroy entropyd, xl create entropyd: cryptod follows"
+mark cryptod
+old_e=$(xl domid entropyd)
+destroy entropyd
+if create entropyd && wait_new entropyd "entropyd: ready" 90 \
+    && wait_new cryptod "cryptod: entropyd is dom$(xl domid entropyd); taking entropy from it" 60; then
+    result entropyd-replaced PASS "(dom$old_e destroyed, dom$(xl domid entropyd) created: cryptod follows the name)"
+else
+    result entropyd-replaced FAIL "(dom$old_e destroyed; cryptod did not take the new dom$(xl domid entropyd 2>/dev/null))"
+    show_log cryptod
+fi
+
+# 7b. cryptod destroyed while the unlocker waits for its answer (paused
+#     first, so the request sits unread): no event reaches the unlocker
+#     and cryptod's ring still looks connected. The unlocker's wait asks
+#     Xen for its event channel's state (EVTCHNOP_status) at least every
+#     second: while cryptod is only paused the port is bound and it waits
+#     on; once cryptod is destroyed the port is unbound and it stops at
+#     once ("peer closed the vchan"), not at its 30 s call timeout. xl
+#     restarts it (on_crash = "restart") and it serves the new cryptod.
+echo "STAGE failure: xl destroy cryptod while the unlocker waits for its answer"
+destroy unlocker
+create unlocker
+if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000000; then
+    sleep 4
+    waiting=$(log_since unlocker | grep -c "unlocker: stopped")
+    old_c=$(xl domid cryptod)
+    t=$(up)
+    destroy cryptod
+    if [ "$waiting" = 0 ] && wait_new unlocker "unlocker: stopped: link: peer closed the vchan" 20; then
+        took=$(since "$t")
+        create cryptod
+        if wait_new cryptod "cryptod: ready" 90 && wait_new unlocker "unlocker: ready" 90 2; then
+            result peer-destroyed PASS "(paused cryptod 4 s: the unlocker waited on; destroyed dom$old_c: it stopped ${took} s later; restarted by xl, ready with the new dom$(xl domid cryptod))"
+        else
+            result peer-destroyed FAIL "(the unlocker stopped ${took} s after the destroy, but was not ready again with the new cryptod)"
+            show_log unlocker
+        fi
+    else
+        result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; or not within 20 s of the destroy)"
+        show_log unlocker
+        xl domid cryptod >/dev/null 2>&1 || create cryptod
+    fi
+else
+    result peer-destroyed FAIL "(no unlocker ready, or cryptod not paused)"
+    xl unpause cryptod 2>/dev/null
+fi
+
 # 8. Every guest destroyed, then created in reverse order: each waits for
 #    the service, and names resolve whatever the order.
 echo "STAGE reverse order: xl create unlocker, policy_pd, cryptod, entropyd"
