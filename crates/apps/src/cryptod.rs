@@ -212,6 +212,11 @@ pub struct CryptodDriver<B: Backend> {
     /// was last persisted: persisted after the answers leave, not before
     /// ([`HEAD_PERSIST_EVERY_NS`]).
     head_dirty: bool,
+    /// A head in this boot's chain is durable. Until then the first ack's
+    /// head is persisted at once rather than within the second: a stop
+    /// before it would leave this boot's chain one that the next boot's
+    /// does not link to (`audit verify` would report it broken).
+    own_head_durable: bool,
     /// When the state was last persisted (monotonic ns).
     persisted_at: u64,
     /// Answers decided or released and not yet sent, because the state
@@ -328,6 +333,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
             persist_failing: false,
             state_dirty: false,
             head_dirty: false,
+            own_head_durable: false,
             persisted_at: 0,
             unsent: Vec::new(),
             last_tick: 0,
@@ -490,13 +496,15 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     /// much later): a client asking again at once does not wait for it. A crash before
     /// then loses no record: the next boot's chain continues from the older
     /// head and the records after it stay in the log, verified by their
-    /// seals and counted as superseded (`docs/authority.md`, Audit).
+    /// seals and counted as superseded (`docs/authority.md`, Audit). The
+    /// first head of this boot's chain is persisted at once (see
+    /// `own_head_durable`).
     fn persist_head<P: Platform>(&mut self, p: &mut P) {
         if !self.head_dirty || self.state_dirty {
             return;
         }
         let now = p.monotonic_ns();
-        if now.saturating_sub(self.persisted_at) < HEAD_PERSIST_EVERY_NS {
+        if self.own_head_durable && now.saturating_sub(self.persisted_at) < HEAD_PERSIST_EVERY_NS {
             return;
         }
         self.persist(p);
@@ -884,6 +892,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
         };
         match result {
             Ok(()) => {
+                // Only acks move the head, and this boot's acks move it
+                // into this boot's chain.
+                self.own_head_durable |= self.head_dirty;
                 self.head_dirty = false;
                 self.persisted_at = p.monotonic_ns();
                 if core::mem::take(&mut self.persist_failing) {

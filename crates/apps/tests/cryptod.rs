@@ -1372,6 +1372,26 @@ fn an_ack_releases_its_answers_without_waiting_for_the_head_to_be_persisted() {
     assert_eq!((head.chain_id, head.seq), (last.chain_id, last.seq));
 }
 
+/// The first acked head of a boot is persisted at once, although the
+/// chain's start was persisted just before: were cryptod stopped before it
+/// is durable, the next boot's chain would continue from the previous
+/// boot's head, and `audit verify` would find this boot's chain linked to
+/// by nothing.
+#[test]
+fn the_first_acked_head_of_a_boot_is_persisted_at_once() {
+    let mut w = boot();
+    w.poll(); // connects to entropyd
+    w.entropyd.send(&chunk(1)).unwrap();
+    w.poll();
+    let persists = w.p.persisted.len();
+    assert!(persists > 0, "the chain's start (and first key) persisted");
+    let records = w.ack();
+    let last = records.last().expect("the chain start was shipped");
+    assert_eq!(w.p.persisted.len(), persists + 1);
+    let head = last_persisted(&w).audit_head.expect("the acked head is sealed");
+    assert_eq!((head.chain_id, head.seq), (last.chain_id, last.seq));
+}
+
 /// The acked head is persisted at most once per `HEAD_PERSIST_EVERY_NS`,
 /// not once per ack (a client asking again at once does not wait for it),
 /// and is persisted once that time has passed.
