@@ -650,19 +650,25 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     old_c=$(xl domid cryptod)
     t=$(up)
     destroy cryptod
-    if [ "$waiting" = 0 ] && wait_new unlocker "unlocker: stopped: link: peer closed the vchan" 20; then
-        took=$(since "$t")
-        create cryptod
-        if wait_new cryptod "cryptod: ready" 90 && wait_new unlocker "unlocker: ready" 90 2; then
-            result peer-destroyed PASS "(paused cryptod 4 s: the unlocker waited on; destroyed dom$old_c: it stopped ${took} s later; restarted by xl, ready with the new dom$(xl domid cryptod))"
-        else
-            result peer-destroyed FAIL "(the unlocker stopped ${took} s after the destroy, but was not ready again with the new cryptod)"
-            show_log unlocker
-        fi
+    stopped=no
+    wait_new unlocker "unlocker: stopped: link: transport: peer closed the vchan" 20 && stopped=yes
+    took=$(since "$t")
+    # The new cryptod's first acknowledged audit head is durable once it
+    # says its outbox is empty (it persists that head at once): destroying
+    # it before then would leave its chain one the next cryptod does not
+    # link to, which the audit stage would report.
+    if create cryptod && wait_new cryptod "cryptod: ready" 90 \
+        && wait_new cryptod "cryptod: audit outbox empty; collector acknowledged seq" 60; then
+        back=yes
     else
-        result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; or not within 20 s of the destroy)"
+        back=no
+    fi
+    if [ "$waiting" = 0 ] && [ $stopped = yes ] && [ $back = yes ] \
+        && wait_new unlocker "unlocker: ready" 90 2; then
+        result peer-destroyed PASS "(cryptod paused 4 s: the unlocker waited on; dom$old_c destroyed: the unlocker stopped (peer closed the vchan) ${took} s later; xl restarted it, ready with the new dom$(xl domid cryptod))"
+    else
+        result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; stopped after the destroy: $stopped (${took} s); the new cryptod ready and acknowledged: $back)"
         show_log unlocker
-        xl domid cryptod >/dev/null 2>&1 || create cryptod
     fi
 else
     result peer-destroyed FAIL "(no unlocker ready, or cryptod not paused)"
