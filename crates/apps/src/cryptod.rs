@@ -602,6 +602,17 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     // Out of line: a smaller image (issue 14, docs/benchmarks.md).
     #[inline(never)]
     fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
+        // A destroyed entropyd whose pages we still map stays a zombie
+        // domain (its memory not freed) until we let go of them.
+        if self.entropy.link.as_mut().is_some_and(|l| l.chan().peer_vanished().unwrap_or(false)) {
+            say!(
+                p,
+                "cryptod: {} (dom{}) is gone; its link is closed",
+                self.entropy.name,
+                self.entropy.peer.domid
+            );
+            self.entropy.link = None;
+        }
         let Ok(dom) = p.resolve(&self.entropy.name) else { return };
         if dom != self.entropy.dom {
             say!(

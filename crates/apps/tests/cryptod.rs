@@ -1109,6 +1109,22 @@ fn a_client_whose_channel_cannot_be_published_at_start_is_served_at_the_next_loo
 }
 
 #[test]
+fn a_destroyed_entropyd_s_link_is_closed_though_its_ring_still_looks_open() {
+    let mut w = boot();
+    w.seed();
+    let ports = w.d.ports().len();
+    w.hv.kill(ENTROPYD);
+    w.p.names.remove("entropyd");
+    w.poll();
+    assert_eq!(w.d.ports().len(), ports, "nothing said so yet: the names are looked up later");
+    w.p.advance(Duration::from_secs(2));
+    w.poll();
+    assert_eq!(w.p.lines_with("cryptod: entropyd (dom2) is gone; its link is closed"), 1);
+    assert_eq!(w.d.ports().len(), ports - 1, "the dead domain's pages and port let go");
+    assert_eq!(w.hv.port_count(CRYPTOD), ports - 1);
+}
+
+#[test]
 fn entropyd_created_again_under_a_new_id_is_followed() {
     let mut w = boot();
     w.seed();

@@ -652,9 +652,11 @@ impl<B: Backend> Vchan<B> {
 
     /// Whether the peer looks connected (its live byte) but no longer
     /// holds its end of our event channel: its domain was destroyed, or
-    /// it closed the port without clearing its live byte. A backend error
-    /// counts as "cannot tell", not as gone.
-    fn peer_vanished(&mut self) -> Result<bool, VchanError> {
+    /// it closed the port without clearing its live byte. One
+    /// [`Backend::peer_bound`] call; a backend error counts as "cannot
+    /// tell", not as gone. For loops that wait on many ports themselves
+    /// rather than in [`Vchan::wait`].
+    pub fn peer_vanished(&mut self) -> Result<bool, VchanError> {
         let conn = self.conn()?;
         if conn.chan.peer_state() != PeerState::Connected {
             return Ok(false);
