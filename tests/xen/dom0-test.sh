@@ -619,18 +619,31 @@ fi
 
 # 7a. entropyd destroyed and created again: Xen sends cryptod no event,
 #     and nothing runs in the old entropyd to mark its ring closed, so the
-#     ring still looks connected; the name (new domid) must decide, and
-#     cryptod takes entropy from the new domain.
+#     ring still looks connected. cryptod must see the old domain gone (its
+#     event channel unbound) and let go of its pages, or the old entropyd
+#     stays a zombie domain (`xl list`: "(null)") holding its memory; then
+#     follow the name (new domid) and take entropy from the new domain.
 echo "STAGE failure: xl destroy entropyd, xl create entropyd: cryptod follows"
 mark cryptod
 old_e=$(xl domid entropyd)
 destroy entropyd
-if create entropyd && wait_new entropyd "entropyd: ready" 90 \
+zombie=yes
+if wait_new cryptod "cryptod: entropyd (dom$old_e) is gone; its link is closed" 30; then
+    n=0
+    while [ $n -lt 100 ]; do
+        xl list | awk -v id="$old_e" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' || { zombie=no; break; }
+        sleep 0.1
+        n=$((n + 1))
+    done
+fi
+if [ $zombie = no ] && create entropyd && wait_new entropyd "entropyd: ready" 90 \
     && wait_new cryptod "cryptod: entropyd is dom$(xl domid entropyd); taking entropy from it" 60; then
-    result entropyd-replaced PASS "(dom$old_e destroyed, dom$(xl domid entropyd) created: cryptod follows the name)"
+    result entropyd-replaced PASS "(dom$old_e destroyed: cryptod let go of it, no zombie left; dom$(xl domid entropyd) created: cryptod follows the name)"
 else
-    result entropyd-replaced FAIL "(dom$old_e destroyed; cryptod did not take the new dom$(xl domid entropyd 2>/dev/null))"
+    result entropyd-replaced FAIL "(dom$old_e destroyed; left as a zombie: $zombie; cryptod took the new dom$(xl domid entropyd 2>/dev/null)?)"
+    xl list
     show_log cryptod
+    xl domid entropyd >/dev/null 2>&1 || create entropyd
 fi
 
 # 7b. cryptod destroyed while the unlocker waits for its answer (paused
