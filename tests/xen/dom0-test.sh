@@ -70,8 +70,8 @@ wait_new() {
     echo "dom0: no \"$2\" (x${4:-1}) from $1"
     return 1
 }
-# restarted_after_triple_fault NAME ID: NAME's domain (ID, if xl no longer
-# lists it) has stopped or is gone. Under Xen in QEMU's TCG a guest
+# restarted_after_triple_fault NAME ID: NAME's domain (ID, the one the
+# caller waited on, or the one xl lists now) has stopped or is gone. Under Xen in QEMU's TCG a guest
 # sometimes triple-faults at start without any exception reaching its IDT
 # (docs/xen-boot.md, "Guest triple faults: what Xen's dump shows"),
 # and xl restarts it (on_crash = "restart", as packaged). If Xen reported
@@ -91,9 +91,14 @@ other_domid() {
 }
 TF_RESTARTS=""
 restarted_after_triple_fault() {
-    old=$(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $2 }')
-    old=${old:-$2}
-    [ -n "$old" ] && xl dmesg | grep -q "d${old}v0 Triple fault" || return 1
+    # The id the caller saw first: xl may have restarted the domain under
+    # a new id by the time this looks (seen under 4.20: "stopped: -b----",
+    # the new domain already running), then the one xl lists now.
+    old=""
+    for d in "$2" $(xl list "$1" 2>/dev/null | awk 'NR == 2 { print $2 }'); do
+        [ -n "$d" ] && xl dmesg | grep -q "d${d}v0 Triple fault" && { old=$d; break; }
+    done
+    [ -n "$old" ] || return 1
     log_since "$1" | grep -qE 'exception 0x|panic:' && return 1
     new=$(other_domid "$1" "$old" 200) || return 1
     echo "dom0: $1 (dom$old) triple-faulted (Xen's log; nothing on its console); xl restarted it as dom$new: waiting on"
