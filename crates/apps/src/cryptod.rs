@@ -603,7 +603,9 @@ impl<B: Backend + Clone> CryptodDriver<B> {
     #[inline(never)]
     fn follow_entropy<P: Platform>(&mut self, p: &mut P) {
         // A destroyed entropyd whose pages we still map stays a zombie
-        // domain (its memory not freed) until we let go of them.
+        // domain (its memory not freed) until we let go of them. No
+        // reconnecting to it either (a store read every wake-up): the
+        // name, once it resolves again, says where entropy comes from.
         if self.entropy.link.as_mut().is_some_and(|l| l.chan().peer_vanished().unwrap_or(false)) {
             say!(
                 p,
@@ -612,6 +614,7 @@ impl<B: Backend + Clone> CryptodDriver<B> {
                 self.entropy.peer.domid
             );
             self.entropy.link = None;
+            self.entropy.dom = NOBODY;
         }
         let Ok(dom) = p.resolve(&self.entropy.name) else { return };
         if dom != self.entropy.dom {
