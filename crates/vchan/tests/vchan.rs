@@ -346,6 +346,13 @@ fn crashed_peer_is_seen_through_unmap_notify() {
     assert_eq!(server.read(&mut [0u8; 4]), Err(VchanError::PeerClosed));
 }
 
+/// `xl destroy` of the unikernel holding `end`: it never runs again (no
+/// close, no unmap notification, no event); Xen closes its ports.
+fn destroy_unikernel(hv: &Hypervisor, end: Vchan<SimBackend>, dom: DomId) {
+    std::mem::forget(end);
+    hv.kill(dom);
+}
+
 /// A wait that must end by noticing a destroyed peer: within a few
 /// [`PEER_CHECK`]s, far before its timeout.
 fn noticed_soon(started: Instant) {
@@ -364,10 +371,8 @@ fn destroyed_server_is_noticed_by_a_waiting_client() {
     let started = Instant::now();
     assert_eq!(client.wait(Some(PEER_CHECK + PEER_CHECK / 4)), Err(VchanError::Timeout));
     assert!(started.elapsed() >= PEER_CHECK);
-    // `xl destroy` of a unikernel: no unmap notification, no event; its
-    // live byte still says connected.
-    std::mem::forget(server);
-    hv.kill(SERVER);
+    // Its live byte still says connected.
+    destroy_unikernel(&hv, server, SERVER);
     assert_eq!(client.peer_state(), Some(PeerState::Connected));
     let started = Instant::now();
     assert_eq!(client.wait(SAFETY), Err(VchanError::PeerClosed));
@@ -379,8 +384,7 @@ fn destroyed_client_is_noticed_by_a_waiting_server() {
     let hv = Hypervisor::new();
     let (mut server, client) = pair(&hv, 1024, 1024);
     server.wait(NOW).unwrap();
-    std::mem::forget(client);
-    hv.kill(CLIENT);
+    destroy_unikernel(&hv, client, CLIENT);
     // Waiting without a timeout ends too (in a thread, so that a
     // regression fails here rather than hanging the test run).
     let started = Instant::now();
@@ -396,8 +400,7 @@ fn destroyed_peer_bytes_still_in_the_ring_are_read_first() {
     let (mut server, mut client) = pair(&hv, 1024, 1024);
     server.write(b"answer").unwrap();
     client.wait(NOW).unwrap();
-    std::mem::forget(server);
-    hv.kill(SERVER);
+    destroy_unikernel(&hv, server, SERVER);
     // The answer's event was consumed and the bytes not read yet: the
     // wait that notices the peer gone returns them first.
     assert_eq!(client.wait(SAFETY), Ok(()));
@@ -414,8 +417,7 @@ fn destroyed_peer_is_noticed_while_our_bytes_wait_unread() {
     let hv = Hypervisor::new();
     let (server, mut client) = pair(&hv, 1024, 1024);
     client.write(b"request").unwrap();
-    std::mem::forget(server);
-    hv.kill(SERVER);
+    destroy_unikernel(&hv, server, SERVER);
     let started = Instant::now();
     assert_eq!(client.wait(SAFETY), Err(VchanError::PeerClosed));
     noticed_soon(started);
