@@ -71,7 +71,8 @@ wait_new() {
     return 1
 }
 # restarted_after_triple_fault NAME ID: NAME's domain (ID, the one the
-# caller waited on, or the one xl lists now) has stopped or is gone. Under Xen in QEMU's TCG a guest
+# caller waited on, or the one xl lists now) has stopped or is gone. Under
+# Xen in QEMU's TCG a guest
 # sometimes triple-faults at start without any exception reaching its IDT
 # (docs/xen-boot.md, "Guest triple faults: what Xen's dump shows"),
 # and xl restarts it (on_crash = "restart", as packaged). If Xen reported
@@ -656,8 +657,8 @@ fi
 #     and cryptod's ring still looks connected. The unlocker's wait asks
 #     Xen for its event channel's state (EVTCHNOP_status) at least every
 #     second: while cryptod is only paused the port is bound and it waits
-#     on; once cryptod is destroyed the port is unbound and it stops at
-#     once ("peer closed the vchan"), not at its 30 s call timeout. xl
+#     on; once cryptod is destroyed the port is unbound and it stops within
+#     about a second ("peer closed the vchan"), not at its 30 s call timeout. xl
 #     restarts it (on_crash = "restart") and it serves the new cryptod.
 echo "STAGE failure: xl destroy cryptod while the unlocker waits for its answer"
 destroy unlocker
@@ -683,7 +684,7 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     fi
     if [ "$waiting" = 0 ] && [ $stopped = yes ] && [ $back = yes ] \
         && wait_new unlocker "unlocker: ready" 90 2; then
-        result peer-destroyed PASS "(cryptod paused 4 s: the unlocker waited on; dom$old_c destroyed: the unlocker stopped (peer closed the vchan) ${took} s later; xl restarted it, ready with the new dom$(xl domid cryptod))"
+        result peer-destroyed PASS "(cryptod paused 4 s: the unlocker waited on; dom$old_c destroyed: the unlocker stopped (peer closed the vchan) ${took} s after xl destroy began; xl restarted it, ready with the new dom$(xl domid cryptod))"
     else
         result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; stopped after the destroy: $stopped (${took} s); the new cryptod ready and acknowledged: $back)"
         show_log unlocker
