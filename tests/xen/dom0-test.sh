@@ -672,6 +672,16 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     stopped=no
     wait_new unlocker "unlocker: stopped: link: transport: peer closed the vchan" 20 && stopped=yes
     took=$(since "$t")
+    # Every mapper of its pages has let go (the unlocker stopped, the
+    # service's links followed the names): Xen frees the old cryptod, no
+    # zombie "(null)" with its id stays in `xl list`.
+    zombie=yes
+    n=0
+    while [ $stopped = yes ] && [ $n -lt 200 ]; do
+        xl list | awk -v id="$old_c" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' || { zombie=no; break; }
+        sleep 0.1
+        n=$((n + 1))
+    done
     # The new cryptod's first acknowledged audit head is durable once it
     # says its outbox is empty (it persists that head at once): destroying
     # it before then would leave its chain one the next cryptod does not
@@ -682,11 +692,12 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     else
         back=no
     fi
-    if [ "$waiting" = 0 ] && [ $stopped = yes ] && [ $back = yes ] \
+    if [ "$waiting" = 0 ] && [ $stopped = yes ] && [ $zombie = no ] && [ $back = yes ] \
         && wait_new unlocker "unlocker: ready" 90 2; then
-        result peer-destroyed PASS "(cryptod paused 4 s: the unlocker waited on; dom$old_c destroyed: the unlocker stopped (peer closed the vchan) ${took} s after xl destroy began; xl restarted it, ready with the new dom$(xl domid cryptod))"
+        result peer-destroyed PASS "(cryptod paused 4 s: the unlocker waited on; dom$old_c destroyed: the unlocker stopped (peer closed the vchan) ${took} s after xl destroy began, no zombie left; xl restarted it, ready with the new dom$(xl domid cryptod))"
     else
-        result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; stopped after the destroy: $stopped (${took} s); the new cryptod ready and acknowledged: $back)"
+        result peer-destroyed FAIL "(stopped while cryptod was only paused: $waiting; stopped after the destroy: $stopped (${took} s); left as a zombie: $zombie; the new cryptod ready and acknowledged: $back)"
+        xl list
         show_log unlocker
     fi
 else
