@@ -202,6 +202,18 @@ gone() { # NAME: waits until no domain has the name (up to 20 s)
     while xl domid "$1" >/dev/null 2>&1 && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
 }
 destroy() { xl destroy "$1" 2>/dev/null; gone "$1"; }
+# freed ID TENTHS: waits up to TENTHS tenths of a second until `xl list`
+# has no domain with id ID (a destroyed domain whose pages another domain
+# still maps stays listed as a zombie, "(null)", until they are unmapped).
+freed() {
+    n=0
+    while [ $n -lt "$2" ]; do
+        xl list | awk -v id="$1" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' || return 0
+        sleep 0.1
+        n=$((n + 1))
+    done
+    return 1
+}
 
 # 0. The package, installed by dpkg; the service, started from its unit.
 echo "STAGE package and service"
@@ -634,13 +646,9 @@ mark cryptod
 old_e=$(xl domid entropyd)
 destroy entropyd
 zombie=yes
-if wait_new cryptod "cryptod: entropyd (dom$old_e) is gone; its link is closed" 30; then
-    n=0
-    while [ $n -lt 100 ]; do
-        xl list | awk -v id="$old_e" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' || { zombie=no; break; }
-        sleep 0.1
-        n=$((n + 1))
-    done
+if wait_new cryptod "cryptod: entropyd (dom$old_e) is gone; its link is closed" 30 \
+    && freed "$old_e" 100; then
+    zombie=no
 fi
 if [ $zombie = no ] && create entropyd && wait_new entropyd "entropyd: ready" 90 \
     && wait_new cryptod "cryptod: entropyd is dom$(xl domid entropyd); taking entropy from it" 60; then
@@ -676,12 +684,7 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     # service's links followed the names): Xen frees the old cryptod, no
     # zombie "(null)" with its id stays in `xl list`.
     zombie=yes
-    n=0
-    while [ $stopped = yes ] && [ $n -lt 200 ]; do
-        xl list | awk -v id="$old_c" 'NR > 1 && $2 == id { found = 1 } END { exit !found }' || { zombie=no; break; }
-        sleep 0.1
-        n=$((n + 1))
-    done
+    [ $stopped = yes ] && freed "$old_c" 200 && zombie=no
     # The new cryptod's first acknowledged audit head is durable once it
     # says its outbox is empty (it persists that head at once): destroying
     # it before then would leave its chain one the next cryptod does not
