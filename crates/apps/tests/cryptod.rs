@@ -1130,7 +1130,8 @@ fn entropyd_created_again_under_a_new_id_is_followed() {
     w.seed();
     let ports = w.d.ports().len();
     // `xl destroy` (or a crash and xl's restart): the old ring still looks
-    // connected, no event comes; only the name tells.
+    // connected and no event comes; cryptod learns it at its next names
+    // look-up (the old port unbound, the name on a new id).
     w.hv.kill(ENTROPYD);
     w.poll();
     let new_id = DomId(9);
