@@ -316,6 +316,17 @@ pub trait Platform {
         timeout: Option<Duration>,
     ) -> Result<usize, PlatformError>;
 
+    /// Waits up to `timeout` for operator input at the console without
+    /// reading it: `true` once a byte waits to be read, `false` when the
+    /// time is up first. A caller idle at a prompt looks at its links
+    /// between waits. Platforms that cannot tell answer `true` at once (the
+    /// read then blocks as before); the hosted one does, since polling its
+    /// terminal outside raw mode would echo what the operator types.
+    fn console_wait_input(&mut self, timeout: Duration) -> Result<bool, PlatformError> {
+        let _ = timeout;
+        Ok(true)
+    }
+
     /// Fills `buf` from the hardware entropy source after its health tests
     /// (RDSEED, falling back to RDRAND, on x86). Fails closed.
     fn hw_entropy(&mut self, buf: &mut [u8]) -> Result<(), PlatformError>;

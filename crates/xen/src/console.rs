@@ -165,6 +165,13 @@ impl RingConsole {
         Ok(())
     }
 
+    /// Whether input bytes wait to be read.
+    fn has_input(&self) -> Result<bool, ConsoleError> {
+        let cons = self.page.load_u32(ring::IN_CONS);
+        let prod = self.page.load_u32(ring::IN_PROD);
+        Ok(ring_used(prod, cons, ring::IN_SIZE).ok_or(ConsoleError::Corrupt)? > 0)
+    }
+
     /// Takes up to `dst.len()` input bytes.
     fn read(&self, dst: &mut [u8]) -> Result<usize, ConsoleError> {
         let cons = self.page.load_u32(ring::IN_CONS);
@@ -218,6 +225,26 @@ impl Console {
                 self.write_raw(b"\r\n");
             }
             self.write_raw(line);
+        }
+    }
+
+    /// Waits up to `timeout_ns` of Xen system time for input, without
+    /// taking it: whether a byte waits to be read.
+    pub fn wait_input(&self, timeout_ns: u64) -> Result<bool, ConsoleError> {
+        let Console::Ring(r) = self else {
+            return Err(ConsoleError::NoInput);
+        };
+        let start = crate::xen::system_time_ns().ok_or(ConsoleError::Event)?;
+        loop {
+            if r.has_input()? {
+                return Ok(true);
+            }
+            let spent = crate::xen::system_time_ns().unwrap_or(u64::MAX).saturating_sub(start);
+            if spent >= timeout_ns {
+                return Ok(false);
+            }
+            crate::evtchn::wait_any(&[r.port], Some(timeout_ns - spent))
+                .map_err(|_| ConsoleError::Event)?;
         }
     }
 
@@ -296,6 +323,11 @@ pub fn read_line(
     timeout_ns: Option<u64>,
 ) -> Result<usize, ConsoleError> {
     CONSOLE.lock().read_line(buf, echo, timeout_ns)
+}
+
+/// Waits for input (see [`Console::wait_input`]).
+pub fn wait_input(timeout_ns: u64) -> Result<bool, ConsoleError> {
+    CONSOLE.lock().wait_input(timeout_ns)
 }
 
 /// Writes text even if the console lock is held (for the panic handler):

@@ -545,6 +545,10 @@ impl Platform for XenPlatform {
         })
     }
 
+    fn console_wait_input(&mut self, timeout: Duration) -> Result<bool, PlatformError> {
+        console::wait_input(nanos(timeout)).map_err(|_| PlatformError::Console)
+    }
+
     fn hw_entropy(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
         self.entropy.fill(buf).map_err(|_| PlatformError::NoEntropy)
     }
