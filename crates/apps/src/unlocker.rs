@@ -25,6 +25,7 @@ use portcullis_proto::msg::{
     SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
+use portcullis_vchan::{VchanError, PEER_CHECK};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -375,6 +376,17 @@ pub fn run<P: Platform>(p: &mut P) -> Result<Outcome, AppError> {
             "unlocker: TOTP code (or a recovery code) for {}: ",
             target.operator
         ));
+        // The prompt may wait for days. Look at cryptod's link every
+        // PEER_CHECK meanwhile: a cryptod destroyed while we hold its ring
+        // mapped stays a zombie domain until we let go (docs/vchan.md, "A
+        // destroyed peer"), so stop (xl restarts this domain) rather than
+        // wait for the next code to find out.
+        while !p.console_wait_input(PEER_CHECK)? {
+            if !cryptod.is_open() || cryptod.chan().peer_vanished()? {
+                say!(p, "\nunlocker: cryptod (dom{}) is gone", cryptod_dom.0);
+                return Err(VchanError::PeerClosed.into());
+            }
+        }
         let n = match p.console_read_line(&mut code, false, None) {
             Ok(n) => n,
             Err(PlatformError::Timeout) => continue,

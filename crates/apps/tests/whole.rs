@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -39,6 +39,22 @@ fn start_cryptod_with(
     stop: &Arc<AtomicBool>,
     blob: Vec<u8>,
 ) -> thread::JoinHandle<bool> {
+    spawn_cryptod(hv, stop, blob, Arc::new(AtomicU8::new(RUNNING)))
+}
+
+const RUNNING: u8 = 0;
+const KILL: u8 = 1;
+const KILLED: u8 = 2;
+
+/// [`start_cryptod_with`], and when `life` goes to [`KILL`] the domain is
+/// destroyed as `xl destroy` destroys a unikernel (no unmap notification,
+/// nothing closed), then `life` goes to [`KILLED`].
+fn spawn_cryptod(
+    hv: &Hypervisor,
+    stop: &Arc<AtomicBool>,
+    blob: Vec<u8>,
+    life: Arc<AtomicU8>,
+) -> thread::JoinHandle<bool> {
     let mut entropyd = server(hv, ENTROPYD, CRYPTOD, port::ENTROPY);
     let chunk = EntropyPub {
         drbg_version: "test".into(),
@@ -60,6 +76,12 @@ fn start_cryptod_with(
         let mut collector = client(&hv2, DOM0, CRYPTOD, port::AUDIT);
         // cryptod's clock stays at T0: the codes are for T0.
         while !stop2.load(Ordering::Relaxed) {
+            if life.load(Ordering::SeqCst) == KILL {
+                hv2.kill(CRYPTOD);
+                std::mem::forget(d);
+                life.store(KILLED, Ordering::SeqCst);
+                return false;
+            }
             d.poll(&mut p).unwrap();
             collect(&mut collector, true);
             thread::sleep(Duration::from_millis(1));
@@ -168,6 +190,48 @@ fn the_unlocker_gives_up_after_its_attempts_time_out_and_sends_no_code() {
     assert!(matches!(outcome, Ok(Outcome::GaveUp)), "{outcome:?}\n{}", p.console_out);
     assert_eq!(p.console_in.len(), 1);
     assert_eq!(p.lines_with("unlocker: ready"), 1);
+}
+
+#[test]
+fn an_unlocker_idle_at_its_prompt_stops_once_cryptod_is_destroyed() {
+    // Without this the unlocker would keep the dead cryptod's ring mapped
+    // (a zombie domain under Xen) until the operator typed a code.
+    use portcullis_apps::common::AppError;
+    use portcullis_apps::link::LinkError;
+    use portcullis_vchan::{FrameError, VchanError};
+    let hv = Hypervisor::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let life = Arc::new(AtomicU8::new(RUNNING));
+    let cryptod = spawn_cryptod(&hv, &stop, sealed_blob(), life.clone());
+    let mut p = unlocker_platform(&hv);
+    p.console_idle = 1000;
+    let idle_at_kill = 3;
+    p.on_console_idle = Some(Box::new(move |n| {
+        if n == idle_at_kill {
+            life.store(KILL, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while life.load(Ordering::SeqCst) != KILLED {
+                assert!(std::time::Instant::now() < deadline, "cryptod's thread never died");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }));
+    let outcome = unlocker::run(&mut p);
+    stop.store(true, Ordering::Relaxed);
+    assert!(!cryptod.join().unwrap());
+    assert!(
+        matches!(
+            outcome,
+            Err(AppError::Link(LinkError::Frame(FrameError::Vchan(VchanError::PeerClosed))))
+        ),
+        "{outcome:?}\n{}",
+        p.console_out
+    );
+    // Alive, cryptod kept the unlocker at its prompt; dead (during the
+    // third wait), the look after that wait found it gone.
+    assert_eq!(p.idle_waits(), idle_at_kill, "{}", p.console_out);
+    assert_eq!(p.lines_with("unlocker: cryptod (dom1) is gone"), 1, "{}", p.console_out);
+    assert_eq!(p.lines_with("TOTP code"), 1, "{}", p.console_out);
 }
 
 /// The dom0 unlock agent stand-in: answers one unlock request, `ok` if it

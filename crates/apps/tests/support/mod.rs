@@ -48,6 +48,12 @@ pub struct FakePlatform {
     pub console_in: VecDeque<Result<String, PlatformError>>,
     /// Everything written to the console.
     pub console_out: String,
+    /// How many `console_wait_input` calls answer "no input yet" (each
+    /// advancing the clock by its timeout) before the console has input.
+    pub console_idle: usize,
+    /// Called with the count of idle waits so far, after each.
+    pub on_console_idle: Option<Box<dyn FnMut(usize) + Send>>,
+    idle_waits: usize,
     entropy_state: u64,
     /// Make the hardware entropy source fail (fail closed).
     pub entropy_broken: bool,
@@ -89,6 +95,9 @@ impl FakePlatform {
             epoch: T0,
             console_in: VecDeque::new(),
             console_out: String::new(),
+            console_idle: 0,
+            on_console_idle: None,
+            idle_waits: 0,
             entropy_state: 0x9e37_79b9_7f4a_7c15 ^ u64::from(dom.0),
             entropy_broken: false,
             hw_entropy_calls: 0,
@@ -144,6 +153,11 @@ impl FakePlatform {
         before - self.names_at.len()
     }
 
+    /// How many `console_wait_input` calls answered "no input yet".
+    pub fn idle_waits(&self) -> usize {
+        self.idle_waits
+    }
+
     /// Console lines containing `needle`.
     pub fn lines_with(&self, needle: &str) -> usize {
         self.console_out.lines().filter(|l| l.contains(needle)).count()
@@ -186,6 +200,17 @@ impl Platform for FakePlatform {
                 Ok(n)
             }
         }
+    }
+    fn console_wait_input(&mut self, timeout: Duration) -> Result<bool, PlatformError> {
+        if self.idle_waits >= self.console_idle {
+            return Ok(true);
+        }
+        self.idle_waits += 1;
+        self.advance(timeout);
+        if let Some(hook) = self.on_console_idle.as_mut() {
+            hook(self.idle_waits);
+        }
+        Ok(false)
     }
     fn hw_entropy(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
         self.hw_entropy_calls += 1;
