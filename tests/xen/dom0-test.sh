@@ -708,6 +708,43 @@ else
     xl unpause cryptod 2>/dev/null
 fi
 
+# 7c. cryptod destroyed while the unlocker sits at its prompt (the
+#     restarted unlocker of 7b), which may wait for days: between looks for
+#     typed input the unlocker asks Xen about its cryptod port every
+#     second. Once cryptod is gone it says so and stops (xl restarts it),
+#     and so lets go of the dead domain's pages: no zombie stays until the
+#     operator types a code.
+echo "STAGE failure: xl destroy cryptod while the unlocker waits at its prompt"
+mark unlocker
+old_c=$(xl domid cryptod)
+if xl domid unlocker >/dev/null 2>&1 && [ -n "$old_c" ]; then
+    t=$(up)
+    destroy cryptod
+    stopped=no
+    wait_new unlocker "unlocker: cryptod (dom$old_c) is gone" 20 \
+        && wait_new unlocker "unlocker: stopped: link: transport: peer closed the vchan" 10 \
+        && stopped=yes
+    took=$(since "$t")
+    zombie=yes
+    [ $stopped = yes ] && freed "$old_c" 200 && zombie=no
+    if create cryptod && wait_new cryptod "cryptod: ready" 90 \
+        && wait_new cryptod "cryptod: audit outbox empty; collector acknowledged seq" 60 \
+        && wait_new unlocker "unlocker: ready" 90; then
+        back=yes
+    else
+        back=no
+    fi
+    if [ $stopped = yes ] && [ $zombie = no ] && [ $back = yes ]; then
+        result idle-peer-destroyed PASS "(dom$old_c destroyed while the unlocker waited at its prompt: it stopped ${took} s after xl destroy began, no zombie left; xl restarted it, ready with the new dom$(xl domid cryptod))"
+    else
+        result idle-peer-destroyed FAIL "(the unlocker stopped: $stopped (${took} s); left as a zombie: $zombie; the new cryptod and a restarted unlocker ready: $back)"
+        xl list
+        show_log unlocker
+    fi
+else
+    result idle-peer-destroyed FAIL "(no unlocker or no cryptod running)"
+fi
+
 # 8. Every guest destroyed, then created in reverse order: each waits for
 #    the service, and names resolve whatever the order.
 echo "STAGE reverse order: xl create unlocker, policy_pd, cryptod, entropyd"
