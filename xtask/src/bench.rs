@@ -74,6 +74,51 @@ fn find<'a>(figs: &'a [Figure], kind: &str, key: &str, value: &str) -> Option<&'
     figs.iter().find(|f| f.kind == kind && f.get(key) == Some(value))
 }
 
+/// The p50 of the ping-pong over `via` (`vchan` or `pipes`) run with
+/// `placement` (`any`: unpinned; a figure without `placement=` is `any`).
+fn ping_p50(figs: &[Figure], via: &str, placement: &str) -> Option<f64> {
+    figs.iter()
+        .find(|f| {
+            f.kind == "pingpong"
+                && f.get("via") == Some(via)
+                && f.get("placement").unwrap_or("any") == placement
+        })
+        .and_then(|f| f.num("p50_us"))
+}
+
+/// The placements the ping-pongs run with: label, what the report calls
+/// it, and the CPU `taskset` starts the receiver on (the sender on CPU 0).
+const PLACEMENTS: [(&str, &str, &str); 2] =
+    [("one-cpu", "both on one CPU", "0"), ("two-cpus", "on two CPUs", "1")];
+
+/// The hand-off floor by placement: each ping-pong p50, vchan against
+/// pipes on the same placement. Whether the two processes share a CPU
+/// decides most of a hand-off's cost (the scheduler picks from run to run
+/// when they are not pinned), so the unpinned pair alone can set a vchan
+/// that crossed CPUs against pipes that did not.
+pub(crate) fn pingpong_report(figs: &[Figure]) -> Option<String> {
+    let pair = |placement: &str| {
+        let v = ping_p50(figs, "vchan", placement)?;
+        let p = ping_p50(figs, "pipes", placement)?;
+        Some(format!("{v:.1} / {p:.1} us"))
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for (placement, said) in
+        [("any", "unpinned")].into_iter().chain(PLACEMENTS.map(|(l, s, _)| (l, s)))
+    {
+        if let Some(p) = pair(placement) {
+            parts.push(format!("{said} {p}"));
+        }
+    }
+    if parts.len() < 2 {
+        return None;
+    }
+    Some(format!(
+        "hand-offs between two processes (64 B ping-pong p50, vchan / pipes): {}",
+        parts.join("; ")
+    ))
+}
+
 fn missing(goal: &str, what: &str) -> Verdict {
     Verdict {
         goal: goal.into(),
@@ -94,8 +139,9 @@ pub(crate) fn verdicts(figs: &[Figure]) -> Vec<Verdict> {
     };
 
     // The floor under any call between two processes in this run: what
-    // the round trips spend beyond the work they reference, in hand-offs.
-    let ping = find(figs, "pingpong", "via", "vchan").and_then(|f| f.num("p50_us"));
+    // the round trips spend beyond the work they reference, in hand-offs
+    // (unpinned, as the round trips run).
+    let ping = ping_p50(figs, "vchan", "any");
     let beyond = |excess: f64| match ping {
         Some(pp) if pp > 0.0 => format!(
             "; beyond that {excess:.0} us = {:.1} x a two-process vchan ping-pong (p50 {pp:.0} us)",
@@ -427,6 +473,21 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         "vchan between two processes vs a pipe",
         &mut Command::new(release.join("examples/vchan_throughput")),
     )?;
+    if cpus >= 2 {
+        for (placement, _, receiver) in PLACEMENTS {
+            out += &capture(
+                &format!(
+                    "ping-pongs pinned, {placement} (sender on CPU 0, receiver on {receiver})"
+                ),
+                Command::new("taskset")
+                    .args(["-c", "0"])
+                    .arg(release.join("examples/vchan_throughput"))
+                    .arg("pingpong")
+                    .env("THROUGHPUT_RECEIVER_CPUS", receiver)
+                    .env("THROUGHPUT_PLACEMENT", placement),
+            )?;
+        }
+    }
     out += &driver_figures(&release.join("examples/cryptod_cost"))?;
     out += &ed25519_figures()?;
     for wal in ["on", "off"] {
@@ -453,6 +514,9 @@ pub(crate) fn bench(criterion: bool) -> Result<(), String> {
         println!("{:<13} {}", v.word(), v.goal);
         println!("              measured: {}", v.figure);
         println!("              against:  {}", v.reference);
+    }
+    if let Some(line) = pingpong_report(&figs) {
+        println!("{line}");
     }
     if let Some(line) = driver_report(&figs) {
         println!("{line}");
@@ -549,6 +613,34 @@ figure: raw wal=off p50_us=60 p99_us=90
         let text = format!("{RUN}figure: pingpong via=pipes p50_us=8 p99_us=20\n");
         let v = verdicts(&parse_figures(&text));
         assert!(!by_goal(&v, "round trip, audit wait off").reference.contains("ping-pong"));
+    }
+
+    #[test]
+    fn the_hand_offs_are_compared_on_the_same_placement() {
+        let pinned = "figure: pingpong via=vchan placement=any p50_us=45.1 p99_us=100\n\
+             figure: pingpong via=pipes placement=any p50_us=5.3 p99_us=67\n\
+             figure: pingpong via=vchan placement=one-cpu p50_us=6.8 p99_us=10\n\
+             figure: pingpong via=pipes placement=one-cpu p50_us=6.6 p99_us=9\n\
+             figure: pingpong via=vchan placement=two-cpus p50_us=45.5 p99_us=137\n\
+             figure: pingpong via=pipes placement=two-cpus p50_us=66.4 p99_us=382\n";
+        let line = pingpong_report(&parse_figures(pinned)).unwrap();
+        assert!(
+            line.ends_with(
+                "unpinned 45.1 / 5.3 us; both on one CPU 6.8 / 6.6 us; on two CPUs 45.5 / 66.4 us"
+            ),
+            "{line}"
+        );
+        // The round trips' hand-off unit stays the unpinned vchan's.
+        let v = verdicts(&parse_figures(&format!("{RUN}{pinned}")));
+        let off = &by_goal(&v, "round trip, audit wait off").reference;
+        assert!(off.ends_with("(p50 45 us)"), "{off}");
+        // The unpinned pair alone is no comparison by placement.
+        let unpinned = "figure: pingpong via=vchan p50_us=45.1 p99_us=100\n\
+             figure: pingpong via=pipes p50_us=5.3 p99_us=67\n";
+        assert_eq!(pingpong_report(&parse_figures(unpinned)), None);
+        // A placement with one of the two figures missing is left out.
+        let half = format!("{unpinned}figure: pingpong via=vchan placement=one-cpu p50_us=6.8\n");
+        assert_eq!(pingpong_report(&parse_figures(&half)), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! at ring orders 10, 11, 12, 16 and 20, against a Linux pipe.
 //!
 //! ```text
-//! cargo run --release -p portcullis-hosted --example vchan_throughput [MiB per run]
+//! cargo run --release -p portcullis-hosted --example vchan_throughput [MiB per run | pingpong]
 //! ```
 //!
 //! The parent is the launcher and the sender (the vchan server, writing the
@@ -25,7 +25,11 @@
 //! To measure one case at a time, pin them: `taskset -c 0` on this program
 //! pins the sender (and, inherited, the receivers); with
 //! `THROUGHPUT_RECEIVER_CPUS=1` the receivers (vchan and pipe) are started
-//! under `taskset -c 1` instead.
+//! under `taskset -c 1` instead. With the argument `pingpong` only the
+//! ping-pongs run, and their `figure:` lines carry `placement=` with the
+//! value of `THROUGHPUT_PLACEMENT` (`any` without it): `cargo xtask bench`
+//! runs them pinned both ways, so that vchan and pipes are compared on the
+//! same placement.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -49,6 +53,8 @@ const PING_WARM_UP: usize = 100;
 const PING_LEN: usize = 64;
 /// CPU list for `taskset -c` to start the receivers on (optional).
 const RECEIVER_CPUS: &str = "THROUGHPUT_RECEIVER_CPUS";
+/// The placement the ping-pong figures are labelled with (optional).
+const PLACEMENT: &str = "THROUGHPUT_PLACEMENT";
 
 /// Any failure, as text (the no_std error types implement `Display` only).
 #[derive(Debug)]
@@ -313,7 +319,8 @@ fn pipe_run(bytes: usize) -> Result<f64, Error> {
 }
 
 fn launcher() -> Result<(), Error> {
-    let mib: usize = match std::env::args().nth(1) {
+    let mib: usize = match std::env::args().nth(1).as_deref() {
+        Some("pingpong") => return pingpongs(),
         Some(arg) => arg.parse()?,
         None => 256,
     };
@@ -348,13 +355,19 @@ fn launcher() -> Result<(), Error> {
         println!("{f}");
     }
     println!("figure: pipe mbps={pipe:.0}");
+    pingpongs()
+}
+
+/// The two ping-pongs, vchan then pipes, and their figures.
+fn pingpongs() -> Result<(), Error> {
+    let placement = std::env::var(PLACEMENT).unwrap_or_else(|_| "any".into());
     let (v50, v99) = p50_p99(vchan_pingpong()?);
     let (p50, p99) = p50_p99(pipe_pingpong()?);
     println!(
-        "ping-pong, {PING_LEN} B each way, {PINGS} round trips: vchan p50 {v50:.1} us (p99 {v99:.1}), \
-         pipes p50 {p50:.1} us (p99 {p99:.1})"
+        "ping-pong ({placement}), {PING_LEN} B each way, {PINGS} round trips: vchan p50 {v50:.1} us \
+         (p99 {v99:.1}), pipes p50 {p50:.1} us (p99 {p99:.1})"
     );
-    println!("figure: pingpong via=vchan p50_us={v50:.1} p99_us={v99:.1}");
-    println!("figure: pingpong via=pipes p50_us={p50:.1} p99_us={p99:.1}");
+    println!("figure: pingpong via=vchan placement={placement} p50_us={v50:.1} p99_us={v99:.1}");
+    println!("figure: pingpong via=pipes placement={placement} p50_us={p50:.1} p99_us={p99:.1}");
     Ok(())
 }
