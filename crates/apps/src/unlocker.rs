@@ -25,8 +25,8 @@ use portcullis_proto::msg::{
     SealedSecret, TotpResult, TotpValidateReq, UnlockOutcome, UnlockRequest,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
-use portcullis_vchan::{VchanError, PEER_CHECK};
 use portcullis_proto::token::{self, Expectations, MemoryReplayCache, VerifyError};
+use portcullis_vchan::{VchanError, PEER_CHECK};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
