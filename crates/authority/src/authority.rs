@@ -1870,7 +1870,8 @@ impl Authority {
         }
         // cryptod does not remember what it issued; every token dies within
         // MAX_LIFETIME_SECS of now, so the entry is kept that long.
-        match self.revocations.revoke(&r.cti, now.saturating_add(token::MAX_LIFETIME_SECS), now) {
+        let exp = now.saturating_add(token::MAX_LIFETIME_SECS);
+        match self.revocations.revoke_for(peer.domid, &r.cti, exp, now) {
             Ok(_) => {
                 self.record(event(AuditResult::Ok), now, out);
                 resp(RevokeResult::Ok, None)

@@ -381,3 +381,48 @@ fn audit_log_edits_across_chains_are_detected() {
     let dropped_last = [chain(0), chain(1)].concat();
     assert!(verify_log(&dropped_last, &keys, LogCheck::default()).is_ok());
 }
+
+/// A client that may revoke tokens revoked made-up ids of the longest kind
+/// (cryptod does not remember what it issued): about 50 of them made the
+/// sealed state too large to persist under Xen (one xenstore value, 4 KiB),
+/// and while persisting failed cryptod held every answer that waited for
+/// the state, everyone's, for the 300 s the entries live. Its revocations
+/// now stop at its share of the list, and the state grows by at most that.
+#[test]
+fn a_client_cannot_grow_the_sealed_state_by_revoking() {
+    use portcullis_authority::revocation::PEER_REVOKED_BYTES;
+    use portcullis_proto::msg::MAX_CTI_LEN;
+    use portcullis_proto::token::MAX_LIFETIME_SECS;
+
+    let mut c = Cryptod::boot(Config::default(), state(), T0);
+    let before = c.a.export(&KEK).unwrap().len();
+    let revoke = |c: &mut Cryptod, i: u8, now: u64| {
+        let req = TokenRevokeReq {
+            request_id: RequestId([i; 16]),
+            cti: vec![i; MAX_CTI_LEN],
+            reason: "made up".into(),
+            timestamp: now,
+        };
+        match c.call(&policy_pd(), &req.into(), now).response {
+            Some(Message::TokenRevokeResp(r)) => (r.result, r.reason),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut accepted = 0;
+    for i in 0..200u8 {
+        match revoke(&mut c, i, T0) {
+            (RevokeResult::Ok, _) => accepted += 1,
+            (RevokeResult::Unavailable, Some(reason)) => {
+                assert!(reason.contains("share"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Seven ids of 64 bytes (73 sealed bytes each) fill a 512-byte share.
+    assert_eq!(accepted, PEER_REVOKED_BYTES / (1 + MAX_CTI_LEN + 8));
+    let grown = c.a.export(&KEK).unwrap().len() - before;
+    assert!(grown <= PEER_REVOKED_BYTES, "the sealed state grew by {grown} bytes");
+    // Once the tokens they name have expired, there is room again.
+    let later = T0 + MAX_LIFETIME_SECS + 1;
+    assert_eq!(revoke(&mut c, 250, later).0, RevokeResult::Ok);
+}
