@@ -33,7 +33,7 @@ commands:
                      build the workspace (host tools) and the no_std crates for the guest target
   build --target xen the four guests as PVH images (profile `guest`), PVH note checked,
                      sizes and each guest's `memory =` printed; fails if one is over its
-                     limit (256 KiB; cryptod 270 KiB for now) or a xen/*.cfg over 4 MiB
+                     limit (256 KiB; cryptod 271 KiB for now) or a xen/*.cfg over 4 MiB
   xen-image [--xen 4.17|4.20]
                      Xen + Debian dom0 + our guests as QEMU boot files (target/xen-image/<xen>):
                      4.17 from Debian 12 (the default), 4.20 from Debian 13, each with its kernel
@@ -272,10 +272,13 @@ const IMAGE_LIMIT: u64 = 256 * 1024;
 /// pass (one table-driven map decoder, large functions out of line) took
 /// it from 285,208 to 276,760; with the run-time basepoint table, the
 /// compact SHA-1 and three panic paths fewer it is 275,952
-/// (docs/benchmarks.md, "Guest images" and "2026-12-03 (later)"). Issue
-/// 14's goal stays 256 KiB for every image; this keeps the gate biting just
-/// above today's size (528 bytes over it) instead of switching it off.
-const CRYPTOD_IMAGE_LIMIT: u64 = 270 * 1024;
+/// (docs/benchmarks.md, "Guest images" and "2026-12-03 (later)"); the
+/// destroyed-peer checks took it to 276,208, and the bound on what a
+/// client's revocations add to the sealed state (a hostile-domain fix,
+/// 480 bytes) to 276,688, over 270 KiB. Issue 14's goal stays 256 KiB
+/// for every image; this keeps the gate biting just above today's size
+/// (816 bytes over it) instead of switching it off.
+const CRYPTOD_IMAGE_LIMIT: u64 = 271 * 1024;
 
 /// The limit of image `name`.
 fn image_limit(name: &str) -> u64 {
@@ -1479,7 +1482,7 @@ mod tests {
         );
         assert_eq!(IMAGE_LIMIT, 262_144);
         assert_eq!(image_limit("unlocker"), 262_144);
-        assert_eq!(image_limit("cryptod"), 276_480);
+        assert_eq!(image_limit("cryptod"), 277_504);
         assert!(XEN_IMAGES.iter().all(|g| g == &"hello" || GUESTS.contains(g)));
         assert_eq!(XEN_IMAGES.len(), GUESTS.len() + 1);
     }
