@@ -9,8 +9,9 @@
 //!
 //! Order matters: the token flood comes first (its aggregated refusals are
 //! counted in the collected log at the end), the lockout by made-up ids
-//! before the guessing (which locks the operator), and the restart while that
-//! lockout still runs.
+//! before the guessing (which locks the operator), the restart while that
+//! lockout still runs, and the revocation flood after the restart (whose
+//! own revocation would not fit policy_pd's share after it).
 
 use crate::demo::{code_from_uri, percentile, settle, unix_now, wrong_code, Demo, Proc};
 use crate::Failure;
@@ -18,9 +19,11 @@ use portcullis_apps::common::port;
 use portcullis_apps::link::{Link, LinkError};
 use portcullis_apps::net::connect;
 use portcullis_apps::trust::Trust;
+use portcullis_authority::revocation::PEER_REVOKED_BYTES;
 use portcullis_hosted::{HostedBackend, HostedPlatform, World};
 use portcullis_platform::DomId;
 use portcullis_proto::envelope::{Message, MAX_MESSAGE_LEN};
+use portcullis_proto::msg::MAX_CTI_LEN;
 use portcullis_proto::msg::{
     AuditAck, AuditAction, AuditRecord, AuditResult, EntropyPub, ErrorCode, IssueResult,
     KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq, RevokeResult,
@@ -65,6 +68,8 @@ const ROUNDS: usize = 3;
 const P99_BOUND: Duration = Duration::from_millis(10);
 /// Per-message wait on a call.
 const CALL: Duration = Duration::from_secs(10);
+/// Made-up revocations in the revocation flood.
+const REVOKE_FLOOD: usize = 60;
 
 type HLink = Link<HostedBackend>;
 
@@ -277,6 +282,66 @@ impl Hostile<'_> {
             &format!("{new} console line(s) during {refused} refusals, {outbox} of them `audit outbox empty`"),
         );
         self.token_flood = Some(TokenFlood { refused, started });
+        Ok(())
+    }
+
+    /// A revocation flood from policy_pd (granted `token:revoke`): made-up
+    /// ids of the longest kind. cryptod does not remember what it issued,
+    /// so each would sit in the sealed state for 300 s; under Xen a state
+    /// too large for one xenstore value cannot be persisted, and cryptod
+    /// holds every answer that waits for it. The flood stops at the
+    /// client's share of the list, and the persisted state grows by at most
+    /// that share.
+    fn revocation_flood(&mut self) -> Result<(), Failure> {
+        println!(
+            "== revocation flood from policy_pd: {REVOKE_FLOOD} made-up ids of {MAX_CTI_LEN} bytes"
+        );
+        let state = self
+            .world_dir
+            .join("config")
+            .join("cryptod")
+            .join(portcullis_platform::ConfigItem::SealedState.name());
+        let size = || std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let mut peer = self.peer("policy_pd")?;
+        let mut link = peer.connect()?;
+        let (mut accepted, mut share, mut other) = (0usize, 0usize, 0usize);
+        for i in 0..REVOKE_FLOOD as u64 {
+            let mut cti = vec![0x5a; MAX_CTI_LEN];
+            cti[..8].copy_from_slice(&i.to_be_bytes());
+            let revoke = Message::TokenRevokeReq(TokenRevokeReq {
+                request_id: rid(0x70, i),
+                cti,
+                reason: "hostile suite".into(),
+                timestamp: unix_now(),
+            });
+            match call(&mut link, &revoke)? {
+                Message::TokenRevokeResp(r) if r.result == RevokeResult::Ok => accepted += 1,
+                Message::TokenRevokeResp(r)
+                    if r.result == RevokeResult::Unavailable
+                        && r.reason.as_deref().is_some_and(|t| t.contains("share")) =>
+                {
+                    share += 1
+                }
+                _ => other += 1,
+            }
+        }
+        let grown = size().saturating_sub(before);
+        let fits = PEER_REVOKED_BYTES / (1 + MAX_CTI_LEN + 8);
+        let detail = format!(
+            "{accepted} accepted, {share} refused (share full), {other} other; \
+             the persisted sealed state grew by {grown} bytes to {}",
+            size()
+        );
+        println!("   {detail}");
+        self.check(
+            "revocation flood: a client's revocations stop at its share, the sealed state stays small",
+            accepted == fits
+                && share == REVOKE_FLOOD - fits
+                && other == 0
+                && grown <= PEER_REVOKED_BYTES as u64,
+            &detail,
+        );
         Ok(())
     }
 
@@ -908,7 +973,7 @@ pub(crate) fn run<'d>(demo: &'d mut Demo, parts: Parts) -> Result<(), Failure> {
         locked_at: None,
         token_flood: None,
     };
-    let steps: [(&str, Step<'d>); 9] = [
+    let steps: [(&str, Step<'d>); 10] = [
         ("token flood", Hostile::token_flood),
         ("roles", Hostile::roles),
         ("reconnect", Hostile::reconnect),
@@ -916,6 +981,7 @@ pub(crate) fn run<'d>(demo: &'d mut Demo, parts: Parts) -> Result<(), Failure> {
         ("lockout", Hostile::lockout_by_others),
         ("guessing", Hostile::guessing),
         ("restart", Hostile::restart),
+        ("revocation flood", Hostile::revocation_flood),
         ("fair service", Hostile::fairness),
         ("audit", Hostile::audit),
     ];

@@ -40,12 +40,13 @@ fn hostile_clients_against_cryptod() {
         "[ok] wire: v=2 and an unknown type are answered with an error",
         "[ok] wire: the error codes are unsupported_version and unknown_type",
         "[ok] audit verify: the collected log is one valid chain across the restart",
+        "[ok] revocation flood: a client's revocations stop at its share, the sealed state stays small",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{}", results.join("\n"));
     }
     // The summary counts every check that printed a line; none is skipped.
     let passed = results.iter().filter(|l| l.starts_with("[ok]")).count();
-    assert_eq!(passed, 17, "{}", results.join("\n"));
+    assert_eq!(passed, 18, "{}", results.join("\n"));
     assert!(
         stdout.contains(&format!("hostile: {passed} passed, 0 failed")),
         "summary does not match the lines:\n{stdout}"
