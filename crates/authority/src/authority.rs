@@ -315,6 +315,8 @@ pub struct Authority {
     decisions: Decisions,
     /// Outcome reports per peer (a token bucket like token issue's).
     outcome_limit: IssueLimiter,
+    /// Token revocations per peer (a token bucket like token issue's).
+    revoke_limit: IssueLimiter,
     audit: Option<AuditLog>,
     /// The head the previous boot sealed: this boot's chain continues from it.
     sealed_head: Option<Head>,
@@ -471,6 +473,7 @@ impl Authority {
             attested: Issued::default(),
             decisions: Decisions::default(),
             outcome_limit: IssueLimiter::new(config.issue_rate),
+            revoke_limit: IssueLimiter::new(config.issue_rate),
             audit: None,
             sealed_head,
             aggregate: None,
@@ -1857,6 +1860,14 @@ impl Authority {
                 .target_hex(&r.cti)
                 .meta_hex("request_id", &r.request_id.0)
         };
+        // A bucket of their own (a token flood does not hold up a
+        // revocation): a flood of revocations, refused by the ACL or by the
+        // list's bounds below, makes aggregated records, not one each.
+        if let Err(wait) = self.revoke_limit.take(peer.domid, &peer.vm, now) {
+            self.refuse(peer, event(AuditResult::RateLimited), "too many revocations", now, out);
+            let reason = format!("too many revocations; retry after {wait} s");
+            return resp(RevokeResult::Unavailable, Some(&reason));
+        }
         if let Err(why) =
             self.acl_decide(peer, image, ScopeSet::single(Scope::TokenRevoke), &self.config.name)
         {

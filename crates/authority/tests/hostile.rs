@@ -408,21 +408,71 @@ fn a_client_cannot_grow_the_sealed_state_by_revoking() {
             other => panic!("{other:?}"),
         }
     };
-    let mut accepted = 0;
+    let (mut accepted, mut share, mut limited) = (0, 0, 0);
     for i in 0..200u8 {
         match revoke(&mut c, i, T0) {
             (RevokeResult::Ok, _) => accepted += 1,
-            (RevokeResult::Unavailable, Some(reason)) => {
-                assert!(reason.contains("share"), "{reason}")
+            (RevokeResult::Unavailable, Some(reason)) if reason.contains("share") => share += 1,
+            (RevokeResult::Unavailable, Some(reason)) if reason.contains("too many") => {
+                limited += 1
             }
             other => panic!("{other:?}"),
         }
     }
-    // Seven ids of 64 bytes (73 sealed bytes each) fill a 512-byte share.
+    // Seven ids of 64 bytes (73 sealed bytes each) fill a 512-byte share;
+    // the caller's revocation bucket (60) lets the first 60 be decided.
     assert_eq!(accepted, PEER_REVOKED_BYTES / (1 + MAX_CTI_LEN + 8));
+    let burst = usize::try_from(Config::default().issue_rate.burst).unwrap();
+    assert_eq!((share, limited), (burst - accepted, 200 - burst));
+    // The flood's records: each decided request, then the bucket's
+    // refusals aggregated (one record now, a count when the window ends).
+    let revokes = |c: &Cryptod| {
+        records_in(&c.log).iter().filter(|r| r.action == AuditAction::TokenRevoke).count()
+    };
+    assert_eq!(revokes(&c), burst + 1);
     let grown = c.a.export(&KEK).unwrap().len() - before;
     assert!(grown <= PEER_REVOKED_BYTES, "the sealed state grew by {grown} bytes");
     // Once the tokens they name have expired, there is room again.
     let later = T0 + MAX_LIFETIME_SECS + 1;
     assert_eq!(revoke(&mut c, 250, later).0, RevokeResult::Ok);
+}
+
+/// Revocations had no rate limit: a client the ACL does not allow to revoke
+/// made one `denied` record per request, as many as it sent. They now have
+/// a token bucket per peer (sized like token issue's), and its refusals
+/// are aggregated.
+#[test]
+fn a_flood_of_refused_revocations_makes_a_bounded_number_of_records() {
+    let mut c = Cryptod::boot(Config::default(), state(), T0);
+    let burst = usize::try_from(Config::default().issue_rate.burst).unwrap();
+    let mut results = Vec::new();
+    for i in 0..500u16 {
+        let req = TokenRevokeReq {
+            request_id: RequestId([(i % 256) as u8; 16]),
+            cti: i.to_be_bytes().to_vec(),
+            reason: "flood".into(),
+            timestamp: T0,
+        };
+        match c.call(&unlocker(), &req.into(), T0).response {
+            Some(Message::TokenRevokeResp(r)) => results.push(r.result),
+            other => panic!("{other:?}"),
+        }
+    }
+    let denied = results.iter().filter(|r| **r == RevokeResult::Denied).count();
+    assert_eq!(denied, burst, "the ACL decides the bucket's worth");
+    assert_eq!(results.len() - denied, 500 - burst);
+    let records: Vec<AuditRecord> = records_in(&c.log)
+        .into_iter()
+        .filter(|r| r.action == AuditAction::TokenRevoke && r.actor == "unlocker")
+        .collect();
+    assert_eq!(records.len(), burst + 1, "one record for the bucket's refusals so far");
+    // When the window ends the count of the rest is written.
+    c.tick(T0 + 60);
+    let counted: Vec<AuditRecord> = records_in(&c.log)
+        .into_iter()
+        .filter(|r| r.action == AuditAction::TokenRevoke && r.result == AuditResult::RateLimited)
+        .collect();
+    assert_eq!(counted.len(), 2, "{counted:?}");
+    let repeated = counted[1].metadata.as_ref().and_then(|m| m.get("repeated")).cloned();
+    assert_eq!(repeated, Some((500 - burst - 1).to_string()), "every refusal counted");
 }
