@@ -165,18 +165,23 @@ impl RingConsole {
         Ok(())
     }
 
-    /// Whether input bytes wait to be read.
-    fn has_input(&self) -> Result<bool, ConsoleError> {
+    /// The input ring's consumer index and the bytes waiting after it
+    /// (each index read once).
+    fn input(&self) -> Result<(u32, usize), ConsoleError> {
         let cons = self.page.load_u32(ring::IN_CONS);
         let prod = self.page.load_u32(ring::IN_PROD);
-        Ok(ring_used(prod, cons, ring::IN_SIZE).ok_or(ConsoleError::Corrupt)? > 0)
+        let avail = ring_used(prod, cons, ring::IN_SIZE).ok_or(ConsoleError::Corrupt)?;
+        Ok((cons, avail as usize))
+    }
+
+    /// Whether input bytes wait to be read.
+    fn has_input(&self) -> Result<bool, ConsoleError> {
+        Ok(self.input()?.1 > 0)
     }
 
     /// Takes up to `dst.len()` input bytes.
     fn read(&self, dst: &mut [u8]) -> Result<usize, ConsoleError> {
-        let cons = self.page.load_u32(ring::IN_CONS);
-        let prod = self.page.load_u32(ring::IN_PROD);
-        let avail = ring_used(prod, cons, ring::IN_SIZE).ok_or(ConsoleError::Corrupt)? as usize;
+        let (cons, avail) = self.input()?;
         fence(Ordering::Acquire);
         let n = avail.min(dst.len());
         for (i, slot) in dst.iter_mut().take(n).enumerate() {
