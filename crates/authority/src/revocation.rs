@@ -361,8 +361,7 @@ mod tests {
     #[test]
     fn an_earlier_boots_entries_count_toward_the_total_only() {
         let ctis: Vec<Vec<u8>> = (0..=255u8).map(|i| alloc::vec![i; MAX_CTI_LEN]).collect();
-        let list = RevocationList::restore(ctis.iter().map(|c| (c.as_slice(), 300)), 9);
-        let mut list = list;
+        let mut list = RevocationList::restore(ctis.iter().map(|c| (c.as_slice(), 300)), 9);
         assert_eq!(list.revoke_for(1, b"new", 300, 0), Err(RevokeError::Full));
         assert_eq!(list.revoke(b"new", 300, 0), Ok(true));
         let mut small = RevocationList::restore([(&b"old"[..], 300)], 9);

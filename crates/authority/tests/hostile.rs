@@ -225,18 +225,32 @@ fn revocation_list(c: &mut Cryptod, now: u64) -> RevocationBody {
     RevocationBody::from_cbor(&v.payload).unwrap()
 }
 
-fn revoke(c: &mut Cryptod, cti: &[u8], now: u64) {
+/// `peer` asks to revoke `cti` (request id `tag` repeated): the answer's
+/// result and reason, and whether the sealed state changed.
+fn ask_revoke(
+    c: &mut Cryptod,
+    peer: &PeerId,
+    tag: u8,
+    cti: &[u8],
+    now: u64,
+) -> (RevokeResult, Option<String>, bool) {
     let req = TokenRevokeReq {
-        request_id: RequestId([5; 16]),
+        request_id: RequestId([tag; 16]),
         cti: cti.to_vec(),
         reason: "leaked".into(),
         timestamp: now,
     };
-    let out = c.call(&policy_pd(), &req.into(), now);
-    assert!(out.state_changed, "a revocation changes the sealed state");
-    assert!(
-        matches!(out.response, Some(Message::TokenRevokeResp(ref r)) if r.result == RevokeResult::Ok)
-    );
+    let out = c.call(peer, &req.into(), now);
+    match out.response {
+        Some(Message::TokenRevokeResp(r)) => (r.result, r.reason, out.state_changed),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn revoke(c: &mut Cryptod, cti: &[u8], now: u64) {
+    let (result, _, changed) = ask_revoke(c, &policy_pd(), 5, cti, now);
+    assert!(changed, "a revocation changes the sealed state");
+    assert_eq!(result, RevokeResult::Ok);
 }
 
 /// Finding 4: the keyset version and the revocation serial started again at
@@ -396,21 +410,13 @@ fn a_client_cannot_grow_the_sealed_state_by_revoking() {
 
     let mut c = Cryptod::boot(Config::default(), state(), T0);
     let before = c.a.export(&KEK).unwrap().len();
-    let revoke = |c: &mut Cryptod, i: u8, now: u64| {
-        let req = TokenRevokeReq {
-            request_id: RequestId([i; 16]),
-            cti: vec![i; MAX_CTI_LEN],
-            reason: "made up".into(),
-            timestamp: now,
-        };
-        match c.call(&policy_pd(), &req.into(), now).response {
-            Some(Message::TokenRevokeResp(r)) => (r.result, r.reason),
-            other => panic!("{other:?}"),
-        }
+    let made_up = |c: &mut Cryptod, i: u8, now: u64| {
+        let (result, reason, _) = ask_revoke(c, &policy_pd(), i, &[i; MAX_CTI_LEN], now);
+        (result, reason)
     };
     let (mut accepted, mut share, mut limited) = (0, 0, 0);
     for i in 0..200u8 {
-        match revoke(&mut c, i, T0) {
+        match made_up(&mut c, i, T0) {
             (RevokeResult::Ok, _) => accepted += 1,
             (RevokeResult::Unavailable, Some(reason)) if reason.contains("share") => share += 1,
             (RevokeResult::Unavailable, Some(reason)) if reason.contains("too many") => {
@@ -434,7 +440,7 @@ fn a_client_cannot_grow_the_sealed_state_by_revoking() {
     assert!(grown <= PEER_REVOKED_BYTES, "the sealed state grew by {grown} bytes");
     // Once the tokens they name have expired, there is room again.
     let later = T0 + MAX_LIFETIME_SECS + 1;
-    assert_eq!(revoke(&mut c, 250, later).0, RevokeResult::Ok);
+    assert_eq!(made_up(&mut c, 250, later).0, RevokeResult::Ok);
 }
 
 /// Revocations had no rate limit: a client the ACL does not allow to revoke
@@ -447,16 +453,8 @@ fn a_flood_of_refused_revocations_makes_a_bounded_number_of_records() {
     let burst = usize::try_from(Config::default().issue_rate.burst).unwrap();
     let mut results = Vec::new();
     for i in 0..500u16 {
-        let req = TokenRevokeReq {
-            request_id: RequestId([(i % 256) as u8; 16]),
-            cti: i.to_be_bytes().to_vec(),
-            reason: "flood".into(),
-            timestamp: T0,
-        };
-        match c.call(&unlocker(), &req.into(), T0).response {
-            Some(Message::TokenRevokeResp(r)) => results.push(r.result),
-            other => panic!("{other:?}"),
-        }
+        let (result, ..) = ask_revoke(&mut c, &unlocker(), (i % 256) as u8, &i.to_be_bytes(), T0);
+        results.push(result);
     }
     let denied = results.iter().filter(|r| **r == RevokeResult::Denied).count();
     assert_eq!(denied, burst, "the ACL decides the bucket's worth");

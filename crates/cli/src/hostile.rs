@@ -23,11 +23,10 @@ use portcullis_authority::revocation::PEER_REVOKED_BYTES;
 use portcullis_hosted::{HostedBackend, HostedPlatform, World};
 use portcullis_platform::DomId;
 use portcullis_proto::envelope::{Message, MAX_MESSAGE_LEN};
-use portcullis_proto::msg::MAX_CTI_LEN;
 use portcullis_proto::msg::{
     AuditAck, AuditAction, AuditRecord, AuditResult, EntropyPub, ErrorCode, IssueResult,
     KeysetBody, KeysetReq, RequestId, RevocationBody, RevocationListReq, RevokeResult,
-    TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq,
+    TokenIssueReq, TokenRevokeReq, TotpResult, TotpValidateReq, MAX_CTI_LEN,
 };
 use portcullis_proto::scope::{Scope, ScopeSet};
 use portcullis_vchan::frame::HEADER_LEN;
