@@ -660,6 +660,16 @@ else
     xl domid entropyd >/dev/null 2>&1 || create entropyd
 fi
 
+# cryptod_back: creates cryptod again and waits until it is ready and its
+# first acknowledged audit head is durable, which it is once cryptod says
+# its outbox is empty (it persists that head at once): destroying it before
+# then would leave its chain one the next cryptod does not link to, which
+# the audit stage would report.
+cryptod_back() {
+    create cryptod && wait_new cryptod "cryptod: ready" 90 \
+        && wait_new cryptod "cryptod: audit outbox empty; collector acknowledged seq" 60
+}
+
 # 7b. cryptod destroyed while the unlocker waits for its answer (paused
 #     first, so the request sits unread): no event reaches the unlocker
 #     and cryptod's ring still looks connected. The unlocker's wait asks
@@ -685,12 +695,7 @@ if wait_new unlocker "unlocker: ready" 90 && xl pause cryptod && type_code 1 000
     # zombie "(null)" with its id stays in `xl list`.
     zombie=yes
     [ $stopped = yes ] && freed "$old_c" 200 && zombie=no
-    # The new cryptod's first acknowledged audit head is durable once it
-    # says its outbox is empty (it persists that head at once): destroying
-    # it before then would leave its chain one the next cryptod does not
-    # link to, which the audit stage would report.
-    if create cryptod && wait_new cryptod "cryptod: ready" 90 \
-        && wait_new cryptod "cryptod: audit outbox empty; collector acknowledged seq" 60; then
+    if cryptod_back; then
         back=yes
     else
         back=no
@@ -727,9 +732,7 @@ if xl domid unlocker >/dev/null 2>&1 && [ -n "$old_c" ]; then
     took=$(since "$t")
     zombie=yes
     [ $stopped = yes ] && freed "$old_c" 200 && zombie=no
-    if create cryptod && wait_new cryptod "cryptod: ready" 90 \
-        && wait_new cryptod "cryptod: audit outbox empty; collector acknowledged seq" 60 \
-        && wait_new unlocker "unlocker: ready" 90; then
+    if cryptod_back && wait_new unlocker "unlocker: ready" 90; then
         back=yes
     else
         back=no
